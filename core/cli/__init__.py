@@ -1,0 +1,80 @@
+"""The ``twin`` command.
+
+Each command group lives in its own module with ``register(subparsers)``; the
+handlers get the parsed arguments and return an exit code. Errors that core
+raises on purpose (``TwinError``) become one clear line on stderr and exit
+code 2; anything else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from core import config as cfg
+from core.errors import TwinError
+
+GROUPS = ("init", "serve", "config", "phonebook")
+DEFAULT_DATA = ".twin"
+
+
+def default_data_dir() -> str:
+    return os.environ.get("TWIN_DATA", DEFAULT_DATA)
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(cfg.parse_assignments(getattr(args, "set", None) or []))
+
+
+def open_service(args: argparse.Namespace) -> Any:
+    from core.service import Service
+
+    return Service.open(Path(args.data), overrides(args))
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "httpcore", "mail.log", "uvicorn.error", "wsgidav"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="twin",
+        description="A personal Digital Twin: identity, mail and files, twin-to-twin.")
+    p.add_argument("--data", default=default_data_dir(),
+                   help="the twin's data dir (default: $TWIN_DATA or ./.twin)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key for this run (see `twin config doc`)")
+    p.add_argument("--log-level", default=os.environ.get("TWIN_LOG_LEVEL", "info"),
+                   choices=("debug", "info", "warning", "error"))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in GROUPS:
+        importlib.import_module(f"core.cli.{group}").register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return int(args.func(args))
+    except TwinError as exc:
+        print(f"twin: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""``twin init`` and ``twin restore``: make a twin, or rebuild one from its words.
+
+The mnemonic and the owner's app password are shown exactly once and never
+stored in clear: the key file holds the derived seed (0600) and the password
+only as an Argon2id hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from core import config as cfg
+from core import identity as ident
+from core import tls
+from core.errors import Invalid
+from phonebook.record import NAME_RE
+
+PORT_KEYS = ("http.port", "smtp.port", "smtp.submission_port", "smtp.submissions_port",
+             "imap.port", "imap.tls_port")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    for command, helptext in (("init", "create a new twin in the data dir"),
+                              ("restore", "rebuild a twin from its mnemonic (read from stdin)")):
+        p = sub.add_parser(command, help=helptext)
+        p.add_argument("--name", required=True, help="the twin's short name (a-z, 0-9, -)")
+        p.add_argument("--domain", help="mail domain and TLS name (default NAME.localhost)")
+        p.add_argument("--phonebook", metavar="PATH",
+                       help="share this local phonebook file (e.g. another twin's "
+                            ".twin/phonebook.db)")
+        p.add_argument("--port-offset", type=int, default=0,
+                       help="add this to every default port (a second twin on one host: 100)")
+        p.add_argument("--json", action="store_true",
+                       help="print login, address, password (and mnemonic) as JSON")
+        p.set_defaults(func=run_init if command == "init" else run_restore)
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    name = args.name.strip().lower()
+    if not NAME_RE.match(name):
+        raise Invalid(f"bad twin name {args.name!r}: use a-z, 0-9 and -, at most 63")
+    data = Path(args.data).expanduser().resolve()
+    if (data / ident.KEY_FILE).exists():
+        raise Invalid(f"{data} already holds a twin; choose another --data")
+    values: dict[str, Any] = {"twin.name": name,
+                              "twin.domain": (args.domain or f"{name}.localhost").lower()}
+    if args.port_offset:
+        for key in PORT_KEYS:
+            values[key] = cfg.BY_NAME[key].default + args.port_offset
+    if args.phonebook:
+        values["phonebook.path"] = str(Path(args.phonebook).expanduser().resolve())
+    return data, values
+
+
+def _create(data: Path, values: dict[str, Any], identity: ident.Identity) -> dict[str, Any]:
+    from core.service import Service
+
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data, 0o700)
+    cfg.write(data, values)
+    ident.save(identity, data)
+    config = cfg.load(data)
+    tls.make_self_signed(data, [config.domain, f"{config.name}.localhost"])
+    service = Service(config, identity)
+    try:
+        login = f"{config.name}@{config.domain}"
+        service.users.add(login)
+        password = service.users.set_password(login)
+        record = service.publish()
+    finally:
+        service.close()
+    return {
+        "name": config.name,
+        "data_dir": str(data),
+        "login": login,
+        "address": login,
+        "password": password,
+        "public_key": identity.public_key.hex(),
+        "account": identity.ss58_address,
+        "twin_id": record.id,
+        "phonebook": str(config.path("phonebook.path")),
+    }
+
+
+def _print(result: dict[str, Any], as_json: bool, mnemonic: str | None) -> None:
+    if as_json:
+        if mnemonic:
+            result = {**result, "mnemonic": mnemonic}
+        print(json.dumps(result, indent=2))
+        return
+    print(f"twin {result['name']} created in {result['data_dir']}")
+    print(f"  public key   {result['public_key']}")
+    print(f"  account      {result['account']} (TFChain, SS58 42)")
+    print(f"  phonebook    {result['phonebook']} (id {result['twin_id']})")
+    if mnemonic:
+        print("\nYour mnemonic. Write it down now; it is shown only this once and, with your")
+        print("storage backends, is all you need to rebuild this twin:\n")
+        print(f"    {mnemonic}\n")
+    print(f"Mail and files login:  {result['login']}")
+    print(f"App password:          {result['password']}   (shown once)")
+    print("\nStart it with:  twin --data " + result["data_dir"] + " serve")
+
+
+def run_init(args: argparse.Namespace) -> int:
+    data, values = _prepare(args)
+    mnemonic = ident.new_mnemonic()
+    result = _create(data, values, ident.Identity.from_mnemonic(mnemonic))
+    _print(result, args.json, mnemonic)
+    return 0
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    data, values = _prepare(args)
+    if sys.stdin.isatty():
+        print("mnemonic: ", end="", file=sys.stderr, flush=True)
+    identity = ident.Identity.from_mnemonic(sys.stdin.readline())
+    result = _create(data, values, identity)
+    restored = _restore_storage(data)
+    result["restored_objects"] = restored
+    _print(result, args.json, None)
+    if restored is not None and not args.json:
+        print(f"Restored the catalogue: {restored} objects are readable again.")
+    return 0
+
+
+def _restore_storage(data: Path) -> int | None:
+    """Bring back the dispersed store's catalogue from the backends, if any backup exists."""
+    import storage
+
+    config = cfg.load(data)
+    identity = ident.load(data)
+
+    async def restore() -> int | None:
+        try:
+            store = await storage.Store.restore(
+                data,
+                k=config.int("storage.k"),
+                n=config.int("storage.n"),
+                segment_size=config.int("storage.segment_size"),
+                backends=config.list("storage.backends"),
+                master_key=identity.derive_key("storage"),
+                metadata_key=identity.derive_key("metadata"),
+            )
+        except storage.errors.ObjectNotFound:
+            return None
+        try:
+            return len(await store.list())
+        finally:
+            await store.close()
+
+    return asyncio.run(restore())

@@ -1,0 +1,60 @@
+"""``twin phonebook list | resolve NAME | publish | repin NAME``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+from core.cli import open_service
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("phonebook", help="find twins and publish this one")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("list", help="every twin in the phonebook")
+    a.add_argument("--json", action="store_true")
+    a = actions.add_parser("resolve", help="one twin by name, id, key or mail address")
+    a.add_argument("name")
+    a.add_argument("--json", action="store_true")
+    actions.add_parser("publish", help="(re)publish this twin's signed record")
+    a = actions.add_parser("repin", help="accept a twin's changed key on its next lookup")
+    a.add_argument("name")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    service = open_service(args)
+    try:
+        if args.action == "list":
+            records = service.phonebook.list()
+            if args.json:
+                print(json.dumps([r.to_json() for r in records], indent=2))
+            for r in records if not args.json else []:
+                print(f"{r.id:>5}  {r.name:<20} {','.join(r.mail_domains):<30} "
+                      f"{' '.join(r.endpoints)}")
+        elif args.action == "resolve":
+            name = args.name
+            if "@" in name:
+                found = asyncio.run(service.twin_for_address(name))
+                if found is None:
+                    print(f"no twin serves {name}")
+                    return 1
+                record = found
+            else:
+                record = asyncio.run(service.resolve(name))
+            if args.json:
+                print(json.dumps(record.to_json(), indent=2))
+            else:
+                for key, value in record.to_json().items():
+                    print(f"{key:<13} {value}")
+        elif args.action == "publish":
+            record = service.publish()
+            print(f"published {record.name} (id {record.id}) at {', '.join(record.endpoints)}")
+        elif args.action == "repin":
+            service.phonebook.pins.repin(args.name)
+            service.phonebook.invalidate()
+            print(f"{args.name}: the next key seen will be pinned")
+        return 0
+    finally:
+        service.close()

@@ -1,0 +1,111 @@
+"""``twin serve`` runs the twin; ``twin status`` asks a running one how it is."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import ssl
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from core import tls
+from core.cli import open_service
+from core.service import STATUS_FILE
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="run the twin until SIGINT/SIGTERM")
+    p.set_defaults(func=run_serve)
+    p = sub.add_parser("status", help="is the twin running and are its listeners healthy?")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run_status)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    service = open_service(args)
+    try:
+        asyncio.run(service.serve_forever())
+    finally:
+        service.close()
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_listener(info: dict[str, Any], data: Path) -> str | None:
+    """None if the listener answers as it should, else what is wrong."""
+    host = info["host"]
+    try:
+        with socket.create_connection((host, info["port"]), timeout=3) as sock:
+            if info["name"] != "https":
+                return None
+            ctx = tls.client_context(data)
+            ctx.check_hostname = False
+            with ctx.wrap_socket(sock, server_hostname=host):
+                pass
+    except (OSError, ssl.SSLError) as exc:
+        return str(exc)
+    if info["name"] == "https":
+        ctx = tls.client_context(data)
+        ctx.check_hostname = False
+        url = f"https://{host}:{info['port']}/twin/v1/health"
+        try:
+            with urllib.request.urlopen(url, context=ctx, timeout=5) as resp:
+                if json.load(resp).get("ok") is not True:
+                    return "health endpoint says not ok"
+        except (OSError, ValueError) as exc:
+            return f"health endpoint: {exc}"
+    return None
+
+
+def status(data: Path) -> dict[str, Any]:
+    path = data / STATUS_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {"running": False, "healthy": False, "data_dir": str(data), "listeners": []}
+    running = _alive(int(state["pid"]))
+    problems = {}
+    if running:
+        for info in state["listeners"]:
+            problem = _check_listener(info, data)
+            if problem:
+                problems[f"{info['name']}:{info['port']}"] = problem
+    return {
+        "running": running,
+        "healthy": running and not problems,
+        "pid": state["pid"],
+        "name": state["name"],
+        "domain": state["domain"],
+        "data_dir": str(data),
+        "listeners": state["listeners"],
+        "problems": problems,
+    }
+
+
+def run_status(args: argparse.Namespace) -> int:
+    report = status(Path(args.data).expanduser().resolve())
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif not report["running"]:
+        print(f"twin in {report['data_dir']} is not running")
+    else:
+        state = "healthy" if report["healthy"] else "UNHEALTHY"
+        print(f"twin {report['name']} ({report['domain']}) pid {report['pid']}: {state}")
+        for info in report["listeners"]:
+            problem = report["problems"].get(f"{info['name']}:{info['port']}")
+            print(f"  {info['name']:<12} {info['host']}:{info['port']:<6} tls={info['tls']:<9}"
+                  f" {problem if problem else 'ok'}")
+    return 0 if report["healthy"] else 1

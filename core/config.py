@@ -1,0 +1,391 @@
+"""One configuration schema for the whole twin.
+
+Every key has a name, a type, a default and a help line, here and nowhere else.
+The same table loads and validates ``twin.toml`` in the data dir, applies
+environment (``TWIN_IMAP_PORT``) and CLI (``--set imap.port=1143``) overrides,
+and renders ``twin config show`` / ``twin config doc``. A wrong key or a wrong
+type is an error that names the key and where it came from, because a typo in a
+mail server's config should never be silently ignored.
+
+Precedence, lowest first: schema default < twin.toml < environment < CLI.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError
+
+CONFIG_FILE = "twin.toml"
+ENV_PREFIX = "TWIN_"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key. ``type`` is one of str, int, float, bool, list."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.replace(".", "_").upper()
+
+    @property
+    def section(self) -> str:
+        return self.name.split(".", 1)[0]
+
+
+def _default_backends() -> list[dict[str, str]]:
+    return [{"name": f"local{i}", "kind": "local", "location": f"shards/{i}"} for i in range(6)]
+
+
+MiB = 1024 * 1024
+
+SCHEMA: tuple[Key, ...] = (
+    # -- the twin itself
+    Key("twin.name", str, "", "Short name of this twin, unique in its phonebook (a-z, 0-9, -)."),
+    Key("twin.domain", str, "", "Mail domain and TLS name of this twin; default NAME.localhost."),
+    Key("log.level", str, "info", "Log level.", choices=("debug", "info", "warning", "error")),
+    # -- listeners
+    Key("listen.host", str, "127.0.0.1", "Address every listener binds to."),
+    Key("listen.plaintext_auth", bool, False,
+        "Allow LOGIN/AUTH without TLS on non-loopback addresses (never do this on the internet)."),
+    Key("http.port", int, 8443, "HTTPS port: WebDAV /dav/, autoconfig, peer API /twin/v1/.",
+        minimum=0),
+    Key("http.public_url", str, "",
+        "URL other twins use to reach the peer API; default https://HOST:PORT."),
+    Key("smtp.port", int, 2525, "SMTP inbound port (the port-25 role); 0 picks a free port.",
+        minimum=0),
+    Key("smtp.submission_port", int, 2587, "SMTP submission port (STARTTLS required before AUTH).",
+        minimum=0),
+    Key("smtp.submissions_port", int, 2465, "SMTP submission port with implicit TLS.", minimum=0),
+    Key("smtp.max_message_size", int, 50 * MiB, "Largest message accepted (SIZE).", minimum=1024),
+    Key("smtp.smarthost", str, "",
+        "host:port of a relay for mail to non-twins; empty sends directly to MX hosts."),
+    Key("smtp.smarthost_user", str, "", "Login at the smarthost."),
+    Key("smtp.smarthost_password", str, "", "Password at the smarthost (kept out of logs)."),
+    Key("smtp.smarthost_tls", str, "starttls", "TLS towards the smarthost.",
+        choices=("starttls", "tls", "none")),
+    Key("smtp.retry_schedule", list, [60, 300, 900, 3600, 7200, 14400, 28800, 86400],
+        "Seconds between delivery attempts of the legacy queue; the last repeats."),
+    Key("smtp.give_up_after", int, 5 * 86400,
+        "Seconds after which undeliverable mail is bounced.", minimum=1),
+    Key("smtp.hostname", str, "", "Name in the SMTP greeting and Received headers; default "
+        "the twin's domain."),
+    Key("smtp.max_recipients", int, 100, "Recipients accepted per message.", minimum=1),
+    Key("smtp.timeout", float, 300.0, "Seconds an idle SMTP session is kept open."),
+    Key("smtp.verify_dns", bool, True,
+        "Check DKIM signatures and SPF of inbound mail against DNS (off: results are 'none')."),
+    Key("smtp.dns_timeout", float, 5.0, "Seconds to wait for one DNS answer."),
+    Key("smtp.dkim_selector", str, "twin", "DKIM selector of the twin's signing key."),
+    Key("smtp.smarthost_verify", bool, True,
+        "Verify the smarthost's TLS certificate (off only for a relay you run yourself)."),
+    Key("smtp.mx_port", int, 25, "Port of MX hosts when sending directly (no smarthost).",
+        minimum=1),
+    Key("smtp.queue_concurrency", int, 8, "Deliveries the legacy queue runs at once.",
+        minimum=1),
+    Key("imap.port", int, 2143, "IMAP port (STARTTLS).", minimum=0),
+    Key("imap.tls_port", int, 2993, "IMAP port with implicit TLS.", minimum=0),
+    Key("imap.max_line", int, 64 * 1024, "Longest IMAP command line in bytes.", minimum=1024),
+    Key("imap.max_literal", int, 64 * MiB, "Largest IMAP literal (APPEND) in bytes.",
+        minimum=1024),
+    Key("imap.max_sessions_per_user", int, 50, "Concurrent IMAP sessions per user.", minimum=1),
+    # -- phonebook
+    Key("phonebook.backend", str, "local", "Where twins are found.",
+        choices=("local", "tfchain")),
+    Key("phonebook.path", str, "phonebook.db",
+        "Local phonebook SQLite file (relative to the data dir); may be shared by several twins."),
+    Key("phonebook.url", str, "", "TFChain node websocket URL (ws:// or wss://)."),
+    Key("phonebook.cache_ttl", int, 600, "Seconds a resolved twin is trusted before refresh.",
+        minimum=0),
+    Key("phonebook.record_ttl", int, 30 * 86400,
+        "Seconds a published local phonebook record stays valid.", minimum=60),
+    # -- dispersed storage
+    Key("storage.k", int, 4, "Shares needed to rebuild a segment.", minimum=1),
+    Key("storage.n", int, 6, "Shares written per segment.", minimum=1),
+    Key("storage.segment_size", int, 4 * MiB, "Bytes per segment before encoding.",
+        minimum=4096),
+    Key("storage.backends", list, _default_backends(),
+        "Shard backends: a list of tables {name, kind = local|resp, location}."),
+    Key("storage.backup_interval", int, 3600,
+        "Seconds between backups of the catalogue into the dispersed store (0 = never).",
+        minimum=0),
+    # -- twin-to-twin
+    Key("peer.max_skew", int, 300, "Seconds of clock difference tolerated on envelopes.",
+        minimum=1),
+    Key("peer.ttl", int, 3600, "Seconds an envelope we send stays valid.", minimum=10),
+    Key("peer.max_envelope", int, 16 * MiB, "Largest envelope body accepted.", minimum=1024),
+    Key("peer.rate_per_minute", int, 6000, "Envelopes accepted per sender per minute.",
+        minimum=1),
+    Key("peer.retry_schedule", list, [5, 30, 120, 600, 1800, 3600, 7200, 14400],
+        "Seconds between outbox delivery attempts; the last repeats."),
+    Key("peer.give_up_after", int, 4 * 86400,
+        "Seconds after which an undelivered envelope bounces.", minimum=1),
+    Key("peer.timeout", float, 30.0, "Seconds to wait for a peer's HTTP answer."),
+    # -- WebDAV
+    Key("webdav.quota", int, 0, "Bytes the file tree may hold (0 = free space of the backends).",
+        minimum=0),
+    Key("webdav.block_size", int, 256 * 1024, "Bytes per block when streaming files.",
+        minimum=4096),
+)
+
+BY_NAME: dict[str, Key] = {k.name: k for k in SCHEMA}
+
+
+@dataclass
+class Config:
+    """Validated settings of one twin, plus where each value came from."""
+
+    data_dir: Path
+    values: dict[str, Any]
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, name: builtins.str) -> Any:
+        if name not in BY_NAME:
+            raise KeyError(name)
+        return self.values[name]
+
+    def str(self, name: builtins.str) -> builtins.str:
+        value = self[name]
+        assert isinstance(value, str)
+        return value
+
+    def int(self, name: builtins.str) -> builtins.int:
+        value = self[name]
+        assert isinstance(value, int)
+        return value
+
+    def float(self, name: builtins.str) -> builtins.float:
+        return float(self[name])
+
+    def bool(self, name: builtins.str) -> builtins.bool:
+        return bool(self[name])
+
+    def list(self, name: builtins.str) -> builtins.list[Any]:
+        value = self[name]
+        assert isinstance(value, list)
+        return value
+
+    def path(self, name: builtins.str) -> Path:
+        """A path-valued key, relative paths taken from the data dir."""
+        p = Path(self.str(name)).expanduser()
+        return p if p.is_absolute() else self.data_dir / p
+
+    @property
+    def name(self) -> builtins.str:
+        return self.str("twin.name")
+
+    @property
+    def domain(self) -> builtins.str:
+        return self.str("twin.domain") or f"{self.name}.localhost"
+
+
+def coerce(key: Key, value: Any, origin: str) -> Any:
+    """Check (and for text sources, parse) one value against its key's type."""
+    where = f"{key.name!r} in {origin}"
+    if isinstance(value, str) and key.type is not str:
+        value = _parse_text(key, value, where)
+    if key.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if key.type is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected an integer, got a boolean")
+    if not isinstance(value, key.type):
+        raise ConfigError(
+            f"{where}: expected {key.type.__name__}, got {type(value).__name__} ({value!r})"
+        )
+    if key.choices and value not in key.choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(key.choices)}")
+    if key.minimum is not None and isinstance(value, int | float) and value < key.minimum:
+        raise ConfigError(f"{where}: {value} is below the minimum {key.minimum}")
+    return value
+
+
+def _parse_text(key: Key, text: str, where: str) -> Any:
+    try:
+        if key.type is int:
+            return int(text, 0)
+        if key.type is float:
+            return float(text)
+        if key.type is bool:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if key.type is list:
+            parsed = tomllib.loads(f"v = {text}")["v"]
+            if not isinstance(parsed, list):
+                raise ValueError(text)
+            return parsed
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read {text!r} as {key.type.__name__}") from exc
+    return text
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for name, value in table.items():
+        dotted = f"{prefix}{name}"
+        if isinstance(value, dict) and dotted not in BY_NAME:
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def load(
+    data_dir: Path,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    require_file: bool = True,
+) -> Config:
+    """Load ``data_dir/twin.toml`` and apply environment and CLI overrides."""
+    data_dir = Path(data_dir).expanduser().resolve()
+    values = {k.name: k.default for k in SCHEMA}
+    sources = {k.name: "default" for k in SCHEMA}
+    file = data_dir / CONFIG_FILE
+    if file.exists():
+        try:
+            table = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+        for name, value in _flatten(table):
+            key = BY_NAME.get(name)
+            if key is None:
+                raise ConfigError(f"unknown key {name!r} in {file} (see `twin config doc`)")
+            values[name] = coerce(key, value, str(file))
+            sources[name] = str(file)
+    elif require_file:
+        raise ConfigError(
+            f"no {CONFIG_FILE} in {data_dir}: is this a twin's data dir? (run `twin init` first)"
+        )
+    env = os.environ if environ is None else environ
+    for key in SCHEMA:
+        if key.env in env:
+            values[key.name] = coerce(key, env[key.env], f"environment variable {key.env}")
+            sources[key.name] = f"env {key.env}"
+    for name, value in (overrides or {}).items():
+        key = BY_NAME.get(name)
+        if key is None:
+            raise ConfigError(f"unknown key {name!r} in command-line --set")
+        values[name] = coerce(key, value, "command-line --set")
+        sources[name] = "command line"
+    config = Config(data_dir, values, sources)
+    _check_whole(config, str(file))
+    return config
+
+
+def _check_whole(config: Config, origin: str) -> None:
+    """Rules that involve more than one key."""
+    k, n = config.int("storage.k"), config.int("storage.n")
+    if k > n:
+        raise ConfigError(f"'storage.k' ({k}) exceeds 'storage.n' ({n}) in {origin}")
+    backends = config.list("storage.backends")
+    for i, backend in enumerate(backends):
+        if not isinstance(backend, dict) or not {"name", "kind", "location"} <= backend.keys():
+            raise ConfigError(
+                f"'storage.backends' entry {i} in {origin} needs name, kind and location"
+            )
+    if len(backends) < n:
+        raise ConfigError(
+            f"'storage.backends' in {origin} lists {len(backends)} backends; "
+            f"'storage.n' = {n} needs at least that many"
+        )
+    for name in ("smtp.retry_schedule", "peer.retry_schedule"):
+        schedule = config.list(name)
+        if not schedule or not all(isinstance(s, int | float) and s > 0 for s in schedule):
+            raise ConfigError(f"{name!r} in {origin}: needs positive numbers of seconds")
+
+
+def parse_assignments(items: Iterable[str]) -> dict[str, str]:
+    """``["imap.port=1143"]`` -> ``{"imap.port": "1143"}`` for ``--set``."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return str(value)
+
+
+def render_toml(values: Mapping[str, Any]) -> str:
+    """A twin.toml with the given values set and every other key as a comment."""
+    lines = ["# twin configuration. Every key, its type and help: `twin config doc`.", ""]
+    section = ""
+    for key in SCHEMA:
+        if key.section != section:
+            section = key.section
+            lines += ["", f"[{section}]"]
+        short = key.name.split(".", 1)[1]
+        lines.append(f"# {key.help}")
+        if key.name in values:
+            lines.append(f"{short} = {_toml_value(values[key.name])}")
+        else:
+            lines.append(f"# {short} = {_toml_value(key.default)}")
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def write(data_dir: Path, values: Mapping[str, Any]) -> Path:
+    """Validate and write ``twin.toml`` (0600: it may hold a smarthost password)."""
+    for name, value in values.items():
+        key = BY_NAME.get(name)
+        if key is None:
+            raise ConfigError(f"unknown key {name!r}")
+        coerce(key, value, "twin init")
+    path = Path(data_dir) / CONFIG_FILE
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(render_toml(values))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+SECRET_KEYS = frozenset({"smtp.smarthost_password"})
+
+
+def render_doc() -> str:
+    """Every key with type, default, environment variable and help."""
+    out = []
+    for key in SCHEMA:
+        choices = f" (one of: {', '.join(key.choices)})" if key.choices else ""
+        out.append(
+            f"{key.name}  [{key.type.__name__}, default {_toml_value(key.default)}, "
+            f"env {key.env}]\n    {key.help}{choices}"
+        )
+    return "\n".join(out) + "\n"
+
+
+def render_show(config: Config) -> str:
+    """Effective values and their origin; secrets masked."""
+    out = [f"# data dir: {config.data_dir}"]
+    for key in SCHEMA:
+        value = config.values[key.name]
+        shown = "********" if key.name in SECRET_KEYS and value else _toml_value(value)
+        out.append(f"{key.name} = {shown}    # {config.sources[key.name]}")
+    return "\n".join(out) + "\n"

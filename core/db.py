@@ -1,0 +1,65 @@
+"""The twin's metadata database: SQLite in WAL mode behind one worker thread.
+
+SQLite connections are tied to a thread and SQLite serialises writers anyway,
+so each database gets one dedicated thread and every call is ``await
+db.run(fn, ...)``: the event loop never blocks on disk, and there is no lock
+juggling. Callers that need several statements atomically pass one function
+that does them inside ``with conn:`` (a transaction).
+
+Each part of core owns its tables and creates them with ``migrate``: a list of
+SQL scripts applied in order once, tracked in ``schema_versions`` per part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def connect(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA busy_timeout = 30000")
+    return conn
+
+
+class Database:
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"db-{self.path.stem}")
+        self.conn = self._pool.submit(connect, self.path, synchronous=synchronous).result()
+        self.run_sync(lambda c: c.execute(
+            "CREATE TABLE IF NOT EXISTS schema_versions (part TEXT PRIMARY KEY, version INTEGER)"))
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, self.conn, *args)
+
+    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """For CLI commands and start-up, outside any event loop."""
+        return self._pool.submit(fn, self.conn, *args).result()
+
+    def migrate(self, part: str, scripts: Sequence[str]) -> None:
+        def apply(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT version FROM schema_versions WHERE part = ?",
+                               (part,)).fetchone()
+            done = row[0] if row else 0
+            for version, script in enumerate(scripts[done:], start=done + 1):
+                conn.executescript("BEGIN;" + script + ";COMMIT;")
+                conn.execute("INSERT OR REPLACE INTO schema_versions VALUES (?, ?)",
+                             (part, version))
+        self.run_sync(apply)
+
+    def close(self) -> None:
+        try:
+            self._pool.submit(self.conn.close).result()
+        finally:
+            self._pool.shutdown(wait=True)

@@ -1,0 +1,82 @@
+"""The HTTPS listener: one uvicorn server, one Starlette app, several mounts.
+
+Core serves the peer API under ``/twin/v1/``; protocol packages add their own
+routes (WebDAV under ``/dav/``, Thunderbird autoconfig) through the
+``twin.http`` entry point group, so core never imports a protocol. Each entry
+point names a function ``routes(service) -> list[starlette.routing.BaseRoute]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from core import net, tls
+
+if TYPE_CHECKING:
+    from core.service import Service
+
+log = logging.getLogger("twin.http")
+
+
+def plugin_routes(service: Service) -> list[BaseRoute]:
+    routes: list[BaseRoute] = []
+    for ep in entry_points(group="twin.http"):
+        routes.extend(ep.load()(service))
+    return routes
+
+
+def build_app(service: Service) -> Starlette:
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"name": service.config.name, "ok": True,
+                             "public_key": service.identity.public_key.hex()})
+
+    routes: list[BaseRoute] = [Route("/twin/v1/health", health)]
+    routes += service.peer_routes()
+    routes += plugin_routes(service)
+    return Starlette(routes=routes)
+
+
+class HttpListener:
+    """uvicorn driven by hand, so the twin (not uvicorn) owns the signals."""
+
+    def __init__(self, service: Service) -> None:
+        conf = service.config
+        host, port = conf.str("listen.host"), conf.int("http.port")
+        self._sock = net.bind(host, port, "the HTTPS listener", "http.port")
+        self.port = self._sock.getsockname()[1]
+        self._config = uvicorn.Config(
+            build_app(service),
+            ssl_certfile=str(conf.data_dir / tls.CERT),
+            ssl_keyfile=str(conf.data_dir / tls.KEY),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=3,
+            h11_max_incomplete_event_size=64 * 1024,
+            server_header=False,
+        )
+        self._server = uvicorn.Server(self._config)
+        self._task: asyncio.Task[Any] | None = None
+        self.info = [net.ListenerInfo("https", host, self.port, "implicit")]
+
+    async def start(self) -> None:
+        self._config.load()
+        self._server.lifespan = self._config.lifespan_class(self._config)
+        await self._server.startup(sockets=[self._sock])
+        self._task = asyncio.create_task(self._server.main_loop(), name="https")
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task
+            await self._server.shutdown(sockets=[self._sock])
+        self._sock.close()

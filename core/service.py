@@ -1,0 +1,253 @@
+"""The composition root: one twin, assembled from its parts and run.
+
+``Service.open(data_dir)`` loads config, identity, the metadata database, the
+logins and the phonebook; ``start()`` opens the dispersed store, publishes the
+twin's own phonebook record and starts the listeners; ``stop()`` undoes that in
+reverse order. CLI commands use ``open`` alone; ``twin serve`` uses all three.
+
+Protocol listeners are found through the ``twin.listeners`` entry point group
+(each names ``async def start(service) -> Listener``), so dependencies still
+point one way: protocols import core, core imports no protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, TypeVar
+
+import phonebook as pb
+from core import config as cfg
+from core import identity as ident
+from core import net
+from core.db import Database
+from core.errors import Conflict, Forbidden, Invalid, NotFound, TwinError, Unavailable
+from core.users import Throttle, Users
+from phonebook.pins import GuardedPhonebook, PinStore
+from phonebook.record import TwinRecord
+
+log = logging.getLogger("twin.service")
+T = TypeVar("T")
+RUN_DIR = "run"
+STATUS_FILE = "run/status.json"
+LOCK_FILE = "run/twin.lock"
+DB_FILE = "twin.db"
+
+
+def phonebook_error(exc: pb.PhonebookError) -> TwinError:
+    """Phonebook failures in core's neutral terms (the one mapping table)."""
+    table: dict[type[pb.PhonebookError], type[TwinError]] = {
+        pb.TwinNotFound: NotFound,
+        pb.RecordInvalid: Forbidden,
+        pb.KeyChanged: Conflict,
+        pb.PhonebookUnavailable: Unavailable,
+    }
+    return table.get(type(exc), Invalid)(str(exc))
+
+
+class Service:
+    def __init__(self, config: cfg.Config, identity: ident.Identity) -> None:
+        self.config = config
+        self.data_dir = config.data_dir
+        self.identity = identity
+        self.db = Database(self.data_dir / DB_FILE)
+        self.users = Users(self.db)
+        self.throttle = Throttle()
+        self.phonebook = self._open_phonebook()
+        self.listeners: list[net.Listener] = []
+        self.started_at = 0.0
+        self._lock_fd: int | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.store: Any = None  # storage.Store once started
+
+    @classmethod
+    def open(cls, data_dir: Path, overrides: dict[str, Any] | None = None) -> Service:
+        data_dir = Path(data_dir).expanduser().resolve()
+        if not data_dir.is_dir():
+            raise NotFound(
+                f"data dir {data_dir} does not exist (run `twin --data {data_dir} init`)")
+        config = cfg.load(data_dir, overrides)
+        return cls(config, ident.load(data_dir))
+
+    def _open_phonebook(self) -> GuardedPhonebook:
+        conf = self.config
+        backend = conf.str("phonebook.backend")
+        options: dict[str, Any]
+        if backend == "local":
+            options = {"path": conf.path("phonebook.path")}
+        else:
+            options = {"url": conf.str("phonebook.url"), "identity_seed": self.identity.seed}
+        inner = pb.load(backend, **options)
+        pins = PinStore(self.data_dir / "pins.db")
+        return GuardedPhonebook(inner, pins, ttl=conf.int("phonebook.cache_ttl"))
+
+    # -- phonebook, in core's terms, off the event loop
+
+    async def resolve(self, name_or_id: str | int) -> TwinRecord:
+        try:
+            return await asyncio.to_thread(self.phonebook.resolve, name_or_id)
+        except pb.PhonebookError as exc:
+            raise phonebook_error(exc) from exc
+
+    async def twin_for_address(self, address: str) -> TwinRecord | None:
+        try:
+            return await asyncio.to_thread(self.phonebook.by_address, address)
+        except pb.PhonebookError as exc:
+            raise phonebook_error(exc) from exc
+
+    def public_url(self, http_port: int | None = None) -> str:
+        url = self.config.str("http.public_url")
+        if url:
+            return url.rstrip("/")
+        port = http_port if http_port is not None else self.config.int("http.port")
+        return f"https://{self.config.str('listen.host')}:{port}"
+
+    def own_record(self, http_port: int | None = None) -> TwinRecord:
+        conf = self.config
+        return TwinRecord(
+            name=conf.name,
+            public_key=self.identity.public_key,
+            endpoints=(self.public_url(http_port),),
+            mail_domains=(conf.domain,),
+            valid_until=int(time.time()) + conf.int("phonebook.record_ttl"),
+            seq=time.time_ns() // 1000,
+        ).signed_by(self.identity.signing_key)
+
+    def publish(self, http_port: int | None = None) -> TwinRecord:
+        try:
+            return self.phonebook.publish(self.own_record(http_port))
+        except pb.PhonebookError as exc:
+            raise phonebook_error(exc) from exc
+
+    # -- parts
+
+    def peer_routes(self) -> list[Any]:
+        """Routes of the peer API under /twin/v1/ (none until the peer part is built)."""
+        return []
+
+    def open_store(self) -> Any:
+        import storage
+
+        conf = self.config
+        return storage.open_store(
+            self.data_dir,
+            k=conf.int("storage.k"),
+            n=conf.int("storage.n"),
+            segment_size=conf.int("storage.segment_size"),
+            backends=conf.list("storage.backends"),
+            master_key=self.identity.derive_key("storage"),
+            metadata_key=self.identity.derive_key("metadata"),
+        )
+
+    # -- lifecycle
+
+    def _take_lock(self) -> None:
+        run = self.data_dir / RUN_DIR
+        run.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Conflict(f"another twin is already running on {self.data_dir}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    async def start(self) -> None:
+        from core.http import HttpListener
+
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=8, thread_name_prefix="twin"))
+        self._take_lock()
+        try:
+            self.store = await asyncio.to_thread(self.open_store)
+            http = HttpListener(self)
+            self.listeners.append(http)
+            for ep in entry_points(group="twin.listeners"):
+                self.listeners.append(await ep.load()(self))
+            await http.start()
+            record = await asyncio.to_thread(self.publish, http.port)
+            log.info("published %s (id %d) with endpoint %s", record.name, record.id,
+                     record.endpoints[0])
+        except BaseException:
+            await self.stop()
+            raise
+        self.started_at = time.time()
+        for listener in self.listeners:
+            for info in listener.info:
+                log.info("listening: %s on %s:%d (tls: %s)", info.name, info.host, info.port,
+                         info.tls)
+        self._write_status()
+
+    def listener_info(self) -> list[net.ListenerInfo]:
+        return [info for listener in self.listeners for info in listener.info]
+
+    def _write_status(self) -> None:
+        status = {
+            "pid": os.getpid(),
+            "name": self.config.name,
+            "domain": self.config.domain,
+            "started_at": self.started_at,
+            "listeners": [i.to_json() for i in self.listener_info()],
+        }
+        path = self.data_dir / STATUS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status, indent=2))
+        os.replace(tmp, path)
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Run a background job for the life of the service; cancelled on stop."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.append(task)
+        return task
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        for listener in reversed(self.listeners):
+            try:
+                await listener.stop()
+            except Exception:
+                log.exception("error while stopping a listener")
+        self.listeners.clear()
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / STATUS_FILE).unlink()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def close(self) -> None:
+        self.phonebook.close()
+        self.db.close()
+
+    async def serve_forever(self) -> None:
+        """Start, wait for SIGINT/SIGTERM, stop gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        log.info("twin %s is up (%s)", self.config.name, self.config.domain)
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down")
+            await self.stop()
+            log.info("stopped")

@@ -1,0 +1,141 @@
+"""Key pinning: the first key seen for a twin is the one believed afterwards.
+
+The pin store belongs to the twin that resolves, not to the phonebook (a
+shared phonebook file or a chain is exactly what pinning guards against). A
+changed key raises ``KeyChanged`` until the owner runs ``twin phonebook repin``.
+
+``GuardedPhonebook`` wraps any backend: it verifies, pins, caches with a
+validity period, and when the backend is unreachable it answers from the cache
+with a warning, never with an unverified key.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from phonebook.errors import KeyChanged, PhonebookUnavailable
+from phonebook.record import TwinRecord
+
+log = logging.getLogger("twin.phonebook")
+
+
+class PinStore:
+    def __init__(self, path: str | Path) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS pins (name TEXT PRIMARY KEY, public_key BLOB NOT NULL, "
+            "pinned_at REAL NOT NULL)")
+
+    def check(self, record: TwinRecord) -> TwinRecord:
+        """Pin on first sight; refuse a different key afterwards."""
+        with self._lock:
+            row = self._db.execute("SELECT public_key FROM pins WHERE name = ?",
+                                   (record.name,)).fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO pins VALUES (?, ?, ?)",
+                                 (record.name, record.public_key, time.time()))
+                log.info("pinned key of twin %s: %s", record.name, record.public_key.hex())
+                return record
+        if bytes(row[0]) != record.public_key:
+            log.warning("twin %s presents a new key %s (pinned %s): refused until re-pinned",
+                        record.name, record.public_key.hex(), bytes(row[0]).hex())
+            raise KeyChanged(
+                f"twin {record.name!r} changed its key; run `twin phonebook repin "
+                f"{record.name}` if you trust the change")
+        return record
+
+    def repin(self, name: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM pins WHERE name = ?", (name,))
+        log.info("unpinned twin %s; its next key is pinned on first sight", name)
+
+    def pinned(self) -> dict[str, bytes]:
+        with self._lock:
+            return {n: bytes(k) for n, k in self._db.execute("SELECT name, public_key FROM pins")}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class GuardedPhonebook:
+    """Verify + pin + cache in front of any backend (implements Phonebook)."""
+
+    def __init__(self, inner: object, pins: PinStore, ttl: float) -> None:
+        from phonebook import Phonebook
+
+        assert isinstance(inner, Phonebook)
+        self.inner: Phonebook = inner
+        self.pins = pins
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, TwinRecord]] = {}
+        self._lock = threading.Lock()
+
+    def _remember(self, keys: list[str], record: TwinRecord) -> TwinRecord:
+        with self._lock:
+            for k in keys:
+                self._cache[k] = (time.monotonic() + self.ttl, record)
+        return record
+
+    def _cached(self, key: str, *, stale_ok: bool) -> TwinRecord | None:
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit and (stale_ok or hit[0] > time.monotonic()):
+            return hit[1]
+        return None
+
+    def resolve(self, name_or_id: str | int) -> TwinRecord:
+        key = f"q:{name_or_id}"
+        hit = self._cached(key, stale_ok=False)
+        if hit:
+            return hit
+        try:
+            record = self.pins.check(self.inner.resolve(name_or_id).verify())
+        except PhonebookUnavailable:
+            stale = self._cached(key, stale_ok=True)
+            if stale is None:
+                raise
+            log.warning("phonebook unreachable; using cached record of %s", stale.name)
+            return stale
+        return self._remember([key, f"q:{record.name}", f"q:{record.id}"], record)
+
+    def by_address(self, address: str) -> TwinRecord | None:
+        key = "a:" + address.rpartition("@")[2].lower()
+        hit = self._cached(key, stale_ok=False)
+        if hit:
+            return hit
+        try:
+            found = self.inner.by_address(address)
+        except PhonebookUnavailable:
+            stale = self._cached(key, stale_ok=True)
+            if stale is None:
+                raise
+            log.warning("phonebook unreachable; using cached record of %s", stale.name)
+            return stale
+        if found is None:
+            return None
+        return self._remember([key], self.pins.check(found.verify()))
+
+    def publish(self, record: TwinRecord, *, replace_key: bool = False) -> TwinRecord:
+        stored = self.inner.publish(record, replace_key=replace_key)
+        with self._lock:
+            self._cache.clear()
+        return stored
+
+    def list(self) -> list[TwinRecord]:
+        return self.inner.list()
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def close(self) -> None:
+        self.inner.close()
+        self.pins.close()

@@ -1,0 +1,143 @@
+"""TwinRecord: what the phonebook says about one twin, signed by that twin.
+
+The signature covers a deterministic CBOR encoding of every field except the
+phonebook-assigned ``id`` and the signature itself. So a record carries its own
+proof: whoever stored it, the key inside signed the name, endpoints and mail
+domains next to it. ``seq`` only grows, so an old record cannot be replayed over
+a newer one; ``valid_until`` bounds how long a stale copy is believed.
+
+Records that come from a chain (``source="tfchain"``) have no signature of
+their own: the chain's extrinsic signature by the account is their proof, and
+the tfchain backend is trusted to have read them from the chain.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import cbor2
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from phonebook.errors import RecordInvalid
+
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*"
+                       r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_ENDPOINTS = 8
+MAX_DOMAINS = 16
+SIGNATURE_CONTEXT = b"twin-phonebook-record-v1\x00"
+
+
+@dataclass(frozen=True)
+class TwinRecord:
+    name: str
+    public_key: bytes
+    endpoints: tuple[str, ...] = ()
+    mail_domains: tuple[str, ...] = ()
+    valid_until: int = 0
+    seq: int = 1
+    id: int = 0
+    signature: bytes | None = None
+    key_type: str = "ed25519"
+    source: str = "local"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    # -- canonical bytes and signing
+
+    def signed_bytes(self) -> bytes:
+        body = {
+            "name": self.name,
+            "public_key": self.public_key,
+            "key_type": self.key_type,
+            "endpoints": list(self.endpoints),
+            "mail_domains": list(self.mail_domains),
+            "valid_until": self.valid_until,
+            "seq": self.seq,
+        }
+        return SIGNATURE_CONTEXT + cbor2.dumps(body, canonical=True)
+
+    def signed_by(self, key: SigningKey) -> TwinRecord:
+        if bytes(key.verify_key) != self.public_key:
+            raise RecordInvalid("a record can only be signed by its own key")
+        sig = key.sign(self.signed_bytes()).signature
+        return replace(self, signature=bytes(sig))
+
+    def check_shape(self) -> None:
+        if not NAME_RE.match(self.name):
+            raise RecordInvalid(f"bad twin name {self.name!r} (a-z, 0-9 and -, at most 63)")
+        if len(self.public_key) != 32:
+            raise RecordInvalid(f"twin {self.name!r}: public key must be 32 bytes")
+        if len(self.endpoints) > MAX_ENDPOINTS or len(self.mail_domains) > MAX_DOMAINS:
+            raise RecordInvalid(f"twin {self.name!r}: too many endpoints or domains")
+        for url in self.endpoints:
+            if not url.startswith(("https://", "http://")) or len(url) > 512:
+                raise RecordInvalid(f"twin {self.name!r}: bad endpoint {url!r}")
+        for domain in self.mail_domains:
+            if not DOMAIN_RE.match(domain):
+                raise RecordInvalid(f"twin {self.name!r}: bad mail domain {domain!r}")
+
+    def verify(self, now: float | None = None) -> TwinRecord:
+        """Check shape, signature and validity; returns self so calls chain."""
+        self.check_shape()
+        if self.source == "local":
+            if self.signature is None:
+                raise RecordInvalid(f"twin {self.name!r}: record is not signed")
+            try:
+                VerifyKey(self.public_key).verify(self.signed_bytes(), self.signature)
+            except BadSignatureError:
+                raise RecordInvalid(
+                    f"twin {self.name!r}: record signature does not verify (tampered?)"
+                ) from None
+            if self.valid_until and self.valid_until < (now or time.time()):
+                raise RecordInvalid(f"twin {self.name!r}: record expired, the twin must republish")
+        return self
+
+    # -- storage form
+
+    def to_bytes(self) -> bytes:
+        return cbor2.dumps({
+            "v": 1,
+            "name": self.name,
+            "public_key": self.public_key,
+            "key_type": self.key_type,
+            "endpoints": list(self.endpoints),
+            "mail_domains": list(self.mail_domains),
+            "valid_until": self.valid_until,
+            "seq": self.seq,
+            "signature": self.signature,
+        }, canonical=True)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, id: int = 0) -> TwinRecord:
+        try:
+            raw = cbor2.loads(data)
+            return cls(
+                name=str(raw["name"]),
+                public_key=bytes(raw["public_key"]),
+                key_type=str(raw.get("key_type", "ed25519")),
+                endpoints=tuple(str(u) for u in raw["endpoints"]),
+                mail_domains=tuple(str(d) for d in raw["mail_domains"]),
+                valid_until=int(raw["valid_until"]),
+                seq=int(raw["seq"]),
+                signature=bytes(raw["signature"]) if raw.get("signature") else None,
+                id=id,
+            )
+        except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise RecordInvalid(f"undecodable phonebook record: {exc}") from exc
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "public_key": self.public_key.hex(),
+            "key_type": self.key_type,
+            "endpoints": list(self.endpoints),
+            "mail_domains": list(self.mail_domains),
+            "valid_until": self.valid_until,
+            "seq": self.seq,
+            "source": self.source,
+        }

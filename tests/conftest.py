@@ -1,0 +1,31 @@
+"""Fixtures shared by every test: real twin processes on 127.0.0.1, port 0."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.twins import TwinProcess
+
+
+@pytest.fixture
+def twins(tmp_path: Path) -> Iterator[Callable[..., TwinProcess]]:
+    """Factory: ``twins("alice")`` creates and starts a twin; all are stopped after."""
+    made: list[TwinProcess] = []
+
+    def make(name: str, *, phonebook: Path | None = None, start: bool = True,
+             sets: list[str] | None = None) -> TwinProcess:
+        if phonebook is None and made:
+            phonebook = made[0].phonebook
+        twin = TwinProcess.create(tmp_path, name, phonebook=phonebook, sets=sets)
+        made.append(twin)
+        return twin.start() if start else twin
+
+    yield make
+    for twin in made:
+        try:
+            twin.stop()
+        except Exception:
+            twin.kill9()

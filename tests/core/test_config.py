@@ -1,0 +1,98 @@
+"""One schema: defaults, the TOML file, environment and --set, with errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core import config as cfg
+from core.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / cfg.CONFIG_FILE).write_text(text)
+    return tmp_path / cfg.CONFIG_FILE
+
+
+def test_every_key_has_a_default_of_its_type_and_help() -> None:
+    for key in cfg.SCHEMA:
+        assert key.help, key.name
+        assert cfg.coerce(key, key.default, "schema") == key.default
+
+
+def test_defaults_then_file_then_environment_then_command_line(tmp_path: Path) -> None:
+    write(tmp_path, '[twin]\nname = "alice"\n[imap]\nport = 1143\nmax_line = 4096\n')
+    conf = cfg.load(tmp_path, {"imap.max_line": "9000"}, environ={"TWIN_IMAP_PORT": "1144"})
+    assert conf.int("imap.port") == 1144
+    assert conf.int("imap.max_line") == 9000
+    assert conf.int("smtp.port") == 2525
+    assert conf.name == "alice" and conf.domain == "alice.localhost"
+    assert conf.sources["imap.port"] == "env TWIN_IMAP_PORT"
+    assert conf.sources["imap.max_line"] == "command line"
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[imap]\nprot = 1143\n")
+    with pytest.raises(ConfigError) as err:
+        cfg.load(tmp_path, environ={})
+    assert "'imap.prot'" in str(err.value) and str(path) in str(err.value)
+
+
+def test_wrong_type_names_key_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[imap]\nport = "high"\n')
+    with pytest.raises(ConfigError) as err:
+        cfg.load(tmp_path, environ={})
+    assert "'imap.port'" in str(err.value) and str(path) in str(err.value)
+
+
+def test_wrong_environment_value_names_the_variable(tmp_path: Path) -> None:
+    write(tmp_path, "")
+    with pytest.raises(ConfigError, match="TWIN_LISTEN_PLAINTEXT_AUTH"):
+        cfg.load(tmp_path, environ={"TWIN_LISTEN_PLAINTEXT_AUTH": "maybe"})
+
+
+def test_choices_and_minimums_are_enforced(tmp_path: Path) -> None:
+    write(tmp_path, '[phonebook]\nbackend = "dns"\n')
+    with pytest.raises(ConfigError, match="'phonebook.backend'.*one of local, tfchain"):
+        cfg.load(tmp_path, environ={})
+    write(tmp_path, "[smtp]\nmax_message_size = 10\n")
+    with pytest.raises(ConfigError, match="below the minimum"):
+        cfg.load(tmp_path, environ={})
+
+
+def test_rules_across_keys(tmp_path: Path) -> None:
+    write(tmp_path, "[storage]\nk = 5\nn = 4\n")
+    with pytest.raises(ConfigError, match="'storage.k'"):
+        cfg.load(tmp_path, environ={})
+    write(tmp_path, "[storage]\nn = 8\n")
+    with pytest.raises(ConfigError, match="lists 6 backends"):
+        cfg.load(tmp_path, environ={})
+
+
+def test_broken_toml_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[imap\n")
+    with pytest.raises(ConfigError, match=str(path)):
+        cfg.load(tmp_path, environ={})
+
+
+def test_missing_file_says_run_init(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="twin init"):
+        cfg.load(tmp_path, environ={})
+
+
+def test_written_file_loads_back_and_is_private(tmp_path: Path) -> None:
+    path = cfg.write(tmp_path, {"twin.name": "bob", "http.port": 9443,
+                                "storage.backends": cfg.BY_NAME["storage.backends"].default})
+    assert path.stat().st_mode & 0o077 == 0
+    conf = cfg.load(tmp_path, environ={})
+    assert conf.int("http.port") == 9443 and conf.name == "bob"
+    assert len(conf.list("storage.backends")) == 6
+
+
+def test_show_masks_secrets_and_doc_lists_every_key(tmp_path: Path) -> None:
+    write(tmp_path, '[smtp]\nsmarthost_password = "hunter2"\n')
+    shown = cfg.render_show(cfg.load(tmp_path, environ={}))
+    assert "hunter2" not in shown and "********" in shown
+    doc = cfg.render_doc()
+    assert all(key.name in doc and key.env in doc for key in cfg.SCHEMA)
