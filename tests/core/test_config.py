@@ -54,7 +54,7 @@ def test_wrong_environment_value_names_the_variable(tmp_path: Path) -> None:
 
 def test_choices_and_minimums_are_enforced(tmp_path: Path) -> None:
     write(tmp_path, '[phonebook]\nbackend = "dns"\n')
-    with pytest.raises(ConfigError, match="'phonebook.backend'.*one of local, tfchain"):
+    with pytest.raises(ConfigError, match=r"'phonebook\.backend'.*one of local, tfchain"):
         cfg.load(tmp_path, environ={})
     write(tmp_path, "[smtp]\nmax_message_size = 10\n")
     with pytest.raises(ConfigError, match="below the minimum"):
@@ -63,7 +63,7 @@ def test_choices_and_minimums_are_enforced(tmp_path: Path) -> None:
 
 def test_rules_across_keys(tmp_path: Path) -> None:
     write(tmp_path, "[storage]\nk = 5\nn = 4\n")
-    with pytest.raises(ConfigError, match="'storage.k'"):
+    with pytest.raises(ConfigError, match=r"'storage\.k'"):
         cfg.load(tmp_path, environ={})
     write(tmp_path, "[storage]\nn = 8\n")
     with pytest.raises(ConfigError, match="lists 6 backends"):

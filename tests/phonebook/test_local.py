@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import sqlite3
 import time
@@ -117,10 +118,8 @@ def _worker(path: str, index: int, count: int, others: int) -> None:
         book.publish(record(f"p{index}-{i}", key))
         # resolve whatever the other processes have published so far
         for j in range(others):
-            try:
+            with contextlib.suppress(TwinNotFound):
                 book.resolve(f"p{j}-{i // 2}")
-            except TwinNotFound:
-                pass
     book.close()
 
 

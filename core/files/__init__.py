@@ -1,0 +1,32 @@
+"""The twin's file tree: what WebDAV shows and what other twins are granted.
+
+Directories and files live as rows in ``twin.db`` (name, size, etag, times,
+content type, the storage object that holds the bytes); the bytes live in the
+dispersed store. Keeping the tree in SQLite and the data in the store means:
+
+- MOVE and COPY are metadata only. A copy shares the storage object; objects
+  carry a reference count and are deleted when the last file lets go of them.
+- An overwrite is atomic: the new object is written fully first, then one
+  transaction switches the file's reference, then the old object is deleted
+  once no reader is still streaming it. A failed upload changes nothing.
+- Dead properties belong to the node, so they follow it through MOVE and
+  COPY and vanish with it.
+
+Contract of the parts:
+
+- ``FileTree`` (``core.files.tree``): async API used by adapters; implements
+  the peer layer's ``ContentSource`` (``stat``, ``list``, ``read``) so grants on
+  file-tree paths can be served to other twins.
+- ``PathLocks`` (``core.files.locks``): persistent write locks on paths
+  (WebDAV's LOCK), blocking calls meant for worker threads.
+- ``paths``: the one place where a path is validated and normalised.
+
+Errors are core's neutral ones; ``QuotaExceeded`` is an ``Invalid`` that the
+WebDAV adapter answers with 507.
+"""
+
+from core.files.locks import PathLocks
+from core.files.paths import join, normalize, split
+from core.files.tree import FileEntry, FileTree, QuotaExceeded
+
+__all__ = ["FileEntry", "FileTree", "PathLocks", "QuotaExceeded", "join", "normalize", "split"]

@@ -1,0 +1,556 @@
+"""The file tree: nodes in SQLite, bytes in the dispersed store.
+
+Every database step is one function run on the database thread inside one
+``BEGIN IMMEDIATE`` transaction, so a reader sees either the old or the new
+state of a file, never a mix. Storage objects that no file references any
+more are first recorded in ``file_garbage`` (inside the same transaction),
+then deleted from the store once no reader in this process is streaming them;
+the table makes that deletion survive a crash (``sweep`` at start-up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import mimetypes
+import secrets
+import shutil
+import sqlite3
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from core.db import Database
+from core.errors import Conflict, Invalid, NotFound, TwinError, Unavailable
+from core.files.paths import join, split
+from core.peer.content import ContentEntry
+
+log = logging.getLogger("twin.files")
+T = TypeVar("T")
+Refs = list[str]  # FileTree.list shadows the builtin inside the class
+ROOT_ID = 1
+MAX_PROP_VALUE = 64 * 1024
+MAX_PROPS_PER_NODE = 256
+MAX_CHILDREN_LISTED = 100_000
+
+MIGRATIONS = [
+    """
+    CREATE TABLE file_nodes (
+        id           INTEGER PRIMARY KEY,
+        parent       INTEGER REFERENCES file_nodes(id) ON DELETE CASCADE,
+        name         TEXT NOT NULL,
+        is_dir       INTEGER NOT NULL,
+        size         INTEGER NOT NULL DEFAULT 0,
+        etag         TEXT NOT NULL,
+        created      REAL NOT NULL,
+        modified     REAL NOT NULL,
+        content_type TEXT NOT NULL DEFAULT '',
+        ref          TEXT,
+        UNIQUE (parent, name)
+    );
+    CREATE INDEX file_nodes_ref ON file_nodes(ref);
+    CREATE TABLE file_blobs (
+        ref   TEXT PRIMARY KEY,
+        refs  INTEGER NOT NULL
+    );
+    CREATE TABLE file_props (
+        node   INTEGER NOT NULL REFERENCES file_nodes(id) ON DELETE CASCADE,
+        name   TEXT NOT NULL,
+        value  BLOB NOT NULL,
+        PRIMARY KEY (node, name)
+    );
+    CREATE TABLE file_garbage (
+        ref    TEXT PRIMARY KEY,
+        since  REAL NOT NULL
+    );
+    INSERT INTO file_nodes (id, parent, name, is_dir, etag, created, modified)
+        VALUES (1, NULL, '', 1, 'root', strftime('%s','now'), strftime('%s','now'));
+    """,
+]
+
+# A constant column list: the f-strings below that use it carry no input (S608).
+_COLS = "id, parent, name, is_dir, size, etag, created, modified, content_type, ref"
+
+
+class QuotaExceeded(Invalid):
+    """The write would take the tree over ``webdav.quota``."""
+
+    code = "quota"
+
+
+@dataclass(frozen=True)
+class FileEntry(ContentEntry):
+    """One node: the peer layer's ``ContentEntry`` plus what only the owner sees."""
+
+    created: float = 0.0
+    content_type: str = ""
+    ref: str | None = None
+    id: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        """Only the ContentEntry fields: object refs and row ids stay private."""
+        return {"path": self.path, "name": self.name, "size": self.size,
+                "is_dir": self.is_dir, "mtime": self.mtime, "etag": self.etag}
+
+
+Entries = list[FileEntry]
+
+
+def _entry(row: tuple[Any, ...], path: str) -> FileEntry:
+    nid, _parent, name, is_dir, size, etag, created, modified, ctype, ref = row
+    return FileEntry(path=path, name=name, size=int(size), is_dir=bool(is_dir),
+                     mtime=float(modified), etag=etag, created=float(created),
+                     content_type=ctype, ref=ref, id=int(nid))
+
+
+def _new_etag() -> str:
+    return secrets.token_hex(12)
+
+
+def _guess_type(name: str, given: str | None) -> str:
+    if given and given.split(";")[0].strip().lower() not in ("", "application/octet-stream"):
+        return given[:255]
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def _tx(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+def _lookup(c: sqlite3.Connection, parts: tuple[str, ...]) -> tuple[Any, ...] | None:
+    row = c.execute(f"SELECT {_COLS} FROM file_nodes WHERE id = ?", (ROOT_ID,)).fetchone()  # noqa: S608
+    for part in parts:
+        if row is None or not row[3]:
+            return None
+        row = c.execute(f"SELECT {_COLS} FROM file_nodes WHERE parent = ? AND name = ?",  # noqa: S608
+                        (row[0], part)).fetchone()
+    return tuple(row) if row is not None else None
+
+
+def _need(c: sqlite3.Connection, parts: tuple[str, ...]) -> tuple[Any, ...]:
+    row = _lookup(c, parts)
+    if row is None:
+        raise NotFound(f"{join(parts)} does not exist")
+    return row
+
+
+def _parent_dir(c: sqlite3.Connection, parts: tuple[str, ...]) -> tuple[Any, ...]:
+    """The existing directory a new node at ``parts`` goes into (409 territory if not)."""
+    if not parts:
+        raise Conflict("the root already exists")
+    row = _lookup(c, parts[:-1])
+    if row is None or not row[3]:
+        raise Conflict(f"parent of {join(parts)} is not an existing directory")
+    return row
+
+
+def _subtree_ids(c: sqlite3.Connection, node: int) -> list[int]:
+    return [r[0] for r in c.execute(
+        "WITH RECURSIVE t(id) AS (SELECT ? UNION ALL "
+        "SELECT n.id FROM file_nodes n JOIN t ON n.parent = t.id) SELECT id FROM t", (node,))]
+
+
+def _release(c: sqlite3.Connection, ref: str | None, freed: list[str]) -> None:
+    """Drop one reference to ``ref``; the last one sends the object to the garbage table."""
+    if ref is None:
+        return
+    c.execute("UPDATE file_blobs SET refs = refs - 1 WHERE ref = ?", (ref,))
+    row = c.execute("SELECT refs FROM file_blobs WHERE ref = ?", (ref,)).fetchone()
+    if row is not None and row[0] <= 0:
+        c.execute("DELETE FROM file_blobs WHERE ref = ?", (ref,))
+        c.execute("INSERT OR REPLACE INTO file_garbage VALUES (?, ?)", (ref, time.time()))
+        freed.append(ref)
+
+
+def _retain(c: sqlite3.Connection, ref: str | None) -> None:
+    if ref is None:
+        return
+    c.execute("INSERT INTO file_blobs VALUES (?, 1) "
+              "ON CONFLICT(ref) DO UPDATE SET refs = refs + 1", (ref,))
+
+
+def _remove_subtree(c: sqlite3.Connection, node: int, freed: list[str]) -> None:
+    ids = _subtree_ids(c, node)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        for (ref,) in c.execute(f"SELECT ref FROM file_nodes WHERE id IN ({marks}) "  # noqa: S608
+                                "AND ref IS NOT NULL", chunk).fetchall():
+            _release(c, ref, freed)
+    c.execute("DELETE FROM file_nodes WHERE id = ?", (node,))
+
+
+def _used(c: sqlite3.Connection) -> int:
+    return int(c.execute("SELECT COALESCE(SUM(size), 0) FROM file_nodes WHERE is_dir = 0")
+               .fetchone()[0])
+
+
+def _storage_error(exc: Exception) -> TwinError:
+    """Dispersed-store failures in core's neutral terms."""
+    from storage import errors as se
+
+    if isinstance(exc, se.ObjectNotFound):
+        return NotFound(f"file content is missing from storage: {exc}")
+    if isinstance(exc, se.InvalidReference):
+        return Invalid(str(exc))
+    return Unavailable(f"storage: {exc}")
+
+
+class FileTree:
+    """The owner's files. All methods are coroutines on the service's loop."""
+
+    def __init__(self, db: Database, store: Callable[[], Any], *, quota: int = 0,
+                 data_dir: Path | None = None, redundancy: float = 1.0) -> None:
+        self.db = db
+        self._store = store
+        self.quota = quota
+        self.data_dir = data_dir
+        self.redundancy = redundancy
+        self._pins: dict[str, int] = {}
+        self._deferred: set[str] = set()
+        db.migrate("files", MIGRATIONS)
+
+    @property
+    def store(self) -> Any:
+        store = self._store()
+        if store is None:
+            raise Unavailable("the dispersed store is not open")
+        return store
+
+    # -- reading the tree (also the peer layer's ContentSource)
+
+    async def stat(self, path: str) -> FileEntry:
+        parts = split(path)
+        row = await self.db.run(_need, parts)
+        return _entry(row, join(parts))
+
+    async def exists(self, path: str) -> FileEntry | None:
+        parts = split(path)
+        row = await self.db.run(_lookup, parts)
+        return _entry(row, join(parts)) if row else None
+
+    async def list(self, path: str) -> list[ContentEntry]:
+        """A directory's children (ContentSource); ``entries`` gives the full FileEntry."""
+        return list(await self.entries(path))
+
+    async def entries(self, path: str) -> Entries:
+        parts = split(path)
+
+        def children(c: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            row = _need(c, parts)
+            if not row[3]:
+                raise Invalid(f"{join(parts)} is not a directory")
+            return [tuple(r) for r in c.execute(
+                f"SELECT {_COLS} FROM file_nodes WHERE parent = ? ORDER BY name LIMIT ?",  # noqa: S608
+                (row[0], MAX_CHILDREN_LISTED))]
+
+        rows = await self.db.run(children)
+        return [_entry(r, join((*parts, r[2]))) for r in rows]
+
+    async def read(self, path: str, start: int = 0, end: int | None = None,
+                   *, entry: FileEntry | None = None) -> AsyncIterator[bytes]:
+        """Stream a file's bytes ``[start, end)``; ``entry`` pins the version seen by stat."""
+        if entry is None:
+            entry = await self.stat(path)
+        if entry.is_dir:
+            raise Invalid(f"{entry.path} is a directory")
+        end = entry.size if end is None else min(end, entry.size)
+        if entry.ref is None or start >= end:
+            return
+        from storage.model import ObjectRef
+
+        ref = entry.ref
+        self._pins[ref] = self._pins.get(ref, 0) + 1
+        try:
+            chunks = aiter(self.store.get(ObjectRef.parse(ref), start, end))
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            finally:
+                closer = getattr(chunks, "aclose", None)
+                if closer is not None:
+                    with contextlib.suppress(Exception):
+                        await closer()
+        except TwinError:
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith("storage"):
+                raise _storage_error(exc) from exc
+            raise
+        finally:
+            self._pins[ref] -= 1
+            if not self._pins[ref]:
+                del self._pins[ref]
+                if ref in self._deferred:
+                    self._deferred.discard(ref)
+                    await self._delete_objects([ref])
+
+    # -- changing the tree
+
+    async def mkdir(self, path: str) -> FileEntry:
+        parts = split(path)
+
+        def make(c: sqlite3.Connection) -> tuple[Any, ...]:
+            parent = _parent_dir(c, parts)
+            now = time.time()
+            try:
+                c.execute("INSERT INTO file_nodes (parent, name, is_dir, etag, created, modified)"
+                          " VALUES (?, ?, 1, ?, ?, ?)", (parent[0], parts[-1], _new_etag(),
+                                                         now, now))
+            except sqlite3.IntegrityError:
+                raise Conflict(f"{join(parts)} exists") from None
+            return _need(c, parts)
+
+        row = await self.db.run(_tx, make)
+        log.info("created directory %s", join(parts))
+        return _entry(row, join(parts))
+
+    async def create_empty(self, path: str, content_type: str | None = None) -> FileEntry:
+        """An empty file (PUT of nothing, or a LOCK on an unmapped URL); keeps existing files."""
+        parts = split(path)
+
+        def make(c: sqlite3.Connection) -> tuple[Any, ...]:
+            existing = _lookup(c, parts)
+            if existing is not None:
+                if existing[3]:
+                    raise Conflict(f"{join(parts)} is a directory")
+                return existing
+            parent = _parent_dir(c, parts)
+            now = time.time()
+            c.execute("INSERT INTO file_nodes (parent, name, is_dir, size, etag, created, "
+                      "modified, content_type) VALUES (?, ?, 0, 0, ?, ?, ?, ?)",
+                      (parent[0], parts[-1], _new_etag(), now, now,
+                       _guess_type(parts[-1], content_type)))
+            return _need(c, parts)
+
+        return _entry(await self.db.run(_tx, make), join(parts))
+
+    async def write(self, path: str, data: AsyncIterable[bytes], *,
+                    content_type: str | None = None, size_hint: int | None = None) -> FileEntry:
+        """Store ``data`` fully, then switch the file to it in one transaction."""
+        parts = split(path)
+        if self.quota and size_hint is not None:
+            used = await self.db.run(_used)
+            if used + size_hint > self.quota:
+                raise QuotaExceeded(f"{size_hint} more bytes exceed the quota of {self.quota}")
+        await self.db.run(_parent_dir, parts)
+        ref: str | None = None
+        size = 0
+        try:
+            obj = await self.store.put(data)
+            ref, size = str(obj), int(obj.size)
+        except TwinError:
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith("storage"):
+                raise _storage_error(exc) from exc
+            raise
+        if size == 0:  # empty files need no object
+            await self._delete_objects([ref])
+            ref = None
+
+        def switch(c: sqlite3.Connection) -> tuple[tuple[Any, ...], Refs]:
+            freed: Refs = []
+            parent = _parent_dir(c, parts)
+            old = _lookup(c, parts)
+            if old is not None and old[3]:
+                raise Conflict(f"{join(parts)} is a directory")
+            if self.quota:
+                new_used = _used(c) - (old[4] if old else 0) + size
+                if new_used > self.quota:
+                    raise QuotaExceeded(f"writing {size} bytes exceeds the quota of "
+                                        f"{self.quota}")
+            now = time.time()
+            ctype = _guess_type(parts[-1], content_type)
+            _retain(c, ref)
+            if old is None:
+                c.execute("INSERT INTO file_nodes (parent, name, is_dir, size, etag, created, "
+                          "modified, content_type, ref) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?)",
+                          (parent[0], parts[-1], size, _new_etag(), now, now, ctype, ref))
+            else:
+                c.execute("UPDATE file_nodes SET size = ?, etag = ?, modified = ?, "
+                          "content_type = ?, ref = ? WHERE id = ?",
+                          (size, _new_etag(), now, ctype, ref, old[0]))
+                _release(c, old[9], freed)
+            return _need(c, parts), freed
+
+        try:
+            row, freed = await self.db.run(_tx, switch)
+        except BaseException:
+            if ref is not None:
+                await self._delete_objects([ref])
+            raise
+        await self._collect(freed)
+        log.info("wrote %s (%d bytes)", join(parts), size)
+        return _entry(row, join(parts))
+
+    async def delete(self, path: str) -> None:
+        """Remove a file or a whole directory tree."""
+        parts = split(path)
+        if not parts:
+            raise Invalid("the root cannot be deleted")
+
+        def remove(c: sqlite3.Connection) -> Refs:
+            freed: Refs = []
+            _remove_subtree(c, _need(c, parts)[0], freed)
+            return freed
+
+        freed = await self.db.run(_tx, remove)
+        await self._collect(freed)
+        log.info("deleted %s", join(parts))
+
+    async def move(self, src: str, dst: str, *, overwrite: bool = False) -> FileEntry:
+        """Rename ``src`` to ``dst`` (metadata only; properties follow the node)."""
+        s, d = split(src), split(dst)
+        if not s or d[:len(s)] == s:
+            raise Conflict(f"cannot move {join(s)} into itself")
+
+        def rename(c: sqlite3.Connection) -> tuple[tuple[Any, ...], Refs]:
+            freed: Refs = []
+            node = _need(c, s)
+            parent = _parent_dir(c, d)
+            existing = _lookup(c, d)
+            if existing is not None:
+                if not overwrite:
+                    raise Conflict(f"{join(d)} exists")
+                _remove_subtree(c, existing[0], freed)
+            c.execute("UPDATE file_nodes SET parent = ?, name = ?, modified = ? WHERE id = ?",
+                      (parent[0], d[-1], time.time(), node[0]))
+            return _need(c, d), freed
+
+        row, freed = await self.db.run(_tx, rename)
+        await self._collect(freed)
+        log.info("moved %s to %s", join(s), join(d))
+        return _entry(row, join(d))
+
+    async def copy(self, src: str, dst: str, *, recursive: bool = True,
+                   overwrite: bool = False) -> FileEntry:
+        """Copy metadata; the copy shares the storage objects (reference counted)."""
+        s, d = split(src), split(dst)
+        if recursive and d[:len(s)] == s:
+            raise Conflict(f"cannot copy {join(s)} into itself")
+
+        def duplicate(c: sqlite3.Connection) -> tuple[tuple[Any, ...], Refs]:
+            freed: Refs = []
+            node = _need(c, s)
+            parent = _parent_dir(c, d)
+            existing = _lookup(c, d)
+            if existing is not None:
+                if not overwrite:
+                    raise Conflict(f"{join(d)} exists")
+                _remove_subtree(c, existing[0], freed)
+            now = time.time()
+            todo = [(node, parent[0], d[-1])]
+            while todo:
+                row, new_parent, name = todo.pop()
+                cur = c.execute(
+                    "INSERT INTO file_nodes (parent, name, is_dir, size, etag, created, "
+                    "modified, content_type, ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (new_parent, name, row[3], row[4], row[5] if row[9] else _new_etag(),
+                     now, now, row[8], row[9]))
+                new_id = cur.lastrowid
+                _retain(c, row[9])
+                c.execute("INSERT INTO file_props (node, name, value) "
+                          "SELECT ?, name, value FROM file_props WHERE node = ?",
+                          (new_id, row[0]))
+                if row[3] and recursive:
+                    for child in c.execute(f"SELECT {_COLS} FROM file_nodes WHERE parent = ?",  # noqa: S608
+                                           (row[0],)).fetchall():
+                        todo.append((tuple(child), new_id, child[2]))
+            if self.quota and _used(c) > self.quota:
+                raise QuotaExceeded(f"copying {join(s)} exceeds the quota of {self.quota}")
+            return _need(c, d), freed
+
+        row, freed = await self.db.run(_tx, duplicate)
+        await self._collect(freed)
+        log.info("copied %s to %s", join(s), join(d))
+        return _entry(row, join(d))
+
+    async def touch(self, path: str, mtime: float) -> None:
+        parts = split(path)
+        await self.db.run(_tx, lambda c: c.execute(
+            "UPDATE file_nodes SET modified = ? WHERE id = ?", (mtime, _need(c, parts)[0])))
+
+    # -- dead properties
+
+    async def props(self, path: str) -> dict[str, bytes]:
+        parts = split(path)
+
+        def get(c: sqlite3.Connection) -> dict[str, bytes]:
+            node = _need(c, parts)[0]
+            return {n: bytes(v) for n, v in c.execute(
+                "SELECT name, value FROM file_props WHERE node = ?", (node,))}
+
+        return await self.db.run(get)
+
+    async def set_prop(self, path: str, name: str, value: bytes | None) -> None:
+        """Set (or with ``None`` remove) one dead property."""
+        parts = split(path)
+        if not name or len(name) > 1024:
+            raise Invalid("property name missing or longer than 1024 characters")
+        if value is not None and len(value) > MAX_PROP_VALUE:
+            raise Invalid(f"property value longer than {MAX_PROP_VALUE} bytes")
+
+        def put(c: sqlite3.Connection) -> None:
+            node = _need(c, parts)[0]
+            if value is None:
+                c.execute("DELETE FROM file_props WHERE node = ? AND name = ?", (node, name))
+                return
+            count = c.execute("SELECT COUNT(*) FROM file_props WHERE node = ?",
+                              (node,)).fetchone()[0]
+            if count >= MAX_PROPS_PER_NODE:
+                raise Invalid(f"more than {MAX_PROPS_PER_NODE} properties on {join(parts)}")
+            c.execute("INSERT OR REPLACE INTO file_props VALUES (?, ?, ?)", (node, name, value))
+
+        await self.db.run(_tx, put)
+
+    # -- space
+
+    async def usage(self) -> tuple[int, int]:
+        """(bytes used, bytes still available) for RFC 4331 quota properties."""
+        used = await self.db.run(_used)
+        if self.quota:
+            return used, max(0, self.quota - used)
+        free = 0
+        if self.data_dir is not None:
+            free = (await asyncio.to_thread(shutil.disk_usage, self.data_dir)).free
+        return used, int(free / max(self.redundancy, 1.0))
+
+    # -- garbage
+
+    async def _collect(self, freed: Refs) -> None:
+        now = [r for r in freed if r not in self._pins]
+        self._deferred.update(r for r in freed if r in self._pins)
+        await self._delete_objects(now)
+
+    async def _delete_objects(self, refs: Refs) -> None:
+        from storage.model import ObjectRef
+
+        for ref in refs:
+            try:
+                await self.store.delete(ObjectRef.parse(ref))
+            except Exception as exc:
+                if type(exc).__name__ != "ObjectNotFound":
+                    log.warning("could not delete storage object %s: %s", ref, exc)
+                    continue
+            await self.db.run(lambda c, r=ref: c.execute(
+                "DELETE FROM file_garbage WHERE ref = ?", (r,)))
+
+    async def sweep(self) -> int:
+        """Delete objects left in ``file_garbage`` by a crash; run once the store is open."""
+        refs = await self.db.run(lambda c: [r[0] for r in c.execute(
+            "SELECT ref FROM file_garbage")])
+        await self._delete_objects([r for r in refs if r not in self._pins])
+        if refs:
+            log.info("swept %d unreferenced storage objects", len(refs))
+        return len(refs)

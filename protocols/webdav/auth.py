@@ -1,0 +1,56 @@
+"""wsgidav domain controller that checks the twin's own logins (Basic over TLS).
+
+Each attempt goes through ``Users.authenticate`` (Argon2id, cached briefly)
+and the shared ``Throttle``, so WebDAV, SMTP and IMAP slow a guesser down
+together. Digest is not offered: it needs the clear password (or an MD5 of
+it) on the server, and the twin stores only Argon2id hashes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from wsgidav.dc.base_dc import BaseDomainController
+
+if TYPE_CHECKING:
+    from core.service import Service
+    from protocols.webdav.bridge import Bridge
+
+log = logging.getLogger("twin.webdav.auth")
+REALM = "twin"
+
+
+class TwinDomainController(BaseDomainController):  # type: ignore[misc]
+    """Configured with ``config["twin"] = {"service": ..., "bridge": ...}``."""
+
+    def __init__(self, wsgidav_app: Any, config: dict[str, Any]) -> None:
+        super().__init__(wsgidav_app, config)
+        self.service: Service = config["twin"]["service"]
+        self.bridge: Bridge = config["twin"]["bridge"]
+
+    def get_domain_realm(self, path_info: str, environ: dict[str, Any]) -> str:
+        return REALM
+
+    def require_authentication(self, realm: str, environ: dict[str, Any]) -> bool:
+        return True
+
+    def supports_http_digest_auth(self) -> bool:
+        return False
+
+    def basic_auth_user(self, realm: str, user_name: str, password: str,
+                        environ: dict[str, Any]) -> bool:
+        peer = environ.get("REMOTE_ADDR", "?")
+        ok = self.bridge.call(self._check(user_name, password, peer))
+        if ok:
+            environ["twin.login"] = user_name.strip().lower()
+        return ok
+
+    async def _check(self, login: str, password: str, peer: str) -> bool:
+        throttle = self.service.throttle
+        await throttle.before_attempt(login, peer)
+        ok = await self.service.users.authenticate(login, password)
+        throttle.record(login, peer, ok)
+        if not ok:
+            log.info("WebDAV login refused for %s from %s", login[:254], peer)
+        return ok

@@ -1,0 +1,218 @@
+"""wsgidav resources over the owner's file tree: one folder class, one file class.
+
+A resource holds the ``FileEntry`` seen when it was resolved, so the ETag,
+length and bytes of one GET all come from the same version even if the file
+is replaced meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from wsgidav import util
+from wsgidav.dav_error import DAVError
+from wsgidav.dav_provider import DAVCollection, DAVNonCollection
+
+from core.files import FileEntry, FileTree, join, split
+from protocols.webdav.streams import DownloadReader, UploadSink
+
+if TYPE_CHECKING:
+    from protocols.webdav.provider import TwinProvider
+
+
+def range_end(environ: dict[str, Any], size: int) -> Any:
+    """End (exclusive) of the first requested range when it starts at ``start``."""
+    def end_for(start: int) -> int | None:
+        header = environ.get("HTTP_RANGE")
+        if not header:
+            return None
+        ranges, _ = util.obtain_content_ranges(header, size)
+        if ranges and ranges[0][0] == start:
+            return int(ranges[0][1]) + 1
+        return None
+    return end_for
+
+
+class _TreeMixin:
+    provider: TwinProvider
+    path: str
+    environ: dict[str, Any]
+    entry: FileEntry
+
+    @property
+    def tree(self) -> FileTree:
+        return self.provider.tree
+
+    def call(self, coro: Any) -> Any:
+        return self.provider.bridge.call(coro)
+
+    def get_creation_date(self) -> float:
+        return self.entry.created
+
+    def get_last_modified(self) -> float:
+        return self.entry.mtime
+
+    def get_display_name(self) -> str:
+        return self.entry.name
+
+    def support_recursive_move(self, dest_path: str) -> bool:
+        return not self.provider.is_shared(dest_path)
+
+    def _dest(self, dest_path: str) -> str:
+        if self.provider.is_shared(dest_path):
+            raise DAVError(403, context_info="/shared/ is read-only here")
+        return dest_path
+
+    def move_recursive(self, dest_path: str) -> None:
+        self.call(self.tree.move(self.path, self._dest(dest_path), overwrite=True))
+
+    def set_last_modified(self, dest_path: str, time_stamp: str, *, dry_run: bool) -> bool:
+        stamp = util.parse_time_string(time_stamp)
+        if stamp is None:
+            return False
+        if not dry_run:
+            self.call(self.tree.touch(dest_path, float(stamp)))
+        return True
+
+    def _remove(self) -> None:
+        self.call(self.tree.delete(self.path))
+        self.remove_all_locks(recursive=True)  # type: ignore[attr-defined]
+
+
+class TreeFile(_TreeMixin, DAVNonCollection):  # type: ignore[misc]
+    def __init__(self, path: str, environ: dict[str, Any], entry: FileEntry, *,
+                 fresh: bool = False) -> None:
+        super().__init__(path, environ)
+        self.entry = entry
+        self.fresh = fresh  # created empty by this request (PUT of a new file)
+        self._sink: UploadSink | None = None
+
+    def get_content_length(self) -> int:
+        return self.entry.size
+
+    def get_content_type(self) -> str:
+        return self.entry.content_type or "application/octet-stream"
+
+    def get_etag(self) -> str:
+        return self.entry.etag
+
+    def support_etag(self) -> bool:
+        return True
+
+    def support_ranges(self) -> bool:
+        return True
+
+    # RFC 9110 section 14 (ranges) and RFC 4918 section 9.4 (GET on a resource)
+    def get_content(self) -> DownloadReader:
+        entry = self.entry
+        return DownloadReader(
+            self.provider.bridge,
+            lambda start, end: self.tree.read(entry.path, start, end, entry=entry),
+            range_end(self.environ, entry.size))
+
+    # RFC 4918 section 9.7 (PUT): the new version replaces the old only when complete
+    def begin_write(self, *, content_type: str | None = None) -> UploadSink:
+        hint = util.get_content_length(self.environ) or None
+        path = self.path
+        self._sink = UploadSink(self.provider.bridge, lambda data: self.tree.write(
+            path, data, content_type=content_type, size_hint=hint))
+        return self._sink
+
+    def end_write(self, *, with_errors: bool) -> None:
+        sink = self._sink
+        if with_errors:
+            if sink is not None:
+                sink.abort()
+            if self.fresh:
+                with contextlib.suppress(DAVError):
+                    self.call(self.tree.delete(self.path))
+            return
+        if sink is not None and isinstance(sink.result, FileEntry):
+            self.entry = sink.result
+
+    # RFC 4918 section 9.6 (DELETE)
+    def delete(self) -> None:
+        self._remove()
+
+    # RFC 4918 sections 9.8 (COPY) and 9.9 (MOVE)
+    def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
+        dest = self._dest(dest_path)
+        if is_move:
+            self.call(self.tree.move(self.path, dest, overwrite=True))
+        else:
+            self.call(self.tree.copy(self.path, dest, recursive=False, overwrite=True))
+
+
+class TreeFolder(_TreeMixin, DAVCollection):  # type: ignore[misc]
+    def __init__(self, path: str, environ: dict[str, Any], entry: FileEntry) -> None:
+        super().__init__(path, environ)
+        self.entry = entry
+
+    def get_etag(self) -> None:
+        return None
+
+    def get_display_name(self) -> str:
+        return self.entry.name or "/"
+
+    # RFC 4331 section 3 and 4: quota-used-bytes / quota-available-bytes
+    def _usage(self) -> tuple[int, int]:
+        cached: tuple[int, int] | None = self.environ.get("twin.usage")
+        if cached is None:
+            cached = self.call(self.tree.usage())
+            self.environ["twin.usage"] = cached
+        return cached
+
+    def get_used_bytes(self) -> int:
+        return self._usage()[0]
+
+    def get_available_bytes(self) -> int:
+        return self._usage()[1]
+
+    def _children(self) -> list[FileEntry]:
+        return list(self.call(self.tree.entries(self.path)))
+
+    def get_member_names(self) -> list[str]:
+        names = [e.name for e in self._children()]
+        if not split(self.path):
+            names.append("shared")
+        return names
+
+    def get_member_list(self) -> list[Any]:
+        members: list[Any] = []
+        for e in self._children():
+            child = util.join_uri(self.path, e.name)
+            cls = TreeFolder if e.is_dir else TreeFile
+            members.append(cls(child, self.environ, e))
+        if not split(self.path):
+            shared = self.provider.get_resource_inst("/shared", self.environ)
+            if shared is not None:
+                members.append(shared)
+        return members
+
+    def get_member(self, name: str) -> Any:
+        return self.provider.get_resource_inst(util.join_uri(self.path, name), self.environ)
+
+    # RFC 4918 section 9.7.1 (PUT creates a new resource)
+    def create_empty_resource(self, name: str) -> TreeFile:
+        path = join((*split(self.path), name))
+        entry = self.call(self.tree.create_empty(
+            path, self.environ.get("CONTENT_TYPE")))
+        return TreeFile(path, self.environ, entry, fresh=entry.size == 0)
+
+    # RFC 4918 section 9.3 (MKCOL)
+    def create_collection(self, name: str) -> TreeFolder:
+        path = join((*split(self.path), name))
+        return TreeFolder(path, self.environ, self.call(self.tree.mkdir(path)))
+
+    def delete(self) -> None:
+        if not split(self.path):
+            raise DAVError(403, context_info="the root cannot be deleted")
+        self._remove()
+
+    def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
+        dest = self._dest(dest_path)
+        if is_move:
+            self.call(self.tree.move(self.path, dest, overwrite=True))
+        else:
+            self.call(self.tree.copy(self.path, dest, recursive=False, overwrite=True))

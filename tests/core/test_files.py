@@ -1,0 +1,161 @@
+"""The file tree over a real dispersed store (local shard directories) and a real twin.db."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import storage
+from core.db import Database
+from core.errors import Conflict, Invalid, NotFound
+from core.files import FileTree, PathLocks, QuotaExceeded, normalize
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+async def tree(tmp_path: Path) -> AsyncIterator[FileTree]:
+    db = Database(tmp_path / "twin.db")
+    backends = [{"name": f"l{i}", "kind": "local", "location": f"shards/{i}"} for i in range(3)]
+    store = await asyncio.to_thread(
+        storage.open_store, tmp_path, k=2, n=3, segment_size=1 * MiB, backends=backends,
+        master_key=os.urandom(32), metadata_key=os.urandom(32))
+    t = FileTree(db, lambda: store, data_dir=tmp_path, redundancy=1.5)
+    yield t
+    await store.close()
+    db.close()
+
+
+async def chunks(data: bytes, size: int = 100_000) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+
+
+async def read_all(tree: FileTree, path: str, start: int = 0, end: int | None = None) -> bytes:
+    return b"".join([c async for c in tree.read(path, start, end)])
+
+
+async def object_count(tree: FileTree) -> int:
+    return len(await tree.store.list())
+
+
+async def test_write_read_ranges_and_listing(tree: FileTree) -> None:
+    data = os.urandom(3 * MiB + 17)
+    await tree.mkdir("/docs")
+    entry = await tree.write("/docs/a.bin", chunks(data))
+    assert entry.size == len(data) and not entry.is_dir and entry.etag
+    assert await read_all(tree, "/docs/a.bin") == data
+    assert await read_all(tree, "/docs/a.bin", MiB - 5, 2 * MiB + 9) == data[MiB - 5:2 * MiB + 9]
+    names = [e.name for e in await tree.list("/docs")]
+    assert names == ["a.bin"]
+    assert (await tree.stat("/docs")).is_dir
+    assert (await tree.usage())[0] == len(data)
+
+
+async def test_overwrite_is_atomic_and_frees_old_object(tree: FileTree) -> None:
+    await tree.write("/f", chunks(b"old" * 1000))
+    before = await tree.stat("/f")
+    reader = tree.read("/f", entry=before)
+    first = await reader.__anext__()  # a reader is streaming the old version
+    await tree.write("/f", chunks(b"new" * 2000))
+    assert await read_all(tree, "/f") == b"new" * 2000
+    rest = b"".join([c async for c in reader])
+    assert first + rest == b"old" * 1000  # the old reader finishes on the old object
+    assert await object_count(tree) == 1  # and then the old object is gone
+    assert (await tree.stat("/f")).etag != before.etag
+
+
+async def test_failed_upload_keeps_previous_version(tree: FileTree) -> None:
+    await tree.write("/keep.txt", chunks(b"precious"))
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"x" * 100_000
+        raise ConnectionError("client went away")
+
+    with pytest.raises(ConnectionError):
+        await tree.write("/keep.txt", broken())
+    assert await read_all(tree, "/keep.txt") == b"precious"
+    assert await object_count(tree) == 1
+
+
+async def test_copy_shares_object_and_move_is_metadata(tree: FileTree) -> None:
+    await tree.mkdir("/a")
+    await tree.write("/a/x", chunks(b"data" * 10))
+    await tree.set_prop("/a/x", "{urn:t}colour", b"<c>blue</c>")
+    await tree.copy("/a", "/b")
+    assert await object_count(tree) == 1  # no re-encoding: the copy shares the object
+    assert (await tree.props("/b/x")) == {"{urn:t}colour": b"<c>blue</c>"}
+    ref = (await tree.stat("/b/x")).ref
+    await tree.move("/b", "/c")
+    assert (await tree.stat("/c/x")).ref == ref
+    with pytest.raises(NotFound):
+        await tree.stat("/b/x")
+    await tree.delete("/a")
+    assert await read_all(tree, "/c/x") == b"data" * 10  # still referenced by the copy
+    await tree.delete("/c")
+    assert await object_count(tree) == 0
+    with pytest.raises(NotFound):
+        await tree.move("/nothing", "/elsewhere")
+
+
+async def test_conflicts_and_bad_paths(tree: FileTree) -> None:
+    await tree.mkdir("/d")
+    with pytest.raises(Conflict):
+        await tree.mkdir("/d")
+    with pytest.raises(Conflict):
+        await tree.mkdir("/missing/child")
+    with pytest.raises(Conflict):
+        await tree.move("/d", "/d/inside")
+    for bad in ("/../etc", "/a/./b", "/tab\there", "/nul\x00", "/sur\udcffrogate", "relative",
+                "/" + "n" * 256):
+        with pytest.raises(Invalid):
+            await tree.mkdir(bad)
+    assert normalize("/a//") == "/a"
+
+
+async def test_quota(tree: FileTree) -> None:
+    tree.quota = 1000
+    await tree.write("/small", chunks(b"x" * 600))
+    with pytest.raises(QuotaExceeded):
+        await tree.write("/big", chunks(b"y" * 600))
+    with pytest.raises(QuotaExceeded):
+        await tree.write("/big", chunks(b"y" * 600), size_hint=600)
+    with pytest.raises(QuotaExceeded):
+        await tree.copy("/small", "/small2")
+    await tree.write("/small", chunks(b"z" * 900))  # replacing counts the old size out
+    assert await tree.usage() == (900, 100)
+    assert await object_count(tree) == 1
+
+
+async def test_locks_persist(tmp_path: Path) -> None:
+    db = Database(tmp_path / "twin.db")
+    locks = PathLocks(db)
+
+    def make() -> str:
+        lock = locks.create("/a/b/", {"type": "write", "scope": "exclusive", "depth": "0",
+                                      "owner": b"<owner>me</owner>", "principal": "me",
+                                      "timeout": 60})
+        return str(lock["token"])
+
+    token = await asyncio.to_thread(make)
+    db.close()
+    db = Database(tmp_path / "twin.db")
+    locks = PathLocks(db)
+
+    def check() -> None:
+        lock = locks.get(token)
+        assert lock is not None and lock["root"] == "/a/b" and lock["owner"] == b"<owner>me</owner>"
+        assert [x["token"] for x in locks.under("/a", include_root=False,
+                                                include_children=True)] == [token]
+        assert locks.under("/a", include_root=True, include_children=False) == []
+        locks.refresh(token, 1)
+        assert locks.delete(token) and locks.get(token) is None
+
+    await asyncio.to_thread(check)
+    assert threading.current_thread() is threading.main_thread()
+    db.close()
