@@ -67,7 +67,12 @@ class TwinRecord:
         return replace(self, signature=bytes(sig))
 
     def check_shape(self) -> None:
-        if not NAME_RE.match(self.name):
+        if self.source == "tfchain":
+            # A chain twin has no name field: its name is its relay domain or
+            # "twin-<id>" (phonebook/tfchain_relay.py), so dots are allowed.
+            if not DOMAIN_RE.match(self.name):
+                raise RecordInvalid(f"bad TFChain twin name {self.name!r} (a domain or twin-ID)")
+        elif not NAME_RE.match(self.name):
             raise RecordInvalid(f"bad twin name {self.name!r} (a-z, 0-9 and -, at most 63)")
         if len(self.public_key) != 32:
             raise RecordInvalid(f"twin {self.name!r}: public key must be 32 bytes")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from typing import Any
 
 from core.cli import open_service
 
@@ -21,6 +22,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a = actions.add_parser("repin", help="accept a twin's changed key on its next lookup")
     a.add_argument("name")
     p.set_defaults(func=run)
+
+
+def _shown(record: Any) -> dict[str, Any]:
+    """A record as printed; a TFChain twin adds its account and encryption key (pk)."""
+    out: dict[str, Any] = record.to_json()
+    if record.source == "tfchain":
+        pk = record.extra.get("pk")
+        out["account_id"] = record.extra.get("account_id")
+        out["pk"] = pk.hex() if pk else None
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,13 +55,16 @@ def run(args: argparse.Namespace) -> int:
             else:
                 record = asyncio.run(service.resolve(name))
             if args.json:
-                print(json.dumps(record.to_json(), indent=2))
+                print(json.dumps(_shown(record), indent=2))
             else:
-                for key, value in record.to_json().items():
+                for key, value in _shown(record).items():
                     print(f"{key:<13} {value}")
         elif args.action == "publish":
             record = service.publish()
-            print(f"published {record.name} (id {record.id}) at {', '.join(record.endpoints)}")
+            where = f" on TFChain as {record.extra.get('account_id')}" \
+                if record.source == "tfchain" else ""
+            print(f"published {record.name} (id {record.id}){where} at "
+                  f"{', '.join(record.endpoints)}")
         elif args.action == "repin":
             service.phonebook.pins.repin(args.name)
             service.phonebook.invalidate()
