@@ -1,0 +1,139 @@
+"""SMTP inbound throughput: the twin (durable) vs smtp-sink vs a bare aiosmtpd sink.
+
+Postfix's ``smtp-source`` drives each server on loopback, plaintext, first
+with one connection per message, then with reused connections (``-d``). The
+twin stores every message durably (mail store + dispersed store, fsynced,
+group-committed) before its 250; smtp-sink and the aiosmtpd sink discard.
+Prints one JSON line per figure, then the ratios twin/aiosmtpd and
+twin/smtp-sink. Usage: .venv/bin/python bench/smtp.py [messages] [sessions]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.twins import TwinProcess  # noqa: E402
+
+AIOSMTPD_SINK = """
+import asyncio, sys
+from aiosmtpd.smtp import SMTP
+class Sink:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 OK"
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(Sink()), "127.0.0.1", int(sys.argv[1]))
+    print("ready", flush=True)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def emit(bench: str, figure: str, value: float, unit: str) -> None:
+    print(json.dumps({"bench": bench, "figure": figure, "value": round(value, 3),
+                      "unit": unit}), flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+def drive(port: int, messages: int, sessions: int, reuse: bool, rcpt: str) -> float:
+    """messages/s that smtp-source achieves against 127.0.0.1:port."""
+    args = ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", "4096",
+            "-f", "bench@example.com", "-t", rcpt, "-M", "bench.example"]
+    if reuse:
+        args.append("-d")
+    start = time.perf_counter()
+    subprocess.run([*args, f"127.0.0.1:{port}"], check=True, timeout=600,
+                   stdout=subprocess.DEVNULL)
+    return messages / (time.perf_counter() - start)
+
+
+def count_stored(twin: TwinProcess) -> int:
+    from core.service import Service
+
+    async def count() -> int:
+        service = Service.open(twin.data)
+        try:
+            snapshot, watch = await service.mail.open(twin.login, "INBOX", read_only=True)
+            service.mail.close(watch)
+            return len(snapshot.uids)
+        finally:
+            service.close()
+    return asyncio.run(count())
+
+
+def main() -> int:
+    messages = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    sessions = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    if not shutil.which("smtp-source") or not shutil.which("smtp-sink"):
+        print("smtp-source/smtp-sink missing: apt-get install postfix", file=sys.stderr)
+        return 1
+    results: dict[tuple[str, bool], float] = {}
+    with tempfile.TemporaryDirectory(prefix="twin-bench-smtp-") as tmp:
+        twin = TwinProcess.create(Path(tmp), "bob", sets=["smtp.verify_dns=false",
+                                                          "log.level=warning"])
+        os.environ["TWIN_LOG_LEVEL"] = "warning"
+        twin.start()
+        sink_port, aio_port = free_port(), free_port()
+        root = ["-u", "nobody"] if os.geteuid() == 0 else []  # smtp-sink refuses to run as root
+        sink = subprocess.Popen(["smtp-sink", *root, f"127.0.0.1:{sink_port}", "256"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        aio = subprocess.Popen([sys.executable, "-c", AIOSMTPD_SINK, str(aio_port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(sink_port)
+            wait_port(aio_port)
+            targets = {"twin": twin.port("smtp"), "smtp-sink": sink_port,
+                       "aiosmtpd": aio_port}
+            for reuse in (False, True):
+                mode = "reused connections" if reuse else "connection per message"
+                for name, port in targets.items():
+                    drive(port, min(200, messages), sessions, reuse, twin.login)  # warm up
+                    rate = drive(port, messages, sessions, reuse, twin.login)
+                    results[(name, reuse)] = rate
+                    emit("smtp", f"{name}, {mode}, 4 KiB, {sessions} sessions", rate, "msg/s")
+                emit("smtp", f"ratio twin/aiosmtpd, {mode}",
+                     results[("twin", reuse)] / results[("aiosmtpd", reuse)], "x")
+                emit("smtp", f"ratio twin/smtp-sink, {mode}",
+                     results[("twin", reuse)] / results[("smtp-sink", reuse)], "x")
+        finally:
+            for proc in (sink, aio):
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(10)
+            twin.stop()
+        stored = count_stored(twin)
+        expected = 2 * (messages + min(200, messages))
+        emit("smtp", "twin messages stored durably (of sent)", stored, f"of {expected}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

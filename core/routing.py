@@ -1,0 +1,329 @@
+"""Where a message goes: the one routing decision for every path into the twin.
+
+Per recipient, in this order:
+
+1. an address in one of our own domains -> the owner's Inbox (``service.mail``);
+2. an address or domain the phonebook resolves to another twin -> one signed
+   ``mail.deliver`` envelope per twin through the durable peer outbox (no SMTP
+   hop; the receiving twin vouches for the sender in the headers it adds);
+3. anything else -> the legacy outbound queue (DKIM-signed SMTP).
+
+Every branch is durable before ``route`` returns, which is what lets the SMTP
+adapter answer 250. Adapters call ``check_recipient`` early (at RCPT) and
+``route`` once the data is in; the peer layer calls ``receive_from_twin``.
+
+Trust headers (``X-Twin-Verified``, ``X-Twin-Warning`` and an
+``Authentication-Results`` naming our domain) are only ever written by this
+twin: ``strip_trust_headers`` removes look-alikes that came from outside
+(RFC 8601 §5) before we add our own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from email.utils import format_datetime, getaddresses
+from typing import TYPE_CHECKING, Any
+
+from core.errors import Forbidden, Invalid, NotFound, TwinError, Unavailable
+from phonebook.record import TwinRecord
+
+if TYPE_CHECKING:
+    from core.service import Service
+
+log = logging.getLogger("twin.routing")
+KIND = "mail.deliver"
+CACHE_SECONDS = 10.0
+TRUST_HEADERS = (b"x-twin-verified", b"x-twin-warning")
+MAX_HEADER_BLOCK = 1024 * 1024
+
+
+# -- header helpers (bytes in, bytes out: the body is never re-encoded)
+
+def to_crlf(message: bytes) -> bytes:
+    """Normalise line ends to CRLF (scripts hand us LF text)."""
+    if b"\r\n" in message and b"\n" not in message.replace(b"\r\n", b""):
+        return message
+    return re.sub(rb"\r?\n", b"\r\n", message)
+
+
+def split_message(message: bytes) -> tuple[list[bytes], bytes]:
+    """Header fields (each with its folded continuation lines) and the rest."""
+    end = message.find(b"\r\n\r\n")
+    if end < 0:
+        head, rest = message, b""
+        if head.endswith(b"\r\n"):
+            head = head[:-2]
+    else:
+        head, rest = message[:end], message[end + 2:]
+    if len(head) > MAX_HEADER_BLOCK:
+        raise Invalid("header block too large")
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n") if head else []:
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        else:
+            fields.append(line)
+    return fields, rest if end >= 0 else b"\r\n"
+
+
+def header_name(field_: bytes) -> bytes:
+    return field_.split(b":", 1)[0].strip().lower()
+
+
+def header_values(message: bytes, name: str) -> list[str]:
+    fields, _ = split_message(message)
+    wanted = name.lower().encode()
+    return [f.split(b":", 1)[1].decode("utf-8", "replace").strip()
+            for f in fields if header_name(f) == wanted and b":" in f]
+
+
+def from_addresses(message: bytes) -> list[str]:
+    """Addresses in the From (and Sender) header fields, lowercased."""
+    values = header_values(message, "from") + header_values(message, "sender")
+    return [addr.lower() for _, addr in getaddresses(values) if addr]
+
+
+def strip_trust_headers(message: bytes, authserv_id: str) -> bytes:
+    """Remove headers that would claim *we* verified something (RFC 8601 §5)."""
+    fields, rest = split_message(message)
+    ours = authserv_id.lower().encode()
+    kept = []
+    for f in fields:
+        name = header_name(f)
+        if name in TRUST_HEADERS:
+            continue
+        if name == b"authentication-results":
+            value = f.split(b":", 1)[1].strip().lower() if b":" in f else b""
+            if value.split(b";", 1)[0].strip() == ours:
+                continue
+        kept.append(f)
+    return b"\r\n".join(kept) + b"\r\n" + rest
+
+
+def prepend_headers(message: bytes, headers: Iterable[tuple[str, str]]) -> bytes:
+    lines = b"".join(f"{name}: {value}\r\n".encode() for name, value in headers)
+    return lines + message
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].strip().lower().rstrip(".")
+
+
+# -- the router
+
+@dataclass
+class Routed:
+    """What happened to one message (for logs and the CLI)."""
+
+    local: dict[str, int] = field(default_factory=dict)  # login -> uid
+    twins: dict[str, str] = field(default_factory=dict)  # twin name -> envelope uid
+    queued: int | None = None  # legacy queue id
+    legacy: list[str] = field(default_factory=list)
+
+
+class MailRouter:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.domain = service.config.domain.lower()
+        self._owners: dict[str, tuple[str | None, float]] = {}
+        self._twins: dict[str, tuple[TwinRecord | None, float]] = {}
+        self._domains: tuple[frozenset[str], float] = (frozenset(), 0.0)
+
+    # -- who we are
+
+    async def own_domains(self) -> frozenset[str]:
+        domains, expires = self._domains
+        if expires > time.monotonic():
+            return domains
+        users = await asyncio.to_thread(self.service.users.all)
+        found = {self.domain} | {domain_of(a) for u in users for a in u.addresses}
+        self._domains = (frozenset(found), time.monotonic() + CACHE_SECONDS)
+        return self._domains[0]
+
+    async def owner_of(self, address: str) -> str | None:
+        """``users.owner_of``, off the loop and cached briefly (it is asked per RCPT)."""
+        address = address.strip().lower()
+        hit = self._owners.get(address)
+        if hit and hit[1] > time.monotonic():
+            return hit[0]
+        owner = await asyncio.to_thread(self.service.users.owner_of, address)
+        if len(self._owners) > 10_000:
+            self._owners.clear()
+        self._owners[address] = (owner, time.monotonic() + CACHE_SECONDS)
+        return owner
+
+    async def twin_for(self, address: str) -> TwinRecord | None:
+        """``service.twin_for_address`` cached briefly per domain (asked per message)."""
+        domain = domain_of(address)
+        hit = self._twins.get(domain)
+        if hit and hit[1] > time.monotonic():
+            return hit[0]
+        twin = await self.service.twin_for_address(address)
+        if len(self._twins) > 10_000:
+            self._twins.clear()
+        self._twins[domain] = (twin, time.monotonic() + CACHE_SECONDS)
+        return twin
+
+    async def is_local(self, address: str) -> bool:
+        return domain_of(address) in await self.own_domains()
+
+    async def check_recipient(self, address: str, *, may_relay: bool) -> None:
+        """Refuse early: unknown local user (NotFound), relaying for strangers (Forbidden)."""
+        if await self.is_local(address):
+            if await self.owner_of(address) is None:
+                raise NotFound(f"no mailbox here for {address}")
+            return
+        if not may_relay:
+            raise Forbidden(f"relaying to {domain_of(address)} is not allowed")
+
+    # -- routing
+
+    async def route(self, mail_from: str, rcpts: Sequence[str], message: bytes) -> Routed:
+        """Deliver or durably hand off ``message`` to every recipient."""
+        message = to_crlf(message)
+        routed = Routed()
+        owners: dict[str, None] = {}
+        by_twin: dict[str, tuple[TwinRecord, list[str]]] = {}
+        for rcpt in dict.fromkeys(r.strip() for r in rcpts):
+            if await self.is_local(rcpt):
+                owner = await self.owner_of(rcpt)
+                if owner is None:
+                    raise NotFound(f"no mailbox here for {rcpt}")
+                owners[owner] = None
+                continue
+            twin = await self.twin_for(rcpt)
+            if twin is not None and twin.name != self.service.config.name:
+                by_twin.setdefault(twin.name, (twin, []))[1].append(rcpt)
+            else:
+                routed.legacy.append(rcpt)
+        jobs: list[Any] = [self._deliver_local(o, message) for o in owners]
+        jobs += [self._send_to_twin(name, mail_from, group, message)
+                 for name, (_, group) in by_twin.items()]
+        if routed.legacy:
+            jobs.append(self.service.outbound.enqueue(mail_from, routed.legacy, message))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            # Some branches may have succeeded; a retry by the client can duplicate those.
+            # Local delivery and the two spools fail together only when storage is down.
+            raise errors[0] if isinstance(errors[0], TwinError) else Unavailable(
+                f"delivery failed: {errors[0]}")
+        done: list[Any] = list(results)
+        for owner, uid in zip(owners, done, strict=False):
+            routed.local[owner] = int(uid)
+        for name, envelope_uid in zip(by_twin, done[len(owners):], strict=False):
+            routed.twins[name] = str(envelope_uid)
+        if routed.legacy:
+            routed.queued = int(done[-1])
+        log.info("routed mail from %s: %d local, %d twin(s), %d legacy", mail_from or "<>",
+                 len(routed.local), len(routed.twins), len(routed.legacy))
+        return routed
+
+    async def _deliver_local(self, login: str, message: bytes) -> int:
+        try:
+            return int(await self.service.mail.deliver(login, message))
+        except TwinError:
+            raise
+        except Exception as exc:
+            log.exception("local delivery to %s failed", login)
+            raise Unavailable(f"the mail store is unavailable: {exc}") from exc
+
+    async def _send_to_twin(self, name: str, mail_from: str, rcpts: list[str],
+                            message: bytes) -> str:
+        peer = getattr(self.service, "peer", None)
+        if peer is None:
+            raise Unavailable("twin-to-twin messaging is not available in this build")
+        payload = {"rcpt": rcpts, "mail_from": mail_from, "message": message}
+        return str(await peer.send(name, KIND, payload))
+
+    # -- the receiving side of mail.deliver
+
+    async def receive_from_twin(self, sender: TwinRecord, payload: Any) -> dict[str, Any]:
+        """Deliver a verified twin's message to our users, marked as verified."""
+        conf = self.service.config
+        if not isinstance(payload, dict):
+            raise Invalid("mail.deliver payload must be a map")
+        rcpts, mail_from, message = (payload.get("rcpt"), payload.get("mail_from"),
+                                     payload.get("message"))
+        if (not isinstance(rcpts, list) or not rcpts or not all(isinstance(r, str) for r in rcpts)
+                or not isinstance(mail_from, str) or not isinstance(message, bytes)):
+            raise Invalid("mail.deliver needs rcpt (list), mail_from (text), message (bytes)")
+        if len(rcpts) > conf.int("smtp.max_recipients"):
+            raise Invalid("too many recipients")
+        if len(message) > conf.int("smtp.max_message_size"):
+            raise Invalid("message too large")
+        owners: dict[str, None] = {}
+        unknown: list[str] = []
+        for rcpt in rcpts:
+            owner = await self.owner_of(rcpt) if await self.is_local(rcpt) else None
+            if owner is None:
+                unknown.append(rcpt)
+            else:
+                owners[owner] = None
+        if not owners:
+            raise NotFound(f"no mailbox here for {', '.join(unknown)}")
+        marked = self.mark_from_twin(sender, mail_from, to_crlf(message))
+        await asyncio.gather(*(self._deliver_local(o, marked) for o in owners))
+        log.info("mail from twin %s (%s) delivered to %d user(s)", sender.name,
+                 mail_from or "<>", len(owners))
+        if unknown:
+            await self._bounce_unknown(mail_from, marked, unknown)
+        return {"delivered": len(owners), "unknown": unknown}
+
+    def mark_from_twin(self, sender: TwinRecord, mail_from: str, message: bytes) -> bytes:
+        message = strip_trust_headers(message, self.domain)
+        domains = {d.lower() for d in sender.mail_domains}
+        claimed = {domain_of(a) for a in from_addresses(message)}
+        if mail_from:
+            claimed.add(domain_of(mail_from))
+        key = sender.public_key.hex()[:16]
+        verdict = "pass" if claimed <= domains else "fail"
+        headers = [
+            ("Authentication-Results",
+             f"{self.domain}; twin={verdict} (signed envelope from twin {sender.name}) "
+             f"smtp.mailfrom={mail_from or '<>'}"),
+            ("X-Twin-Verified", f"{sender.name} (key {key}…)"),
+        ]
+        if verdict != "pass":
+            headers.append(("X-Twin-Warning",
+                            f"twin {sender.name} sent mail claiming an address outside its "
+                            f"domains ({', '.join(sorted(claimed - domains))})"))
+        headers.insert(0, ("Received", f"from twin {sender.name} (key {key}) by {self.domain} "
+                                       f"with TWIN; {format_datetime_now()}"))
+        return prepend_headers(message, headers)
+
+    async def _bounce_unknown(self, mail_from: str, message: bytes, unknown: list[str]) -> None:
+        from core.outbound.bounce import Failure, make_dsn
+
+        if not mail_from:
+            return
+        dsn = make_dsn(self.domain, mail_from, message,
+                       [Failure(r, "5.1.1", "550 5.1.1 no such mailbox") for r in unknown])
+        try:
+            await self.route("", [mail_from], dsn)
+        except TwinError as exc:
+            log.warning("cannot send a bounce to %s: %s", mail_from, exc)
+
+    async def peer_bounced(self, recipient: str, payload: Any, reason: str) -> None:
+        """The peer outbox gave up on a ``mail.deliver``: tell the local sender."""
+        from core.outbound.bounce import Failure
+
+        if not isinstance(payload, dict):
+            return
+        rcpts = payload.get("rcpt") or [recipient]
+        message = payload.get("message") if isinstance(payload.get("message"), bytes) else b""
+        await self.service.outbound.bounce(
+            str(payload.get("mail_from") or ""), message or b"\r\n",
+            [Failure(str(r), "4.4.7" if "expired" in reason else "5.0.0", reason)
+             for r in rcpts])
+
+
+def format_datetime_now() -> str:
+    import datetime as dt
+
+    return format_datetime(dt.datetime.now(dt.UTC))

@@ -1,0 +1,172 @@
+"""The aiosmtpd handlers: inbound (the port-25 role) and submission.
+
+Both translate SMTP to core calls and leave the decisions to core: which
+recipients exist and whether relaying is allowed (``router.check_recipient``),
+where each recipient's copy goes (``router.route``). Each hook is wrapped in
+``errors.replies`` so any failure becomes exactly one reply line. 250 after
+DATA is sent only when ``route`` has returned, i.e. every copy is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import secrets
+from email.utils import format_datetime, make_msgid
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import Envelope, Session
+
+from core.routing import (
+    domain_of,
+    from_addresses,
+    header_values,
+    prepend_headers,
+    strip_trust_headers,
+)
+from protocols.smtp.errors import SmtpError, replies
+from protocols.smtp.session import Login, TwinSMTP
+from protocols.smtp.verify import Verifier
+
+if TYPE_CHECKING:
+    from core.service import Service
+
+log = logging.getLogger("twin.smtp")
+
+
+def _received(server: TwinSMTP, session: Session, envelope: Envelope, hostname: str,
+              queue_id: str) -> str:
+    """A Received field (RFC 5321 §4.4) with the RFC 3848 / RFC 6531 protocol name."""
+    proto = ("UTF8SMTP" if envelope.smtp_utf8 else "ESMTP") + ("S" if server.tls_active else "") \
+        + ("A" if session.authenticated else "")
+    helo = (session.host_name or "unknown").replace("(", "").replace(")", "")[:100]
+    for_clause = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
+    return (f"from {helo} ([{server.peer_ip}])\r\n\tby {hostname} (twin) with {proto} "
+            f"id {queue_id}{for_clause};\r\n\t{format_datetime(dt.datetime.now(dt.UTC))}")
+
+
+class BaseHandler:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.router = service.router
+        conf = service.config
+        self.hostname = conf.str("smtp.hostname") or conf.domain
+        self.max_recipients = conf.int("smtp.max_recipients")
+
+    def _count_ok(self, envelope: Envelope) -> None:
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            raise SmtpError(452, "4.5.3", "Too many recipients")
+
+
+class InboundHandler(BaseHandler):
+    """Mail from the world for our own domains only: never an open relay."""
+
+    def __init__(self, service: Service, verifier: Verifier) -> None:
+        super().__init__(service)
+        self.verifier = verifier
+
+    # RFC 5321 §4.1.1.3 (RCPT): only our domains, only existing mailboxes
+    @replies
+    async def handle_RCPT(self, server: TwinSMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        self._count_ok(envelope)
+        await self.router.check_recipient(address, may_relay=False)  # Forbidden: 550 5.7.1
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    # RFC 5321 §4.1.1.4 (DATA)
+    @replies
+    async def handle_DATA(self, server: TwinSMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        domain = self.service.config.domain
+        message = strip_trust_headers(raw, domain)
+        args = (message, server.peer_ip, session.host_name or "", envelope.mail_from or "")
+        results = (await asyncio.to_thread(self.verifier.check, *args)
+                   if self.verifier.needs_work(message, server.peer_ip)
+                   else self.verifier.check(*args))
+        headers: list[tuple[str, str]] = []
+        queue_id = secrets.token_hex(6)
+        headers.append(("Received", _received(server, session, envelope, self.hostname,
+                                              queue_id)))
+        headers.append(("Authentication-Results", results.header(domain)))
+        warning = await self._impersonation(message, results)
+        if warning:
+            headers.append(("X-Twin-Warning", warning))
+        message = prepend_headers(message, headers)
+        await self.router.route(envelope.mail_from or "", envelope.rcpt_tos, message)
+        return f"250 2.0.0 OK id {queue_id}"
+
+    async def _impersonation(self, message: bytes, results: Any) -> str | None:
+        """Mail claiming a twin's address must come twin-to-twin or carry its DKIM."""
+        for address in from_addresses(message)[:5]:
+            twin = await self.router.twin_for(address)
+            if twin is not None and not results.dkim_passed_for(domain_of(address)):
+                log.warning("mail claiming to be from twin %s (%s) arrived over SMTP "
+                            "without its DKIM signature", twin.name, address)
+                return (f"claims to be from twin {twin.name} ({address}) but arrived over "
+                        f"plain SMTP without a valid DKIM signature of {domain_of(address)}")
+        return None
+
+
+class SubmissionHandler(BaseHandler):
+    """Mail from our own users' clients: authenticated, sent as themselves only."""
+
+    @staticmethod
+    def _login(session: Session) -> str:
+        auth = session.auth_data
+        if not isinstance(auth, Login):  # aiosmtpd checks auth first; this is belt and braces
+            raise SmtpError(530, "5.7.0", "Authentication required")
+        return auth.login
+
+    async def _owned(self, login: str, address: str) -> bool:
+        return bool(address) and await self.router.owner_of(address) == login
+
+    # RFC 6409 §6.1 (the submission server checks the sender), RFC 5321 §4.1.1.2
+    @replies
+    async def handle_MAIL(self, server: TwinSMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        login = self._login(session)
+        if not await self._owned(login, address):
+            raise SmtpError(553, "5.7.1", f"Sender address <{address}> is not yours "
+                            f"(logged in as {login})")
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    # RFC 5321 §4.1.1.3
+    @replies
+    async def handle_RCPT(self, server: TwinSMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        self._login(session)
+        self._count_ok(envelope)
+        await self.router.check_recipient(address, may_relay=True)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    # RFC 5321 §4.1.1.4; RFC 6409 §8 (the submission server may add Date, Message-ID)
+    @replies
+    async def handle_DATA(self, server: TwinSMTP, session: Session, envelope: Envelope) -> str:
+        login = self._login(session)
+        message = envelope.original_content or b""
+        senders = from_addresses(message)
+        if not senders:
+            raise SmtpError(550, "5.6.0", "The message has no From header")
+        for address in senders:
+            if not await self._owned(login, address):
+                raise SmtpError(553, "5.7.1", f"From address <{address}> is not yours "
+                                f"(logged in as {login})")
+        message = strip_trust_headers(message, self.service.config.domain)
+        queue_id = secrets.token_hex(6)
+        headers = [("Received", _received(server, session, envelope, self.hostname, queue_id))]
+        if not header_values(message, "date"):
+            headers.append(("Date", format_datetime(dt.datetime.now(dt.UTC))))
+        if not header_values(message, "message-id"):
+            headers.append(("Message-ID", make_msgid(domain=self.service.config.domain)))
+        message = prepend_headers(message, headers)
+        await self.router.route(envelope.mail_from or "", envelope.rcpt_tos, message)
+        log.info("submitted by %s: %d recipient(s), %d bytes", login, len(envelope.rcpt_tos),
+                 len(message))
+        return f"250 2.0.0 OK id {queue_id}"

@@ -1,0 +1,111 @@
+"""Routing decisions and the trust headers core writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from nacl.signing import SigningKey
+
+from core.errors import Forbidden, NotFound
+from core.routing import from_addresses, strip_trust_headers, to_crlf
+from phonebook.record import TwinRecord
+from tests.protocols.smtp.helpers import inbox, running_twin
+from tests.twins import twin_cli
+
+
+def twin_record(name: str, domain: str) -> tuple[TwinRecord, SigningKey]:
+    key = SigningKey.generate()
+    record = TwinRecord(name=name, public_key=bytes(key.verify_key),
+                        endpoints=("https://127.0.0.1:9",), mail_domains=(domain,),
+                        valid_until=2**31, seq=1).signed_by(key)
+    return record, key
+
+
+def test_strip_trust_headers_keeps_others_and_foreign_results() -> None:
+    raw = (b"X-Twin-Verified: fake\r\nAuthentication-Results: me.example; twin=pass\r\n"
+           b"Authentication-Results: other.example; dkim=pass\r\nX-Twin-Warning: a\r\n"
+           b" folded\r\nSubject: s\r\n\r\nX-Twin-Verified: in the body stays\r\n")
+    out = strip_trust_headers(raw, "me.example")
+    assert out == (b"Authentication-Results: other.example; dkim=pass\r\nSubject: s\r\n\r\n"
+                   b"X-Twin-Verified: in the body stays\r\n")
+
+
+def test_helpers() -> None:
+    assert to_crlf(b"a\nb\r\nc\n") == b"a\r\nb\r\nc\r\n"
+    assert from_addresses(b"From: A <A@X.org>, b@y.org\r\n\r\n") == ["a@x.org", "b@y.org"]
+
+
+async def test_route_local_twin_and_legacy(tmp_path: Path) -> None:
+    async with running_twin(tmp_path, "alice") as alice:
+        router = alice.service.router
+        bob, _ = twin_record("bob", "bob.localhost")
+        alice.service.phonebook.publish(bob)
+        with pytest.raises(Forbidden):
+            await router.check_recipient("x@elsewhere.example", may_relay=False)
+        with pytest.raises(NotFound):
+            await router.check_recipient("nobody@alice.localhost", may_relay=True)
+        msg = b"From: alice@alice.localhost\nSubject: three ways\n\nbody\n"
+        routed = await router.route(alice.login, [alice.login, "bob@bob.localhost",
+                                                  "carol@example.com"], msg)
+        assert list(routed.local) == [alice.login]
+        assert list(routed.twins) == ["bob"]  # a durable envelope in the peer outbox
+        assert routed.legacy == ["carol@example.com"] and routed.queued is not None
+        [stored] = await inbox(alice.service, alice.login)
+        assert stored.endswith(b"\r\n\r\nbody\r\n")
+
+
+async def test_receive_from_twin_marks_and_warns(tmp_path: Path) -> None:
+    async with running_twin(tmp_path, "alice") as alice:
+        bob, _ = twin_record("bob", "bob.localhost")
+        router = alice.service.router
+        await router.receive_from_twin(bob, {
+            "rcpt": [alice.login], "mail_from": "bob@bob.localhost",
+            "message": b"From: bob@bob.localhost\r\nX-Twin-Warning: x\r\n\r\nhi\r\n"})
+        await router.receive_from_twin(bob, {
+            "rcpt": [alice.login], "mail_from": "bob@bob.localhost",
+            "message": b"From: ceo@bank.example\r\n\r\nsend money\r\n"})
+        with pytest.raises(NotFound):
+            await router.receive_from_twin(bob, {"rcpt": ["zed@alice.localhost"],
+                                                 "mail_from": "", "message": b"\r\n"})
+        honest, lying = await inbox(alice.service, alice.login)
+        assert b"twin=pass" in honest and b"X-Twin-Warning" not in honest
+        assert b"X-Twin-Verified: bob (key " in honest
+        assert b"twin=fail" in lying and b"X-Twin-Warning: twin bob sent mail claiming" in lying
+
+
+async def test_autoconfig_describes_the_endpoints(tmp_path: Path) -> None:
+    async with running_twin(tmp_path, "alice") as alice:
+        https = alice.port("https")
+        async with httpx.AsyncClient(verify=False) as client:
+            for path in ("/.well-known/autoconfig/mail/config-v1.1.xml",
+                         "/mail/config-v1.1.xml"):
+                r = await client.get(f"https://127.0.0.1:{https}{path}")
+                assert r.status_code == 200 and "xml" in r.headers["content-type"]
+                assert "<domain>alice.localhost</domain>" in r.text
+                assert f"<port>{alice.port('submissions')}</port>" in r.text
+                assert f"<port>{alice.port('submission')}</port>" in r.text
+                assert "<hostname>127.0.0.1</hostname>" in r.text
+                assert "%EMAILADDRESS%" in r.text
+
+
+def test_cli_mail_commands(tmp_path: Path) -> None:
+    data = tmp_path / "alice"
+    twin_cli(data, "init", "--name", "alice", "--json")
+    out = twin_cli(data, "mail", "users", "add", "bob@alice.localhost").stdout
+    assert "bob@alice.localhost created" in out
+    twin_cli(data, "mail", "aliases", "add", "info@alice.localhost", "alice@alice.localhost")
+    assert "info@alice.localhost" in twin_cli(data, "mail", "aliases").stdout
+    assert "new app password 'phone'" in twin_cli(data, "mail", "passwd", "--label",
+                                                  "phone").stdout
+    dkim = twin_cli(data, "mail", "dkim").stdout
+    assert "twin._domainkey.alice.localhost. IN TXT \"v=DKIM1; k=rsa; p=" in dkim
+    assert oct((data / "dkim" / "rsa.key").stat().st_mode & 0o777) == "0o600"
+    sent = twin_cli(data, "mail", "send", "--to", "info@alice.localhost", "--to",
+                    "x@example.com", "--subject", "cron", input="report\n").stdout
+    assert "sent: 1 local, 0 twin(s), 1 legacy" in sent
+    assert "x@example.com" in twin_cli(data, "mail", "queue").stdout
+    spoof = twin_cli(data, "mail", "send", "--from", "bob@alice.localhost", "--to",
+                     "x@example.com", input="x", check=False)
+    assert spoof.returncode == 2 and "not an address of" in spoof.stderr

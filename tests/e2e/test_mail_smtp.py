@@ -1,0 +1,112 @@
+"""Mail end to end with real twin processes: twin-to-twin, and crash safety."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+
+from core.service import Service
+from tests.protocols.smtp.helpers import client_tls, inbox
+from tests.twins import TwinProcess
+
+
+async def read_inbox(data: Path, login: str) -> list[bytes]:
+    """Read a twin's Inbox from its data dir, as another process (the CLI) would."""
+    service = Service.open(data)
+    try:
+        service.store = await asyncio.to_thread(service.open_store)
+        service.mail.attach(service.store)
+        try:
+            return await inbox(service, login)
+        finally:
+            await service.store.close()
+    finally:
+        service.close()
+
+
+async def test_twin_to_twin_mail_is_verified_and_skips_smtp(
+        twins: Callable[..., TwinProcess]) -> None:
+    alice = twins("alice")
+    bob = twins("bob")
+    message = (f"From: Alice <{alice.login}>\r\nTo: {bob.login}\r\nSubject: twin to twin\r\n"
+               f"X-Twin-Verified: forged by alice's client\r\n\r\nHi Bob!\r\n").encode()
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=alice.port("submission"),
+                               start_tls=True, tls_context=client_tls()) as client:
+        await client.login(alice.login, alice.password)
+        await client.sendmail(alice.login, [bob.login], message)
+    for _ in range(150):  # the store is read after bob stops: one process per store
+        if "mail from twin alice" in bob.log():
+            break
+        await asyncio.sleep(0.2)
+    bob.stop()
+    found = [m for m in await read_inbox(bob.data, bob.login) if b"twin to twin" in m]
+    [stored] = found
+    head = stored.split(b"\r\n\r\n")[0]
+    assert re.search(rb"X-Twin-Verified: alice \(key [0-9a-f]{16}", head)
+    assert b"forged" not in head
+    assert b"Authentication-Results: bob.localhost; twin=pass" in head
+    assert b"X-Twin-Warning" not in head
+    assert b"Hi Bob!" in stored
+    # no SMTP between the twins: bob's SMTP listeners never saw a connection
+    assert "routed mail from" not in bob.log() and "mail from twin alice" in bob.log()
+    assert "1 twin(s)" in alice.log()
+
+
+def _blast(port: int, count: int, acked: list[str], stop: threading.Event,
+           prefix: str) -> None:
+    """Send ``count`` messages on reused connections; record the ones that got 250."""
+    import smtplib
+
+    sent = 0
+    while sent < count and not stop.is_set():
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                while sent < count:
+                    subject = f"{prefix}-{sent}"
+                    body = f"Subject: {subject}\r\nFrom: load@example.com\r\n\r\nx\r\n"
+                    client.sendmail("load@example.com", ["bob@bob.localhost"], body)
+                    acked.append(subject)  # only after the 250
+                    sent += 1
+        except (OSError, smtplib.SMTPException):
+            if stop.is_set():
+                return
+            time.sleep(0.05)
+
+
+@pytest.mark.slow
+async def test_kill_9_under_load_keeps_every_acked_message_once(
+        twins: Callable[..., TwinProcess]) -> None:
+    bob = twins("bob")
+    port = bob.port("smtp")
+    acked: list[str] = []
+    stop = threading.Event()
+    workers = [threading.Thread(target=_blast, args=(port, 100, acked, stop, f"w{i}"))
+               for i in range(20)]  # 20 x 100 = 2,000 messages
+    for w in workers:
+        w.start()
+    deadline = time.monotonic() + 60
+    while len(acked) < 600 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    bob.kill9()
+    stop.set()
+    for w in workers:
+        await asyncio.to_thread(w.join, 30)
+    assert len(acked) >= 600, "the load did not get going"
+    bob.start()
+    bob.stop()
+    stored = await read_inbox(bob.data, bob.login)
+    subjects = Counter(m.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode()
+                       for m in stored if b"Subject: w" in m)
+    missing = [s for s in acked if subjects[s] == 0]
+    doubled = [s for s, n in subjects.items() if n > 1]
+    assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {missing[:5]}"
+    assert not doubled, f"stored twice: {doubled[:5]}"
+    assert len(subjects) >= len(acked)  # some un-acked ones may be there (at most once)
