@@ -39,6 +39,9 @@ def bind(host: str, port: int, what: str, config_key: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted sockets inherit this; asyncio only sets it itself for sockets created with
+    # proto=IPPROTO_TCP. Without it Nagle + delayed ACK add ~40 ms to small responses.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -1,0 +1,318 @@
+"""Twin-to-twin from the command line: contacts, circles, shares, messages, fetch.
+
+``twin contacts add|list|rm``, ``twin circle add|rm|list``, ``twin share``,
+``twin unshare``, ``twin shares``, ``twin send``, ``twin inbox``,
+``twin outbox``, ``twin fetch``.
+
+Everything here works on the data dir (twin.db is shared safely with a
+running twin through SQLite), so the running twin sees a new grant on its next
+request and its outbox worker picks up what ``send`` queued. The one thing
+that needs the running twin is storing a file into the dispersed store
+(``share FILE --as /path``): the store belongs to one process, so the file is
+streamed to the twin's local owner endpoint; when the twin is not running the
+command opens the store itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from core.cli import open_service
+from core.errors import Invalid, NotFound, Unavailable
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("contacts", help="twins you know by name")
+    a = p.add_subparsers(dest="action", required=True)
+    x = a.add_parser("add", help="add twins (each must resolve in the phonebook)")
+    x.add_argument("names", nargs="+")
+    x = a.add_parser("rm", help="remove a contact (and from every circle)")
+    x.add_argument("name")
+    x = a.add_parser("list", help="every contact")
+    x.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run(contacts))
+
+    p = sub.add_parser("circle", help="named groups of contacts")
+    a = p.add_subparsers(dest="action", required=True)
+    x = a.add_parser("add", help="create a circle and/or add members: circle add family bob")
+    x.add_argument("circle")
+    x.add_argument("members", nargs="*")
+    x = a.add_parser("rm", help="remove members, or the circle when none are named")
+    x.add_argument("circle")
+    x.add_argument("members", nargs="*")
+    x = a.add_parser("list", help="circles and their members")
+    x.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run(circles))
+
+    p = sub.add_parser("share", help="grant a twin, a circle or the public access to a path")
+    p.add_argument("path", help="a content path (/photos/ for a prefix), or with --as a file")
+    p.add_argument("--as", dest="as_path", metavar="/PATH",
+                   help="store the local file PATH in the dispersed store at /PATH, then share")
+    p.add_argument("--with", dest="grantee", required=True, metavar="NAME|CIRCLE|public")
+    p.add_argument("--rights", default="r", help="r, rw, rws or read,write,share (default r)")
+    p.add_argument("--until", help="expiry: ISO date or date-time (local time)")
+    p.set_defaults(func=_run(share))
+
+    p = sub.add_parser("unshare", help="revoke a grant (takes effect on the next request)")
+    p.add_argument("path")
+    p.add_argument("--with", dest="grantee", required=True, metavar="NAME|CIRCLE|public")
+    p.set_defaults(func=_run(unshare))
+
+    p = sub.add_parser("shares", help="every grant and every shared object")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run(shares))
+
+    p = sub.add_parser("send", help="send a native message to a twin (queued, retried)")
+    p.add_argument("name")
+    p.add_argument("text")
+    p.set_defaults(func=_run(send))
+
+    p = sub.add_parser("inbox", help="native messages received (and bounce notes)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=_run(inbox))
+
+    p = sub.add_parser("outbox", help="envelopes waiting for an ack")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run(outbox))
+
+    p = sub.add_parser("fetch", help="read (or --list) what another twin shared with you")
+    p.add_argument("name")
+    p.add_argument("path")
+    p.add_argument("-o", "--output", help="write here instead of stdout")
+    p.add_argument("--list", action="store_true", help="list a directory")
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--end", type=int, default=None, help="exclusive end offset")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run(fetch))
+
+
+def _run(fn: Callable[[Any, argparse.Namespace], Awaitable[int]]) -> Callable[..., int]:
+    def run(args: argparse.Namespace) -> int:
+        service = open_service(args)
+
+        async def main() -> int:
+            try:
+                return await fn(service, args)
+            finally:
+                await service.peer.stop()
+        try:
+            return asyncio.run(main())
+        finally:
+            service.close()
+    return run
+
+
+async def contacts(service: Any, args: argparse.Namespace) -> int:
+    if args.action == "add":
+        for name in args.names:
+            record = await service.resolve(name)  # exists, verified, key pinned
+            new = await service.contacts.add(record.name)
+            print(f"{record.name}: {'added' if new else 'already a contact'}")
+    elif args.action == "rm":
+        await service.contacts.remove(args.name)
+        print(f"{args.name}: removed")
+    else:
+        names = await service.contacts.list()
+        print(json.dumps(names) if args.json else "\n".join(names))
+    return 0
+
+
+async def circles(service: Any, args: argparse.Namespace) -> int:
+    if args.action == "add":
+        for name in args.members:
+            await service.resolve(name)
+        await service.contacts.circle_add(args.circle, args.members)
+        print(f"circle {args.circle}: {', '.join(args.members) or 'created'}")
+    elif args.action == "rm":
+        await service.contacts.circle_remove(args.circle, args.members)
+        what = "removed " + ", ".join(args.members) if args.members else "deleted"
+        print(f"circle {args.circle}: {what}")
+    else:
+        found = await service.contacts.circles()
+        if args.json:
+            print(json.dumps(found))
+        for circle, members in {} if args.json else found.items():
+            print(f"{circle}: {' '.join(members)}")
+    return 0
+
+
+def _until(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise Invalid(f"--until {text!r}: use an ISO date like 2030-01-31 or 2030-01-31T18:00") \
+            from None
+    return when.timestamp()
+
+
+async def share(service: Any, args: argparse.Namespace) -> int:
+    from core.acl import parse_rights
+
+    path = args.path
+    if args.as_path:
+        path = args.as_path
+        await _publish_file(service, Path(args.path), path)
+    grant = await service.access.grant(path, args.grantee, parse_rights(args.rights),
+                                       _until(args.until))
+    print(f"shared {grant.path} with {grant.who} ({','.join(grant.rights)})"
+          + (f" until {dt.datetime.fromtimestamp(grant.until).isoformat()}" if grant.until
+             else ""))
+    return 0
+
+
+async def _publish_file(service: Any, file: Path, path: str) -> None:
+    if not await asyncio.to_thread(file.is_file):
+        raise NotFound(f"{file}: no such file")
+    running = _running_twin(service.data_dir)
+    if running is not None:
+        entry = await asyncio.to_thread(_upload, service.data_dir, running, file, path)
+        print(f"stored {file} as {entry['path']} ({entry['size']} bytes) via the running twin")
+        return
+    from core.peer.content import publish
+
+    service.store = await asyncio.to_thread(service.open_store)
+    try:
+        stored = await publish(service, path, _file_chunks(file))
+    finally:
+        await service.store.close()
+        service.store = None
+    print(f"stored {file} as {stored.path} ({stored.size} bytes)")
+
+
+async def _file_chunks(file: Path) -> AsyncIterator[bytes]:
+    with file.open("rb") as f:
+        while block := await asyncio.to_thread(f.read, 1024 * 1024):
+            yield block
+
+
+def _running_twin(data: Path) -> int | None:
+    """The running twin's HTTPS port, or None."""
+    try:
+        state = json.loads((data / "run" / "status.json").read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    for info in state["listeners"]:
+        if info["name"] == "https":
+            return int(info["port"])
+    return None
+
+
+def _upload(data: Path, port: int, file: Path, path: str) -> dict[str, Any]:
+    import httpx
+
+    from core import tls
+    from core.peer.api import LOCAL_OBJECTS, TOKEN_FILE
+
+    token = (data / TOKEN_FILE).read_text().strip()
+
+    def chunks() -> Iterator[bytes]:
+        with file.open("rb") as f:
+            while block := f.read(1024 * 1024):
+                yield block
+
+    try:
+        resp = httpx.put(f"https://127.0.0.1:{port}{LOCAL_OBJECTS}", params={"path": path},
+                         content=chunks(), headers={"authorization": f"Bearer {token}"},
+                         verify=tls.client_context(data), timeout=600)
+    except httpx.HTTPError as exc:
+        raise Unavailable(f"the running twin did not take the file: {exc}") from exc
+    body: dict[str, Any] = resp.json()
+    if resp.status_code != 200:
+        raise Invalid(f"the running twin refused the file: {body.get('message')}")
+    return body
+
+
+async def unshare(service: Any, args: argparse.Namespace) -> int:
+    await service.access.revoke(args.path, args.grantee)
+    print(f"revoked {args.path} for {args.grantee}")
+    return 0
+
+
+async def shares(service: Any, args: argparse.Namespace) -> int:
+    grants = await service.access.grants()
+    objects = await service.shared.list("/") if await _any_objects(service) else []
+    if args.json:
+        print(json.dumps({"grants": [g.to_json() for g in grants],
+                          "objects": [o.to_wire() for o in objects]}))
+        return 0
+    for g in grants:
+        until = dt.datetime.fromtimestamp(g.until).isoformat() if g.until else "-"
+        print(f"{g.path:<40} {g.who:<20} {','.join(g.rights):<16} until {until}")
+    return 0
+
+
+async def _any_objects(service: Any) -> bool:
+    try:
+        await service.shared.stat("/")
+        return True
+    except NotFound:
+        return False
+
+
+async def send(service: Any, args: argparse.Namespace) -> int:
+    uid = await service.peer.send(args.name, "message", {"text": args.text})
+    print(f"queued {uid} for {args.name}")
+    return 0
+
+
+async def inbox(service: Any, args: argparse.Namespace) -> int:
+    messages = await service.peer.inbox.list(args.limit)
+    if args.json:
+        print(json.dumps([m.to_json() for m in messages]))
+        return 0
+    for m in messages:
+        when = dt.datetime.fromtimestamp(m.received).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{when}  {'bounce' if m.bounce else m.sender:<12} {m.text}")
+    return 0
+
+
+async def outbox(service: Any, args: argparse.Namespace) -> int:
+    pending = await service.peer.outbox.list()
+    if args.json:
+        print(json.dumps([p.to_json() for p in pending]))
+    for p in [] if args.json else pending:
+        print(f"{p.uid.hex()}  {p.recipient:<12} {p.kind:<14} attempts {p.attempts}  "
+              f"{p.last_error}")
+    return 0
+
+
+async def fetch(service: Any, args: argparse.Namespace) -> int:
+    if args.list:
+        entries = await service.peer.content_list(args.name, args.path)
+        if args.json:
+            print(json.dumps([e.to_wire() for e in entries]))
+        for e in [] if args.json else entries:
+            print(f"{'d' if e.is_dir else '-'} {e.size:>12}  {e.path}")
+        return 0
+    out: BinaryIO
+    target = Path(args.output) if args.output else None
+    tmp = target.with_name(target.name + ".part") if target else None
+    out = tmp.open("wb") if tmp else sys.stdout.buffer
+    total = 0
+    try:
+        async for chunk in service.peer.content_get(args.name, args.path, args.start, args.end):
+            await asyncio.to_thread(out.write, chunk)
+            total += len(chunk)
+    except BaseException:
+        if tmp:
+            out.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    if tmp and target:
+        out.close()
+        os.replace(tmp, target)
+        print(f"fetched {args.path} from {args.name}: {total} bytes -> {target}",
+              file=sys.stderr)
+    return 0

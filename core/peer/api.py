@@ -1,0 +1,124 @@
+"""The peer API on the twin's HTTPS listener, under /twin/v1/.
+
+``POST /twin/v1/envelope`` takes one envelope (raw bytes) and answers 200 with
+frames (``core.peer.stream``): the signed ack, then for ``content.get`` the
+encrypted stream. A refusal is the HTTP status from ``core.peer.errors.STATUS``
+and a JSON body ``{"code", "message"}`` (plus the stored ``ack`` for a replay).
+The body size is checked against ``peer.max_envelope`` while it is read, before
+anything else looks at it.
+
+``PUT /twin/v1/local/objects?path=/x`` is for the owner's own CLI on this
+host (``twin share FILE --as /x`` while the twin runs): it streams a file into
+the dispersed store and publishes it in the twin's content (the file tree). It is authorised by
+the random token the running twin writes to ``run/local.token`` (0600), which
+only the owner's account can read.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from core.errors import TwinError
+from core.peer import stream
+from core.peer.client import ENVELOPE_PATH, MEDIA_TYPE
+from core.peer.content import publish
+from core.peer.errors import Refusal
+from core.peer.peer import refusal_body
+
+if TYPE_CHECKING:
+    from core.service import Service
+
+log = logging.getLogger("twin.peer")
+TOKEN_FILE = "run/local.token"  # noqa: S105 - a file name, not a secret
+LOCAL_OBJECTS = "/twin/v1/local/objects"
+
+
+def write_token(data_dir: Path) -> str:
+    token = secrets.token_urlsafe(32)
+    path = Path(data_dir) / TOKEN_FILE
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    os.replace(tmp, path)
+    return token
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise _TooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise _TooLarge
+    return bytes(body)
+
+
+def _refuse(refusal: Refusal) -> JSONResponse:
+    return JSONResponse(refusal_body(refusal), status_code=refusal.status)
+
+
+def routes(service: Service) -> list[BaseRoute]:
+    peer = service.peer
+
+    async def envelope(request: Request) -> Response:
+        try:
+            raw = await _read_capped(request, peer.max_envelope)
+        except _TooLarge:
+            log.warning("refused envelope from %s: too_large", request.client)
+            return _refuse(Refusal("too_large", f"envelope over {peer.max_envelope} bytes"))
+        except ClientDisconnect:
+            return Response(status_code=400)
+        try:
+            answer = await peer.receive(raw)
+        except Refusal as refusal:
+            return _refuse(refusal)
+        except Exception:
+            log.exception("internal error while handling an envelope")
+            return _refuse(Refusal("internal", "internal error"))
+        if answer.stream is None:
+            return Response(stream.frame(answer.ack), media_type=MEDIA_TYPE)
+        return StreamingResponse(_with_ack(answer.ack, answer.stream), media_type=MEDIA_TYPE)
+
+    async def put_object(request: Request) -> Response:
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if not peer.local_token or not hmac.compare_digest(token, peer.local_token):
+            return JSONResponse({"code": "forbidden", "message": "bad local token"}, 403)
+        path = request.query_params.get("path", "")
+        try:
+            entry = await publish(service, path, request.stream())
+        except TwinError as exc:
+            return JSONResponse({"code": exc.code, "message": str(exc)}, 400)
+        log.info("owner published %s (%d bytes)", entry.path, entry.size)
+        return JSONResponse({"path": entry.path, "size": entry.size})
+
+    return [
+        Route(ENVELOPE_PATH, envelope, methods=["POST"]),
+        Route(LOCAL_OBJECTS, put_object, methods=["PUT"]),
+    ]
+
+
+async def _with_ack(ack: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield stream.frame(ack)
+    try:
+        async for frame in body:
+            yield frame
+    except Exception:
+        # The client sees the missing final chunk and reports a cut stream.
+        log.exception("content stream failed; cutting it short")

@@ -1,0 +1,224 @@
+"""What a twin can show other twins: the ``ContentSource`` protocol.
+
+The peer API never reads a table or the store itself; it asks
+``service.content`` (a ContentSource) after ``core.acl.Access`` allowed the
+request. ``SharedObjects`` is the implementation used until the file tree
+(``core/files.py``) takes over as ``service.content``: a table in twin.db
+mapping a path to an object in the dispersed store, filled by
+``twin share FILE --as /path``. Directories are implicit: "/photos/a.jpg"
+makes "/photos" a directory.
+
+Contract:
+
+    class ContentSource(Protocol):
+        async def stat(self, path) -> ContentEntry          # raises core.errors.NotFound
+        async def list(self, path) -> list[ContentEntry]    # a directory's children
+        def read(self, path, start=0, end=None) -> AsyncIterator[bytes]   # end exclusive
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from core.acl import as_dir, normalize
+from core.db import Database
+from core.errors import Conflict, Invalid, NotFound, Unavailable
+
+MAX_LIST = 10_000
+
+MIGRATIONS = [
+    """
+    CREATE TABLE shared_objects (
+        path  TEXT PRIMARY KEY,
+        ref   TEXT NOT NULL,
+        size  INTEGER NOT NULL,
+        mtime REAL NOT NULL
+    );
+    """,
+]
+
+
+@dataclass(frozen=True)
+class ContentEntry:
+    path: str
+    name: str
+    size: int
+    is_dir: bool
+    mtime: float
+    etag: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> ContentEntry:
+        try:
+            entry = cls(str(raw["path"]), str(raw["name"]), int(raw["size"]),
+                        bool(raw["is_dir"]), float(raw["mtime"]), str(raw["etag"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Invalid("peer sent a malformed content entry") from exc
+        if entry.size < 0:
+            raise Invalid("peer sent a negative size")
+        return entry
+
+
+@runtime_checkable
+class ContentSource(Protocol):
+    async def stat(self, path: str) -> ContentEntry: ...
+
+    async def list(self, path: str) -> list[ContentEntry]: ...
+
+    def read(self, path: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]: ...
+
+
+def _name(path: str) -> str:
+    return path.rstrip("/").rpartition("/")[2]
+
+
+class SharedObjects:
+    """Paths mapped to dispersed-store objects (see the module docstring)."""
+
+    def __init__(self, db: Database, store: Callable[[], Any]) -> None:
+        self.db = db
+        self._store = store  # service.store is opened only in start()
+        db.migrate("peer.content", MIGRATIONS)
+
+    # -- owner side
+
+    async def add(self, path: str, ref: Any, size: int) -> ContentEntry:
+        """Publish stored object ``ref`` at ``path`` (replacing what was there)."""
+        path = normalize(path)
+        if path.endswith("/"):
+            raise Invalid(f"{path}: a shared object needs a file name, not a directory")
+        now = time.time()
+
+        def run(conn: sqlite3.Connection) -> Any:
+            with conn:
+                if conn.execute("SELECT 1 FROM shared_objects WHERE substr(path, 1, ?) = ?",
+                                (len(path) + 1, path + "/")).fetchone():
+                    raise Invalid(f"{path} is a directory of shared objects")
+                old = conn.execute("SELECT ref FROM shared_objects WHERE path = ?",
+                                   (path,)).fetchone()
+                conn.execute("INSERT OR REPLACE INTO shared_objects VALUES (?, ?, ?, ?)",
+                             (path, str(ref), size, now))
+                return old[0] if old else None
+        old = await self.db.run(run)
+        if old is not None and old != str(ref):
+            await self._delete_object(old)
+        return ContentEntry(path, _name(path), size, False, now, _etag(str(ref)))
+
+    async def remove(self, path: str) -> None:
+        path = normalize(path)
+
+        def run(conn: sqlite3.Connection) -> Any:
+            with conn:
+                row = conn.execute("SELECT ref FROM shared_objects WHERE path = ?",
+                                   (path,)).fetchone()
+                conn.execute("DELETE FROM shared_objects WHERE path = ?", (path,))
+                return row[0] if row else None
+        ref = await self.db.run(run)
+        if ref is None:
+            raise NotFound(f"nothing shared at {path}")
+        await self._delete_object(ref)
+
+    async def _delete_object(self, ref: str) -> None:
+        store = self._store()
+        if store is not None:
+            import storage.errors
+            from storage.model import ObjectRef
+
+            with contextlib.suppress(storage.errors.ObjectNotFound):
+                await store.delete(ObjectRef.parse(ref))
+
+    # -- ContentSource
+
+    async def stat(self, path: str) -> ContentEntry:
+        path = normalize(path)
+        bare = path.rstrip("/") or "/"
+
+        def run(conn: sqlite3.Connection) -> ContentEntry:
+            row = conn.execute("SELECT ref, size, mtime FROM shared_objects WHERE path = ?",
+                               (bare,)).fetchone()
+            if row and not path.endswith("/"):
+                return ContentEntry(bare, _name(bare), row[1], False, row[2], _etag(row[0]))
+            prefix = as_dir(bare)
+            sub = conn.execute("SELECT max(mtime) FROM shared_objects WHERE "
+                               "substr(path, 1, ?) = ?", (len(prefix), prefix)).fetchone()
+            if bare == "/" or sub[0] is not None:
+                return ContentEntry(bare, _name(bare), 0, True, sub[0] or 0.0, "")
+            raise NotFound(f"no such path {path}")
+        return await self.db.run(run)
+
+    async def list(self, path: str) -> list[ContentEntry]:
+        entry = await self.stat(path)
+        if not entry.is_dir:
+            raise Invalid(f"{path} is not a directory")
+        prefix = as_dir(entry.path)
+
+        def run(conn: sqlite3.Connection) -> list[ContentEntry]:
+            children: dict[str, ContentEntry] = {}
+            rows = conn.execute(
+                "SELECT path, ref, size, mtime FROM shared_objects WHERE substr(path, 1, ?) = ? "
+                "ORDER BY path", (len(prefix), prefix))
+            for p, ref, size, mtime in rows:
+                head, sep, _ = p[len(prefix):].partition("/")
+                if sep:
+                    d = prefix + head
+                    old = children.get(d)
+                    children[d] = ContentEntry(d, head, 0, True,
+                                               max(mtime, old.mtime if old else 0.0), "")
+                else:
+                    children[p] = ContentEntry(p, head, size, False, mtime, _etag(ref))
+                if len(children) > MAX_LIST:
+                    raise Invalid(f"{path}: more than {MAX_LIST} entries")
+            return list(children.values())
+        return await self.db.run(run)
+
+    async def read(self, path: str, start: int = 0,
+                   end: int | None = None) -> AsyncIterator[bytes]:
+        import storage.errors
+        from storage.model import ObjectRef
+
+        entry = await self.stat(path)
+        if entry.is_dir:
+            raise Invalid(f"{path} is a directory")
+        ref = await self.db.run(lambda c: c.execute(
+            "SELECT ref FROM shared_objects WHERE path = ?", (entry.path,)).fetchone()[0])
+        store = self._store()
+        if store is None:
+            raise Unavailable("the dispersed store is not open")
+        try:
+            async for chunk in store.get(ObjectRef.parse(ref), start, end):
+                yield chunk
+        except storage.errors.ObjectNotFound as exc:
+            raise NotFound(f"{path}: its object is gone from the store") from exc
+        except storage.errors.StorageError as exc:
+            raise Unavailable(f"{path}: {exc}") from exc
+
+
+def _etag(ref: str) -> str:
+    return ref.partition(":")[0]
+
+
+async def publish(service: Any, path: str, data: AsyncIterable[bytes]) -> ContentEntry:
+    """Store ``data`` at ``path`` in the twin's content: the file tree when there is one
+    (creating missing parent directories), else the shared objects table."""
+    path = normalize(path)
+    files = getattr(service, "files", None)
+    if files is None:
+        ref = await service.store.put(data)
+        added: ContentEntry = await service.shared.add(path, ref, ref.size)
+        return added
+    parts = path.strip("/").split("/")
+    for i in range(1, len(parts)):
+        directory = "/" + "/".join(parts[:i])
+        if await files.exists(directory) is None:
+            with contextlib.suppress(Conflict):
+                await files.mkdir(directory)
+    entry: ContentEntry = await files.write(path, data)
+    return entry

@@ -1,0 +1,103 @@
+"""The outbox: envelopes waiting for the recipient's signed ack.
+
+``enqueue`` commits the message to twin.db (WAL, ``synchronous = FULL``)
+before it returns, so a message accepted by ``send`` survives a crash. What is
+stored is the plaintext value, not envelope bytes: every attempt seals a
+fresh envelope (new timestamp, same uid), because retries go on far longer
+than one envelope's TTL. A row leaves the table only when a verified ack for
+its uid arrived, or when it bounced.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from core.db import Database
+from core.peer.envelope import new_uid
+
+MIGRATIONS = [
+    """
+    CREATE TABLE peer_outbox (
+        uid        BLOB PRIMARY KEY,
+        recipient  TEXT NOT NULL,
+        kind       TEXT NOT NULL,
+        value      BLOB NOT NULL,
+        created    REAL NOT NULL,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        next_try   REAL NOT NULL,
+        last_error TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX peer_outbox_due ON peer_outbox (next_try);
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Pending:
+    uid: bytes
+    recipient: str
+    kind: str
+    value: Any
+    created: float
+    attempts: int
+    next_try: float
+    last_error: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"uid": self.uid.hex(), "to": self.recipient, "kind": self.kind,
+                "created": self.created, "attempts": self.attempts,
+                "next_try": self.next_try, "last_error": self.last_error}
+
+
+def _row(r: tuple[Any, ...]) -> Pending:
+    return Pending(bytes(r[0]), r[1], r[2], cbor2.loads(r[3]), *r[4:])
+
+
+class Outbox:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.migrate("peer.outbox", MIGRATIONS)
+
+    async def enqueue(self, recipient: str, kind: str, value: Any) -> bytes:
+        uid = new_uid()
+        blob = cbor2.dumps(value, canonical=True)
+        now = time.time()
+        await self.db.run(lambda c: c.execute(
+            "INSERT INTO peer_outbox (uid, recipient, kind, value, created, next_try) "
+            "VALUES (?, ?, ?, ?, ?, ?)", (uid, recipient, kind, blob, now, now)))
+        return uid
+
+    async def due(self, now: float, limit: int = 64) -> list[Pending]:
+        return await self.db.run(lambda c: [_row(r) for r in c.execute(
+            "SELECT uid, recipient, kind, value, created, attempts, next_try, last_error "
+            "FROM peer_outbox WHERE next_try <= ? ORDER BY next_try LIMIT ?", (now, limit))])
+
+    async def next_due(self) -> float | None:
+        return await self.db.run(lambda c: c.execute(
+            "SELECT min(next_try) FROM peer_outbox").fetchone()[0])
+
+    async def remove(self, uid: bytes) -> bool:
+        return await self.db.run(lambda c: c.execute(
+            "DELETE FROM peer_outbox WHERE uid = ?", (uid,)).rowcount == 1)
+
+    async def retry_later(self, uid: bytes, next_try: float, error: str) -> None:
+        await self.db.run(lambda c: c.execute(
+            "UPDATE peer_outbox SET attempts = attempts + 1, next_try = ?, last_error = ? "
+            "WHERE uid = ?", (next_try, error[:500], uid)))
+
+    async def list(self) -> list[Pending]:
+        def run(conn: sqlite3.Connection) -> list[Pending]:
+            return [_row(r) for r in conn.execute(
+                "SELECT uid, recipient, kind, value, created, attempts, next_try, last_error "
+                "FROM peer_outbox ORDER BY created")]
+        return await self.db.run(run)
+
+
+def backoff(schedule: list[float], attempts: int) -> float:
+    """Seconds to wait after the ``attempts``-th failure; the last step repeats."""
+    return float(schedule[min(max(attempts, 1), len(schedule)) - 1])

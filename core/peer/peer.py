@@ -1,0 +1,505 @@
+"""The peer part of a twin: send, receive, acks, the outbox worker, remote content.
+
+See ``core/peer/__init__.py`` for the public contract. Receiving is one
+straight line of checks (``receive``), each refusing with its own code:
+
+    size -> version -> sender known -> signature -> body shape -> recipient
+    -> clock skew -> expiry -> sender rate -> replay -> payload decrypts
+    -> kind known -> handler (which asks core.acl.Access)
+
+and every answer is a signed ``ack`` envelope encrypted to the sender, naming
+the uid it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cbor2
+
+from core.acl import OWNER, Access, Principal, as_dir, normalize
+from core.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    PeerRejected,
+    TwinError,
+    Unavailable,
+)
+from core.peer import envelope as env
+from core.peer import stream
+from core.peer.client import PeerClient, Refused
+from core.peer.content import ContentEntry, ContentSource
+from core.peer.errors import PERMANENT, Refusal
+from core.peer.inbox import Inbox
+from core.peer.kinds import KINDS, BounceHandler, Handler, Registry
+from core.peer.outbox import Outbox, Pending, backoff
+from core.peer.replay import RateLimit, ReplayGuard
+from phonebook.record import TwinRecord
+
+if TYPE_CHECKING:
+    from core.service import Service
+
+log = logging.getLogger("twin.peer")
+REPLAY_FILE = "peer-replay.db"
+MAX_INFLIGHT = 16
+
+# The envelope being handled, for handlers that make themselves idempotent by uid.
+current_envelope: contextvars.ContextVar[env.Envelope] = contextvars.ContextVar("envelope")
+
+
+@dataclass
+class Answer:
+    """What the peer API sends back: the ack, then (content.get) an encrypted stream."""
+
+    ack: bytes
+    stream: AsyncIterator[bytes] | None = None
+
+
+@dataclass
+class _Opened:
+    """A verified ack from a peer."""
+
+    result: Any
+    stream_key: bytes | None = None
+    stream_header: bytes | None = None
+
+
+class Peer:
+    def __init__(self, service: Service) -> None:
+        conf = service.config
+        self.service = service
+        self.name = conf.name
+        self.identity = service.identity
+        self.boxes = env.Boxes(service.identity)
+        self.kinds = Registry()
+        self.outbox = Outbox(service.db)
+        self.inbox = Inbox(service.db)
+        self.replay = ReplayGuard(Path(service.data_dir) / REPLAY_FILE)
+        self.rate = RateLimit(conf.int("peer.rate_per_minute"))
+        self.max_envelope = conf.int("peer.max_envelope")
+        self.max_skew = conf.int("peer.max_skew")
+        self.ttl = conf.int("peer.ttl")
+        self.dedup_keep = conf.int("peer.dedup_keep")
+        self.retry_schedule = [float(s) for s in conf.list("peer.retry_schedule")]
+        self.give_up_after = conf.int("peer.give_up_after")
+        self.poll = conf.float("peer.outbox_poll")
+        self.timeout = conf.float("peer.timeout")
+        self._client: PeerClient | None = None
+        self.local_token = ""
+        self._wake = asyncio.Event()
+        self.register("message", self._on_message)
+        self.register("ping", self._on_ping)
+        self.on_bounce("message", self._on_message_bounce)
+
+    @property
+    def access(self) -> Access:
+        return self.service.access
+
+    @property
+    def content(self) -> ContentSource:
+        """Looked up per request: the file tree may replace the shared objects."""
+        return self.service.content
+
+    # -- public API (see core/peer/__init__.py)
+
+    def register(self, kind: str, handler: Handler) -> None:
+        self.kinds.register(kind, handler)
+
+    def on_bounce(self, kind: str, handler: BounceHandler) -> None:
+        self.kinds.on_bounce(kind, handler)
+
+    async def send(self, to: str, kind: str, payload: Any) -> str:
+        """Durably queue ``payload`` for ``to``; returns the uid (hex)."""
+        self.kinds.kind(kind)
+        await self.service.resolve(to)  # an unknown recipient fails now, not in days
+        uid = await self.outbox.enqueue(to, kind, payload)
+        log.info("queued %s envelope %s for %s", kind, uid.hex(), to)
+        self._wake.set()
+        return uid.hex()
+
+    async def request(self, to: str, kind: str, payload: Any) -> Any:
+        """One signed request, its verified answer; raises PeerRejected or Unavailable."""
+        if self.kinds.kind(kind).stream:
+            raise Invalid(f"{kind} answers with a stream: use content_get")
+        record = await self.service.resolve(to)
+        opened = await self._exchange(record, kind, payload, env.new_uid())
+        return opened.result
+
+    async def content_list(self, twin: str, path: str) -> list[ContentEntry]:
+        result = await self.request(twin, "content.list", {"path": normalize(path)})
+        if not isinstance(result, list):
+            raise Invalid("peer sent a malformed listing")
+        return [ContentEntry.from_wire(e) for e in result[:100_000]]
+
+    async def content_get(self, twin: str, path: str, start: int = 0,
+                          end: int | None = None) -> AsyncIterator[bytes]:
+        """Stream (a range of) ``path`` from ``twin``, verified chunk by chunk."""
+        record = await self.service.resolve(twin)
+        payload = {"path": normalize(path), "start": start, "end": end}
+        if not record.endpoints:
+            raise Unavailable(f"twin {record.name} publishes no endpoint")
+        uid = env.new_uid()
+        raw = self._seal(record, "content.get", payload, uid)
+        async with self._exchanging(record, raw) as resp:
+            frames = stream.FrameReader(resp.aiter_raw())
+            first = await frames.next()
+            if first is None:
+                raise Invalid(f"{twin} sent an empty answer")
+            opened = self._open_ack(record, first, uid)
+            if opened.stream_key is None or opened.stream_header is None:
+                raise Invalid(f"{twin} answered content.get without a stream")
+            result = opened.result
+            if not isinstance(result, dict) or type(result.get("end")) is not int \
+                    or type(result.get("start")) is not int:
+                raise Invalid(f"{twin} answered content.get with a malformed header")
+            want = result["end"] - result["start"]
+            dec = stream.Decryptor(opened.stream_key, opened.stream_header)
+            got = 0
+            while not dec.finished:
+                sealed = await frames.next()
+                if sealed is None:
+                    raise Invalid(f"stream from {twin} was cut short")
+                plain = (await asyncio.to_thread(dec.pull, sealed) if len(sealed) > 65536
+                         else dec.pull(sealed))
+                got += len(plain)
+                if plain:
+                    yield plain
+            if await frames.next() is not None or got != want:
+                raise Invalid(f"stream from {twin} does not match its announced length")
+
+    # -- sending
+
+    @property
+    def client(self) -> PeerClient:
+        if self._client is None:
+            self._client = PeerClient(self.timeout)
+        return self._client
+
+    def _seal(self, record: TwinRecord, kind: str, value: Any, uid: bytes) -> bytes:
+        return env.seal(self.identity, self.boxes, sender=self.name, recipient=record.name,
+                        recipient_key=record.public_key, kind=kind, value=value,
+                        ttl=self.ttl, uid=uid)
+
+    @contextlib.asynccontextmanager
+    async def _exchanging(self, record: TwinRecord, raw: bytes) -> AsyncIterator[Any]:
+        try:
+            async with self.client.exchange(record.endpoints[0], raw) as resp:
+                yield resp
+        except Refused as refused:
+            raise refused.error() from None
+
+    async def _exchange(self, record: TwinRecord, kind: str, value: Any,
+                        uid: bytes) -> _Opened:
+        if not record.endpoints:
+            raise Unavailable(f"twin {record.name} publishes no endpoint")
+        raw = self._seal(record, kind, value, uid)
+        try:
+            async with self.client.exchange(record.endpoints[0], raw) as resp:
+                frames = stream.FrameReader(resp.aiter_raw(), max_frame=self.max_envelope)
+                first = await frames.next()
+                # read to the end: a half-read response cannot go back to the pool
+                if first is not None and await frames.next() is not None:
+                    raise Invalid(f"{record.name} sent more than an ack")
+        except Refused as refused:
+            if refused.code == "replay" and refused.ack:
+                return self._open_ack(record, refused.ack, uid)  # delivered before
+            raise refused.error() from None
+        if first is None:
+            raise Invalid(f"{record.name} sent an empty answer")
+        return self._open_ack(record, first, uid)
+
+    def _open_ack(self, record: TwinRecord, raw: bytes, uid: bytes) -> _Opened:
+        """Verify an ack: from the peer we asked, to us, naming our uid."""
+        try:
+            sig, body = env.split(raw)
+            if env.peek_sender(body) != record.name:
+                raise Refusal("unknown_sender", "ack from another twin")
+            env.verify(sig, body, record.public_key)
+            ack = env.parse(body)
+            value = self.boxes.decrypt(record.public_key, ack.payload)
+        except Refusal as exc:
+            raise Invalid(f"bad ack from {record.name}: {exc.code}") from None
+        if ack.kind != "ack" or ack.recipient != self.name or not isinstance(value, dict) \
+                or value.get("uid") != uid:
+            raise Invalid(f"ack from {record.name} does not answer our envelope")
+        s = value.get("stream")
+        if isinstance(s, dict):
+            return _Opened(value.get("result"), bytes(s["key"]), bytes(s["header"]))
+        return _Opened(value.get("result"))
+
+    # -- the outbox worker
+
+    async def run_outbox(self) -> None:
+        """Deliver due envelopes until cancelled; woken by ``send`` or every poll."""
+        sem = asyncio.Semaphore(MAX_INFLIGHT)
+        running: set[bytes] = set()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(item: Pending) -> None:
+            async with sem:
+                try:
+                    await self._deliver(item)
+                except Exception:
+                    log.exception("outbox: delivering %s failed unexpectedly", item.uid.hex())
+                finally:
+                    running.discard(item.uid)
+                    self._wake.set()
+
+        last_purge = 0.0
+        while True:
+            self._wake.clear()
+            now = time.time()
+            wait = self.poll
+            try:
+                for item in await self.outbox.due(now):
+                    if item.uid not in running:
+                        running.add(item.uid)
+                        task = asyncio.create_task(one(item),
+                                                   name=f"outbox-{item.uid.hex()[:8]}")
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                if now - last_purge > 3600:
+                    last_purge = now
+                    await self.replay.purge()
+                nxt = await self.outbox.next_due()
+                if nxt is not None:
+                    wait = min(self.poll, max(0.0, nxt - time.time()))
+            except Exception:  # a locked or failing db must not end the worker
+                log.exception("outbox: scan failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.01))
+
+    async def _deliver(self, item: Pending) -> None:
+        try:
+            record = await self.service.resolve(item.recipient)
+            await self._exchange(record, item.kind, item.value, item.uid)
+        except (PeerRejected, Invalid, NotFound, Forbidden, Conflict, Unavailable) as exc:
+            code = getattr(exc, "code", "error")
+            if isinstance(exc, Unavailable):
+                # the peer may have moved (a restart on a new port): look it up afresh
+                self.service.phonebook.invalidate()
+            permanent = isinstance(exc, PeerRejected) and code in PERMANENT
+            if permanent or time.time() - item.created >= self.give_up_after:
+                if await self.outbox.remove(item.uid):
+                    log.warning("outbox: %s to %s bounced after %d attempts: %s",
+                                item.uid.hex(), item.recipient, item.attempts + 1, exc)
+                    await self._bounce(item, str(exc))
+                return
+            delay = backoff(self.retry_schedule, item.attempts + 1)
+            await self.outbox.retry_later(item.uid, time.time() + delay, str(exc))
+            log.info("outbox: %s to %s failed (%s); retry in %.1fs", item.uid.hex(),
+                     item.recipient, code, delay)
+            return
+        if await self.outbox.remove(item.uid):
+            log.info("outbox: %s delivered to %s (acked)", item.uid.hex(), item.recipient)
+
+    async def _bounce(self, item: Pending, reason: str) -> None:
+        handler = self.kinds.bounce_handler(item.kind)
+        if handler is None:
+            log.warning("outbox: no bounce handler for kind %s", item.kind)
+            return
+        try:
+            await handler(item.recipient, item.value, reason)
+        except Exception:
+            log.exception("outbox: bounce handler for %s failed", item.kind)
+
+    # -- receiving
+
+    async def receive(self, raw: bytes) -> Answer:
+        """Check one envelope and hand it to its kind's handler (see module docstring)."""
+        sender = "?"
+        try:
+            if len(raw) > self.max_envelope:
+                raise Refusal("too_large", f"envelope over {self.max_envelope} bytes")
+            sig, body = env.split(raw)
+            sender = env.peek_sender(body)
+            return await self._receive(sender, sig, body)
+        except Refusal as refusal:
+            log.warning("refused envelope from %s: %s (%s)", sender, refusal.code,
+                        refusal.message)
+            raise
+
+    async def _receive(self, sender: str, sig: bytes, body: bytes) -> Answer:
+        record = await self._sender_record(sender)
+        env.verify(sig, body, record.public_key)
+        e = env.parse(body)
+        if e.sender != record.name:
+            raise Refusal("malformed", "envelope 'from' does not name the signer")
+        if e.recipient != self.name:
+            raise Refusal("wrong_recipient", f"envelope is for {e.recipient!r}")
+        now = time.time()
+        if e.timestamp > now + self.max_skew:
+            raise Refusal("clock_skew", f"timestamp {e.timestamp - now:.0f}s in the future")
+        if e.expires + self.max_skew < now:
+            raise Refusal("expired", f"envelope expired {now - e.expires:.0f}s ago")
+        self.rate.take(record.name)
+        kind = KINDS.get(e.kind)
+        await self.replay.claim(record.name, e.uid)
+        try:
+            value = self.boxes.decrypt(record.public_key, e.payload)
+            if kind is None or (kind.name not in ("content.list", "content.get")
+                                and self.kinds.handler(kind.name) is None):
+                raise Refusal("unknown_kind", f"this twin does not take {e.kind!r}")
+            answer = await self._dispatch(record, e, value)
+        except TwinError as exc:
+            self.replay.release(record.name, e.uid)
+            raise Refusal.from_error(exc) from exc
+        except BaseException:
+            self.replay.release(record.name, e.uid)
+            raise
+        keep = max(e.expires + self.max_skew, now + self.dedup_keep)
+        await self.replay.done(record.name, e.uid, keep, answer.ack)
+        return answer
+
+    async def _sender_record(self, sender: str) -> TwinRecord:
+        try:
+            return await self.service.resolve(sender)
+        except (NotFound, Forbidden):
+            raise Refusal("unknown_sender", f"no valid phonebook record for {sender!r}") \
+                from None
+        except Conflict:
+            raise Refusal("sender_key_changed", f"{sender!r} changed its key") from None
+        except Unavailable:
+            raise Refusal("unavailable", "phonebook unreachable") from None
+
+    async def _dispatch(self, record: TwinRecord, e: env.Envelope, value: Any) -> Answer:
+        who = Principal.remote(record.name)
+        if e.kind == "content.get":
+            return await self._content_get(record, who, e, value)
+        if e.kind == "content.list":
+            result: Any = await self._content_list(who, value)
+        else:
+            handler = self.kinds.handler(e.kind)
+            assert handler is not None
+            token = current_envelope.set(e)
+            try:
+                result = await handler(record, value)
+            finally:
+                current_envelope.reset(token)
+        return Answer(self._ack(record, e.uid, {"uid": e.uid, "result": result}))
+
+    def _ack(self, record: TwinRecord, uid: bytes, value: dict[str, Any]) -> bytes:
+        try:
+            return self._seal(record, "ack", value, env.new_uid())
+        except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
+            raise Invalid(f"handler result for {uid.hex()} cannot be encoded") from exc
+
+    # -- built-in kinds
+
+    async def _on_message(self, record: TwinRecord, value: Any) -> Any:
+        text = value.get("text") if isinstance(value, dict) else None
+        if not isinstance(text, str):
+            raise Invalid("a message needs a text")
+        new = await self.inbox.store(record.name, current_envelope.get().uid, text)
+        log.info("message %s from %s %s", current_envelope.get().uid.hex(), record.name,
+                 "stored" if new else "was already stored")
+        return {"stored": True}
+
+    async def _on_message_bounce(self, recipient: str, value: Any, reason: str) -> None:
+        text = value.get("text", "") if isinstance(value, dict) else ""
+        await self.inbox.store("-", env.new_uid(),
+                               f"could not deliver to {recipient}: {reason}\n> {text[:1000]}",
+                               bounce=True)
+
+    async def _on_ping(self, record: TwinRecord, value: Any) -> Any:
+        return value
+
+    async def _content_list(self, who: Principal, value: Any) -> list[dict[str, Any]]:
+        path = normalize(_field(value, "path", str))
+        entry = await self.content.stat(path)
+        if not entry.is_dir:
+            raise Invalid(f"{path} is not a directory")
+        whole = await self.access.allowed(who, as_dir(entry.path), "read")
+        if not whole and not await self.access.reaches_below(who, entry.path):
+            raise Forbidden(f"{who} may not list {path}")
+        out = []
+        for child in await self.content.list(entry.path):
+            target = as_dir(child.path) if child.is_dir else child.path
+            if whole or await self.access.allowed(who, target, "read") or (
+                    child.is_dir and await self.access.reaches_below(who, child.path)):
+                out.append(child.to_wire())
+        return out
+
+    async def _content_get(self, record: TwinRecord, who: Principal, e: env.Envelope,
+                           value: Any) -> Answer:
+        path = normalize(_field(value, "path", str))
+        start = _field(value, "start", int)
+        end = value.get("end") if isinstance(value, dict) else None
+        await self.access.check(who, path, "read")
+        entry = await self.content.stat(path)
+        if entry.is_dir:
+            raise Invalid(f"{path} is a directory")
+        end = entry.size if end is None else end
+        if type(end) is not int or not 0 <= start <= end or end > entry.size:
+            raise Invalid(f"range {start}-{end} outside 0-{entry.size}")
+        key = stream.new_key()
+        enc = stream.Encryptor(key)
+        ack = self._ack(record, e.uid, {
+            "uid": e.uid,
+            "result": {"entry": entry.to_wire(), "start": start, "end": end},
+            "stream": {"key": key, "header": enc.header},
+        })
+        log.info("content.get %s [%d, %d) for %s", path, start, end, who)
+        return Answer(ack, self._encrypted(self.content.read(path, start, end), enc))
+
+    async def _encrypted(self, source: AsyncIterator[bytes],
+                         enc: stream.Encryptor) -> AsyncIterator[bytes]:
+        """Re-cut ``source`` into CHUNK-sized secretstream frames, the last one FINAL."""
+        buf = bytearray()
+        pending: bytes | None = None
+        async for data in source:
+            buf += data
+            while len(buf) >= stream.CHUNK:
+                if pending is not None:
+                    yield stream.frame(await asyncio.to_thread(enc.push, pending))
+                pending = bytes(buf[:stream.CHUNK])
+                del buf[:stream.CHUNK]
+        if pending is not None and buf:
+            yield stream.frame(await asyncio.to_thread(enc.push, pending))
+            pending = bytes(buf)
+        elif pending is None:
+            pending = bytes(buf)
+        yield stream.frame(await asyncio.to_thread(enc.push, pending, True))
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        from core.peer.api import write_token
+
+        self.local_token = write_token(self.service.data_dir)
+        self.service.spawn(self.run_outbox(), "peer-outbox")
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def close(self) -> None:
+        self.replay.close()
+
+
+def _field(value: Any, name: str, kind: type) -> Any:
+    if not isinstance(value, dict) or type(value.get(name)) is not kind:
+        raise Invalid(f"request needs {name!r} ({kind.__name__})")
+    return value[name]
+
+
+def refusal_body(refusal: Refusal) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": refusal.code, "message": refusal.message}
+    if refusal.ack:
+        body["ack"] = base64.b64encode(refusal.ack).decode()
+    return body
+
+
+__all__ = ["OWNER", "Answer", "Peer", "current_envelope", "refusal_body"]
