@@ -79,7 +79,7 @@ class Peer:
     def __init__(self, service: Service) -> None:
         conf = service.config
         self.service = service
-        self.name = conf.name
+        self.name = service.phonebook_name
         self.identity = service.identity
         self.boxes = env.Boxes(service.identity)
         self.kinds = Registry()

@@ -1,0 +1,36 @@
+"""The mail store: every user's mailboxes and messages.
+
+Contract (what SMTP, the peer API and IMAP rely on; ``service.mail``):
+
+- ``await ensure_user(login)`` creates INBOX, Sent, Drafts, Trash, Junk and
+  Archive (special-use ``\\Sent`` ...) once; idempotent, and called lazily by
+  every other entry point too.
+- ``await deliver(login, message, *, mailbox="INBOX", flags=(), internal_date=None)
+  -> uid`` stores the bytes (``bytes``, an async iterator of chunks, or a binary
+  file) in the dispersed store and the metadata in SQLite; it is durable
+  (fsynced, group-committed with concurrent deliveries) before it returns, and
+  live IMAP sessions on the mailbox learn of the message at once.
+- ``await quota(login) -> (used bytes, limit bytes; 0 = unlimited)``.
+
+The IMAP adapter additionally uses mailboxes, ``open`` (a snapshot of the
+uid/flags/modseq index plus a ``Watch`` of later changes), ``meta``, ``read``,
+``set_flags``, ``expunge``, ``copy`` and ``vanished``. Errors are core's neutral
+ones (``NotFound``, ``Conflict``, ``Invalid``, ``Forbidden``, ``Unavailable``);
+their ``code`` (``exists``, ``haschildren``, ``overquota``, ``toobig``, ``use``)
+lets an adapter pick a precise response code.
+"""
+
+from core.mail.store import (
+    DELIM,
+    SPECIAL,
+    Change,
+    Mailbox,
+    MailStore,
+    Meta,
+    Snapshot,
+    Status,
+    Watch,
+)
+
+__all__ = ["DELIM", "SPECIAL", "Change", "MailStore", "Mailbox", "Meta", "Snapshot", "Status",
+           "Watch"]

@@ -1,0 +1,768 @@
+"""Mailboxes and messages: metadata in SQLite, message bytes in the dispersed store.
+
+A message's bytes are written once to the dispersed store; its structure
+(``core.mail.mime``) and its top-level header block are cached in SQLite next
+to the per-mailbox uid, flags and modseq, so listing, flag changes, SEARCH on
+headers and FETCH of headers/ENVELOPE/BODYSTRUCTURE never read a body. COPY
+shares the stored object; it is deleted when the last message using it goes.
+
+Every write that changes a mailbox goes through one ``GroupCommit`` (one
+transaction and one fsync for everything queued) and, once committed, is
+published to the ``Watch`` of every live session on that mailbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import mmap
+import secrets
+import sqlite3
+import tempfile
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from core.db import Database
+from core.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
+from core.mail import mime
+from core.mail.commit import GroupCommit
+
+log = logging.getLogger("twin.mail")
+
+SPECIAL = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
+           "Archive": "\\Archive"}
+SPECIAL_USES = frozenset(SPECIAL.values()) | {"\\All", "\\Flagged"}
+DELIM = "/"
+MAX_NAME = 1000
+MAX_FLAGS = 100
+MAX_FLAG_LEN = 100
+SPOOL_IN_MEMORY = 1024 * 1024
+
+MIGRATIONS = [
+    """
+    CREATE TABLE mail_mailboxes (
+        id          INTEGER PRIMARY KEY,
+        login       TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        uidnext     INTEGER NOT NULL DEFAULT 1,
+        modseq      INTEGER NOT NULL DEFAULT 1,
+        recent_uid  INTEGER NOT NULL DEFAULT 0,
+        special     TEXT,
+        subscribed  INTEGER NOT NULL DEFAULT 1,
+        UNIQUE (login, name)
+    );
+    CREATE TABLE mail_bodies (
+        ref        TEXT PRIMARY KEY,
+        header     BLOB NOT NULL,
+        structure  TEXT NOT NULL
+    );
+    CREATE TABLE mail_messages (
+        mailbox       INTEGER NOT NULL REFERENCES mail_mailboxes(id) ON DELETE CASCADE,
+        uid           INTEGER NOT NULL,
+        ref           TEXT NOT NULL,
+        size          INTEGER NOT NULL,
+        internal_date REAL NOT NULL,
+        flags         TEXT NOT NULL DEFAULT '',
+        modseq        INTEGER NOT NULL,
+        PRIMARY KEY (mailbox, uid)
+    ) WITHOUT ROWID;
+    CREATE INDEX mail_messages_ref ON mail_messages(ref);
+    CREATE TABLE mail_vanished (
+        mailbox  INTEGER NOT NULL REFERENCES mail_mailboxes(id) ON DELETE CASCADE,
+        uid      INTEGER NOT NULL,
+        modseq   INTEGER NOT NULL,
+        PRIMARY KEY (mailbox, uid)
+    ) WITHOUT ROWID;
+    CREATE TABLE mail_users (login TEXT PRIMARY KEY);
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    id: int
+    login: str
+    name: str
+    uidvalidity: int
+    uidnext: int
+    modseq: int
+    special: str | None
+    subscribed: bool
+
+
+@dataclass(frozen=True)
+class Status:
+    messages: int
+    recent: int
+    unseen: int
+    deleted: int
+    size: int
+    uidnext: int
+    uidvalidity: int
+    highestmodseq: int
+
+
+@dataclass
+class Snapshot:
+    """What a session needs at SELECT: the uid/flags/modseq index in one query."""
+
+    mailbox: Mailbox
+    uids: list[int]
+    flags: list[frozenset[str]]
+    modseqs: list[int]
+    recent: set[int]
+
+
+@dataclass(frozen=True)
+class Meta:
+    uid: int
+    ref: str
+    size: int
+    internal_date: float
+    flags: frozenset[str]
+    modseq: int
+    header: bytes
+    structure: mime.Part | None
+
+
+@dataclass(frozen=True)
+class Change:
+    """One committed change of a mailbox, as sessions on it learn of it.
+
+    kind: ``exists`` (uids new), ``flags`` (uids now have ``flags``; one uid
+    each), ``expunge`` (uids gone) or ``deleted`` (the mailbox itself).
+    """
+
+    kind: str
+    uids: tuple[int, ...]
+    flags: frozenset[str] = frozenset()
+    modseq: int = 0
+
+
+@dataclass(eq=False)
+class Watch:
+    """A live session's subscription to one mailbox's changes."""
+
+    mailbox_id: int
+    pending: list[Change] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    claims_recent: bool = False
+    recent: set[int] = field(default_factory=set)
+
+    def take(self) -> list[Change]:
+        out, self.pending = self.pending, []
+        self.wake.clear()
+        return out
+
+
+def parse_flags(flags: Iterable[str]) -> frozenset[str]:
+    out = set()
+    for f in flags:
+        body = f[1:] if f.startswith("\\") else f
+        if not body or len(f) > MAX_FLAG_LEN or any(c in body for c in ' ()"{%*]\\\r\n'):
+            raise Invalid(f"invalid flag {f[:40]!r}")
+        if f.lower() == "\\recent":
+            continue
+        out.add(_canonical_flag(f))
+    if len(out) > MAX_FLAGS:
+        raise Invalid("too many flags")
+    return frozenset(out)
+
+
+_SYSTEM = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
+
+
+def _canonical_flag(flag: str) -> str:
+    if flag.startswith("\\"):
+        canon = _SYSTEM.get(flag.lower())
+        if canon is None:
+            raise Invalid(f"unknown system flag {flag[:40]}")
+        return canon
+    return flag
+
+
+def _flags_text(flags: Iterable[str]) -> str:
+    return " ".join(sorted(flags))
+
+
+def _flags_set(text: str) -> frozenset[str]:
+    return frozenset(text.split()) if text else frozenset()
+
+
+def check_name(name: str) -> str:
+    """A mailbox name as stored: INBOX upper-cased, no empty levels, bounded."""
+    if not name or len(name) > MAX_NAME or any(ord(c) < 32 or c == "\x7f" for c in name):
+        raise Invalid("invalid mailbox name")
+    name = name.rstrip(DELIM) if name != DELIM else name
+    if name.upper() == "INBOX" or name.upper().startswith("INBOX" + DELIM):
+        name = "INBOX" + name[5:]
+    if not name or any(not level for level in name.split(DELIM)) or "*" in name or "%" in name:
+        raise Invalid(f"invalid mailbox name {name[:60]!r}")
+    return name
+
+
+def _mailbox(row: Sequence[Any]) -> Mailbox:
+    return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
+
+
+_MB_COLS = "id, login, name, uidvalidity, uidnext, modseq, special, subscribed"
+
+
+def _get_mailbox(c: sqlite3.Connection, login: str, name: str) -> Mailbox:
+    row = c.execute(f"SELECT {_MB_COLS} FROM mail_mailboxes WHERE login = ? AND name = ?",  # noqa: S608
+                    (login, name)).fetchone()
+    if row is None:
+        raise NotFound(f"no mailbox {name}")
+    return _mailbox(row)
+
+
+def _new_uidvalidity() -> int:
+    return max(1, int(time.time()) & 0x7FFFFFFF) ^ secrets.randbelow(1 << 10)
+
+
+def _create(c: sqlite3.Connection, login: str, name: str, special: str | None) -> None:
+    c.execute("INSERT INTO mail_mailboxes (login, name, uidvalidity, special) VALUES (?, ?, ?, ?)",
+              (login, name, _new_uidvalidity(), special))
+
+
+def _bump(c: sqlite3.Connection, mailbox_id: int) -> int:
+    """Next modseq of a mailbox (every change has its own)."""
+    row = c.execute("UPDATE mail_mailboxes SET modseq = modseq + 1 WHERE id = ? RETURNING modseq",
+                    (mailbox_id,)).fetchone()
+    if row is None:
+        raise NotFound("mailbox was deleted")
+    return int(row[0])
+
+
+class MailStore:
+    """The mail of every user of this twin (see ``core.mail`` for the contract)."""
+
+    def __init__(self, db: Database, quota_bytes: int = 0) -> None:
+        self.db = db
+        db.migrate("mail", MIGRATIONS)
+        self.quota_bytes = quota_bytes
+        self.store: Any = None
+        self._commit: GroupCommit[Any] = GroupCommit(db)
+        self._known_users: set[str] = set()
+        self._watches: dict[int, set[Watch]] = {}
+
+    def attach(self, store: Any) -> None:
+        """Give the mail store its dispersed store (``Service.start``)."""
+        self.store = store
+
+    def _need_store(self) -> Any:
+        if self.store is None:
+            raise Unavailable("the message store is not started")
+        return self.store
+
+    # -- users and mailboxes
+
+    async def ensure_user(self, login: str) -> None:
+        if login in self._known_users:
+            return
+
+        def make(c: sqlite3.Connection) -> None:
+            if c.execute("SELECT 1 FROM mail_users WHERE login = ?", (login,)).fetchone():
+                return
+            c.execute("INSERT INTO mail_users VALUES (?)", (login,))
+            for name in ("INBOX", *SPECIAL):
+                if not c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name = ?",
+                                 (login, name)).fetchone():
+                    _create(c, login, name, SPECIAL.get(name))
+            log.info("created mailboxes of %s", login)
+        await self._commit.submit(make)
+        self._known_users.add(login)
+
+    async def mailboxes(self, login: str) -> list[Mailbox]:
+        await self.ensure_user(login)
+        rows = await self.db.run(lambda c: c.execute(
+            f"SELECT {_MB_COLS} FROM mail_mailboxes WHERE login = ? ORDER BY name",  # noqa: S608
+            (login,)).fetchall())
+        return [_mailbox(r) for r in rows]
+
+    async def mailbox(self, login: str, name: str) -> Mailbox:
+        name = check_name(name)
+        await self.ensure_user(login)
+        return await self.db.run(_get_mailbox, login, name)
+
+    async def create_mailbox(self, login: str, name: str, special: str | None = None) -> Mailbox:
+        name = check_name(name)
+        if special is not None and special not in SPECIAL_USES:
+            raise Invalid(f"unknown special use {special[:40]}", code="use")
+        await self.ensure_user(login)
+
+        def make(c: sqlite3.Connection) -> Mailbox:
+            if c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name = ?",
+                         (login, name)).fetchone():
+                raise Conflict(f"mailbox {name} exists", code="exists")
+            parts = name.split(DELIM)
+            for i in range(1, len(parts)):  # RFC 3501 §6.3.3: create missing superiors
+                parent = DELIM.join(parts[:i])
+                if not c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name = ?",
+                                 (login, parent)).fetchone():
+                    _create(c, login, parent, None)
+            _create(c, login, name, special)
+            return _get_mailbox(c, login, name)
+        mb: Mailbox = await self._commit.submit(make)
+        log.info("%s created mailbox %r", login, name)
+        return mb
+
+    async def delete_mailbox(self, login: str, name: str) -> None:
+        name = check_name(name)
+        if name == "INBOX":
+            raise Forbidden("INBOX cannot be deleted")
+
+        def drop(c: sqlite3.Connection) -> tuple[int, list[str]]:
+            mb = _get_mailbox(c, login, name)
+            if c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name LIKE ? "
+                         "ESCAPE '!' LIMIT 1",
+                         (login, _like_prefix(name + DELIM))).fetchone():
+                # RFC 3501 §6.3.4: with inferiors, a mailbox is emptied, not removed
+                raise Conflict(f"{name} has child mailboxes; delete them first",
+                               code="haschildren")
+            refs = [r[0] for r in c.execute(
+                "SELECT DISTINCT ref FROM mail_messages WHERE mailbox = ?", (mb.id,))]
+            c.execute("DELETE FROM mail_messages WHERE mailbox = ?", (mb.id,))
+            c.execute("DELETE FROM mail_mailboxes WHERE id = ?", (mb.id,))
+            return mb.id, _orphans(c, refs)
+        mailbox_id, orphans = await self._commit.submit(drop)
+        self._publish(mailbox_id, Change("deleted", ()))
+        await self._delete_objects(orphans)
+        log.info("%s deleted mailbox %r", login, name)
+
+    async def rename_mailbox(self, login: str, old: str, new: str) -> None:
+        old, new = check_name(old), check_name(new)
+
+        def move(c: sqlite3.Connection) -> tuple[int, list[int]]:
+            src = _get_mailbox(c, login, old)
+            if c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name = ?",
+                         (login, new)).fetchone():
+                raise Conflict(f"mailbox {new} exists", code="exists")
+            if new.startswith(old + DELIM):
+                raise Invalid("cannot rename a mailbox into itself")
+            parts = new.split(DELIM)
+            for i in range(1, len(parts)):
+                parent = DELIM.join(parts[:i])
+                if not c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name = ?",
+                                 (login, parent)).fetchone():
+                    _create(c, login, parent, None)
+            if old == "INBOX":  # RFC 3501 §6.3.5: INBOX's messages move, INBOX stays
+                _create(c, login, new, None)
+                dst = _get_mailbox(c, login, new)
+                uids = [r[0] for r in c.execute(
+                    "SELECT uid FROM mail_messages WHERE mailbox = ? ORDER BY uid", (src.id,))]
+                c.execute("UPDATE mail_messages SET mailbox = ? WHERE mailbox = ?",
+                          (dst.id, src.id))
+                c.execute("UPDATE mail_mailboxes SET uidnext = ? WHERE id = ?",
+                          (src.uidnext, dst.id))
+                modseq = _bump(c, src.id)
+                c.executemany("INSERT OR REPLACE INTO mail_vanished VALUES (?, ?, ?)",
+                              [(src.id, u, modseq) for u in uids])
+                return src.id, uids
+            ids = [src.id]
+            c.execute("UPDATE mail_mailboxes SET name = ? WHERE id = ?", (new, src.id))
+            for mid, name in c.execute(
+                    "SELECT id, name FROM mail_mailboxes WHERE login = ? AND name LIKE ? "
+                    "ESCAPE '!'", (login, _like_prefix(old + DELIM))).fetchall():
+                c.execute("UPDATE mail_mailboxes SET name = ? WHERE id = ?",
+                          (new + name[len(old):], mid))
+                ids.append(mid)
+            return src.id, []
+        src_id, moved = await self._commit.submit(move)
+        if moved:  # INBOX's messages left it: sessions on INBOX see them expunged
+            self._publish(src_id, Change("expunge", tuple(moved)))
+        log.info("%s renamed mailbox %r to %r", login, old, new)
+
+    async def subscribe(self, login: str, name: str, on: bool) -> None:
+        name = check_name(name)
+
+        def sub(c: sqlite3.Connection) -> None:
+            _get_mailbox(c, login, name)
+            c.execute("UPDATE mail_mailboxes SET subscribed = ? WHERE login = ? AND name = ?",
+                      (int(on), login, name))
+        await self._commit.submit(sub)
+
+    async def status(self, mailbox_id: int) -> Status:
+        def count(c: sqlite3.Connection) -> Status:
+            mb = c.execute("SELECT uidnext, uidvalidity, modseq, recent_uid FROM mail_mailboxes "
+                           "WHERE id = ?", (mailbox_id,)).fetchone()
+            if mb is None:
+                raise NotFound("mailbox was deleted")
+            row = c.execute(
+                "SELECT count(*), coalesce(sum(size), 0), "
+                "coalesce(sum(instr(flags, '\\Seen') = 0), 0), "
+                "coalesce(sum(instr(flags, '\\Deleted') > 0), 0), "
+                "coalesce(sum(uid > ?), 0) FROM mail_messages WHERE mailbox = ?",
+                (mb[3], mailbox_id)).fetchone()
+            return Status(messages=row[0], recent=row[4], unseen=row[2], deleted=row[3],
+                          size=row[1], uidnext=mb[0], uidvalidity=mb[1], highestmodseq=mb[2])
+        return await self.db.run(count)
+
+    async def quota(self, login: str) -> tuple[int, int]:
+        used = await self.db.run(lambda c: c.execute(
+            "SELECT coalesce(sum(m.size), 0) FROM mail_messages m JOIN mail_mailboxes b "
+            "ON m.mailbox = b.id WHERE b.login = ?", (login,)).fetchone()[0])
+        return int(used), self.quota_bytes
+
+    # -- a selected mailbox
+
+    async def open(self, login: str, name: str, *, read_only: bool) -> tuple[Snapshot, Watch]:
+        """The index of a mailbox and a live subscription to its changes.
+
+        The snapshot is taken on the database thread after every earlier
+        commit, and the watch is registered on the loop before any later
+        commit is published, so no change falls between the two.
+        """
+        name = check_name(name)
+        await self.ensure_user(login)
+
+        def load(c: sqlite3.Connection) -> Snapshot:
+            mb = _get_mailbox(c, login, name)
+            rows = c.execute("SELECT uid, flags, modseq FROM mail_messages WHERE mailbox = ? "
+                             "ORDER BY uid", (mb.id,)).fetchall()
+            recent_from = c.execute("SELECT recent_uid FROM mail_mailboxes WHERE id = ?",
+                                    (mb.id,)).fetchone()[0]
+            if not read_only and mb.uidnext - 1 > recent_from:
+                with c:
+                    c.execute("UPDATE mail_mailboxes SET recent_uid = ? WHERE id = ?",
+                              (mb.uidnext - 1, mb.id))
+            uids: list[int] = []
+            texts: list[str] = []
+            modseqs: list[int] = []
+            if rows:  # column lists at C speed; one frozenset per distinct flag text
+                uids, texts, modseqs = (list(col) for col in zip(*rows, strict=True))
+            distinct = {t: _flags_set(t) for t in set(texts)}
+            flags = list(map(distinct.__getitem__, texts))
+            recent = {u for u in uids if u > recent_from} if not read_only else set()
+            return Snapshot(mb, uids, flags, modseqs, recent)
+        snap: Snapshot = await self.db.run(load)
+        watch = Watch(snap.mailbox.id, claims_recent=not read_only)
+        self._watches.setdefault(snap.mailbox.id, set()).add(watch)
+        return snap, watch
+
+    def close(self, watch: Watch) -> None:
+        watches = self._watches.get(watch.mailbox_id)
+        if watches is not None:
+            watches.discard(watch)
+            if not watches:
+                del self._watches[watch.mailbox_id]
+
+    def _publish(self, mailbox_id: int, change: Change) -> None:
+        claimed = change.kind != "exists"
+        for watch in self._watches.get(mailbox_id, ()):
+            if not claimed and watch.claims_recent:
+                watch.recent.update(change.uids)
+                claimed = True
+            watch.pending.append(change)
+            watch.wake.set()
+
+    async def meta(self, mailbox_id: int, uids: Sequence[int], *,
+                   structure: bool) -> list[Meta]:
+        """Cached metadata of messages (those still present), in uid order."""
+        def load(c: sqlite3.Connection) -> list[Meta]:
+            out: list[Meta] = []
+            cols = ("m.uid, m.ref, m.size, m.internal_date, m.flags, m.modseq, b.header"
+                    + (", b.structure" if structure else ""))
+            for chunk in _chunks(sorted(uids), 500):
+                q = (f"SELECT {cols} FROM mail_messages m JOIN mail_bodies b ON b.ref = m.ref "  # noqa: S608
+                     f"WHERE m.mailbox = ? AND m.uid IN ({','.join('?' * len(chunk))}) "
+                     "ORDER BY m.uid")
+                for r in c.execute(q, (mailbox_id, *chunk)):
+                    out.append(Meta(r[0], r[1], r[2], r[3], _flags_set(r[4]), r[5], r[6],
+                                    json.loads(r[7]) if structure else None))
+            return out
+        return await self.db.run(load)
+
+    async def read(self, ref: str, start: int = 0, end: int | None = None
+                   ) -> AsyncIterator[bytes]:
+        """Stream bytes [start, end) of a stored message from the dispersed store."""
+        from storage.model import ObjectRef
+
+        store = self._need_store()
+        size = ObjectRef.parse(ref).size
+        end = size if end is None else min(end, size)
+        if start >= end:
+            return
+        try:
+            async for chunk in store.get(ObjectRef.parse(ref), start, end):
+                yield chunk
+        except Exception as exc:
+            log.error("cannot read message object %s: %s", ref, exc)
+            raise Unavailable(f"message body unavailable: {exc}") from exc
+
+    async def read_bytes(self, ref: str, start: int = 0, end: int | None = None) -> bytes:
+        return b"".join([c async for c in self.read(ref, start, end)])
+
+    # -- writes
+
+    async def deliver(self, login: str, message: bytes | AsyncIterable[bytes] | BinaryIO, *,
+                      mailbox: str = "INBOX", flags: Sequence[str] = (),
+                      internal_date: float | None = None) -> int:
+        """Store one message; durable when it returns; the new uid."""
+        _, uid = await self.append(login, mailbox, message, flags=flags,
+                                   internal_date=internal_date)
+        return uid
+
+    async def append(self, login: str, name: str,
+                     message: bytes | AsyncIterable[bytes] | BinaryIO, *,
+                     flags: Sequence[str] = (), internal_date: float | None = None,
+                     max_size: int | None = None) -> tuple[int, int]:
+        """Store one message in a mailbox; (uidvalidity, uid) once durable."""
+        name = check_name(name)
+        flagset = parse_flags(flags)
+        await self.ensure_user(login)
+        mb = await self.mailbox(login, name)  # fail before storing bytes
+        store = self._need_store()
+        ref, header, structure = await self._store_message(store, message, max_size)
+        size = int(ref.split(":")[1])
+        if self.quota_bytes:
+            used, limit = await self.quota(login)
+            if used + size > limit:
+                await self._delete_objects([ref])
+                raise Forbidden(f"over quota ({used + size} > {limit} bytes)", code="overquota")
+        date = time.time() if internal_date is None else internal_date
+
+        def insert(c: sqlite3.Connection) -> tuple[int, int, int]:
+            row = c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + 1, "
+                            "modseq = modseq + 1 WHERE id = ? RETURNING uidnext - 1, modseq, "
+                            "uidvalidity", (mb.id,)).fetchone()
+            if row is None:
+                raise NotFound(f"mailbox {name} was deleted")
+            c.execute("INSERT OR IGNORE INTO mail_bodies VALUES (?, ?, ?)",
+                      (ref, header, structure))
+            c.execute("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      (mb.id, row[0], ref, size, date, _flags_text(flagset), row[1]))
+            return int(row[0]), int(row[1]), int(row[2])
+        try:
+            uid, modseq, uidvalidity = await self._commit.submit(insert)
+        except BaseException:
+            await self._delete_objects([ref])
+            raise
+        self._publish(mb.id, Change("exists", (uid,), flagset, modseq))
+        log.debug("stored message %d (%d bytes) in %s/%s", uid, size, login, name)
+        return uidvalidity, uid
+
+    async def _store_message(self, store: Any, message: bytes | AsyncIterable[bytes] | BinaryIO,
+                             max_size: int | None) -> tuple[str, bytes, str]:
+        """Write the bytes (CRLF-normalised) and parse them; (ref, header, structure)."""
+        if isinstance(message, bytes | bytearray | memoryview):
+            data = bytes(message)
+            if b"\n" in data:
+                data = b"".join([c async for c in mime.crlf_normalise(_one(data))])
+            if max_size is not None and len(data) > max_size:
+                raise Invalid(f"message larger than {max_size} bytes", code="toobig")
+            ref = str(await store.put(data))
+            header, structure = await asyncio.to_thread(_describe, data)
+            return ref, header, structure
+        source: AsyncIterable[bytes] = (
+            message if isinstance(message, AsyncIterable) else _file_chunks(message))
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115
+        try:
+            total = 0
+
+            async def tee() -> AsyncIterator[bytes]:
+                nonlocal total
+                async for chunk in mime.crlf_normalise(source):
+                    total += len(chunk)
+                    if max_size is not None and total > max_size:
+                        raise Invalid(f"message larger than {max_size} bytes", code="toobig")
+                    if spool._rolled:  # type: ignore[attr-defined]
+                        await asyncio.to_thread(spool.write, chunk)
+                    else:
+                        spool.write(chunk)
+                    yield chunk
+            ref = str(await store.put(tee()))
+            header, structure = await asyncio.to_thread(_describe_file, spool)
+            return ref, header, structure
+        finally:
+            spool.close()
+
+    async def set_flags(self, mailbox_id: int, uids: Sequence[int], op: str,
+                        flags: Iterable[str], unchanged_since: int | None = None
+                        ) -> tuple[list[tuple[int, frozenset[str], int]], list[int]]:
+        """STORE: op is ``+``, ``-`` or ``=``; (changed (uid, flags, modseq), failed uids).
+
+        ``unchanged_since`` is CONDSTORE's UNCHANGEDSINCE (RFC 7162 §3.1.3):
+        messages modified after it are not touched and come back as failed.
+        """
+        new = parse_flags(flags)
+
+        def apply(c: sqlite3.Connection) -> tuple[list[tuple[int, frozenset[str], int]],
+                                                  list[int]]:
+            changed: list[tuple[int, frozenset[str], int]] = []
+            failed: list[int] = []
+            modseq = 0
+            updates = []
+            for chunk in _chunks(sorted(uids), 500):
+                q = (f"SELECT uid, flags, modseq FROM mail_messages WHERE mailbox = ? "  # noqa: S608
+                     f"AND uid IN ({','.join('?' * len(chunk))})")
+                for uid, text, mseq in c.execute(q, (mailbox_id, *chunk)).fetchall():
+                    if unchanged_since is not None and mseq > unchanged_since:
+                        failed.append(uid)
+                        continue
+                    old = _flags_set(text)
+                    now = old | new if op == "+" else old - new if op == "-" else new
+                    if now == old and unchanged_since is None:
+                        continue
+                    if not modseq:
+                        modseq = _bump(c, mailbox_id)
+                    updates.append((_flags_text(now), modseq, mailbox_id, uid))
+                    changed.append((uid, now, modseq))
+            c.executemany("UPDATE mail_messages SET flags = ?, modseq = ? "
+                          "WHERE mailbox = ? AND uid = ?", updates)
+            return changed, failed
+        changed, failed = await self._commit.submit(apply)
+        for uid, now, modseq in changed:
+            self._publish(mailbox_id, Change("flags", (uid,), now, modseq))
+        return changed, failed
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        """Remove messages flagged \\Deleted (only those in ``uids`` if given)."""
+        def drop(c: sqlite3.Connection) -> tuple[list[int], list[str]]:
+            rows = c.execute("SELECT uid, ref FROM mail_messages WHERE mailbox = ? AND "
+                             "instr(flags, '\\Deleted') > 0 ORDER BY uid",
+                             (mailbox_id,)).fetchall()
+            if uids is not None:
+                wanted = set(uids)
+                rows = [r for r in rows if r[0] in wanted]
+            if not rows:
+                return [], []
+            return _remove(c, mailbox_id, rows)
+        gone, orphans = await self._commit.submit(drop)
+        if gone:
+            self._publish(mailbox_id, Change("expunge", tuple(gone)))
+        await self._delete_objects(orphans)
+        return gone  # type: ignore[no-any-return]
+
+    async def copy(self, mailbox_id: int, uids: Sequence[int], login: str, dest: str, *,
+                   move: bool = False) -> tuple[int, list[int], list[int]]:
+        """COPY/MOVE: (destination uidvalidity, source uids, new uids), all or nothing."""
+        dest = check_name(dest)
+
+        def run(c: sqlite3.Connection) -> tuple[int, int, list[int], list[int], int, list[str],
+                                                 int]:
+            dst = _get_mailbox(c, login, dest)
+            rows: list[tuple[Any, ...]] = []
+            for chunk in _chunks(sorted(uids), 500):
+                q = (f"SELECT uid, ref, size, internal_date, flags FROM mail_messages "  # noqa: S608
+                     f"WHERE mailbox = ? AND uid IN ({','.join('?' * len(chunk))}) ORDER BY uid")
+                rows += c.execute(q, (mailbox_id, *chunk)).fetchall()
+            if not rows:
+                return dst.id, dst.uidvalidity, [], [], 0, [], 0
+            first = dst.uidnext
+            c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + ? WHERE id = ?",
+                      (len(rows), dst.id))
+            modseq = _bump(c, dst.id)
+            new = list(range(first, first + len(rows)))
+            c.executemany("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, ?, ?)",
+                          [(dst.id, u, r[1], r[2], r[3], r[4], modseq)
+                           for u, r in zip(new, rows, strict=True)])
+            orphans: list[str] = []
+            if move:
+                _, orphans = _remove(c, mailbox_id, [(r[0], r[1]) for r in rows])
+            return dst.id, dst.uidvalidity, [r[0] for r in rows], new, modseq, orphans, 0
+        dst_id, validity, src, new, modseq, orphans, _ = await self._commit.submit(run)
+        if new:
+            self._publish(dst_id, Change("exists", tuple(new), frozenset(), modseq))
+        if move and src:
+            self._publish(mailbox_id, Change("expunge", tuple(src)))
+        await self._delete_objects(orphans)
+        return validity, src, new
+
+    async def vanished(self, mailbox_id: int, since_modseq: int) -> list[int]:
+        """Uids expunged after a modseq (QRESYNC, RFC 7162 §3.2.5.1)."""
+        rows = await self.db.run(lambda c: c.execute(
+            "SELECT uid FROM mail_vanished WHERE mailbox = ? AND modseq > ? ORDER BY uid",
+            (mailbox_id, since_modseq)).fetchall())
+        return [r[0] for r in rows]
+
+    async def bulk_insert(self, login: str, name: str,
+                          items: Sequence[tuple[str, bytes, str, int, float, Sequence[str]]]
+                          ) -> None:
+        """Insert already stored messages (ref, header, structure, size, date, flags) at once.
+
+        For imports and benchmarks: one transaction for the whole batch.
+        """
+        mb = await self.mailbox(login, name)
+
+        def insert(c: sqlite3.Connection) -> None:
+            first = c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + ? WHERE id = ? "
+                              "RETURNING uidnext - ?", (len(items), mb.id, len(items))
+                              ).fetchone()[0]
+            modseq = _bump(c, mb.id)
+            c.executemany("INSERT OR IGNORE INTO mail_bodies VALUES (?, ?, ?)",
+                          [(i[0], i[1], i[2]) for i in items])
+            c.executemany("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, ?, ?)",
+                          [(mb.id, first + n, i[0], i[3], i[4], _flags_text(parse_flags(i[5])),
+                            modseq) for n, i in enumerate(items)])
+        await self._commit.submit(insert)
+
+    async def _delete_objects(self, refs: Sequence[str]) -> None:
+        if not refs or self.store is None:
+            return
+        from storage.model import ObjectRef
+
+        for ref in refs:
+            try:
+                await self.store.delete(ObjectRef.parse(ref))
+            except Exception as exc:  # a leftover object wastes space but loses nothing
+                log.warning("could not delete message object %s: %s", ref, exc)
+
+
+def _remove(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[tuple[int, str]]
+            ) -> tuple[list[int], list[str]]:
+    modseq = _bump(c, mailbox_id)
+    c.executemany("DELETE FROM mail_messages WHERE mailbox = ? AND uid = ?",
+                  [(mailbox_id, r[0]) for r in rows])
+    c.executemany("INSERT OR REPLACE INTO mail_vanished VALUES (?, ?, ?)",
+                  [(mailbox_id, r[0], modseq) for r in rows])
+    return [r[0] for r in rows], _orphans(c, list({r[1] for r in rows}))
+
+
+def _orphans(c: sqlite3.Connection, refs: list[str]) -> list[str]:
+    """Of these objects, those no message uses any more (their cache rows go too)."""
+    out = [ref for ref in refs
+           if not c.execute("SELECT 1 FROM mail_messages WHERE ref = ? LIMIT 1",
+                            (ref,)).fetchone()]
+    c.executemany("DELETE FROM mail_bodies WHERE ref = ?", [(r,) for r in out])
+    return out
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+
+
+def _chunks(items: Sequence[int], n: int) -> Iterable[Sequence[int]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _file_chunks(f: BinaryIO, size: int = 256 * 1024) -> AsyncIterator[bytes]:
+    while chunk := await asyncio.to_thread(f.read, size):
+        yield chunk
+
+
+def _describe(buf: Any) -> tuple[bytes, str]:
+    part = mime.parse(buf)
+    return bytes(buf[0:part["b"]]), json.dumps(part, separators=(",", ":"))
+
+
+def _describe_file(spool: Any) -> tuple[bytes, str]:
+    spool.flush()
+    if not spool._rolled:
+        return _describe(spool._file.getvalue())
+    f = spool._file
+    size = f.seek(0, 2)
+    if size == 0:
+        return _describe(b"")
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        return _describe(m)
+

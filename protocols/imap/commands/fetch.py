@@ -1,0 +1,346 @@
+"""FETCH and UID FETCH (RFC 3501 §6.4.5, §7.4.2; RFC 7162 CHANGEDSINCE/VANISHED).
+
+Flags, uids and modseqs come from the session's index; sizes, dates, headers,
+ENVELOPE and BODYSTRUCTURE from the metadata cache; only body sections read
+the dispersed store, and then only the byte range the section (and the
+``<partial>``) names, streamed to the client as a literal.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from core.mail import Meta
+from core.mail.mime import find_section, message_of
+from protocols.imap import render
+from protocols.imap.commands import SELECTED, args, command
+from protocols.imap.errors import Bad
+from protocols.imap.parser import Atom, Token
+from protocols.imap.selected import compress
+
+if TYPE_CHECKING:
+    from protocols.imap.parser import Command
+    from protocols.imap.session import Session
+
+BATCH = 200
+MACROS = {
+    "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
+    "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
+    "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"],
+}
+SIMPLE = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE",
+          "MODSEQ"}
+INDEX_ONLY = {"UID", "FLAGS", "MODSEQ"}
+NEEDS_STRUCTURE = {"ENVELOPE", "BODY", "BODYSTRUCTURE"}
+_SECTION = re.compile(r"^(BODY|BODY\.PEEK)\[([^\]]*)\](?:<(\d{1,10})(?:\.(\d{1,10}))?>)?$",
+                      re.I)
+_FIELD_OK = re.compile(r"^[!-9;-~]+$")
+
+
+@dataclass(frozen=True)
+class Section:
+    """One ``BODY[...]<...>`` item."""
+
+    peek: bool
+    path: tuple[int, ...]
+    text: str  # "", HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT, MIME
+    fields: tuple[str, ...]
+    origin: int | None
+    length: int | None
+    label: str  # as echoed in the response, without the partial's length
+
+    @property
+    def needs_structure(self) -> bool:
+        return bool(self.path)
+
+
+# RFC 3501 §6.4.5: the RFC822 forms are sections with their own names
+RFC822 = {
+    "RFC822": Section(False, (), "", (), None, None, "RFC822"),
+    "RFC822.TEXT": Section(False, (), "TEXT", (), None, None, "RFC822.TEXT"),
+    "RFC822.HEADER": Section(True, (), "HEADER", (), None, None, "RFC822.HEADER"),
+}
+
+
+def parse_section(atom: str) -> Section:
+    m = _SECTION.match(atom)
+    if m is None:
+        raise Bad(f"invalid FETCH item {atom[:60]}")
+    spec = m.group(2).strip()
+    head, _, flist = spec.partition(" ")
+    pieces = head.split(".") if head else []
+    path: list[int] = []
+    while pieces and pieces[0].isdigit():
+        n = int(pieces.pop(0))
+        if n == 0 or len(path) >= 50:
+            raise Bad("invalid section number")
+        path.append(n)
+    text = ".".join(pieces).upper()
+    if text not in ("", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME"):
+        raise Bad(f"invalid section {spec[:60]}")
+    if text == "MIME" and not path:
+        raise Bad("MIME needs a part number")
+    fields: tuple[str, ...] = ()
+    if text.startswith("HEADER.FIELDS"):
+        inner = flist.strip()
+        if not (inner.startswith("(") and inner.endswith(")")):
+            raise Bad("HEADER.FIELDS needs a list of field names")
+        names = [f.strip('"') for f in inner[1:-1].split()]
+        if not names or not all(_FIELD_OK.match(f) for f in names):
+            raise Bad("invalid header field names")
+        fields = tuple(f.upper() for f in names)
+    elif flist:
+        raise Bad(f"invalid section {spec[:60]}")
+    origin = int(m.group(3)) if m.group(3) is not None else None
+    length = int(m.group(4)) if m.group(4) is not None else None
+    if origin is not None and length is None:
+        raise Bad("a partial needs <origin.length>")
+    section_text = ".".join([*map(str, path), text]) if text else ".".join(map(str, path))
+    if fields:
+        section_text += " (" + " ".join(fields) + ")"
+    label = f"BODY[{section_text}]" + (f"<{origin}>" if origin is not None else "")
+    return Section(m.group(1).upper() == "BODY.PEEK", tuple(path), text, fields, origin,
+                   length, label)
+
+
+def parse_items(tokens: list[Token]) -> list[str | Section]:
+    if len(tokens) == 1 and isinstance(tokens[0], list):
+        raw: list[Token] = tokens[0]
+    elif len(tokens) == 1:
+        raw = [tokens[0]]
+    else:
+        raise Bad("invalid FETCH items")
+    if len(raw) == 1 and isinstance(raw[0], Atom) and raw[0].upper() in MACROS:
+        return list(MACROS[raw[0].upper()])
+    items: list[str | Section] = []
+    for tok in raw:
+        name = args.atom(tok)
+        upper = name.upper()
+        if upper in RFC822:
+            items.append(RFC822[upper])
+        elif upper in SIMPLE:
+            items.append(upper)
+        elif upper.startswith("BODY[") or upper.startswith("BODY.PEEK["):
+            items.append(parse_section(name))
+        else:
+            raise Bad(f"unknown FETCH item {name[:40]}")
+    if not items:
+        raise Bad("no FETCH items")
+    return items
+
+
+def filter_header(header: bytes, fields: tuple[str, ...], keep: bool) -> bytes:
+    """The header lines named (or not named) by HEADER.FIELDS[.NOT], plus the blank line."""
+    wanted = {f.lower() for f in fields}
+    out = bytearray()
+    for block in re.split(rb"\r\n(?![ \t])", header):
+        if not block or b":" not in block:
+            continue
+        name = block.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
+        if (name in wanted) == keep:
+            out += block + b"\r\n"
+    return bytes(out) + b"\r\n"
+
+
+# RFC 3501 §6.4.5 FETCH, §6.4.8 UID FETCH
+@command("FETCH", SELECTED, uid=True)
+async def fetch(s: Session, cmd: Command) -> str | None:
+    sel = s.need_selected()
+    if len(cmd.args) not in (2, 3):
+        raise Bad("FETCH needs a set and items")
+    uids = sel.parse_set(args.atom(cmd.args[0]), uid=cmd.uid)
+    items = parse_items([cmd.args[1]])
+    changed_since: int | None = None
+    vanished = False
+    if len(cmd.args) == 3:
+        mods = args.plist(cmd.args[2])
+        i = 0
+        while i < len(mods):
+            name = args.atom(mods[i]).upper()
+            if name == "CHANGEDSINCE" and i + 1 < len(mods):
+                changed_since = args.number(mods[i + 1], bits=63)
+                s.enabled.add("CONDSTORE")
+                i += 1
+            elif name == "VANISHED" and cmd.uid and s.qresync:
+                vanished = True
+            else:
+                raise Bad(f"unknown FETCH modifier {name[:30]}")
+            i += 1
+        if vanished and changed_since is None:
+            raise Bad("VANISHED needs CHANGEDSINCE")
+    if "MODSEQ" in items:
+        s.enabled.add("CONDSTORE")
+    if cmd.uid and "UID" not in items:
+        items.insert(0, "UID")
+    if changed_since is not None:
+        if "MODSEQ" not in items:
+            items.append("MODSEQ")
+        if vanished:
+            text = args.atom(cmd.args[0])
+            gone = await s.mail.vanished(sel.mailbox.id, changed_since)
+            in_set = _in_uid_set(text, gone)
+            if in_set:
+                s.untagged(b"VANISHED (EARLIER) " + compress(in_set).encode())
+        uids = [u for u in uids if sel.modseqs.get(u, 0) > changed_since]
+    sections = [i for i in items if isinstance(i, Section)]
+    sets_seen = not sel.read_only and any(not x.peek for x in sections)
+    if sets_seen:
+        need = [u for u in uids if u in sel.flags and "\\Seen" not in sel.flags[u]]
+        if need:
+            changed, _ = await s.mail.set_flags(sel.mailbox.id, need, "+", ["\\Seen"])
+            for uid, now, modseq in changed:
+                if uid in sel.flags:
+                    sel.flags[uid], sel.modseqs[uid] = now, modseq
+            if "FLAGS" not in items:
+                items.append("FLAGS")
+    names = {i for i in items if isinstance(i, str)}
+    if names <= INDEX_ONLY and not sections:
+        await _fetch_index(s, uids, items)
+        return None
+    structure = bool(names & NEEDS_STRUCTURE) or any(x.needs_structure for x in sections)
+    for start in range(0, len(uids), BATCH):
+        chunk = uids[start:start + BATCH]
+        metas = await s.mail.meta(sel.mailbox.id, chunk, structure=structure)
+        for meta in metas:
+            if meta.uid not in sel.flags:
+                continue
+            await _fetch_one(s, meta, items)
+            await s.maybe_flush()
+    return None
+
+
+def _in_uid_set(text: str, uids: list[int]) -> list[int]:
+    ranges = []
+    for part in text.split(","):
+        lo, _, hi = part.partition(":")
+        a = 0xFFFFFFFF if lo == "*" else int(lo)
+        b = 0xFFFFFFFF if (hi or lo) == "*" else int(hi or lo)
+        ranges.append((min(a, b), max(a, b)))
+    return [u for u in uids if any(a <= u <= b for a, b in ranges)]
+
+
+async def _fetch_index(s: Session, uids: list[int], items: list[str | Section]) -> None:
+    """The fast path: only UID/FLAGS/MODSEQ, straight from the session's index."""
+    sel = s.need_selected()
+    if not uids:
+        return
+    cache: dict[frozenset[str], bytes] = {}
+    with_uid, with_flags, with_modseq = "UID" in items, "FLAGS" in items, "MODSEQ" in items
+    recent, index, flags_of, modseqs = sel.recent, sel.uids, sel.flags, sel.modseqs
+    pos = bisect_left(index, uids[0])
+    lines: list[bytes] = []
+    for uid in uids:  # uids ascend and are in the index: walk it instead of searching
+        while index[pos] != uid:
+            pos += 1
+        parts = [b"* %d FETCH (" % (pos + 1)]
+        if with_uid:
+            parts.append(b"UID %d " % uid)
+        if with_flags:
+            flags = flags_of[uid]
+            if uid in recent:
+                flags = flags | {"\\Recent"}
+            text = cache.get(flags)
+            if text is None:
+                text = cache[flags] = b"FLAGS " + render.flags(flags) + b" "
+            parts.append(text)
+        if with_modseq:
+            parts.append(b"MODSEQ (%d) " % modseqs[uid])
+        parts[-1] = parts[-1][:-1] + b")\r\n" if parts[-1].endswith(b" ") else parts[-1] + b")\r\n"
+        lines.append(b"".join(parts))
+        if len(lines) >= 4096:
+            s.out += b"".join(lines)
+            lines = []
+            await s.maybe_flush()
+    s.out += b"".join(lines)
+
+
+async def _fetch_one(s: Session, meta: Meta, items: list[str | Section]) -> None:
+    sel = s.need_selected()
+    s.out += b"* %d FETCH (" % sel.seq_of(meta.uid)
+    for n, item in enumerate(items):
+        if n:
+            s.out += b" "
+        if isinstance(item, Section):
+            s.out += item.label.encode() + b" "
+            await _section(s, meta, item)
+        else:
+            s.out += _simple(s, meta, item)
+    s.out += b")\r\n"
+
+
+def _simple(s: Session, meta: Meta, item: str) -> bytes:
+    sel = s.need_selected()
+    if item == "UID":
+        return b"UID %d" % meta.uid
+    if item == "FLAGS":
+        flags = sel.flags.get(meta.uid, meta.flags)
+        if meta.uid in sel.recent:
+            flags = flags | {"\\Recent"}
+        return b"FLAGS " + render.flags(flags)
+    if item == "MODSEQ":
+        return b"MODSEQ (%d)" % sel.modseqs.get(meta.uid, meta.modseq)
+    if item == "INTERNALDATE":
+        return b"INTERNALDATE " + render.date_time(meta.internal_date)
+    if item == "RFC822.SIZE":
+        return b"RFC822.SIZE %d" % meta.size
+    structure = meta.structure
+    assert structure is not None
+    if item == "ENVELOPE":
+        return b"ENVELOPE " + render.envelope(structure["env"])
+    if item == "BODYSTRUCTURE":
+        return b"BODYSTRUCTURE " + render.body_structure(structure, extended=True)
+    if item == "BODY":
+        return b"BODY " + render.body_structure(structure, extended=False)
+    raise Bad(f"unsupported item {item}")
+
+
+async def _range(s: Session, meta: Meta, sec: Section) -> tuple[bytes | None, int, int]:
+    """What a section names: (bytes, 0, 0) when computed here, else (None, start, end)."""
+    if not sec.path:
+        if sec.text == "":
+            return None, 0, meta.size
+        if sec.text == "HEADER":
+            return meta.header, 0, 0
+        if sec.text.startswith("HEADER.FIELDS"):
+            return filter_header(meta.header, sec.fields, sec.text == "HEADER.FIELDS"), 0, 0
+        return None, len(meta.header), meta.size  # TEXT
+    assert meta.structure is not None
+    part: Any = find_section(meta.structure, list(sec.path))
+    if part is None:
+        return b"", 0, 0
+    if sec.text == "":
+        return None, part["b"], part["z"]
+    if sec.text == "MIME":
+        return None, part["h"], part["b"]
+    msg = message_of(part)
+    if msg is None:
+        return b"", 0, 0
+    if sec.text == "HEADER":
+        return None, msg["h"], msg["b"]
+    if sec.text == "TEXT":
+        return None, msg["b"], msg["z"]
+    raw = await s.mail.read_bytes(meta.ref, msg["h"], msg["b"])
+    return filter_header(raw, sec.fields, sec.text == "HEADER.FIELDS"), 0, 0
+
+
+async def _section(s: Session, meta: Meta, sec: Section) -> None:
+    """Append a section's literal; large ranges stream from the store."""
+    data, start, end = await _range(s, meta, sec)
+    if data is not None:
+        if sec.origin is not None:
+            assert sec.length is not None
+            data = data[sec.origin:sec.origin + sec.length]
+        s.out += b"{%d}\r\n" % len(data) + data
+        return
+    if sec.origin is not None:
+        assert sec.length is not None
+        start = min(end, start + sec.origin)
+        end = min(end, start + sec.length)
+    s.out += b"{%d}\r\n" % (end - start)
+    if end - start <= 64 * 1024:
+        s.out += await s.mail.read_bytes(meta.ref, start, end)
+    else:
+        await s.stream(s.mail.read(meta.ref, start, end))

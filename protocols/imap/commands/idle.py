@@ -1,0 +1,57 @@
+"""IDLE (RFC 2177): push untagged updates as they happen until the client says DONE."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+from protocols.imap.commands import AUTH, SELECTED, args, command
+from protocols.imap.errors import Bad
+
+if TYPE_CHECKING:
+    from protocols.imap.parser import Command
+    from protocols.imap.session import Session
+
+
+# RFC 2177 §3 IDLE
+@command("IDLE", AUTH, SELECTED)
+async def idle(s: Session, cmd: Command) -> str | None:
+    args.count(cmd.args, 0, 0)
+    s.sync(expunge_ok=True)  # what arrived before IDLE goes out at once
+    s.line(b"+ idling")
+    await s.flush()
+    done = asyncio.ensure_future(s.cmd_reader.line())
+    deadline = asyncio.get_running_loop().time() + s.idle_timeout
+    try:
+        while True:
+            sel = s.selected
+            waiters: set[asyncio.Future[object]] = {done}  # type: ignore[arg-type]
+            wake = None
+            if sel is not None:
+                wake = asyncio.ensure_future(sel.watch.wake.wait())
+                waiters.add(wake)  # type: ignore[arg-type]
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                s.untagged("BYE IDLE lasted too long")
+                s.closing = True
+                return "IDLE terminated"
+            finished, _ = await asyncio.wait(waiters, timeout=remaining,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            if wake is not None and not wake.done():
+                wake.cancel()
+            if sel is not None:
+                s.sync(expunge_ok=True)
+                await s.flush()
+            if done in finished:
+                line = done.result()
+                if line.rstrip(b"\r\n").upper() != b"DONE":
+                    raise Bad("expected DONE")
+                return None
+            if s.closing:
+                return None
+    finally:
+        if not done.done():
+            done.cancel()
+            with contextlib.suppress(BaseException):
+                await done

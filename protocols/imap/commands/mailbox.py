@@ -1,0 +1,377 @@
+"""Authenticated state: mailboxes and APPEND (RFC 3501 §6.3 and extensions)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import TYPE_CHECKING
+
+from core.mail import DELIM, Mailbox
+from core.mail.store import parse_flags
+from protocols.imap import render
+from protocols.imap.commands import AUTH, SELECTED, args, command
+from protocols.imap.errors import Bad, No
+from protocols.imap.parser import Atom, Token
+from protocols.imap.selected import Selected, compress
+
+if TYPE_CHECKING:
+    from protocols.imap.parser import Command
+    from protocols.imap.session import Session
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
+                "SIZE", "APPENDLIMIT", "DELETED"}
+
+
+# RFC 3501 §6.3.1 SELECT, §6.3.2 EXAMINE; RFC 7162 §3.1.8 CONDSTORE, §3.2.5 QRESYNC
+@command("SELECT", AUTH, SELECTED)
+async def select(s: Session, cmd: Command) -> str | None:
+    return await _open(s, cmd, read_only=False)
+
+
+@command("EXAMINE", AUTH, SELECTED)
+async def examine(s: Session, cmd: Command) -> str | None:
+    return await _open(s, cmd, read_only=True)
+
+
+async def _open(s: Session, cmd: Command, *, read_only: bool) -> str | None:
+    args.count(cmd.args, 1, 2)
+    name = args.mailbox(s, cmd.args[0])
+    qresync: list[Token] | None = None
+    if len(cmd.args) == 2:
+        params = args.plist(cmd.args[1])
+        i = 0
+        while i < len(params):
+            p = args.atom(params[i]).upper()
+            if p == "CONDSTORE":
+                s.enabled.add("CONDSTORE")
+            elif p == "QRESYNC" and i + 1 < len(params):
+                if not s.qresync:
+                    raise Bad("QRESYNC must be enabled first (ENABLE QRESYNC)")
+                qresync = args.plist(params[i + 1])
+                i += 1
+            else:
+                raise Bad(f"unknown SELECT parameter {p[:30]}")
+            i += 1
+    if s.selected is not None:
+        s.close_selected()
+        if s.condstore:
+            s.untagged("OK [CLOSED] previous mailbox closed")
+    snap, watch = await s.mail.open(s.user, name, read_only=read_only)
+    sel = Selected(snap, watch, read_only)
+    keywords = {k for fs in set(snap.flags) for k in fs if not k.startswith("\\")}
+    flags = render.flags([*SYSTEM_FLAGS, *keywords])
+    s.untagged(b"FLAGS " + flags)
+    if read_only:
+        s.untagged(b"OK [PERMANENTFLAGS ()] read-only")
+    else:
+        s.untagged(b"OK [PERMANENTFLAGS " + flags[:-1] + b" \\*)] flags permitted")
+    s.untagged(b"%d EXISTS" % len(sel.uids))
+    s.untagged(b"%d RECENT" % len(sel.recent))
+    first_unseen = next((i for i, u in enumerate(sel.uids, 1)
+                         if "\\Seen" not in sel.flags[u]), 0)
+    if first_unseen:
+        s.untagged(b"OK [UNSEEN %d] first unseen" % first_unseen)
+    s.untagged(b"OK [UIDVALIDITY %d] uids valid" % snap.mailbox.uidvalidity)
+    s.untagged(b"OK [UIDNEXT %d] predicted next uid" % snap.mailbox.uidnext)
+    s.untagged(b"OK [HIGHESTMODSEQ %d] highest" % snap.mailbox.modseq)
+    s.selected = sel
+    s.state = SELECTED
+    if qresync is not None:
+        await _qresync(s, sel, qresync)
+    return f"[{'READ-ONLY' if read_only else 'READ-WRITE'}] {cmd.name} completed"
+
+
+async def _qresync(s: Session, sel: Selected, params: list[Token]) -> None:
+    """RFC 7162 §3.2.5: report what changed since the client's last known modseq."""
+    if len(params) < 2:
+        raise Bad("QRESYNC needs uidvalidity and modseq")
+    validity = args.number(params[0])
+    since = args.number(params[1], bits=63)
+    if validity != sel.mailbox.uidvalidity:
+        return
+    known: set[int] | None = None
+    if len(params) >= 3 and isinstance(params[2], Atom):
+        known = set(_uid_set(args.atom(params[2])))
+    gone = await s.mail.vanished(sel.mailbox.id, since)
+    if known is not None:
+        gone = [u for u in gone if u in known]
+    if gone:
+        s.untagged(b"VANISHED (EARLIER) " + compress(gone).encode())
+    for uid in sel.uids:
+        if sel.modseqs[uid] > since:
+            s.line(sel.fetch_flags(uid, True, with_uid=True))
+            await s.maybe_flush()
+
+
+def _uid_set(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition(":")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise Bad("invalid uid set")
+        a, b = int(lo), int(hi or lo)
+        if abs(b - a) > 1_000_000:
+            raise Bad("uid range too large")
+        out.extend(range(min(a, b), max(a, b) + 1))
+    return out
+
+
+# RFC 3501 §6.3.3 CREATE; RFC 6154 §3 CREATE-SPECIAL-USE
+@command("CREATE", AUTH, SELECTED)
+async def create(s: Session, cmd: Command) -> str | None:
+    args.count(cmd.args, 1, 2)
+    name = args.mailbox(s, cmd.args[0])
+    special = None
+    if len(cmd.args) == 2:
+        opts = args.plist(cmd.args[1])
+        if len(opts) != 2 or args.atom(opts[0]).upper() != "USE":
+            raise Bad("expected (USE (\\Attr))")
+        uses = [args.atom(u) for u in args.plist(opts[1])]
+        if len(uses) > 1:
+            raise No("one special use per mailbox", "USEATTR")
+        special = uses[0].capitalize() if uses else None
+        if special and not special.startswith("\\"):
+            raise No("unknown special use", "USEATTR")
+        if special:
+            special = "\\" + special[1:].capitalize()
+    if name == "INBOX":
+        raise No("INBOX exists", "ALREADYEXISTS")
+    await s.mail.create_mailbox(s.user, name, special)
+    return None
+
+
+# RFC 3501 §6.3.4 DELETE
+@command("DELETE", AUTH, SELECTED)
+async def delete(s: Session, cmd: Command) -> str | None:
+    args.count(cmd.args, 1, 1)
+    await s.mail.delete_mailbox(s.user, args.mailbox(s, cmd.args[0]))
+    return None
+
+
+# RFC 3501 §6.3.5 RENAME
+@command("RENAME", AUTH, SELECTED)
+async def rename(s: Session, cmd: Command) -> str | None:
+    args.count(cmd.args, 2, 2)
+    await s.mail.rename_mailbox(s.user, args.mailbox(s, cmd.args[0]),
+                                args.mailbox(s, cmd.args[1]))
+    return None
+
+
+# RFC 3501 §6.3.6 SUBSCRIBE, §6.3.7 UNSUBSCRIBE
+@command("SUBSCRIBE", AUTH, SELECTED)
+async def subscribe(s: Session, cmd: Command) -> str | None:
+    args.count(cmd.args, 1, 1)
+    await s.mail.subscribe(s.user, args.mailbox(s, cmd.args[0]), True)
+    return None
+
+
+@command("UNSUBSCRIBE", AUTH, SELECTED)
+async def unsubscribe(s: Session, cmd: Command) -> str | None:
+    args.count(cmd.args, 1, 1)
+    await s.mail.subscribe(s.user, args.mailbox(s, cmd.args[0]), False)
+    return None
+
+
+def _pattern(s: Session, ref: str, pattern: str) -> re.Pattern[str]:
+    ref = args.mailbox(s, Atom(ref)) if ref else ""
+    pattern = args.mailbox(s, Atom(pattern)) if pattern not in ("*", "%") else pattern
+    full = ref + pattern
+    if len(full) > 1000 or full.count("*") + full.count("%") > 20:
+        raise Bad("pattern too complex")
+    regex = "".join(".*" if c == "*" else f"[^{re.escape(DELIM)}]*" if c == "%"
+                    else re.escape(c) for c in full)
+    if full.upper().startswith("INBOX"):
+        regex = "(?i:INBOX)" + regex[len(re.escape("INBOX")):] if full[:5].isalpha() else regex
+    return re.compile(regex + r"\Z")
+
+
+def _attrs(mb: Mailbox, names: set[str]) -> list[str]:
+    attrs = ["\\HasChildren" if any(n.startswith(mb.name + DELIM) for n in names)
+             else "\\HasNoChildren"]
+    if mb.special:
+        attrs.append(mb.special)
+    return attrs
+
+
+# RFC 3501 §6.3.8 LIST; RFC 5258 LIST-EXTENDED; RFC 5819 LIST-STATUS; RFC 6154 SPECIAL-USE
+@command("LIST", AUTH, SELECTED)
+async def list_(s: Session, cmd: Command) -> str | None:
+    a = list(cmd.args)
+    selection: set[str] = set()
+    if a and isinstance(a[0], list):
+        selection = {args.atom(x).upper() for x in args.plist(a.pop(0))}
+    if len(a) < 2:
+        raise Bad("LIST needs a reference and a pattern")
+    ref = args.astring(a[0])
+    patterns = ([args.astring(p) for p in a[1]] if isinstance(a[1], list)
+                else [args.astring(a[1])])
+    returns: set[str] = set()
+    status_items: list[str] = []
+    rest = a[2:]
+    if rest:
+        if len(rest) != 2 or args.atom(rest[0]).upper() != "RETURN":
+            raise Bad("expected RETURN (options)")
+        opts = args.plist(rest[1])
+        i = 0
+        while i < len(opts):
+            opt = args.atom(opts[i]).upper()
+            if opt == "STATUS" and i + 1 < len(opts):
+                status_items = [args.atom(x).upper() for x in args.plist(opts[i + 1])]
+                i += 1
+            returns.add(opt)
+            i += 1
+    unknown = selection - {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
+    if unknown or ("RECURSIVEMATCH" in selection and len(selection) == 1):
+        raise Bad("invalid LIST selection options")
+    if patterns == [""]:
+        # RFC 3501 §6.3.8: the empty pattern asks for the delimiter and root
+        s.untagged(b'LIST (\\Noselect) "' + DELIM.encode() + b'" ""')
+        return None
+    boxes = await s.mail.mailboxes(s.user)
+    names = {b.name for b in boxes}
+    matchers = [_pattern(s, ref, p) for p in patterns]
+    for mb in boxes:
+        matched = any(m.match(mb.name) for m in matchers)
+        if not matched:
+            continue
+        if "SPECIAL-USE" in selection and not mb.special:
+            continue
+        childinfo = False
+        if "SUBSCRIBED" in selection and not mb.subscribed:
+            if "RECURSIVEMATCH" in selection and any(
+                    b.subscribed and b.name.startswith(mb.name + DELIM) for b in boxes):
+                childinfo = True
+            else:
+                continue
+        attrs = _attrs(mb, names)
+        if mb.subscribed and ("SUBSCRIBED" in selection or "SUBSCRIBED" in returns):
+            attrs.append("\\Subscribed")
+        line = (b"LIST (" + " ".join(attrs).encode() + b') "' + DELIM.encode() + b'" '
+                + render.astring(args.mailbox_out(s, mb.name), utf8=s.utf8))
+        if childinfo:
+            line += b' ("CHILDINFO" ("SUBSCRIBED"))'
+        s.untagged(line)
+        if status_items:
+            await _status_line(s, mb, status_items)
+    return None
+
+
+# RFC 3501 §6.3.9 LSUB
+@command("LSUB", AUTH, SELECTED)
+async def lsub(s: Session, cmd: Command) -> str | None:
+    args.count(cmd.args, 2, 2)
+    matcher = _pattern(s, args.astring(cmd.args[0]), args.astring(cmd.args[1]))
+    boxes = await s.mail.mailboxes(s.user)
+    names = {b.name for b in boxes}
+    for mb in boxes:
+        if mb.subscribed and matcher.match(mb.name):
+            s.untagged(b"LSUB (" + " ".join(_attrs(mb, names)).encode() + b') "'
+                       + DELIM.encode() + b'" '
+                       + render.astring(args.mailbox_out(s, mb.name), utf8=s.utf8))
+    return None
+
+
+async def _status_line(s: Session, mb: Mailbox, items: list[str]) -> None:
+    for item in items:
+        if item not in STATUS_ITEMS:
+            raise Bad(f"unknown STATUS item {item[:30]}")
+    st = await s.mail.status(mb.id)
+    values = {"MESSAGES": st.messages, "RECENT": st.recent, "UIDNEXT": st.uidnext,
+              "UIDVALIDITY": st.uidvalidity, "UNSEEN": st.unseen,
+              "HIGHESTMODSEQ": st.highestmodseq, "SIZE": st.size,
+              "APPENDLIMIT": s.max_literal, "DELETED": st.deleted}
+    body = " ".join(f"{i} {values[i]}" for i in items)
+    s.untagged(b"STATUS " + render.astring(args.mailbox_out(s, mb.name), utf8=s.utf8)
+               + b" (" + body.encode() + b")")
+
+
+# RFC 3501 §6.3.10 STATUS
+@command("STATUS", AUTH, SELECTED)
+async def status(s: Session, cmd: Command) -> str | None:
+    args.count(cmd.args, 2, 2)
+    mb = await s.mail.mailbox(s.user, args.mailbox(s, cmd.args[0]))
+    items = [args.atom(x).upper() for x in args.plist(cmd.args[1])]
+    if not items:
+        raise Bad("STATUS needs items")
+    await _status_line(s, mb, items)
+    return None
+
+
+# RFC 2342 §5 NAMESPACE
+@command("NAMESPACE", AUTH, SELECTED)
+async def namespace(s: Session, cmd: Command) -> str | None:
+    args.count(cmd.args, 0, 0)
+    s.untagged(b'NAMESPACE (("" "' + DELIM.encode() + b'")) NIL NIL')
+    return None
+
+
+# RFC 9208 §4.2 GETQUOTA, §4.3 GETQUOTAROOT, §4.4 SETQUOTA
+@command("GETQUOTAROOT", AUTH, SELECTED)
+async def getquotaroot(s: Session, cmd: Command) -> str | None:
+    args.count(cmd.args, 1, 1)
+    mb = await s.mail.mailbox(s.user, args.mailbox(s, cmd.args[0]))
+    s.untagged(b"QUOTAROOT " + render.astring(args.mailbox_out(s, mb.name), utf8=s.utf8)
+               + b' ""')
+    await _quota(s)
+    return None
+
+
+@command("GETQUOTA", AUTH, SELECTED)
+async def getquota(s: Session, cmd: Command) -> str | None:
+    args.count(cmd.args, 1, 1)
+    if args.astring(cmd.args[0]) != "":
+        raise No("no such quota root", "NONEXISTENT")
+    await _quota(s)
+    return None
+
+
+async def _quota(s: Session) -> None:
+    used, limit = await s.mail.quota(s.user)
+    resources = f"STORAGE {(used + 1023) // 1024} {limit // 1024}" if limit else ""
+    s.untagged(f'QUOTA "" ({resources})')
+
+
+@command("SETQUOTA", AUTH, SELECTED)
+async def setquota(s: Session, cmd: Command) -> str | None:
+    raise No("quotas are set in the twin's configuration (mail.quota)", "NOPERM")
+
+
+def parse_date(text: str) -> float:
+    """RFC 3501 date-time ``"17-Jul-1996 02:44:25 -0700"`` as a timestamp."""
+    try:
+        return dt.datetime.strptime(text.strip(), "%d-%b-%Y %H:%M:%S %z").timestamp()
+    except ValueError:
+        raise Bad(f"invalid date-time {text[:40]!r}") from None
+
+
+# RFC 3501 §6.3.11 APPEND; RFC 4315 APPENDUID; RFC 7889 APPENDLIMIT; RFC 6855 §4 UTF8
+@command("APPEND", AUTH, SELECTED)
+async def append(s: Session, cmd: Command) -> str | None:
+    if cmd.message is None:
+        raise Bad("APPEND needs a message literal")
+    a = list(cmd.args)
+    if a and isinstance(a[-1], Atom) and a[-1].upper() == "UTF8" and cmd.message.utf8:
+        a.pop()
+    if not a:
+        raise Bad("APPEND needs a mailbox")
+    name = args.mailbox(s, a.pop(0))
+    flags: list[str] = []
+    date: float | None = None
+    if a and isinstance(a[0], list):
+        flags = [args.atom(f) for f in args.plist(a.pop(0))]
+    if a:
+        date = parse_date(args.astring(a.pop(0)))
+    if a:
+        raise Bad("unexpected APPEND arguments")
+    parse_flags(flags)
+    if cmd.message.size > s.max_literal:
+        raise No(f"message larger than the APPENDLIMIT of {s.max_literal} bytes", "TOOBIG")
+    try:
+        await s.mail.mailbox(s.user, name)
+    except Exception as exc:
+        raise No(f"no mailbox {name}", "TRYCREATE") from exc
+    validity, uid = await s.mail.append(s.user, name, cmd.message.chunks(), flags=flags,
+                                        internal_date=date, max_size=s.max_literal)
+    await s.cmd_reader.finish_append(cmd)
+    return f"[APPENDUID {validity} {uid}] APPEND completed"

@@ -1,0 +1,299 @@
+"""SEARCH and UID SEARCH (RFC 3501 §6.4.4; RFC 7162 §3.1.5 MODSEQ).
+
+The search program is compiled once into a tree of predicates, each with the
+cost of what it needs: the session's index (flags, uids, modseq), the cached
+metadata (size, dates, header fields) or the message text. Messages are only
+loaded to the level the program needs, in batches, and text is read from the
+dispersed store only for BODY/TEXT keys.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.header
+import email.policy
+import email.utils
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from core.mail import Meta
+from core.mail.mime import parse_headers
+from protocols.imap.commands import SELECTED, args, command
+from protocols.imap.errors import Bad, No
+from protocols.imap.parser import Atom, Token
+
+if TYPE_CHECKING:
+    from protocols.imap.parser import Command
+    from protocols.imap.selected import Selected
+    from protocols.imap.session import Session
+
+INDEX, META, TEXT = 0, 1, 2
+MAX_TEXT = 32 * 1024 * 1024
+_SEQSET = re.compile(r"^[0-9*:,]+$")
+_FLAG_KEYS = {"ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True),
+              "DRAFT": ("\\Draft", True), "FLAGGED": ("\\Flagged", True),
+              "SEEN": ("\\Seen", True), "UNANSWERED": ("\\Answered", False),
+              "UNDELETED": ("\\Deleted", False), "UNDRAFT": ("\\Draft", False),
+              "UNFLAGGED": ("\\Flagged", False), "UNSEEN": ("\\Seen", False)}
+_HEADER_KEYS = {"FROM", "TO", "CC", "BCC", "SUBJECT"}
+_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+
+
+@dataclass
+class Msg:
+    uid: int
+    seq: int
+    flags: frozenset[str]
+    modseq: int
+    recent: bool
+    meta: Meta | None = None
+    text: str | None = None
+    headers: list[tuple[str, str]] | None = None
+
+    def header_values(self, name: str) -> list[str]:
+        if self.headers is None:
+            assert self.meta is not None
+            self.headers = [(k, _decode(v)) for k, v in parse_headers(self.meta.header)]
+        return [v for k, v in self.headers if k == name]
+
+
+Pred = Callable[[Msg], bool]
+
+
+@dataclass
+class Node:
+    pred: Pred
+    cost: int
+
+
+def _decode(value: str) -> str:
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except (ValueError, LookupError, email.errors.HeaderParseError):
+        return value
+
+
+def _day(text: str) -> dt.date:
+    try:
+        return dt.datetime.strptime(text, "%d-%b-%Y").date()
+    except ValueError:
+        raise Bad(f"invalid date {text[:30]!r}") from None
+
+
+def _sent_date(m: Msg) -> dt.date | None:
+    values = m.header_values("date")
+    if not values:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(values[0]).date()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+class Compiler:
+    def __init__(self, session: Session, sel: Selected) -> None:
+        self.s = session
+        self.sel = sel
+        self.depth = 0
+        self.modseq_used = False
+
+    def program(self, tokens: list[Token]) -> Node:
+        if not tokens:
+            raise Bad("empty search program")
+        nodes = []
+        pos = 0
+        while pos < len(tokens):
+            node, pos = self.key(tokens, pos)
+            nodes.append(node)
+        return _and(nodes)
+
+    def key(self, t: list[Token], pos: int) -> tuple[Node, int]:
+        self.depth += 1
+        if self.depth > 100:
+            raise Bad("search program nested too deeply")
+        try:
+            return self._key(t, pos)
+        finally:
+            self.depth -= 1
+
+    def _arg(self, t: list[Token], pos: int) -> str:
+        if pos >= len(t):
+            raise Bad("search key is missing its argument")
+        return args.astring(t[pos])
+
+    def _key(self, t: list[Token], pos: int) -> tuple[Node, int]:
+        tok = t[pos]
+        if isinstance(tok, list):
+            return self.program(tok), pos + 1
+        if not isinstance(tok, Atom):
+            raise Bad("expected a search key")
+        k = tok.upper()
+        if k == "ALL":
+            return Node(lambda m: True, INDEX), pos + 1
+        if k in _FLAG_KEYS:
+            flag, want = _FLAG_KEYS[k]
+            return Node(lambda m: (flag in m.flags) == want, INDEX), pos + 1
+        if k in ("KEYWORD", "UNKEYWORD"):
+            kw = self._arg(t, pos + 1)
+            want = k == "KEYWORD"
+            return Node(lambda m: (kw in m.flags) == want, INDEX), pos + 2
+        if k == "NEW":
+            return Node(lambda m: m.recent and "\\Seen" not in m.flags, INDEX), pos + 1
+        if k == "OLD":
+            return Node(lambda m: not m.recent, INDEX), pos + 1
+        if k == "RECENT":
+            return Node(lambda m: m.recent, INDEX), pos + 1
+        if k == "NOT":
+            if pos + 1 >= len(t):
+                raise Bad("NOT needs a key")
+            inner, nxt = self.key(t, pos + 1)
+            return Node(lambda m: not inner.pred(m), inner.cost), nxt
+        if k == "OR":
+            if pos + 1 >= len(t):
+                raise Bad("OR needs two keys")
+            a, nxt = self.key(t, pos + 1)
+            if nxt >= len(t):
+                raise Bad("OR needs two keys")
+            b, nxt = self.key(t, nxt)
+            return Node(lambda m: a.pred(m) or b.pred(m), max(a.cost, b.cost)), nxt
+        if k == "UID":
+            uids = set(self.sel.parse_set(self._arg(t, pos + 1), uid=True))
+            return Node(lambda m: m.uid in uids, INDEX), pos + 2
+        if k in ("LARGER", "SMALLER"):
+            n = args.number(t[pos + 1] if pos + 1 < len(t) else Atom(""), bits=63)
+            if k == "LARGER":
+                return Node(lambda m: m.meta is not None and m.meta.size > n, META), pos + 2
+            return Node(lambda m: m.meta is not None and m.meta.size < n, META), pos + 2
+        if k in _DATE_KEYS:
+            day = _day(self._arg(t, pos + 1))
+            return self._date(k, day), pos + 2
+        if k in _HEADER_KEYS:
+            return self._header(k.lower(), self._arg(t, pos + 1)), pos + 2
+        if k == "HEADER":
+            return self._header(self._arg(t, pos + 1).lower(), self._arg(t, pos + 2)), pos + 3
+        if k in ("BODY", "TEXT"):
+            needle = self._arg(t, pos + 1).lower()
+            body_only = k == "BODY"
+
+            def text(m: Msg) -> bool:
+                assert m.text is not None
+                if body_only:
+                    return needle in m.text.split("\n\n", 1)[-1]
+                return needle in m.text
+            return Node(text, TEXT), pos + 2
+        if k == "MODSEQ":
+            self.modseq_used = True
+            self.s.enabled.add("CONDSTORE")
+            nxt = pos + 1
+            if nxt < len(t) and isinstance(t[nxt], str) and not str(t[nxt]).isdigit():
+                nxt += 2  # entry name and type (RFC 7162 §3.1.5): per-message modseq suffices
+            n = args.number(t[nxt] if nxt < len(t) else Atom(""), bits=63)
+            return Node(lambda m: m.modseq >= n, INDEX), nxt + 1
+        if _SEQSET.match(k):
+            uids = set(self.sel.parse_set(k, uid=False))
+            return Node(lambda m: m.uid in uids, INDEX), pos + 1
+        raise Bad(f"unknown search key {k[:30]}")
+
+    def _date(self, k: str, day: dt.date) -> Node:
+        sent = k.startswith("SENT")
+        op = k[4:] if sent else k
+
+        def pred(m: Msg) -> bool:
+            if sent:
+                d = _sent_date(m)
+                if d is None:
+                    return False
+            else:
+                assert m.meta is not None
+                d = dt.date(*time.localtime(m.meta.internal_date)[:3])
+            return d < day if op == "BEFORE" else d == day if op == "ON" else d >= day
+        return Node(pred, META)
+
+    def _header(self, name: str, needle: str) -> Node:
+        needle = needle.lower()
+
+        def pred(m: Msg) -> bool:
+            values = m.header_values(name)
+            return any(needle in v.lower() for v in values) if values else False
+        return Node(pred, META)
+
+
+def _and(nodes: list[Node]) -> Node:
+    if len(nodes) == 1:
+        return nodes[0]
+    ordered = sorted(nodes, key=lambda n: n.cost)  # cheap keys first
+    return Node(lambda m: all(n.pred(m) for n in ordered), max(n.cost for n in nodes))
+
+
+def message_text(raw: bytes) -> str:
+    """Headers and decoded text parts, lower-cased, for BODY/TEXT keys."""
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    head, _, _ = raw.partition(b"\r\n\r\n")
+    out = [_decode(head.decode("utf-8", "replace"))]
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            continue
+        charset = part.get_content_charset() or "utf-8"
+        try:
+            out.append(payload.decode(charset, "replace"))
+        except LookupError:
+            out.append(payload.decode("utf-8", "replace"))
+    return "\n\n".join(out).lower()
+
+
+async def run_search(s: Session, sel: Selected, tokens: list[Token]) -> tuple[list[int], int]:
+    """Matching uids and the highest modseq among them."""
+    compiler = Compiler(s, sel)
+    node = compiler.program(tokens)
+    msgs = [Msg(u, i, sel.flags[u], sel.modseqs[u], u in sel.recent)
+            for i, u in enumerate(sel.uids, 1)]
+    if node.cost >= META:
+        for start in range(0, len(msgs), 500):
+            chunk = msgs[start:start + 500]
+            metas = {m.uid: m for m in await s.mail.meta(sel.mailbox.id,
+                                                        [m.uid for m in chunk],
+                                                        structure=False)}
+            for m in chunk:
+                m.meta = metas.get(m.uid)
+    out: list[int] = []
+    top = 0
+    for m in msgs:
+        if node.cost >= META and m.meta is None:
+            continue  # expunged meanwhile
+        if node.cost >= TEXT:
+            assert m.meta is not None
+            raw = await s.mail.read_bytes(m.meta.ref, 0, min(m.meta.size, MAX_TEXT))
+            m.text = message_text(raw)
+        if node.pred(m):
+            out.append(m.uid)
+            top = max(top, m.modseq)
+        m.text = None
+    return out, (top if compiler.modseq_used else 0)
+
+
+# RFC 3501 §6.4.4 SEARCH, §6.4.8 UID SEARCH
+@command("SEARCH", SELECTED, uid=True)
+async def search(s: Session, cmd: Command) -> str | None:
+    sel = s.need_selected()
+    tokens = list(cmd.args)
+    if tokens and isinstance(tokens[0], Atom) and tokens[0].upper() == "RETURN":
+        raise Bad("ESEARCH is not supported")
+    if len(tokens) >= 2 and isinstance(tokens[0], Atom) and tokens[0].upper() == "CHARSET":
+        charset = args.astring(tokens[1]).upper()
+        if charset not in ("UTF-8", "US-ASCII"):
+            raise No("unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
+        tokens = tokens[2:]
+    uids, top = await run_search(s, sel, tokens)
+    nums = uids if cmd.uid else [sel.seq_of(u) for u in uids]
+    line = b"SEARCH" + b"".join(b" %d" % n for n in nums)
+    if top:
+        line += b" (MODSEQ %d)" % top
+    s.untagged(line)
+    return None

@@ -1,0 +1,337 @@
+"""Reading IMAP commands off the wire (RFC 3501 §9 grammar, RFC 7888 literals).
+
+Two layers. ``CommandReader`` reads one command from the stream: a line, and
+while the line ends in a literal announcement ``{n}`` / ``{n+}`` / ``~{n}``,
+the literal and the next line, each within its limit. The APPEND message
+literal is the exception: it is not read but handed to the APPEND handler as
+a ``MessageLiteral`` that streams it into the store. ``tokenize`` then turns the
+pieces into tokens: ``Atom`` (unquoted; brackets kept whole so
+``BODY[HEADER.FIELDS (A B)]<0.10>`` is one atom), ``String`` (quoted or literal)
+and nested lists. Command handlers check their arguments from those tokens.
+
+Every failure is a ``ParseError`` carrying the tag when known, so the session
+answers BAD and carries on; only a stream that cannot be resynchronised (an
+oversized non-synchronising literal) ends the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Union
+
+MAX_DEPTH = 32
+MAX_TOKENS = 100_000
+_LITERAL_AT_END = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}\r?\n$")
+_TAG = re.compile(rb"^[\x21-\x7e]+$")
+_ATOM_STOP = frozenset(b' (){"\r\n')
+
+
+class Atom(str):
+    """An unquoted token (atom, number, flag, sequence set, fetch attribute)."""
+
+    __slots__ = ()
+
+
+class String(str):
+    """A quoted string or a literal, decoded as UTF-8 (undecodable bytes kept as escapes)."""
+
+    __slots__ = ()
+
+    def raw(self) -> bytes:
+        return self.encode("utf-8", "surrogateescape")
+
+
+Token = Union[Atom, String, list["Token"]]  # noqa: UP007 - recursive alias
+
+
+class ParseError(Exception):
+    """The command is malformed; the session answers ``tag BAD text``."""
+
+    def __init__(self, text: str, tag: str = "*") -> None:
+        super().__init__(text)
+        self.text = text
+        self.tag = tag
+
+
+class FatalParseError(ParseError):
+    """The stream cannot be resynchronised; the session says BYE and closes."""
+
+
+@dataclass
+class Literal:
+    data: bytes
+
+
+def tokenize(pieces: list[bytes | Literal]) -> list[Token]:
+    """Tokens of one command's pieces (lines and the literals between them)."""
+    root: list[Token] = []
+    stack: list[list[Token]] = [root]
+    count = 0
+    for piece in pieces:
+        if isinstance(piece, Literal):
+            stack[-1].append(String(piece.data.decode("utf-8", "surrogateescape")))
+            continue
+        line = piece
+        i, n = 0, len(line)
+        while i < n:
+            c = line[i]
+            count += 1
+            if count > MAX_TOKENS:
+                raise ParseError("too many tokens")
+            if c == 0x20:
+                i += 1
+            elif c == 0x28:  # (
+                if len(stack) > MAX_DEPTH:
+                    raise ParseError("parentheses nested too deeply")
+                new: list[Token] = []
+                stack[-1].append(new)
+                stack.append(new)
+                i += 1
+            elif c == 0x29:  # )
+                if len(stack) == 1:
+                    raise ParseError("unbalanced ')'")
+                stack.pop()
+                i += 1
+            elif c == 0x22:  # "
+                i, text = _quoted(line, i + 1)
+                stack[-1].append(String(text))
+            elif c < 0x20 or c == 0x7F or c == 0x7B:  # CTL or a literal in the middle
+                raise ParseError("unexpected character in command")
+            else:
+                i, atom = _atom(line, i)
+                stack[-1].append(Atom(atom))
+    if len(stack) != 1:
+        raise ParseError("unbalanced '('")
+    return root
+
+
+def _quoted(line: bytes, i: int) -> tuple[int, str]:
+    out = bytearray()
+    n = len(line)
+    while i < n:
+        c = line[i]
+        if c == 0x5C:  # backslash
+            if i + 1 >= n or line[i + 1] not in (0x22, 0x5C):
+                raise ParseError("bad escape in quoted string")
+            out.append(line[i + 1])
+            i += 2
+        elif c == 0x22:
+            return i + 1, out.decode("utf-8", "surrogateescape")
+        elif c in (0x0D, 0x0A, 0):
+            break
+        else:
+            out.append(c)
+            i += 1
+    raise ParseError("unterminated quoted string")
+
+
+def _atom(line: bytes, i: int) -> tuple[int, str]:
+    start, n = i, len(line)
+    while i < n:
+        c = line[i]
+        if c == 0x5B:  # [ ... ] kept whole, spaces and parentheses included
+            end = line.find(b"]", i)
+            if end < 0:
+                raise ParseError("unterminated '['")
+            i = end + 1
+            continue
+        if c in _ATOM_STOP or c < 0x20 or c == 0x7F:
+            break
+        i += 1
+    return i, line[start:i].decode("utf-8", "surrogateescape")
+
+
+@dataclass
+class MessageLiteral:
+    """The APPEND message literal, not yet read: the handler streams it."""
+
+    size: int
+    sync: bool
+    utf8: bool
+    reader: asyncio.StreamReader
+    continue_: Callable[[], Awaitable[None]]
+    consumed: int = 0
+    started: bool = False
+    finished: bool = False
+
+    async def chunks(self, chunk: int = 256 * 1024) -> AsyncIterator[bytes]:
+        """Ask for the literal (if synchronising) and yield it in chunks."""
+        if not self.started:
+            self.started = True
+            if self.sync:
+                await self.continue_()
+        while self.consumed < self.size:
+            data = await self.reader.read(min(chunk, self.size - self.consumed))
+            if not data:
+                raise EOFError("connection closed inside a literal")
+            self.consumed += len(data)
+            yield data
+
+    async def discard(self) -> None:
+        """Skip what is left of a literal the client is sending anyway."""
+        if not self.started and self.sync:
+            return  # the client waits for '+' and will not send it
+        self.started = True
+        async for _ in self.chunks():
+            pass
+
+
+@dataclass
+class Command:
+    tag: str
+    name: str
+    args: list[Token]
+    uid: bool = False
+    message: MessageLiteral | None = None
+    tail: list[Token] = field(default_factory=list)
+
+
+class CommandReader:
+    """Reads commands from one connection within the configured limits."""
+
+    def __init__(self, reader: asyncio.StreamReader, send: Callable[[bytes], Awaitable[None]],
+                 *, max_line: int, max_literal: int) -> None:
+        self.reader = reader
+        self.send = send
+        self.max_line = max_line
+        self.max_literal = max_literal
+
+    async def line(self) -> bytes:
+        """One line including CRLF; an over-long line is skipped and refused."""
+        try:
+            return await self.reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:
+            await self._skip_line(exc.consumed)
+            raise ParseError("line too long") from None
+        except asyncio.IncompleteReadError as exc:
+            raise EOFError from exc
+
+    async def _skip_line(self, consumed: int) -> None:
+        while True:
+            await self.reader.readexactly(consumed)
+            try:
+                await self.reader.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as exc:
+                consumed = exc.consumed
+            except asyncio.IncompleteReadError as exc:
+                raise EOFError from exc
+
+    async def read(self) -> Command:
+        first = await self.line()
+        if len(first) > self.max_line:
+            raise ParseError("line too long")
+        head = first.split(b" ", 2)
+        tag = head[0].decode("ascii", "replace").strip() if head else "*"
+        if not head[0].strip() or not _TAG.match(head[0].strip()) or b"+" in head[0]:
+            await self._finish_literals(first)
+            raise ParseError("missing or invalid tag")
+        if len(head) < 2 or not head[1].strip():
+            await self._finish_literals(first)
+            raise ParseError("missing command", tag)
+        name = head[1].strip().decode("ascii", "replace").upper()
+        try:
+            return await self._read(first, tag, name)
+        except ParseError as exc:
+            exc.tag = tag
+            raise
+
+    async def _read(self, first: bytes, tag: str, name: str) -> Command:
+        pieces: list[bytes | Literal] = []
+        line = first
+        total = 0
+        while True:
+            total += len(line)
+            if total > 8 * self.max_line:
+                await self._finish_literals(line)
+                raise ParseError("command too long")
+            m = _LITERAL_AT_END.search(line)
+            if m is None:
+                pieces.append(line.rstrip(b"\r\n"))
+                break
+            size, sync, utf8 = int(m.group(2)), not m.group(3), bool(m.group(1))
+            pieces.append(line[:m.start()])
+            if name == "APPEND" and _mailbox_given(pieces):
+                return await self._append(tag, pieces, size, sync, utf8)
+            if size > self.max_line:
+                if not sync:
+                    raise FatalParseError("literal too large")
+                raise ParseError(f"literal of {size} bytes is over the limit")
+            if sync:
+                await self.send(b"+ Ready for literal data\r\n")
+            try:
+                data = await self.reader.readexactly(size)
+            except asyncio.IncompleteReadError as exc:
+                raise EOFError from exc
+            pieces.append(Literal(data))
+            line = await self.line()
+            if len(line) > self.max_line:
+                raise ParseError("line too long")
+        tokens = tokenize(pieces)
+        if len(tokens) < 2:
+            raise ParseError("missing command")
+        args = tokens[2:]
+        uid = False
+        if name == "UID":
+            if not args or not isinstance(args[0], Atom):
+                raise ParseError("UID needs a command")
+            name, args, uid = args[0].upper(), args[1:], True
+        return Command(tag, name, args, uid)
+
+    async def _append(self, tag: str, pieces: list[bytes | Literal], size: int, sync: bool,
+                      utf8: bool) -> Command:
+        message = MessageLiteral(size, sync, utf8, self.reader,
+                                 lambda: self.send(b"+ Ready for literal data\r\n"))
+        try:
+            tokens = tokenize([*pieces[:-1], _strip_open(pieces[-1], utf8)])
+        except ParseError:
+            if not sync:
+                if size > self.max_literal:
+                    raise FatalParseError("literal too large") from None
+                await message.discard()
+                await self.line()
+            raise
+        return Command(tag, "APPEND", tokens[2:], message=message)
+
+    async def finish_append(self, command: Command) -> None:
+        """After the message literal: the rest of the line must close the command."""
+        assert command.message is not None
+        command.message.finished = True
+        rest = (await self.line()).rstrip(b"\r\n")
+        if command.message.utf8:
+            rest = rest.removeprefix(b")")
+        if rest.strip():
+            raise ParseError("unexpected data after the APPEND message (MULTIAPPEND is not "
+                             "supported)", command.tag)
+
+    async def _finish_literals(self, line: bytes) -> None:
+        """A refused first line that announced a non-synchronising literal: skip it."""
+        m = _LITERAL_AT_END.search(line)
+        if m and m.group(3):
+            size = int(m.group(2))
+            if size > self.max_line:
+                raise FatalParseError("literal too large")
+            await self.reader.readexactly(size)
+            await self.line()
+
+
+def _mailbox_given(pieces: list[bytes | Literal]) -> bool:
+    """In an APPEND, has the mailbox argument been seen before this literal?"""
+    if any(isinstance(p, Literal) for p in pieces):
+        return True
+    try:
+        return len(tokenize([_strip_open(pieces[-1], True)])) >= 3  # tag APPEND mailbox
+    except ParseError:
+        return True
+
+
+def _strip_open(piece: bytes | Literal, utf8: bool) -> bytes | Literal:
+    """``... UTF8 (`` before an RFC 6855 literal: drop the open parenthesis."""
+    if isinstance(piece, bytes) and utf8:
+        stripped = piece.rstrip()
+        if stripped.endswith(b"("):
+            return stripped[:-1]
+    return piece

@@ -1,0 +1,116 @@
+"""Rendering IMAP response data (RFC 3501 §7, §9 response grammar).
+
+Values are turned into wire bytes here and only here: strings become atoms,
+quoted strings or literals as their content requires; ENVELOPE and
+BODYSTRUCTURE are built from the structure cached by ``core.mail.mime``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from core.mail.mime import Part
+
+_QUOTE_SAFE = frozenset(range(0x20, 0x7F)) - {0x22, 0x5C}
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def string(value: str | bytes | None, *, utf8: bool = False) -> bytes:
+    """An nstring: NIL, a quoted string, or a literal when it must be one."""
+    if value is None:
+        return b"NIL"
+    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    if len(raw) < 1024 and all(b in _QUOTE_SAFE for b in raw):
+        return b'"' + raw + b'"'
+    if (len(raw) < 1024 and b"\r" not in raw and b"\n" not in raw and b"\0" not in raw
+            and (utf8 or raw.isascii())):
+        return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return b"{%d}\r\n" % len(raw) + raw
+
+
+def astring(value: str, *, utf8: bool = False) -> bytes:
+    raw = value.encode("utf-8", "surrogateescape")
+    if raw and all(0x21 <= b <= 0x7E and b not in b'(){%*"\\]' for b in raw) \
+            and raw.upper() != b"NIL":
+        return raw
+    return string(raw, utf8=utf8)
+
+
+def flags(values: Iterable[str]) -> bytes:
+    return b"(" + " ".join(sorted(values)).encode("utf-8", "surrogateescape") + b")"
+
+
+def date_time(ts: float) -> bytes:
+    """RFC 3501 date-time: ``"17-Jul-1996 02:44:25 -0700"`` (local offset)."""
+    t = time.localtime(ts)
+    off = t.tm_gmtoff // 60
+    sign = "+" if off >= 0 else "-"
+    off = abs(off)
+    return (f'"{t.tm_mday:2d}-{_MONTHS[t.tm_mon - 1]}-{t.tm_year:04d} '
+            f'{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {sign}{off // 60:02d}{off % 60:02d}"'
+            ).encode()
+
+
+def _addresses(value: list[list[str | None]] | None) -> bytes:
+    if not value:
+        return b"NIL"
+    return b"(" + b"".join(
+        b"(" + b" ".join(string(x, utf8=True) for x in a) + b")" for a in value) + b")"
+
+
+def envelope(env: list[Any]) -> bytes:
+    """RFC 3501 §7.4.2 ENVELOPE from ``core.mail.mime.envelope``."""
+    return b"(" + b" ".join([
+        string(env[0]), string(env[1], utf8=True),
+        _addresses(env[2]), _addresses(env[3]), _addresses(env[4]),
+        _addresses(env[5]), _addresses(env[6]), _addresses(env[7]),
+        string(env[8]), string(env[9]),
+    ]) + b")"
+
+
+def _params(params: list[list[str]]) -> bytes:
+    if not params:
+        return b"NIL"
+    return b"(" + b" ".join(string(k.upper() if k == "charset" else k) + b" " + string(v)
+                            for k, v in params) + b")"
+
+
+def _disposition(disp: list[Any] | None) -> bytes:
+    if not disp:
+        return b"NIL"
+    return b"(" + string(disp[0].upper()) + b" " + _params(disp[1]) + b")"
+
+
+def _language(lang: list[str] | None) -> bytes:
+    if not lang:
+        return b"NIL"
+    if len(lang) == 1:
+        return string(lang[0])
+    return b"(" + b" ".join(string(x) for x in lang) + b")"
+
+
+def body_structure(part: Part, *, extended: bool) -> bytes:
+    """RFC 3501 §7.4.2 BODY / BODYSTRUCTURE of a part."""
+    if "parts" in part:
+        inner = b"".join(body_structure(p, extended=extended) for p in part["parts"])
+        out = inner + b" " + string(part["s"].upper())
+        if extended:
+            out += b" " + b" ".join([_params(part["p"]), _disposition(part["disp"]),
+                                     _language(part["lang"]), string(part["loc"])])
+        return b"(" + out + b")"
+    size = part["z"] - part["b"]
+    fields = [string(part["t"].upper()), string(part["s"].upper()), _params(part["p"]),
+              string(part["id"]), string(part["d"]), string(part["e"].upper()),
+              str(size).encode()]
+    if "msg" in part:
+        inner = part["msg"]
+        fields += [envelope(inner["env"]), body_structure(inner, extended=extended),
+                   str(part.get("l", 0)).encode()]
+    elif part["t"] == "text":
+        fields.append(str(part.get("l", 0)).encode())
+    if extended:
+        fields += [string(part["md5"]), _disposition(part["disp"]), _language(part["lang"]),
+                   string(part["loc"])]
+    return b"(" + b" ".join(fields) + b")"

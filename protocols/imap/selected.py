@@ -1,0 +1,179 @@
+"""The selected mailbox as one session sees it (RFC 3501 §2.3.1, §5.2, §7.4.1).
+
+A session keeps its own index of uids, flags and modseqs, loaded in one
+query at SELECT, because message sequence numbers are per session: they change
+only when this session has been told of an expunge. Changes made by others
+arrive as ``core.mail.Change`` on the session's ``Watch`` and are turned into
+untagged EXISTS / FETCH / EXPUNGE (or VANISHED) responses when the rules allow:
+EXPUNGE is held back after FETCH, STORE and SEARCH (non-UID), because the client
+may be using sequence numbers in a command still in flight.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
+
+from core.mail import Change, Mailbox, Snapshot, Watch
+from protocols.imap import render
+from protocols.imap.errors import Bad
+
+MAX_SET_PARTS = 10_000
+
+
+class Selected:
+    def __init__(self, snap: Snapshot, watch: Watch, read_only: bool) -> None:
+        self.mailbox: Mailbox = snap.mailbox
+        self.watch = watch
+        self.read_only = read_only
+        self.uids = snap.uids
+        self.flags = dict(zip(snap.uids, snap.flags, strict=True))
+        self.modseqs = dict(zip(snap.uids, snap.modseqs, strict=True))
+        self.recent = snap.recent
+        self.highestmodseq = snap.mailbox.modseq
+        self.held: list[int] = []
+        self.gone = False
+        self.told_exists = len(self.uids)
+        self.told_recent = len(self.recent)
+
+    # -- numbers
+
+    def seq_of(self, uid: int) -> int:
+        i = bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else 0
+
+    def parse_set(self, text: str, *, uid: bool) -> list[int]:
+        """Uids named by a sequence set (RFC 3501 §9 sequence-set), ascending."""
+        if not text or len(text) > 100_000:
+            raise Bad("invalid sequence set")
+        ranges: list[tuple[int, int]] = []
+        largest = (self.uids[-1] if self.uids else 0) if uid else len(self.uids)
+        parts = text.split(",")
+        if len(parts) > MAX_SET_PARTS:
+            raise Bad("sequence set too long")
+        for part in parts:
+            lo_s, _, hi_s = part.partition(":")
+            lo, hi = _number(lo_s, largest), _number(hi_s or lo_s, largest)
+            if lo > hi:
+                lo, hi = hi, lo
+            if not uid and (lo == 0 or hi > len(self.uids)):
+                if not (self.uids or "*" in part):
+                    raise Bad("message sequence number out of range")
+                if self.uids:
+                    raise Bad("message sequence number out of range")
+            ranges.append((lo, hi))
+        if uid:
+            if len(ranges) == 1:
+                lo, hi = ranges[0]
+                return self.uids[bisect_left(self.uids, lo):bisect_right(self.uids, hi)]
+            out: set[int] = set()
+            for lo, hi in ranges:
+                out.update(self.uids[bisect_left(self.uids, lo):bisect_right(self.uids, hi)])
+            return sorted(out)
+        if not self.uids:
+            return []
+        if len(ranges) == 1:
+            lo, hi = ranges[0]
+            return self.uids[lo - 1:hi]
+        seqs: set[int] = set()
+        for lo, hi in ranges:
+            seqs.update(range(lo, hi + 1))
+        return [self.uids[s - 1] for s in sorted(seqs)]
+
+    # -- updates
+
+    def apply(self, changes: list[Change], *, expunge_ok: bool, condstore: bool,
+              qresync: bool) -> Iterator[bytes]:
+        """Fold changes into the index; yield the untagged responses they call for."""
+        exists_changed = False
+        for change in changes:
+            if change.kind == "exists":
+                for uid in change.uids:
+                    if not self.uids or uid > self.uids[-1]:
+                        self.uids.append(uid)
+                        self.flags[uid] = change.flags
+                        self.modseqs[uid] = change.modseq
+                        exists_changed = True
+                        if uid in self.watch.recent:
+                            self.recent.add(uid)
+                self.highestmodseq = max(self.highestmodseq, change.modseq)
+            elif change.kind == "flags":
+                uid = change.uids[0]
+                if uid in self.flags and change.modseq > self.modseqs.get(uid, 0):
+                    self.flags[uid] = change.flags
+                    self.modseqs[uid] = change.modseq
+                    self.highestmodseq = max(self.highestmodseq, change.modseq)
+                    if uid not in self.held:
+                        yield self.fetch_flags(uid, condstore, with_uid=qresync)
+            elif change.kind == "expunge":
+                self.held.extend(u for u in change.uids if u in self.flags)
+            elif change.kind == "deleted":
+                self.gone = True
+        if exists_changed or len(self.uids) != self.told_exists:
+            if self.held and expunge_ok:
+                pass  # EXISTS after the expunges below
+            else:
+                yield b"* %d EXISTS" % len(self.uids)
+                self.told_exists = len(self.uids)
+                if len(self.recent) != self.told_recent:
+                    yield b"* %d RECENT" % len(self.recent)
+                    self.told_recent = len(self.recent)
+        if self.held and expunge_ok:
+            yield from self.flush_expunges(qresync)
+            if len(self.uids) != self.told_exists or exists_changed:
+                yield b"* %d EXISTS" % len(self.uids)
+                self.told_exists = len(self.uids)
+                yield b"* %d RECENT" % len(self.recent)
+                self.told_recent = len(self.recent)
+
+    def flush_expunges(self, qresync: bool) -> Iterator[bytes]:
+        held, self.held = sorted(set(self.held)), []
+        present = [u for u in held if u in self.flags]
+        if not present:
+            return
+        if qresync:
+            yield b"* VANISHED " + compress(present).encode()
+        else:
+            for uid in reversed(present):  # from the top: earlier numbers stay valid
+                yield b"* %d EXPUNGE" % self.seq_of(uid)
+        gone = set(present)
+        self.uids = [u for u in self.uids if u not in gone]
+        for u in present:
+            self.flags.pop(u, None)
+            self.modseqs.pop(u, None)
+            self.recent.discard(u)
+        self.told_exists = len(self.uids)
+
+    def fetch_flags(self, uid: int, condstore: bool, *, with_uid: bool) -> bytes:
+        flags = self.flags[uid] | ({"\\Recent"} if uid in self.recent else set())
+        out = b"* %d FETCH (" % self.seq_of(uid)
+        if with_uid:
+            out += b"UID %d " % uid
+        out += b"FLAGS " + render.flags(flags)
+        if condstore:
+            out += b" MODSEQ (%d)" % self.modseqs[uid]
+        return out + b")"
+
+
+def _number(text: str, largest: int) -> int:
+    if text == "*":
+        return largest
+    if not text.isdigit() or len(text) > 10:
+        raise Bad(f"invalid number in sequence set: {text[:20]!r}")
+    n = int(text)
+    if n == 0 or n > 0xFFFFFFFF:
+        raise Bad("sequence number out of range")
+    return n
+
+
+def compress(uids: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``1:3,7`` (uids ascending)."""
+    out: list[str] = []
+    i = 0
+    while i < len(uids):
+        j = i
+        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
+            j += 1
+        out.append(str(uids[i]) if i == j else f"{uids[i]}:{uids[j]}")
+        i = j + 1
+    return ",".join(out)
