@@ -101,12 +101,29 @@ SCHEMA: tuple[Key, ...] = (
     Key("imap.max_literal", int, 64 * MiB, "Largest IMAP literal (APPEND) in bytes.",
         minimum=1024),
     Key("imap.max_sessions_per_user", int, 50, "Concurrent IMAP sessions per user.", minimum=1),
+    Key("imap.idle_timeout", int, 30 * 60,
+        "Seconds an IDLE command may last before the server ends it.", minimum=60),
+    Key("imap.autologout", int, 30 * 60,
+        "Seconds of client silence after which a session is closed (RFC 3501 minimum 30 min).",
+        minimum=10),
+    Key("mail.quota", int, 0, "Bytes of mail each user may keep (0 = unlimited).", minimum=0),
     # -- phonebook
     Key("phonebook.backend", str, "local", "Where twins are found.",
         choices=("local", "tfchain")),
     Key("phonebook.path", str, "phonebook.db",
         "Local phonebook SQLite file (relative to the data dir); may be shared by several twins."),
-    Key("phonebook.url", str, "", "TFChain node websocket URL (ws:// or wss://)."),
+    Key("phonebook.url", str, "",
+        "TFChain node websocket URL (ws:// or wss://), e.g. wss://tfchain.grid.tf/ws (mainnet), "
+        "wss://tfchain.test.grid.tf/ws (testnet), wss://tfchain.dev.grid.tf/ws (devnet)."),
+    Key("phonebook.tfchain_port", int, 443,
+        "HTTPS port of the peer API of twins found on TFChain (a relay holds no port); "
+        "change only for a private or test network.", minimum=1),
+    Key("phonebook.tfchain_timeout", float, 60.0,
+        "Seconds to wait for a TFChain node's answer (a publish waits for its block)."),
+    Key("phonebook.terms_link", str, "https://library.threefold.me/info/legal/#/",
+        "Terms and conditions document the twin's TFChain account accepts before create_twin."),
+    Key("phonebook.terms_hash", str, "",
+        "MD5 (hex) of that document, as recorded on chain with the acceptance."),
     Key("phonebook.cache_ttl", int, 600, "Seconds a resolved twin is trusted before refresh.",
         minimum=0),
     Key("phonebook.record_ttl", int, 30 * 86400,
@@ -133,11 +150,18 @@ SCHEMA: tuple[Key, ...] = (
     Key("peer.give_up_after", int, 4 * 86400,
         "Seconds after which an undelivered envelope bounces.", minimum=1),
     Key("peer.timeout", float, 30.0, "Seconds to wait for a peer's HTTP answer."),
+    Key("peer.dedup_keep", int, 5 * 86400,
+        "Seconds a received envelope's uid is remembered (longer than peers retry).",
+        minimum=60),
+    Key("peer.outbox_poll", float, 1.0,
+        "Seconds between outbox checks for messages queued by other processes (the CLI)."),
     # -- WebDAV
     Key("webdav.quota", int, 0, "Bytes the file tree may hold (0 = free space of the backends).",
         minimum=0),
     Key("webdav.block_size", int, 256 * 1024, "Bytes per block when streaming files.",
         minimum=4096),
+    Key("webdav.max_xml_body", int, 1 * MiB,
+        "Largest PROPFIND/PROPPATCH/LOCK request body in bytes (413 above).", minimum=4096),
 )
 
 BY_NAME: dict[str, Key] = {k.name: k for k in SCHEMA}
@@ -243,6 +267,21 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, 
             yield dotted, value
 
 
+def load_file_values(file: Path) -> dict[str, Any]:
+    """The keys a TOML file sets, validated (for templates such as `twin restore --config`)."""
+    try:
+        table = tomllib.loads(Path(file).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read: {exc}") from exc
+    values = {}
+    for name, value in _flatten(table):
+        key = BY_NAME.get(name)
+        if key is None:
+            raise ConfigError(f"unknown key {name!r} in {file} (see `twin config doc`)")
+        values[name] = coerce(key, value, str(file))
+    return values
+
+
 def load(
     data_dir: Path,
     overrides: Mapping[str, Any] | None = None,
@@ -256,15 +295,8 @@ def load(
     sources = {k.name: "default" for k in SCHEMA}
     file = data_dir / CONFIG_FILE
     if file.exists():
-        try:
-            table = tomllib.loads(file.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
-        for name, value in _flatten(table):
-            key = BY_NAME.get(name)
-            if key is None:
-                raise ConfigError(f"unknown key {name!r} in {file} (see `twin config doc`)")
-            values[name] = coerce(key, value, str(file))
+        for name, value in load_file_values(file).items():
+            values[name] = value
             sources[name] = str(file)
     elif require_file:
         raise ConfigError(
@@ -276,10 +308,9 @@ def load(
             values[key.name] = coerce(key, env[key.env], f"environment variable {key.env}")
             sources[key.name] = f"env {key.env}"
     for name, value in (overrides or {}).items():
-        key = BY_NAME.get(name)
-        if key is None:
+        if name not in BY_NAME:
             raise ConfigError(f"unknown key {name!r} in command-line --set")
-        values[name] = coerce(key, value, "command-line --set")
+        values[name] = coerce(BY_NAME[name], value, "command-line --set")
         sources[name] = "command line"
     config = Config(data_dir, values, sources)
     _check_whole(config, str(file))

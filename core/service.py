@@ -29,8 +29,17 @@ import phonebook as pb
 from core import config as cfg
 from core import identity as ident
 from core import net
+from core.acl import Access
+from core.contacts import Contacts
 from core.db import Database
 from core.errors import Conflict, Forbidden, Invalid, NotFound, TwinError, Unavailable
+from core.files import FileTree
+from core.mail import MailStore
+from core.outbound import OutboundQueue
+from core.peer import Peer
+from core.peer.content import ContentSource, SharedObjects
+from core.routing import KIND as MAIL_KIND
+from core.routing import MailRouter
 from core.users import Throttle, Users
 from phonebook.pins import GuardedPhonebook, PinStore
 from phonebook.record import TwinRecord
@@ -68,6 +77,19 @@ class Service:
         self._lock_fd: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.store: Any = None  # storage.Store once started
+        # Parts, in dependency order. Each keeps its tables in twin.db and reaches
+        # the dispersed store through a callable, since the store opens in start().
+        self.mail = MailStore(self.db, quota_bytes=config.int("mail.quota"))
+        self.contacts = Contacts(self.db)
+        self.access = Access(self.db, self.contacts)  # every access check goes through it
+        self.shared = SharedObjects(self.db, lambda: self.store)  # only without a file tree
+        self.files = FileTree(self.db, lambda: self.store, quota=config.int("webdav.quota"),
+                              data_dir=self.data_dir,
+                              redundancy=config.int("storage.n") / config.int("storage.k"))
+        self.content: ContentSource = self.files  # what other twins may read: the file tree
+        self.peer = Peer(self)  # twin-to-twin envelopes; its outbox worker runs in start()
+        self.outbound = OutboundQueue(self)  # legacy SMTP queue; its worker runs in start()
+        self.router = MailRouter(self)  # own domain / other twin / legacy world
 
     @classmethod
     def open(cls, data_dir: Path, overrides: dict[str, Any] | None = None) -> Service:
@@ -85,7 +107,12 @@ class Service:
         if backend == "local":
             options = {"path": conf.path("phonebook.path")}
         else:
-            options = {"url": conf.str("phonebook.url"), "identity_seed": self.identity.seed}
+            options = {"url": conf.str("phonebook.url"), "identity_seed": self.identity.seed,
+                       "cache_ttl": conf.int("phonebook.cache_ttl"),
+                       "port": conf.int("phonebook.tfchain_port"),
+                       "timeout": conf.float("phonebook.tfchain_timeout"),
+                       "terms_link": conf.str("phonebook.terms_link"),
+                       "terms_hash": conf.str("phonebook.terms_hash")}
         inner = pb.load(backend, **options)
         pins = PinStore(self.data_dir / "pins.db")
         return GuardedPhonebook(inner, pins, ttl=conf.int("phonebook.cache_ttl"))
@@ -103,6 +130,13 @@ class Service:
             return await asyncio.to_thread(self.phonebook.by_address, address)
         except pb.PhonebookError as exc:
             raise phonebook_error(exc) from exc
+
+    @property
+    def phonebook_name(self) -> str:
+        """This twin's name as other twins find it: on TFChain, the relay domain."""
+        if self.config.str("phonebook.backend") == "tfchain":
+            return self.config.domain
+        return self.config.name
 
     def public_url(self, http_port: int | None = None) -> str:
         url = self.config.str("http.public_url")
@@ -131,8 +165,10 @@ class Service:
     # -- parts
 
     def peer_routes(self) -> list[Any]:
-        """Routes of the peer API under /twin/v1/ (none until the peer part is built)."""
-        return []
+        """Routes of the peer API under /twin/v1/."""
+        from core.peer.api import routes
+
+        return routes(self)
 
     def open_store(self) -> Any:
         import storage
@@ -171,6 +207,16 @@ class Service:
         self._take_lock()
         try:
             self.store = await asyncio.to_thread(self.open_store)
+            self.mail.attach(self.store)
+            interval = self.config.int("storage.backup_interval")
+            if interval:  # the catalogue itself, into the dispersed store
+                self.spawn(self.store.backup_loop(interval), "catalogue-backup")
+            self.spawn(self.files.sweep(), "files-sweep")  # objects a crash left unreferenced
+            self.spawn(self.outbound.run(), "outbound-queue")
+            # twin-to-twin mail: the receiving side and bounces
+            self.peer.register(MAIL_KIND, self.router.receive_from_twin)
+            self.peer.on_bounce(MAIL_KIND, self.router.peer_bounced)
+            self.peer.start()
             http = HttpListener(self)
             self.listeners.append(http)
             for ep in entry_points(group="twin.listeners"):
@@ -218,6 +264,7 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        await self.peer.stop()
         for listener in reversed(self.listeners):
             try:
                 await listener.stop()
@@ -225,6 +272,10 @@ class Service:
                 log.exception("error while stopping a listener")
         self.listeners.clear()
         if self.store is not None:
+            try:  # leave a fresh catalogue backup behind on a clean stop
+                await self.store.backup()
+            except Exception as exc:
+                log.warning("catalogue backup at shutdown failed: %s", exc)
             await self.store.close()
             self.store = None
         with contextlib.suppress(FileNotFoundError):
@@ -234,6 +285,7 @@ class Service:
             self._lock_fd = None
 
     def close(self) -> None:
+        self.peer.close()
         self.phonebook.close()
         self.db.close()
 
@@ -244,7 +296,9 @@ class Service:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
-        log.info("twin %s is up (%s)", self.config.name, self.config.domain)
+        log.info("twin %s is up: log in as %s@%s with the app password `twin init` printed "
+                 "(a new one: `twin mail passwd`)", self.config.name, self.config.name,
+                 self.config.domain)
         try:
             await stop.wait()
         finally:

@@ -20,7 +20,7 @@ from typing import Any
 from core import config as cfg
 from core.errors import TwinError
 
-GROUPS = ("init", "serve", "config", "phonebook")
+GROUPS = ("init", "serve", "config", "phonebook", "storage", "mail", "peer")
 DEFAULT_DATA = ".twin"
 
 

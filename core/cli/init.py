@@ -38,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        help="add this to every default port (a second twin on one host: 100)")
         p.add_argument("--json", action="store_true",
                        help="print login, address, password (and mnemonic) as JSON")
+        if command == "restore":
+            p.add_argument("--config", metavar="TOML",
+                           help="start from this twin.toml (e.g. a copy of the old one naming "
+                                "the storage backends to restore from)")
         p.set_defaults(func=run_init if command == "init" else run_restore)
 
 
@@ -48,14 +52,26 @@ def _prepare(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     data = Path(args.data).expanduser().resolve()
     if (data / ident.KEY_FILE).exists():
         raise Invalid(f"{data} already holds a twin; choose another --data")
-    values: dict[str, Any] = {"twin.name": name,
-                              "twin.domain": (args.domain or f"{name}.localhost").lower()}
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values = _template(Path(args.config).expanduser().resolve())
+    values |= {"twin.name": name, "twin.domain": (args.domain or f"{name}.localhost").lower()}
     if args.port_offset:
         for key in PORT_KEYS:
             values[key] = cfg.BY_NAME[key].default + args.port_offset
     if args.phonebook:
         values["phonebook.path"] = str(Path(args.phonebook).expanduser().resolve())
     return data, values
+
+
+def _template(path: Path) -> dict[str, Any]:
+    """Settings of an old twin.toml; its local backends stay where they are."""
+    values = cfg.load_file_values(path)
+    backends = values.get("storage.backends", [])
+    for backend in backends:
+        if backend.get("kind") == "local" and not Path(backend["location"]).is_absolute():
+            backend["location"] = str(path.parent / backend["location"])
+    return values
 
 
 def _create(data: Path, values: dict[str, Any], identity: ident.Identity) -> dict[str, Any]:
@@ -147,7 +163,8 @@ def _restore_storage(data: Path) -> int | None:
                 master_key=identity.derive_key("storage"),
                 metadata_key=identity.derive_key("metadata"),
             )
-        except storage.errors.ObjectNotFound:
+        except storage.StorageError as exc:
+            print(f"twin: no objects restored: {exc}", file=sys.stderr)
             return None
         try:
             return len(await store.list())

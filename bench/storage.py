@@ -1,0 +1,217 @@
+"""Dispersed storage benchmark: one JSON line per figure on stdout.
+
+Run standalone: ``.venv/bin/python bench/storage.py`` (``--quick`` for a smoke run).
+Figures, all at 4-of-6 with 4 MiB segments on six local backends under
+``bench/out/`` (the same disk as the data dir):
+
+- put / get MiB/s of one 256 MiB object, and as ratios to the raw disk
+  (the same share bytes written to six files with fsync, and read back) and
+  to the encode / decode pipeline alone in memory (both CPU cores);
+- peak RSS of a fresh process that puts and gets a 1 GiB streamed object;
+- 4 KiB objects per second, put and get, 64 concurrent callers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from storage import open_store  # noqa: E402
+from storage.codec import SegmentKey, decode_segment, encode_segment  # noqa: E402
+
+MiB = 1024 * 1024
+SEG = 4 * MiB
+K, N = 4, 6
+
+
+def emit(figure: str, value: float, unit: str, **extra: object) -> None:
+    print(json.dumps({"bench": "storage", "figure": figure, "value": round(value, 2),
+                      "unit": unit, "k": K, "n": N, **extra}), flush=True)
+
+
+def specs(root: Path) -> list[dict[str, str]]:
+    return [{"name": f"b{i}", "kind": "local", "location": str(root / f"b{i}")}
+            for i in range(N)]
+
+
+def open_bench_store(root: Path):  # type: ignore[no-untyped-def]
+    return open_store(root / "data", k=K, n=N, segment_size=SEG, backends=specs(root),
+                      master_key=b"m" * 32, metadata_key=b"d" * 32)
+
+
+async def big_object(root: Path, size: int) -> tuple[float, float]:
+    data = os.urandom(size)
+    store = open_bench_store(root)
+    await store.put(b"warm-up")
+    t = time.perf_counter()
+    ref = await store.put(data)
+    put = size / MiB / (time.perf_counter() - t)
+    got = 0
+    t = time.perf_counter()
+    async for chunk in store.get(ref):
+        got += len(chunk)
+    get = size / MiB / (time.perf_counter() - t)
+    assert got == size
+    await store.close()
+    return put, get
+
+
+def raw_disk(root: Path, size: int) -> tuple[float, float]:
+    """The share bytes of ``size`` (x n/k) written to n files with fsync, and read back."""
+    per_file = size * N // K // N
+    block = os.urandom(SEG // K)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def write(i: int) -> None:
+        with open(root / f"raw{i}", "wb") as f:
+            for _ in range(per_file // len(block)):
+                f.write(block)
+                f.flush()
+                os.fdatasync(f.fileno())
+
+    def read(i: int) -> None:
+        with open(root / f"raw{i}", "rb") as f:
+            while f.read(len(block)):
+                pass
+
+    with ThreadPoolExecutor(N) as ex:
+        t = time.perf_counter()
+        list(ex.map(write, range(N)))
+        w = size / MiB / (time.perf_counter() - t)
+        t = time.perf_counter()
+        list(ex.map(read, range(N)))
+        r = size / MiB / (time.perf_counter() - t)
+    for i in range(N):
+        (root / f"raw{i}").unlink()
+    return w, r
+
+
+def pipeline(size: int) -> tuple[float, float]:
+    """encrypt + encode + frame (and back) of ``size`` bytes, in memory, on all cores."""
+    plain = os.urandom(SEG)
+    count = size // SEG
+    keys = [SegmentKey(b"k" * 32, b"p" * 16, b"o" * 16, i, i == count - 1, K, N)
+            for i in range(count)]
+    with ThreadPoolExecutor(os.cpu_count() or 2) as ex:
+        t = time.perf_counter()
+        encoded = list(ex.map(lambda sk: encode_segment(sk, plain), keys[:8]))
+        list(ex.map(lambda sk: encode_segment(sk, plain), keys))
+        enc = size / MiB / (time.perf_counter() - t) * (count + 8) / count
+        shares = {i: encoded[0].payloads[i] for i in range(K)}
+        t = time.perf_counter()
+        list(ex.map(lambda _: decode_segment(keys[0], SEG, shares), range(count)))
+        dec = size / MiB / (time.perf_counter() - t)
+    return enc, dec
+
+
+async def small_objects(root: Path, count: int, concurrency: int = 64) -> tuple[float, float]:
+    store = open_bench_store(root)
+    blobs = [os.urandom(4096) for _ in range(count)]
+    sem = asyncio.Semaphore(concurrency)
+
+    async def put(b: bytes):  # type: ignore[no-untyped-def]
+        async with sem:
+            return await store.put(b)
+
+    async def get(r) -> bytes:  # type: ignore[no-untyped-def]
+        async with sem:
+            return await store.read(r)
+
+    await store.put(b"warm-up")
+    t = time.perf_counter()
+    refs = await asyncio.gather(*(put(b) for b in blobs))
+    puts = count / (time.perf_counter() - t)
+    t = time.perf_counter()
+    got = await asyncio.gather(*(get(r) for r in refs))
+    gets = count / (time.perf_counter() - t)
+    assert got == blobs
+    await store.close()
+    return puts, gets
+
+
+CHILD = """
+import asyncio, sys, random
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from bench.storage import open_bench_store
+size = int(sys.argv[3])
+
+async def stream():
+    rng = random.Random(1)
+    left = size
+    while left:
+        n = min(1 << 20, left)
+        yield rng.randbytes(n)
+        left -= n
+
+async def main():
+    store = open_bench_store(Path(sys.argv[2]))
+    ref = await store.put(stream())
+    got = 0
+    async for chunk in store.get(ref):
+        got += len(chunk)
+    assert got == size
+    await store.close()
+    status = open("/proc/self/status").read()
+    print(next(l.split()[1] for l in status.splitlines() if l.startswith("VmHWM")))
+
+asyncio.run(main())
+"""
+
+
+def peak_rss(root: Path, size: int) -> float:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(root), str(size)],
+                         check=True, capture_output=True, text=True).stdout
+    return int(out.strip()) / 1024  # KiB -> MiB
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    args = ap.parse_args()
+    big = 32 * MiB if args.quick else 256 * MiB
+    huge = 64 * MiB if args.quick else 1024 * MiB
+    small = 300 if args.quick else 3000
+    out = ROOT / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="storage-", dir=out))
+    try:
+        put, get = asyncio.run(big_object(root / "big", big))
+        disk_w, disk_r = raw_disk(root / "raw", big)
+        enc, dec = pipeline(big)
+        emit("put_MiBps", put, "MiB/s", object_MiB=big // MiB, target=250)
+        emit("get_MiBps", get, "MiB/s", object_MiB=big // MiB, target=300)
+        emit("raw_disk_write_fsync_MiBps", disk_w, "MiB/s",
+             note="the same n/k share bytes to n files with fsync, per MiB of object")
+        emit("raw_disk_read_MiBps", disk_r, "MiB/s")
+        emit("pipeline_encode_MiBps", enc, "MiB/s", note="encrypt+zfec+hash in memory")
+        emit("pipeline_decode_MiBps", dec, "MiB/s", note="join+decrypt in memory")
+        emit("put_vs_raw_disk", put / disk_w, "ratio")
+        emit("get_vs_raw_disk", get / disk_r, "ratio")
+        emit("put_vs_pipeline", put / enc, "ratio")
+        emit("get_vs_pipeline", get / dec, "ratio")
+        shutil.rmtree(root / "big")
+        emit("peak_rss_MiB", peak_rss(root / "rss", huge), "MiB", object_MiB=huge // MiB,
+             target=120, note="put+get of a streamed object in a fresh process (VmHWM)")
+        shutil.rmtree(root / "rss", ignore_errors=True)
+        puts, gets = asyncio.run(small_objects(root / "small", small))
+        emit("small_put_per_s", puts, "objects/s", object_KiB=4, concurrency=64, target=600)
+        emit("small_get_per_s", gets, "objects/s", object_KiB=4, concurrency=64)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

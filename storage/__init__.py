@@ -1,0 +1,125 @@
+"""Dispersed, encrypted object storage for the twin.
+
+The contract
+============
+
+Objects are opaque byte streams named by an ``ObjectRef`` (``str(ref)`` is
+``<32 hex id>:<size>``, ``ObjectRef.parse`` reads it back). ``open_store`` gives
+a ``Store``; every method is a coroutine safe to call concurrently from one
+event loop (many puts and gets at once are the normal case)::
+
+    ref  = await store.put(source)          # bytes | async iterable of bytes | binary file
+    async for chunk in store.get(ref, start=0, end=None):   # end exclusive, clamped to size
+        ...                                  # (await store.get(...) first to fail early
+                                             #  with ObjectNotFound before sending anything)
+    data = await store.read(ref, start, end) # the same, joined: for small objects
+    info = await store.stat(ref)             # ObjectInfo(id, size, created, segments, k, n)
+    await store.delete(ref)
+    infos = await store.list()               # or ``async for info in store.iter_objects()``
+    report = await store.verify(sample=None | fraction, clean=False)   # VerifyReport
+    report = await store.repair()            # RepairReport
+    name = await store.backup(); await store.backup_loop(interval_seconds)
+    store = await Store.restore(data_dir, backends=..., metadata_key=..., master_key=...)
+    healths = await store.health()           # [BackendHealth(name, kind, location, ...)]
+    await store.close()
+
+Guarantees:
+
+- ``put`` returns once every share and the manifest are durable; before that
+  the object is invisible, and a crash leaves only orphan shares that
+  ``verify(clean=True)`` removes. Memory stays bounded (a few segments)
+  whatever the object size; ranged ``get`` decodes only the covering segments.
+- Each segment (default 4 MiB) is encrypted with XChaCha20-Poly1305 under a
+  per-object key (stored wrapped by the master key), bound to object id,
+  segment number and last-segment flag, then cut by zfec into n shares of
+  which any k rebuild it; each share on a *distinct* backend, each with a
+  versioned header and a BLAKE2b hash. A corrupt or missing share is skipped;
+  fewer than k good shares raise ``NotEnoughShares``.
+- Writes need ``write_quorum`` shares per segment (default k+1, at most n):
+  with a backend down, puts still succeed at reduced redundancy and ``repair``
+  restores full redundancy later (also onto an empty replacement backend).
+- Errors (``storage.errors``): ``StorageError`` and its subclasses
+  ``ObjectNotFound``, ``NotEnoughShares``, ``BackendUnavailable``,
+  ``IntegrityError``, ``InvalidReference`` (a malformed ref; also a ValueError).
+
+Pluggable part: shard backends (``storage.backends.ShardBackend``: put, get,
+delete, list, stat, health, close), chosen by ``kind`` — ``local`` (a directory
+of append-only data files with an index, group-committed fsyncs) and ``resp``
+(Redis, or 0-db namespaces with ``zdb://host:port/namespace``). A data dir and
+its local backends are used by one process at a time.
+
+The catalogue (``catalogue.sqlite`` in the data dir) is backed up into the
+store itself, sealed by the *metadata* key, findable without the catalogue
+under ``backup/`` on every backend; see ``storage.backup``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from storage.backends import ShardBackend, load
+from storage.catalogue import FILE_NAME, Catalogue
+from storage.errors import (
+    BackendUnavailable,
+    IntegrityError,
+    InvalidReference,
+    NotEnoughShares,
+    ObjectNotFound,
+    StorageError,
+)
+from storage.model import (
+    BackendHealth,
+    ObjectInfo,
+    ObjectRef,
+    RepairReport,
+    ShareProblem,
+    VerifyReport,
+)
+from storage.store import ObjectStream, Store, default_executors
+
+__all__ = [
+    "BackendHealth",
+    "BackendUnavailable",
+    "IntegrityError",
+    "InvalidReference",
+    "NotEnoughShares",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "ObjectRef",
+    "ObjectStream",
+    "RepairReport",
+    "ShardBackend",
+    "ShareProblem",
+    "StorageError",
+    "Store",
+    "VerifyReport",
+    "open_store",
+]
+
+MAX_BACKENDS = 64
+
+
+def open_store(data_dir: Path, *, k: int, n: int, segment_size: int,
+               backends: list[dict[str, str]], master_key: bytes, metadata_key: bytes,
+               write_quorum: int | None = None) -> Store:
+    """Open (creating if needed) the store of a twin's data dir.
+
+    ``backends`` are ``{"name", "kind": "local"|"resp", "location"}``; local
+    locations are relative to ``data_dir``. Backends are reached lazily, so an
+    unreachable one does not stop the store from opening (reads use the others).
+    """
+    data_dir = Path(data_dir)
+    if not isinstance(backends, list) or not 1 <= len(backends) <= MAX_BACKENDS:
+        raise ValueError(f"need 1..{MAX_BACKENDS} backends")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cpu, io = default_executors()
+    try:
+        loaded = [load(spec, data_dir, io) for spec in backends]
+        catalogue = Catalogue(data_dir / FILE_NAME, io)
+        return Store(data_dir, loaded, catalogue, k=k, n=n, segment_size=segment_size,
+                     master_key=master_key, metadata_key=metadata_key, cpu=cpu, io=io,
+                     write_quorum=write_quorum)
+    except BaseException:
+        cpu.shutdown(wait=False)
+        io.shutdown(wait=False)
+        raise

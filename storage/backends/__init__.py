@@ -1,0 +1,97 @@
+"""Shard backends: where share bytes live.
+
+The contract (``ShardBackend``) is deliberately small so that a directory, a
+Redis or a 0-db namespace can all hold shares:
+
+- keys are short ASCII strings (``check_key``), values are opaque bytes;
+- ``put`` returns only once the value is durable (as durable as the backend
+  can make it: fsync for ``local``, the server's AOF policy for ``resp``);
+- ``get`` returns None for a missing key; any failure to *reach* the backend
+  raises ``BackendUnavailable`` (the store then treats its shares as missing);
+- ``list(prefix)`` yields keys in pages so a backend with millions of keys
+  never needs them all in memory.
+
+``load(spec, data_dir, executor)`` picks the implementation by ``kind``, the way
+Radicale picks its storage: ``{"name": "local0", "kind": "local",
+"location": "shards/0"}`` (relative to the data dir) or ``{"name": "r1", "kind":
+"resp", "location": "redis://127.0.0.1:6379/0"}`` (``zdb://host:port/namespace``
+for 0-db, where the namespace is selected with ``SELECT namespace``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from storage.errors import InvalidReference
+from storage.model import BackendHealth
+
+Buffer = bytes | memoryview
+MAX_KEY = 200
+_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def check_key(key: str) -> str:
+    """Keys are interpolated into file indexes and SCAN patterns: keep them boring."""
+    if not isinstance(key, str) or not _KEY_RE.match(key) or ".." in key:
+        raise InvalidReference(f"invalid shard key {key!r:.80}")
+    return key
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(f"invalid backend name {name!r:.80}: use letters, digits, - and _")
+    return name
+
+
+@runtime_checkable
+class ShardBackend(Protocol):
+    name: str
+    kind: str
+    location: str
+
+    async def put(self, key: str, parts: Sequence[Buffer]) -> None:
+        """Store the concatenation of ``parts`` under ``key``, durably, replacing any value."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def delete(self, key: str) -> bool:
+        """True if the key existed."""
+
+    def list(self, prefix: str = "") -> AsyncIterator[str]: ...
+
+    async def stat(self, key: str) -> int | None:
+        """Stored size in bytes, None if missing."""
+
+    async def health(self) -> BackendHealth: ...
+
+    async def close(self) -> None: ...
+
+
+def load(spec: dict[str, str], data_dir: Path, executor: Executor) -> ShardBackend:
+    if not isinstance(spec, dict):
+        raise ValueError(f"backend spec must be a table, got {type(spec).__name__}")
+    unknown = set(spec) - {"name", "kind", "location"}
+    if unknown:
+        raise ValueError(f"backend spec has unknown keys {sorted(unknown)}")
+    name = check_name(str(spec.get("name", "")))
+    kind = str(spec.get("kind", ""))
+    location = str(spec.get("location", ""))
+    if not location or len(location) > 1000:
+        raise ValueError(f"backend {name}: location missing or too long")
+    if kind == "local":
+        from storage.backends.local import LocalBackend
+
+        path = Path(location).expanduser()
+        if not path.is_absolute():
+            path = data_dir / path
+        return LocalBackend(name, path, executor, location=location)
+    if kind == "resp":
+        from storage.backends.resp import RespBackend
+
+        return RespBackend(name, location)
+    raise ValueError(f"backend {name}: unknown kind {kind!r} (expected local or resp)")

@@ -1,0 +1,466 @@
+"""``local`` backend: a directory holding append-only data files and an index.
+
+Small shares are the common case (a mail of a few KiB gives six shares of a
+few KiB), and one file per share cannot reach hundreds of objects per second
+with an fsync each. So, like 0-db, every share is appended as a record to the
+current data file (``data/NNNNNNNN.dat``, rotated at ``max_file`` bytes) and an
+SQLite index (``index.sqlite``) maps key -> (file, offset, length).
+
+Durability: a batch of puts (group commit) is written, the data file is
+fdatasync'ed once, then the index rows are committed. The index runs with
+``synchronous=NORMAL``: if power is lost before its WAL reaches the disk, the
+records are still in the synced data file, and opening the backend re-indexes
+every record past the last indexed offset (records are self-describing:
+``"TWR1" | key length u16 | value length u32 | key | value``). A torn record at
+the tail (crash during a write that was never acknowledged) is cut off.
+
+Deletes only drop index rows and count dead bytes per file; a sealed file
+whose dead bytes reach half its size is compacted (live records copied to the
+current file, then the old file retired and removed after a grace period so
+that readers holding an old offset finish first).
+
+A directory is used by one process at a time (``flock`` on ``lock``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import sqlite3
+import struct
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from storage.backends import Buffer, check_key
+from storage.errors import BackendUnavailable
+from storage.groupcommit import GroupCommit
+from storage.model import BackendHealth
+
+log = logging.getLogger("twin.storage")
+T = TypeVar("T")
+
+RECORD = struct.Struct(">4sHI")
+RECORD_MAGIC = b"TWR1"
+MAX_VALUE = (1 << 31) - 1
+SMALL = 64 * 1024
+RETIRE_GRACE = 60.0
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS shards(
+    key TEXT PRIMARY KEY, file INTEGER NOT NULL, offset INTEGER NOT NULL,
+    length INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS files(
+    id INTEGER PRIMARY KEY, indexed INTEGER NOT NULL, dead INTEGER NOT NULL DEFAULT 0,
+    retired REAL);
+"""
+
+Op = tuple[str, str, Sequence[Buffer] | None]
+
+
+@dataclass
+class _Writer:
+    lock_fd: int
+    db: sqlite3.Connection
+    file_id: int
+    fd: int
+    size: int
+    dead: dict[int, int] = field(default_factory=dict)
+
+
+def _pwrite_all(fd: int, bufs: Sequence[Buffer], offset: int) -> None:
+    views = [memoryview(b) for b in bufs if len(b)]
+    while views:
+        written = os.pwritev(fd, views[:512], offset)
+        offset += written
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if written:
+            views[0] = views[0][written:]
+
+
+class LocalBackend:
+    kind = "local"
+
+    def __init__(self, name: str, path: Path, executor: Executor, *, location: str | None = None,
+                 max_file: int = 256 * 1024 * 1024) -> None:
+        self.name = name
+        self.path = path
+        self.location = location if location is not None else str(path)
+        self._executor = executor
+        self._max_file = max_file
+        self._errors = 0
+        self._wlock = threading.Lock()
+        self._writer: _Writer | None = None
+        self._readers: builtins.list[sqlite3.Connection] = []
+        self._tls = threading.local()
+        self._fds: dict[int, int] = {}
+        self._fd_lock = threading.Lock()
+        self._commit: GroupCommit[Op, bool] = GroupCommit(self._run_batch, executor)
+        self._closed = False
+
+    # -- the protocol
+
+    async def put(self, key: str, parts: Sequence[Buffer]) -> None:
+        check_key(key)
+        size = sum(len(p) for p in parts)
+        if size > MAX_VALUE:
+            raise ValueError(f"value of {size} bytes is too large for a local backend")
+        await self._commit.submit(("put", key, parts), size)
+
+    async def get(self, key: str) -> bytes | None:
+        check_key(key)
+        return await self._io(self._read, key)
+
+    async def delete(self, key: str) -> bool:
+        check_key(key)
+        return await self._commit.submit(("del", key, None))
+
+    async def stat(self, key: str) -> int | None:
+        check_key(key)
+        return await self._io(self._stat, key)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        after = prefix
+        while True:
+            page = await self._io(self._page, prefix, after)
+            for key in page:
+                yield key
+            if len(page) < 1000:
+                return
+            after = page[-1]
+
+    async def health(self) -> BackendHealth:
+        try:
+            await self._io(self._ensure_open)
+            free = await self._io(lambda: shutil.disk_usage(self.path).free)
+            return BackendHealth(self.name, self.kind, self.location, True, free, self._errors)
+        except BackendUnavailable as exc:
+            return BackendHealth(self.name, self.kind, self.location, False, None, self._errors,
+                                 exc.detail)
+
+    async def close(self) -> None:
+        await self._commit.drain()
+        self._closed = True
+        with self._wlock:
+            self._drop_writer()
+        with self._fd_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    async def compact(self) -> int:
+        """Compact every sealed file with dead bytes now; returns files compacted."""
+        return await self._io(self._compact_all, 0.0)
+
+    # -- plumbing
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._guard, fn, *args)
+
+    def _guard(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except BackendUnavailable:
+            self._errors += 1
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            self._errors += 1
+            log.warning("backend %s: %s", self.name, exc)
+            raise BackendUnavailable(self.name, str(exc)) from exc
+
+    def _ensure_open(self) -> _Writer:
+        with self._wlock:
+            return self._writer_state()
+
+    def _writer_state(self) -> _Writer:
+        if self._writer is not None:
+            return self._writer
+        if self._closed:
+            raise BackendUnavailable(self.name, "closed")
+        try:
+            if not self.path.exists():
+                self.path.mkdir(parents=True)
+                log.info("backend %s: %s did not exist, created it empty", self.name,
+                            self.path)
+            (self.path / "data").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise BackendUnavailable(self.name, f"cannot use {self.path}: {exc}") from exc
+        lock_fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(lock_fd)
+            raise BackendUnavailable(self.name, f"{self.path} is in use by another process"
+                                     ) from exc
+        try:
+            db = sqlite3.connect(self.path / "index.sqlite", check_same_thread=False,
+                                 isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            self._writer = self._recover(lock_fd, db)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return self._writer
+
+    def _drop_writer(self) -> None:
+        w = self._writer
+        self._writer = None
+        if w is not None:
+            with contextlib.suppress(OSError):
+                os.close(w.fd)
+            w.db.close()
+            os.close(w.lock_fd)
+
+    def _data_file(self, file_id: int) -> Path:
+        return self.path / "data" / f"{file_id:08d}.dat"
+
+    def _recover(self, lock_fd: int, db: sqlite3.Connection) -> _Writer:
+        """Bring the index in line with the data files after any kind of stop."""
+        known = {r[0]: (r[1], r[2]) for r in db.execute("SELECT id, indexed, retired FROM files")}
+        on_disk = sorted(int(p.stem) for p in (self.path / "data").glob("*.dat")
+                         if p.stem.isdigit())
+        db.execute("BEGIN")
+        for file_id, (_, retired) in known.items():
+            if retired is not None:
+                self._data_file(file_id).unlink(missing_ok=True)
+                db.execute("DELETE FROM files WHERE id=?", (file_id,))
+            elif file_id not in on_disk:
+                lost = db.execute("DELETE FROM shards WHERE file=?", (file_id,)).rowcount
+                db.execute("DELETE FROM files WHERE id=?", (file_id,))
+                log.error("backend %s: data file %d vanished, %d shares lost", self.name,
+                          file_id, lost)
+        live = [f for f in on_disk if f not in known or known[f][1] is None]
+        for file_id in live:
+            indexed = known[file_id][0] if file_id in known else 0
+            if file_id not in known:
+                db.execute("INSERT INTO files(id, indexed) VALUES (?, 0)", (file_id,))
+            self._reindex_tail(db, file_id, indexed)
+        if not live:
+            live = [1]
+            self._data_file(1).touch()
+            db.execute("INSERT OR IGNORE INTO files(id, indexed) VALUES (1, 0)")
+        db.execute("COMMIT")
+        active = live[-1]
+        fd = os.open(self._data_file(active), os.O_RDWR)
+        size = os.fstat(fd).st_size
+        return _Writer(lock_fd, db, active, fd, size)
+
+    def _reindex_tail(self, db: sqlite3.Connection, file_id: int, indexed: int) -> None:
+        path = self._data_file(file_id)
+        size = path.stat().st_size
+        if size < indexed:
+            log.error("backend %s: data file %d shrank from %d to %d bytes", self.name, file_id,
+                      indexed, size)
+            db.execute("DELETE FROM shards WHERE file=? AND offset+length>?", (file_id, size))
+        offset, found = min(indexed, size), 0
+        with open(path, "rb") as f:
+            while offset + RECORD.size <= size:
+                f.seek(offset)
+                magic, klen, vlen = RECORD.unpack(f.read(RECORD.size))
+                end = offset + RECORD.size + klen + vlen
+                if magic != RECORD_MAGIC or end > size:
+                    break
+                key = f.read(klen).decode("ascii", "replace")
+                self._index_put(db, key, file_id, offset + RECORD.size + klen, vlen, {})
+                offset, found = end, found + 1
+        if offset < size:
+            log.warning("backend %s: cutting %d torn bytes off data file %d", self.name,
+                        size - offset, file_id)
+            os.truncate(path, offset)
+        if found:
+            log.info("backend %s: re-indexed %d records of data file %d", self.name, found,
+                     file_id)
+        db.execute("UPDATE files SET indexed=? WHERE id=?", (offset, file_id))
+
+    @staticmethod
+    def _index_put(db: sqlite3.Connection, key: str, file_id: int, offset: int, length: int,
+                   dead: dict[int, int]) -> None:
+        old = db.execute("SELECT file, length FROM shards WHERE key=?", (key,)).fetchone()
+        if old is not None:
+            dead[old[0]] = dead.get(old[0], 0) + RECORD.size + len(key) + old[1]
+        db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?)",
+                   (key, file_id, offset, length))
+
+    def _rotate(self, w: _Writer) -> None:
+        os.fdatasync(w.fd)
+        os.close(w.fd)
+        w.file_id += 1
+        w.fd = os.open(self._data_file(w.file_id), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        w.size = 0
+        dfd = os.open(self.path / "data", os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        w.db.execute("INSERT INTO files(id, indexed) VALUES (?, 0)", (w.file_id,))
+
+    def _append(self, w: _Writer, records: builtins.list[tuple[str, int, int]], key: str,
+                parts: Sequence[Buffer], pending: builtins.list[Buffer]) -> None:
+        """Queue one record; small ones are coalesced into a single pwritev."""
+        kb = key.encode("ascii")
+        length = sum(len(p) for p in parts)
+        total = RECORD.size + len(kb) + length
+        if w.size > 0 and w.size + total > self._max_file:
+            self._flush_pending(w, pending)
+            self._rotate(w)
+        head = RECORD.pack(RECORD_MAGIC, len(kb), length) + kb
+        if length <= SMALL:
+            pending.append(head)
+            pending.extend(parts)
+        else:
+            self._flush_pending(w, pending)
+            _pwrite_all(w.fd, [head, *parts], w.size)
+        records.append((key, w.file_id, w.size + len(head)))
+        w.size += total
+
+    @staticmethod
+    def _flush_pending(w: _Writer, pending: builtins.list[Buffer]) -> None:
+        if pending:
+            total = sum(len(b) for b in pending)
+            _pwrite_all(w.fd, pending, w.size - total)
+            pending.clear()
+
+    def _run_batch(self, ops: builtins.list[Op]) -> builtins.list[bool]:
+        with self._wlock:
+            try:
+                return self._write_batch(ops)
+            except (OSError, sqlite3.Error) as exc:
+                self._errors += 1
+                log.error("backend %s: write failed, reopening: %s", self.name, exc)
+                self._drop_writer()
+                raise BackendUnavailable(self.name, str(exc)) from exc
+
+    def _write_batch(self, ops: builtins.list[Op]) -> builtins.list[bool]:
+        w = self._writer_state()
+        records: builtins.list[tuple[str, int, int]] = []
+        pending: builtins.list[Buffer] = []
+        for kind, key, parts in ops:
+            if kind == "put" and parts is not None:
+                self._append(w, records, key, parts, pending)
+        self._flush_pending(w, pending)
+        if records:
+            os.fdatasync(w.fd)
+        results: builtins.list[bool] = []
+        dead: dict[int, int] = {}
+        db = w.db
+        db.execute("BEGIN")
+        rec = iter(records)
+        for kind, key, parts in ops:
+            if kind == "put" and parts is not None:
+                _, file_id, offset = next(rec)
+                self._index_put(db, key, file_id, offset, sum(len(p) for p in parts), dead)
+                results.append(True)
+            else:
+                old = db.execute("SELECT file, length FROM shards WHERE key=?", (key,)).fetchone()
+                if old is not None:
+                    db.execute("DELETE FROM shards WHERE key=?", (key,))
+                    dead[old[0]] = dead.get(old[0], 0) + RECORD.size + len(key) + old[1]
+                results.append(old is not None)
+        for file_id, amount in dead.items():
+            db.execute("UPDATE files SET dead=dead+? WHERE id=?", (amount, file_id))
+        db.execute("UPDATE files SET indexed=? WHERE id=?", (w.size, w.file_id))
+        db.execute("COMMIT")
+        if dead:
+            self._compact_locked(w, 0.5)
+        self._remove_retired(w)
+        return results
+
+    def _compact_all(self, ratio: float) -> int:
+        with self._wlock:
+            return self._compact_locked(self._writer_state(), ratio)
+
+    def _compact_locked(self, w: _Writer, ratio: float) -> int:
+        rows = w.db.execute(
+            "SELECT id FROM files WHERE retired IS NULL AND id<>? AND indexed>0 "
+            "AND dead>0 AND dead>=indexed*?", (w.file_id, ratio)).fetchall()
+        for (file_id,) in rows:
+            live = w.db.execute("SELECT key, offset, length FROM shards WHERE file=?",
+                                (file_id,)).fetchall()
+            moved: builtins.list[tuple[str, int, int]] = []
+            pending: builtins.list[Buffer] = []
+            src = os.open(self._data_file(file_id), os.O_RDONLY)
+            try:
+                for key, offset, length in live:
+                    self._append(w, moved, key, [os.pread(src, length, offset)], pending)
+                    self._flush_pending(w, pending)
+            finally:
+                os.close(src)
+            os.fdatasync(w.fd)
+            w.db.execute("BEGIN")
+            for key, new_file, new_offset in moved:
+                w.db.execute("UPDATE shards SET file=?, offset=? WHERE key=?",
+                             (new_file, new_offset, key))
+            w.db.execute("UPDATE files SET retired=? WHERE id=?", (time.time(), file_id))
+            w.db.execute("UPDATE files SET indexed=? WHERE id=?", (w.size, w.file_id))
+            w.db.execute("COMMIT")
+            log.info("backend %s: compacted data file %d (%d live records moved)", self.name,
+                     file_id, len(moved))
+        return len(rows)
+
+    def _remove_retired(self, w: _Writer) -> None:
+        old = w.db.execute("SELECT id FROM files WHERE retired IS NOT NULL AND retired<?",
+                           (time.time() - RETIRE_GRACE,)).fetchall()
+        for (file_id,) in old:
+            with self._fd_lock:
+                fd = self._fds.pop(file_id, None)
+                if fd is not None:
+                    os.close(fd)
+            self._data_file(file_id).unlink(missing_ok=True)
+            w.db.execute("DELETE FROM files WHERE id=?", (file_id,))
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._tls, "conn", None)
+        if conn is None:
+            self._ensure_open()
+            conn = sqlite3.connect(self.path / "index.sqlite", check_same_thread=False)
+            with self._fd_lock:
+                self._readers.append(conn)
+            self._tls.conn = conn
+        return conn
+
+    def _fd(self, file_id: int) -> int:
+        with self._fd_lock:
+            fd = self._fds.get(file_id)
+            if fd is None:
+                fd = os.open(self._data_file(file_id), os.O_RDONLY)
+                self._fds[file_id] = fd
+            return fd
+
+    def _read(self, key: str) -> bytes | None:
+        if self._writer is None:
+            self._ensure_open()
+        row = self._reader().execute("SELECT file, offset, length FROM shards WHERE key=?",
+                                     (key,)).fetchone()
+        if row is None:
+            return None
+        file_id, offset, length = row
+        data = os.pread(self._fd(file_id), length, offset)
+        if len(data) != length:
+            raise OSError(f"short read of {key} in data file {file_id}")
+        return data
+
+    def _stat(self, key: str) -> int | None:
+        row = self._reader().execute("SELECT length FROM shards WHERE key=?", (key,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _page(self, prefix: str, after: str) -> builtins.list[str]:
+        rows = self._reader().execute(
+            "SELECT key FROM shards WHERE key>=? AND key>? ORDER BY key LIMIT 1000",
+            (prefix, after)).fetchall()
+        return [r[0] for r in rows if r[0].startswith(prefix)]

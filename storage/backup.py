@@ -1,0 +1,195 @@
+"""Catalogue backups inside the dispersed store, and restore from them.
+
+A backup is a consistent snapshot of the catalogue written like any object
+(namespace ``b/``, random key), plus a small *backup manifest* (where its shares
+are, its key) sealed with the metadata key and put on **every** backend under
+``backup/<time_ns:020d>-<id>``. So with nothing but the metadata key (derived
+from the twin's words) and the backend list, restore lists ``backup/`` on any
+reachable backend, takes the newest manifest it can open, reads the snapshot
+back and installs it as the catalogue. Objects written after that backup are
+not in it (their shares show up as orphans in verify); back up often.
+The newest ``KEEP`` backups are kept, older ones are deleted after each backup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import cbor2
+
+from storage import crypto
+from storage.backends import ShardBackend, load
+from storage.catalogue import FILE_NAME, Catalogue, Manifest, SegmentEntry
+from storage.errors import BackendUnavailable, IntegrityError, StorageError
+from storage.store import NS_BACKUP, Store, default_executors, share_key
+
+log = logging.getLogger("twin.storage")
+PREFIX = "backup/"
+KEEP = 3
+_MAGIC = b"TWBK1"
+MAX_MANIFEST = 64 * 1024 * 1024
+
+
+async def _names(backends: list[ShardBackend]) -> dict[str, list[ShardBackend]]:
+    names: dict[str, list[ShardBackend]] = {}
+    for b in backends:
+        try:
+            async for key in b.list(PREFIX):
+                names.setdefault(key, []).append(b)
+        except BackendUnavailable as exc:
+            log.warning("cannot list backups on %s: %s", b.name, exc.detail)
+    return names
+
+
+async def live_backup_ids(store: Store) -> set[str]:
+    return {name.rsplit("-", 1)[-1] for name in await _names(store.backends)}
+
+
+def _encode(m: Manifest, key: bytes) -> bytes:
+    body = {"v": 1, "id": m.id, "size": m.size, "created": m.created, "k": m.k, "n": m.n,
+            "segment_size": m.segment_size, "key": key, "prefix": m.prefix,
+            "segments": [[s.placement, s.hashes] for s in m.segments]}
+    return _MAGIC + cbor2.dumps(body)
+
+
+def _decode(plain: bytes) -> tuple[Manifest, bytes]:
+    if not plain.startswith(_MAGIC):
+        raise IntegrityError("not a backup manifest")
+    try:
+        b: Any = cbor2.loads(plain[len(_MAGIC):])
+        segs = [SegmentEntry([str(p) for p in pl], [bytes(h) for h in hs])
+                for pl, hs in b["segments"]]
+        m = Manifest(str(b["id"]), int(b["size"]), float(b["created"]), int(b["k"]),
+                     int(b["n"]), int(b["segment_size"]), b"", bytes(b["prefix"]), segs,
+                     len(segs))
+        return m, crypto.check_key(bytes(b["key"]), "backup key")
+    except (KeyError, TypeError, ValueError, cbor2.CBORDecodeError) as exc:
+        raise IntegrityError(f"malformed backup manifest: {exc}") from exc
+
+
+async def _open_manifest(name: str, holders: list[ShardBackend], metadata_key: bytes
+                         ) -> tuple[Manifest, bytes] | None:
+    for b in holders:
+        try:
+            sealed = await b.get(name)
+            if sealed is None or len(sealed) > MAX_MANIFEST:
+                continue
+            return _decode(crypto.unseal(metadata_key, sealed, f"backup {name}"))
+        except (BackendUnavailable, IntegrityError) as exc:
+            log.warning("backup %s on %s unusable: %s", name, b.name, exc)
+    return None
+
+
+async def backup(store: Store) -> str:
+    """Snapshot the catalogue into the store; returns the backup's name."""
+    loop = asyncio.get_running_loop()
+    tmp = store.data_dir / f".catalogue-backup-{secrets.token_hex(4)}.sqlite"
+    oid = secrets.token_hex(16)
+    key, prefix = crypto.new_key(), crypto.new_prefix()
+    written: list[tuple[ShardBackend, str]] = []
+    store.inflight.add(oid)
+    try:
+        await loop.run_in_executor(store.io, store.catalogue.snapshot, tmp)
+        f = await loop.run_in_executor(store.io, open, tmp, "rb")
+        try:
+            size, entries = await store.write_stream(f, NS_BACKUP, oid, key, prefix, written)
+        finally:
+            f.close()
+        m = Manifest(oid, size, time.time(), store.k, store.n, store.segment_size, b"", prefix,
+                     entries, len(entries))
+        sealed = crypto.seal(store.metadata_key, _encode(m, key))
+        name = f"{PREFIX}{time.time_ns():020d}-{oid}"
+        results = await asyncio.gather(*(b.put(name, [sealed]) for b in store.backends),
+                                       return_exceptions=True)
+        stored = sum(1 for r in results if not isinstance(r, BaseException))
+        if stored == 0:
+            raise BackendUnavailable("*", "no backend accepted the backup manifest")
+    except BaseException:
+        await store.discard(written)
+        raise
+    finally:
+        store.inflight.discard(oid)
+        tmp.unlink(missing_ok=True)
+    log.info("catalogue backed up as %s (%d bytes, manifest on %d of %d backends)", name, size,
+             stored, len(store.backends))
+    await _prune(store)
+    return name
+
+
+async def _prune(store: Store) -> None:
+    names = await _names(store.backends)
+    for name in sorted(names, reverse=True)[KEEP:]:
+        opened = await _open_manifest(name, names[name], store.metadata_key)
+        if opened is not None:
+            m, _ = opened
+            await store.delete_keys([(b, share_key(NS_BACKUP, m.id, seg, i))
+                                     for seg, e in enumerate(m.segments)
+                                     for i, b in enumerate(e.placement) if b])
+        await asyncio.gather(*(b.delete(name) for b in names[name]), return_exceptions=True)
+        log.info("removed old backup %s", name)
+
+
+def _sync(f: BinaryIO) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+async def _read_into(store: Store, m: Manifest, key: bytes, path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    f = await loop.run_in_executor(store.io, open, path, "wb")
+    try:
+        for seg in range(m.segment_count):
+            data = await store.read_segment(m, key, seg, NS_BACKUP)
+            await loop.run_in_executor(store.io, f.write, data)
+        await loop.run_in_executor(store.io, _sync, f)
+    finally:
+        f.close()
+
+
+async def restore(data_dir: Path, *, backends: list[dict[str, str]], metadata_key: bytes,
+                  master_key: bytes, k: int, n: int, segment_size: int) -> Store:
+    from storage import open_store
+
+    crypto.check_key(metadata_key, "metadata key")
+    loop = asyncio.get_running_loop()
+    target = data_dir / FILE_NAME
+    await loop.run_in_executor(None, lambda: data_dir.mkdir(parents=True, exist_ok=True))
+    if await loop.run_in_executor(None, target.exists):
+        raise StorageError(f"{target} exists: restore needs a data dir without a catalogue")
+    part = data_dir / (FILE_NAME + ".restore")
+    scratch = data_dir / (FILE_NAME + ".scratch")
+    cpu, io = default_executors()
+    loaded = [load(spec, data_dir, io) for spec in backends]
+    store = Store(data_dir, loaded, Catalogue(scratch, io), k=k, n=n,
+                  segment_size=segment_size, master_key=master_key, metadata_key=metadata_key,
+                  cpu=cpu, io=io)
+    try:
+        names = await _names(loaded)
+        for name in sorted(names, reverse=True):
+            opened = await _open_manifest(name, names[name], metadata_key)
+            if opened is None:
+                continue
+            m, key = opened
+            try:
+                await _read_into(store, m, key, part)
+            except StorageError as exc:
+                log.warning("backup %s cannot be read back (%s); trying an older one", name, exc)
+                continue
+            log.info("restoring the catalogue from backup %s (%d bytes)", name, m.size)
+            break
+        else:
+            raise StorageError("no readable catalogue backup on the given backends "
+                               "(wrong metadata key, or no backup was ever made)")
+    finally:
+        await store.close()
+        for leftover in scratch.parent.glob(scratch.name + "*"):
+            leftover.unlink(missing_ok=True)
+    os.replace(part, target)
+    return open_store(data_dir, k=k, n=n, segment_size=segment_size, backends=backends,
+                      master_key=master_key, metadata_key=metadata_key)

@@ -1,0 +1,62 @@
+"""One segment to n shares and back: encrypt, erasure-code, frame.
+
+Pure functions over bytes, so the store can run them inline for small
+segments and in its CPU thread pool for large ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storage import crypto, erasure
+from storage.erasure import Buffer
+from storage.share import HEADER_BYTES, ShareId, check, make_header
+
+
+@dataclass(frozen=True)
+class SegmentKey:
+    """Everything that identifies one segment of one object cryptographically."""
+
+    key: bytes
+    prefix: bytes
+    object_id: bytes
+    segment: int
+    last: bool
+    k: int
+    n: int
+
+    def share_id(self, index: int, cipher_len: int) -> ShareId:
+        return ShareId(self.object_id, self.segment, index, self.k, self.n, cipher_len)
+
+
+@dataclass
+class EncodedSegment:
+    headers: list[bytes]
+    payloads: list[Buffer]
+
+    @property
+    def hashes(self) -> list[bytes]:
+        return [h[HEADER_BYTES - 32:] for h in self.headers]
+
+
+def encode_segment(sk: SegmentKey, plain: Buffer) -> EncodedSegment:
+    cipher = crypto.encrypt_segment(
+        sk.key, sk.prefix, sk.object_id, sk.segment, sk.last, bytes(plain)
+    )
+    payloads = erasure.encode(cipher, sk.k, sk.n)
+    headers = [make_header(sk.share_id(i, len(cipher)), p) for i, p in enumerate(payloads)]
+    return EncodedSegment(headers, payloads)
+
+
+def cipher_len(plain_len: int) -> int:
+    return plain_len + crypto.TAG_BYTES
+
+
+def check_share(sk: SegmentKey, plain_len: int, index: int, data: Buffer,
+                expected_hash: bytes | None, full: bool = True) -> memoryview:
+    return check(data, sk.share_id(index, cipher_len(plain_len)), expected_hash, full=full)
+
+
+def decode_segment(sk: SegmentKey, plain_len: int, payloads: dict[int, Buffer]) -> bytes:
+    cipher = erasure.join(payloads, sk.k, sk.n, cipher_len(plain_len))
+    return crypto.decrypt_segment(sk.key, sk.prefix, sk.object_id, sk.segment, sk.last, cipher)

@@ -1,0 +1,48 @@
+"""Errors raised by the dispersed store.
+
+Callers (mail store, file tree) map these to their own neutral errors; each one
+says which object, segment or backend is concerned so a log line is enough to act.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base of every error the store raises on purpose."""
+
+
+class InvalidReference(StorageError, ValueError):
+    """An object reference or key that is malformed (never reaches a backend)."""
+
+
+class ObjectNotFound(StorageError, KeyError):
+    """No visible object with that id in the catalogue."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "object not found"
+
+
+class NotEnoughShares(StorageError):
+    """Fewer than k good shares of a segment could be read."""
+
+    def __init__(self, object_id: str, segment: int, good: int, k: int) -> None:
+        super().__init__(
+            f"not enough shares: {good} of {k} needed for segment {segment} of object {object_id}"
+        )
+        self.object_id = object_id
+        self.segment = segment
+        self.good = good
+        self.k = k
+
+
+class BackendUnavailable(StorageError):
+    """A shard backend could not be reached or failed an operation."""
+
+    def __init__(self, backend: str, detail: str) -> None:
+        super().__init__(f"backend {backend} unavailable: {detail}")
+        self.backend = backend
+        self.detail = detail
+
+
+class IntegrityError(StorageError):
+    """Stored bytes failed a hash, a header check or authenticated decryption."""

@@ -1,0 +1,219 @@
+"""Verify (find what is wrong) and repair (put it right) for the whole store.
+
+Both read every share in full: a header can look fine over a rotten payload,
+and only the hash over all of it tells. Repair needs no object key: zfec
+rebuilds the missing shares from any k good ones without decrypting, and the
+rebuilt share is bit-identical to the lost one (same hash as the catalogue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+from storage import erasure
+from storage.backends import ShardBackend
+from storage.catalogue import Manifest, SegmentEntry
+from storage.codec import EncodedSegment, SegmentKey, cipher_len
+from storage.errors import ObjectNotFound
+from storage.model import RepairReport, ShareProblem, VerifyReport
+from storage.share import make_header
+from storage.store import NS_BACKUP, NS_OBJECT, Store, parse_share_key
+
+log = logging.getLogger("twin.storage")
+PARALLEL_OBJECTS = 4
+
+
+def _segment_key(m: Manifest, seg: int) -> SegmentKey:
+    # headers and hashes are checked without decrypting: the key is not needed
+    return SegmentKey(b"", m.prefix, bytes.fromhex(m.id), seg, seg == m.segment_count - 1,
+                      m.k, m.n)
+
+
+async def _probe_segment(store: Store, m: Manifest, seg: int
+                         ) -> tuple[dict[int, memoryview], dict[int, str]]:
+    entry = m.entry(seg)
+    sk = _segment_key(m, seg)
+    plain = m.plain_len(seg)
+    results = await asyncio.gather(*(store.probe_share(NS_OBJECT, m.id, sk, plain, i, entry)
+                                     for i in range(m.n)))
+    good = {i: p for i, (p, _) in enumerate(results) if p is not None}
+    bad = {i: why for i, (p, why) in enumerate(results) if p is None}
+    return good, bad
+
+
+async def _each_object(store: Store, sample: float | None,
+                       work: Callable[[Manifest], Awaitable[None]]) -> int:
+    sem = asyncio.Semaphore(PARALLEL_OBJECTS)
+    tasks: set[asyncio.Task[None]] = set()
+    count = 0
+
+    async def run(oid: str) -> None:
+        async with sem:
+            try:
+                m = await store.manifest(oid)
+            except ObjectNotFound:
+                return  # deleted meanwhile
+            await work(m)
+
+    async for info in store.iter_objects():
+        if sample is not None and random.random() >= sample:  # noqa: S311 - sampling only
+            continue
+        count += 1
+        tasks.add(asyncio.create_task(run(info.id)))
+        if len(tasks) >= 4 * PARALLEL_OBJECTS:
+            done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                t.result()
+    for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return count
+
+
+async def verify(store: Store, sample: float | None, clean: bool) -> VerifyReport:
+    if sample is not None and not 0.0 < sample <= 1.0:
+        raise ValueError("sample must be a fraction in (0, 1]")
+    report = VerifyReport()
+    health = await store.health()
+    report.unreachable_backends = [h.name for h in health if not h.reachable]
+
+    async def check(m: Manifest) -> None:
+        fewest = m.n
+        for seg in range(m.segment_count):
+            good, bad = await _probe_segment(store, m, seg)
+            report.shares_checked += m.n
+            entry = m.entry(seg)
+            for i, why in bad.items():
+                report.problems.append(ShareProblem(m.id, seg, i, entry.placement[i], why))
+            fewest = min(fewest, len(good))
+        if fewest < m.n:
+            report.degraded[m.id] = fewest
+        if fewest < m.k:
+            report.unreadable.append(m.id)
+
+    report.objects_checked = await _each_object(store, sample, check)
+    if sample is None or clean:
+        reachable = [b for b in store.backends if b.name not in report.unreachable_backends]
+        for backend in reachable:
+            found, removed = await _orphans(store, backend, clean)
+            report.orphans += found
+            report.orphans_removed += removed
+    log.info("verify: %d objects, %d shares checked, %d problems, %d degraded, %d unreadable, "
+             "%d orphans (%d removed)", report.objects_checked, report.shares_checked,
+             len(report.problems), len(report.degraded), len(report.unreadable), report.orphans,
+             report.orphans_removed)
+    return report
+
+
+async def _orphans(store: Store, backend: ShardBackend, clean: bool) -> tuple[int, int]:
+    """Shares no catalogue row (or live backup) refers to: left by crashed puts."""
+    from storage.backup import live_backup_ids
+
+    found = removed = 0
+    backups = await live_backup_ids(store)
+    batch: list[tuple[str, str]] = []
+
+    async def settle() -> None:
+        nonlocal found, removed
+        busy = set(store.inflight)  # before asking the catalogue: see docs/verify race
+        known = await store.catalogue.known([oid for _, oid in batch])
+        for key, oid in batch:
+            ns = key[0]
+            if oid in busy or (oid in known if ns == NS_OBJECT else oid in backups):
+                continue
+            found += 1
+            if clean:
+                try:
+                    await backend.delete(key)
+                    removed += 1
+                except Exception as exc:  # keep cleaning the rest
+                    log.warning("cannot remove orphan %s on %s: %s", key, backend.name, exc)
+        batch.clear()
+
+    for ns in (NS_OBJECT, NS_BACKUP):
+        async for key in backend.list(ns + "/"):
+            parsed = parse_share_key(key)
+            if parsed is None:
+                continue
+            batch.append((key, parsed[1]))
+            if len(batch) >= 500:
+                await settle()
+        await settle()
+    if found:
+        log.info("backend %s: %d orphan shares%s", backend.name, found,
+                 f", {removed} removed" if clean else "")
+    return found, removed
+
+
+async def repair(store: Store) -> RepairReport:
+    report = RepairReport()
+    healthy = {h.name for h in await store.health() if h.reachable}
+
+    async def fix(m: Manifest) -> None:
+        for seg in range(m.segment_count):
+            try:
+                await _repair_segment(store, m, seg, healthy, report)
+            except Exception as exc:  # one bad segment must not stop the others
+                log.error("repair of segment %d of object %s failed: %s", seg, m.id, exc)
+                report.failures.append(f"{m.id}/{seg}: {exc}")
+
+    report.objects_checked = await _each_object(store, None, fix)
+    log.info("repair: %d objects checked, %d segments repaired, %d shares rebuilt, "
+             "%d unrecoverable", report.objects_checked, report.segments_repaired,
+             report.shares_rebuilt, len(report.unrecoverable))
+    return report
+
+
+async def _repair_segment(store: Store, m: Manifest, seg: int, healthy: set[str],
+                          report: RepairReport) -> None:
+    good, bad = await _probe_segment(store, m, seg)
+    if not bad:
+        return
+    if len(good) < m.k:
+        if m.id not in report.unrecoverable:
+            report.unrecoverable.append(m.id)
+        log.error("object %s segment %d has %d good shares, %d needed: cannot repair", m.id,
+                  seg, len(good), m.k)
+        return
+    entry = m.entry(seg)
+    missing = sorted(bad)
+    length = cipher_len(m.plain_len(seg))
+    sk = _segment_key(m, seg)
+    rebuilt = await store.run_cpu(length, erasure.rebuild, dict(good), m.k, m.n, missing)
+    headers: list[bytes] = [b""] * m.n
+    payloads: list[erasure.Buffer] = [b""] * m.n
+    for i, payload in zip(missing, rebuilt, strict=True):
+        headers[i] = make_header(sk.share_id(i, length), payload)
+        if headers[i][-32:] != entry.hashes[i]:
+            raise ValueError(f"rebuilt share {i} does not match the catalogue hash")
+        payloads[i] = payload
+    used = {entry.placement[i] for i in good}
+    spare = [b for b in store.placement_order(m.id) if b.name in healthy and b.name not in used]
+    assigned: dict[int, ShardBackend] = {}
+    for i in missing:  # a share goes back where it was when that backend is fine (or new)
+        original = store.by_name.get(entry.placement[i])
+        if original is not None and original in spare:
+            assigned[i] = original
+            spare.remove(original)
+    for i in missing:
+        if i not in assigned and spare:
+            assigned[i] = spare.pop(0)
+    todo = sorted(assigned)
+    targets = [assigned[i] for i in todo]
+    placed = await store.store_shares(NS_OBJECT, m.id, seg, EncodedSegment(headers, payloads),
+                                      todo, targets, used, [])
+    new = SegmentEntry(list(entry.placement), list(entry.hashes))
+    for i in missing:
+        if i in placed:
+            new.placement[i] = placed[i]
+    if new.placement != entry.placement:
+        await store.catalogue.set_placement(m.id, seg, new)
+    moved = [(entry.placement[i], i) for i in placed if entry.placement[i] not in ("",
+                                                                                   placed[i])]
+    await store.delete_keys([(name, f"{NS_OBJECT}/{m.id}/{seg}/{i}") for name, i in moved])
+    report.segments_repaired += 1 if placed else 0
+    report.shares_rebuilt += len(placed)
+    log.info("object %s segment %d: rebuilt shares %s", m.id, seg, sorted(placed))
