@@ -20,6 +20,7 @@ Contract of the parts:
 - ``PathLocks`` (``core.files.locks``): persistent write locks on paths
   (WebDAV's LOCK), blocking calls meant for worker threads.
 - ``paths``: the one place where a path is validated and normalised.
+- ``sharing``: which grants reach a path (shown to the owner, never to peers).
 
 Errors are core's neutral ones; ``QuotaExceeded`` is an ``Invalid`` that the
 WebDAV adapter answers with 507.
@@ -27,6 +28,8 @@ WebDAV adapter answers with 507.
 
 from core.files.locks import PathLocks
 from core.files.paths import join, normalize, split
+from core.files.sharing import covering
 from core.files.tree import FileEntry, FileTree, QuotaExceeded
 
-__all__ = ["FileEntry", "FileTree", "PathLocks", "QuotaExceeded", "join", "normalize", "split"]
+__all__ = ["FileEntry", "FileTree", "PathLocks", "QuotaExceeded", "covering", "join", "normalize",
+           "split"]

@@ -14,6 +14,22 @@ Parts, one job each:
 - ``shared``: read-only resources over the peer layer's content API.
 - ``streams``: bounded-memory PUT and GET between wsgidav and async streams.
 - ``storage_adapters``: wsgidav lock storage and property manager over twin.db.
+- ``fastget``: plain whole-file GETs of the tree served on the loop, past wsgidav.
+
+Server: uvicorn + a2wsgi (the twin's one HTTPS listener), not cheroot. Decided
+by ``bench/webdav.py``, which runs one twin process serving the same wsgidav
+app on both its a2wsgi mount and a cheroot TLS listener (256 MiB, best of 2,
+2-core machine shared with other work; load average in brackets):
+
+    before fastget: a2wsgi PUT 76.8  GET 151.1 | cheroot PUT 66.5  GET 202.3 MiB/s  [3.3-5.1]
+    with fastget:   a2wsgi PUT 93.7  GET 283.0 | cheroot PUT 119.4 GET 292.8 MiB/s  [6.0-3.7]
+    again:          a2wsgi PUT 90.0  GET 231.0 | cheroot PUT 87.4  GET 208.7 MiB/s  [5.8-4.8]
+
+cheroot's GET lead came from a2wsgi's thread hop per block; with the fast GET
+path the two are level, and PUT swings either way between runs. Neither is
+clearly faster, so the twin keeps one listener, one port and one certificate,
+and the request guards in ``app`` that litmus was run against. The dispersed
+store (XChaCha20-Poly1305 + zfec), not the HTTP server, bounds throughput.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The wsgidav application, its guards, and the Starlette routes that mount it.
 
-Why uvicorn + a2wsgi and not cheroot: see ``bench/webdav.py`` and the report
-in DESIGN.md; in short the dispersed store (encryption + erasure coding), not
-the HTTP server, bounds throughput here, and one listener keeps one TLS
-certificate, one port and one process.
+Why uvicorn + a2wsgi and not cheroot: measured by ``bench/webdav.py``, with the
+figures and the decision in ``protocols/webdav/__init__.py``; in short neither
+is clearly faster once plain GETs skip wsgidav, the dispersed store bounds
+throughput, and one listener keeps one TLS certificate, one port and one process.
 
 Guards in front of wsgidav (wsgidav itself refuses cross-host Destination
 headers with 502 and parses XML with defusedxml, since lxml is not installed,
@@ -13,6 +13,9 @@ so entity bombs raise instead of expanding):
   percent-decoded (uvicorn would otherwise turn bad bytes into U+FFFD);
 - request bodies of every method but PUT are XML and limited to
   ``webdav.max_xml_body`` bytes, chunked or not (413 otherwise).
+
+Behind the guard, ``fastget.FastGet`` serves plain whole-file GETs of the
+owner's tree on the loop; every other request reaches wsgidav.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 from core.files import PathLocks
 from protocols.webdav.auth import TwinDomainController
 from protocols.webdav.bridge import Bridge
-from protocols.webdav.provider import TwinProvider
+from protocols.webdav.fastget import FastGet
+from protocols.webdav.provider import SHARED, TwinProvider
 from protocols.webdav.storage_adapters import SqliteLockStorage, TreePropertyManager
 
 if TYPE_CHECKING:
@@ -141,5 +145,5 @@ def routes(service: Service) -> list[BaseRoute]:
         Route("/.well-known/webdav", well_known,
               methods=["GET", "HEAD", "PROPFIND", "OPTIONS"]),
         Route(MOUNT, dav_root, methods=["GET", "HEAD", "PROPFIND", "OPTIONS"]),
-        Mount(MOUNT, app=PathGuard(wsgi)),  # type: ignore[arg-type]
+        Mount(MOUNT, app=PathGuard(FastGet(wsgi, service, SHARED))),  # type: ignore[arg-type]
     ]

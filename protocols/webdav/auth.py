@@ -41,16 +41,18 @@ class TwinDomainController(BaseDomainController):  # type: ignore[misc]
     def basic_auth_user(self, realm: str, user_name: str, password: str,
                         environ: dict[str, Any]) -> bool:
         peer = environ.get("REMOTE_ADDR", "?")
-        ok = self.bridge.call(self._check(user_name, password, peer))
+        ok = self.bridge.call(check_login(self.service, user_name, password, peer))
         if ok:
             environ["twin.login"] = user_name.strip().lower()
         return ok
 
-    async def _check(self, login: str, password: str, peer: str) -> bool:
-        throttle = self.service.throttle
-        await throttle.before_attempt(login, peer)
-        ok = await self.service.users.authenticate(login, password)
-        throttle.record(login, peer, ok)
-        if not ok:
-            log.info("WebDAV login refused for %s from %s", login[:254], peer)
-        return ok
+
+async def check_login(service: Service, login: str, password: str, peer: str) -> bool:
+    """The one WebDAV login check (wsgidav's and the fast GET path's), throttled."""
+    throttle = service.throttle
+    await throttle.before_attempt(login, peer)
+    ok = await service.users.authenticate(login, password)
+    throttle.record(login, peer, ok)
+    if not ok:
+        log.info("WebDAV login refused for %s from %s", login[:254], peer)
+    return ok

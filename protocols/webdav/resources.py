@@ -3,22 +3,33 @@
 A resource holds the ``FileEntry`` seen when it was resolved, so the ETag,
 length and bytes of one GET all come from the same version even if the file
 is replaced meanwhile.
+
+Both carry one protected live property, ``{urn:twin}shared-with``: the grants
+that reach the resource (``core.files.covering``), one ``<grantee>`` element
+each, so the owner sees in a file manager or with PROPFIND what is shared and
+with whom. It is not part of ``allprop`` (RFC 4918 section 9.1: allprop need
+not return every live property) and cannot be set (403, protected).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from wsgidav import util
-from wsgidav.dav_error import DAVError
+from wsgidav import util, xml_tools
+from wsgidav.dav_error import DAVError, PRECONDITION_CODE_ProtectedProperty
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 
-from core.files import FileEntry, FileTree, join, split
+from core.acl import Grant
+from core.files import FileEntry, FileTree, covering, join, split
 from protocols.webdav.streams import DownloadReader, UploadSink
 
 if TYPE_CHECKING:
     from protocols.webdav.provider import TwinProvider
+
+SHARED_WITH = "{urn:twin}shared-with"
+GRANTEE = "{urn:twin}grantee"
 
 
 def range_end(environ: dict[str, Any], size: int) -> Any:
@@ -55,6 +66,40 @@ class _TreeMixin:
 
     def get_display_name(self) -> str:
         return self.entry.name
+
+    # -- {urn:twin}shared-with (a live property; RFC 4918 section 4.1 and 15)
+
+    def _grants(self) -> list[Grant]:
+        """Every grant, read once per request (a Depth: 1 PROPFIND asks per member)."""
+        cached: list[Grant] | None = self.environ.get("twin.grants")
+        if cached is None:
+            cached = list(self.call(self.provider.service.access.grants()))
+            self.environ["twin.grants"] = cached
+        return cached
+
+    def get_property_names(self, *, is_allprop: bool) -> list[str]:
+        names: list[str] = super().get_property_names(is_allprop=is_allprop)  # type: ignore[misc]
+        if not is_allprop:
+            names.append(SHARED_WITH)
+        return names
+
+    def get_property_value(self, name: str) -> Any:
+        if name != SHARED_WITH:
+            return super().get_property_value(name)  # type: ignore[misc]
+        element = xml_tools.etree.Element(SHARED_WITH)
+        for g in covering(self._grants(), self.entry.path, is_dir=self.entry.is_dir):
+            child = xml_tools.etree.SubElement(element, GRANTEE)
+            child.text = g.who
+            child.set("path", g.path)
+            child.set("rights", ",".join(g.rights))
+            if g.until is not None:
+                child.set("until", dt.datetime.fromtimestamp(g.until, dt.UTC).isoformat())
+        return element
+
+    def set_property_value(self, name: str, value: Any, *, dry_run: bool = False) -> Any:
+        if name == SHARED_WITH:  # change it with `twin share` / `twin unshare`
+            raise DAVError(403, err_condition=PRECONDITION_CODE_ProtectedProperty)
+        return super().set_property_value(name, value, dry_run=dry_run)  # type: ignore[misc]
 
     def support_recursive_move(self, dest_path: str) -> bool:
         return not self.provider.is_shared(dest_path)

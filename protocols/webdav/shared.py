@@ -6,6 +6,12 @@ ACL; ranges are passed through, so seeking in a shared video fetches only
 what is watched. A twin that refuses (no grant, grant revoked) simply shows
 nothing: its folder is 404. Writing into another twin's files is not offered
 (the peer protocol has no write kind yet), so every change here is 403.
+
+``/shared/`` lists the twins that told us they share something
+(``share.notify``, recorded by ``core.peer.shares.SharedWithMe``) plus those
+that answered a listing since start-up; each is listed only if its listing
+answers now, so a revoked, failing or unreachable twin is hidden. A
+notification (grant or revoke) drops the listing cache at once.
 """
 
 from __future__ import annotations
@@ -42,9 +48,25 @@ class SharedSpace:
         self.bridge = bridge
         self.seen: dict[str, float] = {}  # twins that answered a listing, for /shared/
         self._cache: dict[tuple[str, str], tuple[float, list[ContentEntry]]] = {}
+        self._generation = -1
+
+    def _sync(self) -> None:
+        """Forget cached listings when a share.notify changed what we were told."""
+        generation = self.service.shared_with_me.generation
+        if generation != self._generation:
+            self._generation = generation
+            self._cache.clear()
+            self.seen.clear()
+
+    def twins(self) -> list[str]:
+        """Candidates for ``/shared/``: notified twins and twins that answered us."""
+        self._sync()
+        told = self.bridge.call(self.service.shared_with_me.twins())
+        return sorted(set(told) | set(self.seen))
 
     def listing(self, twin: str, path: str) -> list[ContentEntry] | None:
         """The twin's entries at ``path``, or None if it shows us nothing there."""
+        self._sync()
         key = (twin, path)
         hit = self._cache.get(key)
         if hit is not None and time.monotonic() - hit[0] < LIST_TTL:
@@ -112,7 +134,7 @@ class _ReadOnly:
 
 
 class SharedRoot(_ReadOnly, DAVCollection):  # type: ignore[misc]
-    """``/shared``: one folder per twin that has answered us."""
+    """``/shared``: one folder per twin that shares something with us and answers."""
 
     def __init__(self, path: str, environ: dict[str, Any], space: SharedSpace) -> None:
         super().__init__(path, environ)
@@ -121,8 +143,20 @@ class SharedRoot(_ReadOnly, DAVCollection):  # type: ignore[misc]
     def get_display_name(self) -> str:
         return "shared"
 
+    def get_member_list(self) -> list[Any]:
+        members = []
+        for name in self.space.twins():
+            try:
+                member = self.space.resolve((name,), self.environ)
+            except DAVError as exc:  # unreachable (503) and the like: hidden, not an error
+                log.info("%s hidden from /shared/: %s", name, exc.value)
+                continue
+            if member is not None:
+                members.append(member)
+        return members
+
     def get_member_names(self) -> list[str]:
-        return sorted(self.space.seen)
+        return [m.name for m in self.get_member_list()]
 
     def get_member(self, name: str) -> Any:
         return self.space.resolve((name,), self.environ)

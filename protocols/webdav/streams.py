@@ -11,6 +11,8 @@ memory, never the file:
 - ``DownloadReader``: a task on the loop pulls chunks from an async iterator
   (``FileTree.read`` or a peer's ``content_get``) a little ahead of wsgidav's
   ``read()`` calls, which slice them into ``webdav.block_size`` blocks.
+  Plain whole-file GETs of the tree skip it (``fastget``); ranges, conditional
+  GETs and ``/shared/`` files come through here.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from core.errors import Unavailable
 from protocols.webdav.bridge import Bridge
 
 UPLOAD_QUEUE = 8
-DOWNLOAD_QUEUE = 2
+# One chunk (a store segment, 4 MiB by default) waiting is enough: the store
+# already decodes the next segments ahead, so a deeper queue only holds memory.
+DOWNLOAD_QUEUE = 1
 _END = object()
 
 

@@ -159,3 +159,19 @@ async def test_locks_persist(tmp_path: Path) -> None:
     await asyncio.to_thread(check)
     assert threading.current_thread() is threading.main_thread()
     db.close()
+
+
+def test_covering_follows_the_acl_rule() -> None:
+    from core.acl import Grant
+    from core.files import covering
+
+    now = 1000.0
+    grants = [Grant("/photos/", "twin", "bob", ("read",), None, now),
+              Grant("/photos/cat.jpg", "circle", "family", ("read", "write"), None, now),
+              Grant("/photos", "public", "", ("read",), None, now),  # exact, no prefix
+              Grant("/", "twin", "old", ("read",), now - 1, now)]  # expired
+    who = [g.who for g in covering(grants, "/photos/cat.jpg", is_dir=False, now=now)]
+    assert who == ["bob", "circle:family"]
+    assert [g.who for g in covering(grants, "/photos", is_dir=True, now=now)] == ["bob"]
+    assert covering(grants, "/photosx/a", is_dir=False, now=now) == []
+    assert covering(grants, "/photos", is_dir=False, now=now)[0].who == "public"

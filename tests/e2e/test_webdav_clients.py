@@ -27,11 +27,11 @@ def twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwinProcess]:
 
 
 @pytest.mark.parametrize("suite", SUITES)
-def test_litmus(twin: TwinProcess, suite: str) -> None:
+def test_litmus(twin: TwinProcess, suite: str, tmp_path: Path) -> None:
     litmus = require_tool("litmus")
     out = subprocess.run([litmus, f"{twin.url}/dav/", twin.login, twin.password],
                          env={**os.environ, "TESTS": suite}, capture_output=True, text=True,
-                         timeout=300)
+                         timeout=300, cwd=tmp_path)  # litmus writes its logs to the cwd
     text = out.stdout + out.stderr
     m = re.search(rf"summary for `{suite}': of (\d+) tests run: (\d+) passed, (\d+) failed", text)
     assert m, text

@@ -135,3 +135,32 @@ def test_shared_folder_is_read_only_and_empty(dav: httpx.Client) -> None:
     assert dav.request("MKCOL", "/dav/shared/mine").status_code in (403, 404, 409)
     assert dav.put("/dav/shared/x.txt", content=b"no").status_code in (403, 409)
     assert dav.get("/dav/shared/nobody-here/file").status_code == 404
+
+
+def test_fast_get_matches_wsgidav(dav: httpx.Client, dav_twin: TwinProcess) -> None:
+    """Plain GETs take the ASGI fast path; a conditional one goes through wsgidav: same answer."""
+    data = os.urandom(9 * 1024 * 1024 + 123)  # three segments, the last one short
+    assert dav.put("/dav/fast.bin", content=data,
+                   headers={"Content-Type": "video/mp4"}).status_code == 201
+    fast = dav.get("/dav/fast.bin")
+    slow = dav.get("/dav/fast.bin", headers={"If-None-Match": '"another-etag"'})
+    assert fast.status_code == slow.status_code == 200
+    assert hashlib.sha256(fast.content).digest() == hashlib.sha256(data).digest()
+    assert fast.content == slow.content
+
+    def same(r: httpx.Response) -> dict[str, str]:
+        return {k: v for k, v in r.headers.items() if k not in ("date", "connection")}
+    assert same(fast) == same(slow), (fast.headers, slow.headers)
+    assert fast.headers["content-type"] == "video/mp4"
+    # what the fast path leaves to wsgidav still gets wsgidav's answers
+    with httpx.Client(base_url=dav_twin.url, verify=False) as anon:
+        assert anon.get("/dav/fast.bin").status_code == 401
+        assert anon.get("/dav/fast.bin", auth=(dav_twin.login, "wrong")).status_code == 401
+    assert dav.get("/dav/no-such.bin").status_code == 404
+    assert dav.request("MKCOL", "/dav/fastdir").status_code == 201
+    assert dav.get("/dav/fastdir").status_code == 403  # no directory browsing
+    assert dav.get("/dav/fast.bin", headers={"Range": "bytes=5-9"}).content == data[5:10]
+    empty = dav.put("/dav/empty.bin", content=b"")
+    assert empty.status_code == 201
+    r = dav.get("/dav/empty.bin")
+    assert r.status_code == 200 and r.content == b"" and r.headers["content-length"] == "0"

@@ -1,0 +1,141 @@
+"""ASGI fast path for the one hot request: a plain GET of a whole file of the owner's tree.
+
+Why: through a2wsgi every ``webdav.block_size`` block of a GET costs a thread
+hop (wsgidav's thread -> the loop and back), a copy and wsgidav's per-block
+Python, on top of the dispersed store's own work; measured in
+``bench/webdav.py``, that overhead was most of the gap between the twin's GET
+and plain wsgidav's. Here the segments the store yields go straight from
+``FileTree.read`` to uvicorn's ``send`` on the loop: no thread, no copy, and
+uvicorn's flow control (``send`` waits while the socket is backed up) keeps
+memory to the store's read-ahead.
+
+Only the unambiguous case is taken; everything else falls through to wsgidav
+unchanged, so its semantics stay the reference (litmus passes against it):
+
+- GET with valid Basic credentials of the twin (the same throttled check as
+  ``auth``; missing or wrong ones fall through and wsgidav answers 401);
+- no Range, If-Range, If-Match, If-None-Match, If-Modified-Since,
+  If-Unmodified-Since or WebDAV ``If`` header, no body, no Depth other than 0;
+- the path is a file of the owner's tree (not ``/shared/``, not a folder).
+
+The headers are the ones wsgidav's ``_send_resource`` sends (RFC 9110 section
+9.3.1 GET; RFC 4918 section 9.4).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, cast
+
+from wsgidav import util
+
+from core.errors import Invalid, TwinError
+from core.files import FileEntry, split
+from protocols.webdav.auth import check_login
+from protocols.webdav.bridge import STATUS
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from core.service import Service
+
+log = logging.getLogger("twin.webdav")
+# Any of these asks for semantics wsgidav implements: leave the request to it.
+DEFER = frozenset({b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since",
+                   b"if-unmodified-since", b"if", b"transfer-encoding"})
+MAX_AUTH_HEADER = 2048
+
+
+class FastGet:
+    def __init__(self, app: ASGIApp, service: Service, shared: str) -> None:
+        self.app, self.service, self.shared = app, service, shared
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            entry = await self._eligible(scope)
+            if entry is not None and await self._send(entry, send):
+                return
+        await self.app(scope, receive, send)
+
+    async def _eligible(self, scope: Scope) -> FileEntry | None:
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            if name in DEFER:
+                return None
+            headers[name] = value
+        if headers.get(b"content-length", b"0") != b"0" \
+                or headers.get(b"depth", b"0") != b"0":
+            return None
+        if not await self._authorized(headers.get(b"authorization", b""), scope):
+            return None
+        path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        try:
+            parts = split(path)
+        except Invalid:
+            return None
+        if not parts or parts[0] == self.shared:
+            return None
+        try:
+            entry = await self.service.files.exists(path)
+        except TwinError:
+            return None
+        return entry if entry is not None and not entry.is_dir else None
+
+    async def _authorized(self, header: bytes, scope: Scope) -> bool:
+        if header[:6].lower() != b"basic " or len(header) > MAX_AUTH_HEADER:
+            return False
+        try:
+            login, sep, password = base64.b64decode(header[6:].strip(), validate=True) \
+                .decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        client = scope.get("client") or ("?", 0)
+        return bool(sep) and await check_login(self.service, login, password, str(client[0]))
+
+    async def _send(self, entry: FileEntry, send: Send) -> bool:
+        """Stream the file; False (nothing sent) if the first bytes already fail."""
+        chunks = cast(AsyncGenerator[bytes, None],  # FileTree.read is an async generator
+                      self.service.files.read(entry.path, entry=entry))
+        first = b""
+        try:
+            if entry.size:
+                first = await anext(chunks)
+        except (TwinError, StopAsyncIteration) as exc:
+            await chunks.aclose()
+            if isinstance(exc, TwinError):
+                log.info("fast GET of %s failed before its first byte: %s", entry.path, exc)
+                return await _error(send, exc)
+            return False
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-length", str(entry.size).encode()),
+                (b"last-modified", util.get_rfc1123_time(entry.mtime).encode()),
+                (b"content-type", (entry.content_type or "application/octet-stream")
+                 .encode("latin-1", "replace")),
+                (b"date", util.get_rfc1123_time().encode()),
+                (b"etag", f'"{entry.etag}"'.encode()),
+                (b"accept-ranges", b"bytes"),
+            ]})
+            if first:
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await chunks.aclose()
+        return True
+
+
+async def _error(send: Send, exc: TwinError) -> bool:
+    status = next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 500)
+    body = f"{exc}\n".encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+    return True
