@@ -12,14 +12,17 @@ Contract (what SMTP, the peer API and IMAP rely on; ``service.mail``):
   live IMAP sessions on the mailbox learn of the message at once.
 - ``await quota(login) -> (used bytes, limit bytes; 0 = unlimited)``.
 
-The IMAP adapter additionally uses mailboxes, ``open`` (a snapshot of the
-uid/flags/modseq index plus a ``Watch`` of later changes), ``meta``, ``read``,
-``set_flags``, ``expunge``, ``copy`` and ``vanished``. Errors are core's neutral
-ones (``NotFound``, ``Conflict``, ``Invalid``, ``Forbidden``, ``Unavailable``);
-their ``code`` (``exists``, ``haschildren``, ``overquota``, ``toobig``, ``use``)
-lets an adapter pick a precise response code.
+The IMAP adapter additionally uses mailboxes, ``open`` (a copy of the
+mailbox's shared in-memory uid/flags/modseq index, ``core.mail.index``, plus a
+bounded ``Watch`` of later changes; ``current`` after the watch overflowed),
+``close``, ``meta``, ``read``, ``set_flags``, ``expunge``, ``copy`` and
+``vanished``. Errors are core's neutral ones (``NotFound``, ``Conflict``,
+``Invalid``, ``Forbidden``, ``Unavailable``); their ``code`` (``exists``,
+``haschildren``, ``overquota``, ``toobig``, ``use``) lets an adapter pick a
+precise response code.
 """
 
+from core.mail.index import Snapshot
 from core.mail.store import (
     DELIM,
     SPECIAL,
@@ -27,7 +30,6 @@ from core.mail.store import (
     Mailbox,
     MailStore,
     Meta,
-    Snapshot,
     Status,
     Watch,
 )

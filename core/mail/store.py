@@ -8,12 +8,15 @@ shares the stored object; it is deleted when the last message using it goes.
 
 Every write that changes a mailbox goes through one ``GroupCommit`` (one
 transaction and one fsync for everything queued) and, once committed, is
-published to the ``Watch`` of every live session on that mailbox.
+published (``_publish``) to the mailbox's shared in-memory index
+(``core.mail.index``, kept only while a session has the mailbox open) and to
+the bounded ``Watch`` of every live session on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import mmap
@@ -29,6 +32,7 @@ from core.db import Database
 from core.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from core.mail import mime
 from core.mail.commit import GroupCommit
+from core.mail.index import Loaded, MailboxIndex, Snapshot
 
 log = logging.getLogger("twin.mail")
 
@@ -40,6 +44,7 @@ MAX_NAME = 1000
 MAX_FLAGS = 100
 MAX_FLAG_LEN = 100
 SPOOL_IN_MEMORY = 1024 * 1024
+DESCRIBE_INLINE = 64 * 1024  # parse on the loop below this size (< 1 ms)
 
 MIGRATIONS = [
     """
@@ -106,17 +111,6 @@ class Status:
     highestmodseq: int
 
 
-@dataclass
-class Snapshot:
-    """What a session needs at SELECT: the uid/flags/modseq index in one query."""
-
-    mailbox: Mailbox
-    uids: list[int]
-    flags: list[frozenset[str]]
-    modseqs: list[int]
-    recent: set[int]
-
-
 @dataclass(frozen=True)
 class Meta:
     uid: int
@@ -135,6 +129,8 @@ class Change:
 
     kind: ``exists`` (uids new), ``flags`` (uids now have ``flags``; one uid
     each), ``expunge`` (uids gone) or ``deleted`` (the mailbox itself).
+    ``modseq`` is the mailbox modseq the change's commit produced (0 for
+    ``deleted``): the shared index uses it to apply each change exactly once.
     """
 
     kind: str
@@ -145,13 +141,34 @@ class Change:
 
 @dataclass(eq=False)
 class Watch:
-    """A live session's subscription to one mailbox's changes."""
+    """A live session's subscription to one mailbox's changes.
+
+    The queue is bounded (``limit``): a session that does not read its
+    changes (no command, a stalled socket) must not make the server hold an
+    unbounded list. On overflow the queue is dropped and ``overflowed`` set;
+    the session then asks ``MailStore.current`` for the mailbox as it is now
+    and works out the differences itself (a full resync), and nothing queues
+    meanwhile.
+    """
 
     mailbox_id: int
     pending: list[Change] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     claims_recent: bool = False
     recent: set[int] = field(default_factory=set)
+    limit: int = 10_000
+    overflowed: bool = False
+
+    def push(self, change: Change) -> None:
+        if not self.overflowed:
+            if len(self.pending) >= self.limit:
+                log.info("a session on mailbox %d is %d changes behind: it will resync",
+                         self.mailbox_id, len(self.pending))
+                self.pending = []
+                self.overflowed = True
+            else:
+                self.pending.append(change)
+        self.wake.set()
 
     def take(self) -> list[Change]:
         out, self.pending = self.pending, []
@@ -220,6 +237,24 @@ def _get_mailbox(c: sqlite3.Connection, login: str, name: str) -> Mailbox:
     return _mailbox(row)
 
 
+def _load_index(c: sqlite3.Connection, mailbox_id: int) -> Loaded:
+    """A mailbox's row and its uid/flags/modseq columns (one thread: one consistent read)."""
+    row = c.execute("SELECT uidvalidity, uidnext, modseq, recent_uid FROM mail_mailboxes "
+                    "WHERE id = ?", (mailbox_id,)).fetchone()
+    if row is None:
+        raise NotFound("mailbox was deleted")
+    rows = c.execute("SELECT uid, flags, modseq FROM mail_messages WHERE mailbox = ? "
+                     "ORDER BY uid", (mailbox_id,)).fetchall()
+    uids: list[int] = []
+    texts: list[str] = []
+    modseqs: list[int] = []
+    if rows:  # column lists at C speed; one frozenset per distinct flag text
+        uids, texts, modseqs = (list(col) for col in zip(*rows, strict=True))
+    distinct = {t: _flags_set(t) for t in set(texts)}
+    return Loaded(row[0], row[1], row[2], row[3], uids, list(map(distinct.__getitem__, texts)),
+                  modseqs)
+
+
 def _new_uidvalidity() -> int:
     return max(1, int(time.time()) & 0x7FFFFFFF) ^ secrets.randbelow(1 << 10)
 
@@ -248,7 +283,8 @@ class MailStore:
         self.store: Any = None
         self._commit: GroupCommit[Any] = GroupCommit(db)
         self._known_users: set[str] = set()
-        self._watches: dict[int, set[Watch]] = {}
+        self._indexes: dict[int, MailboxIndex] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     def attach(self, store: Any) -> None:
         """Give the mail store its dispersed store (``Service.start``)."""
@@ -337,7 +373,7 @@ class MailStore:
     async def rename_mailbox(self, login: str, old: str, new: str) -> None:
         old, new = check_name(old), check_name(new)
 
-        def move(c: sqlite3.Connection) -> tuple[int, list[int]]:
+        def move(c: sqlite3.Connection) -> tuple[int, list[int], int]:
             src = _get_mailbox(c, login, old)
             if c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name = ?",
                          (login, new)).fetchone():
@@ -362,7 +398,7 @@ class MailStore:
                 modseq = _bump(c, src.id)
                 c.executemany("INSERT OR REPLACE INTO mail_vanished VALUES (?, ?, ?)",
                               [(src.id, u, modseq) for u in uids])
-                return src.id, uids
+                return src.id, uids, modseq
             ids = [src.id]
             c.execute("UPDATE mail_mailboxes SET name = ? WHERE id = ?", (new, src.id))
             for mid, name in c.execute(
@@ -371,10 +407,10 @@ class MailStore:
                 c.execute("UPDATE mail_mailboxes SET name = ? WHERE id = ?",
                           (new + name[len(old):], mid))
                 ids.append(mid)
-            return src.id, []
-        src_id, moved = await self._commit.submit(move)
+            return src.id, [], 0
+        src_id, moved, modseq = await self._commit.submit(move)
         if moved:  # INBOX's messages left it: sessions on INBOX see them expunged
-            self._publish(src_id, Change("expunge", tuple(moved)))
+            self._publish(src_id, Change("expunge", tuple(moved), modseq=modseq))
         log.info("%s renamed mailbox %r to %r", login, old, new)
 
     async def subscribe(self, login: str, name: str, on: bool) -> None:
@@ -410,55 +446,107 @@ class MailStore:
 
     # -- a selected mailbox
 
-    async def open(self, login: str, name: str, *, read_only: bool) -> tuple[Snapshot, Watch]:
-        """The index of a mailbox and a live subscription to its changes.
+    async def open(self, login: str, name: str, *, read_only: bool,
+                   max_pending: int = 10_000) -> tuple[Snapshot, Watch]:
+        """A copy of a mailbox's index and a live subscription to its later changes.
 
-        The snapshot is taken on the database thread after every earlier
-        commit, and the watch is registered on the loop before any later
-        commit is published, so no change falls between the two.
+        The copy comes from the shared in-memory index (``core.mail.index``),
+        loaded from SQLite only when no session has the mailbox open. The copy
+        and the watch are taken in one step on the event loop, so no change
+        falls between them. A read-write open claims the messages that arrived
+        since the last one as \\Recent (RFC 3501 §2.3.2) and records that.
         """
         name = check_name(name)
         await self.ensure_user(login)
-
-        def load(c: sqlite3.Connection) -> Snapshot:
-            mb = _get_mailbox(c, login, name)
-            rows = c.execute("SELECT uid, flags, modseq FROM mail_messages WHERE mailbox = ? "
-                             "ORDER BY uid", (mb.id,)).fetchall()
-            recent_from = c.execute("SELECT recent_uid FROM mail_mailboxes WHERE id = ?",
-                                    (mb.id,)).fetchone()[0]
-            if not read_only and mb.uidnext - 1 > recent_from:
-                with c:
-                    c.execute("UPDATE mail_mailboxes SET recent_uid = ? WHERE id = ?",
-                              (mb.uidnext - 1, mb.id))
-            uids: list[int] = []
-            texts: list[str] = []
-            modseqs: list[int] = []
-            if rows:  # column lists at C speed; one frozenset per distinct flag text
-                uids, texts, modseqs = (list(col) for col in zip(*rows, strict=True))
-            distinct = {t: _flags_set(t) for t in set(texts)}
-            flags = list(map(distinct.__getitem__, texts))
-            recent = {u for u in uids if u > recent_from} if not read_only else set()
-            return Snapshot(mb, uids, flags, modseqs, recent)
-        snap: Snapshot = await self.db.run(load)
-        watch = Watch(snap.mailbox.id, claims_recent=not read_only)
-        self._watches.setdefault(snap.mailbox.id, set()).add(watch)
+        mb = await self.db.run(_get_mailbox, login, name)
+        idx = await self._index(mb.id)
+        watch = Watch(mb.id, claims_recent=not read_only, limit=max_pending)
+        idx.watches.add(watch)
+        snap = idx.view(mb, claim_recent=not read_only)
+        if idx.recent_uid > idx.saved_recent_uid:
+            # Recorded in the background: awaiting it here would let changes queue
+            # between the copy and the SELECT's answer, and \Recent is advisory
+            # (a crash before the write only shows those messages as recent again).
+            idx.saved_recent_uid = idx.recent_uid
+            task = asyncio.get_running_loop().create_task(
+                self._save_recent(mb.id, idx.recent_uid))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return snap, watch
 
+    async def _save_recent(self, mailbox_id: int, uid: int) -> None:
+        try:
+            await self._commit.submit(lambda c: c.execute(
+                "UPDATE mail_mailboxes SET recent_uid = max(recent_uid, ?) WHERE id = ?",
+                (uid, mailbox_id)))
+        except Exception as exc:
+            log.warning("could not record the recent messages of mailbox %d: %s",
+                        mailbox_id, exc)
+
+    async def _index(self, mailbox_id: int) -> MailboxIndex:
+        """The loaded shared index of a mailbox, loading it if nobody has it open."""
+        while True:
+            idx = self._indexes.get(mailbox_id)
+            if idx is not None:
+                assert idx.ready is not None
+                if idx.ready.done() and idx.ready.exception() is None:
+                    return idx
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(idx.ready)
+                continue  # loaded, or the load failed and was dropped: look again
+            idx = self._indexes[mailbox_id] = MailboxIndex(mailbox_id)
+            idx.ready = asyncio.get_running_loop().create_future()
+            try:
+                idx.fill(await self.db.run(_load_index, mailbox_id))
+            except BaseException as exc:
+                if self._indexes.get(mailbox_id) is idx:
+                    del self._indexes[mailbox_id]
+                idx.ready.set_exception(exc if isinstance(exc, Exception)
+                                        else Unavailable("mailbox load cancelled"))
+                idx.ready.exception()  # retrieved: waiters look again
+                raise
+            idx.ready.set_result(None)
+            return idx
+
     def close(self, watch: Watch) -> None:
-        watches = self._watches.get(watch.mailbox_id)
-        if watches is not None:
-            watches.discard(watch)
-            if not watches:
-                del self._watches[watch.mailbox_id]
+        """End a subscription; the mailbox's index goes with its last watch."""
+        idx = self._indexes.get(watch.mailbox_id)
+        if idx is None:
+            return
+        idx.watches.discard(watch)
+        if not idx.watches and not idx.loading:
+            del self._indexes[watch.mailbox_id]
+
+    def current(self, watch: Watch) -> Snapshot | None:
+        """For a watch that overflowed: the mailbox as it is now (None once deleted).
+
+        Clears the overflow: changes published after this call queue again.
+        """
+        watch.pending = []
+        watch.overflowed = False
+        watch.wake.clear()
+        idx = self._indexes.get(watch.mailbox_id)
+        if idx is None or watch not in idx.watches:
+            return None
+        dummy = Mailbox(watch.mailbox_id, "", "", 0, 0, 0, None, False)
+        return idx.view(dummy, claim_recent=False)
 
     def _publish(self, mailbox_id: int, change: Change) -> None:
+        """Fold a committed change into the shared index and queue it for every watch."""
+        idx = self._indexes.get(mailbox_id)
+        if idx is None:
+            return  # nobody has the mailbox open
+        if change.kind == "deleted":
+            del self._indexes[mailbox_id]
+        else:
+            idx.apply(change)
         claimed = change.kind != "exists"
-        for watch in self._watches.get(mailbox_id, ()):
+        for watch in idx.watches:
             if not claimed and watch.claims_recent:
                 watch.recent.update(change.uids)
+                idx.recent_uid = max(idx.recent_uid, *change.uids)
                 claimed = True
-            watch.pending.append(change)
-            watch.wake.set()
+            watch.push(change)
 
     async def meta(self, mailbox_id: int, uids: Sequence[int], *,
                    structure: bool) -> list[Meta]:
@@ -515,7 +603,9 @@ class MailStore:
         name = check_name(name)
         flagset = parse_flags(flags)
         await self.ensure_user(login)
-        mb = await self.mailbox(login, name)  # fail before storing bytes
+        # Fail before storing bytes; INBOX always exists once the user does, so a
+        # delivery skips this database round trip (the insert finds the id itself).
+        mb_id = None if name == "INBOX" else (await self.mailbox(login, name)).id
         store = self._need_store()
         ref, header, structure = await self._store_message(store, message, max_size)
         size = int(ref.split(":")[1])
@@ -526,23 +616,24 @@ class MailStore:
                 raise Forbidden(f"over quota ({used + size} > {limit} bytes)", code="overquota")
         date = time.time() if internal_date is None else internal_date
 
-        def insert(c: sqlite3.Connection) -> tuple[int, int, int]:
+        def insert(c: sqlite3.Connection) -> tuple[int, int, int, int]:
+            target = mb_id if mb_id is not None else _get_mailbox(c, login, name).id
             row = c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + 1, "
                             "modseq = modseq + 1 WHERE id = ? RETURNING uidnext - 1, modseq, "
-                            "uidvalidity", (mb.id,)).fetchone()
+                            "uidvalidity", (target,)).fetchone()
             if row is None:
                 raise NotFound(f"mailbox {name} was deleted")
             c.execute("INSERT OR IGNORE INTO mail_bodies VALUES (?, ?, ?)",
                       (ref, header, structure))
             c.execute("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, ?, ?)",
-                      (mb.id, row[0], ref, size, date, _flags_text(flagset), row[1]))
-            return int(row[0]), int(row[1]), int(row[2])
+                      (target, row[0], ref, size, date, _flags_text(flagset), row[1]))
+            return target, int(row[0]), int(row[1]), int(row[2])
         try:
-            uid, modseq, uidvalidity = await self._commit.submit(insert)
+            target, uid, modseq, uidvalidity = await self._commit.submit(insert)
         except BaseException:
             await self._delete_objects([ref])
             raise
-        self._publish(mb.id, Change("exists", (uid,), flagset, modseq))
+        self._publish(target, Change("exists", (uid,), flagset, modseq))
         log.debug("stored message %d (%d bytes) in %s/%s", uid, size, login, name)
         return uidvalidity, uid
 
@@ -551,12 +642,14 @@ class MailStore:
         """Write the bytes (CRLF-normalised) and parse them; (ref, header, structure)."""
         if isinstance(message, bytes | bytearray | memoryview):
             data = bytes(message)
-            if b"\n" in data:
+            if data.count(b"\n") != data.count(b"\r\n"):  # bare LFs (C-speed counts)
                 data = b"".join([c async for c in mime.crlf_normalise(_one(data))])
             if max_size is not None and len(data) > max_size:
                 raise Invalid(f"message larger than {max_size} bytes", code="toobig")
             ref = str(await store.put(data))
-            header, structure = await asyncio.to_thread(_describe, data)
+            # parsing a small message (~35 us for 4 KiB) costs less than a thread hop
+            header, structure = (_describe(data) if len(data) <= DESCRIBE_INLINE
+                                 else await asyncio.to_thread(_describe, data))
             return ref, header, structure
         source: AsyncIterable[bytes] = (
             message if isinstance(message, AsyncIterable) else _file_chunks(message))
@@ -622,7 +715,7 @@ class MailStore:
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
         """Remove messages flagged \\Deleted (only those in ``uids`` if given)."""
-        def drop(c: sqlite3.Connection) -> tuple[list[int], list[str]]:
+        def drop(c: sqlite3.Connection) -> tuple[list[int], list[str], int]:
             rows = c.execute("SELECT uid, ref FROM mail_messages WHERE mailbox = ? AND "
                              "instr(flags, '\\Deleted') > 0 ORDER BY uid",
                              (mailbox_id,)).fetchall()
@@ -630,11 +723,11 @@ class MailStore:
                 wanted = set(uids)
                 rows = [r for r in rows if r[0] in wanted]
             if not rows:
-                return [], []
+                return [], [], 0
             return _remove(c, mailbox_id, rows)
-        gone, orphans = await self._commit.submit(drop)
+        gone, orphans, modseq = await self._commit.submit(drop)
         if gone:
-            self._publish(mailbox_id, Change("expunge", tuple(gone)))
+            self._publish(mailbox_id, Change("expunge", tuple(gone), modseq=modseq))
         await self._delete_objects(orphans)
         return gone  # type: ignore[no-any-return]
 
@@ -644,7 +737,7 @@ class MailStore:
         dest = check_name(dest)
 
         def run(c: sqlite3.Connection) -> tuple[int, int, list[int], list[int], int, list[str],
-                                                 int]:
+                                                 int, list[str]]:
             dst = _get_mailbox(c, login, dest)
             rows: list[tuple[Any, ...]] = []
             for chunk in _chunks(sorted(uids), 500):
@@ -652,7 +745,7 @@ class MailStore:
                      f"WHERE mailbox = ? AND uid IN ({','.join('?' * len(chunk))}) ORDER BY uid")
                 rows += c.execute(q, (mailbox_id, *chunk)).fetchall()
             if not rows:
-                return dst.id, dst.uidvalidity, [], [], 0, [], 0
+                return dst.id, dst.uidvalidity, [], [], 0, [], 0, []
             first = dst.uidnext
             c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + ? WHERE id = ?",
                       (len(rows), dst.id))
@@ -662,14 +755,17 @@ class MailStore:
                           [(dst.id, u, r[1], r[2], r[3], r[4], modseq)
                            for u, r in zip(new, rows, strict=True)])
             orphans: list[str] = []
+            src_modseq = 0
             if move:
-                _, orphans = _remove(c, mailbox_id, [(r[0], r[1]) for r in rows])
-            return dst.id, dst.uidvalidity, [r[0] for r in rows], new, modseq, orphans, 0
-        dst_id, validity, src, new, modseq, orphans, _ = await self._commit.submit(run)
-        if new:
-            self._publish(dst_id, Change("exists", tuple(new), frozenset(), modseq))
+                _, orphans, src_modseq = _remove(c, mailbox_id, [(r[0], r[1]) for r in rows])
+            return (dst.id, dst.uidvalidity, [r[0] for r in rows], new, modseq, orphans,
+                    src_modseq, [r[4] for r in rows])
+        (dst_id, validity, src, new, modseq, orphans, src_modseq,
+         texts) = await self._commit.submit(run)
+        for change in _exists(new, [_flags_set(t) for t in texts], modseq):
+            self._publish(dst_id, change)
         if move and src:
-            self._publish(mailbox_id, Change("expunge", tuple(src)))
+            self._publish(mailbox_id, Change("expunge", tuple(src), modseq=src_modseq))
         await self._delete_objects(orphans)
         return validity, src, new
 
@@ -688,8 +784,11 @@ class MailStore:
         For imports and benchmarks: one transaction for the whole batch.
         """
         mb = await self.mailbox(login, name)
+        if not items:
+            return
+        flagsets = [parse_flags(i[5]) for i in items]
 
-        def insert(c: sqlite3.Connection) -> None:
+        def insert(c: sqlite3.Connection) -> tuple[int, int]:
             first = c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + ? WHERE id = ? "
                               "RETURNING uidnext - ?", (len(items), mb.id, len(items))
                               ).fetchone()[0]
@@ -697,9 +796,13 @@ class MailStore:
             c.executemany("INSERT OR IGNORE INTO mail_bodies VALUES (?, ?, ?)",
                           [(i[0], i[1], i[2]) for i in items])
             c.executemany("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, ?, ?)",
-                          [(mb.id, first + n, i[0], i[3], i[4], _flags_text(parse_flags(i[5])),
-                            modseq) for n, i in enumerate(items)])
-        await self._commit.submit(insert)
+                          [(mb.id, first + n, i[0], i[3], i[4], _flags_text(fs), modseq)
+                           for n, (i, fs) in enumerate(zip(items, flagsets, strict=True))])
+            return int(first), modseq
+        first, modseq = await self._commit.submit(insert)
+        uids = list(range(first, first + len(items)))
+        for change in _exists(uids, flagsets, modseq):
+            self._publish(mb.id, change)
 
     async def _delete_objects(self, refs: Sequence[str]) -> None:
         if not refs or self.store is None:
@@ -714,13 +817,25 @@ class MailStore:
 
 
 def _remove(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[tuple[int, str]]
-            ) -> tuple[list[int], list[str]]:
+            ) -> tuple[list[int], list[str], int]:
+    """Delete messages; (uids, objects no longer used, the modseq of the change)."""
     modseq = _bump(c, mailbox_id)
     c.executemany("DELETE FROM mail_messages WHERE mailbox = ? AND uid = ?",
                   [(mailbox_id, r[0]) for r in rows])
     c.executemany("INSERT OR REPLACE INTO mail_vanished VALUES (?, ?, ?)",
                   [(mailbox_id, r[0], modseq) for r in rows])
-    return [r[0] for r in rows], _orphans(c, list({r[1] for r in rows}))
+    return [r[0] for r in rows], _orphans(c, list({r[1] for r in rows})), modseq
+
+
+def _exists(uids: Sequence[int], flags: Sequence[frozenset[str]], modseq: int) -> list[Change]:
+    """``exists`` changes for new uids (ascending), one per run of equal flags, in order."""
+    out: list[Change] = []
+    start = 0
+    for i in range(1, len(uids) + 1):
+        if i == len(uids) or flags[i] != flags[start]:
+            out.append(Change("exists", tuple(uids[start:i]), flags[start], modseq))
+            start = i
+    return out
 
 
 def _orphans(c: sqlite3.Connection, refs: list[str]) -> list[str]:

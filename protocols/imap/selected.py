@@ -1,24 +1,64 @@
 """The selected mailbox as one session sees it (RFC 3501 §2.3.1, §5.2, §7.4.1).
 
-A session keeps its own index of uids, flags and modseqs, loaded in one
-query at SELECT, because message sequence numbers are per session: they change
-only when this session has been told of an expunge. Changes made by others
-arrive as ``core.mail.Change`` on the session's ``Watch`` and are turned into
-untagged EXISTS / FETCH / EXPUNGE (or VANISHED) responses when the rules allow:
-EXPUNGE is held back after FETCH, STORE and SEARCH (non-UID), because the client
-may be using sequence numbers in a command still in flight.
+A session keeps its own copy of the mailbox's index (uids ascending, and the
+flags and modseq at the same positions), taken from the shared in-memory index
+(``core.mail.index``) at SELECT, because message sequence numbers are per
+session: they change only when this session has been told of an expunge.
+Changes made by others arrive as ``core.mail.Change`` on the session's
+``Watch`` and are turned into untagged EXISTS / FETCH / EXPUNGE (or VANISHED)
+responses when the rules allow: EXPUNGE is held back after FETCH, STORE and
+SEARCH (non-UID), because the client may be using sequence numbers in a
+command still in flight. If the watch overflowed (the session fell too far
+behind), ``resync`` turns the difference between this copy and the mailbox
+as it is now into the same kind of changes.
+
+``flags`` and ``modseqs`` are uid-keyed views over the position lists, so
+callers can say ``sel.flags[uid]``; bulk paths walk ``flag_list`` directly.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
+from typing import Generic, TypeVar
 
 from core.mail import Change, Mailbox, Snapshot, Watch
 from protocols.imap import render
 from protocols.imap.errors import Bad
 
 MAX_SET_PARTS = 10_000
+V = TypeVar("V")
+
+
+class ByUid(Generic[V]):
+    """A uid-keyed view of one of a ``Selected``'s position lists."""
+
+    def __init__(self, sel: Selected, attr: str) -> None:
+        self._sel = sel
+        self._attr = attr
+
+    def _values(self) -> list[V]:
+        values: list[V] = getattr(self._sel, self._attr)
+        return values
+
+    def __contains__(self, uid: object) -> bool:
+        return isinstance(uid, int) and self._sel.pos(uid) >= 0
+
+    def __getitem__(self, uid: int) -> V:
+        i = self._sel.pos(uid)
+        if i < 0:
+            raise KeyError(uid)
+        return self._values()[i]
+
+    def __setitem__(self, uid: int, value: V) -> None:
+        i = self._sel.pos(uid)
+        if i < 0:
+            raise KeyError(uid)
+        self._values()[i] = value
+
+    def get(self, uid: int, default: V) -> V:
+        i = self._sel.pos(uid)
+        return self._values()[i] if i >= 0 else default
 
 
 class Selected:
@@ -27,8 +67,10 @@ class Selected:
         self.watch = watch
         self.read_only = read_only
         self.uids = snap.uids
-        self.flags = dict(zip(snap.uids, snap.flags, strict=True))
-        self.modseqs = dict(zip(snap.uids, snap.modseqs, strict=True))
+        self.flag_list = snap.flags
+        self.modseq_list = snap.modseqs
+        self.flags: ByUid[frozenset[str]] = ByUid(self, "flag_list")
+        self.modseqs: ByUid[int] = ByUid(self, "modseq_list")
         self.recent = snap.recent
         self.highestmodseq = snap.mailbox.modseq
         self.held: list[int] = []
@@ -38,9 +80,13 @@ class Selected:
 
     # -- numbers
 
-    def seq_of(self, uid: int) -> int:
+    def pos(self, uid: int) -> int:
+        """The position of a uid in this session's index, or -1."""
         i = bisect_left(self.uids, uid)
-        return i + 1 if i < len(self.uids) and self.uids[i] == uid else 0
+        return i if i < len(self.uids) and self.uids[i] == uid else -1
+
+    def seq_of(self, uid: int) -> int:
+        return self.pos(uid) + 1
 
     def parse_set(self, text: str, *, uid: bool) -> list[int]:
         """Uids named by a sequence set (RFC 3501 §9 sequence-set), ascending."""
@@ -91,22 +137,24 @@ class Selected:
                 for uid in change.uids:
                     if not self.uids or uid > self.uids[-1]:
                         self.uids.append(uid)
-                        self.flags[uid] = change.flags
-                        self.modseqs[uid] = change.modseq
+                        self.flag_list.append(change.flags)
+                        self.modseq_list.append(change.modseq)
                         exists_changed = True
                         if uid in self.watch.recent:
                             self.recent.add(uid)
                 self.highestmodseq = max(self.highestmodseq, change.modseq)
             elif change.kind == "flags":
                 uid = change.uids[0]
-                if uid in self.flags and change.modseq > self.modseqs.get(uid, 0):
-                    self.flags[uid] = change.flags
-                    self.modseqs[uid] = change.modseq
+                i = self.pos(uid)
+                if i >= 0 and change.modseq > self.modseq_list[i]:
+                    self.flag_list[i] = change.flags
+                    self.modseq_list[i] = change.modseq
                     self.highestmodseq = max(self.highestmodseq, change.modseq)
                     if uid not in self.held:
                         yield self.fetch_flags(uid, condstore, with_uid=qresync)
             elif change.kind == "expunge":
-                self.held.extend(u for u in change.uids if u in self.flags)
+                self.held.extend(u for u in change.uids if self.pos(u) >= 0)
+                self.highestmodseq = max(self.highestmodseq, change.modseq)
             elif change.kind == "deleted":
                 self.gone = True
         if exists_changed or len(self.uids) != self.told_exists:
@@ -128,7 +176,7 @@ class Selected:
 
     def flush_expunges(self, qresync: bool) -> Iterator[bytes]:
         held, self.held = sorted(set(self.held)), []
-        present = [u for u in held if u in self.flags]
+        present = [u for u in held if self.pos(u) >= 0]
         if not present:
             return
         if qresync:
@@ -136,22 +184,51 @@ class Selected:
         else:
             for uid in reversed(present):  # from the top: earlier numbers stay valid
                 yield b"* %d EXPUNGE" % self.seq_of(uid)
-        gone = set(present)
-        self.uids = [u for u in self.uids if u not in gone]
-        for u in present:
-            self.flags.pop(u, None)
-            self.modseqs.pop(u, None)
-            self.recent.discard(u)
+        if len(present) <= 64:
+            for uid in reversed(present):
+                i = self.pos(uid)
+                del self.uids[i], self.flag_list[i], self.modseq_list[i]
+        else:
+            gone = set(present)
+            keep = [i for i, u in enumerate(self.uids) if u not in gone]
+            self.uids = [self.uids[i] for i in keep]
+            self.flag_list = [self.flag_list[i] for i in keep]
+            self.modseq_list = [self.modseq_list[i] for i in keep]
+        self.recent.difference_update(present)
         self.told_exists = len(self.uids)
 
+    def resync(self, now: Snapshot | None) -> list[Change]:
+        """Changes that take this copy to ``now`` (after the watch overflowed).
+
+        Expunged uids become one ``expunge`` (held back by the usual rules),
+        newer flags one ``flags`` change each, new uids ``exists`` changes;
+        ``None`` (the mailbox is gone) becomes ``deleted``.
+        """
+        if now is None:
+            return [Change("deleted", ())]
+        theirs = {u: i for i, u in enumerate(now.uids)}
+        out: list[Change] = []
+        gone = tuple(u for u in self.uids if u not in theirs)
+        if gone:
+            out.append(Change("expunge", gone, modseq=now.mailbox.modseq))
+        for uid, modseq in zip(self.uids, self.modseq_list, strict=True):
+            j = theirs.get(uid)
+            if j is not None and now.modseqs[j] > modseq:
+                out.append(Change("flags", (uid,), now.flags[j], now.modseqs[j]))
+        last = self.uids[-1] if self.uids else 0
+        for j in range(bisect_right(now.uids, last), len(now.uids)):
+            out.append(Change("exists", (now.uids[j],), now.flags[j], now.modseqs[j]))
+        return out
+
     def fetch_flags(self, uid: int, condstore: bool, *, with_uid: bool) -> bytes:
-        flags = self.flags[uid] | ({"\\Recent"} if uid in self.recent else set())
-        out = b"* %d FETCH (" % self.seq_of(uid)
+        i = self.pos(uid)
+        flags = self.flag_list[i] | ({"\\Recent"} if uid in self.recent else set())
+        out = b"* %d FETCH (" % (i + 1)
         if with_uid:
             out += b"UID %d " % uid
         out += b"FLAGS " + render.flags(flags)
         if condstore:
-            out += b" MODSEQ (%d)" % self.modseqs[uid]
+            out += b" MODSEQ (%d)" % self.modseq_list[i]
         return out + b")"
 
 

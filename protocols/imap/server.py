@@ -33,6 +33,7 @@ class ImapServer:
             self.tls_context = None
         self.max_sessions = conf.int("imap.max_sessions_per_user")
         self.max_line = conf.int("imap.max_line")
+        self.max_pending = conf.int("imap.max_pending_changes")
         self.by_user: dict[str, set[Session]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.writers: set[asyncio.StreamWriter] = set()

@@ -35,6 +35,16 @@ FLUSH_AT = 256 * 1024
 NO_EXPUNGE_AFTER = frozenset({"FETCH", "STORE", "SEARCH"})
 
 
+def plaintext_auth_allowed(peer: str, *, tls: bool, configured: bool) -> bool:
+    """May a password cross this connection? (RFC 3501 §6.2.3, RFC 8314 §3)
+
+    Only under TLS, from a loopback *peer* address (the client's, not the
+    listener's: a listener on 0.0.0.0 still refuses remote clients), or when
+    ``listen.plaintext_auth`` says the operator accepts the risk.
+    """
+    return tls or is_loopback(peer) or configured
+
+
 class Session:
     def __init__(self, server: ImapServer, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, *, tls: bool) -> None:
@@ -64,8 +74,8 @@ class Session:
 
     @property
     def plaintext_ok(self) -> bool:
-        return (self.tls or is_loopback(self.peer)
-                or self.service.config.bool("listen.plaintext_auth"))
+        return plaintext_auth_allowed(self.peer, tls=self.tls,
+                                      configured=self.service.config.bool("listen.plaintext_auth"))
 
     def capabilities(self) -> list[str]:
         caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE"]
@@ -213,7 +223,10 @@ class Session:
         sel = self.selected
         if sel is None:
             return
-        changes = sel.watch.take()
+        if sel.watch.overflowed:  # fell too far behind: diff against the mailbox as it is
+            changes = sel.resync(self.mail.current(sel.watch))
+        else:
+            changes = sel.watch.take()
         if changes or (expunge_ok and sel.held):
             for data in sel.apply(changes, expunge_ok=expunge_ok, condstore=self.condstore,
                                   qresync=self.qresync):

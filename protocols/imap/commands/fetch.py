@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -223,36 +224,64 @@ def _in_uid_set(text: str, uids: list[int]) -> list[int]:
 
 
 async def _fetch_index(s: Session, uids: list[int], items: list[str | Section]) -> None:
-    """The fast path: only UID/FLAGS/MODSEQ, straight from the session's index."""
+    """The fast path: only UID/FLAGS/MODSEQ, straight from the session's index.
+
+    One ``%`` format per message with the FLAGS text cached per distinct flag
+    set: a ``UID FETCH 1:* (FLAGS)`` of 100,000 messages is a tight loop.
+    """
     sel = s.need_selected()
     if not uids:
         return
-    cache: dict[frozenset[str], bytes] = {}
     with_uid, with_flags, with_modseq = "UID" in items, "FLAGS" in items, "MODSEQ" in items
-    recent, index, flags_of, modseqs = sel.recent, sel.uids, sel.flags, sel.modseqs
+    fields = [b"UID %d"] if with_uid else []
+    fields += [b"FLAGS %s"] if with_flags else []
+    fields += [b"MODSEQ (%d)"] if with_modseq else []
+    template = b"* %d FETCH (" + b" ".join(fields) + b")\r\n"
+    texts: dict[frozenset[str], bytes] = {}
+    recent_texts: dict[frozenset[str], bytes] = {}
+    recent, index, flags_of, modseqs = sel.recent, sel.uids, sel.flag_list, sel.modseq_list
     pos = bisect_left(index, uids[0])
+    n = len(uids)
+    if index[pos:pos + n] == uids:  # a contiguous range (``1:*``, the usual case): by column
+        cols: list[Sequence[Any]] = [range(pos + 1, pos + 1 + n)]
+        if with_uid:
+            cols.append(uids)
+        if with_flags:
+            column = flags_of[pos:pos + n]
+            texts = {f: render.flags(f) for f in set(column)}
+            shown: list[bytes] = list(map(texts.__getitem__, column))
+            for uid in recent:
+                i = bisect_left(uids, uid)
+                if i < n and uids[i] == uid:
+                    shown[i] = render.flags(column[i] | {"\\Recent"})
+            cols.append(shown)
+        if with_modseq:
+            cols.append(modseqs[pos:pos + n])
+        for start in range(0, n, 4096):
+            rows = zip(*(c[start:start + 4096] for c in cols), strict=True)
+            s.out += b"".join([template % row for row in rows])
+            await s.maybe_flush()
+        return
     lines: list[bytes] = []
+    append = lines.append
     for uid in uids:  # uids ascend and are in the index: walk it instead of searching
         while index[pos] != uid:
             pos += 1
-        parts = [b"* %d FETCH (" % (pos + 1)]
-        if with_uid:
-            parts.append(b"UID %d " % uid)
+        values: tuple[Any, ...] = (pos + 1, uid) if with_uid else (pos + 1,)
         if with_flags:
-            flags = flags_of[uid]
-            if uid in recent:
-                flags = flags | {"\\Recent"}
+            flags = flags_of[pos]
+            cache = recent_texts if recent and uid in recent else texts
             text = cache.get(flags)
             if text is None:
-                text = cache[flags] = b"FLAGS " + render.flags(flags) + b" "
-            parts.append(text)
+                text = cache[flags] = render.flags(
+                    flags | {"\\Recent"} if cache is recent_texts else flags)
+            values += (text,)
         if with_modseq:
-            parts.append(b"MODSEQ (%d) " % modseqs[uid])
-        parts[-1] = parts[-1][:-1] + b")\r\n" if parts[-1].endswith(b" ") else parts[-1] + b")\r\n"
-        lines.append(b"".join(parts))
+            values += (modseqs[pos],)
+        append(template % values)
         if len(lines) >= 4096:
             s.out += b"".join(lines)
-            lines = []
+            lines.clear()
             await s.maybe_flush()
     s.out += b"".join(lines)
 

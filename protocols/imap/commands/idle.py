@@ -25,17 +25,17 @@ async def idle(s: Session, cmd: Command) -> str | None:
     deadline = asyncio.get_running_loop().time() + s.idle_timeout
     try:
         while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                s.untagged("BYE IDLE lasted too long")
+                s.closing = True
+                return "IDLE terminated"
             sel = s.selected
             waiters: set[asyncio.Future[object]] = {done}  # type: ignore[arg-type]
             wake = None
             if sel is not None:
                 wake = asyncio.ensure_future(sel.watch.wake.wait())
                 waiters.add(wake)  # type: ignore[arg-type]
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                s.untagged("BYE IDLE lasted too long")
-                s.closing = True
-                return "IDLE terminated"
             finished, _ = await asyncio.wait(waiters, timeout=remaining,
                                              return_when=asyncio.FIRST_COMPLETED)
             if wake is not None and not wake.done():

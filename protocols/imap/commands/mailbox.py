@@ -53,14 +53,19 @@ async def _open(s: Session, cmd: Command, *, read_only: bool) -> str | None:
             else:
                 raise Bad(f"unknown SELECT parameter {p[:30]}")
             i += 1
-    if s.selected is not None:
-        s.close_selected()
-        if s.condstore:
-            s.untagged("OK [CLOSED] previous mailbox closed")
-    snap, watch = await s.mail.open(s.user, name, read_only=read_only)
+    # open the new one before closing the old, so that re-selecting the same
+    # mailbox keeps its shared index loaded (RFC 3501 §6.3.1: a failed SELECT
+    # still leaves the session unselected, hence the close in both cases)
+    try:
+        snap, watch = await s.mail.open(s.user, name, read_only=read_only,
+                                        max_pending=s.server.max_pending)
+    finally:
+        if s.selected is not None:
+            s.close_selected()
+            if s.condstore:
+                s.untagged("OK [CLOSED] previous mailbox closed")
     sel = Selected(snap, watch, read_only)
-    keywords = {k for fs in set(snap.flags) for k in fs if not k.startswith("\\")}
-    flags = render.flags([*SYSTEM_FLAGS, *keywords])
+    flags = render.flags([*SYSTEM_FLAGS, *sorted(snap.keywords)])
     s.untagged(b"FLAGS " + flags)
     if read_only:
         s.untagged(b"OK [PERMANENTFLAGS ()] read-only")
@@ -68,8 +73,7 @@ async def _open(s: Session, cmd: Command, *, read_only: bool) -> str | None:
         s.untagged(b"OK [PERMANENTFLAGS " + flags[:-1] + b" \\*)] flags permitted")
     s.untagged(b"%d EXISTS" % len(sel.uids))
     s.untagged(b"%d RECENT" % len(sel.recent))
-    first_unseen = next((i for i, u in enumerate(sel.uids, 1)
-                         if "\\Seen" not in sel.flags[u]), 0)
+    first_unseen = snap.first_unseen()
     if first_unseen:
         s.untagged(b"OK [UNSEEN %d] first unseen" % first_unseen)
     s.untagged(b"OK [UIDVALIDITY %d] uids valid" % snap.mailbox.uidvalidity)
@@ -98,10 +102,10 @@ async def _qresync(s: Session, sel: Selected, params: list[Token]) -> None:
         gone = [u for u in gone if u in known]
     if gone:
         s.untagged(b"VANISHED (EARLIER) " + compress(gone).encode())
-    for uid in sel.uids:
-        if sel.modseqs[uid] > since:
-            s.line(sel.fetch_flags(uid, True, with_uid=True))
-            await s.maybe_flush()
+    changed = [u for u, m in zip(sel.uids, sel.modseq_list, strict=True) if m > since]
+    for uid in changed:
+        s.line(sel.fetch_flags(uid, True, with_uid=True))
+        await s.maybe_flush()
 
 
 def _uid_set(text: str) -> list[int]:

@@ -53,12 +53,26 @@ class Msg:
     meta: Meta | None = None
     text: str | None = None
     headers: list[tuple[str, str]] | None = None
+    flat: str | None = None
+
+    def may_contain(self, needle: str) -> bool:
+        """False only if no header value can contain ``needle`` (lower-case).
+
+        A fast reject on the whole header block (unfolded, lower-cased), so
+        most messages of a header SEARCH are never split into fields. Not
+        usable with RFC 2047 encoded words, whose decoded text is not in it.
+        """
+        if self.flat is None:
+            assert self.meta is not None
+            self.flat = self.meta.header.decode("utf-8", "replace").replace("\r\n", "").lower()
+        return "=?" in self.flat or needle in self.flat
 
     def header_values(self, name: str) -> list[str]:
+        """Decoded values of one header; only the named header's values are decoded."""
         if self.headers is None:
             assert self.meta is not None
-            self.headers = [(k, _decode(v)) for k, v in parse_headers(self.meta.header)]
-        return [v for k, v in self.headers if k == name]
+            self.headers = parse_headers(self.meta.header)
+        return [_decode(v) for k, v in self.headers if k == name]
 
 
 Pred = Callable[[Msg], bool]
@@ -71,6 +85,9 @@ class Node:
 
 
 def _decode(value: str) -> str:
+    """RFC 2047 encoded words decoded; a value without any (``=?``) is returned as is."""
+    if "=?" not in value:
+        return value
     try:
         return str(email.header.make_header(email.header.decode_header(value)))
     except (ValueError, LookupError, email.errors.HeaderParseError):
@@ -217,6 +234,8 @@ class Compiler:
         needle = needle.lower()
 
         def pred(m: Msg) -> bool:
+            if not m.may_contain(needle):
+                return False
             values = m.header_values(name)
             return any(needle in v.lower() for v in values) if values else False
         return Node(pred, META)
@@ -252,8 +271,9 @@ async def run_search(s: Session, sel: Selected, tokens: list[Token]) -> tuple[li
     """Matching uids and the highest modseq among them."""
     compiler = Compiler(s, sel)
     node = compiler.program(tokens)
-    msgs = [Msg(u, i, sel.flags[u], sel.modseqs[u], u in sel.recent)
-            for i, u in enumerate(sel.uids, 1)]
+    recent = sel.recent
+    msgs = [Msg(u, i, f, m, u in recent) for i, (u, f, m)
+            in enumerate(zip(sel.uids, sel.flag_list, sel.modseq_list, strict=True), 1)]
     if node.cost >= META:
         for start in range(0, len(msgs), 500):
             chunk = msgs[start:start + 500]

@@ -209,6 +209,19 @@ def test_search_keys(account: Account) -> None:
     c.logout()
 
 
+def test_header_search_across_folds_and_fields(account: Account) -> None:
+    """The whole-header fast reject must not hide matches in folded lines."""
+    account.deliver(b"Subject: a long\r\n subject line\r\nX-Tag: blue\r\nFrom: x@y\r\n\r\nb\r\n")
+    account.deliver(b"Subject: blue\r\nFrom: x@y\r\n\r\nb\r\n")
+    c = client(account)
+    c.select_folder("INBOX")
+    assert c.search(["SUBJECT", "long subject"]) == [1]  # across the fold
+    assert c.search(["SUBJECT", "blue"]) == [2]  # not X-Tag's blue
+    assert c.search(["HEADER", "X-Tag", "BLUE"]) == [1]
+    assert c.search(["SUBJECT", "purple"]) == []
+    c.logout()
+
+
 def test_list_lsub_status_special_use_children(account: Account) -> None:
     c = client(account)
     c.create_folder("Projects/2024")

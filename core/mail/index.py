@@ -1,0 +1,186 @@
+"""One shared in-memory index per open mailbox: uids, flags and modseqs.
+
+Why: a SELECT of a 100,000-message mailbox used to spend most of its time in
+SQLite returning 100,000 rows. Now the first session to open a mailbox loads
+its index once; every later SELECT/EXAMINE of it (by any session) copies
+three Python lists, and every committed change reaches the index through the
+store's own change path (``MailStore._publish``) at the moment it reaches the
+sessions' ``Watch`` queues, so the index is always the committed state as the
+sessions are told of it.
+
+Consistency: a load runs on the database thread while commits may land
+around it. Every ``Change`` carries the mailbox modseq its commit produced,
+changes published during the load are buffered and replayed after it, and
+replay is idempotent (an ``exists`` at or below the loaded modseq is already
+in the rows, a ``flags`` change applies only over an older modseq, an
+``expunge`` of an absent uid does nothing), so no change is lost or applied
+twice whichever side of the load it landed on.
+
+Memory: an index lives only while at least one session has the mailbox open
+(``MailStore.close`` drops it with the last watch), so the number of indexes
+is bounded by the number of IMAP sessions. Per message it holds three list
+slots (24 bytes) plus the uid and modseq ints (about 28 bytes each, shared
+with the sessions' copies); flag sets are interned, so a mailbox with a
+handful of distinct flag combinations costs about 80 bytes per message:
+about 8 MB for 100,000 messages, plus 24 bytes per message for each session
+that has it selected (its own lists, because its message sequence numbers
+move only when it is told of an expunge).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from bisect import bisect_left, insort
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.mail.store import Change, Mailbox, Watch
+
+SEEN = "\\Seen"
+SMALL_EXPUNGE = 64  # at most this many uids: delete in place instead of rebuilding
+MAX_INTERNED = 10_000  # distinct flag sets kept before the unused ones are dropped
+
+
+@dataclass
+class Loaded:
+    """What the database thread returns for a mailbox (one consistent read)."""
+
+    uidvalidity: int
+    uidnext: int
+    modseq: int
+    recent_uid: int
+    uids: list[int]
+    flags: list[frozenset[str]]
+    modseqs: list[int]
+
+
+@dataclass
+class Snapshot:
+    """What a session needs at SELECT: its own copy of the index (flag sets shared)."""
+
+    mailbox: Mailbox  # uidnext and modseq as of this index, not a later row
+    uids: list[int]
+    flags: list[frozenset[str]]
+    modseqs: list[int]
+    recent: set[int]
+    keywords: frozenset[str] = frozenset()
+
+    def first_unseen(self) -> int:
+        """Sequence number of the first message without \\Seen, or 0 (SELECT's UNSEEN)."""
+        for i, flags in enumerate(self.flags, 1):
+            if SEEN not in flags:
+                return i
+        return 0
+
+
+@dataclass(eq=False)
+class MailboxIndex:
+    mailbox_id: int
+    watches: set[Watch] = field(default_factory=set)
+    ready: asyncio.Future[None] | None = None
+    loaded_modseq: int = -1
+    buffered: list[Change] = field(default_factory=list)
+    uidvalidity: int = 0
+    uidnext: int = 1
+    modseq: int = 0
+    recent_uid: int = 0
+    saved_recent_uid: int = 0
+    uids: list[int] = field(default_factory=list)
+    flags: list[frozenset[str]] = field(default_factory=list)
+    modseqs: list[int] = field(default_factory=list)
+    keywords: set[str] = field(default_factory=set)
+    interned: dict[frozenset[str], frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def loading(self) -> bool:
+        return self.loaded_modseq < 0
+
+    def fill(self, data: Loaded) -> None:
+        """Take the loaded rows, then replay what was published meanwhile."""
+        self.uidvalidity, self.uidnext = data.uidvalidity, data.uidnext
+        self.modseq = self.loaded_modseq = data.modseq
+        self.recent_uid = self.saved_recent_uid = data.recent_uid
+        self.uids, self.modseqs = data.uids, data.modseqs
+        self.flags = [self.intern(f) for f in data.flags]
+        for fs in set(self.flags):
+            self.keywords.update(k for k in fs if not k.startswith("\\"))
+        buffered, self.buffered = self.buffered, []
+        for change in buffered:
+            self.apply(change)
+
+    def intern(self, flags: frozenset[str]) -> frozenset[str]:
+        """One shared object per distinct flag set (memory, and identity-fast compares).
+
+        Flag sets no message uses any more are dropped once there are many, so a
+        client cycling through keyword combinations cannot grow this (or
+        ``keywords``) without bound.
+        """
+        if len(self.interned) >= MAX_INTERNED and flags not in self.interned:
+            self.interned = {f: f for f in self.flags}
+            self.keywords = {k for fs in self.interned for k in fs if not k.startswith("\\")}
+        return self.interned.setdefault(flags, flags)
+
+    def pos(self, uid: int) -> int:
+        """The position of a uid, or -1."""
+        i = bisect_left(self.uids, uid)
+        return i if i < len(self.uids) and self.uids[i] == uid else -1
+
+    def apply(self, change: Change) -> None:
+        """Fold one committed change in (idempotent; buffered while loading)."""
+        if self.loading:
+            self.buffered.append(change)
+            return
+        if change.kind == "exists":
+            if change.modseq <= self.loaded_modseq:
+                return  # committed before the load read the rows: already there
+            flags = self.intern(change.flags)
+            self.keywords.update(k for k in flags if not k.startswith("\\"))
+            for uid in change.uids:
+                if self.pos(uid) >= 0:
+                    continue
+                if not self.uids or uid > self.uids[-1]:
+                    self.uids.append(uid)
+                    self.flags.append(flags)
+                    self.modseqs.append(change.modseq)
+                else:  # published out of commit order: keep uids ascending
+                    insort(self.uids, uid)
+                    i = self.pos(uid)
+                    self.flags.insert(i, flags)
+                    self.modseqs.insert(i, change.modseq)
+                self.uidnext = max(self.uidnext, uid + 1)
+        elif change.kind == "flags":
+            i = self.pos(change.uids[0])
+            if i >= 0 and change.modseq > self.modseqs[i]:
+                self.flags[i] = self.intern(change.flags)
+                self.modseqs[i] = change.modseq
+                self.keywords.update(k for k in change.flags if not k.startswith("\\"))
+        elif change.kind == "expunge":
+            self.remove(change.uids)
+        self.modseq = max(self.modseq, change.modseq)
+
+    def remove(self, uids: tuple[int, ...] | list[int]) -> None:
+        if len(uids) <= SMALL_EXPUNGE:
+            for uid in uids:
+                i = self.pos(uid)
+                if i >= 0:
+                    del self.uids[i], self.flags[i], self.modseqs[i]
+            return
+        gone = set(uids)
+        keep = [i for i, u in enumerate(self.uids) if u not in gone]
+        self.uids = [self.uids[i] for i in keep]
+        self.flags = [self.flags[i] for i in keep]
+        self.modseqs = [self.modseqs[i] for i in keep]
+
+    def view(self, mailbox: Mailbox, *, claim_recent: bool) -> Snapshot:
+        """A session's copy; a read-write open claims the messages new since the last one."""
+        recent: set[int] = set()
+        if claim_recent:
+            if self.uids and self.uids[-1] > self.recent_uid:
+                recent = set(self.uids[bisect_left(self.uids, self.recent_uid + 1):])
+            self.recent_uid = max(self.recent_uid, self.uidnext - 1)
+        mb = replace(mailbox, uidvalidity=self.uidvalidity, uidnext=self.uidnext,
+                     modseq=self.modseq)
+        return Snapshot(mb, list(self.uids), list(self.flags), list(self.modseqs), recent,
+                        frozenset(self.keywords))
+
