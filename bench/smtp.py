@@ -5,7 +5,9 @@ with one connection per message, then with reused connections (``-d``). The
 twin stores every message durably (mail store + dispersed store, fsynced,
 group-committed) before its 250; smtp-sink and the aiosmtpd sink discard.
 Prints one JSON line per figure, then the ratios twin/aiosmtpd and
-twin/smtp-sink. Usage: .venv/bin/python bench/smtp.py [messages] [sessions]
+twin/smtp-sink, and each server's CPU time per message (user + system, from
+/proc; steadier than msg/s on a shared machine). Usage:
+.venv/bin/python bench/smtp.py [messages] [sessions]
 """
 
 from __future__ import annotations
@@ -64,6 +66,12 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def drive(port: int, messages: int, sessions: int, reuse: bool, rcpt: str) -> float:
     """messages/s that smtp-source achieves against 127.0.0.1:port."""
     args = ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", "4096",
@@ -111,15 +119,21 @@ def main() -> int:
         try:
             wait_port(sink_port)
             wait_port(aio_port)
+            assert twin.proc is not None
             targets = {"twin": twin.port("smtp"), "smtp-sink": sink_port,
                        "aiosmtpd": aio_port}
+            pids = {"twin": twin.proc.pid, "smtp-sink": sink.pid, "aiosmtpd": aio.pid}
             for reuse in (False, True):
                 mode = "reused connections" if reuse else "connection per message"
                 for name, port in targets.items():
                     drive(port, min(200, messages), sessions, reuse, twin.login)  # warm up
+                    cpu = cpu_seconds(pids[name])
                     rate = drive(port, messages, sessions, reuse, twin.login)
+                    cpu = cpu_seconds(pids[name]) - cpu
                     results[(name, reuse)] = rate
                     emit("smtp", f"{name}, {mode}, 4 KiB, {sessions} sessions", rate, "msg/s")
+                    emit("smtp", f"{name} CPU per message, {mode}", cpu / messages * 1e3,
+                         "ms")
                 emit("smtp", f"ratio twin/aiosmtpd, {mode}",
                      results[("twin", reuse)] / results[("aiosmtpd", reuse)], "x")
                 emit("smtp", f"ratio twin/smtp-sink, {mode}",

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from email.utils import format_datetime, getaddresses
 from typing import TYPE_CHECKING, Any
 
+from core.delivered import DeliveredLog, message_key
 from core.errors import Forbidden, Invalid, NotFound, TwinError, Unavailable
 from phonebook.record import TwinRecord
 
@@ -46,7 +47,7 @@ MAX_HEADER_BLOCK = 1024 * 1024
 
 def to_crlf(message: bytes) -> bytes:
     """Normalise line ends to CRLF (scripts hand us LF text)."""
-    if b"\r\n" in message and b"\n" not in message.replace(b"\r\n", b""):
+    if message.count(b"\n") == message.count(b"\r\n"):
         return message
     return re.sub(rb"\r?\n", b"\r\n", message)
 
@@ -124,6 +125,7 @@ class Routed:
     twins: dict[str, str] = field(default_factory=dict)  # twin name -> envelope uid
     queued: int | None = None  # legacy queue id
     legacy: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # had it from an earlier attempt
 
 
 class MailRouter:
@@ -133,6 +135,7 @@ class MailRouter:
         self._owners: dict[str, tuple[str | None, float]] = {}
         self._twins: dict[str, tuple[TwinRecord | None, float]] = {}
         self._domains: tuple[frozenset[str], float] = (frozenset(), 0.0)
+        self.delivered = DeliveredLog(service.db)
 
     # -- who we are
 
@@ -183,18 +186,28 @@ class MailRouter:
 
     # -- routing
 
-    async def route(self, mail_from: str, rcpts: Sequence[str], message: bytes) -> Routed:
-        """Deliver or durably hand off ``message`` to every recipient."""
+    async def route(self, mail_from: str, rcpts: Sequence[str], message: bytes, *,
+                    key: bytes | None = None) -> Routed:
+        """Deliver or durably hand off ``message`` to every recipient.
+
+        ``key`` (``core.delivered.message_key`` of the bytes as the client sent
+        them) makes a client's retry after a partial failure skip the
+        recipients that already have the message (see ``core.delivered``).
+        """
         message = to_crlf(message)
         routed = Routed()
-        owners: dict[str, None] = {}
+        done_before = self.delivered.already(key) if key is not None else frozenset()
+        owners: dict[str, list[str]] = {}
         by_twin: dict[str, tuple[TwinRecord, list[str]]] = {}
         for rcpt in dict.fromkeys(r.strip() for r in rcpts):
+            if rcpt.lower() in done_before:
+                routed.skipped.append(rcpt)
+                continue
             if await self.is_local(rcpt):
                 owner = await self.owner_of(rcpt)
                 if owner is None:
                     raise NotFound(f"no mailbox here for {rcpt}")
-                owners[owner] = None
+                owners.setdefault(owner, []).append(rcpt)
                 continue
             twin = await self.twin_for(rcpt)
             if twin is not None and twin.name != self.service.config.name:
@@ -206,11 +219,16 @@ class MailRouter:
                  for name, (_, group) in by_twin.items()]
         if routed.legacy:
             jobs.append(self.service.outbound.enqueue(mail_from, routed.legacy, message))
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+        results = await _all(jobs)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
-            # Some branches may have succeeded; a retry by the client can duplicate those.
-            # Local delivery and the two spools fail together only when storage is down.
+            branches = [*owners.values(), *(group for _, group in by_twin.values())]
+            if routed.legacy:
+                branches.append(routed.legacy)
+            succeeded = [r for group, result in zip(branches, results, strict=True)
+                         if not isinstance(result, BaseException) for r in group]
+            if key is not None and succeeded:
+                await self.delivered.remember(key, succeeded)  # the retry skips these
             raise errors[0] if isinstance(errors[0], TwinError) else Unavailable(
                 f"delivery failed: {errors[0]}")
         done: list[Any] = list(results)
@@ -220,8 +238,9 @@ class MailRouter:
             routed.twins[name] = str(envelope_uid)
         if routed.legacy:
             routed.queued = int(done[-1])
-        log.info("routed mail from %s: %d local, %d twin(s), %d legacy", mail_from or "<>",
-                 len(routed.local), len(routed.twins), len(routed.legacy))
+        log.info("routed mail from %s: %d local, %d twin(s), %d legacy, %d done before",
+                 mail_from or "<>", len(routed.local), len(routed.twins), len(routed.legacy),
+                 len(routed.skipped))
         return routed
 
     async def _deliver_local(self, login: str, message: bytes) -> int:
@@ -257,18 +276,27 @@ class MailRouter:
             raise Invalid("too many recipients")
         if len(message) > conf.int("smtp.max_message_size"):
             raise Invalid("message too large")
-        owners: dict[str, None] = {}
+        owners: dict[str, list[str]] = {}
         unknown: list[str] = []
+        key = message_key(f"twin {sender.name} {mail_from}", message)  # the peer retries too
+        done_before = self.delivered.already(key)
         for rcpt in rcpts:
             owner = await self.owner_of(rcpt) if await self.is_local(rcpt) else None
             if owner is None:
                 unknown.append(rcpt)
-            else:
-                owners[owner] = None
-        if not owners:
+            elif rcpt.strip().lower() not in done_before:
+                owners.setdefault(owner, []).append(rcpt)
+        if not owners and not done_before:
             raise NotFound(f"no mailbox here for {', '.join(unknown)}")
         marked = self.mark_from_twin(sender, mail_from, to_crlf(message))
-        await asyncio.gather(*(self._deliver_local(o, marked) for o in owners))
+        results = await _all([self._deliver_local(o, marked) for o in owners])
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            succeeded = [r for group, result in zip(owners.values(), results, strict=True)
+                         if not isinstance(result, BaseException) for r in group]
+            if succeeded:
+                await self.delivered.remember(key, succeeded)
+            raise errors[0]
         log.info("mail from twin %s (%s) delivered to %d user(s)", sender.name,
                  mail_from or "<>", len(owners))
         if unknown:
@@ -327,3 +355,13 @@ def format_datetime_now() -> str:
     import datetime as dt
 
     return format_datetime(dt.datetime.now(dt.UTC))
+
+
+async def _all(jobs: list[Any]) -> list[Any]:
+    """``gather(..., return_exceptions=True)``, without a task for the usual single branch."""
+    if len(jobs) != 1:
+        return list(await asyncio.gather(*jobs, return_exceptions=True))
+    try:
+        return [await jobs[0]]
+    except Exception as exc:
+        return [exc]

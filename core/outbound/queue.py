@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import dkim
+
 from core.errors import Invalid, NotFound, Unavailable
 from core.outbound import transport
 from core.outbound.bounce import Failure, make_dsn
@@ -92,6 +94,7 @@ class OutboundQueue:
         self._wake = asyncio.Event()
         self._busy: set[int] = set()
         self._slots = asyncio.Semaphore(conf.int("smtp.queue_concurrency"))
+        self.resolve_mx: transport.MxResolver = transport.dns_mx  # tests inject their own
 
     # -- the producer side
 
@@ -101,7 +104,10 @@ class OutboundQueue:
             raise Invalid("no recipients")
         if self.service.store is None:
             raise Unavailable("the dispersed store is not open")
-        signed = await asyncio.to_thread(self.dkim.sign, message)
+        try:
+            signed = await asyncio.to_thread(self.dkim.sign, message)
+        except dkim.DKIMException as exc:  # e.g. no From field: a retry cannot help (5xx)
+            raise Invalid(f"cannot sign the message: {exc}") from exc
         try:
             ref = await self.service.store.put(signed)
         except Exception as exc:
@@ -197,7 +203,8 @@ class OutboundQueue:
         try:
             async with self._slots:
                 message = await self._read(ref)
-                verdicts = await transport.send(self.relay, mail_from, rcpts, message)
+                verdicts = await transport.send(self.relay, mail_from, rcpts, message,
+                                                self.resolve_mx)
                 await self._settle(msg_id, mail_from, message, created, verdicts)
         except asyncio.CancelledError:
             raise

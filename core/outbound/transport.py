@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -66,8 +66,13 @@ def _from_reply(code: int, message: str) -> Verdict:
     return Verdict(False, code >= 500, "5.0.0" if code >= 500 else "4.0.0", text)
 
 
-async def mx_hosts(domain: str, lifetime: float) -> list[str]:
-    """MX hosts by preference; the domain itself when it has none (RFC 5321 §5.1)."""
+# (domain, lifetime) -> [(preference, exchange)]; [] when the domain has no MX
+# records; LookupError when it does not exist; dns.exception.DNSException: try later.
+MxResolver = Callable[[str, float], Awaitable[list[tuple[int, str]]]]
+
+
+async def dns_mx(domain: str, lifetime: float) -> list[tuple[int, str]]:
+    """The domain's MX records from the system's DNS servers (dnspython)."""
     resolver = dns.asyncresolver.Resolver()
     resolver.lifetime = lifetime
     try:
@@ -75,17 +80,24 @@ async def mx_hosts(domain: str, lifetime: float) -> list[str]:
     except dns.resolver.NXDOMAIN:
         raise LookupError(f"domain {domain} does not exist") from None
     except dns.resolver.NoAnswer:
+        return []
+    return [(int(r.preference), str(r.exchange).rstrip(".")) for r in answer]
+
+
+async def mx_hosts(domain: str, lifetime: float, resolve: MxResolver = dns_mx) -> list[str]:
+    """MX hosts by preference; the domain itself when it has none (RFC 5321 §5.1)."""
+    records = sorted(await resolve(domain, lifetime))
+    if not records:
         return [domain]
-    records = sorted(answer, key=lambda r: r.preference)
-    hosts = [str(r.exchange).rstrip(".") for r in records]
+    hosts = [exchange.rstrip(".") for _, exchange in records]
     if hosts == [""]:  # null MX, RFC 7505: this domain takes no mail
         raise LookupError(f"domain {domain} accepts no mail (null MX)")
     return hosts
 
 
 async def send(relay: Relay, mail_from: str, rcpts: Sequence[str],
-               message: bytes) -> dict[str, Verdict]:
-    """Try once; every recipient gets a verdict."""
+               message: bytes, resolve: MxResolver = dns_mx) -> dict[str, Verdict]:
+    """Try once; every recipient gets a verdict. ``resolve`` finds MX records."""
     if relay.host:
         return await _attempt(relay, relay.host, relay.port, mail_from, rcpts, message,
                               smarthost=True)
@@ -95,7 +107,7 @@ async def send(relay: Relay, mail_from: str, rcpts: Sequence[str],
     verdicts: dict[str, Verdict] = {}
     for domain, group in by_domain.items():
         try:
-            hosts = await mx_hosts(domain, relay.timeout)
+            hosts = await mx_hosts(domain, relay.timeout, resolve)
         except LookupError as exc:
             verdicts.update({r: Verdict(False, True, "5.1.2", str(exc)) for r in group})
             continue

@@ -15,6 +15,18 @@ results for Authentication-Results, resolver injectable), ``errors`` (the one
 error table), ``server`` (sockets). Routing, the legacy queue and DKIM
 signing are core's (``core.routing``, ``core.outbound``): this package only
 speaks SMTP.
+
+Memory: aiosmtpd collects a message's DATA in memory and hands it over whole
+(it has no streaming hook), so a session holds at most
+``smtp.max_message_size`` bytes of message (SIZE is announced and DATA past it
+is refused with 552 5.3.4), plus a transient copy or two while trust headers
+are stripped and ours prepended. Accepted as is: mail is small, the limit is
+configurable, and what is stored afterwards is streamed.
+
+Delivery: 250 after DATA only once every copy is durable (``core.routing``).
+When some recipients' copies are stored and another fails, the reply is 4xx
+and the recipients served are remembered by the message's key, so that the
+client's retry does not give them a second copy (``core.delivered``).
 """
 
 from __future__ import annotations

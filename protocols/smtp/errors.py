@@ -44,7 +44,16 @@ TABLE: dict[type[TwinError], tuple[int, str]] = {
 }
 
 
+# a core error's ``code`` that needs a more precise reply than its type's
+BY_CODE: dict[str, tuple[int, str]] = {
+    "overquota": (452, "4.2.2"),   # mailbox full: temporary, retry later (RFC 3463 X.2.2)
+}
+
+
 def to_smtp(exc: TwinError) -> SmtpError:
+    if exc.code in BY_CODE:
+        code, status = BY_CODE[exc.code]
+        return SmtpError(code, status, str(exc))
     for kind in type(exc).__mro__:
         if kind in TABLE:
             code, status = TABLE[kind]

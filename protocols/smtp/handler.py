@@ -5,6 +5,9 @@ recipients exist and whether relaying is allowed (``router.check_recipient``),
 where each recipient's copy goes (``router.route``). Each hook is wrapped in
 ``errors.replies`` so any failure becomes exactly one reply line. 250 after
 DATA is sent only when ``route`` has returned, i.e. every copy is durable.
+A 4xx after DATA passes ``route`` the key of the client's bytes, so that the
+client's retry does not give a second copy to the recipients that already
+have one (``core.delivered``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import Envelope, Session
 
+from core.delivered import message_key
 from core.routing import (
     domain_of,
     from_addresses,
@@ -95,7 +99,8 @@ class InboundHandler(BaseHandler):
         if warning:
             headers.append(("X-Twin-Warning", warning))
         message = prepend_headers(message, headers)
-        await self.router.route(envelope.mail_from or "", envelope.rcpt_tos, message)
+        await self.router.route(envelope.mail_from or "", envelope.rcpt_tos, message,
+                                key=message_key(envelope.mail_from or "", raw))
         return f"250 2.0.0 OK id {queue_id}"
 
     async def _impersonation(self, message: bytes, results: Any) -> str | None:
@@ -150,7 +155,7 @@ class SubmissionHandler(BaseHandler):
     @replies
     async def handle_DATA(self, server: TwinSMTP, session: Session, envelope: Envelope) -> str:
         login = self._login(session)
-        message = envelope.original_content or b""
+        message = raw = envelope.original_content or b""
         senders = from_addresses(message)
         if not senders:
             raise SmtpError(550, "5.6.0", "The message has no From header")
@@ -166,7 +171,8 @@ class SubmissionHandler(BaseHandler):
         if not header_values(message, "message-id"):
             headers.append(("Message-ID", make_msgid(domain=self.service.config.domain)))
         message = prepend_headers(message, headers)
-        await self.router.route(envelope.mail_from or "", envelope.rcpt_tos, message)
+        await self.router.route(envelope.mail_from or "", envelope.rcpt_tos, message,
+                                key=message_key(envelope.mail_from or "", raw))
         log.info("submitted by %s: %d recipient(s), %d bytes", login, len(envelope.rcpt_tos),
                  len(message))
         return f"250 2.0.0 OK id {queue_id}"

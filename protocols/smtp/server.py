@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from core import net, tls
 from protocols.smtp.dns import Resolver, system_resolver
 from protocols.smtp.handler import InboundHandler, SubmissionHandler
-from protocols.smtp.session import TwinSMTP
+from protocols.smtp.session import Gate, TwinSMTP
 from protocols.smtp.verify import Verifier
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ class SmtpListener:
         self.verifier = Verifier(resolver, dns_timeout=conf.float("smtp.dns_timeout"),
                                  skip_loopback=skip_loopback_spf)
         self.info: list[net.ListenerInfo] = []
+        self.gate = Gate(service.config.int("smtp.max_sessions"))
         self._servers: list[asyncio.Server] = []
 
     def _factory(self, handler: Any, *, tls_context: ssl.SSLContext | None,
@@ -58,6 +59,7 @@ class SmtpListener:
         return TwinSMTP(
             handler,
             service=self.service,
+            gate=self.gate,
             implicit_tls=implicit_tls,
             hostname=conf.str("smtp.hostname") or conf.domain,
             ident="twin ESMTP",

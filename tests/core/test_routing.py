@@ -109,3 +109,22 @@ def test_cli_mail_commands(tmp_path: Path) -> None:
     spoof = twin_cli(data, "mail", "send", "--from", "bob@alice.localhost", "--to",
                      "x@example.com", input="x", check=False)
     assert spoof.returncode == 2 and "not an address of" in spoof.stderr
+
+
+async def test_twin_mail_retried_after_partial_failure_is_not_duplicated(tmp_path: Path) -> None:
+    """The peer outbox retries a refused mail.deliver: users served the first time are skipped."""
+    async with running_twin(tmp_path, "alice", {"mail.quota": "20000"}) as alice:
+        carol = "carol@alice.localhost"
+        alice.service.users.add(carol)
+        await alice.service.mail.deliver(carol, b"Subject: filler\r\n\r\n" + b"x" * 15_000)
+        bob, _ = twin_record("bob", "bob.localhost")
+        payload = {"rcpt": [alice.login, carol], "mail_from": "bob@bob.localhost",
+                   "message": b"From: bob@bob.localhost\r\nSubject: hi\r\n\r\n" + b"y" * 8000}
+        with pytest.raises(Forbidden) as err:  # carol's mailbox is full
+            await alice.service.router.receive_from_twin(bob, payload)
+        assert err.value.code == "overquota"
+        alice.service.mail.quota_bytes = 200_000  # carol made room; the peer retries
+        await alice.service.router.receive_from_twin(bob, payload)
+        for login in (alice.login, carol):
+            copies = [m for m in await inbox(alice.service, login) if b"Subject: hi" in m]
+            assert len(copies) == 1, f"{login} has {len(copies)} copies"

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import smtplib
 import subprocess
+from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from tests.tools import require_tool
 
 
 @pytest.fixture
-async def alice(tmp_path: Path):
+async def alice(tmp_path: Path) -> AsyncIterator[Twin]:
     async with running_twin(tmp_path, "alice", {"smtp.max_message_size": "4096"}) as twin:
         yield twin
 
@@ -209,3 +210,29 @@ async def test_swaks_submission(alice: Twin) -> None:
          "--auth", "PLAIN", "--auth-user", alice.login, "--auth-password", alice.password,
          "--from", alice.login, "--to", alice.login], capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0  # no AUTH offered without TLS
+
+
+async def test_sessions_over_the_limit_get_421(tmp_path: Path) -> None:
+    async with running_twin(tmp_path, "alice", {"smtp.max_sessions": "2"}) as twin:
+        async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            return reader, writer, await asyncio.wait_for(reader.readline(), 10)
+
+        first = await connect(twin.port("smtp"))
+        second = await connect(twin.port("submission"))  # one limit over all listeners
+        assert first[2].startswith(b"220") and second[2].startswith(b"220")
+        reader, writer, greeting = await connect(twin.port("smtp"))
+        assert greeting.startswith(b"421 4.3.2")
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
+        writer.close()
+        first[1].write(b"QUIT\r\n")
+        assert (await asyncio.wait_for(first[0].readline(), 10)).startswith(b"221")
+        first[1].close()
+        for _ in range(50):  # the freed slot is usable again
+            reader, writer, greeting = await connect(twin.port("smtp"))
+            writer.close()
+            if greeting.startswith(b"220"):
+                break
+            await asyncio.sleep(0.1)
+        assert greeting.startswith(b"220")
+        second[1].close()
