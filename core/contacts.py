@@ -11,7 +11,7 @@ import builtins
 import sqlite3
 import time
 
-from core.db import Database
+from core.db import Database, transaction
 from core.errors import Conflict, Invalid, NotFound
 from phonebook.record import NAME_RE
 
@@ -73,7 +73,7 @@ class Contacts:
         def run(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM contacts WHERE name = ?", (circle,)).fetchone():
                 raise Conflict(f"{circle!r} is a contact's name; a circle needs another")
-            with conn:
+            with transaction(conn):
                 conn.execute("INSERT OR IGNORE INTO circles VALUES (?, ?)", (circle, time.time()))
                 for member in names:
                     conn.execute("INSERT OR IGNORE INTO contacts VALUES (?, ?)",
@@ -90,7 +90,7 @@ class Contacts:
         def run(conn: sqlite3.Connection) -> None:
             if not conn.execute("SELECT 1 FROM circles WHERE name = ?", (circle,)).fetchone():
                 raise NotFound(f"no circle {circle!r}")
-            with conn:
+            with transaction(conn):
                 if not names:
                     conn.execute("DELETE FROM circles WHERE name = ?", (circle,))
                 for member in names:

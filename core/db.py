@@ -3,8 +3,10 @@
 SQLite connections are tied to a thread and SQLite serialises writers anyway,
 so each database gets one dedicated thread and every call is ``await
 db.run(fn, ...)``: the event loop never blocks on disk, and there is no lock
-juggling. Callers that need several statements atomically pass one function
-that does them inside ``with conn:`` (a transaction).
+juggling. Connections are in autocommit mode (``isolation_level=None``), so
+``with conn:`` does *not* open a transaction; callers that need several
+statements atomically pass one function that does them inside
+``with transaction(conn):``.
 
 Each part of core owns its tables and creates them with ``migrate``: a list of
 SQL scripts applied in order once, tracked in ``schema_versions`` per part.
@@ -13,8 +15,9 @@ SQL scripts applied in order once, tracked in ``schema_versions`` per part.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +32,21 @@ def connect(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA busy_timeout = 30000")
     return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error; joins an open transaction."""
+    if conn.in_transaction:
+        yield conn
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 class Database:

@@ -27,7 +27,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 
-from core.db import Database
+from core.db import Database, transaction
 
 log = logging.getLogger("twin.routing")
 REMEMBER_SECONDS = 5 * 86400.0
@@ -61,7 +61,7 @@ class DeliveredLog:
         cutoff = time.time() - REMEMBER_SECONDS
 
         def load(c: sqlite3.Connection) -> list[tuple[bytes, str, float]]:
-            with c:
+            with transaction(c):
                 c.execute("DELETE FROM routing_delivered WHERE at < ?", (cutoff,))
             return c.execute("SELECT key, rcpt, at FROM routing_delivered ORDER BY at "
                              "LIMIT ?", (MAX_ENTRIES,)).fetchall()
@@ -90,7 +90,7 @@ class DeliveredLog:
             del self._seen[next(iter(self._seen))]  # dicts keep insertion order: oldest
 
         def insert(c: sqlite3.Connection) -> None:
-            with c:
+            with transaction(c):
                 c.executemany("INSERT OR IGNORE INTO routing_delivered VALUES (?, ?, ?)",
                               [(key, r, now) for r in new])
                 c.execute("DELETE FROM routing_delivered WHERE at < ?",

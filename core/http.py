@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from core import net, tls
 
@@ -25,6 +26,19 @@ if TYPE_CHECKING:
     from core.service import Service
 
 log = logging.getLogger("twin.http")
+
+
+class HttpToolsKeepingFragments(HttpToolsProtocol):
+    """uvicorn's httptools protocol, except that a ``#fragment`` stays in the path.
+
+    A fragment never belongs in a request target (RFC 9110 section 7.1); h11
+    keeps it in the path, httptools silently drops it, so ``DELETE /dav/a/#x``
+    would delete ``/dav/a/``. Escaped as ``%23`` it names no resource and the
+    request fails safely (litmus basic: delete_fragment).
+    """
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url.replace(b"#", b"%23"))
 
 
 def plugin_routes(service: Service) -> list[BaseRoute]:
@@ -60,6 +74,7 @@ class HttpListener:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            http=HttpToolsKeepingFragments,
             timeout_graceful_shutdown=3,
             h11_max_incomplete_event_size=64 * 1024,
             server_header=False,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import dkim
 
+from core.db import transaction
 from core.errors import Invalid, NotFound, Unavailable
 from core.outbound import transport
 from core.outbound.bounce import Failure, make_dsn
@@ -115,7 +116,7 @@ class OutboundQueue:
         now = time.time()
 
         def insert(c: sqlite3.Connection) -> int:
-            with c:
+            with transaction(c):
                 cur = c.execute("INSERT INTO outbound_messages (mail_from, ref, size, created) "
                                 "VALUES (?, ?, ?, ?)", (mail_from, str(ref), len(signed), now))
                 msg_id = int(cur.lastrowid or 0)
@@ -146,7 +147,7 @@ class OutboundQueue:
     def drop(self, msg_id: int) -> None:
         """Forget a queued message without a bounce (its stored copy goes on the next run)."""
         def delete(c: sqlite3.Connection) -> int:
-            with c:
+            with transaction(c):
                 c.execute("DELETE FROM outbound_rcpts WHERE msg_id = ?", (msg_id,))
                 return int(c.execute("UPDATE outbound_messages SET created = 0 WHERE id = ?",
                                      (msg_id,)).rowcount)
@@ -246,7 +247,7 @@ class OutboundQueue:
             await self.bounce(mail_from, message, failures)
 
         def record(c: sqlite3.Connection) -> None:
-            with c:
+            with transaction(c):
                 c.executemany("DELETE FROM outbound_rcpts WHERE msg_id = ? AND rcpt = ?",
                               [(msg_id, r) for r in done])
                 for rcpt, detail in retry:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from core.acl import as_dir, normalize
-from core.db import Database
+from core.db import Database, transaction
 from core.errors import Conflict, Invalid, NotFound, Unavailable
 
 MAX_LIST = 10_000
@@ -98,7 +98,7 @@ class SharedObjects:
         now = time.time()
 
         def run(conn: sqlite3.Connection) -> Any:
-            with conn:
+            with transaction(conn):
                 if conn.execute("SELECT 1 FROM shared_objects WHERE substr(path, 1, ?) = ?",
                                 (len(path) + 1, path + "/")).fetchone():
                     raise Invalid(f"{path} is a directory of shared objects")
@@ -116,7 +116,7 @@ class SharedObjects:
         path = normalize(path)
 
         def run(conn: sqlite3.Connection) -> Any:
-            with conn:
+            with transaction(conn):
                 row = conn.execute("SELECT ref FROM shared_objects WHERE path = ?",
                                    (path,)).fetchone()
                 conn.execute("DELETE FROM shared_objects WHERE path = ?", (path,))
