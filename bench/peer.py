@@ -6,6 +6,10 @@ envelope (``ping``), envelopes per second with several in flight, MiB/s of a
 without envelopes: a plain Starlette route on uvicorn + TLS (small POST
 round trip, and a 256 MiB streamed GET).
 
+The peer figures go through the twin's own client, which batches envelopes
+in flight to one peer into shared POSTs (``core.peer.client``); the base sends
+one POST per request, so under concurrency the ratio can exceed 1.
+
 The requesting side runs in this process with the sending twin's own data dir
 (``Service.open``, exactly what ``twin fetch`` does); the answering twin is a
 real ``twin serve`` process. Run: ``.venv/bin/python bench/peer.py``.

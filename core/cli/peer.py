@@ -168,7 +168,20 @@ async def share(service: Any, args: argparse.Namespace) -> int:
     print(f"shared {grant.path} with {grant.who} ({','.join(grant.rights)})"
           + (f" until {dt.datetime.fromtimestamp(grant.until).isoformat()}" if grant.until
              else ""))
+    await _tell(service, grant.path, args.grantee, grant.rights, revoked=False)
     return 0
+
+
+async def _tell(service: Any, path: str, grantee: str, rights: tuple[str, ...], *,
+                revoked: bool) -> None:
+    """share.notify to the grantees (core/peer/shares.py); a failure keeps the grant."""
+    from core.peer.shares import notify
+
+    queued, failed = await notify(service, path, grantee, rights, revoked=revoked)
+    if queued:
+        print(f"notifying {', '.join(queued)}")
+    if failed:
+        print(f"could not notify {', '.join(failed)} (the grant stands)", file=sys.stderr)
 
 
 async def _publish_file(service: Any, file: Path, path: str) -> None:
@@ -237,6 +250,7 @@ def _upload(data: Path, port: int, file: Path, path: str) -> dict[str, Any]:
 async def unshare(service: Any, args: argparse.Namespace) -> int:
     await service.access.revoke(args.path, args.grantee)
     print(f"revoked {args.path} for {args.grantee}")
+    await _tell(service, args.path, args.grantee, (), revoked=True)
     return 0
 
 

@@ -7,6 +7,14 @@ and a JSON body ``{"code", "message"}`` (plus the stored ``ack`` for a replay).
 The body size is checked against ``peer.max_envelope`` while it is read, before
 anything else looks at it.
 
+``POST /twin/v1/envelopes`` takes a batch: up to ``MAX_BATCH`` envelopes as
+frames, each one that is answered by an ack alone (no streamed kinds). They are
+checked and handled concurrently, exactly as if each had come on its own, and
+the answer is one frame per envelope in the same order: ``0 | ack`` or
+``1 | JSON refusal``. Only a batch that cannot be read at all gets an HTTP
+error. Batches exist because HTTP costs far more than an envelope's crypto
+(see ``core.peer.client``).
+
 ``PUT /twin/v1/local/objects?path=/x`` is for the owner's own CLI on this
 host (``twin share FILE --as /x`` while the twin runs): it streams a file into
 the dispersed store and publishes it in the twin's content (the file tree). It is authorised by
@@ -16,7 +24,9 @@ only the owner's account can read.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -28,9 +38,17 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from core.errors import TwinError
+from core.errors import Invalid, TwinError
 from core.peer import stream
-from core.peer.client import ENVELOPE_PATH, MEDIA_TYPE
+from core.peer.client import (
+    ACKED,
+    BATCH_MEDIA_TYPE,
+    BATCH_PATH,
+    ENVELOPE_PATH,
+    MAX_BATCH,
+    MEDIA_TYPE,
+    REFUSED,
+)
 from core.peer.content import publish
 from core.peer.errors import Refusal
 from core.peer.peer import refusal_body
@@ -94,7 +112,37 @@ def routes(service: Service) -> list[BaseRoute]:
             return _refuse(Refusal("internal", "internal error"))
         if answer.stream is None:
             return Response(stream.frame(answer.ack), media_type=MEDIA_TYPE)
-        return StreamingResponse(_with_ack(answer.ack, answer.stream), media_type=MEDIA_TYPE)
+        # A declared length spares chunked encoding (a copy of every frame on
+        # both sides); a stream cut short then shows as a truncated body.
+        headers = {"content-length": str(answer.length)} if answer.length is not None else {}
+        return StreamingResponse(_with_ack(answer.ack, answer.stream), media_type=MEDIA_TYPE,
+                                 headers=headers)
+
+    async def envelopes(request: Request) -> Response:
+        try:
+            body = await _read_capped(request, peer.max_envelope + 4 * MAX_BATCH)
+        except _TooLarge:
+            log.warning("refused a batch from %s: too_large", request.client)
+            return _refuse(Refusal("too_large", f"batch over {peer.max_envelope} bytes"))
+        except ClientDisconnect:
+            return Response(status_code=400)
+        try:
+            items = stream.split_frames(body, MAX_BATCH)
+        except Invalid as exc:
+            log.warning("refused a batch from %s: malformed (%s)", request.client, exc)
+            return _refuse(Refusal("malformed", f"batch: {exc}"))
+        answers = await asyncio.gather(*(_answer_one(raw) for raw in items))
+        return Response(b"".join(answers), media_type=BATCH_MEDIA_TYPE)
+
+    async def _answer_one(raw: bytes) -> bytes:
+        try:
+            answer = await peer.receive(raw, stream_ok=False)
+        except Refusal as refusal:
+            return _refusal_frame(refusal)
+        except Exception:
+            log.exception("internal error while handling an envelope of a batch")
+            return _refusal_frame(Refusal("internal", "internal error"))
+        return stream.frame(bytes([ACKED]) + answer.ack)
 
     async def put_object(request: Request) -> Response:
         token = request.headers.get("authorization", "").removeprefix("Bearer ")
@@ -110,15 +158,22 @@ def routes(service: Service) -> list[BaseRoute]:
 
     return [
         Route(ENVELOPE_PATH, envelope, methods=["POST"]),
+        Route(BATCH_PATH, envelopes, methods=["POST"]),
         Route(LOCAL_OBJECTS, put_object, methods=["PUT"]),
     ]
 
 
-async def _with_ack(ack: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+def _refusal_frame(refusal: Refusal) -> bytes:
+    return stream.frame(bytes([REFUSED]) + json.dumps(refusal_body(refusal)).encode())
+
+
+async def _with_ack(ack: bytes, body: AsyncIterator[bytes | memoryview],
+                    ) -> AsyncIterator[bytes | memoryview]:
     yield stream.frame(ack)
     try:
         async for frame in body:
             yield frame
     except Exception:
-        # The client sees the missing final chunk and reports a cut stream.
+        # The body ends short of its Content-Length: the connection drops and
+        # the client reports a cut stream (it also misses the final chunk).
         log.exception("content stream failed; cutting it short")

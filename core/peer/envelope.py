@@ -46,7 +46,7 @@ HEAD_LEN = 1 + SIG_LEN
 UID_LEN = 16
 NONCE_LEN = Box.NONCE_SIZE
 MAC_LEN = 16  # Poly1305
-MAX_NAME = 63
+MAX_NAME = 253  # a local twin name (<= 63) or, on TFChain, a relay domain
 MAX_KIND = 64
 FIELDS = frozenset({"uid", "from", "to", "timestamp", "ttl", "kind", "payload"})
 

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("twin.peer")
 REPLAY_FILE = "peer-replay.db"
 MAX_INFLIGHT = 16
+RECORD_MEMO = 5.0  # seconds a resolved peer record is reused without asking the phonebook
+MAX_MEMO = 4096
 
 # The envelope being handled, for handlers that make themselves idempotent by uid.
 current_envelope: contextvars.ContextVar[env.Envelope] = contextvars.ContextVar("envelope")
@@ -63,7 +65,8 @@ class Answer:
     """What the peer API sends back: the ack, then (content.get) an encrypted stream."""
 
     ack: bytes
-    stream: AsyncIterator[bytes] | None = None
+    stream: AsyncIterator[bytes | memoryview] | None = None
+    length: int | None = None  # of the whole answer (ack frame + stream), when known
 
 
 @dataclass
@@ -98,6 +101,8 @@ class Peer:
         self._client: PeerClient | None = None
         self.local_token = ""
         self._wake = asyncio.Event()
+        self._records: dict[str, tuple[float, TwinRecord]] = {}
+        self._memo_ttl = min(RECORD_MEMO, float(conf.int("phonebook.cache_ttl")))
         self.register("message", self._on_message)
         self.register("ping", self._on_ping)
         self.on_bounce("message", self._on_message_bounce)
@@ -122,7 +127,7 @@ class Peer:
     async def send(self, to: str, kind: str, payload: Any) -> str:
         """Durably queue ``payload`` for ``to``; returns the uid (hex)."""
         self.kinds.kind(kind)
-        await self.service.resolve(to)  # an unknown recipient fails now, not in days
+        await self._resolve(to)  # an unknown recipient fails now, not in days
         uid = await self.outbox.enqueue(to, kind, payload)
         log.info("queued %s envelope %s for %s", kind, uid.hex(), to)
         self._wake.set()
@@ -132,7 +137,7 @@ class Peer:
         """One signed request, its verified answer; raises PeerRejected or Unavailable."""
         if self.kinds.kind(kind).stream:
             raise Invalid(f"{kind} answers with a stream: use content_get")
-        record = await self.service.resolve(to)
+        record = await self._resolve(to)
         opened = await self._exchange(record, kind, payload, env.new_uid())
         return opened.result
 
@@ -145,7 +150,7 @@ class Peer:
     async def content_get(self, twin: str, path: str, start: int = 0,
                           end: int | None = None) -> AsyncIterator[bytes]:
         """Stream (a range of) ``path`` from ``twin``, verified chunk by chunk."""
-        record = await self.service.resolve(twin)
+        record = await self._resolve(twin)
         payload = {"path": normalize(path), "start": start, "end": end}
         if not record.endpoints:
             raise Unavailable(f"twin {record.name} publishes no endpoint")
@@ -170,20 +175,42 @@ class Peer:
                 sealed = await frames.next()
                 if sealed is None:
                     raise Invalid(f"stream from {twin} was cut short")
-                plain = (await asyncio.to_thread(dec.pull, sealed) if len(sealed) > 65536
-                         else dec.pull(sealed))
+                plain = (await asyncio.to_thread(dec.pull, sealed)
+                         if len(sealed) > stream.INLINE else dec.pull(sealed))
                 got += len(plain)
                 if plain:
                     yield plain
             if await frames.next() is not None or got != want:
                 raise Invalid(f"stream from {twin} does not match its announced length")
 
+    async def _resolve(self, name: str) -> TwinRecord:
+        """``service.resolve`` behind a memo of a few seconds.
+
+        Every envelope sent or received needs its peer's record; the phonebook
+        caches it anyway (``phonebook.cache_ttl``), but reaching that cache
+        costs a thread hop per envelope. The memo never outlives the phonebook
+        cache's own validity and is dropped whenever the phonebook is.
+        """
+        now = time.monotonic()
+        hit = self._records.get(name)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        record = await self.service.resolve(name)
+        if len(self._records) >= MAX_MEMO:
+            self._records.clear()
+        self._records[name] = (now + self._memo_ttl, record)
+        return record
+
+    def _forget_records(self) -> None:
+        self._records.clear()
+        self.service.phonebook.invalidate()
+
     # -- sending
 
     @property
     def client(self) -> PeerClient:
         if self._client is None:
-            self._client = PeerClient(self.timeout)
+            self._client = PeerClient(self.timeout, max_answer=self.max_envelope)
         return self._client
 
     def _seal(self, record: TwinRecord, kind: str, value: Any, uid: bytes) -> bytes:
@@ -205,22 +232,26 @@ class Peer:
             raise Unavailable(f"twin {record.name} publishes no endpoint")
         raw = self._seal(record, kind, value, uid)
         try:
-            async with self.client.exchange(record.endpoints[0], raw) as resp:
-                frames = stream.FrameReader(resp.aiter_raw(), max_frame=self.max_envelope)
-                first = await frames.next()
-                # read to the end: a half-read response cannot go back to the pool
-                if first is not None and await frames.next() is not None:
-                    raise Invalid(f"{record.name} sent more than an ack")
+            ack = await self.client.deliver(record.endpoints[0], raw)
         except Refused as refused:
             if refused.code == "replay" and refused.ack:
-                return self._open_ack(record, refused.ack, uid)  # delivered before
+                # delivered before: the peer's first ack, as old as that delivery
+                return self._open_ack(record, refused.ack, uid, fresh=False)
             raise refused.error() from None
-        if first is None:
-            raise Invalid(f"{record.name} sent an empty answer")
-        return self._open_ack(record, first, uid)
+        return self._open_ack(record, ack, uid)
 
-    def _open_ack(self, record: TwinRecord, raw: bytes, uid: bytes) -> _Opened:
-        """Verify an ack: from the peer we asked, to us, naming our uid."""
+    def _open_ack(self, record: TwinRecord, raw: bytes, uid: bytes, *,
+                  fresh: bool = True) -> _Opened:
+        """Verify an ack: from the peer we asked, to us, naming our uid, and (``fresh``)
+        stamped now, give or take ``peer.max_skew``, and not expired.
+
+        A stale ack can only be the peer's genuine ack for this very uid (it is
+        signed and names the uid), so accepting one would not be a forgery; it
+        is still refused, because a fresh answer is what was asked for and an
+        old one means someone replays traffic. The exception is the ack that
+        comes back with a ``replay`` refusal: the peer stored it at the first
+        delivery, so it is as old as that (``fresh=False``).
+        """
         try:
             sig, body = env.split(raw)
             if env.peek_sender(body) != record.name:
@@ -233,6 +264,11 @@ class Peer:
         if ack.kind != "ack" or ack.recipient != self.name or not isinstance(value, dict) \
                 or value.get("uid") != uid:
             raise Invalid(f"ack from {record.name} does not answer our envelope")
+        now = time.time()
+        if fresh and (ack.timestamp > now + self.max_skew
+                      or ack.expires + self.max_skew < now):
+            raise Invalid(f"stale ack from {record.name}: stamped {now - ack.timestamp:.0f}s "
+                          f"ago with a ttl of {ack.ttl}s")
         s = value.get("stream")
         if isinstance(s, dict):
             return _Opened(value.get("result"), bytes(s["key"]), bytes(s["header"]))
@@ -282,13 +318,13 @@ class Peer:
 
     async def _deliver(self, item: Pending) -> None:
         try:
-            record = await self.service.resolve(item.recipient)
+            record = await self._resolve(item.recipient)
             await self._exchange(record, item.kind, item.value, item.uid)
         except (PeerRejected, Invalid, NotFound, Forbidden, Conflict, Unavailable) as exc:
             code = getattr(exc, "code", "error")
             if isinstance(exc, Unavailable):
                 # the peer may have moved (a restart on a new port): look it up afresh
-                self.service.phonebook.invalidate()
+                self._forget_records()
             permanent = isinstance(exc, PeerRejected) and code in PERMANENT
             if permanent or time.time() - item.created >= self.give_up_after:
                 if await self.outbox.remove(item.uid):
@@ -316,21 +352,23 @@ class Peer:
 
     # -- receiving
 
-    async def receive(self, raw: bytes) -> Answer:
-        """Check one envelope and hand it to its kind's handler (see module docstring)."""
+    async def receive(self, raw: bytes, *, stream_ok: bool = True) -> Answer:
+        """Check one envelope and hand it to its kind's handler (see module docstring).
+
+        ``stream_ok=False`` (a batch) refuses kinds answered with a stream."""
         sender = "?"
         try:
             if len(raw) > self.max_envelope:
                 raise Refusal("too_large", f"envelope over {self.max_envelope} bytes")
             sig, body = env.split(raw)
             sender = env.peek_sender(body)
-            return await self._receive(sender, sig, body)
+            return await self._receive(sender, sig, body, stream_ok)
         except Refusal as refusal:
             log.warning("refused envelope from %s: %s (%s)", sender, refusal.code,
                         refusal.message)
             raise
 
-    async def _receive(self, sender: str, sig: bytes, body: bytes) -> Answer:
+    async def _receive(self, sender: str, sig: bytes, body: bytes, stream_ok: bool) -> Answer:
         record = await self._sender_record(sender)
         env.verify(sig, body, record.public_key)
         e = env.parse(body)
@@ -345,6 +383,8 @@ class Peer:
             raise Refusal("expired", f"envelope expired {now - e.expires:.0f}s ago")
         self.rate.take(record.name)
         kind = KINDS.get(e.kind)
+        if kind is not None and kind.stream and not stream_ok:
+            raise Refusal("invalid", f"{e.kind} is answered with a stream: send it alone")
         await self.replay.claim(record.name, e.uid)
         try:
             value = self.boxes.decrypt(record.public_key, e.payload)
@@ -364,7 +404,7 @@ class Peer:
 
     async def _sender_record(self, sender: str) -> TwinRecord:
         try:
-            return await self.service.resolve(sender)
+            return await self._resolve(sender)
         except (NotFound, Forbidden):
             raise Refusal("unknown_sender", f"no valid phonebook record for {sender!r}") \
                 from None
@@ -451,26 +491,9 @@ class Peer:
             "stream": {"key": key, "header": enc.header},
         })
         log.info("content.get %s [%d, %d) for %s", path, start, end, who)
-        return Answer(ack, self._encrypted(self.content.read(path, start, end), enc))
-
-    async def _encrypted(self, source: AsyncIterator[bytes],
-                         enc: stream.Encryptor) -> AsyncIterator[bytes]:
-        """Re-cut ``source`` into CHUNK-sized secretstream frames, the last one FINAL."""
-        buf = bytearray()
-        pending: bytes | None = None
-        async for data in source:
-            buf += data
-            while len(buf) >= stream.CHUNK:
-                if pending is not None:
-                    yield stream.frame(await asyncio.to_thread(enc.push, pending))
-                pending = bytes(buf[:stream.CHUNK])
-                del buf[:stream.CHUNK]
-        if pending is not None and buf:
-            yield stream.frame(await asyncio.to_thread(enc.push, pending))
-            pending = bytes(buf)
-        elif pending is None:
-            pending = bytes(buf)
-        yield stream.frame(await asyncio.to_thread(enc.push, pending, True))
+        return Answer(ack, stream.seal_frames(self.content.read(path, start, end), enc,
+                                              end - start),
+                      len(stream.frame(ack)) + stream.sealed_size(end - start))
 
     # -- lifecycle
 

@@ -12,20 +12,35 @@ real sender). Marks are kept well beyond the envelope's TTL
 The file runs with ``synchronous = NORMAL`` (WAL): a mark survives a crash of
 the process; after a power loss the last marks may be lost, which is why
 handlers are also required to be idempotent by uid (see ``core.peer``).
+
+Lookups and marks are grouped (``_Group``): the ones that arrive while the
+database thread is busy go together in its next call, marks in one
+transaction. Under load that is one thread hop and one commit for dozens of
+envelopes instead of two each; alone, an envelope waits for nothing.
+
+The rate limit is kept in memory only: it resets when the twin restarts. It
+exists to stop a peer from flooding a running twin; a restart costs an abuser
+more time than the minute of budget it gets back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from core.db import Database
 from core.peer.errors import Refusal
 
 log = logging.getLogger("twin.peer")
 MAX_STORED_ACK = 64 * 1024
+MAX_GROUP = 256
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 MIGRATIONS = [
     """
@@ -46,13 +61,15 @@ class ReplayGuard:
         self.db = Database(path, synchronous="NORMAL")
         self.db.migrate("peer.replay", MIGRATIONS)
         self._inflight: set[tuple[str, bytes]] = set()
+        self._lookup = _Group(self.db, _lookup_many)
+        self._mark = _Group(self.db, _mark_many)
 
     async def claim(self, sender: str, uid: bytes) -> None:
         """Refuse a uid seen before or being handled right now; else hold it."""
         key = (sender, uid)
         if key in self._inflight:
             raise Refusal("replay", "envelope uid is being handled already")
-        row = await self.db.run(_lookup, sender, uid, time.time())
+        row = await self._lookup((sender, uid, time.time()))
         if key in self._inflight:  # claimed while we looked
             raise Refusal("replay", "envelope uid is being handled already")
         if row is not None:
@@ -63,7 +80,7 @@ class ReplayGuard:
         """Mark the uid handled, remembering the ack for duplicates."""
         stored = ack if len(ack) <= MAX_STORED_ACK else None
         try:
-            await self.db.run(_mark, sender, uid, keep_until, stored)
+            await self._mark((sender, uid, keep_until, stored))
         finally:
             self._inflight.discard((sender, uid))
 
@@ -78,18 +95,66 @@ class ReplayGuard:
         self.db.close()
 
 
-def _lookup(conn: sqlite3.Connection, sender: str, uid: bytes, now: float) -> bytes | None:
-    row = conn.execute("SELECT ack FROM seen WHERE sender = ? AND uid = ? AND expires > ?",
-                       (sender, uid, now)).fetchone()
-    if row is None:
-        return None
-    return bytes(row[0]) if row[0] is not None else b""
+class _Group(Generic[In, Out]):
+    """Calls that arrive while the database thread is busy go as one call next."""
+
+    def __init__(self, db: Database,
+                 fn: Callable[[sqlite3.Connection, list[In]], list[Out]]) -> None:
+        self.db, self.fn = db, fn
+        self._waiting: list[tuple[In, asyncio.Future[Out]]] = []
+        self._runner: asyncio.Task[None] | None = None
+
+    async def __call__(self, item: In) -> Out:
+        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name="peer-replay-group")
+        return await future
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                group = self._waiting[:MAX_GROUP]
+                del self._waiting[:MAX_GROUP]
+                try:
+                    results = await self.db.run(self.fn, [item for item, _ in group])
+                except BaseException as exc:
+                    for _, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    for (_, future), result in zip(group, results, strict=True):
+                        if not future.done():
+                            future.set_result(result)
+        finally:
+            self._runner = None
 
 
-def _mark(conn: sqlite3.Connection, sender: str, uid: bytes, expires: float,
-          ack: bytes | None) -> None:
-    conn.execute("INSERT OR REPLACE INTO seen (sender, uid, expires, ack) VALUES (?, ?, ?, ?)",
-                 (sender, uid, expires, ack))
+def _lookup_many(conn: sqlite3.Connection,
+                 keys: list[tuple[str, bytes, float]]) -> list[bytes | None]:
+    """The stored ack of each (sender, uid) still remembered (b"" if none was kept)."""
+    out: list[bytes | None] = []
+    for sender, uid, now in keys:
+        row = conn.execute("SELECT ack FROM seen WHERE sender = ? AND uid = ? AND expires > ?",
+                           (sender, uid, now)).fetchone()
+        out.append(None if row is None else bytes(row[0]) if row[0] is not None else b"")
+    return out
+
+
+def _mark_many(conn: sqlite3.Connection,
+               marks: list[tuple[str, bytes, float, bytes | None]]) -> list[None]:
+    # one transaction, one commit (the connection is in autocommit mode)
+    conn.execute("BEGIN")
+    try:
+        conn.executemany(
+            "INSERT OR REPLACE INTO seen (sender, uid, expires, ack) VALUES (?, ?, ?, ?)", marks)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return [None] * len(marks)
 
 
 def _purge(conn: sqlite3.Connection, now: float) -> int:

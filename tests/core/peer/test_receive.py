@@ -67,7 +67,7 @@ async def test_each_check_has_its_code(pair: Pair) -> None:
         "wrong_recipient": sealed(alice, bob, recipient="carol"),
         "clock_skew": sealed(alice, bob, timestamp=now + 3600),
         "expired": sealed(alice, bob, timestamp=now - 7200, ttl=60),
-        "unknown_kind": sealed(alice, bob, kind="share.notify"),
+        "unknown_kind": sealed(alice, bob, kind="ack"),  # listed, but nobody takes one
         "unsupported_version": b"\x02" + sealed(alice, bob)[1:],
         "malformed": b"\x01" + bytes(10),
         "too_large": b"\x01" + bytes(bob.peer.max_envelope + 1),
@@ -106,6 +106,51 @@ async def test_rate_limit(pair: Pair) -> None:
         assert codes == ["ok", "ok", "rate_limited"]
     finally:
         bob.peer.rate = saved
+
+
+async def test_stale_or_future_acks_are_refused(pair: Pair) -> None:
+    """An ack must be fresh (its timestamp and ttl, within peer.max_skew), except the
+    stored first ack a peer sends back with a ``replay`` refusal."""
+    from core.errors import Invalid
+
+    alice, bob = pair
+    record = await alice.resolve("bob")
+    uid, now = env.new_uid(), int(time.time())
+
+    def ack(**kw: Any) -> bytes:
+        return env.seal(bob.identity, env.Boxes(bob.identity), sender="bob", recipient="alice",
+                        recipient_key=alice.identity.public_key, kind="ack",
+                        value={"uid": uid, "result": "ok"}, ttl=kw.pop("ttl", 600), **kw)
+
+    assert alice.peer._open_ack(record, ack(), uid).result == "ok"
+    skew = alice.peer.max_skew
+    stale = ack(timestamp=now - 7200, ttl=60)
+    early = ack(timestamp=now + skew + 120)
+    for raw in (stale, early):
+        with pytest.raises(Invalid, match="stale ack"):
+            alice.peer._open_ack(record, raw, uid)
+    # just inside the tolerance on both sides
+    assert alice.peer._open_ack(record, ack(timestamp=now - 60 - skew + 5, ttl=60), uid)
+    assert alice.peer._open_ack(record, ack(timestamp=now + skew - 5), uid)
+    # the first ack returned with a replay refusal is as old as the first delivery
+    assert alice.peer._open_ack(record, stale, uid, fresh=False).result == "ok"
+
+
+async def test_replay_guard_groups_lookups_and_marks(tmp_path: Any) -> None:
+    """Concurrent claims and marks share database calls and each still gets its answer."""
+    import asyncio
+
+    guard = ReplayGuard(tmp_path / "g.db")
+    uids = [env.new_uid() for _ in range(300)]
+    await asyncio.gather(*(guard.claim("alice", u) for u in uids))
+    await asyncio.gather(*(guard.done("alice", u, time.time() + 60, u) for u in uids[:200]))
+    for u in uids[200:]:
+        guard.release("alice", u)
+    results = await asyncio.gather(*(guard.claim("alice", u) for u in uids),
+                                   return_exceptions=True)
+    assert [r.ack if isinstance(r, Refusal) else None for r in results] == \
+        [*uids[:200], *([None] * 100)]
+    guard.close()
 
 
 async def test_replay_guard_survives_restart(tmp_path: Any) -> None:

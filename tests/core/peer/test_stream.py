@@ -66,3 +66,35 @@ async def test_frame_reader_reassembles_and_limits() -> None:
 
 def test_backoff_repeats_the_last_step() -> None:
     assert [backoff([1, 5, 30], n) for n in (1, 2, 3, 4, 10)] == [1, 5, 30, 30, 30]
+
+
+async def _pieces(parts: list[bytes]) -> AsyncIterator[bytes]:
+    for p in parts:
+        yield p
+
+
+@pytest.mark.parametrize("sizes", [[], [0], [1], [stream.CHUNK], [4 * stream.CHUNK],
+                                   [stream.CHUNK - 1, 2, stream.CHUNK * 2 + 5],
+                                   [7] * 1000, [3 * stream.CHUNK + 11, 0, 9]])
+async def test_seal_frames_cuts_fixed_chunks_of_the_announced_size(sizes: list[int]) -> None:
+    """Whatever piece sizes the source yields: CHUNK-sized frames, the last FINAL, and
+    exactly sealed_size(length) bytes (the Content-Length of a content.get answer)."""
+    import os
+
+    parts = [os.urandom(n) for n in sizes]
+    data, key = b"".join(parts), stream.new_key()
+    enc = stream.Encryptor(key)
+    wire = b"".join([bytes(f) async for f in stream.seal_frames(_pieces(parts), enc, len(data))])
+    assert len(wire) == stream.sealed_size(len(data))
+    frames = stream.split_frames(wire, 10_000)
+    assert all(len(f) == stream.CHUNK + stream.ABYTES for f in frames[:-1])
+    dec = stream.Decryptor(key, enc.header)
+    assert b"".join(dec.pull(f) for f in frames) == data and dec.finished
+
+
+@pytest.mark.parametrize("announced", [99, 101])
+async def test_seal_frames_refuses_a_source_of_another_length(announced: int) -> None:
+    enc = stream.Encryptor(stream.new_key())
+    with pytest.raises(Invalid, match=r"more than|short of"):
+        async for _ in stream.seal_frames(_pieces([b"x" * 60, b"y" * 40]), enc, announced):
+            pass
