@@ -4,7 +4,9 @@ Run standalone: ``.venv/bin/python bench/storage.py`` (``--quick`` for a smoke r
 Figures, all at 4-of-6 with 4 MiB segments on six local backends under
 ``bench/out/`` (the same disk as the data dir):
 
-- put / get MiB/s of one 256 MiB object, and as ratios to the raw disk
+- put / get MiB/s of one 256 MiB object, and the CPU time (user + system, all
+  threads) each costs per MiB: a figure that other work on a shared machine
+  does not move, unlike the MiB/s; and as ratios to the raw disk
   (the same share bytes written to six files with fsync, and read back) and
   to the encode / decode pipeline alone in memory (both CPU cores);
 - peak RSS of a fresh process that puts and gets a 1 GiB streamed object;
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -51,21 +54,29 @@ def open_bench_store(root: Path):  # type: ignore[no-untyped-def]
                       master_key=b"m" * 32, metadata_key=b"d" * 32)
 
 
-async def big_object(root: Path, size: int) -> tuple[float, float]:
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def big_object(root: Path, size: int) -> tuple[float, float, float, float]:
+    """put and get MiB/s, then put and get CPU milliseconds per MiB."""
     data = os.urandom(size)
     store = open_bench_store(root)
     await store.put(b"warm-up")
-    t = time.perf_counter()
+    t, c = time.perf_counter(), cpu_seconds()
     ref = await store.put(data)
     put = size / MiB / (time.perf_counter() - t)
+    put_cpu = (cpu_seconds() - c) * 1000 / (size / MiB)
     got = 0
-    t = time.perf_counter()
+    t, c = time.perf_counter(), cpu_seconds()
     async for chunk in store.get(ref):
         got += len(chunk)
     get = size / MiB / (time.perf_counter() - t)
+    get_cpu = (cpu_seconds() - c) * 1000 / (size / MiB)
     assert got == size
     await store.close()
-    return put, get
+    return put, get, put_cpu, get_cpu
 
 
 def raw_disk(root: Path, size: int) -> tuple[float, float]:
@@ -188,11 +199,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="storage-", dir=out))
     try:
-        put, get = asyncio.run(big_object(root / "big", big))
+        put, get, put_cpu, get_cpu = asyncio.run(big_object(root / "big", big))
         disk_w, disk_r = raw_disk(root / "raw", big)
         enc, dec = pipeline(big)
         emit("put_MiBps", put, "MiB/s", object_MiB=big // MiB, target=250)
         emit("get_MiBps", get, "MiB/s", object_MiB=big // MiB, target=300)
+        emit("put_cpu_ms_per_MiB", put_cpu, "ms/MiB", note="user+system CPU of the process")
+        emit("get_cpu_ms_per_MiB", get_cpu, "ms/MiB", note="user+system CPU of the process")
+        emit("load_average_1min", os.getloadavg()[0], "", note="shared machine: read with it")
         emit("raw_disk_write_fsync_MiBps", disk_w, "MiB/s",
              note="the same n/k share bytes to n files with fsync, per MiB of object")
         emit("raw_disk_read_MiBps", disk_r, "MiB/s")

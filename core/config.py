@@ -84,6 +84,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("smtp.hostname", str, "", "Name in the SMTP greeting and Received headers; default "
         "the twin's domain."),
     Key("smtp.max_recipients", int, 100, "Recipients accepted per message.", minimum=1),
+    Key("smtp.max_sessions", int, 200, "SMTP sessions open at once over all SMTP listeners "
+        "(more get 421); each may hold up to smtp.max_message_size in memory.", minimum=1),
     Key("smtp.timeout", float, 300.0, "Seconds an idle SMTP session is kept open."),
     Key("smtp.verify_dns", bool, True,
         "Check DKIM signatures and SPF of inbound mail against DNS (off: results are 'none')."),
@@ -102,10 +104,14 @@ SCHEMA: tuple[Key, ...] = (
         minimum=1024),
     Key("imap.max_sessions_per_user", int, 50, "Concurrent IMAP sessions per user.", minimum=1),
     Key("imap.idle_timeout", int, 30 * 60,
-        "Seconds an IDLE command may last before the server ends it.", minimum=60),
+        "Seconds an IDLE command may last before the server ends it (small values: tests).",
+        minimum=1),
     Key("imap.autologout", int, 30 * 60,
-        "Seconds of client silence after which a session is closed (RFC 3501 minimum 30 min).",
-        minimum=10),
+        "Seconds of client silence after which a session is closed (RFC 3501 minimum 30 min; "
+        "small values: tests).", minimum=1),
+    Key("imap.max_pending_changes", int, 10_000,
+        "Mailbox changes queued for a session that is not reading; beyond, it resyncs.",
+        minimum=1),
     Key("mail.quota", int, 0, "Bytes of mail each user may keep (0 = unlimited).", minimum=0),
     # -- phonebook
     Key("phonebook.backend", str, "local", "Where twins are found.",
@@ -136,7 +142,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("storage.backends", list, _default_backends(),
         "Shard backends: a list of tables {name, kind = local|resp, location}."),
     Key("storage.backup_interval", int, 3600,
-        "Seconds between backups of the catalogue into the dispersed store (0 = never).",
+        "Seconds between backups of twin.db and the catalogue into the dispersed store "
+        "(0 = never; a clean stop always backs up).",
         minimum=0),
     # -- twin-to-twin
     Key("peer.max_skew", int, 300, "Seconds of clock difference tolerated on envelopes.",

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import phonebook as pb
+from core import backup, net
 from core import config as cfg
 from core import identity as ident
-from core import net
 from core.acl import Access
 from core.contacts import Contacts
 from core.db import Database
@@ -38,6 +38,7 @@ from core.mail import MailStore
 from core.outbound import OutboundQueue
 from core.peer import Peer
 from core.peer.content import ContentSource, SharedObjects
+from core.peer.shares import SharedWithMe
 from core.routing import KIND as MAIL_KIND
 from core.routing import MailRouter
 from core.users import Throttle, Users
@@ -61,6 +62,14 @@ def phonebook_error(exc: pb.PhonebookError) -> TwinError:
         pb.PhonebookUnavailable: Unavailable,
     }
     return table.get(type(exc), Invalid)(str(exc))
+
+
+def store_in_use_message(exc: Any) -> str:
+    """What a CLI user reads when ``twin serve`` (or another command) holds the store."""
+    who = f"pid {exc.pid}" if exc.pid is not None else "another process"
+    return (f"the twin's storage is in use by {who} (is `twin serve` running?): stop it "
+            f"first, or let the running twin do the work (`twin share` uploads through "
+            f"it); {exc.path} is locked")
 
 
 class Service:
@@ -88,6 +97,7 @@ class Service:
                               redundancy=config.int("storage.n") / config.int("storage.k"))
         self.content: ContentSource = self.files  # what other twins may read: the file tree
         self.peer = Peer(self)  # twin-to-twin envelopes; its outbox worker runs in start()
+        self.shared_with_me = SharedWithMe(self.db, self.peer)  # share.notify received
         self.outbound = OutboundQueue(self)  # legacy SMTP queue; its worker runs in start()
         self.router = MailRouter(self)  # own domain / other twin / legacy world
 
@@ -174,15 +184,18 @@ class Service:
         import storage
 
         conf = self.config
-        return storage.open_store(
-            self.data_dir,
-            k=conf.int("storage.k"),
-            n=conf.int("storage.n"),
-            segment_size=conf.int("storage.segment_size"),
-            backends=conf.list("storage.backends"),
-            master_key=self.identity.derive_key("storage"),
-            metadata_key=self.identity.derive_key("metadata"),
-        )
+        try:
+            return storage.open_store(
+                self.data_dir,
+                k=conf.int("storage.k"),
+                n=conf.int("storage.n"),
+                segment_size=conf.int("storage.segment_size"),
+                backends=conf.list("storage.backends"),
+                master_key=self.identity.derive_key("storage"),
+                metadata_key=self.identity.derive_key("metadata"),
+            )
+        except storage.StoreInUse as exc:
+            raise Unavailable(store_in_use_message(exc)) from exc
 
     # -- lifecycle
 
@@ -209,8 +222,8 @@ class Service:
             self.store = await asyncio.to_thread(self.open_store)
             self.mail.attach(self.store)
             interval = self.config.int("storage.backup_interval")
-            if interval:  # the catalogue itself, into the dispersed store
-                self.spawn(self.store.backup_loop(interval), "catalogue-backup")
+            if interval:  # twin.db and the catalogue, into the dispersed store
+                self.spawn(backup.backup_loop(self.db, self.store, interval), "backup")
             self.spawn(self.files.sweep(), "files-sweep")  # objects a crash left unreferenced
             self.spawn(self.outbound.run(), "outbound-queue")
             # twin-to-twin mail: the receiving side and bounces
@@ -272,10 +285,10 @@ class Service:
                 log.exception("error while stopping a listener")
         self.listeners.clear()
         if self.store is not None:
-            try:  # leave a fresh catalogue backup behind on a clean stop
-                await self.store.backup()
+            try:  # leave a fresh twin.db + catalogue backup behind on a clean stop
+                await backup.backup_all(self.db, self.store)
             except Exception as exc:
-                log.warning("catalogue backup at shutdown failed: %s", exc)
+                log.warning("backup at shutdown failed: %s", exc)
             await self.store.close()
             self.store = None
         with contextlib.suppress(FileNotFoundError):

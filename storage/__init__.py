@@ -18,6 +18,8 @@ event loop (many puts and gets at once are the normal case)::
     infos = await store.list()               # or ``async for info in store.iter_objects()``
     report = await store.verify(sample=None | fraction, clean=False)   # VerifyReport
     report = await store.repair()            # RepairReport
+    await store.set_named("twin.db", ref)    # a named pointer, kept in the catalogue
+    refs = await store.get_named("twin.db")  # its kept generations, newest first
     name = await store.backup(); await store.backup_loop(interval_seconds)
     store = await Store.restore(data_dir, backends=..., metadata_key=..., master_key=...)
     healths = await store.health()           # [BackendHealth(name, kind, location, ...)]
@@ -31,33 +33,42 @@ Guarantees:
   whatever the object size; ranged ``get`` decodes only the covering segments.
 - Each segment (default 4 MiB) is encrypted with XChaCha20-Poly1305 under a
   per-object key (stored wrapped by the master key), bound to object id,
-  segment number and last-segment flag, then cut by zfec into n shares of
-  which any k rebuild it; each share on a *distinct* backend, each with a
-  versioned header and a BLAKE2b hash. A corrupt or missing share is skipped;
-  fewer than k good shares raise ``NotEnoughShares``.
+  segment number and last-segment flag (computed by OpenSSL, byte-identical
+  to libsodium's), then cut by zfec into n shares of which any k rebuild it;
+  each share on a *distinct* backend, each with a versioned header and a
+  hash (version 2: BLAKE3-256; version 1, BLAKE2b-256, still reads). A
+  corrupt or missing share is skipped; fewer than k good shares raise
+  ``NotEnoughShares``. Reads skip share hashes while the AEAD tag verifies
+  (it authenticates the whole segment) and check them all when it does not.
 - Writes need ``write_quorum`` shares per segment (default k+1, at most n):
   with a backend down, puts still succeed at reduced redundancy and ``repair``
   restores full redundancy later (also onto an empty replacement backend).
 - Errors (``storage.errors``): ``StorageError`` and its subclasses
-  ``ObjectNotFound``, ``NotEnoughShares``, ``BackendUnavailable``,
-  ``IntegrityError``, ``InvalidReference`` (a malformed ref; also a ValueError).
+  ``ObjectNotFound``, ``NotEnoughShares``, ``BackendUnavailable`` (and its
+  ``StoreInUse``), ``IntegrityError``, ``InvalidReference`` (a malformed ref or
+  name; also a ValueError).
 
 Pluggable part: shard backends (``storage.backends.ShardBackend``: put, get,
 delete, list, stat, health, close), chosen by ``kind`` — ``local`` (a directory
 of append-only data files with an index, group-committed fsyncs) and ``resp``
 (Redis, or 0-db namespaces with ``zdb://host:port/namespace``). A data dir and
-its local backends are used by one process at a time.
+its local backends are used by one process at a time: ``open_store`` locks the
+local directories at once and raises ``StoreInUse`` (with the holder's pid)
+if another process, normally a running ``twin serve``, has them.
 
 The catalogue (``catalogue.sqlite`` in the data dir) is backed up into the
 store itself, sealed by the *metadata* key, findable without the catalogue
-under ``backup/`` on every backend; see ``storage.backup``.
+under ``backup/`` on every backend; see ``storage.backup``. Named pointers
+(``set_named``; the newest ``NAMED_KEEP`` generations are kept) are catalogue
+rows, so a restored catalogue finds what they name: the twin keeps its
+metadata DB snapshot there (``core/backup.py``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from storage.backends import ShardBackend, load
+from storage.backends import ShardBackend, claim_all, load
 from storage.catalogue import FILE_NAME, Catalogue
 from storage.errors import (
     BackendUnavailable,
@@ -66,6 +77,7 @@ from storage.errors import (
     NotEnoughShares,
     ObjectNotFound,
     StorageError,
+    StoreInUse,
 )
 from storage.model import (
     BackendHealth,
@@ -92,6 +104,7 @@ __all__ = [
     "ShareProblem",
     "StorageError",
     "Store",
+    "StoreInUse",
     "VerifyReport",
     "open_store",
 ]
@@ -107,19 +120,27 @@ def open_store(data_dir: Path, *, k: int, n: int, segment_size: int,
     ``backends`` are ``{"name", "kind": "local"|"resp", "location"}``; local
     locations are relative to ``data_dir``. Backends are reached lazily, so an
     unreachable one does not stop the store from opening (reads use the others).
+    Local directories are locked for this process at once: if another process
+    (a running ``twin serve``) holds one, this raises ``StoreInUse`` with its pid.
     """
     data_dir = Path(data_dir)
     if not isinstance(backends, list) or not 1 <= len(backends) <= MAX_BACKENDS:
         raise ValueError(f"need 1..{MAX_BACKENDS} backends")
     data_dir.mkdir(parents=True, exist_ok=True)
     cpu, io = default_executors()
+    loaded: list[ShardBackend] = []
     try:
         loaded = [load(spec, data_dir, io) for spec in backends]
+        claim_all(loaded)  # StoreInUse now, if a running twin holds the directories
         catalogue = Catalogue(data_dir / FILE_NAME, io)
         return Store(data_dir, loaded, catalogue, k=k, n=n, segment_size=segment_size,
                      master_key=master_key, metadata_key=metadata_key, cpu=cpu, io=io,
                      write_quorum=write_quorum)
     except BaseException:
+        for b in loaded:
+            unclaim = getattr(b, "unclaim", None)
+            if unclaim is not None:
+                unclaim()
         cpu.shutdown(wait=False)
         io.shutdown(wait=False)
         raise

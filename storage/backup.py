@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 import cbor2
 
 from storage import crypto
-from storage.backends import ShardBackend, load
+from storage.backends import ShardBackend, claim_all, load
 from storage.catalogue import FILE_NAME, Catalogue, Manifest, SegmentEntry
 from storage.errors import BackendUnavailable, IntegrityError, StorageError
 from storage.store import NS_BACKUP, Store, default_executors, share_key
@@ -166,6 +166,12 @@ async def restore(data_dir: Path, *, backends: list[dict[str, str]], metadata_ke
     scratch = data_dir / (FILE_NAME + ".scratch")
     cpu, io = default_executors()
     loaded = [load(spec, data_dir, io) for spec in backends]
+    try:
+        claim_all(loaded)
+    except BaseException:
+        cpu.shutdown(wait=False)
+        io.shutdown(wait=False)
+        raise
     store = Store(data_dir, loaded, Catalogue(scratch, io), k=k, n=n,
                   segment_size=segment_size, master_key=master_key, metadata_key=metadata_key,
                   cpu=cpu, io=io)

@@ -8,6 +8,10 @@ transaction and one fsync.
 
 The per-object key is stored wrapped (secretbox) by the store's master key;
 placement says, per segment, which backend holds share i ('' = none).
+
+``named`` holds small named pointers to objects (the twin's metadata DB
+snapshot is ``twin.db``), newest generation first; being in the catalogue,
+they are in every catalogue backup and come back with a restore.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ CREATE TABLE IF NOT EXISTS objects(
 CREATE TABLE IF NOT EXISTS segments(
     object_id TEXT NOT NULL, seg INTEGER NOT NULL, placement TEXT NOT NULL,
     hashes BLOB NOT NULL, PRIMARY KEY(object_id, seg)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS named(
+    name TEXT NOT NULL, generation INTEGER NOT NULL, object_id TEXT NOT NULL,
+    size INTEGER NOT NULL, created REAL NOT NULL, PRIMARY KEY(name, generation)
+) WITHOUT ROWID;
 """
 
 
@@ -150,6 +158,14 @@ class Catalogue:
     async def set_placement(self, object_id: str, seg: int, entry: SegmentEntry) -> None:
         await self._commit.submit(("place", (object_id, seg, entry)))
 
+    async def set_named(self, name: str, object_id: str, size: int, created: float,
+                        keep: int) -> list[str]:
+        """Add a generation of ``name``; returns the object ids of generations past ``keep``
+        (their rows are gone; the caller deletes the objects)."""
+        dropped: list[str] = await self._commit.submit(
+            ("name", (name, object_id, size, created, keep)))
+        return dropped
+
     def _run_batch(self, ops: list[tuple[str, Any]]) -> list[Any]:
         db = self._db
         out: list[Any] = []
@@ -183,6 +199,21 @@ class Catalogue:
             db.execute("UPDATE segments SET placement=?, hashes=? WHERE object_id=? AND seg=?",
                        (*entry.encode(), oid, seg))
             return None
+        if kind == "name":
+            name, oid, size, created, keep = arg
+            if db.execute("SELECT 1 FROM objects WHERE id=?", (oid,)).fetchone() is None:
+                raise KeyError(oid)
+            top = db.execute("SELECT MAX(generation) FROM named WHERE name=?",
+                             (name,)).fetchone()[0]
+            db.execute("INSERT INTO named VALUES (?, ?, ?, ?, ?)",
+                       (name, (top or 0) + 1, oid, size, created))
+            old = db.execute("SELECT generation, object_id FROM named WHERE name=? "
+                             "ORDER BY generation DESC LIMIT -1 OFFSET ?",
+                             (name, keep)).fetchall()
+            db.executemany("DELETE FROM named WHERE name=? AND generation=?",
+                           [(name, g) for g, _ in old])
+            still = {r[0] for r in db.execute("SELECT object_id FROM named")}
+            return [o for _, o in old if o not in still]
         raise ValueError(kind)
 
     # -- reads
@@ -245,6 +276,16 @@ class Catalogue:
 
     async def known(self, ids: list[str]) -> set[str]:
         result: set[str] = await self._io(self._known, ids)
+        return result
+
+    def _named(self, name: str) -> list[tuple[str, int, float]]:
+        return [(r[0], r[1], r[2]) for r in self._reader().execute(
+            "SELECT object_id, size, created FROM named WHERE name=? ORDER BY generation DESC",
+            (name,))]
+
+    async def named(self, name: str) -> list[tuple[str, int, float]]:
+        """(object id, size, created) of every kept generation of ``name``, newest first."""
+        result: list[tuple[str, int, float]] = await self._io(self._named, name)
         return result
 
     def snapshot(self, dest: Path) -> None:

@@ -40,11 +40,16 @@ class EncodedSegment:
 
 
 def encode_segment(sk: SegmentKey, plain: Buffer) -> EncodedSegment:
-    cipher = crypto.encrypt_segment(
-        sk.key, sk.prefix, sk.object_id, sk.segment, sk.last, bytes(plain)
-    )
-    payloads = erasure.encode(cipher, sk.k, sk.n)
-    headers = [make_header(sk.share_id(i, len(cipher)), p) for i, p in enumerate(payloads)]
+    """The n framed shares of one segment, with no copy of the ciphertext: it is
+    encrypted straight into a zeroed buffer of k whole blocks, which become the k
+    primary payloads as views; zfec adds the parity blocks."""
+    clen = cipher_len(len(plain))
+    size = erasure.block_size(clen, sk.k)
+    buf = bytearray(size * sk.k)
+    crypto.encrypt_segment_into(sk.key, sk.prefix, sk.object_id, sk.segment, sk.last, plain,
+                                memoryview(buf)[:clen])
+    payloads = erasure.encode(buf, sk.k, sk.n)
+    headers = [make_header(sk.share_id(i, clen), p) for i, p in enumerate(payloads)]
     return EncodedSegment(headers, payloads)
 
 

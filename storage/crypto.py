@@ -6,6 +6,15 @@ exposes one object. Nonces are ``object prefix (16 random bytes) || segment
 number (8 bytes)``: unique per key by construction, never random collisions.
 The associated data binds object id, segment number and the last-segment flag,
 so segments cannot be swapped between objects, reordered or cut off silently.
+
+Segments are XChaCha20-Poly1305 (IETF, exactly libsodium's construction:
+``HChaCha20(key, nonce[:16])`` as the subkey, then ChaCha20-Poly1305 with
+``0^4 || nonce[16:]``), but computed by OpenSSL through ``cryptography``: its
+vectorised ChaCha20 and Poly1305 run ~6x faster than PyNaCl's libsodium here
+(3.4 GiB/s against 560 MiB/s per core), which was most of the put path's CPU
+time. The bytes are identical either way (a test checks it against libsodium),
+so nothing stored changes. Small values (wrapped keys, backup manifests) keep
+PyNaCl's secretbox.
 """
 
 from __future__ import annotations
@@ -13,15 +22,21 @@ from __future__ import annotations
 import secrets
 import struct
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from nacl import bindings as nb
 from nacl.exceptions import CryptoError
 
 from storage.errors import IntegrityError
 
+Buffer = bytes | memoryview
 KEY_BYTES = 32
 PREFIX_BYTES = 16
 TAG_BYTES = nb.crypto_aead_xchacha20poly1305_ietf_ABYTES
 _AD = b"twin-segment-v1"
+_SIGMA = struct.unpack("<4I", b"expand 32-byte k")
+_ZERO_BLOCK = bytes(64)
 _WRAP_NONCE = nb.crypto_secretbox_NONCEBYTES
 WRAPPED_KEY_BYTES = _WRAP_NONCE + nb.crypto_secretbox_MACBYTES + KEY_BYTES
 
@@ -48,22 +63,51 @@ def _ad(object_id: bytes, segment: int, last: bool) -> bytes:
     return _AD + object_id + struct.pack(">QB", segment, 1 if last else 0)
 
 
+def hchacha20(key: bytes, nonce16: bytes) -> bytes:
+    """HChaCha20 from one ChaCha20 keystream block (RFC 8439 state layout).
+
+    A keystream block is ``rounds(state) + state`` word by word; HChaCha20 is
+    words 0-3 and 12-15 of ``rounds(state)``. Those words of the state are the
+    constants and the 16 input bytes (OpenSSL's 16-byte ChaCha20 IV is exactly
+    state words 12-15), so subtracting them back gives HChaCha20.
+    """
+    enc = Cipher(algorithms.ChaCha20(key, nonce16), mode=None).encryptor()
+    block = struct.unpack("<16I", enc.update(_ZERO_BLOCK))
+    words = struct.unpack("<4I", nonce16)
+    out = [(block[i] - _SIGMA[i]) & 0xFFFFFFFF for i in range(4)]
+    out += [(block[12 + i] - words[i]) & 0xFFFFFFFF for i in range(4)]
+    return struct.pack("<8I", *out)
+
+
+def _xchacha(key: bytes, nonce: bytes) -> tuple[ChaCha20Poly1305, bytes]:
+    return ChaCha20Poly1305(hchacha20(key, nonce[:16])), bytes(4) + nonce[16:]
+
+
 def encrypt_segment(
-    key: bytes, prefix: bytes, object_id: bytes, segment: int, last: bool, plain: bytes
+    key: bytes, prefix: bytes, object_id: bytes, segment: int, last: bool, plain: Buffer
 ) -> bytes:
-    return nb.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        plain, _ad(object_id, segment, last), _nonce(prefix, segment), key
-    )
+    aead, nonce = _xchacha(key, _nonce(prefix, segment))
+    return aead.encrypt(nonce, plain, _ad(object_id, segment, last))
+
+
+def encrypt_segment_into(
+    key: bytes, prefix: bytes, object_id: bytes, segment: int, last: bool, plain: Buffer,
+    out: memoryview,
+) -> None:
+    """``encrypt_segment`` into ``out`` (exactly ``len(plain) + TAG_BYTES``): no copy, and
+    the caller can give a view of a larger zeroed buffer that erasure coding then cuts
+    into blocks as it is (the padding is already there)."""
+    aead, nonce = _xchacha(key, _nonce(prefix, segment))
+    aead.encrypt_into(nonce, plain, _ad(object_id, segment, last), out)
 
 
 def decrypt_segment(
-    key: bytes, prefix: bytes, object_id: bytes, segment: int, last: bool, cipher: bytes
+    key: bytes, prefix: bytes, object_id: bytes, segment: int, last: bool, cipher: Buffer
 ) -> bytes:
+    aead, nonce = _xchacha(key, _nonce(prefix, segment))
     try:
-        return nb.crypto_aead_xchacha20poly1305_ietf_decrypt(
-            cipher, _ad(object_id, segment, last), _nonce(prefix, segment), key
-        )
-    except CryptoError as exc:
+        return aead.decrypt(nonce, cipher, _ad(object_id, segment, last))
+    except InvalidTag as exc:
         raise IntegrityError(
             f"segment {segment} of object {object_id.hex()} failed authentication"
         ) from exc

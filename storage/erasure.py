@@ -39,8 +39,11 @@ def _coder(kind: str, k: int, n: int) -> object:
     return coder
 
 
-def encode(cipher: bytes, k: int, n: int) -> list[Buffer]:
-    """The n share payloads of one ciphertext, each ``block_size`` bytes."""
+def encode(cipher: bytes | bytearray, k: int, n: int) -> list[Buffer]:
+    """The n share payloads of one ciphertext, each ``block_size`` bytes.
+
+    Given exactly k whole blocks (already zero-padded), the primaries are views
+    of ``cipher`` and nothing is copied."""
     size = block_size(len(cipher), k)
     view = memoryview(cipher)
     blocks: list[Buffer] = []

@@ -46,3 +46,17 @@ class BackendUnavailable(StorageError):
 
 class IntegrityError(StorageError):
     """Stored bytes failed a hash, a header check or authenticated decryption."""
+
+
+class StoreInUse(BackendUnavailable):
+    """A local backend directory is locked by another process (normally ``twin serve``).
+
+    Raised by ``open_store`` so that a second process gets this, not a misleading
+    ``NotEnoughShares`` on its first read.
+    """
+
+    def __init__(self, backend: str, path: str, pid: int | None) -> None:
+        who = f"process {pid}" if pid is not None else "another process"
+        super().__init__(backend, f"{path} is in use by {who}")
+        self.path = path
+        self.pid = pid

@@ -1,32 +1,43 @@
 """The on-backend format of one share: a fixed header, then the payload.
 
-Version 1 header, big-endian, 68 bytes::
+Header, big-endian, 68 bytes::
 
     magic "TWSH" | version u8 | k u8 | n u8 | index u8 | object id 16 |
-    segment u32 | cipher length u32 | payload length u32 | BLAKE2b-256 32
+    segment u32 | cipher length u32 | payload length u32 | hash 32
 
 The hash covers the first 36 header bytes and the payload, so a share is
 self-checking without the catalogue (verify, restore); the catalogue keeps the
 same hash so a backend cannot substitute a different, self-consistent share.
 Every field is checked against what the reader expects before any use.
+
+Versions differ only in the hash, and every version ever written stays readable:
+
+- 1: BLAKE2b-256 (personalised ``twin-share-v1``). ~600 MiB/s on one core,
+  which made hashing the 1.5x share bytes a third of the put path's CPU time.
+- 2 (written now): BLAKE3-256 in ``derive_key`` mode (context
+  ``twin-share-v2``), same security level, ~3 GiB/s with SIMD and GIL-free.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import blake3
 
 from storage.erasure import MAX_N, Buffer, block_size
 from storage.errors import IntegrityError
 
 MAGIC = b"TWSH"
-VERSION = 1
+VERSION = 2
 _FIXED = struct.Struct(">4sBBBB16sIII")
 HASH_BYTES = 32
 HEADER_BYTES = _FIXED.size + HASH_BYTES
 MAX_SEGMENT_CIPHER = (1 << 30)  # 1 GiB: far above any configured segment size
-_PERSON = b"twin-share-v1"
+_PERSON_V1 = b"twin-share-v1"
+_CONTEXT_V2 = "twin-share-v2"
 
 
 @dataclass(frozen=True)
@@ -41,10 +52,25 @@ class ShareId:
     cipher_len: int
 
 
-def share_hash(prefix: Buffer, payload: Buffer) -> bytes:
-    h = hashlib.blake2b(prefix, digest_size=HASH_BYTES, person=_PERSON)
+def _hash_v1(prefix: Buffer, payload: Buffer) -> bytes:
+    h = hashlib.blake2b(prefix, digest_size=HASH_BYTES, person=_PERSON_V1)
     h.update(payload)
     return h.digest()
+
+
+def _hash_v2(prefix: Buffer, payload: Buffer) -> bytes:
+    h = blake3.blake3(derive_key_context=_CONTEXT_V2)
+    h.update(prefix)
+    h.update(payload)
+    return h.digest(HASH_BYTES)
+
+
+_HASHES: dict[int, Callable[[Buffer, Buffer], bytes]] = {1: _hash_v1, 2: _hash_v2}
+
+
+def share_hash(prefix: Buffer, payload: Buffer, version: int = VERSION) -> bytes:
+    """The hash of a share of ``version`` (the header prefix says which)."""
+    return _HASHES[version](prefix, payload)
 
 
 def make_header(sid: ShareId, payload: Buffer) -> bytes:
@@ -71,7 +97,7 @@ def check(data: Buffer, expected: ShareId, expected_hash: bytes | None, *,
     magic, version, k, n, index, oid, segment, cipher_len, payload_len = _FIXED.unpack_from(view)
     if magic != MAGIC:
         raise IntegrityError(f"{where}: not a share (bad magic)")
-    if version != VERSION:
+    if version not in _HASHES:
         raise IntegrityError(f"{where}: unsupported share version {version}")
     if not (1 <= k <= n <= MAX_N) or index >= n:
         raise IntegrityError(f"{where}: impossible k={k} n={n} index={index}")
@@ -92,6 +118,6 @@ def check(data: Buffer, expected: ShareId, expected_hash: bytes | None, *,
     payload = view[HEADER_BYTES:]
     if expected_hash is not None and stored != expected_hash:
         raise IntegrityError(f"{where}: hash differs from the catalogue")
-    if full and share_hash(view[:_FIXED.size], payload) != stored:
+    if full and share_hash(view[:_FIXED.size], payload, version) != stored:
         raise IntegrityError(f"{where}: hash mismatch (corrupt)")
     return payload

@@ -22,6 +22,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import re
 import secrets
 import time
 from collections import deque
@@ -63,6 +64,8 @@ MAX_SEGMENT = 256 * MiB
 MAX_OBJECT = 1 << 40  # 1 TiB
 INLINE = 256 * 1024  # segments up to this size are coded on the loop: a thread hop costs more
 DOWN_FOR = 5.0  # seconds a failing backend is tried last
+NAMED_KEEP = 3  # generations of a named pointer kept: as many as catalogue backups
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 NS_OBJECT = "s"
 NS_BACKUP = "b"
 Source = bytes | bytearray | memoryview | AsyncIterable[bytes] | BinaryIO
@@ -253,7 +256,7 @@ class Store:
             raise
         return size, [entries[i] for i in range(index)]
 
-    async def _write_segment(self, ns: str, oid: str, sk: SegmentKey, chunk: bytes, held: int,
+    async def _write_segment(self, ns: str, oid: str, sk: SegmentKey, chunk: Buffer, held: int,
                              entries: dict[int, SegmentEntry],
                              written: builtins.list[tuple[ShardBackend, str]]) -> None:
         try:
@@ -462,6 +465,33 @@ class Store:
         self._check_open()
         return await repair(self)
 
+    async def set_named(self, name: str, ref: ObjectRef | str) -> None:
+        """Make ``name`` point at ``ref`` (a new generation); what ``get_named`` returns.
+
+        Named pointers live in the catalogue, so a catalogue backup carries them
+        and ``restore`` brings them back: the way to find an object (the twin's
+        metadata DB snapshot) knowing nothing but the twin's words. The newest
+        ``NAMED_KEEP`` generations are kept (an older catalogue backup still
+        finds its own); objects of older ones are deleted here.
+        """
+        self._check_open()
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise InvalidReference(f"invalid name {name!r:.80}")
+        info = await self.stat(ref)
+        try:
+            dropped = await self.catalogue.set_named(name, info.id, info.size, time.time(),
+                                                     NAMED_KEEP)
+        except KeyError:
+            raise ObjectNotFound(f"object {info.id} not found") from None
+        for oid in dropped:
+            with contextlib.suppress(ObjectNotFound):
+                await self.delete(oid)
+
+    async def get_named(self, name: str) -> builtins.list[ObjectRef]:
+        """Every kept generation of ``name``, newest first (empty if never set)."""
+        self._check_open()
+        return [ObjectRef(oid, size) for oid, size, _ in await self.catalogue.named(name)]
+
     async def backup(self) -> str:
         from storage.backup import backup
 
@@ -573,12 +603,18 @@ class ObjectStream:
             await asyncio.gather(*pending, return_exceptions=True)
 
 
-async def _chunks(source: Source, size: int, io: Executor) -> AsyncIterator[bytes]:
-    """Non-empty pieces of exactly ``size`` bytes (the last may be shorter)."""
+async def _chunks(source: Source, size: int, io: Executor) -> AsyncIterator[Buffer]:
+    """Non-empty pieces of exactly ``size`` bytes (the last may be shorter).
+
+    Pieces of ``bytes`` are views (immutable: no copy needed); pieces of a
+    bytearray or memoryview are copied, since the caller could change them
+    while the put runs."""
     if isinstance(source, bytes | bytearray | memoryview):
         view = memoryview(source)
+        immutable = isinstance(source, bytes)
         for pos in range(0, len(view), size):
-            yield bytes(view[pos:pos + size])
+            part = view[pos:pos + size]
+            yield part if immutable else bytes(part)
         return
     if hasattr(source, "read"):
         loop = asyncio.get_running_loop()
@@ -616,9 +652,9 @@ def _read_exactly(f: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-async def _with_last(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes, bool]]:
+async def _with_last(chunks: AsyncIterator[Buffer]) -> AsyncIterator[tuple[Buffer, bool]]:
     """Each chunk with a flag telling whether it is the last (bound into the segment AD)."""
-    prev: bytes | None = None
+    prev: Buffer | None = None
     async for chunk in chunks:
         if prev is not None:
             yield prev, False

@@ -3,12 +3,21 @@
 The mnemonic and the owner's app password are shown exactly once and never
 stored in clear: the key file holds the derived seed (0600) and the password
 only as an Argon2id hash.
+
+``twin restore`` brings back, from the storage backends named in ``--config``
+and the keys derived from the words: the store's catalogue (every object),
+then the newest ``twin.db`` snapshot (mailboxes, file tree, contacts, grants,
+outbox, logins; see core/backup.py). The restored database keeps the old
+logins and their app passwords, so mail clients set up before go on working;
+since whoever restores may have nothing but the words, the owner also gets a
+fresh app password (label ``restore``, replaced by each restore), printed once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -137,22 +146,45 @@ def run_restore(args: argparse.Namespace) -> int:
         print("mnemonic: ", end="", file=sys.stderr, flush=True)
     identity = ident.Identity.from_mnemonic(sys.stdin.readline())
     result = _create(data, values, identity)
-    restored = _restore_storage(data)
+    restored, db_restored = _restore_storage(data)
     result["restored_objects"] = restored
+    result["restored_metadata"] = db_restored
+    if db_restored:
+        result["password"] = _fresh_owner_password(data, identity)
     _print(result, args.json, None)
     if restored is not None and not args.json:
         print(f"Restored the catalogue: {restored} objects are readable again.")
+        print("Restored twin.db: mail, files, contacts and logins are back (old app "
+              "passwords still work)." if db_restored else
+              "No twin.db backup found: objects are back, but not which are mail or files.")
     return 0
 
 
-def _restore_storage(data: Path) -> int | None:
-    """Bring back the dispersed store's catalogue from the backends, if any backup exists."""
+def _fresh_owner_password(data: Path, identity: ident.Identity) -> str:
+    """The restored twin.db has the old logins; give the owner a new app password too."""
+    from core.errors import Conflict
+    from core.service import Service
+
+    service = Service(cfg.load(data), identity)
+    try:
+        login = f"{service.config.name}@{service.config.domain}"
+        with contextlib.suppress(Conflict):  # restored under another name: a new owner
+            service.users.add(login)
+        return str(service.users.set_password(login, label="restore"))
+    finally:
+        service.close()
+
+
+def _restore_storage(data: Path) -> tuple[int | None, bool]:
+    """The catalogue from the backends, then twin.db from the store: (objects, db back?)."""
     import storage
+    from core import backup
+    from core.service import DB_FILE
 
     config = cfg.load(data)
     identity = ident.load(data)
 
-    async def restore() -> int | None:
+    async def restore() -> tuple[int | None, bool]:
         try:
             store = await storage.Store.restore(
                 data,
@@ -165,9 +197,10 @@ def _restore_storage(data: Path) -> int | None:
             )
         except storage.StorageError as exc:
             print(f"twin: no objects restored: {exc}", file=sys.stderr)
-            return None
+            return None, False
         try:
-            return len(await store.list())
+            ref = await backup.restore_db(store, data / DB_FILE)
+            return len(await store.list()), ref is not None
         finally:
             await store.close()
 

@@ -2,8 +2,9 @@
 
 Every subcommand opens the store of the data dir with the twin's own keys,
 does one thing, prints the result on stdout (progress goes to stderr) and
-closes it. The store's directories are locked by one process at a time, so
-run these while ``twin serve`` is stopped.
+closes it. The store's directories are locked by one process at a time: while
+``twin serve`` runs, these fail at once with exit code 2 and a message naming
+its pid (not a misleading "not enough shares").
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from storage import ObjectRef, StorageError, Store, open_store
+from storage import ObjectRef, StorageError, Store, StoreInUse, open_store
 
 MiB = 1024 * 1024
 
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--sample", type=float, metavar="F", help="fraction of objects to check")
     c.add_argument("--clean", action="store_true", help="delete orphan shares")
     cmds.add_parser("repair", help="rebuild missing or corrupt shares")
-    cmds.add_parser("backup", help="back the catalogue up into the store now")
+    cmds.add_parser("backup", help="back twin.db and the catalogue up into the store now")
     p.set_defaults(func=run)
 
 
@@ -58,8 +59,13 @@ def open_from_config(data: Path) -> Store:
 
 
 def run(args: argparse.Namespace) -> int:
+    from core.service import store_in_use_message
+
     try:
         store = open_from_config(Path(args.data))
+    except StoreInUse as exc:
+        print(f"twin storage: {store_in_use_message(exc)}", file=sys.stderr)
+        return 2
     except StorageError as exc:
         print(f"twin storage: {exc}", file=sys.stderr)
         return 2
@@ -184,7 +190,15 @@ async def _repair(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _backup(store: Store, args: argparse.Namespace) -> int:
-    print(await store.backup())
+    from core import backup
+    from core.db import Database
+    from core.service import DB_FILE
+
+    db = Database(store.data_dir / DB_FILE)
+    try:
+        print(await backup.backup_all(db, store))
+    finally:
+        db.close()
     return 0
 
 

@@ -72,6 +72,24 @@ class ShardBackend(Protocol):
     async def close(self) -> None: ...
 
 
+def claim_all(backends: list[ShardBackend]) -> None:
+    """Lock every backend that can be locked (local directories) for this process now.
+
+    Raises ``StoreInUse`` (and releases what it took) if another process holds one.
+    """
+    claimed: list[ShardBackend] = []
+    try:
+        for b in backends:
+            claim = getattr(b, "claim", None)
+            if claim is not None:
+                claim()
+                claimed.append(b)
+    except BaseException:
+        for b in claimed:
+            b.unclaim()  # type: ignore[attr-defined]
+        raise
+
+
 def load(spec: dict[str, str], data_dir: Path, executor: Executor) -> ShardBackend:
     if not isinstance(spec, dict):
         raise ValueError(f"backend spec must be a table, got {type(spec).__name__}")

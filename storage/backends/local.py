@@ -19,7 +19,8 @@ whose dead bytes reach half its size is compacted (live records copied to the
 current file, then the old file retired and removed after a grace period so
 that readers holding an old offset finish first).
 
-A directory is used by one process at a time (``flock`` on ``lock``).
+A directory is used by one process at a time (``flock`` on ``lock``, which
+holds the owner's pid; taken when the store opens, see ``claim``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from storage.backends import Buffer, check_key
-from storage.errors import BackendUnavailable
+from storage.errors import BackendUnavailable, StoreInUse
 from storage.groupcommit import GroupCommit
 from storage.model import BackendHealth
 
@@ -107,6 +108,7 @@ class LocalBackend:
         self._fd_lock = threading.Lock()
         self._commit: GroupCommit[Op, bool] = GroupCommit(self._run_batch, executor)
         self._closed = False
+        self._lock_fd: int | None = None
 
     # -- the protocol
 
@@ -199,13 +201,7 @@ class LocalBackend:
             (self.path / "data").mkdir(exist_ok=True)
         except OSError as exc:
             raise BackendUnavailable(self.name, f"cannot use {self.path}: {exc}") from exc
-        lock_fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(lock_fd)
-            raise BackendUnavailable(self.name, f"{self.path} is in use by another process"
-                                     ) from exc
+        lock_fd = self._lock()
         try:
             db = sqlite3.connect(self.path / "index.sqlite", check_same_thread=False,
                                  isolation_level=None)
@@ -214,9 +210,52 @@ class LocalBackend:
             db.executescript(_SCHEMA)
             self._writer = self._recover(lock_fd, db)
         except BaseException:
-            os.close(lock_fd)
+            self._unlock()
             raise
         return self._writer
+
+    def claim(self) -> None:
+        """Take the directory's lock now, when the store opens.
+
+        A second process (a CLI command while ``twin serve`` runs) then fails at
+        once with ``StoreInUse`` naming the holder's pid, instead of finding
+        every share "missing" later. An unreachable directory is left for later:
+        the store opens without it and reads use the other backends.
+        """
+        with self._wlock:
+            try:
+                if self.path.is_dir():  # a missing one is created (and logged) on first use
+                    self._lock()
+            except OSError as exc:
+                log.warning("backend %s: not claimed at open: %s", self.name, exc)
+
+    def unclaim(self) -> None:
+        """Give the lock back (the store failed to open after all)."""
+        with self._wlock:
+            if self._writer is None:
+                self._unlock()
+
+    def _lock(self) -> int:
+        """This process's flock on ``lock`` (taken once; the file then holds our pid)."""
+        if self._lock_fd is not None:
+            return self._lock_fd
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise StoreInUse(self.name, str(self.path),
+                             int(holder) if holder.isdigit() else None) from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+        return fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _drop_writer(self) -> None:
         w = self._writer
@@ -225,7 +264,7 @@ class LocalBackend:
             with contextlib.suppress(OSError):
                 os.close(w.fd)
             w.db.close()
-            os.close(w.lock_fd)
+        self._unlock()
 
     def _data_file(self, file_id: int) -> Path:
         return self.path / "data" / f"{file_id:08d}.dat"

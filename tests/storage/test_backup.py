@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from storage import StorageError, Store
+from storage import InvalidReference, ObjectNotFound, StorageError, Store
 from storage.backup import KEEP, PREFIX
+from storage.store import NAMED_KEEP
 from tests.storage.conftest import MASTER, METADATA, KiB, StoreFactory, local_specs
 
 SEG = 64 * KiB
@@ -87,3 +88,40 @@ async def test_wrong_master_key_is_refused_at_open(make_store: StoreFactory) -> 
     await store.close()
     with pytest.raises(StorageError, match="master key"):
         make_store(master_key=b"\x02" * 32)
+
+
+async def test_named_pointers_keep_a_few_generations_and_come_back_with_a_restore(
+        make_store: StoreFactory, tmp_path: Path) -> None:
+    specs = local_specs(tmp_path / "shards")
+    store = make_store(segment_size=SEG, specs=specs, data_dir=tmp_path / "old")
+    assert await store.get_named("twin.db") == []
+    refs = [await store.put(f"generation {i}".encode()) for i in range(NAMED_KEEP + 2)]
+    for ref in refs:
+        await store.set_named("twin.db", ref)
+    kept = list(reversed(refs))[:NAMED_KEEP]
+    assert await store.get_named("twin.db") == kept
+    for old in refs[:2]:  # generations past NAMED_KEEP: their objects are deleted too
+        with pytest.raises(ObjectNotFound):
+            await store.stat(old)
+    await store.backup()
+    await store.close()
+
+    restored = await Store.restore(tmp_path / "new", backends=specs, metadata_key=METADATA,
+                                   master_key=MASTER, segment_size=SEG)
+    assert await restored.get_named("twin.db") == kept
+    assert await restored.read(kept[0]) == f"generation {NAMED_KEEP + 1}".encode()
+    await restored.close()
+
+
+async def test_a_name_must_be_plain_and_point_at_an_existing_object(
+        make_store: StoreFactory) -> None:
+    store = make_store(segment_size=SEG)
+    ref = await store.put(b"x")
+    for bad in ("", "../x", "a/b", "x" * 65, ".hidden"):
+        with pytest.raises(InvalidReference):
+            await store.set_named(bad, ref)
+    await store.delete(ref)
+    with pytest.raises(ObjectNotFound):
+        await store.set_named("twin.db", ref)
+    assert await store.get_named("twin.db") == []
+    await store.close()

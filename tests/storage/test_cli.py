@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from core import identity
 from core.cli import storage as cli
+from tests.twins import TwinProcess, twin_cli
 
 
 @pytest.fixture
@@ -52,3 +55,23 @@ def test_put_get_ls_status_verify_repair_backup_rm(data_dir: Path, tmp_path: Pat
     assert twin(data_dir, "storage", "get", ref) == 2
     assert "not found" in capsys.readouterr().err
     assert twin(data_dir, "storage", "rm", "../etc/passwd") == 2
+
+
+def test_commands_on_the_store_of_a_running_twin_fail_clearly(
+        twins: Callable[..., TwinProcess], tmp_path: Path) -> None:
+    """Not NotEnoughShares: exit code 2 and a message naming `twin serve` and its pid."""
+    alice = twins("alice")
+    assert alice.proc is not None
+    with httpx.Client(base_url=alice.url, auth=(alice.login, alice.password), verify=False,
+                      timeout=30) as dav:  # the twin has certainly opened its backends now
+        assert dav.put("/dav/note.txt", content=b"hello").status_code in (201, 204)
+    for argv in (["storage", "ls"], ["storage", "status"],
+                 ["mail", "send", "--to", alice.login, "--subject", "hi"]):
+        done = twin_cli(alice.data, *argv, check=False, input="body\n")
+        assert done.returncode == 2, (argv, done.stdout, done.stderr)
+        assert f"in use by pid {alice.proc.pid}" in done.stderr, done.stderr
+        assert "twin serve" in done.stderr
+        assert "not enough shares" not in done.stderr
+    alice.stop()
+    done = twin_cli(alice.data, "storage", "ls")
+    assert done.returncode == 0 and done.stdout.strip()

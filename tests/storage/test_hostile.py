@@ -9,21 +9,30 @@ import pytest
 from storage import IntegrityError, InvalidReference, ObjectRef
 from storage.backends import check_key
 from storage.codec import SegmentKey, encode_segment
-from storage.share import _FIXED, HEADER_BYTES, MAGIC, ShareId, check, share_hash
+from storage.share import _FIXED, HEADER_BYTES, MAGIC, VERSION, ShareId, check, share_hash
 from storage.store import share_key
 from tests.storage.conftest import StoreFactory
 
 SID = ShareId(b"\x11" * 16, 0, 2, 4, 6, 100)
 
 
-def _share(sid: ShareId = SID, payload: bytes = b"p" * 25) -> bytes:
-    prefix = _FIXED.pack(MAGIC, 1, sid.k, sid.n, sid.index, sid.object_id, sid.segment,
+def _share(sid: ShareId = SID, payload: bytes = b"p" * 25, version: int = VERSION) -> bytes:
+    prefix = _FIXED.pack(MAGIC, version, sid.k, sid.n, sid.index, sid.object_id, sid.segment,
                          sid.cipher_len, len(payload))
-    return prefix + share_hash(prefix, payload) + payload
+    return prefix + share_hash(prefix, payload, version) + payload
 
 
 def test_a_well_formed_share_passes() -> None:
     assert bytes(check(_share(), SID, None)) == b"p" * 25
+
+
+def test_shares_written_by_an_older_version_still_read_and_still_detect_corruption() -> None:
+    old = _share(version=1)  # BLAKE2b-256: what round 1 wrote
+    assert VERSION == 2 and old[4] == 1
+    assert old[36:68] != _share()[36:68]  # a different hash, so really the old code path
+    assert bytes(check(old, SID, None)) == b"p" * 25
+    with pytest.raises(IntegrityError, match="hash mismatch"):
+        check(old[:-1] + b"q", SID, None)
 
 
 @pytest.mark.parametrize(("data", "message"), [

@@ -103,3 +103,27 @@ async def test_a_directory_in_use_by_another_store_is_refused(
     await a.close()
     assert await b.get("k") == b"v"
     await b.close()
+
+
+async def test_a_second_store_on_locked_directories_fails_at_open_naming_the_holder(
+        tmp_path: Path) -> None:
+    """What `twin storage ls` meets while `twin serve` runs: a clear error, not
+    NotEnoughShares on the first read."""
+    from storage import StoreInUse, open_store
+    from tests.storage.conftest import MASTER, METADATA, local_specs
+
+    (tmp_path / "shards").mkdir()
+    specs = local_specs(tmp_path / "shards")
+    first = open_store(tmp_path / "data", k=4, n=6, segment_size=65536, backends=specs,
+                       master_key=MASTER, metadata_key=METADATA)
+    ref = await first.put(b"held")
+    with pytest.raises(StoreInUse) as caught:
+        open_store(tmp_path / "data", k=4, n=6, segment_size=65536, backends=specs,
+                   master_key=MASTER, metadata_key=METADATA)
+    assert caught.value.pid == os.getpid()
+    assert "in use by process" in str(caught.value)
+    await first.close()
+    second = open_store(tmp_path / "data", k=4, n=6, segment_size=65536, backends=specs,
+                        master_key=MASTER, metadata_key=METADATA)  # the locks were given back
+    assert await second.read(ref) == b"held"
+    await second.close()
