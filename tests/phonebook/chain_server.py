@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from functools import cache
@@ -39,7 +40,11 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "tfchain"
+# The recordings live in the steering repo's shared/ folder beside this checkout
+# (as in CI); TWIN_TFCHAIN_FIXTURES points elsewhere.
+FIXTURES = Path(os.environ.get(
+    "TWIN_TFCHAIN_FIXTURES",
+    Path(__file__).resolve().parents[2].parent / "shared" / "tfchain"))
 TWINS_PREFIX = "0x19a2526838feefd7695a3b5715b415b1311378229266fc86f673a3f4cf398e69"
 TWIN_BY_ACCOUNT_PREFIX = "0x19a2526838feefd7695a3b5715b415b1aca6514962aa3f0d58aff3524045f9e0"
 TWIN_ID_KEY = "0x19a2526838feefd7695a3b5715b415b1f0a47c737494e2f765486518570dbe24"
