@@ -300,6 +300,7 @@ class Service:
     def close(self) -> None:
         self.peer.close()
         self.phonebook.close()
+        self.mail.shutdown()
         self.db.close()
 
     async def serve_forever(self) -> None:

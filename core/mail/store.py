@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 from core.db import Database
 from core.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from core.mail import mime
+from core.mail.cache import BodyCache
 from core.mail.commit import GroupCommit
 from core.mail.index import Loaded, MailboxIndex, Snapshot
 
@@ -279,12 +280,24 @@ class MailStore:
     def __init__(self, db: Database, quota_bytes: int = 0) -> None:
         self.db = db
         db.migrate("mail", MIGRATIONS)
+        # Reads (FETCH metadata, SEARCH, SELECT's lookup, STATUS) on a second
+        # connection and thread: in WAL mode they do not wait behind the group
+        # commits' fsyncs on the writer's thread, and they see every commit that
+        # completed before they start. Index loads stay on the writer (one
+        # thread: one consistent read against the modseqs it publishes).
+        self.reads = Database(db.path)
         self.quota_bytes = quota_bytes
         self.store: Any = None
         self._commit: GroupCommit[Any] = GroupCommit(db)
         self._known_users: set[str] = set()
         self._indexes: dict[int, MailboxIndex] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.bodies = BodyCache()
+        self._deleting: set[str] = set()  # refs no message uses, being deleted
+
+    def shutdown(self) -> None:
+        """Close the read connection (``Service.close``; the writer is the service's)."""
+        self.reads.close()
 
     def attach(self, store: Any) -> None:
         """Give the mail store its dispersed store (``Service.start``)."""
@@ -315,7 +328,7 @@ class MailStore:
 
     async def mailboxes(self, login: str) -> list[Mailbox]:
         await self.ensure_user(login)
-        rows = await self.db.run(lambda c: c.execute(
+        rows = await self.reads.run(lambda c: c.execute(
             f"SELECT {_MB_COLS} FROM mail_mailboxes WHERE login = ? ORDER BY name",  # noqa: S608
             (login,)).fetchall())
         return [_mailbox(r) for r in rows]
@@ -323,7 +336,7 @@ class MailStore:
     async def mailbox(self, login: str, name: str) -> Mailbox:
         name = check_name(name)
         await self.ensure_user(login)
-        return await self.db.run(_get_mailbox, login, name)
+        return await self.reads.run(_get_mailbox, login, name)
 
     async def create_mailbox(self, login: str, name: str, special: str | None = None) -> Mailbox:
         name = check_name(name)
@@ -436,10 +449,10 @@ class MailStore:
                 (mb[3], mailbox_id)).fetchone()
             return Status(messages=row[0], recent=row[4], unseen=row[2], deleted=row[3],
                           size=row[1], uidnext=mb[0], uidvalidity=mb[1], highestmodseq=mb[2])
-        return await self.db.run(count)
+        return await self.reads.run(count)
 
     async def quota(self, login: str) -> tuple[int, int]:
-        used = await self.db.run(lambda c: c.execute(
+        used = await self.reads.run(lambda c: c.execute(
             "SELECT coalesce(sum(m.size), 0) FROM mail_messages m JOIN mail_mailboxes b "
             "ON m.mailbox = b.id WHERE b.login = ?", (login,)).fetchone()[0])
         return int(used), self.quota_bytes
@@ -458,7 +471,7 @@ class MailStore:
         """
         name = check_name(name)
         await self.ensure_user(login)
-        mb = await self.db.run(_get_mailbox, login, name)
+        mb = await self.reads.run(_get_mailbox, login, name)
         idx = await self._index(mb.id)
         watch = Watch(mb.id, claims_recent=not read_only, limit=max_pending)
         idx.watches.add(watch)
@@ -563,7 +576,7 @@ class MailStore:
                     out.append(Meta(r[0], r[1], r[2], r[3], _flags_set(r[4]), r[5], r[6],
                                     json.loads(r[7]) if structure else None))
             return out
-        return await self.db.run(load)
+        return await self.reads.run(load)
 
     async def read(self, ref: str, start: int = 0, end: int | None = None
                    ) -> AsyncIterator[bytes]:
@@ -571,6 +584,8 @@ class MailStore:
         from storage.model import ObjectRef
 
         store = self._need_store()
+        if ref in self._deleting:
+            raise Unavailable("message body unavailable: the message was expunged")
         size = ObjectRef.parse(ref).size
         end = size if end is None else min(end, size)
         if start >= end:
@@ -583,7 +598,15 @@ class MailStore:
             raise Unavailable(f"message body unavailable: {exc}") from exc
 
     async def read_bytes(self, ref: str, start: int = 0, end: int | None = None) -> bytes:
-        return b"".join([c async for c in self.read(ref, start, end)])
+        """Bytes [start, end) of a message; small messages come from (and go to) the cache."""
+        data = self.bodies.get(ref)
+        if data is None:
+            size = _ref_size(ref)
+            if size > self.bodies.max_item:
+                return b"".join([c async for c in self.read(ref, start, end)])
+            data = b"".join([c async for c in self.read(ref)])
+            self.bodies.put(ref, data)
+        return data[start:end]
 
     # -- writes
 
@@ -647,6 +670,7 @@ class MailStore:
             if max_size is not None and len(data) > max_size:
                 raise Invalid(f"message larger than {max_size} bytes", code="toobig")
             ref = str(await store.put(data))
+            self.bodies.put(ref, data)
             # parsing a small message (~35 us for 4 KiB) costs less than a thread hop
             header, structure = (_describe(data) if len(data) <= DESCRIBE_INLINE
                                  else await asyncio.to_thread(_describe, data))
@@ -669,6 +693,8 @@ class MailStore:
                         spool.write(chunk)
                     yield chunk
             ref = str(await store.put(tee()))
+            if not spool._rolled and total <= self.bodies.max_item:  # type: ignore[attr-defined]
+                self.bodies.put(ref, spool._file.getvalue())  # type: ignore[attr-defined]
             header, structure = await asyncio.to_thread(_describe_file, spool)
             return ref, header, structure
         finally:
@@ -728,7 +754,7 @@ class MailStore:
         gone, orphans, modseq = await self._commit.submit(drop)
         if gone:
             self._publish(mailbox_id, Change("expunge", tuple(gone), modseq=modseq))
-        await self._delete_objects(orphans)
+        self._delete_later(orphans)
         return gone  # type: ignore[no-any-return]
 
     async def copy(self, mailbox_id: int, uids: Sequence[int], login: str, dest: str, *,
@@ -766,12 +792,12 @@ class MailStore:
             self._publish(dst_id, change)
         if move and src:
             self._publish(mailbox_id, Change("expunge", tuple(src), modseq=src_modseq))
-        await self._delete_objects(orphans)
+        self._delete_later(orphans)
         return validity, src, new
 
     async def vanished(self, mailbox_id: int, since_modseq: int) -> list[int]:
         """Uids expunged after a modseq (QRESYNC, RFC 7162 §3.2.5.1)."""
-        rows = await self.db.run(lambda c: c.execute(
+        rows = await self.reads.run(lambda c: c.execute(
             "SELECT uid FROM mail_vanished WHERE mailbox = ? AND modseq > ? ORDER BY uid",
             (mailbox_id, since_modseq)).fetchall())
         return [r[0] for r in rows]
@@ -804,7 +830,33 @@ class MailStore:
         for change in _exists(uids, flagsets, modseq):
             self._publish(mb.id, change)
 
+    def _delete_later(self, refs: Sequence[str]) -> None:
+        """Delete objects no message uses any more, without making the caller wait.
+
+        EXPUNGE and MOVE answer once the metadata commit is durable; the
+        objects' shares are removed in the background (a failure, or a stop
+        meanwhile, leaves an orphan that storage ``verify`` reports, losing
+        nothing). Until then ``read`` refuses the refs, as it would after.
+        """
+        refs = [r for r in refs if r not in self._deleting]
+        if not refs:
+            return
+        for ref in refs:
+            self.bodies.drop(ref)
+        self._deleting.update(refs)
+
+        async def run() -> None:
+            try:
+                await self._delete_objects(refs)
+            finally:
+                self._deleting.difference_update(refs)
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _delete_objects(self, refs: Sequence[str]) -> None:
+        for ref in refs:
+            self.bodies.drop(ref)
         if not refs or self.store is None:
             return
         from storage.model import ObjectRef
@@ -814,6 +866,14 @@ class MailStore:
                 await self.store.delete(ObjectRef.parse(ref))
             except Exception as exc:  # a leftover object wastes space but loses nothing
                 log.warning("could not delete message object %s: %s", ref, exc)
+
+
+def _ref_size(ref: str) -> int:
+    """The size a ref carries (``id:size``), without a store round trip."""
+    try:
+        return int(ref.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        raise NotFound(f"invalid message object reference {ref[:80]!r}") from None
 
 
 def _remove(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[tuple[int, str]]

@@ -61,6 +61,7 @@ class Session:
         self.selected: Selected | None = None
         self.enabled: set[str] = set()
         self.out = bytearray()
+        self.flushes = 0  # writes so far: a handler can tell whether its output left yet
         self.closing = False
         self.commands = commands.load()
         conf = self.service.config
@@ -114,6 +115,7 @@ class Session:
         if self.out:
             data, self.out = bytes(self.out), bytearray()
             self.writer.write(data)
+            self.flushes += 1
         await self.writer.drain()
 
     async def maybe_flush(self) -> None:
@@ -140,6 +142,7 @@ class Session:
     async def stream(self, chunks: AsyncIterator[bytes]) -> None:
         """Write a large literal's bytes straight through, never whole in memory."""
         await self.flush()
+        self.flushes += 1
         async for chunk in chunks:
             self.writer.write(chunk)
             await self.writer.drain()

@@ -218,3 +218,39 @@ async def test_group_commit_throughput(service: tuple[Service, str]) -> None:
     await asyncio.gather(*(svc.mail.deliver(login, MSG) for _ in range(300)))
     rate = 300 / (time.perf_counter() - t)
     assert rate > 50, rate
+
+
+def test_body_cache_is_bounded_and_least_recently_used_goes_first() -> None:
+    from core.mail.cache import BodyCache
+
+    cache = BodyCache(max_bytes=30, max_item=10)
+    cache.put("big", b"x" * 11)  # over max_item: never kept
+    assert cache.get("big") is None
+    for name in "abc":
+        cache.put(name, name.encode() * 10)
+    assert cache.get("a") == b"a" * 10  # a is now the most recent
+    cache.put("d", b"d" * 10)  # evicts b, the least recently used
+    assert cache.get("b") is None and cache.get("c") == b"c" * 10
+    assert cache.size == 30 and len(cache) == 3
+    cache.drop("a")
+    assert cache.get("a") is None and cache.size == 20
+
+
+async def test_small_bodies_are_served_from_the_cache_until_expunged(
+        service: tuple[Service, str]) -> None:
+    svc, login = service
+    uid = await svc.mail.deliver(login, MSG)
+    inbox = await svc.mail.mailbox(login, "INBOX")
+    [meta] = await svc.mail.meta(inbox.id, [uid], structure=False)
+    assert svc.mail.bodies.get(meta.ref) == MSG  # kept as it was stored
+    svc.mail.bodies.drop(meta.ref)
+    assert await svc.mail.read_bytes(meta.ref, 5, 10) == MSG[5:10]  # read once, then kept
+    assert svc.mail.bodies.get(meta.ref) == MSG
+    await svc.mail.set_flags(inbox.id, [uid], "+", ["\\Deleted"])
+    assert await svc.mail.expunge(inbox.id) == [uid]
+    assert svc.mail.bodies.get(meta.ref) is None
+    with pytest.raises(Exception):  # noqa: B017 - refused at once, deleted in the background
+        await svc.mail.read_bytes(meta.ref)
+    await asyncio.gather(*svc.mail._background)
+    with pytest.raises(Exception):  # noqa: B017 - and gone from the store
+        await svc.mail.read_bytes(meta.ref)

@@ -8,6 +8,7 @@ the dispersed store, and then only the byte range the section (and the
 
 from __future__ import annotations
 
+import logging
 import re
 from bisect import bisect_left
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from protocols.imap.parser import Command
     from protocols.imap.session import Session
 
+log = logging.getLogger("twin.imap")
 BATCH = 200
 MACROS = {
     "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
@@ -287,6 +289,27 @@ async def _fetch_index(s: Session, uids: list[int], items: list[str | Section]) 
 
 
 async def _fetch_one(s: Session, meta: Meta, items: list[str | Section]) -> None:
+    """One message's FETCH response, whole or not at all.
+
+    A body read can fail half-way through the response (the message was
+    expunged by another session and its object deleted meanwhile). Its partial
+    bytes are dropped, so the tagged NO that follows is not swallowed by an
+    announced literal (which left the client waiting forever); if part of it
+    already went out (a streamed large body), the stream cannot be repaired
+    and the connection is closed instead.
+    """
+    mark, flushes = len(s.out), s.flushes
+    try:
+        await _fetch_parts(s, meta, items)
+    except Exception:
+        if s.flushes != flushes:
+            log.warning("FETCH of uid %d failed mid-literal: closing the connection", meta.uid)
+            raise ConnectionError("response broken off inside a literal") from None
+        del s.out[mark:]
+        raise
+
+
+async def _fetch_parts(s: Session, meta: Meta, items: list[str | Section]) -> None:
     sel = s.need_selected()
     s.out += b"* %d FETCH (" % sel.seq_of(meta.uid)
     for n, item in enumerate(items):

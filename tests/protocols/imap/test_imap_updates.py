@@ -106,3 +106,30 @@ async def test_idle_push_of_flags_and_expunge_from_other_session(account: Accoun
     await asyncio.wait_for(idle, 5)
     other.logout()
     await c.logout()
+
+
+def test_body_gone_mid_fetch_gets_a_clean_no(account: Account) -> None:
+    """A body that cannot be read (expunged elsewhere, object deleted) fails cleanly.
+
+    The partial FETCH response is dropped, so the tagged NO is not swallowed by an
+    announced literal: before, the client waited forever for the literal's bytes.
+    """
+    uid = account.deliver(MSG)
+    account.deliver(MSG)
+    twin = account.twin
+    mail = twin.service.mail
+
+    async def lose_object() -> None:
+        inbox = await mail.mailbox(account.login, "INBOX")
+        [meta] = await mail.meta(inbox.id, [uid], structure=False)
+        await mail._delete_objects([meta.ref])  # as an expunge by another session does
+    c = connect(account)
+    c.sock.settimeout(10)
+    c.select("INBOX")
+    twin.call(lose_object())
+    typ, data = c.fetch("1:2", "(UID BODY.PEEK[])")
+    assert typ == "NO"
+    assert c.noop()[0] == "OK"  # the stream is still in step
+    typ, data = c.fetch("2", "(BODY.PEEK[])")
+    assert typ == "OK" and data[0] is not None and data[0][1] == MSG  # type: ignore[index]
+    c.logout()
