@@ -340,7 +340,10 @@ class FileTree:
         """Store ``data`` fully, then switch the file to it in one transaction."""
         parts = split(path)
         if self.quota and size_hint is not None:
-            used = await self.db.run(_used)
+            def used_by_others(c: sqlite3.Connection) -> int:
+                old = _lookup(c, parts)  # a replaced file's bytes are freed by the switch
+                return _used(c) - (old[4] if old is not None and not old[3] else 0)
+            used = await self.db.run(used_by_others)
             if used + size_hint > self.quota:
                 raise QuotaExceeded(f"{size_hint} more bytes exceed the quota of {self.quota}")
         await self.db.run(_parent_dir, parts)

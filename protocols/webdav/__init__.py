@@ -15,6 +15,8 @@ Parts, one job each:
 - ``streams``: bounded-memory PUT and GET between wsgidav and async streams.
 - ``storage_adapters``: wsgidav lock storage and property manager over twin.db.
 - ``fastget``: plain whole-file GETs of the tree served on the loop, past wsgidav.
+- ``fastput``: plain PUTs of the tree stored from the loop, past wsgidav (same
+  lock checks, through wsgidav's lock manager).
 
 Server: uvicorn + a2wsgi (the twin's one HTTPS listener), not cheroot. Decided
 by ``bench/webdav.py``, which runs one twin process serving the same wsgidav

@@ -14,8 +14,9 @@ so entity bombs raise instead of expanding):
 - request bodies of every method but PUT are XML and limited to
   ``webdav.max_xml_body`` bytes, chunked or not (413 otherwise).
 
-Behind the guard, ``fastget.FastGet`` serves plain whole-file GETs of the
-owner's tree on the loop; every other request reaches wsgidav.
+Behind the guard, ``fastget.FastGet`` serves plain whole-file GETs and
+``fastput.FastPut`` plain PUTs of the owner's tree on the loop; every other
+request reaches wsgidav.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from core.files import PathLocks
 from protocols.webdav.auth import TwinDomainController
 from protocols.webdav.bridge import Bridge
 from protocols.webdav.fastget import FastGet
+from protocols.webdav.fastput import FastPut
 from protocols.webdav.provider import SHARED, TwinProvider
 from protocols.webdav.storage_adapters import SqliteLockStorage, TreePropertyManager
 
@@ -145,5 +147,7 @@ def routes(service: Service) -> list[BaseRoute]:
         Route("/.well-known/webdav", well_known,
               methods=["GET", "HEAD", "PROPFIND", "OPTIONS"]),
         Route(MOUNT, dav_root, methods=["GET", "HEAD", "PROPFIND", "OPTIONS"]),
-        Mount(MOUNT, app=PathGuard(FastGet(wsgi, service, SHARED))),  # type: ignore[arg-type]
+        Mount(MOUNT, app=PathGuard(FastGet(FastPut(
+            wsgi, service, SHARED, dav.lock_manager),  # type: ignore[arg-type]
+            service, SHARED))),
     ]

@@ -48,7 +48,7 @@ class TwinDomainController(BaseDomainController):  # type: ignore[misc]
 
 
 async def check_login(service: Service, login: str, password: str, peer: str) -> bool:
-    """The one WebDAV login check (wsgidav's and the fast GET path's), throttled."""
+    """The one WebDAV login check (wsgidav's and the fast GET and PUT paths'), throttled."""
     throttle = service.throttle
     await throttle.before_attempt(login, peer)
     ok = await service.users.authenticate(login, password)

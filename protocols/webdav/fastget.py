@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, cast
 from wsgidav import util
 
 from core.errors import Invalid, TwinError
-from core.files import FileEntry, split
+from core.files import FileEntry, join, split
 from protocols.webdav.auth import check_login
 from protocols.webdav.bridge import STATUS
 
@@ -69,34 +69,17 @@ class FastGet:
         if headers.get(b"content-length", b"0") != b"0" \
                 or headers.get(b"depth", b"0") != b"0":
             return None
-        if not await self._authorized(headers.get(b"authorization", b""), scope):
+        if await basic_login(self.service, headers.get(b"authorization", b""), scope) is None:
             return None
-        path: str = scope["path"]
-        root: str = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root):]
-        try:
-            parts = split(path)
-        except Invalid:
+        parts = tree_parts(scope, self.shared)
+        if parts is None:
             return None
-        if not parts or parts[0] == self.shared:
-            return None
+        path = join(parts)
         try:
             entry = await self.service.files.exists(path)
         except TwinError:
             return None
         return entry if entry is not None and not entry.is_dir else None
-
-    async def _authorized(self, header: bytes, scope: Scope) -> bool:
-        if header[:6].lower() != b"basic " or len(header) > MAX_AUTH_HEADER:
-            return False
-        try:
-            login, sep, password = base64.b64decode(header[6:].strip(), validate=True) \
-                .decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        client = scope.get("client") or ("?", 0)
-        return bool(sep) and await check_login(self.service, login, password, str(client[0]))
 
     async def _send(self, entry: FileEntry, send: Send) -> bool:
         """Stream the file; False (nothing sent) if the first bytes already fail."""
@@ -130,6 +113,39 @@ class FastGet:
         finally:
             await chunks.aclose()
         return True
+
+
+async def basic_login(service: Service, header: bytes, scope: Scope) -> str | None:
+    """The login of valid Basic credentials (wsgidav's check: ``auth.check_login``), or None.
+
+    None means "let wsgidav answer": it sends the 401 and its challenge.
+    """
+    if header[:6].lower() != b"basic " or len(header) > MAX_AUTH_HEADER:
+        return None
+    try:
+        login, sep, password = base64.b64decode(header[6:].strip(), validate=True) \
+            .decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    client = scope.get("client") or ("?", 0)
+    if sep and await check_login(service, login, password, str(client[0])):
+        return login
+    return None
+
+
+def tree_parts(scope: Scope, shared: str) -> tuple[str, ...] | None:
+    """The owner's-tree path a request targets, or None (``/shared/``, the root, invalid)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    try:
+        parts = split(path)
+    except Invalid:
+        return None
+    if not parts or parts[0] == shared:
+        return None
+    return parts
 
 
 async def _error(send: Send, exc: TwinError) -> bool:

@@ -7,7 +7,8 @@ memory, never the file:
 - ``UploadSink``: wsgidav ``write()``s request-body blocks; a task on the loop
   feeds them as an async iterator to ``FileTree.write`` (and so to
   ``store.put``). The thread blocks while the queue is full: back-pressure
-  reaches uvicorn, which stops reading the socket.
+  reaches uvicorn, which stops reading the socket. Plain PUTs of the tree
+  skip it (``fastput``); conditional or lock-token PUTs come through here.
 - ``DownloadReader``: a task on the loop pulls chunks from an async iterator
   (``FileTree.read`` or a peer's ``content_get``) a little ahead of wsgidav's
   ``read()`` calls, which slice them into ``webdav.block_size`` blocks.

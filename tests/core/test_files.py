@@ -128,6 +128,11 @@ async def test_quota(tree: FileTree) -> None:
     with pytest.raises(QuotaExceeded):
         await tree.copy("/small", "/small2")
     await tree.write("/small", chunks(b"z" * 900))  # replacing counts the old size out
+    await tree.write("/small", chunks(b"w" * 950), size_hint=950)  # the announced size too
+    assert await read_all(tree, "/small") == b"w" * 950
+    with pytest.raises(QuotaExceeded):
+        await tree.write("/small", chunks(b"v" * 1001), size_hint=1001)
+    await tree.write("/small", chunks(b"z" * 900))
     assert await tree.usage() == (900, 100)
     assert await object_count(tree) == 1
 
