@@ -676,16 +676,29 @@ async def _chunks(source: Source, size: int, io: Executor) -> AsyncIterator[Buff
             if len(data) < size:
                 return
     if isinstance(source, AsyncIterable):
-        buf = bytearray()
+        # Pieces are gathered and joined once per segment (one copy; the
+        # segments are then views of the joined bytes): this runs on the event
+        # loop, where three copies per segment showed as 40 % of a WebDAV PUT.
+        parts: list[bytes] = []
+        have = 0
         async for piece in source:
             if not isinstance(piece, bytes | bytearray | memoryview):
                 raise TypeError(f"stream yielded {type(piece).__name__}, expected bytes")
-            buf += piece
-            while len(buf) >= size:
-                yield bytes(buf[:size])
-                del buf[:size]
-        if buf:
-            yield bytes(buf)
+            if not piece:
+                continue
+            parts.append(piece if isinstance(piece, bytes) else bytes(piece))
+            have += len(piece)
+            if have >= size:
+                joined = b"".join(parts)
+                view = memoryview(joined)
+                pos = 0
+                while have - pos >= size:
+                    yield view[pos:pos + size]
+                    pos += size
+                rest = joined[pos:]
+                parts, have = ([rest] if rest else []), len(rest)
+        if parts:
+            yield b"".join(parts)
         return
     raise TypeError(f"cannot store a {type(source).__name__}: give bytes, a binary file "
                     f"or an async iterable of bytes")
