@@ -73,7 +73,7 @@ def write_token(data_dir: Path) -> str:
 
 
 class _TooLarge(Exception):
-    pass
+    """The body passed peer.max_envelope while it was being read."""
 
 
 async def _read_capped(request: Request, cap: int) -> bytes:

@@ -22,7 +22,7 @@ _MACRO = re.compile(r"%\{([slodih])\}|%%|%_|%-")
 
 
 class _PermError(Exception):
-    pass
+    """An SPF record that cannot be evaluated (RFC 7208 section 2.6.7: permerror)."""
 
 
 class _Context:
