@@ -1,4 +1,5 @@
-"""A bounded in-memory cache of small message bodies, keyed by object ref.
+"""Bounded in-memory caches: small message bodies by object ref (``BodyCache``),
+and messages' immutable metadata (``MetaCache``, described on the class).
 
 Why: a FETCH of a small body used to cost a full dispersed-store read (the
 catalogue row on the database thread, k share reads on the I/O threads, a
@@ -18,6 +19,7 @@ least recently used first out.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any, NamedTuple
 
 
 class BodyCache:
@@ -46,6 +48,75 @@ class BodyCache:
         data = self._items.pop(ref, None)
         if data is not None:
             self.size -= len(data)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Fixed(NamedTuple):
+    """The parts of a message's metadata that never change (flags and modseq do)."""
+
+    ref: str
+    size: int
+    internal_date: float
+    header: bytes
+    structure: Any  # the parsed ``mime.Part`` JSON, or None when not loaded yet
+
+
+MetaKey = tuple[int, int, int]  # (mailbox id, uidvalidity, uid)
+
+
+class MetaCache:
+    """A bounded cache of the immutable metadata of messages, keyed by (mailbox, uidvalidity, uid).
+
+    Why: every FETCH of headers or a body, and every header SEARCH, used to read
+    ``mail_messages`` joined with ``mail_bodies`` on the read thread: a thread
+    hop and an SQLite query per command (for SEARCH, the headers of the whole
+    mailbox). A message's ref, size, date, header and structure never change
+    while it exists, and flags and modseq come from the shared mailbox index,
+    so those reads are served from memory once each message has been read (or
+    appended) once.
+
+    Correctness: a uid is never reused within one uidvalidity, and a mailbox
+    created anew (even with a reused row id) gets a new uidvalidity, so an entry
+    is never stale; the caller only serves uids its live index still holds, so
+    an expunged message's entry (dropped when its expunge is published, or
+    simply aged out) is never answered.
+
+    Memory: at most ``max_bytes`` of headers plus a fixed allowance per entry,
+    least recently used first out.
+    """
+
+    PER_ENTRY = 256
+
+    def __init__(self, max_bytes: int = 16 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._items: OrderedDict[MetaKey, Fixed] = OrderedDict()
+
+    def get(self, key: MetaKey) -> Fixed | None:
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, key: MetaKey, item: Fixed) -> None:
+        cost = len(item.header) + self.PER_ENTRY
+        if cost > self.max_bytes:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.size -= len(old.header) + self.PER_ENTRY
+        self._items[key] = item
+        self.size += cost
+        while self.size > self.max_bytes:
+            _, gone = self._items.popitem(last=False)
+            self.size -= len(gone.header) + self.PER_ENTRY
+
+    def drop(self, key: MetaKey) -> None:
+        item = self._items.pop(key, None)
+        if item is not None:
+            self.size -= len(item.header) + self.PER_ENTRY
 
     def __len__(self) -> int:
         return len(self._items)

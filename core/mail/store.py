@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 from core.db import Database
 from core.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from core.mail import mime
-from core.mail.cache import BodyCache
+from core.mail.cache import BodyCache, Fixed, MetaCache
 from core.mail.commit import GroupCommit
 from core.mail.index import Loaded, MailboxIndex, Snapshot
 
@@ -46,6 +46,7 @@ MAX_FLAGS = 100
 MAX_FLAG_LEN = 100
 SPOOL_IN_MEMORY = 1024 * 1024
 DESCRIBE_INLINE = 64 * 1024  # parse on the loop below this size (< 1 ms)
+MAX_ROWS = 10_000  # remembered mailbox rows (MailStore._open_row)
 
 MIGRATIONS = [
     """
@@ -293,6 +294,11 @@ class MailStore:
         self._indexes: dict[int, MailboxIndex] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.bodies = BodyCache()
+        self.metas = MetaCache()
+        # (login, name) -> row, for SELECT of a mailbox some session has open;
+        # cleared by every create/delete/rename/subscribe (``_names_changed``)
+        self._rows: dict[tuple[str, str], Mailbox] = {}
+        self._rows_gen = 0
         self._deleting: set[str] = set()  # refs no message uses, being deleted
 
     def shutdown(self) -> None:
@@ -357,6 +363,7 @@ class MailStore:
             _create(c, login, name, special)
             return _get_mailbox(c, login, name)
         mb: Mailbox = await self._commit.submit(make)
+        self._names_changed()
         log.info("%s created mailbox %r", login, name)
         return mb
 
@@ -378,7 +385,10 @@ class MailStore:
             c.execute("DELETE FROM mail_messages WHERE mailbox = ?", (mb.id,))
             c.execute("DELETE FROM mail_mailboxes WHERE id = ?", (mb.id,))
             return mb.id, _orphans(c, refs)
-        mailbox_id, orphans = await self._commit.submit(drop)
+        try:
+            mailbox_id, orphans = await self._commit.submit(drop)
+        finally:
+            self._names_changed()
         self._publish(mailbox_id, Change("deleted", ()))
         await self._delete_objects(orphans)
         log.info("%s deleted mailbox %r", login, name)
@@ -421,7 +431,10 @@ class MailStore:
                           (new + name[len(old):], mid))
                 ids.append(mid)
             return src.id, [], 0
-        src_id, moved, modseq = await self._commit.submit(move)
+        try:
+            src_id, moved, modseq = await self._commit.submit(move)
+        finally:
+            self._names_changed()
         if moved:  # INBOX's messages left it: sessions on INBOX see them expunged
             self._publish(src_id, Change("expunge", tuple(moved), modseq=modseq))
         log.info("%s renamed mailbox %r to %r", login, old, new)
@@ -433,7 +446,10 @@ class MailStore:
             _get_mailbox(c, login, name)
             c.execute("UPDATE mail_mailboxes SET subscribed = ? WHERE login = ? AND name = ?",
                       (int(on), login, name))
-        await self._commit.submit(sub)
+        try:
+            await self._commit.submit(sub)
+        finally:
+            self._names_changed()
 
     async def status(self, mailbox_id: int) -> Status:
         def count(c: sqlite3.Connection) -> Status:
@@ -471,7 +487,7 @@ class MailStore:
         """
         name = check_name(name)
         await self.ensure_user(login)
-        mb = await self.reads.run(_get_mailbox, login, name)
+        mb = await self._open_row(login, name)
         idx = await self._index(mb.id)
         watch = Watch(mb.id, claims_recent=not read_only, limit=max_pending)
         idx.watches.add(watch)
@@ -486,6 +502,33 @@ class MailStore:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         return snap, watch
+
+    async def _open_row(self, login: str, name: str) -> Mailbox:
+        """The mailbox's row; from memory when a session has it open already.
+
+        Saves SELECT a read-thread hop. Only the row's stable fields matter
+        (id, name, special use, subscription): ``MailboxIndex.view`` replaces the
+        counters with the live index's, and every change of the stable fields
+        clears the memo; the generation check keeps a row read before such a
+        change from being remembered after it.
+        """
+        key = (login, name)
+        mb = self._rows.get(key)
+        if mb is not None:
+            idx = self._indexes.get(mb.id)
+            if idx is not None and not idx.loading:
+                return mb
+        gen = self._rows_gen
+        mb = await self.reads.run(_get_mailbox, login, name)
+        if gen == self._rows_gen:
+            if len(self._rows) >= MAX_ROWS:
+                self._rows.clear()
+            self._rows[key] = mb
+        return mb
+
+    def _names_changed(self) -> None:
+        self._rows.clear()
+        self._rows_gen += 1
 
     async def _save_recent(self, mailbox_id: int, uid: int) -> None:
         try:
@@ -549,6 +592,9 @@ class MailStore:
         idx = self._indexes.get(mailbox_id)
         if idx is None:
             return  # nobody has the mailbox open
+        if change.kind == "expunge":  # free the entries (never served again anyway)
+            for uid in change.uids:
+                self.metas.drop((mailbox_id, idx.uidvalidity, uid))
         if change.kind == "deleted":
             del self._indexes[mailbox_id]
         else:
@@ -563,20 +609,57 @@ class MailStore:
 
     async def meta(self, mailbox_id: int, uids: Sequence[int], *,
                    structure: bool) -> list[Meta]:
-        """Cached metadata of messages (those still present), in uid order."""
-        def load(c: sqlite3.Connection) -> list[Meta]:
-            out: list[Meta] = []
-            cols = ("m.uid, m.ref, m.size, m.internal_date, m.flags, m.modseq, b.header"
-                    + (", b.structure" if structure else ""))
-            for chunk in _chunks(sorted(uids), 500):
-                q = (f"SELECT {cols} FROM mail_messages m JOIN mail_bodies b ON b.ref = m.ref "  # noqa: S608
-                     f"WHERE m.mailbox = ? AND m.uid IN ({','.join('?' * len(chunk))}) "
-                     "ORDER BY m.uid")
-                for r in c.execute(q, (mailbox_id, *chunk)):
-                    out.append(Meta(r[0], r[1], r[2], r[3], _flags_set(r[4]), r[5], r[6],
-                                    json.loads(r[7]) if structure else None))
-            return out
-        return await self.reads.run(load)
+        """Cached metadata of messages (those still present), in uid order.
+
+        While the mailbox's shared index is loaded (a session has it open: the
+        FETCH and SEARCH case), the immutable parts come from ``self.metas`` and
+        flags and modseq from the index, and only the messages not cached yet
+        are read from SQLite; presence is the index's, which holds exactly the
+        committed messages published so far.
+        """
+        idx = self._indexes.get(mailbox_id)
+        if idx is None or idx.loading:
+            return await self.reads.run(self._load_meta, mailbox_id, uids, structure)
+        validity = idx.uidvalidity
+        found: dict[int, Meta] = {}
+        missing: list[int] = []
+        for uid in uids:
+            i = idx.pos(uid)
+            if i < 0:
+                continue  # not (or no longer) in the mailbox
+            item = self.metas.get((mailbox_id, validity, uid))
+            if item is None or (structure and item.structure is None):
+                missing.append(uid)
+                continue
+            found[uid] = Meta(uid, item.ref, item.size, item.internal_date, idx.flags[i],
+                              idx.modseqs[i], item.header, item.structure)
+        if missing:
+            loaded = await self.reads.run(self._load_meta, mailbox_id, missing, structure)
+            if self._indexes.get(mailbox_id) is idx and idx.uidvalidity == validity:
+                for m in loaded:
+                    key = (mailbox_id, validity, m.uid)
+                    if m.structure is not None or self.metas.get(key) is None:
+                        self.metas.put(key, Fixed(m.ref, m.size, m.internal_date, m.header,
+                                                  m.structure))
+            for m in loaded:
+                found[m.uid] = m
+        return [found[u] for u in sorted(found)]
+
+    @staticmethod
+    def _load_meta(c: sqlite3.Connection, mailbox_id: int, uids: Sequence[int],
+                   structure: bool) -> list[Meta]:
+        """The metadata rows of messages, in uid order (on the read thread)."""
+        out: list[Meta] = []
+        cols = ("m.uid, m.ref, m.size, m.internal_date, m.flags, m.modseq, b.header"
+                + (", b.structure" if structure else ""))
+        for chunk in _chunks(sorted(uids), 500):
+            q = (f"SELECT {cols} FROM mail_messages m JOIN mail_bodies b ON b.ref = m.ref "  # noqa: S608
+                 f"WHERE m.mailbox = ? AND m.uid IN ({','.join('?' * len(chunk))}) "
+                 "ORDER BY m.uid")
+            for r in c.execute(q, (mailbox_id, *chunk)):
+                out.append(Meta(r[0], r[1], r[2], r[3], _flags_set(r[4]), r[5], r[6],
+                                json.loads(r[7]) if structure else None))
+        return out
 
     async def read(self, ref: str, start: int = 0, end: int | None = None
                    ) -> AsyncIterator[bytes]:
@@ -656,6 +739,9 @@ class MailStore:
         except BaseException:
             await self._delete_objects([ref])
             raise
+        if target in self._indexes:  # a session has it open: it will FETCH this soon
+            self.metas.put((target, uidvalidity, uid),
+                           Fixed(ref, size, date, header, json.loads(structure)))
         self._publish(target, Change("exists", (uid,), flagset, modseq))
         log.debug("stored message %d (%d bytes) in %s/%s", uid, size, login, name)
         return uidvalidity, uid

@@ -371,10 +371,11 @@ async def append(s: Session, cmd: Command) -> str | None:
     parse_flags(flags)
     if cmd.message.size > s.max_literal:
         raise No(f"message larger than the APPENDLIMIT of {s.max_literal} bytes", "TOOBIG")
-    try:
-        await s.mail.mailbox(s.user, name)
-    except Exception as exc:
-        raise No(f"no mailbox {name}", "TRYCREATE") from exc
+    if name != "INBOX":  # INBOX exists once the user does (no database round trip)
+        try:
+            await s.mail.mailbox(s.user, name)
+        except Exception as exc:
+            raise No(f"no mailbox {name}", "TRYCREATE") from exc
     validity, uid = await s.mail.append(s.user, name, cmd.message.chunks(), flags=flags,
                                         internal_date=date, max_size=s.max_literal)
     await s.cmd_reader.finish_append(cmd)
