@@ -21,6 +21,9 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -441,10 +444,29 @@ class Peer:
         text = value.get("text") if isinstance(value, dict) else None
         if not isinstance(text, str):
             raise Invalid("a message needs a text")
-        new = await self.inbox.store(record.name, current_envelope.get().uid, text)
-        log.info("message %s from %s %s", current_envelope.get().uid.hex(), record.name,
+        uid = current_envelope.get().uid
+        new = await self.inbox.store(record.name, uid, text)
+        log.info("message %s from %s %s", uid.hex(), record.name,
                  "stored" if new else "was already stored")
+        if new:  # and in the owner's mail Inbox, marked as from a verified twin
+            await self._to_mail_inbox(record, uid, text)
         return {"stored": True}
+
+    async def _to_mail_inbox(self, record: TwinRecord, uid: bytes, text: str) -> None:
+        """A native message as mail, so Thunderbird shows it (crash between the two
+        stores: it stays in `twin inbox`, and the retried envelope is a duplicate)."""
+        conf = self.service.config
+        sender = f"{record.name}@{record.mail_domains[0]}" if record.mail_domains else ""
+        mail = EmailMessage()
+        mail["From"] = sender or f"twin {record.name}"
+        mail["To"] = f"{conf.name}@{conf.domain}"
+        mail["Subject"] = f"Message from twin {record.name}"
+        mail["Date"] = formatdate(localtime=True)
+        mail["Message-ID"] = f"<{uid.hex()}@{conf.domain}>"
+        mail.set_content(text)
+        raw = mail.as_bytes(policy=SMTP)
+        marked = self.service.router.mark_from_twin(record, sender, raw)
+        await self.service.mail.deliver(f"{conf.name}@{conf.domain}", marked)
 
     async def _on_message_bounce(self, recipient: str, value: Any, reason: str) -> None:
         text = value.get("text", "") if isinstance(value, dict) else ""

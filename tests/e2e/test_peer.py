@@ -310,3 +310,32 @@ async def test_lost_ack_resend_is_deduplicated(twins: Callable[..., TwinProcess]
         await service.peer.stop()
         service.close()
     assert [m["text"] for m in inbox(bob)] == ["once"]
+
+
+def test_a_native_message_lands_in_the_mail_inbox_marked_verified(
+        twins: Callable[..., TwinProcess]) -> None:
+    import email
+    import email.policy
+    import imaplib
+    import ssl
+
+    alice, bob = twins("alice"), twins("bob")
+    cli(alice, "send", "bob", "hello from alice, twin to twin")
+    wait_for(lambda: len(inbox(bob)) == 1)
+    ctx = ssl.create_default_context(cafile=str(bob.data / "tls" / "cert.pem"))
+    ctx.check_hostname = False
+    imap = imaplib.IMAP4_SSL("127.0.0.1", bob.port("imaps"), ssl_context=ctx)
+    try:
+        imap.login(bob.login, bob.password)
+        imap.select("INBOX")
+        _, data = imap.uid("SEARCH", "ALL")  # type: ignore[no-untyped-call]
+        uids = data[0].split()
+        assert len(uids) == 1
+        _, fetched = imap.uid("FETCH", uids[0], "(RFC822)")  # type: ignore[no-untyped-call]
+        mail = email.message_from_bytes(fetched[0][1], policy=email.policy.default)
+    finally:
+        imap.logout()
+    assert mail["Subject"] == "Message from twin alice"
+    assert mail["X-Twin-Verified"].startswith("alice (key ")
+    assert "twin=pass" in mail["Authentication-Results"]
+    assert mail.get_content().strip() == "hello from alice, twin to twin"
