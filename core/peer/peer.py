@@ -448,13 +448,17 @@ class Peer:
         new = await self.inbox.store(record.name, uid, text)
         log.info("message %s from %s %s", uid.hex(), record.name,
                  "stored" if new else "was already stored")
-        if new:  # and in the owner's mail Inbox, marked as from a verified twin
-            await self._to_mail_inbox(record, uid, text)
+        if new and self.service.store is not None:  # the mail store runs with `twin serve`
+            try:  # the peer inbox holds the message; the mail copy is for mail clients
+                await self._to_mail_inbox(record, uid, text)
+            except Exception:
+                log.exception("message %s from %s is in `twin inbox` but could not be put "
+                              "in the mail Inbox", uid.hex(), record.name)
         return {"stored": True}
 
     async def _to_mail_inbox(self, record: TwinRecord, uid: bytes, text: str) -> None:
-        """A native message as mail, so Thunderbird shows it (crash between the two
-        stores: it stays in `twin inbox`, and the retried envelope is a duplicate)."""
+        """A native message as mail, so Thunderbird shows it too (a crash between
+        the two stores leaves it only in `twin inbox`)."""
         conf = self.service.config
         sender = f"{record.name}@{record.mail_domains[0]}" if record.mail_domains else ""
         mail = EmailMessage()
