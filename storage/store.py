@@ -740,11 +740,9 @@ def limit_heap_growth() -> None:
     if _heap_limited:
         return
     _heap_limited = True
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
         libc = ctypes.CDLL(None)
         libc.mallopt(_M_MMAP_THRESHOLD, MiB)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
 
 
 _M_MMAP_THRESHOLD = -3

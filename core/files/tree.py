@@ -179,6 +179,19 @@ def _retain(c: sqlite3.Connection, ref: str | None) -> None:
               "ON CONFLICT(ref) DO UPDATE SET refs = refs + 1", (ref,))
 
 
+def _source_and_target(c: sqlite3.Connection, s: tuple[str, ...], d: tuple[str, ...],
+                       overwrite: bool, freed: Refs) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The MOVE/COPY source node and the target's parent, clearing the target if allowed."""
+    node = _need(c, s)
+    parent = _parent_dir(c, d)
+    existing = _lookup(c, d)
+    if existing is not None:
+        if not overwrite:
+            raise Conflict(f"{join(d)} exists")
+        _remove_subtree(c, existing[0], freed)
+    return node, parent
+
+
 def _remove_subtree(c: sqlite3.Connection, node: int, freed: list[str]) -> None:
     ids = _subtree_ids(c, node)
     for start in range(0, len(ids), 500):
@@ -420,13 +433,7 @@ class FileTree:
 
         def rename(c: sqlite3.Connection) -> tuple[tuple[Any, ...], Refs]:
             freed: Refs = []
-            node = _need(c, s)
-            parent = _parent_dir(c, d)
-            existing = _lookup(c, d)
-            if existing is not None:
-                if not overwrite:
-                    raise Conflict(f"{join(d)} exists")
-                _remove_subtree(c, existing[0], freed)
+            node, parent = _source_and_target(c, s, d, overwrite, freed)
             c.execute("UPDATE file_nodes SET parent = ?, name = ?, modified = ? WHERE id = ?",
                       (parent[0], d[-1], time.time(), node[0]))
             return _need(c, d), freed
@@ -445,13 +452,7 @@ class FileTree:
 
         def duplicate(c: sqlite3.Connection) -> tuple[tuple[Any, ...], Refs]:
             freed: Refs = []
-            node = _need(c, s)
-            parent = _parent_dir(c, d)
-            existing = _lookup(c, d)
-            if existing is not None:
-                if not overwrite:
-                    raise Conflict(f"{join(d)} exists")
-                _remove_subtree(c, existing[0], freed)
+            node, parent = _source_and_target(c, s, d, overwrite, freed)
             now = time.time()
             todo = [(node, parent[0], d[-1])]
             while todo:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import imaplib
+import os
 import socket
 import ssl
 import subprocess
@@ -77,6 +78,8 @@ def twin_on(root: Path, **sets: object) -> ThreadTwin:
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadTwin]:
     if ADDR is None:
+        if os.environ.get("TWIN_REQUIRE_TOOLS") == "1":
+            pytest.fail("no non-loopback IPv4 to test login-before-TLS from (CI must have one)")
         pytest.skip("this machine has no non-loopback IPv4")
     twin = twin_on(tmp_path_factory.mktemp("remote"))
     yield twin
