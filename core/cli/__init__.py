@@ -39,11 +39,14 @@ def open_service(args: argparse.Namespace) -> Any:
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    set_log_level(level)
+
+
+def set_log_level(level: str) -> None:
+    """The root level; libraries that chat at INFO are held at WARNING or above."""
+    logging.root.setLevel(getattr(logging, level.upper(), logging.INFO))
     for noisy in ("httpx", "httpcore", "mail.log", "uvicorn.error", "wsgidav"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
 
@@ -56,8 +59,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the twin's data dir (default: $TWIN_DATA or ./.twin)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key for this run (see `twin config doc`)")
-    p.add_argument("--log-level", default=os.environ.get("TWIN_LOG_LEVEL", "info"),
-                   choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   help="overrides the log.level config key (default: info)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in GROUPS:
         importlib.import_module(f"core.cli.{group}").register(sub)
@@ -66,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or os.environ.get("TWIN_LOG_LEVEL", "info"))
     try:
         return int(args.func(args))
     except TwinError as exc:

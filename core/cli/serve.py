@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core import tls
-from core.cli import open_service
+from core.cli import open_service, set_log_level
 from core.service import STATUS_FILE
 
 
@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run_serve(args: argparse.Namespace) -> int:
     service = open_service(args)
+    if args.log_level is None:  # twin.toml, TWIN_LOG_LEVEL or --set log.level=...
+        set_log_level(service.config.str("log.level"))
     try:
         asyncio.run(service.serve_forever())
     finally:

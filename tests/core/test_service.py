@@ -86,3 +86,16 @@ def test_a_second_twin_shares_the_phonebook_and_they_know_each_other(
     seen = json.loads(twin_cli(alice.data, "phonebook", "resolve", "bob@bob.localhost",
                                "--json").stdout)
     assert seen["name"] == "bob" and seen["endpoints"] == [bob.url]
+
+
+def test_the_log_level_key_sets_what_serve_logs(twins: Callable[..., TwinProcess]) -> None:
+    import smtplib
+
+    quiet = twins("quiet", sets=["log.level=warning"])
+    chatty = twins("chatty")
+    for twin in (quiet, chatty):
+        with smtplib.SMTP("127.0.0.1", twin.port("smtp")) as client:
+            client.sendmail("someone@example.com", [twin.login],
+                            b"Subject: hi\r\n\r\nhello\r\n")
+    assert "routed mail" in chatty.log()
+    assert " INFO " not in quiet.log() and "routed mail" not in quiet.log()
