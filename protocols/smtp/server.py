@@ -42,22 +42,10 @@ class SmtpListener:
 
     def _factory(self, handler: Any, *, tls_context: ssl.SSLContext | None,
                  implicit_tls: bool, submission: bool) -> Callable[[], TwinSMTP]:
+        """A protocol factory; the settings are read once here, not per connection."""
         conf = self.service.config
         plaintext_auth = conf.bool("listen.plaintext_auth")
-
-        def make() -> TwinSMTP:
-            if not implicit_tls:
-                return self._make(handler, tls_context, implicit_tls, submission, plaintext_auth)
-            with warnings.catch_warnings():  # aiosmtpd cannot see implicit TLS and warns
-                warnings.simplefilter("ignore", UserWarning)
-                return self._make(handler, tls_context, implicit_tls, submission, plaintext_auth)
-        return make
-
-    def _make(self, handler: Any, tls_context: ssl.SSLContext | None, implicit_tls: bool,
-              submission: bool, plaintext_auth: bool) -> TwinSMTP:
-        conf = self.service.config
-        return TwinSMTP(
-            handler,
+        settings: dict[str, Any] = dict(
             service=self.service,
             gate=self.gate,
             implicit_tls=implicit_tls,
@@ -74,6 +62,14 @@ class SmtpListener:
             auth_exclude_mechanism=() if submission else ("PLAIN", "LOGIN"),
             command_call_limit={"AUTH": LINE_LIMIT_AUTH, "*": 10**9},
         )
+
+        def make() -> TwinSMTP:
+            if not implicit_tls:
+                return TwinSMTP(handler, **settings)
+            with warnings.catch_warnings():  # aiosmtpd cannot see implicit TLS and warns
+                warnings.simplefilter("ignore", UserWarning)
+                return TwinSMTP(handler, **settings)
+        return make
 
     async def start(self) -> None:
         conf = self.service.config

@@ -24,12 +24,17 @@ bare aiosmtpd sink while also storing every message):
   literals) to the RFC 5322 parser, whose result is the same but costs ~25x.
 - The idle timer is re-armed lazily: a command only moves a deadline instead
   of cancelling and scheduling a timer each time.
+- ``dir()`` of a session lists only its ``smtp_*`` and ``auth_*`` methods:
+  aiosmtpd's ``__init__`` finds the commands with ``inspect.getmembers(self)``,
+  which evaluates every attribute and property (~140 us of a connection's
+  ~200 us set-up); the list is the same, computed once per class.
 """
 
 from __future__ import annotations
 
 import asyncio
 import binascii
+import functools
 import logging
 import re
 from base64 import b64decode
@@ -94,6 +99,14 @@ class TwinSMTP(SMTP):
         self.implicit_tls = implicit_tls
         self.gate = gate
         self._admitted = False
+
+    @classmethod
+    @functools.cache
+    def _command_names(cls) -> list[str]:
+        return [name for name in dir(cls) if name.startswith(("smtp_", "auth_"))]
+
+    def __dir__(self) -> list[str]:
+        return self._command_names()
 
     # RFC 5321 §3.8: a server that cannot serve may answer 421 and close at once
     def connection_made(self, transport: Any) -> None:

@@ -177,3 +177,12 @@ def test_the_address_fast_path_agrees_with_the_full_parser(local: str, domain: s
     addr, params = session._getaddr(arg)
     expected = _parsed(arg)
     assert (addr, None if params is None else params.split()) == expected
+
+
+async def test_a_session_knows_every_command_and_mechanism_of_the_stock_class() -> None:
+    from aiosmtpd.smtp import SMTP
+
+    ours = TwinSMTP(Recorder(), service=cast(Any, None), gate=Gate(1))
+    stock = SMTP(Recorder())
+    assert set(ours._smtp_methods) == set(stock._smtp_methods)
+    assert set(ours._auth_methods) == set(stock._auth_methods) == {"PLAIN", "LOGIN"}
