@@ -1,10 +1,23 @@
 """``twin storage``: look after the dispersed store from the command line.
 
-Every subcommand opens the store of the data dir with the twin's own keys,
-does one thing, prints the result on stdout (progress goes to stderr) and
-closes it. The store's directories are locked by one process at a time: while
-``twin serve`` runs, these fail at once with exit code 2 and a message naming
-its pid (not a misleading "not enough shares").
+Every subcommand does one thing and prints the result on stdout (progress on
+stderr), whether or not the twin runs:
+
+- twin stopped (``Offline``): the command opens the store of the data dir with
+  the twin's own keys and closes it when done.
+- twin running (``Online``): ``twin serve`` holds the store (its local backends
+  are locked by one process at a time), so the command asks the running twin
+  to do the work through its owner-only local storage API
+  (``core.peer.local_storage``): https to 127.0.0.1 on the port in
+  ``run/status.json``, the twin's own certificate as the only trusted CA (the
+  connection is verified, never trusted blindly), the token from
+  ``run/local.token``. Files are streamed both ways, never held in memory.
+
+Both targets answer the same calls with the same storage dataclasses, and one
+set of printers formats them, so the output is the same in both modes. A store
+locked by a process that does not answer (a twin starting or stopping, another
+``twin storage``) fails at once with exit code 2 and a message naming its pid
+(not a misleading "not enough shares").
 """
 
 from __future__ import annotations
@@ -15,14 +28,36 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
+from urllib.parse import quote
 
-from storage import ObjectRef, StorageError, Store, StoreInUse, open_store
+import httpx
+
+from core.errors import TwinError
+from core.peer.local_storage import (
+    LOCAL_STORAGE,
+    StoreStatus,
+    health_json,
+    repair_from_json,
+    verify_from_json,
+)
+from storage import (
+    ObjectInfo,
+    ObjectRef,
+    RepairReport,
+    StorageError,
+    Store,
+    StoreInUse,
+    VerifyReport,
+    open_store,
+)
+from storage.model import ref_id
 
 MiB = 1024 * 1024
+SLOW = httpx.Timeout(60.0, read=None)  # verify, repair, backup: as long as the store needs
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -59,28 +94,225 @@ def open_from_config(data: Path) -> Store:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.service import store_in_use_message
-
     try:
-        store = open_from_config(Path(args.data))
+        return _run(Path(args.data).expanduser().resolve(), _COMMANDS[args.storage_command],
+                    args)
+    except (StorageError, TwinError, httpx.HTTPError, OSError, ValueError) as exc:
+        print(f"twin storage: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(data: Path, command: Command, args: argparse.Namespace) -> int:
+    """Through the running twin if there is one, else on the store opened here.
+
+    A connection refused means nothing was sent: the status file may be stale
+    (the twin was killed), so the store is tried directly; if it is locked all
+    the same, the message says who holds it and why the twin did not answer.
+    """
+    unanswered: httpx.ConnectError | None = None
+    twin = running_twin(data)
+    if twin is not None:
+        try:
+            return asyncio.run(_online(data, twin, command, args))
+        except httpx.ConnectError as exc:
+            unanswered = exc
+    try:
+        store = open_from_config(data)
     except StoreInUse as exc:
-        print(f"twin storage: {store_in_use_message(exc)}", file=sys.stderr)
+        twin = None if unanswered else running_twin(data)  # it may have just started
+        if twin is not None:
+            try:
+                return asyncio.run(_online(data, twin, command, args))
+            except httpx.ConnectError as again:
+                unanswered = again
+        print(f"twin storage: {_in_use(exc, unanswered)}", file=sys.stderr)
         return 2
-    except StorageError as exc:
-        print(f"twin storage: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(_closing(store, _COMMANDS[args.storage_command](store, args)))
-    except (StorageError, OSError, ValueError) as exc:
-        print(f"twin storage: {exc}", file=sys.stderr)
-        return 2
+    return asyncio.run(_on(Offline(store), command, args))
 
 
-async def _closing(store: Store, work: Coroutine[Any, Any, int]) -> int:
+def _in_use(exc: StoreInUse, unanswered: Exception | None) -> str:
+    who = f"pid {exc.pid}" if exc.pid is not None else "another process"
+    why = f": {unanswered}" if unanswered else " (run/status.json or run/local.token missing)"
+    return (f"the twin's storage is in use by {who}, but no running `twin serve` answers "
+            f"on its local storage API{why}; is it starting or stopping? Try again, or "
+            f"stop it; {exc.path} is locked")
+
+
+def running_twin(data: Path) -> tuple[int, str] | None:
+    """The running twin's HTTPS port and local token, or None (then the store is ours)."""
+    from core.cli.peer import _running_twin
+    from core.peer.api import TOKEN_FILE
+
+    port = _running_twin(data)
+    if port is None:
+        return None
     try:
-        return await work
+        token = (data / TOKEN_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return (port, token) if token else None
+
+
+async def _online(data: Path, twin: tuple[int, str], command: Command,
+                  args: argparse.Namespace) -> int:
+    return await _on(Online(data, *twin), command, args)
+
+
+async def _on(target: Target, command: Command, args: argparse.Namespace) -> int:
+    try:
+        return await command(target, args)
     finally:
-        await store.close()
+        await target.close()
+
+
+class Target(Protocol):
+    """What the subcommands need of the store, wherever it is open."""
+
+    async def put(self, source: AsyncIterator[bytes]) -> str: ...
+    async def open(self, ref: str) -> tuple[int | None, AsyncIterator[bytes]]: ...
+    def objects(self) -> AsyncIterator[ObjectInfo]: ...
+    async def delete(self, ref: str) -> None: ...
+    async def status(self) -> StoreStatus: ...
+    async def verify(self, sample: float | None, clean: bool) -> VerifyReport: ...
+    async def repair(self) -> RepairReport: ...
+    async def backup(self) -> str: ...
+    async def close(self) -> None: ...
+
+
+Command = Callable[[Target, argparse.Namespace], Awaitable[int]]
+
+
+class Offline:
+    """The store of the data dir, opened by this process: the twin is not running."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def put(self, source: AsyncIterator[bytes]) -> str:
+        return str(await self.store.put(source))
+
+    async def open(self, ref: str) -> tuple[int | None, AsyncIterator[bytes]]:
+        stream = await self.store.get(ref)  # ObjectNotFound now, before any output
+        return stream.size, aiter(stream)
+
+    def objects(self) -> AsyncIterator[ObjectInfo]:
+        return self.store.iter_objects()
+
+    async def delete(self, ref: str) -> None:
+        await self.store.delete(ref)
+
+    async def status(self) -> StoreStatus:
+        return await StoreStatus.of(self.store)
+
+    async def verify(self, sample: float | None, clean: bool) -> VerifyReport:
+        return await self.store.verify(sample, clean=clean)
+
+    async def repair(self) -> RepairReport:
+        return await self.store.repair()
+
+    async def backup(self) -> str:
+        from core import backup
+        from core.db import Database
+        from core.service import DB_FILE
+
+        db = Database(self.store.data_dir / DB_FILE)
+        try:
+            return await backup.backup_all(db, self.store)
+        finally:
+            db.close()
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+class Online:
+    """The running twin's store, through its local storage API (one request per call)."""
+
+    def __init__(self, data: Path, port: int, token: str) -> None:
+        from core import tls
+
+        self.http = httpx.AsyncClient(
+            base_url=f"https://127.0.0.1:{port}{LOCAL_STORAGE}",
+            verify=tls.client_context(data),  # the twin's own certificate, pinned as the CA
+            headers={"authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(60.0, connect=10.0))
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        resp = await self.http.request(method, path, **kwargs)
+        _check(resp)
+        return resp.json()
+
+    async def put(self, source: AsyncIterator[bytes]) -> str:
+        body = await self._call("PUT", "/objects", content=source)
+        return str(body["ref"])
+
+    async def open(self, ref: str) -> tuple[int | None, AsyncIterator[bytes]]:
+        request = self.http.build_request("GET", _object_path(ref))
+        resp = await self.http.send(request, stream=True)
+        if resp.status_code != 200:
+            await resp.aread()
+            await resp.aclose()
+            _check(resp)
+        length = resp.headers.get("content-length", "")
+        return (int(length) if length.isdigit() else None), _body(resp)
+
+    async def objects(self) -> AsyncIterator[ObjectInfo]:
+        async with self.http.stream("GET", "/objects") as resp:
+            if resp.status_code != 200:
+                await resp.aread()
+                _check(resp)
+            async for line in resp.aiter_lines():
+                if line:
+                    yield ObjectInfo(**json.loads(line))
+
+    async def delete(self, ref: str) -> None:
+        await self._call("DELETE", _object_path(ref))
+
+    async def status(self) -> StoreStatus:
+        return StoreStatus.from_json(await self._call("GET", "/status"))
+
+    async def verify(self, sample: float | None, clean: bool) -> VerifyReport:
+        params = {"clean": "1" if clean else "0"}
+        if sample is not None:
+            params["sample"] = repr(sample)
+        return verify_from_json(await self._call("POST", "/verify", params=params,
+                                                 timeout=SLOW))
+
+    async def repair(self) -> RepairReport:
+        return repair_from_json(await self._call("POST", "/repair", timeout=SLOW))
+
+    async def backup(self) -> str:
+        return str((await self._call("POST", "/backup", timeout=SLOW))["name"])
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+def _object_path(ref: str) -> str:
+    ref_id(ref)  # a malformed ref fails here exactly as offline, never reaching the twin
+    return f"/objects/{quote(ref.strip(), safe='')}"
+
+
+async def _body(resp: httpx.Response) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in resp.aiter_raw():
+            yield chunk
+    finally:
+        await resp.aclose()
+
+
+def _check(resp: httpx.Response) -> None:
+    """A refusal as one clear line: the twin's own message (the same one as offline)."""
+    if resp.is_success:
+        return
+    try:
+        body = resp.json()
+        message, code = str(body["message"]), str(body["code"])
+    except (ValueError, KeyError, TypeError):
+        message, code = f"HTTP {resp.status_code}", "error"
+    if code == "forbidden":
+        message = f"the running twin refused its local token ({message}); is it restarting?"
+    raise TwinError(message, code=code)
 
 
 class Progress:
@@ -115,22 +347,22 @@ async def _read_file(f: BinaryIO, progress: Progress) -> AsyncIterator[bytes]:
         yield block
 
 
-async def _put(store: Store, args: argparse.Namespace) -> int:
+async def _put(target: Target, args: argparse.Namespace) -> int:
     path: Path = args.file
     with open(path, "rb") as f:  # noqa: ASYNC230 - opening is instant; reads go to a thread
         progress = Progress(f"put {path.name}", os.fstat(f.fileno()).st_size)
-        ref = await store.put(_read_file(f, progress))
+        ref = await target.put(_read_file(f, progress))
     progress.finish()
     print(ref)
     return 0
 
 
-async def _get(store: Store, args: argparse.Namespace) -> int:
-    stream = await store.get(args.ref)
-    progress = Progress("get", stream.size)
+async def _get(target: Target, args: argparse.Namespace) -> int:
+    size, chunks = await target.open(args.ref)
+    progress = Progress("get", size)
     out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: ASYNC230, SIM115
     try:
-        async for chunk in stream:
+        async for chunk in chunks:
             out.write(chunk)
             progress.add(len(chunk))
     finally:
@@ -142,38 +374,35 @@ async def _get(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _ls(store: Store, args: argparse.Namespace) -> int:
-    async for info in store.iter_objects():
+async def _ls(target: Target, args: argparse.Namespace) -> int:
+    async for info in target.objects():
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created))
         print(f"{ObjectRef(info.id, info.size)}  {info.size:>14}  {created}  "
               f"{info.segments} seg  {info.k}-of-{info.n}")
     return 0
 
 
-async def _rm(store: Store, args: argparse.Namespace) -> int:
-    await store.delete(args.ref)
+async def _rm(target: Target, args: argparse.Namespace) -> int:
+    await target.delete(args.ref)
     return 0
 
 
-async def _status(store: Store, args: argparse.Namespace) -> int:
-    healths = await store.health()
+async def _status(target: Target, args: argparse.Namespace) -> int:
+    status = await target.status()
     if args.json:
-        print(json.dumps([{"name": h.name, "kind": h.kind, "location": h.location,
-                           "health": {"reachable": h.reachable, "free_bytes": h.free_bytes,
-                                      "errors": h.errors, "detail": h.detail}}
-                          for h in healths], indent=2))
+        print(json.dumps([health_json(h) for h in status.backends], indent=2))
         return 0
-    print(f"store: {store.k}-of-{store.n}, segments of {store.segment_size} bytes")
-    for h in healths:
+    print(f"store: {status.k}-of-{status.n}, segments of {status.segment_size} bytes")
+    for h in status.backends:
         free = "?" if h.free_bytes is None else f"{h.free_bytes / 2**30:.1f} GiB free"
         state = "ok" if h.reachable else f"UNREACHABLE ({h.detail})"
         print(f"{h.name:<12} {h.kind:<6} {h.location:<40} {state}, {free}, {h.errors} errors")
-    return 0 if all(h.reachable for h in healths) else 1
+    return 0 if all(h.reachable for h in status.backends) else 1
 
 
-async def _verify(store: Store, args: argparse.Namespace) -> int:
+async def _verify(target: Target, args: argparse.Namespace) -> int:
     print("verifying…", file=sys.stderr)
-    report = await store.verify(args.sample, clean=args.clean)
+    report = await target.verify(args.sample, args.clean)
     for problem in report.problems:
         print(f"share {problem.index} of segment {problem.segment} of {problem.object_id} "
               f"on {problem.backend}: {problem.reason}")
@@ -182,25 +411,18 @@ async def _verify(store: Store, args: argparse.Namespace) -> int:
         else 1
 
 
-async def _repair(store: Store, args: argparse.Namespace) -> int:
+async def _repair(target: Target, args: argparse.Namespace) -> int:
     print("repairing…", file=sys.stderr)
-    report = await store.repair()
+    report = await target.repair()
     print(json.dumps(asdict(report), indent=2))
     return 0 if not (report.unrecoverable or report.failures) else 1
 
 
-async def _backup(store: Store, args: argparse.Namespace) -> int:
-    from core import backup
-    from core.db import Database
-    from core.service import DB_FILE
-
-    db = Database(store.data_dir / DB_FILE)
-    try:
-        print(await backup.backup_all(db, store))
-    finally:
-        db.close()
+async def _backup(target: Target, args: argparse.Namespace) -> int:
+    print(await target.backup())
     return 0
 
 
-_COMMANDS = {"put": _put, "get": _get, "ls": _ls, "rm": _rm, "status": _status,
-             "verify": _verify, "repair": _repair, "backup": _backup}
+_COMMANDS: dict[str, Command] = {
+    "put": _put, "get": _get, "ls": _ls, "rm": _rm, "status": _status,
+    "verify": _verify, "repair": _repair, "backup": _backup}

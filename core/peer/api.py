@@ -19,13 +19,14 @@ error. Batches exist because HTTP costs far more than an envelope's crypto
 host (``twin share FILE --as /x`` while the twin runs): it streams a file into
 the dispersed store and publishes it in the twin's content (the file tree). It is authorised by
 the random token the running twin writes to ``run/local.token`` (0600), which
-only the owner's account can read.
+only the owner's account can read. The same token opens the owner's storage
+API under ``/twin/v1/local/storage/`` (``twin storage …`` while the twin
+runs), mounted here from ``core.peer.local_storage``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from core.errors import Invalid, TwinError
-from core.peer import stream
+from core.peer import local_storage, stream
 from core.peer.client import (
     ACKED,
     BATCH_MEDIA_TYPE,
@@ -145,8 +146,7 @@ def routes(service: Service) -> list[BaseRoute]:
         return stream.frame(bytes([ACKED]) + answer.ack)
 
     async def put_object(request: Request) -> Response:
-        token = request.headers.get("authorization", "").removeprefix("Bearer ")
-        if not peer.local_token or not hmac.compare_digest(token, peer.local_token):
+        if not local_storage.owner_token_ok(peer.local_token, request.headers):
             return JSONResponse({"code": "forbidden", "message": "bad local token"}, 403)
         path = request.query_params.get("path", "")
         try:
@@ -160,6 +160,7 @@ def routes(service: Service) -> list[BaseRoute]:
         Route(ENVELOPE_PATH, envelope, methods=["POST"]),
         Route(BATCH_PATH, envelopes, methods=["POST"]),
         Route(LOCAL_OBJECTS, put_object, methods=["PUT"]),
+        *local_storage.routes(service),  # the owner's `twin storage …` while the twin runs
     ]
 
 

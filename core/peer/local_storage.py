@@ -1,0 +1,291 @@
+"""The owner's storage API: ``twin storage …`` while the twin runs.
+
+The dispersed store belongs to one process (``open_store`` locks its local
+backends and a second opener gets ``storage.StoreInUse``), so while ``twin
+serve`` runs the storage CLI cannot open it. Instead it asks the running twin
+to do the work, over these routes on the twin's HTTPS listener, all under
+``/twin/v1/local/storage/``:
+
+=======  =========================  ==============================================
+PUT      ``objects``                body streamed into ``store.put`` -> ``{"ref"}``
+GET      ``objects``                NDJSON, one ``ObjectInfo`` per line
+GET      ``objects/{ref}``          the bytes, streamed; ``Range: bytes=a-b`` -> 206
+DELETE   ``objects/{ref}``          -> ``{"deleted": ref}``
+GET      ``status``                 -> ``StoreStatus.to_json()``
+POST     ``verify?sample=F&clean=1`` -> ``VerifyReport`` as JSON
+POST     ``repair``                 -> ``RepairReport`` as JSON
+POST     ``backup``                 -> ``{"name"}`` (twin.db, then the catalogue)
+=======  =========================  ==============================================
+
+Owner only, like ``PUT /twin/v1/local/objects`` (``core.peer.api``): every
+request must carry ``Authorization: Bearer <token>``, the random token the
+running twin writes to ``run/local.token`` (0600, so only the owner's account
+can read it), compared in constant time. The check wraps the whole mount, so
+a route added later cannot forget it and an unknown path is refused like a
+known one: 403 ``{"code", "message"}`` before the body is read or the store
+is touched. Other errors are JSON ``{"code", "message"}`` too, mapped in one
+table (``_failure``).
+
+The JSON shapes are defined here once (``StoreStatus``, ``health_json``,
+``verify_from_json``; objects and repair reports are their dataclasses as
+dicts) and the CLI prints them in both modes, so its output cannot drift
+between "twin running" and "twin stopped".
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route, Router
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocketClose
+
+from storage import (
+    BackendHealth,
+    InvalidReference,
+    ObjectNotFound,
+    RepairReport,
+    ShareProblem,
+    StorageError,
+    Store,
+    VerifyReport,
+)
+
+if TYPE_CHECKING:
+    from core.service import Service
+
+log = logging.getLogger("twin.peer")
+LOCAL_STORAGE = "/twin/v1/local/storage"
+NDJSON = "application/x-ndjson"
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_LIST_BATCH = 64 * 1024  # bytes of NDJSON per write: one send per object would dominate
+
+
+# -- the JSON shapes, shared with the CLI (core/cli/storage.py)
+
+def health_json(h: BackendHealth) -> dict[str, Any]:
+    """One backend as ``twin storage status --json`` has always printed it."""
+    return {"name": h.name, "kind": h.kind, "location": h.location,
+            "health": {"reachable": h.reachable, "free_bytes": h.free_bytes,
+                       "errors": h.errors, "detail": h.detail}}
+
+
+def health_from_json(d: dict[str, Any]) -> BackendHealth:
+    return BackendHealth(d["name"], d["kind"], d["location"], **d["health"])
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    """The store's layout and each backend's health: what ``twin storage status`` shows."""
+
+    k: int
+    n: int
+    segment_size: int
+    backends: list[BackendHealth]
+
+    @classmethod
+    async def of(cls, store: Store) -> StoreStatus:
+        return cls(store.k, store.n, store.segment_size, await store.health())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"k": self.k, "n": self.n, "segment_size": self.segment_size,
+                "backends": [health_json(h) for h in self.backends]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StoreStatus:
+        return cls(d["k"], d["n"], d["segment_size"],
+                   [health_from_json(h) for h in d["backends"]])
+
+
+def verify_from_json(d: dict[str, Any]) -> VerifyReport:
+    """The inverse of ``asdict(report)``, so the CLI judges health with ``report.healthy``."""
+    return VerifyReport(**{**d, "problems": [ShareProblem(**p) for p in d["problems"]]})
+
+
+def repair_from_json(d: dict[str, Any]) -> RepairReport:
+    return RepairReport(**d)
+
+
+# -- byte ranges
+
+class RangeNotSatisfiable(Exception):
+    """A well-formed range that starts at or past the end of the object (416)."""
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``(start, end)`` (end exclusive) for one ``bytes=a-b``, ``a-`` or ``-n`` range.
+
+    None means "send it all": no header, or one this API does not serve (several
+    ranges, another unit, a malformed one), which RFC 9110 lets a server ignore.
+    Raises ``RangeNotSatisfiable`` when the range lies wholly past the end.
+    """
+    m = _RANGE.fullmatch(header.strip()) if header else None
+    if m is None or m.group(1) == m.group(2) == "":
+        return None
+    first, last = m.group(1), m.group(2)
+    if first == "":  # suffix: the last n bytes
+        if int(last) == 0 or size == 0:
+            raise RangeNotSatisfiable
+        return max(size - int(last), 0), size
+    start = int(first)
+    if last != "" and int(last) < start:
+        return None  # a-b with b < a is invalid, hence ignored
+    if start >= size:
+        raise RangeNotSatisfiable
+    return start, size if last == "" else min(int(last) + 1, size)
+
+
+# -- the routes
+
+def owner_token_ok(expected: str, headers: Headers) -> bool:
+    """Whether the request carries the running twin's local token (constant time)."""
+    given = headers.get("authorization", "").removeprefix("Bearer ")
+    # bytes: compare_digest refuses non-ASCII str, and a header may be anything
+    return bool(expected) and hmac.compare_digest(given.encode("latin-1"), expected.encode())
+
+
+class _OwnerOnly:
+    """Refuse every request without the running twin's local token, before anything else."""
+
+    def __init__(self, app: ASGIApp, service: Service) -> None:
+        self.app = app
+        self.peer = service.peer
+
+    def allowed(self, headers: Headers) -> bool:
+        return owner_token_ok(self.peer.local_token, headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.allowed(Headers(scope=scope)):
+            await self.app(scope, receive, send)
+        elif scope["type"] == "http":
+            log.warning("refused a local storage request without the local token from %s",
+                        scope.get("client"))
+            await _json({"code": "forbidden", "message": "bad local token"}, 403)(
+                scope, receive, send)
+        else:
+            await WebSocketClose()(scope, receive, send)
+
+
+def _json(body: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(body, status_code=status)
+
+
+def _failure(exc: Exception) -> JSONResponse:
+    """The one table from an exception to what the CLI is told."""
+    if isinstance(exc, ObjectNotFound):
+        return _json({"code": "not_found", "message": str(exc)}, 404)
+    if isinstance(exc, InvalidReference | ValueError):
+        return _json({"code": "invalid", "message": str(exc)}, 400)
+    if isinstance(exc, StorageError):  # not enough shares, a backend down, ...
+        return _json({"code": "unavailable", "message": str(exc)}, 503)
+    log.error("local storage request failed", exc_info=exc)
+    return _json({"code": "internal", "message": f"internal error: {exc}"}, 500)
+
+
+Handler = Callable[[Request, Store], Awaitable[Response]]
+
+
+def routes(service: Service) -> list[BaseRoute]:
+    """One mount under ``LOCAL_STORAGE``, every route behind ``_OwnerOnly``."""
+
+    def handle(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await fn(request, service.store)
+            except ClientDisconnect:
+                return Response(status_code=400)
+            except Exception as exc:
+                return _failure(exc)
+        return endpoint
+
+    async def backup(request: Request, store: Store) -> Response:
+        from core.backup import backup_all
+
+        return _json({"name": await backup_all(service.db, store)})
+
+    async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
+        await _json({"code": "not_found", "message": f"no such route: {scope['path']}"},
+                    404)(scope, receive, send)
+
+    inner = Router([
+        Route("/objects", handle(put_object), methods=["PUT"]),
+        Route("/objects", handle(list_objects), methods=["GET"]),
+        Route("/objects/{ref}", handle(get_object), methods=["GET"]),
+        Route("/objects/{ref}", handle(delete_object), methods=["DELETE"]),
+        Route("/status", handle(status), methods=["GET"]),
+        Route("/verify", handle(verify), methods=["POST"]),
+        Route("/repair", handle(repair), methods=["POST"]),
+        Route("/backup", handle(backup), methods=["POST"]),
+    ], default=not_found)
+    return [Mount(LOCAL_STORAGE, app=_OwnerOnly(inner, service))]
+
+
+async def put_object(request: Request, store: Store) -> Response:
+    ref = await store.put(request.stream())  # streamed: a few segments in memory at most
+    log.info("owner stored object %s", ref)
+    return _json({"ref": str(ref)})
+
+
+async def list_objects(request: Request, store: Store) -> Response:
+    return StreamingResponse(_ndjson(store.iter_objects()), media_type=NDJSON)
+
+
+async def _ndjson(infos: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    batch: list[bytes] = []
+    size = 0
+    async for info in infos:
+        line = json.dumps(asdict(info)).encode() + b"\n"
+        batch.append(line)
+        size += len(line)
+        if size >= _LIST_BATCH:
+            yield b"".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield b"".join(batch)
+
+
+async def get_object(request: Request, store: Store) -> Response:
+    ref = request.path_params["ref"]
+    size = (await store.stat(ref)).size
+    try:
+        wanted = byte_range(request.headers.get("range"), size)
+    except RangeNotSatisfiable:
+        return Response(status_code=416, headers={"content-range": f"bytes */{size}"})
+    start, end = wanted if wanted is not None else (0, size)
+    stream = await store.get(ref, start, end)  # fails here, not mid-body, if deleted since
+    headers = {"content-length": str(end - start), "accept-ranges": "bytes"}
+    if wanted is not None:
+        headers["content-range"] = f"bytes {start}-{end - 1}/{size}"
+    return StreamingResponse(stream, status_code=206 if wanted is not None else 200,
+                             media_type="application/octet-stream", headers=headers)
+
+
+async def delete_object(request: Request, store: Store) -> Response:
+    ref = request.path_params["ref"]
+    await store.delete(ref)
+    log.info("owner deleted object %s", ref)
+    return _json({"deleted": ref})
+
+
+async def status(request: Request, store: Store) -> Response:
+    return _json((await StoreStatus.of(store)).to_json())
+
+
+async def verify(request: Request, store: Store) -> Response:
+    text = request.query_params.get("sample")
+    sample = float(text) if text else None  # a ValueError is a 400
+    clean = request.query_params.get("clean", "") in ("1", "true", "yes")
+    return _json(asdict(await store.verify(sample, clean=clean)))
+
+
+async def repair(request: Request, store: Store) -> Response:
+    return _json(asdict(await store.repair()))
