@@ -83,10 +83,32 @@ def header_values(message: bytes, name: str) -> list[str]:
             for f in fields if header_name(f) == wanted and b":" in f]
 
 
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+# ``a@b``, ``<a@b>``, ``Name <a@b>``, ``"Name, Jr." <a@b>``: nearly every From field
+_DISPLAY = r'(?:"[^"\\]*"|[A-Za-z0-9 !#$%&\'*+/=?^_`{|}~.-]*)'
+_PLAIN_FROM = re.compile(rf"\s*(?:({_DOT_ATOM})|{_DISPLAY}\s*<({_DOT_ATOM})>)\s*")
+
+
 def from_addresses(message: bytes) -> list[str]:
-    """Addresses in the From (and Sender) header fields, lowercased."""
-    values = header_values(message, "from") + header_values(message, "sender")
-    return [addr.lower() for _, addr in getaddresses(values) if addr]
+    """Addresses in the From (and Sender) header fields, lowercased.
+
+    A plain field is matched by a regular expression (asked per inbound
+    message); anything else goes to ``email.utils.getaddresses``, which gives
+    the same answer for the plain ones at ~10x the cost.
+    """
+    fields, _ = split_message(message)
+    found: list[str] = []
+    for f in fields:
+        if header_name(f) not in (b"from", b"sender") or b":" not in f:
+            continue
+        value = f.split(b":", 1)[1].decode("utf-8", "replace").strip()
+        plain = _PLAIN_FROM.fullmatch(value)
+        if plain is not None:
+            found.append((plain.group(1) or plain.group(2)).lower())
+        else:
+            found += [addr.lower() for _, addr in getaddresses([value]) if addr]
+    return found
 
 
 def strip_trust_headers(message: bytes, authserv_id: str) -> bytes:

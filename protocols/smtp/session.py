@@ -57,7 +57,6 @@ READER_LIMIT = 64 * 1024  # StreamReader buffer: commands are still checked at 5
 END_OF_DATA = b"\r\n.\r\n"
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _SIMPLE_PATH = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
-_LONG_LINE = re.compile(rb"(?:^|\n)[^\n]{%d}" % DATA_LINE_LIMIT)  # CR counted, LF not
 
 
 class Gate:
@@ -235,7 +234,7 @@ class TwinSMTP(SMTP):
         if too_much or (limit and size - 3 > limit):
             return None, "552 Error: Too much mail data"
         del buf[-3:]
-        if len(buf) > DATA_LINE_LIMIT and _LONG_LINE.search(buf):
+        if _has_long_line(buf):
             return None, "500 Line too long (see RFC5321 4.5.3.1.6)"
         return bytes(buf).replace(b"\r\n.", b"\r\n")[2:], None
 
@@ -289,3 +288,18 @@ class TwinSMTP(SMTP):
             return AuthResult(success=False, handled=False)
         log.info("SMTP AUTH ok for %s from %s", login, peer)
         return AuthResult(success=True, auth_data=Login(login))
+
+
+def _has_long_line(buf: bytearray) -> bool:
+    """Whether DATA_LINE_LIMIT bytes in a row hold no LF (a CR counts as content).
+
+    Each step jumps to the last LF of the next window, so a message costs
+    about len/DATA_LINE_LIMIT C-speed searches (a regex was 40 us per 4 KiB).
+    """
+    pos, end = 0, len(buf)
+    while end - pos >= DATA_LINE_LIMIT:
+        lf = buf.rfind(b"\n", pos, pos + DATA_LINE_LIMIT)
+        if lf < 0:
+            return True
+        pos = lf + 1
+    return False

@@ -128,3 +128,17 @@ async def test_twin_mail_retried_after_partial_failure_is_not_duplicated(tmp_pat
         for login in (alice.login, carol):
             copies = [m for m in await inbox(alice.service, login) if b"Subject: hi" in m]
             assert len(copies) == 1, f"{login} has {len(copies)} copies"
+
+
+@pytest.mark.parametrize("value", [
+    "a@b.c", "<a@b.c>", "Name <A@B.example>", '"Name, Jr." <a@b.c>',
+    "=?utf-8?q?J=C3=B6rg?= <j@x.de>", "a@b.c, d@e.f", "Name <a@b.c> (comment)",
+    '"quoted\\"x" <a@b.c>', "<@route:a@b.c>", "a.b@[1.2.3.4]", "undisclosed-recipients:;",
+    "", "  spaced  <a@b.c>  ", "a..b@c.d", "bad <a@b", "J. Q. Public <jq+tag@ex-ample.org>",
+])
+def test_from_addresses_agrees_with_getaddresses(value: str) -> None:
+    from email.utils import getaddresses
+
+    message = f"From: {value}\r\nSender: s@x.y\r\nSubject: x\r\n\r\nbody\r\n".encode()
+    expected = [a.lower() for _, a in getaddresses([value, "s@x.y"]) if a]
+    assert from_addresses(message) == expected

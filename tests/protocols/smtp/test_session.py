@@ -7,6 +7,7 @@ got, so each test pins down exactly what the protocol layer hands to core.
 from __future__ import annotations
 
 import asyncio
+import re
 import smtplib
 from collections.abc import AsyncIterator
 from email._header_value_parser import get_addr_spec, get_angle_addr
@@ -18,7 +19,7 @@ from aiosmtpd.smtp import Envelope, Session
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.smtp.session import DATA_LINE_LIMIT, Gate, TwinSMTP
+from protocols.smtp.session import DATA_LINE_LIMIT, Gate, TwinSMTP, _has_long_line
 
 LIMIT = 64 * 1024
 
@@ -186,3 +187,16 @@ async def test_a_session_knows_every_command_and_mechanism_of_the_stock_class() 
     stock = SMTP(Recorder())
     assert set(ours._smtp_methods) == set(stock._smtp_methods)
     assert set(ours._auth_methods) == set(stock._auth_methods) == {"PLAIN", "LOGIN"}
+
+
+_line = st.tuples(st.sampled_from([0, 1, 500, DATA_LINE_LIMIT - 2, DATA_LINE_LIMIT - 1,
+                                   DATA_LINE_LIMIT, DATA_LINE_LIMIT + 1, 3000]),
+                  st.sampled_from([b"\r\n", b"\n", b"\r", b""]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(lines=st.lists(_line, max_size=6))
+def test_the_long_line_check_finds_exactly_the_runs_without_a_line_feed(
+        lines: list[tuple[int, bytes]]) -> None:
+    buf = bytearray(b"".join(b"x" * n + end for n, end in lines))
+    assert _has_long_line(buf) == bool(re.search(rb"[^\n]{%d}" % DATA_LINE_LIMIT, buf))
