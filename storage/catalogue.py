@@ -150,7 +150,16 @@ class Catalogue:
     # -- writes (group committed)
 
     async def insert(self, manifest: Manifest) -> None:
-        await self._commit.submit(("insert", manifest))
+        await self._commit.submit(("insert", [manifest]))
+
+    async def insert_many(self, manifests: Sequence[Manifest]) -> None:
+        """Make every manifest visible in one transaction: all of them or none.
+
+        One group-commit entry for a whole batch of small puts (mail delivery),
+        written with one ``executemany`` per table instead of statements per object.
+        """
+        if manifests:
+            await self._commit.submit(("insert", list(manifests)))
 
     async def remove(self, object_id: str) -> bool:
         return bool(await self._commit.submit(("remove", object_id)))
@@ -183,12 +192,12 @@ class Catalogue:
     @staticmethod
     def _apply(db: sqlite3.Connection, kind: str, arg: Any) -> Any:
         if kind == "insert":
-            m: Manifest = arg
-            db.execute(f"INSERT INTO objects({_OBJ_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",  # noqa: S608
-                       (m.id, m.size, m.created, m.k, m.n, m.segment_size, m.wrapped_key,
-                        m.prefix, m.segment_count))
+            ms: list[Manifest] = arg
+            db.executemany(f"INSERT INTO objects({_OBJ_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",  # noqa: S608
+                           [(m.id, m.size, m.created, m.k, m.n, m.segment_size, m.wrapped_key,
+                             m.prefix, m.segment_count) for m in ms])
             db.executemany("INSERT INTO segments VALUES (?,?,?,?)",
-                           [(m.id, i, *s.encode()) for i, s in enumerate(m.segments)])
+                           [(m.id, i, *s.encode()) for m in ms for i, s in enumerate(m.segments)])
             return None
         if kind == "remove":
             gone = db.execute("DELETE FROM objects WHERE id=?", (arg,)).rowcount

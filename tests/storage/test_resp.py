@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from storage import BackendUnavailable, ObjectRef
 from storage.backends.resp import RespBackend
 from tests.storage.conftest import KiB, StoreFactory, local_specs
 from tests.tools import require_tool
@@ -106,4 +108,58 @@ async def test_unreachable_redis_is_reported_and_reads_go_on(
     health = {h.name: h for h in await store.health()}
     assert not health["r1"].reachable and not health["r2"].reachable and health["r3"].reachable
     assert (await store.verify()).unreachable_backends == ["r1", "r2"]
+    await store.close()
+
+
+async def test_put_many_is_one_pipelined_batch_and_a_refused_item_is_false_alone(
+        redis_url: str) -> None:
+    b = RespBackend("r", f"{redis_url}/6")
+    items: list[tuple[str, list[bytes | memoryview]]] = [
+        (f"s/{i:02x}/0/1", [b"head-", memoryview(bytes([i]) * 100)]) for i in range(50)]
+    assert await b.put_many(items) == [True] * 50
+    for key, parts in items:
+        assert await b.get(key) == b"".join(bytes(p) for p in parts)
+    assert await b.put_many([]) == []
+    admin = redis.Redis.from_url(f"{redis_url}/6")
+    admin.acl_setuser("default", enabled=True, nopass=True, commands=["+@all"],
+                      reset_keys=True, keys=["s/a*"])  # every other key is now refused
+    try:
+        assert await b.put_many([("s/a1/0/0", [b"ok"]), ("s/b1/0/0", [b"no"]),
+                                 ("s/a2/0/0", [b"ok"])]) == [True, False, True]
+        assert await b.get("s/a2/0/0") == b"ok"
+    finally:
+        admin.acl_setuser("default", enabled=True, nopass=True, commands=["+@all"],
+                          keys=["*"])
+        admin.close()
+    assert await b.get("s/b1/0/0") is None
+    await b.close()
+
+
+async def test_a_batch_of_small_puts_where_some_objects_miss_their_quorum(
+        make_store: StoreFactory, tmp_path: Path, redis_url: str) -> None:
+    """Redis refuses keys of objects whose id starts with 8-f: on three local and three
+    Redis backends those objects have 3 of the 5 shares they need and fail alone; the
+    others of the same batches are stored whole."""
+    store = make_store(segment_size=SEG, specs=_specs(tmp_path, redis_url))
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser("default", enabled=True, nopass=True, commands=["+@all"],
+                      reset_keys=True, keys=[f"s/{c}*" for c in "01234567"])
+    try:
+        blobs = [os.urandom(300 + i) for i in range(80)]
+        results = await asyncio.gather(*(store.put(b) for b in blobs), return_exceptions=True)
+    finally:
+        admin.acl_setuser("default", enabled=True, nopass=True, commands=["+@all"],
+                          keys=["*"])
+        admin.close()
+    stored = {r.id: b for r, b in zip(results, blobs, strict=True) if isinstance(r, ObjectRef)}
+    failed = [r for r in results if not isinstance(r, ObjectRef)]
+    assert stored and failed, "80 random ids fall on both sides"
+    assert all(oid[0] in "01234567" for oid in stored)
+    assert all(isinstance(r, BackendUnavailable) and "only 3 of 6 shares" in str(r)
+               for r in failed)
+    assert {o.id for o in await store.list()} == set(stored)
+    for oid, data in stored.items():
+        assert await store.read(oid) == data
+    report = await store.verify()
+    assert report.healthy and report.orphans == 0  # the failed objects' shares are gone
     await store.close()
