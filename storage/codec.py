@@ -42,31 +42,33 @@ class EncodedSegment:
 def encode_segment(sk: SegmentKey, plain: Buffer, buf: bytearray | None = None
                    ) -> EncodedSegment:
     """The n framed shares of one segment, with no copy of the ciphertext: it is
-    encrypted straight into a buffer of k whole blocks, which become the k
-    primary payloads as views; zfec adds the parity blocks.
+    encrypted straight into a buffer of n whole blocks, whose first k become the
+    primary payloads as views, and zfec computes the parity blocks into the rest.
 
-    ``buf``, if given, must be exactly ``segment_buffer_size(len(plain), k)``
+    ``buf``, if given, must be exactly ``segment_buffer_size(len(plain), k, n)``
     bytes; it is reused (the store pools them). A fresh multi-MiB bytearray is a
     fresh mmap: zeroing and faulting it in cost as much CPU as the encryption
-    and the hashes together, so a reused one only has its padding zeroed."""
+    and the hashes together, so a reused one only has its padding zeroed (the
+    parity blocks are overwritten whole)."""
     clen = cipher_len(len(plain))
-    total = segment_buffer_size(len(plain), sk.k)
+    size = erasure.block_size(clen, sk.k)
+    total = size * sk.n
     if buf is None:
         buf = bytearray(total)
     elif len(buf) != total:
         raise ValueError(f"segment buffer of {len(buf)} bytes, need {total}")
     else:
-        memoryview(buf)[clen:] = bytes(total - clen)
+        memoryview(buf)[clen:size * sk.k] = bytes(size * sk.k - clen)
     crypto.encrypt_segment_into(sk.key, sk.prefix, sk.object_id, sk.segment, sk.last, plain,
                                 memoryview(buf)[:clen])
-    payloads = erasure.encode(buf, sk.k, sk.n)
+    payloads: list[Buffer] = list(erasure.encode(buf, sk.k, sk.n))
     headers = [make_header(sk.share_id(i, clen), p) for i, p in enumerate(payloads)]
     return EncodedSegment(headers, payloads)
 
 
-def segment_buffer_size(plain_len: int, k: int) -> int:
-    """Bytes of the buffer ``encode_segment`` encrypts a segment into (k whole blocks)."""
-    return erasure.block_size(cipher_len(plain_len), k) * k
+def segment_buffer_size(plain_len: int, k: int, n: int) -> int:
+    """Bytes of the buffer ``encode_segment`` codes a segment into (n whole blocks)."""
+    return erasure.block_size(cipher_len(plain_len), k) * n
 
 
 def cipher_len(plain_len: int) -> int:

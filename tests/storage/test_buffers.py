@@ -18,7 +18,7 @@ def test_a_dirty_reused_buffer_gives_the_same_shares_as_a_fresh_one() -> None:
     # a short last segment leaves padding: stale bytes there would change the parity
     plain = os.urandom(SEG - 1001)
     sk = SegmentKey(b"k" * 32, b"p" * 16, b"o" * 16, 3, True, 4, 6)
-    dirty = bytearray(b"\xff" * segment_buffer_size(len(plain), 4))
+    dirty = bytearray(b"\xff" * segment_buffer_size(len(plain), 4, 6))
     fresh, reused = encode_segment(sk, plain), encode_segment(sk, plain, dirty)
     assert fresh.headers == reused.headers
     assert [bytes(p) for p in fresh.payloads] == [bytes(p) for p in reused.payloads]

@@ -127,3 +127,62 @@ async def test_a_second_store_on_locked_directories_fails_at_open_naming_the_hol
                         master_key=MASTER, metadata_key=METADATA)  # the locks were given back
     assert await second.read(ref) == b"held"
     await second.close()
+
+
+def _dead_bytes(path: Path) -> dict[int, int]:
+    db = sqlite3.connect(path / "index.sqlite")
+    try:
+        return {f: d for f, d in db.execute("SELECT id, dead FROM files") if d}
+    finally:
+        db.close()
+
+
+async def test_put_many_is_one_fsync_and_counts_overwritten_records_as_dead(
+        tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    b = LocalBackend("l", tmp_path / "l", pool)
+    await b.put("s/old/0/0", [b"x" * 100])
+    await b.put("s/old/0/1", [b"y" * 50])
+    assert _dead_bytes(tmp_path / "l") == {}
+    items: list[tuple[str, list[bytes]]] = [(f"s/new/0/{i}", [b"h", os.urandom(30)])
+                                            for i in range(300)]
+    items += [("s/old/0/0", [b"X" * 7]), ("s/twice/0/0", [b"first"]),
+              ("s/twice/0/0", [b"second!"]), ("s/old/0/1", [b"Y"])]
+    with mock.patch("storage.backends.local.os.fdatasync", wraps=os.fdatasync) as sync:
+        assert await b.put_many(items) == [True] * len(items)
+    assert sync.call_count == 1
+    for key, parts in items[:300]:
+        assert await b.get(key) == b"".join(parts)
+    assert await b.get("s/old/0/0") == b"X" * 7
+    assert await b.get("s/twice/0/0") == b"second!"  # the later of two puts in one batch
+    assert await b.get("s/old/0/1") == b"Y"
+    record = 4 + 2 + 4  # the record header, then the key, then the value
+    overwritten = [(9, 100), (9, 50), (11, 5)]  # (key length, value length) of dead records
+    assert _dead_bytes(tmp_path / "l") == {1: sum(record + k + v for k, v in overwritten)}
+    assert await b.delete("s/twice/0/0") is True
+    assert _dead_bytes(tmp_path / "l") == {1: sum(record + k + v for k, v in overwritten)
+                                              + record + 11 + 7}
+    assert await b.put_many([]) == []
+    await b.close()
+
+
+async def test_put_many_and_deletes_of_concurrent_callers_share_a_batch(
+        tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    b = LocalBackend("l", tmp_path / "l", pool)
+    await b.put_many([(f"k{i}", [b"v"]) for i in range(10)])
+    results = await asyncio.gather(
+        b.put_many([(f"m{i}", [bytes([i])]) for i in range(20)]),
+        *(b.delete(f"k{i}") for i in range(5)), b.delete("never"),
+        b.put_many([("k9", [b"new"])]))
+    assert results == [[True] * 20, *[True] * 5, False, [True]]
+    assert [k async for k in b.list("k")] == ["k5", "k6", "k7", "k8", "k9"]
+    assert await b.get("k9") == b"new" and await b.get("m7") == bytes([7])
+    await b.close()
+
+
+async def test_put_many_on_an_unusable_directory_raises_backend_unavailable(
+        tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    (tmp_path / "file").write_bytes(b"not a directory")
+    b = LocalBackend("l", tmp_path / "file", pool)
+    with pytest.raises(BackendUnavailable):
+        await b.put_many([("k", [b"v"])])
+    await b.close()
