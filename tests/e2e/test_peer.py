@@ -176,7 +176,9 @@ def test_batch_answers_each_envelope_in_order(twins: Callable[..., TwinProcess])
     assert resp.status_code == 200
     answers = stream.split_frames(resp.content, len(items))
     kinds = [a[0] for a in answers]
-    assert kinds == [ACKED, REFUSED, REFUSED, REFUSED, ACKED]
+    # the same envelope twice is handled concurrently: either copy may win, never both
+    assert sorted(kinds[:2]) == sorted([ACKED, REFUSED])
+    assert kinds[2:] == [REFUSED, REFUSED, ACKED]
     codes = [json.loads(a[1:])["code"] for a in answers if a[0] == REFUSED]
     assert codes == ["replay", "bad_signature", "invalid"]
     assert [m["text"] for m in inbox(bob)] == ["batched"]  # stored once
