@@ -129,14 +129,19 @@ def pipeline(size: int) -> tuple[float, float]:
     return enc, dec
 
 
+def limited_put(store, sem: asyncio.Semaphore):  # type: ignore[no-untyped-def]
+    """``store.put`` with at most as many callers at once as ``sem`` allows."""
+    async def put(b: bytes):  # type: ignore[no-untyped-def]
+        async with sem:
+            return await store.put(b)
+    return put
+
+
 async def small_objects(root: Path, count: int, concurrency: int = 64) -> tuple[float, float]:
     store = open_bench_store(root)
     blobs = [os.urandom(4096) for _ in range(count)]
     sem = asyncio.Semaphore(concurrency)
-
-    async def put(b: bytes):  # type: ignore[no-untyped-def]
-        async with sem:
-            return await store.put(b)
+    put = limited_put(store, sem)
 
     async def get(r) -> bytes:  # type: ignore[no-untyped-def]
         async with sem:
@@ -164,11 +169,7 @@ async def small_put_cpu(root: Path, count: int, concurrency: int = 20) -> tuple[
     """
     store = open_bench_store(root)
     blobs = [os.urandom(4096) for _ in range(count)]
-    sem = asyncio.Semaphore(concurrency)
-
-    async def put(b: bytes):  # type: ignore[no-untyped-def]
-        async with sem:
-            return await store.put(b)
+    put = limited_put(store, asyncio.Semaphore(concurrency))
 
     await asyncio.gather(*(put(os.urandom(4096)) for _ in range(concurrency)))  # warm-up
     t, c = time.perf_counter(), cpu_seconds()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import random
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -33,6 +37,19 @@ def local_specs(root: Path, count: int = 6, dead: frozenset[int] | set[int] = fr
 
 
 StoreFactory = Callable[..., Store]
+
+
+def spawn_store_child(code: str, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """Run ``code`` in a child Python that opens the store of ``tmp_path`` (to be killed).
+
+    Its argv: data dir, backend specs as JSON, master and metadata keys in hex.
+    """
+    specs = local_specs(tmp_path / "shards")
+    root = Path(__file__).parents[2]
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "data"), json.dumps(specs), MASTER.hex(),
+         METADATA.hex()],
+        stdout=subprocess.PIPE, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
 
 
 @pytest.fixture

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
-from tests.storage.conftest import MASTER, METADATA, KiB, StoreFactory, local_specs
+from tests.storage.conftest import (
+    KiB,
+    StoreFactory,
+    spawn_store_child,
+)
 
 SEG = 64 * KiB
 
@@ -37,12 +37,7 @@ CHILD = textwrap.dedent("""
 
 
 def _run_child_and_kill(tmp_path: Path) -> None:
-    specs = local_specs(tmp_path / "shards")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tmp_path / "data"), json.dumps(specs), MASTER.hex(),
-         METADATA.hex()],
-        stdout=subprocess.PIPE, cwd=Path(__file__).parents[2],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    proc = spawn_store_child(CHILD, tmp_path)
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"writing\n"
     time.sleep(0.3)  # let shares of several segments reach the backends

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -20,7 +17,12 @@ import pytest
 from storage import BackendUnavailable, ObjectRef, Store, smallput
 from storage.backends import put_many
 from storage.smallput import SMALL_PUT_MAX
-from tests.storage.conftest import MASTER, METADATA, KiB, StoreFactory, local_specs
+from tests.storage.conftest import (
+    KiB,
+    StoreFactory,
+    local_specs,
+    spawn_store_child,
+)
 
 SEG = 64 * KiB
 
@@ -203,12 +205,7 @@ CHILD = textwrap.dedent("""
 
 async def test_kill_9_during_small_puts_keeps_every_returned_object_and_only_orphans(
         make_store: StoreFactory, tmp_path: Path) -> None:
-    specs = local_specs(tmp_path / "shards")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tmp_path / "data"), json.dumps(specs), MASTER.hex(),
-         METADATA.hex()],
-        stdout=subprocess.PIPE, cwd=Path(__file__).parents[2],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    proc = spawn_store_child(CHILD, tmp_path)
     assert proc.stdout is not None
     returned: dict[str, int] = {}
     deadline = time.monotonic() + 60
