@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,29 +77,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def round_trips(call: Callable[[], Awaitable[None]]) -> dict[str, float]:
+    """p50/p99 ms of ``call`` one at a time (after a warm-up), then calls/s, PARALLEL at once."""
+    for _ in range(50):
+        await call()
+    times = []
+    for _ in range(PINGS):
+        t = time.perf_counter()
+        await call()
+        times.append(time.perf_counter() - t)
+    sem = asyncio.Semaphore(PARALLEL)
+
+    async def one() -> None:
+        async with sem:
+            await call()
+    t = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(BURST)))
+    return {"p50": statistics.median(times) * 1000,
+            "p99": statistics.quantiles(times, n=100)[98] * 1000,
+            "rps": BURST / (time.perf_counter() - t)}
+
+
 async def bench_plain(url: str, size: int) -> dict[str, float]:
     import httpx
 
     out: dict[str, float] = {}
     async with httpx.AsyncClient(verify=False, timeout=60) as client:
         body = os.urandom(size)
-        for _ in range(50):
-            await client.post(url + "/echo", content=body)
-        times = []
-        for _ in range(PINGS):
-            t = time.perf_counter()
-            await client.post(url + "/echo", content=body)
-            times.append(time.perf_counter() - t)
-        out["p50"] = statistics.median(times) * 1000
-        out["p99"] = statistics.quantiles(times, n=100)[98] * 1000
-        sem = asyncio.Semaphore(PARALLEL)
 
-        async def one() -> None:
-            async with sem:
-                await client.post(url + "/echo", content=body)
-        t = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(BURST)))
-        out["rps"] = BURST / (time.perf_counter() - t)
+        async def echo() -> None:
+            await client.post(url + "/echo", content=body)
+        out.update(await round_trips(echo))
         t = time.perf_counter()
         got = 0
         async with client.stream("GET", url + "/blob") as resp:
@@ -117,23 +126,10 @@ async def bench_peer(alice_data: Path, bob_data: Path) -> dict[str, float]:
     bob = Service.open(bob_data)  # bob asks alice (a real running twin)
     try:
         payload = {"n": 0, "pad": b"x" * 200}
-        for _ in range(50):
-            await bob.peer.request("alice", "ping", payload)
-        times = []
-        for _ in range(PINGS):
-            t = time.perf_counter()
-            await bob.peer.request("alice", "ping", payload)
-            times.append(time.perf_counter() - t)
-        out["p50"] = statistics.median(times) * 1000
-        out["p99"] = statistics.quantiles(times, n=100)[98] * 1000
-        sem = asyncio.Semaphore(PARALLEL)
 
-        async def one() -> None:
-            async with sem:
-                await bob.peer.request("alice", "ping", payload)
-        t = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(BURST)))
-        out["rps"] = BURST / (time.perf_counter() - t)
+        async def ping() -> None:
+            await bob.peer.request("alice", "ping", payload)
+        out.update(await round_trips(ping))
         t = time.perf_counter()
         got = 0
         async for chunk in bob.peer.content_get("alice", "/bench/big.bin"):

@@ -18,13 +18,13 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from core.db import Database
-from core.errors import Conflict, Invalid, NotFound, TwinError, Unavailable
+from core.errors import Conflict, Invalid, NotFound, Unavailable
 from core.files.paths import join, split
 from core.peer.content import ContentEntry
 
@@ -208,15 +208,19 @@ def _used(c: sqlite3.Connection) -> int:
                .fetchone()[0])
 
 
-def _storage_error(exc: Exception) -> TwinError:
+@contextlib.contextmanager
+def _storage_errors() -> Iterator[None]:
     """Dispersed-store failures in core's neutral terms."""
     from storage import errors as se
 
-    if isinstance(exc, se.ObjectNotFound):
-        return NotFound(f"file content is missing from storage: {exc}")
-    if isinstance(exc, se.InvalidReference):
-        return Invalid(str(exc))
-    return Unavailable(f"storage: {exc}")
+    try:
+        yield
+    except se.ObjectNotFound as exc:
+        raise NotFound(f"file content is missing from storage: {exc}") from exc
+    except se.InvalidReference as exc:
+        raise Invalid(str(exc)) from exc
+    except se.StorageError as exc:
+        raise Unavailable(f"storage: {exc}") from exc
 
 
 class FileTree:
@@ -285,21 +289,16 @@ class FileTree:
         ref = entry.ref
         self._pins[ref] = self._pins.get(ref, 0) + 1
         try:
-            chunks = aiter(self.store.get(ObjectRef.parse(ref), start, end))
-            try:
-                async for chunk in chunks:
-                    yield chunk
-            finally:
-                closer = getattr(chunks, "aclose", None)
-                if closer is not None:
-                    with contextlib.suppress(Exception):
-                        await closer()
-        except TwinError:
-            raise
-        except Exception as exc:
-            if type(exc).__module__.startswith("storage"):
-                raise _storage_error(exc) from exc
-            raise
+            with _storage_errors():
+                chunks = aiter(self.store.get(ObjectRef.parse(ref), start, end))
+                try:
+                    async for chunk in chunks:
+                        yield chunk
+                finally:
+                    closer = getattr(chunks, "aclose", None)
+                    if closer is not None:
+                        with contextlib.suppress(Exception):
+                            await closer()
         finally:
             self._pins[ref] -= 1
             if not self._pins[ref]:
@@ -362,15 +361,9 @@ class FileTree:
         await self.db.run(_parent_dir, parts)
         ref: str | None = None
         size = 0
-        try:
+        with _storage_errors():
             obj = await self.store.put(data)
             ref, size = str(obj), int(obj.size)
-        except TwinError:
-            raise
-        except Exception as exc:
-            if type(exc).__module__.startswith("storage"):
-                raise _storage_error(exc) from exc
-            raise
         if size == 0:  # empty files need no object
             await self._delete_objects([ref])
             ref = None

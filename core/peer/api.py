@@ -120,11 +120,12 @@ def routes(service: Service) -> list[BaseRoute]:
                                  headers=headers)
 
     async def envelopes(request: Request) -> Response:
+        limit = peer.max_envelope + 4 * MAX_BATCH  # the envelopes plus their frame headers
         try:
-            body = await _read_capped(request, peer.max_envelope + 4 * MAX_BATCH)
+            body = await _read_capped(request, limit)
         except _TooLarge:
             log.warning("refused a batch from %s: too_large", request.client)
-            return _refuse(Refusal("too_large", f"batch over {peer.max_envelope} bytes"))
+            return _refuse(Refusal("too_large", f"batch over {limit} bytes"))
         except ClientDisconnect:
             return Response(status_code=400)
         try:

@@ -109,6 +109,14 @@ class _TreeMixin:
             raise DAVError(403, context_info="/shared/ is read-only here")
         return dest_path
 
+    # RFC 4918 sections 9.8 (COPY) and 9.9 (MOVE), for a file and a folder alike
+    def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
+        dest = self._dest(dest_path)
+        if is_move:
+            self.call(self.tree.move(self.path, dest, overwrite=True))
+        else:
+            self.call(self.tree.copy(self.path, dest, recursive=False, overwrite=True))
+
     def move_recursive(self, dest_path: str) -> None:
         self.call(self.tree.move(self.path, self._dest(dest_path), overwrite=True))
 
@@ -180,13 +188,6 @@ class TreeFile(_TreeMixin, DAVNonCollection):  # type: ignore[misc]
     def delete(self) -> None:
         self._remove()
 
-    # RFC 4918 sections 9.8 (COPY) and 9.9 (MOVE)
-    def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
-        dest = self._dest(dest_path)
-        if is_move:
-            self.call(self.tree.move(self.path, dest, overwrite=True))
-        else:
-            self.call(self.tree.copy(self.path, dest, recursive=False, overwrite=True))
 
 
 class TreeFolder(_TreeMixin, DAVCollection):  # type: ignore[misc]
@@ -254,10 +255,3 @@ class TreeFolder(_TreeMixin, DAVCollection):  # type: ignore[misc]
         if not split(self.path):
             raise DAVError(403, context_info="the root cannot be deleted")
         self._remove()
-
-    def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
-        dest = self._dest(dest_path)
-        if is_move:
-            self.call(self.tree.move(self.path, dest, overwrite=True))
-        else:
-            self.call(self.tree.copy(self.path, dest, recursive=False, overwrite=True))
