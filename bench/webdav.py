@@ -51,7 +51,7 @@ uvicorn.run(WSGIMiddleware(app, workers=16), host="127.0.0.1", port=int(port),
 
 # The twin (its normal a2wsgi mount) plus its wsgidav app on a cheroot listener.
 CHEROOT = r"""
-import asyncio, sys, threading
+import asyncio, contextlib, sys, threading
 from pathlib import Path
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
@@ -75,10 +75,8 @@ async def main() -> None:
         server.stop()
         await service.stop()
 
-try:
+with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a run quietly
     asyncio.run(main())
-except KeyboardInterrupt:
-    pass
 """
 
 

@@ -176,7 +176,7 @@ class MessageLiteral:
             return  # the client waits for '+' and will not send it
         self.started = True
         async for _ in self.chunks():
-            pass
+            pass  # read and dropped: the literal's bytes must leave the stream
 
 
 @dataclass

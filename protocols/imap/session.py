@@ -171,7 +171,7 @@ class Session:
         except FatalParseError as exc:
             self.untagged(f"BYE {exc.text}")
         except (EOFError, ConnectionError, asyncio.IncompleteReadError):
-            pass
+            pass  # the client went away: nobody is left to answer; cleanup follows
         except ssl.SSLError as exc:
             log.info("TLS error from %s: %s", self.peer, exc)
         finally:

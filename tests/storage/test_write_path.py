@@ -14,6 +14,7 @@ import zfec
 
 from storage import erasure
 from storage.backends.local import LocalBackend
+from tests.tools import require
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -81,8 +82,8 @@ def _page_cache_obeys_dontneed(directory: Path) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore and fadvise: Linux")
 async def test_big_records_leave_the_page_cache_once_durable_and_small_ones_stay(
         tmp_path: Path) -> None:
-    if not _page_cache_obeys_dontneed(tmp_path):
-        pytest.skip("this filesystem keeps pages in memory whatever it is advised")
+    require(_page_cache_obeys_dontneed(tmp_path),
+            "this filesystem keeps pages in memory whatever it is advised")
     with ThreadPoolExecutor(4) as pool:
         b = LocalBackend("l", tmp_path / "l", pool)
         big = [os.urandom(3 * MiB) for _ in range(3)]

@@ -2,14 +2,14 @@
 
 The check uses the client's (peer) address. The real-socket tests bind the IMAP
 listener to a non-loopback address of this machine and connect from it, so
-the server sees a non-loopback peer; they skip when the machine has none.
+the server sees a non-loopback peer; without one they fail in CI
+(TWIN_REQUIRE_TOOLS=1) and skip elsewhere.
 """
 
 from __future__ import annotations
 
 import base64
 import imaplib
-import os
 import socket
 import ssl
 import subprocess
@@ -21,6 +21,7 @@ import pytest
 from protocols.imap.session import plaintext_auth_allowed
 from tests.protocols.imap.conftest import Account
 from tests.protocols.imap.harness import ThreadTwin
+from tests.tools import require
 
 
 def non_loopback_ipv4() -> str | None:
@@ -44,7 +45,12 @@ def non_loopback_ipv4() -> str | None:
 
 
 ADDR = non_loopback_ipv4()
-needs_addr = pytest.mark.skipif(ADDR is None, reason="this machine has no non-loopback IPv4")
+MISSING_ADDR = "no non-loopback IPv4 to test login-before-TLS from"
+
+
+@pytest.fixture
+def needs_addr() -> None:
+    require(ADDR is not None, MISSING_ADDR)
 
 
 @pytest.mark.parametrize(("peer", "tls", "configured", "allowed"), [
@@ -77,10 +83,7 @@ def twin_on(root: Path, **sets: object) -> ThreadTwin:
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadTwin]:
-    if ADDR is None:
-        if os.environ.get("TWIN_REQUIRE_TOOLS") == "1":
-            pytest.fail("no non-loopback IPv4 to test login-before-TLS from (CI must have one)")
-        pytest.skip("this machine has no non-loopback IPv4")
+    require(ADDR is not None, MISSING_ADDR)
     twin = twin_on(tmp_path_factory.mktemp("remote"))
     yield twin
     twin.close()
@@ -94,7 +97,7 @@ def send(sock: socket.socket, data: bytes) -> bytes:
     return buf
 
 
-@needs_addr
+@pytest.mark.usefixtures("needs_addr")
 def test_non_loopback_client_is_refused_before_tls(remote: ThreadTwin) -> None:
     assert ADDR is not None
     login, password = remote.new_user()
@@ -115,7 +118,7 @@ def test_non_loopback_client_is_refused_before_tls(remote: ThreadTwin) -> None:
         assert send(s, b"d SELECT INBOX\r\n").startswith(b"d BAD")
 
 
-@needs_addr
+@pytest.mark.usefixtures("needs_addr")
 def test_non_loopback_client_may_log_in_after_starttls(remote: ThreadTwin) -> None:
     assert ADDR is not None
     login, password = remote.new_user()
@@ -131,7 +134,7 @@ def test_non_loopback_client_may_log_in_after_starttls(remote: ThreadTwin) -> No
     s.logout()
 
 
-@needs_addr
+@pytest.mark.usefixtures("needs_addr")
 def test_plaintext_auth_setting_lifts_the_refusal(tmp_path: Path) -> None:
     assert ADDR is not None
     twin = twin_on(tmp_path, **{"listen.plaintext_auth": True})
