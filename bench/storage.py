@@ -124,7 +124,7 @@ def pipeline(size: int) -> tuple[float, float]:
         enc = size / MiB / (time.perf_counter() - t) * (count + 8) / count
         shares = {i: encoded[0].payloads[i] for i in range(K)}
         t = time.perf_counter()
-        list(ex.map(lambda _: decode_segment(keys[0], SEG, shares), range(count)))
+        list(ex.map(lambda _: decode_segment(keys[0], SEG, dict(shares)), range(count)))
         dec = size / MiB / (time.perf_counter() - t)
     return enc, dec
 

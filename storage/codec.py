@@ -81,5 +81,10 @@ def check_share(sk: SegmentKey, plain_len: int, index: int, data: Buffer,
 
 
 def decode_segment(sk: SegmentKey, plain_len: int, payloads: dict[int, Buffer]) -> bytes:
+    """The plaintext of one segment from any k of its share payloads.
+
+    ``payloads`` is emptied once the ciphertext is joined, so the shares are freed
+    before the plaintext is allocated: a third less memory per segment being read."""
     cipher = erasure.join(payloads, sk.k, sk.n, cipher_len(plain_len))
+    payloads.clear()
     return crypto.decrypt_segment(sk.key, sk.prefix, sk.object_id, sk.segment, sk.last, cipher)

@@ -49,9 +49,9 @@ def encode(buf: bytearray, k: int, n: int) -> list[memoryview]:
     for the n-k parity blocks, which are computed into it.
 
     Parity is computed ``PARITY_CHUNK`` bytes of each block at a time and copied
-    in. Why: zfec returns every parity block as a new ``bytes``; a 1 MiB one is a
-    fresh mmap (see ``store.limit_heap_growth``) that the kernel zero-fills and
-    faults in page by page, and that made zfec cost 1.5x its arithmetic (1.41
+    in. Why: zfec returns every parity block as a new ``bytes``; a 1 MiB one was a
+    fresh mmap (before ``store.tune_malloc``) that the kernel zero-filled and
+    faulted in page by page, and that made zfec cost 1.5x its arithmetic (1.41
     against 0.92 ms CPU per MiB of segment at 4-of-6). Chunk-sized results come
     from malloc's reused heap and are still in cache when copied. Blocks of 128
     KiB (k inputs + n-k outputs ~ 768 KiB at 4-of-6) fit in a core's L2 cache;
