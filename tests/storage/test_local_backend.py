@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -157,6 +159,7 @@ async def test_put_many_is_one_fsync_and_counts_overwritten_records_as_dead(
     assert await b.get("s/old/0/1") == b"Y"
     record = 4 + 2 + 4  # the record header, then the key, then the value
     overwritten = [(9, 100), (9, 50), (11, 5)]  # (key length, value length) of dead records
+    await b.checkpoint()  # the index learns of the batch lazily
     assert _dead_bytes(tmp_path / "l") == {1: sum(record + k + v for k, v in overwritten)}
     assert await b.delete("s/twice/0/0") is True
     assert _dead_bytes(tmp_path / "l") == {1: sum(record + k + v for k, v in overwritten)
@@ -186,3 +189,77 @@ async def test_put_many_on_an_unusable_directory_raises_backend_unavailable(
     with pytest.raises(BackendUnavailable):
         await b.put_many([("k", [b"v"])])
     await b.close()
+
+
+def _indexed_keys(path: Path) -> set[str]:
+    db = sqlite3.connect(path / "index.sqlite")
+    try:
+        return {k for (k,) in db.execute("SELECT key FROM shards")}
+    finally:
+        db.close()
+
+
+_KILLED_CHILD = """
+import asyncio, os, signal, sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from storage.backends import local
+from storage.backends.local import LocalBackend
+
+local.CHECKPOINT_SECONDS = 3600.0  # only the delete checkpoints, whatever the machine's pace
+
+async def main():
+    b = LocalBackend("l", Path(sys.argv[1]), ThreadPoolExecutor(4))
+    await b.put_many([(f"s/k{i}/0/0", [b"v%d" % i]) for i in range(100)])
+    await b.put("s/gone/0/0", [b"soon deleted"])
+    await b.delete("s/gone/0/0")
+    await b.put_many([(f"s/late{i}/0/0", [b"w%d" % i]) for i in range(50)])
+    print("acked", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # no close: nothing more reaches the index
+
+asyncio.run(main())
+"""
+
+
+async def test_acknowledged_puts_survive_a_kill_before_their_index_checkpoint(
+        tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    """The data files are the truth and the index a lazy checkpoint of them: a put is
+    acknowledged once its record is synced, and reopening re-indexes what the index
+    had not caught up with; a delete is never undone by that."""
+    root = Path(__file__).parents[2]
+    child = subprocess.run([sys.executable, "-c", _KILLED_CHILD, str(tmp_path / "l")],
+                           cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                           capture_output=True, timeout=60)
+    assert child.returncode == -9 and child.stdout == b"acked\n", child.stderr
+    late = {f"s/late{i}/0/0" for i in range(50)}
+    assert not late & _indexed_keys(tmp_path / "l"), "the last batch was not checkpointed"
+    b = LocalBackend("l", tmp_path / "l", pool)
+    for i in range(100):
+        assert await b.get(f"s/k{i}/0/0") == b"v%d" % i
+    for i in range(50):
+        assert await b.get(f"s/late{i}/0/0") == b"w%d" % i
+    assert await b.get("s/gone/0/0") is None
+    assert late <= _indexed_keys(tmp_path / "l")  # recovered into the index at open
+    await b.close()
+
+
+async def test_records_not_yet_indexed_are_read_listed_and_counted(
+        tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    b = LocalBackend("l", tmp_path / "l", pool)
+    await b.put_many([(f"s/o{i}/0/0", [b"x" * i]) for i in range(1, 11)])
+    assert _indexed_keys(tmp_path / "l") == set()
+    assert await b.get("s/o3/0/0") == b"xxx" and await b.stat("s/o7/0/0") == 7
+    assert [k async for k in b.list("s/o1")] == ["s/o1/0/0", "s/o10/0/0"]
+    assert len(_indexed_keys(tmp_path / "l")) == 10  # listing made the index whole
+    await b.close()
+
+
+async def test_the_index_catches_up_every_checkpoint_items_records(
+        tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    b = LocalBackend("l", tmp_path / "l", pool)
+    with mock.patch("storage.backends.local.CHECKPOINT_ITEMS", 10):
+        for i in range(25):
+            await b.put(f"s/c{i}/0/0", [b"c"])
+    assert len(_indexed_keys(tmp_path / "l")) == 20
+    await b.close()
+    assert len(_indexed_keys(tmp_path / "l")) == 25  # closing checkpoints the rest
