@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,17 @@ def _rows(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")]
 
 
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    """A database with one table of unique values."""
+    database = Database(tmp_path / "t.db")
+    database.run_sync(lambda c: c.execute("CREATE TABLE t (v TEXT UNIQUE)"))
+    yield database
+    database.close()
+
+
 async def test_concurrent_writes_share_one_transaction_and_each_gets_its_result(
-        tmp_path: Path) -> None:
-    db = Database(tmp_path / "t.db")
-    await db.run(lambda c: c.execute("CREATE TABLE t (v TEXT UNIQUE)"))
+        db: Database) -> None:
     commits = GroupCommit[int](db)
 
     def insert(value: str) -> object:
@@ -28,13 +36,10 @@ async def test_concurrent_writes_share_one_transaction_and_each_gets_its_result(
     got = await asyncio.gather(*(commits.submit(insert(f"v{i}")) for i in range(50)))
     assert sorted(got) == list(range(1, 51))
     assert await db.run(_rows) == sorted(f"v{i}" for i in range(50))
-    db.close()
 
 
 async def test_a_failing_write_is_undone_alone_and_its_neighbours_commit(
-        tmp_path: Path) -> None:
-    db = Database(tmp_path / "t.db")
-    await db.run(lambda c: c.execute("CREATE TABLE t (v TEXT UNIQUE)"))
+        db: Database) -> None:
     commits = GroupCommit[None](db)
 
     def good(value: str) -> object:
@@ -52,17 +57,14 @@ async def test_a_failing_write_is_undone_alone_and_its_neighbours_commit(
     assert not isinstance(results[2], BaseException)
     assert isinstance(results[3], sqlite3.IntegrityError)  # a duplicate: fails alone too
     assert await db.run(_rows) == ["a", "b"]  # nothing of the failed ops is left
-    db.close()
 
 
 @pytest.mark.parametrize("fail", [False, True])
 async def test_every_write_in_the_batch_runs_against_the_committed_state(
-        tmp_path: Path, fail: bool) -> None:
+        db: Database, fail: bool) -> None:
     """Ops may run twice (replayed with savepoints after a failure); what commits is
     each op applied once."""
-    db = Database(tmp_path / "t.db")
-    await db.run(lambda c: (c.execute("CREATE TABLE t (v TEXT UNIQUE)"),
-                            c.execute("CREATE TABLE n (k INTEGER)"),
+    await db.run(lambda c: (c.execute("CREATE TABLE n (k INTEGER)"),
                             c.execute("INSERT INTO n VALUES (0)")))
     commits = GroupCommit[int](db)
 
@@ -78,4 +80,3 @@ async def test_every_write_in_the_batch_runs_against_the_committed_state(
     assert results[0] == 1 and results[2] == 2
     assert isinstance(results[1], RuntimeError) == fail
     assert await db.run(lambda c: c.execute("SELECT k FROM n").fetchone()[0]) == 2
-    db.close()
