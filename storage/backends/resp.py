@@ -19,8 +19,8 @@ Listing uses ``SCAN MATCH prefix*`` on Redis and 0-db's own cursor ``SCAN``
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, cast
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
@@ -31,6 +31,8 @@ from redis.exceptions import RedisError, ResponseError
 from storage.backends import Buffer, check_key
 from storage.errors import BackendUnavailable
 from storage.model import BackendHealth
+
+T = TypeVar("T")
 
 log = logging.getLogger("twin.storage")
 MAX_VALUE = 512 * 1024 * 1024  # Redis' proto-max-bulk-len default
@@ -69,11 +71,21 @@ class RespBackend:
         log.warning("backend %s: %s", self.name, exc)
         return BackendUnavailable(self.name, str(exc))
 
+    async def _call(self, call: Awaitable[T], missing: T) -> T:
+        """``await call``, 0-db's "not found" error read as ``missing`` (where Redis
+        answers nil or 0), and a server that cannot be used as BackendUnavailable."""
+        try:
+            return await call
+        except ResponseError as exc:
+            if self._zdb and "not found" in str(exc).lower():
+                return missing
+            raise self._fail(exc) from exc
+        except (RedisError, OSError) as exc:
+            raise self._fail(exc) from exc
+
     async def put(self, key: str, parts: Sequence[Buffer]) -> None:
         check_key(key)
-        value = b"".join(parts)
-        if len(value) > MAX_VALUE:
-            raise ValueError(f"value of {len(value)} bytes is too large for a resp backend")
+        value = _joined(parts)
         try:
             await self._client.set(key, value)
         except (RedisError, OSError) as exc:
@@ -88,10 +100,7 @@ class RespBackend:
         values: list[tuple[str, bytes]] = []
         for key, parts in items:
             check_key(key)
-            value = b"".join(parts)
-            if len(value) > MAX_VALUE:
-                raise ValueError(f"value of {len(value)} bytes is too large for a resp backend")
-            values.append((key, value))
+            values.append((key, _joined(parts)))
         if not values:
             return []
         try:
@@ -110,26 +119,12 @@ class RespBackend:
 
     async def get(self, key: str) -> bytes | None:
         check_key(key)
-        try:
-            value: Any = await self._client.get(key)
-        except ResponseError as exc:
-            if self._zdb and "not found" in str(exc).lower():
-                return None
-            raise self._fail(exc) from exc
-        except (RedisError, OSError) as exc:
-            raise self._fail(exc) from exc
+        value: Any = await self._call(self._client.get(key), None)
         return None if value is None else bytes(value)
 
     async def delete(self, key: str) -> bool:
         check_key(key)
-        try:
-            return bool(await self._client.delete(key))
-        except ResponseError as exc:
-            if self._zdb and "not found" in str(exc).lower():
-                return False
-            raise self._fail(exc) from exc
-        except (RedisError, OSError) as exc:
-            raise self._fail(exc) from exc
+        return bool(await self._call(self._client.delete(key), 0))
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
         if prefix:
@@ -194,3 +189,10 @@ class RespBackend:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _joined(parts: Sequence[Buffer]) -> bytes:
+    value = b"".join(parts)
+    if len(value) > MAX_VALUE:
+        raise ValueError(f"value of {len(value)} bytes is too large for a resp backend")
+    return value
