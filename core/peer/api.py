@@ -73,19 +73,24 @@ def write_token(data_dir: Path) -> str:
     return token
 
 
-class _TooLarge(Exception):
-    """The body passed peer.max_envelope while it was being read."""
-
-
-async def _read_capped(request: Request, cap: int) -> bytes:
+async def _read_capped(request: Request, cap: int, what: str) -> bytes | Response:
+    """The body, or the answer that refuses it: over ``cap`` bytes (as declared or
+    as read; reading stops there), or cut off by the client."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
-        raise _TooLarge
+    too_large = declared.isdigit() and int(declared) > cap
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise _TooLarge
+    try:
+        if not too_large:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > cap:
+                    too_large = True
+                    break
+    except ClientDisconnect:
+        return Response(status_code=400)
+    if too_large:
+        log.warning("refused %s from %s: too_large", what, request.client)
+        return _refuse(Refusal("too_large", f"{what} over {cap} bytes"))
     return bytes(body)
 
 
@@ -97,13 +102,9 @@ def routes(service: Service) -> list[BaseRoute]:
     peer = service.peer
 
     async def envelope(request: Request) -> Response:
-        try:
-            raw = await _read_capped(request, peer.max_envelope)
-        except _TooLarge:
-            log.warning("refused envelope from %s: too_large", request.client)
-            return _refuse(Refusal("too_large", f"envelope over {peer.max_envelope} bytes"))
-        except ClientDisconnect:
-            return Response(status_code=400)
+        raw = await _read_capped(request, peer.max_envelope, "envelope")
+        if isinstance(raw, Response):
+            return raw
         try:
             answer = await peer.receive(raw)
         except Refusal as refusal:
@@ -121,13 +122,9 @@ def routes(service: Service) -> list[BaseRoute]:
 
     async def envelopes(request: Request) -> Response:
         limit = peer.max_envelope + 4 * MAX_BATCH  # the envelopes plus their frame headers
-        try:
-            body = await _read_capped(request, limit)
-        except _TooLarge:
-            log.warning("refused a batch from %s: too_large", request.client)
-            return _refuse(Refusal("too_large", f"batch over {limit} bytes"))
-        except ClientDisconnect:
-            return Response(status_code=400)
+        body = await _read_capped(request, limit, "batch")
+        if isinstance(body, Response):
+            return body
         try:
             items = stream.split_frames(body, MAX_BATCH)
         except Invalid as exc:
