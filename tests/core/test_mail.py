@@ -29,14 +29,6 @@ MULTI = (b"From: a@b\r\nSubject: multi\r\nMIME-Version: 1.0\r\n"
          b"--XX--\r\nepilogue\r\n")
 
 
-@pytest.fixture
-async def service(tmp_path: Path) -> AsyncIterator[tuple[Service, str]]:
-    data, login, _ = init_data(tmp_path)
-    svc = await open_service(data)
-    yield svc, login
-    await close_service(svc)
-
-
 def test_mime_offsets_of_every_part() -> None:
     root = mime.parse(MULTI)
     assert root["t"] == "multipart" and root["s"] == "mixed"

@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from core.mail import Snapshot, Watch
 from core.mail.store import _load_index
 from core.service import Service
-from tests.protocols.imap.harness import close_service, init_data, open_service
 
 MSG = b"From: a@x\r\nSubject: s\r\n\r\nbody\r\n"
-
-
-@pytest.fixture
-async def service(tmp_path: Path) -> AsyncIterator[tuple[Service, str]]:
-    data, login, _ = init_data(tmp_path)
-    svc = await open_service(data)
-    yield svc, login
-    await close_service(svc)
 
 
 async def truth(svc: Service, mailbox_id: int) -> tuple[list[int], list[frozenset[str]],

@@ -8,8 +8,6 @@ messages, and nothing stale after a mailbox is deleted and made again.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,17 +16,8 @@ from core.errors import NotFound
 from core.mail.cache import Fixed, MetaCache
 from core.mail.store import MailStore, Meta
 from core.service import Service
-from tests.protocols.imap.harness import close_service, init_data, open_service
 
 MSG = b"From: a@x\r\nSubject: s%d\r\n\r\nbody\r\n"
-
-
-@pytest.fixture
-async def service(tmp_path: Path) -> AsyncIterator[tuple[Service, str]]:
-    data, login, _ = init_data(tmp_path)
-    svc = await open_service(data)
-    yield svc, login
-    await close_service(svc)
 
 
 def count_reads(mail: MailStore) -> list[int]:

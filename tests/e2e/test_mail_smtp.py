@@ -10,11 +10,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import aiosmtplib
 import pytest
 
 from core.service import Service
-from tests.protocols.smtp.helpers import client_tls, inbox
+from tests.protocols.smtp.helpers import inbox, submit
 from tests.twins import TwinProcess
 
 
@@ -38,10 +37,7 @@ async def test_twin_to_twin_mail_is_verified_and_skips_smtp(
     bob = twins("bob")
     message = (f"From: Alice <{alice.login}>\r\nTo: {bob.login}\r\nSubject: twin to twin\r\n"
                f"X-Twin-Verified: forged by alice's client\r\n\r\nHi Bob!\r\n").encode()
-    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=alice.port("submission"),
-                               start_tls=True, tls_context=client_tls()) as client:
-        await client.login(alice.login, alice.password)
-        await client.sendmail(alice.login, [bob.login], message)
+    await submit(alice, alice.login, [bob.login], message)
     for _ in range(150):  # the store is read after bob stops: one process per store
         if "mail from twin alice" in bob.log():
             break

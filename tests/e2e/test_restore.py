@@ -17,10 +17,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import aiosmtplib
 import httpx
 
-from tests.protocols.smtp.helpers import client_tls
+from tests.protocols.smtp.helpers import client_tls, submit
 from tests.twins import TwinProcess, twin_cli
 
 
@@ -44,10 +43,7 @@ async def test_restore_brings_back_mail_and_files_from_the_words_and_the_backend
     alice = twins("alice")
     message = (f"From: {alice.login}\r\nTo: {alice.login}\r\nSubject: before the fire\r\n"
                f"\r\nKeep this one.\r\n").encode()
-    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=alice.port("submission"),
-                               start_tls=True, tls_context=client_tls()) as client:
-        await client.login(alice.login, alice.password)
-        await client.sendmail(alice.login, [alice.login], message)
+    await submit(alice, alice.login, [alice.login], message)
     document = os.urandom(300_000)  # several segments at any segment size up to 64 KiB
     auth = (alice.login, alice.password)
     with httpx.Client(base_url=alice.url, auth=auth, verify=False, timeout=30) as dav:

@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import aiosmtplib
 
 from core.service import Service
 from tests.twins import PORT_ZERO, twin_cli
@@ -33,6 +35,23 @@ class Twin:
         from protocols.smtp import SmtpListener
 
         return next(x for x in self.service.listeners if isinstance(x, SmtpListener))
+
+
+class Account(Protocol):
+    """A twin and one of its users: the in-process ``Twin`` or a ``TwinProcess``."""
+
+    login: str
+    password: str
+
+    def port(self, name: str, /) -> int: ...
+
+
+async def submit(twin: Account, sender: str, rcpts: list[str], data: bytes) -> None:
+    """Send ``data`` as the twin's user: submission port, STARTTLS, AUTH."""
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=twin.port("submission"),
+                               start_tls=True, tls_context=client_tls()) as client:
+        await client.login(twin.login, twin.password)
+        await client.sendmail(sender, rcpts, data)
 
 
 def client_tls() -> ssl.SSLContext:

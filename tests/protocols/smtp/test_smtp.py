@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from phonebook.record import TwinRecord
 from protocols.smtp.dns import static_resolver
-from tests.protocols.smtp.helpers import Twin, client_tls, inbox, running_twin
+from tests.protocols.smtp.helpers import Twin, client_tls, inbox, running_twin, submit
 from tests.tools import require_tool
 
 
@@ -36,13 +36,6 @@ def message(sender: str, to: str, subject: str = "hi", body: str = "hello\n",
         msg[k] = v
     msg.set_content(body)
     return msg.as_bytes().replace(b"\n", b"\r\n")
-
-
-async def submit(twin: Twin, sender: str, rcpts: list[str], data: bytes) -> None:
-    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=twin.port("submission"),
-                               start_tls=True, tls_context=client_tls()) as client:
-        await client.login(twin.login, twin.password)
-        await client.sendmail(sender, rcpts, data)
 
 
 async def test_submission_starttls_auth_delivers_to_inbox(alice: Twin) -> None:
