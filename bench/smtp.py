@@ -2,22 +2,27 @@
 
 Postfix's ``smtp-source`` drives each server on loopback, plaintext, first
 with one connection per message, then with reused connections (``-d``). The
-twin stores every message durably (mail store + dispersed store, fsynced,
-group-committed) before its 250; smtp-sink and the aiosmtpd sink discard.
-Prints one JSON line per figure, then the ratios twin/aiosmtpd and
-twin/smtp-sink, and each server's CPU time per message (user + system, from
-/proc; steadier than msg/s on a shared machine). Usage:
+twin has every message durable (sealed in its journal, fdatasync'ed,
+group-committed) before its 250, and files it into the Inbox (dispersed
+store + mail index) behind; smtp-sink and the aiosmtpd sink discard. For the
+twin two rates: accepted (the last 250) and filed (the last message visible
+over IMAP STATUS), both from the first connection. Prints one JSON line per
+figure, the ratios to aiosmtpd and smtp-sink, and each server's CPU time per
+message (user + system, from /proc, steadier than msg/s on a shared machine;
+the twin's includes filing). Usage:
 .venv/bin/python bench/smtp.py [messages] [sessions]
 """
 
 from __future__ import annotations
 
 import asyncio
+import imaplib
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -72,16 +77,36 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def drive(port: int, messages: int, sessions: int, reuse: bool, rcpt: str) -> float:
-    """messages/s that smtp-source achieves against 127.0.0.1:port."""
+def drive(port: int, messages: int, sessions: int, reuse: bool, rcpt: str) -> None:
+    """Send ``messages`` with smtp-source to 127.0.0.1:port; returns after the last 250."""
     args = ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", "4096",
             "-f", "bench@example.com", "-t", rcpt, "-M", "bench.example"]
     if reuse:
         args.append("-d")
-    start = time.perf_counter()
     subprocess.run([*args, f"127.0.0.1:{port}"], check=True, timeout=600,
                    stdout=subprocess.DEVNULL)
-    return messages / (time.perf_counter() - start)
+
+
+class InboxWatch:
+    """Counts the twin's Inbox over IMAP (STATUS), as a mail client would see it."""
+
+    def __init__(self, twin: TwinProcess) -> None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the twin's self-signed certificate
+        self.imap = imaplib.IMAP4_SSL("127.0.0.1", twin.port("imaps"), ssl_context=ctx)
+        self.imap.login(twin.login, twin.password)
+
+    def count(self) -> int:
+        _, data = self.imap.status("INBOX", "(MESSAGES)")
+        return int(data[0].split(b"MESSAGES ")[1].split(b")")[0])
+
+    def wait_for(self, total: int, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count() < total:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Inbox did not reach {total} messages")
+            time.sleep(0.005)
 
 
 def count_stored(twin: TwinProcess) -> int:
@@ -123,21 +148,39 @@ def main() -> int:
             targets = {"twin": twin.port("smtp"), "smtp-sink": sink_port,
                        "aiosmtpd": aio_port}
             pids = {"twin": twin.proc.pid, "smtp-sink": sink.pid, "aiosmtpd": aio.pid}
+            inbox = InboxWatch(twin)
+            in_inbox = 0
             for reuse in (False, True):
                 mode = "reused connections" if reuse else "connection per message"
                 for name, port in targets.items():
                     drive(port, min(200, messages), sessions, reuse, twin.login)  # warm up
+                    if name == "twin":
+                        in_inbox += min(200, messages)
+                        inbox.wait_for(in_inbox)
                     cpu = cpu_seconds(pids[name])
-                    rate = drive(port, messages, sessions, reuse, twin.login)
+                    start = time.perf_counter()
+                    drive(port, messages, sessions, reuse, twin.login)
+                    rate = messages / (time.perf_counter() - start)
+                    if name == "twin":
+                        in_inbox += messages
+                        inbox.wait_for(in_inbox)
+                        filed = messages / (time.perf_counter() - start)
+                        results[("twin filed", reuse)] = filed
                     cpu = cpu_seconds(pids[name]) - cpu
                     results[(name, reuse)] = rate
                     emit("smtp", f"{name}, {mode}, 4 KiB, {sessions} sessions", rate, "msg/s")
+                    if name == "twin":
+                        emit("smtp", f"twin, filed into the Inbox, {mode}", filed, "msg/s")
                     emit("smtp", f"{name} CPU per message, {mode}", cpu / messages * 1e3,
                          "ms")
+                aio_rate = results[("aiosmtpd", reuse)]
                 emit("smtp", f"ratio twin/aiosmtpd, {mode}",
-                     results[("twin", reuse)] / results[("aiosmtpd", reuse)], "x")
+                     results[("twin", reuse)] / aio_rate, "x")
+                emit("smtp", f"ratio twin filed/aiosmtpd, {mode}",
+                     results[("twin filed", reuse)] / aio_rate, "x")
                 emit("smtp", f"ratio twin/smtp-sink, {mode}",
                      results[("twin", reuse)] / results[("smtp-sink", reuse)], "x")
+            inbox.imap.logout()
         finally:
             for proc in (sink, aio):
                 proc.send_signal(signal.SIGTERM)

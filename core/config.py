@@ -113,6 +113,9 @@ SCHEMA: tuple[Key, ...] = (
         "Mailbox changes queued for a session that is not reading; beyond, it resyncs.",
         minimum=1),
     Key("mail.quota", int, 0, "Bytes of mail each user may keep (0 = unlimited).", minimum=0),
+    Key("mail.journal_backlog", int, 64 * MiB,
+        "Bytes of accepted mail that may wait to be filed; beyond, SMTP waits, then 451.",
+        minimum=1 * MiB),
     # -- phonebook
     Key("phonebook.backend", str, "local", "Where twins are found.",
         choices=("local", "tfchain")),

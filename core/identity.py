@@ -40,7 +40,7 @@ from nacl.signing import SigningKey, VerifyKey
 from core.errors import Invalid, NotFound
 
 KEY_FILE = "identity.key"
-PURPOSES = ("storage", "metadata", "dkim", "outbox")
+PURPOSES = ("storage", "metadata", "dkim", "outbox", "journal")
 _WORDS = Mnemonic("english")
 
 

@@ -143,7 +143,7 @@ def domain_of(address: str) -> str:
 class Routed:
     """What happened to one message (for logs and the CLI)."""
 
-    local: dict[str, int] = field(default_factory=dict)  # login -> uid
+    local: list[str] = field(default_factory=list)  # logins whose Inbox gets it
     twins: dict[str, str] = field(default_factory=dict)  # twin name -> envelope uid
     queued: int | None = None  # legacy queue id
     legacy: list[str] = field(default_factory=list)
@@ -254,8 +254,7 @@ class MailRouter:
             raise errors[0] if isinstance(errors[0], TwinError) else Unavailable(
                 f"delivery failed: {errors[0]}")
         done: list[Any] = list(results)
-        for owner, uid in zip(owners, done, strict=False):
-            routed.local[owner] = int(uid)
+        routed.local.extend(owners)
         for name, envelope_uid in zip(by_twin, done[len(owners):], strict=False):
             routed.twins[name] = str(envelope_uid)
         if routed.legacy:
@@ -265,9 +264,9 @@ class MailRouter:
                  len(routed.skipped))
         return routed
 
-    async def _deliver_local(self, login: str, message: bytes) -> int:
+    async def _deliver_local(self, login: str, message: bytes) -> None:
         try:
-            return int(await self.service.mail.deliver(login, message))
+            await self.service.mail.accept(login, message)
         except TwinError:
             raise
         except Exception as exc:

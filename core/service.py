@@ -51,6 +51,7 @@ RUN_DIR = "run"
 STATUS_FILE = "run/status.json"
 LOCK_FILE = "run/twin.lock"
 DB_FILE = "twin.db"
+JOURNAL_DIR = "mail-journal"  # accepted mail not filed yet (core.mail.journal)
 
 
 def phonebook_error(exc: pb.PhonebookError) -> TwinError:
@@ -221,6 +222,9 @@ class Service:
         try:
             self.store = await asyncio.to_thread(self.open_store)
             self.mail.attach(self.store)
+            await self.mail.start_intake(self.data_dir / JOURNAL_DIR,
+                                         self.identity.derive_key("journal"),
+                                         self.config.int("mail.journal_backlog"))
             interval = self.config.int("storage.backup_interval")
             if interval:  # twin.db and the catalogue, into the dispersed store
                 self.spawn(backup.backup_loop(self.db, self.store, interval), "backup")
@@ -284,6 +288,7 @@ class Service:
             except Exception:
                 log.exception("error while stopping a listener")
         self.listeners.clear()
+        await self.mail.stop_intake()  # files what the listeners accepted
         if self.store is not None:
             try:  # leave a fresh twin.db + catalogue backup behind on a clean stop
                 await backup.backup_all(self.db, self.store)

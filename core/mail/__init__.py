@@ -10,6 +10,12 @@ Contract (what SMTP, the peer API and IMAP rely on; ``service.mail``):
   file) in the dispersed store and the metadata in SQLite; it is durable
   (fsynced, group-committed with concurrent deliveries) before it returns, and
   live IMAP sessions on the mailbox learn of the message at once.
+- ``await accept(login, message: bytes)`` is local delivery for SMTP and the
+  peer API: durable when it returns, but through the journal
+  (``core.mail.intake``, started by ``start_intake`` in ``Service.start``):
+  the message shows in the Inbox once filed, normally milliseconds later,
+  exactly once even across kill -9. ``await settled()`` waits for that.
+  Without a running intake (the CLI on a stopped twin) it is ``deliver``.
 - ``await quota(login) -> (used bytes, limit bytes; 0 = unlimited)``.
 
 The IMAP adapter additionally uses mailboxes, ``open`` (a copy of the

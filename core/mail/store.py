@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from core.db import Database
@@ -34,6 +35,8 @@ from core.mail import mime
 from core.mail.cache import BodyCache, Fixed, MetaCache
 from core.mail.commit import GroupCommit
 from core.mail.index import Loaded, MailboxIndex, Snapshot
+from core.mail.intake import Intake
+from core.mail.journal import Entry
 
 log = logging.getLogger("twin.mail")
 
@@ -46,6 +49,15 @@ MAX_FLAGS = 100
 MAX_FLAG_LEN = 100
 SPOOL_IN_MEMORY = 1024 * 1024
 DESCRIBE_INLINE = 64 * 1024  # parse on the loop below this size (< 1 ms)
+# Filing packs messages up to PACK_MEMBER_MAX into objects up to PACK_BYTES. Why:
+# every object costs an encryption, an erasure coding into n shares, n share
+# records and a catalogue row, most of a 4 KiB message's filing cost alone.
+# The price: an expunged member's bytes stay until its whole pack is expunged
+# (at most PACK_BYTES kept per live message; no compaction), and reading a
+# member reads its pack (then cached: the members filed together are the new
+# mail a client fetches next).
+PACK_MEMBER_MAX = 32 * 1024
+PACK_BYTES = 128 * 1024
 MAX_ROWS = 10_000  # remembered mailbox rows (MailStore._open_row)
 
 MIGRATIONS = [
@@ -85,6 +97,14 @@ MIGRATIONS = [
         PRIMARY KEY (mailbox, uid)
     ) WITHOUT ROWID;
     CREATE TABLE mail_users (login TEXT PRIMARY KEY);
+    """,
+    # core.mail.journal: every record up to ``filed`` has its rows here
+    """
+    CREATE TABLE mail_journal (
+        id     INTEGER PRIMARY KEY CHECK (id = 0),
+        filed  INTEGER NOT NULL
+    );
+    INSERT INTO mail_journal VALUES (0, 0);
     """,
 ]
 
@@ -293,13 +313,14 @@ class MailStore:
         self._known_users: set[str] = set()
         self._indexes: dict[int, MailboxIndex] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self.bodies = BodyCache()
+        self.bodies = BodyCache(max_item=PACK_BYTES)
         self.metas = MetaCache()
         # (login, name) -> row, for SELECT of a mailbox some session has open;
         # cleared by every create/delete/rename/subscribe (``_names_changed``)
         self._rows: dict[tuple[str, str], Mailbox] = {}
         self._rows_gen = 0
         self._deleting: set[str] = set()  # refs no message uses, being deleted
+        self.intake: Intake | None = None  # journal + filer, while the service runs
 
     def shutdown(self) -> None:
         """Close the read connection (``Service.close``; the writer is the service's)."""
@@ -308,6 +329,17 @@ class MailStore:
     def attach(self, store: Any) -> None:
         """Give the mail store its dispersed store (``Service.start``)."""
         self.store = store
+
+    async def start_intake(self, directory: Path, key: bytes, max_backlog: int) -> None:
+        """Accept deliveries into a journal and file them behind (``Service.start``)."""
+        intake = Intake(self, directory, key, max_backlog)
+        await intake.start()
+        self.intake = intake
+
+    async def stop_intake(self) -> None:
+        if self.intake is not None:
+            await self.intake.stop()
+            self.intake = None
 
     def _need_store(self) -> Any:
         if self.store is None:
@@ -664,34 +696,68 @@ class MailStore:
     async def read(self, ref: str, start: int = 0, end: int | None = None
                    ) -> AsyncIterator[bytes]:
         """Stream bytes [start, end) of a stored message from the dispersed store."""
+        obj, offset, size = _locate(ref)
+        if offset is not None:  # a pack member: small, and its neighbours come next
+            yield await self.read_bytes(ref, start, end)
+            return
+        end = size if end is None else min(end, size)
+        if start < end:
+            async for chunk in self._get(obj, start, end):
+                yield chunk
+
+    async def read_bytes(self, ref: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) of a message; small messages come from (and go to) the cache.
+
+        A pack member is cut from its pack, which is read whole and cached: a
+        client fetching new mail reads the members filed together one by one."""
+        data = self.bodies.get(ref)
+        if data is None:
+            obj, offset, size = _locate(ref)
+            if offset is not None:
+                pack = self.bodies.get(obj)
+                if pack is None:
+                    pack = b"".join([c async for c in self._get(obj, 0, _ref_size(obj))])
+                    self.bodies.put(obj, pack)
+                data = pack[offset:offset + size]
+                if len(data) != size:
+                    raise Unavailable(f"message body unavailable: {ref} is outside its pack")
+            elif size > self.bodies.max_item:
+                return b"".join([c async for c in self.read(ref, start, end)])
+            else:
+                data = b"".join([c async for c in self._get(obj, 0, size)])
+                self.bodies.put(ref, data)
+        return data[start:end]
+
+    async def _get(self, obj: str, start: int, end: int) -> AsyncIterator[bytes]:
         from storage.model import ObjectRef
 
         store = self._need_store()
-        if ref in self._deleting:
+        if obj in self._deleting:
             raise Unavailable("message body unavailable: the message was expunged")
-        size = ObjectRef.parse(ref).size
-        end = size if end is None else min(end, size)
-        if start >= end:
-            return
         try:
-            async for chunk in store.get(ObjectRef.parse(ref), start, end):
+            async for chunk in store.get(ObjectRef.parse(obj), start, end):
                 yield chunk
         except Exception as exc:
-            log.error("cannot read message object %s: %s", ref, exc)
+            log.error("cannot read message object %s: %s", obj, exc)
             raise Unavailable(f"message body unavailable: {exc}") from exc
 
-    async def read_bytes(self, ref: str, start: int = 0, end: int | None = None) -> bytes:
-        """Bytes [start, end) of a message; small messages come from (and go to) the cache."""
-        data = self.bodies.get(ref)
-        if data is None:
-            size = _ref_size(ref)
-            if size > self.bodies.max_item:
-                return b"".join([c async for c in self.read(ref, start, end)])
-            data = b"".join([c async for c in self.read(ref)])
-            self.bodies.put(ref, data)
-        return data[start:end]
-
     # -- writes
+
+    async def accept(self, login: str, message: bytes) -> None:
+        """Take a delivery for ``login``'s Inbox; durable when it returns.
+
+        With the service running, durable means journaled (``core.mail.intake``)
+        and the message shows in the Inbox once filed, a moment later; without
+        it (the CLI on a stopped twin) this is ``deliver``."""
+        if self.intake is not None:
+            await self.intake.accept(login, message)
+        else:
+            await self.deliver(login, message)
+
+    async def settled(self) -> None:
+        """Wait until every delivery accepted so far is filed (a no-op without intake)."""
+        if self.intake is not None:
+            await self.intake.settled()
 
     async def deliver(self, login: str, message: bytes | AsyncIterable[bytes] | BinaryIO, *,
                       mailbox: str = "INBOX", flags: Sequence[str] = (),
@@ -714,52 +780,135 @@ class MailStore:
         mb_id = None if name == "INBOX" else (await self.mailbox(login, name)).id
         store = self._need_store()
         ref, header, structure = await self._store_message(store, message, max_size)
-        size = int(ref.split(":")[1])
+        size = _ref_size(ref)
         if self.quota_bytes:
             used, limit = await self.quota(login)
             if used + size > limit:
                 await self._delete_objects([ref])
                 raise Forbidden(f"over quota ({used + size} > {limit} bytes)", code="overquota")
         date = time.time() if internal_date is None else internal_date
-
-        def insert(c: sqlite3.Connection) -> tuple[int, int, int, int]:
-            target = mb_id if mb_id is not None else _get_mailbox(c, login, name).id
-            row = c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + 1, "
-                            "modseq = modseq + 1 WHERE id = ? RETURNING uidnext - 1, modseq, "
-                            "uidvalidity", (target,)).fetchone()
-            if row is None:
-                raise NotFound(f"mailbox {name} was deleted")
-            c.execute("INSERT OR IGNORE INTO mail_bodies VALUES (?, ?, ?)",
-                      (ref, header, structure))
-            c.execute("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, ?, ?)",
-                      (target, row[0], ref, size, date, _flags_text(flagset), row[1]))
-            return target, int(row[0]), int(row[1]), int(row[2])
         try:
-            target, uid, modseq, uidvalidity = await self._commit.submit(insert)
+            target, uid, modseq, uidvalidity = await self._commit.submit(
+                lambda c: _insert(c, mb_id, login, name, ref, header, structure, date, flagset))
         except BaseException:
             await self._delete_objects([ref])
             raise
-        if target in self._indexes:  # a session has it open: it will FETCH this soon
-            self.metas.put((target, uidvalidity, uid),
-                           Fixed(ref, size, date, header, json.loads(structure)))
-        self._publish(target, Change("exists", (uid,), flagset, modseq))
+        self._announce(target, uid, modseq, uidvalidity, ref, header, structure, date, flagset)
         log.debug("stored message %d (%d bytes) in %s/%s", uid, size, login, name)
         return uidvalidity, uid
+
+    async def file(self, entries: Sequence[Entry]) -> None:
+        """File journaled deliveries into their Inboxes (``core.mail.intake``).
+
+        All or nothing: the rows of every entry and the journal's "filed up to"
+        mark commit in ONE transaction, so a crash before it replays the whole
+        batch and a crash after it replays none of it: each message once.
+        Small messages are stored packed together (see ``PACK_BYTES``)."""
+        store = self._need_store()
+        for login in dict.fromkeys(e.login for e in entries):
+            await self.ensure_user(login)
+        described = [await self._prepare(e.message) for e in entries]
+        refs, objects = await self._store_packed(store, [d for d, _, _ in described])
+        last = entries[-1].seq
+
+        def insert_all(c: sqlite3.Connection) -> list[tuple[int, int, int, int] | None]:
+            placed: list[tuple[int, int, int, int] | None] = []
+            for e, ref, (_, header, structure) in zip(entries, refs, described, strict=True):
+                try:
+                    placed.append(_insert(c, None, e.login, "INBOX", ref, header, structure,
+                                          e.received, frozenset()))
+                except NotFound:  # the user was removed since: nothing to file into
+                    placed.append(None)
+            c.execute("UPDATE mail_journal SET filed = ? WHERE filed < ?", (last, last))
+            return placed
+        try:
+            placed = await self._commit.submit(insert_all)
+        except BaseException:
+            self._delete_later(objects)
+            raise
+        for e, ref, (data, header, structure), where in zip(entries, refs, described, placed,
+                                                             strict=True):
+            if where is None:
+                log.error("journaled message %d for %s dropped: their Inbox no longer exists",
+                          e.seq, e.login)
+                continue
+            self.bodies.put(ref, data)  # new mail is fetched soon
+            target, uid, modseq, uidvalidity = where
+            self._announce(target, uid, modseq, uidvalidity, ref, header, structure,
+                           e.received, frozenset())
+        log.debug("filed %d journaled message(s) in %d object(s), up to %d", len(entries),
+                  len(objects), last)
+
+    async def _prepare(self, message: bytes, max_size: int | None = None
+                       ) -> tuple[bytes, bytes, str]:
+        """(CRLF-normalised bytes, header, structure) of one message."""
+        data = message
+        if data.count(b"\n") != data.count(b"\r\n"):  # bare LFs (C-speed counts)
+            data = b"".join([c async for c in mime.crlf_normalise(_one(data))])
+        if max_size is not None and len(data) > max_size:
+            raise Invalid(f"message larger than {max_size} bytes", code="toobig")
+        # parsing a small message (~35 us for 4 KiB) costs less than a thread hop
+        header, structure = (_describe(data) if len(data) <= DESCRIBE_INLINE
+                             else await asyncio.to_thread(_describe, data))
+        return data, header, structure
+
+    async def _store_packed(self, store: Any, messages: list[bytes]
+                            ) -> tuple[list[str], list[str]]:
+        """Store ``messages``, small ones packed; (ref of each message, objects written).
+
+        A member's ref is ``<object ref>@<offset>:<length>``, so ``_ref_size``
+        still reads its size and nothing but ``_locate`` needs to know."""
+        packs: list[list[int]] = []
+        alone: list[int] = []
+        fill = PACK_BYTES
+        for i, data in enumerate(messages):
+            if len(data) > PACK_MEMBER_MAX:
+                alone.append(i)
+                continue
+            if fill + len(data) > PACK_BYTES:
+                packs.append([])
+                fill = 0
+            packs[-1].append(i)
+            fill += len(data)
+        blobs = [b"".join(messages[i] for i in pack) for pack in packs]
+        blobs += [messages[i] for i in alone]
+        outcomes = await asyncio.gather(*(store.put(blob) for blob in blobs),
+                                        return_exceptions=True)
+        objects = [str(o) for o in outcomes if not isinstance(o, BaseException)]
+        if len(objects) < len(outcomes):
+            self._delete_later(objects)
+            raise next(o for o in outcomes if isinstance(o, BaseException))
+        refs = [""] * len(messages)
+        for pack, obj in zip(packs, objects, strict=False):
+            offset = 0
+            for i in pack:
+                refs[i] = f"{obj}@{offset}:{len(messages[i])}"
+                offset += len(messages[i])
+        for i, obj in zip(alone, objects[len(packs):], strict=True):
+            refs[i] = obj
+        return refs, objects
+
+    async def journal_filed(self) -> int:
+        """The journal sequence number up to which every record is filed."""
+        row = await self.db.run(
+            lambda c: c.execute("SELECT filed FROM mail_journal").fetchone())
+        return int(row[0])
+
+    def _announce(self, target: int, uid: int, modseq: int, uidvalidity: int, ref: str,
+                  header: bytes, structure: str, date: float, flags: frozenset[str]) -> None:
+        """Tell live sessions of a new message (and cache its metadata if one has it open)."""
+        if target in self._indexes:  # a session has it open: it will FETCH this soon
+            self.metas.put((target, uidvalidity, uid),
+                           Fixed(ref, _ref_size(ref), date, header, json.loads(structure)))
+        self._publish(target, Change("exists", (uid,), flags, modseq))
 
     async def _store_message(self, store: Any, message: bytes | AsyncIterable[bytes] | BinaryIO,
                              max_size: int | None) -> tuple[str, bytes, str]:
         """Write the bytes (CRLF-normalised) and parse them; (ref, header, structure)."""
         if isinstance(message, bytes | bytearray | memoryview):
-            data = bytes(message)
-            if data.count(b"\n") != data.count(b"\r\n"):  # bare LFs (C-speed counts)
-                data = b"".join([c async for c in mime.crlf_normalise(_one(data))])
-            if max_size is not None and len(data) > max_size:
-                raise Invalid(f"message larger than {max_size} bytes", code="toobig")
+            data, header, structure = await self._prepare(bytes(message), max_size)
             ref = str(await store.put(data))
             self.bodies.put(ref, data)
-            # parsing a small message (~35 us for 4 KiB) costs less than a thread hop
-            header, structure = (_describe(data) if len(data) <= DESCRIBE_INLINE
-                                 else await asyncio.to_thread(_describe, data))
             return ref, header, structure
         source: AsyncIterable[bytes] = (
             message if isinstance(message, AsyncIterable) else _file_chunks(message))
@@ -954,12 +1103,40 @@ class MailStore:
                 log.warning("could not delete message object %s: %s", ref, exc)
 
 
+def _locate(ref: str) -> tuple[str, int | None, int]:
+    """(object ref, offset in it or None if the message is the whole object, size)."""
+    obj, at, member = ref.partition("@")
+    if not at:
+        return ref, None, _ref_size(ref)
+    offset, _, size = member.partition(":")
+    try:
+        return obj, int(offset), int(size)
+    except ValueError:
+        raise NotFound(f"invalid message object reference {ref[:80]!r}") from None
+
+
 def _ref_size(ref: str) -> int:
     """The size a ref carries (``id:size``), without a store round trip."""
     try:
         return int(ref.rsplit(":", 1)[1])
     except (IndexError, ValueError):
         raise NotFound(f"invalid message object reference {ref[:80]!r}") from None
+
+
+def _insert(c: sqlite3.Connection, mailbox_id: int | None, login: str, name: str, ref: str,
+            header: bytes, structure: str, date: float, flags: frozenset[str]
+            ) -> tuple[int, int, int, int]:
+    """Add one message row; (mailbox id, uid, modseq, uidvalidity). NotFound: no such mailbox."""
+    target = mailbox_id if mailbox_id is not None else _get_mailbox(c, login, name).id
+    row = c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + 1, modseq = modseq + 1 "
+                    "WHERE id = ? RETURNING uidnext - 1, modseq, uidvalidity",
+                    (target,)).fetchone()
+    if row is None:
+        raise NotFound(f"mailbox {name} was deleted")
+    c.execute("INSERT OR IGNORE INTO mail_bodies VALUES (?, ?, ?)", (ref, header, structure))
+    c.execute("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, ?, ?)",
+              (target, row[0], ref, _ref_size(ref), date, _flags_text(flags), row[1]))
+    return target, int(row[0]), int(row[1]), int(row[2])
 
 
 def _remove(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[tuple[int, str]]
@@ -985,7 +1162,22 @@ def _exists(uids: Sequence[int], flags: Sequence[frozenset[str]], modseq: int) -
 
 
 def _orphans(c: sqlite3.Connection, refs: list[str]) -> list[str]:
-    """Of these objects, those no message uses any more (their cache rows go too)."""
+    """Forget the bodies of ``refs`` no message uses any more; the objects now unused.
+
+    A pack (``_locate``) is unused once no message uses any of its members."""
+    unused = _unused_refs(c, refs)
+    objects: dict[str, None] = {}
+    for ref in unused:
+        obj, offset, _ = _locate(ref)
+        if offset is None or not c.execute(
+                "SELECT 1 FROM mail_messages WHERE ref >= ? AND ref < ? LIMIT 1",
+                (obj + "@", obj + "A")).fetchone():  # "A" sorts right after "@"
+            objects[obj] = None
+    return list(objects)
+
+
+def _unused_refs(c: sqlite3.Connection, refs: list[str]) -> list[str]:
+    """Of these refs, those no message uses any more (their mail_bodies rows go too)."""
     out = [ref for ref in refs
            if not c.execute("SELECT 1 FROM mail_messages WHERE ref = ? LIMIT 1",
                             (ref,)).fetchone()]

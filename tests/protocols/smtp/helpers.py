@@ -85,7 +85,8 @@ async def running_twin(root: Path, name: str = "alice", sets: dict[str, Any] | N
 
 
 async def inbox(service: Service, login: str, mailbox: str = "INBOX") -> list[bytes]:
-    """Every message in ``login``'s mailbox, oldest first."""
+    """Every message in ``login``'s mailbox, oldest first (after filing what was accepted)."""
+    await service.mail.settled()
     snapshot, watch = await service.mail.open(login, mailbox, read_only=True)
     try:
         metas = await service.mail.meta(snapshot.mailbox.id, snapshot.uids, structure=False)

@@ -1,0 +1,148 @@
+"""Local delivery through the journal (core.mail.intake): accepted once, filed once."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from core.errors import Forbidden, Unavailable
+from core.mail import intake as intake_mod
+from core.mail.intake import Intake
+from core.service import Service
+from tests.protocols.smtp.helpers import inbox
+
+KEY = bytes(range(32))
+
+
+def message(n: int) -> bytes:
+    return f"From: a@example.com\r\nSubject: m{n}\r\n\r\nbody {n}\r\n".encode()
+
+
+def subjects(messages: list[bytes]) -> list[str]:
+    return [m.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode() for m in messages]
+
+
+async def crash(intake: Intake) -> None:
+    """Stop as kill -9 would: no filing of what is left, no release of journal files."""
+    assert intake._filer is not None
+    intake._filer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await intake._filer
+    intake.journal.close()
+
+
+@pytest.fixture
+def journal_dir(tmp_path: Path) -> Path:
+    return tmp_path / "journal"
+
+
+async def test_an_accepted_message_is_filed_into_the_inbox(
+        service: tuple[Service, str], journal_dir: Path) -> None:
+    svc, login = service
+    await svc.mail.start_intake(journal_dir, KEY, 1 << 20)
+    await asyncio.gather(*(svc.mail.accept(login, message(i)) for i in range(20)))
+    assert subjects(await inbox(svc, login)) == [f"m{i}" for i in range(20)]
+    await svc.mail.stop_intake()
+
+
+async def test_what_a_crash_left_unfiled_is_filed_once_at_the_next_start(
+        service: tuple[Service, str], journal_dir: Path) -> None:
+    svc, login = service
+    store, svc.mail.store = svc.mail.store, None  # filing fails until the store is back
+    first = Intake(svc.mail, journal_dir, KEY, 1 << 20)
+    await first.start()
+    for i in range(3):
+        await first.accept(login, message(i))
+    await crash(first)
+    svc.mail.store = store
+    second = Intake(svc.mail, journal_dir, KEY, 1 << 20)
+    await second.start()
+    await second.settled()
+    assert subjects(await inbox(svc, login)) == ["m0", "m1", "m2"]
+    await second.stop()
+
+
+async def test_a_crash_after_filing_files_nothing_twice(
+        service: tuple[Service, str], journal_dir: Path) -> None:
+    svc, login = service
+    first = Intake(svc.mail, journal_dir, KEY, 1 << 20)
+    await first.start()
+    for i in range(3):
+        await first.accept(login, message(i))
+    await first.settled()  # filed; the journal file is still there (it is the open one)
+    await crash(first)
+    assert list(journal_dir.glob("*.log"))
+    second = Intake(svc.mail, journal_dir, KEY, 1 << 20)
+    await second.start()
+    await second.accept(login, message(3))
+    await second.settled()
+    assert subjects(await inbox(svc, login)) == ["m0", "m1", "m2", "m3"]
+    await second.stop()
+
+
+async def test_filing_retries_until_the_store_is_back(
+        service: tuple[Service, str], journal_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    svc, login = service
+    monkeypatch.setattr(intake_mod, "RETRY_FIRST", 0.01)
+    store, svc.mail.store = svc.mail.store, None
+    await svc.mail.start_intake(journal_dir, KEY, 1 << 20)
+    await svc.mail.accept(login, message(0))  # accepted while the store is down
+    await asyncio.sleep(0.1)
+    assert svc.mail.intake is not None and svc.mail.intake._queue
+    svc.mail.store = store
+    assert subjects(await inbox(svc, login)) == ["m0"]
+    await svc.mail.stop_intake()
+
+
+async def test_a_full_backlog_makes_accept_wait_then_refuse(
+        service: tuple[Service, str], journal_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    svc, login = service
+    monkeypatch.setattr(intake_mod, "WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(intake_mod, "RETRY_FIRST", 0.01)
+    store, svc.mail.store = svc.mail.store, None
+    intake = Intake(svc.mail, journal_dir, KEY, max_backlog=100)
+    await intake.start()
+    await intake.accept(login, message(0) + b"x" * 200)  # room was there when it came
+    with pytest.raises(Unavailable, match="behind on filing"):
+        await intake.accept(login, message(1))
+    svc.mail.store = store
+    monkeypatch.setattr(intake_mod, "WAIT_SECONDS", 10)
+    await intake.accept(login, message(2))  # waits until the filer's retry makes room
+    await intake.settled()
+    assert subjects(await inbox(svc, login)) == ["m0", "m2"]
+    await intake.stop()
+
+
+async def test_a_user_over_quota_is_refused_before_anything_is_journaled(
+        service: tuple[Service, str], journal_dir: Path) -> None:
+    svc, login = service
+    svc.mail.quota_bytes = 150
+    await svc.mail.start_intake(journal_dir, KEY, 1 << 20)
+    await svc.mail.accept(login, message(0) + b"x" * 100)
+    await svc.mail.settled()
+    with pytest.raises(Forbidden, match="over quota"):
+        await svc.mail.accept(login, message(1) + b"x" * 100)
+    assert subjects(await inbox(svc, login)) == ["m0"]
+    await svc.mail.stop_intake()
+
+
+async def test_stop_files_everything_accepted(
+        service: tuple[Service, str], journal_dir: Path) -> None:
+    svc, login = service
+    await svc.mail.start_intake(journal_dir, KEY, 1 << 20)
+    await asyncio.gather(*(svc.mail.accept(login, message(i)) for i in range(50)))
+    await svc.mail.stop_intake()
+    assert svc.mail.intake is None
+    assert len(await inbox(svc, login)) == 50
+    assert await svc.mail.journal_filed() == 50
+
+
+async def test_without_a_running_intake_accept_delivers_directly(
+        service: tuple[Service, str]) -> None:
+    svc, login = service  # the CLI on a stopped twin
+    await svc.mail.accept(login, message(0))
+    assert subjects(await inbox(svc, login)) == ["m0"]

@@ -1,0 +1,110 @@
+"""Small messages filed together share one stored object (core.mail.store, PACK_BYTES)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from core.errors import Unavailable
+from core.mail import store as store_mod
+from core.mail.cache import BodyCache
+from core.mail.journal import Entry
+from core.service import Service
+
+
+def message(n: int, size: int = 0) -> bytes:
+    return f"From: a@example.com\r\nSubject: m{n}\r\n\r\n".encode() + b"y" * size + b"\r\n"
+
+
+async def file(svc: Service, login: str, messages: list[bytes], first_seq: int = 1) -> list[str]:
+    """File ``messages`` as one journal batch; the ref of each, in order."""
+    entries = [Entry(first_seq + i, login, m, time.time()) for i, m in enumerate(messages)]
+    await svc.mail.file(entries)
+    inbox = await svc.mail.mailbox(login, "INBOX")
+    snapshot, watch = await svc.mail.open(login, "INBOX", read_only=True)
+    svc.mail.close(watch)
+    metas = await svc.mail.meta(inbox.id, snapshot.uids, structure=False)
+    return [m.ref for m in metas][-len(messages):]
+
+
+async def objects(svc: Service) -> set[str]:
+    return {f"{i.id}:{i.size}" for i in await svc.store.list()}
+
+
+def forget_bodies(svc: Service) -> None:
+    """Empty the body cache, so reads go to the dispersed store."""
+    svc.mail.bodies = BodyCache(max_item=store_mod.PACK_BYTES)
+
+
+async def expunge(svc: Service, login: str, uids: list[int]) -> None:
+    inbox = await svc.mail.mailbox(login, "INBOX")
+    await svc.mail.set_flags(inbox.id, uids, "+", ["\\Deleted"])
+    await svc.mail.expunge(inbox.id, uids)
+
+
+async def test_small_messages_of_one_batch_share_an_object_and_read_back_exactly(
+        service: tuple[Service, str]) -> None:
+    svc, login = service
+    small = [message(i, 100 * i) for i in range(10)]
+    big = message(99, store_mod.PACK_MEMBER_MAX)  # too big to pack: stored alone
+    before = await objects(svc)
+    refs = await file(svc, login, [*small, big])
+    assert len(await objects(svc) - before) == 2
+    assert all("@" in ref for ref in refs[:10]) and "@" not in refs[10]
+    forget_bodies(svc)  # read from the store, not from the cache filing filled
+    for ref, data in zip(refs, [*small, big], strict=True):
+        assert await svc.mail.read_bytes(ref) == data
+        assert await svc.mail.read_bytes(ref, 5, 20) == data[5:20]
+        assert b"".join([c async for c in svc.mail.read(ref, 3)]) == data[3:]
+
+
+async def test_packs_stay_within_their_size_limit(service: tuple[Service, str]) -> None:
+    svc, login = service
+    before = await objects(svc)
+    size = store_mod.PACK_MEMBER_MAX - 100
+    await file(svc, login, [message(i, size) for i in range(12)])
+    made = await objects(svc) - before
+    assert all(int(ref.split(":")[1]) <= store_mod.PACK_BYTES for ref in made)
+    assert len(made) == 3  # four members of ~32 KiB in each 128 KiB pack
+
+
+async def test_a_pack_is_deleted_only_when_its_last_member_is_expunged(
+        service: tuple[Service, str]) -> None:
+    svc, login = service
+    before = await objects(svc)
+    refs = await file(svc, login, [message(i) for i in range(3)])
+    [pack] = await objects(svc) - before
+    await expunge(svc, login, [1, 2])
+    forget_bodies(svc)
+    assert await svc.mail.read_bytes(refs[2]) == message(2)  # the last member still reads
+    assert pack in await objects(svc)
+    await expunge(svc, login, [3])
+    for _ in range(100):  # deletion runs behind the expunge
+        if pack not in await objects(svc):
+            break
+        await asyncio.sleep(0.02)
+    assert pack not in await objects(svc)
+    with pytest.raises(Unavailable):
+        await svc.mail.read_bytes(refs[2])
+
+
+async def test_a_copy_keeps_its_pack_alive_after_the_original_is_expunged(
+        service: tuple[Service, str]) -> None:
+    svc, login = service
+    refs = await file(svc, login, [message(i) for i in range(2)])
+    inbox = await svc.mail.mailbox(login, "INBOX")
+    await svc.mail.copy(inbox.id, [1, 2], login, "Archive")
+    await expunge(svc, login, [1, 2])
+    forget_bodies(svc)
+    assert [await svc.mail.read_bytes(r) for r in refs] == [message(0), message(1)]
+
+
+def test_a_malformed_member_ref_is_refused() -> None:
+    from core.errors import NotFound
+
+    with pytest.raises(NotFound):
+        store_mod._locate("abc:100@x:5")
+    assert store_mod._locate("abc:100@10:5") == ("abc:100", 10, 5)
+    assert store_mod._locate("abc:100") == ("abc:100", None, 100)
