@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.errors import Conflict, Forbidden, Invalid, NotFound
 from core.mail import mime
@@ -246,3 +249,33 @@ async def test_small_bodies_are_served_from_the_cache_until_expunged(
     await asyncio.gather(*svc.mail._background)
     with pytest.raises(Exception):  # noqa: B017 - and gone from the store
         await svc.mail.read_bytes(meta.ref)
+
+
+_SPACE = st.text(alphabet=" \t", max_size=3)
+_WORD = st.text(alphabet="aZ0.-_!'", min_size=1, max_size=5)
+_ADDR = st.builds("{}@{}".format, st.text(alphabet="a.-_", min_size=1, max_size=5),
+                  st.text(alphabet="b.-", min_size=1, max_size=5))
+_DISPLAY = st.one_of(
+    st.lists(st.tuples(_WORD, _SPACE), max_size=3).map(lambda ws: "".join(w + s for w, s in ws)),
+    st.text(alphabet='ab ,.()<>@\\', max_size=8).map(lambda t: f'"{t}"'))
+_FIELD = st.one_of(
+    st.tuples(_SPACE, _ADDR, _SPACE).map("".join),
+    st.tuples(_SPACE, _DISPLAY, _SPACE, _ADDR, _SPACE).map(
+        lambda p: f"{p[0]}{p[1]}{p[2]}<{p[3]}>{p[4]}"),
+    st.text(alphabet="ab.Z09 \t\"\\<>@,()-_!'", max_size=30))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_FIELD)
+def test_plain_address_fast_path_agrees_with_the_rfc_5322_parser(value: str) -> None:
+    plain = mime.plain_address(value)
+    if plain is not None:
+        assert [plain] == email.utils.getaddresses([value])
+
+
+def test_plain_address_takes_the_common_forms_and_leaves_the_rest() -> None:
+    assert mime.plain_address(" a@b.c ") == ("", "a@b.c")
+    assert mime.plain_address('"Smith, John" <a@b.c>') == ("Smith, John", "a@b.c")
+    assert mime.plain_address("John   Q. Public <a@b.c>") == ("John Q. Public", "a@b.c")
+    for other in ("A <a@b.c>, B <c@d.e>", '"a\\"b" <a@b.c>', "Müller <a@b.c>", "a@b.c (x)"):
+        assert mime.plain_address(other) is None
