@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import secrets
 from email.utils import format_datetime, make_msgid
@@ -51,6 +52,16 @@ def _received(server: TwinSMTP, session: Session, envelope: Envelope, hostname: 
 
 
 class BaseHandler:
+    @classmethod
+    @functools.cache
+    def _hook_names(cls) -> list[str]:
+        return [name for name in dir(cls) if name.startswith(("handle_", "auth_"))]
+
+    def __dir__(self) -> list[str]:
+        """Only the hooks: aiosmtpd scans the handler (``dir``, ``inspect.getmembers``)
+        for every new connection, and that scan was ~2 % of a one-message session."""
+        return self._hook_names()
+
     def __init__(self, service: Service) -> None:
         self.service = service
         self.router = service.router

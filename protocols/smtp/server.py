@@ -61,6 +61,9 @@ class SmtpListener:
             auth_require_tls=not implicit_tls and not plaintext_auth,
             auth_exclude_mechanism=() if submission else ("PLAIN", "LOGIN"),
             command_call_limit={"AUTH": LINE_LIMIT_AUTH, "*": 10**9},
+            # without it aiosmtpd looks the loop up per connection, under a
+            # warnings.catch_warnings() (a few percent of a short session)
+            loop=asyncio.get_running_loop(),
         )
 
         def make() -> TwinSMTP:
