@@ -108,3 +108,25 @@ def test_a_malformed_member_ref_is_refused() -> None:
         store_mod._locate("abc:100@x:5")
     assert store_mod._locate("abc:100@10:5") == ("abc:100", 10, 5)
     assert store_mod._locate("abc:100") == ("abc:100", None, 100)
+
+
+async def test_a_batch_gives_each_user_consecutive_uids_and_modseqs(
+        service: tuple[Service, str]) -> None:
+    svc, alice = service
+    bob = "bob@alice.localhost"
+    await svc.mail.ensure_user(bob)
+    logins = [alice, bob, alice, alice, bob]
+    await svc.mail.file([Entry(i + 1, login, message(i), time.time())
+                         for i, login in enumerate(logins)])
+    for login, expected in ((alice, [0, 2, 3]), (bob, [1, 4])):
+        inbox = await svc.mail.mailbox(login, "INBOX")
+        snapshot, watch = await svc.mail.open(login, "INBOX", read_only=True)
+        svc.mail.close(watch)
+        metas = await svc.mail.meta(inbox.id, snapshot.uids, structure=False)
+        assert [m.uid for m in metas] == list(range(1, len(expected) + 1))
+        assert [await svc.mail.read_bytes(m.ref) for m in metas] == [
+            message(i) for i in expected]
+        modseqs = [m.modseq for m in metas]
+        assert modseqs == sorted(set(modseqs))  # distinct, rising with the uid
+        status = await svc.mail.status(inbox.id)
+        assert (status.uidnext, status.highestmodseq) == (len(expected) + 1, modseqs[-1])
