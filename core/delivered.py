@@ -68,6 +68,10 @@ class DeliveredLog:
         for key, rcpt, at in db.run_sync(load):
             self._seen.setdefault(bytes(key), (set(), at))[0].add(rcpt)
 
+    def remembers_any(self) -> bool:
+        """Whether any entry is kept (usually not: then no key need be computed)."""
+        return bool(self._seen)
+
     def already(self, key: bytes) -> frozenset[str]:
         """Recipients (lowercased) that have the message with this key already."""
         hit = self._seen.get(key)

@@ -198,16 +198,18 @@ class MailRouter:
     # -- routing
 
     async def route(self, mail_from: str, rcpts: Sequence[str], message: bytes, *,
-                    key: bytes | None = None) -> Routed:
+                    sent: bytes | None = None) -> Routed:
         """Deliver or durably hand off ``message`` to every recipient.
 
-        ``key`` (``core.delivered.message_key`` of the bytes as the client sent
-        them) makes a client's retry after a partial failure skip the
-        recipients that already have the message (see ``core.delivered``).
+        ``sent``, the bytes as the client sent them, makes a client's retry
+        after a partial failure skip the recipients that already have the
+        message (see ``core.delivered``). Their key is hashed only when needed:
+        when the log holds entries, or to add one.
         """
         message = to_crlf(message)
         routed = Routed()
-        done_before = self.delivered.already(key) if key is not None else frozenset()
+        done_before = (self.delivered.already(message_key(mail_from, sent))
+                       if sent is not None and self.delivered.remembers_any() else frozenset())
         owners: dict[str, list[str]] = {}
         by_twin: dict[str, tuple[TwinRecord, list[str]]] = {}
         for rcpt in dict.fromkeys(r.strip() for r in rcpts):
@@ -238,8 +240,8 @@ class MailRouter:
                 branches.append(routed.legacy)
             succeeded = [r for group, result in zip(branches, results, strict=True)
                          if not isinstance(result, BaseException) for r in group]
-            if key is not None and succeeded:
-                await self.delivered.remember(key, succeeded)  # the retry skips these
+            if sent is not None and succeeded:  # the retry skips these
+                await self.delivered.remember(message_key(mail_from, sent), succeeded)
             raise errors[0] if isinstance(errors[0], TwinError) else Unavailable(
                 f"delivery failed: {errors[0]}")
         done: list[Any] = list(results)

@@ -5,7 +5,7 @@ recipients exist and whether relaying is allowed (``router.check_recipient``),
 where each recipient's copy goes (``router.route``). Each hook is wrapped in
 ``errors.replies`` so any failure becomes exactly one reply line. 250 after
 DATA is sent only when ``route`` has returned, i.e. every copy is durable.
-A 4xx after DATA passes ``route`` the key of the client's bytes, so that the
+``route`` also gets the client's bytes as sent, so that after a 4xx the
 client's retry does not give a second copy to the recipients that already
 have one (``core.delivered``).
 """
@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import Envelope, Session
 
-from core.delivered import message_key
 from core.routing import (
     domain_of,
     from_addresses,
@@ -111,7 +110,7 @@ class InboundHandler(BaseHandler):
             headers.append(("X-Twin-Warning", warning))
         message = prepend_headers(message, headers)
         await self.router.route(envelope.mail_from or "", envelope.rcpt_tos, message,
-                                key=message_key(envelope.mail_from or "", raw))
+                                sent=raw)
         return f"250 2.0.0 OK id {queue_id}"
 
     async def _impersonation(self, message: bytes, results: Any) -> str | None:
@@ -183,7 +182,7 @@ class SubmissionHandler(BaseHandler):
             headers.append(("Message-ID", make_msgid(domain=self.service.config.domain)))
         message = prepend_headers(message, headers)
         await self.router.route(envelope.mail_from or "", envelope.rcpt_tos, message,
-                                key=message_key(envelope.mail_from or "", raw))
+                                sent=raw)
         log.info("submitted by %s: %d recipient(s), %d bytes", login, len(envelope.rcpt_tos),
                  len(message))
         return f"250 2.0.0 OK id {queue_id}"
