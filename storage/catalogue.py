@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from storage.errors import StorageError
 from storage.groupcommit import GroupCommit
 from storage.model import ObjectInfo
 from storage.share import HASH_BYTES
@@ -34,6 +35,7 @@ log = logging.getLogger("twin.storage")
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
+CLOSE_WAIT = 30.0  # seconds close() waits for reads still running
 FILE_NAME = "catalogue.sqlite"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID;
@@ -110,6 +112,11 @@ class Catalogue:
         self._tls = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # reads in flight on executor threads; close() waits for them, since
+        # closing a connection under a running query crashes the process
+        self._busy = 0
+        self._idle = threading.Condition(self._lock)
+        self._closed = False
         self._db = self._connect()
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
@@ -136,7 +143,21 @@ class Catalogue:
         return conn
 
     async def _io(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._counted, fn, *args)
+
+    def _counted(self, fn: Any, *args: Any) -> Any:
+        with self._lock:
+            if self._closed:
+                raise StorageError("the catalogue is closed")
+            self._busy += 1
+        try:
+            return fn(*args)
+        finally:
+            with self._lock:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.notify_all()
 
     # -- metadata values (key check, ...)
 
@@ -307,7 +328,16 @@ class Catalogue:
 
     async def close(self) -> None:
         await self._commit.drain()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close_when_idle)
+
+    def _close_when_idle(self) -> None:
+        """Refuse new reads, let the running ones finish (a read cancelled by its
+        caller still runs on its thread), then close every connection."""
         with self._lock:
+            self._closed = True
+            if not self._idle.wait_for(lambda: not self._busy, timeout=CLOSE_WAIT):
+                log.warning("closing the catalogue with %d read(s) still running", self._busy)
+                return  # leaked, not closed under a running query
             for conn in self._conns:
                 conn.close()
             self._conns.clear()

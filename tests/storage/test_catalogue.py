@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from storage.catalogue import Catalogue, Manifest, SegmentEntry
+from storage.errors import StorageError
 
 
 @pytest.fixture
@@ -46,3 +49,28 @@ async def test_insert_many_is_atomic(catalogue: Catalogue) -> None:
     await catalogue.insert_many(batch[:10])  # the same batch without the collision goes in
     assert len(await catalogue.page()) == 11
     await catalogue.close()
+
+
+async def test_close_waits_for_a_read_still_running_then_refuses_new_ones(
+        catalogue: Catalogue) -> None:
+    """Closing a connection under a running query crashes the process (seen in CI)."""
+    started, release = threading.Event(), threading.Event()
+    used: list[int] = []
+
+    def slow_read(oid: str) -> Manifest | None:
+        started.set()
+        release.wait(5)
+        used.append(len(catalogue._conns))  # still open while the read runs
+        return catalogue._load(oid, 0, None)
+
+    read = asyncio.ensure_future(catalogue._io(slow_read, "missing"))
+    await asyncio.to_thread(started.wait, 5)
+    read.cancel()  # the caller gives up; the thread does not
+    closing = asyncio.ensure_future(catalogue.close())
+    await asyncio.sleep(0.1)
+    assert not closing.done()
+    release.set()
+    await asyncio.wait_for(closing, 5)
+    assert used and used[0] > 0 and catalogue._conns == []
+    with pytest.raises(StorageError, match="closed"):
+        await catalogue.load("anything")
