@@ -59,6 +59,8 @@ DESCRIBE_INLINE = 64 * 1024  # parse on the loop below this size (< 1 ms)
 PACK_MEMBER_MAX = 32 * 1024
 PACK_BYTES = 128 * 1024
 MAX_ROWS = 10_000  # remembered mailbox rows (MailStore._open_row)
+# a message row to insert: (ref, header, structure, size, internal date, flags)
+Row = tuple[str, bytes, str, int, float, frozenset[str]]
 
 MIGRATIONS = [
     """
@@ -786,14 +788,18 @@ class MailStore:
             if used + size > limit:
                 await self._delete_objects([ref])
                 raise Forbidden(f"over quota ({used + size} > {limit} bytes)", code="overquota")
-        date = time.time() if internal_date is None else internal_date
+        row: Row = (ref, header, structure, size,
+                    time.time() if internal_date is None else internal_date, flagset)
+
+        def insert(c: sqlite3.Connection) -> tuple[int, int, int, int]:
+            target = mb_id if mb_id is not None else _get_mailbox(c, login, name).id
+            return (target, *_insert_rows(c, target, [row]))
         try:
-            target, uid, modseq, uidvalidity = await self._commit.submit(
-                lambda c: _insert(c, mb_id, login, name, ref, header, structure, date, flagset))
+            target, uid, modseq, uidvalidity = await self._commit.submit(insert)
         except BaseException:
             await self._delete_objects([ref])
             raise
-        self._announce(target, uid, modseq, uidvalidity, ref, header, structure, date, flagset)
+        self._announce(target, uidvalidity, uid, modseq, [row])
         log.debug("stored message %d (%d bytes) in %s/%s", uid, size, login, name)
         return uidvalidity, uid
 
@@ -810,14 +816,20 @@ class MailStore:
         described = [await self._prepare(e.message) for e in entries]
         refs, objects = await self._store_packed(store, [d for d, _, _ in described])
         last = entries[-1].seq
-        by_login: dict[str, list[int]] = {}
-        for i, e in enumerate(entries):
-            by_login.setdefault(e.login, []).append(i)
+        by_login: dict[str, list[Row]] = {}
+        for e, ref, (data, header, structure) in zip(entries, refs, described, strict=True):
+            by_login.setdefault(e.login, []).append(
+                (ref, header, structure, len(data), e.received, frozenset()))
 
         def insert_all(c: sqlite3.Connection) -> dict[str, tuple[int, int, int, int] | None]:
-            placed = {login: _insert_inbox(c, login, [
-                (refs[i], described[i][1], described[i][2], entries[i].received) for i in idxs])
-                for login, idxs in by_login.items()}
+            placed: dict[str, tuple[int, int, int, int] | None] = {}
+            for login, rows in by_login.items():
+                try:
+                    target = _get_mailbox(c, login, "INBOX").id
+                except NotFound:  # the user was removed since: nothing to file into
+                    placed[login] = None
+                    continue
+                placed[login] = (target, *_insert_rows(c, target, rows))
             c.execute("UPDATE mail_journal SET filed = ? WHERE filed < ?", (last, last))
             return placed
         try:
@@ -825,18 +837,15 @@ class MailStore:
         except BaseException:
             self._delete_later(objects)
             raise
-        for login, idxs in by_login.items():
-            where = placed[login]
-            if where is None:  # the user was removed since: nothing to file into
+        for ref, (data, _, _) in zip(refs, described, strict=True):
+            self.bodies.put(ref, data)  # new mail is fetched soon
+        for login, where in placed.items():
+            if where is None:
                 log.error("%d journaled message(s) for %s dropped: their Inbox no longer "
-                          "exists", len(idxs), login)
-                continue
-            target, uid, modseq, uidvalidity = where
-            for k, i in enumerate(idxs):
-                data, header, structure = described[i]
-                self.bodies.put(refs[i], data)  # new mail is fetched soon
-                self._announce(target, uid + k, modseq + k, uidvalidity, refs[i], header,
-                               structure, entries[i].received, frozenset())
+                          "exists", len(by_login[login]), login)
+            else:
+                target, uid, modseq, uidvalidity = where
+                self._announce(target, uidvalidity, uid, modseq, by_login[login])
         log.debug("filed %d journaled message(s) in %d object(s), up to %d", len(entries),
                   len(objects), last)
 
@@ -895,13 +904,16 @@ class MailStore:
             lambda c: c.execute("SELECT filed FROM mail_journal").fetchone())
         return int(row[0])
 
-    def _announce(self, target: int, uid: int, modseq: int, uidvalidity: int, ref: str,
-                  header: bytes, structure: str, date: float, flags: frozenset[str]) -> None:
-        """Tell live sessions of a new message (and cache its metadata if one has it open)."""
-        if target in self._indexes:  # a session has it open: it will FETCH this soon
-            self.metas.put((target, uidvalidity, uid),
-                           Fixed(ref, _ref_size(ref), date, header, json.loads(structure)))
-        self._publish(target, Change("exists", (uid,), flags, modseq))
+    def _announce(self, target: int, uidvalidity: int, uid: int, modseq: int,
+                  rows: Sequence[Row]) -> None:
+        """Tell live sessions of rows ``_insert_rows`` added (uids and modseqs from
+        ``uid`` and ``modseq`` on), and cache their metadata if one has the mailbox open."""
+        if target not in self._indexes:
+            return  # nobody has it open: nothing to tell, nobody to FETCH soon
+        for k, (ref, header, structure, size, date, flags) in enumerate(rows):
+            self.metas.put((target, uidvalidity, uid + k),
+                           Fixed(ref, size, date, header, json.loads(structure)))
+            self._publish(target, Change("exists", (uid + k,), flags, modseq + k))
 
     async def _store_message(self, store: Any, message: bytes | AsyncIterable[bytes] | BinaryIO,
                              max_size: int | None) -> tuple[str, bytes, str]:
@@ -1048,23 +1060,10 @@ class MailStore:
         mb = await self.mailbox(login, name)
         if not items:
             return
-        flagsets = [parse_flags(i[5]) for i in items]
-
-        def insert(c: sqlite3.Connection) -> tuple[int, int]:
-            first = c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + ? WHERE id = ? "
-                              "RETURNING uidnext - ?", (len(items), mb.id, len(items))
-                              ).fetchone()[0]
-            modseq = _bump(c, mb.id)
-            c.executemany("INSERT OR IGNORE INTO mail_bodies VALUES (?, ?, ?)",
-                          [(i[0], i[1], i[2]) for i in items])
-            c.executemany("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, ?, ?)",
-                          [(mb.id, first + n, i[0], i[3], i[4], _flags_text(fs), modseq)
-                           for n, (i, fs) in enumerate(zip(items, flagsets, strict=True))])
-            return int(first), modseq
-        first, modseq = await self._commit.submit(insert)
-        uids = list(range(first, first + len(items)))
-        for change in _exists(uids, flagsets, modseq):
-            self._publish(mb.id, change)
+        rows: list[Row] = [(i[0], i[1], i[2], i[3], i[4], parse_flags(i[5])) for i in items]
+        first, modseq, uidvalidity = await self._commit.submit(
+            lambda c: _insert_rows(c, mb.id, rows))
+        self._announce(mb.id, uidvalidity, first, modseq, rows)
 
     def _delete_later(self, refs: Sequence[str]) -> None:
         """Delete objects no message uses any more, without making the caller wait.
@@ -1104,31 +1103,6 @@ class MailStore:
                 log.warning("could not delete message object %s: %s", ref, exc)
 
 
-def _insert_inbox(c: sqlite3.Connection, login: str,
-                  rows: Sequence[tuple[str, bytes, str, float]]
-                  ) -> tuple[int, int, int, int] | None:
-    """Add (ref, header, structure, date) rows to ``login``'s INBOX in one go.
-
-    (mailbox id, first uid, first modseq, uidvalidity); row i gets uid and
-    modseq first + i. One UPDATE reserves them all, and two executemany calls
-    insert: a batch costs three statements, not four per message. None: no
-    such INBOX (the user was removed)."""
-    n = len(rows)
-    row = c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + ?, modseq = modseq + ? "
-                    "WHERE login = ? AND name = 'INBOX' "
-                    "RETURNING id, uidnext - ?, modseq - ? + 1, uidvalidity",
-                    (n, n, login, n, n)).fetchone()
-    if row is None:
-        return None
-    target, uid, modseq, uidvalidity = (int(v) for v in row)
-    c.executemany("INSERT OR IGNORE INTO mail_bodies VALUES (?, ?, ?)",
-                  [(ref, header, structure) for ref, header, structure, _ in rows])
-    c.executemany("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, '', ?)",
-                  [(target, uid + k, ref, _ref_size(ref), date, modseq + k)
-                   for k, (ref, _, _, date) in enumerate(rows)])
-    return target, uid, modseq, uidvalidity
-
-
 def _locate(ref: str) -> tuple[str, int | None, int]:
     """(object ref, offset in it or None if the message is the whole object, size)."""
     obj, at, member = ref.partition("@")
@@ -1149,20 +1123,26 @@ def _ref_size(ref: str) -> int:
         raise NotFound(f"invalid message object reference {ref[:80]!r}") from None
 
 
-def _insert(c: sqlite3.Connection, mailbox_id: int | None, login: str, name: str, ref: str,
-            header: bytes, structure: str, date: float, flags: frozenset[str]
-            ) -> tuple[int, int, int, int]:
-    """Add one message row; (mailbox id, uid, modseq, uidvalidity). NotFound: no such mailbox."""
-    target = mailbox_id if mailbox_id is not None else _get_mailbox(c, login, name).id
-    row = c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + 1, modseq = modseq + 1 "
-                    "WHERE id = ? RETURNING uidnext - 1, modseq, uidvalidity",
-                    (target,)).fetchone()
+def _insert_rows(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[Row]
+                 ) -> tuple[int, int, int]:
+    """Add stored messages to a mailbox; (first uid, first modseq, uidvalidity).
+
+    Row k gets uid and modseq first + k. One UPDATE reserves them all and two
+    executemany calls insert, whatever the count: a filing batch costs three
+    statements, not four per message. NotFound: the mailbox was deleted."""
+    n = len(rows)
+    row = c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + ?, modseq = modseq + ? "
+                    "WHERE id = ? RETURNING uidnext - ?, modseq - ? + 1, uidvalidity",
+                    (n, n, mailbox_id, n, n)).fetchone()
     if row is None:
-        raise NotFound(f"mailbox {name} was deleted")
-    c.execute("INSERT OR IGNORE INTO mail_bodies VALUES (?, ?, ?)", (ref, header, structure))
-    c.execute("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, ?, ?)",
-              (target, row[0], ref, _ref_size(ref), date, _flags_text(flags), row[1]))
-    return target, int(row[0]), int(row[1]), int(row[2])
+        raise NotFound("mailbox was deleted")
+    uid, modseq, uidvalidity = (int(v) for v in row)
+    c.executemany("INSERT OR IGNORE INTO mail_bodies VALUES (?, ?, ?)",
+                  [(ref, header, structure) for ref, header, structure, *_ in rows])
+    c.executemany("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  [(mailbox_id, uid + k, ref, size, date, _flags_text(flags), modseq + k)
+                   for k, (ref, _, _, size, date, flags) in enumerate(rows)])
+    return uid, modseq, uidvalidity
 
 
 def _remove(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[tuple[int, str]]

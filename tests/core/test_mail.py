@@ -279,3 +279,19 @@ def test_plain_address_takes_the_common_forms_and_leaves_the_rest() -> None:
     assert mime.plain_address("John   Q. Public <a@b.c>") == ("John Q. Public", "a@b.c")
     for other in ("A <a@b.c>, B <c@d.e>", '"a\\"b" <a@b.c>', "Müller <a@b.c>", "a@b.c (x)"):
         assert mime.plain_address(other) is None
+
+
+async def test_bulk_insert_gives_each_row_its_uid_modseq_and_flags(
+        service: tuple[Service, str]) -> None:
+    svc, login = service
+    uid = await svc.mail.deliver(login, MSG)
+    inbox = await svc.mail.mailbox(login, "INBOX")
+    [meta] = await svc.mail.meta(inbox.id, [uid], structure=False)
+    items = [(meta.ref, meta.header, "{}", meta.size, 1.0 + i, ["\\Seen"] if i else [])
+             for i in range(3)]
+    await svc.mail.bulk_insert(login, "INBOX", items)
+    metas = await svc.mail.meta(inbox.id, [2, 3, 4], structure=False)
+    assert [m.uid for m in metas] == [2, 3, 4]
+    assert [m.modseq for m in metas] == [meta.modseq + 1, meta.modseq + 2, meta.modseq + 3]
+    assert [sorted(m.flags) for m in metas] == [[], ["\\Seen"], ["\\Seen"]]
+    assert [await svc.mail.read_bytes(m.ref) for m in metas] == [MSG] * 3
