@@ -115,7 +115,7 @@ class Intake:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = self._take()
+            batch, size = self._take()
             try:
                 await self.mail.file(batch)
             except Exception as exc:
@@ -127,12 +127,14 @@ class Intake:
             delay = RETRY_FIRST
             for _ in batch:
                 self._queue.popleft()
-            self._backlog -= sum(len(e.message) for e in batch)
-            self.journal.release(batch[-1].seq)
+            self._backlog -= size
+            if self.journal.releasable(batch[-1].seq):  # once per segment file
+                await asyncio.to_thread(self.journal.release, batch[-1].seq)
             self._filed.set()
             self._filed = asyncio.Event()
 
-    def _take(self) -> list[Entry]:
+    def _take(self) -> tuple[list[Entry], int]:
+        """The oldest entries, up to the batch limits, and their message bytes."""
         batch: list[Entry] = []
         size = 0
         for entry in self._queue:
@@ -140,4 +142,4 @@ class Intake:
                 break
             batch.append(entry)
             size += len(entry.message)
-        return batch
+        return batch, size

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -110,7 +111,9 @@ class Journal:
         self._next_seq = 0  # set by recover(); 0 = not recovered yet
         self._fd = -1
         self._written = 0  # bytes in the current segment
-        self._segments: dict[Path, int] = {}  # closed segment -> its last seq
+        # closed segment -> its last seq; the writer thread adds, release() takes
+        self._segments: dict[Path, int] = {}
+        self._segments_lock = threading.Lock()
         self._current: Path | None = None
         self._current_last = 0
         # sealed records waiting for the flusher, by sequence number; None = a gap
@@ -249,16 +252,24 @@ class Journal:
 
     def _close_segment(self) -> None:
         if self._current is not None and self._current_last:
-            self._segments[self._current] = self._current_last
+            with self._segments_lock:
+                self._segments[self._current] = self._current_last
         self._current = None
         self.close()
 
     # -- after filing
 
+    def releasable(self, filed: int) -> bool:
+        """Whether ``release(filed)`` would delete a file (cheap: ask on the loop)."""
+        with self._segments_lock:
+            return any(last <= filed for last in self._segments.values())
+
     def release(self, filed: int) -> int:
         """Delete closed segments whose every record is filed; how many were deleted."""
-        done = [path for path, last in self._segments.items() if last <= filed]
+        with self._segments_lock:
+            done = [path for path, last in self._segments.items() if last <= filed]
+            for path in done:
+                del self._segments[path]
         for path in done:
-            del self._segments[path]
             path.unlink(missing_ok=True)
         return len(done)

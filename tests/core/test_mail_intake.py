@@ -146,3 +146,17 @@ async def test_without_a_running_intake_accept_delivers_directly(
     svc, login = service  # the CLI on a stopped twin
     await svc.mail.accept(login, message(0))
     assert subjects(await inbox(svc, login)) == ["m0"]
+
+
+async def test_journal_files_are_deleted_once_everything_in_them_is_filed(
+        service: tuple[Service, str], journal_dir: Path) -> None:
+    svc, login = service
+    intake = Intake(svc.mail, journal_dir, KEY, 1 << 20)
+    intake.journal._segment_bytes = 1  # every write starts a new file
+    await intake.start()
+    for i in range(4):
+        await intake.accept(login, message(i))
+        await intake.settled()
+    assert len(list(journal_dir.glob("*.log"))) == 1  # only the file being written
+    await intake.stop()
+    assert len(await inbox(svc, login)) == 4
