@@ -49,6 +49,7 @@ MAX_FLAGS = 100
 MAX_FLAG_LEN = 100
 SPOOL_IN_MEMORY = 1024 * 1024
 DESCRIBE_INLINE = 64 * 1024  # parse on the loop below this size (< 1 ms)
+DESCRIBE_YIELD = 16  # filing lets the sessions run after parsing this many (~0.5 ms)
 # Filing packs messages up to PACK_MEMBER_MAX into objects up to PACK_BYTES. Why:
 # every object costs an encryption, an erasure coding into n shares, n share
 # records and a catalogue row, most of a 4 KiB message's filing cost alone.
@@ -813,7 +814,11 @@ class MailStore:
         store = self._need_store()
         for login in dict.fromkeys(e.login for e in entries):
             await self.ensure_user(login)
-        described = [await self._prepare(e.message) for e in entries]
+        described = []
+        for i, e in enumerate(entries):
+            described.append(await self._prepare(e.message))
+            if i % DESCRIBE_YIELD == DESCRIBE_YIELD - 1:
+                await asyncio.sleep(0)  # a 512-message batch would hold the loop ~15 ms
         refs, objects = await self._store_packed(store, [d for d, _, _ in described])
         last = entries[-1].seq
         by_login: dict[str, list[Row]] = {}
