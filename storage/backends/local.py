@@ -225,6 +225,10 @@ class LocalBackend:
     async def close(self) -> None:
         await self._commit.drain()
         self._closed = True
+        # the last checkpoint commits index rows (and may compact): not on the loop
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close_files)
+
+    def _close_files(self) -> None:
         with self._wlock:
             if self._writer is not None:
                 with contextlib.suppress(OSError, sqlite3.Error):  # redone from the files
