@@ -470,7 +470,7 @@ class Peer:
         mail.set_content(text)
         raw = mail.as_bytes(policy=SMTP)
         marked = self.service.router.mark_from_twin(record, sender, raw)
-        await self.service.mail.deliver(f"{conf.name}@{conf.domain}", marked)
+        await self.service.mail.accept(f"{conf.name}@{conf.domain}", marked)
 
     async def _on_message_bounce(self, recipient: str, value: Any, reason: str) -> None:
         text = value.get("text", "") if isinstance(value, dict) else ""
