@@ -6,6 +6,7 @@ import datetime as dt
 import re
 from typing import TYPE_CHECKING
 
+from core.errors import NotFound
 from core.mail import DELIM, Mailbox
 from core.mail.store import parse_flags
 from protocols.imap import render
@@ -371,12 +372,10 @@ async def append(s: Session, cmd: Command) -> str | None:
     parse_flags(flags)
     if cmd.message.size > s.max_literal:
         raise No(f"message larger than the APPENDLIMIT of {s.max_literal} bytes", "TOOBIG")
-    if name != "INBOX":  # INBOX exists once the user does (no database round trip)
-        try:
-            await s.mail.mailbox(s.user, name)
-        except Exception as exc:
-            raise No(f"no mailbox {name}", "TRYCREATE") from exc
-    validity, uid = await s.mail.append(s.user, name, cmd.message.chunks(), flags=flags,
-                                        internal_date=date, max_size=s.max_literal)
+    try:  # append looks the mailbox up before it reads a byte of the message
+        validity, uid = await s.mail.append(s.user, name, cmd.message.chunks(), flags=flags,
+                                            internal_date=date, max_size=s.max_literal)
+    except NotFound as exc:
+        raise No(f"no mailbox {name}", "TRYCREATE") from exc
     await s.cmd_reader.finish_append(cmd)
     return f"[APPENDUID {validity} {uid}] APPEND completed"
