@@ -97,9 +97,12 @@ async def put_many(backend: ShardBackend, items: Sequence[tuple[str, Sequence[Bu
     """
     if not items:
         return []
-    if isinstance(backend, SupportsPutMany):
+    # getattr, not isinstance: a runtime_checkable Protocol check costs ~6 us,
+    # and this runs per backend for every small-put batch
+    batch = getattr(backend, "put_many", None)
+    if batch is not None:
         try:
-            return await backend.put_many(items)
+            return list(await batch(items))
         except BackendUnavailable:
             return [False] * len(items)
     results = await asyncio.gather(*(backend.put(key, parts) for key, parts in items),

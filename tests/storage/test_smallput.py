@@ -229,3 +229,23 @@ async def test_kill_9_during_small_puts_keeps_every_returned_object_and_only_orp
     assert cleaned.orphans_removed == cleaned.orphans  # shares of the unfinished batch
     assert (await store.verify()).healthy
     await store.close()
+
+
+async def test_a_backend_without_put_many_gets_one_put_per_item() -> None:
+    """put_many is optional in the backend contract: the batch falls back to put."""
+
+    class PutOnly:
+        name = "put-only"
+
+        def __init__(self) -> None:
+            self.stored: dict[str, bytes] = {}
+
+        async def put(self, key: str, parts: list[bytes]) -> None:
+            if key == "down":
+                raise BackendUnavailable(self.name, "refused")
+            self.stored[key] = b"".join(parts)
+
+    backend = PutOnly()
+    items = [("a", [b"1"]), ("down", [b"2"]), ("c", [b"3", b"4"])]
+    assert await put_many(backend, items) == [True, False, True]  # type: ignore[arg-type]
+    assert backend.stored == {"a": b"1", "c": b"34"}
