@@ -10,8 +10,8 @@ CPU per 4 KiB put, several times a message's whole budget.
 
 How: ``Store.put`` of bytes no larger than ``limit`` (one segment, and at most
 ``SMALL_PUT_MAX``) appends ``(data, future)`` to a queue and awaits that one
-future. A single flusher task takes everything queued (up to ``max_items``
-objects and ``max_bytes`` bytes) as a batch, and for the whole batch:
+future. A single flusher task takes everything queued (up to ``MAX_ITEMS``
+objects and ``MAX_BYTES`` bytes) as a batch, and for the whole batch:
 
 1. encodes every object exactly as a one-segment put does (its own id, key
    and nonce prefix; same crypto, same share format), in one call: on the
@@ -34,7 +34,7 @@ which ``verify(clean=True)`` removes (ids being written are in
 A caller cancelled before its manifest is committed gets nothing stored; one
 cancelled while the manifest is being committed has its object deleted again.
 
-One batch is in flight at a time (``depth``): whatever arrives meanwhile waits
+One batch is in flight at a time: whatever arrives meanwhile waits
 and forms the next batch. Measured with 20 callers arriving independently (as SMTP
 sessions do), two batches in flight halved the batch size (6.6 against 10
 objects) and cost 20-50 % more CPU per put for no better latency: the fsyncs and
@@ -72,7 +72,6 @@ KiB = 1024
 SMALL_PUT_MAX = 256 * KiB
 MAX_ITEMS = 256  # objects per batch: 1536 shares, a few ms of work
 MAX_BYTES = 4 * 1024 * KiB  # plaintext bytes per batch: bounds memory and latency
-DEPTH = 1  # batches in flight (see the module docstring)
 
 
 @dataclass(slots=True)
@@ -103,16 +102,11 @@ def _encode_all(objs: Sequence[_Object], master: bytes) -> None:
 class SmallPuts:
     """The store-wide batcher of small puts (see the module docstring)."""
 
-    def __init__(self, store: Store, *, max_items: int = MAX_ITEMS,
-                 max_bytes: int = MAX_BYTES, depth: int = DEPTH) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self.limit = min(SMALL_PUT_MAX, store.segment_size)
-        self.max_items = max_items
-        self.max_bytes = max(max_bytes, self.limit)
-        self.depth = max(1, depth)
         self._queue: deque[tuple[bytes, asyncio.Future[ObjectRef]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
-        self._batches: set[asyncio.Task[None]] = set()
 
     def accepts(self, source: object) -> TypeGuard[bytes | bytearray | memoryview]:
         """True for bytes-like objects of 1..``limit`` bytes (empty ones have no shares)."""
@@ -133,32 +127,23 @@ class SmallPuts:
 
     async def drain(self) -> None:
         """Wait until everything queued so far is stored (or failed): for ``Store.close``."""
-        while (self._flusher is not None and not self._flusher.done()) or self._batches:
-            waiting = set(self._batches)
-            if self._flusher is not None and not self._flusher.done():
-                waiting.add(self._flusher)
-            await asyncio.wait(waiting)
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.wait({self._flusher})
 
     # -- the flusher
 
     async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._queue:
-            if len(self._batches) >= self.depth:
-                await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
-                continue
             batch = self._take()
             if batch:
-                task = loop.create_task(self._run(batch))
-                self._batches.add(task)
-                task.add_done_callback(self._batches.discard)
+                await self._run(batch)
 
     def _take(self) -> builtins.list[_Object]:
         batch: builtins.list[_Object] = []
         total = 0
-        while self._queue and len(batch) < self.max_items:
+        while self._queue and len(batch) < MAX_ITEMS:
             data, future = self._queue[0]
-            if batch and total + len(data) > self.max_bytes:
+            if batch and total + len(data) > MAX_BYTES:
                 break
             self._queue.popleft()
             if future.done():  # the caller was cancelled while queued: store nothing
