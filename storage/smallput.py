@@ -196,8 +196,7 @@ class SmallPuts:
             for o in batch:
                 still: builtins.list[int] = []
                 for i in o.failed:
-                    spares = sorted((b for b in store.backends if b.name not in o.used),
-                                    key=lambda b: store.recently_failed(b.name))
+                    spares = store.spares(o.used)
                     if spares:
                         o.used.add(spares[0].name)
                         retry.setdefault(spares[0], []).append((o, i))
@@ -213,17 +212,15 @@ class SmallPuts:
         created = time.time()
         for o in batch:
             assert o.enc is not None
-            if len(o.placed) < store.write_quorum:
-                o.error = BackendUnavailable(
-                    "*", f"only {len(o.placed)} of {n} shares of segment 0 of object {o.oid} "
-                         f"could be stored (need {store.write_quorum})")
-            elif o.future.done():  # cancelled meanwhile: do not make it visible
+            try:
+                store.check_placed(o.oid, 0, len(o.placed))
+            except BackendUnavailable as exc:
+                o.error = exc
+                continue
+            if o.future.done():  # cancelled meanwhile: do not make it visible
                 o.error = asyncio.CancelledError()
             else:
                 assert o.sk is not None
-                if len(o.placed) < n:
-                    log.warning("object %s segment 0 stored with %d of %d shares; repair "
-                                "will restore redundancy", o.oid, len(o.placed), n)
                 manifests.append(Manifest(
                     o.oid, len(o.data), created, store.k, n, store.segment_size, o.wrapped,
                     o.sk.prefix,

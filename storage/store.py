@@ -330,19 +330,28 @@ class Store:
             order = self.placement_order(oid)[: self.n]
             placed = await self.store_shares(ns, oid, sk.segment, enc, list(range(self.n)),
                                              order, set(), written)
-            if len(placed) < self.write_quorum:
-                raise BackendUnavailable(
-                    "*", f"only {len(placed)} of {self.n} shares of segment {sk.segment} of "
-                         f"object {oid} could be stored (need {self.write_quorum})")
-            if len(placed) < self.n:
-                log.warning("object %s segment %d stored with %d of %d shares; repair will "
-                            "restore redundancy", oid, sk.segment, len(placed), self.n)
+            self.check_placed(oid, sk.segment, len(placed))
             entries[sk.segment] = SegmentEntry([placed.get(i, "") for i in range(self.n)],
                                                enc.hashes)
             del enc
             self.buffers.give(buf)  # every share from it is durable: no reader is left
         finally:
             await self.budget.release(held)
+
+    def spares(self, used: set[str]) -> builtins.list[ShardBackend]:
+        """Backends a segment does not use yet, those that failed longest ago first."""
+        return sorted((b for b in self.backends if b.name not in used),
+                      key=lambda b: self.recently_failed(b.name))
+
+    def check_placed(self, oid: str, segment: int, placed: int) -> None:
+        """BackendUnavailable below the write quorum; a warning below n."""
+        if placed < self.write_quorum:
+            raise BackendUnavailable(
+                "*", f"only {placed} of {self.n} shares of segment {segment} of object {oid} "
+                     f"could be stored (need {self.write_quorum})")
+        if placed < self.n:
+            log.warning("object %s segment %d stored with %d of %d shares; repair will "
+                        "restore redundancy", oid, segment, placed, self.n)
 
     async def store_shares(self, ns: str, oid: str, seg: int, enc: EncodedSegment,
                            indices: builtins.list[int], targets: builtins.list[ShardBackend],
@@ -367,9 +376,7 @@ class Store:
         for i in indices:
             if i in placed:
                 continue
-            spares = sorted((b for b in self.backends if b.name not in used),
-                            key=lambda b: self.recently_failed(b.name))
-            for spare in spares:
+            for spare in self.spares(used):
                 used.add(spare.name)
                 if await one(i, spare):
                     placed[i] = spare.name
