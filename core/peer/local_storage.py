@@ -255,6 +255,11 @@ async def _ndjson(infos: AsyncIterator[Any]) -> AsyncIterator[bytes]:
 
 async def get_object(request: Request, store: Store) -> Response:
     ref = request.path_params["ref"]
+    if "range" not in request.headers:  # one catalogue read: the opened stream knows the size
+        whole = await store.get(ref)
+        return StreamingResponse(whole, media_type="application/octet-stream",
+                                 headers={"content-length": str(whole.size),
+                                          "accept-ranges": "bytes"})
     size = (await store.stat(ref)).size
     try:
         wanted = byte_range(request.headers.get("range"), size)
