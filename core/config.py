@@ -57,6 +57,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("twin.name", str, "", "Short name of this twin, unique in its phonebook (a-z, 0-9, -)."),
     Key("twin.domain", str, "", "Mail domain and TLS name of this twin; default NAME.localhost."),
     Key("log.level", str, "info", "Log level.", choices=("debug", "info", "warning", "error")),
+    Key("serve.event_loop", str, "uvloop",
+        "Event loop of twin serve: uvloop (libuv, the fast default) or asyncio (the standard "
+        "library's, for asyncio debug mode or to rule uvloop out).",
+        choices=("uvloop", "asyncio")),
     # -- listeners
     Key("listen.host", str, "127.0.0.1", "Address every listener binds to."),
     Key("listen.plaintext_auth", bool, False,

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvloop
 
 from tests.twins import TwinProcess
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Async tests run on uvloop, the loop ``twin serve`` runs on (``serve.event_loop``)."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture

@@ -147,9 +147,9 @@ class TwinSMTP(SMTP):
             self._armed = True
             self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_cb)
             return
-        if isinstance(self.transport, asyncio.WriteTransport) and not self.transport.is_closing():
+        if self.transport is not None and not self.transport.is_closing():
             # RFC 5321 §4.5.3.2: the server may give up; 421 tells the client why
-            self.transport.write(b"421 4.4.2 Idle too long, closing connection\r\n")
+            self._writer.write(b"421 4.4.2 Idle too long, closing connection\r\n")
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     # RFC 5321 §4.1.2 (Path, Mailbox): same parsing and limits as aiosmtpd's _getaddr

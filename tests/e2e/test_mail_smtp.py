@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from core.service import Service
-from tests.protocols.smtp.helpers import inbox, submit
+from tests.protocols.smtp.helpers import client_tls, inbox, submit
 from tests.twins import TwinProcess
 
 
@@ -54,6 +54,37 @@ async def test_twin_to_twin_mail_is_verified_and_skips_smtp(
     # no SMTP between the twins: bob's SMTP listeners never saw a connection
     assert "routed mail from" not in bob.log() and "mail from twin alice" in bob.log()
     assert "1 twin(s)" in alice.log()
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_mail_goes_through_on_either_event_loop(
+        twins: Callable[..., TwinProcess], loop: str) -> None:
+    """uvloop is the default (serve.event_loop); the standard loop stays a working fallback."""
+    alice = twins("alice", sets=[f"serve.event_loop={loop}"])
+    assert f"event loop: {loop}" in alice.log()
+    message = (f"From: <{alice.login}>\r\nTo: <{alice.login}>\r\nSubject: on {loop}\r\n"
+               f"\r\nHello\r\n").encode()
+    await submit(alice, alice.login, [alice.login], message)  # STARTTLS + AUTH
+    found = await asyncio.to_thread(_imap_search, alice, f"on {loop}")
+    assert found.endswith(b"\r\n\r\nHello\r\n")
+
+
+def _imap_search(twin: TwinProcess, subject: str, timeout: float = 20) -> bytes:
+    """The one message with ``subject`` in the twin's Inbox, read over IMAPS."""
+    import imaplib
+
+    with imaplib.IMAP4_SSL("127.0.0.1", twin.port("imaps"), ssl_context=client_tls()) as imap:
+        imap.login(twin.login, twin.password)
+        deadline = time.monotonic() + timeout
+        while True:
+            imap.select("INBOX")
+            _, [uids] = imap.uid("SEARCH", "SUBJECT", f'"{subject}"')
+            if uids or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        [uid] = uids.split()
+        _, data = imap.uid("FETCH", uid, "(BODY.PEEK[])")
+        return bytes(data[0][1])
 
 
 def _blast(port: int, count: int, acked: list[str], stop: threading.Event,
