@@ -72,12 +72,23 @@ async def test_nothing_is_on_disk_in_clear(tmp_path: Path) -> None:
     assert secret not in raw and b"alice" not in raw and b"launch" not in raw
 
 
-async def test_a_large_record_sealed_in_a_thread_keeps_its_place(tmp_path: Path) -> None:
+async def test_a_large_record_keeps_its_place(tmp_path: Path) -> None:
     opened = Opened(tmp_path)
-    big = secrets.token_bytes(journal_mod.SEAL_INLINE + 1)
+    big = secrets.token_bytes(4 * 1024 * 1024)
     await asyncio.gather(opened.journal.append("u", big), opened.journal.append("u", b"small"))
     assert [e.seq for e in opened.durable] == [1, 2]
     assert summary(Opened(tmp_path).recovered) == summary(opened.durable)
+
+
+async def test_an_append_whose_caller_went_away_is_still_written_in_order(
+        tmp_path: Path) -> None:
+    opened = Opened(tmp_path)
+    gone = asyncio.create_task(opened.journal.append("u", b"m1"))
+    await asyncio.sleep(0)  # queued for the writer
+    gone.cancel()
+    await opened.journal.append("u", b"m2")
+    assert [e.message for e in opened.durable] == [b"m1", b"m2"]
+    assert [e.message for e in Opened(tmp_path).recovered] == [b"m1", b"m2"]
 
 
 async def test_a_record_cut_short_by_a_crash_is_ignored_and_writing_resumes_in_a_new_file(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
+import re
 import smtplib
 import subprocess
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import aiosmtplib
@@ -18,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from phonebook.record import TwinRecord
 from protocols.smtp.dns import static_resolver
+from protocols.smtp.handler import QUEUE_IDS_PER_READ, QueueIds
 from tests.protocols.smtp.helpers import Twin, client_tls, inbox, running_twin, submit
 from tests.tools import require_tool
 
@@ -91,6 +95,33 @@ async def test_submission_refuses_spoofed_senders(alice: Twin) -> None:
                                   message("ceo@alice.localhost.evil", alice.login))
         assert data_err.value.code == 553
     assert await inbox(alice.service, alice.login) == []
+
+
+async def test_each_message_has_its_own_queue_id_in_the_reply_and_received_header(
+        alice: Twin) -> None:
+    replies = []
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=alice.port("smtp"),
+                               start_tls=False) as client:
+        for n in range(3):
+            _, reply = await client.sendmail("someone@example.com", [alice.login],
+                                             message("someone@example.com", alice.login, f"q{n}"))
+            replies.append(reply)
+    ids = [re.fullmatch(r"2\.0\.0 OK id ([0-9a-f]{12})", r)[1] for r in replies]  # type: ignore[index]
+    assert len(set(ids)) == 3
+    stored = await inbox(alice.service, alice.login)
+    for n, queue_id in enumerate(ids):
+        [copy] = [m for m in stored if f"Subject: q{n}".encode() in m]
+        received = copy.split(b"\r\n\r\n")[0].decode().split("Received: ", 1)[1]
+        assert f"(twin) with ESMTP id {queue_id}" in received
+        when = parsedate_to_datetime(received.split(";", 1)[1].split("\r\n")[1].strip())
+        assert abs((dt.datetime.now(dt.UTC) - when).total_seconds()) < 60
+
+
+def test_queue_ids_stay_distinct_across_reads_from_the_os() -> None:
+    ids = QueueIds()
+    drawn = [ids.next() for _ in range(3 * QUEUE_IDS_PER_READ + 1)]
+    assert all(re.fullmatch(r"[0-9a-f]{12}", i) for i in drawn)
+    assert len(set(drawn)) == len(drawn)
 
 
 async def test_inbound_refuses_relaying_and_unknown_users(alice: Twin) -> None:
