@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import secrets
@@ -50,18 +51,28 @@ async def test_appended_records_come_back_in_order_after_a_reopen(tmp_path: Path
     assert (await again.journal.append("u", b"next")).seq == 6  # numbering continues
 
 
-async def test_concurrent_appends_share_one_fdatasync(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_concurrent_appends_share_one_synchronous_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     opened = Opened(tmp_path)
-    calls: list[int] = []
-    real = os.fdatasync
+    writes: list[int] = []
+    real = os.write
 
-    def counting(fd: int) -> None:
-        calls.append(fd)
-        real(fd)
-    monkeypatch.setattr(journal_mod.os, "fdatasync", counting)
+    def counting(fd: int, data: bytes) -> int:
+        if fd == opened.journal._fd:
+            writes.append(len(data))
+        return real(fd, data)
+    monkeypatch.setattr(journal_mod.os, "write", counting)
     await asyncio.gather(*(opened.journal.append("u", b"x" * 100) for _ in range(50)))
-    assert 1 <= len(calls) <= 2  # the first write may go alone; the rest wait and join
+    assert 1 <= len(writes) <= 2  # the first write may go alone; the rest wait and join
+    assert fcntl.fcntl(opened.journal._fd, fcntl.F_GETFL) & os.O_DSYNC  # the write is the sync
+
+
+async def test_a_batch_filed_part_way_returns_only_its_unfiled_messages(tmp_path: Path) -> None:
+    opened = Opened(tmp_path)
+    await asyncio.gather(*(opened.journal.append("u", f"m{i}".encode()) for i in range(4)))
+    opened.journal.close()
+    assert len(segments(tmp_path)) == 1
+    assert [e.message for e in Opened(tmp_path, filed=2).recovered] == [b"m2", b"m3"]
 
 
 async def test_nothing_is_on_disk_in_clear(tmp_path: Path) -> None:
@@ -100,7 +111,7 @@ async def test_a_record_cut_short_by_a_crash_is_ignored_and_writing_resumes_in_a
     [path] = segments(tmp_path)
     whole = path.read_bytes()
     record = len(whole) // 2  # two records of the same size
-    with path.open("ab") as f:  # half of one more record: its fdatasync never returned
+    with path.open("ab") as f:  # half of one more record: its write never returned
         f.write(whole[record: record + record // 2])
     with caplog.at_level(logging.WARNING, "twin.mail.journal"):
         again = Opened(tmp_path)
@@ -117,7 +128,7 @@ async def test_a_garbage_length_field_is_not_read_as_a_record(tmp_path: Path) ->
     opened.journal.close()
     [path] = segments(tmp_path)
     with path.open("ab") as f:
-        f.write(HEADER.pack(journal_mod.MAGIC, 2, 2**32 - 1) + b"x" * 100)
+        f.write(HEADER.pack(journal_mod.MAGIC, 2, 1, 2**32 - 1) + b"x" * 100)
     assert [e.message for e in Opened(tmp_path).recovered] == [b"m0"]
 
 
@@ -144,8 +155,8 @@ async def test_a_record_moved_to_another_sequence_number_is_refused(tmp_path: Pa
     opened.journal.close()
     [path] = segments(tmp_path)
     data = path.read_bytes()
-    magic, _, length = HEADER.unpack_from(data)
-    path.write_bytes(data + HEADER.pack(magic, 7, length) + data[HEADER.size:]  # moved
+    magic, _, count, length = HEADER.unpack_from(data)
+    path.write_bytes(data + HEADER.pack(magic, 7, count, length) + data[HEADER.size:]  # moved
                      + data)  # and copied as it is
     assert [e.seq for e in Opened(tmp_path).recovered] == [1]
 
@@ -176,14 +187,16 @@ async def test_a_failed_write_refuses_its_messages_and_the_next_starts_a_new_fil
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     opened = Opened(tmp_path)
     await opened.journal.append("u", b"m1")
-    real = os.fdatasync
+    real = os.write
 
-    def full(fd: int) -> None:
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(journal_mod.os, "fdatasync", full)
+    def full(fd: int, data: bytes) -> int:
+        if fd == opened.journal._fd:
+            raise OSError(28, "No space left on device")
+        return real(fd, data)
+    monkeypatch.setattr(journal_mod.os, "write", full)
     with pytest.raises(Unavailable, match="No space left"):
         await opened.journal.append("u", b"m2")
-    monkeypatch.setattr(journal_mod.os, "fdatasync", real)
+    monkeypatch.setattr(journal_mod.os, "write", real)
     await opened.journal.append("u", b"m3")
     assert len(segments(tmp_path)) == 2
     assert [e.message for e in opened.durable] == [b"m1", b"m3"]
