@@ -10,6 +10,7 @@ import pytest
 from core.errors import Forbidden, Unavailable
 from core.mail import intake as intake_mod
 from core.mail.intake import Intake
+from core.mail.journal import Entry
 from core.service import Service
 from tests.protocols.smtp.helpers import inbox
 
@@ -44,6 +45,53 @@ async def test_an_accepted_message_is_filed_into_the_inbox(
     await svc.mail.start_intake(journal_dir, KEY, 1 << 20)
     await asyncio.gather(*(svc.mail.accept(login, message(i)) for i in range(20)))
     assert subjects(await inbox(svc, login)) == [f"m{i}" for i in range(20)]
+    await svc.mail.stop_intake()
+
+
+class BatchSizes:
+    """Records the size of every batch the filer hands to MailStore.file."""
+
+    def __init__(self, svc: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sizes: list[int] = []
+        real = svc.mail.file
+
+        async def spy(entries: list[Entry]) -> None:
+            self.sizes.append(len(entries))
+            await real(entries)
+        monkeypatch.setattr(svc.mail, "file", spy)
+
+
+async def test_the_filer_gathers_a_batch_and_a_waiter_in_settled_cuts_it_short(
+        service: tuple[Service, str], journal_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    svc, login = service
+    monkeypatch.setattr(intake_mod, "GATHER_SECONDS", 30.0)
+    batches = BatchSizes(svc, monkeypatch)
+    await svc.mail.start_intake(journal_dir, KEY, 1 << 20)
+    for i in range(3):  # one after another, each durable before the next
+        await svc.mail.accept(login, message(i))
+    await asyncio.sleep(0.2)
+    assert batches.sizes == []  # still gathering
+    await asyncio.wait_for(svc.mail.settled(), 10)  # far less than GATHER_SECONDS
+    assert batches.sizes == [3]
+    assert subjects(await inbox(svc, login)) == ["m0", "m1", "m2"]
+    await svc.mail.stop_intake()
+
+
+async def test_the_filer_stops_gathering_once_enough_messages_wait(
+        service: tuple[Service, str], journal_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    svc, login = service
+    monkeypatch.setattr(intake_mod, "GATHER_SECONDS", 30.0)
+    monkeypatch.setattr(intake_mod, "GATHER_MESSAGES", 4)
+    batches = BatchSizes(svc, monkeypatch)
+    await svc.mail.start_intake(journal_dir, KEY, 1 << 20)
+    await asyncio.gather(*(svc.mail.accept(login, message(i)) for i in range(4)))
+    for _ in range(100):  # nobody calls settled(): the threshold alone starts filing
+        if batches.sizes:
+            break
+        await asyncio.sleep(0.05)
+    assert batches.sizes == [4]
     await svc.mail.stop_intake()
 
 
