@@ -93,10 +93,11 @@ class FastPut:
             if plan is not None:
                 transaction = await self._begin(plan)
                 if transaction is not None:
+                    ending = _Ending(transaction, send)
                     try:
-                        await self._put(plan, receive, send)
+                        await self._put(plan, receive, ending.send)
                     finally:
-                        await asyncio.to_thread(transaction.__exit__, None, None, None)
+                        await ending.end()
                     return
             receive = _strict(receive)
         await self.app(scope, receive, send)
@@ -183,6 +184,27 @@ class FastPut:
                                       (b"content-length", str(len(page)).encode()), etag], page)
         else:
             await _answer(send, 204, [(b"content-length", b"0"), date, etag], b"")
+
+
+class _Ending:
+    """Ends the lock manager's write transaction before the answer goes out.
+
+    Ended after the answer, a client that LOCKs the file as soon as its PUT is
+    answered could find the transaction still open and get 423 (seen with
+    uvloop, whose answers go out sooner)."""
+
+    def __init__(self, transaction: AbstractContextManager[Any], send: Send) -> None:
+        self.transaction, self._send, self._ended = transaction, send, False
+
+    async def end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            await asyncio.to_thread(self.transaction.__exit__, None, None, None)
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            await self.end()  # the write is committed by now
+        await self._send(message)
 
 
 def _strict(receive: Receive) -> Receive:

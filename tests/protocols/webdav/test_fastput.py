@@ -19,7 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.types import Message
 
+from protocols.webdav.fastput import _Ending
 from tests.twins import TwinProcess
 
 SLOW = {"If-None-Match": '"no-such-etag"'}  # passes wsgidav's check; the fast path defers
@@ -236,3 +238,24 @@ def test_quota_refuses_with_507_on_both_paths(small_twin: TwinProcess) -> None:
         # replacing within the quota is fine
         assert dav.put("/dav/keep.bin", content=b"k" * 900_000).status_code == 204
         assert len(dav.get("/dav/keep.bin").content) == 900_000
+
+
+async def test_the_write_lock_is_released_before_the_answer_goes_out() -> None:
+    """A client may LOCK a file the moment its PUT is answered (seen as a 423 race)."""
+    events: list[str] = []
+
+    class Transaction:
+        def __enter__(self) -> None:
+            pass
+
+        def __exit__(self, *exc: object) -> None:
+            events.append("released")
+
+    async def send(message: Message) -> None:
+        events.append(message["type"])
+
+    ending = _Ending(Transaction(), send)
+    await ending.send({"type": "http.response.start", "status": 201, "headers": []})
+    await ending.send({"type": "http.response.body", "body": b""})
+    await ending.end()  # the caller's finally: released once only
+    assert events == ["released", "http.response.start", "http.response.body"]
