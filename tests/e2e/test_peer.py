@@ -329,9 +329,15 @@ def test_a_native_message_lands_in_the_mail_inbox_marked_verified(
     imap = imaplib.IMAP4_SSL("127.0.0.1", bob.port("imaps"), ssl_context=ctx)
     try:
         imap.login(bob.login, bob.password)
-        imap.select("INBOX")
-        _, data = imap.uid("SEARCH", "ALL")  # type: ignore[no-untyped-call]
-        uids = data[0].split()
+        uids: list[bytes] = []
+
+        def arrived() -> bool:  # the mail copy is filed shortly after the native message
+            nonlocal uids
+            imap.select("INBOX")
+            _, data = imap.uid("SEARCH", "ALL")  # type: ignore[no-untyped-call]
+            uids = data[0].split()
+            return bool(uids)
+        wait_for(arrived)
         assert len(uids) == 1
         _, fetched = imap.uid("FETCH", uids[0], "(RFC822)")  # type: ignore[no-untyped-call]
         mail = email.message_from_bytes(fetched[0][1], policy=email.policy.default)

@@ -14,6 +14,7 @@ import imaplib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +39,15 @@ def inbox_bodies(twin: TwinProcess, login: str, password: str) -> list[bytes]:
         c.logout()
 
 
+def wait_in_inbox(twin: TwinProcess, login: str, password: str, needle: bytes,
+                  timeout: float = 20) -> None:
+    """Poll as a client would: mail shows in the Inbox shortly after its 250."""
+    deadline = time.monotonic() + timeout
+    while not any(needle in m for m in inbox_bodies(twin, login, password)):
+        assert time.monotonic() < deadline, f"{needle!r} never reached the Inbox"
+        time.sleep(0.1)
+
+
 async def test_restore_brings_back_mail_and_files_from_the_words_and_the_backends(
         twins: Callable[..., TwinProcess], tmp_path: Path) -> None:
     alice = twins("alice")
@@ -49,7 +59,7 @@ async def test_restore_brings_back_mail_and_files_from_the_words_and_the_backend
     with httpx.Client(base_url=alice.url, auth=auth, verify=False, timeout=30) as dav:
         assert dav.request("MKCOL", "/dav/papers/").status_code == 201
         assert dav.put("/dav/papers/deed.bin", content=document).status_code in (201, 204)
-    assert any(b"before the fire" in m for m in inbox_bodies(alice, *auth))
+    wait_in_inbox(alice, *auth, b"before the fire")
     assert alice.stop() == 0
 
     # The data dir burns down; the backends survive elsewhere, named in a saved twin.toml.
