@@ -16,10 +16,9 @@ import pytest
 
 def require_tool(name: str) -> str:
     path = shutil.which(name)
-    if path:
-        return path
-    require(False, f"required tool {name!r} is not installed")
-    raise AssertionError("unreachable")
+    require(path is not None, f"required tool {name!r} is not installed")
+    assert path is not None  # require() went on, so it is there
+    return path
 
 
 def require(present: bool, missing: str) -> None:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from core.errors import Conflict, Forbidden, Invalid, NotFound
 from core.mail import mime
+from core.mail.store import Mailbox, Meta
 from core.service import Service
 from tests.protocols.imap.harness import close_service, init_data, open_service
 
@@ -30,6 +31,14 @@ MULTI = (b"From: a@b\r\nSubject: multi\r\nMIME-Version: 1.0\r\n"
          b"Content-Transfer-Encoding: base64\r\n"
          b"Content-Disposition: attachment; filename=\"a.bin\"\r\n\r\nAAAA\r\n"
          b"--XX--\r\nepilogue\r\n")
+
+
+async def delivered(svc: Service, login: str) -> tuple[Mailbox, int, Meta]:
+    """Deliver MSG to the Inbox: the Inbox, the new uid and its row."""
+    uid = await svc.mail.deliver(login, MSG)
+    inbox = await svc.mail.mailbox(login, "INBOX")
+    [meta] = await svc.mail.meta(inbox.id, [uid], structure=False)
+    return inbox, uid, meta
 
 
 def test_mime_offsets_of_every_part() -> None:
@@ -234,9 +243,7 @@ def test_body_cache_is_bounded_and_least_recently_used_goes_first() -> None:
 async def test_small_bodies_are_served_from_the_cache_until_expunged(
         service: tuple[Service, str]) -> None:
     svc, login = service
-    uid = await svc.mail.deliver(login, MSG)
-    inbox = await svc.mail.mailbox(login, "INBOX")
-    [meta] = await svc.mail.meta(inbox.id, [uid], structure=False)
+    inbox, uid, meta = await delivered(svc, login)
     assert svc.mail.bodies.get(meta.ref) == MSG  # kept as it was stored
     svc.mail.bodies.drop(meta.ref)
     assert await svc.mail.read_bytes(meta.ref, 5, 10) == MSG[5:10]  # read once, then kept
@@ -284,9 +291,7 @@ def test_plain_address_takes_the_common_forms_and_leaves_the_rest() -> None:
 async def test_bulk_insert_gives_each_row_its_uid_modseq_and_flags(
         service: tuple[Service, str]) -> None:
     svc, login = service
-    uid = await svc.mail.deliver(login, MSG)
-    inbox = await svc.mail.mailbox(login, "INBOX")
-    [meta] = await svc.mail.meta(inbox.id, [uid], structure=False)
+    inbox, _, meta = await delivered(svc, login)
     items = [(meta.ref, meta.header, "{}", meta.size, 1.0 + i, ["\\Seen"] if i else [])
              for i in range(3)]
     await svc.mail.bulk_insert(login, "INBOX", items)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -48,51 +49,53 @@ async def test_an_accepted_message_is_filed_into_the_inbox(
     await svc.mail.stop_intake()
 
 
-class BatchSizes:
-    """Records the size of every batch the filer hands to MailStore.file."""
+class Gathering:
+    """A started intake that gathers for 30 s, and the size of every batch it files."""
 
-    def __init__(self, svc: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, svc: Service, login: str) -> None:
+        self.svc, self.login = svc, login
         self.sizes: list[int] = []
-        real = svc.mail.file
 
-        async def spy(entries: list[Entry]) -> None:
-            self.sizes.append(len(entries))
-            await real(entries)
-        monkeypatch.setattr(svc.mail, "file", spy)
+
+@pytest.fixture
+async def gathering(service: tuple[Service, str], journal_dir: Path,
+                    monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Gathering]:
+    svc, login = service
+    monkeypatch.setattr(intake_mod, "GATHER_SECONDS", 30.0)
+    seen = Gathering(svc, login)
+    real = svc.mail.file
+
+    async def spy(entries: list[Entry]) -> None:
+        seen.sizes.append(len(entries))
+        await real(entries)
+    monkeypatch.setattr(svc.mail, "file", spy)
+    await svc.mail.start_intake(journal_dir, KEY, 1 << 20)
+    yield seen
+    await svc.mail.stop_intake()
 
 
 async def test_the_filer_gathers_a_batch_and_a_waiter_in_settled_cuts_it_short(
-        service: tuple[Service, str], journal_dir: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    svc, login = service
-    monkeypatch.setattr(intake_mod, "GATHER_SECONDS", 30.0)
-    batches = BatchSizes(svc, monkeypatch)
-    await svc.mail.start_intake(journal_dir, KEY, 1 << 20)
+        gathering: Gathering) -> None:
+    svc, login = gathering.svc, gathering.login
     for i in range(3):  # one after another, each durable before the next
         await svc.mail.accept(login, message(i))
     await asyncio.sleep(0.2)
-    assert batches.sizes == []  # still gathering
+    assert gathering.sizes == []  # still gathering
     await asyncio.wait_for(svc.mail.settled(), 10)  # far less than GATHER_SECONDS
-    assert batches.sizes == [3]
+    assert gathering.sizes == [3]
     assert subjects(await inbox(svc, login)) == ["m0", "m1", "m2"]
-    await svc.mail.stop_intake()
 
 
 async def test_the_filer_stops_gathering_once_enough_messages_wait(
-        service: tuple[Service, str], journal_dir: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    svc, login = service
-    monkeypatch.setattr(intake_mod, "GATHER_SECONDS", 30.0)
+        gathering: Gathering, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(intake_mod, "GATHER_MESSAGES", 4)
-    batches = BatchSizes(svc, monkeypatch)
-    await svc.mail.start_intake(journal_dir, KEY, 1 << 20)
+    svc, login = gathering.svc, gathering.login
     await asyncio.gather(*(svc.mail.accept(login, message(i)) for i in range(4)))
     for _ in range(100):  # nobody calls settled(): the threshold alone starts filing
-        if batches.sizes:
+        if gathering.sizes:
             break
         await asyncio.sleep(0.05)
-    assert batches.sizes == [4]
-    await svc.mail.stop_intake()
+    assert gathering.sizes == [4]
 
 
 async def test_what_a_crash_left_unfiled_is_filed_once_at_the_next_start(

@@ -245,8 +245,8 @@ async def test_the_write_lock_is_released_before_the_answer_goes_out() -> None:
     events: list[str] = []
 
     class Transaction:
-        def __enter__(self) -> None:
-            pass
+        def __enter__(self) -> Transaction:
+            return self
 
         def __exit__(self, *exc: object) -> None:
             events.append("released")
