@@ -24,10 +24,10 @@ import secrets
 import sqlite3
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from core.db import Database
 from core.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
@@ -39,6 +39,7 @@ from core.mail.intake import Intake
 from core.mail.journal import Entry
 
 log = logging.getLogger("twin.mail")
+T = TypeVar("T")
 
 SPECIAL = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
            "Archive": "\\Archive"}
@@ -795,11 +796,7 @@ class MailStore:
         def insert(c: sqlite3.Connection) -> tuple[int, int, int, int]:
             target = mb_id if mb_id is not None else _get_mailbox(c, login, name).id
             return (target, *_insert_rows(c, target, [row]))
-        try:
-            target, uid, modseq, uidvalidity = await self._commit.submit(insert)
-        except BaseException:
-            await self._delete_objects([ref])
-            raise
+        target, uid, modseq, uidvalidity = await self._commit_or_delete(insert, [ref])
         self._announce(target, uidvalidity, uid, modseq, [row])
         log.debug("stored message %d (%d bytes) in %s/%s", uid, size, login, name)
         return uidvalidity, uid
@@ -837,11 +834,7 @@ class MailStore:
                 placed[login] = (target, *_insert_rows(c, target, rows))
             c.execute("UPDATE mail_journal SET filed = ? WHERE filed < ?", (last, last))
             return placed
-        try:
-            placed = await self._commit.submit(insert_all)
-        except BaseException:
-            self._delete_later(objects)
-            raise
+        placed = await self._commit_or_delete(insert_all, objects)
         for ref, (data, _, _) in zip(refs, described, strict=True):
             self.bodies.put(ref, data)  # new mail is fetched soon
         for login, where in placed.items():
@@ -1069,6 +1062,24 @@ class MailStore:
         first, modseq, uidvalidity = await self._commit.submit(
             lambda c: _insert_rows(c, mb.id, rows))
         self._announce(mb.id, uidvalidity, first, modseq, rows)
+
+    async def _commit_or_delete(self, op: Callable[[sqlite3.Connection], T],
+                                objects: Sequence[str]) -> T:
+        """Commit ``op``, whose rows reference the freshly stored ``objects``; if it
+        fails, delete them again (nothing else references them).
+
+        Not when the caller is cancelled: the commit is shielded and runs on, so
+        its rows may still land and reference them. Keeping them leaves at worst
+        an orphan, which storage ``verify`` removes; deleting could lose mail
+        (the journal would call it filed)."""
+        try:
+            result: T = await self._commit.submit(op)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            await self._delete_objects(objects)
+            raise
+        return result
 
     def _delete_later(self, refs: Sequence[str]) -> None:
         """Delete objects no message uses any more, without making the caller wait.

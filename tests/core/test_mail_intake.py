@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -211,3 +213,25 @@ async def test_journal_files_are_deleted_once_everything_in_them_is_filed(
     assert len(list(journal_dir.glob("*.log"))) == 1  # only the file being written
     await intake.stop()
     assert len(await inbox(svc, login)) == 4
+
+
+async def test_a_filing_cancelled_during_its_commit_keeps_the_objects_its_rows_use(
+        service: tuple[Service, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit is shielded and lands anyway; deleting the objects would lose the mail."""
+    svc, login = service
+    submitted = asyncio.Event()
+    real = svc.mail._commit.submit
+
+    async def spy(op: Any) -> Any:
+        if op.__name__ == "insert_all":  # the rows and the journal mark, not ensure_user
+            submitted.set()
+        return await real(op)
+    monkeypatch.setattr(svc.mail._commit, "submit", spy)
+    filing = asyncio.create_task(svc.mail.file([Entry(1, login, message(0), time.time())]))
+    await submitted.wait()
+    filing.cancel()  # as Intake.stop does when its grace runs out
+    with pytest.raises(asyncio.CancelledError):
+        await filing
+    assert svc.mail._commit._flusher is not None
+    await svc.mail._commit._flusher  # the shielded commit runs on
+    assert subjects(await inbox(svc, login)) == ["m0"]
