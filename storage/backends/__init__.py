@@ -81,9 +81,9 @@ class ShardBackend(Protocol):
     async def close(self) -> None: ...
 
 
-@runtime_checkable
 class SupportsPutMany(Protocol):
-    """The optional batch write of the contract (see the module docstring)."""
+    """The optional batch write of the contract (see the module docstring); a
+    typed statement of it for implementers, never checked at run time."""
 
     async def put_many(self, items: Sequence[tuple[str, Sequence[Buffer]]]) -> list[bool]: ...
 

@@ -14,9 +14,10 @@ opening the backend re-indexes every record past the last indexed offset of
 each file, and a torn record at the tail (crash during a write that was never
 acknowledged) is cut off. That is why new records go to the index lazily: they
 wait in memory (``_unindexed``, which reads consult first) and are committed
-to SQLite in one transaction per ``CHECKPOINT_ITEMS`` records or
-``CHECKPOINT_SECONDS``, and before anything that needs the index whole (a
-delete, compaction, listing, close). Why: an index transaction per batch was
+to SQLite in one transaction per ``CHECKPOINT_ITEMS`` records, or with the
+first put batch after ``CHECKPOINT_SECONDS`` (no timer: an idle backend keeps
+its last records in memory, which is safe), and before anything that needs
+the index whole (a delete, compaction, listing, close). Why: an index transaction per batch was
 most of a small batch's time (six statements, each giving up and taking back
 the GIL that the event loop and five other backends want), and it sat on
 every mail delivery's path. The index runs with ``synchronous=NORMAL`` for
@@ -174,11 +175,11 @@ class LocalBackend:
         await self._commit.submit(("put", [(key, parts)]), size)
 
     async def put_many(self, items: Sequence[PutItem]) -> builtins.list[bool]:
-        """Every item in one group-commit entry: one data write, one fdatasync and one
-        index transaction for all of them (and for whatever else is queued then).
+        """Every item in one group-commit entry: one data write and one fdatasync for
+        all of them (and for whatever else is queued then); indexed lazily (above).
 
-        All or nothing: either every item is durable and indexed (all True) or the
-        batch failed and this raises ``BackendUnavailable``."""
+        All or nothing: either every item is durable (all True) or the batch
+        failed and this raises ``BackendUnavailable``."""
         if not items:
             return []
         size = 0
@@ -536,7 +537,15 @@ class LocalBackend:
             self._unindexed.update((key, where) for key, where in changes if where)
             if (len(self._unindexed_log) >= CHECKPOINT_ITEMS
                     or time.monotonic() - w.checkpointed >= CHECKPOINT_SECONDS):
-                self._checkpoint(w)
+                try:
+                    self._checkpoint(w)
+                except (OSError, sqlite3.Error) as exc:
+                    # the puts are synced already: do not report them failed (the
+                    # caller would store them again elsewhere); reopening re-indexes
+                    self._errors += 1
+                    log.error("backend %s: index checkpoint failed, reopening: %s",
+                              self.name, exc)
+                    self._drop_writer()
             return [True] * len(ops)
         # a delete must see every key's latest record: all of it goes in now
         self._unindexed_log.extend(changes)

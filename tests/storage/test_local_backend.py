@@ -263,3 +263,19 @@ async def test_the_index_catches_up_every_checkpoint_items_records(
     assert len(_indexed_keys(tmp_path / "l")) == 20
     await b.close()
     assert len(_indexed_keys(tmp_path / "l")) == 25  # closing checkpoints the rest
+
+
+async def test_a_failed_checkpoint_does_not_fail_puts_that_are_already_synced(
+        tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    b = LocalBackend("l", tmp_path / "l", pool)
+    await b.put("s/before/0/0", [b"b"])
+
+    def broken(self: LocalBackend, w: object) -> list[bool]:
+        raise sqlite3.OperationalError("disk I/O error")
+    with mock.patch("storage.backends.local.CHECKPOINT_ITEMS", 1), \
+            mock.patch.object(LocalBackend, "_checkpoint", broken):
+        assert await b.put_many([("s/synced/0/0", [b"s"])]) == [True]
+    # the writer was reopened, which re-indexed the synced record from its data file
+    assert await b.get("s/synced/0/0") == b"s" and await b.get("s/before/0/0") == b"b"
+    await b.close()
+    assert {"s/synced/0/0", "s/before/0/0"} <= _indexed_keys(tmp_path / "l")
