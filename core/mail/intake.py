@@ -87,7 +87,7 @@ class Intake:
         with contextlib.suppress(asyncio.CancelledError):
             await self._filer
         self._filer = None
-        self.journal.close()
+        await self.journal.aclose()
 
     async def accept(self, login: str, message: bytes) -> int:
         """Journal ``message`` for ``login``'s Inbox; its sequence number once durable."""

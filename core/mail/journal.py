@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import Unavailable
+from core.errors import Invalid, Unavailable
 from storage import IntegrityError
 from storage.crypto import seal, unseal
 
@@ -58,6 +58,8 @@ HEADER = struct.Struct(">4sQII")
 META_LEN = struct.Struct(">I")
 SEGMENT_BYTES = 16 * 1024 * 1024  # a new file after this much: released segments free disk
 MAX_RECORD = 1024 * 1024 * 1024  # a longer length field is garbage, not a record
+RECORD_BYTES = 64 * 1024 * 1024  # a batch's messages are split into records of this much
+MAX_MESSAGE = MAX_RECORD // 2  # so that any one message fits a record
 SUFFIX = ".log"
 
 
@@ -180,6 +182,13 @@ class Journal:
                      len(entries))
         return entries
 
+    async def aclose(self) -> None:
+        """Refuse new appends, let the write in flight finish, then close."""
+        self._next_seq = 0
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await asyncio.to_thread(self.close)
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -197,6 +206,8 @@ class Journal:
         """
         if self._next_seq == 0:
             raise Unavailable("the mail journal is not open")
+        if len(message) > MAX_MESSAGE:
+            raise Invalid(f"message larger than {MAX_MESSAGE} bytes", code="toobig")
         entry = Entry(self._next_seq, login, message, time.time())
         self._next_seq += 1
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -208,7 +219,12 @@ class Journal:
 
     async def _flush(self) -> None:
         while self._waiting:
-            batch, self._waiting = self._waiting, []
+            cut, size = 0, 0  # a record of at most RECORD_BYTES, or one message
+            for entry, _ in self._waiting:
+                if cut and size + len(entry.message) > RECORD_BYTES:
+                    break
+                cut, size = cut + 1, size + len(entry.message)
+            batch, self._waiting = self._waiting[:cut], self._waiting[cut:]
             entries = [entry for entry, _ in batch]
             try:
                 await asyncio.to_thread(self._write, entries)
@@ -256,6 +272,9 @@ class Journal:
         dir_fd = os.open(self.directory, os.O_RDONLY)
         try:  # the new name itself must survive a crash
             os.fsync(dir_fd)
+        except OSError:
+            self._close_segment()  # never append to a file whose name may vanish
+            raise
         finally:
             os.close(dir_fd)
 

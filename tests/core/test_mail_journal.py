@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import Unavailable
+from core.errors import Invalid, Unavailable
 from core.mail import journal as journal_mod
 from core.mail.journal import HEADER, Entry, Journal
 
@@ -206,3 +206,35 @@ async def test_appending_before_recovery_is_refused(tmp_path: Path) -> None:
     journal = Journal(tmp_path, KEY, lambda entries: None)
     with pytest.raises(Unavailable, match="not open"):
         await journal.append("u", b"x")
+
+
+async def test_a_large_batch_is_split_into_records_of_bounded_size(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(journal_mod, "RECORD_BYTES", 250)
+    opened = Opened(tmp_path)
+    await asyncio.gather(*(opened.journal.append("u", f"{i:03d}".encode() * 33)
+                           for i in range(10)))
+    opened.journal.close()
+    data = b"".join(p.read_bytes() for p in segments(tmp_path))
+    assert len(list(journal_mod._records(data))) >= 4  # 99-byte messages, 2 per record
+    assert [e.seq for e in Opened(tmp_path).recovered] == list(range(1, 11))
+
+
+async def test_closing_waits_for_the_write_in_flight_and_refuses_later_appends(
+        tmp_path: Path) -> None:
+    opened = Opened(tmp_path)
+    pending = asyncio.create_task(opened.journal.append("u", b"in flight"))
+    await asyncio.sleep(0)
+    await opened.journal.aclose()
+    assert (await pending).seq == 1
+    with pytest.raises(Unavailable, match="not open"):
+        await opened.journal.append("u", b"late")
+    assert [e.message for e in Opened(tmp_path).recovered] == [b"in flight"]
+
+
+async def test_a_message_too_large_for_a_record_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(journal_mod, "MAX_MESSAGE", 10)
+    opened = Opened(tmp_path)
+    with pytest.raises(Invalid, match="larger than 10 bytes"):
+        await opened.journal.append("u", b"x" * 11)
