@@ -109,6 +109,12 @@ class TwinSMTP(SMTP):
 
     # RFC 5321 §3.8: a server that cannot serve may answer 421 and close at once
     def connection_made(self, transport: Any) -> None:
+        if self._admitted:
+            # RFC 3207 §4.2: after STARTTLS aiosmtpd calls this again for the TLS
+            # transport. Same connection, same slot: entering the gate again
+            # leaked one slot per STARTTLS (connection_lost leaves once).
+            super().connection_made(transport)
+            return
         if not self.gate.enter():
             log.warning("SMTP session refused: %d sessions open (smtp.max_sessions)",
                         self.gate.open)
