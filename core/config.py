@@ -106,6 +106,12 @@ SCHEMA: tuple[Key, ...] = (
     Key("imap.max_line", int, 64 * 1024, "Longest IMAP command line in bytes.", minimum=1024),
     Key("imap.max_literal", int, 64 * MiB, "Largest IMAP literal (APPEND) in bytes.",
         minimum=1024),
+    Key("imap.max_command", int, 1 * MiB,
+        "Bytes of one IMAP command after login, literals included (APPEND's message "
+        "excepted: it is streamed).", minimum=8 * 1024),
+    Key("imap.max_command_unauthenticated", int, 8 * 1024,
+        "Bytes of one IMAP command before login, literals included (larger: BAD, or BYE "
+        "for a non-synchronising literal).", minimum=1024),
     Key("imap.max_sessions_per_user", int, 50, "Concurrent IMAP sessions per user.", minimum=1),
     Key("imap.idle_timeout", int, 30 * 60,
         "Seconds an IDLE command may last before the server ends it (small values: tests).",

@@ -190,14 +190,27 @@ class Command:
 
 
 class CommandReader:
-    """Reads commands from one connection within the configured limits."""
+    """Reads commands from one connection within the configured limits.
+
+    ``max_command`` bounds the bytes of one command, its lines *and* its
+    literals (the APPEND message literal excepted: it is streamed, never held).
+    A literal is checked against it when announced, before a byte of it is read:
+    a synchronising one is refused with BAD (the client waits for ``+`` and
+    sends nothing), a non-synchronising one that would pass the bound ends the
+    connection (RFC 7888 §4: the server cannot skip what it does not want to
+    read). Before login the session sets a much lower bound and no APPEND
+    streaming, so an unauthenticated client can make the twin hold a few KiB.
+    """
 
     def __init__(self, reader: asyncio.StreamReader, send: Callable[[bytes], Awaitable[None]],
-                 *, max_line: int, max_literal: int) -> None:
+                 *, max_line: int, max_literal: int, max_command: int | None = None,
+                 stream_append: bool = True) -> None:
         self.reader = reader
         self.send = send
         self.max_line = max_line
         self.max_literal = max_literal
+        self.max_command = 8 * max_line if max_command is None else max_command
+        self.stream_append = stream_append
 
     async def line(self) -> bytes:
         """One line including CRLF; an over-long line is skipped and refused."""
@@ -245,7 +258,7 @@ class CommandReader:
         total = 0
         while True:
             total += len(line)
-            if total > 8 * self.max_line:
+            if total > self.max_command:
                 await self._finish_literals(line)
                 raise ParseError("command too long")
             m = _LITERAL_AT_END.search(line)
@@ -254,9 +267,10 @@ class CommandReader:
                 break
             size, sync, utf8 = int(m.group(2)), not m.group(3), bool(m.group(1))
             pieces.append(line[:m.start()])
-            if name == "APPEND" and _mailbox_given(pieces):
+            if name == "APPEND" and self.stream_append and _mailbox_given(pieces):
                 return await self._append(tag, pieces, size, sync, utf8)
-            if size > self.max_line:
+            total += size  # counted before it is read: refused literals are never buffered
+            if size > self.max_line or total > self.max_command:
                 if not sync:
                     raise FatalParseError("literal too large")
                 raise ParseError(f"literal of {size} bytes is over the limit")
@@ -312,7 +326,7 @@ class CommandReader:
         m = _LITERAL_AT_END.search(line)
         if m and m.group(3):
             size = int(m.group(2))
-            if size > self.max_line:
+            if size > min(self.max_line, self.max_command):
                 raise FatalParseError("literal too large")
             await self.reader.readexactly(size)
             await self.line()

@@ -68,8 +68,12 @@ class Session:
         self.max_literal = conf.int("imap.max_literal")
         self.autologout = conf.int("imap.autologout")
         self.idle_timeout = conf.int("imap.idle_timeout")
-        self.cmd_reader = CommandReader(reader, self.send_now, max_line=conf.int("imap.max_line"),
-                                        max_literal=self.max_literal)
+        # before login: a few KiB per command and no APPEND streaming (#15: literals
+        # were not counted, and a LOGIN of 64 KiB literals grew the twin by 1 GB)
+        self.cmd_reader = CommandReader(
+            reader, self.send_now, max_line=conf.int("imap.max_line"),
+            max_literal=self.max_literal,
+            max_command=conf.int("imap.max_command_unauthenticated"), stream_append=False)
 
     # -- capabilities
 
@@ -267,6 +271,8 @@ class Session:
             raise No("too many sessions for this user", "LIMIT")
         self.login = login
         self.state = AUTH
+        self.cmd_reader.max_command = self.service.config.int("imap.max_command")
+        self.cmd_reader.stream_append = True
         await self.mail.ensure_user(login)
         log.info("IMAP login %s from %s", login, self.peer)
 

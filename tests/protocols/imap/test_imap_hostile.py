@@ -187,3 +187,35 @@ def test_bad_auth_inputs(account: Account, cmd: bytes) -> None:
     r.send(cmd + b"\r\n")
     assert r.until(b"a1")[-1].split(b" ")[1] in (b"BAD", b"NO")
     r.alive()
+
+
+def test_literals_count_against_one_command_s_size(account: Account) -> None:
+    """#15.2: before login a command holds a few KiB, literals included; after, 1 MiB."""
+    r = Raw(account.port)
+    r.send(b"a1 LOGIN {4000}\r\n")  # synchronising and within the line limit...
+    assert r.line().startswith(b"+")
+    r.send(b"x" * 4000 + b" {6000}\r\n")  # ...but the second would pass 8 KiB: BAD, no '+'
+    assert r.until(b"a1")[-1].startswith(b"a1 BAD")
+    r.alive()
+    r.send(b"a2 APPEND INBOX {100}\r\n")  # before login APPEND is read like any command
+    assert r.line().startswith(b"+")
+    r.send(b"y" * 100 + b"\r\n")
+    assert r.until(b"a2")[-1].startswith(b"a2 BAD")
+    r.send(b"a3 APPEND INBOX {9000+}\r\n")  # non-synchronising over the bound: BYE, closed
+    assert r.until(b"a3")[-1].startswith(b"* BYE")
+    with pytest.raises(ConnectionError):
+        r.line()
+    r = Raw(account.port)
+    r.send(f'a4 LOGIN "{account.login}" "{account.password}"\r\n'.encode())
+    assert r.until(b"a4")[-1].startswith(b"a4 OK")
+    r.send(b"s SELECT INBOX\r\n")
+    r.until(b"s")
+    piece = b"x" * 60_000
+
+    def search(tag: bytes, n: int) -> None:
+        r.send(tag + b" SEARCH TEXT {60000+}\r\n" + b"".join(
+            piece + b" TEXT {60000+}\r\n" for _ in range(n - 1)) + piece + b"\r\n")
+    search(b"a5", 10)  # 600 KB: within imap.max_command
+    assert r.until(b"a5")[-1].startswith(b"a5 OK")
+    search(b"a6", 20)  # 1.2 MB: refused when the literal that passes 1 MiB is announced
+    assert r.until(b"a6")[-1].startswith(b"* BYE")
