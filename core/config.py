@@ -88,8 +88,15 @@ SCHEMA: tuple[Key, ...] = (
     Key("smtp.hostname", str, "", "Name in the SMTP greeting and Received headers; default "
         "the twin's domain."),
     Key("smtp.max_recipients", int, 100, "Recipients accepted per message.", minimum=1),
-    Key("smtp.max_sessions", int, 200, "SMTP sessions open at once over all SMTP listeners "
-        "(more get 421); each may hold up to smtp.max_message_size in memory.", minimum=1),
+    Key("smtp.max_sessions", int, 200, "SMTP sessions open at once on the inbound port, and "
+        "again over both submission ports (more get 421); each may hold up to "
+        "smtp.max_message_size in memory.", minimum=1),
+    Key("smtp.max_unauthenticated", int, 50, "Submission sessions not yet logged in; when "
+        "full, the oldest of them is closed for a new connection.", minimum=1),
+    Key("smtp.max_per_ip", int, 50, "SMTP sessions from one client address (on submission: "
+        "those not yet logged in); more get 421.", minimum=1),
+    Key("smtp.login_timeout", float, 60.0,
+        "Seconds a submission session may stay idle before AUTH."),
     Key("smtp.timeout", float, 300.0, "Seconds an idle SMTP session is kept open."),
     Key("smtp.verify_dns", bool, True,
         "Check DKIM signatures and SPF of inbound mail against DNS (off: results are 'none')."),

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from core import net, tls
+from core.limits import Budget, ConnectionLimits
 from protocols.smtp.dns import Resolver, system_resolver
 from protocols.smtp.handler import InboundHandler, SubmissionHandler
-from protocols.smtp.session import Gate, TwinSMTP
+from protocols.smtp.session import TwinSMTP
 from protocols.smtp.verify import Verifier
 
 if TYPE_CHECKING:
@@ -37,7 +38,15 @@ class SmtpListener:
         self.verifier = Verifier(resolver, dns_timeout=conf.float("smtp.dns_timeout"),
                                  skip_loopback=skip_loopback_spf)
         self.info: list[net.ListenerInfo] = []
-        self.gate = Gate(service.config.int("smtp.max_sessions"))
+        # Two budgets (#15.9): strangers on the inbound port cannot take the
+        # owner's submission slots, and on submission a session that has logged
+        # in is never closed for a new one (core.limits).
+        total, per_ip = conf.int("smtp.max_sessions"), conf.int("smtp.max_per_ip")
+        self.inbound_limits = ConnectionLimits(Budget(
+            "SMTP inbound", total=total, per_ip=per_ip, unauthenticated=total, evict=False))
+        self.submission_limits = ConnectionLimits(Budget(
+            "SMTP submission", total=total, per_ip=per_ip,
+            unauthenticated=min(total, conf.int("smtp.max_unauthenticated"))))
         self._servers: list[asyncio.Server] = []
 
     def _factory(self, handler: Any, *, tls_context: ssl.SSLContext | None,
@@ -47,7 +56,8 @@ class SmtpListener:
         plaintext_auth = conf.bool("listen.plaintext_auth")
         settings: dict[str, Any] = dict(
             service=self.service,
-            gate=self.gate,
+            gate=self.submission_limits if submission else self.inbound_limits,
+            login_timeout=conf.float("smtp.login_timeout") if submission else 0.0,
             implicit_tls=implicit_tls,
             hostname=conf.str("smtp.hostname") or conf.domain,
             ident="twin ESMTP",

@@ -9,8 +9,10 @@ Three changes, each because the stock class cannot do it:
 - Its built-in replies get RFC 3463 enhanced status codes (``errors.enhance``).
 - ``_getaddr`` is aiosmtpd's own minus a ``typing.Protocol`` class it builds
   on every MAIL and RCPT (about 3% of the twin's CPU per message under load).
-- Sessions are counted (``Gate``): past ``smtp.max_sessions`` a new connection
-  gets 421 and is closed, so memory (up to a message per session) is bounded.
+- Sessions are counted (``core.limits``): past a listener group's caps a new
+  connection gets 421 and is closed, so memory (up to a message per session) is
+  bounded; a submission session that has not logged in may be closed (421) to
+  make room for a new one, and idles at most ``smtp.login_timeout`` before AUTH.
 
 And three for speed, each measured with ``bench/smtp.py`` (the stock class
 spends most of a small message's CPU on them, and the twin must keep up with a
@@ -45,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, syntax
 
+from core.limits import ConnectionLimits, Slot
 from protocols.smtp.errors import enhance
 
 if TYPE_CHECKING:
@@ -57,22 +60,6 @@ READER_LIMIT = 64 * 1024  # StreamReader buffer: commands are still checked at 5
 END_OF_DATA = b"\r\n.\r\n"
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _SIMPLE_PATH = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
-
-
-class Gate:
-    """How many SMTP sessions are open, against a maximum (all listeners share one)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.open = limit, 0
-
-    def enter(self) -> bool:
-        if self.open >= self.limit:
-            return False
-        self.open += 1
-        return True
-
-    def leave(self) -> None:
-        self.open -= 1
 
 
 @dataclass(frozen=True)
@@ -89,15 +76,17 @@ class TwinSMTP(SMTP):
     # and DATA lines at DATA_LINE_LIMIT, so no input limit is loosened.
     line_length_limit = READER_LIMIT
 
-    def __init__(self, handler: Any, *, service: Service, gate: Gate,
-                 implicit_tls: bool = False, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, *, service: Service, gate: ConnectionLimits,
+                 implicit_tls: bool = False, login_timeout: float = 0.0,
+                 **kwargs: Any) -> None:
         self._deadline = 0.0
         self._armed = False
+        self._login_timeout = login_timeout  # 0: no shorter time-out before AUTH
         super().__init__(handler, **kwargs)
         self.service = service
         self.implicit_tls = implicit_tls
         self.gate = gate
-        self._admitted = False
+        self._slot: Slot | None = None
 
     @classmethod
     @functools.cache
@@ -109,26 +98,32 @@ class TwinSMTP(SMTP):
 
     # RFC 5321 §3.8: a server that cannot serve may answer 421 and close at once
     def connection_made(self, transport: Any) -> None:
-        if self._admitted:
+        if self._slot is not None:
             # RFC 3207 §4.2: after STARTTLS aiosmtpd calls this again for the TLS
             # transport. Same connection, same slot: entering the gate again
             # leaked one slot per STARTTLS (connection_lost leaves once).
             super().connection_made(transport)
             return
-        if not self.gate.enter():
-            log.warning("SMTP session refused: %d sessions open (smtp.max_sessions)",
-                        self.gate.open)
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        slot = self.gate.admit(ip, self._evicted)
+        if slot is None:
             transport.write(b"421 4.3.2 Too many connections; try again later\r\n")
             transport.close()
             return
-        self._admitted = True
+        self._slot = slot
         super().connection_made(transport)
 
+    def _evicted(self) -> None:
+        """Closed to make room for a new connection (``core.limits``); never once logged in."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._writer.write(b"421 4.3.2 Too many connections; closing this one\r\n")
+            self.transport.close()
+
     def connection_lost(self, error: Exception | None) -> None:
-        if not self._admitted:
+        if self._slot is None:
             return
-        self._admitted = False
-        self.gate.leave()
+        self._slot.release()
         super().connection_lost(error)
 
     @property
@@ -141,8 +136,15 @@ class TwinSMTP(SMTP):
         return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
 
     def _reset_timeout(self, duration: float | None = None) -> None:
-        """Move the idle deadline; the one armed timer checks it when it fires."""
-        self._deadline = self.loop.time() + (duration or self._timeout_duration)
+        """Move the idle deadline; the one armed timer checks it when it fires.
+
+        Before AUTH on submission the deadline is ``smtp.login_timeout``: an idle
+        session that has not logged in holds a slot only briefly (#15.9).
+        """
+        timeout = duration or self._timeout_duration
+        if self._login_timeout:
+            timeout = min(timeout, self._login_timeout)
+        self._deadline = self.loop.time() + timeout
         if not self._armed:
             self._armed = True
             self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_cb)
@@ -293,6 +295,10 @@ class TwinSMTP(SMTP):
             log.info("SMTP AUTH failed for %s from %s", login, peer)
             return AuthResult(success=False, handled=False)
         log.info("SMTP AUTH ok for %s from %s", login, peer)
+        if self._slot is not None:
+            self._slot.authenticated()  # out of the budgets for sessions not logged in
+        self._login_timeout = 0.0
+        self._reset_timeout()  # from now on the usual smtp.timeout
         return AuthResult(success=True, auth_data=Login(login))
 
 

@@ -19,7 +19,8 @@ from aiosmtpd.smtp import Envelope, Session
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.smtp.session import DATA_LINE_LIMIT, Gate, TwinSMTP, _has_long_line
+from core.limits import Budget, ConnectionLimits
+from protocols.smtp.session import DATA_LINE_LIMIT, TwinSMTP, _has_long_line
 
 LIMIT = 64 * 1024
 
@@ -61,7 +62,8 @@ async def server() -> AsyncIterator[tuple[Recorder, int]]:
     recorder = Recorder()
     loop = asyncio.get_running_loop()
     srv = await loop.create_server(
-        lambda: TwinSMTP(recorder, service=cast(Any, None), gate=Gate(10), data_size_limit=LIMIT,
+        lambda: TwinSMTP(recorder, service=cast(Any, None),
+                         gate=ConnectionLimits(Budget("test", 10, 10, 10)), data_size_limit=LIMIT,
                          timeout=0.5),
         "127.0.0.1", 0)
     yield recorder, srv.sockets[0].getsockname()[1]
@@ -183,7 +185,8 @@ def test_the_address_fast_path_agrees_with_the_full_parser(local: str, domain: s
 async def test_a_session_knows_every_command_and_mechanism_of_the_stock_class() -> None:
     from aiosmtpd.smtp import SMTP
 
-    ours = TwinSMTP(Recorder(), service=cast(Any, None), gate=Gate(1))
+    ours = TwinSMTP(Recorder(), service=cast(Any, None),
+                    gate=ConnectionLimits(Budget("test", 1, 1, 1)))
     stock = SMTP(Recorder())
     assert set(ours._smtp_methods) == set(stock._smtp_methods)
     assert set(ours._auth_methods) == set(stock._auth_methods) == {"PLAIN", "LOGIN"}
