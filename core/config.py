@@ -120,6 +120,14 @@ SCHEMA: tuple[Key, ...] = (
         "Bytes of one IMAP command before login, literals included (larger: BAD, or BYE "
         "for a non-synchronising literal).", minimum=1024),
     Key("imap.max_sessions_per_user", int, 50, "Concurrent IMAP sessions per user.", minimum=1),
+    Key("imap.max_connections", int, 1000, "IMAP connections open at once, logged in or not; "
+        "more get BYE.", minimum=1),
+    Key("imap.max_unauthenticated", int, 100, "IMAP connections not yet logged in; when "
+        "full, the oldest of them is closed for a new connection.", minimum=1),
+    Key("imap.max_per_ip", int, 50, "IMAP connections not yet logged in from one client "
+        "address; more get BYE.", minimum=1),
+    Key("imap.login_timeout", int, 60,
+        "Seconds a connection may stay silent before it logs in.", minimum=1),
     Key("imap.idle_timeout", int, 30 * 60,
         "Seconds an IDLE command may last before the server ends it (small values: tests).",
         minimum=1),

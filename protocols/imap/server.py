@@ -2,7 +2,10 @@
 
 Each accepted connection gets a ``Session``; the server keeps the count of
 sessions per user for ``imap.max_sessions_per_user`` and closes every session
-on stop.
+on stop. Connections are admitted through ``core.limits`` (#15.9): at most
+``imap.max_per_ip`` not logged in from one address, and when
+``imap.max_unauthenticated`` are waiting to log in the oldest of them is closed
+for a new one, so idle strangers cannot keep the owner's clients out.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import ssl
 from typing import TYPE_CHECKING
 
 from core import net, tls
+from core.limits import Budget, ConnectionLimits
 
 if TYPE_CHECKING:
     from core.service import Service
@@ -34,6 +38,10 @@ class ImapServer:
         self.max_sessions = conf.int("imap.max_sessions_per_user")
         self.max_line = conf.int("imap.max_line")
         self.max_pending = conf.int("imap.max_pending_changes")
+        total = conf.int("imap.max_connections")
+        self.limits = ConnectionLimits(Budget(
+            "IMAP", total=total, per_ip=conf.int("imap.max_per_ip"),
+            unauthenticated=min(total, conf.int("imap.max_unauthenticated"))))
         self.by_user: dict[str, set[Session]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.writers: set[asyncio.StreamWriter] = set()
@@ -62,14 +70,21 @@ class ImapServer:
 
         task = asyncio.current_task()
         assert task is not None
+        peer = writer.get_extra_info("peername")
+        slot = self.limits.admit(str(peer[0]) if peer else "?", lambda: _evict(writer))
+        if slot is None:
+            writer.write(b"* BYE too many connections, try again later\r\n")
+            writer.close()
+            return
         self.tasks.add(task)
         self.writers.add(writer)
-        session = Session(self, reader, writer, tls=tls)
+        session = Session(self, reader, writer, tls=tls, slot=slot)
         try:
             await session.run()
         except asyncio.CancelledError:
             pass  # stopping: the connection is closed below
         finally:
+            slot.release()
             self.tasks.discard(task)
             self.writers.discard(writer)
             if session.login is not None:
@@ -98,3 +113,10 @@ class ImapServer:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
+
+
+def _evict(writer: asyncio.StreamWriter) -> None:
+    """Close a connection not logged in to make room (the session sees end of stream)."""
+    if not writer.is_closing():
+        writer.write(b"* BYE too many connections, closing the oldest not logged in\r\n")
+        writer.close()

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from core.errors import TwinError
+from core.limits import Slot
 from core.net import is_loopback
 from protocols.imap import commands
 from protocols.imap.commands import AUTH, NOT_AUTH, SELECTED
@@ -47,8 +48,9 @@ def plaintext_auth_allowed(peer: str, *, tls: bool, configured: bool) -> bool:
 
 class Session:
     def __init__(self, server: ImapServer, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, *, tls: bool) -> None:
+                 writer: asyncio.StreamWriter, *, tls: bool, slot: Slot | None = None) -> None:
         self.server = server
+        self.slot = slot
         self.service = server.service
         self.mail = server.service.mail
         self.reader = reader
@@ -67,6 +69,7 @@ class Session:
         conf = self.service.config
         self.max_literal = conf.int("imap.max_literal")
         self.autologout = conf.int("imap.autologout")
+        self.login_timeout = conf.int("imap.login_timeout")
         self.idle_timeout = conf.int("imap.idle_timeout")
         # before login: a few KiB per command and no APPEND streaming (#15: literals
         # were not counted, and a LOGIN of 64 KiB literals grew the twin by 1 GB)
@@ -159,7 +162,10 @@ class Session:
         try:
             while not self.closing:
                 try:
-                    cmd = await asyncio.wait_for(self.cmd_reader.read(), self.autologout)
+                    # RFC 3501 §5.4 asks 30 minutes of a logged-in session only; before
+                    # login a silent connection holds a slot for imap.login_timeout
+                    wait = self.autologout if self.login else self.login_timeout
+                    cmd = await asyncio.wait_for(self.cmd_reader.read(), wait)
                 except TimeoutError:
                     self.untagged("BYE autologout: idle for too long")
                     break
@@ -273,6 +279,8 @@ class Session:
         self.state = AUTH
         self.cmd_reader.max_command = self.service.config.int("imap.max_command")
         self.cmd_reader.stream_append = True
+        if self.slot is not None:
+            self.slot.authenticated()
         await self.mail.ensure_user(login)
         log.info("IMAP login %s from %s", login, self.peer)
 

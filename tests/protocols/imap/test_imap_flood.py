@@ -81,3 +81,52 @@ def test_a_pre_auth_literal_flood_is_refused_without_buffering(
     assert growth < 32 * MiB, f"RSS grew by {growth / MiB:.1f} MiB"
     with socket.create_connection(("127.0.0.1", alice.port("imap")), timeout=10) as s:
         assert s.recv(4096).startswith(b"* OK")  # and the twin still serves
+
+
+def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10,
+                                    source_address=(source, 0))
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    out = b""
+    while chunk := sock.recv(4096):
+        out += chunk
+    return out
+
+
+def test_strangers_before_login_never_lock_out_the_owner(
+        twins: Callable[..., TwinProcess]) -> None:
+    """#15.9: before, every connection was admitted and waited 30 minutes to log in."""
+    alice = twins("alice", sets=["imap.max_unauthenticated=3", "imap.max_per_ip=2",
+                                 "imap.login_timeout=2"])
+    port = alice.port("imap")
+    owner = _connect(port)
+    assert owner.recv(4096).startswith(b"* OK")
+    owner.sendall(f'a LOGIN "{alice.login}" "{alice.password}"\r\n'.encode())
+    assert b"a OK" in owner.recv(4096)
+    crowd = [_connect(port, f"127.0.2.{i}") for i in range(1, 7)]  # six strangers
+    for sock in crowd:
+        assert sock.recv(4096).startswith(b"* OK")
+    for sock in crowd[:3]:  # the three oldest were closed for the newer ones
+        assert b"* BYE too many connections" in _read_all(sock)
+    same = [_connect(port, "127.0.2.9") for _ in range(3)]  # one address: two at most
+    assert same[0].recv(4096).startswith(b"* OK") and same[1].recv(4096).startswith(b"* OK")
+    assert _read_all(same[2]).startswith(b"* BYE too many connections")
+    owner.sendall(b"b NOOP\r\n")  # logged in: never closed to make room
+    assert b"b OK" in owner.recv(4096)
+    late = _connect(port)
+    assert late.recv(4096).startswith(b"* OK")
+    late.sendall(f'c LOGIN "{alice.login}" "{alice.password}"\r\n'.encode())
+    assert b"c OK" in late.recv(4096)  # and can log in again
+    quiet = _connect(port, "127.0.2.10")  # waiting now: same[0], same[1], quiet
+    assert quiet.recv(4096).startswith(b"* OK")
+    start = time.monotonic()
+    assert b"* BYE autologout" in _read_all(quiet)  # silent before login: closed after 2 s
+    assert 1 < time.monotonic() - start < 8
+    time.sleep(1)
+    owner.sendall(b"d NOOP\r\n")  # logged in: the 30-minute rule
+    assert b"d OK" in owner.recv(4096)
+    for sock in [owner, late, quiet, *crowd, *same]:
+        sock.close()

@@ -248,7 +248,7 @@ async def test_sessions_over_the_limit_get_421(tmp_path: Path) -> None:
         reader, writer, greeting = await connect(twin.port("smtp"))
         assert greeting.startswith(b"421 4.3.2")
         # the inbound port's budget is its own: submission still answers (#15.9)
-        sub_reader, sub_writer, sub_greeting = await connect(twin.port("submission"))
+        _, sub_writer, sub_greeting = await connect(twin.port("submission"))
         assert sub_greeting.startswith(b"220")
         sub_writer.close()
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
