@@ -178,6 +178,10 @@ SCHEMA: tuple[Key, ...] = (
         minimum=1),
     Key("peer.ttl", int, 3600, "Seconds an envelope we send stays valid.", minimum=10),
     Key("peer.max_envelope", int, 16 * MiB, "Largest envelope body accepted.", minimum=1024),
+    Key("peer.max_buffered", int, 64 * MiB, "Bytes of peer request bodies held in memory at "
+        "once, before their signatures are checked (more: 503, retry).", minimum=1024),
+    Key("peer.max_buffered_per_ip", int, 32 * MiB,
+        "Bytes of peer request bodies held at once for one client address.", minimum=1024),
     Key("peer.rate_per_minute", int, 6000, "Envelopes accepted per sender per minute.",
         minimum=1),
     Key("peer.retry_schedule", list, [5, 30, 120, 600, 1800, 3600, 7200, 14400],

@@ -5,7 +5,10 @@ frames (``core.peer.stream``): the signed ack, then for ``content.get`` the
 encrypted stream. A refusal is the HTTP status from ``core.peer.errors.STATUS``
 and a JSON body ``{"code", "message"}`` (plus the stored ``ack`` for a replay).
 The body size is checked against ``peer.max_envelope`` while it is read, before
-anything else looks at it.
+anything else looks at it, and every body held counts against one
+``core.budget.ByteBudget`` (``peer.max_buffered`` over all requests,
+``peer.max_buffered_per_ip`` per client address) until it is answered: past it
+the request gets 503 ``unavailable`` (the sender retries) and is not read.
 
 ``POST /twin/v1/envelopes`` takes a batch: up to ``MAX_BATCH`` envelopes as
 frames, each one that is answered by an ack alone (no streamed kinds). They are
@@ -39,6 +42,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from core.budget import ByteBudget
 from core.errors import Invalid, TwinError
 from core.peer import local_storage, stream
 from core.peer.client import (
@@ -73,25 +77,58 @@ def write_token(data_dir: Path) -> str:
     return token
 
 
-async def _read_capped(request: Request, cap: int, what: str) -> bytes | Response:
+class Body:
+    """A request body read within the byte budget; ``release()`` once it is answered."""
+
+    def __init__(self, budget: ByteBudget, ip: str) -> None:
+        self.budget, self.ip, self.held = budget, ip, 0
+        self.data = b""
+
+    def hold(self, n: int) -> bool:
+        if n <= self.held:
+            return True
+        if not self.budget.take(self.ip, n - self.held):
+            return False
+        self.held = n
+        return True
+
+    def release(self) -> None:
+        self.budget.give(self.ip, self.held)
+        self.held = 0
+
+
+async def _read_capped(request: Request, cap: int, what: str, budget: ByteBudget
+                       ) -> Body | Response:
     """The body, or the answer that refuses it: over ``cap`` bytes (as declared or
-    as read; reading stops there), or cut off by the client."""
+    as read; reading stops there), over the byte budget, or cut off by the client."""
     declared = request.headers.get("content-length", "")
     too_large = declared.isdigit() and int(declared) > cap
+    ip = request.client.host if request.client else "?"
+    held = Body(budget, ip)
+    busy = not too_large and declared.isdigit() and not held.hold(int(declared))
     body = bytearray()
     try:
-        if not too_large:
+        if not too_large and not busy:
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > cap:
                     too_large = True
                     break
+                if not held.hold(len(body)):
+                    busy = True
+                    break
     except ClientDisconnect:
+        held.release()
         return Response(status_code=400)
-    if too_large:
-        log.warning("refused %s from %s: too_large", what, request.client)
-        return _refuse(Refusal("too_large", f"{what} over {cap} bytes"))
-    return bytes(body)
+    if too_large or busy:
+        held.release()
+        code = "too_large" if too_large else "unavailable"
+        log.warning("refused %s from %s: %s", what, request.client, code)
+        if too_large:
+            return _refuse(Refusal(code, f"{what} over {cap} bytes"))
+        return _refuse(Refusal(code, "busy: too many request bodies in memory, retry later"))
+    held.data = bytes(body)
+    return held
 
 
 def _refuse(refusal: Refusal) -> JSONResponse:
@@ -100,18 +137,22 @@ def _refuse(refusal: Refusal) -> JSONResponse:
 
 def routes(service: Service) -> list[BaseRoute]:
     peer = service.peer
+    conf = service.config
+    budget = ByteBudget(conf.int("peer.max_buffered"), conf.int("peer.max_buffered_per_ip"))
 
     async def envelope(request: Request) -> Response:
-        raw = await _read_capped(request, peer.max_envelope, "envelope")
-        if isinstance(raw, Response):
-            return raw
+        body = await _read_capped(request, peer.max_envelope, "envelope", budget)
+        if isinstance(body, Response):
+            return body
         try:
-            answer = await peer.receive(raw)
+            answer = await peer.receive(body.data)
         except Refusal as refusal:
             return _refuse(refusal)
         except Exception:
             log.exception("internal error while handling an envelope")
             return _refuse(Refusal("internal", "internal error"))
+        finally:
+            body.release()
         if answer.stream is None:
             return Response(stream.frame(answer.ack), media_type=MEDIA_TYPE)
         # A declared length spares chunked encoding (a copy of every frame on
@@ -122,15 +163,18 @@ def routes(service: Service) -> list[BaseRoute]:
 
     async def envelopes(request: Request) -> Response:
         limit = peer.max_envelope + 4 * MAX_BATCH  # the envelopes plus their frame headers
-        body = await _read_capped(request, limit, "batch")
+        body = await _read_capped(request, limit, "batch", budget)
         if isinstance(body, Response):
             return body
         try:
-            items = stream.split_frames(body, MAX_BATCH)
-        except Invalid as exc:
-            log.warning("refused a batch from %s: malformed (%s)", request.client, exc)
-            return _refuse(Refusal("malformed", f"batch: {exc}"))
-        answers = await asyncio.gather(*(_answer_one(raw) for raw in items))
+            try:
+                items = stream.split_frames(body.data, MAX_BATCH)
+            except Invalid as exc:
+                log.warning("refused a batch from %s: malformed (%s)", request.client, exc)
+                return _refuse(Refusal("malformed", f"batch: {exc}"))
+            answers = await asyncio.gather(*(_answer_one(raw) for raw in items))
+        finally:
+            body.release()
         return Response(b"".join(answers), media_type=BATCH_MEDIA_TYPE)
 
     async def _answer_one(raw: bytes) -> bytes:

@@ -288,6 +288,8 @@ class TwinSMTP(SMTP):
         login = raw_login.decode("utf-8", "replace").strip().lower()[:254]
         password = raw_password.decode("utf-8", "replace")
         throttle, peer = self.service.throttle, self.peer_ip
+        # busy, not idle: the check (Argon2, a throttle's delay) may outlast login_timeout
+        self._deadline = self.loop.time() + self._timeout_duration
         await throttle.before_attempt(login, peer)
         ok = await self.service.users.authenticate(login, password)
         throttle.record(login, peer, ok)
