@@ -67,6 +67,8 @@ SCHEMA: tuple[Key, ...] = (
         "Allow LOGIN/AUTH without TLS on non-loopback addresses (never do this on the internet)."),
     Key("http.port", int, 8443, "HTTPS port: WebDAV /dav/, autoconfig, peer API /twin/v1/.",
         minimum=0),
+    Key("http.max_connections", int, 1000, "HTTPS connections and requests in progress at "
+        "once; past it new requests get 503.", minimum=1),
     Key("http.public_url", str, "",
         "URL other twins use to reach the peer API; default https://HOST:PORT."),
     Key("smtp.port", int, 2525, "SMTP inbound port (the port-25 role); 0 picks a free port.",

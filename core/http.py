@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,8 @@ class HttpListener:
             timeout_graceful_shutdown=3,
             h11_max_incomplete_event_size=64 * 1024,
             server_header=False,
+            # past it uvicorn answers 503 instead of running the request (#15.9)
+            limit_concurrency=conf.int("http.max_connections"),
         )
         self._server = uvicorn.Server(self._config)
         self._task: asyncio.Task[Any] | None = None
@@ -85,6 +88,10 @@ class HttpListener:
 
     async def start(self) -> None:
         self._config.load()
+        # RFC 8996 / RFC 9325 §3.1.1: no TLS below 1.2, as the IMAP and SMTP
+        # listeners (core.tls); uvicorn has no setting for a minimum version
+        assert self._config.ssl is not None
+        self._config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
         self._server.lifespan = self._config.lifespan_class(self._config)
         await self._server.startup(sockets=[self._sock])
         self._task = asyncio.create_task(self._server.main_loop(), name="https")

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import socket
 import ssl
 import urllib.request
@@ -30,7 +31,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run_status)
 
 
+def raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit (#15.9).
+
+    Every connection, SQLite database and shard file is a descriptor; at a
+    typical soft limit of 1024 a few hundred clients would make accept() fail
+    for everyone. The hard limit is the administrator's ceiling; we stop there.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or (hard != resource.RLIM_INFINITY and soft >= hard):
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:  # e.g. an infinite hard limit above the kernel's
+        log.warning("cannot raise the open files limit from %d: %s", soft, exc)
+        return
+    log.info("open files limit raised from %d to %d", soft, hard)
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    raise_open_files_limit()
     service = open_service(args)
     if args.log_level is None:  # twin.toml, TWIN_LOG_LEVEL or --set log.level=...
         set_log_level(service.config.str("log.level"))

@@ -1,0 +1,58 @@
+"""What ``twin serve`` sets up for itself before listening (#15.9)."""
+
+from __future__ import annotations
+
+import resource
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.twins import TwinProcess
+
+
+@pytest.fixture
+def low_nofile() -> Iterator[int]:
+    """A soft open-files limit below the hard one, inherited by the twin started next."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 512:
+        pytest.skip(f"hard RLIMIT_NOFILE is {hard}: nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+    try:
+        yield hard
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_serve_raises_the_open_files_limit_to_the_hard_one(
+        low_nofile: int, twins: Callable[..., TwinProcess]) -> None:
+    alice = twins("alice")
+    assert alice.proc is not None
+    limits = open(f"/proc/{alice.proc.pid}/limits").read()  # noqa: SIM115
+    line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+    soft, hard = line.split()[3:5]
+    assert soft == hard, line
+    assert soft == ("unlimited" if low_nofile == resource.RLIM_INFINITY else str(low_nofile))
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
+def test_https_refuses_tls_below_1_2(twins: Callable[..., TwinProcess]) -> None:
+    """RFC 8996. Python's default context is already 1.2; the twin no longer relies on it."""
+    alice = twins("alice")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    with socket.create_connection(("127.0.0.1", alice.port("https")), timeout=10) as raw, \
+            pytest.raises(ssl.SSLError):
+        ctx.wrap_socket(raw)
+    ok = ssl.create_default_context()
+    ok.check_hostname = False
+    ok.verify_mode = ssl.CERT_NONE
+    ok.minimum_version = ok.maximum_version = ssl.TLSVersion.TLSv1_2
+    with socket.create_connection(("127.0.0.1", alice.port("https")), timeout=10) as raw, \
+            ok.wrap_socket(raw) as tls:
+        assert tls.version() == "TLSv1.2"
