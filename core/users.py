@@ -9,8 +9,8 @@ milliseconds and 64 MiB by design, so:
 - a successful (login, password) pair is remembered for a few minutes as an
   HMAC under a per-process random key, so a WebDAV client that sends Basic
   auth on every request does not pay Argon2 every time;
-- failures are throttled per (login, client address) with an exponential delay,
-  shared by SMTP, IMAP and WebDAV (``Throttle``).
+- failures are throttled per login and per client address with an exponential
+  delay, shared by SMTP, IMAP and WebDAV (``Throttle``, through ``Users.login``).
 
 Passwords never reach a log line; only the login and the outcome do.
 """
@@ -21,16 +21,18 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import sqlite3
 import time
+import unicodedata
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from core.db import Database
-from core.errors import Conflict, Invalid, NotFound
+from core.errors import Conflict, Invalid, NotFound, Unavailable
 
 log = logging.getLogger("twin.auth")
 MIGRATIONS = [
@@ -76,11 +78,12 @@ class Users:
         self._hasher = PasswordHasher()
         self._cache_key = secrets.token_bytes(32)
         self._cache: dict[bytes, float] = {}
+        self._dummy: str | None = None  # the hash an unknown login is checked against
 
     # -- administration (CLI, init); synchronous
 
     def add(self, login: str) -> User:
-        login = login.strip().lower()
+        login = normalize_login(login)
         if "@" not in login or len(login) > 254:
             raise Invalid(f"a login is a mail address, not {login!r}")
         try:
@@ -141,7 +144,7 @@ class Users:
     # -- authentication (adapters); async
 
     async def authenticate(self, login: str, password: str) -> bool:
-        login = login.strip().lower()
+        login = normalize_login(login)
         if not login or not password or len(password) > MAX_PASSWORD or len(login) > 254:
             return False
         token = hmac.new(self._cache_key, f"{login}\0{password}".encode(),
@@ -159,50 +162,149 @@ class Users:
         return ok
 
     def _check(self, hashes: list[str], password: str) -> bool:
-        if not hashes:  # spend the same time as a real check: no user enumeration
-            hashes = [self._hasher.hash(secrets.token_hex(8))]
-            found = False
-        else:
-            found = True
+        """Argon2 verification; an unknown login costs one verify, as a known one does.
+
+        The dummy hash is made once (on the first check, known user or not):
+        hashing it on every unknown login made those cost a hash *and* a verify,
+        twice a known user's time, which told a guesser which logins exist (#15.10).
+        """
+        if self._dummy is None:
+            self._dummy = self._hasher.hash(secrets.token_hex(16))
+        found = bool(hashes)
         ok = False
-        for h in hashes:
+        for h in hashes or [self._dummy]:
             try:
                 ok = self._hasher.verify(h, password) or ok
             except (VerificationError, InvalidHashError):
                 continue
         return ok and found
 
+    async def login(self, throttle: Throttle, raw_login: str, password: str, peer: str
+                    ) -> str | None:
+        """The one login check of every adapter: normalised once, throttled, then Argon2.
+
+        Returns the login, or None for wrong credentials; raises ``Throttled``
+        (without checking anything) when this login or address must wait longer
+        than ``Throttle.max_wait``, so the client is told why instead of hanging.
+        """
+        login = normalize_login(raw_login)
+        await throttle.admit(login, peer)
+        ok = await self.authenticate(login, password)
+        throttle.record(login, peer, ok)
+        return login if ok else None
+
+
+def normalize_login(raw: str) -> str:
+    """The one spelling of a login: NFC, no surrounding white space, lower case.
+
+    Every lookup and the throttle use it, so ``" Alice@X"`` and ``"alice@x"``
+    are one login to both (#15.10: variants were throttled separately). Cut at
+    255 characters: still visibly over the 254 a login may have, and a hostile
+    client cannot make the throttle's keys large.
+    """
+    return unicodedata.normalize("NFC", raw[:1024]).strip().lower()[:255]
+
+
+class Throttled(Unavailable):
+    """Too many failed logins: try again in ``retry_after`` seconds (nothing was checked)."""
+
+    code = "throttled"
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(f"too many failed logins; try again in {self.retry_after} s")
+
+
+@dataclass
+class _Failures:
+    count: int = 0
+    last: float = 0.0
+    next_at: float = 0.0  # no attempt on this key may start before
+
 
 class Throttle:
-    """Exponential delay after failed logins, per (login, peer address).
+    """Exponential delay after failed logins, per login and per client address.
 
-    The delay doubles with each failure (1 s, 2 s, 4 s ... capped at 60 s) and
-    is forgotten after a success or after ``window`` seconds of quiet. Callers
-    await ``before_attempt`` and report the outcome with ``record``.
+    Why both keys: per login stops many addresses guessing one password; per
+    address stops one address trying many logins. The delay doubles with each
+    failure of a key (1 s, 2 s, 4 s ... capped at 60 s) and is forgotten after a
+    success or after ``window`` seconds of quiet. An address that logged in to
+    a login before is not held back by that login's failures from elsewhere
+    (only by its own), so a guesser cannot lock the owner's devices out.
+
+    ``admit`` *reserves* the next slot of each key before it waits: parallel
+    attempts queue one delay apart instead of all waiting the same delay and
+    then all trying. An attempt that would wait more than ``max_wait`` is
+    refused at once with ``Throttled`` and costs no Argon2.
     """
 
-    def __init__(self, base: float = 1.0, cap: float = 60.0, window: float = 900.0) -> None:
+    def __init__(self, base: float = 1.0, cap: float = 60.0, window: float = 900.0,
+                 max_wait: float = 2.0, remember: float = 30 * 86400.0) -> None:
         self.base, self.cap, self.window = base, cap, window
-        self._fails: dict[tuple[str, str], tuple[int, float]] = {}
+        self.max_wait, self.remember = max_wait, remember
+        self._fails: dict[tuple[str, str], _Failures] = {}
+        self._known: dict[tuple[str, str], float] = {}  # (login, address) -> last success
 
-    def delay(self, login: str, peer: str) -> float:
-        count, last = self._fails.get((login.lower(), peer), (0, 0.0))
-        if not count or time.monotonic() - last > self.window:
-            return 0.0
+    def _keys(self, login: str, peer: str, now: float) -> list[tuple[str, str]]:
+        keys = [("ip", peer)]
+        known = self._known.get((login, peer))
+        if known is None or now - known > self.remember:
+            keys.append(("login", login))
+        return keys
+
+    def _live(self, key: tuple[str, str], now: float) -> _Failures | None:
+        f = self._fails.get(key)
+        if f is None or not f.count:
+            return None
+        if now - f.last > self.window and now >= f.next_at:
+            del self._fails[key]
+            return None
+        return f
+
+    def _step(self, count: int) -> float:
         return float(min(self.cap, self.base * 2 ** (count - 1)))
 
+    def delay(self, login: str, peer: str) -> float:
+        """Seconds before an attempt for ``login`` from ``peer`` may start."""
+        now = time.monotonic()
+        login = normalize_login(login)
+        live = [f for k in self._keys(login, peer, now) if (f := self._live(k, now))]
+        return max([f.next_at - now for f in live] + [0.0])
+
+    async def admit(self, login: str, peer: str) -> None:
+        """Wait for this attempt's turn, or raise ``Throttled`` if it is too far off."""
+        now = time.monotonic()
+        live = [f for k in self._keys(login, peer, now) if (f := self._live(k, now))]
+        start = max([f.next_at for f in live] + [now])
+        if start - now > self.max_wait:
+            raise Throttled(start - now)
+        for f in live:  # reserve: the next attempt queues behind this one
+            f.next_at = start + self._step(f.count)
+        if start > now:
+            await asyncio.sleep(start - now)
+
     async def before_attempt(self, login: str, peer: str) -> None:
-        wait = self.delay(login, peer)
-        if wait:
-            await asyncio.sleep(wait)
+        await self.admit(normalize_login(login), peer)
 
     def record(self, login: str, peer: str, ok: bool) -> None:
-        key = (login.lower(), peer)
+        login = normalize_login(login)
+        now = time.monotonic()
         if ok:
-            self._fails.pop(key, None)
+            self._fails.pop(("login", login), None)
+            self._fails.pop(("ip", peer), None)
+            if len(self._known) > 10_000:
+                self._known.clear()
+            self._known[(login, peer)] = now
             return
-        count, _ = self._fails.get(key, (0, 0.0))
-        self._fails[key] = (count + 1, time.monotonic())
-        log.warning("failed login for %s from %s (%d in a row)", login, peer, count + 1)
+        counts = []
+        for key in self._keys(login, peer, now):
+            f = self._live(key, now) or self._fails.setdefault(key, _Failures())
+            f.count += 1
+            f.last = now
+            f.next_at = max(f.next_at, now + self._step(f.count))
+            counts.append(f.count)
+        log.warning("failed login for %s from %s (%d in a row)", login, peer, max(counts))
         if len(self._fails) > 100_000:
-            self._fails.clear()
+            self._fails = {k: f for k, f in self._fails.items() if self._live(k, now)}
+            if len(self._fails) > 100_000:
+                self._fails.clear()

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, syntax
 
 from core.limits import ConnectionLimits, Slot
+from core.users import Throttled, normalize_login
 from protocols.smtp.errors import enhance
 
 if TYPE_CHECKING:
@@ -285,14 +286,17 @@ class TwinSMTP(SMTP):
         return await self._check(login, password)
 
     async def _check(self, raw_login: bytes, raw_password: bytes) -> AuthResult:
-        login = raw_login.decode("utf-8", "replace").strip().lower()[:254]
+        login = normalize_login(raw_login.decode("utf-8", "replace"))
         password = raw_password.decode("utf-8", "replace")
         throttle, peer = self.service.throttle, self.peer_ip
         # busy, not idle: the check (Argon2, a throttle's delay) may outlast login_timeout
         self._deadline = self.loop.time() + self._timeout_duration
-        await throttle.before_attempt(login, peer)
-        ok = await self.service.users.authenticate(login, password)
-        throttle.record(login, peer, ok)
+        try:
+            ok = await self.service.users.login(throttle, login, password, peer) is not None
+        except Throttled as exc:  # RFC 4954 §6: 454 temporary failure, and why
+            await self.push(f"454 4.7.0 Too many failed logins; try again in "
+                            f"{exc.retry_after} seconds")
+            return AuthResult(success=False, handled=True)
         if not ok:
             log.info("SMTP AUTH failed for %s from %s", login, peer)
             return AuthResult(success=False, handled=False)

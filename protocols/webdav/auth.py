@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from wsgidav.dc.base_dc import BaseDomainController
 
+from core.users import Throttled, normalize_login
+
 if TYPE_CHECKING:
     from core.service import Service
     from protocols.webdav.bridge import Bridge
@@ -43,16 +45,20 @@ class TwinDomainController(BaseDomainController):  # type: ignore[misc]
         peer = environ.get("REMOTE_ADDR", "?")
         ok = self.bridge.call(check_login(self.service, user_name, password, peer))
         if ok:
-            environ["twin.login"] = user_name.strip().lower()
+            environ["twin.login"] = normalize_login(user_name)
         return ok
 
 
 async def check_login(service: Service, login: str, password: str, peer: str) -> bool:
-    """The one WebDAV login check (wsgidav's and the fast GET and PUT paths'), throttled."""
-    throttle = service.throttle
-    await throttle.before_attempt(login, peer)
-    ok = await service.users.authenticate(login, password)
-    throttle.record(login, peer, ok)
+    """The one WebDAV login check (wsgidav's and the fast GET and PUT paths'), throttled.
+
+    A throttled attempt is refused without a check (Basic auth has no way to
+    say "later": the client sees 401 and may ask again).
+    """
+    try:
+        ok = await service.users.login(service.throttle, login, password, peer) is not None
+    except Throttled:
+        ok = False
     if not ok:
         log.info("WebDAV login refused for %s from %s", login[:254], peer)
     return ok

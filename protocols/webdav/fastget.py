@@ -13,7 +13,8 @@ Only the unambiguous case is taken; everything else falls through to wsgidav
 unchanged, so its semantics stay the reference (litmus passes against it):
 
 - GET with valid Basic credentials of the twin (the same throttled check as
-  ``auth``; missing or wrong ones fall through and wsgidav answers 401);
+  ``auth``; missing ones fall through and wsgidav answers 401, wrong ones get
+  the same 401 here, so they are checked once);
 - no Range, If-Range, If-Match, If-None-Match, If-Modified-Since,
   If-Unmodified-Since or WebDAV ``If`` header, no body, no Depth other than 0;
 - the path is a file of the owner's tree (not ``/shared/``, not a folder).
@@ -34,7 +35,8 @@ from wsgidav import util
 
 from core.errors import Invalid, TwinError
 from core.files import FileEntry, join, split
-from protocols.webdav.auth import check_login
+from core.users import normalize_login
+from protocols.webdav.auth import REALM, check_login
 from protocols.webdav.bridge import STATUS
 
 if TYPE_CHECKING:
@@ -55,7 +57,11 @@ class FastGet:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
-            entry = await self._eligible(scope)
+            try:
+                entry = await self._eligible(scope)
+            except LoginRefused:
+                await unauthorized(send)
+                return
             if entry is not None and await self._send(entry, send):
                 return
         await self.app(scope, receive, send)
@@ -115,10 +121,29 @@ class FastGet:
         return True
 
 
-async def basic_login(service: Service, header: bytes, scope: Scope) -> str | None:
-    """The login of valid Basic credentials (wsgidav's check: ``auth.check_login``), or None.
+class LoginRefused(Exception):
+    """Basic credentials were checked and are wrong: answer 401 here (``unauthorized``).
 
-    None means "let wsgidav answer": it sends the 401 and its challenge.
+    Falling through to wsgidav made it check them again: two Argon2 runs and
+    two throttle failures per refused request (#15.10).
+    """
+
+
+async def unauthorized(send: Send) -> None:
+    """wsgidav's own 401 (``send_basic_auth_response``), challenge included."""
+    body = b"Not authorized.\n"
+    await send({"type": "http.response.start", "status": 401, "headers": [
+        (b"www-authenticate", f'Basic realm="{REALM}"'.encode()),
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def basic_login(service: Service, header: bytes, scope: Scope) -> str | None:
+    """The login of valid Basic credentials (wsgidav's check: ``auth.check_login``).
+
+    None (no or unreadable credentials) means "let wsgidav answer": it sends
+    the 401 and its challenge. Wrong credentials raise ``LoginRefused``.
     """
     if header[:6].lower() != b"basic " or len(header) > MAX_AUTH_HEADER:
         return None
@@ -128,9 +153,11 @@ async def basic_login(service: Service, header: bytes, scope: Scope) -> str | No
     except (binascii.Error, UnicodeDecodeError):
         return None
     client = scope.get("client") or ("?", 0)
-    if sep and await check_login(service, login, password, str(client[0])):
-        return login
-    return None
+    if not sep:
+        return None
+    if await check_login(service, login, password, str(client[0])):
+        return normalize_login(login)
+    raise LoginRefused
 
 
 def tree_parts(scope: Scope, shared: str) -> tuple[str, ...] | None:

@@ -14,7 +14,8 @@ Only the unambiguous case is taken; everything else falls through to wsgidav
 unchanged, so its semantics stay the reference (litmus runs against it):
 
 - PUT with valid Basic credentials of the twin (the same throttled check as
-  ``auth``; missing or wrong ones fall through and wsgidav answers 401);
+  ``auth``; missing ones fall through and wsgidav answers 401, wrong ones get
+  the same 401 here, so they are checked once);
 - no ``If``, If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since
   (wsgidav evaluates those and lock tokens), no Content-Range (wsgidav: 400),
   no Content-Encoding (wsgidav: 501), a numeric Content-Length if any;
@@ -51,7 +52,7 @@ from wsgidav.dav_error import DAVError
 
 from core.errors import TwinError
 from core.files import join
-from protocols.webdav.fastget import _error, basic_login, tree_parts
+from protocols.webdav.fastget import LoginRefused, _error, basic_login, tree_parts, unauthorized
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -89,7 +90,11 @@ class FastPut:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "PUT":
-            plan = await self._eligible(scope)
+            try:
+                plan = await self._eligible(scope)
+            except LoginRefused:
+                await unauthorized(send)
+                return
             if plan is not None:
                 transaction = await self._begin(plan)
                 if transaction is not None:

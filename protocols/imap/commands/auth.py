@@ -1,7 +1,7 @@
 """Not-authenticated state: STARTTLS, AUTHENTICATE, LOGIN (RFC 3501 §6.2).
 
 Passwords are checked by ``service.users.authenticate`` (Argon2 off the loop),
-failures are throttled per (login, peer) by ``service.throttle``, and neither
+failures are throttled per login and per address by ``service.throttle``, and neither
 is allowed without TLS except on loopback or with ``listen.plaintext_auth``.
 """
 
@@ -13,6 +13,7 @@ import binascii
 import logging
 from typing import TYPE_CHECKING
 
+from core.users import Throttled
 from protocols.imap.commands import ANSWERED, NOT_AUTH, args, command
 from protocols.imap.errors import Bad, No
 
@@ -42,13 +43,14 @@ async def starttls(s: Session, cmd: Command) -> str | None:
 async def _check(s: Session, login: str, password: str) -> None:
     if not s.plaintext_ok:
         raise No("use STARTTLS or port imaps before logging in", "PRIVACYREQUIRED")
-    await s.service.throttle.before_attempt(login, s.peer)
-    ok = await s.service.users.authenticate(login, password)
-    s.service.throttle.record(login, s.peer, ok)
-    if not ok:
+    try:
+        user = await s.service.users.login(s.service.throttle, login, password, s.peer)
+    except Throttled as exc:  # told at once, not left hanging (RFC 5530 UNAVAILABLE)
+        raise No(str(exc), "UNAVAILABLE") from None
+    if user is None:
         log.info("IMAP login failed for %s from %s", login[:80], s.peer)
         raise No("invalid credentials", "AUTHENTICATIONFAILED")
-    await s.logged_in(login.strip().lower())
+    await s.logged_in(user)
 
 
 # RFC 3501 §6.2.3 LOGIN
