@@ -9,6 +9,7 @@ dispersed store only for BODY/TEXT keys.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import email
 import email.header
@@ -33,6 +34,12 @@ if TYPE_CHECKING:
 
 INDEX, META, TEXT = 0, 1, 2
 MAX_TEXT = 32 * 1024 * 1024
+# A program's size is bounded before anything runs (#15.10: a 100k-token
+# program stalled the loop 3 s): keys, nesting, and the uids its sets hold.
+MAX_KEYS = 1000
+MAX_DEPTH = 100
+MAX_SET_UIDS = 1_000_000  # beyond the mailbox's own size (see Compiler.set_budget)
+SLICE = 0.02  # seconds of evaluation before the loop gets a turn
 _SEQSET = re.compile(r"^[0-9*:,]+$")
 _FLAG_KEYS = {"ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True),
               "DRAFT": ("\\Draft", True), "FLAGGED": ("\\Flagged", True),
@@ -54,6 +61,7 @@ class Msg:
     text: str | None = None
     headers: list[tuple[str, str]] | None = None
     flat: str | None = None
+    decoded: dict[str, list[str]] | None = None
 
     def may_contain(self, needle: str) -> bool:
         """False only if no header value can contain ``needle`` (lower-case).
@@ -68,11 +76,16 @@ class Msg:
         return "=?" in self.flat or needle in self.flat
 
     def header_values(self, name: str) -> list[str]:
-        """Decoded values of one header; only the named header's values are decoded."""
-        if self.headers is None:
-            assert self.meta is not None
-            self.headers = parse_headers(self.meta.header)
-        return [_decode(v) for k, v in self.headers if k == name]
+        """Decoded values of one header; only the named header's values are decoded, once."""
+        if self.decoded is None:
+            self.decoded = {}
+        values = self.decoded.get(name)
+        if values is None:
+            if self.headers is None:
+                assert self.meta is not None
+                self.headers = parse_headers(self.meta.header)
+            values = self.decoded[name] = [_decode(v) for k, v in self.headers if k == name]
+        return values
 
 
 Pred = Callable[[Msg], bool]
@@ -116,7 +129,17 @@ class Compiler:
         self.s = session
         self.sel = sel
         self.depth = 0
+        self.keys = 0
+        self.set_budget = MAX_SET_UIDS + 4 * len(sel.uids)
         self.modseq_used = False
+
+    def _uids(self, text: str, *, uid: bool) -> set[int]:
+        """A sequence set's uids, counted against the program's budget."""
+        uids = set(self.sel.parse_set(text, uid=uid))
+        self.set_budget -= len(uids)
+        if self.set_budget < 0:
+            raise Bad("search program too large (sequence sets)")
+        return uids
 
     def program(self, tokens: list[Token]) -> Node:
         if not tokens:
@@ -130,8 +153,11 @@ class Compiler:
 
     def key(self, t: list[Token], pos: int) -> tuple[Node, int]:
         self.depth += 1
-        if self.depth > 100:
+        self.keys += 1
+        if self.depth > MAX_DEPTH:
             raise Bad("search program nested too deeply")
+        if self.keys > MAX_KEYS:
+            raise Bad(f"search program too large (over {MAX_KEYS} keys)")
         try:
             return self._key(t, pos)
         finally:
@@ -178,7 +204,7 @@ class Compiler:
             b, nxt = self.key(t, nxt)
             return Node(lambda m: a.pred(m) or b.pred(m), max(a.cost, b.cost)), nxt
         if k == "UID":
-            uids = set(self.sel.parse_set(self._arg(t, pos + 1), uid=True))
+            uids = self._uids(self._arg(t, pos + 1), uid=True)
             return Node(lambda m: m.uid in uids, INDEX), pos + 2
         if k in ("LARGER", "SMALLER"):
             n = args.number(t[pos + 1] if pos + 1 < len(t) else Atom(""), bits=63)
@@ -211,7 +237,7 @@ class Compiler:
             n = args.number(t[nxt] if nxt < len(t) else Atom(""), bits=63)
             return Node(lambda m: m.modseq >= n, INDEX), nxt + 1
         if _SEQSET.match(k):
-            uids = set(self.sel.parse_set(k, uid=False))
+            uids = self._uids(k, uid=False)
             return Node(lambda m: m.uid in uids, INDEX), pos + 1
         raise Bad(f"unknown search key {k[:30]}")
 
@@ -284,7 +310,12 @@ async def run_search(s: Session, sel: Selected, tokens: list[Token]) -> tuple[li
                 m.meta = metas.get(m.uid)
     out: list[int] = []
     top = 0
+    loop = asyncio.get_running_loop()
+    turn = loop.time() + SLICE
     for m in msgs:
+        if loop.time() > turn:  # in slices: other sessions go on meanwhile
+            await asyncio.sleep(0)
+            turn = loop.time() + SLICE
         if node.cost >= META and m.meta is None:
             continue  # expunged meanwhile
         if node.cost >= TEXT:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -219,3 +220,54 @@ def test_literals_count_against_one_command_s_size(account: Account) -> None:
     assert r.until(b"a5")[-1].startswith(b"a5 OK")
     search(b"a6", 20)  # 1.2 MB: refused when the literal that passes 1 MiB is announced
     assert r.until(b"a6")[-1].startswith(b"* BYE")
+
+
+def test_a_huge_search_program_is_refused_before_it_runs(account: Account) -> None:
+    """#15.10: ~100k tokens compiled and ran on the event loop (a 3 s stall)."""
+    account.deliver(b"Subject: one\r\n\r\nbody\r\n")
+    r = Raw(account.port)
+    r.send(f'l LOGIN "{account.login}" "{account.password}"\r\n'.encode())
+    r.until(b"l")
+    r.send(b"s SELECT INBOX\r\n")
+    r.until(b"s")
+    start = time.monotonic()
+    r.send(b"a1 SEARCH " + b" ".join([b"1"] * 30_000) + b"\r\n")  # one line: 60 KB
+    last = r.until(b"a1")[-1]
+    assert last.startswith(b"a1 BAD") and b"too large" in last, last
+    assert time.monotonic() - start < 2
+    r.send(b"a2 SEARCH " + b"1:* " * 900 + b"1\r\n")  # 901 keys: fine
+    assert r.until(b"a2")[-2:] == [b"* SEARCH 1", b"a2 OK SEARCH completed"]
+    r.alive()
+
+
+def test_a_long_search_leaves_other_sessions_responsive(account: Account) -> None:
+    """#15.10: the evaluation now yields to the loop every few ms (``search.SLICE``)."""
+    start = time.monotonic()
+    for i in range(250):
+        account.twin.call(account.twin.service.mail.deliver(
+            account.login, b"Subject: m%d\r\n\r\nbody\r\n" % i))
+    print(f"delivered in {time.monotonic() - start:.1f} s")
+    busy, other = Raw(account.port), Raw(account.port)
+    for r in (busy, other):
+        r.send(f'l LOGIN "{account.login}" "{account.password}"\r\n'.encode())
+        r.until(b"l")
+        r.send(b"s SELECT INBOX\r\n")
+        r.until(b"s")
+    start = time.monotonic()
+    busy.send(b"a1 SEARCH " + b"SUBJECT m " * 999 + b"ALL\r\n")  # every key true: all run
+    worst, done = 0.0, False
+    while not done:
+        t = time.monotonic()
+        other.alive()
+        worst = max(worst, time.monotonic() - t)
+        busy.sock.settimeout(0.05)
+        try:
+            done = busy.until(b"a1")[-1].startswith(b"a1 OK")
+        except TimeoutError:
+            pass
+        finally:
+            busy.sock.settimeout(60)
+    took = time.monotonic() - start
+    print(f"SEARCH took {took:.2f} s, worst NOOP meanwhile {worst:.3f} s")
+    assert took > 0.5  # long enough to matter
+    assert worst < max(0.3, took / 4), (took, worst)
