@@ -33,6 +33,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from core.db import Database
 from core.errors import Conflict, Invalid, NotFound, Unavailable
+from core.net import is_loopback
 
 log = logging.getLogger("twin.auth")
 MIGRATIONS = [
@@ -229,8 +230,10 @@ class Throttle:
     address stops one address trying many logins. The delay doubles with each
     failure of a key (1 s, 2 s, 4 s ... capped at 60 s) and is forgotten after a
     success or after ``window`` seconds of quiet. An address that logged in to
-    a login before is not held back by that login's failures from elsewhere
-    (only by its own), so a guesser cannot lock the owner's devices out.
+    a login before is held back only by its own failures on that login, so a
+    guesser elsewhere (or a stale device behind the same NAT) cannot lock the
+    owner's devices out. Loopback peers are not counted per address: behind a
+    local proxy every client has that address.
 
     ``admit`` *reserves* the next slot of each key before it waits: parallel
     attempts queue one delay apart instead of all waiting the same delay and
@@ -246,11 +249,12 @@ class Throttle:
         self._known: dict[tuple[str, str], float] = {}  # (login, address) -> last success
 
     def _keys(self, login: str, peer: str, now: float) -> list[tuple[str, str]]:
-        keys = [("ip", peer)]
         known = self._known.get((login, peer))
-        if known is None or now - known > self.remember:
-            keys.append(("login", login))
-        return keys
+        if known is not None and now - known <= self.remember:
+            return [("pair", f"{login}\0{peer}")]  # only its own failures hold it back
+        if is_loopback(peer):  # this machine (or a local proxy): every client shares it
+            return [("login", login)]
+        return [("ip", peer), ("login", login)]
 
     def _live(self, key: tuple[str, str], now: float) -> _Failures | None:
         f = self._fails.get(key)
@@ -290,8 +294,8 @@ class Throttle:
         login = normalize_login(login)
         now = time.monotonic()
         if ok:
-            self._fails.pop(("login", login), None)
-            self._fails.pop(("ip", peer), None)
+            for key in self._keys(login, peer, now):
+                self._fails.pop(key, None)
             if len(self._known) > 10_000:
                 self._known.clear()
             self._known[(login, peer)] = now
