@@ -106,15 +106,17 @@ async def _read_capped(request: Request, cap: int, what: str, budget: ByteBudget
     ip = request.client.host if request.client else "?"
     held = Body(budget, ip)
     busy = not too_large and declared.isdigit() and not held.hold(int(declared))
-    body = bytearray()
+    chunks: list[bytes] = []  # joined once: a growing bytearray copied as it grew
+    size = 0
     try:
         if not too_large and not busy:
             async for chunk in request.stream():
-                body += chunk
-                if len(body) > cap:
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > cap:
                     too_large = True
                     break
-                if not held.hold(len(body)):
+                if not held.hold(size):
                     busy = True
                     break
     except ClientDisconnect:
@@ -127,7 +129,7 @@ async def _read_capped(request: Request, cap: int, what: str, budget: ByteBudget
         if too_large:
             return _refuse(Refusal(code, f"{what} over {cap} bytes"))
         return _refuse(Refusal(code, "busy: too many request bodies in memory, retry later"))
-    held.data = bytes(body)
+    held.data = b"".join(chunks)
     return held
 
 
