@@ -69,6 +69,8 @@ SCHEMA: tuple[Key, ...] = (
         minimum=0),
     Key("http.max_connections", int, 1000, "HTTPS connections and requests in progress at "
         "once; past it new requests get 503.", minimum=1),
+    Key("http.max_per_ip", int, 100, "HTTPS requests in progress at once from one client "
+        "address; past it 503.", minimum=1),
     Key("http.public_url", str, "",
         "URL other twins use to reach the peer API; default https://HOST:PORT."),
     Key("smtp.port", int, 2525, "SMTP inbound port (the port-25 role); 0 picks a free port.",

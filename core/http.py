@@ -16,14 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import BaseRoute, Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from core import net, tls
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
     from core.service import Service
 
 log = logging.getLogger("twin.http")
@@ -57,7 +60,42 @@ def build_app(service: Service) -> Starlette:
     routes: list[BaseRoute] = [Route("/twin/v1/health", health)]
     routes += service.peer_routes()
     routes += plugin_routes(service)
-    return Starlette(routes=routes)
+    per_address = Middleware(PerAddress, limit=service.config.int("http.max_per_ip"))
+    return Starlette(routes=routes, middleware=[per_address])
+
+
+class PerAddress:
+    """ASGI: at most ``limit`` requests in progress per client address (503 beyond).
+
+    uvicorn's ``limit_concurrency`` bounds all clients together, so one address
+    could take every slot (#15.9); this keeps the others served.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+        self.busy: dict[str, int] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ip = str((scope.get("client") or ("?", 0))[0])
+        n = self.busy.get(ip, 0)
+        if n >= self.limit:
+            log.warning("HTTPS request from %s refused: %d in progress from that address", ip, n)
+            response = PlainTextResponse("too many requests in progress from your address\n",
+                                         503, headers={"retry-after": "1"})
+            await response(scope, receive, send)
+            return
+        self.busy[ip] = n + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            left = self.busy[ip] - 1
+            if left:
+                self.busy[ip] = left
+            else:
+                del self.busy[ip]
 
 
 class HttpListener:

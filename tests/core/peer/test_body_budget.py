@@ -70,3 +70,17 @@ def test_bodies_past_the_budget_are_refused_unread(twins: Callable[..., TwinProc
     assert _status(again) == 400
     for s in (same_ip, other, small, chunked, again):
         s.close()
+
+
+def test_one_address_cannot_take_every_request_slot(twins: Callable[..., TwinProcess]) -> None:
+    alice = twins("alice", sets=["http.max_per_ip=2"])
+    port = alice.port("https")
+    held = [_post(port, 1024, "127.0.0.5") for _ in range(2)]  # bodies never sent
+    time.sleep(0.3)
+    third = _post(port, 1024, "127.0.0.5")
+    assert _status(third) == 503
+    elsewhere = _post(port, 16, "127.0.0.6")
+    elsewhere.sendall(b"\0" * 16)
+    assert _status(elsewhere) == 400  # served (a malformed envelope)
+    for s in (*held, third, elsewhere):
+        s.close()
