@@ -75,7 +75,10 @@ async def authenticate(s: Session, cmd: Command) -> str | None:
             response = ""
     else:
         await s.send_now(b"+ \r\n")
-        line = await asyncio.wait_for(s.cmd_reader.line(), 300)
+        try:  # not logged in: the response has imap.login_timeout to come
+            line = await asyncio.wait_for(s.cmd_reader.line(), s.login_timeout)
+        except TimeoutError:
+            raise Bad("no AUTHENTICATE response in time") from None
         response = line.rstrip(b"\r\n").decode("ascii", "replace")
         if response == "*":
             raise Bad("authentication cancelled")
