@@ -41,32 +41,33 @@ class PinStore:
         domain that suddenly resolves to another twin's key is then refused
         like a name that changed its key, whatever name the new record bears.
         """
-        for key in dict.fromkeys([record.name] + ([asked] if asked else [])):
-            self._check_one(key, record)
-        return record
-
-    def _check_one(self, key: str, record: TwinRecord) -> None:
+        keys = list(dict.fromkeys([record.name] + ([asked] if asked else [])))
         with self._lock:
-            row = self._db.execute("SELECT public_key FROM pins WHERE name = ?",
-                                   (key,)).fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO pins VALUES (?, ?, ?)",
-                                 (key, record.public_key, time.time()))
-                log.info("pinned key of twin %s: %s", key, record.public_key.hex())
-                return
-        if bytes(row[0]) != record.public_key:
-            log.warning("twin %s presents a new key %s (pinned %s): refused until re-pinned",
-                        key, record.public_key.hex(), bytes(row[0]).hex())
-            raise KeyChanged(
-                f"twin {key!r} changed its key (now that of {record.name!r}); run `twin "
-                f"phonebook repin {record.name}` if you trust the change")
+            pinned = {key: self._db.execute("SELECT public_key FROM pins WHERE name = ?",
+                                            (key,)).fetchone() for key in keys}
+            for key, row in pinned.items():  # all checked before anything is pinned
+                if row is not None and bytes(row[0]) != record.public_key:
+                    log.warning("twin %s presents a new key %s (pinned %s): refused until "
+                                "re-pinned", key, record.public_key.hex(), bytes(row[0]).hex())
+                    raise KeyChanged(
+                        f"twin {key!r} changed its key (now that of {record.name!r}); run "
+                        f"`twin phonebook repin {key}` if you trust the change")
+            for key, row in pinned.items():
+                if row is None:
+                    self._db.execute("INSERT INTO pins VALUES (?, ?, ?)",
+                                     (key, record.public_key, time.time()))
+                    log.info("pinned key of twin %s: %s", key, record.public_key.hex())
+        return record
 
     def repin(self, name: str) -> None:
         """Forget ``name``'s pin and every domain pinned to the same key."""
         with self._lock:
-            self._db.execute(
-                "DELETE FROM pins WHERE name = ? OR (name LIKE '@%' AND public_key IN "
-                "(SELECT public_key FROM pins WHERE name = ?))", (name, name))
+            row = self._db.execute("SELECT public_key FROM pins WHERE name = ?",
+                                   (name,)).fetchone()
+            if row is not None:
+                self._db.execute("DELETE FROM pins WHERE name LIKE '@%' AND public_key = ?",
+                                 (row[0],))
+            self._db.execute("DELETE FROM pins WHERE name = ?", (name,))
         log.info("unpinned twin %s; its next key is pinned on first sight", name)
 
     def pinned(self) -> dict[str, bytes]:
