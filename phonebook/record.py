@@ -97,7 +97,7 @@ class TwinRecord:
                 raise RecordInvalid(f"twin {self.name!r}: record is not signed")
             try:
                 VerifyKey(self.public_key).verify(self.signed_bytes(), self.signature)
-            except BadSignatureError:
+            except (BadSignatureError, ValueError, TypeError):  # ValueError: not 64 bytes
                 raise RecordInvalid(
                     f"twin {self.name!r}: record signature does not verify (tampered?)"
                 ) from None
@@ -150,8 +150,8 @@ class TwinRecord:
         if not all(isinstance(u, str) for u in endpoints) \
                 or not all(isinstance(d, str) for d in mail_domains):
             raise RecordInvalid("undecodable phonebook record: endpoints/domains not text")
-        if signature is not None and not isinstance(signature, bytes):
-            raise RecordInvalid("undecodable phonebook record: signature is not bytes")
+        if signature is not None and (not isinstance(signature, bytes) or len(signature) != 64):
+            raise RecordInvalid("undecodable phonebook record: signature is not 64 bytes")
         if not (0 <= valid_until < 2**63 and 0 <= seq < 2**63):
             raise RecordInvalid("undecodable phonebook record: seq/valid_until out of range")
         return cls(

@@ -95,7 +95,7 @@ def test_pins_follow_the_asked_domain(tmp_path: Path) -> None:
 @pytest.mark.parametrize("field, value", [
     ("public_key", 2**62), ("public_key", 1_500_000_000), ("signature", 2**62),
     ("seq", "1"), ("valid_until", 2.5), ("endpoints", [1]), ("name", b"alice"),
-    ("key_type", [1]),
+    ("key_type", [1]), ("signature", b"short"),
 ])
 def test_record_fields_are_typed_before_use(field: str, value: object) -> None:
     """``bytes(n)`` of a forged integer allocated n zero bytes (or raised MemoryError)."""
