@@ -18,7 +18,8 @@ the same time; a crash there stops that target (libFuzzer keeps the input).
 Targets: ``envelope`` (split, peek and parse of a signed envelope body),
 ``payload`` (the bounded CBOR decoder and the re-encoding a ``ping`` does),
 ``ack`` (``Peer._open_ack`` of a signed, encrypted ack whose plaintext is
-fuzzed), ``record`` (phonebook ``TwinRecord.from_bytes`` + verify), ``imap``
+fuzzed), ``refusal`` (a peer's JSON refusal as the sender reads it),
+``record`` (phonebook ``TwinRecord.from_bytes`` + verify), ``imap``
 (``CommandReader`` over a stream), ``mime`` (the MIME describer),
 ``webdav_path`` (the request-target guard and the tree path mapper). More
 are added as functions registered with ``@target``.
@@ -181,6 +182,22 @@ def record() -> Target:
         TwinRecord.from_bytes(data, id=1).verify()
 
     return Target("record", run, seeds, (RecordInvalid,), CBOR_TOKENS)
+
+
+@target
+def refusal() -> Target:
+    """What the sending twin makes of a peer's refusal body (JSON, peer-chosen)."""
+    from core.peer import client
+
+    seeds = [b'{"code": "replay", "message": "seen", "ack": "AAEC"}',
+             b'{"code": "malformed", "message": "x"}', b'[1, {"code": 2}]', b'"text"']
+    tokens = [b"[" * 64, b"{", b'"code"', b'"ack"', b":", b",", b"null", b"1e999", b"\\u0000"]
+
+    def run(data: bytes) -> None:
+        client._is_refusal(data)
+        client._refused(400, data)
+
+    return Target("refusal", run, seeds, (), tokens)
 
 
 # -- protocols ---------------------------------------------------------------

@@ -359,6 +359,9 @@ def _check_whole(config: Config, origin: str) -> None:
             f"'storage.backends' in {origin} lists {len(backends)} backends; "
             f"'storage.n' = {n} needs at least that many"
         )
+    if config.int("peer.ttl") > config.int("peer.max_ttl"):
+        raise ConfigError(f"'peer.ttl' in {origin} exceeds 'peer.max_ttl': peers with the "
+                          "default limit would refuse this twin's envelopes")
     for name in ("smtp.retry_schedule", "peer.retry_schedule"):
         schedule = config.list(name)
         if not schedule or not all(isinstance(s, int | float) and s > 0 for s in schedule):

@@ -400,6 +400,10 @@ class Peer:
             raise Refusal("clock_skew", f"timestamp {e.timestamp - now:.0f}s in the future")
         if e.expires + self.max_skew < now:
             raise Refusal("expired", f"envelope expired {now - e.expires:.0f}s ago")
+        if e.timestamp < now - self.max_skew:
+            # twins seal every attempt afresh, so an old stamp is a replay or a wrong
+            # clock; refusing it also bounds how long a uid must guard against replays
+            raise Refusal("clock_skew", f"timestamp {now - e.timestamp:.0f}s in the past")
         self.rate.take(record.name)
         kind = KINDS.get(e.kind)
         if kind is not None and kind.stream and not stream_ok:
@@ -419,7 +423,7 @@ class Peer:
             raise
         keep = max(e.expires + self.max_skew, now + self.dedup_keep)
         await self.replay.done(record.name, e.uid, keep, answer.ack,
-                               replay_until=e.expires + self.max_skew)
+                               replay_until=min(e.timestamp, e.expires) + self.max_skew + 1)
         return answer
 
     async def _sender_record(self, sender: str) -> TwinRecord:

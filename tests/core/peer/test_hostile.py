@@ -133,3 +133,21 @@ async def test_replay_store_is_bounded_per_sender(tmp_path: Path) -> None:
         await guard.claim("alice", b"\x01" * 16)
     finally:
         guard.close()
+
+
+def test_a_refusal_body_nested_too_deep_is_not_a_crash() -> None:
+    from core.peer import client
+
+    for body in (b"[" * 100_000, b'{"code": "x", "ack": 5}', b'["code"]', b'{"a": ' * 50_000):
+        assert not client._is_refusal(body) or body.startswith(b'{"code"')
+        assert client._refused(400, body).code in ("unavailable", "x")
+
+
+async def test_a_stamp_older_than_the_skew_is_refused(pair: Pair) -> None:
+    """Every delivery attempt is sealed afresh: an hour-old stamp with a day's ttl
+    is a replay (or a broken clock), not a late delivery."""
+    alice, bob = pair
+    old = int(time.time()) - bob.peer.max_skew - 60
+    with pytest.raises(Refusal) as info:
+        await bob.peer.receive(to_bob(alice, bob, cbor2.dumps(1), timestamp=old, ttl=86400))
+    assert info.value.code == "clock_skew" and "in the past" in info.value.message
