@@ -77,12 +77,14 @@ def test_cbor_bomb_gets_a_fast_refusal_and_health_stays_up(
 
     prober = threading.Thread(target=probe)
     prober.start()
-    answers = [_post(bob.url, seal(shared_ref_bomb(20))) for _ in range(3)]
+    answers = [_post(bob.url, seal(shared_ref_bomb(20))) for _ in range(5)]
     prober.join()
     for status, body, _ in answers:
         assert status == 400 and body["code"] == "bad_payload", body
-    assert min(took for _, _, took in answers) < 0.1, answers  # the best of three
-    assert max(health) < 1.0, health
+    # ~15 ms on a quiet machine (bench/peer_hostile.py), 4-7 s before the fix; the
+    # margin is for a loaded CI machine
+    assert min(took for _, _, took in answers) < 0.2, answers
+    assert max(health) < 2.0, health
     assert _post(bob.url, bomb)[0] == 400
     assert _post(bob.url, seal(cbor2.dumps([1, 2])))[0] == 200  # plain pings still answered
 
