@@ -20,7 +20,8 @@ Targets: ``envelope`` (split, peek and parse of a signed envelope body),
 ``ack`` (``Peer._open_ack`` of a signed, encrypted ack whose plaintext is
 fuzzed), ``refusal`` (a peer's JSON refusal as the sender reads it),
 ``record`` (phonebook ``TwinRecord.from_bytes`` + verify), ``imap``
-(``CommandReader`` over a stream), ``mime`` (the MIME describer),
+(``CommandReader`` over a stream), ``smtp`` (a real twin's inbound SMTP
+session over TCP), ``mime`` (the MIME describer),
 ``webdav_path`` (the request-target guard and the tree path mapper). More
 are added as functions registered with ``@target``.
 
@@ -58,7 +59,7 @@ INTERESTING = [0x00, 0x01, 0x7F, 0x80, 0xFF, 0x17, 0x18, 0x1B, 0x1F, 0x20, 0x0A,
 @dataclass
 class Target:
     name: str
-    run: Callable[[bytes], None]
+    run: Callable[[bytes], str | None]  # may return a signature of what happened
     seeds: list[bytes]
     allowed: tuple[type[BaseException], ...]
     tokens: list[bytes] = field(default_factory=list)
@@ -67,6 +68,7 @@ class Target:
 TARGETS: dict[str, Callable[[], Target]] = {}
 # Targets left out of tests/test_fuzz_slice.py, and why.
 OUT_OF_SLICE = {
+    "smtp": "drives a real twin process, one connection per input: minutes, not seconds",
     "mime": "the describer raises on malformed RFC 2231 parameters (issue #15 item 1), "
             "fixed on another branch: add it to the slice once merged",
 }
@@ -245,6 +247,59 @@ def imap() -> Target:
 
 
 @target
+def smtp() -> Target:
+    """The inbound SMTP session of a real ``twin serve``, one connection per input.
+
+    A crash is aiosmtpd's answer to an exception in the session (``500 Error: (``)
+    or the twin exiting; a hang is a session that does not end within ``HANG``
+    seconds of the client's last byte. Slow (a connection per input) and it
+    needs a twin process, so it is outside the make-test slice."""
+    import atexit
+    import socket
+    import tempfile
+
+    from tests.twins import TwinProcess
+
+    root = Path(tempfile.mkdtemp(prefix="twin-fuzz-smtp-"))
+    twin = TwinProcess.create(root, "alice").start()
+    atexit.register(twin.stop)
+    port = twin.port("smtp")
+    seeds = [b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<alice@alice.localhost>\r\n"
+             b"DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+             b"HELO x\r\nVRFY alice\r\nNOOP\r\nRSET\r\nHELP\r\nQUIT\r\n",
+             b"EHLO x\r\nMAIL FROM:<> SIZE=10 BODY=8BITMIME SMTPUTF8\r\n"
+             b"RCPT TO:<alice@alice.localhost> NOTIFY=NEVER\r\nQUIT\r\n"]
+    tokens = [b"MAIL FROM:", b"RCPT TO:", b"<", b">", b"@", b"DATA\r\n", b"\r\n.\r\n",
+              b"AUTH PLAIN ", b"SIZE=", b"BODY=8BITMIME", b"SMTPUTF8", b"VRFY ", b"\r\n",
+              b"STARTTLS\r\n", b"EXPN ", b"\x00", b"\xff"]
+
+    class SessionCrash(Exception):
+        pass
+
+    def run(data: bytes) -> str:
+        if twin.proc is None or twin.proc.poll() is not None:
+            raise SessionCrash("the twin exited")
+        with socket.create_connection(("127.0.0.1", port), timeout=HANG) as conn:
+            conn.recv(4096)  # banner
+            conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+            answer = bytearray()
+            try:
+                while chunk := conn.recv(65536):
+                    answer += chunk
+            except (TimeoutError, ConnectionResetError):
+                pass
+        if b"500 Error: (" in answer:
+            line = answer[answer.index(b"500 Error: ("):].split(b"\r\n")[0]
+            raise SessionCrash(line.decode("latin-1"))
+        # the set of reply codes: a new one makes the input worth mutating further
+        return " ".join(sorted({line[:3].decode("latin-1") for line in answer.split(b"\r\n")
+                                if line[:3].isdigit()}))
+
+    return Target("smtp", run, seeds, (), tokens)
+
+
+@target
 def mime() -> Target:
     from core.mail import mime as describer
 
@@ -352,9 +407,9 @@ def fuzz(t: Target, *, seconds: float | None = None, inputs: int | None = None,
         else:
             data = mutate(rng, rng.choice(corpus), t, corpus)
         began = time.perf_counter()
-        outcome = "ok"
         try:
-            t.run(data)
+            signature = t.run(data)
+            outcome = "ok" if signature is None else f"ok:{signature}"
         except t.allowed as exc:
             outcome = f"{type(exc).__name__}:{' '.join(str(exc).split()[:3])}"
         except Exception as exc:
