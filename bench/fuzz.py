@@ -255,6 +255,7 @@ def smtp() -> Target:
     seconds of the client's last byte. Slow (a connection per input) and it
     needs a twin process, so it is outside the make-test slice."""
     import atexit
+    import shutil
     import socket
     import tempfile
 
@@ -262,7 +263,8 @@ def smtp() -> Target:
 
     root = Path(tempfile.mkdtemp(prefix="twin-fuzz-smtp-"))
     twin = TwinProcess.create(root, "alice").start()
-    atexit.register(twin.stop)
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    atexit.register(twin.stop)  # runs first (last registered)
     port = twin.port("smtp")
     seeds = [b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<alice@alice.localhost>\r\n"
              b"DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n",
