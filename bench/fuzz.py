@@ -417,7 +417,8 @@ def fuzz(t: Target, *, seconds: float | None = None, inputs: int | None = None,
         except Exception as exc:
             result.crashes += 1
             where = traceback.extract_tb(exc.__traceback__)[-1]
-            outcome = f"crash:{type(exc).__name__}:{where.filename}:{where.lineno}"
+            outcome = (f"crash:{type(exc).__name__}:{where.filename}:{where.lineno}:"
+                       f"{str(exc)[:30]}")
             if outcome not in seen:  # one example per place that crashed
                 result.examples.append(f"{type(exc).__name__}: {str(exc)[:100]} at "
                                        f"{Path(where.filename).name}:{where.lineno} on "
