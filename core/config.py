@@ -196,6 +196,18 @@ SCHEMA: tuple[Key, ...] = (
     Key("peer.dedup_keep", int, 5 * 86400,
         "Seconds a received envelope's uid is remembered (longer than peers retry).",
         minimum=60),
+    Key("peer.max_ttl", int, 86400,
+        "Largest ttl accepted on a received envelope (seconds); bounds how long it is "
+        "remembered. Keep peer.ttl of every twin below it.", minimum=60),
+    Key("peer.max_stored_ack", int, 4096,
+        "Largest ack kept in the replay store for a duplicate (bytes); a larger one is "
+        "not kept (the duplicate is still refused).", minimum=512),
+    Key("peer.replay_ack_budget", int, 16 * MiB,
+        "Bytes of acks kept in the replay store per sender.", minimum=0),
+    Key("peer.replay_per_sender", int, 200_000,
+        "Envelope uids remembered per sender; beyond, the oldest that no longer guard "
+        "against a replay are forgotten, or the sender is refused (rate_limited).",
+        minimum=100),
     Key("peer.outbox_poll", float, 1.0,
         "Seconds between outbox checks for messages queued by other processes (the CLI)."),
     # -- WebDAV
@@ -376,6 +388,9 @@ def _check_whole(config: Config, origin: str) -> None:
             f"'storage.backends' in {origin} lists {len(backends)} backends; "
             f"'storage.n' = {n} needs at least that many"
         )
+    if config.int("peer.ttl") > config.int("peer.max_ttl"):
+        raise ConfigError(f"'peer.ttl' in {origin} exceeds 'peer.max_ttl': peers with the "
+                          "default limit would refuse this twin's envelopes")
     for name in ("smtp.retry_schedule", "peer.retry_schedule"):
         schedule = config.list(name)
         if not schedule or not all(isinstance(s, int | float) and s > 0 for s in schedule):

@@ -13,6 +13,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from phonebook.errors import KeyChanged, PhonebookError, RecordInvalid, TwinNotFound
@@ -31,6 +32,7 @@ CREATE TABLE IF NOT EXISTS domains (
     twin_id INTEGER NOT NULL REFERENCES twins(id)
 );
 """
+_ROW = "SELECT t.id, t.record, t.name, t.public_key FROM twins t "
 HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 
 
@@ -57,30 +59,51 @@ class LocalPhonebook:
         twin_id, blob = row
         return TwinRecord.from_bytes(blob, id=twin_id).verify()
 
-    def _one(self, sql: str, arg: object) -> TwinRecord | None:
+    def _bound(self, sql: str, arg: object, asked: str,
+               belongs: Callable[[TwinRecord, str, bytes], bool]) -> TwinRecord | None:
+        """The row ``sql`` finds (id, record, name, key) if its *signed* record was asked for.
+
+        The file is shared and not trusted: a valid record of bob copied into
+        alice's row still verifies, so the record must name what was asked
+        (``belongs`` checks it against the signed fields) and agree with its
+        row's name and key columns.
+        """
         with self._lock:
             row = self._db.execute(sql, (arg,)).fetchone()
-        return self._row_to_record(row) if row else None
+        if row is None:
+            return None
+        record = self._row_to_record((row[0], row[1]))
+        if not belongs(record, str(row[2]), bytes(row[3])):
+            raise RecordInvalid(f"the phonebook row for {asked!r} holds the record of twin "
+                                f"{record.name!r}: refused (the phonebook file was tampered with)")
+        return record
 
     def resolve(self, name_or_id: str | int) -> TwinRecord:
         record: TwinRecord | None
         key = str(name_or_id).strip()
         if isinstance(name_or_id, int) or key.isdigit():
-            record = self._one("SELECT id, record FROM twins WHERE id = ?", int(key))
+            record = self._bound(_ROW + "WHERE t.id = ?", int(key), key,
+                                 lambda r, name, pk: r.name == name and r.public_key == pk)
         elif HEX_KEY.match(key):
-            pk = bytes.fromhex(key.removeprefix("0x"))
-            record = self._one("SELECT id, record FROM twins WHERE public_key = ?", pk)
+            want = bytes.fromhex(key.removeprefix("0x"))
+            record = self._bound(_ROW + "WHERE t.public_key = ?", want, key,
+                                 lambda r, name, pk: r.public_key == want == pk
+                                 and r.name == name)
         else:
-            record = self._one("SELECT id, record FROM twins WHERE name = ?", key.lower())
+            lowered = key.lower()
+            record = self._bound(_ROW + "WHERE t.name = ?", lowered, key,
+                                 lambda r, name, pk: r.name == lowered == name
+                                 and r.public_key == pk)
         if record is None:
             raise TwinNotFound(f"no twin {name_or_id!r} in the phonebook {self.path}")
         return record
 
     def by_address(self, address: str) -> TwinRecord | None:
         domain = address.rpartition("@")[2].strip().lower().rstrip(".")
-        return self._one(
-            "SELECT t.id, t.record FROM domains d JOIN twins t ON t.id = d.twin_id "
-            "WHERE d.domain = ?", domain)
+        return self._bound(
+            _ROW + "JOIN domains d ON t.id = d.twin_id WHERE d.domain = ?", domain, domain,
+            lambda r, name, pk: domain in r.mail_domains and r.name == name
+            and r.public_key == pk)
 
     def list(self) -> list[TwinRecord]:
         with self._lock:

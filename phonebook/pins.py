@@ -17,8 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from phonebook.errors import KeyChanged, PhonebookUnavailable
-from phonebook.record import TwinRecord
+from phonebook.errors import KeyChanged, PhonebookUnavailable, RecordInvalid
+from phonebook.record import NAME_RE, TwinRecord
 
 log = logging.getLogger("twin.phonebook")
 
@@ -33,26 +33,40 @@ class PinStore:
             "CREATE TABLE IF NOT EXISTS pins (name TEXT PRIMARY KEY, public_key BLOB NOT NULL, "
             "pinned_at REAL NOT NULL)")
 
-    def check(self, record: TwinRecord) -> TwinRecord:
-        """Pin on first sight; refuse a different key afterwards."""
+    def check(self, record: TwinRecord, asked: str | None = None) -> TwinRecord:
+        """Pin on first sight; refuse a different key afterwards.
+
+        The pin is kept under the record's name and also under ``asked`` (a
+        mail domain as ``@domain``) when that is what the lookup was for: a
+        domain that suddenly resolves to another twin's key is then refused
+        like a name that changed its key, whatever name the new record bears.
+        """
+        keys = list(dict.fromkeys([record.name] + ([asked] if asked else [])))
         with self._lock:
-            row = self._db.execute("SELECT public_key FROM pins WHERE name = ?",
-                                   (record.name,)).fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO pins VALUES (?, ?, ?)",
-                                 (record.name, record.public_key, time.time()))
-                log.info("pinned key of twin %s: %s", record.name, record.public_key.hex())
-                return record
-        if bytes(row[0]) != record.public_key:
-            log.warning("twin %s presents a new key %s (pinned %s): refused until re-pinned",
-                        record.name, record.public_key.hex(), bytes(row[0]).hex())
-            raise KeyChanged(
-                f"twin {record.name!r} changed its key; run `twin phonebook repin "
-                f"{record.name}` if you trust the change")
+            pinned = {key: self._db.execute("SELECT public_key FROM pins WHERE name = ?",
+                                            (key,)).fetchone() for key in keys}
+            for key, row in pinned.items():  # all checked before anything is pinned
+                if row is not None and bytes(row[0]) != record.public_key:
+                    log.warning("twin %s presents a new key %s (pinned %s): refused until "
+                                "re-pinned", key, record.public_key.hex(), bytes(row[0]).hex())
+                    raise KeyChanged(
+                        f"twin {key!r} changed its key (now that of {record.name!r}); run "
+                        f"`twin phonebook repin {key}` if you trust the change")
+            for key, row in pinned.items():
+                if row is None:
+                    self._db.execute("INSERT INTO pins VALUES (?, ?, ?)",
+                                     (key, record.public_key, time.time()))
+                    log.info("pinned key of twin %s: %s", key, record.public_key.hex())
         return record
 
     def repin(self, name: str) -> None:
+        """Forget ``name``'s pin and every domain pinned to the same key."""
         with self._lock:
+            row = self._db.execute("SELECT public_key FROM pins WHERE name = ?",
+                                   (name,)).fetchone()
+            if row is not None:
+                self._db.execute("DELETE FROM pins WHERE name LIKE '@%' AND public_key = ?",
+                                 (row[0],))
             self._db.execute("DELETE FROM pins WHERE name = ?", (name,))
         log.info("unpinned twin %s; its next key is pinned on first sight", name)
 
@@ -97,7 +111,8 @@ class GuardedPhonebook:
         if hit:
             return hit
         try:
-            record = self.pins.check(self.inner.resolve(name_or_id).verify())
+            record = self.pins.check(_bound(self.inner.resolve(name_or_id).verify(),
+                                            name_or_id))
         except PhonebookUnavailable:
             stale = self._cached(key, stale_ok=True)
             if stale is None:
@@ -121,7 +136,11 @@ class GuardedPhonebook:
             return stale
         if found is None:
             return None
-        return self._remember([key], self.pins.check(found.verify()))
+        domain = key[2:].strip().rstrip(".")
+        if domain not in found.verify().mail_domains:
+            raise RecordInvalid(f"the phonebook answers {domain!r} with twin {found.name!r}, "
+                                "whose signed record does not claim that domain: refused")
+        return self._remember([key], self.pins.check(found, asked="@" + domain))
 
     def publish(self, record: TwinRecord, *, replace_key: bool = False) -> TwinRecord:
         stored = self.inner.publish(record, replace_key=replace_key)
@@ -139,3 +158,23 @@ class GuardedPhonebook:
     def close(self) -> None:
         self.inner.close()
         self.pins.close()
+
+
+def _bound(record: TwinRecord, asked: str | int) -> TwinRecord:
+    """``record`` if it answers ``asked`` by a field of its own, whatever the backend.
+
+    A number must be its id; a plain name of a locally signed record must be
+    its signed name. (Keys and TFChain accounts or domains are matched by the
+    backend, which alone knows how to read them.)
+    """
+    key = str(asked).strip()
+    if isinstance(asked, int) or key.isdigit():
+        ok = record.id == int(key)
+    elif record.source == "local" and NAME_RE.match(key.lower()):
+        ok = record.name == key.lower()
+    else:
+        ok = True
+    if not ok:
+        raise RecordInvalid(f"the phonebook answers {key!r} with the record of twin "
+                            f"{record.name!r}: refused")
+    return record

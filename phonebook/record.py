@@ -22,6 +22,7 @@ import cbor2
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from phonebook import cbor
 from phonebook.errors import RecordInvalid
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -30,6 +31,9 @@ DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*
 MAX_ENDPOINTS = 8
 MAX_DOMAINS = 16
 SIGNATURE_CONTEXT = b"twin-phonebook-record-v1\x00"
+# a record is one flat map with two short lists; 8 KiB of it is already generous
+RECORD_LIMITS = cbor.Limits(max_depth=2, max_items=2 * 16 + MAX_ENDPOINTS + MAX_DOMAINS + 8)
+MAX_RECORD = 8192
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class TwinRecord:
                 raise RecordInvalid(f"twin {self.name!r}: record is not signed")
             try:
                 VerifyKey(self.public_key).verify(self.signed_bytes(), self.signature)
-            except BadSignatureError:
+            except (BadSignatureError, ValueError, TypeError):  # ValueError: not 64 bytes
                 raise RecordInvalid(
                     f"twin {self.name!r}: record signature does not verify (tampered?)"
                 ) from None
@@ -118,21 +122,43 @@ class TwinRecord:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, id: int = 0) -> TwinRecord:
+        """Decode a stored record, checking every field's type and size first.
+
+        The bytes may come from a shared phonebook file another twin writes,
+        so they are decoded by the bounded decoder and nothing is converted
+        before its type is known (``bytes(n)`` of a forged integer would
+        allocate n zero bytes).
+        """
+        if len(data) > MAX_RECORD:
+            raise RecordInvalid(f"phonebook record over {MAX_RECORD} bytes")
         try:
-            raw = cbor2.loads(data)
-            return cls(
-                name=str(raw["name"]),
-                public_key=bytes(raw["public_key"]),
-                key_type=str(raw.get("key_type", "ed25519")),
-                endpoints=tuple(str(u) for u in raw["endpoints"]),
-                mail_domains=tuple(str(d) for d in raw["mail_domains"]),
-                valid_until=int(raw["valid_until"]),
-                seq=int(raw["seq"]),
-                signature=bytes(raw["signature"]) if raw.get("signature") else None,
-                id=id,
-            )
-        except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError) as exc:
+            raw = cbor.loads(data, RECORD_LIMITS)
+        except ValueError as exc:
             raise RecordInvalid(f"undecodable phonebook record: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise RecordInvalid("undecodable phonebook record: not a map")
+        signature = raw.get("signature")
+        fields = (
+            _typed(raw, "name", str), _typed(raw, "public_key", bytes),
+            _typed(raw, "endpoints", list), _typed(raw, "mail_domains", list),
+            _typed(raw, "valid_until", int), _typed(raw, "seq", int),
+        )
+        name, public_key, endpoints, mail_domains, valid_until, seq = fields
+        key_type = raw.get("key_type", "ed25519")
+        if not isinstance(key_type, str) or len(key_type) > 16:
+            raise RecordInvalid("undecodable phonebook record: bad key_type")
+        if not all(isinstance(u, str) for u in endpoints) \
+                or not all(isinstance(d, str) for d in mail_domains):
+            raise RecordInvalid("undecodable phonebook record: endpoints/domains not text")
+        if signature is not None and (not isinstance(signature, bytes) or len(signature) != 64):
+            raise RecordInvalid("undecodable phonebook record: signature is not 64 bytes")
+        if not (0 <= valid_until < 2**63 and 0 <= seq < 2**63):
+            raise RecordInvalid("undecodable phonebook record: seq/valid_until out of range")
+        return cls(
+            name=name, public_key=public_key, key_type=key_type,
+            endpoints=tuple(endpoints), mail_domains=tuple(mail_domains),
+            valid_until=valid_until, seq=seq, signature=signature or None, id=id,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -146,3 +172,11 @@ class TwinRecord:
             "seq": self.seq,
             "source": self.source,
         }
+
+
+def _typed(raw: dict[Any, Any], key: str, kind: type) -> Any:
+    """``raw[key]`` if it is exactly of ``kind`` (bool is not an int here)."""
+    value = raw.get(key)
+    if type(value) is not kind:
+        raise RecordInvalid(f"undecodable phonebook record: {key!r} is not {kind.__name__}")
+    return value

@@ -187,6 +187,9 @@ class TfchainPhonebook:
             record = self._twin(twin_id) if twin_id else None
         elif DOMAIN_RE.match(key.lower().rstrip(".")):
             record = self._by_domain(key.lower().rstrip("."))
+        if record is not None and not _answers(record, key, account):
+            raise RecordInvalid(f"TFChain answered {key!r} with twin {record.id} "
+                                f"({record.name}), which is not the one asked for: refused")
         if record is None:
             raise TwinNotFound(f"no twin {name_or_id!r} on TFChain ({self.url}); a TFChain twin is "
                                "found by id, account (SS58 or hex key) or relay domain")
@@ -349,6 +352,17 @@ class TfchainPhonebook:
             log.warning("TFChain refused %s.%s: %s", PALLET, function, error)
             raise _chain_error(function, error)
         return events
+
+
+def _answers(record: TwinRecord, key: str, account: bytes | None) -> bool:
+    """Whether the chain's record is the twin asked for, by its own fields: the id
+    asked, the account asked, or a relay domain it claims."""
+    id_match = TWIN_ID.match(key)
+    if id_match or key.isdigit():
+        return record.id == int(key.removeprefix("twin-"))
+    if account is not None:
+        return record.public_key == account
+    return key.lower().rstrip(".") in record.mail_domains
 
 
 def _hex(value: bytes | None) -> str | None:

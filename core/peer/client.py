@@ -255,7 +255,7 @@ async def _read_capped(resp: httpx.Response) -> bytes:
 def _is_refusal(body: bytes) -> bool:
     try:
         return isinstance(json.loads(body).get("code"), str)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: deep nesting
         return False
 
 
@@ -264,6 +264,6 @@ def _refused(status: int, body: bytes) -> Refused:
         data = json.loads(body)
         code, message = str(data["code"]), str(data.get("message", ""))[:500]
         ack = base64.b64decode(data["ack"]) if data.get("ack") else None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return Refused("unavailable", f"peer answered HTTP {status} without a refusal", None)
     return Refused(code, message, ack)

@@ -23,7 +23,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from core.acl import as_dir, normalize
 from core.db import Database, transaction
@@ -57,14 +57,18 @@ class ContentEntry:
 
     @classmethod
     def from_wire(cls, raw: Any) -> ContentEntry:
-        try:
-            entry = cls(str(raw["path"]), str(raw["name"]), int(raw["size"]),
-                        bool(raw["is_dir"]), float(raw["mtime"]), str(raw["etag"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise Invalid("peer sent a malformed content entry") from exc
-        if entry.size < 0:
+        """An entry from another twin's listing, every field typed before use."""
+        if not isinstance(raw, dict):
+            raise Invalid("peer sent a malformed content entry")
+        path, name, size, is_dir, mtime, etag = (
+            raw.get(k) for k in ("path", "name", "size", "is_dir", "mtime", "etag"))
+        if not (type(path) is str and type(name) is str and type(size) is int
+                and type(is_dir) is bool and type(mtime) in (int, float)
+                and type(etag) is str):
+            raise Invalid("peer sent a malformed content entry")
+        if size < 0:
             raise Invalid("peer sent a negative size")
-        return entry
+        return cls(path, name, size, is_dir, float(cast(float, mtime)), etag)
 
 
 @runtime_checkable

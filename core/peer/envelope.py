@@ -39,6 +39,7 @@ from nacl.signing import VerifyKey
 
 from core.identity import Identity, box_public_key_of
 from core.peer.errors import Refusal
+from phonebook import cbor as wire
 
 VERSION = 1
 SIG_LEN = 64
@@ -49,6 +50,10 @@ MAC_LEN = 16  # Poly1305
 MAX_NAME = 253  # a local twin name (<= 63) or, on TFChain, a relay domain
 MAX_KIND = 64
 FIELDS = frozenset({"uid", "from", "to", "timestamp", "ttl", "kind", "payload"})
+# The body is one flat map of seven plain values; a payload is an application
+# value, nested a little (a content listing is a list of small maps).
+BODY_LIMITS = wire.Limits(max_depth=1, max_items=2 * len(FIELDS) + 1)
+PAYLOAD_LIMITS = wire.Limits(max_depth=16, max_items=1 << 20)
 
 
 @dataclass(frozen=True)
@@ -96,11 +101,15 @@ class Boxes:
         return bytes(self.box(peer_public_key).encrypt(plain, nonce))
 
     def decrypt(self, peer_public_key: bytes, sealed: bytes) -> Any:
-        """The sender's value; ``bad_payload`` if it does not open or decode."""
+        """The sender's value; ``bad_payload`` if it does not open or decode.
+
+        Decoded by the bounded decoder (``phonebook.cbor``): no tags (so no
+        shared references to blow up when the value is re-encoded), bounded
+        depth and item count."""
         try:
             plain = self.box(peer_public_key).decrypt(sealed)
-            return cbor2.loads(plain)
-        except (CryptoError, cbor2.CBORDecodeError, ValueError, TypeError) as exc:
+            return wire.loads(plain, PAYLOAD_LIMITS)
+        except (CryptoError, ValueError, TypeError) as exc:
             raise Refusal("bad_payload", "payload does not decrypt or decode") from exc
 
 
@@ -190,7 +199,7 @@ def verify(signature: bytes, body: bytes, public_key: bytes) -> None:
 def parse(body: bytes) -> Envelope:
     """Decode a body whose signature has been checked; strict on shape and encoding."""
     try:
-        raw = cbor2.loads(body)
+        raw = wire.loads(body, BODY_LIMITS)
         again = cbor2.dumps(raw, canonical=True)
     except (cbor2.CBORError, ValueError, TypeError, RecursionError, OverflowError,
             MemoryError) as exc:

@@ -47,7 +47,8 @@ from core.peer.errors import PERMANENT, Refusal
 from core.peer.inbox import Inbox
 from core.peer.kinds import KINDS, BounceHandler, Handler, Registry
 from core.peer.outbox import Outbox, Pending, backoff
-from core.peer.replay import RateLimit, ReplayGuard
+from core.peer.replay import PURGE_EVERY, RateLimit, ReplayGuard
+from core.peer.replay import Bounds as ReplayBounds
 from phonebook.record import TwinRecord
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ REPLAY_FILE = "peer-replay.db"
 MAX_INFLIGHT = 16
 RECORD_MEMO = 5.0  # seconds a resolved peer record is reused without asking the phonebook
 MAX_MEMO = 4096
+# The one answer to a path the caller may not read, whether or not it exists.
+NOT_SHARED = "{path}: not found or not shared"
 
 # The envelope being handled, for handlers that make themselves idempotent by uid.
 current_envelope: contextvars.ContextVar[env.Envelope] = contextvars.ContextVar("envelope")
@@ -91,7 +94,11 @@ class Peer:
         self.kinds = Registry()
         self.outbox = Outbox(service.db)
         self.inbox = Inbox(service.db)
-        self.replay = ReplayGuard(Path(service.data_dir) / REPLAY_FILE)
+        self.replay = ReplayGuard(Path(service.data_dir) / REPLAY_FILE, ReplayBounds(
+            max_ack=conf.int("peer.max_stored_ack"),
+            ack_budget=conf.int("peer.replay_ack_budget"),
+            per_sender=conf.int("peer.replay_per_sender")))
+        self.max_ttl = conf.int("peer.max_ttl")
         self.rate = RateLimit(conf.int("peer.rate_per_minute"))
         self.max_envelope = conf.int("peer.max_envelope")
         self.max_skew = conf.int("peer.max_skew")
@@ -273,9 +280,15 @@ class Peer:
             raise Invalid(f"stale ack from {record.name}: stamped {now - ack.timestamp:.0f}s "
                           f"ago with a ttl of {ack.ttl}s")
         s = value.get("stream")
-        if isinstance(s, dict):
-            return _Opened(value.get("result"), bytes(s["key"]), bytes(s["header"]))
-        return _Opened(value.get("result"))
+        if s is None:
+            return _Opened(value.get("result"))
+        # typed before use: bytes() of a forged integer would allocate that many zeros
+        key = s.get("key") if isinstance(s, dict) else None
+        header = s.get("header") if isinstance(s, dict) else None
+        if type(key) is not bytes or len(key) != stream.KEY_LEN \
+                or type(header) is not bytes or len(header) != stream.HEADER_LEN:
+            raise Invalid(f"ack from {record.name} carries a malformed stream key")
+        return _Opened(value.get("result"), key, header)
 
     # -- the outbox worker
 
@@ -308,7 +321,7 @@ class Peer:
                                                    name=f"outbox-{item.uid.hex()[:8]}")
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
-                if now - last_purge > 3600:
+                if now - last_purge > PURGE_EVERY:
                     last_purge = now
                     await self.replay.purge()
                 nxt = await self.outbox.next_due()
@@ -379,11 +392,18 @@ class Peer:
             raise Refusal("malformed", "envelope 'from' does not name the signer")
         if e.recipient != self.name:
             raise Refusal("wrong_recipient", f"envelope is for {e.recipient!r}")
+        if e.ttl > self.max_ttl:  # the sender would choose how long we remember it
+            raise Refusal("malformed", f"ttl {e.ttl}s over this twin's peer.max_ttl "
+                                       f"({self.max_ttl}s)")
         now = time.time()
         if e.timestamp > now + self.max_skew:
             raise Refusal("clock_skew", f"timestamp {e.timestamp - now:.0f}s in the future")
         if e.expires + self.max_skew < now:
             raise Refusal("expired", f"envelope expired {now - e.expires:.0f}s ago")
+        if e.timestamp < now - self.max_skew:
+            # twins seal every attempt afresh, so an old stamp is a replay or a wrong
+            # clock; refusing it also bounds how long a uid must guard against replays
+            raise Refusal("clock_skew", f"timestamp {now - e.timestamp:.0f}s in the past")
         self.rate.take(record.name)
         kind = KINDS.get(e.kind)
         if kind is not None and kind.stream and not stream_ok:
@@ -402,7 +422,8 @@ class Peer:
             self.replay.release(record.name, e.uid)
             raise
         keep = max(e.expires + self.max_skew, now + self.dedup_keep)
-        await self.replay.done(record.name, e.uid, keep, answer.ack)
+        await self.replay.done(record.name, e.uid, keep, answer.ack,
+                               replay_until=min(e.timestamp, e.expires) + self.max_skew + 1)
         return answer
 
     async def _sender_record(self, sender: str) -> TwinRecord:
@@ -482,13 +503,15 @@ class Peer:
         return value
 
     async def _content_list(self, who: Principal, value: Any) -> list[dict[str, Any]]:
+        """The ACL answers first, and a path the caller may not see gets the same
+        answer whether it exists or not: no probing what the owner keeps."""
         path = normalize(_field(value, "path", str))
-        entry = await self.content.stat(path)
+        whole = await self.access.allowed(who, as_dir(path), "read")
+        if not whole and not await self.access.reaches_below(who, path):
+            raise NotFound(NOT_SHARED.format(path=path))
+        entry = await self._stat_shared(path)
         if not entry.is_dir:
             raise Invalid(f"{path} is not a directory")
-        whole = await self.access.allowed(who, as_dir(entry.path), "read")
-        if not whole and not await self.access.reaches_below(who, entry.path):
-            raise Forbidden(f"{who} may not list {path}")
         out = []
         for child in await self.content.list(entry.path):
             target = as_dir(child.path) if child.is_dir else child.path
@@ -497,13 +520,20 @@ class Peer:
                 out.append(child.to_wire())
         return out
 
+    async def _stat_shared(self, path: str) -> ContentEntry:
+        try:
+            return await self.content.stat(path)
+        except NotFound:
+            raise NotFound(NOT_SHARED.format(path=path)) from None
+
     async def _content_get(self, record: TwinRecord, who: Principal, e: env.Envelope,
                            value: Any) -> Answer:
         path = normalize(_field(value, "path", str))
         start = _field(value, "start", int)
         end = value.get("end") if isinstance(value, dict) else None
-        await self.access.check(who, path, "read")
-        entry = await self.content.stat(path)
+        if not await self.access.allowed(who, path, "read"):
+            raise NotFound(NOT_SHARED.format(path=path))
+        entry = await self._stat_shared(path)
         if entry.is_dir:
             raise Invalid(f"{path} is a directory")
         end = entry.size if end is None else end

@@ -9,6 +9,18 @@ attacker replaying captured bytes gains nothing (the ack is encrypted to the
 real sender). Marks are kept well beyond the envelope's TTL
 (``peer.dedup_keep``), because the outbox re-sends the same uid for days.
 
+The store is bounded, because a sender chooses what it holds (#15, #23):
+the receiver refuses a ttl over ``peer.max_ttl`` (so ``expires`` is at most a
+day or so ahead), stores an ack only up to ``peer.max_stored_ack`` bytes and
+up to ``peer.replay_ack_budget`` bytes of acks per sender (beyond, the uid
+is marked without its ack: a duplicate is still refused, only the copy of
+the ack is missing), and keeps at most ``peer.replay_per_sender`` marks per
+sender: past that, the sender's oldest marks whose envelope could no longer
+be accepted anyway (``replay_until`` passed: they only serve the outbox's
+late re-sends) are evicted, and if none can be, the sender is refused as
+``rate_limited`` until its marks age. Expired marks are purged every
+``PURGE_EVERY`` seconds.
+
 The file runs with ``synchronous = NORMAL`` (WAL): a mark survives a crash of
 the process; after a power loss the last marks may be lost, which is why
 handlers are also required to be idempotent by uid (see ``core.peer``).
@@ -30,15 +42,16 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from core.db import Database
+from core.db import Database, transaction
 from core.peer.errors import Refusal
 
 log = logging.getLogger("twin.peer")
-MAX_STORED_ACK = 64 * 1024
 MAX_GROUP = 256
+PURGE_EVERY = 600.0  # seconds between purges of expired marks (the outbox worker runs it)
 In = TypeVar("In")
 Out = TypeVar("Out")
 
@@ -53,16 +66,39 @@ MIGRATIONS = [
     ) WITHOUT ROWID;
     CREATE INDEX seen_expires ON seen (expires);
     """,
+    # until when the envelope itself could still be accepted (a replay must be
+    # refused); after that the mark only serves the outbox's re-sends
+    """
+    ALTER TABLE seen ADD COLUMN replay_until REAL NOT NULL DEFAULT 0;
+    CREATE INDEX seen_sender_expires ON seen (sender, expires);
+    """,
 ]
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """How much one sender may make this twin remember (see module docstring)."""
+
+    max_ack: int = 4096
+    ack_budget: int = 16 * 1024 * 1024
+    per_sender: int = 200_000
+
+
+@dataclass
+class _Usage:
+    rows: int = 0
+    ack_bytes: int = 0
+
+
 class ReplayGuard:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, bounds: Bounds | None = None) -> None:
         self.db = Database(path, synchronous="NORMAL")
         self.db.migrate("peer.replay", MIGRATIONS)
+        self.bounds = bounds or Bounds()
         self._inflight: set[tuple[str, bytes]] = set()
         self._lookup = _Group(self.db, _lookup_many)
         self._mark = _Group(self.db, _mark_many)
+        self._usage: dict[str, _Usage] = self.db.run_sync(_usage_all)
 
     async def claim(self, sender: str, uid: bytes) -> None:
         """Refuse a uid seen before or being handled right now; else hold it."""
@@ -74,13 +110,33 @@ class ReplayGuard:
             raise Refusal("replay", "envelope uid is being handled already")
         if row is not None:
             raise Refusal("replay", "envelope uid already seen", ack=row)
+        if self.usage(sender).rows >= self.bounds.per_sender:
+            await self._trim(sender)
+            if self.usage(sender).rows >= self.bounds.per_sender:
+                raise Refusal("rate_limited",
+                              f"{self.bounds.per_sender} recent envelopes of this sender are "
+                              "remembered already; try again later")
         self._inflight.add(key)
 
-    async def done(self, sender: str, uid: bytes, keep_until: float, ack: bytes) -> None:
-        """Mark the uid handled, remembering the ack for duplicates."""
-        stored = ack if len(ack) <= MAX_STORED_ACK else None
+    def usage(self, sender: str) -> _Usage:
+        return self._usage.setdefault(sender, _Usage())
+
+    async def done(self, sender: str, uid: bytes, keep_until: float, ack: bytes,
+                   replay_until: float | None = None) -> None:
+        """Mark the uid handled, remembering the ack for duplicates (within bounds).
+
+        ``replay_until``: until when the envelope could still be accepted
+        (its expiry plus the skew); the mark is never evicted before."""
+        usage = self.usage(sender)
+        stored: bytes | None = None
+        if len(ack) <= self.bounds.max_ack \
+                and usage.ack_bytes + len(ack) <= self.bounds.ack_budget:
+            stored = ack
+            usage.ack_bytes += len(ack)
+        usage.rows += 1
+        hard = keep_until if replay_until is None else replay_until
         try:
-            await self._mark((sender, uid, keep_until, stored))
+            await self._mark((sender, uid, keep_until, stored, hard))
         finally:
             self._inflight.discard((sender, uid))
 
@@ -88,8 +144,16 @@ class ReplayGuard:
         """The handler failed: the sender may try the same uid again."""
         self._inflight.discard((sender, uid))
 
+    async def _trim(self, sender: str) -> None:
+        """Evict this sender's oldest marks that no longer guard against a replay."""
+        excess = self.usage(sender).rows - self.bounds.per_sender * 9 // 10
+        self._usage[sender] = await self.db.run(_trim, sender, time.time(), max(excess, 1))
+        log.info("replay store: trimmed %s to %d marks", sender, self._usage[sender].rows)
+
     async def purge(self) -> int:
-        return await self.db.run(_purge, time.time())
+        gone = await self.db.run(_purge, time.time())
+        self._usage = await self.db.run(_usage_all)
+        return gone
 
     def close(self) -> None:
         self.db.close()
@@ -144,12 +208,13 @@ def _lookup_many(conn: sqlite3.Connection,
 
 
 def _mark_many(conn: sqlite3.Connection,
-               marks: list[tuple[str, bytes, float, bytes | None]]) -> list[None]:
+               marks: list[tuple[str, bytes, float, bytes | None, float]]) -> list[None]:
     # one transaction, one commit (the connection is in autocommit mode)
     conn.execute("BEGIN")
     try:
         conn.executemany(
-            "INSERT OR REPLACE INTO seen (sender, uid, expires, ack) VALUES (?, ?, ?, ?)", marks)
+            "INSERT OR REPLACE INTO seen (sender, uid, expires, ack, replay_until) "
+            "VALUES (?, ?, ?, ?, ?)", marks)
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -159,6 +224,23 @@ def _mark_many(conn: sqlite3.Connection,
 
 def _purge(conn: sqlite3.Connection, now: float) -> int:
     return conn.execute("DELETE FROM seen WHERE expires <= ?", (now,)).rowcount
+
+
+def _usage_all(conn: sqlite3.Connection) -> dict[str, _Usage]:
+    rows = conn.execute("SELECT sender, COUNT(*), COALESCE(SUM(LENGTH(ack)), 0) FROM seen "
+                        "GROUP BY sender")
+    return {sender: _Usage(n, size) for sender, n, size in rows}
+
+
+def _trim(conn: sqlite3.Connection, sender: str, now: float, excess: int) -> _Usage:
+    with transaction(conn):
+        conn.execute(
+            "DELETE FROM seen WHERE sender = ? AND uid IN (SELECT uid FROM seen "
+            "WHERE sender = ? AND replay_until <= ? ORDER BY expires LIMIT ?)",
+            (sender, sender, now, excess))
+        n, size = conn.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(ack)), 0) FROM seen "
+                               "WHERE sender = ?", (sender,)).fetchone()
+    return _Usage(n, size)
 
 
 class RateLimit:

@@ -29,6 +29,10 @@ INLINE = 1024 * 1024 + ABYTES  # frames up to this are sealed/opened on the loop
 _LEN = struct.Struct(">I")
 
 
+KEY_LEN = sodium.crypto_secretstream_xchacha20poly1305_KEYBYTES
+HEADER_LEN = sodium.crypto_secretstream_xchacha20poly1305_HEADERBYTES
+
+
 def new_key() -> bytes:
     return bytes(sodium.crypto_secretstream_xchacha20poly1305_keygen())
 

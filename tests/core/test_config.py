@@ -96,3 +96,11 @@ def test_show_masks_secrets_and_doc_lists_every_key(tmp_path: Path) -> None:
     assert "hunter2" not in shown and "********" in shown
     doc = cfg.render_doc()
     assert all(key.name in doc and key.env in doc for key in cfg.SCHEMA)
+
+
+def test_own_envelope_ttl_must_fit_the_peers_limit(tmp_path: Path) -> None:
+    write(tmp_path, "[peer]\nttl = 90000\n")
+    with pytest.raises(ConfigError, match=r"'peer\.ttl'.*'peer\.max_ttl'"):
+        cfg.load(tmp_path, environ={})
+    write(tmp_path, "[peer]\nttl = 90000\nmax_ttl = 90000\n")
+    assert cfg.load(tmp_path, environ={}).int("peer.ttl") == 90000

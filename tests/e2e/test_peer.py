@@ -69,18 +69,18 @@ def test_share_fetch_circle_revoke(twins: Callable[..., TwinProcess], tmp_path: 
 
     # carol is refused bob's file; the circle works for members only
     refused = cli(carol, "fetch", "alice", "/photos/holiday.bin", "-o", str(got), check=False)
-    assert refused.returncode == 2 and "forbidden" in refused.stderr
+    assert refused.returncode == 2 and "not found or not shared" in refused.stderr
     assert cli(carol, "fetch", "alice", "/family/note.txt").stdout == "for the family only\n"
     refused = cli(bob, "fetch", "alice", "/family/note.txt", check=False)
-    assert refused.returncode == 2 and "forbidden" in refused.stderr
+    assert refused.returncode == 2 and "not found or not shared" in refused.stderr
 
     # revoke: the very next request is refused
     cli(alice, "unshare", "/photos/holiday.bin", "--with", "bob")
     refused = cli(bob, "fetch", "alice", "/photos/holiday.bin", "-o", str(got), check=False)
-    assert refused.returncode == 2 and "forbidden" in refused.stderr
+    assert refused.returncode == 2 and "not found or not shared" in refused.stderr
     cli(alice, "circle", "rm", "family", "carol")
     refused = cli(carol, "fetch", "alice", "/family/note.txt", check=False)
-    assert refused.returncode == 2 and "forbidden" in refused.stderr
+    assert refused.returncode == 2 and "not found or not shared" in refused.stderr
     shares = json.loads(cli(alice, "shares", "--json").stdout)["grants"]
     assert {g["path"] for g in shares} == {"/family/note.txt", "/family/"}
 

@@ -37,10 +37,13 @@ from tests.phonebook.chain_server import (
     Replay,
     State,
     decode_extrinsic,
+    encode_twin,
     fixture,
     session_lines,
     system_account_key,
     terms_key,
+    twin_by_account_key,
+    twin_key,
 )
 
 SESSION_C = "evolve wink increase pill edit false kangaroo leg catalog front grab mask"
@@ -114,6 +117,20 @@ def test_twin_by_id_sr25519_account(book: TfchainPhonebook) -> None:
     assert bob.extra["account_id"] == BOB
     assert bob.verify() is bob  # shape of a chain record (dotted name) is valid
     assert book.resolve("3") == bob == book.resolve("twin-3")
+
+
+def test_a_node_answering_with_another_twin_is_refused(
+        state: tuple[State, ChainServer], book: TfchainPhonebook) -> None:
+    """The record must be the twin asked for: by id its id, by account its key."""
+    chain, _ = state
+    bob = book.resolve(3)
+    chain.put(twin_key(9), encode_twin(3, bob.public_key, "bob.example.org", None))
+    with pytest.raises(RecordInvalid, match="not the one asked for"):
+        book.resolve(9)
+    eve = Keypair.create_from_uri("//Eve").public_key
+    chain.put(twin_by_account_key(eve), "0x" + (3).to_bytes(4, "little").hex())
+    with pytest.raises(RecordInvalid, match="not the one asked for"):
+        book.resolve(eve.hex())
 
 
 def test_twin_by_account_ed25519(book: TfchainPhonebook) -> None:
