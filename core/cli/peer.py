@@ -6,7 +6,9 @@
 
 Everything here works on the data dir (twin.db is shared safely with a
 running twin through SQLite), so the running twin sees a new grant on its next
-request and its outbox worker picks up what ``send`` queued. The one thing
+request. ``send`` asks a running twin to queue the message (its outbox
+worker then sends at once; a row queued here would wait for its next poll);
+with no twin running it queues into the outbox itself. The other thing
 that needs the running twin is storing a file into the dispersed store
 (``share FILE --as /path``): the store belongs to one process, so the file is
 streamed to the twin's local owner endpoint; when the twin is not running the
@@ -247,6 +249,27 @@ def _upload(data: Path, port: int, file: Path, path: str) -> dict[str, Any]:
     return body
 
 
+def _local_send(data: Path, port: int, to: str, text: str) -> dict[str, Any]:
+    import httpx
+
+    from core import tls
+    from core.peer.api import LOCAL_SEND, TOKEN_FILE
+
+    token = (data / TOKEN_FILE).read_text().strip()
+    try:
+        resp = httpx.post(f"https://127.0.0.1:{port}{LOCAL_SEND}", json={"to": to, "text": text},
+                          headers={"authorization": f"Bearer {token}"},
+                          verify=tls.client_context(data), timeout=60)
+        body: dict[str, Any] = resp.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise Unavailable(f"the running twin did not take the message: {exc}") from exc
+    if resp.status_code == 400 and body.get("code") == "not_found":
+        raise NotFound(str(body.get("message")))
+    if resp.status_code != 200:
+        raise Invalid(f"the running twin refused the message: {body.get('message')}")
+    return body
+
+
 async def unshare(service: Any, args: argparse.Namespace) -> int:
     await service.access.revoke(args.path, args.grantee)
     print(f"revoked {args.path} for {args.grantee}")
@@ -276,7 +299,14 @@ async def _any_objects(service: Any) -> bool:
 
 
 async def send(service: Any, args: argparse.Namespace) -> int:
-    uid = await service.peer.send(args.name, "message", {"text": args.text})
+    """Queue a message; through the running twin when there is one, so it leaves at
+    once (a row queued here would wait for that twin's next outbox poll)."""
+    running = _running_twin(service.data_dir)
+    if running is not None:
+        uid = (await asyncio.to_thread(_local_send, service.data_dir, running, args.name,
+                                       args.text))["uid"]
+    else:
+        uid = await service.peer.send(args.name, "message", {"text": args.text})
     print(f"queued {uid} for {args.name}")
     return 0
 
