@@ -63,12 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--until", help="expiry: ISO date or date-time (local time)")
     p.set_defaults(func=_run(share))
 
-    p = sub.add_parser("unshare", help="revoke a grant (takes effect on the next request)")
+    p = sub.add_parser("unshare", help="revoke a grant, for a prefix (/photos/) also every "
+                                        "grant below it (takes effect on the next request)")
     p.add_argument("path")
     p.add_argument("--with", dest="grantee", required=True, metavar="NAME|CIRCLE|public")
     p.set_defaults(func=_run(unshare))
 
     p = sub.add_parser("shares", help="every grant and every shared object")
+    p.add_argument("prefix", nargs="?", help="only grants on this path and below it")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run(shares))
 
@@ -162,9 +164,12 @@ async def share(service: Any, args: argparse.Namespace) -> int:
     from core.acl import parse_rights
 
     path = args.path
+    await _check_grantee(service, args.grantee)  # before storing anything
     if args.as_path:
         path = args.as_path
         await _publish_file(service, Path(args.path), path)
+    else:
+        await _check_path(service, path)
     grant = await service.access.grant(path, args.grantee, parse_rights(args.rights),
                                        _until(args.until))
     print(f"shared {grant.path} with {grant.who} ({','.join(grant.rights)})"
@@ -172,6 +177,37 @@ async def share(service: Any, args: argparse.Namespace) -> int:
              else ""))
     await _tell(service, grant.path, args.grantee, grant.rights, revoked=False)
     return 0
+
+
+async def _check_grantee(service: Any, grantee: str) -> None:
+    """A twin grantee must resolve in the phonebook, as for ``contacts add``: a typo
+    must not become a standing grant for whoever registers that name later."""
+    from core.contacts import check_name
+
+    name = grantee.strip().lower()
+    if name == "public" or name.startswith("circle:"):
+        return
+    if await service.contacts.is_circle(check_name(name)):
+        return
+    try:
+        await service.resolve(name)
+    except NotFound:
+        raise NotFound(f"no twin or circle named {name!r} (the phonebook does not know it); "
+                       "nothing was shared") from None
+
+
+async def _check_path(service: Any, path: str) -> None:
+    """Share only what exists: a prefix must be a folder, a file path a file."""
+    from core.acl import normalize
+
+    path = normalize(path)
+    try:
+        entry = await service.content.stat(path)
+    except NotFound:
+        raise NotFound(f"{path}: no such file or folder in this twin's files; nothing was "
+                       "shared (to share a local file use PATH --as /NAME)") from None
+    if path.endswith("/") and not entry.is_dir:
+        raise Invalid(f"{path} is a file, not a folder: drop the trailing /")
 
 
 async def _tell(service: Any, path: str, grantee: str, rights: tuple[str, ...], *,
@@ -271,14 +307,16 @@ def _local_send(data: Path, port: int, to: str, text: str) -> dict[str, Any]:
 
 
 async def unshare(service: Any, args: argparse.Namespace) -> int:
-    await service.access.revoke(args.path, args.grantee)
-    print(f"revoked {args.path} for {args.grantee}")
-    await _tell(service, args.path, args.grantee, (), revoked=True)
+    for path in await service.access.revoke(args.path, args.grantee):
+        print(f"revoked {path} for {args.grantee}")
+        await _tell(service, path, args.grantee, (), revoked=True)
     return 0
 
 
 async def shares(service: Any, args: argparse.Namespace) -> int:
-    grants = await service.access.grants()
+    from core.acl import normalize
+
+    grants = await service.access.grants(under=normalize(args.prefix) if args.prefix else None)
     objects = await service.shared.list("/") if await _any_objects(service) else []
     if args.json:
         print(json.dumps({"grants": [g.to_json() for g in grants],
