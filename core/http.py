@@ -85,6 +85,8 @@ class HttpListener:
 
     async def start(self) -> None:
         self._config.load()
+        if self._config.ssl is not None:  # SIGHUP loads a new certificate into it
+            tls.serving(self._config.ssl)
         self._server.lifespan = self._config.lifespan_class(self._config)
         await self._server.startup(sockets=[self._sock])
         self._task = asyncio.create_task(self._server.main_loop(), name="https")
