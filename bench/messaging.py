@@ -45,7 +45,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.imapidle import IdleWatcher, _tls  # noqa: E402
+from tests.imapidle import IdleWatcher  # noqa: E402
+from tests.protocols.smtp.helpers import client_tls  # noqa: E402
 from tests.twins import TwinProcess  # noqa: E402
 
 TOKEN = re.compile(rb"bench-(\d+)-(\d+)")
@@ -85,7 +86,7 @@ async def smtp_sender(port: int, login: str | None, password: str | None, mail_f
     closers: list[Callable[[], Awaitable[object]]] = []
     for _ in range(sessions):
         client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port,
-                                 start_tls=login is not None, tls_context=_tls())
+                                 start_tls=login is not None, tls_context=client_tls())
         await client.connect()
         if login is not None and password is not None:
             await client.login(login, password)
@@ -114,7 +115,7 @@ async def native_sender(twin: TwinProcess, to: str, sessions: int) -> Sender:
 
 def fetch_tokens(twin: TwinProcess, first: int, last: int) -> dict[int, tuple[int, int]]:
     """Mailbox position -> (run, seq) of every message from ``first`` to ``last``."""
-    with imaplib.IMAP4_SSL("127.0.0.1", twin.port("imaps"), ssl_context=_tls()) as imap:
+    with imaplib.IMAP4_SSL("127.0.0.1", twin.port("imaps"), ssl_context=client_tls()) as imap:
         imap.login(twin.login, twin.password)
         imap.select("INBOX", readonly=True)
         _, data = imap.fetch(f"{first}:{last}", "(BODY.PEEK[TEXT]<0.200>)")

@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import ssl
 import time
 from dataclasses import dataclass, field
 
+from tests.protocols.smtp.helpers import client_tls
+
 EXISTS = re.compile(rb"^\* (\d+) EXISTS\r?\n$")
-
-
-def _tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # the twin's self-signed certificate
-    return ctx
 
 
 @dataclass
@@ -37,7 +31,7 @@ class IdleWatcher:
     async def open(cls, port: int, login: str, password: str,
                    host: str = "127.0.0.1") -> IdleWatcher:
         """IMAPS login, SELECT INBOX, IDLE; returns once the server said ``+``."""
-        reader, writer = await asyncio.open_connection(host, port, ssl=_tls())
+        reader, writer = await asyncio.open_connection(host, port, ssl=client_tls())
         self = cls(reader, writer)
         await reader.readline()  # greeting
         quoted = [v.replace("\\", "\\\\").replace('"', '\\"') for v in (login, password)]

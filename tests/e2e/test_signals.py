@@ -59,10 +59,15 @@ def test_sighup_loads_a_new_certificate_without_dropping_an_open_session(
         session.login(alice.login, alice.password)
         session.select("INBOX")
         tls.make_self_signed(alice.data, ["renewed.example"])  # as a renewal would
+        config = alice.data / "twin.toml"
+        config.write_text(config.read_text().replace('# level = "info"', 'level = "debug"')
+                          .replace("# max_line = 65536", "max_line = 70000"))
         assert alice.proc is not None
         alice.proc.send_signal(signal.SIGHUP)
         wait_for_log(alice, "SIGHUP: reloaded")
         assert alice.proc.poll() is None, alice.log()[-2000:]
+        assert "SIGHUP: log level is now debug" in alice.log()
+        assert "applied at the next restart: imap.max_line" in alice.log()
         new = {"imaps": cert_of(alice.port("imaps")), "https": cert_of(alice.port("https")),
                "submission": starttls_cert_of(alice.port("submission"))}
         on_disk = hashlib.sha256(ssl.PEM_cert_to_DER_cert(
