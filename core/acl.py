@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 from core.contacts import Contacts, check_name
-from core.db import Database
+from core.db import Database, transaction
 from core.errors import Forbidden, Invalid, NotFound
 
 log = logging.getLogger("twin.acl")
@@ -189,21 +189,37 @@ class Access:
         log.info("granted %s on %s to %s", ",".join(rights), path, g.who)
         return g
 
-    async def revoke(self, path: str, grantee: str) -> None:
+    async def revoke(self, path: str, grantee: str) -> list[str]:
+        """Remove ``grantee``'s grant on ``path``; for a prefix (``/photos/``) also every
+        grant below it (``/photos/holiday.jpg``), so a revoked folder keeps no file
+        shared. Returns the paths revoked; NotFound when there were none."""
         path = normalize(path)
         kind, name = await self._grantee(grantee)
-        n = await self.db.run(lambda c: c.execute(
-            "DELETE FROM grants WHERE path = ? AND kind = ? AND grantee = ?",
-            (path, kind, name)).rowcount)
-        if not n:
-            raise NotFound(f"no grant on {path} to {grantee}")
-        log.info("revoked grant on %s to %s", path, grantee)
 
-    async def grants(self, path: str | None = None) -> list[Grant]:
+        def run(c: sqlite3.Connection) -> list[str]:
+            with transaction(c):
+                prefix = path if path.endswith("/") else None  # a file path: that grant only
+                paths = [p for (p,) in c.execute(
+                    "SELECT path FROM grants WHERE kind = ? AND grantee = ? AND (path = ? OR "
+                    "substr(path, 1, length(?)) = ?) ORDER BY path",
+                    (kind, name, path, prefix, prefix))]
+                c.executemany("DELETE FROM grants WHERE path = ? AND kind = ? AND grantee = ?",
+                              [(p, kind, name) for p in paths])
+                return paths
+        revoked = await self.db.run(run)
+        if not revoked:
+            raise NotFound(f"no grant on {path} to {grantee}")
+        log.info("revoked grant(s) on %s to %s", ", ".join(revoked), grantee)
+        return revoked
+
+    async def grants(self, path: str | None = None, *, under: str | None = None
+                     ) -> list[Grant]:
+        """Every grant; or those on ``path``; or (``under``) on that prefix and below."""
         def run(conn: sqlite3.Connection) -> list[Grant]:
             rows = conn.execute(
                 "SELECT path, kind, grantee, rights, until, created FROM grants "
-                "WHERE ? IS NULL OR path = ? ORDER BY path, kind, grantee", (path, path))
+                "WHERE (? IS NULL OR path = ?) AND (? IS NULL OR substr(path, 1, length(?)) = ?) "
+                "ORDER BY path, kind, grantee", (path, path, under, under, under))
             return [Grant(p, k, g, tuple(r.split(",")), u, c) for p, k, g, r, u, c in rows]
         return await self.db.run(run)
 

@@ -130,6 +130,7 @@ class HttpListener:
         # listeners (core.tls); uvicorn has no setting for a minimum version
         assert self._config.ssl is not None
         self._config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+        tls.serving(self._config.ssl)  # SIGHUP loads a new certificate into it
         self._server.lifespan = self._config.lifespan_class(self._config)
         await self._server.startup(sockets=[self._sock])
         self._task = asyncio.create_task(self._server.main_loop(), name="https")

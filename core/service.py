@@ -19,14 +19,16 @@ import json
 import logging
 import os
 import signal
+import ssl
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
 import phonebook as pb
-from core import backup, net
+from core import backup, net, tls
 from core import config as cfg
 from core import identity as ident
 from core.acl import Access
@@ -87,6 +89,8 @@ class Service:
         self._lock_fd: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.store: Any = None  # storage.Store once started
+        self.overrides: dict[str, Any] = {}  # --set values, applied again on reload
+        self.on_log_level: Callable[[str], None] | None = None  # set by `serve` (see reload)
         # Parts, in dependency order. Each keeps its tables in twin.db and reaches
         # the dispersed store through a callable, since the store opens in start().
         self.mail = MailStore(self.db, quota_bytes=config.int("mail.quota"))
@@ -109,7 +113,9 @@ class Service:
             raise NotFound(
                 f"data dir {data_dir} does not exist (run `twin --data {data_dir} init`)")
         config = cfg.load(data_dir, overrides)
-        return cls(config, ident.load(data_dir))
+        service = cls(config, ident.load(data_dir))
+        service.overrides = dict(overrides or {})
+        return service
 
     def _open_phonebook(self) -> GuardedPhonebook:
         conf = self.config
@@ -268,6 +274,35 @@ class Service:
         tmp.write_text(json.dumps(status, indent=2))
         os.replace(tmp, path)
 
+    def reload(self) -> None:
+        """SIGHUP: load the TLS certificate again and re-read twin.toml, dropping nothing.
+
+        New TLS handshakes use the new certificate (``core.tls.reload``); open
+        connections keep theirs. Of twin.toml, only what can change under
+        running listeners is applied: ``log.level`` (unless ``--log-level``
+        was given). Other changed keys are named in the log as needing a
+        restart, and a file that does not load is reported and ignored."""
+        try:
+            tls.reload(self.data_dir)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("SIGHUP: the TLS certificate was not reloaded (%s); the old one stays "
+                      "in use", exc)
+        try:
+            fresh = cfg.load(self.data_dir, self.overrides)
+        except TwinError as exc:
+            log.error("SIGHUP: twin.toml not reloaded: %s", exc)
+            return
+        changed = sorted(k for k, v in fresh.values.items() if self.config.values.get(k) != v)
+        if "log.level" in changed and self.on_log_level is not None:
+            self.on_log_level(fresh.str("log.level"))
+            self.config.values["log.level"] = fresh.values["log.level"]
+            changed.remove("log.level")
+            log.warning("SIGHUP: log level is now %s", fresh.str("log.level"))
+        if changed:
+            log.warning("SIGHUP: changed in twin.toml, applied at the next restart: %s",
+                        ", ".join(changed))
+        log.info("SIGHUP: reloaded")
+
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """Run a background job for the life of the service; cancelled on stop."""
         task = asyncio.create_task(coro, name=name)
@@ -309,11 +344,12 @@ class Service:
         self.db.close()
 
     async def serve_forever(self) -> None:
-        """Start, wait for SIGINT/SIGTERM, stop gracefully."""
+        """Start, wait for SIGINT/SIGTERM, stop gracefully; SIGHUP reloads (``reload``)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         log.info("twin %s is up: log in as %s@%s with the app password `twin init` printed "
                  "(a new one: `twin mail passwd`)", self.config.name, self.config.name,

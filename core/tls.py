@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import logging
 import os
 import ssl
+import weakref
 from pathlib import Path
 
 from cryptography import x509
@@ -23,6 +25,10 @@ from cryptography.x509.oid import NameOID
 
 CERT = "tls/cert.pem"
 KEY = "tls/key.pem"
+
+log = logging.getLogger("twin.tls")
+# Every server context in use, so SIGHUP can load a new certificate into them.
+_serving: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
 
 
 def make_self_signed(data_dir: Path, names: list[str], days: int = 3650) -> tuple[Path, Path]:
@@ -60,7 +66,31 @@ def server_context(data_dir: Path) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(Path(data_dir) / CERT, Path(data_dir) / KEY)
+    return serving(ctx)
+
+
+def serving(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    """Register a listener's server context (also uvicorn's) for ``reload``."""
+    _serving.add(ctx)
     return ctx
+
+
+def reload(data_dir: Path) -> int:
+    """Load ``tls/cert.pem`` and ``tls/key.pem`` again into every server context.
+
+    In place: a context hands its certificate to each new handshake, so new
+    connections get the new certificate while open ones keep theirs and go
+    on undisturbed (nothing is re-bound, nothing dropped). The pair is first
+    loaded into a scratch context: a broken or mismatched pair raises
+    ``ssl.SSLError``/``OSError`` there and the old certificate stays in use.
+    Returns the number of contexts updated."""
+    cert, key = Path(data_dir) / CERT, Path(data_dir) / KEY
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    contexts = list(_serving)
+    for ctx in contexts:
+        ctx.load_cert_chain(cert, key)
+    log.info("TLS certificate reloaded from %s into %d listener context(s)", cert, len(contexts))
+    return len(contexts)
 
 
 def client_context(data_dir: Path | None = None) -> ssl.SSLContext:

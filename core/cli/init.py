@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from typing import Any
 from core import config as cfg
 from core import identity as ident
 from core import tls
-from core.errors import Invalid
+from core.errors import Invalid, NotFound, Unavailable
 from phonebook.record import NAME_RE
 
 PORT_KEYS = ("http.port", "smtp.port", "smtp.submission_port", "smtp.submissions_port",
@@ -61,9 +63,12 @@ def _prepare(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     data = Path(args.data).expanduser().resolve()
     if (data / ident.KEY_FILE).exists():
         raise Invalid(f"{data} already holds a twin; choose another --data")
-    values: dict[str, Any] = {}
+    # Written out, not left to the default: `twin restore --config` of a copy of
+    # this file must find the same backends (see _template).
+    values: dict[str, Any] = {"storage.backends": copy.deepcopy(
+        cfg.BY_NAME["storage.backends"].default)}
     if getattr(args, "config", None):
-        values = _template(Path(args.config).expanduser().resolve())
+        values |= _template(Path(args.config).expanduser().resolve(), data)
     values |= {"twin.name": name, "twin.domain": (args.domain or f"{name}.localhost").lower()}
     if args.port_offset:
         for key in PORT_KEYS:
@@ -73,13 +78,20 @@ def _prepare(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     return data, values
 
 
-def _template(path: Path) -> dict[str, Any]:
-    """Settings of an old twin.toml; its local backends stay where they are."""
+def _template(path: Path, data: Path) -> dict[str, Any]:
+    """Settings of an old twin.toml; its local backends stay where they are.
+
+    A relative location (``shards/0``, as init writes it) is the old data
+    dir's: taken against the file's own directory, or, for a copy of the file
+    kept elsewhere, against the new data dir when the backend is there."""
     values = cfg.load_file_values(path)
     backends = values.get("storage.backends", [])
     for backend in backends:
-        if backend.get("kind") == "local" and not Path(backend["location"]).is_absolute():
-            backend["location"] = str(path.parent / backend["location"])
+        location = Path(str(backend.get("location", ""))).expanduser()
+        if backend.get("kind") == "local" and not location.is_absolute():
+            beside, inside = path.parent / location, data / location
+            backend["location"] = str(inside if not beside.is_dir() and inside.is_dir()
+                                      else beside)
     return values
 
 
@@ -141,23 +153,89 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_restore(args: argparse.Namespace) -> int:
+    """Rebuild a twin; with nothing to restore, exit 1 and leave no twin behind.
+
+    What was in the data dir before (the surviving backends) is never touched
+    by the clean-up; everything restore created is removed again."""
     data, values = _prepare(args)
+    _check_backends(values)
     if sys.stdin.isatty():
         print("mnemonic: ", end="", file=sys.stderr, flush=True)
     identity = ident.Identity.from_mnemonic(sys.stdin.readline())
-    result = _create(data, values, identity)
-    restored, db_restored = _restore_storage(data)
+    existed = data.exists()
+    before = set(os.listdir(data)) if existed else set()
+    try:
+        result = _create(data, values, identity)
+        restored, db_restored = _restore_storage(data)
+        if not restored:
+            raise Unavailable("nothing to restore: the backends hold no backup of this "
+                              "twin's catalogue (wrong words, or the wrong backends?); "
+                              "no twin was created")
+    except BaseException:
+        _undo(data, existed, before)
+        raise
     result["restored_objects"] = restored
     result["restored_metadata"] = db_restored
+    result["restored"] = _counts(data) if db_restored else {}
     if db_restored:
         result["password"] = _fresh_owner_password(data, identity)
     _print(result, args.json, None)
-    if restored is not None and not args.json:
+    if not args.json:
         print(f"Restored the catalogue: {restored} objects are readable again.")
-        print("Restored twin.db: mail, files, contacts and logins are back (old app "
-              "passwords still work)." if db_restored else
-              "No twin.db backup found: objects are back, but not which are mail or files.")
+        if db_restored:
+            print("Restored twin.db (old app passwords still work): " + ", ".join(
+                f"{n} {what}" for what, n in result["restored"].items()) + ".")
+        else:
+            print("No twin.db backup found: objects are back, but not which are mail or files.")
     return 0
+
+
+def _check_backends(values: dict[str, Any]) -> None:
+    """Refuse before creating anything when fewer than k local backends exist at all."""
+    backends = values.get("storage.backends") or []
+    k = int(values.get("storage.k", cfg.BY_NAME["storage.k"].default))
+    local = [b for b in backends if b.get("kind") == "local"]
+    present = [b for b in local if Path(str(b["location"])).is_dir()]
+    if len(backends) - len(local) + len(present) < k:
+        missing = ", ".join(str(b["location"]) for b in local if b not in present)
+        raise NotFound(f"nothing to restore: {len(present)} of the {len(backends)} backends "
+                       f"exist ({k} needed); missing: {missing}. Name the old backends with "
+                       "--config OLD/twin.toml")
+
+
+def _undo(data: Path, existed: bool, before: set[str]) -> None:
+    if not existed:
+        shutil.rmtree(data, ignore_errors=True)
+        return
+    for name in set(os.listdir(data)) - before:
+        target = data / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+
+
+def _counts(data: Path) -> dict[str, int]:
+    """What the restored twin.db holds, for the summary."""
+    import sqlite3
+
+    from core.service import DB_FILE
+
+    queries = {
+        "messages": "SELECT count(*) FROM mail_messages",
+        "mailboxes": "SELECT count(*) FROM mail_mailboxes",
+        "files": "SELECT count(*) FROM file_nodes WHERE NOT is_dir",
+        "contacts": "SELECT count(*) FROM contacts",
+        "grants": "SELECT count(*) FROM grants",
+    }
+    out: dict[str, int] = {}
+    with contextlib.closing(sqlite3.connect(data / DB_FILE)) as conn:
+        for what, sql in queries.items():
+            try:
+                out[what] = int(conn.execute(sql).fetchone()[0])
+            except sqlite3.Error:  # a part this twin never used
+                out[what] = 0
+    return out
 
 
 def _fresh_owner_password(data: Path, identity: ident.Identity) -> str:

@@ -6,7 +6,9 @@
 
 Everything here works on the data dir (twin.db is shared safely with a
 running twin through SQLite), so the running twin sees a new grant on its next
-request and its outbox worker picks up what ``send`` queued. The one thing
+request. ``send`` asks a running twin to queue the message (its outbox
+worker then sends at once; a row queued here would wait for its next poll);
+with no twin running it queues into the outbox itself. The other thing
 that needs the running twin is storing a file into the dispersed store
 (``share FILE --as /path``): the store belongs to one process, so the file is
 streamed to the twin's local owner endpoint; when the twin is not running the
@@ -61,12 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--until", help="expiry: ISO date or date-time (local time)")
     p.set_defaults(func=_run(share))
 
-    p = sub.add_parser("unshare", help="revoke a grant (takes effect on the next request)")
+    p = sub.add_parser("unshare", help="revoke a grant, for a prefix (/photos/) also every "
+                                        "grant below it (takes effect on the next request)")
     p.add_argument("path")
     p.add_argument("--with", dest="grantee", required=True, metavar="NAME|CIRCLE|public")
     p.set_defaults(func=_run(unshare))
 
     p = sub.add_parser("shares", help="every grant and every shared object")
+    p.add_argument("prefix", nargs="?", help="only grants on this path and below it")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run(shares))
 
@@ -160,9 +164,12 @@ async def share(service: Any, args: argparse.Namespace) -> int:
     from core.acl import parse_rights
 
     path = args.path
+    await _check_grantee(service, args.grantee)  # before storing anything
     if args.as_path:
         path = args.as_path
         await _publish_file(service, Path(args.path), path)
+    else:
+        await _check_path(service, path)
     grant = await service.access.grant(path, args.grantee, parse_rights(args.rights),
                                        _until(args.until))
     print(f"shared {grant.path} with {grant.who} ({','.join(grant.rights)})"
@@ -170,6 +177,37 @@ async def share(service: Any, args: argparse.Namespace) -> int:
              else ""))
     await _tell(service, grant.path, args.grantee, grant.rights, revoked=False)
     return 0
+
+
+async def _check_grantee(service: Any, grantee: str) -> None:
+    """A twin grantee must resolve in the phonebook, as for ``contacts add``: a typo
+    must not become a standing grant for whoever registers that name later."""
+    from core.contacts import check_name
+
+    name = grantee.strip().lower()
+    if name == "public" or name.startswith("circle:"):
+        return
+    if await service.contacts.is_circle(check_name(name)):
+        return
+    try:
+        await service.resolve(name)
+    except NotFound:
+        raise NotFound(f"no twin or circle named {name!r} (the phonebook does not know it); "
+                       "nothing was shared") from None
+
+
+async def _check_path(service: Any, path: str) -> None:
+    """Share only what exists: a prefix must be a folder, a file path a file."""
+    from core.acl import normalize
+
+    path = normalize(path)
+    try:
+        entry = await service.content.stat(path)
+    except NotFound:
+        raise NotFound(f"{path}: no such file or folder in this twin's files; nothing was "
+                       "shared (to share a local file use PATH --as /NAME)") from None
+    if path.endswith("/") and not entry.is_dir:
+        raise Invalid(f"{path} is a file, not a folder: drop the trailing /")
 
 
 async def _tell(service: Any, path: str, grantee: str, rights: tuple[str, ...], *,
@@ -247,15 +285,38 @@ def _upload(data: Path, port: int, file: Path, path: str) -> dict[str, Any]:
     return body
 
 
+def _local_send(data: Path, port: int, to: str, text: str) -> dict[str, Any]:
+    import httpx
+
+    from core import tls
+    from core.peer.api import LOCAL_SEND, TOKEN_FILE
+
+    token = (data / TOKEN_FILE).read_text().strip()
+    try:
+        resp = httpx.post(f"https://127.0.0.1:{port}{LOCAL_SEND}", json={"to": to, "text": text},
+                          headers={"authorization": f"Bearer {token}"},
+                          verify=tls.client_context(data), timeout=60)
+        body: dict[str, Any] = resp.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise Unavailable(f"the running twin did not take the message: {exc}") from exc
+    if resp.status_code == 400 and body.get("code") == "not_found":
+        raise NotFound(str(body.get("message")))
+    if resp.status_code != 200:
+        raise Invalid(f"the running twin refused the message: {body.get('message')}")
+    return body
+
+
 async def unshare(service: Any, args: argparse.Namespace) -> int:
-    await service.access.revoke(args.path, args.grantee)
-    print(f"revoked {args.path} for {args.grantee}")
-    await _tell(service, args.path, args.grantee, (), revoked=True)
+    for path in await service.access.revoke(args.path, args.grantee):
+        print(f"revoked {path} for {args.grantee}")
+        await _tell(service, path, args.grantee, (), revoked=True)
     return 0
 
 
 async def shares(service: Any, args: argparse.Namespace) -> int:
-    grants = await service.access.grants()
+    from core.acl import normalize
+
+    grants = await service.access.grants(under=normalize(args.prefix) if args.prefix else None)
     objects = await service.shared.list("/") if await _any_objects(service) else []
     if args.json:
         print(json.dumps({"grants": [g.to_json() for g in grants],
@@ -276,7 +337,14 @@ async def _any_objects(service: Any) -> bool:
 
 
 async def send(service: Any, args: argparse.Namespace) -> int:
-    uid = await service.peer.send(args.name, "message", {"text": args.text})
+    """Queue a message; through the running twin when there is one, so it leaves at
+    once (a row queued here would wait for that twin's next outbox poll)."""
+    running = _running_twin(service.data_dir)
+    if running is not None:
+        uid = (await asyncio.to_thread(_local_send, service.data_dir, running, args.name,
+                                       args.text))["uid"]
+    else:
+        uid = await service.peer.send(args.name, "message", {"text": args.text})
     print(f"queued {uid} for {args.name}")
     return 0
 

@@ -24,7 +24,8 @@ log = logging.getLogger("twin.serve")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("serve", help="run the twin until SIGINT/SIGTERM")
+    p = sub.add_parser("serve", help="run the twin until SIGINT/SIGTERM; SIGHUP reloads "
+                                      "the TLS certificate and twin.toml")
     p.set_defaults(func=run_serve)
     p = sub.add_parser("status", help="is the twin running and are its listeners healthy?")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -54,6 +55,7 @@ def run_serve(args: argparse.Namespace) -> int:
     service = open_service(args)
     if args.log_level is None:  # twin.toml, TWIN_LOG_LEVEL or --set log.level=...
         set_log_level(service.config.str("log.level"))
+        service.on_log_level = set_log_level  # and again from twin.toml on SIGHUP
     try:
         run_loop(service.config.str("serve.event_loop"), service.serve_forever())
     finally:

@@ -388,15 +388,24 @@ async def _rm(target: Target, args: argparse.Namespace) -> int:
 
 
 async def _status(target: Target, args: argparse.Namespace) -> int:
+    from core import domains
+
     status = await target.status()
-    if args.json:
-        print(json.dumps([health_json(h) for h in status.backends], indent=2))
+    where = [status.domains.get(h.name, "?") for h in status.backends]
+    spread = domains.summarise(where, status.k, status.n)
+    if args.json:  # the list of backends as before, each with its failure domain
+        print(json.dumps([{**health_json(h), "failure_domain": d}
+                          for h, d in zip(status.backends, where, strict=True)], indent=2))
         return 0
     print(f"store: {status.k}-of-{status.n}, segments of {status.segment_size} bytes")
-    for h in status.backends:
+    for h, d in zip(status.backends, where, strict=True):
         free = "?" if h.free_bytes is None else f"{h.free_bytes / 2**30:.1f} GiB free"
         state = "ok" if h.reachable else f"UNREACHABLE ({h.detail})"
-        print(f"{h.name:<12} {h.kind:<6} {h.location:<40} {state}, {free}, {h.errors} errors")
+        print(f"{h.name:<12} {h.kind:<6} {h.location:<40} {state}, {free}, {h.errors} errors, "
+              f"{d}")
+    print(f"failure domains: {spread.count} (at most {spread.largest} backends in one)")
+    if spread.warning:
+        print(f"WARNING: {spread.warning}")
     return 0 if all(h.reachable for h in status.backends) else 1
 
 

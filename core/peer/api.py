@@ -24,7 +24,10 @@ the dispersed store and publishes it in the twin's content (the file tree). It i
 the random token the running twin writes to ``run/local.token`` (0600), which
 only the owner's account can read. The same token opens the owner's storage
 API under ``/twin/v1/local/storage/`` (``twin storage …`` while the twin
-runs), mounted here from ``core.peer.local_storage``.
+runs), mounted here from ``core.peer.local_storage``, and ``POST
+/twin/v1/local/send`` (``twin send`` while the twin runs: queued by the
+running twin, whose outbox worker then sends at once instead of finding the
+row at its next poll, ``peer.outbox_poll`` later).
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("twin.peer")
 TOKEN_FILE = "run/local.token"  # noqa: S105 - a file name, not a secret
 LOCAL_OBJECTS = "/twin/v1/local/objects"
+LOCAL_SEND = "/twin/v1/local/send"
+MAX_LOCAL_SEND = 1024 * 1024  # a native message's JSON body
 
 
 def write_token(data_dir: Path) -> str:
@@ -200,8 +205,27 @@ def routes(service: Service) -> list[BaseRoute]:
         log.info("owner published %s (%d bytes)", entry.path, entry.size)
         return JSONResponse({"path": entry.path, "size": entry.size})
 
+    async def send(request: Request) -> Response:
+        if not local_storage.owner_token_ok(peer.local_token, request.headers):
+            return JSONResponse({"code": "forbidden", "message": "bad local token"}, 403)
+        body = await _read_capped(request, MAX_LOCAL_SEND, "message")
+        if isinstance(body, Response):
+            return body
+        try:
+            value = json.loads(body)
+            if not isinstance(value, dict) or not isinstance(value.get("to"), str) \
+                    or not isinstance(value.get("text"), str):
+                raise Invalid("a message needs 'to' and 'text' (text)")
+            uid = await peer.send(value["to"], "message", {"text": value["text"]})
+        except ValueError:
+            return JSONResponse({"code": "invalid", "message": "body is not JSON"}, 400)
+        except TwinError as exc:
+            return JSONResponse({"code": exc.code, "message": str(exc)}, 400)
+        return JSONResponse({"uid": uid})
+
     return [
         Route(ENVELOPE_PATH, envelope, methods=["POST"]),
+        Route(LOCAL_SEND, send, methods=["POST"]),
         Route(BATCH_PATH, envelopes, methods=["POST"]),
         Route(LOCAL_OBJECTS, put_object, methods=["PUT"]),
         *local_storage.routes(service),  # the owner's `twin storage …` while the twin runs

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from core.db import Database
+from core.db import Database, Group, transaction
 from core.errors import Invalid
 
 MAX_TEXT = 64 * 1024
@@ -47,17 +47,19 @@ class Message:
 
 
 class Inbox:
+    """Stores are group-committed (``core.db.Group``): messages arriving together
+    share one commit, each caller still answered only once its row is durable."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
         db.migrate("peer.inbox", MIGRATIONS)
+        self._store = Group(db, _store_many, "peer-inbox-store")
 
     async def store(self, sender: str, uid: bytes, text: str, *, bounce: bool = False) -> bool:
         """True if new; a duplicate (same sender and uid) is ignored."""
         if not isinstance(text, str) or len(text) > MAX_TEXT:
             raise Invalid(f"a message is text of at most {MAX_TEXT} characters")
-        return await self.db.run(lambda c: c.execute(
-            "INSERT OR IGNORE INTO peer_inbox (sender, uid, received, text, bounce) "
-            "VALUES (?, ?, ?, ?, ?)", (sender, uid, time.time(), text, int(bounce))).rowcount == 1)
+        return await self._store((sender, uid, time.time(), text, int(bounce)))
 
     async def list(self, limit: int = 100) -> list[Message]:
         def run(conn: sqlite3.Connection) -> list[Message]:
@@ -65,3 +67,10 @@ class Inbox:
                                 "ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
             return [Message(s, f, bytes(u), r, t, bool(b)) for s, f, u, r, t, b in reversed(rows)]
         return await self.db.run(run)
+
+
+def _store_many(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[bool]:
+    with transaction(conn):
+        return [conn.execute("INSERT OR IGNORE INTO peer_inbox (sender, uid, received, text, "
+                             "bounce) VALUES (?, ?, ?, ?, ?)", row).rowcount == 1
+                for row in rows]

@@ -34,12 +34,13 @@ between "twin running" and "twin stopped".
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import Headers
@@ -91,19 +92,24 @@ class StoreStatus:
     n: int
     segment_size: int
     backends: list[BackendHealth]
+    domains: dict[str, str] = field(default_factory=dict)  # backend name -> core.domains
 
     @classmethod
     async def of(cls, store: Store) -> StoreStatus:
-        return cls(store.k, store.n, store.segment_size, await store.health())
+        from core import domains
+
+        where = await asyncio.to_thread(
+            lambda: {b.name: domains.of_backend(b) for b in store.backends})
+        return cls(store.k, store.n, store.segment_size, await store.health(), where)
 
     def to_json(self) -> dict[str, Any]:
         return {"k": self.k, "n": self.n, "segment_size": self.segment_size,
-                "backends": [health_json(h) for h in self.backends]}
+                "backends": [health_json(h) for h in self.backends], "domains": self.domains}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> StoreStatus:
         return cls(d["k"], d["n"], d["segment_size"],
-                   [health_from_json(h) for h in d["backends"]])
+                   [health_from_json(h) for h in d["backends"]], dict(d.get("domains") or {}))
 
 
 def verify_from_json(d: dict[str, Any]) -> VerifyReport:

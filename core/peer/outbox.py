@@ -17,7 +17,7 @@ from typing import Any
 
 import cbor2
 
-from core.db import Database
+from core.db import Database, Group, transaction
 from core.peer.envelope import new_uid
 
 MIGRATIONS = [
@@ -59,31 +59,39 @@ def _row(r: tuple[Any, ...]) -> Pending:
 
 
 class Outbox:
+    """The table behind ``Peer.send``; inserts and removals are group-committed
+    (``core.db.Group``): one commit for every message queued or acked meanwhile."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
         db.migrate("peer.outbox", MIGRATIONS)
+        self._insert = Group(db, _insert_many, "peer-outbox-insert")
+        self._remove = Group(db, _remove_many, "peer-outbox-remove")
 
     async def enqueue(self, recipient: str, kind: str, value: Any) -> bytes:
         uid = new_uid()
         blob = cbor2.dumps(value, canonical=True)
         now = time.time()
-        await self.db.run(lambda c: c.execute(
-            "INSERT INTO peer_outbox (uid, recipient, kind, value, created, next_try) "
-            "VALUES (?, ?, ?, ?, ?, ?)", (uid, recipient, kind, blob, now, now)))
+        await self._insert((uid, recipient, kind, blob, now, now))
         return uid
 
-    async def due(self, now: float, limit: int = 64) -> list[Pending]:
-        return await self.db.run(lambda c: [_row(r) for r in c.execute(
-            "SELECT uid, recipient, kind, value, created, attempts, next_try, last_error "
-            "FROM peer_outbox WHERE next_try <= ? ORDER BY next_try LIMIT ?", (now, limit))])
+    async def due(self, now: float, limit: int = 64,
+                  skip: frozenset[bytes] = frozenset()) -> list[Pending]:
+        """Up to ``limit`` rows due by ``now``, leaving out ``skip`` (those in flight)."""
+        def run(c: sqlite3.Connection) -> list[Pending]:
+            rows = c.execute(
+                "SELECT uid, recipient, kind, value, created, attempts, next_try, last_error "
+                "FROM peer_outbox WHERE next_try <= ? ORDER BY next_try LIMIT ?",
+                (now, limit + len(skip)))
+            return [_row(r) for r in rows if bytes(r[0]) not in skip][:limit]
+        return await self.db.run(run)
 
     async def next_due(self) -> float | None:
         return await self.db.run(lambda c: c.execute(
             "SELECT min(next_try) FROM peer_outbox").fetchone()[0])
 
     async def remove(self, uid: bytes) -> bool:
-        return await self.db.run(lambda c: c.execute(
-            "DELETE FROM peer_outbox WHERE uid = ?", (uid,)).rowcount == 1)
+        return await self._remove(uid)
 
     async def retry_later(self, uid: bytes, next_try: float, error: str) -> None:
         await self.db.run(lambda c: c.execute(
@@ -96,6 +104,19 @@ class Outbox:
                 "SELECT uid, recipient, kind, value, created, attempts, next_try, last_error "
                 "FROM peer_outbox ORDER BY created")]
         return await self.db.run(run)
+
+
+def _insert_many(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[None]:
+    with transaction(conn):
+        conn.executemany("INSERT INTO peer_outbox (uid, recipient, kind, value, created, "
+                         "next_try) VALUES (?, ?, ?, ?, ?, ?)", rows)
+    return [None] * len(rows)
+
+
+def _remove_many(conn: sqlite3.Connection, uids: list[bytes]) -> list[bool]:
+    with transaction(conn):
+        return [conn.execute("DELETE FROM peer_outbox WHERE uid = ?", (uid,)).rowcount == 1
+                for uid in uids]
 
 
 def backoff(schedule: list[float], attempts: int) -> float:

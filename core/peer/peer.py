@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("twin.peer")
 REPLAY_FILE = "peer-replay.db"
-MAX_INFLIGHT = 16
+MAX_INFLIGHT = 256  # deliveries at once: the client batches them (LANES x MAX_BATCH)
 RECORD_MEMO = 5.0  # seconds a resolved peer record is reused without asking the phonebook
 MAX_MEMO = 4096
 # The one answer to a path the caller may not read, whether or not it exists.
@@ -314,7 +314,8 @@ class Peer:
             now = time.time()
             wait = self.poll
             try:
-                for item in await self.outbox.due(now):
+                free = MAX_INFLIGHT - len(running)
+                for item in await self.outbox.due(now, free, frozenset(running)) if free else []:
                     if item.uid not in running:
                         running.add(item.uid)
                         task = asyncio.create_task(one(item),

@@ -24,7 +24,9 @@ def test_init_json_gives_login_address_and_password(tmp_path: Path) -> None:
 
 def test_restore_from_the_words_gives_the_same_twin(tmp_path: Path) -> None:
     out = json.loads(twin_cli(tmp_path / "a", "init", "--name", "alice", "--json").stdout)
+    twin_cli(tmp_path / "a", "storage", "backup")  # something to restore from
     back = twin_cli(tmp_path / "b", "restore", "--name", "alice", "--json",
+                    "--config", str(tmp_path / "a" / "twin.toml"),
                     "--phonebook", str(tmp_path / "b.db"), input=out["mnemonic"] + "\n")
     assert json.loads(back.stdout)["public_key"] == out["public_key"]
 

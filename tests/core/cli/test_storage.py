@@ -62,8 +62,13 @@ def test_every_subcommand_works_through_the_running_twin(
     backends = json.loads(out)
     assert [b["name"] for b in backends] == [f"local{i}" for i in range(6)]
     assert all(b["kind"] == "local" and b["health"]["reachable"] for b in backends)
+    # six directories of one data dir: one filesystem, one failure domain (issue #18)
+    assert len({b["failure_domain"] for b in backends}) == 1
+    assert backends[0]["failure_domain"].startswith("filesystem ")
     code, out, _ = twin_cmd(alice, "status")
     assert code == 0 and out.startswith(f"store: 4-of-6, segments of {MiB} bytes")
+    assert "failure domains: 1 (at most 6 backends in one)" in out
+    assert "WARNING: the shares span 1 failure domain(s), fewer than n=6" in out
 
     code, out, err = twin_cmd(alice, "verify", "--sample", "1")
     assert code == 0, (out, err)
