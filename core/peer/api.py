@@ -208,11 +208,11 @@ def routes(service: Service) -> list[BaseRoute]:
     async def send(request: Request) -> Response:
         if not local_storage.owner_token_ok(peer.local_token, request.headers):
             return JSONResponse({"code": "forbidden", "message": "bad local token"}, 403)
-        body = await _read_capped(request, MAX_LOCAL_SEND, "message")
+        body = await _read_capped(request, MAX_LOCAL_SEND, "message", budget)
         if isinstance(body, Response):
             return body
         try:
-            value = json.loads(body)
+            value = json.loads(body.data)
             if not isinstance(value, dict) or not isinstance(value.get("to"), str) \
                     or not isinstance(value.get("text"), str):
                 raise Invalid("a message needs 'to' and 'text' (text)")
@@ -221,6 +221,8 @@ def routes(service: Service) -> list[BaseRoute]:
             return JSONResponse({"code": "invalid", "message": "body is not JSON"}, 400)
         except TwinError as exc:
             return JSONResponse({"code": exc.code, "message": str(exc)}, 400)
+        finally:
+            body.release()
         return JSONResponse({"uid": uid})
 
     return [
