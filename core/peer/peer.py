@@ -48,6 +48,7 @@ from core.peer.inbox import Inbox
 from core.peer.kinds import KINDS, BounceHandler, Handler, Registry
 from core.peer.outbox import Outbox, Pending, backoff
 from core.peer.replay import RateLimit, ReplayGuard
+from phonebook.pins import pk_matches
 from phonebook.record import TwinRecord
 
 if TYPE_CHECKING:
@@ -213,10 +214,15 @@ class Peer:
     @property
     def client(self) -> PeerClient:
         if self._client is None:
-            self._client = PeerClient(self.timeout, max_answer=self.max_envelope)
+            self._client = PeerClient(self.timeout, max_answer=self.max_envelope,
+                                      hosts=self.service.config.list("peer.hosts"))
         return self._client
 
     def _seal(self, record: TwinRecord, kind: str, value: Any, uid: bytes) -> bytes:
+        if not pk_matches(record):  # the rule: README "Identity and keys"
+            raise Forbidden(
+                f"twin {record.name} publishes an encryption key (pk) that is not the X25519 "
+                "form of its account key: refusing to encrypt to it")
         return env.seal(self.identity, self.boxes, sender=self.name, recipient=record.name,
                         recipient_key=record.public_key, kind=kind, value=value,
                         ttl=self.ttl, uid=uid)

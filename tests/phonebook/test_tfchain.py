@@ -2,7 +2,7 @@
 
 Every test runs substrate-interface over a real websocket (tests/phonebook/
 chain_server.py) fed with the spec-144 metadata, raw storage and JSON-RPC
-sessions recorded from the real runtime in shared/tfchain/.
+sessions recorded from the real runtime in fixtures/ (copied from the steering repo).
 """
 
 from __future__ import annotations
