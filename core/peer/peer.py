@@ -131,7 +131,7 @@ class Peer:
     async def send(self, to: str, kind: str, payload: Any) -> str:
         """Durably queue ``payload`` for ``to``; returns the uid (hex)."""
         self.kinds.kind(kind)
-        await self._resolve(to)  # an unknown recipient fails now, not in days
+        _check_pk(await self._resolve(to))  # an unknown recipient fails now, not in days
         uid = await self.outbox.enqueue(to, kind, payload)
         log.info("queued %s envelope %s for %s", kind, uid.hex(), to)
         self._wake.set()
@@ -219,10 +219,7 @@ class Peer:
         return self._client
 
     def _seal(self, record: TwinRecord, kind: str, value: Any, uid: bytes) -> bytes:
-        if not pk_matches(record):  # the rule: README "Identity and keys"
-            raise Forbidden(
-                f"twin {record.name} publishes an encryption key (pk) that is not the X25519 "
-                "form of its account key: refusing to encrypt to it")
+        _check_pk(record)
         return env.seal(self.identity, self.boxes, sender=self.name, recipient=record.name,
                         recipient_key=record.public_key, kind=kind, value=value,
                         ttl=self.ttl, uid=uid)
@@ -558,3 +555,11 @@ def refusal_body(refusal: Refusal) -> dict[str, Any]:
 
 
 __all__ = ["OWNER", "Answer", "Peer", "current_envelope", "refusal_body"]
+
+
+def _check_pk(record: TwinRecord) -> None:
+    """Encrypt only to the X25519 form of the account key (README: "The `pk` rule")."""
+    if not pk_matches(record):
+        raise Forbidden(
+            f"twin {record.name} publishes an encryption key (pk) that is not the X25519 "
+            "form of its account key: refusing to encrypt to it")
