@@ -132,7 +132,8 @@ class Service:
                        "terms_hash": conf.str("phonebook.terms_hash")}
         inner = pb.load(backend, **options)
         pins = PinStore(self.data_dir / "pins.db")
-        return GuardedPhonebook(inner, pins, ttl=conf.int("phonebook.cache_ttl"))
+        return GuardedPhonebook(inner, pins, ttl=conf.int("phonebook.cache_ttl"),
+                                fresh_from_cache=backend != "local")
 
     # -- phonebook, in core's terms, off the event loop
 

@@ -147,13 +147,18 @@ class ResolveCache:
 class GuardedPhonebook:
     """Verify + pin + cache in front of any backend (implements Phonebook)."""
 
-    def __init__(self, inner: object, pins: PinStore, ttl: float) -> None:
+    def __init__(self, inner: object, pins: PinStore, ttl: float, *,
+                 fresh_from_cache: bool = True) -> None:
+        """``fresh_from_cache=False``: always ask the backend while it answers (a local
+        file: as cheap as the cache and never stale); the cache then only stands in
+        for a backend that cannot be reached."""
         from phonebook import Phonebook
 
         assert isinstance(inner, Phonebook)
         self.inner: Phonebook = inner
         self.pins = pins
         self.ttl = ttl
+        self.fresh_from_cache = fresh_from_cache
         self.cache = ResolveCache(pins.db, pins.lock)
 
     def _remember(self, keys: list[str], record: TwinRecord) -> TwinRecord:
@@ -174,6 +179,11 @@ class GuardedPhonebook:
         except (RecordInvalid, KeyChanged) as exc:
             log.warning("cached record of %s no longer usable: %s", hit[0].name, exc)
             return None
+
+    def _fresh(self, key: str) -> tuple[TwinRecord | None, float] | None:
+        if not self.fresh_from_cache:
+            return None
+        return self._checked(self.cache.get(key, stale_ok=False))
 
     def _stale(self, key: str, exc: PhonebookUnavailable) -> tuple[TwinRecord | None, float]:
         hit = self._checked(self.cache.get(key, stale_ok=True))
@@ -197,7 +207,7 @@ class GuardedPhonebook:
 
     def resolve(self, name_or_id: str | int) -> TwinRecord:
         key = f"q:{name_or_id}"
-        hit = self._checked(self.cache.get(key, stale_ok=False))
+        hit = self._fresh(key)
         if hit and hit[0] is not None:
             return hit[0]
         try:
@@ -211,7 +221,7 @@ class GuardedPhonebook:
 
     def by_address(self, address: str) -> TwinRecord | None:
         key = "a:" + address.rpartition("@")[2].lower()
-        hit = self._checked(self.cache.get(key, stale_ok=False))
+        hit = self._fresh(key)
         if hit is not None:
             return hit[0]
         try:

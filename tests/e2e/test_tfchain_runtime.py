@@ -64,7 +64,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
 def chain_sets(node: Chopsticks) -> list[str]:
     """The tfchain backend on the test node; answers may be slow on a loaded 2-core machine."""
     return ["phonebook.backend=tfchain", f"phonebook.url={node.url}",
-            "phonebook.tfchain_timeout=20", "phonebook.publish_retry=1"]
+            "phonebook.tfchain_timeout=20", "phonebook.publish_retry=0.5"]
 
 
 def init(chain: Chain, name: str, http_port: int, peer_port: int) -> TwinProcess:
