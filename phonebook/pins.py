@@ -159,6 +159,10 @@ class GuardedPhonebook:
         self.pins = pins
         self.ttl = ttl
         self.fresh_from_cache = fresh_from_cache
+        # This process's own fresh answers, in memory: a hot path (hundreds of envelopes
+        # at once) must not wait on SQLite, nor write it, per lookup.
+        self._memory: dict[str, tuple[float, TwinRecord | None]] = {}
+        self._memory_lock = threading.Lock()
         self.cache = ResolveCache(pins.db, pins.lock)
 
     def _remember(self, keys: list[str], record: TwinRecord) -> TwinRecord:
@@ -166,8 +170,16 @@ class GuardedPhonebook:
             log.warning("twin %s publishes pk %s, which is not the X25519 form of its account "
                         "key %s: nothing will be encrypted to it", record.name,
                         record.extra["pk"].hex(), record.public_key.hex())
+        self._memorize(keys, record)
         self.cache.put(keys, record, self.ttl)
         return record
+
+    def _memorize(self, keys: list[str], record: TwinRecord | None) -> None:
+        with self._memory_lock:
+            if len(self._memory) > 10_000:
+                self._memory.clear()
+            for key in keys:
+                self._memory[key] = (time.monotonic() + self.ttl, record)
 
     def _checked(self, hit: tuple[TwinRecord | None, float] | None,
                  ) -> tuple[TwinRecord | None, float] | None:
@@ -181,6 +193,10 @@ class GuardedPhonebook:
             return None
 
     def _fresh(self, key: str) -> tuple[TwinRecord | None, float] | None:
+        with self._memory_lock:
+            mine = self._memory.get(key)
+        if mine is not None and mine[0] > time.monotonic():
+            return mine[1], 0.0
         if not self.fresh_from_cache:
             return None
         return self._checked(self.cache.get(key, stale_ok=False))
@@ -229,19 +245,22 @@ class GuardedPhonebook:
         except PhonebookUnavailable as exc:
             return self._stale(key, exc)[0]
         if found is None:
+            self._memorize([key], None)
             self.cache.put([key], None, self.ttl)
             return None
         return self._remember([key], self.pins.check(found.verify()))
 
     def publish(self, record: TwinRecord, *, replace_key: bool = False) -> TwinRecord:
         stored = self.inner.publish(record, replace_key=replace_key)
-        self.cache.invalidate()
+        self.invalidate()
         return stored
 
     def list(self) -> list[TwinRecord]:
         return self.inner.list()
 
     def invalidate(self) -> None:
+        with self._memory_lock:
+            self._memory.clear()
         self.cache.invalidate()
 
     def close(self) -> None:
