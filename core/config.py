@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from phonebook.tfchain_relay import DEFAULT_TERMS_HASH, DEFAULT_TERMS_LINK
 
 CONFIG_FILE = "twin.toml"
 ENV_PREFIX = "TWIN_"
@@ -156,12 +157,25 @@ SCHEMA: tuple[Key, ...] = (
     Key("phonebook.tfchain_port", int, 443,
         "HTTPS port of the peer API of twins found on TFChain (a relay holds no port); "
         "change only for a private or test network.", minimum=1),
-    Key("phonebook.tfchain_timeout", float, 60.0,
-        "Seconds to wait for a TFChain node's answer (a publish waits for its block)."),
-    Key("phonebook.terms_link", str, "https://library.threefold.me/info/legal/#/",
+    Key("phonebook.tfchain_timeout", float, 5.0,
+        "Seconds to wait for each answer of a TFChain node (a hung node costs no more)."),
+    Key("phonebook.tfchain_connect_timeout", float, 3.0,
+        "Seconds to wait for a TFChain node to accept a websocket connection."),
+    Key("phonebook.tfchain_submit_timeout", float, 30.0,
+        "Seconds to wait for a submitted extrinsic to be included in a block."),
+    Key("phonebook.tfchain_retry_after", float, 3.0,
+        "Seconds a TFChain node that failed is not asked again (the cache answers meanwhile)."),
+    Key("phonebook.mail_wait", float, 2.0,
+        "Seconds mail routing waits for the phonebook before it uses the cache, or answers "
+        "451 (an SMTP reply never waits on the chain longer)."),
+    Key("phonebook.publish_retry", float, 30.0,
+        "Seconds between attempts of `twin serve` to publish the twin on TFChain "
+        "(doubling up to ten times that while it keeps failing)."),
+    Key("phonebook.terms_link", str, DEFAULT_TERMS_LINK,
         "Terms and conditions document the twin's TFChain account accepts before create_twin."),
-    Key("phonebook.terms_hash", str, "",
-        "MD5 (hex) of that document, as recorded on chain with the acceptance."),
+    Key("phonebook.terms_hash", str, DEFAULT_TERMS_HASH,
+        "Hash recorded on chain with the acceptance (1-50 bytes; the runtime refuses an empty "
+        "one). Default: the MD5 (hex) of the default terms_link's text."),
     Key("phonebook.cache_ttl", int, 600, "Seconds a resolved twin is trusted before refresh.",
         minimum=0),
     Key("phonebook.record_ttl", int, 30 * 86400,
@@ -188,6 +202,9 @@ SCHEMA: tuple[Key, ...] = (
         "Bytes of peer request bodies held at once for one client address.", minimum=1024),
     Key("peer.rate_per_minute", int, 6000, "Envelopes accepted per sender per minute.",
         minimum=1),
+    Key("peer.hosts", list, [],
+        "Addresses used for twins' domains instead of DNS, as \"domain=host:port\" strings "
+        "(a private or test network; the TLS name stays the domain)."),
     Key("peer.retry_schedule", list, [5, 30, 120, 600, 1800, 3600, 7200, 14400],
         "Seconds between outbox delivery attempts; the last repeats."),
     Key("peer.give_up_after", int, 4 * 86400,

@@ -177,7 +177,8 @@ class MailRouter:
         hit = self._twins.get(domain)
         if hit and hit[1] > time.monotonic():
             return hit[0]
-        twin = await self.service.twin_for_address(address)
+        twin = await self.service.twin_for_address(
+            address, wait=self.service.config.float("phonebook.mail_wait"))
         if len(self._twins) > 10_000:
             self._twins.clear()
         self._twins[domain] = (twin, time.monotonic() + CACHE_SECONDS)

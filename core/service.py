@@ -86,6 +86,9 @@ class Service:
         self.phonebook = self._open_phonebook()
         self.listeners: list[net.Listener] = []
         self.started_at = 0.0
+        # Where publishing stands (`twin status` shows it): see _publish_until_done.
+        self.publish_state: dict[str, Any] = {"published": False, "twin_id": None,
+                                              "error": "not tried yet", "attempts": 0}
         self._lock_fd: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.store: Any = None  # storage.Store once started
@@ -128,11 +131,15 @@ class Service:
                        "cache_ttl": conf.int("phonebook.cache_ttl"),
                        "port": conf.int("phonebook.tfchain_port"),
                        "timeout": conf.float("phonebook.tfchain_timeout"),
+                       "connect_timeout": conf.float("phonebook.tfchain_connect_timeout"),
+                       "submit_timeout": conf.float("phonebook.tfchain_submit_timeout"),
+                       "retry_after": conf.float("phonebook.tfchain_retry_after"),
                        "terms_link": conf.str("phonebook.terms_link"),
                        "terms_hash": conf.str("phonebook.terms_hash")}
         inner = pb.load(backend, **options)
         pins = PinStore(self.data_dir / "pins.db")
-        return GuardedPhonebook(inner, pins, ttl=conf.int("phonebook.cache_ttl"))
+        return GuardedPhonebook(inner, pins, ttl=conf.int("phonebook.cache_ttl"),
+                                fresh_from_cache=backend != "local")
 
     # -- phonebook, in core's terms, off the event loop
 
@@ -142,9 +149,30 @@ class Service:
         except pb.PhonebookError as exc:
             raise phonebook_error(exc) from exc
 
-    async def twin_for_address(self, address: str) -> TwinRecord | None:
+    async def twin_for_address(self, address: str, *,
+                               wait: float | None = None) -> TwinRecord | None:
+        """The twin serving ``address``'s domain, or None (the legacy world).
+
+        ``wait`` bounds the time spent on the backend (mail routing passes
+        ``phonebook.mail_wait``: an SMTP reply never waits on a slow chain);
+        past it the cached answer is used whatever its age, else Unavailable.
+        """
         try:
-            return await asyncio.to_thread(self.phonebook.by_address, address)
+            lookup = asyncio.to_thread(self.phonebook.by_address, address)
+            if wait is None:
+                return await lookup
+            try:
+                return await asyncio.wait_for(lookup, wait)
+            except TimeoutError:
+                log.warning("phonebook did not answer within %.1f s for %s; using the cache",
+                            wait, address)
+                return await asyncio.to_thread(self.phonebook.cached, address, address=True)
+        except pb.PhonebookError as exc:
+            raise phonebook_error(exc) from exc
+
+    def list_twins(self) -> list[TwinRecord]:
+        try:
+            return self.phonebook.list()
         except pb.PhonebookError as exc:
             raise phonebook_error(exc) from exc
 
@@ -245,9 +273,13 @@ class Service:
             for ep in entry_points(group="twin.listeners"):
                 self.listeners.append(await ep.load()(self))
             await http.start()
-            record = await asyncio.to_thread(self.publish, http.port)
-            log.info("published %s (id %d) with endpoint %s", record.name, record.id,
-                     record.endpoints[0])
+            if self.config.str("phonebook.backend") == "tfchain":
+                # A chain that is down or an account not funded yet must not keep
+                # the twin from serving: publish in the background, with retries.
+                self.spawn(self._publish_until_done(http.port), "publish")
+            else:
+                record = await asyncio.to_thread(self.publish, http.port)
+                self._published(record)
         except BaseException:
             await self.stop()
             raise
@@ -257,6 +289,35 @@ class Service:
                 log.info("listening: %s on %s:%d (tls: %s)", info.name, info.host, info.port,
                          info.tls)
         self._write_status()
+
+    def _published(self, record: TwinRecord) -> None:
+        log.info("published %s (id %d) with endpoint %s", record.name, record.id,
+                 record.endpoints[0] if record.endpoints else "-")
+        self.publish_state = {"published": True, "twin_id": record.id, "at": time.time(),
+                              "error": None, "attempts": self.publish_state["attempts"] + 1}
+
+    async def _publish_until_done(self, http_port: int) -> None:
+        """Publish on the phonebook, retrying (doubling waits) until it works once."""
+        delay = first = self.config.float("phonebook.publish_retry")
+        while True:
+            try:
+                record = await asyncio.to_thread(self.publish, http_port)
+            except TwinError as exc:
+                self.publish_state = {
+                    "published": False, "twin_id": None, "error": str(exc),
+                    "attempts": self.publish_state["attempts"] + 1,
+                    "next_try": time.time() + delay}
+                log.warning("not published yet (attempt %d, next in %.0f s): %s",
+                            self.publish_state["attempts"], delay, exc)
+                if self.started_at:
+                    self._write_status()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, first * 10)
+                continue
+            self._published(record)
+            if self.started_at:
+                self._write_status()
+            return
 
     def listener_info(self) -> list[net.ListenerInfo]:
         return [info for listener in self.listeners for info in listener.info]
@@ -268,6 +329,8 @@ class Service:
             "domain": self.config.domain,
             "started_at": self.started_at,
             "listeners": [i.to_json() for i in self.listener_info()],
+            "phonebook": {"backend": self.config.str("phonebook.backend"),
+                          **self.publish_state},
         }
         path = self.data_dir / STATUS_FILE
         tmp = path.with_suffix(".tmp")

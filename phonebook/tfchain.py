@@ -20,7 +20,18 @@ lowest id wins: ids only grow and twins are never deleted, so a later claim
 cannot take over a domain (it is logged).
 
 All calls are synchronous and serialised by one lock (a substrate-interface
-connection is not thread-safe); core runs them in its thread pool.
+connection is not thread-safe); core runs them in its thread pool. Every call is
+bounded: ``connect_timeout`` for the websocket handshake, ``timeout`` for each
+answer, ``submit_timeout`` for an extrinsic's inclusion (a node that accepts
+connections but never answers costs at most these, never a hang). After a
+failure the node is not asked again for ``retry_after`` seconds (callers get
+``PhonebookUnavailable`` at once and serve their cache). A connection that
+broke since its last use (the node restarted: "Broken pipe") is reopened and
+the read retried once.
+
+What the runtime refuses is refused here first, before anything is signed: a
+refused extrinsic is still included and pays its fee (``check_relay``,
+``check_terms``, ``check_funds``).
 """
 
 from __future__ import annotations
@@ -42,6 +53,8 @@ from phonebook.errors import PhonebookError, PhonebookUnavailable, RecordInvalid
 from phonebook.record import DOMAIN_RE, TwinRecord
 from phonebook.tfchain_relay import (
     DEFAULT_PORT,
+    DEFAULT_TERMS_HASH,
+    DEFAULT_TERMS_LINK,
     MAX_PK,
     RelayInvalid,
     check_relay,
@@ -59,7 +72,8 @@ TFT = 10**7  # TFT has 7 decimals
 MIN_FUNDS = TFT // 100  # 0.01 TFT: a twin extrinsic costs about 0.001 TFT
 HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 TWIN_ID = re.compile(r"^(?:twin-)?([0-9]{1,10})$")
-DEFAULT_TERMS_LINK = "https://library.threefold.me/info/legal/#/"
+TERMS_LINK_LIMITS = (1, 2048)  # bytes, as the spec-144 runtime checks them
+TERMS_HASH_LIMITS = (1, 50)
 Events = list[dict[str, Any]]  # decoded events of one extrinsic
 MAX_SCAN = 200_000  # twins indexed at most (mainnet has tens of thousands)
 
@@ -80,6 +94,10 @@ class TwinExists(ChainRejected):
     """The account already has a twin (one per account; use update_twin)."""
 
 
+class TermsInvalid(RecordInvalid):
+    """A terms link or hash the runtime would refuse (checked before anything is paid)."""
+
+
 # Chain error names (TfgridModule and friends) -> our error type: the one table.
 CHAIN_ERRORS: dict[str, type[PhonebookError]] = {
     "UserDidNotSignTermsAndConditions": TermsNotAccepted,
@@ -92,8 +110,22 @@ CHAIN_ERRORS: dict[str, type[PhonebookError]] = {
     "InvalidRelayAddress": RelayInvalid,
     "InsufficientBalance": InsufficientFunds,
     "Payment": InsufficientFunds,
+    "DocumentLinkInputTooShort": TermsInvalid,
+    "DocumentLinkInputTooLong": TermsInvalid,
+    "DocumentHashInputTooShort": TermsInvalid,
+    "DocumentHashInputTooLong": TermsInvalid,
 }
 UNREACHABLE = (OSError, WebSocketException, TimeoutError, ConnectionError)
+
+
+def check_terms(link: str, digest: str) -> None:
+    """Refuse, before signing, a terms link or hash the runtime refuses (and charges for)."""
+    for what, value, (low, high) in (("phonebook.terms_link", link, TERMS_LINK_LIMITS),
+                                     ("phonebook.terms_hash", digest, TERMS_HASH_LIMITS)):
+        size = len(value.encode())
+        if not low <= size <= high:
+            raise TermsInvalid(f"{what} is {size} bytes; TFChain accepts {low} to {high} "
+                               f"(it would refuse user_accept_tc and still charge the fee)")
 
 
 def keypair_from_seed(seed: bytes) -> Keypair:
@@ -108,8 +140,10 @@ class TfchainPhonebook:
     def __init__(self, url: str, identity_seed: bytes | None = None, *,
                  keypair: Keypair | None = None, cache_ttl: float = 600.0,
                  min_rescan: float = 10.0, port: int = DEFAULT_PORT,
-                 timeout: float = 60.0, terms_link: str = DEFAULT_TERMS_LINK,
-                 terms_hash: str = "") -> None:
+                 timeout: float = 5.0, connect_timeout: float = 3.0,
+                 submit_timeout: float = 30.0, retry_after: float = 3.0,
+                 terms_link: str = DEFAULT_TERMS_LINK,
+                 terms_hash: str = DEFAULT_TERMS_HASH) -> None:
         if not url.startswith(("ws://", "wss://")):
             raise PhonebookError(f"phonebook.url {url!r}: a TFChain node websocket (ws:// or wss://)")
         self.url = url
@@ -118,9 +152,15 @@ class TfchainPhonebook:
         self.min_rescan = min_rescan
         self.port = port
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.submit_timeout = submit_timeout
+        self.retry_after = retry_after
         self.terms = (terms_link, terms_hash)
         self._lock = threading.RLock()
         self._chain: SubstrateInterface | None = None
+        self._down_until = float("-inf")  # no new attempt before (monotonic)
+        self._down_reason = ""
+        self.fees_paid: list[tuple[str, int]] = []  # (extrinsic, fee) submitted by this object
         self._index: dict[str, int] = {}
         self._index_at = float("-inf")
 
@@ -128,21 +168,46 @@ class TfchainPhonebook:
 
     def _connect(self) -> SubstrateInterface:
         if self._chain is None:
-            self._chain = SubstrateInterface(url=self.url, ss58_format=SS58_FORMAT,
-                                             ws_options={"timeout": self.timeout})
-            log.info("connected to TFChain at %s (%s)", self.url, self._chain.chain)
+            chain = SubstrateInterface(url=self.url, ss58_format=SS58_FORMAT,
+                                       ws_options={"timeout": self.connect_timeout},
+                                       auto_reconnect=False)
+            chain.websocket.settimeout(self.timeout)  # each answer, from now on
+            self._chain = chain
+            log.info("connected to TFChain at %s (%s)", self.url, chain.chain)
         return self._chain
 
-    def _use(self, what: str, fn: Callable[[SubstrateInterface], T]) -> T:
-        """Run ``fn`` on the connection; an unreachable chain is PhonebookUnavailable."""
+    def _use(self, what: str, fn: Callable[[SubstrateInterface], T], *,
+             retry: Callable[[], bool] = lambda: True) -> T:
+        """Run ``fn`` on the connection; an unreachable chain is PhonebookUnavailable.
+
+        A connection that was open before this call may have died with the node
+        (a restart): it is reopened and ``fn`` tried once more when ``retry()``
+        says so (reads always; a submission only if its extrinsic was not sent).
+        """
         with self._lock:
+            if time.monotonic() < self._down_until:
+                raise PhonebookUnavailable(
+                    f"TFChain node {self.url} unreachable ({self._down_reason}); "
+                    f"not asked again for {self._down_until - time.monotonic():.1f} s")
+            reused = self._chain is not None
             try:
-                return fn(self._connect())
+                try:
+                    return fn(self._connect())
+                except UNREACHABLE as exc:
+                    self._drop()
+                    if not (reused and retry()):
+                        raise
+                    log.info("TFChain connection to %s broke (%s); reconnecting", self.url, exc)
+                    return fn(self._connect())
             except UNREACHABLE as exc:
                 self._drop()
-                log.warning("TFChain at %s unreachable while %s: %s", self.url, what, exc)
+                self._down_until = time.monotonic() + self.retry_after
+                self._down_reason = f"{what}: {exc or type(exc).__name__}"
+                log.warning("TFChain at %s unreachable while %s: %s", self.url, what,
+                            exc or type(exc).__name__)
                 raise PhonebookUnavailable(
-                    f"TFChain node {self.url} unreachable ({what}): {exc}") from exc
+                    f"TFChain node {self.url} unreachable ({what}): "
+                    f"{exc or type(exc).__name__}") from exc
             except SubstrateRequestException as exc:
                 raise _request_error(what, exc) from exc
 
@@ -265,6 +330,7 @@ class TfchainPhonebook:
         check_relay(relay)
         if pk is not None and len(pk) > MAX_PK:
             raise RecordInvalid(f"pk is {len(pk)} bytes; TFChain allows at most {MAX_PK}")
+        check_terms(*self.terms)
         twin_id = self.twin_id_of(keypair.public_key)
         if twin_id is not None:
             current = self._twin(twin_id)
@@ -312,6 +378,7 @@ class TfchainPhonebook:
 
     def accept_terms(self) -> None:
         link, digest = self.terms
+        check_terms(link, digest)
         self._submit("user_accept_tc", {"document_link": link, "document_hash": digest})
 
     def balance(self) -> int:
@@ -339,18 +406,31 @@ class TfchainPhonebook:
         """Sign, submit, wait for inclusion; a failed dispatch becomes our error type."""
         keypair = self._own_keypair()
 
-        def submit(chain: SubstrateInterface) -> tuple[bool, Any, Events]:
+        sent = False
+
+        def submit(chain: SubstrateInterface) -> tuple[bool, Any, Events, int]:
+            nonlocal sent
             call = chain.compose_call(PALLET, function, params)
             extrinsic = chain.create_signed_extrinsic(call=call, keypair=keypair)
-            receipt = chain.submit_extrinsic(extrinsic, wait_for_inclusion=True)
-            events = [dict(e.value) for e in receipt.triggered_events]
-            return bool(receipt.is_success), receipt.error_message, events
+            sent = True
+            chain.websocket.settimeout(self.submit_timeout)  # a block may take a while
+            try:
+                receipt = chain.submit_extrinsic(extrinsic, wait_for_inclusion=True)
+                events = [dict(e.value) for e in receipt.triggered_events]
+                fee = int(receipt.total_fee_amount or 0)
+            finally:
+                if chain.websocket is not None:
+                    chain.websocket.settimeout(self.timeout)
+            return bool(receipt.is_success), receipt.error_message, events, fee
 
         log.info("submitting %s.%s as %s", PALLET, function, keypair.ss58_address)
-        ok, error, events = self._use(f"submitting {function}", submit)
+        ok, error, events, fee = self._use(f"submitting {function}", submit,
+                                           retry=lambda: not sent)
+        self.fees_paid.append((function, fee))
         if not ok:
-            log.warning("TFChain refused %s.%s: %s", PALLET, function, error)
+            log.warning("TFChain refused %s.%s (fee %d): %s", PALLET, function, fee, error)
             raise _chain_error(function, error)
+        log.info("TFChain included %s.%s (fee %.7f TFT)", PALLET, function, fee / TFT)
         return events
 
 
@@ -386,6 +466,7 @@ def _chain_error(function: str, error: Any) -> PhonebookError:
     kind = CHAIN_ERRORS.get(str(name), ChainRejected)
     hints = {
         TermsNotAccepted: "the account must accept the terms and conditions (user_accept_tc)",
+        TermsInvalid: "phonebook.terms_link and terms_hash must not be empty",
         TwinExists: "this account already has a twin; it can only be updated",
         InsufficientFunds: "the account cannot pay the fee; send it some TFT",
         RelayInvalid: "the relay must be bare domain(s) of A-Z a-z 0-9 - . joined by _",

@@ -21,6 +21,7 @@ mapping (also in docs/tfchain.md):
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -37,6 +38,10 @@ MAX_RELAY = 1024  # bytes, the runtime's bound on ``relay``
 MAX_RELAY_DOMAINS = 4
 MAX_PK = 128  # bytes, the runtime's bound on ``pk``
 DEFAULT_PORT = 443
+DEFAULT_TERMS_LINK = "https://library.threefold.me/info/legal/#/"
+# The runtime refuses an empty hash (``DocumentHashInputTooShort``, after charging the fee).
+# The default is the MD5 of the link's own text: fixed, documented, accepted by the runtime.
+DEFAULT_TERMS_HASH = hashlib.md5(DEFAULT_TERMS_LINK.encode(), usedforsecurity=False).hexdigest()
 
 
 class RelayInvalid(RecordInvalid):

@@ -29,7 +29,8 @@ from typing import Any
 from core import config as cfg
 from core import identity as ident
 from core import tls
-from core.errors import Invalid, NotFound, Unavailable
+from core.cli import overrides
+from core.errors import Invalid, NotFound, TwinError, Unavailable
 from phonebook.record import NAME_RE
 
 PORT_KEYS = ("http.port", "smtp.port", "smtp.submission_port", "smtp.submissions_port",
@@ -75,6 +76,10 @@ def _prepare(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
             values[key] = cfg.BY_NAME[key].default + args.port_offset
     if args.phonebook:
         values["phonebook.path"] = str(Path(args.phonebook).expanduser().resolve())
+    for key, text in overrides(args).items():  # `twin --set K=V init`: into twin.toml
+        if key not in cfg.BY_NAME:
+            raise Invalid(f"--set {key}: no such config key (see `twin config doc`)")
+        values[key] = cfg.coerce(cfg.BY_NAME[key], text, "--set")
     return data, values
 
 
@@ -109,7 +114,6 @@ def _create(data: Path, values: dict[str, Any], identity: ident.Identity) -> dic
         login = f"{config.name}@{config.domain}"
         service.users.add(login)
         password = service.users.set_password(login)
-        record = service.publish()
     finally:
         service.close()
     return {
@@ -120,9 +124,49 @@ def _create(data: Path, values: dict[str, Any], identity: ident.Identity) -> dic
         "password": password,
         "public_key": identity.public_key.hex(),
         "account": identity.ss58_address,
-        "twin_id": record.id,
-        "phonebook": str(config.path("phonebook.path")),
+        "twin_id": None,
+        "phonebook": (str(config.path("phonebook.path"))
+                      if config.str("phonebook.backend") == "local"
+                      else f"TFChain {config.str('phonebook.url')}"),
     }
+
+
+def _publish(data: Path) -> tuple[int | None, str | None]:
+    """Publish the new twin: (its id, None) or (None, why not)."""
+    from core.service import Service
+
+    service = Service.open(data)
+    try:
+        return service.publish().id, None
+    except TwinError as exc:
+        return None, str(exc)
+    finally:
+        service.close()
+
+
+def _show(data: Path, result: dict[str, Any], as_json: bool, mnemonic: str | None) -> None:
+    """Print the result; publish first only when that needs no network.
+
+    A twin on TFChain is printed (words, password) before anything is sent to
+    the chain: a chain down or an account without funds must not lose them.
+    The twin is complete either way; `twin serve` publishes in the background.
+    """
+    if cfg.load(data).str("phonebook.backend") == "local":
+        result["twin_id"], error = _publish(data)
+        if error:
+            raise Invalid(f"twin created in {data}, but publishing failed: {error}")
+        _print(result, as_json, mnemonic)
+        return
+    _print(result, as_json, mnemonic)
+    sys.stdout.flush()
+    twin_id, error = _publish(data)
+    out = sys.stderr if as_json else sys.stdout
+    if error is None:
+        print(f"published on TFChain: twin id {twin_id}", file=out)
+    else:
+        print(f"not published on TFChain yet: {error}\n`twin serve` keeps trying in the "
+              f"background (or run `twin phonebook publish`); the account is "
+              f"{result['account']}", file=out)
 
 
 def _print(result: dict[str, Any], as_json: bool, mnemonic: str | None) -> None:
@@ -134,7 +178,8 @@ def _print(result: dict[str, Any], as_json: bool, mnemonic: str | None) -> None:
     print(f"twin {result['name']} created in {result['data_dir']}")
     print(f"  public key   {result['public_key']}")
     print(f"  account      {result['account']} (TFChain, SS58 42)")
-    print(f"  phonebook    {result['phonebook']} (id {result['twin_id']})")
+    print(f"  phonebook    {result['phonebook']}"
+          + (f" (id {result['twin_id']})" if result["twin_id"] is not None else ""))
     if mnemonic:
         print("\nYour mnemonic. Write it down now; it is shown only this once and, with your")
         print("storage backends, is all you need to rebuild this twin:\n")
@@ -148,7 +193,7 @@ def run_init(args: argparse.Namespace) -> int:
     data, values = _prepare(args)
     mnemonic = ident.new_mnemonic()
     result = _create(data, values, ident.Identity.from_mnemonic(mnemonic))
-    _print(result, args.json, mnemonic)
+    _show(data, result, args.json, mnemonic)
     return 0
 
 
@@ -179,7 +224,7 @@ def run_restore(args: argparse.Namespace) -> int:
     result["restored"] = _counts(data) if db_restored else {}
     if db_restored:
         result["password"] = _fresh_owner_password(data, identity)
-    _print(result, args.json, None)
+    _show(data, result, args.json, None)
     if not args.json:
         print(f"Restored the catalogue: {restored} objects are readable again.")
         if db_restored:

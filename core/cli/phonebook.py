@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from typing import Any
 
 from core.cli import open_service
+from phonebook.pins import pk_matches
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -31,14 +33,24 @@ def _shown(record: Any) -> dict[str, Any]:
         pk = record.extra.get("pk")
         out["account_id"] = record.extra.get("account_id")
         out["pk"] = pk.hex() if pk else None
+    if "cache_age" in record.extra:  # answered from the on-disk cache
+        out["cached"] = (f"{record.extra['cache_age']:.0f} s old"
+                         + (" (phonebook unreachable)" if record.extra.get("stale") else ""))
     return out
+
+
+def _warn(record: Any) -> None:
+    if not pk_matches(record):
+        print(f"twin: warning: {record.name} publishes pk {record.extra['pk'].hex()}, which is "
+              "not the X25519 form of its account key; nothing will be encrypted to it",
+              file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
     service = open_service(args)
     try:
         if args.action == "list":
-            records = service.phonebook.list()
+            records = service.list_twins()
             if args.json:
                 print(json.dumps([r.to_json() for r in records], indent=2))
             for r in records if not args.json else []:
@@ -54,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
                 record = found
             else:
                 record = asyncio.run(service.resolve(name))
+            _warn(record)
             if args.json:
                 print(json.dumps(_shown(record), indent=2))
             else:

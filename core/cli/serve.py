@@ -141,6 +141,7 @@ def status(data: Path) -> dict[str, Any]:
         "data_dir": str(data),
         "listeners": state["listeners"],
         "problems": problems,
+        "phonebook": state.get("phonebook", {}),
     }
 
 
@@ -157,4 +158,10 @@ def run_status(args: argparse.Namespace) -> int:
             problem = report["problems"].get(f"{info['name']}:{info['port']}")
             print(f"  {info['name']:<12} {info['host']}:{info['port']:<6} tls={info['tls']:<9}"
                   f" {problem if problem else 'ok'}")
+        book = report["phonebook"]
+        if book.get("published"):
+            print(f"  phonebook    {book.get('backend')}: published (id {book.get('twin_id')})")
+        elif book:
+            print(f"  phonebook    {book.get('backend')}: NOT published yet after "
+                  f"{book.get('attempts', 0)} attempt(s): {book.get('error')}")
     return 0 if report["healthy"] else 1

@@ -28,6 +28,7 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 
@@ -59,14 +60,46 @@ class Refused(Exception):
         return rejected(self.code, self.message)
 
 
+def parse_hosts(items: list[str]) -> dict[str, tuple[str, int | None]]:
+    """``peer.hosts`` (``["bob.example=127.0.0.1:8443"]``) as domain -> (host, port)."""
+    out: dict[str, tuple[str, int | None]] = {}
+    for item in items:
+        domain, sep, target = str(item).partition("=")
+        host, colon, port = target.strip().rpartition(":")
+        if not sep or not target.strip():
+            raise Invalid(f"peer.hosts entry {item!r}: expected domain=host[:port]")
+        if not colon or not port.isdigit():
+            host, port = target.strip(), ""
+        out[domain.strip().lower()] = (host, int(port) if port else None)
+    return out
+
+
+class _MappedTransport(httpx.AsyncHTTPTransport):
+    """Connects to ``peer.hosts``' address for a mapped domain; the URL keeps the domain."""
+
+    def __init__(self, hosts: dict[str, tuple[str, int | None]], **options: Any) -> None:
+        super().__init__(**options)
+        self.hosts = hosts
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        target = self.hosts.get(request.url.host)
+        if target is not None:
+            request.url = request.url.copy_with(host=target[0],
+                                                port=target[1] or request.url.port)
+        return await super().handle_async_request(request)
+
+
 class PeerClient:
-    def __init__(self, timeout: float, max_answer: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, timeout: float, max_answer: int = 16 * 1024 * 1024,
+                 hosts: list[str] | None = None) -> None:
         # Connections: LANES per peer for batches plus streams; fewer idle
         # connections keep httpcore's per-request pool scan short.
         self.http = httpx.AsyncClient(
-            verify=False,  # noqa: S501 - see the module docstring: envelopes carry the security
+            transport=_MappedTransport(
+                parse_hosts(hosts or []),
+                verify=False,  # see the module docstring: envelopes carry the security
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16)),
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
             headers={"content-type": MEDIA_TYPE},
         )
         self.max_answer = max_answer

@@ -49,6 +49,7 @@ from core.peer.kinds import KINDS, BounceHandler, Handler, Registry
 from core.peer.outbox import Outbox, Pending, backoff
 from core.peer.replay import PURGE_EVERY, RateLimit, ReplayGuard
 from core.peer.replay import Bounds as ReplayBounds
+from phonebook.pins import pk_matches
 from phonebook.record import TwinRecord
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ class Peer:
     async def send(self, to: str, kind: str, payload: Any) -> str:
         """Durably queue ``payload`` for ``to``; returns the uid (hex)."""
         self.kinds.kind(kind)
-        await self._resolve(to)  # an unknown recipient fails now, not in days
+        _check_pk(await self._resolve(to))  # an unknown recipient fails now, not in days
         uid = await self.outbox.enqueue(to, kind, payload)
         log.info("queued %s envelope %s for %s", kind, uid.hex(), to)
         self._wake.set()
@@ -220,10 +221,12 @@ class Peer:
     @property
     def client(self) -> PeerClient:
         if self._client is None:
-            self._client = PeerClient(self.timeout, max_answer=self.max_envelope)
+            self._client = PeerClient(self.timeout, max_answer=self.max_envelope,
+                                      hosts=self.service.config.list("peer.hosts"))
         return self._client
 
     def _seal(self, record: TwinRecord, kind: str, value: Any, uid: bytes) -> bytes:
+        _check_pk(record)
         return env.seal(self.identity, self.boxes, sender=self.name, recipient=record.name,
                         recipient_key=record.public_key, kind=kind, value=value,
                         ttl=self.ttl, uid=uid)
@@ -583,3 +586,11 @@ def refusal_body(refusal: Refusal) -> dict[str, Any]:
 
 
 __all__ = ["OWNER", "Answer", "Peer", "current_envelope", "refusal_body"]
+
+
+def _check_pk(record: TwinRecord) -> None:
+    """Encrypt only to the X25519 form of the account key (README: "The `pk` rule")."""
+    if not pk_matches(record):
+        raise Forbidden(
+            f"twin {record.name} publishes an encryption key (pk) that is not the X25519 "
+            "form of its account key: refusing to encrypt to it")

@@ -15,7 +15,7 @@ from substrateinterface import Keypair, KeypairType
 from core import identity as ident
 from core.errors import Invalid
 
-# Fixed mnemonics from ../shared/tfchain/README.md with the public keys and
+# Fixed mnemonics from tests/phonebook/fixtures/README.md with the public keys and
 # SS58 addresses the real chain recorded for them.
 VECTORS = [
     ("evolve wink increase pill edit false kangaroo leg catalog front grab mask",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +21,48 @@ def test_init_json_gives_login_address_and_password(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "identity.key").stat().st_mode & 0o077 == 0
     again = twin_cli(tmp_path / "a", "init", "--name", "alice", check=False)
     assert again.returncode == 2 and "already holds a twin" in again.stderr
+
+
+def test_init_writes_set_values_to_twin_toml(tmp_path: Path) -> None:
+    twin_cli(tmp_path / "a", "--set", "imap.port=1999", "--set", "peer.ttl=600", "init",
+             "--name", "alice", "--json")
+    shown = twin_cli(tmp_path / "a", "config", "show").stdout
+    assert re.search(r"imap\.port\s+=?\s*1999\b.*twin\.toml", shown), shown
+    assert re.search(r"peer\.ttl\s+=?\s*600\b.*twin\.toml", shown), shown
+    bad = twin_cli(tmp_path / "b", "--set", "imap.nope=1", "init", "--name", "bob",
+                   check=False)
+    assert bad.returncode == 2 and "imap.nope" in bad.stderr
+
+
+def test_tfchain_down_at_init_keeps_the_twin_and_serve_publishes_later(
+        tmp_path: Path) -> None:
+    """The chain unreachable: init still shows the words and makes a whole twin; the
+    phonebook commands say so in one line; serve starts and says why it is unpublished."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    sets = ["--set", "phonebook.backend=tfchain", "--set", f"phonebook.url=ws://127.0.0.1:{closed}",
+            "--set", "phonebook.publish_retry=1"]
+    data = tmp_path / "a"
+    made = twin_cli(data, *sets, "init", "--name", "alice", "--json")
+    out = json.loads(made.stdout)
+    assert len(out["mnemonic"].split()) == 12 and out["password"] and out["twin_id"] is None
+    assert "not published on TFChain yet" in made.stderr and "unreachable" in made.stderr
+    assert (data / "identity.key").exists()
+    listed = twin_cli(data, "phonebook", "list", check=False)
+    assert listed.returncode == 2 and "Traceback" not in listed.stderr
+    assert listed.stderr.splitlines()[-1].startswith("twin: TFChain node")
+    twin = TwinProcess(data, "alice", out["login"], out["password"], out["mnemonic"])
+    twin.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not re.search(r"NOT published yet after [2-9]", shown := twin_cli(
+                data, "status", check=False).stdout):  # it keeps trying
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.3)
+        assert ": healthy" in shown and "unreachable" in shown
+    finally:
+        twin.stop()
 
 
 def test_restore_from_the_words_gives_the_same_twin(tmp_path: Path) -> None:

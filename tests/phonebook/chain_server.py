@@ -1,7 +1,7 @@
 """A fake TFChain node for tests: a real websocket JSON-RPC server on 127.0.0.1:0.
 
 It answers substrate-interface from the data recorded against the real TFChain
-runtime in ``shared/tfchain/`` (see its README); nothing here is invented
+runtime in ``fixtures/`` beside this file (see its README); nothing here is invented
 except the choice of which recorded answer to give. Two answerers:
 
 ``Replay(session)``
@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import threading
 from dataclasses import dataclass, field
 from functools import cache
@@ -40,11 +39,8 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-# The recordings live in the steering repo's shared/ folder beside this checkout
-# (as in CI); TWIN_TFCHAIN_FIXTURES points elsewhere.
-FIXTURES = Path(os.environ.get(
-    "TWIN_TFCHAIN_FIXTURES",
-    Path(__file__).resolve().parents[2].parent / "shared" / "tfchain"))
+# The recordings are part of the repository (fixtures/README.md says where they come from).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TWINS_PREFIX = "0x19a2526838feefd7695a3b5715b415b1311378229266fc86f673a3f4cf398e69"
 TWIN_BY_ACCOUNT_PREFIX = "0x19a2526838feefd7695a3b5715b415b1aca6514962aa3f0d58aff3524045f9e0"
 TWIN_ID_KEY = "0x19a2526838feefd7695a3b5715b415b1f0a47c737494e2f765486518570dbe24"

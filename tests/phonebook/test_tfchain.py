@@ -2,7 +2,7 @@
 
 Every test runs substrate-interface over a real websocket (tests/phonebook/
 chain_server.py) fed with the spec-144 metadata, raw storage and JSON-RPC
-sessions recorded from the real runtime in shared/tfchain/.
+sessions recorded from the real runtime in fixtures/ (copied from the steering repo).
 """
 
 from __future__ import annotations
@@ -23,14 +23,23 @@ from phonebook.pins import GuardedPhonebook, PinStore
 from phonebook.record import TwinRecord
 from phonebook.signatures import verify_signature
 from phonebook.tfchain import (
+    CHAIN_ERRORS,
     InsufficientFunds,
+    TermsInvalid,
     TermsNotAccepted,
     TfchainPhonebook,
     TwinExists,
     _chain_error,
+    check_terms,
     keypair_from_seed,
 )
-from phonebook.tfchain_relay import RelayInvalid, check_relay, x25519_of
+from phonebook.tfchain_relay import (
+    DEFAULT_TERMS_HASH,
+    DEFAULT_TERMS_LINK,
+    RelayInvalid,
+    check_relay,
+    x25519_of,
+)
 from tests.phonebook.chain_server import (
     SUBMIT,
     ChainServer,
@@ -270,13 +279,50 @@ def test_unreachable_chain_serves_cache_never_new_keys(tmp_path: Path,
         bob = guarded.resolve(3)
         server.stop()
         with caplog.at_level(logging.WARNING):
-            assert guarded.resolve(3) == bob  # stale cache, with a warning
-        assert "using cached record" in caplog.text
+            stale = guarded.resolve(3)  # stale cache, with a warning and its age
+        assert stale == bob and stale.extra["stale"] and stale.extra["cache_age"] >= 0
+        assert "using the cached answer for 3" in caplog.text
         with pytest.raises(PhonebookUnavailable):
             guarded.resolve(5)  # never seen: no answer rather than an unverified one
     finally:
         guarded.close()
         server.stop()
+
+
+def test_resolve_cache_is_on_disk_for_every_process(tmp_path: Path) -> None:
+    """Another process of the twin (a new GuardedPhonebook on the same pins.db) gets the
+    answer the first one verified, with its age, while the chain is down."""
+    server = ChainServer(State()).start()
+    first = GuardedPhonebook(TfchainPhonebook(server.url), PinStore(tmp_path / "pins.db"),
+                             ttl=600)
+    try:
+        bob = first.resolve("bob.example.org")
+        assert first.by_address("x@nobody.example") is None  # a miss is cached too
+    finally:
+        first.close()
+        server.stop()
+    second = GuardedPhonebook(TfchainPhonebook(server.url, connect_timeout=1),
+                              PinStore(tmp_path / "pins.db"), ttl=600)
+    try:
+        again = second.resolve("bob.example.org")  # fresh in the cache: no chain call
+        assert again == bob and again.extra["pk"] == bob.extra["pk"]
+        assert 0 <= again.extra["cache_age"] < 600 and "stale" not in again.extra
+        assert second.by_address("y@nobody.example") is None
+        second.invalidate()  # now only good while the chain is unreachable
+        stale = second.resolve("bob.example.org")
+        assert stale == bob and stale.extra["stale"]
+    finally:
+        second.close()
+
+
+def test_terms_the_runtime_refuses_are_refused_before_paying() -> None:
+    """The runtime refuses an empty hash or link with a fee (DocumentHashInputTooShort)."""
+    assert CHAIN_ERRORS["DocumentHashInputTooShort"] is TermsInvalid
+    check_terms(DEFAULT_TERMS_LINK, DEFAULT_TERMS_HASH)  # the defaults are accepted
+    for link, digest in (("", DEFAULT_TERMS_HASH), (DEFAULT_TERMS_LINK, ""),
+                         (DEFAULT_TERMS_LINK, "a" * 51), ("h" * 2049, DEFAULT_TERMS_HASH)):
+        with pytest.raises(TermsInvalid):
+            check_terms(link, digest)
 
 
 def test_closed_port_is_unavailable() -> None:
