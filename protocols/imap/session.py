@@ -87,8 +87,9 @@ class Session:
             return caps
         caps += ["UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE",
                  "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", "QRESYNC", "UTF8=ACCEPT",
-                 f"APPENDLIMIT={self.max_literal}", "QUOTA", "QUOTA=RES-STORAGE",
-                 "STATUS=SIZE"]
+                 f"APPENDLIMIT={self.max_literal}", "STATUS=SIZE"]
+        if self.mail.quota_bytes:  # RFC 9208 §3.1: a QUOTA answer names a resource
+            caps += ["QUOTA", "QUOTA=RES-STORAGE"]
         return caps
 
     @property

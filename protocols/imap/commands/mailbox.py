@@ -316,8 +316,9 @@ async def namespace(s: Session, cmd: Command) -> str | None:
 async def getquotaroot(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 1, 1)
     mb = await s.mail.mailbox(s.user, args.mailbox(s, cmd.args[0]))
+    root = b' ""' if s.mail.quota_bytes else b""
     s.untagged(b"QUOTAROOT " + render.astring(args.mailbox_out(s, mb.name), utf8=s.utf8)
-               + b' ""')
+               + root)
     await _quota(s)
     return None
 
@@ -325,16 +326,22 @@ async def getquotaroot(s: Session, cmd: Command) -> str | None:
 @command("GETQUOTA", AUTH, SELECTED)
 async def getquota(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 1, 1)
-    if args.astring(cmd.args[0]) != "":
+    if args.astring(cmd.args[0]) != "" or not s.mail.quota_bytes:
         raise No("no such quota root", "NONEXISTENT")
     await _quota(s)
     return None
 
 
 async def _quota(s: Session) -> None:
+    """RFC 9208 §5.1: a QUOTA response lists at least one resource.
+
+    Without a limit there is no quota root at all (QUOTA is not advertised and
+    GETQUOTAROOT names none), never an empty list: Thunderbird treats ``()``
+    as a syntax error and drops the connection.
+    """
     used, limit = await s.mail.quota(s.user)
-    resources = f"STORAGE {(used + 1023) // 1024} {limit // 1024}" if limit else ""
-    s.untagged(f'QUOTA "" ({resources})')
+    if limit:
+        s.untagged(f'QUOTA "" (STORAGE {(used + 1023) // 1024} {limit // 1024})')
 
 
 @command("SETQUOTA", AUTH, SELECTED)
