@@ -27,6 +27,7 @@ from protocols.imap import render
 from protocols.imap.errors import Bad
 
 MAX_SET_PARTS = 10_000
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 V = TypeVar("V")
 
 
@@ -77,6 +78,7 @@ class Selected:
         self.gone = False
         self.told_exists = len(self.uids)
         self.told_recent = len(self.recent)
+        self.keywords: set[str] = set(snap.keywords)
 
     # -- numbers
 
@@ -130,8 +132,15 @@ class Selected:
 
     def apply(self, changes: list[Change], *, expunge_ok: bool, condstore: bool,
               qresync: bool) -> Iterator[bytes]:
-        """Fold changes into the index; yield the untagged responses they call for."""
-        exists_changed = False
+        """Fold changes into the index; yield the untagged responses they call for.
+
+        The order keeps the client's view consistent at every line (what
+        imaptest's stress run checks): a FETCH never names a sequence number
+        beyond the last EXISTS, a keyword is announced by FLAGS before any
+        FETCH uses it, an EXPUNGE goes out only for a message the client was
+        told of (one that came and went unseen is dropped silently), and the
+        EXISTS with the new count comes last.
+        """
         for change in changes:
             if change.kind == "exists":
                 for uid in change.uids:
@@ -139,9 +148,9 @@ class Selected:
                         self.uids.append(uid)
                         self.flag_list.append(change.flags)
                         self.modseq_list.append(change.modseq)
-                        exists_changed = True
                         if uid in self.watch.recent:
                             self.recent.add(uid)
+                yield from self.announce(change.flags)
                 self.highestmodseq = max(self.highestmodseq, change.modseq)
             elif change.kind == "flags":
                 uid = change.uids[0]
@@ -150,40 +159,60 @@ class Selected:
                     self.flag_list[i] = change.flags
                     self.modseq_list[i] = change.modseq
                     self.highestmodseq = max(self.highestmodseq, change.modseq)
+                    yield from self.announce(change.flags)
                     if uid not in self.held:
+                        if i >= self.told_exists:
+                            yield from self.tell_exists()
                         yield self.fetch_flags(uid, condstore, with_uid=qresync)
             elif change.kind == "expunge":
                 self.held.extend(u for u in change.uids if self.pos(u) >= 0)
                 self.highestmodseq = max(self.highestmodseq, change.modseq)
             elif change.kind == "deleted":
                 self.gone = True
-        if exists_changed or len(self.uids) != self.told_exists:
-            if self.held and expunge_ok:
-                pass  # EXISTS after the expunges below
-            else:
-                yield b"* %d EXISTS" % len(self.uids)
-                self.told_exists = len(self.uids)
-                if len(self.recent) != self.told_recent:
-                    yield b"* %d RECENT" % len(self.recent)
-                    self.told_recent = len(self.recent)
         if self.held and expunge_ok:
             yield from self.flush_expunges(qresync)
-            if len(self.uids) != self.told_exists or exists_changed:
-                yield b"* %d EXISTS" % len(self.uids)
-                self.told_exists = len(self.uids)
-                yield b"* %d RECENT" % len(self.recent)
-                self.told_recent = len(self.recent)
+        if len(self.uids) != self.told_exists:
+            yield from self.tell_exists()
+        elif len(self.recent) != self.told_recent:
+            yield b"* %d RECENT" % len(self.recent)
+            self.told_recent = len(self.recent)
+
+    def tell_exists(self) -> Iterator[bytes]:
+        yield b"* %d EXISTS" % len(self.uids)
+        self.told_exists = len(self.uids)
+        if len(self.recent) != self.told_recent:
+            yield b"* %d RECENT" % len(self.recent)
+            self.told_recent = len(self.recent)
+
+    def announce(self, flags: frozenset[str]) -> Iterator[bytes]:
+        """FLAGS and PERMANENTFLAGS for keywords this session has not announced yet.
+
+        RFC 3501 §7.2.6: the client learns the mailbox's flags from FLAGS; a
+        FETCH naming a keyword it was not told about is a protocol error.
+        """
+        new = {f for f in flags if not f.startswith("\\")} - self.keywords
+        if not new:
+            return
+        self.keywords |= new
+        listed = render.flags([*SYSTEM_FLAGS, *sorted(self.keywords)])
+        yield b"* FLAGS " + listed
+        if self.read_only:
+            yield b"* OK [PERMANENTFLAGS ()] read-only"
+        else:
+            yield b"* OK [PERMANENTFLAGS " + listed[:-1] + b" \\*)] flags permitted"
 
     def flush_expunges(self, qresync: bool) -> Iterator[bytes]:
         held, self.held = sorted(set(self.held)), []
         present = [u for u in held if self.pos(u) >= 0]
         if not present:
             return
+        told = [u for u in present if self.pos(u) < self.told_exists]
         if qresync:
             yield b"* VANISHED " + compress(present).encode()
         else:
-            for uid in reversed(present):  # from the top: earlier numbers stay valid
+            for uid in reversed(told):  # from the top: earlier numbers stay valid
                 yield b"* %d EXPUNGE" % self.seq_of(uid)
+        self.told_exists -= len(told)
         if len(present) <= 64:
             for uid in reversed(present):
                 i = self.pos(uid)
@@ -195,7 +224,6 @@ class Selected:
             self.flag_list = [self.flag_list[i] for i in keep]
             self.modseq_list = [self.modseq_list[i] for i in keep]
         self.recent.difference_update(present)
-        self.told_exists = len(self.uids)
 
     def resync(self, now: Snapshot | None) -> list[Change]:
         """Changes that take this copy to ``now`` (after the watch overflowed).

@@ -225,7 +225,7 @@ class Session:
     def sync(self, *, expunge_ok: bool) -> None:
         """Send the untagged updates pending for the selected mailbox."""
         sel = self.selected
-        if sel is None:
+        if sel is None or self.closing:  # after BYE only the tagged answer may follow
             return
         if sel.watch.overflowed:  # fell too far behind: diff against the mailbox as it is
             changes = sel.resync(self.mail.current(sel.watch))

@@ -13,13 +13,12 @@ from protocols.imap import render
 from protocols.imap.commands import AUTH, SELECTED, args, command
 from protocols.imap.errors import Bad, No
 from protocols.imap.parser import Atom, Token
-from protocols.imap.selected import Selected, compress
+from protocols.imap.selected import SYSTEM_FLAGS, Selected, compress
 
 if TYPE_CHECKING:
     from protocols.imap.parser import Command
     from protocols.imap.session import Session
 
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
                 "SIZE", "APPENDLIMIT", "DELETED"}
 

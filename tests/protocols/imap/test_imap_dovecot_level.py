@@ -98,3 +98,55 @@ def test_imaplib_still_parses_quota(account: Account) -> None:
     typ, _ = c.getquotaroot("INBOX")
     assert typ == "OK"
     c.logout()
+
+
+# -- untagged responses in an order the client can follow (RFC 3501 §7, §5.2)
+
+def _two(account: Account) -> tuple[Raw, Raw]:
+    a, b = Raw(account.port), Raw(account.port)
+    a.login(account)
+    b.login(account)
+    assert a.cmd("SELECT INBOX")[-1].split()[1] == b"OK"
+    assert b.cmd("SELECT INBOX")[-1].split()[1] == b"OK"
+    return a, b
+
+
+def test_a_new_keyword_is_announced_before_a_fetch_uses_it(account: Account) -> None:
+    account.deliver(MSG)
+    a, b = _two(account)
+    b.cmd("STORE 1 +FLAGS ($Fresh)")
+    out = a.cmd("NOOP")
+    fetch = next(i for i, line in enumerate(out) if b"FETCH" in line)
+    flags = next(i for i, line in enumerate(out) if line.startswith(b"* FLAGS "))
+    assert flags < fetch and b"$Fresh" in out[flags], out
+    assert any(b"PERMANENTFLAGS" in line and b"$Fresh" in line for line in out[:fetch]), out
+    own = b.cmd("STORE 1 +FLAGS ($Own)")  # the session's own STORE too
+    assert own[0].startswith(b"* FLAGS ") and b"$Own" in own[0], own
+    a.close()
+    b.close()
+
+
+def test_exists_comes_before_a_fetch_of_a_new_message(account: Account) -> None:
+    account.deliver(MSG)
+    a, b = _two(account)
+    account.deliver(MSG)
+    assert b"* 2 EXISTS" in b.cmd("NOOP")
+    b.cmd("STORE 2 +FLAGS (\\Flagged)")
+    out = a.cmd("NOOP")
+    assert out.index(b"* 2 EXISTS") < next(i for i, x in enumerate(out) if b"2 FETCH" in x), out
+    a.close()
+    b.close()
+
+
+def test_nothing_but_the_tagged_answer_follows_bye(account: Account) -> None:
+    account.deliver(MSG)
+    account.deliver(MSG)
+    a, b = _two(account)
+    b.cmd("STORE 1 +FLAGS (\\Deleted)")
+    b.cmd("EXPUNGE")
+    out = a.cmd("LOGOUT")
+    bye = next(i for i, line in enumerate(out) if line.startswith(b"* BYE"))
+    assert out[bye + 1:] == [out[-1]] and b"OK" in out[-1], out
+    assert b"* 1 EXPUNGE" in out[:bye]
+    a.close()
+    b.close()
