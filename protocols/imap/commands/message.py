@@ -84,7 +84,7 @@ async def store(s: Session, cmd: Command) -> str | None:
             sel.flags[uid] = now
             sel.modseqs[uid] = modseq
             sel.highestmodseq = max(sel.highestmodseq, modseq)
-    for uid, now, _ in changed:
+    for _uid, now, _ in changed:
         for data in sel.announce(now):  # new keywords before the FETCH that uses them
             s.line(data)
     changed_uids = {c[0] for c in changed}
