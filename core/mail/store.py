@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import mmap
-import secrets
 import sqlite3
 import tempfile
 import time
@@ -109,6 +108,20 @@ MIGRATIONS = [
         filed  INTEGER NOT NULL
     );
     INSERT INTO mail_journal VALUES (0, 0);
+    """,
+]
+
+# RFC 3501 §2.3.1.1: a name's UIDVALIDITY never repeats, so every mailbox ever
+# created takes the next value of one ascending counter (at least the clock).
+# Row ids are reused by SQLite, so this is also what keeps the (mailbox id,
+# uidvalidity, uid) cache key of a deleted mailbox from ever matching again.
+UIDVALIDITY_MIGRATIONS = [
+    """
+    CREATE TABLE mail_uidvalidity (
+        id    INTEGER PRIMARY KEY CHECK (id = 0),
+        last  INTEGER NOT NULL
+    );
+    INSERT INTO mail_uidvalidity SELECT 0, COALESCE(MAX(uidvalidity), 0) FROM mail_mailboxes;
     """,
 ]
 
@@ -281,13 +294,19 @@ def _load_index(c: sqlite3.Connection, mailbox_id: int) -> Loaded:
                   modseqs)
 
 
-def _new_uidvalidity() -> int:
-    return max(1, int(time.time()) & 0x7FFFFFFF) ^ secrets.randbelow(1 << 10)
+def _new_uidvalidity(c: sqlite3.Connection) -> int:
+    """The next UIDVALIDITY: above every one issued before, on this twin, for any name."""
+    row = c.execute("UPDATE mail_uidvalidity SET last = MAX(last + 1, ?) WHERE id = 0 "
+                    "RETURNING last", (int(time.time()),)).fetchone()
+    value = int(row[0])
+    if value > 0xFFFFFFFF:
+        raise Unavailable("UIDVALIDITY space exhausted")
+    return value
 
 
 def _create(c: sqlite3.Connection, login: str, name: str, special: str | None) -> None:
     c.execute("INSERT INTO mail_mailboxes (login, name, uidvalidity, special) VALUES (?, ?, ?, ?)",
-              (login, name, _new_uidvalidity(), special))
+              (login, name, _new_uidvalidity(c), special))
 
 
 def _bump(c: sqlite3.Connection, mailbox_id: int) -> int:
@@ -305,6 +324,7 @@ class MailStore:
     def __init__(self, db: Database, quota_bytes: int = 0) -> None:
         self.db = db
         db.migrate("mail", MIGRATIONS)
+        db.migrate("mail_uidvalidity", UIDVALIDITY_MIGRATIONS)
         # Reads (FETCH metadata, SEARCH, SELECT's lookup, STATUS) on a second
         # connection and thread: in WAL mode they do not wait behind the group
         # commits' fsyncs on the writer's thread, and they see every commit that

@@ -150,3 +150,33 @@ def test_nothing_but_the_tagged_answer_follows_bye(account: Account) -> None:
     assert b"* 1 EXPUNGE" in out[:bye]
     a.close()
     b.close()
+
+
+# -- UIDVALIDITY never repeats for a name (RFC 3501 §2.3.1.1)
+
+def recreate_rounds(r: Raw, rounds: int) -> tuple[int, set[int]]:
+    """Delete, create, append, fetch and search one name ``rounds`` times: wrong answers."""
+    wrong = 0
+    seen: set[int] = set()
+    r.cmd("CREATE probe")
+    for n in range(rounds):
+        assert r.cmd("DELETE probe")[-1].split()[1] == b"OK"
+        assert r.cmd("CREATE probe")[-1].split()[1] == b"OK"
+        body = b"Subject: round%d\r\n\r\nbody of round %d\r\n" % (n, n)
+        r.cmd(b"APPEND probe {%d+}\r\n" % len(body) + body)
+        out = r.cmd("SELECT probe")
+        validity = next(int(x.split()[3].rstrip(b"]")) for x in out if b"UIDVALIDITY" in x)
+        fetched = r.cmd("FETCH 1 BODY.PEEK[TEXT]")
+        found = r.cmd(f"UID SEARCH SUBJECT round{n}")
+        ok = (validity not in seen and fetched[1] == b"body of round %d" % n
+              and fetched[-1].split()[1] == b"OK" and found[0] == b"* SEARCH 1")
+        wrong += not ok
+        seen.add(validity)
+        r.cmd("UNSELECT")
+    return wrong, seen
+
+
+def test_recreated_mailbox_never_serves_the_old_ones_data(raw: Raw) -> None:
+    wrong, seen = recreate_rounds(raw, 150)
+    assert wrong == 0
+    assert len(seen) == 150
