@@ -36,6 +36,7 @@ from core.mail.commit import GroupCommit
 from core.mail.index import Loaded, MailboxIndex, Snapshot
 from core.mail.intake import Intake
 from core.mail.journal import Entry
+from core.mail.subscriptions import Subscriptions
 
 log = logging.getLogger("twin.mail")
 T = TypeVar("T")
@@ -325,6 +326,7 @@ class MailStore:
         self.db = db
         db.migrate("mail", MIGRATIONS)
         db.migrate("mail_uidvalidity", UIDVALIDITY_MIGRATIONS)
+        self.subscriptions = Subscriptions(db)  # names, apart from the mailboxes
         # Reads (FETCH metadata, SEARCH, SELECT's lookup, STATUS) on a second
         # connection and thread: in WAL mode they do not wait behind the group
         # commits' fsyncs on the writer's thread, and they see every commit that

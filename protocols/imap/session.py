@@ -269,6 +269,7 @@ class Session:
         self.login = login
         self.state = AUTH
         await self.mail.ensure_user(login)
+        await self.mail.subscriptions.seed(login)  # before a CREATE could add to the old column
         log.info("IMAP login %s from %s", login, self.peer)
 
 

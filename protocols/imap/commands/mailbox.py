@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from core.errors import NotFound
 from core.mail import DELIM, Mailbox
-from core.mail.store import parse_flags
+from core.mail.store import check_name, parse_flags
 from protocols.imap import render
 from protocols.imap.commands import AUTH, SELECTED, args, command
 from protocols.imap.errors import Bad, No
@@ -162,18 +162,20 @@ async def rename(s: Session, cmd: Command) -> str | None:
     return None
 
 
-# RFC 3501 §6.3.6 SUBSCRIBE, §6.3.7 UNSUBSCRIBE
+# RFC 3501 §6.3.6 SUBSCRIBE, §6.3.7 UNSUBSCRIBE: names, whether or not a mailbox exists
 @command("SUBSCRIBE", AUTH, SELECTED)
 async def subscribe(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 1, 1)
-    await s.mail.subscribe(s.user, args.mailbox(s, cmd.args[0]), True)
+    name = check_name(args.mailbox(s, cmd.args[0]))
+    await s.mail.subscriptions.change(s.user, name, True)
     return None
 
 
 @command("UNSUBSCRIBE", AUTH, SELECTED)
 async def unsubscribe(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 1, 1)
-    await s.mail.subscribe(s.user, args.mailbox(s, cmd.args[0]), False)
+    name = check_name(args.mailbox(s, cmd.args[0]))
+    await s.mail.subscriptions.change(s.user, name, False)
     return None
 
 
@@ -190,12 +192,23 @@ def _pattern(s: Session, ref: str, pattern: str) -> re.Pattern[str]:
     return re.compile(regex + r"\Z")
 
 
-def _attrs(mb: Mailbox, names: set[str]) -> list[str]:
-    attrs = ["\\HasChildren" if any(n.startswith(mb.name + DELIM) for n in names)
+def _attrs(name: str, mb: Mailbox | None, names: set[str]) -> list[str]:
+    if mb is None:
+        return ["\\NonExistent"]
+    attrs = ["\\HasChildren" if any(n.startswith(name + DELIM) for n in names)
              else "\\HasNoChildren"]
     if mb.special:
         attrs.append(mb.special)
     return attrs
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(DELIM)
+    return [DELIM.join(parts[:i]) for i in range(1, len(parts))]
+
+
+LIST_SELECT = {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
+LIST_RETURN = {"SUBSCRIBED", "CHILDREN", "STATUS", "SPECIAL-USE"}
 
 
 # RFC 3501 §6.3.8 LIST; RFC 5258 LIST-EXTENDED; RFC 5819 LIST-STATUS; RFC 6154 SPECIAL-USE
@@ -220,59 +233,85 @@ async def list_(s: Session, cmd: Command) -> str | None:
         i = 0
         while i < len(opts):
             opt = args.atom(opts[i]).upper()
-            if opt == "STATUS" and i + 1 < len(opts):
+            if opt not in LIST_RETURN:
+                raise Bad(f"unknown LIST return option {opt[:30]}")
+            if opt == "STATUS":
+                if i + 1 >= len(opts):
+                    raise Bad("RETURN STATUS needs items")
                 status_items = [args.atom(x).upper() for x in args.plist(opts[i + 1])]
                 i += 1
             returns.add(opt)
             i += 1
-    unknown = selection - {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
-    if unknown or ("RECURSIVEMATCH" in selection and len(selection) == 1):
+    # RFC 5258 §3.1: RECURSIVEMATCH alone (or with only REMOTE) is an error
+    if selection - LIST_SELECT or (
+            "RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}):
         raise Bad("invalid LIST selection options")
     if patterns == [""]:
         # RFC 3501 §6.3.8: the empty pattern asks for the delimiter and root
         s.untagged(b'LIST (\\Noselect) "' + DELIM.encode() + b'" ""')
         return None
     boxes = await s.mail.mailboxes(s.user)
-    names = {b.name for b in boxes}
+    by_name = {b.name: b for b in boxes}
+    names = set(by_name)
     matchers = [_pattern(s, ref, p) for p in patterns]
-    for mb in boxes:
-        matched = any(m.match(mb.name) for m in matchers)
-        if not matched:
+
+    def matches(name: str) -> bool:
+        return any(m.match(name) for m in matchers)
+
+    subs: set[str] = set()
+    if "SUBSCRIBED" in selection or "SUBSCRIBED" in returns:
+        subs = await s.mail.subscriptions.names(s.user)
+    childinfo: set[str] = set()
+    if "SUBSCRIBED" in selection:
+        candidates = set(subs)
+        if "RECURSIVEMATCH" in selection:  # §3.5: parents of matches outside the pattern
+            for sub in subs:
+                if not matches(sub):
+                    childinfo.update(p for p in _ancestors(sub) if p not in subs)
+            candidates |= childinfo
+    else:
+        candidates = names
+    for name in sorted(candidates):
+        if not matches(name):
             continue
-        if "SPECIAL-USE" in selection and not mb.special:
+        mb = by_name.get(name)
+        if "SPECIAL-USE" in selection and (mb is None or not mb.special):
             continue
-        childinfo = False
-        if "SUBSCRIBED" in selection and not mb.subscribed:
-            if "RECURSIVEMATCH" in selection and any(
-                    b.subscribed and b.name.startswith(mb.name + DELIM) for b in boxes):
-                childinfo = True
-            else:
-                continue
-        attrs = _attrs(mb, names)
-        if mb.subscribed and ("SUBSCRIBED" in selection or "SUBSCRIBED" in returns):
+        attrs = _attrs(name, mb, names)
+        if name in subs:
             attrs.append("\\Subscribed")
         line = (b"LIST (" + " ".join(attrs).encode() + b') "' + DELIM.encode() + b'" '
-                + render.astring(args.mailbox_out(s, mb.name), utf8=s.utf8))
-        if childinfo:
+                + render.astring(args.mailbox_out(s, name), utf8=s.utf8))
+        if name in childinfo:
             line += b' ("CHILDINFO" ("SUBSCRIBED"))'
         s.untagged(line)
-        if status_items:
+        if status_items and mb is not None:
             await _status_line(s, mb, status_items)
     return None
 
 
-# RFC 3501 §6.3.9 LSUB
+# RFC 3501 §6.3.9 LSUB: a parent reached by "%" but not subscribed itself is \Noselect
 @command("LSUB", AUTH, SELECTED)
 async def lsub(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 2, 2)
-    matcher = _pattern(s, args.astring(cmd.args[0]), args.astring(cmd.args[1]))
-    boxes = await s.mail.mailboxes(s.user)
-    names = {b.name for b in boxes}
-    for mb in boxes:
-        if mb.subscribed and matcher.match(mb.name):
-            s.untagged(b"LSUB (" + " ".join(_attrs(mb, names)).encode() + b') "'
-                       + DELIM.encode() + b'" '
-                       + render.astring(args.mailbox_out(s, mb.name), utf8=s.utf8))
+    ref, pattern = args.astring(cmd.args[0]), args.astring(cmd.args[1])
+    if pattern == "":
+        s.untagged(b'LSUB (\\Noselect) "' + DELIM.encode() + b'" ""')
+        return None
+    matcher = _pattern(s, ref, pattern)
+    subs = await s.mail.subscriptions.names(s.user)
+    shown: dict[str, bool] = {}
+    for name in subs:
+        if matcher.match(name):
+            shown[name] = True
+        else:
+            for parent in _ancestors(name):
+                if parent not in subs and matcher.match(parent):
+                    shown.setdefault(parent, False)
+    for name in sorted(shown):
+        s.untagged(b"LSUB (" + (b"" if shown[name] else b"\\Noselect") + b') "'
+                   + DELIM.encode() + b'" '
+                   + render.astring(args.mailbox_out(s, name), utf8=s.utf8))
     return None
 
 

@@ -231,6 +231,8 @@ def test_list_lsub_status_special_use_children(account: Account) -> None:
     assert [f[2] for f in c.list_folders(pattern="%")] == \
         ["Archive", "Drafts", "INBOX", "Junk", "Projects", "Sent", "Trash"]
     assert [f[2] for f in c.list_folders("Projects/", "%")] == ["Projects/2024"]
+    assert "Projects/2024" not in {f[2] for f in c.list_sub_folders()}  # CREATE: no SUBSCRIBE
+    c.subscribe_folder("Projects/2024")
     assert {f[2] for f in c.list_sub_folders()} >= {"INBOX", "Projects/2024"}
     c.unsubscribe_folder("Projects/2024")
     assert "Projects/2024" not in {f[2] for f in c.list_sub_folders()}

@@ -180,3 +180,32 @@ def test_recreated_mailbox_never_serves_the_old_ones_data(raw: Raw) -> None:
     wrong, seen = recreate_rounds(raw, 150)
     assert wrong == 0
     assert len(seen) == 150
+
+
+# -- subscriptions are names (RFC 3501 §6.3.6-6.3.9, RFC 5258)
+
+def test_subscriptions_are_names_apart_from_mailboxes(raw: Raw) -> None:
+    assert raw.cmd("CREATE a/b/c")[-1].split()[1] == b"OK"
+    assert raw.cmd("LSUB \"\" a*")[:-1] == []  # CREATE subscribes nothing, parents neither
+    raw.cmd("SUBSCRIBE a/b/c")
+    raw.cmd("SUBSCRIBE gone")
+    assert raw.cmd("LSUB \"\" a/%")[:-1] == [b'* LSUB (\\Noselect) "/" a/b']
+    assert b'* LSUB () "/" gone' in raw.cmd('LSUB "" *')  # no mailbox needed
+    raw.cmd("CREATE gone")
+    raw.cmd("DELETE gone")  # the subscription stays (§6.3.6: MUST NOT remove it)
+    out = raw.cmd('LIST (SUBSCRIBED) "" gone')
+    assert out[0] == b'* LIST (\\NonExistent \\Subscribed) "/" gone', out
+    assert raw.cmd("UNSUBSCRIBE gone")[-1].split()[1] == b"OK"
+    assert raw.cmd("UNSUBSCRIBE never-was")[-1].split()[1] == b"OK"
+    out = raw.cmd('LIST (SUBSCRIBED RECURSIVEMATCH) "" a/%')
+    assert out[0] == b'* LIST (\\HasChildren) "/" a/b ("CHILDINFO" ("SUBSCRIBED"))', out
+    out = raw.cmd('LIST "" a/b/% RETURN (SUBSCRIBED CHILDREN)')
+    assert out[0] == b'* LIST (\\HasNoChildren \\Subscribed) "/" a/b/c', out
+
+
+@pytest.mark.parametrize("command", ['LIST (RECURSIVEMATCH REMOTE) "" ""',
+                                     'LIST (RECURSIVEMATCH) "" "*"',
+                                     'LIST "" "" RETURN (imaptest)',
+                                     'LIST (imaptest) "" ""'])
+def test_list_options_that_are_errors(raw: Raw, command: str) -> None:
+    assert raw.cmd(command)[-1].split()[1] == b"BAD"
