@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.mail import Meta
-from core.mail.mime import find_section, message_of
+from core.mail.mime import Part
 from protocols.imap import render
 from protocols.imap.commands import SELECTED, args, command
 from protocols.imap.errors import Bad
@@ -107,6 +107,32 @@ def parse_section(atom: str) -> Section:
     label = f"BODY[{section_text}]" + (f"<{origin}>" if origin is not None else "")
     return Section(m.group(1).upper() == "BODY.PEEK", tuple(path), text, fields, origin,
                    length, label)
+
+
+def find_part(root: Part, path: Sequence[int]) -> Part | None:
+    """The part a section number path names (RFC 3501 §6.4.5).
+
+    Numbers count the body parts of a *message*: a multipart body's parts, or
+    the one part that a non-multipart body is (so ``1`` of a message whose
+    body is message/rfc822 is that whole encapsulated message). Below a
+    message/rfc822 part the numbers go on in the encapsulated message's body;
+    below a multipart part, in its parts.
+    """
+    part: Part | None = None
+    for n in path:
+        if part is None:
+            children = root.get("parts", [root])
+        elif "msg" in part:
+            inner = part["msg"]
+            children = inner.get("parts", [inner])
+        elif "parts" in part:
+            children = part["parts"]
+        else:
+            return None
+        if not 1 <= n <= len(children):
+            return None
+        part = children[n - 1]
+    return part
 
 
 def parse_items(tokens: list[Token]) -> list[str | Section]:
@@ -360,14 +386,14 @@ async def _range(s: Session, meta: Meta, sec: Section) -> tuple[bytes | None, in
             return filter_header(meta.header, sec.fields, sec.text == "HEADER.FIELDS"), 0, 0
         return None, len(meta.header), meta.size  # TEXT
     assert meta.structure is not None
-    part: Any = find_section(meta.structure, list(sec.path))
+    part: Any = find_part(meta.structure, sec.path)
     if part is None:
         return b"", 0, 0
     if sec.text == "":
         return None, part["b"], part["z"]
     if sec.text == "MIME":
         return None, part["h"], part["b"]
-    msg = message_of(part)
+    msg = part.get("msg", part if "env" in part else None)
     if msg is None:
         return b"", 0, 0
     if sec.text == "HEADER":

@@ -209,3 +209,34 @@ def test_subscriptions_are_names_apart_from_mailboxes(raw: Raw) -> None:
                                      'LIST (imaptest) "" ""'])
 def test_list_options_that_are_errors(raw: Raw, command: str) -> None:
     assert raw.cmd(command)[-1].split()[1] == b"BAD"
+
+
+# -- section numbers through message/rfc822 (RFC 3501 §6.4.5)
+
+INNER = (b"From: sub@example.org\r\nSubject: submsg\r\n"
+         b"Content-Type: multipart/digest; boundary=\"foo\"\r\n\r\nprologue\r\n\r\n"
+         b"--foo\r\n\r\nFrom: m1@example.com\r\nSubject: m1\r\n\r\nm1 body\r\n"
+         b"--foo\r\nX-Mime: m2 header\r\n\r\nFrom: m2@example.com\r\nSubject: m2\r\n\r\n"
+         b"m2 body\r\n--foo--\r\n")
+FORWARD = (b"From: user@example.org\r\nMime-Version: 1.0\r\nContent-Type: message/rfc822\r\n"
+           b"\r\n" + INNER)
+
+
+def _section(raw: Raw, section: str) -> bytes:
+    out = raw.cmd(f"FETCH 1 BODY.PEEK[{section}]")
+    assert out[-1].split()[1] == b"OK", out
+    text = b"\r\n".join(out[:-1])
+    head, _, rest = text.partition(b"}\r\n")
+    return rest[:int(head.rsplit(b"{", 1)[1])]
+
+
+def test_parts_of_an_encapsulated_message(account: Account, raw: Raw) -> None:
+    account.deliver(FORWARD)
+    raw.cmd("SELECT INBOX")
+    assert _section(raw, "1") == INNER  # the whole encapsulated message
+    assert _section(raw, "1.HEADER").startswith(b"From: sub@example.org")
+    assert _section(raw, "1.TEXT").startswith(b"prologue")
+    assert _section(raw, "1.1") == b"From: m1@example.com\r\nSubject: m1\r\n\r\nm1 body"
+    assert _section(raw, "1.2.MIME") == b"X-Mime: m2 header\r\n\r\n"
+    assert _section(raw, "1.2.HEADER") == b"From: m2@example.com\r\nSubject: m2\r\n\r\n"
+    assert _section(raw, "1.2.TEXT") == b"m2 body"
