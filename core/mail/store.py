@@ -339,6 +339,7 @@ class MailStore:
         self._known_users: set[str] = set()
         self._indexes: dict[int, MailboxIndex] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._recent_saving: dict[int, int] = {}  # mailbox id -> recent_uid being saved
         self.bodies = BodyCache(max_item=PACK_BYTES)
         self.metas = MetaCache()
         # (login, name) -> row, for SELECT of a mailbox some session has open;
@@ -510,6 +511,13 @@ class MailStore:
             self._names_changed()
 
     async def status(self, mailbox_id: int) -> Status:
+        # RFC 3501 §6.3.10 RECENT: what no session has claimed yet, counted against the
+        # live index (a session claims arrivals in memory) or a save still under way
+        idx = self._indexes.get(mailbox_id)
+        floor = self._recent_saving.get(mailbox_id, 0)
+        if idx is not None and not idx.loading:
+            floor = max(floor, idx.recent_uid)
+
         def count(c: sqlite3.Connection) -> Status:
             mb = c.execute("SELECT uidnext, uidvalidity, modseq, recent_uid FROM mail_mailboxes "
                            "WHERE id = ?", (mailbox_id,)).fetchone()
@@ -520,7 +528,7 @@ class MailStore:
                 "coalesce(sum(instr(flags, '\\Seen') = 0), 0), "
                 "coalesce(sum(instr(flags, '\\Deleted') > 0), 0), "
                 "coalesce(sum(uid > ?), 0) FROM mail_messages WHERE mailbox = ?",
-                (mb[3], mailbox_id)).fetchone()
+                (max(mb[3], floor), mailbox_id)).fetchone()
             return Status(messages=row[0], recent=row[4], unseen=row[2], deleted=row[3],
                           size=row[1], uidnext=mb[0], uidvalidity=mb[1], highestmodseq=mb[2])
         return await self.reads.run(count)
@@ -555,6 +563,7 @@ class MailStore:
             # between the copy and the SELECT's answer, and \Recent is advisory
             # (a crash before the write only shows those messages as recent again).
             idx.saved_recent_uid = idx.recent_uid
+            self._recent_saving[mb.id] = idx.recent_uid
             task = asyncio.get_running_loop().create_task(
                 self._save_recent(mb.id, idx.recent_uid))
             self._background.add(task)
@@ -596,6 +605,9 @@ class MailStore:
         except Exception as exc:
             log.warning("could not record the recent messages of mailbox %d: %s",
                         mailbox_id, exc)
+        finally:
+            if self._recent_saving.get(mailbox_id) == uid:
+                del self._recent_saving[mailbox_id]
 
     async def _index(self, mailbox_id: int) -> MailboxIndex:
         """The loaded shared index of a mailbox, loading it if nobody has it open."""

@@ -134,9 +134,9 @@ def _atom(line: bytes, i: int) -> tuple[int, str]:
         c = line[i]
         if c == 0x5B:  # [ ... ] kept whole, spaces and parentheses included
             end = line.find(b"]", i)
-            if end < 0:
-                raise ParseError("unterminated '['")
-            i = end + 1
+            # RFC 3501 §9: "[" is an ordinary ATOM-CHAR (only "]" is resp-special),
+            # so without a closing "]" it is just part of the atom
+            i = end + 1 if end >= 0 else i + 1
             continue
         if c in _ATOM_STOP or c < 0x20 or c == 0x7F:
             break

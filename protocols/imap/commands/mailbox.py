@@ -11,7 +11,7 @@ from core.mail import DELIM, Mailbox
 from core.mail.store import check_name, parse_flags
 from protocols.imap import render
 from protocols.imap.commands import AUTH, SELECTED, args, command
-from protocols.imap.errors import Bad, No
+from protocols.imap.errors import Bad, ImapError, No
 from protocols.imap.parser import Atom, Token
 from protocols.imap.selected import SYSTEM_FLAGS, Selected, compress
 
@@ -180,8 +180,13 @@ async def unsubscribe(s: Session, cmd: Command) -> str | None:
 
 
 def _pattern(s: Session, ref: str, pattern: str) -> re.Pattern[str]:
-    ref = args.mailbox(s, Atom(ref)) if ref else ""
-    pattern = args.mailbox(s, Atom(pattern)) if pattern not in ("*", "%") else pattern
+    try:
+        ref = args.mailbox(s, Atom(ref)) if ref else ""
+        pattern = args.mailbox(s, Atom(pattern)) if pattern not in ("*", "%") else pattern
+    except ImapError as exc:
+        if exc.status != "NO":
+            raise
+        return re.compile(r"(?!)")  # not modified UTF-7: no mailbox has that name
     full = ref + pattern
     if len(full) > 1000 or full.count("*") + full.count("%") > 20:
         raise Bad("pattern too complex")
