@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.mail import Meta
 from core.mail.mime import Part
-from protocols.imap import render
+from protocols.imap import addresses, render
 from protocols.imap.commands import SELECTED, args, command
 from protocols.imap.errors import Bad
 from protocols.imap.parser import Atom, Token
@@ -367,7 +367,7 @@ def _simple(s: Session, meta: Meta, item: str) -> bytes:
     structure = meta.structure
     assert structure is not None
     if item == "ENVELOPE":
-        return b"ENVELOPE " + render.envelope(structure["env"])
+        return b"ENVELOPE " + render.envelope(addresses.envelope(structure["env"], meta.header))
     if item == "BODYSTRUCTURE":
         return b"BODYSTRUCTURE " + render.body_structure(structure, extended=True)
     if item == "BODY":

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from core.mail import Meta
 from core.mail.mime import parse_headers
+from protocols.imap import addresses
 from protocols.imap.commands import SELECTED, args, command
 from protocols.imap.errors import Bad, No
 from protocols.imap.parser import Atom, Token
@@ -40,6 +41,7 @@ _FLAG_KEYS = {"ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True),
               "UNDELETED": ("\\Deleted", False), "UNDRAFT": ("\\Draft", False),
               "UNFLAGGED": ("\\Flagged", False), "UNSEEN": ("\\Seen", False)}
 _HEADER_KEYS = {"FROM", "TO", "CC", "BCC", "SUBJECT"}
+ADDRESS_FIELDS = {"from", "to", "cc", "bcc", "sender", "reply-to"}
 _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 
 
@@ -232,11 +234,16 @@ class Compiler:
 
     def _header(self, name: str, needle: str) -> Node:
         needle = needle.lower()
+        address = name in ADDRESS_FIELDS
 
         def pred(m: Msg) -> bool:
-            if not m.may_contain(needle):
+            # an address may hold comments anywhere: <user (c)@ (c) example.org>
+            if not m.may_contain(needle) and not (
+                    address and m.flat is not None and "(" in m.flat):
                 return False
             values = m.header_values(name)
+            if address:  # RFC 3501 §6.4.4: the address as well as the field's text
+                values = values + [a.text for v in values for a in addresses.parse(v)]
             return any(needle in v.lower() for v in values) if values else False
         return Node(pred, META)
 

@@ -240,3 +240,56 @@ def test_parts_of_an_encapsulated_message(account: Account, raw: Raw) -> None:
     assert _section(raw, "1.2.MIME") == b"X-Mime: m2 header\r\n\r\n"
     assert _section(raw, "1.2.HEADER") == b"From: m2@example.com\r\nSubject: m2\r\n\r\n"
     assert _section(raw, "1.2.TEXT") == b"m2 body"
+
+
+# -- ENVELOPE groups and routes, SEARCH through comments (RFC 3501 §7.4.2, §6.4.4)
+
+GROUPS = (b"From: user@example.org (Real Name)\r\n"
+          b"To: group: g1@d1.org, g2@d2.org;, group2: g3@d3.org;\r\n"
+          b"Cc: group:;, group2: (foo) ;\r\nSubject: groups\r\n\r\nbody\r\n")
+ROUTED = b"From: <user-from (comment)@ (comment) example.org>\r\nTo: <@route:u@d>\r\n\r\nx\r\n"
+
+
+def test_envelope_keeps_groups_routes_and_comment_names(account: Account, raw: Raw) -> None:
+    account.deliver(GROUPS)
+    account.deliver(ROUTED)
+    raw.cmd("SELECT INBOX")
+    out = raw.cmd("FETCH 1:2 ENVELOPE")
+    assert (b'(("Real Name" NIL "user" "example.org")) (("Real Name" NIL "user" "example.org"))'
+            in out[0]), out[0]
+    assert (b'((NIL NIL "group" NIL)(NIL NIL "g1" "d1.org")(NIL NIL "g2" "d2.org")'
+            b'(NIL NIL NIL NIL)(NIL NIL "group2" NIL)(NIL NIL "g3" "d3.org")'
+            b'(NIL NIL NIL NIL)) ((NIL NIL "group" NIL)(NIL NIL NIL NIL)'
+            b'(NIL NIL "group2" NIL)(NIL NIL NIL NIL))') in out[0], out[0]
+    assert b'((NIL "@route" "u" "d"))' in out[1], out[1]
+    assert raw.cmd("SEARCH FROM user-from@example.org")[0] == b"* SEARCH 2"
+    assert raw.cmd("SEARCH TO g3@d3.org")[0] == b"* SEARCH 1"
+
+
+# -- atoms and mailbox names (RFC 3501 §9)
+
+def test_an_atom_may_hold_an_open_bracket(raw: Raw) -> None:
+    out = raw.cmd("SELECT !#$&'+,-.0123456789:;<=>?@^_`|[}")
+    assert out[-1].split()[1] == b"NO", out  # well-formed, no such mailbox
+    out = raw.cmd("LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*")
+    assert out[-1].split()[1] == b"OK", out
+
+
+# -- RECENT (RFC 3501 §2.3.2, §6.3.2, §6.3.10)
+
+def test_recent_in_examine_and_status(account: Account) -> None:
+    account.deliver(MSG)
+    account.deliver(MSG)
+    r, other = Raw(account.port), Raw(account.port)
+    r.login(account)
+    other.login(account)
+    assert b"* 2 RECENT" in r.cmd("EXAMINE INBOX")  # reported, not claimed
+    r.cmd("CLOSE")
+    assert other.cmd("STATUS INBOX (RECENT)")[0] == b"* STATUS INBOX (RECENT 2)"
+    assert b"* 2 RECENT" in r.cmd("SELECT INBOX")  # claimed now
+    assert other.cmd("STATUS INBOX (RECENT)")[0] == b"* STATUS INBOX (RECENT 0)"
+    account.deliver(MSG)  # arrives while r has it selected: r claims it
+    assert b"* 3 EXISTS" in r.cmd("NOOP")
+    assert other.cmd("STATUS INBOX (RECENT)")[0] == b"* STATUS INBOX (RECENT 0)"
+    r.close()
+    other.close()
