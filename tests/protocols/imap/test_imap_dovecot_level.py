@@ -293,3 +293,28 @@ def test_recent_in_examine_and_status(account: Account) -> None:
     assert other.cmd("STATUS INBOX (RECENT)")[0] == b"* STATUS INBOX (RECENT 0)"
     r.close()
     other.close()
+
+
+# -- a client that goes away during IDLE (RFC 2177)
+
+def test_disconnect_during_idle_leaves_no_unretrieved_task(
+        account: Account, caplog: pytest.LogCaptureFixture) -> None:
+    import gc
+    import struct
+    import time
+
+    for _ in range(5):
+        r = Raw(account.port)
+        r.login(account)
+        r.cmd("SELECT INBOX")
+        r.sock.sendall(b"i IDLE\r\n")
+        assert r.readline().startswith(b"+")
+        r.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        r.sock.close()  # a reset, as a client killed mid-IDLE
+        account.deliver(MSG)
+    time.sleep(0.5)
+
+    async def collect() -> None:
+        gc.collect()
+    account.twin.call(collect())
+    assert "never retrieved" not in caplog.text, caplog.text
