@@ -369,9 +369,9 @@ def _simple(s: Session, meta: Meta, item: str) -> bytes:
     if item == "ENVELOPE":
         return b"ENVELOPE " + render.envelope(addresses.envelope(structure["env"], meta.header))
     if item == "BODYSTRUCTURE":
-        return b"BODYSTRUCTURE " + render.body_structure(structure, extended=True)
+        return b"BODYSTRUCTURE " + render.body_structure(structure, extended=True, utf8=s.utf8)
     if item == "BODY":
-        return b"BODY " + render.body_structure(structure, extended=False)
+        return b"BODY " + render.body_structure(structure, extended=False, utf8=s.utf8)
     raise Bad(f"unsupported item {item}")
 
 

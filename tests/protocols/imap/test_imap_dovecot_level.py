@@ -318,3 +318,24 @@ def test_disconnect_during_idle_leaves_no_unretrieved_task(
         gc.collect()
     account.twin.call(collect())
     assert "never retrieved" not in caplog.text, caplog.text
+
+
+# -- BODYSTRUCTURE parameters to a client without UTF8=ACCEPT (RFC 2231, RFC 6855)
+
+EURO = (b"From: a@example.org\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+        b"Content-Type: text/plain\r\n\r\nsee attached\r\n--B\r\n"
+        b"Content-Type: application/octet-stream\r\n"
+        b"Content-Disposition: attachment; filename*=utf-8''%E2%82%AC%20rates.txt\r\n\r\n"
+        b"xx\r\n--B--\r\n")
+
+
+def test_bodystructure_keeps_8bit_parameters_rfc2231_encoded(account: Account, raw: Raw) -> None:
+    account.deliver(EURO)
+    raw.cmd("SELECT INBOX")
+    out = raw.cmd("FETCH 1 BODYSTRUCTURE")
+    assert b"\"filename*\" \"utf-8''%E2%82%AC%20rates.txt\"" in out[0], out
+    assert all(line.isascii() for line in out), out
+    raw.cmd("ENABLE UTF8=ACCEPT")
+    out = raw.cmd("FETCH 1 BODYSTRUCTURE")
+    assert '"filename" "€ rates.txt"'.encode() in out[0], out
