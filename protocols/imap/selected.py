@@ -79,6 +79,7 @@ class Selected:
         self.told_exists = len(self.uids)
         self.told_recent = len(self.recent)
         self.keywords: set[str] = set(snap.keywords)
+        self.saved: list[int] = []  # RFC 5182 SEARCHRES: the uids ``$`` names
 
     # -- numbers
 
@@ -90,8 +91,14 @@ class Selected:
     def seq_of(self, uid: int) -> int:
         return self.pos(uid) + 1
 
-    def parse_set(self, text: str, *, uid: bool) -> list[int]:
-        """Uids named by a sequence set (RFC 3501 §9 sequence-set), ascending."""
+    def parse_set(self, text: str, *, uid: bool, strict: bool = True) -> list[int]:
+        """Uids named by a sequence set (RFC 3501 §9 sequence-set), ascending.
+
+        ``$`` is the result saved by ``SEARCH RETURN (SAVE)`` (RFC 5182 §2.1),
+        less the messages expunged since.
+        """
+        if text == "$":
+            return [u for u in self.saved if self.pos(u) >= 0]
         if not text or len(text) > 100_000:
             raise Bad("invalid sequence set")
         ranges: list[tuple[int, int]] = []
@@ -104,7 +111,11 @@ class Selected:
             lo, hi = _number(lo_s, largest), _number(hi_s or lo_s, largest)
             if lo > hi:
                 lo, hi = hi, lo
-            if not uid and (lo == 0 or hi > len(self.uids)):
+            if not uid and not strict:  # SEARCH: numbers beyond the end match nothing
+                hi = min(hi, len(self.uids))
+                if lo > hi:
+                    continue
+            elif not uid and (lo == 0 or hi > len(self.uids)):
                 if not (self.uids or "*" in part):
                     raise Bad("message sequence number out of range")
                 if self.uids:

@@ -87,7 +87,7 @@ class Session:
             return caps
         caps += ["UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE",
                  "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", "QRESYNC", "UTF8=ACCEPT",
-                 f"APPENDLIMIT={self.max_literal}", "STATUS=SIZE"]
+                 f"APPENDLIMIT={self.max_literal}", "STATUS=SIZE", "ESEARCH", "SEARCHRES"]
         if self.mail.quota_bytes:  # RFC 9208 §3.1: a QUOTA answer names a resource
             caps += ["QUOTA", "QUOTA=RES-STORAGE"]
         return caps
@@ -95,6 +95,15 @@ class Session:
     @property
     def condstore(self) -> bool:
         return "CONDSTORE" in self.enabled
+
+    def enable_condstore(self) -> None:
+        """A CONDSTORE-enabling command (RFC 7162 §3.1): the first one in a selected
+        mailbox also reports its HIGHESTMODSEQ, which the client has not seen yet."""
+        if "CONDSTORE" in self.enabled:
+            return
+        self.enabled.add("CONDSTORE")
+        if self.selected is not None:
+            self.untagged(b"OK [HIGHESTMODSEQ %d] highest" % self.selected.highestmodseq)
 
     @property
     def qresync(self) -> bool:

@@ -191,7 +191,7 @@ async def fetch(s: Session, cmd: Command) -> str | None:
             name = args.atom(mods[i]).upper()
             if name == "CHANGEDSINCE" and i + 1 < len(mods):
                 changed_since = args.number(mods[i + 1], bits=63)
-                s.enabled.add("CONDSTORE")
+                s.enable_condstore()
                 i += 1
             elif name == "VANISHED" and cmd.uid and s.qresync:
                 vanished = True
@@ -201,7 +201,7 @@ async def fetch(s: Session, cmd: Command) -> str | None:
         if vanished and changed_since is None:
             raise Bad("VANISHED needs CHANGEDSINCE")
     if "MODSEQ" in items:
-        s.enabled.add("CONDSTORE")
+        s.enable_condstore()
     if cmd.uid and "UID" not in items:
         items.insert(0, "UID")
     if changed_since is not None:

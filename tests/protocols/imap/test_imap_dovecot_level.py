@@ -339,3 +339,22 @@ def test_bodystructure_keeps_8bit_parameters_rfc2231_encoded(account: Account, r
     raw.cmd("ENABLE UTF8=ACCEPT")
     out = raw.cmd("FETCH 1 BODYSTRUCTURE")
     assert '"filename" "€ rates.txt"'.encode() in out[0], out
+
+
+# -- ESEARCH (RFC 4731) and SEARCHRES (RFC 5182)
+
+def test_esearch_and_saved_results(account: Account, raw: Raw) -> None:
+    for _ in range(6):
+        account.deliver(MSG)
+    raw.cmd("SELECT INBOX")
+    raw.cmd("STORE 2,4 +FLAGS (\\Seen)")
+    assert raw.cmd("SEARCH RETURN () ALL")[0] == b'* ESEARCH (TAG "t4") ALL 1:6'
+    assert raw.cmd("UID SEARCH RETURN (MIN MAX COUNT) SEEN")[0] == \
+        b'* ESEARCH (TAG "t5") UID MIN 2 MAX 4 COUNT 2'
+    assert raw.cmd("SEARCH RETURN (COUNT) 1000")[0] == b'* ESEARCH (TAG "t6") COUNT 0'
+    out = raw.cmd("SEARCH RETURN (SAVE) UNSEEN")
+    assert len(out) == 1 and out[0].startswith(b"t7 OK")  # SAVE alone answers nothing
+    assert raw.cmd("FETCH $ (UID)")[:-1] == [b"* %d FETCH (UID %d)" % (n, n)
+                                            for n in (1, 3, 5, 6)]
+    assert raw.cmd("SEARCH $ 4:6")[0] == b"* SEARCH 5 6"
+    assert raw.cmd("SEARCH RETURN (BOGUS) ALL")[-1].split()[1] == b"BAD"
