@@ -87,7 +87,8 @@ class Session:
             return caps
         caps += ["UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE",
                  "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", "QRESYNC", "UTF8=ACCEPT",
-                 f"APPENDLIMIT={self.max_literal}", "STATUS=SIZE", "ESEARCH", "SEARCHRES"]
+                 f"APPENDLIMIT={self.max_literal}", "STATUS=SIZE", "ESEARCH", "SEARCHRES",
+                 "MULTIAPPEND"]
         if self.mail.quota_bytes:  # RFC 9208 §3.1: a QUOTA answer names a resource
             caps += ["QUOTA", "QUOTA=RES-STORAGE"]
         return caps
@@ -223,7 +224,7 @@ class Session:
             if m.size > self.max_literal and not m.started:
                 raise FatalParseError("literal too large")
             await m.discard()  # the client sends it anyway: skip it to stay in step
-            await self.cmd_reader.line()
+            await self.cmd_reader.skip_rest()
         if exc.status == "NO":
             self.sync(expunge_ok=cmd.uid or cmd.name not in NO_EXPUNGE_AFTER)
         code = f"[{exc.code}] " if exc.code else ""

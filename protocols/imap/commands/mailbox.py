@@ -400,17 +400,10 @@ def parse_date(text: str) -> float:
         raise Bad(f"invalid date-time {text[:40]!r}") from None
 
 
-# RFC 3501 §6.3.11 APPEND; RFC 4315 APPENDUID; RFC 7889 APPENDLIMIT; RFC 6855 §4 UTF8
-@command("APPEND", AUTH, SELECTED)
-async def append(s: Session, cmd: Command) -> str | None:
-    if cmd.message is None:
-        raise Bad("APPEND needs a message literal")
-    a = list(cmd.args)
-    if a and isinstance(a[-1], Atom) and a[-1].upper() == "UTF8" and cmd.message.utf8:
-        a.pop()
-    if not a:
-        raise Bad("APPEND needs a mailbox")
-    name = args.mailbox(s, a.pop(0))
+def _append_options(a: list[Token], utf8: bool) -> tuple[list[str], float | None]:
+    """The optional flag list and date-time before one message literal."""
+    if a and isinstance(a[-1], Atom) and a[-1].upper() == "UTF8" and utf8:
+        a = a[:-1]
     flags: list[str] = []
     date: float | None = None
     if a and isinstance(a[0], list):
@@ -420,12 +413,50 @@ async def append(s: Session, cmd: Command) -> str | None:
     if a:
         raise Bad("unexpected APPEND arguments")
     parse_flags(flags)
-    if cmd.message.size > s.max_literal:
-        raise No(f"message larger than the APPENDLIMIT of {s.max_literal} bytes", "TOOBIG")
-    try:  # append looks the mailbox up before it reads a byte of the message
-        validity, uid = await s.mail.append(s.user, name, cmd.message.chunks(), flags=flags,
-                                            internal_date=date, max_size=s.max_literal)
-    except NotFound as exc:
-        raise No(f"no mailbox {name}", "TRYCREATE") from exc
-    await s.cmd_reader.finish_append(cmd)
-    return f"[APPENDUID {validity} {uid}] APPEND completed"
+    return flags, date
+
+
+# RFC 3501 §6.3.11 APPEND; RFC 3502 MULTIAPPEND; RFC 4315 APPENDUID; RFC 7889 APPENDLIMIT;
+# RFC 6855 §4 UTF8
+@command("APPEND", AUTH, SELECTED)
+async def append(s: Session, cmd: Command) -> str | None:
+    """One message or several (MULTIAPPEND), all or none.
+
+    Each message is streamed into the store as it arrives; if a later one
+    fails, the ones already stored are expunged again before the NO, so the
+    command appends nothing (RFC 3502 §6.3.11).
+    """
+    if cmd.message is None:
+        raise Bad("APPEND needs a message literal")
+    a: list[Token] | None = list(cmd.args)
+    assert a is not None
+    if not a or (len(a) == 1 and isinstance(a[0], Atom) and a[0].upper() == "UTF8"):
+        raise Bad("APPEND needs a mailbox")
+    name = args.mailbox(s, a.pop(0))
+    done: list[int] = []
+    validity = 0
+    try:
+        while a is not None:
+            flags, date = _append_options(a, cmd.message.utf8)
+            if cmd.message.size > s.max_literal:
+                raise No(f"message larger than the APPENDLIMIT of {s.max_literal} bytes",
+                         "TOOBIG")
+            try:  # append looks the mailbox up before it reads a byte of the message
+                validity, uid = await s.mail.append(s.user, name, cmd.message.chunks(),
+                                                    flags=flags, internal_date=date,
+                                                    max_size=s.max_literal)
+            except NotFound as exc:
+                raise No(f"no mailbox {name}", "TRYCREATE") from exc
+            done.append(uid)
+            a = await s.cmd_reader.next_message(cmd)
+    except BaseException:
+        if done:
+            await _unappend(s, name, done)
+        raise
+    return f"[APPENDUID {validity} {compress(done)}] APPEND completed"
+
+
+async def _unappend(s: Session, name: str, uids: list[int]) -> None:
+    mb = await s.mail.mailbox(s.user, name)
+    await s.mail.set_flags(mb.id, uids, "+", ["\\Deleted"])
+    await s.mail.expunge(mb.id, uids)

@@ -358,3 +358,22 @@ def test_esearch_and_saved_results(account: Account, raw: Raw) -> None:
                                             for n in (1, 3, 5, 6)]
     assert raw.cmd("SEARCH $ 4:6")[0] == b"* SEARCH 5 6"
     assert raw.cmd("SEARCH RETURN (BOGUS) ALL")[-1].split()[1] == b"BAD"
+
+
+# -- MULTIAPPEND (RFC 3502)
+
+def test_multiappend_all_or_nothing(raw: Raw) -> None:
+    one, two = b"Subject: one\r\n\r\n1\r\n", b"Subject: two\r\n\r\n2\r\n"
+    out = raw.cmd(b"APPEND INBOX (\\Seen) {%d+}\r\n%s (\\Flagged) {%d+}\r\n%s"
+                  % (len(one), one, len(two), two))
+    assert out[-1].split()[1] == b"OK" and b"[APPENDUID " in out[-1], out
+    assert out[-1].split()[4] == b"1:2]", out
+    # the second message is refused (an unknown system flag): neither is kept
+    out = raw.cmd(b"APPEND INBOX {%d+}\r\n%s (\\Bogus) {%d+}\r\n%s"
+                  % (len(one), one, len(two), two))
+    assert out[-1].split()[1] in (b"NO", b"BAD"), out
+    out = raw.cmd("SELECT INBOX")
+    assert b"* 2 EXISTS" in out, out
+    assert raw.cmd("NOOP")[-1].split()[1] == b"OK"  # still in step with the client
+    flags = raw.cmd("FETCH 1:* (FLAGS)")
+    assert b"\\Seen" in flags[0] and b"\\Flagged" in flags[1], flags

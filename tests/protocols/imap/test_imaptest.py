@@ -27,7 +27,7 @@ from tests.twins import TwinProcess
 NOT_YET = frozenset({
     "urlauth", "urlauth-binary", "urlauth2",
     "append-binary", "catenate", "catenate-multiappend", "esort",
-    "fetch-binary-mime", "fetch-binary-mime-base64", "fetch-binary-mime-qp", "multiappend",
+    "fetch-binary-mime", "fetch-binary-mime-base64", "fetch-binary-mime-qp",
     "notify", "search-context-update", "search-context-update2", "search-context-update3",
     "search-partial", "sort-addresses", "sort-arrival", "sort-date", "sort-display-from",
     "sort-display-to", "sort-partial", "sort-size", "sort-subject", "thread",
