@@ -377,3 +377,26 @@ def test_multiappend_all_or_nothing(raw: Raw) -> None:
     assert raw.cmd("NOOP")[-1].split()[1] == b"OK"  # still in step with the client
     flags = raw.cmd("FETCH 1:* (FLAGS)")
     assert b"\\Seen" in flags[0] and b"\\Flagged" in flags[1], flags
+
+
+# -- SORT (RFC 5256, RFC 5957) and THREAD=ORDEREDSUBJECT
+
+def _mail(frm: str, subject: str, date: str, size: int = 0) -> bytes:
+    return (f"From: {frm}\r\nSubject: {subject}\r\nDate: {date}\r\n\r\n".encode()
+            + b"x" * size + b"\r\n")
+
+
+def test_sort_and_ordered_subject_threads(account: Account, raw: Raw) -> None:
+    account.deliver(_mail("Zed <a@z.org>", "Re: [list] Plans", "Mon, 01 Jan 2024 12:00:00 +0000"))
+    account.deliver(_mail("b@y.org", "plans (fwd)", "Mon, 01 Jan 2024 10:00:00 +0000", 500))
+    account.deliver(_mail("Amy <c@x.org>", "Other", "Mon, 01 Jan 2024 11:00:00 +0000", 100))
+    account.deliver(_mail("d@w.org", "Fwd: Re: plans", "Mon, 01 Jan 2024 13:00:00 +0000"))
+    raw.cmd("SELECT INBOX")
+    assert raw.cmd("SORT (SUBJECT) UTF-8 ALL")[0] == b"* SORT 3 1 2 4"
+    assert raw.cmd("SORT (DATE) UTF-8 ALL")[0] == b"* SORT 2 3 1 4"
+    assert raw.cmd("SORT (REVERSE SIZE) UTF-8 ALL")[0] == b"* SORT 2 3 1 4"
+    assert raw.cmd("SORT (FROM) UTF-8 ALL")[0] == b"* SORT 1 2 3 4"
+    assert raw.cmd("SORT (DISPLAYFROM) UTF-8 ALL")[0] == b"* SORT 3 2 4 1"
+    assert raw.cmd("UID SORT (SUBJECT) UTF-8 NOT FROM amy")[0] == b"* SORT 1 2 4"
+    assert raw.cmd("THREAD ORDEREDSUBJECT UTF-8 ALL")[0] == b"* THREAD (2 (1)(4))(3)"
+    assert raw.cmd("SORT (BOGUS) UTF-8 ALL")[-1].split()[1] == b"BAD"
