@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from protocols.imap import addresses
+from protocols.imap import addresses, threads
 from protocols.imap.commands import SELECTED, args, command
 from protocols.imap.commands.search import Msg, _decode, run_search
 from protocols.imap.errors import Bad, No
@@ -184,20 +184,20 @@ async def sort(s: Session, cmd: Command) -> str | None:
 # -- THREAD
 
 def ordered_subject(msgs: list[Msg]) -> list[list[Msg]]:
-    """RFC 5256 §2.4 ORDEREDSUBJECT: by base subject, then sent date; threads in the
+    """RFC 5256 §2.4 ORDEREDSUBJECT: by base subject, then sent date; groups in the
     order of their first message's sent date."""
     ordered = sort_messages(msgs, [SortKey("SUBJECT", False), SortKey("DATE", False)])
-    threads: list[list[Msg]] = []
+    groups: list[list[Msg]] = []
     last: str | None = None
     for m in ordered:
         subject = base_subject((m.header_values("subject") or [""])[0])
-        if threads and subject == last:
-            threads[-1].append(m)
+        if groups and subject == last:
+            groups[-1].append(m)
         else:
-            threads.append([m])
+            groups.append([m])
             last = subject
-    threads.sort(key=lambda t: (sent_date(t[0]), t[0].seq))
-    return threads
+    groups.sort(key=lambda t: (sent_date(t[0]), t[0].seq))
+    return groups
 
 
 def render_flat(threads: list[list[Msg]], uid: bool) -> bytes:
@@ -220,10 +220,31 @@ async def thread(s: Session, cmd: Command) -> str | None:
     if len(a) < 3:
         raise Bad("THREAD needs an algorithm, a charset and a search program")
     algorithm = args.atom(a[0]).upper()
-    if algorithm != "ORDEREDSUBJECT":
+    if algorithm not in ("ORDEREDSUBJECT", "REFERENCES"):
         raise Bad(f"unknown threading algorithm {algorithm[:30]}")
     _charset(a[1])
     msgs = await matches(s, sel, a[2:])
-    threads = await asyncio.to_thread(ordered_subject, msgs)
-    s.untagged(b"THREAD " + render_flat(threads, cmd.uid) if threads else b"THREAD")
+    if algorithm == "REFERENCES":
+        text = await asyncio.to_thread(_references, msgs, cmd.uid)
+    else:
+        text = render_flat(await asyncio.to_thread(ordered_subject, msgs), cmd.uid)
+    s.untagged(b"THREAD " + text if text else b"THREAD")
     return None
+
+
+_REPLY = re.compile(r"^\s*(?:\[[^\[\]]*\]\s*)*(?:re|fwd?)\s*(?:\[[^\[\]]*\]\s*)?:|\(fwd\)\s*$"
+                    r"|^\s*\[fwd:", re.I)
+
+
+def _references(msgs: list[Msg], uid: bool) -> bytes:
+    """RFC 5256 §2.2 REFERENCES over the matched messages."""
+    items = []
+    for m in msgs:
+        subject = (m.header_values("subject") or [""])[0]
+        items.append(threads.Message(
+            m.uid if uid else m.seq, m.seq, sent_date(m),
+            (threads.msg_ids((m.header_values("message-id") or [""])[0]) or [""])[0],
+            " ".join(m.header_values("references")),
+            (m.header_values("in-reply-to") or [""])[0],
+            base_subject(subject), bool(_REPLY.search(_decode(subject)))))
+    return threads.render(threads.thread(items))

@@ -400,3 +400,18 @@ def test_sort_and_ordered_subject_threads(account: Account, raw: Raw) -> None:
     assert raw.cmd("UID SORT (SUBJECT) UTF-8 NOT FROM amy")[0] == b"* SORT 1 2 4"
     assert raw.cmd("THREAD ORDEREDSUBJECT UTF-8 ALL")[0] == b"* THREAD (2 (1)(4))(3)"
     assert raw.cmd("SORT (BOGUS) UTF-8 ALL")[-1].split()[1] == b"BAD"
+
+
+def test_thread_references(account: Account, raw: Raw) -> None:
+    account.deliver(b"Message-ID: <a@b>\r\nSubject: s\r\nDate: Mon, 01 Jan 2024 17:00:00 +0000"
+                    b"\r\n\r\nx\r\n")
+    account.deliver(b"Message-ID: <b@b>\r\nReferences: <a@b> <c@b>\r\nSubject: t\r\n"
+                    b"Date: Mon, 01 Jan 2024 15:00:00 +0000\r\n\r\nx\r\n")
+    account.deliver(b"Message-ID: <c@b>\r\nReferences: <b@b>\r\nSubject: u\r\n"
+                    b"Date: Mon, 01 Jan 2024 16:00:00 +0000\r\n\r\nx\r\n")
+    account.deliver(b"Message-ID: <d@b>\r\nIn-Reply-To: <a@b>\r\nSubject: Re: s\r\n"
+                    b"Date: Mon, 01 Jan 2024 18:00:00 +0000\r\n\r\nx\r\n")
+    raw.cmd("SELECT INBOX")
+    # c's guessed parent (a, from b's References) gives way; c->b would be a loop
+    assert raw.cmd("THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (3 2)(1 4)"
+    assert raw.cmd("UID THREAD REFERENCES UTF-8 NOT SUBJECT u")[0] == b"* THREAD (1 (2)(4))"

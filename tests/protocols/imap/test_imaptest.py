@@ -29,9 +29,7 @@ NOT_YET = frozenset({
     "append-binary", "catenate", "catenate-multiappend", "esort",
     "fetch-binary-mime", "fetch-binary-mime-base64", "fetch-binary-mime-qp",
     "notify", "search-context-update", "search-context-update2", "search-context-update3",
-    "search-partial", "sort-partial", "thread",
-    "thread2", "thread3", "thread4",
-    "thread5", "thread6", "thread7", "thread8",
+    "search-partial", "sort-partial",
 })
 SETS = ["imap.max_sessions_per_user=100"]
 
