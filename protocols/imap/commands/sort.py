@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from protocols.imap import addresses, threads
 from protocols.imap.commands import SELECTED, args, command
-from protocols.imap.commands.search import Msg, _decode, run_search
+from protocols.imap.commands.search import (
+    Msg,
+    _decode,
+    _return_options,
+    esearch_line,
+    run_search,
+)
 from protocols.imap.errors import Bad, No
 from protocols.imap.parser import Token
 
@@ -169,7 +175,7 @@ def _charset(tok: Token) -> None:
 @command("SORT", SELECTED, uid=True)
 async def sort(s: Session, cmd: Command) -> str | None:
     sel = s.need_selected()
-    a = list(cmd.args)
+    opts, a = _return_options(list(cmd.args))  # RFC 5267 §3 ESORT
     if len(a) < 3:
         raise Bad("SORT needs criteria, a charset and a search program")
     keys = parse_criteria(args.plist(a[0]))
@@ -177,7 +183,13 @@ async def sort(s: Session, cmd: Command) -> str | None:
     msgs = await matches(s, sel, a[2:])
     ordered = await asyncio.to_thread(sort_messages, msgs, keys)
     nums = [m.uid if cmd.uid else m.seq for m in ordered]
-    s.untagged(b"SORT" + b"".join(b" %d" % n for n in nums))
+    if opts is None:
+        s.untagged(b"SORT" + b"".join(b" %d" % n for n in nums))
+        return None
+    if "SAVE" in opts:
+        sel.saved = sorted(m.uid for m in ordered)
+    if opts - {"SAVE"}:  # MIN and MAX are the first and last in sort order
+        s.untagged(esearch_line(cmd.tag, cmd.uid, opts, nums, None))
     return None
 
 

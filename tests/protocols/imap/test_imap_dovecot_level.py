@@ -400,6 +400,9 @@ def test_sort_and_ordered_subject_threads(account: Account, raw: Raw) -> None:
     assert raw.cmd("UID SORT (SUBJECT) UTF-8 NOT FROM amy")[0] == b"* SORT 1 2 4"
     assert raw.cmd("THREAD ORDEREDSUBJECT UTF-8 ALL")[0] == b"* THREAD (2 (1)(4))(3)"
     assert raw.cmd("SORT (BOGUS) UTF-8 ALL")[-1].split()[1] == b"BAD"
+    # ESORT (RFC 5267 §3): MIN and MAX in sort order, ALL as a set in sort order
+    assert raw.cmd("SORT RETURN (MIN MAX ALL COUNT) (SUBJECT) UTF-8 ALL")[0] == \
+        b'* ESEARCH (TAG "t11") MIN 3 MAX 4 ALL 3,1:2,4 COUNT 4'
 
 
 def test_thread_references(account: Account, raw: Raw) -> None:
