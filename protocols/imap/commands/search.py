@@ -189,6 +189,14 @@ class Compiler:
             if k == "LARGER":
                 return Node(lambda m: m.meta is not None and m.meta.size > n, META), pos + 2
             return Node(lambda m: m.meta is not None and m.meta.size < n, META), pos + 2
+        if k in ("OLDER", "YOUNGER"):  # RFC 5032 WITHIN: internal date, in seconds
+            secs = args.number(t[pos + 1] if pos + 1 < len(t) else Atom(""))
+            edge = time.time() - secs
+            if k == "OLDER":
+                return Node(lambda m: m.meta is not None and m.meta.internal_date <= edge,
+                            META), pos + 2
+            return Node(lambda m: m.meta is not None and m.meta.internal_date >= edge,
+                        META), pos + 2
         if k in _DATE_KEYS:
             day = _day(self._arg(t, pos + 1))
             return self._date(k, day), pos + 2

@@ -418,3 +418,13 @@ def test_thread_references(account: Account, raw: Raw) -> None:
     # c's guessed parent (a, from b's References) gives way; c->b would be a loop
     assert raw.cmd("THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (3 2)(1 4)"
     assert raw.cmd("UID THREAD REFERENCES UTF-8 NOT SUBJECT u")[0] == b"* THREAD (1 (2)(4))"
+
+
+def test_within_older_younger(account: Account, raw: Raw) -> None:
+    old = b"Subject: old\r\n\r\nx\r\n"
+    raw.cmd(b'APPEND INBOX "01-Jan-2020 10:00:00 +0000" {%d+}\r\n%s' % (len(old), old))
+    account.deliver(MSG)
+    raw.cmd("SELECT INBOX")
+    assert raw.cmd("SEARCH YOUNGER 3600")[0] == b"* SEARCH 2"
+    assert raw.cmd("SEARCH OLDER 3600")[0] == b"* SEARCH 1"
+    assert raw.cmd("SEARCH OLDER x")[-1].split()[1] == b"BAD"
