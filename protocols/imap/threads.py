@@ -12,7 +12,8 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
-MAX_REFS = 100
+MAX_REFS = 20  # the last ones: the nearest ancestors
+MAX_DEPTH = 200  # deeper chains are not extended: bounds each loop check (hostile mail)
 _MSGID = re.compile(r"<([^<>\s]+)>")
 
 
@@ -29,9 +30,13 @@ class Node:
     parent: Node | None = None
     children: list[Node] = field(default_factory=list)
 
-    def ancestors(self) -> set[int]:
-        out, node = set(), self.parent
+    def ancestors(self) -> set[int] | None:
+        """The ids of the containers above this one; None past ``MAX_DEPTH``."""
+        out: set[int] = set()
+        node = self.parent
         while node is not None and id(node) not in out:
+            if len(out) >= MAX_DEPTH:
+                return None
             out.add(id(node))
             node = node.parent
         return out
@@ -50,7 +55,7 @@ class Message:
 
 
 def msg_ids(value: str) -> list[str]:
-    return _MSGID.findall(value)[:MAX_REFS]
+    return _MSGID.findall(value[-64 * 1024:])[-MAX_REFS:]
 
 
 def _unlink(node: Node) -> None:
@@ -61,7 +66,10 @@ def _unlink(node: Node) -> None:
 
 def _link(parent: Node, child: Node) -> None:
     """Make ``child`` a child of ``parent`` unless that would create a loop."""
-    if child is parent or id(child) in parent.ancestors() or child.parent is not None:
+    if child is parent or child.parent is not None:
+        return  # already linked: the existing link stays (step 1.B)
+    above = parent.ancestors()
+    if above is None or id(child) in above:
         return
     child.parent = parent
     parent.children.append(child)
@@ -90,8 +98,7 @@ def thread(messages: list[Message]) -> list[Node]:
         if refs:  # step 1.C: the last reference is the parent, replacing a guessed one
             parent = container(refs[-1])
             _unlink(node)
-            if id(node) not in parent.ancestors() and parent is not node:
-                _link(parent, node)
+            _link(parent, node)
     roots = [node for node in table.values() if node.parent is None]
     roots = _prune(roots, top=True)
     for r in roots:
