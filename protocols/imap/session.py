@@ -89,7 +89,8 @@ class Session:
                  "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", "QRESYNC", "UTF8=ACCEPT",
                  f"APPENDLIMIT={self.max_literal}", "STATUS=SIZE", "ESEARCH", "SEARCHRES",
                  "MULTIAPPEND", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
-                 "THREAD=REFERENCES", "ESORT", "WITHIN"]
+                 "THREAD=REFERENCES", "ESORT", "WITHIN",
+                 "BINARY"]
         if self.mail.quota_bytes:  # RFC 9208 §3.1: a QUOTA answer names a resource
             caps += ["QUOTA", "QUOTA=RES-STORAGE"]
         return caps

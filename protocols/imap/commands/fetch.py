@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from core.mail import Meta
 from core.mail.mime import Part
-from protocols.imap import addresses, render
+from protocols.imap import addresses, binary, render
 from protocols.imap.commands import SELECTED, args, command
-from protocols.imap.errors import Bad
+from protocols.imap.errors import Bad, No
 from protocols.imap.parser import Atom, Token
 from protocols.imap.selected import compress
 
@@ -54,10 +54,11 @@ class Section:
     origin: int | None
     length: int | None
     label: str  # as echoed in the response, without the partial's length
+    binary: str = ""  # RFC 3516: "BINARY" (decoded content) or "SIZE" (its length)
 
     @property
     def needs_structure(self) -> bool:
-        return bool(self.path)
+        return bool(self.path) or bool(self.binary)
 
 
 # RFC 3501 §6.4.5: the RFC822 forms are sections with their own names
@@ -66,6 +67,30 @@ RFC822 = {
     "RFC822.TEXT": Section(False, (), "TEXT", (), None, None, "RFC822.TEXT"),
     "RFC822.HEADER": Section(True, (), "HEADER", (), None, None, "RFC822.HEADER"),
 }
+
+
+_BINARY = re.compile(r"^(BINARY|BINARY\.PEEK|BINARY\.SIZE)\[([0-9.]*)\]"
+                     r"(?:<(\d{1,10})\.(\d{1,10})>)?$", re.I)
+
+
+def parse_binary(atom: str) -> Section:
+    """RFC 3516 §4.2 ``BINARY[part]<partial>``, ``BINARY.PEEK``, ``BINARY.SIZE[part]``."""
+    m = _BINARY.match(atom)
+    if m is None:
+        raise Bad(f"invalid FETCH item {atom[:60]}")
+    kind = m.group(1).upper()
+    spec = m.group(2)
+    path = tuple(int(n) for n in spec.split(".")) if spec else ()
+    if any(n == 0 for n in path) or len(path) > 50:
+        raise Bad("invalid section number")
+    if kind == "BINARY.SIZE" and m.group(3) is not None:
+        raise Bad("BINARY.SIZE takes no partial")
+    origin = int(m.group(3)) if m.group(3) is not None else None
+    length = int(m.group(4)) if m.group(4) is not None else None
+    if kind == "BINARY.SIZE":
+        return Section(True, path, "", (), None, None, f"BINARY.SIZE[{spec}]", "SIZE")
+    label = f"BINARY[{spec}]" + (f"<{origin}>" if origin is not None else "")
+    return Section(kind == "BINARY.PEEK", path, "", (), origin, length, label, "BINARY")
 
 
 def parse_section(atom: str) -> Section:
@@ -154,6 +179,8 @@ def parse_items(tokens: list[Token]) -> list[str | Section]:
             items.append(upper)
         elif upper.startswith("BODY[") or upper.startswith("BODY.PEEK["):
             items.append(parse_section(name))
+        elif upper.startswith("BINARY"):
+            items.append(parse_binary(name))
         else:
             raise Bad(f"unknown FETCH item {name[:40]}")
     if not items:
@@ -341,7 +368,9 @@ async def _fetch_parts(s: Session, meta: Meta, items: list[str | Section]) -> No
     for n, item in enumerate(items):
         if n:
             s.out += b" "
-        if isinstance(item, Section):
+        if isinstance(item, Section) and item.binary:
+            await _binary(s, meta, item)
+        elif isinstance(item, Section):
             s.out += item.label.encode() + b" "
             await _section(s, meta, item)
         else:
@@ -422,3 +451,28 @@ async def _section(s: Session, meta: Meta, sec: Section) -> None:
         s.out += await s.mail.read_bytes(meta.ref, start, end)
     else:
         await s.stream(s.mail.read(meta.ref, start, end))
+
+
+async def _binary(s: Session, meta: Meta, sec: Section) -> None:
+    """RFC 3516 §4.2: a part's decoded content (or its size), literal8 when needed."""
+    if not sec.path:
+        data = await s.mail.read_bytes(meta.ref, 0, meta.size)
+    else:
+        assert meta.structure is not None
+        part = find_part(meta.structure, sec.path)
+        if part is None:
+            data = b""
+        else:
+            raw = await s.mail.read_bytes(meta.ref, part["b"], part["z"])
+            decoded = binary.decode(raw, part["e"]) if "parts" not in part else raw
+            if decoded is None:
+                raise No(f"unknown Content-Transfer-Encoding {part['e'][:40]}", "UNKNOWN-CTE")
+            data = decoded
+    if sec.binary == "SIZE":
+        s.out += sec.label.encode() + b" %d" % len(data)
+        return
+    if sec.origin is not None:
+        assert sec.length is not None
+        data = data[sec.origin:sec.origin + sec.length]
+    s.out += sec.label.encode() + b" " + (b"~" if binary.needs_literal8(data) else b"")
+    s.out += b"{%d}\r\n" % len(data) + data

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from core.errors import NotFound
 from core.mail import DELIM, Mailbox
 from core.mail.store import check_name, parse_flags
-from protocols.imap import render
+from protocols.imap import binary, render
 from protocols.imap.commands import AUTH, SELECTED, args, command
 from protocols.imap.errors import Bad, ImapError, No
 from protocols.imap.parser import Atom, Token
@@ -437,12 +439,18 @@ async def append(s: Session, cmd: Command) -> str | None:
     validity = 0
     try:
         while a is not None:
+            literal8 = cmd.message.utf8 and not (
+                a and isinstance(a[-1], Atom) and a[-1].upper() == "UTF8")
             flags, date = _append_options(a, cmd.message.utf8)
             if cmd.message.size > s.max_literal:
                 raise No(f"message larger than the APPENDLIMIT of {s.max_literal} bytes",
                          "TOOBIG")
+            chunks = cmd.message.chunks()
+            if literal8:  # RFC 3516 §4.3: binary parts are stored base64-encoded
+                whole = b"".join([c async for c in chunks])
+                chunks = _one_chunk(await asyncio.to_thread(binary.to_7bit, whole))
             try:  # append looks the mailbox up before it reads a byte of the message
-                validity, uid = await s.mail.append(s.user, name, cmd.message.chunks(),
+                validity, uid = await s.mail.append(s.user, name, chunks,
                                                     flags=flags, internal_date=date,
                                                     max_size=s.max_literal)
             except NotFound as exc:
@@ -454,6 +462,10 @@ async def append(s: Session, cmd: Command) -> str | None:
             await _unappend(s, name, done)
         raise
     return f"[APPENDUID {validity} {compress(done)}] APPEND completed"
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 async def _unappend(s: Session, name: str, uids: list[int]) -> None:

@@ -428,3 +428,27 @@ def test_within_older_younger(account: Account, raw: Raw) -> None:
     assert raw.cmd("SEARCH YOUNGER 3600")[0] == b"* SEARCH 2"
     assert raw.cmd("SEARCH OLDER 3600")[0] == b"* SEARCH 1"
     assert raw.cmd("SEARCH OLDER x")[-1].split()[1] == b"BAD"
+
+
+# -- BINARY (RFC 3516)
+
+def test_fetch_binary_decodes_and_binary_append_is_stored_7bit(raw: Raw) -> None:
+    msg = (b"From: a@example.org\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\n  aGVs \r\nbG8=\r\n--B\r\n"
+           b"Content-Transfer-Encoding: quoted-printable\r\n\r\nfoo=3Dbar  \r\nx=\r\ny\r\n"
+           b"--B\r\nContent-Type: application/octet-stream\r\n"
+           b"Content-Transfer-Encoding: binary\r\n\r\n\x00\x01\r\x02\r\n--B--\r\n")
+    raw.sock.sendall(b"a APPEND INBOX ~{%d}\r\n" % len(msg))
+    assert raw.readline().startswith(b"+")
+    raw.sock.sendall(msg + b"\r\n")
+    line = raw.readline()
+    assert line.startswith(b"a OK"), line
+    raw.cmd("SELECT INBOX")
+    body3 = _section(raw, "3")
+    assert b"\x00" not in body3 and body3.strip() == b"AAENAg=="  # stored as base64
+    out = raw.cmd("FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[1] BINARY.PEEK[2])")
+    assert out[0] == b"* 1 FETCH (BINARY.SIZE[1] 5 BINARY[1] {5}", out
+    assert out[1:4] == [b"hello BINARY[2] {11}", b"foo=bar", b"xy)"], out
+    out = raw.cmd("FETCH 1 (BINARY.PEEK[3]<1.2>)")
+    assert out[0] == b"* 1 FETCH (BINARY[3]<1> ~{2}", out  # not clean text: a literal8
