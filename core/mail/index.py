@@ -175,9 +175,10 @@ class MailboxIndex:
     def view(self, mailbox: Mailbox, *, claim_recent: bool) -> Snapshot:
         """A session's copy; a read-write open claims the messages new since the last one."""
         recent: set[int] = set()
+        if self.uids and self.uids[-1] > self.recent_uid:
+            # RFC 3501 §6.3.2: EXAMINE reports them too, without claiming them
+            recent = set(self.uids[bisect_left(self.uids, self.recent_uid + 1):])
         if claim_recent:
-            if self.uids and self.uids[-1] > self.recent_uid:
-                recent = set(self.uids[bisect_left(self.uids, self.recent_uid + 1):])
             self.recent_uid = max(self.recent_uid, self.uidnext - 1)
         mb = replace(mailbox, uidvalidity=self.uidvalidity, uidnext=self.uidnext,
                      modseq=self.modseq)

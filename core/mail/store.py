@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import mmap
-import secrets
 import sqlite3
 import tempfile
 import time
@@ -37,6 +36,7 @@ from core.mail.commit import GroupCommit
 from core.mail.index import Loaded, MailboxIndex, Snapshot
 from core.mail.intake import Intake
 from core.mail.journal import Entry
+from core.mail.subscriptions import Subscriptions
 
 log = logging.getLogger("twin.mail")
 T = TypeVar("T")
@@ -109,6 +109,20 @@ MIGRATIONS = [
         filed  INTEGER NOT NULL
     );
     INSERT INTO mail_journal VALUES (0, 0);
+    """,
+]
+
+# RFC 3501 §2.3.1.1: a name's UIDVALIDITY never repeats, so every mailbox ever
+# created takes the next value of one ascending counter (at least the clock).
+# Row ids are reused by SQLite, so this is also what keeps the (mailbox id,
+# uidvalidity, uid) cache key of a deleted mailbox from ever matching again.
+UIDVALIDITY_MIGRATIONS = [
+    """
+    CREATE TABLE mail_uidvalidity (
+        id    INTEGER PRIMARY KEY CHECK (id = 0),
+        last  INTEGER NOT NULL
+    );
+    INSERT INTO mail_uidvalidity SELECT 0, COALESCE(MAX(uidvalidity), 0) FROM mail_mailboxes;
     """,
 ]
 
@@ -281,13 +295,19 @@ def _load_index(c: sqlite3.Connection, mailbox_id: int) -> Loaded:
                   modseqs)
 
 
-def _new_uidvalidity() -> int:
-    return max(1, int(time.time()) & 0x7FFFFFFF) ^ secrets.randbelow(1 << 10)
+def _new_uidvalidity(c: sqlite3.Connection) -> int:
+    """The next UIDVALIDITY: above every one issued before, on this twin, for any name."""
+    row = c.execute("UPDATE mail_uidvalidity SET last = MAX(last + 1, ?) WHERE id = 0 "
+                    "RETURNING last", (int(time.time()),)).fetchone()
+    value = int(row[0])
+    if value > 0xFFFFFFFF:
+        raise Unavailable("UIDVALIDITY space exhausted")
+    return value
 
 
 def _create(c: sqlite3.Connection, login: str, name: str, special: str | None) -> None:
     c.execute("INSERT INTO mail_mailboxes (login, name, uidvalidity, special) VALUES (?, ?, ?, ?)",
-              (login, name, _new_uidvalidity(), special))
+              (login, name, _new_uidvalidity(c), special))
 
 
 def _bump(c: sqlite3.Connection, mailbox_id: int) -> int:
@@ -305,6 +325,8 @@ class MailStore:
     def __init__(self, db: Database, quota_bytes: int = 0) -> None:
         self.db = db
         db.migrate("mail", MIGRATIONS)
+        db.migrate("mail_uidvalidity", UIDVALIDITY_MIGRATIONS)
+        self.subscriptions = Subscriptions(db)  # names, apart from the mailboxes
         # Reads (FETCH metadata, SEARCH, SELECT's lookup, STATUS) on a second
         # connection and thread: in WAL mode they do not wait behind the group
         # commits' fsyncs on the writer's thread, and they see every commit that
@@ -317,6 +339,7 @@ class MailStore:
         self._known_users: set[str] = set()
         self._indexes: dict[int, MailboxIndex] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._recent_saving: dict[int, int] = {}  # mailbox id -> recent_uid being saved
         self.bodies = BodyCache(max_item=PACK_BYTES)
         self.metas = MetaCache()
         # (login, name) -> row, for SELECT of a mailbox some session has open;
@@ -488,6 +511,13 @@ class MailStore:
             self._names_changed()
 
     async def status(self, mailbox_id: int) -> Status:
+        # RFC 3501 §6.3.10 RECENT: what no session has claimed yet, counted against the
+        # live index (a session claims arrivals in memory) or a save still under way
+        idx = self._indexes.get(mailbox_id)
+        floor = self._recent_saving.get(mailbox_id, 0)
+        if idx is not None and not idx.loading:
+            floor = max(floor, idx.recent_uid)
+
         def count(c: sqlite3.Connection) -> Status:
             mb = c.execute("SELECT uidnext, uidvalidity, modseq, recent_uid FROM mail_mailboxes "
                            "WHERE id = ?", (mailbox_id,)).fetchone()
@@ -498,7 +528,7 @@ class MailStore:
                 "coalesce(sum(instr(flags, '\\Seen') = 0), 0), "
                 "coalesce(sum(instr(flags, '\\Deleted') > 0), 0), "
                 "coalesce(sum(uid > ?), 0) FROM mail_messages WHERE mailbox = ?",
-                (mb[3], mailbox_id)).fetchone()
+                (max(mb[3], floor), mailbox_id)).fetchone()
             return Status(messages=row[0], recent=row[4], unseen=row[2], deleted=row[3],
                           size=row[1], uidnext=mb[0], uidvalidity=mb[1], highestmodseq=mb[2])
         return await self.reads.run(count)
@@ -533,6 +563,7 @@ class MailStore:
             # between the copy and the SELECT's answer, and \Recent is advisory
             # (a crash before the write only shows those messages as recent again).
             idx.saved_recent_uid = idx.recent_uid
+            self._recent_saving[mb.id] = idx.recent_uid
             task = asyncio.get_running_loop().create_task(
                 self._save_recent(mb.id, idx.recent_uid))
             self._background.add(task)
@@ -574,6 +605,9 @@ class MailStore:
         except Exception as exc:
             log.warning("could not record the recent messages of mailbox %d: %s",
                         mailbox_id, exc)
+        finally:
+            if self._recent_saving.get(mailbox_id) == uid:
+                del self._recent_saving[mailbox_id]
 
     async def _index(self, mailbox_id: int) -> MailboxIndex:
         """The loaded shared index of a mailbox, loading it if nobody has it open."""

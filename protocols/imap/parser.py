@@ -134,9 +134,9 @@ def _atom(line: bytes, i: int) -> tuple[int, str]:
         c = line[i]
         if c == 0x5B:  # [ ... ] kept whole, spaces and parentheses included
             end = line.find(b"]", i)
-            if end < 0:
-                raise ParseError("unterminated '['")
-            i = end + 1
+            # RFC 3501 §9: "[" is an ordinary ATOM-CHAR (only "]" is resp-special),
+            # so without a closing "]" it is just part of the atom
+            i = end + 1 if end >= 0 else i + 1
             continue
         if c in _ATOM_STOP or c < 0x20 or c == 0x7F:
             break
@@ -312,14 +312,57 @@ class CommandReader:
 
     async def finish_append(self, command: Command) -> None:
         """After the message literal: the rest of the line must close the command."""
+        if await self.next_message(command) is not None:
+            raise ParseError("unexpected data after the APPEND message", command.tag)
+
+    async def next_message(self, command: Command) -> list[Token] | None:
+        """RFC 3502 MULTIAPPEND: after a message literal, the next message's flags and
+        date (its literal becomes ``command.message``), or None at the end of the command."""
         assert command.message is not None
         command.message.finished = True
-        rest = (await self.line()).rstrip(b"\r\n")
+        line = await self.line()
+        if len(line) > self.max_line:
+            raise ParseError("line too long", command.tag)
+        rest = line.rstrip(b"\r\n")
         if command.message.utf8:
             rest = rest.removeprefix(b")")
-        if rest.strip():
-            raise ParseError("unexpected data after the APPEND message (MULTIAPPEND is not "
-                             "supported)", command.tag)
+        if not rest.strip():
+            return None
+        m = _LITERAL_AT_END.search(line)
+        if m is None:
+            raise ParseError("unexpected data after the APPEND message", command.tag)
+        size, sync, utf8 = int(m.group(2)), not m.group(3), bool(m.group(1))
+        head = line[:m.start()]
+        if command.message.utf8:
+            head = head.removeprefix(b")")
+        message = MessageLiteral(size, sync, utf8, self.reader,
+                                 lambda: self.send(b"+ Ready for literal data\r\n"))
+        command.message = message
+        try:
+            tokens = tokenize([_strip_open(head, utf8)])
+        except ParseError as exc:
+            exc.tag = command.tag
+            raise
+        return tokens
+
+    async def skip_rest(self) -> None:
+        """The rest of a refused command: its line and any non-synchronising literals
+        (more MULTIAPPEND messages) the client sends without waiting."""
+        for _ in range(1000):
+            line = await self.line()
+            m = _LITERAL_AT_END.search(line)
+            if m is None or not m.group(3):
+                return
+            size = int(m.group(2))
+            if size > self.max_literal:
+                raise FatalParseError("literal too large")
+            remaining = size
+            while remaining:
+                data = await self.reader.read(min(remaining, 256 * 1024))
+                if not data:
+                    raise EOFError("connection closed inside a literal")
+                remaining -= len(data)
+        raise FatalParseError("too many literals in one command")
 
     async def _finish_literals(self, line: bytes) -> None:
         """A refused first line that announced a non-synchronising literal: skip it."""

@@ -8,6 +8,7 @@ BODYSTRUCTURE are built from the structure cached by ``core.mail.mime``.
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
@@ -70,17 +71,25 @@ def envelope(env: list[Any]) -> bytes:
     ]) + b")"
 
 
-def _params(params: list[list[str]]) -> bytes:
+def _param(key: str, value: str, utf8: bool) -> bytes:
+    """One body parameter; a non-ASCII value to a client without UTF8=ACCEPT goes
+    back into RFC 2231 form (``filename*`` ``utf-8''%E2%82%AC.txt``), as Dovecot sends it."""
+    if not utf8 and not value.isascii():
+        encoded = urllib.parse.quote(value.encode("utf-8", "surrogateescape"), safe="")
+        return string(key + "*") + b" " + string("utf-8''" + encoded)
+    return string(key.upper() if key == "charset" else key) + b" " + string(value, utf8=utf8)
+
+
+def _params(params: list[list[str]], utf8: bool = False) -> bytes:
     if not params:
         return b"NIL"
-    return b"(" + b" ".join(string(k.upper() if k == "charset" else k) + b" " + string(v)
-                            for k, v in params) + b")"
+    return b"(" + b" ".join(_param(k, v, utf8) for k, v in params) + b")"
 
 
-def _disposition(disp: list[Any] | None) -> bytes:
+def _disposition(disp: list[Any] | None, utf8: bool = False) -> bytes:
     if not disp:
         return b"NIL"
-    return b"(" + string(disp[0].upper()) + b" " + _params(disp[1]) + b")"
+    return b"(" + string(disp[0].upper()) + b" " + _params(disp[1], utf8) + b")"
 
 
 def _language(lang: list[str] | None) -> bytes:
@@ -91,26 +100,26 @@ def _language(lang: list[str] | None) -> bytes:
     return b"(" + b" ".join(string(x) for x in lang) + b")"
 
 
-def body_structure(part: Part, *, extended: bool) -> bytes:
+def body_structure(part: Part, *, extended: bool, utf8: bool = False) -> bytes:
     """RFC 3501 §7.4.2 BODY / BODYSTRUCTURE of a part."""
     if "parts" in part:
-        inner = b"".join(body_structure(p, extended=extended) for p in part["parts"])
+        inner = b"".join(body_structure(p, extended=extended, utf8=utf8) for p in part["parts"])
         out = inner + b" " + string(part["s"].upper())
         if extended:
-            out += b" " + b" ".join([_params(part["p"]), _disposition(part["disp"]),
+            out += b" " + b" ".join([_params(part["p"], utf8), _disposition(part["disp"], utf8),
                                      _language(part["lang"]), string(part["loc"])])
         return b"(" + out + b")"
     size = part["z"] - part["b"]
-    fields = [string(part["t"].upper()), string(part["s"].upper()), _params(part["p"]),
+    fields = [string(part["t"].upper()), string(part["s"].upper()), _params(part["p"], utf8),
               string(part["id"]), string(part["d"]), string(part["e"].upper()),
               str(size).encode()]
     if "msg" in part:
         inner = part["msg"]
-        fields += [envelope(inner["env"]), body_structure(inner, extended=extended),
+        fields += [envelope(inner["env"]), body_structure(inner, extended=extended, utf8=utf8),
                    str(part.get("l", 0)).encode()]
     elif part["t"] == "text":
         fields.append(str(part.get("l", 0)).encode())
     if extended:
-        fields += [string(part["md5"]), _disposition(part["disp"]), _language(part["lang"]),
+        fields += [string(part["md5"]), _disposition(part["disp"], utf8), _language(part["lang"]),
                    string(part["loc"])]
     return b"(" + b" ".join(fields) + b")"

@@ -27,6 +27,7 @@ from protocols.imap import render
 from protocols.imap.errors import Bad
 
 MAX_SET_PARTS = 10_000
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 V = TypeVar("V")
 
 
@@ -77,6 +78,8 @@ class Selected:
         self.gone = False
         self.told_exists = len(self.uids)
         self.told_recent = len(self.recent)
+        self.keywords: set[str] = set(snap.keywords)
+        self.saved: list[int] = []  # RFC 5182 SEARCHRES: the uids ``$`` names
 
     # -- numbers
 
@@ -88,8 +91,14 @@ class Selected:
     def seq_of(self, uid: int) -> int:
         return self.pos(uid) + 1
 
-    def parse_set(self, text: str, *, uid: bool) -> list[int]:
-        """Uids named by a sequence set (RFC 3501 §9 sequence-set), ascending."""
+    def parse_set(self, text: str, *, uid: bool, strict: bool = True) -> list[int]:
+        """Uids named by a sequence set (RFC 3501 §9 sequence-set), ascending.
+
+        ``$`` is the result saved by ``SEARCH RETURN (SAVE)`` (RFC 5182 §2.1),
+        less the messages expunged since.
+        """
+        if text == "$":
+            return [u for u in self.saved if self.pos(u) >= 0]
         if not text or len(text) > 100_000:
             raise Bad("invalid sequence set")
         ranges: list[tuple[int, int]] = []
@@ -102,7 +111,11 @@ class Selected:
             lo, hi = _number(lo_s, largest), _number(hi_s or lo_s, largest)
             if lo > hi:
                 lo, hi = hi, lo
-            if not uid and (lo == 0 or hi > len(self.uids)):
+            if not uid and not strict:  # SEARCH: numbers beyond the end match nothing
+                hi = min(hi, len(self.uids))
+                if lo > hi:
+                    continue
+            elif not uid and (lo == 0 or hi > len(self.uids)):
                 if not (self.uids or "*" in part):
                     raise Bad("message sequence number out of range")
                 if self.uids:
@@ -130,8 +143,15 @@ class Selected:
 
     def apply(self, changes: list[Change], *, expunge_ok: bool, condstore: bool,
               qresync: bool) -> Iterator[bytes]:
-        """Fold changes into the index; yield the untagged responses they call for."""
-        exists_changed = False
+        """Fold changes into the index; yield the untagged responses they call for.
+
+        The order keeps the client's view consistent at every line (what
+        imaptest's stress run checks): a FETCH never names a sequence number
+        beyond the last EXISTS, a keyword is announced by FLAGS before any
+        FETCH uses it, an EXPUNGE goes out only for a message the client was
+        told of (one that came and went unseen is dropped silently), and the
+        EXISTS with the new count comes last.
+        """
         for change in changes:
             if change.kind == "exists":
                 for uid in change.uids:
@@ -139,9 +159,9 @@ class Selected:
                         self.uids.append(uid)
                         self.flag_list.append(change.flags)
                         self.modseq_list.append(change.modseq)
-                        exists_changed = True
                         if uid in self.watch.recent:
                             self.recent.add(uid)
+                yield from self.announce(change.flags)
                 self.highestmodseq = max(self.highestmodseq, change.modseq)
             elif change.kind == "flags":
                 uid = change.uids[0]
@@ -150,40 +170,60 @@ class Selected:
                     self.flag_list[i] = change.flags
                     self.modseq_list[i] = change.modseq
                     self.highestmodseq = max(self.highestmodseq, change.modseq)
+                    yield from self.announce(change.flags)
                     if uid not in self.held:
+                        if i >= self.told_exists:
+                            yield from self.tell_exists()
                         yield self.fetch_flags(uid, condstore, with_uid=qresync)
             elif change.kind == "expunge":
                 self.held.extend(u for u in change.uids if self.pos(u) >= 0)
                 self.highestmodseq = max(self.highestmodseq, change.modseq)
             elif change.kind == "deleted":
                 self.gone = True
-        if exists_changed or len(self.uids) != self.told_exists:
-            if self.held and expunge_ok:
-                pass  # EXISTS after the expunges below
-            else:
-                yield b"* %d EXISTS" % len(self.uids)
-                self.told_exists = len(self.uids)
-                if len(self.recent) != self.told_recent:
-                    yield b"* %d RECENT" % len(self.recent)
-                    self.told_recent = len(self.recent)
         if self.held and expunge_ok:
             yield from self.flush_expunges(qresync)
-            if len(self.uids) != self.told_exists or exists_changed:
-                yield b"* %d EXISTS" % len(self.uids)
-                self.told_exists = len(self.uids)
-                yield b"* %d RECENT" % len(self.recent)
-                self.told_recent = len(self.recent)
+        if len(self.uids) != self.told_exists:
+            yield from self.tell_exists()
+        elif len(self.recent) != self.told_recent:
+            yield b"* %d RECENT" % len(self.recent)
+            self.told_recent = len(self.recent)
+
+    def tell_exists(self) -> Iterator[bytes]:
+        yield b"* %d EXISTS" % len(self.uids)
+        self.told_exists = len(self.uids)
+        if len(self.recent) != self.told_recent:
+            yield b"* %d RECENT" % len(self.recent)
+            self.told_recent = len(self.recent)
+
+    def announce(self, flags: frozenset[str]) -> Iterator[bytes]:
+        """FLAGS and PERMANENTFLAGS for keywords this session has not announced yet.
+
+        RFC 3501 §7.2.6: the client learns the mailbox's flags from FLAGS; a
+        FETCH naming a keyword it was not told about is a protocol error.
+        """
+        new = {f for f in flags if not f.startswith("\\")} - self.keywords
+        if not new:
+            return
+        self.keywords |= new
+        listed = render.flags([*SYSTEM_FLAGS, *sorted(self.keywords)])
+        yield b"* FLAGS " + listed
+        if self.read_only:
+            yield b"* OK [PERMANENTFLAGS ()] read-only"
+        else:
+            yield b"* OK [PERMANENTFLAGS " + listed[:-1] + b" \\*)] flags permitted"
 
     def flush_expunges(self, qresync: bool) -> Iterator[bytes]:
         held, self.held = sorted(set(self.held)), []
         present = [u for u in held if self.pos(u) >= 0]
         if not present:
             return
+        told = [u for u in present if self.pos(u) < self.told_exists]
         if qresync:
             yield b"* VANISHED " + compress(present).encode()
         else:
-            for uid in reversed(present):  # from the top: earlier numbers stay valid
+            for uid in reversed(told):  # from the top: earlier numbers stay valid
                 yield b"* %d EXPUNGE" % self.seq_of(uid)
+        self.told_exists -= len(told)
         if len(present) <= 64:
             for uid in reversed(present):
                 i = self.pos(uid)
@@ -195,7 +235,6 @@ class Selected:
             self.flag_list = [self.flag_list[i] for i in keep]
             self.modseq_list = [self.modseq_list[i] for i in keep]
         self.recent.difference_update(present)
-        self.told_exists = len(self.uids)
 
     def resync(self, now: Snapshot | None) -> list[Change]:
         """Changes that take this copy to ``now`` (after the watch overflowed).

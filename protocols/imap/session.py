@@ -94,13 +94,26 @@ class Session:
             return caps
         caps += ["UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE",
                  "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", "QRESYNC", "UTF8=ACCEPT",
-                 f"APPENDLIMIT={self.max_literal}", "QUOTA", "QUOTA=RES-STORAGE",
-                 "STATUS=SIZE"]
+                 f"APPENDLIMIT={self.max_literal}", "STATUS=SIZE", "ESEARCH", "SEARCHRES",
+                 "MULTIAPPEND", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
+                 "THREAD=REFERENCES", "ESORT", "WITHIN",
+                 "BINARY"]
+        if self.mail.quota_bytes:  # RFC 9208 §3.1: a QUOTA answer names a resource
+            caps += ["QUOTA", "QUOTA=RES-STORAGE"]
         return caps
 
     @property
     def condstore(self) -> bool:
         return "CONDSTORE" in self.enabled
+
+    def enable_condstore(self) -> None:
+        """A CONDSTORE-enabling command (RFC 7162 §3.1): the first one in a selected
+        mailbox also reports its HIGHESTMODSEQ, which the client has not seen yet."""
+        if "CONDSTORE" in self.enabled:
+            return
+        self.enabled.add("CONDSTORE")
+        if self.selected is not None:
+            self.untagged(b"OK [HIGHESTMODSEQ %d] highest" % self.selected.highestmodseq)
 
     @property
     def qresync(self) -> bool:
@@ -223,7 +236,7 @@ class Session:
             if m.size > self.max_literal and not m.started:
                 raise FatalParseError("literal too large")
             await m.discard()  # the client sends it anyway: skip it to stay in step
-            await self.cmd_reader.line()
+            await self.cmd_reader.skip_rest()
         if exc.status == "NO":
             self.sync(expunge_ok=cmd.uid or cmd.name not in NO_EXPUNGE_AFTER)
         code = f"[{exc.code}] " if exc.code else ""
@@ -234,7 +247,7 @@ class Session:
     def sync(self, *, expunge_ok: bool) -> None:
         """Send the untagged updates pending for the selected mailbox."""
         sel = self.selected
-        if sel is None:
+        if sel is None or self.closing:  # after BYE only the tagged answer may follow
             return
         if sel.watch.overflowed:  # fell too far behind: diff against the mailbox as it is
             changes = sel.resync(self.mail.current(sel.watch))
@@ -282,6 +295,7 @@ class Session:
         if self.slot is not None:
             self.slot.authenticated()
         await self.mail.ensure_user(login)
+        await self.mail.subscriptions.seed(login)  # before a CREATE could add to the old column
         log.info("IMAP login %s from %s", login, self.peer)
 
 

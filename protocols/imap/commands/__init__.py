@@ -50,5 +50,6 @@ def load() -> dict[str, Spec]:
         mailbox,
         message,
         search,
+        sort,
     )
     return COMMANDS

@@ -31,6 +31,7 @@ async def noop(s: Session, cmd: Command) -> str | None:
 # RFC 3501 §6.1.3 LOGOUT
 @command("LOGOUT", *ANY)
 async def logout(s: Session, cmd: Command) -> str | None:
+    s.sync(expunge_ok=True)  # pending updates go before BYE: nothing may follow it
     s.untagged("BYE logging out")
     s.closing = True
     return None

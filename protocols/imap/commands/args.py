@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from protocols.imap import utf7
-from protocols.imap.errors import Bad
+from protocols.imap.errors import Bad, ImapError, No
 from protocols.imap.parser import Atom, String, Token
 
 if TYPE_CHECKING:
@@ -54,7 +54,10 @@ def mailbox(session: Session, tok: Token) -> str:
         return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     if not name.isascii():
         raise Bad("8-bit mailbox name without ENABLE UTF8=ACCEPT")
-    return utf7.decode(name)
+    try:
+        return utf7.decode(name)
+    except ImapError as exc:  # a well-formed astring naming no possible mailbox (as Dovecot)
+        raise No(exc.text, "CANNOT") from None
 
 
 def mailbox_out(session: Session, name: str) -> str:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.mail import Meta
-from core.mail.mime import find_section, message_of
-from protocols.imap import render
+from core.mail.mime import Part
+from protocols.imap import addresses, binary, render
 from protocols.imap.commands import SELECTED, args, command
-from protocols.imap.errors import Bad
+from protocols.imap.errors import Bad, No
 from protocols.imap.parser import Atom, Token
 from protocols.imap.selected import compress
 
@@ -54,10 +54,11 @@ class Section:
     origin: int | None
     length: int | None
     label: str  # as echoed in the response, without the partial's length
+    binary: str = ""  # RFC 3516: "BINARY" (decoded content) or "SIZE" (its length)
 
     @property
     def needs_structure(self) -> bool:
-        return bool(self.path)
+        return bool(self.path) or bool(self.binary)
 
 
 # RFC 3501 §6.4.5: the RFC822 forms are sections with their own names
@@ -66,6 +67,30 @@ RFC822 = {
     "RFC822.TEXT": Section(False, (), "TEXT", (), None, None, "RFC822.TEXT"),
     "RFC822.HEADER": Section(True, (), "HEADER", (), None, None, "RFC822.HEADER"),
 }
+
+
+_BINARY = re.compile(r"^(BINARY|BINARY\.PEEK|BINARY\.SIZE)\[([0-9.]*)\]"
+                     r"(?:<(\d{1,10})\.(\d{1,10})>)?$", re.I)
+
+
+def parse_binary(atom: str) -> Section:
+    """RFC 3516 §4.2 ``BINARY[part]<partial>``, ``BINARY.PEEK``, ``BINARY.SIZE[part]``."""
+    m = _BINARY.match(atom)
+    if m is None:
+        raise Bad(f"invalid FETCH item {atom[:60]}")
+    kind = m.group(1).upper()
+    spec = m.group(2)
+    path = tuple(int(n) for n in spec.split(".")) if spec else ()
+    if any(n == 0 for n in path) or len(path) > 50:
+        raise Bad("invalid section number")
+    if kind == "BINARY.SIZE" and m.group(3) is not None:
+        raise Bad("BINARY.SIZE takes no partial")
+    origin = int(m.group(3)) if m.group(3) is not None else None
+    length = int(m.group(4)) if m.group(4) is not None else None
+    if kind == "BINARY.SIZE":
+        return Section(True, path, "", (), None, None, f"BINARY.SIZE[{spec}]", "SIZE")
+    label = f"BINARY[{spec}]" + (f"<{origin}>" if origin is not None else "")
+    return Section(kind == "BINARY.PEEK", path, "", (), origin, length, label, "BINARY")
 
 
 def parse_section(atom: str) -> Section:
@@ -109,6 +134,32 @@ def parse_section(atom: str) -> Section:
                    length, label)
 
 
+def find_part(root: Part, path: Sequence[int]) -> Part | None:
+    """The part a section number path names (RFC 3501 §6.4.5).
+
+    Numbers count the body parts of a *message*: a multipart body's parts, or
+    the one part that a non-multipart body is (so ``1`` of a message whose
+    body is message/rfc822 is that whole encapsulated message). Below a
+    message/rfc822 part the numbers go on in the encapsulated message's body;
+    below a multipart part, in its parts.
+    """
+    part: Part | None = None
+    for n in path:
+        if part is None:
+            children = root.get("parts", [root])
+        elif "msg" in part:
+            inner = part["msg"]
+            children = inner.get("parts", [inner])
+        elif "parts" in part:
+            children = part["parts"]
+        else:
+            return None
+        if not 1 <= n <= len(children):
+            return None
+        part = children[n - 1]
+    return part
+
+
 def parse_items(tokens: list[Token]) -> list[str | Section]:
     if len(tokens) == 1 and isinstance(tokens[0], list):
         raw: list[Token] = tokens[0]
@@ -128,6 +179,8 @@ def parse_items(tokens: list[Token]) -> list[str | Section]:
             items.append(upper)
         elif upper.startswith("BODY[") or upper.startswith("BODY.PEEK["):
             items.append(parse_section(name))
+        elif upper.startswith("BINARY"):
+            items.append(parse_binary(name))
         else:
             raise Bad(f"unknown FETCH item {name[:40]}")
     if not items:
@@ -165,7 +218,7 @@ async def fetch(s: Session, cmd: Command) -> str | None:
             name = args.atom(mods[i]).upper()
             if name == "CHANGEDSINCE" and i + 1 < len(mods):
                 changed_since = args.number(mods[i + 1], bits=63)
-                s.enabled.add("CONDSTORE")
+                s.enable_condstore()
                 i += 1
             elif name == "VANISHED" and cmd.uid and s.qresync:
                 vanished = True
@@ -175,7 +228,7 @@ async def fetch(s: Session, cmd: Command) -> str | None:
         if vanished and changed_since is None:
             raise Bad("VANISHED needs CHANGEDSINCE")
     if "MODSEQ" in items:
-        s.enabled.add("CONDSTORE")
+        s.enable_condstore()
     if cmd.uid and "UID" not in items:
         items.insert(0, "UID")
     if changed_since is not None:
@@ -315,7 +368,9 @@ async def _fetch_parts(s: Session, meta: Meta, items: list[str | Section]) -> No
     for n, item in enumerate(items):
         if n:
             s.out += b" "
-        if isinstance(item, Section):
+        if isinstance(item, Section) and item.binary:
+            await _binary(s, meta, item)
+        elif isinstance(item, Section):
             s.out += item.label.encode() + b" "
             await _section(s, meta, item)
         else:
@@ -341,11 +396,11 @@ def _simple(s: Session, meta: Meta, item: str) -> bytes:
     structure = meta.structure
     assert structure is not None
     if item == "ENVELOPE":
-        return b"ENVELOPE " + render.envelope(structure["env"])
+        return b"ENVELOPE " + render.envelope(addresses.envelope(structure["env"], meta.header))
     if item == "BODYSTRUCTURE":
-        return b"BODYSTRUCTURE " + render.body_structure(structure, extended=True)
+        return b"BODYSTRUCTURE " + render.body_structure(structure, extended=True, utf8=s.utf8)
     if item == "BODY":
-        return b"BODY " + render.body_structure(structure, extended=False)
+        return b"BODY " + render.body_structure(structure, extended=False, utf8=s.utf8)
     raise Bad(f"unsupported item {item}")
 
 
@@ -360,14 +415,14 @@ async def _range(s: Session, meta: Meta, sec: Section) -> tuple[bytes | None, in
             return filter_header(meta.header, sec.fields, sec.text == "HEADER.FIELDS"), 0, 0
         return None, len(meta.header), meta.size  # TEXT
     assert meta.structure is not None
-    part: Any = find_section(meta.structure, list(sec.path))
+    part: Any = find_part(meta.structure, sec.path)
     if part is None:
         return b"", 0, 0
     if sec.text == "":
         return None, part["b"], part["z"]
     if sec.text == "MIME":
         return None, part["h"], part["b"]
-    msg = message_of(part)
+    msg = part.get("msg", part if "env" in part else None)
     if msg is None:
         return b"", 0, 0
     if sec.text == "HEADER":
@@ -396,3 +451,28 @@ async def _section(s: Session, meta: Meta, sec: Section) -> None:
         s.out += await s.mail.read_bytes(meta.ref, start, end)
     else:
         await s.stream(s.mail.read(meta.ref, start, end))
+
+
+async def _binary(s: Session, meta: Meta, sec: Section) -> None:
+    """RFC 3516 §4.2: a part's decoded content (or its size), literal8 when needed."""
+    if not sec.path:
+        data = await s.mail.read_bytes(meta.ref, 0, meta.size)
+    else:
+        assert meta.structure is not None
+        part = find_part(meta.structure, sec.path)
+        if part is None:
+            data = b""
+        else:
+            raw = await s.mail.read_bytes(meta.ref, part["b"], part["z"])
+            decoded = binary.decode(raw, part["e"]) if "parts" not in part else raw
+            if decoded is None:
+                raise No(f"unknown Content-Transfer-Encoding {part['e'][:40]}", "UNKNOWN-CTE")
+            data = decoded
+    if sec.binary == "SIZE":
+        s.out += sec.label.encode() + b" %d" % len(data)
+        return
+    if sec.origin is not None:
+        assert sec.length is not None
+        data = data[sec.origin:sec.origin + sec.length]
+    s.out += sec.label.encode() + b" " + (b"~" if binary.needs_literal8(data) else b"")
+    s.out += b"{%d}\r\n" % len(data) + data

@@ -53,5 +53,7 @@ async def idle(s: Session, cmd: Command) -> str | None:
     finally:
         if not done.done():
             done.cancel()
-            with contextlib.suppress(BaseException):
-                await done
+        # retrieve the outcome (EOFError when the client went away while idling),
+        # or asyncio logs "Task exception was never retrieved"
+        with contextlib.suppress(BaseException):
+            await done

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from core.errors import NotFound
 from core.mail import DELIM, Mailbox
-from core.mail.store import parse_flags
-from protocols.imap import render
+from core.mail.store import check_name, parse_flags
+from protocols.imap import binary, render
 from protocols.imap.commands import AUTH, SELECTED, args, command
-from protocols.imap.errors import Bad, No
+from protocols.imap.errors import Bad, ImapError, No
 from protocols.imap.parser import Atom, Token
-from protocols.imap.selected import Selected, compress
+from protocols.imap.selected import SYSTEM_FLAGS, Selected, compress
 
 if TYPE_CHECKING:
     from protocols.imap.parser import Command
     from protocols.imap.session import Session
 
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
                 "SIZE", "APPENDLIMIT", "DELETED"}
 
@@ -163,24 +164,31 @@ async def rename(s: Session, cmd: Command) -> str | None:
     return None
 
 
-# RFC 3501 §6.3.6 SUBSCRIBE, §6.3.7 UNSUBSCRIBE
+# RFC 3501 §6.3.6 SUBSCRIBE, §6.3.7 UNSUBSCRIBE: names, whether or not a mailbox exists
 @command("SUBSCRIBE", AUTH, SELECTED)
 async def subscribe(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 1, 1)
-    await s.mail.subscribe(s.user, args.mailbox(s, cmd.args[0]), True)
+    name = check_name(args.mailbox(s, cmd.args[0]))
+    await s.mail.subscriptions.change(s.user, name, True)
     return None
 
 
 @command("UNSUBSCRIBE", AUTH, SELECTED)
 async def unsubscribe(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 1, 1)
-    await s.mail.subscribe(s.user, args.mailbox(s, cmd.args[0]), False)
+    name = check_name(args.mailbox(s, cmd.args[0]))
+    await s.mail.subscriptions.change(s.user, name, False)
     return None
 
 
 def _pattern(s: Session, ref: str, pattern: str) -> re.Pattern[str]:
-    ref = args.mailbox(s, Atom(ref)) if ref else ""
-    pattern = args.mailbox(s, Atom(pattern)) if pattern not in ("*", "%") else pattern
+    try:
+        ref = args.mailbox(s, Atom(ref)) if ref else ""
+        pattern = args.mailbox(s, Atom(pattern)) if pattern not in ("*", "%") else pattern
+    except ImapError as exc:
+        if exc.status != "NO":
+            raise
+        return re.compile(r"(?!)")  # not modified UTF-7: no mailbox has that name
     full = ref + pattern
     if len(full) > 1000 or full.count("*") + full.count("%") > 20:
         raise Bad("pattern too complex")
@@ -191,12 +199,23 @@ def _pattern(s: Session, ref: str, pattern: str) -> re.Pattern[str]:
     return re.compile(regex + r"\Z")
 
 
-def _attrs(mb: Mailbox, names: set[str]) -> list[str]:
-    attrs = ["\\HasChildren" if any(n.startswith(mb.name + DELIM) for n in names)
+def _attrs(name: str, mb: Mailbox | None, names: set[str]) -> list[str]:
+    if mb is None:
+        return ["\\NonExistent"]
+    attrs = ["\\HasChildren" if any(n.startswith(name + DELIM) for n in names)
              else "\\HasNoChildren"]
     if mb.special:
         attrs.append(mb.special)
     return attrs
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(DELIM)
+    return [DELIM.join(parts[:i]) for i in range(1, len(parts))]
+
+
+LIST_SELECT = {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
+LIST_RETURN = {"SUBSCRIBED", "CHILDREN", "STATUS", "SPECIAL-USE"}
 
 
 # RFC 3501 §6.3.8 LIST; RFC 5258 LIST-EXTENDED; RFC 5819 LIST-STATUS; RFC 6154 SPECIAL-USE
@@ -221,59 +240,85 @@ async def list_(s: Session, cmd: Command) -> str | None:
         i = 0
         while i < len(opts):
             opt = args.atom(opts[i]).upper()
-            if opt == "STATUS" and i + 1 < len(opts):
+            if opt not in LIST_RETURN:
+                raise Bad(f"unknown LIST return option {opt[:30]}")
+            if opt == "STATUS":
+                if i + 1 >= len(opts):
+                    raise Bad("RETURN STATUS needs items")
                 status_items = [args.atom(x).upper() for x in args.plist(opts[i + 1])]
                 i += 1
             returns.add(opt)
             i += 1
-    unknown = selection - {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
-    if unknown or ("RECURSIVEMATCH" in selection and len(selection) == 1):
+    # RFC 5258 §3.1: RECURSIVEMATCH alone (or with only REMOTE) is an error
+    if selection - LIST_SELECT or (
+            "RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}):
         raise Bad("invalid LIST selection options")
     if patterns == [""]:
         # RFC 3501 §6.3.8: the empty pattern asks for the delimiter and root
         s.untagged(b'LIST (\\Noselect) "' + DELIM.encode() + b'" ""')
         return None
     boxes = await s.mail.mailboxes(s.user)
-    names = {b.name for b in boxes}
+    by_name = {b.name: b for b in boxes}
+    names = set(by_name)
     matchers = [_pattern(s, ref, p) for p in patterns]
-    for mb in boxes:
-        matched = any(m.match(mb.name) for m in matchers)
-        if not matched:
+
+    def matches(name: str) -> bool:
+        return any(m.match(name) for m in matchers)
+
+    subs: set[str] = set()
+    if "SUBSCRIBED" in selection or "SUBSCRIBED" in returns:
+        subs = await s.mail.subscriptions.names(s.user)
+    childinfo: set[str] = set()
+    if "SUBSCRIBED" in selection:
+        candidates = set(subs)
+        if "RECURSIVEMATCH" in selection:  # §3.5: parents of matches outside the pattern
+            for sub in subs:
+                if not matches(sub):
+                    childinfo.update(p for p in _ancestors(sub) if p not in subs)
+            candidates |= childinfo
+    else:
+        candidates = names
+    for name in sorted(candidates):
+        if not matches(name):
             continue
-        if "SPECIAL-USE" in selection and not mb.special:
+        mb = by_name.get(name)
+        if "SPECIAL-USE" in selection and (mb is None or not mb.special):
             continue
-        childinfo = False
-        if "SUBSCRIBED" in selection and not mb.subscribed:
-            if "RECURSIVEMATCH" in selection and any(
-                    b.subscribed and b.name.startswith(mb.name + DELIM) for b in boxes):
-                childinfo = True
-            else:
-                continue
-        attrs = _attrs(mb, names)
-        if mb.subscribed and ("SUBSCRIBED" in selection or "SUBSCRIBED" in returns):
+        attrs = _attrs(name, mb, names)
+        if name in subs:
             attrs.append("\\Subscribed")
         line = (b"LIST (" + " ".join(attrs).encode() + b') "' + DELIM.encode() + b'" '
-                + render.astring(args.mailbox_out(s, mb.name), utf8=s.utf8))
-        if childinfo:
+                + render.astring(args.mailbox_out(s, name), utf8=s.utf8))
+        if name in childinfo:
             line += b' ("CHILDINFO" ("SUBSCRIBED"))'
         s.untagged(line)
-        if status_items:
+        if status_items and mb is not None:
             await _status_line(s, mb, status_items)
     return None
 
 
-# RFC 3501 §6.3.9 LSUB
+# RFC 3501 §6.3.9 LSUB: a parent reached by "%" but not subscribed itself is \Noselect
 @command("LSUB", AUTH, SELECTED)
 async def lsub(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 2, 2)
-    matcher = _pattern(s, args.astring(cmd.args[0]), args.astring(cmd.args[1]))
-    boxes = await s.mail.mailboxes(s.user)
-    names = {b.name for b in boxes}
-    for mb in boxes:
-        if mb.subscribed and matcher.match(mb.name):
-            s.untagged(b"LSUB (" + " ".join(_attrs(mb, names)).encode() + b') "'
-                       + DELIM.encode() + b'" '
-                       + render.astring(args.mailbox_out(s, mb.name), utf8=s.utf8))
+    ref, pattern = args.astring(cmd.args[0]), args.astring(cmd.args[1])
+    if pattern == "":
+        s.untagged(b'LSUB (\\Noselect) "' + DELIM.encode() + b'" ""')
+        return None
+    matcher = _pattern(s, ref, pattern)
+    subs = await s.mail.subscriptions.names(s.user)
+    shown: dict[str, bool] = {}
+    for name in subs:
+        if matcher.match(name):
+            shown[name] = True
+        else:
+            for parent in _ancestors(name):
+                if parent not in subs and matcher.match(parent):
+                    shown.setdefault(parent, False)
+    for name in sorted(shown):
+        s.untagged(b"LSUB (" + (b"" if shown[name] else b"\\Noselect") + b') "'
+                   + DELIM.encode() + b'" '
+                   + render.astring(args.mailbox_out(s, name), utf8=s.utf8))
     return None
 
 
@@ -316,8 +361,9 @@ async def namespace(s: Session, cmd: Command) -> str | None:
 async def getquotaroot(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 1, 1)
     mb = await s.mail.mailbox(s.user, args.mailbox(s, cmd.args[0]))
+    root = b' ""' if s.mail.quota_bytes else b""
     s.untagged(b"QUOTAROOT " + render.astring(args.mailbox_out(s, mb.name), utf8=s.utf8)
-               + b' ""')
+               + root)
     await _quota(s)
     return None
 
@@ -325,16 +371,22 @@ async def getquotaroot(s: Session, cmd: Command) -> str | None:
 @command("GETQUOTA", AUTH, SELECTED)
 async def getquota(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 1, 1)
-    if args.astring(cmd.args[0]) != "":
+    if args.astring(cmd.args[0]) != "" or not s.mail.quota_bytes:
         raise No("no such quota root", "NONEXISTENT")
     await _quota(s)
     return None
 
 
 async def _quota(s: Session) -> None:
+    """RFC 9208 §5.1: a QUOTA response lists at least one resource.
+
+    Without a limit there is no quota root at all (QUOTA is not advertised and
+    GETQUOTAROOT names none), never an empty list: Thunderbird treats ``()``
+    as a syntax error and drops the connection.
+    """
     used, limit = await s.mail.quota(s.user)
-    resources = f"STORAGE {(used + 1023) // 1024} {limit // 1024}" if limit else ""
-    s.untagged(f'QUOTA "" ({resources})')
+    if limit:
+        s.untagged(f'QUOTA "" (STORAGE {(used + 1023) // 1024} {limit // 1024})')
 
 
 @command("SETQUOTA", AUTH, SELECTED)
@@ -350,17 +402,10 @@ def parse_date(text: str) -> float:
         raise Bad(f"invalid date-time {text[:40]!r}") from None
 
 
-# RFC 3501 §6.3.11 APPEND; RFC 4315 APPENDUID; RFC 7889 APPENDLIMIT; RFC 6855 §4 UTF8
-@command("APPEND", AUTH, SELECTED)
-async def append(s: Session, cmd: Command) -> str | None:
-    if cmd.message is None:
-        raise Bad("APPEND needs a message literal")
-    a = list(cmd.args)
-    if a and isinstance(a[-1], Atom) and a[-1].upper() == "UTF8" and cmd.message.utf8:
-        a.pop()
-    if not a:
-        raise Bad("APPEND needs a mailbox")
-    name = args.mailbox(s, a.pop(0))
+def _append_options(a: list[Token], utf8: bool) -> tuple[list[str], float | None]:
+    """The optional flag list and date-time before one message literal."""
+    if a and isinstance(a[-1], Atom) and a[-1].upper() == "UTF8" and utf8:
+        a = a[:-1]
     flags: list[str] = []
     date: float | None = None
     if a and isinstance(a[0], list):
@@ -370,12 +415,60 @@ async def append(s: Session, cmd: Command) -> str | None:
     if a:
         raise Bad("unexpected APPEND arguments")
     parse_flags(flags)
-    if cmd.message.size > s.max_literal:
-        raise No(f"message larger than the APPENDLIMIT of {s.max_literal} bytes", "TOOBIG")
-    try:  # append looks the mailbox up before it reads a byte of the message
-        validity, uid = await s.mail.append(s.user, name, cmd.message.chunks(), flags=flags,
-                                            internal_date=date, max_size=s.max_literal)
-    except NotFound as exc:
-        raise No(f"no mailbox {name}", "TRYCREATE") from exc
-    await s.cmd_reader.finish_append(cmd)
-    return f"[APPENDUID {validity} {uid}] APPEND completed"
+    return flags, date
+
+
+# RFC 3501 §6.3.11 APPEND; RFC 3502 MULTIAPPEND; RFC 4315 APPENDUID; RFC 7889 APPENDLIMIT;
+# RFC 6855 §4 UTF8
+@command("APPEND", AUTH, SELECTED)
+async def append(s: Session, cmd: Command) -> str | None:
+    """One message or several (MULTIAPPEND), all or none.
+
+    Each message is streamed into the store as it arrives; if a later one
+    fails, the ones already stored are expunged again before the NO, so the
+    command appends nothing (RFC 3502 §6.3.11).
+    """
+    if cmd.message is None:
+        raise Bad("APPEND needs a message literal")
+    a: list[Token] | None = list(cmd.args)
+    assert a is not None
+    if not a or (len(a) == 1 and isinstance(a[0], Atom) and a[0].upper() == "UTF8"):
+        raise Bad("APPEND needs a mailbox")
+    name = args.mailbox(s, a.pop(0))
+    done: list[int] = []
+    validity = 0
+    try:
+        while a is not None:
+            literal8 = cmd.message.utf8 and not (
+                a and isinstance(a[-1], Atom) and a[-1].upper() == "UTF8")
+            flags, date = _append_options(a, cmd.message.utf8)
+            if cmd.message.size > s.max_literal:
+                raise No(f"message larger than the APPENDLIMIT of {s.max_literal} bytes",
+                         "TOOBIG")
+            chunks = cmd.message.chunks()
+            if literal8:  # RFC 3516 §4.3: binary parts are stored base64-encoded
+                whole = b"".join([c async for c in chunks])
+                chunks = _one_chunk(await asyncio.to_thread(binary.to_7bit, whole))
+            try:  # append looks the mailbox up before it reads a byte of the message
+                validity, uid = await s.mail.append(s.user, name, chunks,
+                                                    flags=flags, internal_date=date,
+                                                    max_size=s.max_literal)
+            except NotFound as exc:
+                raise No(f"no mailbox {name}", "TRYCREATE") from exc
+            done.append(uid)
+            a = await s.cmd_reader.next_message(cmd)
+    except BaseException:
+        if done:
+            await _unappend(s, name, done)
+        raise
+    return f"[APPENDUID {validity} {compress(done)}] APPEND completed"
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _unappend(s: Session, name: str, uids: list[int]) -> None:
+    mb = await s.mail.mailbox(s.user, name)
+    await s.mail.set_flags(mb.id, uids, "+", ["\\Deleted"])
+    await s.mail.expunge(mb.id, uids)

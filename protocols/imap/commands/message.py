@@ -67,7 +67,7 @@ async def store(s: Session, cmd: Command) -> str | None:
         if len(mods) != 2 or args.atom(mods[0]).upper() != "UNCHANGEDSINCE":
             raise Bad("unknown STORE modifier")
         unchanged_since = args.number(mods[1], bits=63)
-        s.enabled.add("CONDSTORE")
+        s.enable_condstore()
     item = args.atom(a[1]).upper()
     op = item[0] if item[0] in "+-" else "="
     base = item.lstrip("+-")
@@ -84,6 +84,9 @@ async def store(s: Session, cmd: Command) -> str | None:
             sel.flags[uid] = now
             sel.modseqs[uid] = modseq
             sel.highestmodseq = max(sel.highestmodseq, modseq)
+    for _uid, now, _ in changed:
+        for data in sel.announce(now):  # new keywords before the FETCH that uses them
+            s.line(data)
     changed_uids = {c[0] for c in changed}
     failed_set = set(failed)
     for uid in uids:

@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING
 
 from core.mail import Meta
 from core.mail.mime import parse_headers
+from protocols.imap import addresses, render
 from protocols.imap.commands import SELECTED, args, command
-from protocols.imap.errors import Bad, No
+from protocols.imap.errors import Bad, ImapError, No
 from protocols.imap.parser import Atom, Token
+from protocols.imap.selected import compress
 
 if TYPE_CHECKING:
     from protocols.imap.parser import Command
@@ -39,14 +41,14 @@ MAX_TEXT = 32 * 1024 * 1024
 MAX_KEYS = 1000
 MAX_DEPTH = 100
 MAX_SET_UIDS = 1_000_000  # beyond the mailbox's own size (see Compiler.set_budget)
-SLICE = 0.02  # seconds of evaluation before the loop gets a turn
-_SEQSET = re.compile(r"^[0-9*:,]+$")
+_SEQSET = re.compile(r"^(?:[0-9*:,]+|\$)$")
 _FLAG_KEYS = {"ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True),
               "DRAFT": ("\\Draft", True), "FLAGGED": ("\\Flagged", True),
               "SEEN": ("\\Seen", True), "UNANSWERED": ("\\Answered", False),
               "UNDELETED": ("\\Deleted", False), "UNDRAFT": ("\\Draft", False),
               "UNFLAGGED": ("\\Flagged", False), "UNSEEN": ("\\Seen", False)}
 _HEADER_KEYS = {"FROM", "TO", "CC", "BCC", "SUBJECT"}
+ADDRESS_FIELDS = {"from", "to", "cc", "bcc", "sender", "reply-to"}
 _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 
 
@@ -133,9 +135,9 @@ class Compiler:
         self.set_budget = MAX_SET_UIDS + 4 * len(sel.uids)
         self.modseq_used = False
 
-    def _uids(self, text: str, *, uid: bool) -> set[int]:
+    def _uids(self, text: str, *, uid: bool, strict: bool = True) -> set[int]:
         """A sequence set's uids, counted against the program's budget."""
-        uids = set(self.sel.parse_set(text, uid=uid))
+        uids = set(self.sel.parse_set(text, uid=uid, strict=strict))
         self.set_budget -= len(uids)
         if self.set_budget < 0:
             raise Bad("search program too large (sequence sets)")
@@ -211,6 +213,14 @@ class Compiler:
             if k == "LARGER":
                 return Node(lambda m: m.meta is not None and m.meta.size > n, META), pos + 2
             return Node(lambda m: m.meta is not None and m.meta.size < n, META), pos + 2
+        if k in ("OLDER", "YOUNGER"):  # RFC 5032 WITHIN: internal date, in seconds
+            secs = args.number(t[pos + 1] if pos + 1 < len(t) else Atom(""))
+            edge = time.time() - secs
+            if k == "OLDER":
+                return Node(lambda m: m.meta is not None and m.meta.internal_date <= edge,
+                            META), pos + 2
+            return Node(lambda m: m.meta is not None and m.meta.internal_date >= edge,
+                        META), pos + 2
         if k in _DATE_KEYS:
             day = _day(self._arg(t, pos + 1))
             return self._date(k, day), pos + 2
@@ -230,14 +240,14 @@ class Compiler:
             return Node(text, TEXT), pos + 2
         if k == "MODSEQ":
             self.modseq_used = True
-            self.s.enabled.add("CONDSTORE")
+            self.s.enable_condstore()
             nxt = pos + 1
             if nxt < len(t) and isinstance(t[nxt], str) and not str(t[nxt]).isdigit():
                 nxt += 2  # entry name and type (RFC 7162 §3.1.5): per-message modseq suffices
             n = args.number(t[nxt] if nxt < len(t) else Atom(""), bits=63)
             return Node(lambda m: m.modseq >= n, INDEX), nxt + 1
         if _SEQSET.match(k):
-            uids = self._uids(k, uid=False)
+            uids = self._uids(k, uid=False, strict=False)
             return Node(lambda m: m.uid in uids, INDEX), pos + 1
         raise Bad(f"unknown search key {k[:30]}")
 
@@ -258,11 +268,16 @@ class Compiler:
 
     def _header(self, name: str, needle: str) -> Node:
         needle = needle.lower()
+        address = name in ADDRESS_FIELDS
 
         def pred(m: Msg) -> bool:
-            if not m.may_contain(needle):
+            # an address may hold comments anywhere: <user (c)@ (c) example.org>
+            if not m.may_contain(needle) and not (
+                    address and m.flat is not None and "(" in m.flat):
                 return False
             values = m.header_values(name)
+            if address:  # RFC 3501 §6.4.4: the address as well as the field's text
+                values = values + [a.text for v in values for a in addresses.parse(v)]
             return any(needle in v.lower() for v in values) if values else False
         return Node(pred, META)
 
@@ -293,58 +308,136 @@ def message_text(raw: bytes) -> str:
     return "\n\n".join(out).lower()
 
 
+SEARCH_SECONDS = 60.0  # the work one SEARCH (or SORT, THREAD) may take
+INDEX_CHUNK = 10_000
+META_CHUNK = 500
+
+
 async def run_search(s: Session, sel: Selected, tokens: list[Token]) -> tuple[list[int], int]:
-    """Matching uids and the highest modseq among them."""
+    """Matching uids and the highest modseq among them.
+
+    Off the event loop and bounded: predicates that need metadata run in a
+    worker thread a batch at a time, message text is read and decoded one
+    message at a time (decoding in the thread), and the whole search gives up
+    with NO [LIMIT] after ``SEARCH_SECONDS``.
+    """
     compiler = Compiler(s, sel)
     node = compiler.program(tokens)
     recent = sel.recent
     msgs = [Msg(u, i, f, m, u in recent) for i, (u, f, m)
             in enumerate(zip(sel.uids, sel.flag_list, sel.modseq_list, strict=True), 1)]
-    if node.cost >= META:
-        for start in range(0, len(msgs), 500):
-            chunk = msgs[start:start + 500]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SEARCH_SECONDS
+
+    def matching(chunk: list[Msg]) -> list[Msg]:
+        return [m for m in chunk if (node.cost < META or m.meta is not None) and node.pred(m)]
+
+    def text_match(m: Msg, raw: bytes) -> bool:
+        m.text = message_text(raw)
+        try:
+            return node.pred(m)
+        finally:
+            m.text = None
+
+    hits: list[Msg] = []
+    step = INDEX_CHUNK if node.cost < META else META_CHUNK
+    for start in range(0, len(msgs), step):
+        chunk = msgs[start:start + step]
+        if node.cost >= META:
             metas = {m.uid: m for m in await s.mail.meta(sel.mailbox.id,
                                                         [m.uid for m in chunk],
                                                         structure=False)}
             for m in chunk:
                 m.meta = metas.get(m.uid)
-    out: list[int] = []
-    top = 0
-    loop = asyncio.get_running_loop()
-    turn = loop.time() + SLICE
-    for m in msgs:
-        if loop.time() > turn:  # in slices: other sessions go on meanwhile
-            await asyncio.sleep(0)
-            turn = loop.time() + SLICE
-        if node.cost >= META and m.meta is None:
-            continue  # expunged meanwhile
         if node.cost >= TEXT:
-            assert m.meta is not None
-            raw = await s.mail.read_bytes(m.meta.ref, 0, min(m.meta.size, MAX_TEXT))
-            m.text = message_text(raw)
-        if node.pred(m):
-            out.append(m.uid)
-            top = max(top, m.modseq)
-        m.text = None
-    return out, (top if compiler.modseq_used else 0)
+            for m in chunk:
+                if m.meta is None:
+                    continue  # expunged meanwhile
+                raw = await s.mail.read_bytes(m.meta.ref, 0, min(m.meta.size, MAX_TEXT))
+                if await asyncio.to_thread(text_match, m, raw):
+                    hits.append(m)
+                if loop.time() > deadline:
+                    raise No("search took too long", "LIMIT")
+        elif node.cost >= META:
+            hits += await asyncio.to_thread(matching, chunk)
+        else:
+            hits += matching(chunk)
+            await asyncio.sleep(0)
+        if loop.time() > deadline:
+            raise No("search took too long", "LIMIT")
+    top = max((m.modseq for m in hits), default=0)
+    return [m.uid for m in hits], (top if compiler.modseq_used else 0)
 
 
-# RFC 3501 §6.4.4 SEARCH, §6.4.8 UID SEARCH
+RETURN_OPTIONS = {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
+
+
+def _return_options(tokens: list[Token]) -> tuple[set[str] | None, list[Token]]:
+    """RFC 4731 §3.1: ``RETURN (options)`` before the criteria; () means ALL."""
+    if not (tokens and isinstance(tokens[0], Atom) and tokens[0].upper() == "RETURN"):
+        return None, tokens
+    if len(tokens) < 2:
+        raise Bad("RETURN needs a list of options")
+    opts = {args.atom(t).upper() for t in args.plist(tokens[1])}
+    if opts - RETURN_OPTIONS:
+        raise Bad(f"unknown SEARCH return option {sorted(opts - RETURN_OPTIONS)[0][:30]}")
+    return (opts or {"ALL"}), tokens[2:]
+
+
+def esearch_line(tag: str, uid: bool, opts: set[str], nums: list[int],
+                 modseqs: list[int] | None) -> bytes:
+    """RFC 4731 §3.1 ESEARCH response (RFC 7162 §3.1.5 MODSEQ when asked for)."""
+    line = b"ESEARCH (TAG " + render.string(tag) + b")" + (b" UID" if uid else b"")
+    if nums and "MIN" in opts:
+        line += b" MIN %d" % nums[0]
+    if nums and "MAX" in opts:
+        line += b" MAX %d" % nums[-1]
+    if nums and "ALL" in opts:
+        line += b" ALL " + compress(nums).encode()
+    if "COUNT" in opts:
+        line += b" COUNT %d" % len(nums)
+    if modseqs and nums:
+        if ("MIN" in opts) != ("MAX" in opts) and not opts & {"ALL", "COUNT"}:
+            line += b" MODSEQ %d" % (modseqs[0] if "MIN" in opts else modseqs[-1])
+        else:
+            line += b" MODSEQ %d" % max(modseqs)
+    return line
+
+
+def _saved(opts: set[str], uids: list[int]) -> list[int]:
+    """RFC 5182 §2.4: with MIN and/or MAX but not ALL or COUNT, only those are saved."""
+    if opts & {"ALL", "COUNT"} or not opts & {"MIN", "MAX"} or not uids:
+        return list(uids)
+    return sorted({uids[0] if "MIN" in opts else uids[-1], uids[-1] if "MAX" in opts
+                   else uids[0]})
+
+
+# RFC 3501 §6.4.4 SEARCH, §6.4.8 UID SEARCH; RFC 4731 ESEARCH; RFC 5182 SEARCHRES
 @command("SEARCH", SELECTED, uid=True)
 async def search(s: Session, cmd: Command) -> str | None:
     sel = s.need_selected()
-    tokens = list(cmd.args)
-    if tokens and isinstance(tokens[0], Atom) and tokens[0].upper() == "RETURN":
-        raise Bad("ESEARCH is not supported")
+    opts, tokens = _return_options(list(cmd.args))
     if len(tokens) >= 2 and isinstance(tokens[0], Atom) and tokens[0].upper() == "CHARSET":
         charset = args.astring(tokens[1]).upper()
         if charset not in ("UTF-8", "US-ASCII"):
             raise No("unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
         tokens = tokens[2:]
-    uids, top = await run_search(s, sel, tokens)
+    try:
+        uids, top = await run_search(s, sel, tokens)
+    except ImapError:
+        if opts is not None and "SAVE" in opts:
+            sel.saved = []  # RFC 5182 §2.1: a failed SAVE leaves $ empty
+        raise
     nums = uids if cmd.uid else [sel.seq_of(u) for u in uids]
-    line = b"SEARCH" + b"".join(b" %d" % n for n in nums)
-    if top:
-        line += b" (MODSEQ %d)" % top
-    s.untagged(line)
+    if opts is None:
+        line = b"SEARCH" + b"".join(b" %d" % n for n in nums)
+        if top:
+            line += b" (MODSEQ %d)" % top
+        s.untagged(line)
+        return None
+    if "SAVE" in opts:
+        sel.saved = _saved(opts, uids)
+    if opts - {"SAVE"}:
+        modseqs = [sel.modseqs.get(u, 0) for u in uids] if top else None
+        s.untagged(esearch_line(cmd.tag, cmd.uid, opts, nums, modseqs))
     return None

@@ -44,8 +44,9 @@ def test_capability_and_login(account: Account) -> None:
     assert typ == "OK"
     _, caps = c.capability()
     for cap in (b"UIDPLUS", b"MOVE", b"IDLE", b"CONDSTORE", b"QRESYNC", b"SPECIAL-USE",
-                b"APPENDLIMIT=", b"QUOTA", b"LIST-STATUS", b"UTF8=ACCEPT"):
+                b"APPENDLIMIT=", b"LIST-STATUS", b"UTF8=ACCEPT"):
         assert cap in caps[0]
+    assert b"QUOTA" not in caps[0]  # no mail.quota: no quota root to announce (RFC 9208)
     c.logout()
 
 
@@ -230,6 +231,8 @@ def test_list_lsub_status_special_use_children(account: Account) -> None:
     assert [f[2] for f in c.list_folders(pattern="%")] == \
         ["Archive", "Drafts", "INBOX", "Junk", "Projects", "Sent", "Trash"]
     assert [f[2] for f in c.list_folders("Projects/", "%")] == ["Projects/2024"]
+    assert "Projects/2024" not in {f[2] for f in c.list_sub_folders()}  # CREATE: no SUBSCRIBE
+    c.subscribe_folder("Projects/2024")
     assert {f[2] for f in c.list_sub_folders()} >= {"INBOX", "Projects/2024"}
     c.unsubscribe_folder("Projects/2024")
     assert "Projects/2024" not in {f[2] for f in c.list_sub_folders()}
@@ -294,9 +297,7 @@ def test_namespace_id_quota(account: Account) -> None:
     ns = c.namespace()
     assert ns.personal[0][1] == "/"
     assert c.id_({"name": "test"})[0][:2] == (b"name", b"twin")
-    roots, quotas = c.get_quota_root("INBOX")
-    assert roots.mailbox == "INBOX" and roots.quota_roots == [""]
-    assert quotas == []  # no limit configured: the root has no resources
+    # no limit configured: QUOTA is not advertised (test_imap_dovecot_level covers it)
     c.logout()
 
 

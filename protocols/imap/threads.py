@@ -1,0 +1,212 @@
+"""THREAD=REFERENCES (RFC 5256 §2.2): messages linked by Message-ID, References and
+In-Reply-To into trees, then grouped by base subject.
+
+Pure computation over already-loaded headers, run in a worker thread by the
+THREAD command; linear in the messages and their references (bounded by
+``MAX_REFS`` per message).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+
+MAX_REFS = 20  # the last ones: the nearest ancestors
+MAX_DEPTH = 200  # deeper chains are not extended: bounds each loop check (hostile mail)
+_MSGID = re.compile(r"<([^<>\s]+)>")
+
+
+@dataclass(eq=False)
+class Node:
+    """A container: a message (``num`` set) or a dummy standing for a missing one."""
+
+    key: str
+    num: int | None = None
+    date: float = 0.0
+    seq: int = 0
+    subject: str = ""
+    reply: bool = False
+    parent: Node | None = None
+    children: list[Node] = field(default_factory=list)
+
+    def ancestors(self) -> set[int] | None:
+        """The ids of the containers above this one; None past ``MAX_DEPTH``."""
+        out: set[int] = set()
+        node = self.parent
+        while node is not None and id(node) not in out:
+            if len(out) >= MAX_DEPTH:
+                return None
+            out.add(id(node))
+            node = node.parent
+        return out
+
+
+@dataclass(frozen=True)
+class Message:
+    num: int  # sequence number or uid, as the client asked
+    seq: int
+    date: float
+    message_id: str
+    references: str
+    in_reply_to: str
+    subject: str  # base subject (RFC 5256 §2.1)
+    reply: bool  # the subject had a reply/forward marker
+
+
+def msg_ids(value: str) -> list[str]:
+    return _MSGID.findall(value[-64 * 1024:])[-MAX_REFS:]
+
+
+def _unlink(node: Node) -> None:
+    if node.parent is not None:
+        node.parent.children.remove(node)
+        node.parent = None
+
+
+def _link(parent: Node, child: Node) -> None:
+    """Make ``child`` a child of ``parent`` unless that would create a loop."""
+    if child is parent or child.parent is not None:
+        return  # already linked: the existing link stays (step 1.B)
+    above = parent.ancestors()
+    if above is None or id(child) in above:
+        return
+    child.parent = parent
+    parent.children.append(child)
+
+
+def thread(messages: list[Message]) -> list[Node]:
+    table: dict[str, Node] = {}
+
+    def container(key: str) -> Node:
+        node = table.get(key)
+        if node is None:
+            node = table[key] = Node(key)
+        return node
+
+    for n, m in enumerate(messages):
+        key = m.message_id
+        if not key or (key in table and table[key].num is not None):
+            key = f"\0unique{n}"  # missing or duplicate Message-ID (§2.2 step 1.A)
+        node = container(key)
+        node.num, node.date, node.seq = m.num, m.date, m.seq
+        node.subject, node.reply = m.subject, m.reply
+        refs = msg_ids(m.references) or msg_ids(m.in_reply_to)[:1]
+        refs = [r for r in refs if r != key]
+        for a, b in itertools.pairwise(refs):  # step 1.B
+            _link(container(a), container(b))
+        if refs:  # step 1.C: the last reference is the parent, replacing a guessed one
+            parent = container(refs[-1])
+            _unlink(node)
+            _link(parent, node)
+    roots = [node for node in table.values() if node.parent is None]
+    roots = _prune(roots, top=True)
+    for r in roots:
+        _sort(r)
+    roots.sort(key=_first)
+    roots = _group(roots)
+    roots.sort(key=_first)
+    return roots
+
+
+def _prune(nodes: list[Node], top: bool) -> list[Node]:
+    """Step 4: drop empty dummies; a dummy's children take its place, except a root
+    dummy with several children, which stays to hold them together."""
+    out: list[Node] = []
+    for node in nodes:
+        node.children = _prune(node.children, top=False)
+        for c in node.children:
+            c.parent = node
+        if node.num is not None:
+            out.append(node)
+        elif not node.children:
+            continue
+        elif top and len(node.children) > 1:
+            out.append(node)
+        else:
+            for c in node.children:
+                c.parent = node.parent
+            out.extend(node.children)
+    return out
+
+
+def _first(node: Node) -> tuple[float, int]:
+    """The sort date: a message's own, a dummy's first child's (§2.2 step 5)."""
+    while node.num is None and node.children:
+        node = node.children[0]
+    return (node.date, node.seq)
+
+
+def _sort(node: Node) -> None:
+    for c in node.children:
+        _sort(c)
+    node.children.sort(key=_first)
+
+
+def _subject_of(node: Node) -> tuple[str, bool]:
+    if node.num is None and node.children:
+        return node.children[0].subject, node.children[0].reply
+    return node.subject, node.reply
+
+
+def _group(roots: list[Node]) -> list[Node]:
+    """Step 6: roots with the same base subject become one thread."""
+    table: dict[str, Node] = {}
+    for r in roots:
+        subject, reply = _subject_of(r)
+        if not subject:
+            continue
+        old = table.get(subject)
+        if old is None or (r.num is None and old.num is not None) or (
+                old.num is not None and old.reply and not reply and r.num is not None):
+            table[subject] = r
+    out: list[Node] = []
+    consumed: set[int] = set()
+    for r in roots:
+        if id(r) in consumed:
+            continue
+        subject, reply = _subject_of(r)
+        other = table.get(subject) if subject else None
+        if other is None or other is r:
+            out.append(r)
+            continue
+        if other.num is None and r.num is None:
+            for c in r.children:
+                c.parent = other
+            other.children += r.children
+        elif other.num is None or (not other.reply and reply):
+            r.parent = other
+            other.children.append(r)
+        else:  # neither is a dummy and they are siblings: a new dummy holds both
+            dummy = Node(f"\0subject{id(r)}", children=[other, r])
+            pos = out.index(other) if other in out else -1
+            other.parent = r.parent = dummy
+            table[subject] = dummy
+            if pos >= 0:
+                out[pos] = dummy
+            else:
+                out.append(dummy)
+                consumed.add(id(other))
+    for r in out:
+        _sort(r)
+    return out
+
+
+def render(roots: list[Node]) -> bytes:
+    """RFC 5256 §4 thread-list: ``(3 2)(1)``, ``(1 (2 4)(3))``, ``((1)(2))``."""
+    return b"".join(b"(" + _members(r) + b")" for r in roots)
+
+
+def _members(node: Node) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        if node.num is not None:
+            parts.append(b"%d" % node.num)
+        if len(node.children) == 1:
+            node = node.children[0]
+            continue
+        if node.children:
+            parts.append(b"".join(b"(" + _members(c) + b")" for c in node.children))
+        break
+    return b" ".join(parts)
+
