@@ -26,12 +26,12 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from email.utils import format_datetime, getaddresses
+from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
 from core.delivered import DeliveredLog, message_key
 from core.errors import Forbidden, Invalid, NotFound, TwinError, Unavailable
-from core.mail.mime import plain_address
+from core.mail.mime import MAX_ADDRESS_FIELD, addresses
 from phonebook.record import TwinRecord
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ KIND = "mail.deliver"
 CACHE_SECONDS = 10.0
 TRUST_HEADERS = (b"x-twin-verified", b"x-twin-warning")
 MAX_HEADER_BLOCK = 1024 * 1024
+MAX_SENDERS = 100  # From and Sender addresses of one message (``from_addresses``)
 
 
 # -- header helpers (bytes in, bytes out: the body is never re-encoded)
@@ -85,18 +86,23 @@ def header_values(message: bytes, name: str) -> list[str]:
 
 
 def from_addresses(message: bytes) -> list[str]:
-    """Addresses in the From (and Sender) header fields, lowercased."""
+    """Addresses in the From (and Sender) header fields, lowercased: all of them.
+
+    They decide whether a message may claim a sender (submission) and whether
+    it impersonates a twin (inbound, peer), so none may go unchecked: a field
+    longer than ``MAX_ADDRESS_FIELD`` or more than ``MAX_SENDERS`` addresses is
+    refused (Invalid), not cut short."""
     fields, _ = split_message(message)
     found: list[str] = []
     for f in fields:
         if header_name(f) not in (b"from", b"sender") or b":" not in f:
             continue
         value = f.split(b":", 1)[1].decode("utf-8", "replace").strip()
-        plain = plain_address(value)
-        if plain is not None:
-            found.append(plain[1].lower())
-        else:
-            found += [addr.lower() for _, addr in getaddresses([value]) if addr]
+        if len(value) > MAX_ADDRESS_FIELD:
+            raise Invalid(f"a From or Sender field over {MAX_ADDRESS_FIELD} bytes")
+        found += [addr.lower() for _, addr in addresses(value) if addr]
+        if len(found) > MAX_SENDERS:
+            raise Invalid(f"more than {MAX_SENDERS} From and Sender addresses")
     return found
 
 

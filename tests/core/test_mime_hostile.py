@@ -129,3 +129,19 @@ def mutated(draw: st.DrawFn) -> bytes:
 @given(mutated())
 def test_mutated_real_messages(raw: bytes) -> None:
     check(raw)
+
+
+def test_an_address_field_of_spaces_takes_linear_time() -> None:
+    # the display-name regex backtracked in cubic time: 1,600 spaces took 18 s
+    raw = b"From: " + b" " * 2000 + b"x\r\nTo: " + b"a " * 20_000 + b"<\r\n\r\nbody"
+    started = time.perf_counter()
+    check(raw)
+    assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.parametrize("value", [b"(" * 2000 + b" a@b.org", b"g:" * 2000 + b"a@b.org;"])
+def test_nested_comments_and_groups_do_not_blow_the_stack(value: bytes) -> None:
+    # email.utils.getaddresses recurses once per "(" or group: RecursionError
+    part = check(b"From: " + value + b"\r\nSubject: s\r\n\r\nbody")
+    assert part["env"][1] == "s"
+    assert mime.addresses(value.decode()) == [("", "a@b.org")]
