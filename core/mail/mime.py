@@ -40,6 +40,7 @@ MAX_PARAMS = 100
 MAX_PARAM_HEADER = 8 * 1024  # longer Content-Type/-Disposition: _plain_params
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _HEADER_END = re.compile(rb"\r\n\r\n")
+LONE_LF = re.compile(rb"(?<!\r)\n")
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 # ``a@b``, ``<a@b>``, ``Name <a@b>``, ``"Name, Jr." <a@b>``: nearly every address field
@@ -73,7 +74,7 @@ async def crlf_normalise(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
             continue
         chunk = bytes(chunk)
         if b"\n" in chunk:
-            out = re.sub(rb"(?<!\r)\n", b"\r\n", chunk)
+            out = LONE_LF.sub(b"\r\n", chunk)
             if chunk[0:1] == b"\n" and prev_cr:
                 out = out[1:]  # the CR was the previous chunk's last byte
             chunk = out
