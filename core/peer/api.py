@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from core.errors import Invalid, TwinError
-from core.peer import local_storage, stream
+from core.peer import local_mail, local_storage, stream
 from core.peer.client import (
     ACKED,
     BATCH_MEDIA_TYPE,
@@ -159,6 +159,7 @@ def routes(service: Service) -> list[BaseRoute]:
         Route(BATCH_PATH, envelopes, methods=["POST"]),
         Route(LOCAL_OBJECTS, put_object, methods=["PUT"]),
         *local_storage.routes(service),  # the owner's `twin storage …` while the twin runs
+        *local_mail.routes(service),  # the owner's `twin mail quarantine …` likewise
     ]
 
 
