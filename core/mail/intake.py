@@ -80,11 +80,17 @@ class Intake:
         self._limit = MAX_BATCH  # halved after a failed batch, doubled after a filed one
         self._failing = -1  # the entry that failed alone last, and how often in a row
         self._failures = 0
+        # bytes per login reserved by accept (and recovery) and released once filed
+        self._reserved: dict[str, int] = {}
+        self._released: dict[str, int] = {}
 
     async def start(self) -> None:
         """Replay what a crash left unfiled, then file from now on."""
         filed = await self.mail.journal_filed()
-        self._journaled(await asyncio.to_thread(self.journal.recover, filed))
+        recovered = await asyncio.to_thread(self.journal.recover, filed)
+        for entry in recovered:  # not filed yet: they count against the quota
+            self._reserve(entry.login, len(entry.message))
+        self._journaled(recovered)
         self._filer = asyncio.create_task(self._run(), name="mail-intake")
 
     async def stop(self, grace: float = 30.0) -> None:
@@ -102,14 +108,42 @@ class Intake:
         self._filer = None
         await self.journal.aclose()
 
+    def pending(self, login: str) -> int:
+        """Bytes of ``login``'s mail accepted (or being accepted) and not filed yet."""
+        return self._reserved.get(login, 0) - self._released.get(login, 0)
+
     async def accept(self, login: str, message: bytes) -> int:
-        """Journal ``message`` for ``login``'s Inbox; its sequence number once durable."""
-        quota = self.mail.quota_bytes
-        if quota:  # messages still in the journal are not counted: a small overshoot
+        """Journal ``message`` for ``login``'s Inbox; its sequence number once durable.
+
+        The quota counts what is filed plus what is reserved here: a message
+        reserves its size from the check until it is filed (or refused), so
+        concurrent deliveries cannot all pass the check against the same
+        filed total (30 deliveries of 250 KB at once filled a 300 KB quota
+        25 times over)."""
+        size = len(message)
+        if self.mail.quota_bytes:
+            released = self._released.get(login, 0)  # before the read: never undercount
             used, limit = await self.mail.quota(login)
-            if used + len(message) > limit:
-                raise Forbidden(f"over quota ({used + len(message)} > {limit} bytes)",
-                                code="overquota")
+            # no await from here to the reservation: check and reserve are one step
+            total = used + self._reserved.get(login, 0) - released + size
+            if total > limit:
+                raise Forbidden(f"over quota ({total} > {limit} bytes)", code="overquota")
+        self._reserve(login, size)
+        try:
+            return await self._append(login, message)
+        except BaseException:
+            self._release(login, size)
+            raise
+
+    def _reserve(self, login: str, size: int) -> None:
+        self._reserved[login] = self._reserved.get(login, 0) + size
+
+    def _release(self, login: str, size: int) -> None:
+        # both totals only grow (one pair per local user): a snapshot of either stays
+        # comparable with a later value, which ``accept`` relies on
+        self._released[login] = self._released.get(login, 0) + size
+
+    async def _append(self, login: str, message: bytes) -> int:
         if self._backlog > self.max_backlog:
             try:
                 await asyncio.wait_for(self._until(lambda: self._backlog <= self.max_backlog),
@@ -193,8 +227,9 @@ class Intake:
         return True
 
     async def _done(self, batch: list[Entry], size: int) -> None:
-        for _ in batch:
+        for entry in batch:
             self._queue.popleft()
+            self._release(entry.login, len(entry.message))
         self._backlog -= size
         if self.journal.releasable(batch[-1].seq):  # once per segment file
             await asyncio.to_thread(self.journal.release, batch[-1].seq)

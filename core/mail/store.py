@@ -799,6 +799,7 @@ class MailStore:
         size = _ref_size(ref)
         if self.quota_bytes:
             used, limit = await self.quota(login)
+            used += self.intake.pending(login) if self.intake is not None else 0
             if used + size > limit:
                 await self._delete_objects([ref])
                 raise Forbidden(f"over quota ({used + size} > {limit} bytes)", code="overquota")
