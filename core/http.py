@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from core import net, tls
+from core import logsafe, net, tls
 
 if TYPE_CHECKING:
     from core.service import Service
@@ -79,6 +79,7 @@ class HttpListener:
             h11_max_incomplete_event_size=64 * 1024,
             server_header=False,
         )
+        logsafe.install(logging.getLogger("uvicorn"))  # its own handlers: one line each too
         self._server = uvicorn.Server(self._config)
         self._task: asyncio.Task[Any] | None = None
         self.info = [net.ListenerInfo("https", host, self.port, "implicit")]

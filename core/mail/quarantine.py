@@ -17,15 +17,13 @@ with the mail store's); ``MailStore`` runs them in its transactions.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from core import logsafe
 from core.errors import NotFound
-
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -46,8 +44,7 @@ class Quarantined:
 
 def printable(text: str, limit: int = 300) -> str:
     """``text`` safe for one log or terminal line: control characters escaped, bounded."""
-    text = text[:limit]
-    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
+    return logsafe.printable(text, limit)
 
 
 def insert(c: sqlite3.Connection, login: str, ref: str, size: int, received: float,
