@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import dkim
-
 from core.db import transaction
 from core.errors import Invalid, NotFound, Unavailable
 from core.outbound import transport
@@ -107,8 +105,10 @@ class OutboundQueue:
             raise Unavailable("the dispersed store is not open")
         try:
             signed = await asyncio.to_thread(self.dkim.sign, message)
-        except dkim.DKIMException as exc:  # e.g. no From field: a retry cannot help (5xx)
-            raise Invalid(f"cannot sign the message: {exc}") from exc
+        except Exception as exc:  # e.g. no From field: a retry cannot help (5xx)
+            # not only DKIMException: dkimpy raises IndexError on some malformed
+            # header blocks, which became a 451 and a retry for ever
+            raise Invalid(f"cannot sign the message: {type(exc).__name__}: {exc}") from exc
         try:
             ref = await self.service.store.put(signed)
         except Exception as exc:

@@ -280,3 +280,15 @@ async def test_direct_delivery_to_mx_hosts(tmp_path: Path) -> None:
     finally:
         server.close()
         last.close()
+
+
+async def test_a_message_dkim_cannot_sign_is_refused_not_retried(tmp_path: Path) -> None:
+    # #15 item 4: dkimpy's IndexError escaped enqueue: SMTP 451, and the client retried for ever
+    from core.errors import Invalid
+
+    odd = (b" From: a@example.com\r\nTo:\r\n\r\n b\n@example.org\r\nSubjDKIM-Signature: v=1;"
+           b"ect: x\r\nMessage<1@x>\r\n\r\nbody\r\n")
+    async with running_twin(tmp_path, "alice") as alice:
+        with pytest.raises(Invalid, match="cannot sign"):
+            await alice.service.outbound.enqueue(alice.login, ["x@example.com"], odd)
+        assert alice.service.outbound.entries() == []
