@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import BaseRoute, Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from core import net, tls
+from core import logsafe, net, tls
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -120,6 +120,7 @@ class HttpListener:
             # past it uvicorn answers 503 instead of running the request (#15.9)
             limit_concurrency=conf.int("http.max_connections"),
         )
+        logsafe.install(logging.getLogger("uvicorn"))  # its own handlers: one line each too
         self._server = uvicorn.Server(self._config)
         self._task: asyncio.Task[Any] | None = None
         self.info = [net.ListenerInfo("https", host, self.port, "implicit")]

@@ -26,12 +26,12 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from email.utils import format_datetime, getaddresses
+from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
 from core.delivered import DeliveredLog, message_key
 from core.errors import Forbidden, Invalid, NotFound, TwinError, Unavailable
-from core.mail.mime import plain_address
+from core.mail.mime import MAX_ADDRESS_FIELD, addresses
 from phonebook.record import TwinRecord
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ KIND = "mail.deliver"
 CACHE_SECONDS = 10.0
 TRUST_HEADERS = (b"x-twin-verified", b"x-twin-warning")
 MAX_HEADER_BLOCK = 1024 * 1024
+MAX_SENDERS = 100  # From and Sender addresses of one message (``from_addresses``)
 
 
 # -- header helpers (bytes in, bytes out: the body is never re-encoded)
@@ -85,18 +86,23 @@ def header_values(message: bytes, name: str) -> list[str]:
 
 
 def from_addresses(message: bytes) -> list[str]:
-    """Addresses in the From (and Sender) header fields, lowercased."""
+    """Addresses in the From (and Sender) header fields, lowercased: all of them.
+
+    They decide whether a message may claim a sender (submission) and whether
+    it impersonates a twin (inbound, peer), so none may go unchecked: a field
+    longer than ``MAX_ADDRESS_FIELD`` or more than ``MAX_SENDERS`` addresses is
+    refused (Invalid), not cut short."""
     fields, _ = split_message(message)
     found: list[str] = []
     for f in fields:
         if header_name(f) not in (b"from", b"sender") or b":" not in f:
             continue
         value = f.split(b":", 1)[1].decode("utf-8", "replace").strip()
-        plain = plain_address(value)
-        if plain is not None:
-            found.append(plain[1].lower())
-        else:
-            found += [addr.lower() for _, addr in getaddresses([value]) if addr]
+        if len(value) > MAX_ADDRESS_FIELD:
+            raise Invalid(f"a From or Sender field over {MAX_ADDRESS_FIELD} bytes")
+        found += [addr.lower() for _, addr in addresses(value) if addr]
+        if len(found) > MAX_SENDERS:
+            raise Invalid(f"more than {MAX_SENDERS} From and Sender addresses")
     return found
 
 
@@ -310,10 +316,13 @@ class MailRouter:
             if succeeded:
                 await self.delivered.remember(key, succeeded)
             raise errors[0]
-        log.info("mail from twin %s (%s) delivered to %d user(s)", sender.name,
-                 mail_from or "<>", len(owners))
-        if unknown:
-            await self._bounce_unknown(mail_from, marked, unknown)
+        log.info("mail from twin %s (%s) delivered to %d user(s)%s", sender.name,
+                 mail_from or "<>", len(owners),
+                 f", {len(unknown)} unknown (refused in the ack)" if unknown else "")
+        # Unknown recipients are refused in the ack, never bounced from here: the
+        # sending twin tells its own user (``peer_acked``). A DSN from here would go
+        # to whatever ``mail_from`` the peer chose, DKIM-signed by us, with its
+        # headers: a reflector for anyone with a phonebook entry.
         return {"delivered": len(owners), "unknown": unknown}
 
     def mark_from_twin(self, sender: TwinRecord, mail_from: str, message: bytes) -> bytes:
@@ -338,18 +347,6 @@ class MailRouter:
                                        f"with TWIN; {format_datetime_now()}"))
         return prepend_headers(message, headers)
 
-    async def _bounce_unknown(self, mail_from: str, message: bytes, unknown: list[str]) -> None:
-        from core.outbound.bounce import Failure, make_dsn
-
-        if not mail_from:
-            return
-        dsn = make_dsn(self.domain, mail_from, message,
-                       [Failure(r, "5.1.1", "550 5.1.1 no such mailbox") for r in unknown])
-        try:
-            await self.route("", [mail_from], dsn)
-        except TwinError as exc:
-            log.warning("cannot send a bounce to %s: %s", mail_from, exc)
-
     async def peer_bounced(self, recipient: str, payload: Any, reason: str) -> None:
         """The peer outbox gave up on a ``mail.deliver``: tell the local sender."""
         from core.outbound.bounce import Failure
@@ -362,6 +359,32 @@ class MailRouter:
             str(payload.get("mail_from") or ""), message or b"\r\n",
             [Failure(str(r), "4.4.7" if "expired" in reason else "5.0.0", reason)
              for r in rcpts])
+
+
+    async def peer_acked(self, recipient: str, payload: Any, result: Any) -> None:
+        """A twin acked a ``mail.deliver``: bounce the recipients it refused as unknown.
+
+        Only recipients we sent it are bounced (the ack cannot make us name
+        others), and only to the local sender (``outbound.bounce`` delivers
+        into a local Inbox or nowhere)."""
+        from core.outbound.bounce import Failure
+
+        if not isinstance(payload, dict) or not isinstance(result, dict):
+            return
+        unknown = result.get("unknown")
+        sent = payload.get("rcpt")
+        if not isinstance(unknown, list) or not isinstance(sent, list) or not unknown:
+            return
+        ours = {r.strip().lower(): r for r in sent if isinstance(r, str)}
+        refused = list(dict.fromkeys(ours[u.strip().lower()] for u in unknown
+                                     if isinstance(u, str) and u.strip().lower() in ours))
+        if not refused:
+            return
+        message = payload.get("message") if isinstance(payload.get("message"), bytes) else b""
+        await self.service.outbound.bounce(
+            str(payload.get("mail_from") or ""), message or b"\r\n",
+            [Failure(r, "5.1.1", f"550 5.1.1 no such mailbox at twin {recipient}")
+             for r in refused])
 
 
 def format_datetime_now() -> str:

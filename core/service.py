@@ -267,6 +267,7 @@ class Service:
             # twin-to-twin mail: the receiving side and bounces
             self.peer.register(MAIL_KIND, self.router.receive_from_twin)
             self.peer.on_bounce(MAIL_KIND, self.router.peer_bounced)
+            self.peer.on_ack(MAIL_KIND, self.router.peer_acked)
             self.peer.start()
             http = HttpListener(self)
             self.listeners.append(http)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from core import config as cfg
+from core import logsafe
 from core.errors import TwinError
 
 GROUPS = ("init", "serve", "config", "phonebook", "storage", "mail", "peer")
@@ -41,6 +42,7 @@ def open_service(args: argparse.Namespace) -> Any:
 def setup_logging(level: str) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         stream=sys.stderr)
+    logsafe.install()  # one record, one line: nothing from outside forges a log line
     set_log_level(level)
 
 

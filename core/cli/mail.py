@@ -1,4 +1,8 @@
-"""``twin mail users|passwd|aliases|queue|dkim|send``: mail administration.
+"""``twin mail users|passwd|aliases|queue|quarantine|dkim|send``: mail administration.
+
+``quarantine`` lists, retries or deletes deliveries the filer set aside
+(``core.mail.quarantine``): through the running twin's owner-only local API
+(``core.peer.local_mail``) when it runs, else on the store opened here.
 
 ``send`` is for scripts: it builds a plain-text message from stdin and hands it
 to core routing as the owner (or ``--from``, which must be the owner's), the
@@ -17,10 +21,13 @@ import time
 from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
+from pathlib import Path
 from typing import Any
 
 from core.cli import open_service
-from core.errors import Forbidden, Invalid
+from core.cli.storage import running_twin
+from core.errors import Forbidden, Invalid, NotFound, TwinError
+from core.mail.quarantine import printable
 
 MAX_BODY = 10 * 1024 * 1024
 
@@ -44,6 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a.add_argument("queue_action", nargs="?", default="list", choices=["list", "flush", "drop"])
     a.add_argument("id", nargs="?", type=int, help="message id for drop")
     a.add_argument("--json", action="store_true")
+    a = actions.add_parser("quarantine", help="deliveries that could not be filed")
+    a.add_argument("quarantine_action", nargs="?", default="list",
+                   choices=["list", "retry", "rm"])
+    a.add_argument("id", nargs="?", type=int, help="quarantine id for retry and rm")
+    a.add_argument("--json", action="store_true")
     a = actions.add_parser("dkim", help="the DKIM DNS record to publish")
     a.add_argument("--json", action="store_true")
     a = actions.add_parser("send", help="send stdin as a message, through core routing")
@@ -61,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     service = open_service(args)
     try:
         handler = {"users": users, "passwd": passwd, "aliases": aliases, "queue": queue,
-                   "dkim": dkim_record, "send": send}[args.action]
+                   "quarantine": quarantined, "dkim": dkim_record, "send": send}[args.action]
         return handler(service, args)
     finally:
         service.close()
@@ -132,6 +144,80 @@ def queue(service: Any, args: argparse.Namespace) -> int:
               f"{e.attempts} attempt(s), next in {max(0, int(e.next_attempt - now))} s"
               + (f"\n        last error: {e.last_error}" if e.last_error else ""))
     return 0
+
+
+def quarantined(service: Any, args: argparse.Namespace) -> int:
+    action = args.quarantine_action
+    if action != "list" and args.id is None:
+        raise Invalid(f"usage: twin mail quarantine {action} ID")
+    twin = running_twin(Path(args.data).expanduser().resolve())
+    if twin is not None:
+        answer = asyncio.run(_ask_running(Path(args.data).expanduser().resolve(), twin,
+                                          action, args.id))
+    else:
+        answer = asyncio.run(_on_own_store(service, action, args.id))
+    if action == "retry":
+        print(f"quarantine #{args.id} filed into the Inbox as uid {answer['uid']}")
+    elif action == "rm":
+        print(f"quarantine #{args.id} deleted")
+    elif args.json:
+        print(json.dumps(answer))
+    else:
+        if not answer:
+            print("the quarantine is empty")
+        for q in answer:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(q["at"]))
+            print(f"{q['id']:>6}  {printable(q['login'])}  {q['size']} bytes, set aside "
+                  f"{when}\n        {printable(q['reason'])}")
+    return 0
+
+
+async def _ask_running(data: Path, twin: tuple[int, str], action: str, qid: int | None
+                       ) -> Any:
+    import httpx
+
+    from core import tls
+    from core.peer.local_mail import LOCAL_MAIL
+
+    port, token = twin
+    async with httpx.AsyncClient(
+            base_url=f"https://127.0.0.1:{port}{LOCAL_MAIL}", verify=tls.client_context(data),
+            headers={"authorization": f"Bearer {token}"}, timeout=60.0) as http:
+        if action == "list":
+            resp = await http.get("/quarantine")
+        elif action == "retry":
+            resp = await http.post(f"/quarantine/{qid}/retry")
+        else:
+            resp = await http.delete(f"/quarantine/{qid}")
+    body = resp.json()
+    if resp.status_code == 404:
+        raise NotFound(body.get("message", "not found"))
+    if resp.status_code != 200:
+        raise Invalid(f"the running twin says: {body.get('message', resp.status_code)}")
+    return body
+
+
+async def _on_own_store(service: Any, action: str, qid: int | None) -> Any:
+    if action == "list":
+        return [q.to_json() for q in await service.mail.quarantined()]
+    service.store = await asyncio.to_thread(service.open_store)
+    service.mail.attach(service.store)
+    try:
+        if action == "retry":
+            assert qid is not None
+            try:
+                return {"uid": await service.mail.retry_quarantined(qid)}
+            except TwinError:
+                raise
+            except Exception as exc:  # it stays in the quarantine: say why
+                raise Invalid(f"quarantine #{qid} still cannot be filed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        assert qid is not None
+        await service.mail.drop_quarantined(qid)
+        return {"deleted": qid}
+    finally:
+        await service.store.close()
+        service.store = None
 
 
 def dkim_record(service: Any, args: argparse.Namespace) -> int:

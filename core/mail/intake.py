@@ -32,6 +32,15 @@ waits up to ``WAIT_SECONDS`` for room and then raises ``Unavailable`` (SMTP
 451: the client retries later). When filing fails (backends down), the filer
 retries with exponential backoff and mail keeps being accepted until the
 backlog is full; nothing journaled is dropped.
+
+No single message may hold the queue. ``MailStore.file`` sets a message it
+cannot describe aside by itself (``core.mail.quarantine``); for any other
+failure the filer halves its batch after each failed try, so a bad message
+ends up alone, and a message that fails alone ``SET_ASIDE_AFTER`` times in a
+row is quarantined as it is (``MailStore.set_aside``), if the store and the
+database take it (when they are down, nothing is set aside: it was them).
+Quarantined messages are never replayed; the owner retries or deletes them
+(``twin mail quarantine``).
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ MAX_BATCH_BYTES = 16 * 1024 * 1024
 WAIT_SECONDS = 60.0
 RETRY_FIRST = 0.5
 RETRY_MAX = 300.0
+SET_ASIDE_AFTER = 3  # failures of one message alone before it goes to the quarantine
 
 
 class Intake:
@@ -69,11 +79,20 @@ class Intake:
         self._wake = asyncio.Event()  # set when the queue gets entries
         self._filed = asyncio.Event()  # set, then replaced, after each filed batch
         self._filer: asyncio.Task[None] | None = None
+        self._limit = MAX_BATCH  # halved after a failed batch, doubled after a filed one
+        self._failing = -1  # the entry that failed alone last, and how often in a row
+        self._failures = 0
+        # bytes per login reserved by accept (and recovery) and released once filed
+        self._reserved: dict[str, int] = {}
+        self._released: dict[str, int] = {}
 
     async def start(self) -> None:
         """Replay what a crash left unfiled, then file from now on."""
         filed = await self.mail.journal_filed()
-        self._journaled(await asyncio.to_thread(self.journal.recover, filed))
+        recovered = await asyncio.to_thread(self.journal.recover, filed)
+        for entry in recovered:  # not filed yet: they count against the quota
+            self._reserve(entry.login, len(entry.message))
+        self._journaled(recovered)
         self._filer = asyncio.create_task(self._run(), name="mail-intake")
 
     async def stop(self, grace: float = 30.0) -> None:
@@ -91,14 +110,42 @@ class Intake:
         self._filer = None
         await self.journal.aclose()
 
+    def pending(self, login: str) -> int:
+        """Bytes of ``login``'s mail accepted (or being accepted) and not filed yet."""
+        return self._reserved.get(login, 0) - self._released.get(login, 0)
+
     async def accept(self, login: str, message: bytes) -> int:
-        """Journal ``message`` for ``login``'s Inbox; its sequence number once durable."""
-        quota = self.mail.quota_bytes
-        if quota:  # messages still in the journal are not counted: a small overshoot
+        """Journal ``message`` for ``login``'s Inbox; its sequence number once durable.
+
+        The quota counts what is filed plus what is reserved here: a message
+        reserves its size from the check until it is filed (or refused), so
+        concurrent deliveries cannot all pass the check against the same
+        filed total (30 deliveries of 250 KB at once filled a 300 KB quota
+        25 times over)."""
+        size = len(message)
+        if self.mail.quota_bytes:
+            released = self._released.get(login, 0)  # before the read: never undercount
             used, limit = await self.mail.quota(login)
-            if used + len(message) > limit:
-                raise Forbidden(f"over quota ({used + len(message)} > {limit} bytes)",
-                                code="overquota")
+            # no await from here to the reservation: check and reserve are one step
+            total = used + self._reserved.get(login, 0) - released + size
+            if total > limit:
+                raise Forbidden(f"over quota ({total} > {limit} bytes)", code="overquota")
+        self._reserve(login, size)
+        try:
+            return await self._append(login, message)
+        except BaseException:
+            self._release(login, size)
+            raise
+
+    def _reserve(self, login: str, size: int) -> None:
+        self._reserved[login] = self._reserved.get(login, 0) + size
+
+    def _release(self, login: str, size: int) -> None:
+        # both totals only grow (one pair per local user): a snapshot of either stays
+        # comparable with a later value, which ``accept`` relies on
+        self._released[login] = self._released.get(login, 0) + size
+
+    async def _append(self, login: str, message: bytes) -> int:
         if self._backlog > self.max_backlog:
             try:
                 await asyncio.wait_for(self._until(lambda: self._backlog <= self.max_backlog),
@@ -134,26 +181,60 @@ class Intake:
             try:
                 await self.mail.file(batch)
             except Exception as exc:
-                log.warning("filing %d journaled message(s) failed (%s); they stay in the "
-                            "journal, next try in %.1f s", len(batch), exc, delay)
+                if len(batch) > 1:  # halve at once: the next try leaves a poison half out
+                    self._limit = max(1, len(batch) // 2)
+                    log.warning("filing %d journaled message(s) failed (%s); trying %d at "
+                                "a time", len(batch), exc, self._limit)
+                    continue
+                if await self._set_aside(batch[0], exc):
+                    delay = RETRY_FIRST
+                    await self._done([batch[0]], len(batch[0].message))
+                    continue
+                log.warning("filing journaled message %d failed (%s); it stays in the "
+                            "journal, next try in %.1f s", batch[0].seq, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
             delay = RETRY_FIRST
-            for _ in batch:
-                self._queue.popleft()
-            self._backlog -= size
-            if self.journal.releasable(batch[-1].seq):  # once per segment file
-                await asyncio.to_thread(self.journal.release, batch[-1].seq)
-            self._filed.set()
-            self._filed = asyncio.Event()
+            self._failures = 0
+            self._limit = min(MAX_BATCH, self._limit * 2)
+            await self._done(batch, size)
+
+    async def _set_aside(self, entry: Entry, exc: Exception) -> bool:
+        """After ``SET_ASIDE_AFTER`` failures of ``entry`` alone, quarantine it.
+
+        A message that fails alone, again and again, while quarantining it
+        (a store put and a commit) works, is what holds the queue: the
+        backends and the database are evidently up. Whether that succeeded."""
+        self._failures = self._failures + 1 if self._failing == entry.seq else 1
+        self._failing = entry.seq
+        if self._failures < SET_ASIDE_AFTER:
+            return False
+        try:
+            await self.mail.set_aside(entry, f"{type(exc).__name__}: {exc}")
+        except Exception as again:
+            log.warning("could not set journaled message %d aside either (%s)", entry.seq,
+                        again)
+            return False
+        self._failures = 0
+        return True
+
+    async def _done(self, batch: list[Entry], size: int) -> None:
+        for entry in batch:
+            self._queue.popleft()
+            self._release(entry.login, len(entry.message))
+        self._backlog -= size
+        if self.journal.releasable(batch[-1].seq):  # once per segment file
+            await asyncio.to_thread(self.journal.release, batch[-1].seq)
+        self._filed.set()
+        self._filed = asyncio.Event()
 
     def _take(self) -> tuple[list[Entry], int]:
         """The oldest entries, up to the batch limits, and their message bytes."""
         batch: list[Entry] = []
         size = 0
         for entry in self._queue:
-            if batch and (len(batch) >= MAX_BATCH or size + len(entry.message) > MAX_BATCH_BYTES):
+            if batch and (len(batch) >= self._limit or size + len(entry.message) > MAX_BATCH_BYTES):
                 break
             batch.append(entry)
             size += len(entry.message)

@@ -23,24 +23,40 @@ message/rfc822 part) and ``env`` (envelope, on messages only).
 from __future__ import annotations
 
 import email.utils
+import logging
 import re
 from collections.abc import AsyncIterable, AsyncIterator
 from email.message import Message
 from typing import Any
 
+log = logging.getLogger("twin.mail.mime")
 Part = dict[str, Any]
 Envelope = list[Any]
 
 MAX_DEPTH = 20
 MAX_PARTS = 2000
 MAX_HEADER = 1024 * 1024
+MAX_PARAMS = 100
+MAX_PARAM_HEADER = 8 * 1024  # longer Content-Type/-Disposition: _plain_params
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _HEADER_END = re.compile(rb"\r\n\r\n")
+LONE_LF = re.compile(rb"(?<!\r)\n")
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 # ``a@b``, ``<a@b>``, ``Name <a@b>``, ``"Name, Jr." <a@b>``: nearly every address field
-_PLAIN = re.compile(rf'\s*(?:({_DOT_ATOM})|(?:"([^"\\]*)"|([A-Za-z0-9 !#$%&\'*+/=?^_`{{|}}~.-]*))'
-                    rf'\s*<({_DOT_ATOM})>)\s*')
+_WORD = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+"
+# Each run of spaces has one way to match: words of a display name are separated by
+# `` +`` only, and no ``\s*`` follows another. With a class that held the space
+# between two ``\s*``, a failing match backtracked in cubic time (1,600 spaces:
+# 18 s on the event loop).
+_PLAIN = re.compile(rf'\s*(?:({_DOT_ATOM})|(?:"([^"\\]*)"\s*|({_WORD}(?: +{_WORD})*)\s*)?'
+                    rf'<({_DOT_ATOM})>)\s*')
+# an addr-spec with a bounded local part: ``_DOT_ATOM`` would rescan a long run of
+# atext from every position of it (quadratic)
+_ADDR_SPEC = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 _COUNT_CHUNK = 1024 * 1024
+MAX_ADDRESS_FIELD = 8 * 1024  # an address field parsed beyond this is cut (``addresses``)
+MAX_ADDRESSES = 1000
 
 
 class _Budget:
@@ -58,7 +74,7 @@ async def crlf_normalise(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
             continue
         chunk = bytes(chunk)
         if b"\n" in chunk:
-            out = re.sub(rb"(?<!\r)\n", b"\r\n", chunk)
+            out = LONE_LF.sub(b"\r\n", chunk)
             if chunk[0:1] == b"\n" and prev_cr:
                 out = out[1:]  # the CR was the previous chunk's last byte
             chunk = out
@@ -105,16 +121,36 @@ def plain_address(value: str) -> tuple[str, str] | None:
         return None
     if m.group(1):
         return "", m.group(1)
-    name = m.group(2) if m.group(2) is not None else " ".join(m.group(3).split())
+    name = m.group(2) if m.group(2) is not None else " ".join((m.group(3) or "").split())
     return name, m.group(4)
+
+
+def addresses(value: str) -> list[tuple[str, str]]:
+    """(display name, address) of every address in a field; never raises.
+
+    ``email.utils.getaddresses`` recurses on nested comments and groups (a
+    From of 500 ``(``: RecursionError) and costs ~40 us per address, so a
+    field longer than ``MAX_ADDRESS_FIELD`` is cut at its last comma before
+    that, and a field it fails on yields the addr-specs a regular expression
+    finds in it (at most ``MAX_ADDRESSES`` either way)."""
+    plain = plain_address(value)
+    if plain is not None:
+        return [plain]
+    if len(value) > MAX_ADDRESS_FIELD:
+        cut = value.rfind(",", 0, MAX_ADDRESS_FIELD)
+        value = value[:cut if cut > 0 else MAX_ADDRESS_FIELD]
+    try:
+        found = email.utils.getaddresses([value])
+    except Exception:  # RecursionError and whatever else: the regex below
+        found = [("", m.group(0)) for m in _ADDR_SPEC.finditer(value)]
+    return found[:MAX_ADDRESSES]
 
 
 def _addresses(value: str | None) -> list[list[str | None]] | None:
     if not value:
         return None
     out: list[list[str | None]] = []
-    plain = plain_address(value)
-    for name, addr in [plain] if plain else email.utils.getaddresses([value]):
+    for name, addr in addresses(value):
         if not addr and not name:
             continue
         local, _, host = addr.rpartition("@") if "@" in addr else (addr, "", "")
@@ -140,17 +176,56 @@ def envelope(headers: list[tuple[str, str]]) -> Envelope:
 
 
 def _params(header_value: str | None, name: str) -> tuple[str, str, list[list[str]]]:
-    """(maintype, subtype, params) of a Content-Type/-Disposition style header."""
-    msg = Message()
-    msg[name] = header_value or ""
-    params: list[list[str]] = []
-    for key, value in (msg.get_params(header=name) or [])[1:]:
-        if isinstance(value, tuple):
-            value = email.utils.collapse_rfc2231_value(value)
-        params.append([key.lower(), str(value)])
-    first = (msg.get_params(header=name) or [("", "")])[0][0].lower()
+    """(maintype, subtype, params) of a Content-Type/-Disposition style header.
+
+    The stdlib decodes RFC 2231 parameters but raises on malformed ones (a
+    ``name*0`` next to a ``name*``: TypeError; a NUL in the charset: ValueError),
+    and one such header must not stop the filing of a message, so any failure
+    falls back to ``_plain_params``: the parameters as written, undecoded."""
+    if header_value and (len(header_value) > MAX_PARAM_HEADER
+                         or header_value.count(";") > MAX_PARAMS):
+        # email.message._parseparam is quadratic in the ';' inside quotes
+        # (40,000 of them: 12 s), and this runs on the event loop
+        first, params = _plain_params(header_value)
+        main, _, sub = first.partition("/")
+        return main, sub, params
+    params = []
+    try:
+        msg = Message()
+        msg[name] = header_value or ""
+        got = msg.get_params(header=name) or [("", "")]
+        for key, value in got[1:]:
+            if isinstance(value, tuple):
+                value = email.utils.collapse_rfc2231_value(value)
+            params.append([str(key).lower(), _clean(str(value))])
+        first = _clean(str(got[0][0]).lower())
+    except Exception:  # any stdlib failure: describe it plainly instead
+        first, params = _plain_params(header_value or "")
     main, _, sub = first.partition("/")
     return main, sub, params
+
+
+def _plain_params(value: str) -> tuple[str, list[list[str]]]:
+    """The type and ``name=value`` pairs of a header, without RFC 2231 decoding.
+
+    Linear in the header's length (a ``;`` inside quotes splits there: this is
+    the fallback for headers the stdlib cannot or should not parse)."""
+    first, _, rest = value.partition(";")
+    params: list[list[str]] = []
+    for item in rest.split(";", MAX_PARAMS)[:MAX_PARAMS]:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            continue
+        raw = raw.strip()
+        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+            raw = raw[1:-1].replace('\\"', '"')
+        params.append([_clean(key.strip().lower()), _clean(raw)])
+    return _clean(first.strip().lower()), params
+
+
+def _clean(text: str) -> str:
+    """Text without control characters (a NUL or CR cannot go into an IMAP string)."""
+    return _CONTROL.sub(" ", text) if _CONTROL.search(text) else text
 
 
 def _count_lines(buf: Any, start: int, end: int) -> int:
@@ -160,10 +235,35 @@ def _count_lines(buf: Any, start: int, end: int) -> int:
     return n
 
 
-def parse(buf: Any, start: int = 0, end: int | None = None, *,
-          default_type: str = "text/plain", _depth: int = 0,
-          _budget: _Budget | None = None) -> Part:
-    """The structure of the entity in ``buf[start:end]`` (see the module doc)."""
+def parse(buf: Any, start: int = 0, end: int | None = None) -> Part:
+    """The structure of the message in ``buf[start:end]`` (see the module doc).
+
+    Never raises: the mail filer calls this for every delivered message, and
+    one message it could not describe would hold every later one behind it.
+    Should the parser fail on something it does not foresee, the message is
+    described as one plain text part (``_plain``): readable, if not structured."""
+    end = len(buf) if end is None else end
+    try:
+        return _parse(buf, start, end)
+    except Exception as exc:  # the fallback is the point
+        log.warning("could not parse a message's MIME structure (%s: %s); described as "
+                    "plain text", type(exc).__name__, str(exc)[:200])
+        return _plain(buf, start, end)
+
+
+def _plain(buf: Any, start: int, end: int) -> Part:
+    """A message as one text/plain part with no envelope fields but its offsets."""
+    body = header_end(buf, start, end)
+    return {"t": "text", "s": "plain", "p": [["charset", "us-ascii"]], "id": None, "d": None,
+            "e": "7bit", "h": start, "b": body, "z": end, "md5": None, "disp": None,
+            "lang": None, "loc": None, "env": [None] * 10,
+            "l": _count_lines(buf, body, end)}
+
+
+def _parse(buf: Any, start: int = 0, end: int | None = None, *,
+           default_type: str = "text/plain", _depth: int = 0,
+           _budget: _Budget | None = None) -> Part:
+    """``parse``, raising whatever goes wrong (it recurses into parts)."""
     end = len(buf) if end is None else end
     budget = _budget or _Budget()
     budget.parts += 1
@@ -199,16 +299,16 @@ def parse(buf: Any, start: int = 0, end: int | None = None, *,
     if main == "multipart" and boundary and not deep:
         child_type = "message/rfc822" if sub == "digest" else "text/plain"
         part["parts"] = [
-            parse(buf, s, e, default_type=child_type, _depth=_depth + 1, _budget=budget)
+            _parse(buf, s, e, default_type=child_type, _depth=_depth + 1, _budget=budget)
             for s, e in _split(buf, body, end, boundary)
         ]
         if not part["parts"]:  # no delimiter: treat the body as one empty text part
-            part["parts"] = [parse(buf, body, body, _depth=_depth + 1, _budget=budget)]
+            part["parts"] = [_parse(buf, body, body, _depth=_depth + 1, _budget=budget)]
     elif main == "multipart":
         part["t"], part["s"] = "text", "plain"
         part["l"] = _count_lines(buf, body, end)
     elif main == "message" and sub in ("rfc822", "global") and not deep:
-        inner = parse(buf, body, end, _depth=_depth + 1, _budget=budget)
+        inner = _parse(buf, body, end, _depth=_depth + 1, _budget=budget)
         inner["env"] = envelope(parse_headers(bytes(buf[body:inner["b"]])))
         part["msg"] = inner
         part["l"] = _count_lines(buf, body, end)

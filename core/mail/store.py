@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from core.db import Database
 from core.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
-from core.mail import mime
+from core.mail import mime, quarantine
 from core.mail.cache import BodyCache, Fixed, MetaCache
 from core.mail.commit import GroupCommit
 from core.mail.index import Loaded, MailboxIndex, Snapshot
@@ -109,6 +109,18 @@ MIGRATIONS = [
         filed  INTEGER NOT NULL
     );
     INSERT INTO mail_journal VALUES (0, 0);
+    """,
+    # core.mail.quarantine: journaled deliveries that could not be filed, set aside
+    """
+    CREATE TABLE mail_quarantine (
+        id        INTEGER PRIMARY KEY,
+        login     TEXT NOT NULL,
+        ref       TEXT NOT NULL,
+        size      INTEGER NOT NULL,
+        received  REAL NOT NULL,
+        at        REAL NOT NULL,
+        reason    TEXT NOT NULL
+    );
     """,
 ]
 
@@ -821,6 +833,7 @@ class MailStore:
         size = _ref_size(ref)
         if self.quota_bytes:
             used, limit = await self.quota(login)
+            used += self.intake.pending(login) if self.intake is not None else 0
             if used + size > limit:
                 await self._delete_objects([ref])
                 raise Forbidden(f"over quota ({used + size} > {limit} bytes)", code="overquota")
@@ -841,23 +854,40 @@ class MailStore:
         All or nothing: the rows of every entry and the journal's "filed up to"
         mark commit in ONE transaction, so a crash before it replays the whole
         batch and a crash after it replays none of it: each message once.
-        Small messages are stored packed together (see ``PACK_BYTES``)."""
+        Small messages are stored packed together (see ``PACK_BYTES``).
+
+        A message that cannot be described is not allowed to hold the batch:
+        it is stored alone and set aside in the quarantine (``core.mail.
+        quarantine``) in that same transaction, and the rest is filed."""
         store = self._need_store()
         for login in dict.fromkeys(e.login for e in entries):
             await self.ensure_user(login)
-        described = []
+        described: list[tuple[bytes, bytes, str]] = []
+        good: list[Entry] = []
+        bad: list[tuple[Entry, bytes, str]] = []
         for i, e in enumerate(entries):
-            described.append(await self._prepare(e.message))
+            data = _normalised(e.message)
+            try:
+                described.append(await self._describe(data))
+                good.append(e)
+            except Exception as exc:  # this message only: it must not hold the others
+                bad.append((e, data, f"{type(exc).__name__}: {exc}"[:500]))
             if i % DESCRIBE_YIELD == DESCRIBE_YIELD - 1:
                 await asyncio.sleep(0)  # a 512-message batch would hold the loop ~15 ms
         refs, objects = await self._store_packed(store, [d for d, _, _ in described])
+        try:
+            set_aside = [str(await store.put(data)) for _, data, _ in bad]  # alone, never packed
+        except BaseException:
+            self._delete_later(objects)
+            raise
         last = entries[-1].seq
         by_login: dict[str, list[Row]] = {}
-        for e, ref, (data, header, structure) in zip(entries, refs, described, strict=True):
+        for e, ref, (data, header, structure) in zip(good, refs, described, strict=True):
             by_login.setdefault(e.login, []).append(
                 (ref, header, structure, len(data), e.received, frozenset()))
 
-        def insert_all(c: sqlite3.Connection) -> dict[str, tuple[int, int, int, int] | None]:
+        def insert_all(c: sqlite3.Connection) -> tuple[dict[str, tuple[int, int, int, int] | None],
+                                                       list[int]]:
             placed: dict[str, tuple[int, int, int, int] | None] = {}
             for login, rows in by_login.items():
                 try:
@@ -866,9 +896,11 @@ class MailStore:
                     placed[login] = None
                     continue
                 placed[login] = (target, *_insert_rows(c, target, rows))
+            ids = [quarantine.insert(c, e.login, ref, len(data), e.received, reason)
+                   for (e, data, reason), ref in zip(bad, set_aside, strict=True)]
             c.execute("UPDATE mail_journal SET filed = ? WHERE filed < ?", (last, last))
-            return placed
-        placed = await self._commit_or_delete(insert_all, objects)
+            return placed, ids
+        placed, ids = await self._commit_or_delete(insert_all, [*objects, *set_aside])
         for ref, (data, _, _) in zip(refs, described, strict=True):
             self.bodies.put(ref, data)  # new mail is fetched soon
         for login, where in placed.items():
@@ -878,21 +910,85 @@ class MailStore:
             else:
                 target, uid, modseq, uidvalidity = where
                 self._announce(target, uidvalidity, uid, modseq, by_login[login])
-        log.debug("filed %d journaled message(s) in %d object(s), up to %d", len(entries),
+        for qid, (e, data, reason) in zip(ids, bad, strict=True):
+            log.error("message %d for %s (%d bytes) could not be filed and is set aside as "
+                      "quarantine #%d (%s); see `twin mail quarantine list`", e.seq,
+                      quarantine.printable(e.login), len(data), qid, quarantine.printable(reason))
+        log.debug("filed %d journaled message(s) in %d object(s), up to %d", len(good),
                   len(objects), last)
+
+    async def set_aside(self, entry: Entry, reason: str) -> int:
+        """Quarantine one journaled delivery as it is, without describing it; its id.
+
+        The intake's last resort for a message whose filing keeps failing
+        alone (``core.mail.intake``): stored whole, recorded together with the
+        journal's "filed up to" mark, so it is never replayed."""
+        store = self._need_store()
+        data = _normalised(entry.message)
+        ref = str(await store.put(data))
+
+        def insert(c: sqlite3.Connection) -> int:
+            qid = quarantine.insert(c, entry.login, ref, len(data), entry.received, reason[:500])
+            c.execute("UPDATE mail_journal SET filed = ? WHERE filed < ?",
+                      (entry.seq, entry.seq))
+            return qid
+        qid: int = await self._commit_or_delete(insert, [ref])
+        log.error("message %d for %s (%d bytes) kept failing to file and is set aside as "
+                  "quarantine #%d (%s); see `twin mail quarantine list`", entry.seq,
+                  quarantine.printable(entry.login), len(data), qid,
+                  quarantine.printable(reason))
+        return qid
+
+    async def quarantined(self) -> list[quarantine.Quarantined]:
+        """Every delivery set aside, oldest first."""
+        return await self.reads.run(quarantine.listed)
+
+    async def retry_quarantined(self, qid: int) -> int:
+        """File a quarantined delivery into its owner's Inbox now; the new uid.
+
+        Raises what describing it raises (it stays in the quarantine then)."""
+        item = await self.reads.run(quarantine.get, qid)
+        data = await self.read_bytes(item.ref)
+        header, structure = (await self._describe(data))[1:]
+        row: Row = (item.ref, header, structure, len(data), item.received, frozenset())
+        await self.ensure_user(item.login)
+
+        def insert(c: sqlite3.Connection) -> tuple[int, int, int, int]:
+            quarantine.get(c, qid)  # NotFound if another retry or rm took it meanwhile
+            target = _get_mailbox(c, item.login, "INBOX").id
+            placed = (target, *_insert_rows(c, target, [row]))
+            quarantine.delete(c, qid)
+            return placed
+        placed: tuple[int, int, int, int] = await self._commit.submit(insert)
+        target, uid, modseq, uidvalidity = placed
+        self._announce(target, uidvalidity, uid, modseq, [row])
+        log.info("quarantine #%d filed into the Inbox of %s as uid %d", qid,
+                 quarantine.printable(item.login), uid)
+        return uid
+
+    async def drop_quarantined(self, qid: int) -> None:
+        """Delete a quarantined delivery for good."""
+        def drop(c: sqlite3.Connection) -> quarantine.Quarantined:
+            item = quarantine.get(c, qid)
+            quarantine.delete(c, qid)
+            return item
+        item = await self._commit.submit(drop)
+        await self._delete_objects([item.ref])
+        log.info("quarantine #%d (for %s) deleted", qid, quarantine.printable(item.login))
+
+    async def _describe(self, data: bytes) -> tuple[bytes, bytes, str]:
+        """(data, header, structure); small messages parsed on the loop (~35 us for 4 KiB)."""
+        header, structure = (_describe(data) if len(data) <= DESCRIBE_INLINE
+                             else await asyncio.to_thread(_describe, data))
+        return data, header, structure
 
     async def _prepare(self, message: bytes, max_size: int | None = None
                        ) -> tuple[bytes, bytes, str]:
         """(CRLF-normalised bytes, header, structure) of one message."""
-        data = message
-        if data.count(b"\n") != data.count(b"\r\n"):  # bare LFs (C-speed counts)
-            data = b"".join([c async for c in mime.crlf_normalise(_one(data))])
+        data = _normalised(message)
         if max_size is not None and len(data) > max_size:
             raise Invalid(f"message larger than {max_size} bytes", code="toobig")
-        # parsing a small message (~35 us for 4 KiB) costs less than a thread hop
-        header, structure = (_describe(data) if len(data) <= DESCRIBE_INLINE
-                             else await asyncio.to_thread(_describe, data))
-        return data, header, structure
+        return await self._describe(data)
 
     async def _store_packed(self, store: Any, messages: list[bytes]
                             ) -> tuple[list[str], list[str]]:
@@ -1250,8 +1346,11 @@ def _chunks(items: Sequence[int], n: int) -> Iterable[Sequence[int]]:
         yield items[i:i + n]
 
 
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+def _normalised(data: bytes) -> bytes:
+    """``data`` with bare LFs turned into CRLF (IMAP sizes count CRLF)."""
+    if data.count(b"\n") == data.count(b"\r\n"):  # C-speed counts: usually nothing to do
+        return data
+    return mime.LONE_LF.sub(b"\r\n", data)
 
 
 async def _file_chunks(f: BinaryIO, size: int = 256 * 1024) -> AsyncIterator[bytes]:

@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import dkim
-
 from core.db import transaction
 from core.errors import Invalid, NotFound, Unavailable
 from core.outbound import transport
@@ -107,8 +105,10 @@ class OutboundQueue:
             raise Unavailable("the dispersed store is not open")
         try:
             signed = await asyncio.to_thread(self.dkim.sign, message)
-        except dkim.DKIMException as exc:  # e.g. no From field: a retry cannot help (5xx)
-            raise Invalid(f"cannot sign the message: {exc}") from exc
+        except Exception as exc:  # e.g. no From field: a retry cannot help (5xx)
+            # not only DKIMException: dkimpy raises IndexError on some malformed
+            # header blocks, which became a 451 and a retry for ever
+            raise Invalid(f"cannot sign the message: {type(exc).__name__}: {exc}") from exc
         try:
             ref = await self.service.store.put(signed)
         except Exception as exc:
@@ -201,6 +201,7 @@ class OutboundQueue:
 
     async def _attempt(self, msg_id: int, mail_from: str, ref: str, created: float,
                        rcpts: list[str]) -> None:
+        message = b""
         try:
             async with self._slots:
                 message = await self._read(ref)
@@ -209,11 +210,18 @@ class OutboundQueue:
                 await self._settle(msg_id, mail_from, message, created, verdicts)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            # Retried like a deferral, on the schedule and only until give_up_after,
+            # then bounced: an error that recurs for this message must not keep it
+            # (and a traceback every few minutes) in the queue for ever.
             log.exception("queued message %d: attempt failed unexpectedly", msg_id)
-            await self.db.run(lambda c: c.execute(
-                "UPDATE outbound_rcpts SET next_attempt = ? WHERE msg_id = ?",
-                (time.time() + self.schedule[0], msg_id)))
+            failed = transport.Verdict(False, False, "4.3.0",
+                                       f"internal error: {type(exc).__name__}: {exc}"[:400])
+            try:
+                await self._settle(msg_id, mail_from, message or b"\r\n", created,
+                                   dict.fromkeys(rcpts, failed))
+            except Exception:
+                log.exception("queued message %d: cannot record the failed attempt", msg_id)
         finally:
             self._busy.discard(msg_id)
 

@@ -9,6 +9,9 @@ Public API (``service.peer``, a ``Peer``), kept stable for the other parts:
         # ``kind`` must be listed in core.peer.kinds.KINDS (the one registry).
     service.peer.on_bounce(kind: str, handler: Callable[[str, Any, str], Awaitable[None]])
         # (recipient, payload, reason) when a queued envelope finally fails
+    service.peer.on_ack(kind: str, handler: Callable[[str, Any, Any], Awaitable[None]])
+        # (recipient, payload, the ack's result) once a queued envelope is acked:
+        # e.g. mail.deliver's ack names recipients the peer refused as unknown
     await service.peer.send(to: str, kind: str, payload: Any) -> str
         # durable (committed to twin.db before it returns); returns the uid (hex);
         # delivered by the outbox worker, retried per peer.retry_schedule until

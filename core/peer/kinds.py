@@ -16,6 +16,8 @@ from phonebook.record import TwinRecord
 
 Handler = Callable[[TwinRecord, Any], Awaitable[Any]]
 BounceHandler = Callable[[str, Any, str], Awaitable[None]]
+# an envelope from the outbox was acked: (recipient twin, payload, the ack's result)
+AckHandler = Callable[[str, Any, Any], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Registry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
         self._bounces: dict[str, BounceHandler] = {}
+        self._acks: dict[str, AckHandler] = {}
 
     @staticmethod
     def kind(name: str) -> Kind:
@@ -55,6 +58,12 @@ class Registry:
 
     def on_bounce(self, kind: str, handler: BounceHandler) -> None:
         self._bounces[self.kind(kind).name] = handler
+
+    def on_ack(self, kind: str, handler: AckHandler) -> None:
+        self._acks[self.kind(kind).name] = handler
+
+    def ack_handler(self, kind: str) -> AckHandler | None:
+        return self._acks.get(kind)
 
     def handler(self, kind: str) -> Handler | None:
         return self._handlers.get(kind)

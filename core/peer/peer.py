@@ -45,7 +45,7 @@ from core.peer.client import PeerClient, Refused
 from core.peer.content import ContentEntry, ContentSource
 from core.peer.errors import PERMANENT, Refusal
 from core.peer.inbox import Inbox
-from core.peer.kinds import KINDS, BounceHandler, Handler, Registry
+from core.peer.kinds import KINDS, AckHandler, BounceHandler, Handler, Registry
 from core.peer.outbox import Outbox, Pending, backoff
 from core.peer.replay import PURGE_EVERY, RateLimit, ReplayGuard
 from core.peer.replay import Bounds as ReplayBounds
@@ -134,6 +134,10 @@ class Peer:
 
     def on_bounce(self, kind: str, handler: BounceHandler) -> None:
         self.kinds.on_bounce(kind, handler)
+
+    def on_ack(self, kind: str, handler: AckHandler) -> None:
+        """``handler(recipient, payload, result)`` once an outbox envelope is acked."""
+        self.kinds.on_ack(kind, handler)
 
     async def send(self, to: str, kind: str, payload: Any) -> str:
         """Durably queue ``payload`` for ``to``; returns the uid (hex)."""
@@ -339,7 +343,7 @@ class Peer:
     async def _deliver(self, item: Pending) -> None:
         try:
             record = await self._resolve(item.recipient)
-            await self._exchange(record, item.kind, item.value, item.uid)
+            opened = await self._exchange(record, item.kind, item.value, item.uid)
         except (PeerRejected, Invalid, NotFound, Forbidden, Conflict, Unavailable) as exc:
             code = getattr(exc, "code", "error")
             if isinstance(exc, Unavailable):
@@ -359,6 +363,12 @@ class Peer:
             return
         if await self.outbox.remove(item.uid):
             log.info("outbox: %s delivered to %s (acked)", item.uid.hex(), item.recipient)
+            handler = self.kinds.ack_handler(item.kind)
+            if handler is not None:
+                try:
+                    await handler(item.recipient, item.value, opened.result)
+                except Exception:
+                    log.exception("outbox: ack handler for %s failed", item.kind)
 
     async def _bounce(self, item: Pending, reason: str) -> None:
         handler = self.kinds.bounce_handler(item.kind)

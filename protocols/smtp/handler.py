@@ -140,8 +140,15 @@ class InboundHandler(BaseHandler):
         return f"250 2.0.0 OK id {queue_id}"
 
     async def _impersonation(self, message: bytes, results: Any) -> str | None:
-        """Mail claiming a twin's address must come twin-to-twin or carry its DKIM."""
-        for address in from_addresses(message)[:5]:
+        """Mail claiming a twin's address must come twin-to-twin or carry its DKIM.
+
+        Every From and Sender address is checked (``from_addresses`` bounds
+        them), once per domain: a lookup is per domain anyway."""
+        domains: set[str] = set()
+        for address in from_addresses(message):
+            if domain_of(address) in domains:
+                continue
+            domains.add(domain_of(address))
             twin = await self.router.twin_for(address)
             if twin is not None and not results.dkim_passed_for(domain_of(address)):
                 log.warning("mail claiming to be from twin %s (%s) arrived over SMTP "

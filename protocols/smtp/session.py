@@ -177,13 +177,25 @@ class TwinSMTP(SMTP):
         try:
             parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
             address, rest = parse(arg)
-        except HeaderParseError:
+            addr = str(address.addr_spec)
+        except (HeaderParseError, IndexError, ValueError, TypeError):
+            # the stdlib parser raises IndexError on ``a@`` and ``""@``: a syntax error
+            # like any other, not a 500 with a traceback
             return None, None
-        addr = str(address.addr_spec)
         localpart = addr.rpartition("@")[0]
         if self.local_part_limit and len(localpart) > self.local_part_limit:
             return None, None
         return addr, str(rest)
+
+    # RFC 5321 §3.5.3, §4.1.1.6 (VRFY); aiosmtpd answers an unparsable address with 502
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        if await self.check_auth_needed("VRFY"):
+            return
+        if arg and self._getaddr(arg)[0] is None:
+            await self.push("501 5.1.3 Bad address syntax")
+            return
+        await super().smtp_VRFY(arg)
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):

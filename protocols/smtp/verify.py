@@ -98,7 +98,7 @@ class Verifier:
         out: list[DkimResult] = []
         try:
             checker = dkim.DKIM(message, minkey=1024, timeout=int(self.timeout))
-        except dkim.DKIMException:
+        except Exception:  # dkimpy raises more than DKIMException on hostile input
             return [DkimResult("permerror")]
         count = sum(1 for name, _ in checker.headers if name.lower() == b"dkim-signature")
         for idx in range(min(count, MAX_SIGNATURES)):
@@ -107,13 +107,22 @@ class Verifier:
                 result = "pass" if ok else "fail"
             except dkim.DnsTimeoutError:
                 result = "temperror"
-            except dkim.DKIMException as exc:
-                log.info("DKIM signature %d unusable: %s", idx, exc)
+            except Exception as exc:
+                # DKIMException, and what dkimpy lets escape on hostile tags
+                # (binascii.Error from a bad bh=): a verdict, never a 451 for the message
+                log.info("DKIM signature %d unusable: %s: %s", idx, type(exc).__name__, exc)
                 result = "permerror"
-            domain = (checker.domain or b"").decode("ascii", "replace").lower()
-            selector = (getattr(checker, "selector", b"") or b"").decode("ascii", "replace")
+            domain = _text(checker.domain).lower()
+            selector = _text(getattr(checker, "selector", b""))
             out.append(DkimResult(result, domain, selector))
         return out
+
+
+def _text(value: object) -> str:
+    """A tag dkimpy parsed: bytes usually, str after some failures, or None."""
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace")
+    return value if isinstance(value, str) else ""
 
 
 def _is_loopback(ip: str) -> bool:

@@ -201,6 +201,28 @@ async def test_a_user_over_quota_is_refused_before_anything_is_journaled(
     await svc.mail.stop_intake()
 
 
+async def test_concurrent_deliveries_cannot_overshoot_the_quota(
+        service: tuple[Service, str], journal_dir: Path) -> None:
+    # #15 item 10: 30 concurrent 250 KB messages overshot a 300 KB quota 25 times
+    svc, login = service
+    svc.mail.quota_bytes = 300 * 1024
+    await svc.mail.start_intake(journal_dir, KEY, 64 << 20)
+    big = [message(i) + b"x" * (250 * 1024) for i in range(30)]
+    results = await asyncio.gather(*(svc.mail.accept(login, m) for m in big),
+                                   return_exceptions=True)
+    refused = [r for r in results if isinstance(r, Forbidden)]
+    assert len(refused) == 29 and all(r.code == "overquota" for r in refused)
+    assert svc.mail.intake is not None and svc.mail.intake.pending(login) > 0
+    with pytest.raises(Forbidden):  # journaled, not filed yet: still counted
+        await svc.mail.accept(login, message(99) + b"x" * (60 * 1024))
+    await svc.mail.settled()
+    assert svc.mail.intake.pending(login) == 0
+    used, limit = await svc.mail.quota(login)
+    assert used <= limit
+    await svc.mail.accept(login, message(100))  # what still fits is taken
+    await svc.mail.stop_intake()
+
+
 async def test_stop_files_everything_accepted(
         service: tuple[Service, str], journal_dir: Path) -> None:
     svc, login = service

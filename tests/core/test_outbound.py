@@ -280,3 +280,41 @@ async def test_direct_delivery_to_mx_hosts(tmp_path: Path) -> None:
     finally:
         server.close()
         last.close()
+
+
+async def test_a_message_dkim_cannot_sign_is_refused_not_retried(tmp_path: Path) -> None:
+    # #15 item 4: dkimpy's IndexError escaped enqueue: SMTP 451, and the client retried for ever
+    from core.errors import Invalid
+
+    odd = (b" From: a@example.com\r\nTo:\r\n\r\n b\n@example.org\r\nSubjDKIM-Signature: v=1;"
+           b"ect: x\r\nMessage<1@x>\r\n\r\nbody\r\n")
+    async with running_twin(tmp_path, "alice") as alice:
+        with pytest.raises(Invalid, match="cannot sign"):
+            await alice.service.outbound.enqueue(alice.login, ["x@example.com"], odd)
+        assert alice.service.outbound.entries() == []
+
+
+async def test_an_unexpected_error_is_retried_on_the_schedule_then_bounced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # #15 item 4: such a message was retried every schedule[0] seconds for ever
+    from core.outbound import queue as queue_mod
+
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug this message triggers")
+    monkeypatch.setattr(queue_mod.transport, "send", broken)
+    sets: dict[str, Any] = {"smtp.smarthost": "127.0.0.1:9", "smtp.smarthost_tls": "none",
+                            "smtp.retry_schedule": "[0.2]", "smtp.give_up_after": "1"}
+    async with running_twin(tmp_path, "alice", sets) as alice:
+        message = b"From: alice@alice.localhost\r\nSubject: unlucky\r\n\r\nbody\r\n"
+        await alice.service.router.route(alice.login, ["dave@example.net"], message)
+        attempts = 0
+        for _ in range(100):
+            entries = alice.service.outbound.entries()
+            attempts = max([attempts, *(e.attempts for e in entries)])
+            if await inbox(alice.service, alice.login):
+                break
+            await asyncio.sleep(0.1)
+        assert attempts >= 1
+        [dsn] = await inbox(alice.service, alice.login)
+        assert b"Final-Recipient: rfc822; dave@example.net" in dsn and b"Subject: unlucky" in dsn
+        assert alice.service.outbound.entries() == []

@@ -75,6 +75,42 @@ async def test_receive_from_twin_marks_and_warns(tmp_path: Path) -> None:
         assert b"twin=fail" in lying and b"X-Twin-Warning: twin bob sent mail claiming" in lying
 
 
+async def test_an_unknown_recipient_of_a_peer_is_refused_in_the_ack_not_bounced(
+        tmp_path: Path) -> None:
+    # #15 item 6: a DSN went to the peer's chosen mail_from, DKIM-signed by us
+    async with running_twin(tmp_path, "alice") as alice:
+        bob, _ = twin_record("bob", "bob.localhost")
+        router = alice.service.router
+        result = await router.receive_from_twin(bob, {
+            "rcpt": [alice.login, "nobody@alice.localhost"],
+            "mail_from": "victim@example.com",
+            "message": b"From: bob@bob.localhost\r\nX-Junk: " + b"j" * 4000 + b"\r\n\r\nhi\r\n"})
+        assert result == {"delivered": 1, "unknown": ["nobody@alice.localhost"]}
+        assert alice.service.outbound.entries() == []  # no DSN queued for anyone
+        assert await alice.service.peer.outbox.list() == []  # nor to a twin
+        [stored] = await inbox(alice.service, alice.login)
+        assert stored.endswith(b"\r\n\r\nhi\r\n")
+
+
+async def test_the_sending_twin_bounces_refused_recipients_to_its_own_user(
+        tmp_path: Path) -> None:
+    async with running_twin(tmp_path, "alice") as alice:
+        router = alice.service.router
+        payload = {"rcpt": ["bob@bob.localhost", "nobody@bob.localhost"],
+                   "mail_from": alice.login,
+                   "message": b"From: alice@alice.localhost\r\nSubject: hello\r\n\r\nhi\r\n"}
+        # the ack may only name recipients we sent: "ceo@bank.example" is ignored
+        await router.peer_acked("bob", payload, {
+            "delivered": 1, "unknown": ["NOBODY@bob.localhost", "ceo@bank.example"]})
+        [dsn] = await inbox(alice.service, alice.login)
+        assert b"Final-Recipient: rfc822; nobody@bob.localhost" in dsn
+        assert b"ceo@bank.example" not in dsn and b"Subject: hello" in dsn
+        await router.peer_acked("bob", {**payload, "mail_from": "victim@example.com"},
+                                {"unknown": ["nobody@bob.localhost"]})
+        assert len(await inbox(alice.service, alice.login)) == 1  # never to a third party
+        assert alice.service.outbound.entries() == []
+
+
 async def test_autoconfig_describes_the_endpoints(tmp_path: Path) -> None:
     async with running_twin(tmp_path, "alice") as alice:
         https = alice.port("https")

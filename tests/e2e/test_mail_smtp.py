@@ -56,6 +56,22 @@ async def test_twin_to_twin_mail_is_verified_and_skips_smtp(
     assert "1 twin(s)" in alice.log()
 
 
+async def test_an_unknown_recipient_at_a_twin_bounces_from_the_senders_own_twin(
+        twins: Callable[..., TwinProcess]) -> None:
+    # #15 item 6: bob's twin sent the DSN itself, to whatever mail_from the envelope named
+    alice = twins("alice")
+    bob = twins("bob")
+    message = (f"From: <{alice.login}>\r\nTo: {bob.login}, nobody@bob.localhost\r\n"
+               f"Subject: half known\r\n\r\nHi\r\n").encode()
+    await submit(alice, alice.login, [bob.login, "nobody@bob.localhost"], message)
+    dsn = await asyncio.to_thread(_imap_search, alice, "Undelivered Mail")
+    assert b"Reporting-MTA: dns; alice.localhost" in dsn  # alice's twin told alice
+    assert b"Final-Recipient: rfc822; nobody@bob.localhost" in dsn
+    assert b"X-Twin-Verified" not in dsn  # it did not come from bob's twin
+    assert "1 unknown (refused in the ack)" in bob.log()
+    assert "routed mail from <>" not in bob.log()  # bob's twin sent no bounce anywhere
+
+
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 async def test_mail_goes_through_on_either_event_loop(
         twins: Callable[..., TwinProcess], loop: str) -> None:

@@ -203,3 +203,15 @@ def test_the_long_line_check_finds_exactly_the_runs_without_a_line_feed(
         lines: list[tuple[int, bytes]]) -> None:
     buf = bytearray(b"".join(b"x" * n + end for n, end in lines))
     assert _has_long_line(buf) == bool(re.search(rb"[^\n]{%d}" % DATA_LINE_LIMIT, buf))
+
+
+@pytest.mark.parametrize("command", [b"VRFY a@", b'VRFY ""@', b"MAIL FROM:a@", b'MAIL FROM:""@',
+                                     b"MAIL FROM:<a@>"])
+async def test_an_address_the_parser_trips_on_is_a_syntax_error(
+        wire: Wire, command: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    # #15 item 10: the stdlib raised IndexError: "500 Error: (IndexError)" and a traceback
+    assert (await wire.send(b"EHLO client\r\n")).startswith(b"250 ")
+    reply = await wire.send(command + b"\r\n")
+    assert reply[:3] in (b"501", b"553"), reply
+    assert (await wire.send(b"MAIL FROM:<a@example.com>\r\n")).startswith(b"250 ")  # alive
+    assert not [r for r in caplog.records if r.exc_info]

@@ -194,6 +194,29 @@ async def test_inbound_headers_strip_fakes_and_warn_on_twin_spoofing(alice: Twin
     assert b"Authentication-Results: alice.localhost; dkim=none" in head
 
 
+async def test_a_twin_address_after_five_others_is_still_caught(alice: Twin) -> None:
+    # #15 item 10: only the first five From/Sender addresses were looked at
+    from nacl.signing import SigningKey
+
+    key = SigningKey.generate()
+    alice.service.phonebook.publish(TwinRecord(
+        name="bob", public_key=bytes(key.verify_key), endpoints=("https://127.0.0.1:1",),
+        mail_domains=("bob.localhost",), valid_until=2**31, seq=1).signed_by(key))
+    others = ", ".join(f"x{i}@example{i}.org" for i in range(6))
+    raw = (f"From: {others}\r\nSender: bob@bob.localhost\r\nTo: {alice.login}\r\n"
+           f"Subject: six\r\n\r\nhi\r\n").encode()
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=alice.port("smtp"),
+                               start_tls=False) as client:
+        await client.sendmail("x0@example0.org", [alice.login], raw)
+        [stored] = await inbox(alice.service, alice.login)
+        assert b"X-Twin-Warning: claims to be from twin bob (bob@bob.localhost)" in stored
+        many = ",\r\n ".join(f"x{i}@example.org" for i in range(101))
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:  # bounded, not cut short
+            await client.sendmail("x0@example0.org", [alice.login],
+                                  f"From: {many}\r\n\r\nhi\r\n".encode())
+        assert refused.value.code == 554
+
+
 async def test_inbound_dkim_and_spf_results(alice: Twin) -> None:
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = private.private_bytes(serialization.Encoding.PEM,

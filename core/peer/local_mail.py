@@ -1,0 +1,73 @@
+"""The owner's mail quarantine API: ``twin mail quarantine …`` while the twin runs.
+
+A quarantined message (``core.mail.quarantine``) is retried or deleted by the
+running twin itself: its store is locked by that process, and its live IMAP
+sessions must learn of a message filed into the Inbox. Routes under
+``/twin/v1/local/mail/``, owner only (the local token, checked before
+anything else by the same guard as ``core.peer.local_storage``):
+
+=======  ==========================  =====================================
+GET      ``quarantine``              -> ``[Quarantined.to_json()]``
+POST     ``quarantine/{id}/retry``   -> ``{"id", "uid"}`` (filed into the Inbox)
+DELETE   ``quarantine/{id}``         -> ``{"deleted": id}``
+=======  ==========================  =====================================
+
+Errors are JSON ``{"code", "message"}``: 404 for an unknown id, 409 when the
+message still cannot be filed (it stays in the quarantine).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, Router
+
+from core.errors import NotFound, TwinError
+from core.peer.local_storage import _OwnerOnly
+
+if TYPE_CHECKING:
+    from core.service import Service
+
+log = logging.getLogger("twin.mail")
+LOCAL_MAIL = "/twin/v1/local/mail"
+
+
+def routes(service: Service) -> list[BaseRoute]:
+    """One mount under ``LOCAL_MAIL``, every route behind the owner's token."""
+
+    def handle(fn: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return JSONResponse(await fn(request))
+            except NotFound as exc:
+                return JSONResponse({"code": "not_found", "message": str(exc)}, 404)
+            except TwinError as exc:
+                return JSONResponse({"code": exc.code, "message": str(exc)}, 409)
+            except Exception as exc:  # the message still cannot be filed: say why
+                log.warning("quarantine request failed: %s: %s", type(exc).__name__, exc)
+                return JSONResponse({"code": "failed",
+                                     "message": f"{type(exc).__name__}: {exc}"}, 409)
+        return endpoint
+
+    async def listed(request: Request) -> Any:
+        return [q.to_json() for q in await service.mail.quarantined()]
+
+    async def retry(request: Request) -> Any:
+        qid = int(request.path_params["id"])
+        return {"id": qid, "uid": await service.mail.retry_quarantined(qid)}
+
+    async def drop(request: Request) -> Any:
+        qid = int(request.path_params["id"])
+        await service.mail.drop_quarantined(qid)
+        return {"deleted": qid}
+
+    inner = Router([
+        Route("/quarantine", handle(listed), methods=["GET"]),
+        Route("/quarantine/{id:int}/retry", handle(retry), methods=["POST"]),
+        Route("/quarantine/{id:int}", handle(drop), methods=["DELETE"]),
+    ])
+    return [Mount(LOCAL_MAIL, app=_OwnerOnly(inner, service))]
