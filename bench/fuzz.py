@@ -69,8 +69,6 @@ TARGETS: dict[str, Callable[[], Target]] = {}
 # Targets left out of tests/test_fuzz_slice.py, and why.
 OUT_OF_SLICE = {
     "smtp": "drives a real twin process, one connection per input: minutes, not seconds",
-    "mime": "the describer raises on malformed RFC 2231 parameters (issue #15 item 1), "
-            "fixed on another branch: add it to the slice once merged",
 }
 
 
