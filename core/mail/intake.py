@@ -67,6 +67,12 @@ class Intake:
         self._settling = 0  # callers waiting in settled()
         self._filed = asyncio.Event()  # set, then replaced, after each filed batch
         self._filer: asyncio.Task[None] | None = None
+        self._retry = asyncio.Event()  # set when storage health changes: retry now
+
+    def retry_now(self) -> None:
+        """Storage health changed (a backend is back): end the filer's back-off, so
+        mail held through an outage is filed at once rather than up to RETRY_MAX later."""
+        self._retry.set()
 
     async def start(self) -> None:
         """Replay what a crash left unfiled, then file from now on."""
@@ -143,8 +149,10 @@ class Intake:
             except Exception as exc:
                 log.warning("filing %d journaled message(s) failed (%s); they stay in the "
                             "journal, next try in %.1f s", len(batch), exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                self._retry.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._retry.wait(), delay)
+                delay = RETRY_FIRST if self._retry.is_set() else min(delay * 2, RETRY_MAX)
                 continue
             delay = RETRY_FIRST
             for _ in batch:
