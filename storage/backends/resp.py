@@ -50,6 +50,7 @@ MAX_VALUE = 512 * 1024 * 1024  # Redis' proto-max-bulk-len default
 BACKSTOP_TIMEOUT = 120.0  # the store's own deadlines are far shorter
 HEALTH_TIMEOUT = 1.5
 _PROBE_KEY = "twin-probe"
+_NO_SPACE = ("No space left", "OOM command not allowed")
 _REFUSED_DELETE = ("worm mode", "temporarily locked", "temporarily frozen")
 
 
@@ -79,7 +80,7 @@ class RespBackend:
             self.ns = unquote(parts.path.lstrip("/")) or "default"
             pool = aioredis.ConnectionPool(
                 connection_class=ZdbConnection, namespace=self.ns, ns_password=password,
-                lib_name=None, lib_version=None, **common)
+                **common)
         else:
             db = parts.path.lstrip("/") or "0"
             if not db.isdigit():
@@ -88,9 +89,16 @@ class RespBackend:
             pool = aioredis.ConnectionPool(db=int(db), password=password, **common)
         self._client = aioredis.Redis(connection_pool=pool)
         self._errors = 0
+        self._full = False  # a write was refused for lack of space since the last health
+        self._full_free: int | None = None  # free bytes then: full until there is more
+        self._stale = False  # connections selected a namespace that is gone: reconnect
 
     def _fail(self, exc: Exception) -> BackendUnavailable:
         self._errors += 1
+        if any(why in str(exc) for why in _NO_SPACE):
+            self._full = True
+        if self.zdb and "not available anymore" in str(exc):
+            self._stale = True  # the namespace was deleted (and maybe made anew)
         log.warning("backend %s: %s", self.name, exc)
         return BackendUnavailable(self.name, str(exc))
 
@@ -136,6 +144,7 @@ class RespBackend:
         refused = [r for r in results if isinstance(r, BaseException)]
         if refused:
             self._errors += 1
+            self._full = self._full or any(w in str(r) for r in refused for w in _NO_SPACE)
             log.warning("backend %s: %d of %d writes refused: %s", self.name, len(refused),
                         len(results), refused[0])
         return [not isinstance(r, BaseException) for r in results]
@@ -247,6 +256,9 @@ class RespBackend:
 
     async def _health(self) -> BackendHealth:
         client = cast(Any, self._client)
+        if self._stale:
+            self._stale = False
+            await self._client.connection_pool.disconnect()
         await client.ping()
         free: int | None = None
         flags = ""
@@ -263,17 +275,28 @@ class RespBackend:
                                          self._errors, str(exc), False, flags)
             if info.unusable or info.locked:
                 writable, detail = False, info.unusable or "namespace is locked (read-only)"
-            elif info.data_limit and free == 0:
+            elif info.data_limit and self._no_room(free):
                 writable, detail = False, "namespace is full (maxsize reached)"
         else:
             mem: Any = await self._client.info("memory")
             maxmemory = int(mem.get("maxmemory", 0))
             if maxmemory:
                 free = max(0, maxmemory - int(mem.get("used_memory", 0)))
-                if free == 0 and mem.get("maxmemory_policy") == "noeviction":
+                if self._no_room(free) and mem.get("maxmemory_policy") == "noeviction":
                     writable, detail = False, "maxmemory reached (noeviction)"
         return BackendHealth(self.name, self.kind, self.location, True, free, self._errors,
                              detail, writable, flags)
+
+    def _no_room(self, free: int | None) -> bool:
+        """Full: nothing free, or no more free than when a write was refused for space."""
+        if self._full:
+            self._full, self._full_free = False, free
+        if free is None:
+            return False
+        if free == 0 or (self._full_free is not None and free <= self._full_free):
+            return True
+        self._full_free = None
+        return False
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -42,8 +42,9 @@ class ZdbConnection(Connection):
         self.namespace = namespace
         self.ns_password = ns_password
 
-    async def on_connect(self) -> None:
-        await super().on_connect()  # db 0 and no password: nothing selected yet
+    async def on_connect_check_health(self, check_health: bool = True) -> None:
+        # what redis-py's connect() calls; db 0 and no password: nothing selected yet
+        await super().on_connect_check_health(check_health)
         if self.ns_password is None:
             await self.send_command("SELECT", self.namespace)
         else:
