@@ -20,7 +20,7 @@ from storage import BackendUnavailable, Store
 from storage.backends.resp import RespBackend
 from storage.errors import DeleteRefused
 from tests.servers import Servers, redis_servers, start_zdb, zdb_namespace, zdb_servers
-from tests.storage.conftest import KiB, METADATA, MiB, StoreFactory
+from tests.storage.conftest import METADATA, KiB, MiB, StoreFactory
 
 SEG = 64 * KiB
 
@@ -111,7 +111,7 @@ async def test_a_server_in_sequential_mode_is_refused_at_start(
         specs[4] = {"name": "z4", "kind": "resp",
                     "location": f"zdb://127.0.0.1:{seq.port}/default"}
         store = make_store(segment_size=SEG, specs=specs)
-        with pytest.raises(ValueError, match="z4 .*sequential mode"):
+        with pytest.raises(ValueError, match=r"z4 .*sequential mode"):
             await store.check_backends()
         await store.close()
     finally:
