@@ -122,7 +122,8 @@ async def _orphans(store: Store, backend: ShardBackend, clean: bool) -> tuple[in
         known = await store.catalogue.known([oid for _, oid in batch])
         for key, oid in batch:
             ns = key[0]
-            if oid in busy or (oid in known if ns == NS_OBJECT else oid in backups):
+            if oid in busy or (oid in known if ns == NS_OBJECT
+                               else backups is None or oid in backups):
                 continue
             found += 1
             if clean:

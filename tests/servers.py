@@ -52,6 +52,15 @@ def _wait_ping(client: redis.Redis, proc: subprocess.Popen[bytes], what: str) ->
     raise RuntimeError(f"{what} did not start")
 
 
+def _wait_all(servers: Servers, what: str) -> None:
+    try:
+        for s in servers.servers:
+            _wait_ping(s.admin, s.proc, what)
+    except BaseException:
+        servers.close()
+        raise
+
+
 @dataclass
 class Server:
     port: int
@@ -95,6 +104,12 @@ class Servers:
 
 
 def start_redis(workdir: Path, *extra: str) -> Server:
+    server = spawn_redis(workdir, *extra)
+    _wait_ping(server.admin, server.proc, "redis-server")
+    return server
+
+
+def spawn_redis(workdir: Path, *extra: str) -> Server:
     binary = require_tool("redis-server")
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -102,14 +117,13 @@ def start_redis(workdir: Path, *extra: str) -> Server:
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
          "--save", "", "--appendonly", "no", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    _wait_ping(client, proc, "redis-server")
-    return Server(port, proc, client)
+    return Server(port, proc, redis.Redis(port=port))
 
 
 def redis_servers(root: Path, count: int = 6) -> tuple[Servers, list[dict[str, str]]]:
     """``count`` redis-servers and the backend specs naming them."""
-    servers = Servers([start_redis(root / f"redis{i}") for i in range(count)])
+    servers = Servers([spawn_redis(root / f"redis{i}") for i in range(count)])
+    _wait_all(servers, "redis-server")
     specs = [{"name": f"r{i}", "kind": "resp", "location": f"redis://127.0.0.1:{s.port}/0"}
              for i, s in enumerate(servers.servers)]
     return servers, specs
@@ -146,12 +160,7 @@ def zdb_servers(root: Path, count: int = 6, *, password: str | None = "s3cret-pa
                 ) -> tuple[Servers, list[dict[str, str]]]:
     """``count`` 0-db servers, each with a namespace ``twin`` (private, with ``password``)."""
     servers = Servers([spawn_zdb(root / f"zdb{i}") for i in range(count)])
-    try:
-        for s in servers.servers:
-            _wait_ping(s.admin, s.proc, "zdb")
-    except BaseException:
-        servers.close()
-        raise
+    _wait_all(servers, "zdb")
     specs = []
     for i, s in enumerate(servers.servers):
         settings: dict[str, Any] = {}

@@ -47,7 +47,7 @@ T = TypeVar("T")
 
 log = logging.getLogger("twin.storage")
 MAX_VALUE = 512 * 1024 * 1024  # Redis' proto-max-bulk-len default
-BACKSTOP_TIMEOUT = 120.0  # the store's own deadlines are far shorter
+BACKSTOP_TIMEOUT = 30.0  # the store's own deadlines are far shorter
 HEALTH_TIMEOUT = 1.5
 _PROBE_KEY = "twin-probe"
 _NO_SPACE = ("No space left", "OOM command not allowed")
