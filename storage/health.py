@@ -35,6 +35,8 @@ PROBE_INTERVAL = 1.0  # seconds between probes of a down backend
 REFRESH_INTERVAL = 10.0  # seconds between health refreshes of every backend (serving)
 CALL_BASE = 2.0  # seconds any call may take, whatever its size
 CALL_RATE = 4 * 1024 * 1024  # bytes/s a backend is expected to manage at the least
+SLOW_BY = 0.05  # seconds of extra latency over the typical backend that make one "slow"
+_EWMA = 0.2  # weight of the newest call in a backend's latency average
 
 
 def deadline(size: int, base: float = CALL_BASE, rate: int = CALL_RATE) -> float:
@@ -74,6 +76,31 @@ class BackendMonitor:
         self.listeners: list[Callable[[], None]] = []
         self._probe: asyncio.Task[None] | None = None
         self._closed = False
+        self.latency: dict[str, float] = {}  # name -> average seconds per small call
+
+    # -- latency: a backend that answers, slowly, is asked after the others
+
+    def observed(self, name: str, seconds: float, size: int) -> None:
+        """A call to ``name`` moving ``size`` bytes took ``seconds`` (its transfer at a
+        fast link's rate taken out, so big and small calls compare)."""
+        overhead = max(0.0, seconds - size / (256 * 1024 * 1024))
+        old = self.latency.get(name)
+        self.latency[name] = overhead if old is None else old + _EWMA * (overhead - old)
+
+    def observed_at_least(self, name: str, seconds: float, size: int) -> None:
+        """A call cut off after ``seconds``: counted only if that is already slower
+        than the backend's average (it would have taken longer still)."""
+        overhead = max(0.0, seconds - size / (256 * 1024 * 1024))
+        if overhead > self.latency.get(name, 0.0):
+            self.observed(name, seconds, size)
+
+    def slow(self, name: str) -> bool:
+        """Answers SLOW_BY later than the typical (median) backend does."""
+        mine = self.latency.get(name)
+        if mine is None or len(self.latency) < 2:
+            return False
+        others = sorted(v for n, v in self.latency.items() if n != name)
+        return mine > others[len(others) // 2] + SLOW_BY
 
     # -- state
 
@@ -132,9 +159,16 @@ class BackendMonitor:
         elif h.name not in self.down:
             self.failed(h.name, h.detail or "unreachable")
 
+    async def _timed_health(self, b: ShardBackend) -> BackendHealth:
+        started = time.monotonic()
+        h = await b.health()
+        if h.reachable:  # how a backend asked last (slow) is seen to be fast again
+            self.observed(b.name, time.monotonic() - started, 0)
+        return h
+
     async def refresh(self) -> list[BackendHealth]:
         """Ask every backend now (each answer bounded by its own health timeout)."""
-        results = list(await asyncio.gather(*(b.health() for b in self.backends)))
+        results = list(await asyncio.gather(*(self._timed_health(b) for b in self.backends)))
         for h in results:
             self._record(h)
         self.checked_at = time.time()

@@ -286,8 +286,14 @@ class Store:
         A miss or a failure marks the backend down (BackendUnavailable); a
         ``DeleteRefused`` does not (the backend is up, it only refuses)."""
         limit = deadline(size)
+        started = time.monotonic()
         try:
-            return await asyncio.wait_for(op, limit)
+            result = await asyncio.wait_for(op, limit)
+            self.monitor.observed(backend.name, time.monotonic() - started, size)
+            return result
+        except asyncio.CancelledError:  # not needed any more (a hedged read): it took
+            self.monitor.observed_at_least(backend.name, time.monotonic() - started, size)
+            raise
         except TimeoutError:
             self.mark_failed(backend.name, f"no answer in {limit:.1f} s")
             raise BackendUnavailable(backend.name, f"no answer in {limit:.1f} s") from None
@@ -550,8 +556,10 @@ class Store:
         time) passes without enough answers, so a hung or slow backend delays a
         read by that much at most. The answers not needed are cancelled."""
         entry = m.entry(sk.segment)
+        slow = self.monitor.slow
         order = sorted((i for i in range(m.n) if entry.placement[i]),
-                       key=lambda i: (self.recently_failed(entry.placement[i]), i >= m.k, i))
+                       key=lambda i: (self.recently_failed(entry.placement[i]),
+                                      slow(entry.placement[i]), i >= m.k, i))
         hedge = HEDGE + block_size(plain_len + crypto.TAG_BYTES, m.k) / HEDGE_RATE
         loop = asyncio.get_running_loop()
         good: dict[int, Buffer] = {}

@@ -172,3 +172,40 @@ def zdb_servers(root: Path, count: int = 6, *, password: str | None = "s3cret-pa
             spec["password"] = password
         specs.append(spec)
     return servers, specs
+
+
+class DelayProxy:
+    """A TCP proxy on the running event loop that holds each request ``delay`` seconds
+    before passing it on: a backend that is slow (a far or loaded server), not down."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.target, self.delay = port, delay
+        self.port = 0
+        self._server: Any = None
+
+    async def start(self) -> DelayProxy:
+        import asyncio
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       delay: bool) -> None:
+            try:
+                while data := await reader.read(1 << 16):
+                    if delay and self.delay:
+                        await asyncio.sleep(self.delay)
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+            await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
+
+        self._server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        self._server.close()

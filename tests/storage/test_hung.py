@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from storage import BackendUnavailable, Store
-from tests.servers import Servers, redis_servers
+from tests.servers import DelayProxy, Servers, redis_servers
 from tests.storage.conftest import MiB, StoreFactory
 
 
@@ -167,3 +167,34 @@ async def test_repair_reports_what_it_could_not_restore(
     health = {h.name: h for h in await store.health()}
     assert health["r1"].reachable and not health["r1"].writable
     await store.close()
+
+
+async def test_a_slow_backend_adds_little_to_a_large_get(
+        make_store: StoreFactory, redises: tuple[Servers, list[dict[str, str]]]) -> None:
+    """+200 ms per request on one backend: reads stop waiting on it."""
+    servers, specs = redises
+    proxy = await DelayProxy(servers[0].port, 0.0).start()
+    specs[0] = {**specs[0], "location": f"redis://127.0.0.1:{proxy.port}/0"}
+    store = make_store(segment_size=1 * MiB, specs=specs)
+    try:
+        data = os.urandom(16 * MiB)
+        ref = await store.put(data)
+
+        async def best_of(runs: int) -> float:
+            times = []
+            for _ in range(runs):
+                got, took = await _timed(store.read(ref))
+                assert got == data
+                times.append(took)
+            return min(times)
+
+        fast = await best_of(3)
+        proxy.delay = 0.2
+        await store.read(ref)  # learns which backend is slow
+        slow = await best_of(3)
+        print(f"16 MiB GET: {fast:.3f} s; with +200 ms on one backend: {slow:.3f} s")
+        assert slow <= fast + 0.3
+        assert store.monitor.slow("r0")
+    finally:
+        await store.close()
+        await proxy.close()
