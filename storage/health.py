@@ -35,6 +35,7 @@ PROBE_INTERVAL = 1.0  # seconds between probes of a down backend
 REFRESH_INTERVAL = 10.0  # seconds between health refreshes of every backend (serving)
 CALL_BASE = 2.0  # seconds any call may take, whatever its size
 CALL_RATE = 4 * 1024 * 1024  # bytes/s a backend is expected to manage at the least
+HEALTH_LIMIT = 5.0  # seconds any backend's health answer may take
 SLOW_BY = 0.05  # seconds of extra latency over the typical backend that make one "slow"
 _EWMA = 0.2  # weight of the newest call in a backend's latency average
 
@@ -145,7 +146,8 @@ class BackendMonitor:
         while self.down and not self._closed:
             await asyncio.sleep(PROBE_INTERVAL)
             names = list(self.down)
-            results = await asyncio.gather(*(self._by_name(n).health() for n in names))
+            results = await asyncio.gather(*(self._timed_health(self._by_name(n))
+                                             for n in names))
             for h in results:
                 self._record(h)
 
@@ -161,7 +163,11 @@ class BackendMonitor:
 
     async def _timed_health(self, b: ShardBackend) -> BackendHealth:
         started = time.monotonic()
-        h = await b.health()
+        try:  # a backend's own health is bounded; a hung local disk might not be
+            h = await asyncio.wait_for(b.health(), HEALTH_LIMIT)
+        except TimeoutError:
+            return BackendHealth(b.name, b.kind, b.location, False, None, 0,
+                                 f"no health answer in {HEALTH_LIMIT:.0f} s")
         if h.reachable:  # how a backend asked last (slow) is seen to be fast again
             self.observed(b.name, time.monotonic() - started, 0)
         return h
