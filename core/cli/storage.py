@@ -167,6 +167,8 @@ async def _online(data: Path, twin: tuple[int, str], command: Command,
 
 async def _on(target: Target, command: Command, args: argparse.Namespace) -> int:
     try:
+        if isinstance(target, Offline):  # what can never work is refused before any work
+            await target.store.check_backends()
         return await command(target, args)
     finally:
         await target.close()

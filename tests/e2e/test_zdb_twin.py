@@ -54,6 +54,10 @@ async def test_mail_files_and_restore_on_six_protected_zdb_namespaces(
     finally:
         assert alice.stop() == 0
 
+    # stopped: `--set` on the command line names the backends `twin storage` opens
+    out = twin_cli(alice.data, "--set", f"storage.backends={backends}", "storage", "status",
+                   check=False)
+    assert out.returncode == 0 and "z5" in out.stdout and "mode=userkey" in out.stdout, out
     shutil.rmtree(alice.data)  # the data dir is lost; the 0-db namespaces are not
     config = tmp_path / "saved-twin.toml"
     config.write_text(f'[twin]\nname = "alice"\n[storage]\nbackends = {backends}\n')
