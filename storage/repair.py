@@ -108,6 +108,16 @@ async def verify(store: Store, sample: float | None, clean: bool) -> VerifyRepor
     return report
 
 
+async def remove_orphans(store: Store) -> int:
+    """The orphan pass of ``verify(clean=True)`` alone, on the backends that are up: what
+    the scrub runs after its repair, so failed puts leave nothing behind for long."""
+    removed = 0
+    for backend in store.backends:
+        if not store.monitor.is_down(backend.name):
+            removed += (await _orphans(store, backend, True))[1]
+    return removed
+
+
 async def _orphans(store: Store, backend: ShardBackend, clean: bool) -> tuple[int, int]:
     """Shares no catalogue row (or live backup) refers to: left by crashed puts."""
     from storage.backup import live_backup_ids

@@ -727,7 +727,7 @@ class Store:
         removes the shares failed puts left on backends that were down, and
         every ``scrub_interval`` seconds (0: never) checks and repairs the whole
         store (``repair``: a flushed or replaced backend is refilled)."""
-        from storage.repair import repair, repair_objects
+        from storage.repair import remove_orphans, repair, repair_objects
 
         loop = asyncio.get_running_loop()
         next_scrub = loop.time() + scrub_interval if scrub_interval > 0 else None
@@ -739,7 +739,10 @@ class Store:
             try:
                 if next_scrub is not None and loop.time() >= next_scrub:
                     log.info("scrub: checking every object")
-                    await repair(self)
+                    report = await repair(self)
+                    removed = await remove_orphans(self)
+                    log.info("scrub: %d shares rebuilt, %d not restored, %d orphan shares "
+                             "removed", report.shares_rebuilt, len(report.failures), removed)
                     next_scrub = loop.time() + scrub_interval
                 if self.monitor.down:
                     continue  # _health_changed wakes us when they are back

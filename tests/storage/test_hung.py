@@ -139,12 +139,14 @@ async def test_a_flushed_backend_is_found_and_refilled_by_the_scrub(
     store = make_store(segment_size=256 * 1024, specs=specs)
     blobs = [os.urandom(n) for n in (100, 300 * 1024, 600 * 1024)]
     refs = [await store.put(b) for b in blobs]
+    servers[0].admin.set(f"s/{'ab' * 16}/0/0", b"left by a put that failed")  # an orphan
     maintain = asyncio.create_task(store.maintain(scrub_interval=1))
     try:
         servers[3].admin.flushall()
         deadline = time.monotonic() + 10
         while not (await store.verify()).healthy:
             assert time.monotonic() < deadline, "the scrub did not refill the flushed backend"
+            # (healthy: nothing degraded and no orphan: the scrub removed that too)
             await asyncio.sleep(0.5)
         for ref, data in zip(refs, blobs, strict=True):
             assert await store.read(ref) == data
