@@ -35,8 +35,9 @@ Guarantees:
   queued for ``maintain`` to repair); before that the object is invisible,
   and a crash leaves only orphan shares that ``verify(clean=True)`` (or the
   scrub) removes. Every backend call has a deadline that follows its size; a
-  backend that fails is skipped until a health probe passes (``storage.health``). Memory stays bounded (a few segments)
-  whatever the object size; ranged ``get`` decodes only the covering segments.
+  backend that fails is skipped until a health probe passes (``storage.health``).
+  Memory stays bounded (a few segments) whatever the object size; ranged
+  ``get`` decodes only the covering segments.
 - Each segment (default 4 MiB) is encrypted with XChaCha20-Poly1305 under a
   per-object key (stored wrapped by the master key), bound to object id,
   segment number and last-segment flag (computed by OpenSSL, byte-identical

@@ -288,7 +288,8 @@ class Store:
         limit = deadline(size)
         started = time.monotonic()
         try:
-            result = await asyncio.wait_for(op, limit)
+            async with asyncio.timeout(limit):  # no task per call, unlike wait_for
+                result = await op
             self.monitor.observed(backend.name, time.monotonic() - started, size)
             return result
         except asyncio.CancelledError:  # not needed any more (a hedged read): it took
