@@ -108,6 +108,13 @@ class BackendMonitor:
     def is_down(self, name: str) -> bool:
         return name in self.down
 
+    def no_writes(self, name: str) -> bool:
+        """Down, or up and refusing writes (full, locked): writes go elsewhere."""
+        if name in self.down:
+            return True
+        h = self.cache.get(name)
+        return h is not None and not h.writable
+
     def failed(self, name: str, why: str) -> None:
         """A call to ``name`` failed: skip it until a probe passes."""
         if self._closed:

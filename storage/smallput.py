@@ -191,7 +191,7 @@ class SmallPuts:
         for o in batch:
             for i, backend in enumerate(store.placement_order(o.oid)[:n]):
                 o.used.add(backend.name)
-                if store.recently_failed(backend.name):
+                if store.monitor.no_writes(backend.name):
                     o.failed.append(i)  # down: straight to a spare below, no waiting on it
                 else:
                     first.setdefault(backend, []).append((o, i))
@@ -202,7 +202,7 @@ class SmallPuts:
                 still: builtins.list[int] = []
                 for i in o.failed:
                     spares = [b for b in store.spares(o.used)
-                              if not store.recently_failed(b.name)]
+                              if not store.monitor.no_writes(b.name)]
                     if spares:
                         o.used.add(spares[0].name)
                         retry.setdefault(spares[0], []).append((o, i))

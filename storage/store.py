@@ -459,15 +459,15 @@ class Store:
 
         def spare() -> ShardBackend | None:
             for b in self.spares(used):
-                if not self.monitor.is_down(b.name):
+                if not self.monitor.no_writes(b.name):
                     used.add(b.name)
                     return b
             return None
 
-        up = sum(1 for b in targets if not self.monitor.is_down(b.name))
+        up = sum(1 for b in targets if not self.monitor.no_writes(b.name))
         tasks: dict[asyncio.Task[bool], tuple[int, ShardBackend]] = {}
         for i, b in zip(indices, targets, strict=True):
-            if self.monitor.is_down(b.name):
+            if self.monitor.no_writes(b.name):
                 other = spare()
                 if other is not None:
                     b = other
