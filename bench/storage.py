@@ -12,7 +12,12 @@ Figures, all at 4-of-6 with 4 MiB segments on six local backends under
 - peak RSS of a fresh process that puts and gets a 1 GiB streamed object;
 - 4 KiB objects per second, put and get, 64 concurrent callers;
 - CPU microseconds per 4 KiB put at 20 concurrent callers (``--small-only``
-  runs just these small-object figures).
+  runs just these small-object figures);
+- degraded (``--degraded-only`` runs just these): 4 MiB put and get seconds on
+  six redis-servers with none hung, one hung (SIGSTOP: accepts connections,
+  never answers; the first put after the fault, then the worst of the next
+  ones) and one slow (+200 ms per request through a proxy); and 4 KiB puts per
+  second on six 0-db servers against the same on six redis-servers.
 """
 
 from __future__ import annotations
@@ -216,11 +221,76 @@ def peak_rss(root: Path, size: int) -> float:
     return int(out.strip()) / 1024  # KiB -> MiB
 
 
+async def degraded(root: Path) -> None:
+    """Seconds per 4 MiB put/get with 0 and 1 backend hung and 1 slow (see the doc)."""
+    from tests.servers import DelayProxy, redis_servers, zdb_servers
+
+    servers, rspecs = redis_servers(root / "redis")
+    proxy = await DelayProxy(servers[0].port, 0.0).start()
+    rspecs[0] = {**rspecs[0], "location": f"redis://127.0.0.1:{proxy.port}/0"}
+    store = open_store(root / "data", k=K, n=N, segment_size=SEG, backends=rspecs,
+                       master_key=b"m" * 32, metadata_key=b"d" * 32)
+    data = os.urandom(4 * MiB)
+
+    async def timed(op):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        result = await op
+        return result, time.perf_counter() - started
+
+    try:
+        ref, put = await timed(store.put(data))
+        _, get = await timed(store.read(ref))
+        emit("degraded_none_put_s", put, "s", object_MiB=4, backends="6 redis")
+        emit("degraded_none_get_s", get, "s", object_MiB=4)
+        servers[1].hang()
+        _, get = await timed(store.read(ref))
+        _, first = await timed(store.put(data))
+        puts = [(await timed(store.put(data)))[1] for _ in range(5)]
+        emit("degraded_hung1_get_s", get, "s", object_MiB=4, target=1.5, before=20.0)
+        emit("degraded_hung1_first_put_s", first, "s", object_MiB=4, target=3.0, before=20.5)
+        emit("degraded_hung1_put_s", max(puts), "s", object_MiB=4, target=1.0, before=20.5,
+             note="worst of the 5 puts after the first")
+        servers[1].resume()
+        while store.monitor.down:
+            await asyncio.sleep(0.1)
+        proxy.delay = 0.2
+        await store.read(ref)
+        _, get = await timed(store.read(ref))
+        _, put = await timed(store.put(data))
+        emit("degraded_slow1_get_s", get, "s", object_MiB=4, delay_ms=200)
+        emit("degraded_slow1_put_s", put, "s", object_MiB=4, delay_ms=200)
+    finally:
+        await store.close()
+        await proxy.close()
+        servers.close()
+    rates = {}
+    for kind in ("redis", "zdb"):
+        made = redis_servers(root / f"s-{kind}") if kind == "redis" \
+            else zdb_servers(root / f"s-{kind}")
+        st = open_store(root / f"data-{kind}", k=K, n=N, segment_size=SEG, backends=made[1],
+                        master_key=b"m" * 32, metadata_key=b"d" * 32)
+        try:
+            blobs = [os.urandom(4096) for _ in range(400)]
+            await st.put(blobs[0])
+            started = time.perf_counter()
+            for pos in range(0, len(blobs), 8):
+                await asyncio.gather(*(st.put(b) for b in blobs[pos:pos + 8]))
+            rates[kind] = len(blobs) / (time.perf_counter() - started)
+        finally:
+            await st.close()
+            made[0].close()
+    emit("zdb_small_put_per_s", rates["zdb"], "objects/s", object_KiB=4, concurrency=8,
+         redis=round(rates["redis"]), ratio=round(rates["zdb"] / rates["redis"], 2),
+         target_ratio=0.8)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     ap.add_argument("--small-only", action="store_true",
                     help="only the 4 KiB object figures (small puts and gets)")
+    ap.add_argument("--degraded-only", action="store_true",
+                    help="only the degraded figures (redis-server and 0-db needed)")
     args = ap.parse_args()
     big = 32 * MiB if args.quick else 256 * MiB
     huge = 64 * MiB if args.quick else 1024 * MiB
@@ -231,6 +301,9 @@ def main() -> None:
     try:
         if args.small_only:
             small_figures(root, small)
+            return
+        if args.degraded_only:
+            asyncio.run(degraded(root / "degraded"))
             return
         put, get, put_cpu, get_cpu = asyncio.run(big_object(root / "big", big))
         disk_w, disk_r = raw_disk(root / "raw", big)
@@ -254,6 +327,7 @@ def main() -> None:
              target=120, note="put+get of a streamed object in a fresh process (VmHWM)")
         shutil.rmtree(root / "rss", ignore_errors=True)
         small_figures(root, small)
+        asyncio.run(degraded(root / "degraded"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -187,6 +187,10 @@ SCHEMA: tuple[Key, ...] = (
         minimum=4096),
     Key("storage.backends", list, _default_backends(),
         "Shard backends: a list of tables {name, kind = local|resp, location}."),
+    Key("storage.scrub_interval", int, 86400,
+        "Seconds between scrubs: every share of every object read and checked, and what "
+        "is missing or corrupt rebuilt (0 = never; objects stored while a backend was "
+        "down are repaired as soon as it is back, scrub or not).", minimum=0),
     Key("storage.backup_interval", int, 3600,
         "Seconds between backups of twin.db and the catalogue into the dispersed store "
         "(0 = never; a clean stop always backs up).",

@@ -54,8 +54,13 @@ def plugin_routes(service: Service) -> list[BaseRoute]:
 
 def build_app(service: Service) -> Starlette:
     async def health(request: Request) -> JSONResponse:
+        # storage from the cached health (storage.health): answered without asking
+        # any backend, so a hung one cannot make `twin status` hang
+        store = service.store
+        storage = store.monitor.summary().to_json() if store is not None else None
         return JSONResponse({"name": service.config.name, "ok": True,
-                             "public_key": service.identity.public_key.hex()})
+                             "public_key": service.identity.public_key.hex(),
+                             "storage": storage})
 
     routes: list[BaseRoute] = [Route("/twin/v1/health", health)]
     routes += service.peer_routes()

@@ -34,7 +34,15 @@ from core import identity as ident
 from core.acl import Access
 from core.contacts import Contacts
 from core.db import Database
-from core.errors import Conflict, Forbidden, Invalid, NotFound, TwinError, Unavailable
+from core.errors import (
+    ConfigError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    TwinError,
+    Unavailable,
+)
 from core.files import FileTree
 from core.mail import MailStore
 from core.outbound import OutboundQueue
@@ -54,6 +62,7 @@ STATUS_FILE = "run/status.json"
 LOCK_FILE = "run/twin.lock"
 DB_FILE = "twin.db"
 JOURNAL_DIR = "mail-journal"  # accepted mail not filed yet (core.mail.journal)
+SHUTDOWN_BACKUP = 6  # seconds the backup at stop may take: a stop must stay bounded
 
 
 def phonebook_error(exc: pb.PhonebookError) -> TwinError:
@@ -255,6 +264,14 @@ class Service:
         self._take_lock()
         try:
             self.store = await asyncio.to_thread(self.open_store)
+            try:
+                await self.store.check_backends()  # what can never work is refused now
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+            self.store.monitor.listeners.append(self._storage_health_changed)
+            self.spawn(self.store.monitor.refresh_loop(), "storage-health")
+            self.spawn(self.store.maintain(self.config.int("storage.scrub_interval")),
+                       "storage-maintain")
             self.mail.attach(self.store)
             await self.mail.start_intake(self.data_dir / JOURNAL_DIR,
                                          self.identity.derive_key("journal"),
@@ -319,6 +336,11 @@ class Service:
             if self.started_at:
                 self._write_status()
             return
+
+    def _storage_health_changed(self) -> None:
+        intake = self.mail.intake
+        if intake is not None:
+            intake.retry_now()
 
     def listener_info(self) -> list[net.ListenerInfo]:
         return [info for listener in self.listeners for info in listener.info]
@@ -390,7 +412,12 @@ class Service:
         await self.mail.stop_intake()  # files what the listeners accepted
         if self.store is not None:
             try:  # leave a fresh twin.db + catalogue backup behind on a clean stop
-                await backup.backup_all(self.db, self.store)
+                await asyncio.wait_for(backup.backup_all(self.db, self.store),
+                                       SHUTDOWN_BACKUP)
+            except TimeoutError:
+                log.warning("backup at shutdown took over %d s: skipped (the last scheduled "
+                            "backup stands; the journal and twin.db hold the rest)",
+                            SHUTDOWN_BACKUP)
             except Exception as exc:
                 log.warning("backup at shutdown failed: %s", exc)
             await self.store.close()

@@ -23,14 +23,21 @@ event loop (many puts and gets at once are the normal case)::
     name = await store.backup(); await store.backup_loop(interval_seconds)
     store = await Store.restore(data_dir, backends=..., metadata_key=..., master_key=...)
     healths = await store.health()           # [BackendHealth(name, kind, location, ...)]
+    await store.check_backends()             # ValueError: a backend that can never work
+    await store.maintain(scrub_interval)     # self-repair and scrub, until cancelled
+    store.monitor.summary()                  # readable / writable, from cached health
     await store.close()
 
 Guarantees:
 
-- ``put`` returns once every share and the manifest are durable; before that
-  the object is invisible, and a crash leaves only orphan shares that
-  ``verify(clean=True)`` removes. Memory stays bounded (a few segments)
-  whatever the object size; ranged ``get`` decodes only the covering segments.
+- ``put`` returns once the write quorum of every segment's shares and the
+  manifest are durable (the other shares get a short grace; what misses it is
+  queued for ``maintain`` to repair); before that the object is invisible,
+  and a crash leaves only orphan shares that ``verify(clean=True)`` (or the
+  scrub) removes. Every backend call has a deadline that follows its size; a
+  backend that fails is skipped until a health probe passes (``storage.health``).
+  Memory stays bounded (a few segments) whatever the object size; ranged
+  ``get`` decodes only the covering segments.
 - Each segment (default 4 MiB) is encrypted with XChaCha20-Poly1305 under a
   per-object key (stored wrapped by the master key), bound to object id,
   segment number and last-segment flag (computed by OpenSSL, byte-identical

@@ -36,19 +36,39 @@ _MAGIC = b"TWBK1"
 MAX_MANIFEST = 64 * 1024 * 1024
 
 
-async def _names(backends: list[ShardBackend]) -> dict[str, list[ShardBackend]]:
+LIST_TIMEOUT = 10.0  # seconds to list the backups of one backend (a few keys)
+
+
+async def _names(backends: list[ShardBackend], skip: frozenset[str] = frozenset()
+                 ) -> tuple[dict[str, list[ShardBackend]], bool]:
+    """Backup names and the backends holding each; False when some backend (down,
+    failing or too slow) could not be listed, so the names may be incomplete."""
     names: dict[str, list[ShardBackend]] = {}
-    for b in backends:
+
+    async def one(b: ShardBackend) -> bool:
+        if b.name in skip:
+            return False
         try:
-            async for key in b.list(PREFIX):
-                names.setdefault(key, []).append(b)
+            async with asyncio.timeout(LIST_TIMEOUT):
+                async for key in b.list(PREFIX):
+                    names.setdefault(key, []).append(b)
+            return True
         except BackendUnavailable as exc:
             log.warning("cannot list backups on %s: %s", b.name, exc.detail)
-    return names
+        except TimeoutError:
+            log.warning("cannot list backups on %s: no answer in %.0f s", b.name,
+                        LIST_TIMEOUT)
+        return False
+
+    complete = all(await asyncio.gather(*(one(b) for b in backends)))
+    return names, complete
 
 
-async def live_backup_ids(store: Store) -> set[str]:
-    return {name.rsplit("-", 1)[-1] for name in await _names(store.backends)}
+async def live_backup_ids(store: Store) -> set[str] | None:
+    """Ids of the backups on the backends, None if a backend could not be listed (then
+    no backup share may be taken for an orphan)."""
+    names, complete = await _names(store.backends, frozenset(store.monitor.down))
+    return {name.rsplit("-", 1)[-1] for name in names} if complete else None
 
 
 def _encode(m: Manifest, key: bytes) -> bytes:
@@ -105,8 +125,9 @@ async def backup(store: Store) -> str:
                      entries, len(entries))
         sealed = crypto.seal(store.metadata_key, _encode(m, key))
         name = f"{PREFIX}{time.time_ns():020d}-{oid}"
-        results = await asyncio.gather(*(b.put(name, [sealed]) for b in store.backends),
-                                       return_exceptions=True)
+        up = [b for b in store.backends if not store.monitor.is_down(b.name)]
+        results = await asyncio.gather(*(store.call(b, b.put(name, [sealed]), len(sealed))
+                                         for b in up), return_exceptions=True)
         stored = sum(1 for r in results if not isinstance(r, BaseException))
         if stored == 0:
             raise BackendUnavailable("*", "no backend accepted the backup manifest")
@@ -123,7 +144,7 @@ async def backup(store: Store) -> str:
 
 
 async def _prune(store: Store) -> None:
-    names = await _names(store.backends)
+    names, _ = await _names(store.backends, frozenset(store.monitor.down))
     for name in sorted(names, reverse=True)[KEEP:]:
         opened = await _open_manifest(name, names[name], store.metadata_key)
         if opened is not None:
@@ -131,7 +152,8 @@ async def _prune(store: Store) -> None:
             await store.delete_keys([(b, share_key(NS_BACKUP, m.id, seg, i))
                                      for seg, e in enumerate(m.segments)
                                      for i, b in enumerate(e.placement) if b])
-        await asyncio.gather(*(b.delete(name) for b in names[name]), return_exceptions=True)
+        await asyncio.gather(*(store.call(b, b.delete(name), 0) for b in names[name]),
+                             return_exceptions=True)
         log.info("removed old backup %s", name)
 
 
@@ -176,7 +198,7 @@ async def restore(data_dir: Path, *, backends: list[dict[str, str]], metadata_ke
                   segment_size=segment_size, master_key=master_key, metadata_key=metadata_key,
                   cpu=cpu, io=io)
     try:
-        names = await _names(loaded)
+        names, _ = await _names(loaded)
         for name in sorted(names, reverse=True):
             opened = await _open_manifest(name, names[name], metadata_key)
             if opened is None:

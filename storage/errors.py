@@ -60,3 +60,10 @@ class StoreInUse(BackendUnavailable):
         super().__init__(backend, f"{path} is in use by {who}")
         self.path = path
         self.pid = pid
+
+
+class DeleteRefused(BackendUnavailable):
+    """A backend that is up refuses to delete (0-db namespace in ``worm`` or ``lock``).
+
+    Not a passing outage: ``Store.delete`` checks for it before an object leaves
+    the catalogue, so ``rm`` fails loudly instead of hiding shares that stay."""

@@ -80,6 +80,8 @@ class BackendHealth:
     free_bytes: int | None
     errors: int
     detail: str = ""
+    writable: bool = True  # False: reachable, but refuses writes (full, locked)
+    flags: str = ""  # 0-db: the namespace's mode and flags from NSINFO
 
 
 @dataclass

@@ -108,6 +108,16 @@ async def verify(store: Store, sample: float | None, clean: bool) -> VerifyRepor
     return report
 
 
+async def remove_orphans(store: Store) -> int:
+    """The orphan pass of ``verify(clean=True)`` alone, on the backends that are up: what
+    the scrub runs after its repair, so failed puts leave nothing behind for long."""
+    removed = 0
+    for backend in store.backends:
+        if not store.monitor.is_down(backend.name):
+            removed += (await _orphans(store, backend, True))[1]
+    return removed
+
+
 async def _orphans(store: Store, backend: ShardBackend, clean: bool) -> tuple[int, int]:
     """Shares no catalogue row (or live backup) refers to: left by crashed puts."""
     from storage.backup import live_backup_ids
@@ -122,7 +132,8 @@ async def _orphans(store: Store, backend: ShardBackend, clean: bool) -> tuple[in
         known = await store.catalogue.known([oid for _, oid in batch])
         for key, oid in batch:
             ns = key[0]
-            if oid in busy or (oid in known if ns == NS_OBJECT else oid in backups):
+            if oid in busy or (oid in known if ns == NS_OBJECT
+                               else backups is None or oid in backups):
                 continue
             found += 1
             if clean:
@@ -150,8 +161,30 @@ async def _orphans(store: Store, backend: ShardBackend, clean: bool) -> tuple[in
 
 async def repair(store: Store) -> RepairReport:
     report = RepairReport()
-    healthy = {h.name for h in await store.health() if h.reachable}
+    healthy = {h.name for h in await store.health() if h.reachable and h.writable}
+    report.objects_checked = await _each_object(store, None, _fixer(store, healthy, report))
+    _log_report(report)
+    return report
 
+
+async def repair_objects(store: Store, ids: set[str]) -> RepairReport:
+    """``repair`` of the objects ``ids`` only: what the store queued as degraded."""
+    report = RepairReport()
+    healthy = {h.name for h in await store.health() if h.reachable and h.writable}
+    fix = _fixer(store, healthy, report)
+    for oid in sorted(ids):
+        try:
+            m = await store.manifest(oid)
+        except ObjectNotFound:
+            continue  # deleted meanwhile
+        report.objects_checked += 1
+        await fix(m)
+    _log_report(report)
+    return report
+
+
+def _fixer(store: Store, healthy: set[str], report: RepairReport
+           ) -> Callable[[Manifest], Awaitable[None]]:
     async def fix(m: Manifest) -> None:
         for seg in range(m.segment_count):
             try:
@@ -160,11 +193,14 @@ async def repair(store: Store) -> RepairReport:
                 log.error("repair of segment %d of object %s failed: %s", seg, m.id, exc)
                 report.failures.append(f"{m.id}/{seg}: {exc}")
 
-    report.objects_checked = await _each_object(store, None, fix)
+    return fix
+
+
+def _log_report(report: RepairReport) -> None:
     log.info("repair: %d objects checked, %d segments repaired, %d shares rebuilt, "
-             "%d unrecoverable", report.objects_checked, report.segments_repaired,
-             report.shares_rebuilt, len(report.unrecoverable))
-    return report
+             "%d unrecoverable, %d not restored", report.objects_checked,
+             report.segments_repaired, report.shares_rebuilt, len(report.unrecoverable),
+             len(report.failures))
 
 
 async def _repair_segment(store: Store, m: Manifest, seg: int, healthy: set[str],
@@ -216,4 +252,8 @@ async def _repair_segment(store: Store, m: Manifest, seg: int, healthy: set[str]
     await store.delete_keys([(name, f"{NS_OBJECT}/{m.id}/{seg}/{i}") for name, i in moved])
     report.segments_repaired += 1 if placed else 0
     report.shares_rebuilt += len(placed)
+    unplaced = [i for i in missing if i not in placed]
+    if unplaced:
+        report.failures.append(f"{m.id}/{seg}: shares {unplaced} not restored (no backend "
+                               f"that is up accepted them)")
     log.info("object %s segment %d: rebuilt shares %s", m.id, seg, sorted(placed))

@@ -190,15 +190,19 @@ class SmallPuts:
         first: dict[ShardBackend, builtins.list[tuple[_Object, int]]] = {}
         for o in batch:
             for i, backend in enumerate(store.placement_order(o.oid)[:n]):
-                first.setdefault(backend, []).append((o, i))
                 o.used.add(backend.name)
+                if store.monitor.no_writes(backend.name):
+                    o.failed.append(i)  # down: straight to a spare below, no waiting on it
+                else:
+                    first.setdefault(backend, []).append((o, i))
         await self._write(first)
         while True:  # shares whose backend failed: each to a spare the object has not used
             retry: dict[ShardBackend, builtins.list[tuple[_Object, int]]] = {}
             for o in batch:
                 still: builtins.list[int] = []
                 for i in o.failed:
-                    spares = store.spares(o.used)
+                    spares = [b for b in store.spares(o.used)
+                              if not store.monitor.no_writes(b.name)]
                     if spares:
                         o.used.add(spares[0].name)
                         retry.setdefault(spares[0], []).append((o, i))
@@ -219,6 +223,8 @@ class SmallPuts:
             except BackendUnavailable as exc:
                 o.error = exc
                 continue
+            if len(o.placed) < n:
+                store.note_degraded(o.oid)
             if o.future.done():  # cancelled meanwhile: do not make it visible
                 o.error = asyncio.CancelledError()
             else:
@@ -255,17 +261,28 @@ class SmallPuts:
         """One ``put_many`` per backend, in parallel; records where each share landed."""
         backends = list(plan)
         keys = {b: [share_key(NS_OBJECT, o.oid, 0, i) for o, i in plan[b]] for b in backends}
-        results = await asyncio.gather(*(put_many(b, self._items(plan[b], keys[b]))
-                                         for b in backends))
+        items = {b: self._items(plan[b], keys[b]) for b in backends}
+        for b in backends:  # before: a batch cut off by its deadline may still land
+            for (o, _), key in zip(plan[b], keys[b], strict=True):
+                o.written.append((b, key))
+        results = await asyncio.gather(*(self._put_many(b, items[b]) for b in backends))
         for backend, oks in zip(backends, results, strict=True):
             if not all(oks):
-                self.store.mark_failed(backend.name)
-            for (o, i), key, ok in zip(plan[backend], keys[backend], oks, strict=True):
+                self.store.mark_failed(backend.name, "a batch write failed")
+            for (o, i), ok in zip(plan[backend], oks, strict=True):
                 if ok:
                     o.placed[i] = backend.name
-                    o.written.append((backend, key))
                 else:
                     o.failed.append(i)
+
+    async def _put_many(self, backend: ShardBackend,
+                        items: builtins.list[tuple[str, Sequence[Buffer]]]) -> builtins.list[bool]:
+        """``put_many`` within the deadline for the batch's bytes; all False past it."""
+        size = sum(len(p) for _, parts in items for p in parts)
+        try:
+            return await self.store.call(backend, put_many(backend, items), size)
+        except BackendUnavailable:
+            return [False] * len(items)
 
     @staticmethod
     def _items(shares: builtins.list[tuple[_Object, int]], keys: builtins.list[str]

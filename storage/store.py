@@ -10,9 +10,16 @@ pooled buffers (``BufferPool``) so that a put does not map, fault in and unmap
 a fresh multi-MiB buffer per segment.
 
 Read path, per segment: fetch k shares (primaries first: they need no
-decoding), check header and hash, fetch more only if some are missing or bad,
-then decode + decrypt in the CPU pool; the next segment is prefetched while
-the current one is handed to the caller.
+decoding), check header and hash, fetch more when one is missing, bad or slow
+(``HEDGE``), decode from the first k good ones, then decrypt in the CPU pool;
+the next segment is prefetched while the current one is handed to the caller.
+
+Every backend call has a deadline that follows its size
+(``storage.health.deadline``); a backend that misses it or fails is skipped
+until a health probe passes (``BackendMonitor``). A put returns once the write
+quorum of each segment is durable and the slower shares had a short grace; the
+objects stored below n shares are queued, and ``maintain`` repairs them when
+their backends are back (and scrubs the whole store at its own pace).
 """
 
 from __future__ import annotations
@@ -29,13 +36,20 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Generator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+)
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
 from storage import crypto
-from storage.backends import ShardBackend
+from storage.backends import ShardBackend, max_value
 from storage.catalogue import Catalogue, Manifest, SegmentEntry
 from storage.codec import (
     EncodedSegment,
@@ -45,15 +59,17 @@ from storage.codec import (
     encode_segment,
     segment_buffer_size,
 )
-from storage.erasure import Buffer, check_kn
+from storage.erasure import Buffer, block_size, check_kn
 from storage.errors import (
     BackendUnavailable,
+    DeleteRefused,
     IntegrityError,
     InvalidReference,
     NotEnoughShares,
     ObjectNotFound,
     StorageError,
 )
+from storage.health import BackendMonitor, deadline
 from storage.model import (
     BackendHealth,
     ObjectInfo,
@@ -63,6 +79,7 @@ from storage.model import (
     check_object_id,
     ref_id,
 )
+from storage.share import HEADER_BYTES
 
 log = logging.getLogger("twin.storage")
 T = TypeVar("T")
@@ -73,7 +90,9 @@ MIN_SEGMENT = 1024
 MAX_SEGMENT = 256 * MiB
 MAX_OBJECT = 1 << 40  # 1 TiB
 INLINE = 256 * 1024  # segments up to this size are coded on the loop: a thread hop costs more
-DOWN_FOR = 5.0  # seconds a failing backend is tried last
+GRACE = 0.3  # seconds the shares beyond the write quorum may lag (at least)
+HEDGE = 0.15  # seconds before a read asks one more backend than it needs
+HEDGE_RATE = 64 * MiB  # ... plus the time a share of that size takes at this rate
 NAMED_KEEP = 3  # generations of a named pointer kept: as many as catalogue backups
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 NS_OBJECT = "s"
@@ -206,8 +225,20 @@ class Store:
         self.budget = ByteBudget(max(4 * segment_size, 16 * MiB))
         self.buffers = BufferPool(segment_buffer_size(segment_size, k, n),
                                   self.budget.total // segment_size + 1)
+        share_bytes = HEADER_BYTES + block_size(segment_size + crypto.TAG_BYTES, k)
+        for b in backends:
+            if share_bytes > max_value(b):
+                raise ValueError(
+                    f"segment size {segment_size} makes shares of {share_bytes} bytes, but "
+                    f"backend {b.name} ({b.kind}) stores values of at most {max_value(b)} "
+                    f"bytes: lower storage.segment_size to at most "
+                    f"{(max_value(b) - HEADER_BYTES) * k - crypto.TAG_BYTES}")
         self.inflight: set[str] = set()  # ids being written: never orphans
-        self._failed_at: dict[str, float] = {}
+        self.monitor = BackendMonitor(backends, k, self.write_quorum)
+        self.degraded: set[str] = set()  # objects stored below n shares: to repair
+        self.repair_wanted = asyncio.Event()
+        self.monitor.listeners.append(self._health_changed)
+        self.orphans_left: builtins.list[tuple[str, str]] = []  # (backend, key) to delete
         self._closed = False
         self._check_master_key()
         from storage.smallput import SmallPuts  # it builds on this module
@@ -233,11 +264,45 @@ class Store:
         if self._closed:
             raise StorageError("store is closed")
 
-    def mark_failed(self, name: str) -> None:
-        self._failed_at[name] = time.monotonic()
+    def mark_failed(self, name: str, why: str = "a call failed") -> None:
+        self.monitor.failed(name, why)
 
     def recently_failed(self, name: str) -> bool:
-        return time.monotonic() - self._failed_at.get(name, -DOWN_FOR) < DOWN_FOR
+        """Down: failed a call and no health probe has passed since."""
+        return self.monitor.is_down(name)
+
+    def note_degraded(self, oid: str) -> None:
+        """An object stored below n shares: queued for ``maintain`` to repair."""
+        self.degraded.add(oid)
+        self.repair_wanted.set()
+
+    def _health_changed(self) -> None:
+        if not self.monitor.down and (self.degraded or self.orphans_left):
+            self.repair_wanted.set()
+
+    async def call(self, backend: ShardBackend, op: Awaitable[T], size: int) -> T:
+        """``await op`` on ``backend`` within the deadline for ``size`` bytes.
+
+        A miss or a failure marks the backend down (BackendUnavailable); a
+        ``DeleteRefused`` does not (the backend is up, it only refuses)."""
+        limit = deadline(size)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(limit):  # no task per call, unlike wait_for
+                result = await op
+            self.monitor.observed(backend.name, time.monotonic() - started, size)
+            return result
+        except asyncio.CancelledError:  # not needed any more (a hedged read): it took
+            self.monitor.observed_at_least(backend.name, time.monotonic() - started, size)
+            raise
+        except TimeoutError:
+            self.mark_failed(backend.name, f"no answer in {limit:.1f} s")
+            raise BackendUnavailable(backend.name, f"no answer in {limit:.1f} s") from None
+        except DeleteRefused:
+            raise
+        except BackendUnavailable as exc:
+            self.mark_failed(backend.name, exc.detail)
+            raise
 
     def placement_order(self, object_id: str) -> builtins.list[ShardBackend]:
         """Backends in the order shares 0..n-1 go to; rotated per object to spread load."""
@@ -278,15 +343,26 @@ class Store:
         log.debug("stored object %s (%d bytes, %d segments)", oid, size, len(entries))
         return ObjectRef(oid, size)
 
-    async def discard(self, written: builtins.list[tuple[ShardBackend, str]]) -> None:
-        """Best effort removal of the shares of a put that failed; verify catches the rest."""
+    async def discard(self, written: builtins.list[tuple[ShardBackend, str]]) -> int:
+        """Remove the shares of a put that failed; returns how many are left behind.
+
+        ``written`` holds every share a put *tried* (a write cut off by its deadline
+        may still land), so the count is true. Shares on a backend that is down are
+        queued in ``orphans_left`` and removed by ``maintain`` once it is back."""
         if not written:
-            return
-        results = await asyncio.gather(*(b.delete(k) for b, k in written),
+            return 0
+        todo = [(b, k) for b, k in dict.fromkeys(written) if not self.monitor.is_down(b.name)]
+        later = [(b.name, k) for b, k in dict.fromkeys(written) if self.monitor.is_down(b.name)]
+        results = await asyncio.gather(*(self.call(b, b.delete(k), 0) for b, k in todo),
                                        return_exceptions=True)
-        left = sum(1 for r in results if isinstance(r, BaseException))
-        log.warning("put failed: removed %d shares, %d left as orphans for verify",
-                    len(written) - left, left)
+        later += [(b.name, k) for (b, k), r in zip(todo, results, strict=True)
+                  if isinstance(r, BaseException)]
+        self.orphans_left.extend(later)
+        removed = sum(1 for r in results if r is True)
+        log.warning("put failed: removed %d shares, %d may be left on backends that did not "
+                    "answer (removed once they are back, or by verify --clean)",
+                    removed, len(later))
+        return len(later)
 
     async def write_stream(self, source: Source, ns: str, oid: str, key: bytes, prefix: bytes,
                            written: builtins.list[tuple[ShardBackend, str]]
@@ -308,12 +384,10 @@ class Store:
                 index += 1
                 while len(tasks) >= self.depth:
                     done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                    for t in done:
-                        t.result()
+                    _results(done)
             while tasks:
                 done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-                for t in done:
-                    t.result()
+                _results(done)
         except BaseException:
             for t in tasks:
                 t.cancel()
@@ -329,8 +403,10 @@ class Store:
             del chunk
             order = self.placement_order(oid)[: self.n]
             placed = await self.store_shares(ns, oid, sk.segment, enc, list(range(self.n)),
-                                             order, set(), written)
+                                             order, set(), written, early=self.write_quorum)
             self.check_placed(oid, sk.segment, len(placed))
+            if len(placed) < self.n:
+                self.note_degraded(oid)
             entries[sk.segment] = SegmentEntry([placed.get(i, "") for i in range(self.n)],
                                                enc.hashes)
             del enc
@@ -339,7 +415,7 @@ class Store:
             await self.budget.release(held)
 
     def spares(self, used: set[str]) -> builtins.list[ShardBackend]:
-        """Backends a segment does not use yet, those that failed longest ago first."""
+        """Backends a segment does not use yet, those that are down last."""
         return sorted((b for b in self.backends if b.name not in used),
                       key=lambda b: self.recently_failed(b.name))
 
@@ -355,32 +431,79 @@ class Store:
 
     async def store_shares(self, ns: str, oid: str, seg: int, enc: EncodedSegment,
                            indices: builtins.list[int], targets: builtins.list[ShardBackend],
-                           used: set[str], written: builtins.list[tuple[ShardBackend, str]]
-                           ) -> dict[int, str]:
-        """Write shares ``indices`` to ``targets``; a failed one moves to an unused backend."""
+                           used: set[str], written: builtins.list[tuple[ShardBackend, str]],
+                           early: int | None = None) -> dict[int, str]:
+        """Write shares ``indices`` to ``targets``; returns where each one landed.
+
+        A target that is down is replaced by an unused backend that is up (while
+        there is one); a write that fails moves its share to the next spare at
+        once. With ``early`` (a put: the write quorum), once that many shares are
+        durable the others get a grace (as long as the quorum took, at least
+        ``GRACE``) and are then cut off: their backend is marked down and the
+        object queued for repair, so a hung backend costs a put nothing after
+        its first detection and at most the grace before it.
+        """
+        loop = asyncio.get_running_loop()
         used = used | {b.name for b in targets}
+        size = HEADER_BYTES + (len(enc.payloads[indices[0]]) if indices else 0)
 
         async def one(i: int, backend: ShardBackend) -> bool:
             key = share_key(ns, oid, seg, i)
+            written.append((backend, key))  # before: a write cut off may still land
             try:
-                await backend.put(key, [enc.headers[i], enc.payloads[i]])
+                await self.call(backend, backend.put(key, [enc.headers[i], enc.payloads[i]]),
+                                size)
             except BackendUnavailable:
-                self.mark_failed(backend.name)
                 return False
-            written.append((backend, key))
             return True
 
-        results = await asyncio.gather(*(one(i, b) for i, b in zip(indices, targets,
-                                                                     strict=True)))
-        placed = {i: b.name for i, b, ok in zip(indices, targets, results, strict=True) if ok}
-        for i in indices:
-            if i in placed:
-                continue
-            for spare in self.spares(used):
-                used.add(spare.name)
-                if await one(i, spare):
-                    placed[i] = spare.name
-                    break
+        def spare() -> ShardBackend | None:
+            for b in self.spares(used):
+                if not self.monitor.no_writes(b.name):
+                    used.add(b.name)
+                    return b
+            return None
+
+        up = sum(1 for b in targets if not self.monitor.no_writes(b.name))
+        tasks: dict[asyncio.Task[bool], tuple[int, ShardBackend]] = {}
+        for i, b in zip(indices, targets, strict=True):
+            if self.monitor.no_writes(b.name):
+                other = spare()
+                if other is not None:
+                    b = other
+                elif early is not None and up >= early:
+                    continue  # enough backends are up: do not wait on this one
+            tasks[asyncio.create_task(one(i, b))] = (i, b)
+        placed: dict[int, str] = {}
+        started = loop.time()
+        cutoff: float | None = None
+        pending = set(tasks)
+        try:
+            while pending:
+                wait = None if cutoff is None else max(0.0, cutoff - loop.time())
+                done, pending = await asyncio.wait(pending, timeout=wait,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    break  # the grace is over
+                for t in done:
+                    i, b = tasks[t]
+                    if t.result():
+                        placed[i] = b.name
+                        continue
+                    other = spare()
+                    if other is not None:
+                        nt = asyncio.create_task(one(i, other))
+                        tasks[nt] = (i, other)
+                        pending.add(nt)
+                if early is not None and cutoff is None and len(placed) >= early:
+                    cutoff = loop.time() + max(GRACE, loop.time() - started)
+        finally:
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+                for t in pending:
+                    self.mark_failed(tasks[t][1].name, "slower than the write quorum")
         return placed
 
     # -- get
@@ -427,18 +550,55 @@ class Store:
 
     async def gather_shares(self, m: Manifest, sk: SegmentKey, plain_len: int, want: int,
                             ns: str = NS_OBJECT, full: bool = True) -> dict[int, Buffer]:
-        """At least ``want`` (>= k) good share payloads, fetching more only when needed."""
+        """The first ``want`` (>= k) good share payloads to arrive.
+
+        Asks ``want`` backends (primaries first, down ones last); asks one more
+        each time one fails, and each time ``HEDGE`` (plus the share's transfer
+        time) passes without enough answers, so a hung or slow backend delays a
+        read by that much at most. The answers not needed are cancelled."""
         entry = m.entry(sk.segment)
+        slow = self.monitor.slow
         order = sorted((i for i in range(m.n) if entry.placement[i]),
-                       key=lambda i: (self.recently_failed(entry.placement[i]), i >= m.k, i))
+                       key=lambda i: (self.recently_failed(entry.placement[i]),
+                                      slow(entry.placement[i]), i >= m.k, i))
+        hedge = HEDGE + block_size(plain_len + crypto.TAG_BYTES, m.k) / HEDGE_RATE
+        loop = asyncio.get_running_loop()
         good: dict[int, Buffer] = {}
-        pos = 0
-        while len(good) < want and pos < len(order):
-            batch = order[pos: pos + want - len(good)]
-            pos += len(batch)
-            got = await asyncio.gather(*(
-                self.fetch_share(ns, m.id, sk, plain_len, i, entry, full) for i in batch))
-            good.update((i, p) for i, p in zip(batch, got, strict=True) if p is not None)
+        pending: dict[asyncio.Task[memoryview | None], int] = {}
+        todo = iter(order)
+
+        def ask() -> bool:
+            i = next(todo, None)
+            if i is None:
+                return False
+            pending[asyncio.create_task(
+                self.fetch_share(ns, m.id, sk, plain_len, i, entry, full))] = i
+            return True
+
+        for _ in range(want):
+            ask()
+        next_hedge = loop.time() + hedge
+        try:
+            while len(good) < want and pending:
+                wait = max(0.0, next_hedge - loop.time())
+                done, _ = await asyncio.wait(pending, timeout=wait,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    ask()
+                    next_hedge = loop.time() + hedge
+                    continue
+                for t in done:
+                    i = pending.pop(t)
+                    payload = t.result()
+                    if payload is not None:
+                        good[i] = payload
+                    elif len(good) + len(pending) < want:
+                        ask()
+        finally:
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
         if len(good) < m.k:
             raise NotEnoughShares(m.id, sk.segment, len(good), m.k)
         return good
@@ -459,10 +619,11 @@ class Store:
             return None, "not stored"
         if backend is None:
             return None, f"backend {name} is not configured"
+        size = HEADER_BYTES + block_size(plain_len + crypto.TAG_BYTES, sk.k)
         try:
-            data = await backend.get(share_key(ns, oid, sk.segment, i))
+            data = await self.call(backend, backend.get(share_key(ns, oid, sk.segment, i)),
+                                   size)
         except BackendUnavailable as exc:
-            self.mark_failed(name)
             return None, str(exc)
         if data is None:
             log.info("share %d of segment %d of object %s missing on %s", i, sk.segment, oid,
@@ -491,6 +652,8 @@ class Store:
         self._check_open()
         oid = ref_id(ref)
         m = await self.manifest(oid)
+        await self._check_deletable({name for entry in m.segments for name in entry.placement
+                                     if name})
         if not await self.catalogue.remove(oid):
             raise ObjectNotFound(f"object {oid} not found")
         keys = [(name, share_key(NS_OBJECT, oid, seg, i))
@@ -499,15 +662,39 @@ class Store:
         await self.delete_keys(keys)
         log.debug("deleted object %s", oid)
 
+    async def _check_deletable(self, names: set[str]) -> None:
+        """``DeleteRefused`` if a backend holding shares refuses deletes (0-db worm, lock),
+        before the object leaves the catalogue: otherwise it would vanish from ``ls``
+        while every share stays."""
+        async def refusal(b: ShardBackend) -> str | None:
+            check = getattr(b, "delete_refusal", None)
+            if check is None or self.monitor.is_down(b.name):
+                return None
+            try:
+                return cast(str | None, await asyncio.wait_for(check(), deadline(0)))
+            except (TimeoutError, StorageError):
+                return None  # unreachable now: its shares are queued as orphans
+
+        backends = [self.by_name[n] for n in sorted(names) if n in self.by_name]
+        for b, why in zip(backends, await asyncio.gather(*(refusal(b) for b in backends)),
+                          strict=True):
+            if why:
+                raise DeleteRefused(b.name, f"it refuses deletes: {why}")
+
     async def delete_keys(self, keys: builtins.list[tuple[str, str]]) -> int:
         failed = 0
         for pos in range(0, len(keys), 64):
-            batch = [(self.by_name.get(n), k) for n, k in keys[pos:pos + 64]]
-            results = await asyncio.gather(*(b.delete(k) for b, k in batch if b is not None),
+            batch = [(b, k) for b, k in ((self.by_name.get(n), k) for n, k in keys[pos:pos + 64])
+                     if b is not None]
+            results = await asyncio.gather(*(self.call(b, b.delete(k), 0) for b, k in batch),
                                            return_exceptions=True)
-            failed += sum(1 for r in results if isinstance(r, BaseException))
+            for (b, k), r in zip(batch, results, strict=True):
+                if isinstance(r, BaseException):
+                    failed += 1
+                    self.orphans_left.append((b.name, k))
         if failed:
-            log.warning("%d shares could not be deleted; verify --clean removes them", failed)
+            log.warning("%d shares could not be deleted now; removed once their backends "
+                        "answer (or by verify --clean)", failed)
         return failed
 
     async def iter_objects(self) -> AsyncIterator[ObjectInfo]:
@@ -525,7 +712,52 @@ class Store:
         return [info async for info in self.iter_objects()]
 
     async def health(self) -> builtins.list[BackendHealth]:
-        return list(await asyncio.gather(*(b.health() for b in self.backends)))
+        """Ask every backend now (each answer bounded); refreshes the cached health."""
+        return await self.monitor.refresh()
+
+    async def check_backends(self) -> None:
+        """ValueError naming a backend that can never hold shares (0-db seq mode)."""
+        from storage.backends import check_usable
+
+        await asyncio.gather(*(check_usable(b) for b in self.backends))
+
+    async def maintain(self, scrub_interval: float = 0.0) -> None:
+        """Keep redundancy up while serving, until cancelled.
+
+        Repairs the objects stored below n shares once no backend is down,
+        removes the shares failed puts left on backends that were down, and
+        every ``scrub_interval`` seconds (0: never) checks and repairs the whole
+        store (``repair``: a flushed or replaced backend is refilled)."""
+        from storage.repair import remove_orphans, repair, repair_objects
+
+        loop = asyncio.get_running_loop()
+        next_scrub = loop.time() + scrub_interval if scrub_interval > 0 else None
+        while True:
+            wait = None if next_scrub is None else max(0.0, next_scrub - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.repair_wanted.wait(), wait)
+            self.repair_wanted.clear()
+            try:
+                if next_scrub is not None and loop.time() >= next_scrub:
+                    log.info("scrub: checking every object")
+                    report = await repair(self)
+                    removed = await remove_orphans(self)
+                    log.info("scrub: %d shares rebuilt, %d not restored, %d orphan shares "
+                             "removed", report.shares_rebuilt, len(report.failures), removed)
+                    next_scrub = loop.time() + scrub_interval
+                if self.monitor.down:
+                    continue  # _health_changed wakes us when they are back
+                if self.orphans_left:
+                    left, self.orphans_left = self.orphans_left, []
+                    await self.delete_keys(left)
+                if self.degraded:
+                    todo, self.degraded = set(self.degraded), set()
+                    log.info("self-repair: %d objects below full redundancy", len(todo))
+                    report = await repair_objects(self, todo)
+                    if report.failures or report.unrecoverable:
+                        self.degraded |= todo  # try again after the next change
+            except StorageError as exc:
+                log.warning("self-repair: %s", exc)
 
     async def verify(self, sample: float | None = None, clean: bool = False) -> VerifyReport:
         from storage.repair import verify
@@ -598,6 +830,7 @@ class Store:
             return
         self._closed = True
         await self.small.drain()
+        await self.monitor.close()
         await self.catalogue.close()
         for b in self.backends:
             with contextlib.suppress(Exception):
@@ -676,6 +909,16 @@ class ObjectStream:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _results(done: set[asyncio.Task[None]]) -> None:
+    """Raise the first failure of ``done`` after retrieving every one (no task's
+    exception is left unretrieved, so asyncio logs no "never retrieved")."""
+    errors = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
+    if any(t.cancelled() for t in done):
+        raise asyncio.CancelledError()
+    if errors:
+        raise cast(BaseException, errors[0])
 
 
 async def _chunks(source: Source, size: int, io: Executor) -> AsyncIterator[Buffer]:

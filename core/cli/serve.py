@@ -93,8 +93,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _check_listener(info: dict[str, Any], data: Path) -> str | None:
-    """None if the listener answers as it should, else what is wrong."""
+def _check_listener(info: dict[str, Any], data: Path, found: dict[str, Any] | None = None
+                    ) -> str | None:
+    """None if the listener answers as it should, else what is wrong; the health
+    endpoint's storage summary goes into ``found["storage"]``."""
     host = info["host"]
     try:
         with socket.create_connection((host, info["port"]), timeout=3) as sock:
@@ -112,7 +114,10 @@ def _check_listener(info: dict[str, Any], data: Path) -> str | None:
         url = f"https://{host}:{info['port']}/twin/v1/health"
         try:
             with urllib.request.urlopen(url, context=ctx, timeout=5) as resp:
-                if json.load(resp).get("ok") is not True:
+                answer = json.load(resp)
+                if found is not None and isinstance(answer.get("storage"), dict):
+                    found["storage"] = answer["storage"]
+                if answer.get("ok") is not True:
                     return "health endpoint says not ok"
         except (OSError, ValueError) as exc:
             return f"health endpoint: {exc}"
@@ -127,14 +132,23 @@ def status(data: Path) -> dict[str, Any]:
         return {"running": False, "healthy": False, "data_dir": str(data), "listeners": []}
     running = _alive(int(state["pid"]))
     problems = {}
+    found: dict[str, Any] = {}
     if running:
         for info in state["listeners"]:
-            problem = _check_listener(info, data)
+            problem = _check_listener(info, data, found)
             if problem:
                 problems[f"{info['name']}:{info['port']}"] = problem
+    storage = found.get("storage")
+    if storage is not None and not (storage.get("readable") and storage.get("writable")):
+        can = "reads only" if storage.get("readable") else "neither reads nor writes"
+        problems["storage"] = (f"{storage.get('reachable')} backends reachable, "
+                               f"{storage.get('accepting_writes')} accepting writes (reads need "
+                               f"{storage.get('k')}, writes {storage.get('write_quorum')}): "
+                               f"{can}; down: {', '.join(storage.get('down') or []) or '-'}")
     return {
         "running": running,
         "healthy": running and not problems,
+        "storage": storage,
         "pid": state["pid"],
         "name": state["name"],
         "domain": state["domain"],
@@ -164,4 +178,6 @@ def run_status(args: argparse.Namespace) -> int:
         elif book:
             print(f"  phonebook    {book.get('backend')}: NOT published yet after "
                   f"{book.get('attempts', 0)} attempt(s): {book.get('error')}")
+        if "storage" in report["problems"]:
+            print(f"  storage: {report['problems']['storage']}")
     return 0 if report["healthy"] else 1

@@ -81,11 +81,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-def open_from_config(data: Path) -> Store:
+def open_from_config(data: Path, overrides: dict[str, Any] | None = None) -> Store:
+    """The store as the data dir's config, with the command line's ``--set``, says."""
     from core import config as cfg
     from core import identity
 
-    conf = cfg.load(data)
+    conf = cfg.load(data, overrides)
     ident = identity.load(conf.data_dir)
     return open_store(
         conf.data_dir, k=conf.int("storage.k"), n=conf.int("storage.n"),
@@ -117,7 +118,7 @@ def _run(data: Path, command: Command, args: argparse.Namespace) -> int:
         except httpx.ConnectError as exc:
             unanswered = exc
     try:
-        store = open_from_config(data)
+        store = open_from_config(data, _overrides(args))
     except StoreInUse as exc:
         twin = None if unanswered else running_twin(data)  # it may have just started
         if twin is not None:
@@ -128,6 +129,12 @@ def _run(data: Path, command: Command, args: argparse.Namespace) -> int:
         print(f"twin storage: {_in_use(exc, unanswered)}", file=sys.stderr)
         return 2
     return asyncio.run(_on(Offline(store), command, args))
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from core.cli import overrides
+
+    return overrides(args)
 
 
 def _in_use(exc: StoreInUse, unanswered: Exception | None) -> str:
@@ -160,6 +167,8 @@ async def _online(data: Path, twin: tuple[int, str], command: Command,
 
 async def _on(target: Target, command: Command, args: argparse.Namespace) -> int:
     try:
+        if isinstance(target, Offline):  # what can never work is refused before any work
+            await target.store.check_backends()
         return await command(target, args)
     finally:
         await target.close()
@@ -400,13 +409,15 @@ async def _status(target: Target, args: argparse.Namespace) -> int:
     print(f"store: {status.k}-of-{status.n}, segments of {status.segment_size} bytes")
     for h, d in zip(status.backends, where, strict=True):
         free = "?" if h.free_bytes is None else f"{h.free_bytes / 2**30:.1f} GiB free"
-        state = "ok" if h.reachable else f"UNREACHABLE ({h.detail})"
-        print(f"{h.name:<12} {h.kind:<6} {h.location:<40} {state}, {free}, {h.errors} errors, "
-              f"{d}")
+        state = ("ok" if h.writable else f"READ-ONLY ({h.detail})") if h.reachable \
+            else f"UNREACHABLE ({h.detail})"
+        flags = f" [{h.flags}]" if h.flags else ""
+        print(f"{h.name:<12} {h.kind:<6} {h.location:<40} {state}, {free}, {h.errors} "
+              f"errors{flags}, {d}")
     print(f"failure domains: {spread.count} (at most {spread.largest} backends in one)")
     if spread.warning:
         print(f"WARNING: {spread.warning}")
-    return 0 if all(h.reachable for h in status.backends) else 1
+    return 0 if all(h.reachable and h.writable for h in status.backends) else 1
 
 
 async def _verify(target: Target, args: argparse.Namespace) -> int:

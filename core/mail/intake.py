@@ -85,6 +85,12 @@ class Intake:
         # bytes per login reserved by accept (and recovery) and released once filed
         self._reserved: dict[str, int] = {}
         self._released: dict[str, int] = {}
+        self._retry = asyncio.Event()  # set when storage health changes: retry now
+
+    def retry_now(self) -> None:
+        """Storage health changed (a backend is back): end the filer's back-off, so
+        mail held through an outage is filed at once rather than up to RETRY_MAX later."""
+        self._retry.set()
 
     async def start(self) -> None:
         """Replay what a crash left unfiled, then file from now on."""
@@ -192,8 +198,10 @@ class Intake:
                     continue
                 log.warning("filing journaled message %d failed (%s); it stays in the "
                             "journal, next try in %.1f s", batch[0].seq, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                self._retry.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._retry.wait(), delay)
+                delay = RETRY_FIRST if self._retry.is_set() else min(delay * 2, RETRY_MAX)
                 continue
             delay = RETRY_FIRST
             self._failures = 0

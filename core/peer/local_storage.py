@@ -77,7 +77,8 @@ def health_json(h: BackendHealth) -> dict[str, Any]:
     """One backend as ``twin storage status --json`` has always printed it."""
     return {"name": h.name, "kind": h.kind, "location": h.location,
             "health": {"reachable": h.reachable, "free_bytes": h.free_bytes,
-                       "errors": h.errors, "detail": h.detail}}
+                       "errors": h.errors, "detail": h.detail, "writable": h.writable,
+                       "flags": h.flags}}
 
 
 def health_from_json(d: dict[str, Any]) -> BackendHealth:

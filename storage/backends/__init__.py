@@ -23,7 +23,13 @@ Redis or a 0-db namespace can all hold shares:
 Radicale picks its storage: ``{"name": "local0", "kind": "local",
 "location": "shards/0"}`` (relative to the data dir) or ``{"name": "r1", "kind":
 "resp", "location": "redis://127.0.0.1:6379/0"}`` (``zdb://host:port/namespace``
-for 0-db, where the namespace is selected with ``SELECT namespace``).
+for 0-db, where the namespace is selected with ``SELECT namespace``). A ``resp``
+spec may add ``password`` (the Redis AUTH password, or the 0-db namespace's) or
+``password_file`` (a file holding it, relative to the data dir), so that the
+location shown in status and logs carries no secret.
+
+Every backend has ``max_value``, the largest value it stores: the store refuses
+at start a segment size whose shares would not fit (0-db: 8 MiB, Redis: 512 MiB).
 """
 
 from __future__ import annotations
@@ -81,6 +87,19 @@ class ShardBackend(Protocol):
     async def close(self) -> None: ...
 
 
+def max_value(backend: ShardBackend) -> int:
+    """The largest value ``backend`` stores (a backend without the attribute: no limit
+    the store needs to know)."""
+    return int(getattr(backend, "max_value", 1 << 62))
+
+
+async def check_usable(backend: ShardBackend) -> None:
+    """ValueError if ``backend`` can never hold shares (a 0-db namespace in seq mode)."""
+    check = getattr(backend, "check_usable", None)
+    if check is not None:
+        await check()
+
+
 class SupportsPutMany(Protocol):
     """The optional batch write of the contract (see the module docstring); a
     typed statement of it for implementers, never checked at run time."""
@@ -131,10 +150,30 @@ def claim_all(backends: list[ShardBackend]) -> None:
         raise
 
 
+def _password(spec: dict[str, str], name: str, data_dir: Path) -> str | None:
+    """The spec's ``password``, or the first line of its ``password_file``."""
+    if "password" in spec and "password_file" in spec:
+        raise ValueError(f"backend {name}: give password or password_file, not both")
+    if "password" in spec:
+        return str(spec["password"])
+    if "password_file" not in spec:
+        return None
+    path = Path(str(spec["password_file"])).expanduser()
+    path = path if path.is_absolute() else data_dir / path
+    try:
+        with open(path, "rb") as f:
+            text = f.read(4097)
+    except OSError as exc:
+        raise ValueError(f"backend {name}: cannot read password_file {path}: {exc}") from exc
+    if len(text) > 4096:
+        raise ValueError(f"backend {name}: password_file {path} is too large")
+    return text.decode("utf-8", "replace").splitlines()[0] if text.strip() else ""
+
+
 def load(spec: dict[str, str], data_dir: Path, executor: Executor) -> ShardBackend:
     if not isinstance(spec, dict):
         raise ValueError(f"backend spec must be a table, got {type(spec).__name__}")
-    unknown = set(spec) - {"name", "kind", "location"}
+    unknown = set(spec) - {"name", "kind", "location", "password", "password_file"}
     if unknown:
         raise ValueError(f"backend spec has unknown keys {sorted(unknown)}")
     name = check_name(str(spec.get("name", "")))
@@ -152,5 +191,5 @@ def load(spec: dict[str, str], data_dir: Path, executor: Executor) -> ShardBacke
     if kind == "resp":
         from storage.backends.resp import RespBackend
 
-        return RespBackend(name, location)
+        return RespBackend(name, location, password=_password(spec, name, data_dir))
     raise ValueError(f"backend {name}: unknown kind {kind!r} (expected local or resp)")

@@ -168,6 +168,26 @@ async def test_filing_retries_until_the_store_is_back(
     await svc.mail.stop_intake()
 
 
+async def test_a_storage_health_change_ends_the_filers_back_off(
+        service: tuple[Service, str], journal_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an outage mail used to sit up to RETRY_MAX (300 s) once backends were back."""
+    svc, login = service
+    monkeypatch.setattr(intake_mod, "RETRY_FIRST", 30.0)
+    store, svc.mail.store = svc.mail.store, None
+    await svc.mail.start_intake(journal_dir, KEY, 1 << 20)
+    await svc.mail.accept(login, message(0))  # the first filing fails: back off 30 s
+    await asyncio.sleep(0.2)
+    assert svc.mail.intake is not None and svc.mail.intake._queue
+    svc.mail.store = store
+    started = time.monotonic()
+    svc._storage_health_changed()  # what the store's BackendMonitor calls
+    await asyncio.wait_for(svc.mail.settled(), 5)
+    assert time.monotonic() - started < 5
+    assert subjects(await inbox(svc, login)) == ["m0"]
+    await svc.mail.stop_intake()
+
+
 async def test_a_full_backlog_makes_accept_wait_then_refuse(
         service: tuple[Service, str], journal_dir: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

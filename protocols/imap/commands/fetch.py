@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -446,11 +446,25 @@ async def _section(s: Session, meta: Meta, sec: Section) -> None:
         assert sec.length is not None
         start = min(end, start + sec.origin)
         end = min(end, start + sec.length)
-    s.out += b"{%d}\r\n" % (end - start)
     if end - start <= 64 * 1024:
-        s.out += await s.mail.read_bytes(meta.ref, start, end)
-    else:
-        await s.stream(s.mail.read(meta.ref, start, end))
+        data = await s.mail.read_bytes(meta.ref, start, end)
+        s.out += b"{%d}\r\n" % len(data) + data
+        return
+    # The first chunk is read before the literal is announced: a store that cannot
+    # be read now fails the FETCH with a NO (RFC 9051 section 7.1), instead of a
+    # connection broken off inside an announced literal.
+    chunks = aiter(s.mail.read(meta.ref, start, end))
+    first = await anext(chunks, b"")
+    s.out += b"{%d}\r\n" % (end - start)
+    await s.stream(_after(first, chunks))
+
+
+async def _after(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``first`` and then the rest of a body's chunks."""
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
 
 
 async def _binary(s: Session, meta: Meta, sec: Section) -> None:

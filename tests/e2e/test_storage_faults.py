@@ -1,0 +1,94 @@
+"""A running twin on six real redis-servers while some of them hang (SIGSTOP).
+
+What a user sees from the command line: `twin status` tells the truth fast,
+`twin storage put/get` stay fast, and `SIGTERM` stops the twin in bounded time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import Servers, redis_servers
+from tests.twins import TwinProcess, twin_cli
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def redises(tmp_path: Path) -> Iterator[tuple[Servers, list[dict[str, str]]]]:
+    servers, specs = redis_servers(tmp_path / "redis")
+    try:
+        yield servers, specs
+    finally:
+        servers.close()
+
+
+def _backends_toml(specs: list[dict[str, str]]) -> str:
+    tables = ", ".join("{" + ", ".join(f'{k} = "{v}"' for k, v in s.items()) + "}"
+                       for s in specs)
+    return f"[{tables}]"
+
+
+def _timed_cli(data: Path, *args: str) -> tuple[float, str, int]:
+    started = time.perf_counter()
+    done = twin_cli(data, *args, check=False)
+    return time.perf_counter() - started, done.stdout, done.returncode
+
+
+def test_status_put_get_and_stop_with_backends_hung(
+        tmp_path: Path, redises: tuple[Servers, list[dict[str, str]]]) -> None:
+    servers, specs = redises
+    twin = TwinProcess.create(tmp_path, "alice", sets=[
+        f"storage.backends={_backends_toml(specs)}", "storage.backup_interval=0"])
+    twin.start()
+    try:
+        base_status, out, rc = _timed_cli(twin.data, "status", "--json")
+        report = json.loads(out)
+        assert rc == 0 and report["storage"]["readable"] and report["storage"]["writable"]
+
+        source = tmp_path / "blob"
+        source.write_bytes(os.urandom(4 * MiB))
+
+        def put_get() -> tuple[float, float]:
+            put_took, out, rc = _timed_cli(twin.data, "storage", "put", str(source))
+            assert rc == 0, twin.log()[-2000:]
+            get_took, _, rc = _timed_cli(twin.data, "storage", "get", out.strip(), "-o",
+                                         str(tmp_path / "back"))
+            assert rc == 0 and (tmp_path / "back").read_bytes() == source.read_bytes()
+            return put_took, get_took
+
+        base_put, base_get = put_get()  # the CLI's own start is most of it
+        servers[1].hang()
+        put_took, get_took = put_get()
+        print(f"CLI 4 MiB: put {base_put:.2f} s, get {base_get:.2f} s; with r1 hung: put "
+              f"{put_took:.2f} s, get {get_took:.2f} s")
+        assert put_took <= base_put + 3.0 and get_took <= base_get + 1.5
+
+        for i in (2, 3):
+            servers[i].hang()
+        for _ in range(2):  # the first put finds r2 and r3 hung
+            twin_cli(twin.data, "storage", "put", str(source), check=False)
+        took, out, rc = _timed_cli(twin.data, "status", "--json")
+        report = json.loads(out)
+        print(f"twin status: {base_status:.2f} s; with 3 of 6 hung: {took:.2f} s")
+        assert rc == 1 and not report["healthy"]
+        assert not report["storage"]["readable"] and not report["storage"]["writable"]
+        assert "storage" in report["problems"]
+        assert took <= base_status + 1.0  # cached health: no backend is asked
+        for i in (2, 3):
+            servers[i].resume()
+
+        started = time.monotonic()
+        assert twin.stop(signal.SIGTERM, timeout=30) == 0
+        stop_took = time.monotonic() - started
+        print(f"SIGTERM with r1 hung: {stop_took:.2f} s")
+        assert stop_took <= 10.0
+    finally:
+        twin.stop()

@@ -1,0 +1,204 @@
+"""The store while a backend hangs: six real redis-servers, one SIGSTOPped.
+
+A stopped server still accepts connections (the kernel does) and never
+answers: the fault that used to cost every call a 10 s timeout plus a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from storage import BackendUnavailable, Store
+from tests.servers import DelayProxy, Servers, redis_servers
+from tests.storage.conftest import MiB, StoreFactory
+
+
+@pytest.fixture
+def redises(tmp_path: Path) -> Iterator[tuple[Servers, list[dict[str, str]]]]:
+    servers, specs = redis_servers(tmp_path / "redis")
+    try:
+        yield servers, specs
+    finally:
+        servers.close()
+
+
+async def _timed(what: object) -> tuple[object, float]:
+    started = time.perf_counter()
+    result = await what  # type: ignore[misc]
+    return result, time.perf_counter() - started
+
+
+async def _until(check: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_4_mib_put_and_get_stay_fast_with_each_backend_in_turn_hung(
+        make_store: StoreFactory, redises: tuple[Servers, list[dict[str, str]]]) -> None:
+    servers, specs = redises
+    store = make_store(segment_size=4 * MiB, specs=specs)
+    stored = []
+    worst = {"get": 0.0, "first put": 0.0, "put": 0.0}
+    for i in range(len(servers)):
+        data = os.urandom(4 * MiB)
+        ref = await store.put(data)  # all up: its shares use every backend
+        stored.append((ref, data))
+        servers[i].hang()
+        got, took = await _timed(store.read(ref))
+        assert got == data
+        assert took <= 1.5, f"GET with r{i} hung took {took:.2f} s"
+        worst["get"] = max(worst["get"], took)
+        fresh = os.urandom(4 * MiB)
+        ref2, took = await _timed(store.put(fresh))
+        assert took <= 3.0, f"first PUT with r{i} hung took {took:.2f} s"
+        worst["first put"] = max(worst["first put"], took)
+        assert store.monitor.is_down(f"r{i}")
+        ref3, took = await _timed(store.put(fresh[::-1]))
+        assert took <= 1.0, f"PUT after detection with r{i} hung took {took:.2f} s"
+        worst["put"] = max(worst["put"], took)
+        got, took = await _timed(store.read(ref2))
+        assert got == fresh and took <= 1.5
+        stored += [(ref2, fresh), (ref3, fresh[::-1])]
+        summary = store.monitor.summary()
+        assert summary.readable and summary.writable and summary.down == [f"r{i}"]
+        servers[i].resume()
+        await _until(lambda i=i: not store.monitor.is_down(f"r{i}"))
+    print(f"4 MiB with one backend hung, slowest: {worst}")
+    for ref, data in stored:  # never wrong data
+        assert await store.read(ref) == data
+    assert store.degraded, "objects stored while a backend was down are queued for repair"
+    await store.close()
+
+
+async def test_objects_written_during_an_outage_are_repaired_when_it_ends(
+        make_store: StoreFactory, redises: tuple[Servers, list[dict[str, str]]]) -> None:
+    servers, specs = redises
+    store = make_store(segment_size=1 * MiB, specs=specs)
+    maintain = asyncio.create_task(store.maintain())
+    try:
+        servers[2].hang()
+        blobs = [os.urandom(300 * 1024) for _ in range(3)] + [os.urandom(2000)]
+        refs = [await store.put(b) for b in blobs]
+        assert (await store.verify()).degraded  # 5 of 6 shares while r2 is hung
+        servers[2].resume()
+
+        async def healthy() -> bool:
+            return (await store.verify()).healthy
+
+        deadline = time.monotonic() + 10
+        while not await healthy():
+            assert time.monotonic() < deadline, "not repaired without a command"
+            await asyncio.sleep(0.3)
+        for ref, data in zip(refs, blobs, strict=True):
+            assert await store.read(ref) == data
+    finally:
+        maintain.cancel()
+        await asyncio.gather(maintain, return_exceptions=True)
+        await store.close()
+
+
+async def test_with_three_hung_status_says_no_reads_no_writes_and_refused_puts_leave_no_orphans(
+        make_store: StoreFactory, redises: tuple[Servers, list[dict[str, str]]]) -> None:
+    servers, specs = redises
+    store = make_store(segment_size=1 * MiB, specs=specs)
+    maintain = asyncio.create_task(store.maintain())
+    try:
+        for i in (0, 2, 4):
+            servers[i].hang()
+        for size in (3 * MiB, 2000):  # a streamed put and a batched small put
+            started = time.perf_counter()
+            with pytest.raises(BackendUnavailable):
+                await store.put(os.urandom(size))
+            assert time.perf_counter() - started <= 4.0
+        summary = store.monitor.summary()
+        assert not summary.readable and not summary.writable
+        assert summary.down == ["r0", "r2", "r4"]
+        assert (await store.list()) == []
+        for i in (0, 2, 4):
+            servers[i].resume()
+        await _until(lambda: not store.monitor.down and not store.orphans_left, 10)
+        report = await store.verify()
+        assert report.orphans == 0, report
+    finally:
+        maintain.cancel()
+        await asyncio.gather(maintain, return_exceptions=True)
+        await store.close()
+
+
+async def test_a_flushed_backend_is_found_and_refilled_by_the_scrub(
+        make_store: StoreFactory, redises: tuple[Servers, list[dict[str, str]]]) -> None:
+    servers, specs = redises
+    store = make_store(segment_size=256 * 1024, specs=specs)
+    blobs = [os.urandom(n) for n in (100, 300 * 1024, 600 * 1024)]
+    refs = [await store.put(b) for b in blobs]
+    servers[0].admin.set(f"s/{'ab' * 16}/0/0", b"left by a put that failed")  # an orphan
+    maintain = asyncio.create_task(store.maintain(scrub_interval=1))
+    try:
+        servers[3].admin.flushall()
+        deadline = time.monotonic() + 10
+        while not (await store.verify()).healthy:
+            assert time.monotonic() < deadline, "the scrub did not refill the flushed backend"
+            # (healthy: nothing degraded and no orphan: the scrub removed that too)
+            await asyncio.sleep(0.5)
+        for ref, data in zip(refs, blobs, strict=True):
+            assert await store.read(ref) == data
+    finally:
+        maintain.cancel()
+        await asyncio.gather(maintain, return_exceptions=True)
+        await store.close()
+
+
+async def test_repair_reports_what_it_could_not_restore(
+        make_store: StoreFactory, redises: tuple[Servers, list[dict[str, str]]]) -> None:
+    servers, specs = redises
+    store: Store = make_store(segment_size=64 * 1024, specs=specs)
+    ref = await store.put(os.urandom(100 * 1024))
+    servers[1].admin.flushall()
+    servers[1].admin.config_set("maxmemory", 1)  # full: nothing can be written back
+    servers[1].admin.config_set("maxmemory-policy", "noeviction")
+    report = await store.repair()
+    assert report.failures and all(ref.id in f for f in report.failures)
+    health = {h.name: h for h in await store.health()}
+    assert health["r1"].reachable and not health["r1"].writable
+    await store.close()
+
+
+async def test_a_slow_backend_adds_little_to_a_large_get(
+        make_store: StoreFactory, redises: tuple[Servers, list[dict[str, str]]]) -> None:
+    """+200 ms per request on one backend: reads stop waiting on it."""
+    servers, specs = redises
+    proxy = await DelayProxy(servers[0].port, 0.0).start()
+    specs[0] = {**specs[0], "location": f"redis://127.0.0.1:{proxy.port}/0"}
+    store = make_store(segment_size=1 * MiB, specs=specs)
+    try:
+        data = os.urandom(16 * MiB)
+        ref = await store.put(data)
+        while "r0" not in [b.name for b in store.placement_order(ref.id)[:store.k]]:
+            ref = await store.put(data)  # r0 must hold a primary share, read by default
+
+        async def best_of(runs: int) -> float:
+            times = []
+            for _ in range(runs):
+                got, took = await _timed(store.read(ref))
+                assert got == data
+                times.append(took)
+            return min(times)
+
+        fast = await best_of(3)
+        proxy.delay = 0.2
+        await store.read(ref)  # learns which backend is slow
+        slow = await best_of(3)
+        print(f"16 MiB GET: {fast:.3f} s; with +200 ms on one backend: {slow:.3f} s")
+        assert slow <= fast + 0.3
+        assert store.monitor.slow("r0")
+    finally:
+        await store.close()
+        await proxy.close()
