@@ -25,7 +25,7 @@ The file runs with ``synchronous = NORMAL`` (WAL): a mark survives a crash of
 the process; after a power loss the last marks may be lost, which is why
 handlers are also required to be idempotent by uid (see ``core.peer``).
 
-Lookups and marks are grouped (``_Group``): the ones that arrive while the
+Lookups and marks are grouped (``core.db.Group``): the ones that arrive while the
 database thread is busy go together in its next call, marks in one
 transaction. Under load that is one thread hop and one commit for dozens of
 envelopes instead of two each; alone, an envelope waits for nothing.
@@ -37,23 +37,17 @@ more time than the minute of budget it gets back.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
 
-from core.db import Database, transaction
+from core.db import Database, Group, transaction
 from core.peer.errors import Refusal
 
 log = logging.getLogger("twin.peer")
-MAX_GROUP = 256
 PURGE_EVERY = 600.0  # seconds between purges of expired marks (the outbox worker runs it)
-In = TypeVar("In")
-Out = TypeVar("Out")
 
 MIGRATIONS = [
     """
@@ -96,8 +90,8 @@ class ReplayGuard:
         self.db.migrate("peer.replay", MIGRATIONS)
         self.bounds = bounds or Bounds()
         self._inflight: set[tuple[str, bytes]] = set()
-        self._lookup = _Group(self.db, _lookup_many)
-        self._mark = _Group(self.db, _mark_many)
+        self._lookup = Group(self.db, _lookup_many, "peer-replay-lookup")
+        self._mark = Group(self.db, _mark_many, "peer-replay-mark")
         self._usage: dict[str, _Usage] = self.db.run_sync(_usage_all)
 
     async def claim(self, sender: str, uid: bytes) -> None:
@@ -157,43 +151,6 @@ class ReplayGuard:
 
     def close(self) -> None:
         self.db.close()
-
-
-class _Group(Generic[In, Out]):
-    """Calls that arrive while the database thread is busy go as one call next."""
-
-    def __init__(self, db: Database,
-                 fn: Callable[[sqlite3.Connection, list[In]], list[Out]]) -> None:
-        self.db, self.fn = db, fn
-        self._waiting: list[tuple[In, asyncio.Future[Out]]] = []
-        self._runner: asyncio.Task[None] | None = None
-
-    async def __call__(self, item: In) -> Out:
-        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._run(), name="peer-replay-group")
-        return await future
-
-    async def _run(self) -> None:
-        try:
-            while self._waiting:
-                group = self._waiting[:MAX_GROUP]
-                del self._waiting[:MAX_GROUP]
-                try:
-                    results = await self.db.run(self.fn, [item for item, _ in group])
-                except BaseException as exc:
-                    for _, future in group:
-                        if not future.done():
-                            future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                else:
-                    for (_, future), result in zip(group, results, strict=True):
-                        if not future.done():
-                            future.set_result(result)
-        finally:
-            self._runner = None
 
 
 def _lookup_many(conn: sqlite3.Connection,
