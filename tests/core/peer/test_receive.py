@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from core.identity import Identity
@@ -182,8 +182,12 @@ async def test_random_bytes_get_a_clean_refusal(pair: Pair, data: bytes) -> None
 @given(st.data())
 async def test_mutated_envelopes_get_a_clean_refusal(pair: Pair, data: st.DataObject) -> None:
     alice, bob = pair
-    raw = bytearray(sealed(alice, bob, kind="ping", value={"n": 1}))
+    original = sealed(alice, bob, kind="ping", value={"n": 1})
+    raw = bytearray(original)
     for _ in range(data.draw(st.integers(1, 6))):
         raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
-    code = await refused(bob, bytes(raw[:data.draw(st.integers(0, len(raw)))]))
+    mutated = bytes(raw[:data.draw(st.integers(0, len(raw)))])
+    # a byte set to the value it had (about 1 draw in 256) leaves a valid envelope
+    assume(mutated != original)
+    code = await refused(bob, mutated)
     assert code in STATUS and code != "internal"
