@@ -148,6 +148,12 @@ SCHEMA: tuple[Key, ...] = (
         minimum=4096),
     Key("storage.backends", list, _default_backends(),
         "Shard backends: a list of tables {name, kind = local|resp, location}."),
+    Key("storage.compact_slack", float, 0.1,
+        "Dead bytes a quiet local shard file may keep, as a share of its live bytes; "
+        "beyond it the file is compacted (the disk overhead bound).",),
+    Key("storage.compact_age", int, 600,
+        "Seconds a local shard file's dead bytes must stay unchanged before the slack "
+        "rule compacts it (a file half dead is compacted once deletes pause).", minimum=0),
     Key("storage.backup_interval", int, 3600,
         "Seconds between backups of twin.db and the catalogue into the dispersed store "
         "(0 = never; a clean stop always backs up).",

@@ -52,6 +52,7 @@ STATUS_FILE = "run/status.json"
 LOCK_FILE = "run/twin.lock"
 DB_FILE = "twin.db"
 JOURNAL_DIR = "mail-journal"  # accepted mail not filed yet (core.mail.journal)
+COMPACT_INTERVAL = 10.0  # seconds between looks at the shard files' dead bytes
 
 
 def phonebook_error(exc: pb.PhonebookError) -> TwinError:
@@ -194,6 +195,8 @@ class Service:
                 backends=conf.list("storage.backends"),
                 master_key=self.identity.derive_key("storage"),
                 metadata_key=self.identity.derive_key("metadata"),
+                policy=storage.CompactPolicy(slack=conf.float("storage.compact_slack"),
+                                             age=conf.int("storage.compact_age")),
             )
         except storage.StoreInUse as exc:
             raise Unavailable(store_in_use_message(exc)) from exc
@@ -228,6 +231,8 @@ class Service:
             interval = self.config.int("storage.backup_interval")
             if interval:  # twin.db and the catalogue, into the dispersed store
                 self.spawn(backup.backup_loop(self.db, self.store, interval), "backup")
+            # dead shard bytes back, by ratio and age, also on a twin too small to rotate
+            self.spawn(self.store.maintain_loop(COMPACT_INTERVAL), "storage-compaction")
             self.spawn(self.files.sweep(), "files-sweep")  # objects a crash left unreferenced
             self.spawn(self.outbound.run(), "outbound-queue")
             # twin-to-twin mail: the receiving side and bounces

@@ -583,6 +583,26 @@ class Store:
             except StorageError as exc:
                 log.error("scheduled catalogue backup failed: %s", exc)
 
+    async def maintain(self) -> int:
+        """Reclaim dead space where a backend can (local: compaction, see its
+        ``CompactPolicy``); returns files compacted."""
+        done = 0
+        for b in self.backends:
+            fn = getattr(b, "maintain", None)
+            if fn is None:
+                continue
+            try:
+                done += await fn()
+            except StorageError as exc:
+                log.warning("backend %s: compaction failed: %s", b.name, exc)
+        return done
+
+    async def maintain_loop(self, interval: float) -> None:
+        """``maintain`` every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.maintain()
+
     @classmethod
     async def restore(cls, data_dir: Path, *, backends: builtins.list[dict[str, str]],
                       metadata_key: bytes, master_key: bytes, k: int = 4, n: int = 6,

@@ -33,10 +33,13 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from storage.errors import BackendUnavailable, InvalidReference
 from storage.model import BackendHealth
+
+if TYPE_CHECKING:
+    from storage.backends.local import CompactPolicy
 
 Buffer = bytes | memoryview
 MAX_KEY = 200
@@ -131,7 +134,8 @@ def claim_all(backends: list[ShardBackend]) -> None:
         raise
 
 
-def load(spec: dict[str, str], data_dir: Path, executor: Executor) -> ShardBackend:
+def load(spec: dict[str, str], data_dir: Path, executor: Executor,
+         policy: CompactPolicy | None = None) -> ShardBackend:
     if not isinstance(spec, dict):
         raise ValueError(f"backend spec must be a table, got {type(spec).__name__}")
     unknown = set(spec) - {"name", "kind", "location"}
@@ -148,7 +152,7 @@ def load(spec: dict[str, str], data_dir: Path, executor: Executor) -> ShardBacke
         path = Path(location).expanduser()
         if not path.is_absolute():
             path = data_dir / path
-        return LocalBackend(name, path, executor, location=location)
+        return LocalBackend(name, path, executor, location=location, policy=policy)
     if kind == "resp":
         from storage.backends.resp import RespBackend
 
