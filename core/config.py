@@ -117,6 +117,10 @@ SCHEMA: tuple[Key, ...] = (
         "Mailbox changes queued for a session that is not reading; beyond, it resyncs.",
         minimum=1),
     Key("mail.quota", int, 0, "Bytes of mail each user may keep (0 = unlimited).", minimum=0),
+    Key("mail.vanished_keep", int, 1000,
+        "Expunge records kept per mailbox for QRESYNC; a client that last synced before "
+        "the oldest gets every missing uid below UIDNEXT instead (RFC 7162 §3.2.5.2).",
+        minimum=1),
     Key("mail.journal_backlog", int, 64 * MiB,
         "Bytes of accepted mail that may wait to be filed; beyond, SMTP waits, then 451.",
         minimum=1 * MiB),

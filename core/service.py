@@ -90,7 +90,8 @@ class Service:
         self.store: Any = None  # storage.Store once started
         # Parts, in dependency order. Each keeps its tables in twin.db and reaches
         # the dispersed store through a callable, since the store opens in start().
-        self.mail = MailStore(self.db, quota_bytes=config.int("mail.quota"))
+        self.mail = MailStore(self.db, quota_bytes=config.int("mail.quota"),
+                              vanished_keep=config.int("mail.vanished_keep"))
         self.contacts = Contacts(self.db)
         self.access = Access(self.db, self.contacts)  # every access check goes through it
         self.shared = SharedObjects(self.db, lambda: self.store)  # only without a file tree
