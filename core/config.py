@@ -57,6 +57,13 @@ SCHEMA: tuple[Key, ...] = (
     Key("twin.name", str, "", "Short name of this twin, unique in its phonebook (a-z, 0-9, -)."),
     Key("twin.domain", str, "", "Mail domain and TLS name of this twin; default NAME.localhost."),
     Key("log.level", str, "info", "Log level.", choices=("debug", "info", "warning", "error")),
+    Key("log.file", str, "",
+        "File `twin serve` logs to (relative to the data dir) instead of stderr; "
+        "rotated by log.max_bytes and log.backups."),
+    Key("log.max_bytes", int, 16 * MiB,
+        "Size at which log.file is rotated (0 = not by the twin: it reopens the file "
+        "when logrotate moves it).", minimum=0),
+    Key("log.backups", int, 5, "Rotated log files kept besides log.file.", minimum=0),
     Key("serve.event_loop", str, "uvloop",
         "Event loop of twin serve: uvloop (libuv, the fast default) or asyncio (the standard "
         "library's, for asyncio debug mode or to rule uvloop out).",

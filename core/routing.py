@@ -250,7 +250,7 @@ class MailRouter:
             routed.twins[name] = str(envelope_uid)
         if routed.legacy:
             routed.queued = int(done[-1])
-        log.info("routed mail from %s: %d local, %d twin(s), %d legacy, %d done before",
+        log.debug("routed mail from %s: %d local, %d twin(s), %d legacy, %d done before",
                  mail_from or "<>", len(routed.local), len(routed.twins), len(routed.legacy),
                  len(routed.skipped))
         return routed
@@ -309,7 +309,7 @@ class MailRouter:
             if succeeded:
                 await self.delivered.remember(key, succeeded)
             raise errors[0]
-        log.info("mail from twin %s (%s) delivered to %d user(s)", sender.name,
+        log.debug("mail from twin %s (%s) delivered to %d user(s)", sender.name,
                  mail_from or "<>", len(owners))
         if unknown:
             await self._bounce_unknown(mail_from, marked, unknown)

@@ -17,6 +17,7 @@ from typing import Any
 from core import tls
 from core.cli import open_service, set_log_level
 from core.errors import ConfigError
+from core.logfile import log_to_file
 from core.service import STATUS_FILE
 
 log = logging.getLogger("twin.serve")
@@ -32,8 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run_serve(args: argparse.Namespace) -> int:
     service = open_service(args)
+    conf = service.config
     if args.log_level is None:  # twin.toml, TWIN_LOG_LEVEL or --set log.level=...
-        set_log_level(service.config.str("log.level"))
+        set_log_level(conf.str("log.level"))
+    if conf.str("log.file"):
+        path = Path(conf.str("log.file")).expanduser()
+        log_to_file(path if path.is_absolute() else service.data_dir / path,
+                    max_bytes=conf.int("log.max_bytes"), backups=conf.int("log.backups"))
     try:
         run_loop(service.config.str("serve.event_loop"), service.serve_forever())
     finally:

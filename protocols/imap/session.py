@@ -268,7 +268,7 @@ class Session:
         self.login = login
         self.state = AUTH
         await self.mail.ensure_user(login)
-        log.info("IMAP login %s from %s", login, self.peer)
+        log.debug("IMAP login %s from %s", login, self.peer)
 
 
 __all__ = ["AUTH", "NOT_AUTH", "SELECTED", "Session"]

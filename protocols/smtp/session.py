@@ -286,7 +286,7 @@ class TwinSMTP(SMTP):
         if not ok:
             log.info("SMTP AUTH failed for %s from %s", login, peer)
             return AuthResult(success=False, handled=False)
-        log.info("SMTP AUTH ok for %s from %s", login, peer)
+        log.debug("SMTP AUTH ok for %s from %s", login, peer)
         return AuthResult(success=True, auth_data=Login(login))
 
 
