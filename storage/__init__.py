@@ -92,8 +92,8 @@ from storage.store import ObjectStream, Store, default_executors
 
 __all__ = [
     "BackendHealth",
-    "CompactPolicy",
     "BackendUnavailable",
+    "CompactPolicy",
     "IntegrityError",
     "InvalidReference",
     "NotEnoughShares",

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from core import net, tls
-from protocols.smtp.dns import Resolver, system_resolver
 from protocols.smtp import quiet
+from protocols.smtp.dns import Resolver, system_resolver
 from protocols.smtp.handler import InboundHandler, SubmissionHandler
 from protocols.smtp.session import Gate, TwinSMTP
 from protocols.smtp.verify import Verifier

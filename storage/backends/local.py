@@ -68,8 +68,8 @@ from typing import Any, NamedTuple, TypeVar
 from storage.backends import Buffer, check_key
 from storage.errors import BackendUnavailable, StoreInUse
 from storage.groupcommit import GroupCommit
-from storage.sqlpool import ReaderPool
 from storage.model import BackendHealth
+from storage.sqlpool import ReaderPool
 
 log = logging.getLogger("twin.storage")
 T = TypeVar("T")
@@ -129,7 +129,7 @@ def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 _fallocate = _load_fallocate()

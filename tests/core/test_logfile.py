@@ -54,7 +54,7 @@ def test_a_busy_twin_logs_a_bounded_file_without_per_message_lines(
             client.login(twin.login, twin.password)
             client.sendmail(twin.login, [twin.login],
                             f"From: {twin.login}\r\nSubject: {i}\r\n\r\nhi\r\n".encode())
-    for i in range(30):
+    for _ in range(30):
         with smtplib.SMTP("127.0.0.1", twin.port("smtp"), timeout=30) as client:
             client.sendmail("someone@example.com", [twin.login], b"Subject: in\r\n\r\nhi\r\n")
     twin.stop()
