@@ -104,9 +104,10 @@ IndexChange = tuple[str, tuple[int, int, int] | None]
 
 
 class Span(NamedTuple):
-    """A dead record's bytes in a data file (header included)."""
+    """A dead record's bytes in a data file: ``start`` is its header, ``value`` its value."""
     file: int
     start: int
+    value: int
     end: int
 
 
@@ -529,7 +530,7 @@ class LocalBackend:
             old = current.get(key)
             existed.append(old is not None)
             if old is not None:
-                dead.append(Span(old[0], old[1] - RECORD.size - len(key), old[1] + old[2]))
+                dead.append(Span(old[0], old[1] - RECORD.size - len(key), old[1], old[1] + old[2]))
             current[key] = where
             final[key] = where
         gone = [(key,) for key, where in final.items() if where is None]
@@ -679,14 +680,16 @@ class LocalBackend:
             by_file.setdefault(span.file, []).append(span)
         for file_id, spans in by_file.items():
             freed = 0
-            if any(s.end - s.start >= 2 * _BLOCK for s in spans):
+            if any(s.end - s.value >= _BLOCK for s in spans):
                 try:
                     fd = os.open(self._data_file(file_id), os.O_WRONLY)
                 except OSError:  # retired meanwhile: nothing to free
                     fd = -1
                 if fd >= 0:
                     try:
-                        freed = sum(punch(fd, s.start, s.end) for s in spans)
+                        # the header stays: a re-index from scratch walks from
+                        # header to header and must never land in a hole
+                        freed = sum(punch(fd, s.value, s.end) for s in spans)
                     finally:
                         os.close(fd)
             left[file_id] = sum(s.end - s.start for s in spans) - freed
