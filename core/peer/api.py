@@ -151,7 +151,7 @@ def routes(service: Service) -> list[BaseRoute]:
             entry = await publish(service, path, request.stream())
         except TwinError as exc:
             return JSONResponse({"code": exc.code, "message": str(exc)}, 400)
-        log.debug("owner published %s (%d bytes)", entry.path, entry.size)
+        log.info("owner published %s (%d bytes)", entry.path, entry.size)
         return JSONResponse({"path": entry.path, "size": entry.size})
 
     return [

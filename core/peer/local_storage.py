@@ -231,7 +231,7 @@ def routes(service: Service) -> list[BaseRoute]:
 
 async def put_object(request: Request, store: Store) -> Response:
     ref = await store.put(request.stream())  # streamed: a few segments in memory at most
-    log.debug("owner stored object %s", ref)
+    log.info("owner stored object %s", ref)
     return _json({"ref": str(ref)})
 
 
@@ -277,7 +277,7 @@ async def get_object(request: Request, store: Store) -> Response:
 async def delete_object(request: Request, store: Store) -> Response:
     ref = request.path_params["ref"]
     await store.delete(ref)
-    log.debug("owner deleted object %s", ref)
+    log.info("owner deleted object %s", ref)
     return _json({"deleted": ref})
 
 
