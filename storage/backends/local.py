@@ -115,7 +115,8 @@ class Span(NamedTuple):
 class CompactPolicy:
     """When dead bytes are reclaimed; see the module docstring."""
     ratio: float = 0.5  # a file this dead is compacted once deletes pause ...
-    delay: float = 5.0  # ... for this many seconds
+    delay: float = 5.0  # ... for this many seconds ...
+    max_wait: float = 60.0  # ... or it has been this dead this long (deletes never pause)
     slack: float = 0.1  # dead bytes beyond this share of live ones are compacted ...
     age: float = 600.0  # ... once they stayed unchanged this long
     retire_grace: float = RETIRE_GRACE
@@ -172,6 +173,7 @@ class _Writer:
     opened: float = field(default_factory=time.monotonic)
     last_delete: float = 0.0
     dead_changed: dict[int, float] = field(default_factory=dict)
+    half_dead_since: dict[int, float] = field(default_factory=dict)
 
 
 def _pwrite_all(fd: int, bufs: Sequence[Buffer], offset: int) -> None:
@@ -702,11 +704,16 @@ class LocalBackend:
             return self._compact_locked(self._writer_state(), force)
 
     def _due(self, w: _Writer, force: bool) -> builtins.list[int]:
-        """The files to compact now (see ``CompactPolicy``)."""
+        """The files to compact now (see ``CompactPolicy``).
+
+        A half-dead file waits for deletes to pause (a large object is deleted in
+        batches; compacting between them copies its remaining shares forward for
+        nothing), but no longer than ``max_wait``: on a busy mail server deletes
+        never pause."""
         p, now = self.policy, time.monotonic()
-        if not force and now - w.last_delete < p.delay:
-            return []  # deletes are under way: wait until they pause
+        paused = force or now - w.last_delete >= p.delay
         due: builtins.list[int] = []
+        half: dict[int, float] = {}
         for file_id, dead in w.db.execute(
                 "SELECT id, dead FROM files WHERE retired IS NULL AND dead>=? ORDER BY id",
                 (1 if force else p.min_dead,)).fetchall():
@@ -717,9 +724,15 @@ class LocalBackend:
             except FileNotFoundError:
                 continue
             live = max(used - dead, 0)
+            if dead >= p.ratio * used:
+                half[file_id] = w.half_dead_since.get(file_id, now)
+                hot = paused or now - half[file_id] >= p.max_wait
+            else:
+                hot = False
             quiet = now - w.dead_changed.get(file_id, w.opened) >= p.age
-            if force or dead >= p.ratio * used or (quiet and dead > p.slack * live):
+            if force or hot or (quiet and dead > p.slack * live):
                 due.append(file_id)
+        w.half_dead_since = half
         return due
 
     def _compact_locked(self, w: _Writer, force: bool) -> int:
@@ -750,6 +763,7 @@ class LocalBackend:
             w.db.execute("COMMIT")
             w.retired = True
             w.dead_changed.pop(file_id, None)
+            w.half_dead_since.pop(file_id, None)
             log.info("backend %s: compacted data file %d (%d live records moved)", self.name,
                      file_id, len(moved))
         if due:

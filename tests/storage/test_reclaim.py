@@ -116,3 +116,26 @@ async def test_a_lost_index_is_rebuilt_across_punched_records(tmp_path: Path) ->
         assert await b.get("after") == b"a" * 5000
         assert await b.get("before") == b"b" * (4096 - RECORD.size - len("before"))
         await b.close()
+
+
+async def test_a_half_dead_file_is_compacted_even_if_deletes_never_pause(
+        tmp_path: Path) -> None:
+    """A busy mail server expunges all the time: waiting for a pause in deletes
+    must not mean never compacting (the soak's shards grew ~10 MiB/min so)."""
+    with ThreadPoolExecutor(4) as pool:
+        b = LocalBackend("l", tmp_path / "l", pool, policy=CompactPolicy(
+            delay=3600.0, max_wait=0.3, age=3600.0, retire_grace=0.0))
+        for i in range(400):
+            await b.put(f"k{i:03d}", [bytes([i % 256]) * 3000])
+        compacted = 0
+        for i in range(400):
+            if i % 5:
+                await b.delete(f"k{i:03d}")  # a delete between every look: never a pause
+            if i % 20 == 0:
+                compacted += await b.maintain()
+                await asyncio.sleep(0.1)
+        assert compacted >= 1
+        assert b.disk_usage() < 0.6 * 400 * 3011
+        for i in range(0, 400, 5):
+            assert await b.get(f"k{i:03d}") == bytes([i % 256]) * 3000
+        await b.close()
