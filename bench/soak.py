@@ -89,7 +89,7 @@ class Stats:
                 s = self._ops[name]
                 s.errors += 1
                 s.total_errors += 1
-                s.last_error = f"{type(exc).__name__}: {exc}"[:200]
+                s.last_error = f"{type(exc).__name__}: {exc}"[:600]
             return
         with self._lock:
             s = self._ops[name]
@@ -201,10 +201,10 @@ class Soak:
     def verify(self) -> None:
         def one() -> None:
             with self.stats.op("verify"):
-                out = twin_cli(self.alice.data, "storage", "verify", timeout=600)
-                report = json.loads(out.stdout)
-                if report.get("unreadable") or report.get("degraded"):
-                    raise RuntimeError(out.stdout.strip()[-300:])
+                out = twin_cli(self.alice.data, "storage", "verify", timeout=600, check=False)
+                if out.returncode != 0:  # its problem lines first, then the JSON summary
+                    raise RuntimeError(f"exit {out.returncode}: {out.stdout.strip()[:400]} "
+                                       f"{out.stderr.strip()[-200:]}")
         self.stop.wait(60)
         self.paced(1.0 / self.args.verify_every, one)
 
