@@ -124,6 +124,8 @@ async def _orphans(store: Store, backend: ShardBackend, clean: bool) -> tuple[in
             ns = key[0]
             if oid in busy or (oid in known if ns == NS_OBJECT else oid in backups):
                 continue
+            if await backend.stat(key) is None:
+                continue  # listed, then deleted with its object before we asked
             found += 1
             if clean:
                 try:

@@ -206,7 +206,7 @@ class Store:
         self.budget = ByteBudget(max(4 * segment_size, 16 * MiB))
         self.buffers = BufferPool(segment_buffer_size(segment_size, k, n),
                                   self.budget.total // segment_size + 1)
-        self.inflight: set[str] = set()  # ids being written: never orphans
+        self.inflight: set[str] = set()  # ids being written or deleted: never orphans
         self._failed_at: dict[str, float] = {}
         self._closed = False
         self._check_master_key()
@@ -491,12 +491,18 @@ class Store:
         self._check_open()
         oid = ref_id(ref)
         m = await self.manifest(oid)
-        if not await self.catalogue.remove(oid):
-            raise ObjectNotFound(f"object {oid} not found")
-        keys = [(name, share_key(NS_OBJECT, oid, seg, i))
-                for seg, entry in enumerate(m.segments)
-                for i, name in enumerate(entry.placement) if name]
-        await self.delete_keys(keys)
+        # between the catalogue row and the last share, a concurrent verify must not
+        # count the shares as orphans (it skips ids in flight, as for a put)
+        self.inflight.add(oid)
+        try:
+            if not await self.catalogue.remove(oid):
+                raise ObjectNotFound(f"object {oid} not found")
+            keys = [(name, share_key(NS_OBJECT, oid, seg, i))
+                    for seg, entry in enumerate(m.segments)
+                    for i, name in enumerate(entry.placement) if name]
+            await self.delete_keys(keys)
+        finally:
+            self.inflight.discard(oid)
         log.debug("deleted object %s", oid)
 
     async def delete_keys(self, keys: builtins.list[tuple[str, str]]) -> int:

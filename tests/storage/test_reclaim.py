@@ -139,3 +139,26 @@ async def test_a_half_dead_file_is_compacted_even_if_deletes_never_pause(
         for i in range(0, 400, 5):
             assert await b.get(f"k{i:03d}") == bytes([i % 256]) * 3000
         await b.close()
+
+
+async def test_verify_during_a_delete_finds_no_orphans(make_store: StoreFactory) -> None:
+    """Between an object's catalogue row and its last share going, a concurrent
+    verify must not report the shares as orphans (a soak's verify failed so)."""
+    store = make_store()
+    ref = await store.put(os.urandom(300_000))
+    gate = asyncio.Event()
+    real = store.delete_keys
+
+    async def slow(keys: list[tuple[str, str]]) -> int:
+        await gate.wait()
+        return await real(keys)
+
+    store.delete_keys = slow  # type: ignore[method-assign]
+    deleting = asyncio.create_task(store.delete(ref))
+    await asyncio.sleep(0.05)  # the row is gone, the shares are not
+    report = await store.verify()
+    assert report.orphans == 0 and report.healthy, report
+    gate.set()
+    await deleting
+    assert (await store.verify()).healthy
+    await store.close()
