@@ -58,6 +58,13 @@ SCHEMA: tuple[Key, ...] = (
     Key("twin.name", str, "", "Short name of this twin, unique in its phonebook (a-z, 0-9, -)."),
     Key("twin.domain", str, "", "Mail domain and TLS name of this twin; default NAME.localhost."),
     Key("log.level", str, "info", "Log level.", choices=("debug", "info", "warning", "error")),
+    Key("log.file", str, "",
+        "File `twin serve` logs to (relative to the data dir) instead of stderr; "
+        "rotated by log.max_bytes and log.backups."),
+    Key("log.max_bytes", int, 16 * MiB,
+        "Size at which log.file is rotated (0 = not by the twin: it reopens the file "
+        "when logrotate moves it).", minimum=0),
+    Key("log.backups", int, 5, "Rotated log files kept besides log.file.", minimum=0),
     Key("serve.event_loop", str, "uvloop",
         "Event loop of twin serve: uvloop (libuv, the fast default) or asyncio (the standard "
         "library's, for asyncio debug mode or to rule uvloop out).",
@@ -143,6 +150,10 @@ SCHEMA: tuple[Key, ...] = (
         "Mailbox changes queued for a session that is not reading; beyond, it resyncs.",
         minimum=1),
     Key("mail.quota", int, 0, "Bytes of mail each user may keep (0 = unlimited).", minimum=0),
+    Key("mail.vanished_keep", int, 1000,
+        "Expunge records kept per mailbox for QRESYNC; a client that last synced before "
+        "the oldest gets every missing uid below UIDNEXT instead (RFC 7162 §3.2.5.2).",
+        minimum=1),
     Key("mail.journal_backlog", int, 64 * MiB,
         "Bytes of accepted mail that may wait to be filed; beyond, SMTP waits, then 451.",
         minimum=1 * MiB),
@@ -191,6 +202,12 @@ SCHEMA: tuple[Key, ...] = (
         "Seconds between scrubs: every share of every object read and checked, and what "
         "is missing or corrupt rebuilt (0 = never; objects stored while a backend was "
         "down are repaired as soon as it is back, scrub or not).", minimum=0),
+    Key("storage.compact_slack", float, 0.1,
+        "Dead bytes a quiet local shard file may keep, as a share of its live bytes; "
+        "beyond it the file is compacted (the disk overhead bound).",),
+    Key("storage.compact_age", int, 600,
+        "Seconds a local shard file's dead bytes must stay unchanged before the slack "
+        "rule compacts it (a file half dead is compacted once deletes pause).", minimum=0),
     Key("storage.backup_interval", int, 3600,
         "Seconds between backups of twin.db and the catalogue into the dispersed store "
         "(0 = never; a clean stop always backs up).",

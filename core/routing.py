@@ -257,7 +257,7 @@ class MailRouter:
             routed.twins[name] = str(envelope_uid)
         if routed.legacy:
             routed.queued = int(done[-1])
-        log.info("routed mail from %s: %d local, %d twin(s), %d legacy, %d done before",
+        log.debug("routed mail from %s: %d local, %d twin(s), %d legacy, %d done before",
                  mail_from or "<>", len(routed.local), len(routed.twins), len(routed.legacy),
                  len(routed.skipped))
         return routed
@@ -316,9 +316,9 @@ class MailRouter:
             if succeeded:
                 await self.delivered.remember(key, succeeded)
             raise errors[0]
-        log.info("mail from twin %s (%s) delivered to %d user(s)%s", sender.name,
-                 mail_from or "<>", len(owners),
-                 f", {len(unknown)} unknown (refused in the ack)" if unknown else "")
+        log.debug("mail from twin %s (%s) delivered to %d user(s)%s", sender.name,
+                  mail_from or "<>", len(owners),
+                  f", {len(unknown)} unknown (refused in the ack)" if unknown else "")
         # Unknown recipients are refused in the ack, never bounced from here: the
         # sending twin tells its own user (``peer_acked``). A DSN from here would go
         # to whatever ``mail_from`` the peer chose, DKIM-signed by us, with its

@@ -63,6 +63,7 @@ LOCK_FILE = "run/twin.lock"
 DB_FILE = "twin.db"
 JOURNAL_DIR = "mail-journal"  # accepted mail not filed yet (core.mail.journal)
 SHUTDOWN_BACKUP = 6  # seconds the backup at stop may take: a stop must stay bounded
+COMPACT_INTERVAL = 10.0  # seconds between looks at the shard files' dead bytes
 
 
 def phonebook_error(exc: pb.PhonebookError) -> TwinError:
@@ -105,7 +106,8 @@ class Service:
         self.on_log_level: Callable[[str], None] | None = None  # set by `serve` (see reload)
         # Parts, in dependency order. Each keeps its tables in twin.db and reaches
         # the dispersed store through a callable, since the store opens in start().
-        self.mail = MailStore(self.db, quota_bytes=config.int("mail.quota"))
+        self.mail = MailStore(self.db, quota_bytes=config.int("mail.quota"),
+                              vanished_keep=config.int("mail.vanished_keep"))
         self.contacts = Contacts(self.db)
         self.access = Access(self.db, self.contacts)  # every access check goes through it
         self.shared = SharedObjects(self.db, lambda: self.store)  # only without a file tree
@@ -237,6 +239,8 @@ class Service:
                 backends=conf.list("storage.backends"),
                 master_key=self.identity.derive_key("storage"),
                 metadata_key=self.identity.derive_key("metadata"),
+                policy=storage.CompactPolicy(slack=conf.float("storage.compact_slack"),
+                                             age=conf.int("storage.compact_age")),
             )
         except storage.StoreInUse as exc:
             raise Unavailable(store_in_use_message(exc)) from exc
@@ -279,6 +283,8 @@ class Service:
             interval = self.config.int("storage.backup_interval")
             if interval:  # twin.db and the catalogue, into the dispersed store
                 self.spawn(backup.backup_loop(self.db, self.store, interval), "backup")
+            # dead shard bytes back, by ratio and age, also on a twin too small to rotate
+            self.spawn(self.store.maintain_loop(COMPACT_INTERVAL), "storage-compaction")
             self.spawn(self.files.sweep(), "files-sweep")  # objects a crash left unreferenced
             self.spawn(self.outbound.run(), "outbound-queue")
             # twin-to-twin mail: the receiving side and bounces

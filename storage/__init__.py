@@ -76,6 +76,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from storage.backends import ShardBackend, claim_all, load
+from storage.backends.local import CompactPolicy
 from storage.catalogue import FILE_NAME, Catalogue
 from storage.errors import (
     BackendUnavailable,
@@ -99,6 +100,7 @@ from storage.store import ObjectStream, Store, default_executors
 __all__ = [
     "BackendHealth",
     "BackendUnavailable",
+    "CompactPolicy",
     "IntegrityError",
     "InvalidReference",
     "NotEnoughShares",
@@ -121,7 +123,7 @@ MAX_BACKENDS = 64
 
 def open_store(data_dir: Path, *, k: int, n: int, segment_size: int,
                backends: list[dict[str, str]], master_key: bytes, metadata_key: bytes,
-               write_quorum: int | None = None) -> Store:
+               write_quorum: int | None = None, policy: CompactPolicy | None = None) -> Store:
     """Open (creating if needed) the store of a twin's data dir.
 
     ``backends`` are ``{"name", "kind": "local"|"resp", "location"}``; local
@@ -137,7 +139,7 @@ def open_store(data_dir: Path, *, k: int, n: int, segment_size: int,
     cpu, io = default_executors()
     loaded: list[ShardBackend] = []
     try:
-        loaded = [load(spec, data_dir, io) for spec in backends]
+        loaded = [load(spec, data_dir, io, policy) for spec in backends]
         claim_all(loaded)  # StoreInUse now, if a running twin holds the directories
         catalogue = Catalogue(data_dir / FILE_NAME, io)
         return Store(data_dir, loaded, catalogue, k=k, n=n, segment_size=segment_size,

@@ -30,6 +30,7 @@ from storage.errors import StorageError
 from storage.groupcommit import GroupCommit
 from storage.model import ObjectInfo
 from storage.share import HASH_BYTES
+from storage.sqlpool import ReaderPool
 
 log = logging.getLogger("twin.storage")
 T = TypeVar("T")
@@ -109,8 +110,8 @@ class Catalogue:
     def __init__(self, path: Path, executor: Executor) -> None:
         self.path = path
         self._executor = executor
-        self._tls = threading.local()
         self._conns: list[sqlite3.Connection] = []
+        self._readers = ReaderPool(self._connect)
         self._lock = threading.Lock()
         # reads in flight on executor threads; close() waits for them, since
         # closing a connection under a running query crashes the process
@@ -137,9 +138,10 @@ class Catalogue:
         return conn
 
     def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._tls, "conn", None)
+        """The read connection this thread leased for the call (see ``_counted``)."""
+        conn = self._readers.current()
         if conn is None:
-            conn = self._tls.conn = self._connect()
+            raise RuntimeError("catalogue read outside a leased connection")
         return conn
 
     async def _io(self, fn: Any, *args: Any) -> Any:
@@ -152,7 +154,8 @@ class Catalogue:
                 raise StorageError("the catalogue is closed")
             self._busy += 1
         try:
-            return fn(*args)
+            with self._readers.lease():
+                return fn(*args)
         finally:
             with self._lock:
                 self._busy -= 1
@@ -322,7 +325,8 @@ class Catalogue:
         """A consistent copy of the catalogue (for backups), taken without stopping writes."""
         target = sqlite3.connect(dest)
         try:
-            self._reader().backup(target)
+            with self._readers.lease() as db:
+                db.backup(target)
         finally:
             target.close()
 
@@ -338,6 +342,7 @@ class Catalogue:
             if not self._idle.wait_for(lambda: not self._busy, timeout=CLOSE_WAIT):
                 log.warning("closing the catalogue with %d read(s) still running", self._busy)
                 return  # leaked, not closed under a running query
+            self._readers.close()
             for conn in self._conns:
                 conn.close()
             self._conns.clear()

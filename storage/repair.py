@@ -82,13 +82,17 @@ async def verify(store: Store, sample: float | None, clean: bool) -> VerifyRepor
 
     async def check(m: Manifest) -> None:
         fewest = m.n
+        found: list[ShareProblem] = []
         for seg in range(m.segment_count):
             good, bad = await _probe_segment(store, m, seg)
             report.shares_checked += m.n
             entry = m.entry(seg)
             for i, why in bad.items():
-                report.problems.append(ShareProblem(m.id, seg, i, entry.placement[i], why))
+                found.append(ShareProblem(m.id, seg, i, entry.placement[i], why))
             fewest = min(fewest, len(good))
+        if found and (m.id in store.inflight or await store.catalogue.info(m.id) is None):
+            return  # deleted while we read it: its shares were going, not broken
+        report.problems.extend(found)
         if fewest < m.n:
             report.degraded[m.id] = fewest
         if fewest < m.k:
@@ -135,6 +139,8 @@ async def _orphans(store: Store, backend: ShardBackend, clean: bool) -> tuple[in
             if oid in busy or (oid in known if ns == NS_OBJECT
                                else backups is None or oid in backups):
                 continue
+            if await backend.stat(key) is None:
+                continue  # listed, then deleted with its object before we asked
             found += 1
             if clean:
                 try:

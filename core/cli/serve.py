@@ -18,6 +18,7 @@ from typing import Any
 from core import tls
 from core.cli import open_service, set_log_level
 from core.errors import ConfigError
+from core.logfile import log_to_file
 from core.service import STATUS_FILE
 
 log = logging.getLogger("twin.serve")
@@ -53,9 +54,14 @@ def raise_open_files_limit() -> None:
 def run_serve(args: argparse.Namespace) -> int:
     raise_open_files_limit()
     service = open_service(args)
+    conf = service.config
     if args.log_level is None:  # twin.toml, TWIN_LOG_LEVEL or --set log.level=...
-        set_log_level(service.config.str("log.level"))
+        set_log_level(conf.str("log.level"))
         service.on_log_level = set_log_level  # and again from twin.toml on SIGHUP
+    if conf.str("log.file"):
+        path = Path(conf.str("log.file")).expanduser()
+        log_to_file(path if path.is_absolute() else service.data_dir / path,
+                    max_bytes=conf.int("log.max_bytes"), backups=conf.int("log.backups"))
     try:
         run_loop(service.config.str("serve.event_loop"), service.serve_forever())
     finally:

@@ -324,7 +324,7 @@ class FileTree:
             return _need(c, parts)
 
         row = await self.db.run(_tx, make)
-        log.info("created directory %s", join(parts))
+        log.debug("created directory %s", join(parts))
         return _entry(row, join(parts))
 
     async def create_empty(self, path: str, content_type: str | None = None) -> FileEntry:
@@ -400,7 +400,7 @@ class FileTree:
                 await self._delete_objects([ref])
             raise
         await self._collect(freed)
-        log.info("wrote %s (%d bytes)", join(parts), size)
+        log.debug("wrote %s (%d bytes)", join(parts), size)
         return _entry(row, join(parts))
 
     async def delete(self, path: str) -> None:
@@ -416,7 +416,7 @@ class FileTree:
 
         freed = await self.db.run(_tx, remove)
         await self._collect(freed)
-        log.info("deleted %s", join(parts))
+        log.debug("deleted %s", join(parts))
 
     async def move(self, src: str, dst: str, *, overwrite: bool = False) -> FileEntry:
         """Rename ``src`` to ``dst`` (metadata only; properties follow the node)."""
@@ -433,7 +433,7 @@ class FileTree:
 
         row, freed = await self.db.run(_tx, rename)
         await self._collect(freed)
-        log.info("moved %s to %s", join(s), join(d))
+        log.debug("moved %s to %s", join(s), join(d))
         return _entry(row, join(d))
 
     async def copy(self, src: str, dst: str, *, recursive: bool = True,
@@ -470,7 +470,7 @@ class FileTree:
 
         row, freed = await self.db.run(_tx, duplicate)
         await self._collect(freed)
-        log.info("copied %s to %s", join(s), join(d))
+        log.debug("copied %s to %s", join(s), join(d))
         return _entry(row, join(d))
 
     async def touch(self, path: str, mtime: float) -> None:

@@ -122,6 +122,12 @@ MIGRATIONS = [
         reason    TEXT NOT NULL
     );
     """,
+    # QRESYNC's expunge records are kept within a bound (``_prune_vanished``): below
+    # ``vanished_floor`` they are gone and ``vanished`` answers from the uid set
+    """
+    ALTER TABLE mail_mailboxes ADD COLUMN vanished_floor INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX mail_vanished_modseq ON mail_vanished(mailbox, modseq);
+    """,
 ]
 
 # RFC 3501 §2.3.1.1: a name's UIDVALIDITY never repeats, so every mailbox ever
@@ -137,6 +143,7 @@ UIDVALIDITY_MIGRATIONS = [
     INSERT INTO mail_uidvalidity SELECT 0, COALESCE(MAX(uidvalidity), 0) FROM mail_mailboxes;
     """,
 ]
+VANISHED_KEEP = 1000  # expunge records kept per mailbox (the mail.vanished_keep default)
 
 
 @dataclass(frozen=True)
@@ -334,8 +341,10 @@ def _bump(c: sqlite3.Connection, mailbox_id: int) -> int:
 class MailStore:
     """The mail of every user of this twin (see ``core.mail`` for the contract)."""
 
-    def __init__(self, db: Database, quota_bytes: int = 0) -> None:
+    def __init__(self, db: Database, quota_bytes: int = 0,
+                 vanished_keep: int = VANISHED_KEEP) -> None:
         self.db = db
+        self.vanished_keep = max(1, vanished_keep)
         db.migrate("mail", MIGRATIONS)
         db.migrate("mail_uidvalidity", UIDVALIDITY_MIGRATIONS)
         self.subscriptions = Subscriptions(db)  # names, apart from the mailboxes
@@ -492,6 +501,7 @@ class MailStore:
                 modseq = _bump(c, src.id)
                 c.executemany("INSERT OR REPLACE INTO mail_vanished VALUES (?, ?, ?)",
                               [(src.id, u, modseq) for u in uids])
+                _prune_vanished(c, src.id, self.vanished_keep)
                 return src.id, uids, modseq
             ids = [src.id]
             c.execute("UPDATE mail_mailboxes SET name = ? WHERE id = ?", (new, src.id))
@@ -1126,7 +1136,7 @@ class MailStore:
                 rows = [r for r in rows if r[0] in wanted]
             if not rows:
                 return [], [], 0
-            return _remove(c, mailbox_id, rows)
+            return _remove(c, mailbox_id, rows, self.vanished_keep)
         gone, orphans, modseq = await self._commit.submit(drop)
         if gone:
             self._publish(mailbox_id, Change("expunge", tuple(gone), modseq=modseq))
@@ -1159,7 +1169,8 @@ class MailStore:
             orphans: list[str] = []
             src_modseq = 0
             if move:
-                _, orphans, src_modseq = _remove(c, mailbox_id, [(r[0], r[1]) for r in rows])
+                _, orphans, src_modseq = _remove(c, mailbox_id, [(r[0], r[1]) for r in rows],
+                                                self.vanished_keep)
             return (dst.id, dst.uidvalidity, [r[0] for r in rows], new, modseq, orphans,
                     src_modseq, [r[4] for r in rows])
         (dst_id, validity, src, new, modseq, orphans, src_modseq,
@@ -1172,11 +1183,34 @@ class MailStore:
         return validity, src, new
 
     async def vanished(self, mailbox_id: int, since_modseq: int) -> list[int]:
-        """Uids expunged after a modseq (QRESYNC, RFC 7162 §3.2.5.1)."""
-        rows = await self.reads.run(lambda c: c.execute(
-            "SELECT uid FROM mail_vanished WHERE mailbox = ? AND modseq > ? ORDER BY uid",
-            (mailbox_id, since_modseq)).fetchall())
-        return [r[0] for r in rows]
+        """Uids expunged after a modseq (QRESYNC, RFC 7162 §3.2.5.1).
+
+        Exact while ``since_modseq`` is at or above the mailbox's ``vanished_floor``
+        (the expunge records kept, see ``_prune_vanished``). Below it the records
+        that would answer are gone, so the answer is every uid under UIDNEXT that
+        no longer exists: a superset (it also names uids the client saw vanish
+        before ``since_modseq``), which RFC 7162 §3.2.5.2 permits and clients
+        handle by ignoring uids they do not have, and never short of one.
+        """
+        def run(c: sqlite3.Connection) -> list[int]:
+            row = c.execute("SELECT vanished_floor, uidnext FROM mail_mailboxes WHERE id = ?",
+                            (mailbox_id,)).fetchone()
+            if row is None:
+                return []
+            floor, uidnext = int(row[0]), int(row[1])
+            if since_modseq >= floor:
+                return [r[0] for r in c.execute(
+                    "SELECT uid FROM mail_vanished WHERE mailbox = ? AND modseq > ? "
+                    "ORDER BY uid", (mailbox_id, since_modseq))]
+            gone: list[int] = []
+            expected = 1
+            for (uid,) in c.execute("SELECT uid FROM mail_messages WHERE mailbox = ? "
+                                    "ORDER BY uid", (mailbox_id,)):
+                gone.extend(range(expected, uid))
+                expected = uid + 1
+            gone.extend(range(expected, uidnext))
+            return gone
+        return await self.reads.run(run)
 
     async def bulk_insert(self, login: str, name: str,
                           items: Sequence[tuple[str, bytes, str, int, float, Sequence[str]]]
@@ -1291,15 +1325,34 @@ def _insert_rows(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[Row]
     return uid, modseq, uidvalidity
 
 
-def _remove(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[tuple[int, str]]
-            ) -> tuple[list[int], list[str], int]:
+def _remove(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[tuple[int, str]],
+            keep: int = VANISHED_KEEP) -> tuple[list[int], list[str], int]:
     """Delete messages; (uids, objects no longer used, the modseq of the change)."""
     modseq = _bump(c, mailbox_id)
     c.executemany("DELETE FROM mail_messages WHERE mailbox = ? AND uid = ?",
                   [(mailbox_id, r[0]) for r in rows])
     c.executemany("INSERT OR REPLACE INTO mail_vanished VALUES (?, ?, ?)",
                   [(mailbox_id, r[0], modseq) for r in rows])
+    _prune_vanished(c, mailbox_id, keep)
     return [r[0] for r in rows], _orphans(c, list({r[1] for r in rows})), modseq
+
+
+def _prune_vanished(c: sqlite3.Connection, mailbox_id: int, keep: int) -> None:
+    """Keep a mailbox's newest ``keep`` expunge records, dropping whole modseqs.
+
+    Why: one row per expunged message forever grew twin.db without bound (issue
+    23). As Dovecot does, the records go back only so far; ``vanished_floor``
+    says how far (every record at or below it is gone, every one above is kept),
+    and ``MailStore.vanished`` answers older questions from the uid set. The
+    look-up walks ``keep`` entries of an index: microseconds per expunge.
+    """
+    row = c.execute("SELECT modseq FROM mail_vanished WHERE mailbox = ? "
+                    "ORDER BY modseq DESC LIMIT 1 OFFSET ?", (mailbox_id, keep)).fetchone()
+    if row is None:
+        return
+    c.execute("DELETE FROM mail_vanished WHERE mailbox = ? AND modseq <= ?", (mailbox_id, row[0]))
+    c.execute("UPDATE mail_mailboxes SET vanished_floor = max(vanished_floor, ?) WHERE id = ?",
+              (row[0], mailbox_id))
 
 
 def _exists(uids: Sequence[int], flags: Sequence[frozenset[str]], modseq: int) -> list[Change]:

@@ -125,7 +125,7 @@ class OutboundQueue:
             return msg_id
 
         msg_id = await self.db.run(insert)
-        log.info("queued message %d from %s for %d legacy recipient(s), %d bytes",
+        log.debug("queued message %d from %s for %d legacy recipient(s), %d bytes",
                  msg_id, mail_from or "<>", len(rcpts), len(signed))
         self._wake.set()
         return msg_id
@@ -241,7 +241,7 @@ class OutboundQueue:
         for rcpt, verdict in verdicts.items():
             if verdict.ok:
                 done.append(rcpt)
-                log.info("queued message %d delivered to %s", msg_id, rcpt)
+                log.debug("queued message %d delivered to %s", msg_id, rcpt)
             elif verdict.permanent or expired:
                 status = verdict.status if verdict.permanent else "4.4.7"
                 failures.append(Failure(rcpt, status, verdict.detail))

@@ -144,7 +144,7 @@ class Peer:
         self.kinds.kind(kind)
         _check_pk(await self._resolve(to))  # an unknown recipient fails now, not in days
         uid = await self.outbox.enqueue(to, kind, payload)
-        log.info("queued %s envelope %s for %s", kind, uid.hex(), to)
+        log.debug("queued %s envelope %s for %s", kind, uid.hex(), to)
         self._wake.set()
         return uid.hex()
 
@@ -362,7 +362,7 @@ class Peer:
                      item.recipient, code, delay)
             return
         if await self.outbox.remove(item.uid):
-            log.info("outbox: %s delivered to %s (acked)", item.uid.hex(), item.recipient)
+            log.debug("outbox: %s delivered to %s (acked)", item.uid.hex(), item.recipient)
             handler = self.kinds.ack_handler(item.kind)
             if handler is not None:
                 try:
@@ -481,7 +481,7 @@ class Peer:
             raise Invalid("a message needs a text")
         uid = current_envelope.get().uid
         new = await self.inbox.store(record.name, uid, text)
-        log.info("message %s from %s %s", uid.hex(), record.name,
+        log.debug("message %s from %s %s", uid.hex(), record.name,
                  "stored" if new else "was already stored")
         if new and self.service.store is not None:  # the mail store runs with `twin serve`
             try:  # the peer inbox holds the message; the mail copy is for mail clients
@@ -560,7 +560,7 @@ class Peer:
             "result": {"entry": entry.to_wire(), "start": start, "end": end},
             "stream": {"key": key, "header": enc.header},
         })
-        log.info("content.get %s [%d, %d) for %s", path, start, end, who)
+        log.debug("content.get %s [%d, %d) for %s", path, start, end, who)
         return Answer(ack, stream.seal_frames(self.content.read(path, start, end), enc,
                                               end - start),
                       len(stream.frame(ack)) + stream.sealed_size(end - start))

@@ -216,6 +216,6 @@ class SubmissionHandler(BaseHandler):
         message = prepend_headers(message, headers)
         await self.router.route(envelope.mail_from or "", envelope.rcpt_tos, message,
                                 sent=raw)
-        log.info("submitted by %s: %d recipient(s), %d bytes", login, len(envelope.rcpt_tos),
+        log.debug("submitted by %s: %d recipient(s), %d bytes", login, len(envelope.rcpt_tos),
                  len(message))
         return f"250 2.0.0 OK id {queue_id}"

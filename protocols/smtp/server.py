@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from core import net, tls
 from core.limits import Budget, ConnectionLimits
+from protocols.smtp import quiet
 from protocols.smtp.dns import Resolver, system_resolver
 from protocols.smtp.handler import InboundHandler, SubmissionHandler
 from protocols.smtp.session import TwinSMTP
@@ -85,6 +86,7 @@ class SmtpListener:
         return make
 
     async def start(self) -> None:
+        quiet.install()  # aiosmtpd's two per-session warnings
         conf = self.service.config
         loop = asyncio.get_running_loop()
         ctx = tls.server_context(self.service.data_dir)

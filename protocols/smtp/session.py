@@ -312,7 +312,7 @@ class TwinSMTP(SMTP):
         if not ok:
             log.info("SMTP AUTH failed for %s from %s", login, peer)
             return AuthResult(success=False, handled=False)
-        log.info("SMTP AUTH ok for %s from %s", login, peer)
+        log.debug("SMTP AUTH ok for %s from %s", login, peer)
         if self._slot is not None:
             self._slot.authenticated()  # out of the budgets for sessions not logged in
         self._login_timeout = 0.0

@@ -39,10 +39,13 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from storage.errors import BackendUnavailable, InvalidReference
 from storage.model import BackendHealth
+
+if TYPE_CHECKING:
+    from storage.backends.local import CompactPolicy
 
 Buffer = bytes | memoryview
 MAX_KEY = 200
@@ -170,7 +173,8 @@ def _password(spec: dict[str, str], name: str, data_dir: Path) -> str | None:
     return text.decode("utf-8", "replace").splitlines()[0] if text.strip() else ""
 
 
-def load(spec: dict[str, str], data_dir: Path, executor: Executor) -> ShardBackend:
+def load(spec: dict[str, str], data_dir: Path, executor: Executor,
+         policy: CompactPolicy | None = None) -> ShardBackend:
     if not isinstance(spec, dict):
         raise ValueError(f"backend spec must be a table, got {type(spec).__name__}")
     unknown = set(spec) - {"name", "kind", "location", "password", "password_file"}
@@ -187,7 +191,7 @@ def load(spec: dict[str, str], data_dir: Path, executor: Executor) -> ShardBacke
         path = Path(location).expanduser()
         if not path.is_absolute():
             path = data_dir / path
-        return LocalBackend(name, path, executor, location=location)
+        return LocalBackend(name, path, executor, location=location, policy=policy)
     if kind == "resp":
         from storage.backends.resp import RespBackend
 

@@ -23,10 +23,22 @@ the GIL that the event loop and five other backends want), and it sat on
 every mail delivery's path. The index runs with ``synchronous=NORMAL`` for
 the same reason: a checkpoint lost with the power is redone from the files.
 
-Deletes only drop index rows and count dead bytes per file; a sealed file
-whose dead bytes reach half its size is compacted (live records copied to the
-current file, then the old file retired and removed after a grace period so
-that readers holding an old offset finish first).
+Deletes drop index rows and free what they can at once: the whole filesystem
+blocks inside a dead record are punched out of its data file
+(``fallocate(PUNCH_HOLE)``), so deleting a large object returns its space
+immediately and never makes the store bigger. What punching cannot free (small
+records sharing blocks with live ones) is counted as dead bytes per file and
+reclaimed by compaction (live records copied to the current file, then the old
+file retired and removed after a grace period so that readers holding an old
+offset finish first). Compaction never runs inside a delete (a large object is
+deleted in batches: compacting between them copied its remaining half forward,
+which then died too) but from ``maintain``, which the store calls
+periodically: a file, the active one included (it is sealed first), is
+compacted once deletes have paused for ``CompactPolicy.delay`` seconds if half
+of it is dead, or once its dead bytes have stayed unchanged for
+``CompactPolicy.age`` seconds if they exceed ``CompactPolicy.slack`` of its live
+bytes. So a quiet store holds at most ``slack`` (10 %) more than its live
+records, plus files retired less than ``retire_grace`` ago.
 
 A directory is used by one process at a time (``flock`` on ``lock``, which
 holds the owner's pid; taken when the store opens, see ``claim``).
@@ -37,6 +49,8 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import ctypes
+import errno
 import fcntl
 import logging
 import os
@@ -49,12 +63,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from storage.backends import Buffer, check_key
 from storage.errors import BackendUnavailable, StoreInUse
 from storage.groupcommit import GroupCommit
 from storage.model import BackendHealth
+from storage.sqlpool import ReaderPool
 
 log = logging.getLogger("twin.storage")
 T = TypeVar("T")
@@ -67,6 +82,9 @@ RETIRE_GRACE = 60.0
 CHECKPOINT_ITEMS = 4096
 CHECKPOINT_SECONDS = 1.0
 _FOLIO_MAX = 2 * 1024 * 1024  # the largest page-cache folio (a PMD) on x86-64 and arm64
+_BLOCK = 4096  # punching is aligned to it (a partial block would only be zeroed)
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS shards(
     key TEXT PRIMARY KEY, file INTEGER NOT NULL, offset INTEGER NOT NULL,
@@ -85,6 +103,57 @@ Op = tuple[str, builtins.list[PutItem]]
 IndexChange = tuple[str, tuple[int, int, int] | None]
 
 
+class Span(NamedTuple):
+    """A dead record's bytes in a data file: ``start`` is its header, ``value`` its value."""
+    file: int
+    start: int
+    value: int
+    end: int
+
+
+@dataclass(frozen=True)
+class CompactPolicy:
+    """When dead bytes are reclaimed; see the module docstring."""
+    ratio: float = 0.5  # a file this dead is compacted once deletes pause ...
+    delay: float = 5.0  # ... for this many seconds ...
+    max_wait: float = 60.0  # ... or it has been this dead this long (deletes never pause)
+    slack: float = 0.1  # dead bytes beyond this share of live ones are compacted ...
+    age: float = 600.0  # ... once they stayed unchanged this long
+    retire_grace: float = RETIRE_GRACE
+    min_dead: int = 64 * 1024  # less is not worth a copy
+
+
+def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.fallocate64
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_fallocate = _load_fallocate()
+
+
+def punch(fd: int, start: int, end: int) -> int:
+    """Free the whole blocks of ``[start, end)`` in ``fd``'s file; bytes freed.
+
+    0 where the filesystem cannot punch holes (then compaction frees them).
+    The file keeps its size and reads of the range give zeros."""
+    global _fallocate
+    lo = -(-start // _BLOCK) * _BLOCK
+    hi = end - end % _BLOCK
+    if hi - lo < _BLOCK or _fallocate is None:
+        return 0
+    if _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, lo, hi - lo) != 0:
+        if ctypes.get_errno() in (errno.EOPNOTSUPP, errno.ENOSYS):
+            _fallocate = None  # no filesystem of ours will do better
+        return 0
+    return hi - lo
+
+
 @dataclass
 class _Writer:
     lock_fd: int
@@ -99,6 +168,12 @@ class _Writer:
     # where the large records written to the current file since its last sync begin
     # (None: none): they leave the page cache once synced, see ``_evict_synced``
     large_from: int | None = None
+    # compaction's clocks (monotonic): the last delete, and per file the last time its
+    # dead bytes grew (files not in it: since the writer opened)
+    opened: float = field(default_factory=time.monotonic)
+    last_delete: float = 0.0
+    dead_changed: dict[int, float] = field(default_factory=dict)
+    half_dead_since: dict[int, float] = field(default_factory=dict)
 
 
 def _pwrite_all(fd: int, bufs: Sequence[Buffer], offset: int) -> None:
@@ -142,8 +217,9 @@ class LocalBackend:
     kind = "local"
 
     def __init__(self, name: str, path: Path, executor: Executor, *, location: str | None = None,
-                 max_file: int = 256 * 1024 * 1024) -> None:
+                 max_file: int = 256 * 1024 * 1024, policy: CompactPolicy | None = None) -> None:
         self.name = name
+        self.policy = policy or CompactPolicy()
         self.path = path
         self.location = location if location is not None else str(path)
         self._executor = executor
@@ -151,8 +227,7 @@ class LocalBackend:
         self._errors = 0
         self._wlock = threading.Lock()
         self._writer: _Writer | None = None
-        self._readers: builtins.list[sqlite3.Connection] = []
-        self._tls = threading.local()
+        self._readers = ReaderPool(self._connect_reader)
         self._fds: dict[int, int] = {}
         self._fd_lock = threading.Lock()
         self._commit: GroupCommit[Op, bool] = GroupCommit(self._run_batch, executor)
@@ -239,9 +314,7 @@ class LocalBackend:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
+        self._readers.close()
 
     async def checkpoint(self) -> None:
         """Commit every durable record to the index now instead of lazily."""
@@ -251,8 +324,20 @@ class LocalBackend:
         await self._io(run)
 
     async def compact(self) -> int:
-        """Compact every sealed file with dead bytes now; returns files compacted."""
-        return await self._io(self._compact_all, 0.0)
+        """Compact every file with dead bytes now, the active one included; returns
+        files compacted."""
+        return await self._io(self._compact_all, True)
+
+    async def maintain(self) -> int:
+        """Compact what the policy says is due (the store calls this periodically);
+        returns files compacted."""
+        if self._closed:
+            return 0
+        return await self._io(self._compact_all, False)
+
+    def disk_usage(self) -> int:
+        """Bytes the data files occupy on disk (holes excluded)."""
+        return sum(p.stat().st_blocks * 512 for p in (self.path / "data").glob("*.dat"))
 
     # -- plumbing
 
@@ -410,7 +495,7 @@ class LocalBackend:
                 key = f.read(klen).decode("ascii", "replace")
                 changes.append((key, (file_id, offset + RECORD.size + klen, vlen)))
                 offset, found = end, found + 1
-        self._index_apply(db, changes, {})
+        self._index_apply(db, changes, [])
         if offset < size:
             log.warning("backend %s: cutting %d torn bytes off data file %d", self.name,
                         size - offset, file_id)
@@ -422,7 +507,7 @@ class LocalBackend:
 
     @staticmethod
     def _index_apply(db: sqlite3.Connection, changes: Sequence[IndexChange],
-                     dead: dict[int, int]) -> builtins.list[bool]:
+                     dead: builtins.list[Span]) -> builtins.list[bool]:
         """Apply index changes in order; per change, whether its key existed just before.
 
         A batch of small shares is the hot path of mail delivery, and a SELECT plus an
@@ -430,15 +515,16 @@ class LocalBackend:
         read with a few ``IN (...)`` queries, the changes are played out in memory (a
         key put twice in a batch leaves a dead record in the data file too), and the
         result is written with one ``executemany`` per statement. Overwritten and
-        deleted records are counted into ``dead`` (bytes per file, for compaction).
+        deleted records are appended to ``dead`` (to punch out and count for compaction).
         """
         keys = list(dict.fromkeys(key for key, _ in changes))
-        current: dict[str, tuple[int, int] | None] = {}
+        current: dict[str, tuple[int, int, int] | None] = {}
         for pos in range(0, len(keys), 500):  # well under SQLite's bound-variable limit
             chunk = keys[pos:pos + 500]
             marks = ",".join("?" * len(chunk))
-            current.update((key, (file_id, length)) for key, file_id, length in db.execute(
-                f"SELECT key, file, length FROM shards WHERE key IN ({marks})",  # noqa: S608
+            current.update((key, (file_id, offset, length))
+                           for key, file_id, offset, length in db.execute(
+                f"SELECT key, file, offset, length FROM shards WHERE key IN ({marks})",  # noqa: S608
                 chunk))
         final: dict[str, tuple[int, int, int] | None] = {}
         existed: builtins.list[bool] = []
@@ -446,8 +532,8 @@ class LocalBackend:
             old = current.get(key)
             existed.append(old is not None)
             if old is not None:
-                dead[old[0]] = dead.get(old[0], 0) + RECORD.size + len(key) + old[1]
-            current[key] = None if where is None else (where[0], where[2])
+                dead.append(Span(old[0], old[1] - RECORD.size - len(key), old[1], old[1] + old[2]))
+            current[key] = where
             final[key] = where
         gone = [(key,) for key, where in final.items() if where is None]
         if gone:
@@ -558,18 +644,18 @@ class LocalBackend:
 
     def _checkpoint(self, w: _Writer) -> builtins.list[bool]:
         """Commit the unindexed records (and queued deletes) to the index in one
-        transaction; per change, whether its key existed just before."""
+        transaction; per change, whether its key existed just before. Then punch
+        the records that died out of their files (no index row points there any
+        more) and count what is left of them as dead bytes."""
         w.checkpointed = time.monotonic()
         if not self._unindexed_log:
             return []
         changes = self._unindexed_log
-        dead: dict[int, int] = {}
+        dead: builtins.list[Span] = []
         db = w.db
         db.execute("BEGIN")
         try:
             existed = self._index_apply(db, changes, dead)
-            for file_id, amount in dead.items():
-                db.execute("UPDATE files SET dead=dead+? WHERE id=?", (amount, file_id))
             db.executemany("UPDATE files SET indexed=? WHERE id=?",
                            [(end, file_id) for file_id, end in self._unindexed_ends.items()])
             db.execute("COMMIT")
@@ -581,21 +667,80 @@ class LocalBackend:
         self._unindexed_log = []
         self._unindexed.clear()
         self._unindexed_ends.clear()
+        if any(where is None for _, where in changes):
+            w.last_delete = w.checkpointed
         if dead:
-            self._compact_locked(w, 0.5)
+            self._free(w, dead)
         self._remove_retired(w)
         return existed
 
-    def _compact_all(self, ratio: float) -> int:
-        with self._wlock:
-            return self._compact_locked(self._writer_state(), ratio)
+    def _free(self, w: _Writer, dead: builtins.list[Span]) -> None:
+        """Punch dead records out of their files; count the rest as dead bytes."""
+        left: dict[int, int] = {}
+        by_file: dict[int, builtins.list[Span]] = {}
+        for span in dead:
+            by_file.setdefault(span.file, []).append(span)
+        for file_id, spans in by_file.items():
+            freed = 0
+            if any(s.end - s.value >= _BLOCK for s in spans):
+                try:
+                    fd = os.open(self._data_file(file_id), os.O_WRONLY)
+                except OSError:  # retired meanwhile: nothing to free
+                    fd = -1
+                if fd >= 0:
+                    try:
+                        # the header stays: a re-index from scratch walks from
+                        # header to header and must never land in a hole
+                        freed = sum(punch(fd, s.value, s.end) for s in spans)
+                    finally:
+                        os.close(fd)
+            left[file_id] = sum(s.end - s.start for s in spans) - freed
+            w.dead_changed[file_id] = w.checkpointed
+        w.db.executemany("UPDATE files SET dead=dead+? WHERE id=?",
+                         [(amount, file_id) for file_id, amount in left.items() if amount])
 
-    def _compact_locked(self, w: _Writer, ratio: float) -> int:
+    def _compact_all(self, force: bool) -> int:
+        with self._wlock:
+            return self._compact_locked(self._writer_state(), force)
+
+    def _due(self, w: _Writer, force: bool) -> builtins.list[int]:
+        """The files to compact now (see ``CompactPolicy``).
+
+        A half-dead file waits for deletes to pause (a large object is deleted in
+        batches; compacting between them copies its remaining shares forward for
+        nothing), but no longer than ``max_wait``: on a busy mail server deletes
+        never pause."""
+        p, now = self.policy, time.monotonic()
+        paused = force or now - w.last_delete >= p.delay
+        due: builtins.list[int] = []
+        half: dict[int, float] = {}
+        for file_id, dead in w.db.execute(
+                "SELECT id, dead FROM files WHERE retired IS NULL AND dead>=? ORDER BY id",
+                (1 if force else p.min_dead,)).fetchall():
+            if file_id == w.file_id and w.size == 0:
+                continue
+            try:
+                used = os.stat(self._data_file(file_id)).st_blocks * 512
+            except FileNotFoundError:
+                continue
+            live = max(used - dead, 0)
+            if dead >= p.ratio * used:
+                half[file_id] = w.half_dead_since.get(file_id, now)
+                hot = paused or now - half[file_id] >= p.max_wait
+            else:
+                hot = False
+            quiet = now - w.dead_changed.get(file_id, w.opened) >= p.age
+            if force or hot or (quiet and dead > p.slack * live):
+                due.append(file_id)
+        w.half_dead_since = half
+        return due
+
+    def _compact_locked(self, w: _Writer, force: bool) -> int:
         self._checkpoint(w)  # the moves below rewrite the index: it must be whole
-        rows = w.db.execute(
-            "SELECT id FROM files WHERE retired IS NULL AND id<>? AND indexed>0 "
-            "AND dead>0 AND dead>=indexed*?", (w.file_id, ratio)).fetchall()
-        for (file_id,) in rows:
+        due = self._due(w, force)
+        if w.file_id in due:  # the active file is sealed first; its records move on
+            self._rotate(w)
+        for file_id in due:
             live = w.db.execute("SELECT key, offset, length FROM shards WHERE file=?",
                                 (file_id,)).fetchall()
             moved: builtins.list[tuple[str, int, int]] = []
@@ -608,6 +753,7 @@ class LocalBackend:
             finally:
                 os.close(src)
             os.fdatasync(w.fd)
+            self._unindexed_ends.clear()  # every record moved is indexed just below
             w.db.execute("BEGIN")
             for key, new_file, new_offset in moved:
                 w.db.execute("UPDATE shards SET file=?, offset=? WHERE key=?",
@@ -616,17 +762,21 @@ class LocalBackend:
             w.db.execute("UPDATE files SET indexed=? WHERE id=?", (w.size, w.file_id))
             w.db.execute("COMMIT")
             w.retired = True
+            w.dead_changed.pop(file_id, None)
+            w.half_dead_since.pop(file_id, None)
             log.info("backend %s: compacted data file %d (%d live records moved)", self.name,
                      file_id, len(moved))
-        return len(rows)
+        if due:
+            self._remove_retired(w)
+        return len(due)
 
     def _remove_retired(self, w: _Writer) -> None:
         if not w.retired:  # nothing retired since the last look: skip the query
             return
         w.retired = w.db.execute("SELECT 1 FROM files WHERE retired IS NOT NULL LIMIT 1"
                                  ).fetchone() is not None
-        old = w.db.execute("SELECT id FROM files WHERE retired IS NOT NULL AND retired<?",
-                           (time.time() - RETIRE_GRACE,)).fetchall()
+        old = w.db.execute("SELECT id FROM files WHERE retired IS NOT NULL AND retired<=?",
+                           (time.time() - self.policy.retire_grace,)).fetchall()
         for (file_id,) in old:
             with self._fd_lock:
                 fd = self._fds.pop(file_id, None)
@@ -635,15 +785,9 @@ class LocalBackend:
             self._data_file(file_id).unlink(missing_ok=True)
             w.db.execute("DELETE FROM files WHERE id=?", (file_id,))
 
-    def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._tls, "conn", None)
-        if conn is None:
-            self._ensure_open()
-            conn = sqlite3.connect(self.path / "index.sqlite", check_same_thread=False)
-            with self._fd_lock:
-                self._readers.append(conn)
-            self._tls.conn = conn
-        return conn
+    def _connect_reader(self) -> sqlite3.Connection:
+        self._ensure_open()
+        return sqlite3.connect(self.path / "index.sqlite", check_same_thread=False)
 
     def _fd(self, file_id: int) -> int:
         with self._fd_lock:
@@ -656,8 +800,11 @@ class LocalBackend:
     def _read(self, key: str) -> bytes | None:
         if self._writer is None:
             self._ensure_open()
-        row = self._unindexed.get(key) or self._reader().execute(
-            "SELECT file, offset, length FROM shards WHERE key=?", (key,)).fetchone()
+        row = self._unindexed.get(key)
+        if row is None:
+            with self._readers.lease() as db:
+                row = db.execute("SELECT file, offset, length FROM shards WHERE key=?",
+                                 (key,)).fetchone()
         if row is None:
             return None
         file_id, offset, length = row
@@ -670,14 +817,16 @@ class LocalBackend:
         where = self._unindexed.get(key)
         if where is not None:
             return where[2]
-        row = self._reader().execute("SELECT length FROM shards WHERE key=?", (key,)).fetchone()
+        with self._readers.lease() as db:
+            row = db.execute("SELECT length FROM shards WHERE key=?", (key,)).fetchone()
         return None if row is None else int(row[0])
 
     def _page(self, prefix: str, after: str) -> builtins.list[str]:
         if self._unindexed_log:  # listing reads the index alone: make it whole first
             with self._wlock:
                 self._checkpoint(self._writer_state())
-        rows = self._reader().execute(
-            "SELECT key FROM shards WHERE key>=? AND key>? ORDER BY key LIMIT 1000",
-            (prefix, after)).fetchall()
+        with self._readers.lease() as db:
+            rows = db.execute(
+                "SELECT key FROM shards WHERE key>=? AND key>? ORDER BY key LIMIT 1000",
+                (prefix, after)).fetchall()
         return [r[0] for r in rows if r[0].startswith(prefix)]

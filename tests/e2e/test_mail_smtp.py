@@ -33,8 +33,8 @@ async def read_inbox(data: Path, login: str) -> list[bytes]:
 
 async def test_twin_to_twin_mail_is_verified_and_skips_smtp(
         twins: Callable[..., TwinProcess]) -> None:
-    alice = twins("alice")
-    bob = twins("bob")
+    alice = twins("alice", sets=["log.level=debug"])  # the per-message lines are debug
+    bob = twins("bob", sets=["log.level=debug"])
     message = (f"From: Alice <{alice.login}>\r\nTo: {bob.login}\r\nSubject: twin to twin\r\n"
                f"X-Twin-Verified: forged by alice's client\r\n\r\nHi Bob!\r\n").encode()
     await submit(alice, alice.login, [bob.login], message)
