@@ -284,7 +284,7 @@ class Service:
             if interval:  # twin.db and the catalogue, into the dispersed store
                 self.spawn(backup.backup_loop(self.db, self.store, interval), "backup")
             # dead shard bytes back, by ratio and age, also on a twin too small to rotate
-            self.spawn(self.store.maintain_loop(COMPACT_INTERVAL), "storage-compaction")
+            self.spawn(self.store.compact_loop(COMPACT_INTERVAL), "storage-compaction")
             self.spawn(self.files.sweep(), "files-sweep")  # objects a crash left unreferenced
             self.spawn(self.outbound.run(), "outbound-queue")
             # twin-to-twin mail: the receiving side and bounces

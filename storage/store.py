@@ -827,7 +827,7 @@ class Store:
             except StorageError as exc:
                 log.error("scheduled catalogue backup failed: %s", exc)
 
-    async def maintain(self) -> int:
+    async def compact(self) -> int:
         """Reclaim dead space where a backend can (local: compaction, see its
         ``CompactPolicy``); returns files compacted."""
         done = 0
@@ -841,11 +841,11 @@ class Store:
                 log.warning("backend %s: compaction failed: %s", b.name, exc)
         return done
 
-    async def maintain_loop(self, interval: float) -> None:
-        """``maintain`` every ``interval`` seconds until cancelled."""
+    async def compact_loop(self, interval: float) -> None:
+        """``compact`` every ``interval`` seconds until cancelled."""
         while True:
             await asyncio.sleep(interval)
-            await self.maintain()
+            await self.compact()
 
     @classmethod
     async def restore(cls, data_dir: Path, *, backends: builtins.list[dict[str, str]],

@@ -46,7 +46,7 @@ async def test_deleting_a_large_object_and_many_small_ones_never_grows_and_recla
     for start in range(0, 10_000, 1000):
         small += await asyncio.gather(*(store.put(os.urandom(500 + (start + i) % 3000))
                                         for i in range(1000)))
-    await store.maintain()  # nothing dead yet: nothing to do, nothing grows
+    await store.compact()  # nothing dead yet: nothing to do, nothing grows
     before = disk_use(store)
 
     await store.delete(big)
@@ -60,8 +60,8 @@ async def test_deleting_a_large_object_and_many_small_ones_never_grows_and_recla
         assert now <= use, "deleting must never grow the store"
         use = now
 
-    assert await store.maintain() >= 1
-    assert await store.maintain() == 0  # retired files are gone, nothing more is due
+    assert await store.compact() >= 1
+    assert await store.compact() == 0  # retired files are gone, nothing more is due
     live = live_bytes(store)
     assert disk_use(store) <= 1.1 * live, (disk_use(store), live)
     for ref in keep[:20]:
