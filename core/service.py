@@ -31,7 +31,7 @@ import phonebook as pb
 from core import backup, net, tls
 from core import config as cfg
 from core import identity as ident
-from core.acl import Access
+from core.acl import OWNER, Access, Principal
 from core.contacts import Contacts
 from core.db import Database
 from core.errors import (
@@ -184,6 +184,19 @@ class Service:
             return self.phonebook.list()
         except pb.PhonebookError as exc:
             raise phonebook_error(exc) from exc
+
+    @property
+    def owner_login(self) -> str:
+        """The owner's login: NAME@DOMAIN, the one ``twin init`` (and a restore) creates.
+
+        Every other login (``twin mail users add``) is a plain user: its own
+        mail, and on the owner's files only what ``user:LOGIN`` grants give it.
+        """
+        return f"{self.config.name}@{self.config.domain}".lower()
+
+    def principal(self, login: str) -> Principal:
+        """Who a logged-in login is to ``Access``: the owner, or ``Principal.local``."""
+        return OWNER if login == self.owner_login else Principal.local(login)
 
     @property
     def phonebook_name(self) -> str:
