@@ -18,8 +18,8 @@ resource is resolved. The rules for a plain login (RFC 4918 method by method):
 - COPY: read on the source and write on the Destination; MOVE: write on both;
 - ``/shared/`` (what other twins share with the owner): never.
 
-A path the login may not even read answers 404 (its existence is not told),
-a write it may not do 403. The fast GET and PUT paths serve the owner only;
+A read of a path the login may not read answers 404 (whether it exists is
+not told); a write it may not do 403, whether the path exists or not. The fast GET and PUT paths serve the owner only;
 a plain login's requests all come through here.
 """
 
@@ -93,9 +93,7 @@ async def refusal(access: Access, who: Principal, method: str, path: str,
             return 403
         return None
     if method in WRITES:
-        if parts and await holds(access, who, path, "write"):
-            return None
-        return 403 if not parts or await visible(access, who, path) else 404
+        return None if parts and await holds(access, who, path, "write") else 403
     return 403  # a method this gate does not know: only the owner
 
 
