@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("path", help="a content path (/photos/ for a prefix), or with --as a file")
     p.add_argument("--as", dest="as_path", metavar="/PATH",
                    help="store the local file PATH in the dispersed store at /PATH, then share")
-    p.add_argument("--with", dest="grantee", required=True, metavar="NAME|circle:CIRCLE|user:LOGIN|public")
+    p.add_argument("--with", dest="grantee", required=True,
+                   metavar="NAME|circle:CIRCLE|user:LOGIN|public")
     p.add_argument("--rights", default="r", help="r, rw, rws or read,write,share (default r)")
     p.add_argument("--until", help="expiry: ISO date or date-time (local time)")
     p.set_defaults(func=_run(share))
@@ -67,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("unshare", help="revoke a grant, for a prefix (/photos/) also every "
                                         "grant below it (takes effect on the next request)")
     p.add_argument("path")
-    p.add_argument("--with", dest="grantee", required=True, metavar="NAME|circle:CIRCLE|user:LOGIN|public")
+    p.add_argument("--with", dest="grantee", required=True,
+                   metavar="NAME|circle:CIRCLE|user:LOGIN|public")
     p.set_defaults(func=_run(unshare))
 
     p = sub.add_parser("shares", help="every grant and every shared object")

@@ -19,8 +19,9 @@ resource is resolved. The rules for a plain login (RFC 4918 method by method):
 - ``/shared/`` (what other twins share with the owner): never.
 
 A read of a path the login may not read answers 404 (whether it exists is
-not told); a write it may not do 403, whether the path exists or not. The fast GET and PUT paths serve the owner only;
-a plain login's requests all come through here.
+not told); a write it may not do 403, whether the path exists or not. The
+fast GET and PUT paths serve the owner only; a plain login's requests all
+come through here.
 """
 
 from __future__ import annotations
