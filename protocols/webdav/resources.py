@@ -21,9 +21,9 @@ from wsgidav import util, xml_tools
 from wsgidav.dav_error import DAVError, PRECONDITION_CODE_ProtectedProperty
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 
-from core.acl import OWNER, Grant, Principal
+from core.acl import Grant, Principal
 from core.files import FileEntry, FileTree, covering, join, split
-from protocols.webdav.roles import principal_of, visible
+from protocols.webdav.roles import NOBODY, principal_of, visible
 from protocols.webdav.streams import DownloadReader, UploadSink
 
 if TYPE_CHECKING:
@@ -80,8 +80,8 @@ class _TreeMixin:
 
     @property
     def who(self) -> Principal:
-        """The request's principal (``roles.RoleGate`` already let the request in)."""
-        return principal_of(self.provider.service, self.environ) or OWNER
+        """The request's principal (``roles.RoleGate`` let it in); no login: no rights."""
+        return principal_of(self.provider.service, self.environ) or NOBODY
 
     def get_property_names(self, *, is_allprop: bool) -> list[str]:
         names: list[str] = super().get_property_names(is_allprop=is_allprop)  # type: ignore[misc]

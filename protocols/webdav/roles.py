@@ -14,8 +14,11 @@ resource is resolved. The rules for a plain login (RFC 4918 method by method):
 - PROPFIND, OPTIONS: the read right, or (so a client can walk down to what was
   shared) a read grant somewhere below the path; the root always answers, and
   listings show only what the login may read or walk through (``visible``);
-- PUT, DELETE, MKCOL, PROPPATCH, LOCK, UNLOCK: the write right on the path;
-- COPY: read on the source and write on the Destination; MOVE: write on both;
+- PUT, MKCOL, PROPPATCH, LOCK, UNLOCK: the write right on the path;
+- DELETE: the write right on the path as a file or as something below a
+  granted folder (a grantee of ``/docs/`` may empty it, not remove ``/docs``);
+- COPY: read on the source and write on the Destination; MOVE: write on both
+  (the source, as for DELETE);
 - ``/shared/`` (what other twins share with the owner): never.
 
 A read of a path the login may not read answers 404 (whether it exists is
@@ -48,6 +51,7 @@ WALKS = frozenset({"PROPFIND", "OPTIONS"})
 WRITES = frozenset({"PUT", "DELETE", "MKCOL", "PROPPATCH", "LOCK", "UNLOCK"})
 MOUNT = "/dav"
 SHARED = "shared"
+NOBODY = Principal.local("")  # no login can be empty: holds no grant
 
 
 def principal_of(service: Service, environ: dict[str, Any]) -> Principal | None:
@@ -87,13 +91,16 @@ async def refusal(access: Access, who: Principal, method: str, path: str,
         dest = _dest_path(destination)
         if dest is None:
             return 403
-        source_right = "read" if method == "COPY" else "write"
-        if not parts or not await holds(access, who, path, source_right):
+        source = (holds(access, who, path, "read") if method == "COPY"
+                  else access.allowed(who, path, "write"))  # MOVE: not a grant's own folder
+        if not parts or not await source:
             return 404 if not await visible(access, who, path) else 403
         if await refusal(access, who, "PUT", dest, None) is not None:
             return 403
         return None
     if method in WRITES:
+        if method == "DELETE":  # below a write grant; the granted folder itself stays
+            return None if parts and await access.allowed(who, path, "write") else 403
         return None if parts and await holds(access, who, path, "write") else 403
     return 403  # a method this gate does not know: only the owner
 

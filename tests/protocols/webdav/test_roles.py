@@ -98,6 +98,11 @@ def test_second_login_gets_only_what_is_granted(twin: TwinProcess,
         assert other.request("MOVE", "/dav/docs/c.txt", headers={
             "Destination": f"{twin.url}/dav/private/c.txt"}).status_code == 403
         assert other.delete("/dav/docs/c.txt").status_code == 204
+        assert other.request("MKCOL", "/dav/docs/sub").status_code == 201
+        assert other.delete("/dav/docs/sub").status_code == 204
+        assert other.delete("/dav/docs").status_code == 403  # the granted folder stays
+        assert other.request("MOVE", "/dav/docs", headers={
+            "Destination": f"{twin.url}/dav/docs2"}).status_code == 403
         assert other.delete("/dav/private/secret.txt").status_code == 403
         assert other.put("/dav/private/x.txt", content=b"x").status_code == 403
         assert owner.get("/dav/docs/a.txt").content == b"edited"
