@@ -185,18 +185,15 @@ class Service:
         except pb.PhonebookError as exc:
             raise phonebook_error(exc) from exc
 
-    @property
-    def owner_login(self) -> str:
-        """The owner's login: NAME@DOMAIN, the one ``twin init`` (and a restore) creates.
-
-        Every other login (``twin mail users add``) is a plain user: its own
-        mail, and on the owner's files only what ``user:LOGIN`` grants give it.
-        """
-        return f"{self.config.name}@{self.config.domain}".lower()
-
     def principal(self, login: str) -> Principal:
-        """Who a logged-in login is to ``Access``: the owner, or ``Principal.local``."""
-        return OWNER if login == self.owner_login else Principal.local(login)
+        """Who a logged-in login is to ``Access``: the owner, or ``Principal.local``.
+
+        The owner's login is the one ``twin init`` (or a restore) made, role
+        ``owner`` in twin.db; every other login (``twin mail users add``) is a
+        plain user: its own mail, and on the owner's files only what
+        ``user:LOGIN`` grants give it.
+        """
+        return OWNER if self.users.is_owner(login) else Principal.local(login)
 
     @property
     def phonebook_name(self) -> str:

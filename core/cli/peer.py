@@ -194,7 +194,7 @@ async def _check_grantee(service: Any, grantee: str) -> None:
         from core.users import normalize_login
 
         login = normalize_login(name.removeprefix("user:"))
-        if login == service.owner_login:
+        if service.users.is_owner(login):
             raise Invalid(f"{login} is the owner's login: it has every right already")
         if service.users.owner_of(login) != login:
             raise NotFound(f"no login {login!r} on this twin (twin mail users add); "

@@ -77,7 +77,7 @@ class FastGet:
                 or headers.get(b"depth", b"0") != b"0":
             return None
         login = await basic_login(self.service, headers.get(b"authorization", b""), scope)
-        if login is None or login != self.service.owner_login:
+        if login is None or not self.service.users.is_owner(login):
             return None  # another login: wsgidav, behind roles.RoleGate (#15.8)
         parts = tree_parts(scope, self.shared)
         if parts is None:

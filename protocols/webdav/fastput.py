@@ -124,7 +124,7 @@ class FastPut:
         if scope["path"] != root + path:  # "/a//b", "/a/b/": wsgidav's own path handling
             return None
         login = await basic_login(self.service, headers.get(b"authorization", b""), scope)
-        if login is None or login != self.service.owner_login:
+        if login is None or not self.service.users.is_owner(login):
             return None  # another login: wsgidav, behind roles.RoleGate (#15.8)
         try:
             entry = await self.service.files.exists(path)

@@ -2,9 +2,10 @@
 
 Why: every login of the twin used to own the whole tree, so a mail user added
 with ``twin mail users add`` could read and delete the owner's files (#15.8).
-Now the owner's login (``Service.owner_login``) is ``Principal.OWNER``; any
-other login is ``Principal.local(login)`` and reaches the owner's files only
-through ``user:LOGIN`` grants, checked by the same ``Access`` helper as twins.
+Now the owner's login (role ``owner``, made by ``twin init``) is
+``Principal.OWNER``; any other login is ``Principal.local(login)`` and reaches
+the owner's files only through ``user:LOGIN`` grants, checked by the same
+``Access`` helper as twins.
 
 ``RoleGate`` sits in wsgidav's middleware stack right after authentication,
 so it sees the login of every request wsgidav serves, and answers before any

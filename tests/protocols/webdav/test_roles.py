@@ -34,6 +34,8 @@ def _client(twin: TwinProcess, login: str, password: str) -> httpx.Client:
 def bob(twin: TwinProcess) -> tuple[str, str]:
     login = "bob@" + twin.login.split("@", 1)[1]
     out = json.loads(twin_cli(twin.data, "mail", "users", "add", login, "--json").stdout)
+    listed = json.loads(twin_cli(twin.data, "mail", "users", "--json").stdout)
+    assert {u["login"]: u["role"] for u in listed} == {twin.login: "owner", login: "user"}
     return str(out["login"]), str(out["password"])
 
 
