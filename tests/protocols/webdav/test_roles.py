@@ -34,8 +34,6 @@ def _client(twin: TwinProcess, login: str, password: str) -> httpx.Client:
 def bob(twin: TwinProcess) -> tuple[str, str]:
     login = "bob@" + twin.login.split("@", 1)[1]
     out = json.loads(twin_cli(twin.data, "mail", "users", "add", login, "--json").stdout)
-    listed = json.loads(twin_cli(twin.data, "mail", "users", "--json").stdout)
-    assert {u["login"]: u["role"] for u in listed} == {twin.login: "owner", login: "user"}
     return str(out["login"]), str(out["password"])
 
 
@@ -126,3 +124,8 @@ def test_grant_to_unknown_or_owner_login_refused(twin: TwinProcess) -> None:
     itself = twin_cli(twin.data, "share", "/f.txt", "--with", f"user:{twin.login}",
                       check=False)
     assert itself.returncode != 0 and "owner" in itself.stderr
+
+
+def test_users_list_their_roles(twin: TwinProcess, bob: tuple[str, str]) -> None:
+    listed = json.loads(twin_cli(twin.data, "mail", "users", "--json").stdout)
+    assert {u["login"]: u["role"] for u in listed} == {twin.login: "owner", bob[0]: "user"}
