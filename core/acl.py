@@ -3,9 +3,11 @@
 A grant is ``(path, grantee, rights, until)``: ``path`` is an object path
 ("/photos/a.jpg") or, ending in "/", a prefix ("/photos/" covers everything
 below it); the grantee is one twin, a circle (checked against its members at
-the moment of the request) or ``public`` (every twin that passes envelope
-verification); rights are a subset of read, write, share; ``until`` is an
-optional expiry.
+the moment of the request), ``public`` (every twin that passes envelope
+verification) or ``user:LOGIN`` (one of this twin's own logins other than
+the owner's, over WebDAV; ``public`` and twin grants never reach a login,
+and a user grant never reaches a twin); rights are a subset of read, write,
+share; ``until`` is an optional expiry.
 
 Local owner sessions (``Principal.OWNER``) pass every check. A remote
 request is checked for the *verified* sender of its envelope, never for a
@@ -23,10 +25,11 @@ from dataclasses import dataclass
 from core.contacts import Contacts, check_name
 from core.db import Database, transaction
 from core.errors import Forbidden, Invalid, NotFound
+from core.users import normalize_login
 
 log = logging.getLogger("twin.acl")
 RIGHTS = ("read", "write", "share")
-GRANTEE_KINDS = ("twin", "circle", "public")
+GRANTEE_KINDS = ("twin", "circle", "public", "user")
 MAX_PATH = 1024
 
 MIGRATIONS = [
@@ -40,6 +43,21 @@ MIGRATIONS = [
         created REAL NOT NULL,
         PRIMARY KEY (path, kind, grantee)
     );
+    """,
+    # user:LOGIN grants (#15.8): SQLite cannot change a CHECK, so the table is rebuilt
+    """
+    CREATE TABLE grants_new (
+        path    TEXT NOT NULL,
+        kind    TEXT NOT NULL CHECK (kind IN ('twin', 'circle', 'public', 'user')),
+        grantee TEXT NOT NULL,
+        rights  TEXT NOT NULL,
+        until   REAL,
+        created REAL NOT NULL,
+        PRIMARY KEY (path, kind, grantee)
+    );
+    INSERT INTO grants_new SELECT path, kind, grantee, rights, until, created FROM grants;
+    DROP TABLE grants;
+    ALTER TABLE grants_new RENAME TO grants;
     """,
 ]
 
@@ -66,19 +84,30 @@ def as_dir(path: str) -> str:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who asks: the owner (local session) or a verified remote twin."""
+    """Who asks: the owner (local session), a verified remote twin, or another local login.
+
+    A login other than the owner's (``twin mail users add``) is a ``local``
+    principal: it holds on the owner's files only what ``user:LOGIN`` grants give it.
+    """
 
     twin: str | None
+    login: str | None = None
 
     @property
     def is_owner(self) -> bool:
-        return self.twin is None
+        return self.twin is None and self.login is None
 
     @classmethod
     def remote(cls, name: str) -> Principal:
         return cls(name)
 
+    @classmethod
+    def local(cls, login: str) -> Principal:
+        return cls(None, login)
+
     def __str__(self) -> str:
+        if self.login is not None:
+            return f"user:{self.login}"
         return "owner" if self.twin is None else self.twin
 
 
@@ -96,8 +125,9 @@ class Grant:
 
     @property
     def who(self) -> str:
-        return "public" if self.kind == "public" else (
-            f"circle:{self.grantee}" if self.kind == "circle" else self.grantee)
+        if self.kind in ("circle", "user"):
+            return f"{self.kind}:{self.grantee}"
+        return "public" if self.kind == "public" else self.grantee
 
     def to_json(self) -> dict[str, object]:
         return {"path": self.path, "grantee": self.who, "rights": list(self.rights),
@@ -122,11 +152,15 @@ def parse_rights(text: str) -> tuple[str, ...]:
 _COVERS = """
     (g.path = :path OR (substr(g.path, -1) = '/' AND substr(:path, 1, length(g.path)) = g.path))
 """
+# A twin (:twin set, :login NULL) is reached by public, twin and circle grants; a
+# local login (:login set, :twin NULL) by its user grant only.
 _GRANTEE = """
-    (g.kind = 'public'
-     OR (g.kind = 'twin' AND g.grantee = :twin)
-     OR (g.kind = 'circle' AND EXISTS (SELECT 1 FROM circle_members m
-                                      WHERE m.circle = g.grantee AND m.member = :twin)))
+    ((:twin IS NOT NULL AND
+      (g.kind = 'public'
+       OR (g.kind = 'twin' AND g.grantee = :twin)
+       OR (g.kind = 'circle' AND EXISTS (SELECT 1 FROM circle_members m
+                                        WHERE m.circle = g.grantee AND m.member = :twin))))
+     OR (g.kind = 'user' AND g.grantee = :login))
 """
 _LIVE = "instr(g.rights, :right) > 0 AND (g.until IS NULL OR g.until > :now)"
 # Built from the constant fragments above only; every value is a bound parameter.
@@ -149,7 +183,8 @@ class Access:
         path = normalize(path)
         if who.is_owner:
             return True
-        args = {"path": path, "twin": who.twin, "right": right, "now": time.time()}
+        args = {"path": path, "twin": who.twin, "login": who.login, "right": right,
+                "now": time.time()}
         return await self.db.run(lambda c: c.execute(_ALLOWED, args).fetchone() is not None)
 
     async def check(self, who: Principal, path: str, right: str) -> None:
@@ -167,14 +202,15 @@ class Access:
         prefix = as_dir(normalize(prefix))
         if who.is_owner:
             return True
-        args = {"prefix": prefix, "twin": who.twin, "right": right, "now": time.time()}
+        args = {"prefix": prefix, "twin": who.twin, "login": who.login, "right": right,
+                "now": time.time()}
         return await self.db.run(lambda c: c.execute(_BELOW, args).fetchone() is not None)
 
     # -- administration (owner only: the CLI and local sessions)
 
     async def grant(self, path: str, grantee: str, rights: tuple[str, ...],
                     until: float | None = None) -> Grant:
-        """``grantee``: 'public', 'circle:NAME', or a twin or circle name."""
+        """``grantee``: 'public', 'circle:NAME', 'user:LOGIN', or a twin or circle name."""
         path = normalize(path)
         kind, name = await self._grantee(grantee)
         rights = tuple(r for r in RIGHTS if r in rights)
@@ -227,6 +263,11 @@ class Access:
         grantee = grantee.strip().lower()
         if grantee == "public":
             return "public", ""
+        if grantee.startswith("user:"):
+            login = normalize_login(grantee.removeprefix("user:"))
+            if "@" not in login or len(login) > 254 or any(ord(c) < 33 for c in login):
+                raise Invalid(f"user:{login!r:.80} is not a login (a mail address)")
+            return "user", login
         if grantee.startswith("circle:"):
             name = check_name(grantee.removeprefix("circle:"), "circle")
             if not await self.contacts.is_circle(name):

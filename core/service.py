@@ -31,7 +31,7 @@ import phonebook as pb
 from core import backup, net, tls
 from core import config as cfg
 from core import identity as ident
-from core.acl import Access
+from core.acl import OWNER, Access, Principal
 from core.contacts import Contacts
 from core.db import Database
 from core.errors import (
@@ -186,6 +186,16 @@ class Service:
             return self.phonebook.list()
         except pb.PhonebookError as exc:
             raise phonebook_error(exc) from exc
+
+    def principal(self, login: str) -> Principal:
+        """Who a logged-in login is to ``Access``: the owner, or ``Principal.local``.
+
+        The owner's login is the one ``twin init`` (or a restore) made, role
+        ``owner`` in twin.db; every other login (``twin mail users add``) is a
+        plain user: its own mail, and on the owner's files only what
+        ``user:LOGIN`` grants give it.
+        """
+        return OWNER if self.users.is_owner(login) else Principal.local(login)
 
     @property
     def phonebook_name(self) -> str:

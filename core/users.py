@@ -1,8 +1,10 @@
-"""Logins and app passwords.
+"""Logins, their roles and app passwords.
 
-A login is the owner's mail address. Each login has one or more *app
-passwords* (one per device, revocable), stored only as Argon2id hashes
-(argon2-cffi's RFC 9106 defaults). Verifying Argon2id costs tens of
+A login is a mail address. Its role is ``owner`` (the login ``twin init``
+made: everything) or ``user`` (``twin mail users add``: its own mail, and
+on the owner's files only what ``user:LOGIN`` grants give it; #15.8). Each
+login has one or more *app passwords* (one per device, revocable), stored
+only as Argon2id hashes (argon2-cffi's RFC 9106 defaults). Verifying Argon2id costs tens of
 milliseconds and 64 MiB by design, so:
 
 - verification runs in a thread, never on the event loop;
@@ -55,7 +57,16 @@ MIGRATIONS = [
         login    TEXT NOT NULL REFERENCES users(login) ON DELETE CASCADE
     );
     """,
+    # roles (#15.8): the owner has everything, a user its own mail and what it is granted.
+    # The first login of a twin is the one `twin init` made: the owner.
+    """
+    ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'user'
+        CHECK (role IN ('owner', 'user'));
+    UPDATE users SET role = 'owner'
+        WHERE login = (SELECT login FROM users ORDER BY created, login LIMIT 1);
+    """,
 ]
+ROLES = ("owner", "user")
 MAX_PASSWORD = 1024
 CACHE_SECONDS = 300.0
 
@@ -70,6 +81,7 @@ def generate_password() -> str:
 class User:
     login: str
     addresses: tuple[str, ...]
+    role: str = "user"
 
 
 class Users:
@@ -80,19 +92,47 @@ class Users:
         self._cache_key = secrets.token_bytes(32)
         self._cache: dict[bytes, float] = {}
         self._dummy: str | None = None  # the hash an unknown login is checked against
+        self._owners = self._load_owners()
+
+    # -- roles
+
+    def _load_owners(self) -> frozenset[str]:
+        return frozenset(r[0] for r in self.db.run_sync(lambda c: c.execute(
+            "SELECT login FROM users WHERE role = 'owner'").fetchall()))
+
+    def is_owner(self, login: str) -> bool:
+        """Whether ``login`` is the owner's (no database access: the set is kept in memory).
+
+        Only ``twin init`` and a restore make an owner, both before the twin
+        serves, so the set read when the service opens stays true while it runs.
+        """
+        return login in self._owners
+
+    def make_owner(self, login: str) -> None:
+        login = normalize_login(login)
+        n = self.db.run_sync(lambda c: c.execute(
+            "UPDATE users SET role = 'owner' WHERE login = ?", (login,)).rowcount)
+        if not n:
+            raise NotFound(f"no user {login}")
+        self._owners = self._load_owners()
+        log.info("%s is an owner login", login)
 
     # -- administration (CLI, init); synchronous
 
-    def add(self, login: str) -> User:
+    def add(self, login: str, role: str = "user") -> User:
         login = normalize_login(login)
         if "@" not in login or len(login) > 254:
             raise Invalid(f"a login is a mail address, not {login!r}")
+        if role not in ROLES:
+            raise Invalid(f"a role is one of {', '.join(ROLES)}, not {role!r}")
         try:
-            self.db.run_sync(lambda c: c.execute("INSERT INTO users VALUES (?, ?)",
-                                                 (login, time.time())))
+            self.db.run_sync(lambda c: c.execute(
+                "INSERT INTO users (login, created, role) VALUES (?, ?, ?)",
+                (login, time.time(), role)))
         except sqlite3.IntegrityError:
             raise Conflict(f"user {login} exists") from None
-        return User(login, (login,))
+        self._owners = self._load_owners()
+        return User(login, (login,), role)
 
     def set_password(self, login: str, label: str = "default") -> str:
         """Create (or replace) the app password ``label``; returns it in clear once."""
@@ -118,14 +158,16 @@ class Users:
 
     def all(self) -> list[User]:
         rows = self.db.run_sync(lambda c: c.execute(
-            "SELECT u.login, a.address FROM users u LEFT JOIN aliases a ON a.login = u.login "
-            "ORDER BY u.login").fetchall())
+            "SELECT u.login, u.role, a.address FROM users u "
+            "LEFT JOIN aliases a ON a.login = u.login ORDER BY u.login").fetchall())
         out: dict[str, list[str]] = {}
-        for login, alias in rows:
+        roles: dict[str, str] = {}
+        for login, role, alias in rows:
             out.setdefault(login, [login])
+            roles[login] = role
             if alias:
                 out[login].append(alias)
-        return [User(k, tuple(v)) for k, v in out.items()]
+        return [User(k, tuple(v), roles[k]) for k, v in out.items()]
 
     def add_alias(self, address: str, login: str) -> None:
         try:

@@ -112,7 +112,7 @@ def _create(data: Path, values: dict[str, Any], identity: ident.Identity) -> dic
     service = Service(config, identity)
     try:
         login = f"{config.name}@{config.domain}"
-        service.users.add(login)
+        service.users.add(login, role="owner")
         password = service.users.set_password(login)
     finally:
         service.close()
@@ -293,6 +293,7 @@ def _fresh_owner_password(data: Path, identity: ident.Identity) -> str:
         login = f"{service.config.name}@{service.config.domain}"
         with contextlib.suppress(Conflict):  # restored under another name: a new owner
             service.users.add(login)
+        service.users.make_owner(login)
         return str(service.users.set_password(login, label="restore"))
     finally:
         service.close()

@@ -91,9 +91,10 @@ def users(service: Any, args: argparse.Namespace) -> int:
         return 0
     listed = service.users.all()
     if args.json:
-        print(json.dumps([{"login": u.login, "addresses": list(u.addresses)} for u in listed]))
+        print(json.dumps([{"login": u.login, "role": u.role, "addresses": list(u.addresses)}
+                          for u in listed]))
     for u in listed if not args.json else []:
-        print(f"{u.login:<40} {' '.join(u.addresses[1:])}")
+        print(f"{u.login:<40} {u.role:<6} {' '.join(u.addresses[1:])}")
     return 0
 
 

@@ -54,11 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     x.add_argument("--json", action="store_true")
     p.set_defaults(func=_run(circles))
 
-    p = sub.add_parser("share", help="grant a twin, a circle or the public access to a path")
+    p = sub.add_parser("share", help="grant a twin, a circle, the public or another local login "
+                                      "(user:LOGIN, over WebDAV) access to a path")
     p.add_argument("path", help="a content path (/photos/ for a prefix), or with --as a file")
     p.add_argument("--as", dest="as_path", metavar="/PATH",
                    help="store the local file PATH in the dispersed store at /PATH, then share")
-    p.add_argument("--with", dest="grantee", required=True, metavar="NAME|CIRCLE|public")
+    p.add_argument("--with", dest="grantee", required=True,
+                   metavar="NAME|circle:CIRCLE|user:LOGIN|public")
     p.add_argument("--rights", default="r", help="r, rw, rws or read,write,share (default r)")
     p.add_argument("--until", help="expiry: ISO date or date-time (local time)")
     p.set_defaults(func=_run(share))
@@ -66,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("unshare", help="revoke a grant, for a prefix (/photos/) also every "
                                         "grant below it (takes effect on the next request)")
     p.add_argument("path")
-    p.add_argument("--with", dest="grantee", required=True, metavar="NAME|CIRCLE|public")
+    p.add_argument("--with", dest="grantee", required=True,
+                   metavar="NAME|circle:CIRCLE|user:LOGIN|public")
     p.set_defaults(func=_run(unshare))
 
     p = sub.add_parser("shares", help="every grant and every shared object")
@@ -186,6 +189,16 @@ async def _check_grantee(service: Any, grantee: str) -> None:
 
     name = grantee.strip().lower()
     if name == "public" or name.startswith("circle:"):
+        return
+    if name.startswith("user:"):  # one of this twin's own logins (#15.8)
+        from core.users import normalize_login
+
+        login = normalize_login(name.removeprefix("user:"))
+        if service.users.is_owner(login):
+            raise Invalid(f"{login} is the owner's login: it has every right already")
+        if service.users.owner_of(login) != login:
+            raise NotFound(f"no login {login!r} on this twin (twin mail users add); "
+                           "nothing was shared")
         return
     if await service.contacts.is_circle(check_name(name)):
         return

@@ -138,7 +138,7 @@ def _apply(c: sqlite3.Connection, twin: str, path: str, rights: tuple[str, ...],
 async def recipients(service: Any, grantee: str) -> list[str]:
     """The twins a grant to ``grantee`` reaches now (``public``: none we could name)."""
     grantee = grantee.strip().lower()
-    if grantee == "public":
+    if grantee == "public" or grantee.startswith("user:"):  # user: a local login, no twin
         return []
     name = grantee.removeprefix("circle:")
     if grantee.startswith("circle:") or await service.contacts.is_circle(check_name(name)):

@@ -15,8 +15,9 @@ so entity bombs raise instead of expanding):
   ``webdav.max_xml_body`` bytes, chunked or not (413 otherwise).
 
 Behind the guard, ``fastget.FastGet`` serves plain whole-file GETs and
-``fastput.FastPut`` plain PUTs of the owner's tree on the loop; every other
-request reaches wsgidav.
+``fastput.FastPut`` plain PUTs of the owner's tree on the loop (the owner's
+login only); every other request reaches wsgidav, where ``roles.RoleGate``
+limits a login other than the owner's to what it was granted.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ from urllib.parse import unquote_to_bytes, urlsplit
 from a2wsgi import WSGIMiddleware
 from starlette.responses import PlainTextResponse, RedirectResponse
 from starlette.routing import BaseRoute, Mount, Route
+from wsgidav.dir_browser import WsgiDavDirBrowser
+from wsgidav.error_printer import ErrorPrinter
+from wsgidav.http_authenticator import HTTPAuthenticator
+from wsgidav.mw.cors import Cors
+from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from core.files import PathLocks
@@ -39,6 +45,7 @@ from protocols.webdav.bridge import Bridge
 from protocols.webdav.fastget import FastGet
 from protocols.webdav.fastput import FastPut
 from protocols.webdav.provider import SHARED, TwinProvider
+from protocols.webdav.roles import RoleGate
 from protocols.webdav.storage_adapters import SqliteLockStorage, TreePropertyManager
 
 if TYPE_CHECKING:
@@ -57,6 +64,9 @@ def wsgidav_config(service: Service, bridge: Bridge) -> dict[str, Any]:
     return {
         "provider_mapping": {"/": TwinProvider(service, bridge)},
         "mount_path": MOUNT,
+        # wsgidav's default stack with RoleGate right after authentication (#15.8)
+        "middleware_stack": [Cors, ErrorPrinter, HTTPAuthenticator, RoleGate,
+                             WsgiDavDirBrowser, RequestResolver],
         "http_authenticator": {
             "domain_controller": TwinDomainController,
             "accept_basic": True,

@@ -17,7 +17,8 @@ unchanged, so its semantics stay the reference (litmus passes against it):
   the same 401 here, so they are checked once);
 - no Range, If-Range, If-Match, If-None-Match, If-Modified-Since,
   If-Unmodified-Since or WebDAV ``If`` header, no body, no Depth other than 0;
-- the path is a file of the owner's tree (not ``/shared/``, not a folder).
+- the path is a file of the owner's tree (not ``/shared/``, not a folder);
+- the login is the owner's (any other goes through wsgidav and ``roles.RoleGate``).
 
 The headers are the ones wsgidav's ``_send_resource`` sends (RFC 9110 section
 9.3.1 GET; RFC 4918 section 9.4).
@@ -75,8 +76,9 @@ class FastGet:
         if headers.get(b"content-length", b"0") != b"0" \
                 or headers.get(b"depth", b"0") != b"0":
             return None
-        if await basic_login(self.service, headers.get(b"authorization", b""), scope) is None:
-            return None
+        login = await basic_login(self.service, headers.get(b"authorization", b""), scope)
+        if login is None or not self.service.users.is_owner(login):
+            return None  # another login: wsgidav, behind roles.RoleGate (#15.8)
         parts = tree_parts(scope, self.shared)
         if parts is None:
             return None

@@ -13,7 +13,7 @@ store's segment pipeline.
 Only the unambiguous case is taken; everything else falls through to wsgidav
 unchanged, so its semantics stay the reference (litmus runs against it):
 
-- PUT with valid Basic credentials of the twin (the same throttled check as
+- PUT with valid Basic credentials of the owner's login (the same throttled check as
   ``auth``; missing ones fall through and wsgidav answers 401, wrong ones get
   the same 401 here, so they are checked once);
 - no ``If``, If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since
@@ -124,8 +124,8 @@ class FastPut:
         if scope["path"] != root + path:  # "/a//b", "/a/b/": wsgidav's own path handling
             return None
         login = await basic_login(self.service, headers.get(b"authorization", b""), scope)
-        if login is None:
-            return None
+        if login is None or not self.service.users.is_owner(login):
+            return None  # another login: wsgidav, behind roles.RoleGate (#15.8)
         try:
             entry = await self.service.files.exists(path)
             parent = await self.service.files.exists(join(parts[:-1]))

@@ -7,7 +7,7 @@ is replaced meanwhile.
 Both carry one protected live property, ``{urn:twin}shared-with``: the grants
 that reach the resource (``core.files.covering``), one ``<grantee>`` element
 each, so the owner sees in a file manager or with PROPFIND what is shared and
-with whom. It is not part of ``allprop`` (RFC 4918 section 9.1: allprop need
+with whom (to the owner only). It is not part of ``allprop`` (RFC 4918 section 9.1: allprop need
 not return every live property) and cannot be set (403, protected).
 """
 
@@ -21,8 +21,9 @@ from wsgidav import util, xml_tools
 from wsgidav.dav_error import DAVError, PRECONDITION_CODE_ProtectedProperty
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 
-from core.acl import Grant
+from core.acl import Grant, Principal
 from core.files import FileEntry, FileTree, covering, join, split
+from protocols.webdav.roles import NOBODY, principal_of, visible
 from protocols.webdav.streams import DownloadReader, UploadSink
 
 if TYPE_CHECKING:
@@ -77,14 +78,19 @@ class _TreeMixin:
             self.environ["twin.grants"] = cached
         return cached
 
+    @property
+    def who(self) -> Principal:
+        """The request's principal (``roles.RoleGate`` let it in); no login: no rights."""
+        return principal_of(self.provider.service, self.environ) or NOBODY
+
     def get_property_names(self, *, is_allprop: bool) -> list[str]:
         names: list[str] = super().get_property_names(is_allprop=is_allprop)  # type: ignore[misc]
-        if not is_allprop:
+        if not is_allprop and self.who.is_owner:  # who else holds grants is the owner's
             names.append(SHARED_WITH)
         return names
 
     def get_property_value(self, name: str) -> Any:
-        if name != SHARED_WITH:
+        if name != SHARED_WITH or not self.who.is_owner:
             return super().get_property_value(name)  # type: ignore[misc]
         element = xml_tools.etree.Element(SHARED_WITH)
         for g in covering(self._grants(), self.entry.path, is_dir=self.entry.is_dir):
@@ -216,11 +222,21 @@ class TreeFolder(_TreeMixin, DAVCollection):  # type: ignore[misc]
         return self._usage()[1]
 
     def _children(self) -> list[FileEntry]:
-        return list(self.call(self.tree.entries(self.path)))
+        """The folder's entries this request's principal may see (all, for the owner)."""
+        entries = list(self.call(self.tree.entries(self.path)))
+        who = self.who
+        if who.is_owner:
+            return entries
+        access = self.provider.service.access
+        return [e for e in entries if self.call(visible(access, who, e.path))]
+
+    def _lists_shared(self) -> bool:
+        """The root lists ``shared`` (other twins' shares) to the owner only."""
+        return not split(self.path) and self.who.is_owner
 
     def get_member_names(self) -> list[str]:
         names = [e.name for e in self._children()]
-        if not split(self.path):
+        if self._lists_shared():
             names.append("shared")
         return names
 
@@ -230,7 +246,7 @@ class TreeFolder(_TreeMixin, DAVCollection):  # type: ignore[misc]
             child = util.join_uri(self.path, e.name)
             cls = TreeFolder if e.is_dir else TreeFile
             members.append(cls(child, self.environ, e))
-        if not split(self.path):
+        if self._lists_shared():
             shared = self.provider.get_resource_inst("/shared", self.environ)
             if shared is not None:
                 members.append(shared)

@@ -78,3 +78,48 @@ def test_paths_and_rights_are_validated() -> None:
     assert parse_rights("read,share") == ("read", "share")
     with pytest.raises(Invalid):
         parse_rights("rx")
+
+
+async def test_user_grants_reach_that_login_only(access: Access) -> None:
+    """#15.8: a local login holds only its user: grants; twins never hold them."""
+    bob_login = Principal.local("bob@alice.test")
+    carol_login = Principal.local("carol@alice.test")
+    assert not bob_login.is_owner and str(bob_login) == "user:bob@alice.test"
+    await access.grant("/pub/", "public", ("read",))
+    await access.grant("/twins/", "bob", ("read", "write"))
+    await access.grant("/docs/", " User:Bob@Alice.TEST ", ("read",))
+    assert [g.who for g in await access.grants("/docs/")] == ["user:bob@alice.test"]
+    assert await access.allowed(bob_login, "/docs/a.txt", "read")
+    assert not await access.allowed(bob_login, "/docs/a.txt", "write")
+    assert not await access.allowed(carol_login, "/docs/a.txt", "read")
+    assert not await access.allowed(bob_login, "/pub/x", "read")  # public is for twins
+    assert not await access.allowed(bob_login, "/twins/x", "read")  # so is a twin's grant
+    assert not await access.allowed(Principal.remote("bob"), "/docs/a.txt", "read")
+    assert await access.reaches_below(bob_login, "/")
+    assert not await access.reaches_below(carol_login, "/")
+    with pytest.raises(Invalid):
+        await access.grant("/docs/", "user:nobody", ("read",))
+    assert await access.revoke("/docs/", "user:bob@alice.test") == ["/docs/"]
+    assert not await access.allowed(bob_login, "/docs/a.txt", "read")
+
+
+def test_grants_of_the_first_schema_survive_the_user_kind_migration(tmp_path: Path) -> None:
+    """The grants table is rebuilt for the user kind; existing grants must stay."""
+    import sqlite3
+
+    from core.acl import MIGRATIONS
+
+    db = Database(tmp_path / "twin.db")
+    Contacts(db)
+    db.migrate("acl", MIGRATIONS[:1])
+    db.run_sync(lambda c: c.execute(
+        "INSERT INTO grants VALUES ('/a/', 'twin', 'bob', 'read', NULL, 1.0)"))
+    access = Access(db, Contacts(db))
+    rows = db.run_sync(lambda c: c.execute("SELECT path, kind, grantee FROM grants").fetchall())
+    assert rows == [("/a/", "twin", "bob")]
+    db.run_sync(lambda c: c.execute(
+        "INSERT INTO grants VALUES ('/b/', 'user', 'x@y', 'read', NULL, 1.0)"))
+    with pytest.raises(sqlite3.IntegrityError):
+        db.run_sync(lambda c: c.execute(
+            "INSERT INTO grants VALUES ('/c/', 'other', 'x', 'read', NULL, 1.0)"))
+    assert access is not None

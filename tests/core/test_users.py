@@ -148,3 +148,23 @@ async def test_an_unknown_login_costs_what_a_known_one_costs(users: Users) -> No
         hasher.hashes = hasher.verifies = 0
         assert not await users.authenticate(login, "wrong guess")
         assert (hasher.hashes, hasher.verifies) == (0, 1), login
+
+
+def test_roles_the_first_login_of_an_old_database_becomes_the_owner(tmp_path: Path) -> None:
+    """#15.8: databases made before roles existed: the init login (the first) is the owner."""
+    from core.users import MIGRATIONS
+
+    db = Database(tmp_path / "twin.db")
+    db.migrate("users", MIGRATIONS[:1])
+    db.run_sync(lambda c: c.executemany("INSERT INTO users VALUES (?, ?)", [
+        ("alice@a.test", 1.0), ("bob@a.test", 2.0)]))
+    users = Users(db)
+    assert users.is_owner("alice@a.test") and not users.is_owner("bob@a.test")
+    assert {u.login: u.role for u in users.all()} == {"alice@a.test": "owner",
+                                                       "bob@a.test": "user"}
+    users.add("carol@a.test")
+    assert not users.is_owner("carol@a.test")
+    users.make_owner("Carol@A.test")
+    assert users.is_owner("carol@a.test")
+    with pytest.raises(Invalid):
+        users.add("dave@a.test", role="admin")

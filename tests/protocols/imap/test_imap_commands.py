@@ -348,3 +348,29 @@ def test_session_limit(imap_twin: object) -> None:
             c.logout()
     finally:
         server.max_sessions = 50
+
+
+def test_a_login_never_opens_another_logins_mail(imap_twin: object) -> None:
+    """#15.8: each login's mail is its own; no mailbox name reaches another login's."""
+    from tests.protocols.imap.harness import ThreadTwin
+    assert isinstance(imap_twin, ThreadTwin)
+    alice, alice_pw = imap_twin.new_user()
+    bob, bob_pw = imap_twin.new_user()
+    imap_twin.deliver(alice, b"From: x@example.org\r\nSubject: for alice only\r\n\r\nsecret\r\n")
+    a = imaplib.IMAP4("127.0.0.1", imap_twin.port)
+    a.login(alice, alice_pw)
+    assert a.create("Private")[0] == "OK"
+    assert a.select("INBOX")[1] == [b"1"]
+    a.logout()
+    b = imaplib.IMAP4("127.0.0.1", imap_twin.port)
+    b.login(bob, bob_pw)
+    typ, listed = b.list()
+    assert typ == "OK" and not any(b"Private" in (x or b"") for x in listed)
+    assert b.select("INBOX")[1] == [b"0"]
+    typ, found = b.search(None, "ALL")
+    assert found == [b""]
+    for name in ("Private", f'"{alice}/INBOX"', f'"{alice}/Private"', '"../Private"',
+                 f'"~{alice}/INBOX"', '"#shared/Private"', f'"Other Users/{alice}/INBOX"'):
+        assert b.select(name)[0] == "NO", name
+        assert b.status(name, "(MESSAGES)")[0] == "NO", name
+    b.logout()
