@@ -98,7 +98,6 @@ async def test_a_message_that_fails_to_file_for_any_reason_ends_up_alone_and_set
     # not the describer: something else fails whenever this message is in the batch
     svc, login = service
     monkeypatch.setattr(intake_mod, "RETRY_FIRST", 0.01)
-    monkeypatch.setattr(intake_mod, "GATHER_SECONDS", 0.5)  # one batch holds them all
     real = svc.mail.file
     tries: list[int] = []
 
