@@ -316,9 +316,11 @@ class MailRouter:
             if succeeded:
                 await self.delivered.remember(key, succeeded)
             raise errors[0]
-        log.debug("mail from twin %s (%s) delivered to %d user(s)%s", sender.name,
-                  mail_from or "<>", len(owners),
-                  f", {len(unknown)} unknown (refused in the ack)" if unknown else "")
+        # per message: debug, unless a recipient was refused (worth a line at info)
+        log.log(logging.INFO if unknown else logging.DEBUG,
+                "mail from twin %s (%s) delivered to %d user(s)%s", sender.name,
+                mail_from or "<>", len(owners),
+                f", {len(unknown)} unknown (refused in the ack)" if unknown else "")
         # Unknown recipients are refused in the ack, never bounced from here: the
         # sending twin tells its own user (``peer_acked``). A DSN from here would go
         # to whatever ``mail_from`` the peer chose, DKIM-signed by us, with its
