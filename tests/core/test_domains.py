@@ -9,6 +9,7 @@ import pytest
 
 from core import domains
 from core.cli import main
+from tests.tools import require
 
 
 def test_directories_on_one_filesystem_are_one_domain(tmp_path: Path) -> None:
@@ -36,8 +37,8 @@ def test_summary_warns_below_n_domains_and_says_whether_one_can_be_lost() -> Non
 def test_status_counts_two_filesystems_as_two_domains(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shm = Path("/dev/shm")
-    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
-        pytest.skip("needs /dev/shm on another filesystem than the test's tmp dir")
+    require(shm.is_dir() and os.stat(shm).st_dev != os.stat(tmp_path).st_dev,
+            "needs /dev/shm on another filesystem than the test's tmp dir")
     other = Path(os.path.realpath(shm)) / f"twin-domains-{os.getpid()}"
     data = tmp_path / "alice"
     assert main(["--data", str(data), "init", "--name", "alice", "--json"]) == 0

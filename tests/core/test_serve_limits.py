@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.tools import require
 from tests.twins import TwinProcess
 
 
@@ -16,8 +17,8 @@ from tests.twins import TwinProcess
 def low_nofile() -> Iterator[int]:
     """A soft open-files limit below the hard one, inherited by the twin started next."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard <= 512:
-        pytest.skip(f"hard RLIMIT_NOFILE is {hard}: nothing to raise")
+    require(hard == resource.RLIM_INFINITY or hard > 512,
+            f"hard RLIMIT_NOFILE is {hard}: nothing to raise")
     resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
     try:
         yield hard

@@ -32,6 +32,7 @@ from phonebook.tfchain import (
     keypair_from_seed,
 )
 from phonebook.tfchain_relay import RelayInvalid, x25519_of
+from tests.e2e.test_mail_quarantine import imap_subjects
 from tests.phonebook.chopsticks import Chopsticks, free_port
 from tests.protocols.smtp.helpers import submit
 from tests.twins import TwinProcess, twin_cli
@@ -186,7 +187,8 @@ def test_resolve_cold_and_cached_then_message_and_mail(chain: Chain) -> None:
     msg = (f"From: <{alice.login}>\r\nTo: <{bob.login}>\r\nSubject: over tfchain\r\n"
            f"\r\nHi Bob\r\n").encode()
     asyncio.run(submit(alice, alice.login, [bob.login], msg))
-    wait_for("mail arrives", lambda: "mail from twin alice.localhost" in bob.log(), timeout=60)
+    wait_for("mail arrives in bob's Inbox", lambda: any(
+        b"over tfchain" in subject for subject in imap_subjects(bob, 1, timeout=5)), timeout=60)
 
 
 def test_chain_refusals_are_caught_before_paying(chain: Chain) -> None:
