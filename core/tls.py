@@ -99,3 +99,14 @@ def client_context(data_dir: Path | None = None) -> ssl.SSLContext:
     if data_dir is not None:
         ctx.load_verify_locations(Path(data_dir) / CERT)
     return ctx
+
+
+def local_context(data_dir: Path) -> ssl.SSLContext:
+    """For the owner's CLI talking to its own running twin (the local API).
+
+    The twin's own certificate is the only trust anchor, which already pins
+    the server; the name is not checked because the listener may be bound to
+    any address (``listen.host``) that the certificate does not name."""
+    ctx = client_context(data_dir)
+    ctx.check_hostname = False
+    return ctx

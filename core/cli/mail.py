@@ -173,16 +173,16 @@ def quarantined(service: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _ask_running(data: Path, twin: tuple[int, str], action: str, qid: int | None
+async def _ask_running(data: Path, twin: tuple[str, str], action: str, qid: int | None
                        ) -> Any:
     import httpx
 
     from core import tls
     from core.peer.local_mail import LOCAL_MAIL
 
-    port, token = twin
+    origin, token = twin
     async with httpx.AsyncClient(
-            base_url=f"https://127.0.0.1:{port}{LOCAL_MAIL}", verify=tls.client_context(data),
+            base_url=f"{origin}{LOCAL_MAIL}", verify=tls.local_context(data),
             headers={"authorization": f"Bearer {token}"}, timeout=60.0) as http:
         if action == "list":
             resp = await http.get("/quarantine")

@@ -260,8 +260,11 @@ async def _file_chunks(file: Path) -> AsyncIterator[bytes]:
             yield block
 
 
-def _running_twin(data: Path) -> int | None:
-    """The running twin's HTTPS port, or None."""
+def _running_twin(data: Path) -> str | None:
+    """The running twin's HTTPS origin (``https://HOST:PORT``), or None.
+
+    The host its HTTPS listener is bound to (``listen.host``), loopback when
+    that is a wildcard: the owner's local API answers wherever the twin listens."""
     try:
         state = json.loads((data / "run" / "status.json").read_text())
         os.kill(int(state["pid"]), 0)
@@ -269,11 +272,14 @@ def _running_twin(data: Path) -> int | None:
         return None
     for info in state["listeners"]:
         if info["name"] == "https":
-            return int(info["port"])
+            host = str(info.get("host") or "127.0.0.1")
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - a wildcard is reached on loopback
+            return f"https://[{host}]:{info['port']}" if ":" in host else \
+                f"https://{host}:{info['port']}"
     return None
 
 
-def _upload(data: Path, port: int, file: Path, path: str) -> dict[str, Any]:
+def _upload(data: Path, origin: str, file: Path, path: str) -> dict[str, Any]:
     import httpx
 
     from core import tls
@@ -287,9 +293,9 @@ def _upload(data: Path, port: int, file: Path, path: str) -> dict[str, Any]:
                 yield block
 
     try:
-        resp = httpx.put(f"https://127.0.0.1:{port}{LOCAL_OBJECTS}", params={"path": path},
+        resp = httpx.put(f"{origin}{LOCAL_OBJECTS}", params={"path": path},
                          content=chunks(), headers={"authorization": f"Bearer {token}"},
-                         verify=tls.client_context(data), timeout=600)
+                         verify=tls.local_context(data), timeout=600)
     except httpx.HTTPError as exc:
         raise Unavailable(f"the running twin did not take the file: {exc}") from exc
     body: dict[str, Any] = resp.json()
@@ -298,7 +304,7 @@ def _upload(data: Path, port: int, file: Path, path: str) -> dict[str, Any]:
     return body
 
 
-def _local_send(data: Path, port: int, to: str, text: str) -> dict[str, Any]:
+def _local_send(data: Path, origin: str, to: str, text: str) -> dict[str, Any]:
     import httpx
 
     from core import tls
@@ -306,9 +312,9 @@ def _local_send(data: Path, port: int, to: str, text: str) -> dict[str, Any]:
 
     token = (data / TOKEN_FILE).read_text().strip()
     try:
-        resp = httpx.post(f"https://127.0.0.1:{port}{LOCAL_SEND}", json={"to": to, "text": text},
+        resp = httpx.post(f"{origin}{LOCAL_SEND}", json={"to": to, "text": text},
                           headers={"authorization": f"Bearer {token}"},
-                          verify=tls.client_context(data), timeout=60)
+                          verify=tls.local_context(data), timeout=60)
         body: dict[str, Any] = resp.json()
     except (httpx.HTTPError, ValueError) as exc:
         raise Unavailable(f"the running twin did not take the message: {exc}") from exc

@@ -145,22 +145,22 @@ def _in_use(exc: StoreInUse, unanswered: Exception | None) -> str:
             f"stop it; {exc.path} is locked")
 
 
-def running_twin(data: Path) -> tuple[int, str] | None:
-    """The running twin's HTTPS port and local token, or None (then the store is ours)."""
+def running_twin(data: Path) -> tuple[str, str] | None:
+    """The running twin's HTTPS origin and local token, or None (then the store is ours)."""
     from core.cli.peer import _running_twin
     from core.peer.api import TOKEN_FILE
 
-    port = _running_twin(data)
-    if port is None:
+    origin = _running_twin(data)
+    if origin is None:
         return None
     try:
         token = (data / TOKEN_FILE).read_text().strip()
     except FileNotFoundError:
         return None
-    return (port, token) if token else None
+    return (origin, token) if token else None
 
 
-async def _online(data: Path, twin: tuple[int, str], command: Command,
+async def _online(data: Path, twin: tuple[str, str], command: Command,
                   args: argparse.Namespace) -> int:
     return await _on(Online(data, *twin), command, args)
 
@@ -237,12 +237,12 @@ class Offline:
 class Online:
     """The running twin's store, through its local storage API (one request per call)."""
 
-    def __init__(self, data: Path, port: int, token: str) -> None:
+    def __init__(self, data: Path, origin: str, token: str) -> None:
         from core import tls
 
         self.http = httpx.AsyncClient(
-            base_url=f"https://127.0.0.1:{port}{LOCAL_STORAGE}",
-            verify=tls.client_context(data),  # the twin's own certificate, pinned as the CA
+            base_url=f"{origin}{LOCAL_STORAGE}",
+            verify=tls.local_context(data),  # the twin's own certificate, pinned as the CA
             headers={"authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(60.0, connect=10.0))
 

@@ -65,7 +65,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
 def chain_sets(node: Chopsticks) -> list[str]:
     """The tfchain backend on the test node; answers may be slow on a loaded 2-core machine."""
     return ["phonebook.backend=tfchain", f"phonebook.url={node.url}",
-            "phonebook.tfchain_timeout=20", "phonebook.publish_retry=0.5"]
+            "phonebook.tfchain_timeout=20", "phonebook.publish_retry=0.5",
+            "log.level=debug"]  # the per-message lines the tests wait for are at debug
 
 
 def init(chain: Chain, name: str, http_port: int, peer_port: int) -> TwinProcess:
