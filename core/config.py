@@ -128,9 +128,11 @@ SCHEMA: tuple[Key, ...] = (
     Key("imap.max_command", int, 1 * MiB,
         "Bytes of one IMAP command after login, literals included (APPEND's message "
         "excepted: it is streamed).", minimum=8 * 1024),
-    Key("imap.max_command_unauthenticated", int, 8 * 1024,
+    Key("imap.max_command_unauthenticated", int, 64 * 1024,
         "Bytes of one IMAP command before login, literals included (larger: BAD, or BYE "
-        "for a non-synchronising literal).", minimum=1024),
+        "for a non-synchronising literal). As long as imap.max_line, so a client's ID "
+        "(RFC 2971) before login fits; imap.max_unauthenticated bounds the sum.",
+        minimum=1024),
     Key("imap.max_sessions_per_user", int, 50, "Concurrent IMAP sessions per user.", minimum=1),
     Key("imap.max_connections", int, 1000, "IMAP connections open at once, logged in or not; "
         "more get BYE.", minimum=1),

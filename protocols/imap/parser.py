@@ -199,7 +199,7 @@ class CommandReader:
     sends nothing), a non-synchronising one that would pass the bound ends the
     connection (RFC 7888 §4: the server cannot skip what it does not want to
     read). Before login the session sets a much lower bound and no APPEND
-    streaming, so an unauthenticated client can make the twin hold a few KiB.
+    streaming, so an unauthenticated client can make the twin hold 64 KiB at most.
     """
 
     def __init__(self, reader: asyncio.StreamReader, send: Callable[[bytes], Awaitable[None]],

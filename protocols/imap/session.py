@@ -71,7 +71,7 @@ class Session:
         self.autologout = conf.int("imap.autologout")
         self.login_timeout = conf.int("imap.login_timeout")
         self.idle_timeout = conf.int("imap.idle_timeout")
-        # before login: a few KiB per command and no APPEND streaming (#15: literals
+        # before login: 64 KiB per command and no APPEND streaming (#15: literals
         # were not counted, and a LOGIN of 64 KiB literals grew the twin by 1 GB)
         self.cmd_reader = CommandReader(
             reader, self.send_now, max_line=conf.int("imap.max_line"),
