@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from tests.servers import Servers, redis_servers, zdb_servers
 from tests.twins import TwinProcess
 
 
@@ -36,3 +37,23 @@ def twins(tmp_path: Path) -> Iterator[Callable[..., TwinProcess]]:
             twin.stop()
         except Exception:
             twin.kill9()
+
+
+@pytest.fixture
+def redises(tmp_path: Path) -> Iterator[tuple[Servers, list[dict[str, str]]]]:
+    """Six real redis-servers and their backend specs (tests/servers.py)."""
+    servers, specs = redis_servers(tmp_path / "redis")
+    try:
+        yield servers, specs
+    finally:
+        servers.close()
+
+
+@pytest.fixture
+def zdbs(tmp_path: Path) -> Iterator[tuple[Servers, list[dict[str, str]]]]:
+    """Six real 0-db servers with password-protected namespaces (tests/servers.py)."""
+    servers, specs = zdb_servers(tmp_path / "zdb")
+    try:
+        yield servers, specs
+    finally:
+        servers.close()

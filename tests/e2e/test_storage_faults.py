@@ -10,24 +10,12 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.servers import Servers, redis_servers
+from tests.servers import Servers
 from tests.twins import TwinProcess, twin_cli
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def redises(tmp_path: Path) -> Iterator[tuple[Servers, list[dict[str, str]]]]:
-    servers, specs = redis_servers(tmp_path / "redis")
-    try:
-        yield servers, specs
-    finally:
-        servers.close()
 
 
 def _backends_toml(specs: list[dict[str, str]]) -> str:

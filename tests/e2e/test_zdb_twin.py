@@ -9,26 +9,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.e2e.test_restore import inbox_bodies, wait_in_inbox
 from tests.e2e.test_storage_faults import _backends_toml
 from tests.protocols.smtp.helpers import submit
-from tests.servers import Servers, zdb_servers
+from tests.servers import Servers
 from tests.twins import TwinProcess, twin_cli
-
-
-@pytest.fixture
-def zdbs(tmp_path: Path) -> Iterator[tuple[Servers, list[dict[str, str]]]]:
-    servers, specs = zdb_servers(tmp_path / "zdb")
-    try:
-        yield servers, specs
-    finally:
-        servers.close()
 
 
 async def test_mail_files_and_restore_on_six_protected_zdb_namespaces(

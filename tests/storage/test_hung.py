@@ -9,23 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from storage import BackendUnavailable, Store
-from tests.servers import DelayProxy, Servers, redis_servers
+from tests.servers import DelayProxy, Servers
 from tests.storage.conftest import MiB, StoreFactory
-
-
-@pytest.fixture
-def redises(tmp_path: Path) -> Iterator[tuple[Servers, list[dict[str, str]]]]:
-    servers, specs = redis_servers(tmp_path / "redis")
-    try:
-        yield servers, specs
-    finally:
-        servers.close()
 
 
 async def _timed(what: object) -> tuple[object, float]:

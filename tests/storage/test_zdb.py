@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,19 +18,10 @@ import pytest
 from storage import BackendUnavailable, Store
 from storage.backends.resp import RespBackend
 from storage.errors import DeleteRefused
-from tests.servers import Servers, redis_servers, start_zdb, zdb_namespace, zdb_servers
+from tests.servers import Servers, redis_servers, start_zdb, zdb_namespace
 from tests.storage.conftest import METADATA, KiB, MiB, StoreFactory
 
 SEG = 64 * KiB
-
-
-@pytest.fixture
-def zdbs(tmp_path: Path) -> Iterator[tuple[Servers, list[dict[str, str]]]]:
-    servers, specs = zdb_servers(tmp_path / "zdb")
-    try:
-        yield servers, specs
-    finally:
-        servers.close()
 
 
 async def test_a_password_protected_namespace_works_and_a_wrong_password_is_named(
