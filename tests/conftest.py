@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import shutil
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,29 @@ from tests.twins import TwinProcess
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     """Async tests run on uvloop, the loop ``twin serve`` runs on (``serve.event_loop``)."""
     return {"uvloop": uvloop.new_event_loop}
+
+
+FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None],
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Remember on the test item whether any of its phases failed."""
+    report = yield
+    if report.failed:
+        item.stash[FAILED] = True
+    return report
+
+
+@pytest.fixture(autouse=True)
+def _tidy_tmp_path(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+    """A passed test's directory goes as soon as it ends (after its servers and
+    twins stop), not at the end of the run: stores, shards and 0-db files of
+    ~1,000 tests would otherwise pile up to tens of GB on a CI machine."""
+    yield
+    if not request.node.stash.get(FAILED, False):
+        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 @pytest.fixture

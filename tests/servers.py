@@ -24,6 +24,7 @@ import redis
 from tests.tools import require, require_tool
 
 ZDB_BUILT = Path("/opt/zdb/zdb")
+ZDB_DATASIZE = 16 * 1024 * 1024
 
 
 def free_port() -> int:
@@ -140,8 +141,12 @@ def spawn_zdb(workdir: Path, *, mode: str | None = "user") -> Server:
     binary = zdb_binary()
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
+    # 0-db preallocates every data file at full size (256 MiB per namespace
+    # by default): six servers would take 3 GiB of disk per test. 16 MiB still
+    # holds the largest value 0-db accepts (8 MiB), so files only split sooner.
     args = [binary, "--listen", "127.0.0.1", "--port", str(port),
-            "--data", str(workdir / "data"), "--index", str(workdir / "index")]
+            "--data", str(workdir / "data"), "--index", str(workdir / "index"),
+            "--datasize", str(ZDB_DATASIZE)]
     if mode is not None:
         args += ["--mode", mode]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
