@@ -37,6 +37,14 @@ class Key:
     help: str
     choices: tuple[str, ...] = ()
     minimum: int | None = None
+    maximum: int | None = None
+
+    def __post_init__(self) -> None:
+        # Every ``*port`` key is a TCP port: one rule here instead of a
+        # maximum on each, so ``--set imap.port=99999`` is a clear error, not
+        # an OverflowError from bind() at start.
+        if self.maximum is None and self.name.endswith("port"):
+            object.__setattr__(self, "maximum", 65535)
 
     @property
     def env(self) -> str:
@@ -310,10 +318,15 @@ class Config:
         return self.str("twin.domain") or f"{self.name}.localhost"
 
 
-def coerce(key: Key, value: Any, origin: str) -> Any:
-    """Check (and for text sources, parse) one value against its key's type."""
+def coerce(key: Key, value: Any, origin: str, *, text: bool = True) -> Any:
+    """Check one value against its key's type, range and choices.
+
+    ``text`` sources (the environment, ``--set``) only have strings, so they are
+    parsed; a typed source (twin.toml) must already have the right type: a
+    port written as ``"0x1F39"`` there is a mistake to report, not to guess at.
+    """
     where = f"{key.name!r} in {origin}"
-    if isinstance(value, str) and key.type is not str:
+    if text and isinstance(value, str) and key.type is not str:
         value = _parse_text(key, value, where)
     if key.type is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -327,13 +340,15 @@ def coerce(key: Key, value: Any, origin: str) -> Any:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(key.choices)}")
     if key.minimum is not None and isinstance(value, int | float) and value < key.minimum:
         raise ConfigError(f"{where}: {value} is below the minimum {key.minimum}")
+    if key.maximum is not None and isinstance(value, int | float) and value > key.maximum:
+        raise ConfigError(f"{where}: {value} is above the maximum {key.maximum}")
     return value
 
 
 def _parse_text(key: Key, text: str, where: str) -> Any:
     try:
         if key.type is int:
-            return int(text, 0)
+            return int(text.strip().replace("_", ""), 10)
         if key.type is float:
             return float(text)
         if key.type is bool:
@@ -373,7 +388,7 @@ def load_file_values(file: Path) -> dict[str, Any]:
         key = BY_NAME.get(name)
         if key is None:
             raise ConfigError(f"unknown key {name!r} in {file} (see `twin config doc`)")
-        values[name] = coerce(key, value, str(file))
+        values[name] = coerce(key, value, str(file), text=False)
     return values
 
 
@@ -408,33 +423,44 @@ def load(
         values[name] = coerce(BY_NAME[name], value, "command-line --set")
         sources[name] = "command line"
     config = Config(data_dir, values, sources)
-    _check_whole(config, str(file))
+    _check_whole(config)
     return config
 
 
-def _check_whole(config: Config, origin: str) -> None:
+def _origin(config: Config, *names: str) -> str:
+    """Where the keys of a rule came from, so the error blames the right place
+    (an environment variable, the command line or twin.toml), not always the file."""
+    found = dict.fromkeys(config.sources.get(n, "default") for n in names)
+    return " and ".join(found)
+
+
+def _check_whole(config: Config) -> None:
     """Rules that involve more than one key."""
     k, n = config.int("storage.k"), config.int("storage.n")
     if k > n:
-        raise ConfigError(f"'storage.k' ({k}) exceeds 'storage.n' ({n}) in {origin}")
+        raise ConfigError(f"'storage.k' ({k}) exceeds 'storage.n' ({n}) "
+                          f"(from {_origin(config, 'storage.k', 'storage.n')})")
     backends = config.list("storage.backends")
+    where = _origin(config, "storage.backends")
     for i, backend in enumerate(backends):
         if not isinstance(backend, dict) or not {"name", "kind", "location"} <= backend.keys():
             raise ConfigError(
-                f"'storage.backends' entry {i} in {origin} needs name, kind and location"
+                f"'storage.backends' entry {i} in {where} needs name, kind and location"
             )
     if len(backends) < n:
         raise ConfigError(
-            f"'storage.backends' in {origin} lists {len(backends)} backends; "
-            f"'storage.n' = {n} needs at least that many"
+            f"'storage.backends' lists {len(backends)} backends; 'storage.n' = {n} needs "
+            f"at least that many (from {_origin(config, 'storage.backends', 'storage.n')})"
         )
     if config.int("peer.ttl") > config.int("peer.max_ttl"):
-        raise ConfigError(f"'peer.ttl' in {origin} exceeds 'peer.max_ttl': peers with the "
-                          "default limit would refuse this twin's envelopes")
+        where = _origin(config, "peer.ttl", "peer.max_ttl")
+        raise ConfigError(f"'peer.ttl' exceeds 'peer.max_ttl' (from {where}): peers with "
+                          "the default limit would refuse this twin's envelopes")
     for name in ("smtp.retry_schedule", "peer.retry_schedule"):
         schedule = config.list(name)
         if not schedule or not all(isinstance(s, int | float) and s > 0 for s in schedule):
-            raise ConfigError(f"{name!r} in {origin}: needs positive numbers of seconds")
+            raise ConfigError(f"{name!r} in {_origin(config, name)}: needs positive numbers "
+                              "of seconds")
 
 
 def parse_assignments(items: Iterable[str]) -> dict[str, str]:
@@ -448,11 +474,21 @@ def parse_assignments(items: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def _toml_char(c: str) -> str:
+    """One character of a TOML basic string: quote, backslash and control
+    characters (DEL included, which TOML forbids raw) escaped."""
+    if c in '"\\':
+        return "\\" + c
+    if ord(c) < 0x20 or ord(c) == 0x7F:
+        return f"\\u{ord(c):04X}"
+    return c
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + "".join(_toml_char(c) for c in value) + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import os
 import sys
@@ -53,10 +54,48 @@ def set_log_level(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
 
 
+GLOBAL_OPTIONS = ("--data", "--set", "--log-level")
+
+
+def hoist_global_options(argv: Sequence[str]) -> list[str]:
+    """Move ``--data``, ``--set`` and ``--log-level`` written after the command
+    (``twin status --data /srv/twin``) in front of it, where argparse wants them.
+
+    Users type the global options wherever they remember them; argparse only
+    accepts them before the subcommand. Nothing after a ``--`` is touched.
+    """
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        name = arg.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS and "=" in arg:
+            front.append(arg)
+        elif name in GLOBAL_OPTIONS and i + 1 < len(argv):
+            front.extend(argv[i:i + 2])
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("twin")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="twin",
         description="A personal Digital Twin: identity, mail and files, twin-to-twin.")
+    p.add_argument("--version", action="version", version=f"twin {version()}")
     p.add_argument("--data", default=default_data_dir(),
                    help="the twin's data dir (default: $TWIN_DATA or ./.twin)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -70,7 +109,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(hoist_global_options(sys.argv[1:] if argv is None else argv))
     setup_logging(args.log_level or os.environ.get("TWIN_LOG_LEVEL", "info"))
     try:
         return int(args.func(args))

@@ -104,3 +104,46 @@ def test_own_envelope_ttl_must_fit_the_peers_limit(tmp_path: Path) -> None:
         cfg.load(tmp_path, environ={})
     write(tmp_path, "[peer]\nttl = 90000\nmax_ttl = 90000\n")
     assert cfg.load(tmp_path, environ={}).int("peer.ttl") == 90000
+
+
+@pytest.mark.parametrize("value", ["99999", "65536", "-1"])
+def test_a_port_out_of_range_is_named_not_left_to_bind(tmp_path: Path, value: str) -> None:
+    write(tmp_path, '[twin]\nname = "alice"\n')
+    expected = r"'imap.port' in command-line --set: .* (maximum 65535|minimum 0)"
+    with pytest.raises(ConfigError, match=expected):
+        cfg.load(tmp_path, {"imap.port": value}, environ={})
+
+
+def test_every_port_key_is_bounded_to_a_tcp_port() -> None:
+    ports = [k for k in cfg.SCHEMA if k.name.endswith("port")]
+    assert len(ports) >= 6 and all(k.maximum == 65535 for k in ports)
+
+
+def test_a_string_where_the_file_needs_a_number_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '[twin]\nname = "alice"\n[imap]\ntls_port = "0x1F39"\n')
+    with pytest.raises(ConfigError) as err:
+        cfg.load(tmp_path, environ={})
+    assert "'imap.tls_port'" in str(err.value) and str(path) in str(err.value)
+    assert "expected int, got str" in str(err.value)
+
+
+def test_text_sources_read_decimal_numbers_only(tmp_path: Path) -> None:
+    write(tmp_path, '[twin]\nname = "alice"\n')
+    assert cfg.load(tmp_path, environ={"TWIN_IMAP_PORT": " 1_143 "}).int("imap.port") == 1143
+    with pytest.raises(ConfigError, match="TWIN_IMAP_PORT: cannot read '0x1F39' as int"):
+        cfg.load(tmp_path, environ={"TWIN_IMAP_PORT": "0x1F39"})
+
+
+def test_a_rule_broken_by_the_environment_blames_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, '[twin]\nname = "alice"\n')
+    with pytest.raises(ConfigError) as err:
+        cfg.load(tmp_path, environ={"TWIN_STORAGE_K": "7"})
+    message = str(err.value)
+    assert "env TWIN_STORAGE_K" in message and str(path) not in message
+
+
+def test_strings_with_control_characters_render_as_valid_toml(tmp_path: Path) -> None:
+    import tomllib
+
+    text = cfg.render_toml({"twin.name": "alice", "smtp.smarthost": 'a"b\\c\nd\te\x7f😀'})
+    assert tomllib.loads(text)["smtp"]["smarthost"] == 'a"b\\c\nd\te\x7f😀'
