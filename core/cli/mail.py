@@ -224,10 +224,13 @@ async def _on_own_store(service: Any, action: str, qid: int | None) -> Any:
 def dkim_record(service: Any, args: argparse.Namespace) -> int:
     key = service.outbound.dkim
     if args.json:
-        print(json.dumps({"name": key.record_name, "type": "TXT", "value": key.txt_record()}))
+        print(json.dumps({"name": key.record_name, "type": "TXT", "value": key.txt_record(),
+                          "strings": key.txt_strings()}))
         return 0
-    print(f"Publish this TXT record so receivers can check mail signed by {key.domain}:\n")
-    print(f"{key.record_name}. IN TXT \"{key.txt_record()}\"")
+    print(f"Publish this TXT record so receivers can check mail signed by {key.domain}")
+    print("(one record; DNS keeps at most 255 bytes per quoted string, receivers join them):\n")
+    quoted = " ".join(f'"{part}"' for part in key.txt_strings())
+    print(f"{key.record_name}. IN TXT ( {quoted} )")
     return 0
 
 

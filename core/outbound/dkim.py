@@ -76,6 +76,16 @@ class DkimKey:
         """The TXT value to publish at ``record_name``."""
         return f"v=DKIM1; k=rsa; p={self.public_b64()}"
 
+    def txt_strings(self) -> list[str]:
+        """``txt_record`` as the character-strings of one TXT record.
+
+        A DNS character-string holds at most 255 bytes (RFC 1035 §3.3); a
+        2048-bit key's record is ~410, so zone files and DNS panels need it
+        split. Receivers join the strings without separators (RFC 6376 §3.6.2.2).
+        """
+        value = self.txt_record()
+        return [value[i:i + 255] for i in range(0, len(value), 255)]
+
     def sign(self, message: bytes) -> bytes:
         """``message`` with a DKIM-Signature header prepended (CPU work: call off the loop)."""
         present = {line.split(b":", 1)[0].strip().lower()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import httpx
@@ -136,7 +138,12 @@ def test_cli_mail_commands(tmp_path: Path) -> None:
     assert "new app password 'phone'" in twin_cli(data, "mail", "passwd", "--label",
                                                   "phone").stdout
     dkim = twin_cli(data, "mail", "dkim").stdout
-    assert "twin._domainkey.alice.localhost. IN TXT \"v=DKIM1; k=rsa; p=" in dkim
+    assert "twin._domainkey.alice.localhost. IN TXT ( \"v=DKIM1; k=rsa; p=" in dkim
+    # a 2048-bit key's record split into DNS character-strings of at most 255 bytes
+    strings = re.findall(r'"([^"]*)"', dkim.split("IN TXT", 1)[1])
+    assert len(strings) >= 2 and all(len(s) <= 255 for s in strings)
+    record = json.loads(twin_cli(data, "mail", "dkim", "--json").stdout)
+    assert "".join(strings) == "".join(record["strings"]) == record["value"]
     assert oct((data / "dkim" / "rsa.key").stat().st_mode & 0o777) == "0o600"
     sent = twin_cli(data, "mail", "send", "--to", "info@alice.localhost", "--to",
                     "x@example.com", "--subject", "cron", input="report\n").stdout
