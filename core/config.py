@@ -87,6 +87,10 @@ SCHEMA: tuple[Key, ...] = (
         "once; past it new requests get 503.", minimum=1),
     Key("http.max_per_ip", int, 100, "HTTPS requests in progress at once from one client "
         "address; past it 503.", minimum=1),
+    Key("http.max_connections_per_ip", int, 128, "HTTPS connections open at once from one client "
+        "address, idle ones included; more are closed at once.", minimum=1),
+    Key("http.header_timeout", float, 20.0, "Seconds a client has to send a request's "
+        "headers, from connecting or from the request's first byte.", minimum=1),
     Key("http.public_url", str, "",
         "URL other twins use to reach the peer API; default https://HOST:PORT."),
     Key("smtp.port", int, 2525, "SMTP inbound port (the port-25 role); 0 picks a free port.",

@@ -9,6 +9,7 @@ point names a function ``routes(service) -> list[starlette.routing.BaseRoute]``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 from importlib.metadata import entry_points
@@ -23,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from core import logsafe, net, tls
+from core.limits import Budget, ConnectionLimits, Slot
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -43,6 +45,68 @@ class HttpToolsKeepingFragments(HttpToolsProtocol):
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url.replace(b"#", b"%23"))
+
+
+class GuardedHttpProtocol(HttpToolsKeepingFragments):
+    """One HTTPS connection, admitted by a per-address budget and given a
+    deadline to finish each request's headers.
+
+    uvicorn counts idle connections against ``limit_concurrency`` and never
+    times out a connection that has not sent a complete request head, so one
+    address holding a few hundred connections open (or trickling a header a
+    byte at a time, "slowloris") would make everyone else's requests 503.
+    Here an address may hold ``http.max_connections_per_ip`` connections, and
+    a request head must arrive within ``http.header_timeout`` seconds of the
+    connection or of its first byte; the keep-alive timeout covers the idle
+    time between requests.
+    """
+
+    def __init__(self, *args: Any, limits: ConnectionLimits, header_timeout: float,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits, self._header_timeout = limits, header_timeout
+        self._slot: Slot | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ip = str(self.client[0]) if self.client else "?"
+        self._slot = self._limits.admit(ip, transport.close)
+        if self._slot is None:
+            transport.abort()
+            return
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._slot is not None:
+            self._slot.release()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._deadline is None:
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def _arm(self) -> None:
+        self._deadline = self.loop.call_later(self._header_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            ip = self.client[0] if self.client else "?"
+            log.info("HTTPS connection from %s closed: no complete request head in %g s",
+                     ip, self._header_timeout)
+            self.transport.close()
 
 
 def plugin_routes(service: Service) -> list[BaseRoute]:
@@ -111,6 +175,13 @@ class HttpListener:
         host, port = conf.str("listen.host"), conf.int("http.port")
         self._sock = net.bind(host, port, "the HTTPS listener", "http.port")
         self.port = self._sock.getsockname()[1]
+        # per address, every connection counts (HTTP has no connection-level login)
+        total = conf.int("http.max_connections")
+        limits = ConnectionLimits(Budget("https", total=total,
+                                         per_ip=conf.int("http.max_connections_per_ip"),
+                                         unauthenticated=total, evict=False))
+        protocol = functools.partial(GuardedHttpProtocol, limits=limits,
+                                     header_timeout=conf.float("http.header_timeout"))
         self._config = uvicorn.Config(
             build_app(service),
             ssl_certfile=str(conf.data_dir / tls.CERT),
@@ -118,7 +189,7 @@ class HttpListener:
             log_level="warning",
             access_log=False,
             lifespan="off",
-            http=HttpToolsKeepingFragments,
+            http=protocol,  # type: ignore[arg-type]  # uvicorn calls it as a class
             timeout_graceful_shutdown=3,
             h11_max_incomplete_event_size=64 * 1024,
             server_header=False,
