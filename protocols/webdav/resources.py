@@ -207,18 +207,22 @@ class TreeFolder(_TreeMixin, DAVCollection):  # type: ignore[misc]
     def get_display_name(self) -> str:
         return self.entry.name or "/"
 
-    # RFC 4331 section 3 and 4: quota-used-bytes / quota-available-bytes
-    def _usage(self) -> tuple[int, int]:
+    # RFC 4331 section 3 and 4: quota-used-bytes / quota-available-bytes.
+    # The figures are the owner's whole tree: another login sees neither (None
+    # leaves the properties out), as it sees nothing it was not granted.
+    def _usage(self) -> tuple[int, int] | tuple[None, None]:
+        if not self.who.is_owner:
+            return None, None
         cached: tuple[int, int] | None = self.environ.get("twin.usage")
         if cached is None:
             cached = self.call(self.tree.usage())
             self.environ["twin.usage"] = cached
         return cached
 
-    def get_used_bytes(self) -> int:
+    def get_used_bytes(self) -> int | None:
         return self._usage()[0]
 
-    def get_available_bytes(self) -> int:
+    def get_available_bytes(self) -> int | None:
         return self._usage()[1]
 
     def _children(self) -> list[FileEntry]:

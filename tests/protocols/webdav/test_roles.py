@@ -74,11 +74,16 @@ def test_second_login_gets_only_what_is_granted(twin: TwinProcess,
         assert _propfind(other, "/dav/shared/").status_code == 403
         assert owner.get("/dav/private/secret.txt").content == b"owner only"
 
+        # the owner's usage and free space are the owner's: not shown to another login
+        assert b"quota-used-bytes" in _propfind(owner, "/dav/", "0").content
+        assert b"quota-" not in _propfind(other, "/dav/", "0").content
+
         # read grant on /docs/: GET and list it, but no write, no delete, nothing else
         _share(twin, "/docs/", f"user:{bob[0]}", "r")
         assert other.get("/dav/docs/a.txt").content == b"shared words"
         assert _hrefs(_propfind(other, "/dav/")) == {"/dav/", "/dav/docs/"}
         assert _hrefs(_propfind(other, "/dav/docs/")) == {"/dav/docs/", "/dav/docs/a.txt"}
+        assert b"quota-" not in _propfind(other, "/dav/docs/").content
         assert other.put("/dav/docs/a.txt", content=b"overwritten").status_code == 403
         assert other.put("/dav/docs/b.txt", content=b"new").status_code == 403
         assert other.delete("/dav/docs/a.txt").status_code == 403
