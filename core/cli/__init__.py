@@ -110,7 +110,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(hoist_global_options(sys.argv[1:] if argv is None else argv))
-    setup_logging(args.log_level or os.environ.get("TWIN_LOG_LEVEL", "info"))
+    # A command's output is what it prints; its INFO log lines ("pinned key of
+    # twin …") would interleave with it on a terminal. Only `serve` logs at
+    # info by default (from log.level); other commands say warnings and errors.
+    quiet = "info" if args.command == "serve" else "warning"
+    setup_logging(args.log_level or os.environ.get("TWIN_LOG_LEVEL", quiet))
     try:
         return int(args.func(args))
     except TwinError as exc:

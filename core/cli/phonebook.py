@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import sys
 from typing import Any
@@ -39,6 +40,13 @@ def _shown(record: Any) -> dict[str, Any]:
     return out
 
 
+def _when(epoch: int) -> str:
+    """A record's ``valid_until`` as people read dates (0: the record never expires)."""
+    if not epoch:
+        return "never expires"
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _warn(record: Any) -> None:
     if not pk_matches(record):
         print(f"twin: warning: {record.name} publishes pk {record.extra['pk'].hex()}, which is "
@@ -53,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
             records = service.list_twins()
             if args.json:
                 print(json.dumps([r.to_json() for r in records], indent=2))
+            elif not records:
+                print("the phonebook holds no twins yet (`twin phonebook publish` adds this one)")
             for r in records if not args.json else []:
                 print(f"{r.id:>5}  {r.name:<20} {','.join(r.mail_domains):<30} "
                       f"{' '.join(r.endpoints)}")
@@ -71,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(_shown(record), indent=2))
             else:
                 for key, value in _shown(record).items():
-                    print(f"{key:<13} {value}")
+                    print(f"{key:<13} {_when(value) if key == 'valid_until' else value}")
         elif args.action == "publish":
             record = service.publish()
             where = f" on TFChain as {record.extra.get('account_id')}" \
