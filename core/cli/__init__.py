@@ -22,7 +22,7 @@ from core import config as cfg
 from core import logsafe
 from core.errors import TwinError
 
-GROUPS = ("init", "serve", "config", "phonebook", "storage", "mail", "peer")
+GROUPS = ("init", "serve", "config", "phonebook", "storage", "mail", "peer", "domain")
 DEFAULT_DATA = ".twin"
 
 
