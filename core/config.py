@@ -91,6 +91,8 @@ SCHEMA: tuple[Key, ...] = (
         "address, idle ones included; more are closed at once.", minimum=1),
     Key("http.header_timeout", float, 20.0, "Seconds a client has to send a request's "
         "headers, from connecting or from the request's first byte.", minimum=1),
+    Key("http.acme_port", int, 80, "Plain-HTTP port answering ACME HTTP-01 challenges (with "
+        "tls.acme; the CA connects to 80), redirecting everything else to HTTPS."),
     Key("http.public_url", str, "",
         "URL other twins use to reach the peer API; default https://HOST:PORT."),
     Key("smtp.port", int, 2525, "SMTP inbound port (the port-25 role); 0 picks a free port.",
@@ -171,6 +173,17 @@ SCHEMA: tuple[Key, ...] = (
     Key("mail.journal_backlog", int, 64 * MiB,
         "Bytes of accepted mail that may wait to be filed; beyond, SMTP waits, then 451.",
         minimum=1 * MiB),
+    # -- certificates (core/acme.py)
+    Key("tls.acme", bool, False, "Get and renew the TLS certificate from an ACME CA (Let's "
+        "Encrypt by default) over HTTP-01 on http.acme_port; the current one stays until then."),
+    Key("tls.acme_directory", str, "https://acme-v02.api.letsencrypt.org/directory",
+        "The ACME CA's directory URL."),
+    Key("tls.acme_email", str, "", "Contact address given to the CA (expiry warnings)."),
+    Key("tls.acme_names", list, [], "Names the certificate covers; default [twin.domain]."),
+    Key("tls.acme_ca_bundle", str, "", "PEM file of CAs trusted for the ACME server's own "
+        "HTTPS (a private CA); default: the system's."),
+    Key("tls.acme_renew_days", int, 30, "Renew when the certificate expires within this many "
+        "days.", minimum=1),
     # -- phonebook
     Key("phonebook.backend", str, "local", "Where twins are found.",
         choices=("local", "tfchain")),

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import phonebook as pb
-from core import backup, net, tls
+from core import acme, backup, net, tls
 from core import config as cfg
 from core import identity as ident
 from core.acl import OWNER, Access, Principal
@@ -102,6 +102,7 @@ class Service:
         self._lock_fd: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.store: Any = None  # storage.Store once started
+        self.acme: acme.CertManager | None = None  # with tls.acme, once started
         self.overrides: dict[str, Any] = {}  # --set values, applied again on reload
         self.on_log_level: Callable[[str], None] | None = None  # set by `serve` (see reload)
         # Parts, in dependency order. Each keeps its tables in twin.db and reaches
@@ -302,11 +303,15 @@ class Service:
             self.peer.on_bounce(MAIL_KIND, self.router.peer_bounced)
             self.peer.on_ack(MAIL_KIND, self.router.peer_acked)
             self.peer.start()
+            if self.config.bool("tls.acme"):
+                acme.finish_write(self.data_dir)  # before any listener loads the pair
             http = HttpListener(self)
             self.listeners.append(http)
             for ep in entry_points(group="twin.listeners"):
                 self.listeners.append(await ep.load()(self))
             await http.start()
+            if self.config.bool("tls.acme"):
+                await self._start_acme(http.port)
             if self.config.str("phonebook.backend") == "tfchain":
                 # A chain that is down or an account not funded yet must not keep
                 # the twin from serving: publish in the background, with retries.
@@ -323,6 +328,25 @@ class Service:
                 log.info("listening: %s on %s:%d (tls: %s)", info.name, info.host, info.port,
                          info.tls)
         self._write_status()
+
+    async def _start_acme(self, https_port: int) -> None:
+        """The HTTP-01 listener and the certificate manager (``core.acme``)."""
+        conf = self.config
+        responder = acme.Http01Responder(conf.str("listen.host"), conf.int("http.acme_port"),
+                                         https_port)
+        await responder.start()
+        self.listeners.append(responder)
+        self.acme = acme.CertManager(
+            self.data_dir, [str(n) for n in conf.list("tls.acme_names")] or [conf.domain],
+            directory=conf.str("tls.acme_directory"), email=conf.str("tls.acme_email"),
+            ca_bundle=conf.str("tls.acme_ca_bundle"),
+            renew_days=conf.int("tls.acme_renew_days"), responder=responder)
+        self.acme.on_change.append(self._acme_changed)
+        self.spawn(self.acme.run(), "acme")
+
+    def _acme_changed(self) -> None:
+        if self.started_at:  # before that, start() writes the status file itself
+            self._write_status()
 
     def _published(self, record: TwinRecord) -> None:
         log.info("published %s (id %d) with endpoint %s", record.name, record.id,
@@ -370,6 +394,7 @@ class Service:
             "listeners": [i.to_json() for i in self.listener_info()],
             "phonebook": {"backend": self.config.str("phonebook.backend"),
                           **self.publish_state},
+            "acme": self.acme.state.to_json() if self.acme is not None else None,
         }
         path = self.data_dir / STATUS_FILE
         tmp = path.with_suffix(".tmp")

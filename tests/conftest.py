@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from tests.servers import Servers, redis_servers, zdb_servers
+from tests.servers import DnsServer, Servers, redis_servers, zdb_servers
 from tests.twins import TwinProcess
 
 
@@ -81,3 +81,11 @@ def zdbs(tmp_path: Path) -> Iterator[tuple[Servers, list[dict[str, str]]]]:
         yield servers, specs
     finally:
         servers.close()
+
+
+@pytest.fixture
+def dns_server() -> Iterator[DnsServer]:
+    """A real DNS server (dnsmasq) on loopback; ``serve(options)`` (re)starts it."""
+    server = DnsServer()
+    yield server
+    server.stop()

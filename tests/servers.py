@@ -214,3 +214,35 @@ class DelayProxy:
 
     async def close(self) -> None:
         self._server.close()
+
+
+class DnsServer:
+    """A real DNS server (dnsmasq) on a loopback port, restarted with new
+    records by each ``serve(options)``; ``options`` are dnsmasq's record flags
+    (``--host-record=``, ``--txt-record=``, ``--mx-host=`` ...)."""
+
+    def __init__(self) -> None:
+        self.binary = require_tool("dnsmasq")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def serve(self, options: list[str]) -> str:
+        """Start dnsmasq with ``options``; returns its ``127.0.0.1:PORT``."""
+        self.stop()
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [self.binary, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
+             "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1",
+             f"--port={self.port}", "--user=root", "--pid-file=", *options],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.3)
+        if self.proc.poll() is not None:
+            assert self.proc.stderr is not None
+            raise RuntimeError(f"dnsmasq exited: {self.proc.stderr.read().decode()}")
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None

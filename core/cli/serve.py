@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core import tls
+from core.acme import cert_info
 from core.cli import open_service, set_log_level
 from core.errors import ConfigError
 from core.logfile import log_to_file
@@ -162,7 +163,17 @@ def status(data: Path) -> dict[str, Any]:
         "listeners": state["listeners"],
         "problems": problems,
         "phonebook": state.get("phonebook", {}),
+        "certificate": _certificate(data, state.get("acme")),
     }
+
+
+def _certificate(data: Path, acme_state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The certificate the listeners serve (names, expiry, issuer) and, with
+    tls.acme, where getting the next one stands."""
+    info = cert_info(data)
+    if info is None:
+        return None
+    return {**info.to_json(), "acme": acme_state}
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -186,4 +197,12 @@ def run_status(args: argparse.Namespace) -> int:
                   f"{book.get('attempts', 0)} attempt(s): {book.get('error')}")
         if "storage" in report["problems"]:
             print(f"  storage: {report['problems']['storage']}")
+        cert = report["certificate"]
+        if cert:
+            kind = "self-signed" if cert["self_signed"] else f"from {cert['issuer']}"
+            print(f"  certificate  {', '.join(cert['names'])}: {kind}, expires "
+                  f"{cert['expires'][:10]}")
+            acme_state = cert.get("acme")
+            if acme_state and acme_state["status"] != "valid":
+                print(f"  acme         {acme_state['status']}: {acme_state['detail']}")
     return 0 if report["healthy"] else 1

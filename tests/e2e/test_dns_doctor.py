@@ -5,23 +5,17 @@ passes every check, and each record missing or wrong is named (#21 item 2)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-
-from tests.servers import free_port
-from tests.tools import require_tool
+from tests.servers import DnsServer
 from tests.twins import TwinProcess, twin_cli
 
 DOMAIN = "alice.test"
 
 
-def _dnsmasq_args(records: list[dict[str, Any]], skip: frozenset[str],
-                  replace: dict[str, list[str]]) -> list[str]:
+def _dnsmasq_args(records: list[dict[str, Any]], skip: frozenset[str] = frozenset(),
+                  replace: dict[str, list[str]] | None = None) -> list[str]:
     """dnsmasq options serving ``records`` (minus the names in ``skip``; TXT
     strings from ``replace`` where given) plus the domain's address."""
     args = [f"--host-record={DOMAIN},127.0.0.1", f"--local=/{DOMAIN}/"]
@@ -30,7 +24,7 @@ def _dnsmasq_args(records: list[dict[str, Any]], skip: frozenset[str],
         if name + r["type"] in skip:
             continue
         if r["type"] == "TXT":
-            strings = replace.get(name, r["strings"])
+            strings = (replace or {}).get(name, r["strings"])
             args.append("--txt-record=" + ",".join([name, *strings]))
         elif r["type"] == "MX":
             pref, host = r["value"].split()
@@ -41,42 +35,6 @@ def _dnsmasq_args(records: list[dict[str, Any]], skip: frozenset[str],
         elif r["type"] == "CNAME":
             args.append(f"--cname={name},{r['value'].rstrip('.')}")
     return args
-
-
-class DnsServer:
-    def __init__(self, tmp: Path) -> None:
-        self.binary = require_tool("dnsmasq")
-        self.tmp = tmp
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    def serve(self, records: list[dict[str, Any]], skip: frozenset[str] = frozenset(),
-              replace: dict[str, list[str]] | None = None) -> str:
-        self.stop()
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [self.binary, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
-             "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1",
-             f"--port={self.port}", "--user=root", "--pid-file=",
-             *_dnsmasq_args(records, skip, replace or {})],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(0.3)
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"dnsmasq exited: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
-@pytest.fixture
-def dns_server(tmp_path: Path) -> Iterator[DnsServer]:
-    server = DnsServer(tmp_path)
-    yield server
-    server.stop()
 
 
 def _doctor(twin: TwinProcess, nameserver: str) -> tuple[int, dict[str, dict[str, Any]]]:
@@ -96,7 +54,7 @@ def test_doctor_passes_the_zone_twin_dns_prints_and_names_what_is_wrong(
     dkim = next(r for r in records if "_domainkey" in r["name"])
     assert len(dkim["strings"]) >= 2 and all(len(s) <= 255 for s in dkim["strings"])
 
-    code, found = _doctor(alice, dns_server.serve(records))
+    code, found = _doctor(alice, dns_server.serve(_dnsmasq_args(records)))
     bad = {w: f for w, f in found.items() if f["status"] != "ok"}
     assert code == 0 and not bad, bad
     assert found[f"SMTP at 127.0.0.1:{alice.port('smtp')}"]["detail"].startswith("220")
@@ -105,9 +63,9 @@ def test_doctor_passes_the_zone_twin_dns_prints_and_names_what_is_wrong(
 
     # DMARC missing, a DKIM key that is not alice's, an SPF record that lets anyone send
     other_key = "v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAwrong"
-    code, found = _doctor(alice, dns_server.serve(
-        records, skip={f"_dmarc.{DOMAIN}TXT", f"_imaps._tcp.{DOMAIN}SRV"},
-        replace={dkim["name"].rstrip("."): [other_key], DOMAIN: ["v=spf1 mx +all"]}))
+    code, found = _doctor(alice, dns_server.serve(_dnsmasq_args(
+        records, skip=frozenset({f"_dmarc.{DOMAIN}TXT", f"_imaps._tcp.{DOMAIN}SRV"}),
+        replace={dkim["name"].rstrip("."): [other_key], DOMAIN: ["v=spf1 mx +all"]})))
     assert code == 1
     assert found[f"TXT _dmarc.{DOMAIN}."]["status"] == "missing"
     assert found[f"TXT {dkim['name']}"]["status"] == "wrong"
@@ -118,7 +76,7 @@ def test_doctor_passes_the_zone_twin_dns_prints_and_names_what_is_wrong(
 
     # the twin stopped: doctor tries the configured ports, and names them unreachable
     alice.stop()
-    code, found = _doctor(alice, dns_server.serve(records))
+    code, found = _doctor(alice, dns_server.serve(_dnsmasq_args(records)))
     assert code == 1
     [smtp] = [f for w, f in found.items() if w.startswith("SMTP at 127.0.0.1:")]
     assert smtp["status"] == "unreachable", smtp
