@@ -85,7 +85,7 @@ async def test_mail_goes_through_on_either_event_loop(
     assert found.endswith(b"\r\n\r\nHello\r\n")
 
 
-def _imap_search(twin: TwinProcess, subject: str, timeout: float = 20) -> bytes:
+def _imap_search(twin: TwinProcess, subject: str, timeout: float = 60) -> bytes:
     """The one message with ``subject`` in the twin's Inbox, read over IMAPS."""
     import imaplib
 
