@@ -93,6 +93,8 @@ SCHEMA: tuple[Key, ...] = (
         "headers, from connecting or from the request's first byte.", minimum=1),
     Key("http.acme_port", int, 80, "Plain-HTTP port answering ACME HTTP-01 challenges (with "
         "tls.acme; the CA connects to 80), redirecting everything else to HTTPS."),
+    Key("http.trusted_proxies", list, [], "Reverse proxies (addresses or networks) whose "
+        "X-Forwarded-For/-Proto are believed; their connections are not capped per address."),
     Key("http.public_url", str, "",
         "URL other twins use to reach the peer API; default https://HOST:PORT."),
     Key("smtp.port", int, 2525, "SMTP inbound port (the port-25 role); 0 picks a free port.",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import ssl
 from importlib.metadata import entry_points
@@ -24,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from core import logsafe, net, tls
+from core.errors import ConfigError
 from core.limits import Budget, ConnectionLimits, Slot
 
 if TYPE_CHECKING:
@@ -47,6 +49,26 @@ class HttpToolsKeepingFragments(HttpToolsProtocol):
         super().on_url(url.replace(b"#", b"%23"))
 
 
+class Proxies:
+    """The reverse proxies whose ``X-Forwarded-For``/``-Proto`` are believed
+    (``http.trusted_proxies``: addresses or networks). Nobody by default: a
+    header any client can send must not choose the address limits count."""
+
+    def __init__(self, entries: list[str]) -> None:
+        self.entries = [str(e) for e in entries]
+        try:
+            self._networks = [ipaddress.ip_network(e, strict=False) for e in self.entries]
+        except ValueError as exc:
+            raise ConfigError(f"'http.trusted_proxies': {exc}") from None
+
+    def trusts(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+
 class GuardedHttpProtocol(HttpToolsKeepingFragments):
     """One HTTPS connection, admitted by a per-address budget and given a
     deadline to finish each request's headers.
@@ -61,17 +83,20 @@ class GuardedHttpProtocol(HttpToolsKeepingFragments):
     time between requests.
     """
 
-    def __init__(self, *args: Any, limits: ConnectionLimits, header_timeout: float,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, limits: ConnectionLimits, proxy_limits: ConnectionLimits,
+                 proxies: Proxies, header_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._limits, self._header_timeout = limits, header_timeout
+        self._proxy_limits, self._proxies = proxy_limits, proxies
         self._slot: Slot | None = None
         self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         ip = str(self.client[0]) if self.client else "?"
-        self._slot = self._limits.admit(ip, transport.close)
+        # a trusted reverse proxy carries many clients: only the total binds it
+        limits = self._proxy_limits if self._proxies.trusts(ip) else self._limits
+        self._slot = limits.admit(ip, transport.close)
         if self._slot is None:
             transport.abort()
             return
@@ -180,7 +205,11 @@ class HttpListener:
         limits = ConnectionLimits(Budget("https", total=total,
                                          per_ip=conf.int("http.max_connections_per_ip"),
                                          unauthenticated=total, evict=False))
+        proxy_limits = ConnectionLimits(Budget("https via proxy", total=total, per_ip=total,
+                                               unauthenticated=total, evict=False))
+        proxies = Proxies(conf.list("http.trusted_proxies"))
         protocol = functools.partial(GuardedHttpProtocol, limits=limits,
+                                     proxy_limits=proxy_limits, proxies=proxies,
                                      header_timeout=conf.float("http.header_timeout"))
         self._config = uvicorn.Config(
             build_app(service),
@@ -193,6 +222,10 @@ class HttpListener:
             timeout_graceful_shutdown=3,
             h11_max_incomplete_event_size=64 * 1024,
             server_header=False,
+            # X-Forwarded-For/-Proto only from http.trusted_proxies (uvicorn's own
+            # default believes 127.0.0.1, which would let a local client choose its address)
+            proxy_headers=bool(proxies.entries),
+            forwarded_allow_ips=proxies.entries or None,
             # past it uvicorn answers 503 instead of running the request (#15.9)
             limit_concurrency=conf.int("http.max_connections"),
         )

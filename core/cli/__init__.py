@@ -22,7 +22,8 @@ from core import config as cfg
 from core import logsafe
 from core.errors import TwinError
 
-GROUPS = ("init", "serve", "config", "phonebook", "storage", "mail", "peer", "domain")
+GROUPS = ("init", "serve", "config", "phonebook", "storage", "mail", "peer", "domain",
+          "service")
 DEFAULT_DATA = ".twin"
 
 

@@ -12,6 +12,7 @@ import ssl
 import time
 from collections.abc import Callable
 
+from core.peer.client import ENVELOPE_PATH
 from tests.twins import TwinProcess
 
 
@@ -76,3 +77,53 @@ def test_a_request_head_trickled_too_slowly_is_cut_off(twins: Callable[..., Twin
     assert cut and time.monotonic() - started < 5, "the trickled head was not cut off"
     assert _closed(silent, 1.0), "a connection that never sent a request was kept"
     assert _health(port, "127.0.0.9") == 200  # a prompt request is unaffected
+
+
+def _held_post(port: int, source: str, forwarded_for: str | None = None) -> ssl.SSLSocket:
+    """A peer-API POST whose declared body never comes: a request held in progress."""
+    sock = _connect(port, source)
+    head = f"POST {ENVELOPE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+    if forwarded_for:
+        head += f"X-Forwarded-For: {forwarded_for}\r\n"
+    sock.sendall((head + "\r\n").encode())
+    return sock
+
+
+def _status_of(sock: ssl.SSLSocket, within: float = 5.0) -> int | None:
+    """The status the twin answers at once, or None while the request is still held."""
+    sock.settimeout(within)
+    try:
+        data = sock.recv(4096)
+    except TimeoutError:
+        return None
+    return int(data.split(b" ", 2)[1]) if data else None
+
+
+def test_only_a_trusted_proxy_names_the_client(twins: Callable[..., TwinProcess]) -> None:
+    alice = twins("alice", sets=["http.max_per_ip=1", "http.max_connections_per_ip=2",
+                                 'http.trusted_proxies=["127.0.0.5/32"]'])
+    port = alice.port("https")
+    # through the trusted proxy each forwarded client has its own request slot...
+    a = _held_post(port, "127.0.0.5", "192.0.2.1")
+    b = _held_post(port, "127.0.0.5", "192.0.2.2")
+    assert _status_of(b, 1.0) is None  # held: admitted, not refused
+    again = _held_post(port, "127.0.0.5", "192.0.2.1")
+    assert _status_of(again) == 503  # client 192.0.2.1 already has its one request
+    assert _status_of(a, 0.2) is None  # the proxy's 3 connections > the cap of 2 per address
+    # from anyone else X-Forwarded-For is ignored: its own address counts
+    c = _held_post(port, "127.0.0.6", "192.0.2.3")
+    d = _held_post(port, "127.0.0.6", "192.0.2.4")
+    assert _status_of(d) == 503
+    for s in (a, b, again, c, d):
+        s.close()
+
+
+def test_a_bad_trusted_proxy_entry_stops_the_twin_with_its_key(
+        twins: Callable[..., TwinProcess]) -> None:
+    alice = twins("alice", start=False, sets=['http.trusted_proxies=["not-an-address"]'])
+    try:
+        alice.start(timeout=30)
+    except RuntimeError as exc:
+        assert "http.trusted_proxies" in str(exc)
+    else:
+        raise AssertionError("the twin started with an unreadable http.trusted_proxies")
