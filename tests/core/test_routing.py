@@ -185,3 +185,47 @@ def test_from_addresses_agrees_with_getaddresses(value: str) -> None:
     message = f"From: {value}\r\nSender: s@x.y\r\nSubject: x\r\n\r\nbody\r\n".encode()
     expected = [a.lower() for _, a in getaddresses([value, "s@x.y"]) if a]
     assert from_addresses(message) == expected
+
+
+POX = ('<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schemas.microsoft.com/'
+       'exchange/autodiscover/outlook/requestschema/2006"><Request><EMailAddress>{}</EMailAddress>'
+       '<AcceptableResponseSchema>http://schemas.microsoft.com/exchange/autodiscover/outlook/'
+       'responseschema/2006a</AcceptableResponseSchema></Request></Autodiscover>')
+LAUGHS = ('<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;'
+          '&a;&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]><Autodiscover xmlns="'
+          'http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006"><Request>'
+          '<EMailAddress>&c;@x</EMailAddress></Request></Autodiscover>')
+
+
+async def test_outlook_autodiscover_and_apple_profiles_describe_the_endpoints(
+        tmp_path: Path) -> None:
+    import plistlib
+    import xml.etree.ElementTree as ET
+
+    async with running_twin(tmp_path, "alice") as alice:
+        base = f"https://127.0.0.1:{alice.port('https')}"
+        async with httpx.AsyncClient(verify=False) as client:
+            r = await client.post(f"{base}/autodiscover/autodiscover.xml",
+                                  content=POX.format(alice.login))
+            assert r.status_code == 200, r.text
+            ns = "{http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a}"
+            protocols = {p.findtext(f"{ns}Type"): p for p in ET.fromstring(r.text).iter(
+                f"{ns}Protocol")}
+            assert protocols["IMAP"].findtext(f"{ns}Port") == str(alice.port("imaps"))
+            assert protocols["SMTP"].findtext(f"{ns}Port") == str(alice.port("submissions"))
+            assert protocols["IMAP"].findtext(f"{ns}LoginName") == alice.login
+            assert protocols["SMTP"].findtext(f"{ns}SSL") == "on"
+            # hostile bodies: entities, junk, too large: refused before anything is answered
+            for body, status in ((LAUGHS, 400), ("<not xml", 400), ("x" * 20_000, 413)):
+                r = await client.post(f"{base}/Autodiscover/Autodiscover.xml", content=body)
+                assert r.status_code == status, (body[:30], r.status_code)
+
+            r = await client.get(f"{base}/apple/twin.mobileconfig",
+                                 params={"email": alice.login})
+            assert r.status_code == 200
+            assert r.headers["content-type"] == "application/x-apple-aspen-config"
+            [account] = plistlib.loads(r.content)["PayloadContent"]
+            assert account["EmailAddress"] == alice.login
+            assert account["IncomingMailServerPortNumber"] == alice.port("imaps")
+            assert account["OutgoingMailServerPortNumber"] == alice.port("submissions")
+            assert account["IncomingMailServerHostName"] == "127.0.0.1"
