@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import time
+import weakref
 from email.utils import format_datetime, make_msgid
 from typing import TYPE_CHECKING, Any
 
@@ -93,14 +94,66 @@ class BaseHandler:
         self.hostname = conf.str("smtp.hostname") or conf.domain
         self.max_recipients = conf.int("smtp.max_recipients")
         self.queue_ids = QueueIds()
+        # recipients refused during a transaction, for its log line
+        self._refused: weakref.WeakKeyDictionary[Envelope, list[str]] = \
+            weakref.WeakKeyDictionary()
 
     def _count_ok(self, envelope: Envelope) -> None:
         if len(envelope.rcpt_tos) >= self.max_recipients:
             raise SmtpError(452, "4.5.3", "Too many recipients")
 
+    # Each handler's own RCPT and DATA work (wrapped in ``replies``); the hooks
+    # below add what both share: the refused recipients and the one log line.
+    role = "smtp"
+
+    async def _rcpt(self, server: TwinSMTP, session: Session, envelope: Envelope,
+                    address: str, rcpt_options: list[str]) -> str:
+        raise NotImplementedError
+
+    async def _data(self, server: TwinSMTP, session: Session, envelope: Envelope) -> str:
+        raise NotImplementedError
+
+    async def handle_RCPT(self, server: TwinSMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        reply = await self._rcpt(server, session, envelope, address, rcpt_options)
+        if not reply.startswith("2"):
+            self._refused.setdefault(envelope, []).append(f"{address} ({reply[:3]})")
+        return reply
+
+    async def handle_DATA(self, server: TwinSMTP, session: Session, envelope: Envelope) -> str:
+        started = time.monotonic()
+        reply = await self._data(server, session, envelope)
+        log.info("%s", transaction_line(self.role, server, session, envelope, reply,
+                                         self._refused.pop(envelope, []),
+                                         time.monotonic() - started))
+        return reply
+
+
+def transaction_line(role: str, server: TwinSMTP, session: Session, envelope: Envelope,
+                     reply: str, refused: list[str], seconds: float) -> str:
+    """One log line per SMTP transaction, as Postfix and mox write them: the
+    queue id, who sent what to whom, who was refused, and the answer."""
+    queue_id = reply.rsplit(" id ", 1)[1] if " id " in reply else "-"
+    login = session.auth_data.login if isinstance(session.auth_data, Login) else None
+    tls = "yes" if server.tls_active else "no"
+    parts = [f"{role}: id={queue_id}", f"client={server.peer_ip}",
+             f"helo={(session.host_name or '-')[:100]}", f"tls={tls}"]
+    if login:
+        parts.append(f"login={login}")
+    parts += [f"from=<{envelope.mail_from or ''}>",
+              "to=" + (",".join(f"<{r}>" for r in envelope.rcpt_tos[:20]) or "-")
+              + (f",+{len(envelope.rcpt_tos) - 20}" if len(envelope.rcpt_tos) > 20 else "")]
+    if refused:
+        parts.append("refused=" + ",".join(refused[:20]))
+    parts += [f"size={len(envelope.original_content or b'')}", f'result="{reply[:120]}"',
+              f"ms={seconds * 1000:.0f}"]
+    return " ".join(parts)
+
 
 class InboundHandler(BaseHandler):
     """Mail from the world for our own domains only: never an open relay."""
+
+    role = "smtp in"
 
     def __init__(self, service: Service, verifier: Verifier) -> None:
         super().__init__(service)
@@ -108,8 +161,8 @@ class InboundHandler(BaseHandler):
 
     # RFC 5321 §4.1.1.3 (RCPT): only our domains, only existing mailboxes
     @replies
-    async def handle_RCPT(self, server: TwinSMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def _rcpt(self, server: TwinSMTP, session: Session, envelope: Envelope,
+                    address: str, rcpt_options: list[str]) -> str:
         self._count_ok(envelope)
         await self.router.check_recipient(address, may_relay=False)  # Forbidden: 550 5.7.1
         envelope.rcpt_tos.append(address)
@@ -118,7 +171,7 @@ class InboundHandler(BaseHandler):
 
     # RFC 5321 §4.1.1.4 (DATA)
     @replies
-    async def handle_DATA(self, server: TwinSMTP, session: Session, envelope: Envelope) -> str:
+    async def _data(self, server: TwinSMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         domain = self.service.config.domain
         message = strip_trust_headers(raw, domain)
@@ -161,6 +214,8 @@ class InboundHandler(BaseHandler):
 class SubmissionHandler(BaseHandler):
     """Mail from our own users' clients: authenticated, sent as themselves only."""
 
+    role = "smtp submission"
+
     @staticmethod
     def _login(session: Session) -> str:
         auth = session.auth_data
@@ -185,8 +240,8 @@ class SubmissionHandler(BaseHandler):
 
     # RFC 5321 §4.1.1.3
     @replies
-    async def handle_RCPT(self, server: TwinSMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def _rcpt(self, server: TwinSMTP, session: Session, envelope: Envelope,
+                    address: str, rcpt_options: list[str]) -> str:
         self._login(session)
         self._count_ok(envelope)
         await self.router.check_recipient(address, may_relay=True)
@@ -196,7 +251,7 @@ class SubmissionHandler(BaseHandler):
 
     # RFC 5321 §4.1.1.4; RFC 6409 §8 (the submission server may add Date, Message-ID)
     @replies
-    async def handle_DATA(self, server: TwinSMTP, session: Session, envelope: Envelope) -> str:
+    async def _data(self, server: TwinSMTP, session: Session, envelope: Envelope) -> str:
         login = self._login(session)
         message = raw = envelope.original_content or b""
         senders = from_addresses(message)
@@ -216,6 +271,4 @@ class SubmissionHandler(BaseHandler):
         message = prepend_headers(message, headers)
         await self.router.route(envelope.mail_from or "", envelope.rcpt_tos, message,
                                 sent=raw)
-        log.debug("submitted by %s: %d recipient(s), %d bytes", login, len(envelope.rcpt_tos),
-                 len(message))
         return f"250 2.0.0 OK id {queue_id}"

@@ -42,3 +42,25 @@ def test_one_line_escapes_every_control_character() -> None:
                                ("a\nb\r\x00c\u2028", "1.2.3.4"), None)
     assert logsafe.OneLine().filter(record)
     assert record.getMessage() == "login a\\x0ab\\x0d\\x00c\\x2028 from 1.2.3.4"
+
+
+def test_one_line_per_smtp_transaction_with_id_parties_refusals_and_result(
+        twins: Callable[..., TwinProcess]) -> None:
+    import re
+    import smtplib
+
+    alice = twins("alice")
+    with smtplib.SMTP("127.0.0.1", alice.port("smtp"), timeout=30) as smtp:
+        smtp.ehlo("mx.example.org")
+        smtp.mail("someone@example.org")
+        assert smtp.rcpt(alice.login)[0] == 250
+        assert smtp.rcpt("nobody@alice.localhost")[0] == 550
+        code, answer = smtp.data(b"From: someone@example.org\r\nSubject: hi\r\n\r\nhello\r\n")
+    assert code == 250
+    queue_id = answer.decode().rsplit(" id ", 1)[1]
+    [line] = [x for x in alice.log().splitlines() if f"id={queue_id}" in x]
+    assert "INFO" in line and "smtp in:" in line, line
+    assert re.search(r"client=127\.0\.0\.1 helo=mx\.example\.org tls=no "
+                     r"from=<someone@example\.org> to=<alice@alice\.localhost> "
+                     r"refused=nobody@alice\.localhost \(550\) size=\d+ "
+                     r'result="250 2\.0\.0 OK id [0-9a-f]+" ms=\d+', line), line
