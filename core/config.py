@@ -66,6 +66,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("twin.name", str, "", "Short name of this twin, unique in its phonebook (a-z, 0-9, -)."),
     Key("twin.domain", str, "", "Mail domain and TLS name of this twin; default NAME.localhost."),
     Key("log.level", str, "info", "Log level.", choices=("debug", "info", "warning", "error")),
+    Key("log.format", str, "text", "Log lines as text, or one JSON object each for machines.",
+        choices=("text", "json")),
     Key("log.file", str, "",
         "File `twin serve` logs to (relative to the data dir) instead of stderr; "
         "rotated by log.max_bytes and log.backups."),

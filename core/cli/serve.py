@@ -19,7 +19,7 @@ from core import tls
 from core.acme import cert_info
 from core.cli import open_service, set_log_level
 from core.errors import ConfigError
-from core.logfile import log_to_file
+from core.logfile import log_to_file, use_format
 from core.service import STATUS_FILE
 
 log = logging.getLogger("twin.serve")
@@ -59,10 +59,12 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.log_level is None:  # twin.toml, TWIN_LOG_LEVEL or --set log.level=...
         set_log_level(conf.str("log.level"))
         service.on_log_level = set_log_level  # and again from twin.toml on SIGHUP
+    use_format(conf.str("log.format"))
     if conf.str("log.file"):
         path = Path(conf.str("log.file")).expanduser()
         log_to_file(path if path.is_absolute() else service.data_dir / path,
-                    max_bytes=conf.int("log.max_bytes"), backups=conf.int("log.backups"))
+                    max_bytes=conf.int("log.max_bytes"), backups=conf.int("log.backups"),
+                    kind=conf.str("log.format"))
     try:
         run_loop(service.config.str("serve.event_loop"), service.serve_forever())
     finally:

@@ -296,7 +296,7 @@ class Session:
             self.slot.authenticated()
         await self.mail.ensure_user(login)
         await self.mail.subscriptions.seed(login)  # before a CREATE could add to the old column
-        log.debug("IMAP login %s from %s", login, self.peer)
+        log.info("IMAP login %s from %s", login, self.peer)
 
 
 __all__ = ["AUTH", "NOT_AUTH", "SELECTED", "Session"]

@@ -42,7 +42,7 @@ def test_the_log_file_rotates_by_size(tmp_path: Path, restore_root_logging: None
     assert "line 1999 of a long run" in path.read_text()
 
 
-def test_a_busy_twin_logs_a_bounded_file_without_per_message_lines(
+def test_a_busy_twin_logs_a_bounded_file_with_one_line_per_transaction(
         twins: Callable[..., TwinProcess]) -> None:
     twin = twins("busy", sets=["log.file=log/twin.log", "log.max_bytes=20000", "log.backups=1"])
     ctx = ssl.create_default_context()
@@ -62,5 +62,32 @@ def test_a_busy_twin_logs_a_bounded_file_without_per_message_lines(
     text = "".join(p.read_text(errors="replace") for p in logs)
     assert "listening:" in text and "logging to" in twin.log()
     assert "auth_require_tls" not in text and "login_data" not in text
-    assert "routed mail" not in text and "submitted by" not in text
+    assert "routed mail" not in text and "submitted by" not in text  # debug-only lines
+    assert 0 < text.count("smtp submission: id=") <= 30 and 0 < text.count("smtp in: id=") <= 30
     assert len(logs) <= 2 and all(p.stat().st_size <= 20000 for p in logs)
+
+
+def test_the_log_file_keeps_one_record_on_one_line(tmp_path: Path,
+                                                   restore_root_logging: None) -> None:
+    logging.getLogger().setLevel(logging.INFO)
+    path = tmp_path / "twin.log"
+    log_to_file(path, max_bytes=0, backups=0)
+    logging.getLogger("twin.imap").info("login %s refused", "mallory\n2026-01-01 forged")
+    assert path.read_text().count("\n") == 1 and "mallory\\x0a2026" in path.read_text()
+
+
+def test_json_lines_for_machines(tmp_path: Path, restore_root_logging: None) -> None:
+    import json
+
+    logging.getLogger().setLevel(logging.INFO)
+    path = tmp_path / "twin.log"
+    log_to_file(path, max_bytes=0, backups=0, kind="json")
+    logging.getLogger("twin.smtp").info("smtp in: id=%s", "abc\ndef")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("twin.smtp").exception("failed")
+    first, second = (json.loads(line) for line in path.read_text().splitlines())
+    assert first["level"] == "INFO" and first["logger"] == "twin.smtp"
+    assert first["message"].startswith("smtp in: id=abc") and first["ts"].endswith("+00:00")
+    assert "ValueError: boom" in second["exception"]
