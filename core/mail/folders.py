@@ -139,9 +139,12 @@ def read_dovecot_keywords(text: str) -> dict[str, str]:
 # -- mbox
 
 def to_mbox(name: str) -> str:
-    """The relative path of a twin folder's mbox file: ``a/b.mbox``."""
-    return "/".join(_escape_level(level).replace("%2E", ".") for level in name.split(DELIM)) \
-        + ".mbox"
+    """The relative path of a twin folder's mbox file, in UTF-8: ``a/b.mbox``.
+
+    ``%``, ``&`` (which a reader may take for modified UTF-7) and a leading
+    ``.`` are escaped; every other character is the folder's own."""
+    levels = [level.replace("%", "%25").replace("&", "%26") for level in name.split(DELIM)]
+    return "/".join("%2E" + lv[1:] if lv.startswith(".") else lv for lv in levels) + ".mbox"
 
 
 def from_mbox(relative: str) -> str:

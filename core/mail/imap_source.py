@@ -158,6 +158,8 @@ class ImapSource:
         if response.result != "OK":
             yield [], [Skipped(twin, source, f"EXAMINE failed: {_text(response.lines[-1:])}")], 0
             return
+        # aioimaplib follows SELECT only; EXAMINE selects as well (read-only)
+        self.client.protocol.state = "SELECTED"
         validity = exists = 0
         for line in response.lines:
             raw = bytes(line)

@@ -28,6 +28,7 @@ from core.progress import Progress, human_bytes
 
 BATCH_BYTES = 8 * 1024 * 1024
 BATCH_COUNT = 200
+READERS = 8  # message bodies read from the store at once by an export
 Known = Callable[[list[str]], Awaitable[set[str]]]
 
 
@@ -97,7 +98,12 @@ class LocalMail:
         missing = [u for u in uids if u not in refs]
         if missing:
             raise NotFound(f"no message uid {missing[0]} in {folder}")
-        return [await self.mail.read_bytes(refs[u]) for u in uids]
+        gate = asyncio.Semaphore(READERS)
+
+        async def one(ref: str) -> bytes:
+            async with gate:
+                return await self.mail.read_bytes(ref)
+        return list(await asyncio.gather(*(one(refs[u]) for u in uids)))
 
 
 # -- sources
