@@ -72,7 +72,8 @@ class ImapSource:
     def __init__(self, options: ImapOptions, max_size: int) -> None:
         self.options = options
         self.max_size = max_size
-        self.name = f"imap://{options.user}@{options.host}:{options.port}"
+        # the account, not the port: 143 and 993 of one server are one source
+        self.name = f"imap://{options.user}@{options.host.lower()}"
         self.client: Any = None
 
     async def connect(self) -> None:

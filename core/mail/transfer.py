@@ -147,6 +147,8 @@ class FileSource:
             found = await asyncio.to_thread(files.maildir_folders, self.path)
         else:
             found = await asyncio.to_thread(files.mbox_files, self.path)
+            if self.prefix is not None and len(found) == 1 and found[0][1] == self.path:
+                return [(str(self.path), self.prefix)]  # one file: --folder names its folder
         return [(str(p), self._name(n)) for n, p in found]
 
     async def count(self, folders: Sequence[tuple[str, str]]) -> int:
