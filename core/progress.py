@@ -9,10 +9,14 @@ counts, bytes, seconds; ``--json`` makes that summary one JSON object.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
-from typing import Any, TextIO
+from collections.abc import Awaitable
+from typing import Any, TextIO, TypeVar
+
+T = TypeVar("T")
 
 INTERVAL = 0.25
 
@@ -68,3 +72,17 @@ class Progress:
             print(json.dumps({**counts, "seconds": seconds}), file=target, flush=True)
         else:
             print(f"{text} in {seconds:.1f} s", file=target, flush=True)
+
+
+async def heartbeat(progress: Progress, work: Awaitable[T], doing: str) -> T:
+    """Await ``work``, telling every second that it still runs and for how long.
+
+    For the commands whose work is one call without counts to report on the
+    way (``storage verify|repair|backup``, ``restore``): the owner sees that
+    it runs, not a silent terminal."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=1.0)
+        if done:
+            return task.result()
+        progress.step(f"{doing}, {progress.seconds:.0f} s", force=True)
