@@ -181,8 +181,8 @@ class ImapSource:
         keys = {uid: f"{prefix}{uid}/{source}" for uid in sizes}
         done: set[str] = set()
         ordered = sorted(keys)
-        for i in range(0, len(ordered), 5000):
-            done |= await known([keys[u] for u in ordered[i:i + 5000]])
+        for i in range(0, len(ordered), 1000):
+            done |= await known([keys[u] for u in ordered[i:i + 1000]])
         skipped = [Skipped(twin, f"uid {u}", f"larger than {self.max_size} bytes")
                    for u in ordered if keys[u] not in done and sizes[u] > self.max_size]
         todo = [u for u in ordered if keys[u] not in done and sizes[u] <= self.max_size]

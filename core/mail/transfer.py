@@ -168,12 +168,12 @@ class FileSource:
             if isinstance(item, Skipped):
                 skipped.append(item)
                 continue
-            batch.append(item)
-            size += len(item.data)
-            if size >= BATCH_BYTES or len(batch) >= BATCH_COUNT:
-                yield await _new_only(batch, skipped, known)
+            if batch and (size + len(item.data) > BATCH_BYTES or len(batch) >= BATCH_COUNT):
+                yield await _new_only(batch, skipped, known)  # a batch: 8 MiB or one message
                 yielded = True
                 batch, skipped, size = [], [], 0
+            batch.append(item)
+            size += len(item.data)
         if batch or skipped or not yielded:
             yield await _new_only(batch, skipped, known)
 
@@ -235,6 +235,12 @@ async def run_import(access: MailAccess, source: Source, progress: Progress,
         return await access.known(source.name, keys)
 
     for src, twin in folders:
+        try:
+            check_name(twin)
+        except Invalid as exc:  # a name the twin cannot hold: that folder only
+            summary.skipped.append(Skipped(twin[:200], "the whole folder", str(exc)))
+            progress.step(f"skipped folder {twin[:200]!r}: {exc}", force=True)
+            continue
         summary.folders += 1
         async for items, skipped, already in source.read(src, twin, known):
             filed = await access.file(twin, source.name, items)

@@ -117,3 +117,18 @@ async def test_import_is_idempotent_and_export_keeps_bytes_flags_dates(
     first_file = out / ".Old.Archive" / "cur" / names[0]
     assert first_file.read_bytes().count(b"\r\n") == 0
     assert int(first_file.stat().st_mtime) in range(1_600_000_000, 1_600_000_041)
+
+
+async def test_a_folder_the_twin_cannot_name_is_skipped_not_fatal(
+        service: tuple[Service, str], tmp_path: Path) -> None:
+    svc, login = service
+    root = tmp_path / "Maildir"
+    for folder in (".Good", ".bad\x01name", ".a..b"):
+        (root / folder / "cur").mkdir(parents=True)
+        (root / folder / "cur" / "1.x:2,S").write_bytes(msg(1))
+    quiet = Progress("import", stream=io.StringIO())
+    done = await run_import(LocalMail(svc.mail, login, MAX), FileSource("maildir", root, MAX, None),
+                            quiet)
+    assert done.added == 1
+    assert sorted(s.folder for s in done.skipped) == ["a//b", "bad\x01name"]
+    assert all(s.what == "the whole folder" for s in done.skipped)
