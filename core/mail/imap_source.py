@@ -28,6 +28,7 @@ from core.mail.imported import Incoming, Skipped, clean_flags
 BATCH_BYTES = 8 * 1024 * 1024
 BATCH_COUNT = 200
 TIMEOUT = 120.0
+GREETING = 15.0
 _LIST = re.compile(rb'^\((?P<attrs>[^)]*)\) (?P<delim>NIL|"(?:\\.|[^"\\])*") (?P<name>.*)$')
 _FETCH = re.compile(rb"^\d+ FETCH \(")
 _UID = re.compile(rb"\bUID (\d+)")
@@ -85,14 +86,19 @@ class ImapSource:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         if o.security == "tls":
-            self.client = aioimaplib.IMAP4_SSL(o.host, o.port, timeout=TIMEOUT,
+            self.client = aioimaplib.IMAP4_SSL(o.host, o.port, timeout=GREETING,
                                                ssl_context=context)
         else:
-            self.client = aioimaplib.IMAP4(o.host, o.port, timeout=TIMEOUT)
+            self.client = aioimaplib.IMAP4(o.host, o.port, timeout=GREETING)
         try:
             await self.client.wait_hello_from_server()
-        except (TimeoutError, OSError) as exc:
+        except TimeoutError:
+            raise Unavailable(f"no IMAP greeting from {o.host}:{o.port} within {GREETING:.0f} s "
+                              "(the wrong port, or --tls / --starttls the other way round?)"
+                              ) from None
+        except OSError as exc:
             raise Unavailable(f"cannot reach {o.host}:{o.port}: {exc}") from exc
+        self.client.timeout = TIMEOUT
         if o.security == "starttls":
             await self._starttls(context)
         response = await self.client.login(o.user, o.password)
@@ -101,8 +107,12 @@ class ImapSource:
                             f"{_text(response.lines[-1:])}")
 
     async def _starttls(self, context: ssl.SSLContext) -> None:
+        from aioimaplib.aioimaplib import Command
+
         protocol = self.client.protocol
-        response = await asyncio.wait_for(protocol.simple_command("STARTTLS"), TIMEOUT)
+        response = await asyncio.wait_for(
+            protocol.execute(Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)),
+            TIMEOUT)
         if response.result != "OK":
             raise Unavailable(f"{self.options.host} refused STARTTLS")
         loop = asyncio.get_running_loop()

@@ -22,6 +22,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -326,3 +327,46 @@ def test_import_killed_half_way_resumes(tmp_path: Path,
     assert resumed["already"] >= added and resumed["added"] > 0, resumed
     export(twin.data, "maildir", tmp_path / "maildir")
     assert read_maildir(tmp_path / "maildir") == _with_specials(expected(messages))
+
+
+def test_imap_import_over_starttls_and_implicit_tls_is_one_source(tmp_path: Path) -> None:
+    """Another twin as the source: STARTTLS on its IMAP port, then IMAPS on its other
+    port, which is the same account (user@host): the second run adds nothing."""
+    alice = TwinProcess.create(tmp_path, "alice").start()
+    try:
+        m = imaplib.IMAP4("127.0.0.1", alice.port("imap"))
+        m.starttls(ssl_context=_unverified())
+        m.login(alice.login, alice.password)
+        m.create("Old/Letters")
+        for i in range(5):
+            m.append("Old/Letters", "(\\Seen work)", imaplib.Time2Internaldate(1_650_000_000 + i),
+                     b"Subject: letter %d\r\n\r\nDear bob\r\n" % i)
+        m.logout()
+        password = tmp_path / "pw"
+        password.write_text(alice.password)
+        bob = TwinProcess.create(tmp_path, "bob")
+        common = ["mail", "import", "imap", "--host", "127.0.0.1", "--user", alice.login,
+                  "--password-file", str(password), "--insecure", "--json"]
+        first = json.loads(twin_cli(bob.data, *common, "--port", str(alice.port("imap")),
+                                    "--starttls", timeout=120).stdout)
+        assert first["added"] == 5, first
+        second = json.loads(twin_cli(bob.data, *common, "--port", str(alice.port("imaps")),
+                                     "--tls", timeout=120).stdout)
+        assert second["added"] == 0 and second["already"] == 5, second
+        unverified = twin_cli(bob.data, *common[:-2], "--json", "--port",
+                              str(alice.port("imaps")), "--tls", check=False, timeout=120)
+        assert unverified.returncode == 2 and "CERTIFICATE_VERIFY_FAILED" in unverified.stderr
+    finally:
+        alice.stop()
+    export(bob.data, "mbox", tmp_path / "mbox")
+    box = mailbox.mbox(str(tmp_path / "mbox" / "Old" / "Letters.mbox"), create=False)
+    got = sorted(box.get_bytes(k) for k in box.iterkeys())
+    assert got == [b"Subject: letter %d\nStatus: RO\nX-Keywords: work\n\nDear bob\n" % i
+                   for i in range(5)]
+
+
+def _unverified() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
