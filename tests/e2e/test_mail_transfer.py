@@ -20,6 +20,7 @@ import mailbox
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -171,6 +172,40 @@ def read_mbox(root: Path) -> dict[str, list[tuple[bytes, frozenset[str], int]]]:
     return out
 
 
+def dovecot_reads(export: Path) -> dict[str, list[tuple[bytes, frozenset[str], int]]]:
+    """An exported Maildir as Dovecot serves it, when it is a user's Maildir as it is."""
+    dove = Dovecot("check")
+    try:
+        shutil.copytree(export, dove.maildir)
+        subprocess.run(["chown", "-R", "65534:65534", str(dove.root / "home")], check=True)
+        dove.start()
+        m = imaplib.IMAP4("127.0.0.1", dove.port)
+        m.login(dove.user, dove.password)
+        out: dict[str, list[tuple[bytes, frozenset[str], int]]] = {}
+        for line in m.list()[1]:
+            assert isinstance(line, bytes)
+            name = line.rsplit(b' "." ', 1)[1].strip(b'"').decode()
+            twin = "/".join(fn.utf7_decode(level) for level in name.split("."))
+            if b"\\Noselect" in line:
+                continue
+            _, count = m.select(f'"{name}"', readonly=True)
+            got = []
+            data = m.fetch("1:*", "(FLAGS INTERNALDATE BODY.PEEK[])")[1] if count != [b"0"] \
+                else []
+            for item in data:
+                if not isinstance(item, tuple):
+                    continue
+                meta = item[0].decode()
+                flags = frozenset(re.search(r"FLAGS \(([^)]*)\)", meta).group(1).split())
+                date = int(time.mktime(imaplib.Internaldate2tuple(item[0])))
+                got.append((item[1].replace(b"\r\n", b"\n"), flags - {"\\Recent"}, date))
+            out[twin] = sorted(got, key=repr)
+        m.logout()
+        return out
+    finally:
+        dove.stop()
+
+
 # -- running the CLI
 
 def import_imap(data: Path, port: int, password_file: Path, *extra: str,
@@ -213,6 +248,7 @@ def test_imap_import_then_export_round_trip(tmp_path: Path,
         summary = export(twin.data, "maildir", tmp_path / "maildir")
         assert summary["messages"] == COUNT
         assert read_maildir(tmp_path / "maildir") == _with_specials(want)
+        assert dovecot_reads(tmp_path / "maildir") == _with_specials(want)
         rates = {"import_imap": COUNT / first["seconds"],  # type: ignore[operator]
                  "export_maildir": COUNT / summary["seconds"]}  # type: ignore[operator]
         summary = export(twin.data, "mbox", tmp_path / "mbox")
