@@ -88,7 +88,7 @@ class MaildirFolder:
         self.dropped = 0
 
     def add(self, data: bytes, flags: frozenset[str], date: float) -> None:
-        for kw in sorted(f for f in flags if not f.startswith("\\") and f != fn.FORWARDED):
+        for kw in sorted(f for f in flags if not f.startswith("\\")):
             if kw not in self.letters:
                 if len(self.letters) == len(fn.KEYWORD_LETTERS):
                     self.dropped += 1

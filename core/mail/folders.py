@@ -28,7 +28,9 @@ DELIM = "/"
 # RFC 3501 §2.3.2 system flags and their Maildir info letters (cr.yp.to/proto/maildir.html)
 MAILDIR_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S",
                    "\\Deleted": "T"}
-FORWARDED = "$Forwarded"  # Maildir "P" (passed), as Dovecot maps it
+# Maildir "P" (passed), as mutt and Courier set it; Dovecot does not map it, so an
+# export writes $Forwarded both as "P" and as a keyword letter
+FORWARDED = "$Forwarded"
 KEYWORD_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 MBOX_X_STATUS = {"\\Answered": "A", "\\Flagged": "F", "\\Draft": "T", "\\Deleted": "D"}
 _SHIFTED = re.compile(r"&([^-]*)-")

@@ -67,10 +67,11 @@ class MailAccess(Protocol):
 class LocalMail:
     """A login's mail in a ``MailStore`` this process holds (started or just opened)."""
 
-    def __init__(self, mail: MailStore, login: str, max_size: int) -> None:
+    def __init__(self, mail: MailStore, login: str, max_size: int,
+                 imported: Imported | None = None) -> None:
         self.mail = mail
         self.login = login
-        self.imported = Imported(mail, max_size)
+        self.imported = imported if imported is not None else Imported(mail, max_size)
 
     async def known(self, source: str, keys: list[str]) -> set[str]:
         return await self.imported.known(self.login, source, keys)

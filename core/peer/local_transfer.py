@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 
 from core.errors import Forbidden, Invalid, NotFound, TwinError
-from core.mail.imported import Incoming, clean_flags
+from core.mail.imported import Imported, Incoming, clean_flags
 from core.mail.transfer import BATCH_BYTES, LocalMail
 from core.peer.local_storage import _OwnerOnly
 
@@ -70,12 +70,13 @@ def split_framed(body: bytes) -> tuple[Any, bytes]:
 def routes(service: Service) -> list[BaseRoute]:
     max_size = service.config.int("smtp.max_message_size")
     owner = f"{service.config.name}@{service.config.domain}"
+    record = Imported(service.mail, max_size)  # its table made once, at start, not per request
 
     def access(request: Request) -> LocalMail:
         login = request.query_params.get("login") or owner
         if service.users.owner_of(login) != login:
             raise NotFound(f"no user {login[:80]}")
-        return LocalMail(service.mail, login, max_size)
+        return LocalMail(service.mail, login, max_size, record)
 
     def handle(fn: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
