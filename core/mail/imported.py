@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -143,7 +144,8 @@ class Imported:
         store = self.mail._need_store()
         refs, objects = await self.mail._store_packed(store, [d for _, d, _, _ in good])
         rows: list[tuple[str, Row]] = [
-            (item.key, (ref, header, structure, len(data), item.date, item.flags))
+            (item.key, (ref, header, structure, len(data), _date(item.date),
+                         clean_flags(sorted(item.flags))))
             for (item, data, header, structure), ref in zip(good, refs, strict=True)]
 
         def insert(c: sqlite3.Connection) -> tuple[int, int, int, int, list[Row]]:
@@ -164,6 +166,11 @@ class Imported:
             return Filed(0, 0, skipped)
         self.mail._announce(target, uidvalidity, uid, modseq, placed)
         return Filed(len(placed), sum(r[3] for r in placed), skipped)
+
+
+def _date(value: float) -> float:
+    """An internal date the twin can hold: a number between 1970 and 9999, else now."""
+    return value if 0 <= value < 253_402_300_800 else time.time()
 
 
 def folder_messages(c: sqlite3.Connection, login: str, name: str

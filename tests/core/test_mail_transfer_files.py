@@ -132,3 +132,19 @@ async def test_a_folder_the_twin_cannot_name_is_skipped_not_fatal(
     assert done.added == 1
     assert sorted(s.folder for s in done.skipped) == ["a//b", "bad\x01name"]
     assert all(s.what == "the whole folder" for s in done.skipped)
+
+
+async def test_hostile_keywords_and_dates_are_cleaned_not_stored(
+        service: tuple[Service, str], tmp_path: Path) -> None:
+    svc, login = service
+    source = tmp_path / "x.mbox"
+    source.write_bytes(b"From a Thu Nov 14 22:13:20 2023\nSubject: k\n"
+                       b"X-Keywords: ok (bad) \\Recent \\Nonsense x\\y fine\nX-Status: FZZ\n\nb\n")
+    access = LocalMail(svc.mail, login, MAX)
+    await run_import(access, FileSource("mbox", source, MAX, "K"), Progress("i"))
+    (listed,) = await access.messages("K")
+    assert listed.flags == {"ok", "fine", "\\Flagged"}
+    item = Incoming("k2", msg(2), frozenset({"a b"}), float("inf"))
+    await access.file("K", "test", [item])
+    second = (await access.messages("K"))[1]
+    assert second.flags == frozenset() and 0 < second.date < 1e11
