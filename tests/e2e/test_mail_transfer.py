@@ -377,18 +377,22 @@ def test_imap_import_over_starttls_and_implicit_tls_is_one_source(tmp_path: Path
         for i in range(5):
             m.append("Old/Letters", "(\\Seen work)", imaplib.Time2Internaldate(1_650_000_000 + i),
                      b"Subject: letter %d\r\n\r\nDear bob\r\n" % i)
+        big = b"Subject: big\r\n\r\n" + b"x" * 78 + b"\r\n"
+        m.append("Old/Letters", "()", imaplib.Time2Internaldate(1_650_000_100), big * 1000)
         m.logout()
         password = tmp_path / "pw"
         password.write_text(alice.password)
         bob = TwinProcess.create(tmp_path, "bob")
         common = ["mail", "import", "imap", "--host", "127.0.0.1", "--user", alice.login,
                   "--password-file", str(password), "--insecure", "--json"]
-        first = json.loads(twin_cli(bob.data, *common, "--port", str(alice.port("imap")),
-                                    "--starttls", timeout=120).stdout)
-        assert first["added"] == 5, first
+        first = json.loads(twin_cli(bob.data, "--set", "smtp.max_message_size=65536", *common,
+                                    "--port", str(alice.port("imap")), "--starttls",
+                                    timeout=120).stdout)
+        assert first["added"] == 5 and first["skipped"] == 1, first  # the big one: too big
+        assert "larger than 65536" in first["skipped_messages"][0]["reason"]
         second = json.loads(twin_cli(bob.data, *common, "--port", str(alice.port("imaps")),
                                      "--tls", timeout=120).stdout)
-        assert second["added"] == 0 and second["already"] == 5, second
+        assert second["added"] == 1 and second["already"] == 5, second  # now it fits
         unverified = twin_cli(bob.data, *common[:-2], "--json", "--port",
                               str(alice.port("imaps")), "--tls", check=False, timeout=120)
         assert unverified.returncode == 2 and "CERTIFICATE_VERIFY_FAILED" in unverified.stderr
@@ -397,8 +401,10 @@ def test_imap_import_over_starttls_and_implicit_tls_is_one_source(tmp_path: Path
     export(bob.data, "mbox", tmp_path / "mbox")
     box = mailbox.mbox(str(tmp_path / "mbox" / "Old" / "Letters.mbox"), create=False)
     got = sorted(box.get_bytes(k) for k in box.iterkeys())
-    assert got == [b"Subject: letter %d\nStatus: RO\nX-Keywords: work\n\nDear bob\n" % i
-                   for i in range(5)]
+    assert got == sorted([b"Subject: letter %d\nStatus: RO\nX-Keywords: work\n\nDear bob\n" % i
+                          for i in range(5)]
+                         + [b"Subject: big\nStatus: O\n"
+                            + (big * 1000).replace(b"\r\n", b"\n")[len(b"Subject: big\n"):]])
 
 
 def _unverified() -> ssl.SSLContext:
