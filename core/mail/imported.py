@@ -173,6 +173,19 @@ def _date(value: float) -> float:
     return value if 0 <= value < 253_402_300_800 else time.time()
 
 
+def folder_refs(c: sqlite3.Connection, login: str, name: str, uids: Sequence[int]
+                ) -> dict[int, str]:
+    """uid -> stored ref of these messages of a folder (those that exist)."""
+    mb = _get_mailbox(c, login, name)
+    out: dict[int, str] = {}
+    for i in range(0, len(uids), 500):
+        chunk = list(uids[i:i + 500])
+        q = (f"SELECT uid, ref FROM mail_messages WHERE mailbox = ? "  # noqa: S608
+             f"AND uid IN ({','.join('?' * len(chunk))})")
+        out.update((int(r[0]), str(r[1])) for r in c.execute(q, (mb.id, *chunk)))
+    return out
+
+
 def folder_messages(c: sqlite3.Connection, login: str, name: str
                     ) -> list[tuple[int, str, int, float, str]]:
     """(uid, ref, size, internal date, flags text) of every message of a folder, by uid."""

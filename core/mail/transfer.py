@@ -22,7 +22,14 @@ from typing import Any, Protocol
 
 from core.errors import Invalid, NotFound
 from core.mail import files
-from core.mail.imported import Filed, Imported, Incoming, Skipped, folder_messages
+from core.mail.imported import (
+    Filed,
+    Imported,
+    Incoming,
+    Skipped,
+    folder_messages,
+    folder_refs,
+)
 from core.mail.store import DELIM, MailStore, _flags_set, check_name
 from core.progress import Progress, human_bytes
 
@@ -94,8 +101,7 @@ class LocalMail:
         return [Listed(r[0], r[2], r[3], _flags_set(r[4])) for r in rows]
 
     async def bodies(self, folder: str, uids: Sequence[int]) -> list[bytes]:
-        rows = await self.mail.reads.run(folder_messages, self.login, check_name(folder))
-        refs = {r[0]: r[1] for r in rows}
+        refs = await self.mail.reads.run(folder_refs, self.login, check_name(folder), list(uids))
         missing = [u for u in uids if u not in refs]
         if missing:
             raise NotFound(f"no message uid {missing[0]} in {folder}")
