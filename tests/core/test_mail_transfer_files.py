@@ -148,3 +148,16 @@ async def test_hostile_keywords_and_dates_are_cleaned_not_stored(
     await access.file("K", "test", [item])
     second = (await access.messages("K"))[1]
     assert second.flags == frozenset() and 0 < second.date < 1e11
+
+
+def test_a_thunderbird_profile_directory_maps_to_folders(tmp_path: Path) -> None:
+    root = tmp_path / "Local Folders"
+    (root / "Archives.sbd").mkdir(parents=True)
+    one = b"From - Thu Nov 14 22:13:20 2023\n" + msg(1)
+    for name in ("Inbox", "Sent", "Archives", "Archives.sbd/2024"):
+        (root / name).write_bytes(one)
+    (root / "Inbox.msf").write_bytes(b"// <!-- <mdb:mork:z v=\"1.4\"/> -->")  # an index
+    (root / "notes.txt").write_bytes(b"not an mbox")
+    (root / "empty").write_bytes(b"")
+    assert sorted(n for n, _ in files.mbox_files(root)) == ["Archives", "Archives/2024", "INBOX",
+                                                            "Sent"]
