@@ -4,9 +4,9 @@
 second run. Both follow from one rule: the rows of an imported batch and the
 keys naming where each message came from (``mail_imported``: per login, per
 source, e.g. a source folder's UIDVALIDITY and UID) commit in ONE transaction.
-A kill before it leaves at most stored objects no row uses (``twin storage
-verify --clean`` removes them); a kill after it leaves the keys, and the next
-run skips them.
+A kill before it leaves at most one batch's stored objects that no row uses
+(space, not mail: nothing collects them yet); a kill after it leaves the keys,
+and the next run skips them.
 
 Messages are stored packed like journaled deliveries (``MailStore._store_packed``):
 an import of many small messages costs one object per 128 KiB, not one each.
