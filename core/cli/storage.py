@@ -36,7 +36,6 @@ from urllib.parse import quote
 
 import httpx
 
-from core import progress as prog
 from core.errors import TwinError
 from core.peer.local_storage import (
     LOCAL_STORAGE,
@@ -45,6 +44,8 @@ from core.peer.local_storage import (
     repair_from_json,
     verify_from_json,
 )
+from core.progress import Progress as Steps
+from core.progress import heartbeat
 from storage import (
     ObjectInfo,
     ObjectRef,
@@ -77,13 +78,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c = cmds.add_parser("verify", help="check every share (or a sample) and find orphans")
     c.add_argument("--sample", type=float, metavar="F", help="fraction of objects to check")
     c.add_argument("--clean", action="store_true", help="delete orphan shares")
-    long = [c, cmds.add_parser("repair", help="rebuild missing or corrupt shares"),
-            cmds.add_parser("backup", help="back twin.db and the catalogue up into the store now")]
-    for c in long:
+    cmds.add_parser("repair", help="rebuild missing or corrupt shares")
+    cmds.add_parser("backup", help="back twin.db and the catalogue up into the store now")
+    p.set_defaults(func=run)
+    for name in ("verify", "repair", "backup"):  # the long ones: progress and a summary
+        c = cmds.choices[name]
         c.add_argument("--json", action="store_true", help="the summary as JSON")
         c.add_argument("--progress", action="store_true",
                        help="progress on stderr even when it is not a terminal")
-    p.set_defaults(func=run)
 
 
 def open_from_config(data: Path, overrides: dict[str, Any] | None = None) -> Store:
@@ -426,8 +428,8 @@ async def _status(target: Target, args: argparse.Namespace) -> int:
 
 
 async def _verify(target: Target, args: argparse.Namespace) -> int:
-    steps = prog.Progress("verify", forced=args.progress)
-    report = await prog.heartbeat(steps, target.verify(args.sample, args.clean),
+    steps = Steps("verify", forced=args.progress)
+    report = await heartbeat(steps, target.verify(args.sample, args.clean),
                                   "checking shares")
     for problem in report.problems if not args.json else []:
         print(f"share {problem.index} of segment {problem.segment} of {problem.object_id} "
@@ -446,8 +448,8 @@ async def _verify(target: Target, args: argparse.Namespace) -> int:
 
 
 async def _repair(target: Target, args: argparse.Namespace) -> int:
-    steps = prog.Progress("repair", forced=args.progress)
-    report = await prog.heartbeat(steps, target.repair(), "rebuilding shares")
+    steps = Steps("repair", forced=args.progress)
+    report = await heartbeat(steps, target.repair(), "rebuilding shares")
     text = (f"repaired: {report.objects_checked} object(s) checked, "
             f"{report.segments_repaired} segment(s) repaired, {report.shares_rebuilt} share(s) "
             "rebuilt, "
@@ -459,8 +461,8 @@ async def _repair(target: Target, args: argparse.Namespace) -> int:
 
 
 async def _backup(target: Target, args: argparse.Namespace) -> int:
-    steps = prog.Progress("backup", forced=args.progress)
-    name = await prog.heartbeat(steps, target.backup(), "backing twin.db and the catalogue up")
+    steps = Steps("backup", forced=args.progress)
+    name = await heartbeat(steps, target.backup(), "backing twin.db and the catalogue up")
     if args.json:
         steps.summary({"name": name}, "", as_json=True)
     else:
