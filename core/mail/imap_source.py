@@ -8,6 +8,12 @@ UID, §2.3.1.1) and those over the size limit are left out before any body
 crosses the wire; then ``UID FETCH set (UID FLAGS INTERNALDATE BODY.PEEK[])``
 (§6.4.8) in batches of bounded bytes. aioimaplib has no STARTTLS; it is done
 here with the loop's ``start_tls`` on the client's transport (RFC 3501 §6.2.1).
+
+aioimaplib keeps a whole response in memory, literals included, so every
+command runs within a byte budget (``_Budget``): what the answer may hold
+(for bodies: the sizes the server announced, plus room for the framing). A
+server that sends more is cut off and the import stops with that reason,
+instead of the twin's memory holding whatever it sends.
 """
 
 from __future__ import annotations
@@ -67,6 +73,45 @@ def internal_date(text: str) -> float:
         return dt.datetime.now(dt.UTC).timestamp()
 
 
+SMALL = 1024 * 1024  # the budget of a command whose answer holds no message
+PER_MESSAGE = 4096  # framing of one FETCH response beyond its literal
+
+
+class _Budget:
+    """Bytes an IMAP answer may still bring; over it, the connection is closed."""
+
+    def __init__(self, protocol: Any) -> None:
+        self.limit = SMALL
+        self.used = 0
+        self.exceeded = asyncio.Event()
+        self.protocol = protocol
+        received = protocol.data_received
+
+        def counted(data: bytes) -> None:
+            self.used += len(data)
+            if self.used > self.limit:
+                if not self.exceeded.is_set():
+                    self.exceeded.set()
+                    protocol.transport.close()
+                return
+            received(data)
+        protocol.data_received = counted
+
+    async def run(self, work: Awaitable[Any], limit: int, what: str) -> Any:
+        self.used, self.limit = 0, limit
+        task = asyncio.ensure_future(work)
+        over = asyncio.ensure_future(self.exceeded.wait())
+        try:
+            await asyncio.wait({task, over}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            over.cancel()
+        if self.exceeded.is_set():
+            task.cancel()
+            raise Unavailable(f"the IMAP server sent more than {limit} bytes for {what}: "
+                              "cut off")
+        return task.result()
+
+
 class ImapSource:
     """One IMAP account, read folder by folder."""
 
@@ -76,6 +121,7 @@ class ImapSource:
         # the account, not the port: 143 and 993 of one server are one source
         self.name = f"imap://{options.user}@{options.host.lower()}"
         self.client: Any = None
+        self.budget: _Budget | None = None
 
     async def connect(self) -> None:
         import aioimaplib
@@ -90,6 +136,7 @@ class ImapSource:
                                                ssl_context=context)
         else:
             self.client = aioimaplib.IMAP4(o.host, o.port, timeout=GREETING)
+        self.budget = _Budget(self.client.protocol)
         try:
             await self.client.wait_hello_from_server()
         except TimeoutError:
@@ -101,7 +148,7 @@ class ImapSource:
         self.client.timeout = TIMEOUT
         if o.security == "starttls":
             await self._starttls(context)
-        response = await self.client.login(o.user, o.password)
+        response = await self._run(self.client.login(o.user, o.password), SMALL, "LOGIN")
         if response.result != "OK":
             raise Forbidden(f"{o.host} refused the login of {o.user}: "
                             f"{_text(response.lines[-1:])}")
@@ -121,13 +168,14 @@ class ImapSource:
         await asyncio.wait_for(protocol.capability(), TIMEOUT)  # §6.2.1: ask again
 
     async def close(self) -> None:
-        if self.client is not None:
+        transport = getattr(self.client.protocol, "transport", None) if self.client else None
+        if transport is not None and not transport.is_closing():
             with contextlib.suppress(Exception):  # leaving anyway
                 await asyncio.wait_for(self.client.logout(), 5)
 
     async def folders(self) -> list[tuple[str, str]]:
         """(source name, twin name) of every selectable folder, INBOX first."""
-        response = await self.client.list('""', '"*"')
+        response = await self._run(self.client.list('""', '"*"'), 16 * SMALL, "LIST")
         if response.result != "OK":
             raise Unavailable(f"LIST failed: {_text(response.lines[-1:])}")
         out: list[tuple[str, str]] = []
@@ -156,7 +204,8 @@ class ImapSource:
     async def count(self, folders: Sequence[tuple[str, str]]) -> int:
         total = 0
         for source, _ in folders:
-            response = await self.client.status(quoted(source), "(MESSAGES)")
+            response = await self._run(self.client.status(quoted(source), "(MESSAGES)"), SMALL,
+                                       "STATUS")
             m = re.search(rb"MESSAGES (\d+)", b" ".join(bytes(x) for x in response.lines))
             total += int(m.group(1)) if m else 0
         return total
@@ -165,7 +214,7 @@ class ImapSource:
                    known: Callable[[list[str]], Awaitable[set[str]]]
                    ) -> AsyncIterator[tuple[list[Incoming], list[Skipped], int]]:
         """Batches of (new messages, skipped, how many were imported before)."""
-        response = await self.client.examine(quoted(source))
+        response = await self._run(self.client.examine(quoted(source)), SMALL, "EXAMINE")
         if response.result != "OK":
             yield [], [Skipped(twin, source, f"EXAMINE failed: {_text(response.lines[-1:])}")], 0
             return
@@ -181,7 +230,8 @@ class ImapSource:
         if not exists:
             yield [], [], 0
             return
-        listing = await self.client.uid("fetch", "1:*", "(UID RFC822.SIZE)")
+        listing = await self._run(self.client.uid("fetch", "1:*", "(UID RFC822.SIZE)"),
+                                  SMALL + 200 * exists, "the message sizes")
         sizes: dict[int, int] = {}
         for line in listing.lines:
             raw = bytes(line)
@@ -203,17 +253,23 @@ class ImapSource:
         size = 0
         for uid in todo:
             if batch and (size + sizes[uid] > BATCH_BYTES or len(batch) >= BATCH_COUNT):
-                yield await self._bodies(twin, batch, keys)
+                yield await self._bodies(twin, batch, keys, size)
                 batch, size = [], 0
             batch.append(uid)
             size += sizes[uid]
         if batch:
-            yield await self._bodies(twin, batch, keys)
+            yield await self._bodies(twin, batch, keys, size)
 
-    async def _bodies(self, twin: str, uids: list[int], keys: dict[int, str]
-                      ) -> tuple[list[Incoming], list[Skipped], int]:
-        response = await self.client.uid("fetch", ",".join(map(str, uids)),
-                                         "(UID FLAGS INTERNALDATE BODY.PEEK[])")
+    async def _run(self, work: Awaitable[Any], limit: int, what: str) -> Any:
+        assert self.budget is not None
+        return await self.budget.run(work, limit, what)
+
+    async def _bodies(self, twin: str, uids: list[int], keys: dict[int, str],
+                      announced: int) -> tuple[list[Incoming], list[Skipped], int]:
+        response = await self._run(
+            self.client.uid("fetch", ",".join(map(str, uids)),
+                            "(UID FLAGS INTERNALDATE BODY.PEEK[])"),
+            SMALL + announced + PER_MESSAGE * len(uids), f"{len(uids)} message(s)")
         if response.result != "OK":
             raise Unavailable(f"UID FETCH failed: {_text(response.lines[-1:])}")
         got: dict[int, Incoming] = {}
