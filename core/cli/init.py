@@ -28,6 +28,7 @@ from typing import Any
 
 from core import config as cfg
 from core import identity as ident
+from core import progress as prog
 from core import tls
 from core.cli import overrides
 from core.errors import Invalid, NotFound, TwinError, Unavailable
@@ -54,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             p.add_argument("--config", metavar="TOML",
                            help="start from this twin.toml (e.g. a copy of the old one naming "
                                 "the storage backends to restore from)")
+            p.add_argument("--progress", action="store_true",
+                           help="progress on stderr even when it is not a terminal")
         p.set_defaults(func=run_init if command == "init" else run_restore)
 
 
@@ -211,7 +214,8 @@ def run_restore(args: argparse.Namespace) -> int:
     before = set(os.listdir(data)) if existed else set()
     try:
         result = _create(data, values, identity)
-        restored, db_restored = _restore_storage(data)
+        steps = prog.Progress("restore", forced=args.progress)
+        restored, db_restored = _restore_storage(data, steps)
         if not restored:
             raise Unavailable("nothing to restore: the backends hold no backup of this "
                               "twin's catalogue (wrong words, or the wrong backends?); "
@@ -222,11 +226,13 @@ def run_restore(args: argparse.Namespace) -> int:
     result["restored_objects"] = restored
     result["restored_metadata"] = db_restored
     result["restored"] = _counts(data) if db_restored else {}
+    result["seconds"] = round(steps.seconds, 3)
     if db_restored:
         result["password"] = _fresh_owner_password(data, identity)
     _show(data, result, args.json, None)
     if not args.json:
-        print(f"Restored the catalogue: {restored} objects are readable again.")
+        print(f"Restored the catalogue: {restored} objects are readable again "
+              f"(in {result['seconds']:.1f} s).")
         if db_restored:
             print("Restored twin.db (old app passwords still work): " + ", ".join(
                 f"{n} {what}" for what, n in result["restored"].items()) + ".")
@@ -299,7 +305,7 @@ def _fresh_owner_password(data: Path, identity: ident.Identity) -> str:
         service.close()
 
 
-def _restore_storage(data: Path) -> tuple[int | None, bool]:
+def _restore_storage(data: Path, steps: prog.Progress) -> tuple[int | None, bool]:
     """The catalogue from the backends, then twin.db from the store: (objects, db back?)."""
     import storage
     from core import backup
@@ -328,4 +334,4 @@ def _restore_storage(data: Path) -> tuple[int | None, bool]:
         finally:
             await store.close()
 
-    return asyncio.run(restore())
+    return asyncio.run(prog.heartbeat(steps, restore(), "reading the backends' shares back"))

@@ -1,4 +1,6 @@
-"""``twin mail users|passwd|aliases|queue|quarantine|dkim|send``: mail administration.
+"""``twin mail users|passwd|aliases|queue|quarantine|dkim|send|import|export``: mail administration.
+
+``import`` and ``export`` live in ``core.cli.mail_transfer``.
 
 ``quarantine`` lists, retries or deletes deliveries the filer set aside
 (``core.mail.quarantine``): through the running twin's owner-only local API
@@ -24,7 +26,7 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
-from core.cli import open_service
+from core.cli import mail_transfer, open_service
 from core.cli.storage import running_twin
 from core.errors import Forbidden, Invalid, NotFound, TwinError
 from core.mail.quarantine import printable
@@ -62,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a.add_argument("--to", action="append", required=True, help="recipient (repeatable)")
     a.add_argument("--subject", default="")
     a.add_argument("--from", dest="sender", help="sender address (default: the owner)")
+    mail_transfer.register(actions)
     p.set_defaults(func=run)
 
 
@@ -70,6 +73,8 @@ def owner(service: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action in ("import", "export"):
+        return mail_transfer.run(args)
     service = open_service(args)
     try:
         handler = {"users": users, "passwd": passwd, "aliases": aliases, "queue": queue,

@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 
 from core.cli import open_service
 from core.errors import Invalid, NotFound, Unavailable
+from core.progress import Progress, human_bytes
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -63,6 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    metavar="NAME|circle:CIRCLE|user:LOGIN|public")
     p.add_argument("--rights", default="r", help="r, rw, rws or read,write,share (default r)")
     p.add_argument("--until", help="expiry: ISO date or date-time (local time)")
+    p.add_argument("--progress", action="store_true",
+                   help="with --as: progress on stderr even when it is not a terminal")
     p.set_defaults(func=_run(share))
 
     p = sub.add_parser("unshare", help="revoke a grant, for a prefix (/photos/) also every "
@@ -99,6 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--start", type=int, default=0)
     p.add_argument("--end", type=int, default=None, help="exclusive end offset")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--progress", action="store_true",
+                   help="progress on stderr even when it is not a terminal")
     p.set_defaults(func=_run(fetch))
 
 
@@ -170,7 +175,8 @@ async def share(service: Any, args: argparse.Namespace) -> int:
     await _check_grantee(service, args.grantee)  # before storing anything
     if args.as_path:
         path = args.as_path
-        await _publish_file(service, Path(args.path), path)
+        await _publish_file(service, Path(args.path), path,
+                            Progress(f"share {args.path}", forced=args.progress))
     else:
         await _check_path(service, path)
     grant = await service.access.grant(path, args.grantee, parse_rights(args.rights),
@@ -235,28 +241,34 @@ async def _tell(service: Any, path: str, grantee: str, rights: tuple[str, ...], 
         print(f"could not notify {', '.join(failed)} (the grant stands)", file=sys.stderr)
 
 
-async def _publish_file(service: Any, file: Path, path: str) -> None:
+async def _publish_file(service: Any, file: Path, path: str, progress: Progress) -> None:
     if not await asyncio.to_thread(file.is_file):
         raise NotFound(f"{file}: no such file")
+    size = (await asyncio.to_thread(file.stat)).st_size
     running = _running_twin(service.data_dir)
     if running is not None:
-        entry = await asyncio.to_thread(_upload, service.data_dir, running, file, path)
-        print(f"stored {file} as {entry['path']} ({entry['size']} bytes) via the running twin")
+        entry = await asyncio.to_thread(_upload, service.data_dir, running, file, path,
+                                        progress)
+        progress.summary({}, f"stored {file} as {entry['path']} ({entry['size']} bytes) "
+                         "via the running twin")
         return
     from core.peer.content import publish
 
     service.store = await asyncio.to_thread(service.open_store)
     try:
-        stored = await publish(service, path, _file_chunks(file))
+        stored = await publish(service, path, _file_chunks(file, progress, size))
     finally:
         await service.store.close()
         service.store = None
-    print(f"stored {file} as {stored.path} ({stored.size} bytes)")
+    progress.summary({}, f"stored {file} as {stored.path} ({stored.size} bytes)")
 
 
-async def _file_chunks(file: Path) -> AsyncIterator[bytes]:
+async def _file_chunks(file: Path, progress: Progress, size: int) -> AsyncIterator[bytes]:
+    sent = 0
     with file.open("rb") as f:
         while block := await asyncio.to_thread(f.read, 1024 * 1024):
+            sent += len(block)
+            progress.step(f"{human_bytes(sent)} of {human_bytes(size)}")
             yield block
 
 
@@ -279,7 +291,8 @@ def _running_twin(data: Path) -> str | None:
     return None
 
 
-def _upload(data: Path, origin: str, file: Path, path: str) -> dict[str, Any]:
+def _upload(data: Path, origin: str, file: Path, path: str, progress: Progress
+            ) -> dict[str, Any]:
     import httpx
 
     from core import tls
@@ -288,8 +301,11 @@ def _upload(data: Path, origin: str, file: Path, path: str) -> dict[str, Any]:
     token = (data / TOKEN_FILE).read_text().strip()
 
     def chunks() -> Iterator[bytes]:
+        sent, size = 0, file.stat().st_size
         with file.open("rb") as f:
             while block := f.read(1024 * 1024):
+                sent += len(block)
+                progress.step(f"{human_bytes(sent)} of {human_bytes(size)}")
                 yield block
 
     try:
@@ -402,10 +418,12 @@ async def fetch(service: Any, args: argparse.Namespace) -> int:
     tmp = target.with_name(target.name + ".part") if target else None
     out = tmp.open("wb") if tmp else sys.stdout.buffer
     total = 0
+    progress = Progress(f"fetch {args.path}", forced=args.progress)
     try:
         async for chunk in service.peer.content_get(args.name, args.path, args.start, args.end):
             await asyncio.to_thread(out.write, chunk)
             total += len(chunk)
+            progress.step(human_bytes(total))
     except BaseException:
         if tmp:
             out.close()
@@ -414,6 +432,10 @@ async def fetch(service: Any, args: argparse.Namespace) -> int:
     if tmp and target:
         out.close()
         os.replace(tmp, target)
-        print(f"fetched {args.path} from {args.name}: {total} bytes -> {target}",
-              file=sys.stderr)
+    # the summary goes to stderr: stdout may be the content itself
+    progress.summary({"path": args.path, "from": args.name, "bytes": total,
+                      "output": str(target) if target else None},
+                     f"fetched {args.path} from {args.name}: {total} bytes"
+                     + (f" -> {target}" if target else ""),
+                     as_json=args.json, out=sys.stderr)
     return 0

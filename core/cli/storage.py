@@ -44,6 +44,8 @@ from core.peer.local_storage import (
     repair_from_json,
     verify_from_json,
 )
+from core.progress import Progress as Steps
+from core.progress import heartbeat
 from storage import (
     ObjectInfo,
     ObjectRef,
@@ -79,6 +81,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmds.add_parser("repair", help="rebuild missing or corrupt shares")
     cmds.add_parser("backup", help="back twin.db and the catalogue up into the store now")
     p.set_defaults(func=run)
+    for name in ("verify", "repair", "backup"):  # the long ones: progress and a summary
+        c = cmds.choices[name]
+        c.add_argument("--json", action="store_true", help="the summary as JSON")
+        c.add_argument("--progress", action="store_true",
+                       help="progress on stderr even when it is not a terminal")
 
 
 def open_from_config(data: Path, overrides: dict[str, Any] | None = None) -> Store:
@@ -421,25 +428,46 @@ async def _status(target: Target, args: argparse.Namespace) -> int:
 
 
 async def _verify(target: Target, args: argparse.Namespace) -> int:
-    print("verifying…", file=sys.stderr)
-    report = await target.verify(args.sample, args.clean)
-    for problem in report.problems:
+    steps = Steps("verify", forced=args.progress)
+    report = await heartbeat(steps, target.verify(args.sample, args.clean),
+                                  "checking shares")
+    for problem in report.problems if not args.json else []:
         print(f"share {problem.index} of segment {problem.segment} of {problem.object_id} "
               f"on {problem.backend}: {problem.reason}")
-    print(json.dumps({k: v for k, v in asdict(report).items() if k != "problems"}, indent=2))
+    counts = {k: v for k, v in asdict(report).items() if k != "problems"}
+    if args.json:
+        counts["problems"] = [asdict(p) for p in report.problems]
+    steps.summary(counts, f"verified {report.objects_checked} object(s), "
+                  f"{report.shares_checked} share(s): {len(report.problems)} problem(s), "
+                  f"{len(report.degraded)} degraded, {len(report.unreadable)} unreadable, "
+                  f"{report.orphans} orphan share(s) ({report.orphans_removed} removed)"
+                  + (f"; backends unreachable: {', '.join(report.unreachable_backends)}"
+                     if report.unreachable_backends else ""), as_json=args.json)
     return 0 if report.healthy or (args.clean and not (report.degraded or report.unreadable))\
         else 1
 
 
 async def _repair(target: Target, args: argparse.Namespace) -> int:
-    print("repairing…", file=sys.stderr)
-    report = await target.repair()
-    print(json.dumps(asdict(report), indent=2))
+    steps = Steps("repair", forced=args.progress)
+    report = await heartbeat(steps, target.repair(), "rebuilding shares")
+    text = (f"repaired: {report.objects_checked} object(s) checked, "
+            f"{report.segments_repaired} segment(s) repaired, {report.shares_rebuilt} share(s) "
+            "rebuilt, "
+            f"{len(report.unrecoverable)} unrecoverable, {len(report.failures)} failure(s)")
+    for line in [] if args.json else [*report.unrecoverable, *report.failures]:
+        print(f"  not repaired: {line}")
+    steps.summary(asdict(report), text, as_json=args.json)
     return 0 if not (report.unrecoverable or report.failures) else 1
 
 
 async def _backup(target: Target, args: argparse.Namespace) -> int:
-    print(await target.backup())
+    steps = Steps("backup", forced=args.progress)
+    name = await heartbeat(steps, target.backup(), "backing twin.db and the catalogue up")
+    if args.json:
+        steps.summary({"name": name}, "", as_json=True)
+    else:
+        print(name)  # the name alone on stdout, for scripts; the time on stderr
+        steps.summary({}, f"backed up as {name}", out=sys.stderr)
     return 0
 
 

@@ -26,6 +26,12 @@ bounded ``Watch`` of later changes; ``current`` after the watch overflowed),
 ``Invalid``, ``Forbidden``, ``Unavailable``); their ``code`` (``exists``,
 ``haschildren``, ``overquota``, ``toobig``, ``use``) lets an adapter pick a
 precise response code.
+
+Mail in and out (``twin mail import|export``): ``core.mail.transfer`` (the
+loops), ``core.mail.imported`` (a batch filed with the record of its source
+keys, one transaction), ``core.mail.files`` (Maildir and mbox),
+``core.mail.imap_source`` (another IMAP server) and ``core.mail.folders``
+(names and flags as those stores spell them).
 """
 
 from core.mail.index import Snapshot

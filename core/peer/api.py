@@ -47,7 +47,7 @@ from starlette.routing import BaseRoute, Route
 
 from core.budget import ByteBudget
 from core.errors import Invalid, TwinError
-from core.peer import local_mail, local_storage, stream
+from core.peer import local_mail, local_storage, local_transfer, stream
 from core.peer.client import (
     ACKED,
     BATCH_MEDIA_TYPE,
@@ -231,6 +231,8 @@ def routes(service: Service) -> list[BaseRoute]:
         Route(BATCH_PATH, envelopes, methods=["POST"]),
         Route(LOCAL_OBJECTS, put_object, methods=["PUT"]),
         *local_storage.routes(service),  # the owner's `twin storage …` while the twin runs
+        # the owner's `twin mail import|export` likewise (before its parent mount)
+        *local_transfer.routes(service),
         *local_mail.routes(service),  # the owner's `twin mail quarantine …` likewise
     ]
 

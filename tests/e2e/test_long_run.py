@@ -43,7 +43,7 @@ def test_repeated_verifies_through_the_local_api_do_not_grow_the_twin(
                             f"From: someone@example.com\r\nSubject: {i}\r\n\r\n".encode() + body)
 
     def verify() -> None:
-        out = twin_cli(twin.data, "storage", "verify", timeout=300)
+        out = twin_cli(twin.data, "storage", "verify", "--json", timeout=300)
         assert '"unreadable": []' in out.stdout, out.stdout[-500:]
 
     # warm-up: delivering the mail above; then ten verifies in a row

@@ -70,13 +70,18 @@ def test_every_subcommand_works_through_the_running_twin(
     assert "failure domains: 1 (at most 6 backends in one)" in out
     assert "WARNING: the shares span 1 failure domain(s), fewer than n=6" in out
 
-    code, out, err = twin_cmd(alice, "verify", "--sample", "1")
+    code, out, err = twin_cmd(alice, "verify", "--sample", "1", "--json")
     assert code == 0, (out, err)
-    assert json.loads(out)["objects_checked"] >= 1
-    code, out, _ = twin_cmd(alice, "repair")
+    assert json.loads(out)["objects_checked"] >= 1 and json.loads(out)["seconds"] >= 0
+    code, out, err = twin_cmd(alice, "verify", "--sample", "1")  # one line, with the time
+    assert code == 0 and out.startswith("verified ") and out.rstrip().endswith(" s"), out
+    assert "0 unreadable" in out and out.count("\n") == 1
+    code, out, _ = twin_cmd(alice, "repair", "--json")
     assert code == 0 and json.loads(out)["unrecoverable"] == []
-    code, out, _ = twin_cmd(alice, "backup")
-    assert code == 0 and out.strip().startswith("backup/")
+    code, out, _ = twin_cmd(alice, "repair")
+    assert code == 0 and out.startswith("repaired: ") and "0 unrecoverable" in out
+    code, out, err = twin_cmd(alice, "backup")
+    assert code == 0 and out.strip().startswith("backup/") and "backed up as backup/" in err
 
     assert twin_cmd(alice, "rm", ref)[0] == 0
     assert ref not in twin_cmd(alice, "ls")[1]
