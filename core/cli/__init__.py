@@ -16,11 +16,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from core import config as cfg
 from core import logsafe
-from core.errors import TwinError
+from core.errors import Invalid, TwinError
 
 GROUPS = ("init", "serve", "config", "phonebook", "storage", "mail", "peer", "domain",
           "service")
@@ -33,6 +33,15 @@ def default_data_dir() -> str:
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return dict(cfg.parse_assignments(getattr(args, "set", None) or []))
+
+
+def binary_stdout() -> BinaryIO:
+    """stdout for a file's bytes, refused when it is a terminal: binary data
+    there garbles the terminal and is never what was meant (curl does the same)."""
+    if sys.stdout.isatty():
+        raise Invalid("refusing to write the file's bytes to a terminal: "
+                      "use -o FILE, or redirect stdout")
+    return sys.stdout.buffer
 
 
 def open_service(args: argparse.Namespace) -> Any:

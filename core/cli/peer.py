@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from core.cli import open_service
+from core.cli import binary_stdout, open_service
 from core.errors import Invalid, NotFound, Unavailable
 from core.progress import Progress, human_bytes
 
@@ -416,7 +416,7 @@ async def fetch(service: Any, args: argparse.Namespace) -> int:
     out: BinaryIO
     target = Path(args.output) if args.output else None
     tmp = target.with_name(target.name + ".part") if target else None
-    out = tmp.open("wb") if tmp else sys.stdout.buffer
+    out = tmp.open("wb") if tmp else binary_stdout()
     total = 0
     progress = Progress(f"fetch {args.path}", forced=args.progress)
     try:

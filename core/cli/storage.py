@@ -36,6 +36,7 @@ from urllib.parse import quote
 
 import httpx
 
+from core.cli import binary_stdout
 from core.errors import TwinError
 from core.peer.local_storage import (
     LOCAL_STORAGE,
@@ -376,7 +377,7 @@ async def _put(target: Target, args: argparse.Namespace) -> int:
 async def _get(target: Target, args: argparse.Namespace) -> int:
     size, chunks = await target.open(args.ref)
     progress = Progress("get", size)
-    out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: ASYNC230, SIM115
+    out = open(args.output, "wb") if args.output else binary_stdout()  # noqa: ASYNC230, SIM115
     try:
         async for chunk in chunks:
             out.write(chunk)

@@ -27,3 +27,31 @@ def test_an_empty_phonebook_says_so(tmp_path: Path) -> None:
         db.execute("DELETE FROM twins")
     listed = twin_cli(data, "phonebook", "list")
     assert "the phonebook holds no twins yet" in listed.stdout
+
+
+def test_storage_get_refuses_to_write_bytes_to_a_terminal(tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+
+    from tests.twins import TWIN
+
+    data = tmp_path / "alice"
+    twin_cli(data, "init", "--name", "alice", "--json")
+    source = tmp_path / "blob.bin"
+    source.write_bytes(bytes(range(256)) * 64)
+    ref = twin_cli(data, "storage", "put", str(source)).stdout.split()[-1]
+    assert twin_cli(data, "storage", "get", ref, "-o", str(tmp_path / "out.bin")).returncode == 0
+    assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
+    piped = subprocess.run([*TWIN, "--data", str(data), "storage", "get", ref],
+                           capture_output=True, timeout=120)
+    assert piped.returncode == 0 and piped.stdout == source.read_bytes()
+    master, slave = pty.openpty()
+    try:
+        on_tty = subprocess.run([*TWIN, "--data", str(data), "storage", "get", ref],
+                                stdout=slave, stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert on_tty.returncode == 2
+    assert b"refusing to write the file's bytes to a terminal" in on_tty.stderr
