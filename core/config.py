@@ -52,6 +52,7 @@ def _default_backends() -> list[dict[str, str]]:
 
 
 MiB = 1024 * 1024
+PUT_OVERHEAD = 64 * 1024  # an envelope's bytes around a content.put body (keys, path, CBOR)
 
 SCHEMA: tuple[Key, ...] = (
     # -- the twin itself
@@ -219,6 +220,9 @@ SCHEMA: tuple[Key, ...] = (
         minimum=1),
     Key("peer.ttl", int, 3600, "Seconds an envelope we send stays valid.", minimum=10),
     Key("peer.max_envelope", int, 16 * MiB, "Largest envelope body accepted.", minimum=1024),
+    Key("peer.max_put", int, 8 * MiB, "Largest file written into another twin's read-write "
+        "share (one content.put envelope) and taken from one; keep 64 KiB below "
+        "peer.max_envelope.", minimum=0),
     Key("peer.max_buffered", int, 64 * MiB, "Bytes of peer request bodies held in memory at "
         "once, before their signatures are checked (more: 503, retry).", minimum=1024),
     Key("peer.max_buffered_per_ip", int, 32 * MiB,
@@ -431,6 +435,9 @@ def _check_whole(config: Config, origin: str) -> None:
     if config.int("peer.ttl") > config.int("peer.max_ttl"):
         raise ConfigError(f"'peer.ttl' in {origin} exceeds 'peer.max_ttl': peers with the "
                           "default limit would refuse this twin's envelopes")
+    if config.int("peer.max_put") + PUT_OVERHEAD > config.int("peer.max_envelope"):
+        raise ConfigError(f"'peer.max_put' in {origin} must stay {PUT_OVERHEAD} bytes below "
+                          "'peer.max_envelope': the file travels inside one envelope")
     for name in ("smtp.retry_schedule", "peer.retry_schedule"):
         schedule = config.list(name)
         if not schedule or not all(isinstance(s, int | float) and s > 0 for s in schedule):
