@@ -12,10 +12,10 @@ Writes go to the other twin as ``content.put`` (PUT: the body, at most
 share); the owner's ACL decides (``core.peer.writes``) and its refusals come
 back through ``bridge.STATUS``: 403 for a share without the write right, 404
 for a path not shared, 507 over the owner's quota, 413 over ``peer.max_put``.
-A write below a path the twin shows us nothing at is 404 here, without
-asking it to write. COPY, PROPPATCH and LOCK are not offered (403). After a
-write the cached listings of that twin are dropped, so the next request sees
-the change.
+A write into a folder the twin shows us nothing at still goes to it (only
+the owner knows whether it may, and whether the folder exists). COPY,
+PROPPATCH and LOCK are not offered (403). After a write the cached listings
+of that twin are dropped, so the next request sees the change.
 
 ``/shared/`` lists the twins that told us they share something
 (``share.notify``, recorded by ``core.peer.shares.SharedWithMe``) plus those
@@ -34,11 +34,12 @@ from wsgidav import util
 from wsgidav.dav_error import DAVError
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 
-from core.errors import Forbidden, NotFound, PeerRejected
+from core.errors import Forbidden, Invalid, NotFound, PeerRejected
 from core.files import join, split
 from core.peer import writes
 from core.peer.content import ContentEntry
 from protocols.webdav.bridge import Bridge
+from protocols.webdav.roles import dest_path
 from protocols.webdav.streams import DownloadReader
 
 if TYPE_CHECKING:
@@ -49,8 +50,6 @@ log = logging.getLogger("twin.webdav.shared")
 READ_ONLY = "shared folders are read-only"
 NOT_OFFERED = "not offered in another twin's share"
 LIST_TTL = 5.0
-# Methods that change something: below a path the twin shows us nothing at they get 404.
-CHANGES = frozenset({"PUT", "MKCOL", "DELETE", "MOVE", "COPY", "PROPPATCH", "LOCK"})
 
 
 class SharedSpace:
@@ -112,11 +111,6 @@ class SharedSpace:
         finally:
             self.forget(twin)
 
-    def _reaches(self, twin: str, rest: tuple[str, ...]) -> bool:
-        """Does ``twin`` show us anything at one of the folders above ``rest``?"""
-        return any(self.listing(twin, join(rest[:i])) is not None
-                   for i in range(len(rest) - 1, -1, -1))
-
     async def _list(self, twin: str, path: str) -> list[ContentEntry]:
         try:
             return list(await self.service.peer.content_list(twin, path))
@@ -130,7 +124,7 @@ class SharedSpace:
         twin, rest = parts[0], parts[1:]
         if not rest:
             if self.listing(twin, "/") is None:
-                return None
+                return self._parent_to_be(parts, environ)
             now = self.seen.get(twin, time.time())
             return SharedFolder(join(("shared", twin)), environ, self, twin,
                                 ContentEntry("/", twin, 0, True, now, ""))
@@ -139,9 +133,7 @@ class SharedSpace:
         if entries is None:
             # A grant on /photos/ need not allow listing /: ask for the folder itself.
             if self.listing(twin, join(rest)) is None:
-                if environ.get("REQUEST_METHOD") in CHANGES and not self._reaches(twin, rest):
-                    raise DAVError(404, context_info=f"{join(rest)}: not found or not shared")
-                return None
+                return self._parent_to_be(parts, environ)
             return SharedFolder(path, environ, self, twin,
                                 ContentEntry(join(rest), rest[-1], 0, True, time.time(), ""))
         for entry in entries:
@@ -149,7 +141,31 @@ class SharedSpace:
                 if entry.is_dir:
                     return SharedFolder(path, environ, self, twin, entry)
                 return SharedFile(path, environ, self, twin, entry)
-        return None
+        return self._parent_to_be(parts, environ)
+
+    def _parent_to_be(self, parts: tuple[str, ...], environ: dict[str, Any]) -> Any:
+        """The folder a PUT, MKCOL or MOVE writes into, when the twin shows us none there.
+
+        Whether bob may write below a folder he cannot see (and whether it
+        exists) only its owner knows: the request goes to it, and its answer
+        (404 not shared, 409 no such folder, 403) is the client's. Any other
+        request gets None (404), as before.
+        """
+        method = environ.get("REQUEST_METHOD")
+        if method in ("PUT", "MKCOL"):
+            target: str | None = environ.get("PATH_INFO") or "/"
+        elif method == "MOVE":
+            target = dest_path(environ.get("HTTP_DESTINATION"))
+        else:
+            return None
+        try:
+            if target is None or split(target)[:-1] != ("shared", *parts):
+                return None
+        except Invalid:
+            return None
+        twin, rest = parts[0], parts[1:]
+        entry = ContentEntry(join(rest), rest[-1] if rest else twin, 0, True, time.time(), "")
+        return SharedFolder(join(("shared", *parts)), environ, self, twin, entry)
 
 
 class _ReadOnly:
