@@ -223,6 +223,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("peer.max_put", int, 8 * MiB, "Largest file written into another twin's read-write "
         "share (one content.put envelope) and taken from one; keep 64 KiB below "
         "peer.max_envelope.", minimum=0),
+    Key("peer.max_upload", int, 1024 * MiB, "Largest whole file written into another twin's "
+        "read-write share, in peer.max_put chunks, and taken from one (parts are staged "
+        "on disk under uploads/ in the data dir).", minimum=0),
     Key("peer.max_buffered", int, 64 * MiB, "Bytes of peer request bodies held in memory at "
         "once, before their signatures are checked (more: 503, retry).", minimum=1024),
     Key("peer.max_buffered_per_ip", int, 32 * MiB,

@@ -16,16 +16,18 @@ or rename ``/docs`` itself. A path the sender may not even read is answered
 ``not_found`` "not found or not shared" (as ``content.get`` does: no probing
 what the owner keeps); one it may read but not write, ``forbidden``.
 
-Bounds: a file travels whole in one envelope, at most ``peer.max_put`` bytes
-(8 MiB by default; the receiver's ``peer.max_envelope`` bounds the envelope
-before its signature is checked, and its own ``peer.max_put`` the file
-after the ACL said yes: ``too_large``). The write is charged to the owner's
-``webdav.quota``: over it the refusal is ``quota`` (507 at the sender's
-WebDAV). ``if_match`` (an ETag) makes a put or delete conditional: a file
-changed meanwhile is ``conflict``.
+Bounds: a file of at most ``peer.max_put`` bytes (8 MiB by default) travels
+whole in one envelope; a bigger one in chunks of that size, staged on the
+owner's disk (``core.peer.uploads``), up to ``peer.max_upload`` (1 GiB by
+default). The receiver's ``peer.max_envelope`` bounds each envelope before
+its signature is checked, its own ``peer.max_put`` each chunk and
+``peer.max_upload`` the file after the ACL said yes: ``too_large``. The
+write is charged to the owner's ``webdav.quota``: over it the refusal is
+``quota`` (507 at the sender's WebDAV). ``if_match`` (an ETag) makes a put
+or delete conditional: a file changed meanwhile is ``conflict``.
 
-Sender side (``put``, ``delete``, ``mkdir``, ``move``): one signed request
-each through ``Peer.request``, the answer typed before use.
+Sender side (``put``, ``put_chunk``, ``delete``, ``mkdir``, ``move``): one
+signed request each through ``Peer.request``, the answer typed before use.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from core.acl import Principal, normalize
-from core.errors import Conflict, Forbidden, Invalid, NotFound
+from core.errors import Conflict, Forbidden, Invalid, NotFound, TwinError
 from core.peer.content import ContentEntry
+from core.peer.uploads import Uploads
 from phonebook.record import TwinRecord
 
 if TYPE_CHECKING:
@@ -55,6 +58,7 @@ class SharedWrites:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.max_put = service.config.int("peer.max_put")
+        self.uploads = Uploads(service.data_dir, service.config.int("peer.max_upload"))
         peer = service.peer
         peer.register(PUT, self.on_put)
         peer.register(DELETE, self.on_delete)
@@ -85,7 +89,8 @@ class SharedWrites:
         if now is None or now.etag != want:
             raise Conflict(f"{path} changed since it was read (ETag {want!r} no longer holds)")
 
-    # content.put {"path": str, "data": bytes, "if_match": str | None}
+    # content.put {"path": str, "data": bytes, "if_match": str | None} and, for a file
+    # in chunks, {"upload": 16 bytes, "offset": int, "last": bool} (core.peer.uploads)
     async def on_put(self, record: TwinRecord, value: Any) -> dict[str, Any]:
         path = await self._writable(Principal.remote(record.name), value, "path")
         data = value.get("data")
@@ -95,8 +100,34 @@ class SharedWrites:
             raise Invalid(f"{len(data)} bytes over this twin's peer.max_put ({self.max_put})",
                           code="too_large")
         await self._check_etag(path, value)
-        entry = await self.service.files.write(path, _once(data), size_hint=len(data))
-        log.info("%s wrote %s (%d bytes)", record.name, path, len(data))
+        upload = value.get("upload")
+        if upload is None:
+            entry = await self.service.files.write(path, _once(data), size_hint=len(data))
+            log.info("%s wrote %s (%d bytes)", record.name, path, len(data))
+            return entry.to_wire()
+        return await self._chunk(record.name, path, upload, value, data)
+
+    async def _chunk(self, sender: str, path: str, upload: Any, value: dict[str, Any],
+                     data: bytes) -> dict[str, Any]:
+        files = self.service.files
+        last = value.get("last", False)
+        if type(last) is not bool:
+            raise Invalid("last must be a bool")
+        old = await files.exists(path)
+        _, room = await files.usage()
+        room += old.size if old is not None and not old.is_dir else 0
+        try:
+            size = await self.uploads.append(sender, upload, value.get("offset"), data, room)
+            if not last:
+                return {"received": size}
+            entry = await files.write(path, self.uploads.chunks(sender, upload),
+                                      size_hint=size)
+        except TwinError:
+            if type(upload) is bytes:
+                await self.uploads.drop(sender, upload)  # the sender's PUT has failed
+            raise
+        await self.uploads.drop(sender, upload)
+        log.info("%s wrote %s (%d bytes in chunks)", sender, path, size)
         return entry.to_wire()
 
     # content.delete {"path": str, "if_match": str | None}
@@ -141,13 +172,27 @@ def _entry(result: Any) -> ContentEntry:
 
 async def put(peer: Peer, twin: str, path: str, data: bytes,
               if_match: str | None = None) -> ContentEntry:
-    """Write ``data`` at ``path`` in ``twin``'s content (a share with the write right)."""
+    """Write ``data`` (at most ``peer.max_put`` bytes) at ``path`` in ``twin``'s content."""
     limit = peer.service.config.int("peer.max_put")
     if len(data) > limit:
-        raise Invalid(f"{len(data)} bytes over peer.max_put ({limit}): too large to write "
-                      "into another twin's share", code="too_large")
+        raise Invalid(f"{len(data)} bytes over peer.max_put ({limit}): send it in chunks",
+                      code="too_large")
     return _entry(await peer.request(twin, PUT, {"path": normalize(path), "data": data,
                                                  "if_match": if_match}))
+
+
+async def put_chunk(peer: Peer, twin: str, path: str, upload: bytes, offset: int,
+                    data: bytes, *, last: bool, if_match: str | None = None
+                    ) -> ContentEntry | None:
+    """One chunk of a file in chunks; the file's entry once ``last`` is stored."""
+    result = await peer.request(twin, PUT, {"path": normalize(path), "data": data,
+                                            "if_match": if_match, "upload": upload,
+                                            "offset": offset, "last": last})
+    if last:
+        return _entry(result)
+    if not isinstance(result, dict) or result.get("received") != offset + len(data):
+        raise Invalid(f"{twin} did not take chunk {offset}-{offset + len(data)} as sent")
+    return None
 
 
 async def delete(peer: Peer, twin: str, path: str, if_match: str | None = None) -> None:

@@ -6,12 +6,13 @@ ACL; ranges are passed through, so seeking in a shared video fetches only
 what is watched. A twin that refuses (no grant, grant revoked) simply shows
 nothing: its folder is 404.
 
-Writes go to the other twin as ``content.put`` (PUT: the body, at most
-``peer.max_put`` bytes, sent whole once received), ``content.mkdir`` (MKCOL),
+Writes go to the other twin as ``content.put`` (PUT: a body of at most
+``peer.max_put`` bytes sent whole once received, a bigger one in chunks of
+that size as it arrives, up to ``peer.max_upload``), ``content.mkdir`` (MKCOL),
 ``content.delete`` (DELETE) and ``content.move`` (MOVE within the same twin's
 share); the owner's ACL decides (``core.peer.writes``) and its refusals come
 back through ``bridge.STATUS``: 403 for a share without the write right, 404
-for a path not shared, 507 over the owner's quota, 413 over ``peer.max_put``.
+for a path not shared, 507 over the owner's quota, 413 over ``peer.max_upload``.
 A write into a folder the twin shows us nothing at still goes to it (only
 the owner knows whether it may, and whether the folder exists). COPY,
 PROPPATCH and LOCK are not offered (403). After a write the cached listings
@@ -27,6 +28,7 @@ notification (grant or revoke) drops the listing cache at once.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +38,7 @@ from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 
 from core.errors import Forbidden, Invalid, NotFound, PeerRejected
 from core.files import join, split
-from core.peer import writes
+from core.peer import uploads, writes
 from core.peer.content import ContentEntry
 from protocols.webdav.bridge import Bridge
 from protocols.webdav.roles import dest_path
@@ -347,16 +349,17 @@ class SharedFile(_Writable, DAVNonCollection):  # type: ignore[misc]
 
         return DownloadReader(self.space.bridge, opener, range_end(self.environ, self.entry.size))
 
-    # RFC 4918 section 9.7 (PUT): the body is held (up to peer.max_put), then sent whole
+    # RFC 4918 section 9.7 (PUT): sent whole, or (over peer.max_put) chunk by chunk
     def begin_write(self, *, content_type: str | None = None) -> PutBody:
-        limit = self.space.service.config.int("peer.max_put")
+        conf = self.space.service.config
+        limit = conf.int("peer.max_upload")
         declared = util.get_content_length(self.environ)
         if declared and declared > limit:  # refused before a byte of the body is read
-            raise DAVError(413, context_info=f"over peer.max_put ({limit} bytes)")
+            raise DAVError(413, context_info=f"over peer.max_upload ({limit} bytes)")
         # If-Match was checked by wsgidav against the etag we saw; the owner checks it again
         if_match = self.entry.etag if self.environ.get("HTTP_IF_MATCH") and not self.fresh \
             and self.entry.etag else None
-        self._body = PutBody(self, limit, if_match)
+        self._body = PutBody(self, conf.int("peer.max_put"), limit, if_match)
         return self._body
 
     def end_write(self, *, with_errors: bool) -> None:
@@ -366,26 +369,50 @@ class SharedFile(_Writable, DAVNonCollection):  # type: ignore[misc]
 
 
 class PutBody:
-    """The file-like wsgidav writes a PUT body into; ``close`` sends it as content.put."""
+    """The file-like wsgidav writes a PUT body into.
 
-    def __init__(self, target: SharedFile, limit: int, if_match: str | None) -> None:
-        self.target, self.limit, self.if_match = target, limit, if_match
+    Up to ``peer.max_put`` bytes are held and sent at ``close`` as one
+    content.put; a bigger body goes out in chunks of that size as it arrives
+    (``writes.put_chunk``), so at most one chunk is held per PUT.
+    """
+
+    def __init__(self, target: SharedFile, chunk: int, limit: int, if_match: str | None
+                 ) -> None:
+        self.target, self.chunk, self.limit, self.if_match = target, chunk, limit, if_match
         self.parts: list[bytes] = []
-        self.size = 0
+        self.held = 0  # bytes in parts
+        self.sent = 0  # bytes already sent as chunks
+        self.upload: bytes | None = None
         self.result: ContentEntry | None = None
 
     def write(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > self.limit:
+        if self.sent + self.held + len(data) > self.limit:
             self.parts.clear()
-            raise DAVError(413, context_info=f"over peer.max_put ({self.limit} bytes)")
+            raise DAVError(413, context_info=f"over peer.max_upload ({self.limit} bytes)")
         self.parts.append(bytes(data))
+        self.held += len(data)
+        while self.held > self.chunk:  # more than one chunk: the file goes in chunks
+            blob = b"".join(self.parts)
+            self.parts, self.held = [blob[self.chunk:]], len(blob) - self.chunk
+            self._send(blob[:self.chunk], last=False)
+
+    def _send(self, data: bytes, *, last: bool) -> None:
+        t = self.target
+        if self.upload is None:
+            self.upload = os.urandom(uploads.ID_LEN)
+        entry = t.space.write(t.twin, writes.put_chunk(
+            t.space.service.peer, t.twin, t.entry.path, self.upload, self.sent, data,
+            last=last, if_match=self.if_match))
+        self.sent += len(data)
+        if last:
+            self.result = entry
 
     def close(self) -> None:
         t = self.target
         data = b"".join(self.parts)
-        self.parts.clear()
+        self.parts, self.held = [], 0
+        if self.upload is not None:
+            self._send(data, last=True)
+            return
         self.result = t.space.write(t.twin, writes.put(t.space.service.peer, t.twin,
                                                        t.entry.path, data, self.if_match))
-
-

@@ -17,7 +17,9 @@ from tests.twins import TwinProcess, twin_cli
 
 MiB = 1024 * 1024
 QUOTA = 8 * MiB  # alice's webdav.quota
-ALICE_MAX_PUT = 5 * MiB  # alice takes at most this in one content.put; bob sends up to 8 MiB
+ALICE_MAX_UPLOAD = 6 * MiB  # the largest file alice takes from another twin
+BOB_MAX_PUT = 1 * MiB  # bob sends bigger files in chunks of this
+BOB_MAX_UPLOAD = 12 * MiB  # the largest file bob sends
 DOCS = "/dav/shared/alice/docs"
 
 
@@ -25,7 +27,8 @@ DOCS = "/dav/shared/alice/docs"
 def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, TwinProcess]]:
     root = tmp_path_factory.mktemp("rwshare")
     made: dict[str, TwinProcess] = {}
-    sets = {"alice": [f"webdav.quota={QUOTA}", f"peer.max_put={ALICE_MAX_PUT}"]}
+    sets = {"alice": [f"webdav.quota={QUOTA}", f"peer.max_upload={ALICE_MAX_UPLOAD}"],
+            "bob": [f"peer.max_put={BOB_MAX_PUT}", f"peer.max_upload={BOB_MAX_UPLOAD}"]}
     try:
         for name in ("alice", "bob", "carol"):
             book = made["alice"].phonebook if made else None
@@ -117,24 +120,27 @@ def test_read_only_share_and_carol_are_refused(trio: dict[str, TwinProcess]) -> 
         assert a.get("/dav/docs/c.txt").status_code == 404
 
 
-def test_quota_and_size_limits(trio: dict[str, TwinProcess]) -> None:
+def test_chunked_upload_quota_and_size_limits(trio: dict[str, TwinProcess]) -> None:
     alice, bob = trio["alice"], trio["bob"]
+    parts = alice.data / "uploads"
+    first = os.urandom(3 * MiB + 512 * 1024)  # four chunks of bob's 1 MiB
     with client(bob) as b:
-        # over bob's own peer.max_put (8 MiB): refused before the body is read
-        r = b.put(f"{DOCS}/huge.bin", content=bytes(9 * MiB))
+        # over bob's own peer.max_upload: refused before the body is read
+        r = b.put(f"{DOCS}/huge.bin", content=bytes(13 * MiB))
         assert r.status_code == 413, r.text
-        # within bob's limit, over alice's (5 MiB): alice refuses it
-        r = b.put(f"{DOCS}/big.bin", content=bytes(6 * MiB))
-        assert r.status_code == 413, r.text
-        assert b.put(f"{DOCS}/q1.bin", content=os.urandom(4 * MiB)).status_code == 201
-        r = b.put(f"{DOCS}/q2.bin", content=os.urandom(4 * MiB + 512 * 1024))
+        assert b.put(f"{DOCS}/q1.bin", content=first).status_code == 201
+        assert b.get(f"{DOCS}/q1.bin").content == first
+        r = b.put(f"{DOCS}/q2.bin", content=os.urandom(5 * MiB))
         assert r.status_code == 507, r.text  # alice's quota of 8 MiB
         assert b.delete(f"{DOCS}/q1.bin").status_code == 204
-        assert b.put(f"{DOCS}/q2.bin", content=os.urandom(4 * MiB)).status_code == 201
+        r = b.put(f"{DOCS}/big.bin", content=os.urandom(7 * MiB))
+        assert r.status_code == 413, r.text  # alice's peer.max_upload of 6 MiB
+        assert b.put(f"{DOCS}/q2.bin", content=os.urandom(5 * MiB)).status_code == 201
         assert b.delete(f"{DOCS}/q2.bin").status_code == 204
     with client(alice) as a:
         for name in ("huge.bin", "big.bin", "q1.bin", "q2.bin"):
             assert a.get(f"/dav/docs/{name}").status_code == 404
+    assert list(parts.glob("*.part")) == []  # refused uploads left nothing staged
 
 
 def rclone_env(bob: TwinProcess, rclone: str) -> dict[str, str]:
