@@ -155,3 +155,43 @@ async def test_a_revoked_write_grant_takes_effect_on_the_next_request(shares: Pa
     assert got.code == "not_found"
     assert await alice.files.exists("/rw/in/b") is None
     await alice.access.grant("/rw/", "bob", ("read", "write"))
+
+
+async def test_chunks_need_an_id_and_no_gaps_and_are_bounded(shares: Pair) -> None:
+    alice, bob = shares
+    upload = bytes(range(16))
+
+    def chunk(offset: int, data: bytes, **kw: Any) -> bytes:
+        return from_bob(alice, bob, "content.put", {"path": "/rw/c.bin", "data": data,
+                                                    "upload": kw.pop("upload", upload),
+                                                    "offset": offset, "last": False, **kw})
+    for bad in (b"short", "not bytes", 16):
+        assert (await refused(alice, chunk(0, b"x", upload=bad))).code == "invalid"
+    assert (await refused(alice, chunk(-1, b"x"))).code == "invalid"
+    # a chunk that does not continue an upload under way, and one with a gap
+    assert (await refused(alice, chunk(5, b"x"))).code == "conflict"
+    uid = env.new_uid()
+    assert await result(alice, bob, from_bob(
+        alice, bob, "content.put", {"path": "/rw/c.bin", "data": b"abc", "upload": upload,
+                                    "offset": 0, "last": False}, uid=uid), uid) \
+        == {"received": 3}
+    parts = list((alice.data_dir / "uploads").glob("*.part"))
+    assert [p.read_bytes() for p in parts] == [b"abc"]
+    assert (await refused(alice, chunk(4, b"x"))).code == "conflict"
+    assert not list((alice.data_dir / "uploads").glob("*.part"))  # a failed upload is dropped
+    # the whole file is bounded by peer.max_upload at the first chunk that crosses it
+    limit = alice.shared_writes.uploads.max_upload
+    assert (await refused(alice, chunk(limit, b"x"))).code == "too_large"
+    alice.shared_writes.uploads.max_upload = 2
+    try:
+        assert (await refused(alice, chunk(0, b"abc"))).code == "too_large"
+    finally:
+        alice.shared_writes.uploads.max_upload = limit
+    # a sender holds at most MAX_PER_SENDER uploads under way
+    from core.peer.uploads import MAX_PER_SENDER
+    for i in range(MAX_PER_SENDER):
+        await alice.peer.receive(chunk(0, b"a", upload=bytes([i]) * 16))
+    got = await refused(alice, chunk(0, b"a", upload=bytes([99]) * 16))
+    assert got.code == "invalid" and "under way" in got.message
+    for p in (alice.data_dir / "uploads").glob("*.part"):
+        p.unlink()
