@@ -194,6 +194,7 @@ def test_litmus_basic_in_alices_share(trio: dict[str, TwinProcess], tmp_path: Pa
     text = out.stdout + out.stderr
     m = re.search(r"summary for `basic': of (\d+) tests run: (\d+) passed, (\d+) failed", text)
     assert m, text
+    print(m.group(0))  # in the CI log: the counts against another twin's share
     run, passed, failed = map(int, m.groups())
     assert run > 0 and passed == run and failed == 0, text
     assert "WARNING" not in text, text
