@@ -24,7 +24,8 @@ its signature is checked, its own ``peer.max_put`` each chunk and
 ``peer.max_upload`` the file after the ACL said yes: ``too_large``. The
 write is charged to the owner's ``webdav.quota``: over it the refusal is
 ``quota`` (507 at the sender's WebDAV). ``if_match`` (an ETag) makes a put
-or delete conditional: a file changed meanwhile is ``conflict``.
+or delete conditional: a file changed meanwhile is ``precondition_failed``
+(412).
 
 Sender side (``put``, ``put_chunk``, ``delete``, ``mkdir``, ``move``): one
 signed request each through ``Peer.request``, the answer typed before use.
@@ -87,7 +88,8 @@ class SharedWrites:
             raise Invalid("if_match must be an ETag (str)")
         now = await self.service.files.exists(path)
         if now is None or now.etag != want:
-            raise Conflict(f"{path} changed since it was read (ETag {want!r} no longer holds)")
+            raise Conflict(f"{path} changed since it was read (ETag {want!r} no longer holds)",
+                           code="precondition_failed")
 
     # content.put {"path": str, "data": bytes, "if_match": str | None} and, for a file
     # in chunks, {"upload": 16 bytes, "offset": int, "last": bool} (core.peer.uploads)

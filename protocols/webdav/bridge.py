@@ -43,6 +43,7 @@ PEER_STATUS: dict[str, int] = {
     "forbidden": 403,
     "not_found": 404,
     "conflict": 409,
+    "precondition_failed": 412,
     "invalid": 400,
     "too_large": 413,
     "quota": 507,

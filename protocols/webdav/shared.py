@@ -190,6 +190,7 @@ class _Writable(_ReadOnly):
     space: SharedSpace
     twin: str
     entry: ContentEntry
+    environ: dict[str, Any]
 
     def _remote(self, dest_path: str) -> str | None:
         """The other twin's path for a Destination in the same twin's share, else None."""
@@ -200,8 +201,10 @@ class _Writable(_ReadOnly):
 
     # RFC 4918 section 9.6 (DELETE): the owner removes a folder with all it holds
     def delete(self) -> None:
+        # If-Match was checked by wsgidav against the etag we saw; the owner checks it again
+        if_match = self.entry.etag if self.environ.get("HTTP_IF_MATCH") else None
         self.space.write(self.twin, writes.delete(self.space.service.peer, self.twin,
-                                                  self.entry.path))
+                                                  self.entry.path, if_match or None))
 
     def support_recursive_delete(self) -> bool:
         return True

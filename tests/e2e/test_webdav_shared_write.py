@@ -67,7 +67,9 @@ def test_bob_writes_renames_and_deletes_and_alice_sees_it(trio: dict[str, TwinPr
         assert b.request("MKCOL", f"{DOCS}/sub").status_code == 201
         assert b.put(f"{DOCS}/sub/a.bin", content=body).status_code == 201
         assert b.get(f"{DOCS}/sub/a.bin").content == body
-        assert b.put(f"{DOCS}/sub/a.bin", content=body[:10]).status_code == 204  # overwrite
+        r = b.put(f"{DOCS}/sub/a.bin", content=body[:10])  # overwrite
+        assert r.status_code == 204
+        seen = r.headers["etag"]
         assert move(b, bob, f"{DOCS}/sub/a.bin", f"{DOCS}/b.bin") == 201
         assert move(b, bob, f"{DOCS}/sub", f"{DOCS}/folder") == 201
         r = b.request("PROPFIND", f"{DOCS}/", headers={"Depth": "1"})
@@ -80,6 +82,10 @@ def test_bob_writes_renames_and_deletes_and_alice_sees_it(trio: dict[str, TwinPr
         # alice changes it; bob sees the change on his next request
         assert a.put("/dav/docs/b.bin", content=b"from alice").status_code == 204
     with client(bob) as b:
+        assert b.get(f"{DOCS}/b.bin").content == b"from alice"
+        # bob's version is gone: a conditional write of it changes nothing (RFC 9110 13.1.1)
+        r = b.put(f"{DOCS}/b.bin", content=b"stale", headers={"If-Match": seen})
+        assert r.status_code == 412, r.text
         assert b.get(f"{DOCS}/b.bin").content == b"from alice"
         assert b.delete(f"{DOCS}/b.bin").status_code == 204
         assert b.delete(f"{DOCS}/folder").status_code == 204

@@ -195,3 +195,21 @@ async def test_chunks_need_an_id_and_no_gaps_and_are_bounded(shares: Pair) -> No
     assert got.code == "invalid" and "under way" in got.message
     for p in (alice.data_dir / "uploads").glob("*.part"):
         p.unlink()
+
+
+async def test_if_match_that_no_longer_holds_changes_nothing(shares: Pair) -> None:
+    alice, bob = shares
+    if await alice.files.exists("/rw/e") is None:
+        await alice.files.mkdir("/rw/e")
+    etag = (await alice.files.stat("/rw/e")).etag
+    got = await refused(alice, from_bob(alice, bob, "content.delete",
+                                        {"path": "/rw/e", "if_match": etag + "x"}))
+    assert got.code == "precondition_failed" and got.status == 412
+    assert await alice.files.exists("/rw/e") is not None
+    got = await refused(alice, from_bob(alice, bob, "content.delete",
+                                        {"path": "/rw/e", "if_match": 5}))
+    assert got.code == "invalid"
+    uid = env.new_uid()
+    await result(alice, bob, from_bob(alice, bob, "content.delete",
+                                      {"path": "/rw/e", "if_match": etag}, uid=uid), uid)
+    assert await alice.files.exists("/rw/e") is None
