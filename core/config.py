@@ -60,6 +60,7 @@ def _default_backends() -> list[dict[str, str]]:
 
 
 MiB = 1024 * 1024
+PUT_OVERHEAD = 64 * 1024  # an envelope's bytes around a content.put body (keys, path, CBOR)
 
 SCHEMA: tuple[Key, ...] = (
     # -- the twin itself
@@ -248,6 +249,12 @@ SCHEMA: tuple[Key, ...] = (
         minimum=1),
     Key("peer.ttl", int, 3600, "Seconds an envelope we send stays valid.", minimum=10),
     Key("peer.max_envelope", int, 16 * MiB, "Largest envelope body accepted.", minimum=1024),
+    Key("peer.max_put", int, 8 * MiB, "Largest file written into another twin's read-write "
+        "share (one content.put envelope) and taken from one; keep 64 KiB below "
+        "peer.max_envelope.", minimum=0),
+    Key("peer.max_upload", int, 1024 * MiB, "Largest whole file written into another twin's "
+        "read-write share, in peer.max_put chunks, and taken from one (parts are staged "
+        "on disk under uploads/ in the data dir).", minimum=0),
     Key("peer.max_buffered", int, 64 * MiB, "Bytes of peer request bodies held in memory at "
         "once, before their signatures are checked (more: 503, retry).", minimum=1024),
     Key("peer.max_buffered_per_ip", int, 32 * MiB,
@@ -477,6 +484,11 @@ def _check_whole(config: Config) -> None:
         where = _origin(config, "peer.ttl", "peer.max_ttl")
         raise ConfigError(f"'peer.ttl' exceeds 'peer.max_ttl' (from {where}): peers with "
                           "the default limit would refuse this twin's envelopes")
+    if config.int("peer.max_put") + PUT_OVERHEAD > config.int("peer.max_envelope"):
+        where = _origin(config, "peer.max_put", "peer.max_envelope")
+        raise ConfigError(f"'peer.max_put' must stay {PUT_OVERHEAD} bytes below "
+                          f"'peer.max_envelope' (from {where}): the file travels inside one "
+                          "envelope")
     for name in ("smtp.retry_schedule", "peer.retry_schedule"):
         schedule = config.list(name)
         if not schedule or not all(isinstance(s, int | float) and s > 0 for s in schedule):

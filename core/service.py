@@ -49,6 +49,7 @@ from core.outbound import OutboundQueue
 from core.peer import Peer
 from core.peer.content import ContentSource, SharedObjects
 from core.peer.shares import SharedWithMe
+from core.peer.writes import SharedWrites
 from core.routing import KIND as MAIL_KIND
 from core.routing import MailRouter
 from core.users import Throttle, Users
@@ -118,6 +119,7 @@ class Service:
         self.content: ContentSource = self.files  # what other twins may read: the file tree
         self.peer = Peer(self)  # twin-to-twin envelopes; its outbox worker runs in start()
         self.shared_with_me = SharedWithMe(self.db, self.peer)  # share.notify received
+        self.shared_writes = SharedWrites(self)  # content.put|delete|mkdir|move received
         self.outbound = OutboundQueue(self)  # legacy SMTP queue; its worker runs in start()
         self.router = MailRouter(self)  # own domain / other twin / legacy world
 

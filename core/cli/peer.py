@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--with", dest="grantee", required=True,
                    metavar="NAME|circle:CIRCLE|user:LOGIN|public")
     p.add_argument("--rights", default="r", help="r, rw, rws or read,write,share (default r)")
+    p.add_argument("--write", action="store_true",
+                   help="add the write right (as --rights rw): the grantee's twin may put, "
+                        "rename and delete below PATH, charged to this twin's webdav.quota")
     p.add_argument("--until", help="expiry: ISO date or date-time (local time)")
     p.add_argument("--progress", action="store_true",
                    help="with --as: progress on stderr even when it is not a terminal")
@@ -179,8 +182,8 @@ async def share(service: Any, args: argparse.Namespace) -> int:
                             Progress(f"share {args.path}", forced=args.progress))
     else:
         await _check_path(service, path)
-    grant = await service.access.grant(path, args.grantee, parse_rights(args.rights),
-                                       _until(args.until))
+    rights = parse_rights(args.rights) + (("write",) if args.write else ())
+    grant = await service.access.grant(path, args.grantee, rights, _until(args.until))
     print(f"shared {grant.path} with {grant.who} ({','.join(grant.rights)})"
           + (f" until {dt.datetime.fromtimestamp(grant.until).isoformat()}" if grant.until
              else ""))

@@ -38,7 +38,9 @@ STATUS: dict[str, int] = {
     "forbidden": 403,
     "not_found": 404,
     "conflict": 409,
+    "precondition_failed": 412,  # an if_match ETag no longer holds (RFC 9110 section 13.1.1)
     "invalid": 400,
+    "quota": 507,  # a write would take the owner over webdav.quota (RFC 4331 section 5)
     "unavailable": 503,
     "internal": 500,
 }
@@ -46,8 +48,13 @@ STATUS: dict[str, int] = {
 # Refusals that will be the same on every retry: the outbox bounces at once.
 PERMANENT = frozenset({
     "too_large", "unsupported_version", "malformed", "bad_signature", "wrong_recipient",
-    "bad_payload", "unknown_kind", "forbidden", "not_found", "invalid", "conflict",
+    "bad_payload", "unknown_kind", "forbidden", "not_found", "invalid", "conflict", "quota",
+    "precondition_failed",
 })
+
+# Handler errors whose own code says more than their class (QuotaExceeded is an
+# Invalid, an oversized content.put too): the code travels as it is.
+KEPT = frozenset({"quota", "too_large", "precondition_failed"})
 
 # Core's neutral errors -> refusal codes (the one table).
 NEUTRAL: dict[type[TwinError], str] = {
@@ -75,6 +82,8 @@ class Refusal(Exception):
 
     @classmethod
     def from_error(cls, exc: TwinError) -> Refusal:
+        if exc.code in KEPT:
+            return cls(exc.code, str(exc))
         for kind in type(exc).__mro__:
             code = NEUTRAL.get(kind)
             if code is not None:

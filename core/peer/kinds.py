@@ -33,6 +33,10 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("mail.deliver", "a mail message delivered twin to twin (the mail store)"),
     Kind("content.list", "list a directory another twin shared with the sender"),
     Kind("content.get", "read (a range of) an object shared with the sender", stream=True),
+    Kind("content.put", "write a file (whole body, at most peer.max_put) in a read-write share"),
+    Kind("content.delete", "delete a file or folder in a folder shared read-write"),
+    Kind("content.mkdir", "create a folder in a folder shared read-write"),
+    Kind("content.move", "rename or move within what is shared read-write (both paths)"),
     Kind("share.notify", "tell a twin that something was shared with it"),
     Kind("ping", "a no-op round trip (health checks and benchmarks)"),
 )}

@@ -33,7 +33,28 @@ STATUS: dict[type[TwinError], int] = {
 }
 
 
+# Codes that say more than their error's class: an oversized body is an Invalid, and
+# another twin's refusal (PeerRejected, 502 otherwise) names what it refused.
+CODE_STATUS: dict[str, int] = {
+    "too_large": 413,
+    "quota": 507,
+}
+PEER_STATUS: dict[str, int] = {
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "precondition_failed": 412,
+    "invalid": 400,
+    "too_large": 413,
+    "quota": 507,
+}
+
+
 def dav_error(exc: TwinError) -> DAVError:
+    if exc.code in CODE_STATUS and not isinstance(exc, PeerRejected):
+        return DAVError(CODE_STATUS[exc.code], context_info=str(exc))
+    if isinstance(exc, PeerRejected) and exc.code in PEER_STATUS:
+        return DAVError(PEER_STATUS[exc.code], context_info=str(exc))
     for cls in type(exc).__mro__:
         if cls in STATUS:
             return DAVError(STATUS[cls], context_info=str(exc))

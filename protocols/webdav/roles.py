@@ -89,7 +89,7 @@ async def refusal(access: Access, who: Principal, method: str, path: str,
     if method in WALKS:
         return None if not parts or await visible(access, who, path) else 404
     if method in ("COPY", "MOVE"):
-        dest = _dest_path(destination)
+        dest = dest_path(destination)
         if dest is None:
             return 403
         source = (holds(access, who, path, "read") if method == "COPY"
@@ -106,7 +106,7 @@ async def refusal(access: Access, who: Principal, method: str, path: str,
     return 403  # a method this gate does not know: only the owner
 
 
-def _dest_path(destination: str | None) -> str | None:
+def dest_path(destination: str | None) -> str | None:
     """The tree path of a Destination header, as wsgidav reads it (unquote, then parse)."""
     if not destination:
         return None

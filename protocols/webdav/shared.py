@@ -1,11 +1,22 @@
-"""``/dav/shared/<twin>/...``: what other twins shared with us, read-only.
+"""``/dav/shared/<twin>/...``: what other twins shared with us, read and (rw grants) written.
 
 Listings and bytes come from the peer layer (``service.peer.content_list`` and
 ``content_get``), which signs the request and lets the other twin check its
 ACL; ranges are passed through, so seeking in a shared video fetches only
 what is watched. A twin that refuses (no grant, grant revoked) simply shows
-nothing: its folder is 404. Writing into another twin's files is not offered
-(the peer protocol has no write kind yet), so every change here is 403.
+nothing: its folder is 404.
+
+Writes go to the other twin as ``content.put`` (PUT: a body of at most
+``peer.max_put`` bytes sent whole once received, a bigger one in chunks of
+that size as it arrives, up to ``peer.max_upload``), ``content.mkdir`` (MKCOL),
+``content.delete`` (DELETE) and ``content.move`` (MOVE within the same twin's
+share); the owner's ACL decides (``core.peer.writes``) and its refusals come
+back through ``bridge.STATUS``: 403 for a share without the write right, 404
+for a path not shared, 507 over the owner's quota, 413 over ``peer.max_upload``.
+A write into a folder the twin shows us nothing at still goes to it (only
+the owner knows whether it may, and whether the folder exists). COPY,
+PROPPATCH and LOCK are not offered (403). After a write the cached listings
+of that twin are dropped, so the next request sees the change.
 
 ``/shared/`` lists the twins that told us they share something
 (``share.notify``, recorded by ``core.peer.shares.SharedWithMe``) plus those
@@ -17,6 +28,7 @@ notification (grant or revoke) drops the listing cache at once.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +36,12 @@ from wsgidav import util
 from wsgidav.dav_error import DAVError
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 
-from core.errors import Forbidden, NotFound, PeerRejected
-from core.files import join
+from core.errors import Forbidden, Invalid, NotFound, PeerRejected
+from core.files import join, split
+from core.peer import uploads, writes
 from core.peer.content import ContentEntry
 from protocols.webdav.bridge import Bridge
+from protocols.webdav.roles import dest_path
 from protocols.webdav.streams import DownloadReader
 
 if TYPE_CHECKING:
@@ -36,6 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("twin.webdav.shared")
 READ_ONLY = "shared folders are read-only"
+NOT_OFFERED = "not offered in another twin's share"
 LIST_TTL = 5.0
 
 
@@ -86,6 +101,18 @@ class SharedSpace:
         self.seen[twin] = time.time()
         return entries
 
+    def forget(self, twin: str) -> None:
+        """Drop ``twin``'s cached listings: we just changed something there."""
+        for key in [k for k in self._cache if k[0] == twin]:
+            del self._cache[key]
+
+    def write(self, twin: str, coro: Any) -> Any:
+        """Run one write request to ``twin``; its listings are stale afterwards either way."""
+        try:
+            return self.bridge.call(coro)
+        finally:
+            self.forget(twin)
+
     async def _list(self, twin: str, path: str) -> list[ContentEntry]:
         try:
             return list(await self.service.peer.content_list(twin, path))
@@ -99,7 +126,7 @@ class SharedSpace:
         twin, rest = parts[0], parts[1:]
         if not rest:
             if self.listing(twin, "/") is None:
-                return None
+                return self._parent_to_be(parts, environ)
             now = self.seen.get(twin, time.time())
             return SharedFolder(join(("shared", twin)), environ, self, twin,
                                 ContentEntry("/", twin, 0, True, now, ""))
@@ -108,7 +135,7 @@ class SharedSpace:
         if entries is None:
             # A grant on /photos/ need not allow listing /: ask for the folder itself.
             if self.listing(twin, join(rest)) is None:
-                return None
+                return self._parent_to_be(parts, environ)
             return SharedFolder(path, environ, self, twin,
                                 ContentEntry(join(rest), rest[-1], 0, True, time.time(), ""))
         for entry in entries:
@@ -116,7 +143,31 @@ class SharedSpace:
                 if entry.is_dir:
                     return SharedFolder(path, environ, self, twin, entry)
                 return SharedFile(path, environ, self, twin, entry)
-        return None
+        return self._parent_to_be(parts, environ)
+
+    def _parent_to_be(self, parts: tuple[str, ...], environ: dict[str, Any]) -> Any:
+        """The folder a PUT, MKCOL or MOVE writes into, when the twin shows us none there.
+
+        Whether bob may write below a folder he cannot see (and whether it
+        exists) only its owner knows: the request goes to it, and its answer
+        (404 not shared, 409 no such folder, 403) is the client's. Any other
+        request gets None (404), as before.
+        """
+        method = environ.get("REQUEST_METHOD")
+        if method in ("PUT", "MKCOL"):
+            target: str | None = environ.get("PATH_INFO") or "/"
+        elif method == "MOVE":
+            target = dest_path(environ.get("HTTP_DESTINATION"))
+        else:
+            return None
+        try:
+            if target is None or split(target)[:-1] != ("shared", *parts):
+                return None
+        except Invalid:
+            return None
+        twin, rest = parts[0], parts[1:]
+        entry = ContentEntry(join(rest), rest[-1] if rest else twin, 0, True, time.time(), "")
+        return SharedFolder(join(("shared", *parts)), environ, self, twin, entry)
 
 
 class _ReadOnly:
@@ -131,6 +182,46 @@ class _ReadOnly:
 
     def prevent_locking(self) -> bool:
         return True
+
+
+class _Writable(_ReadOnly):
+    """DELETE and MOVE of a file or folder in another twin's share (its ACL decides)."""
+
+    space: SharedSpace
+    twin: str
+    entry: ContentEntry
+    environ: dict[str, Any]
+
+    def _remote(self, dest_path: str) -> str | None:
+        """The other twin's path for a Destination in the same twin's share, else None."""
+        parts = split(dest_path)
+        if len(parts) < 3 or parts[0] != "shared" or parts[1] != self.twin:
+            return None
+        return join(parts[2:])
+
+    # RFC 4918 section 9.6 (DELETE): the owner removes a folder with all it holds
+    def delete(self) -> None:
+        # If-Match was checked by wsgidav against the etag we saw; the owner checks it again
+        if_match = self.entry.etag if self.environ.get("HTTP_IF_MATCH") else None
+        self.space.write(self.twin, writes.delete(self.space.service.peer, self.twin,
+                                                  self.entry.path, if_match or None))
+
+    def support_recursive_delete(self) -> bool:
+        return True
+
+    # RFC 4918 section 9.9 (MOVE): one content.move, files and folders alike
+    def support_recursive_move(self, dest_path: str) -> bool:
+        return self._remote(dest_path) is not None
+
+    def move_recursive(self, dest_path: str) -> None:
+        dest = self._remote(dest_path)
+        if dest is None:
+            raise DAVError(403, context_info="moves leave no twin's share")
+        self.space.write(self.twin, writes.move(self.space.service.peer, self.twin,
+                                                self.entry.path, dest, overwrite=True))
+
+    def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
+        raise DAVError(403, context_info=f"COPY: {NOT_OFFERED}")
 
 
 class SharedRoot(_ReadOnly, DAVCollection):  # type: ignore[misc]
@@ -168,7 +259,7 @@ class SharedRoot(_ReadOnly, DAVCollection):  # type: ignore[misc]
         raise DAVError(403, context_info=READ_ONLY)
 
 
-class SharedFolder(_ReadOnly, DAVCollection):  # type: ignore[misc]
+class SharedFolder(_Writable, DAVCollection):  # type: ignore[misc]
     def __init__(self, path: str, environ: dict[str, Any], space: SharedSpace, twin: str,
                  entry: ContentEntry) -> None:
         super().__init__(path, environ)
@@ -205,18 +296,29 @@ class SharedFolder(_ReadOnly, DAVCollection):  # type: ignore[misc]
                 return cls(path, self.environ, self.space, self.twin, e)
         return None
 
-    def create_empty_resource(self, name: str) -> Any:
-        raise DAVError(403, context_info=READ_ONLY)
+    # RFC 4918 section 9.7.1 (PUT of a new file): nothing is sent before the body is whole
+    def create_empty_resource(self, name: str) -> SharedFile:
+        path = join((*split(self.entry.path), name))
+        entry = ContentEntry(path, name, 0, False, time.time(), "")
+        return SharedFile(util.join_uri(self.path, name), self.environ, self.space, self.twin,
+                          entry, fresh=True)
 
-    def create_collection(self, name: str) -> Any:
-        raise DAVError(403, context_info=READ_ONLY)
+    # RFC 4918 section 9.3 (MKCOL)
+    def create_collection(self, name: str) -> SharedFolder:
+        path = join((*split(self.entry.path), name))
+        entry = self.space.write(self.twin, writes.mkdir(self.space.service.peer, self.twin,
+                                                         path))
+        return SharedFolder(util.join_uri(self.path, name), self.environ, self.space,
+                            self.twin, entry)
 
 
-class SharedFile(_ReadOnly, DAVNonCollection):  # type: ignore[misc]
+class SharedFile(_Writable, DAVNonCollection):  # type: ignore[misc]
     def __init__(self, path: str, environ: dict[str, Any], space: SharedSpace, twin: str,
-                 entry: ContentEntry) -> None:
+                 entry: ContentEntry, *, fresh: bool = False) -> None:
         super().__init__(path, environ)
         self.space, self.twin, self.entry = space, twin, entry
+        self.fresh = fresh  # made by create_empty_resource: not on the other twin yet
+        self._body: PutBody | None = None
 
     def get_content_length(self) -> int:
         return self.entry.size
@@ -250,7 +352,70 @@ class SharedFile(_ReadOnly, DAVNonCollection):  # type: ignore[misc]
 
         return DownloadReader(self.space.bridge, opener, range_end(self.environ, self.entry.size))
 
-    def begin_write(self, *, content_type: str | None = None) -> Any:
-        raise DAVError(403, context_info=READ_ONLY)
+    # RFC 4918 section 9.7 (PUT): sent whole, or (over peer.max_put) chunk by chunk
+    def begin_write(self, *, content_type: str | None = None) -> PutBody:
+        conf = self.space.service.config
+        limit = conf.int("peer.max_upload")
+        declared = util.get_content_length(self.environ)
+        if declared and declared > limit:  # refused before a byte of the body is read
+            raise DAVError(413, context_info=f"over peer.max_upload ({limit} bytes)")
+        # If-Match was checked by wsgidav against the etag we saw; the owner checks it again
+        if_match = self.entry.etag if self.environ.get("HTTP_IF_MATCH") and not self.fresh \
+            and self.entry.etag else None
+        self._body = PutBody(self, conf.int("peer.max_put"), limit, if_match)
+        return self._body
+
+    def end_write(self, *, with_errors: bool) -> None:
+        body = self._body
+        if not with_errors and body is not None and body.result is not None:
+            self.entry = body.result
 
 
+class PutBody:
+    """The file-like wsgidav writes a PUT body into.
+
+    Up to ``peer.max_put`` bytes are held and sent at ``close`` as one
+    content.put; a bigger body goes out in chunks of that size as it arrives
+    (``writes.put_chunk``), so at most one chunk is held per PUT.
+    """
+
+    def __init__(self, target: SharedFile, chunk: int, limit: int, if_match: str | None
+                 ) -> None:
+        self.target, self.chunk, self.limit, self.if_match = target, chunk, limit, if_match
+        self.parts: list[bytes] = []
+        self.held = 0  # bytes in parts
+        self.sent = 0  # bytes already sent as chunks
+        self.upload: bytes | None = None
+        self.result: ContentEntry | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.sent + self.held + len(data) > self.limit:
+            self.parts.clear()
+            raise DAVError(413, context_info=f"over peer.max_upload ({self.limit} bytes)")
+        self.parts.append(bytes(data))
+        self.held += len(data)
+        while self.held > self.chunk:  # more than one chunk: the file goes in chunks
+            blob = b"".join(self.parts)
+            self.parts, self.held = [blob[self.chunk:]], len(blob) - self.chunk
+            self._send(blob[:self.chunk], last=False)
+
+    def _send(self, data: bytes, *, last: bool) -> None:
+        t = self.target
+        if self.upload is None:
+            self.upload = os.urandom(uploads.ID_LEN)
+        entry = t.space.write(t.twin, writes.put_chunk(
+            t.space.service.peer, t.twin, t.entry.path, self.upload, self.sent, data,
+            last=last, if_match=self.if_match))
+        self.sent += len(data)
+        if last:
+            self.result = entry
+
+    def close(self) -> None:
+        t = self.target
+        data = b"".join(self.parts)
+        self.parts, self.held = [], 0
+        if self.upload is not None:
+            self._send(data, last=True)
+            return
+        self.result = t.space.write(t.twin, writes.put(t.space.service.peer, t.twin,
+                                                       t.entry.path, data, self.if_match))

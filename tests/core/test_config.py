@@ -68,6 +68,12 @@ def test_rules_across_keys(tmp_path: Path) -> None:
     write(tmp_path, "[storage]\nn = 8\n")
     with pytest.raises(ConfigError, match="lists 6 backends"):
         cfg.load(tmp_path, environ={})
+    # a content.put chunk travels inside one envelope: it must fit with room to spare
+    write(tmp_path, "[peer]\nmax_envelope = 1048576\nmax_put = 1048576\n")
+    with pytest.raises(ConfigError, match=r"'peer\.max_put'.*below 'peer\.max_envelope'"):
+        cfg.load(tmp_path, environ={})
+    write(tmp_path, "[peer]\nmax_envelope = 1048576\nmax_put = 983040\n")
+    assert cfg.load(tmp_path, environ={}).int("peer.max_put") == 983040
 
 
 def test_broken_toml_names_the_file(tmp_path: Path) -> None:
