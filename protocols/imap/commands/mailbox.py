@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from core.errors import NotFound
 from core.mail import DELIM, Mailbox
 from core.mail.store import check_name, parse_flags
-from protocols.imap import binary, render
+from protocols.imap import binary, catenate, render
 from protocols.imap.commands import AUTH, SELECTED, args, command
 from protocols.imap.errors import Bad, ImapError, No
 from protocols.imap.parser import Atom, Token
@@ -419,26 +419,35 @@ def _append_options(a: list[Token], utf8: bool) -> tuple[list[str], float | None
 
 
 # RFC 3501 §6.3.11 APPEND; RFC 3502 MULTIAPPEND; RFC 4315 APPENDUID; RFC 7889 APPENDLIMIT;
-# RFC 6855 §4 UTF8
+# RFC 6855 §4 UTF8; RFC 4469 §5 CATENATE
 @command("APPEND", AUTH, SELECTED)
 async def append(s: Session, cmd: Command) -> str | None:
     """One message or several (MULTIAPPEND), all or none.
 
     Each message is streamed into the store as it arrives; if a later one
     fails, the ones already stored are expunged again before the NO, so the
-    command appends nothing (RFC 3502 §6.3.11).
+    command appends nothing (RFC 3502 §6.3.11). From the first CATENATE on,
+    the parser has read the rest of the command whole (``cmd.message`` is
+    None) and its messages are built from the tokens (``catenate``).
     """
-    if cmd.message is None:
-        raise Bad("APPEND needs a message literal")
     a: list[Token] | None = list(cmd.args)
     assert a is not None
     if not a or (len(a) == 1 and isinstance(a[0], Atom) and a[0].upper() == "UTF8"):
         raise Bad("APPEND needs a mailbox")
     name = args.mailbox(s, a.pop(0))
+    if cmd.message is None and not a:
+        raise Bad("APPEND needs a message literal")
     done: list[int] = []
     validity = 0
     try:
         while a is not None:
+            if cmd.message is None:  # RFC 4469: CATENATE (and what follows it), read whole
+                if not done:
+                    await _need_mailbox(s, name)  # TRYCREATE before any URL is looked at
+                while a:
+                    validity, uid = await _append_buffered(s, name, catenate.take(a))
+                    done.append(uid)
+                break
             literal8 = cmd.message.utf8 and not (
                 a and isinstance(a[-1], Atom) and a[-1].upper() == "UTF8")
             flags, date = _append_options(a, cmd.message.utf8)
@@ -449,12 +458,7 @@ async def append(s: Session, cmd: Command) -> str | None:
             if literal8:  # RFC 3516 §4.3: binary parts are stored base64-encoded
                 whole = b"".join([c async for c in chunks])
                 chunks = _one_chunk(await asyncio.to_thread(binary.to_7bit, whole))
-            try:  # append looks the mailbox up before it reads a byte of the message
-                validity, uid = await s.mail.append(s.user, name, chunks,
-                                                    flags=flags, internal_date=date,
-                                                    max_size=s.max_literal)
-            except NotFound as exc:
-                raise No(f"no mailbox {name}", "TRYCREATE") from exc
+            validity, uid = await _store(s, name, chunks, flags, date)
             done.append(uid)
             a = await s.cmd_reader.next_message(cmd)
     except BaseException:
@@ -462,6 +466,35 @@ async def append(s: Session, cmd: Command) -> str | None:
             await _unappend(s, name, done)
         raise
     return f"[APPENDUID {validity} {compress(done)}] APPEND completed"
+
+
+async def _store(s: Session, name: str, chunks: AsyncIterator[bytes], flags: list[str],
+                 date: float | None) -> tuple[int, int]:
+    try:  # append looks the mailbox up before it reads a byte of the message
+        return await s.mail.append(s.user, name, chunks, flags=flags, internal_date=date,
+                                   max_size=s.max_literal)
+    except NotFound as exc:
+        raise No(f"no mailbox {name}", "TRYCREATE") from exc
+
+
+async def _need_mailbox(s: Session, name: str) -> None:
+    try:
+        await s.mail.mailbox(s.user, name)
+    except NotFound as exc:
+        raise No(f"no mailbox {name}", "TRYCREATE") from exc
+
+
+async def _append_buffered(s: Session, name: str, msg: catenate.Buffered) -> tuple[int, int]:
+    """One message read whole: built from CATENATE parts, or a plain literal."""
+    flags, date = _append_options(list(msg.options), False)
+    if msg.parts is not None:
+        data = await catenate.build(s, msg.parts, s.max_literal)
+    else:
+        assert msg.literal is not None
+        data = msg.literal.raw()
+        if len(data) > s.max_literal:
+            raise No(f"message larger than the APPENDLIMIT of {s.max_literal} bytes", "TOOBIG")
+    return await _store(s, name, _one_chunk(data), flags, date)
 
 
 async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
