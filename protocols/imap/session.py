@@ -22,7 +22,7 @@ from core.errors import TwinError
 from core.limits import Slot
 from core.net import is_loopback
 from protocols.imap import commands
-from protocols.imap.commands import AUTH, NOT_AUTH, SELECTED
+from protocols.imap.commands import AUTH, NOT_AUTH, SELECTED, updates
 from protocols.imap.errors import Bad, ImapError, No, from_core
 from protocols.imap.parser import Command, CommandReader, FatalParseError, ParseError
 from protocols.imap.selected import Selected
@@ -97,7 +97,7 @@ class Session:
                  f"APPENDLIMIT={self.max_literal}", "STATUS=SIZE", "ESEARCH", "SEARCHRES",
                  "MULTIAPPEND", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
                  "THREAD=REFERENCES", "ESORT", "WITHIN",
-                 "BINARY", "CATENATE"]
+                 "BINARY", "CATENATE", "CONTEXT=SEARCH", "CONTEXT=SORT"]
         if self.mail.quota_bytes:  # RFC 9208 §3.1: a QUOTA answer names a resource
             caps += ["QUOTA", "QUOTA=RES-STORAGE"]
         return caps
@@ -213,6 +213,7 @@ class Session:
             if text == commands.ANSWERED:
                 return
             self.sync(expunge_ok=cmd.uid or cmd.name not in NO_EXPUNGE_AFTER)
+            await updates.refresh(self)
             if self.closing and cmd.name == "LOGOUT":
                 self.line(f"{cmd.tag} OK LOGOUT completed".encode())
                 return
@@ -254,6 +255,9 @@ class Session:
         else:
             changes = sel.watch.take()
         if changes or (expunge_ok and sel.held):
+            if sel.updates and expunge_ok:  # RFC 5267 §4.3: REMOVEFROM before EXPUNGE
+                for data in updates.before_expunge(sel, changes):
+                    self.line(data)
             for data in sel.apply(changes, expunge_ok=expunge_ok, condstore=self.condstore,
                                   qresync=self.qresync):
                 self.line(data)

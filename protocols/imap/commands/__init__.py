@@ -51,5 +51,6 @@ def load() -> dict[str, Spec]:
         message,
         search,
         sort,
+        updates,
     )
     return COMMANDS

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
-from protocols.imap.commands import AUTH, SELECTED, args, command
+from protocols.imap.commands import AUTH, SELECTED, args, command, updates
 from protocols.imap.errors import Bad
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ async def idle(s: Session, cmd: Command) -> str | None:
                 wake.cancel()
             if sel is not None:
                 s.sync(expunge_ok=True)
+                await updates.refresh(s)  # RFC 5267 §4.2: updates while idling too
                 await s.flush()
             if done in finished:
                 line = done.result()
