@@ -97,7 +97,8 @@ class Session:
                  f"APPENDLIMIT={self.max_literal}", "STATUS=SIZE", "ESEARCH", "SEARCHRES",
                  "MULTIAPPEND", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
                  "THREAD=REFERENCES", "ESORT", "WITHIN",
-                 "BINARY", "CATENATE", "CONTEXT=SEARCH", "CONTEXT=SORT"]
+                 "BINARY", "CATENATE", "CONTEXT=SEARCH", "CONTEXT=SORT",
+                 "PREVIEW"]
         if self.mail.quota_bytes:  # RFC 9208 §3.1: a QUOTA answer names a resource
             caps += ["QUOTA", "QUOTA=RES-STORAGE"]
         return caps

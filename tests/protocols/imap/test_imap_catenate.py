@@ -20,6 +20,7 @@ HOSTS = frozenset({"alice.localhost"})
 
 def login(acc: Account) -> Raw:
     r = Raw(acc.port)
+    r.sock.settimeout(30)  # a loaded CI machine: answers are checked, not their speed
     r.send(f'l LOGIN "{acc.login}" "{acc.password}"\r\n'.encode())
     assert r.until(b"l")[-1].startswith(b"l OK")
     return r
