@@ -84,6 +84,7 @@ class Selected:
         self.keywords: set[str] = set(snap.keywords)
         self.saved: list[int] = []  # RFC 5182 SEARCHRES: the uids ``$`` names
         self.updates: list[Update] = []  # RFC 5267 §4.2: searches kept up to date
+        self.no_recent = False  # IMAP4rev2 (RFC 9051 Appendix E): no \Recent at all
 
     # -- numbers
 
@@ -163,7 +164,7 @@ class Selected:
                         self.uids.append(uid)
                         self.flag_list.append(change.flags)
                         self.modseq_list.append(change.modseq)
-                        if uid in self.watch.recent:
+                        if uid in self.watch.recent and not self.no_recent:
                             self.recent.add(uid)
                 yield from self.announce(change.flags)
                 self.highestmodseq = max(self.highestmodseq, change.modseq)

@@ -86,7 +86,8 @@ class Session:
                                       configured=self.service.config.bool("listen.plaintext_auth"))
 
     def capabilities(self) -> list[str]:
-        caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE"]
+        caps = ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE",
+                "NAMESPACE"]
         if self.state == NOT_AUTH:
             if not self.tls and self.server.tls_context is not None:
                 caps.append("STARTTLS")
@@ -122,7 +123,8 @@ class Session:
 
     @property
     def utf8(self) -> bool:
-        return "UTF8=ACCEPT" in self.enabled
+        """UTF-8 mailbox names and strings: UTF8=ACCEPT, or IMAP4rev2 (RFC 9051 §5.1)."""
+        return "UTF8=ACCEPT" in self.enabled or "IMAP4rev2" in self.enabled
 
     # -- output
 

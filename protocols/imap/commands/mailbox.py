@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from core.errors import NotFound
 from core.mail import DELIM, Mailbox
 from core.mail.store import check_name, parse_flags
-from protocols.imap import binary, catenate, render
+from protocols.imap import binary, catenate, render, rev2
 from protocols.imap.commands import AUTH, SELECTED, args, command
 from protocols.imap.errors import Bad, ImapError, No
 from protocols.imap.parser import Atom, Token
@@ -64,9 +64,10 @@ async def _open(s: Session, cmd: Command, *, read_only: bool) -> str | None:
     finally:
         if s.selected is not None:
             s.close_selected()
-            if s.condstore:
+            if s.condstore or rev2.enabled(s):
                 s.untagged("OK [CLOSED] previous mailbox closed")
     sel = Selected(snap, watch, read_only)
+    rev2.on_select(s, sel, name)
     flags = render.flags([*SYSTEM_FLAGS, *sorted(snap.keywords)])
     s.untagged(b"FLAGS " + flags)
     if read_only:
@@ -74,7 +75,8 @@ async def _open(s: Session, cmd: Command, *, read_only: bool) -> str | None:
     else:
         s.untagged(b"OK [PERMANENTFLAGS " + flags[:-1] + b" \\*)] flags permitted")
     s.untagged(b"%d EXISTS" % len(sel.uids))
-    s.untagged(b"%d RECENT" % len(sel.recent))
+    if not rev2.enabled(s):
+        s.untagged(b"%d RECENT" % len(sel.recent))
     first_unseen = snap.first_unseen()
     if first_unseen:
         s.untagged(b"OK [UNSEEN %d] first unseen" % first_unseen)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from core.mail import Meta
 from core.mail.mime import parse_headers
-from protocols.imap import addresses, render, returns
+from protocols.imap import addresses, render, returns, rev2
 from protocols.imap.commands import SELECTED, args, command
 from protocols.imap.errors import Bad, ImapError, No
 from protocols.imap.parser import Atom, Token
@@ -415,6 +415,7 @@ def _saved(opts: frozenset[str], uids: list[int]) -> list[int]:
 async def search(s: Session, cmd: Command) -> str | None:
     sel = s.need_selected()
     ret, tokens = returns.parse(list(cmd.args))
+    ret = rev2.search_return(s, ret)  # RFC 9051 §6.4.4: ESEARCH, never SEARCH
     opts = ret.opts if ret is not None else None
     from protocols.imap.commands import updates  # it runs searches: imported late
 
