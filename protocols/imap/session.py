@@ -22,7 +22,7 @@ from core.errors import TwinError
 from core.limits import Slot
 from core.net import is_loopback
 from protocols.imap import commands
-from protocols.imap.commands import AUTH, NOT_AUTH, SELECTED, updates
+from protocols.imap.commands import AUTH, NOT_AUTH, SELECTED, notify, updates
 from protocols.imap.errors import Bad, ImapError, No, from_core
 from protocols.imap.parser import Command, CommandReader, FatalParseError, ParseError
 from protocols.imap.selected import Selected
@@ -62,6 +62,7 @@ class Session:
         self.login: str | None = None
         self.selected: Selected | None = None
         self.enabled: set[str] = set()
+        self.notify: notify.Notifier | None = None  # RFC 5465 NOTIFY SET
         self.out = bytearray()
         self.flushes = 0  # writes so far: a handler can tell whether its output left yet
         self.closing = False
@@ -99,7 +100,7 @@ class Session:
                  "MULTIAPPEND", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
                  "THREAD=REFERENCES", "ESORT", "WITHIN",
                  "BINARY", "CATENATE", "CONTEXT=SEARCH", "CONTEXT=SORT",
-                 "PREVIEW"]
+                 "PREVIEW", "NOTIFY"]
         if self.mail.quota_bytes:  # RFC 9208 §3.1: a QUOTA answer names a resource
             caps += ["QUOTA", "QUOTA=RES-STORAGE"]
         return caps
@@ -181,7 +182,7 @@ class Session:
                     # RFC 3501 §5.4 asks 30 minutes of a logged-in session only; before
                     # login a silent connection holds a slot for imap.login_timeout
                     wait = self.autologout if self.login else self.login_timeout
-                    cmd = await asyncio.wait_for(self.cmd_reader.read(), wait)
+                    cmd = await notify.read_command(self, wait)
                 except TimeoutError:
                     self.untagged("BYE autologout: idle for too long")
                     break
@@ -201,6 +202,7 @@ class Session:
         except ssl.SSLError as exc:
             log.info("TLS error from %s: %s", self.peer, exc)
         finally:
+            notify.stop(self)
             self.close_selected()
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.flush()
@@ -217,6 +219,7 @@ class Session:
                 return
             self.sync(expunge_ok=cmd.uid or cmd.name not in NO_EXPUNGE_AFTER)
             await updates.refresh(self)
+            await notify.push(self)
             if self.closing and cmd.name == "LOGOUT":
                 self.line(f"{cmd.tag} OK LOGOUT completed".encode())
                 return

@@ -49,6 +49,7 @@ def load() -> dict[str, Spec]:
         idle,
         mailbox,
         message,
+        notify,
         search,
         sort,
         updates,

@@ -12,7 +12,7 @@ from core.errors import NotFound
 from core.mail import DELIM, Mailbox
 from core.mail.store import check_name, parse_flags
 from protocols.imap import binary, catenate, render, rev2
-from protocols.imap.commands import AUTH, SELECTED, args, command
+from protocols.imap.commands import AUTH, SELECTED, args, command, notify
 from protocols.imap.errors import Bad, ImapError, No
 from protocols.imap.parser import Atom, Token
 from protocols.imap.selected import SYSTEM_FLAGS, Selected, compress
@@ -146,6 +146,7 @@ async def create(s: Session, cmd: Command) -> str | None:
     if name == "INBOX":
         raise No("INBOX exists", "ALREADYEXISTS")
     await s.mail.create_mailbox(s.user, name, special)
+    await notify.mailbox_event(s, "MailboxName", name)  # RFC 5465 §5.4
     return None
 
 
@@ -153,7 +154,9 @@ async def create(s: Session, cmd: Command) -> str | None:
 @command("DELETE", AUTH, SELECTED)
 async def delete(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 1, 1)
-    await s.mail.delete_mailbox(s.user, args.mailbox(s, cmd.args[0]))
+    name = args.mailbox(s, cmd.args[0])
+    await s.mail.delete_mailbox(s.user, name)
+    await notify.mailbox_event(s, "MailboxName", name, gone=True)  # RFC 5465 §5.4
     return None
 
 
@@ -161,8 +164,9 @@ async def delete(s: Session, cmd: Command) -> str | None:
 @command("RENAME", AUTH, SELECTED)
 async def rename(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 2, 2)
-    await s.mail.rename_mailbox(s.user, args.mailbox(s, cmd.args[0]),
-                                args.mailbox(s, cmd.args[1]))
+    old, new = args.mailbox(s, cmd.args[0]), args.mailbox(s, cmd.args[1])
+    await s.mail.rename_mailbox(s.user, old, new)
+    await notify.mailbox_event(s, "MailboxName", new, old=old)  # RFC 5465 §5.4
     return None
 
 
@@ -172,6 +176,7 @@ async def subscribe(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 1, 1)
     name = check_name(args.mailbox(s, cmd.args[0]))
     await s.mail.subscriptions.change(s.user, name, True)
+    await notify.mailbox_event(s, "SubscriptionChange", name, subscribed=True)  # §5.5
     return None
 
 
@@ -180,6 +185,7 @@ async def unsubscribe(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 1, 1)
     name = check_name(args.mailbox(s, cmd.args[0]))
     await s.mail.subscriptions.change(s.user, name, False)
+    await notify.mailbox_event(s, "SubscriptionChange", name, subscribed=False)  # §5.5
     return None
 
 

@@ -26,7 +26,6 @@ from tests.twins import TwinProcess
 # Groups skipped for a capability not implemented yet. URLAUTH stays out for good.
 NOT_YET = frozenset({
     "urlauth", "urlauth-binary", "urlauth2",
-    "notify",
 })
 SETS = ["imap.max_sessions_per_user=100"]
 
