@@ -1050,8 +1050,12 @@ class MailStore:
                   rows: Sequence[Row]) -> None:
         """Tell live sessions of rows ``_insert_rows`` added (uids and modseqs from
         ``uid`` and ``modseq`` on), and cache their metadata if one has the mailbox open."""
-        if target not in self._indexes:
-            return  # nobody has it open: nothing to tell, nobody to FETCH soon
+        if target not in self._indexes:  # nobody has it open: nobody to FETCH soon
+            if rows:  # but IMAP NOTIFY may watch it (RFC 5465 MessageNew)
+                news = Change("exists", tuple(range(uid, uid + len(rows))), modseq=modseq)
+                for observe in list(self.observers):
+                    observe(target, news)
+            return
         for k, (ref, header, structure, size, date, flags) in enumerate(rows):
             self.metas.put((target, uidvalidity, uid + k),
                            Fixed(ref, size, date, header, json.loads(structure)))
