@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.mail import DELIM, Change, Mailbox
 from protocols.imap import render
-from protocols.imap.commands import AUTH, SELECTED, args, command
+from protocols.imap.commands import AUTH, SELECTED, args, command, updates
 from protocols.imap.errors import Bad, No
 from protocols.imap.parser import Atom, Command, Token
 
@@ -264,6 +264,7 @@ async def push(s: Session) -> None:
     if sel is not None and group is not None:
         last = sel.uids[-1] if sel.uids else 0
         s.sync(expunge_ok=group.filter == "SELECTED")
+        await updates.refresh(s)
         fresh = [u for u in sel.uids[-MAX_NAMES:] if u > last]
         if fresh and group.fetch is not None and "MessageNew" in group.events:
             from protocols.imap.commands.fetch import fetch
