@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from protocols.imap import addresses, render, returns, threads
+from protocols.imap import addresses, returns, threads
 from protocols.imap.commands import SELECTED, args, command
 from protocols.imap.commands.search import (
     Msg,
@@ -191,9 +191,11 @@ async def sort(s: Session, cmd: Command) -> str | None:
         sel.saved = sorted(m.uid for m in ordered)
     if opts - {"SAVE"}:  # MIN and MAX are the first and last in sort order
         s.untagged(esearch_line(cmd.tag, cmd.uid, opts, nums, None, ret.partial))
-    if "UPDATE" in opts:  # RFC 5267 §4.2 allows refusing: only SEARCH results are kept
-        s.untagged(b"NO [NOUPDATE " + render.string(cmd.tag) + b"] SORT results are "
-                   b"not kept up to date")
+    if "UPDATE" in opts:  # RFC 5267 §4.2: changes to this sorted result follow, unasked
+        from protocols.imap.commands import updates  # it imports this module
+
+        if updates.may_add(s, cmd.tag, ret, sort=True):
+            updates.add_sorted(s, sel, cmd.tag, cmd.uid, a[2:], keys, [m.uid for m in ordered])
     return None
 
 

@@ -1,4 +1,5 @@
-"""CONTEXT=SEARCH updates (RFC 5267 §4.2, §4.3): ``RETURN (UPDATE)`` and CANCELUPDATE.
+"""CONTEXT=SEARCH / CONTEXT=SORT updates (RFC 5267 §4.2, §4.3): ``RETURN (UPDATE)``
+and CANCELUPDATE.
 
 A SEARCH with ``RETURN (UPDATE)`` leaves an ``Update`` on the selected
 mailbox: its program and its current result (uids). After each command, and
@@ -12,13 +13,18 @@ goes out as ``* ESEARCH (TAG "t") REMOVEFROM (0 set) ADDTO (0 set)``
 leave the result *before* their EXPUNGE (``before_expunge``), while their
 sequence numbers still mean them (§4.3).
 
-At most ``MAX_UPDATES`` per session; beyond that, and for what is not offered
-(PARTIAL with UPDATE, SORT with UPDATE), the search still answers and an
+A SORT with ``RETURN (UPDATE)`` keeps its result in sort order and is
+sorted whole again when the mailbox changed; its REMOVEFROM / ADDTO carry
+``position number`` pairs (§4.3) instead of position 0.
+
+At most ``MAX_UPDATES`` per session (``MAX_SORTED`` of them SORTs); beyond
+that, and for PARTIAL with UPDATE, the command still answers and an
 untagged ``NO [NOUPDATE "tag"]`` says no updates will follow.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,6 +32,7 @@ from core.mail import Change
 from protocols.imap import render
 from protocols.imap.commands import SELECTED, args, command
 from protocols.imap.commands.search import Compiler, run_search
+from protocols.imap.commands.sort import SortKey, matches, sort_messages
 from protocols.imap.errors import Bad, ImapError
 from protocols.imap.parser import Token
 from protocols.imap.returns import Return
@@ -37,6 +44,7 @@ if TYPE_CHECKING:
     from protocols.imap.session import Session
 
 MAX_UPDATES = 16
+MAX_SORTED = 4  # a SORT context is sorted whole again on each change: fewer of them
 
 
 @dataclass
@@ -49,6 +57,8 @@ class Update:
     mark: tuple[int, int, int]
     seen_modseq: int
     last_uid: int
+    keys: list[SortKey] | None = None  # a SORT context (§4.3: positions matter)
+    order: list[int] | None = None  # its result in sort order
 
 
 def _mark(sel: Selected) -> tuple[int, int, int]:
@@ -64,14 +74,43 @@ def _refuse(s: Session, tag: str, why: str) -> bool:
     return False
 
 
-def may_add(s: Session, tag: str, ret: Return) -> bool:
-    """Can this SEARCH leave an update context? If not, say so (and search anyway)."""
+def may_add(s: Session, tag: str, ret: Return, *, sort: bool = False) -> bool:
+    """Can this SEARCH / SORT leave an update context? If not, say so (and answer
+    the command anyway)."""
     sel = s.need_selected()
     if ret.partial is not None:
         return _refuse(s, tag, "no updates for a PARTIAL result")
-    if len([u for u in sel.updates if u.tag != tag]) >= MAX_UPDATES:
-        return _refuse(s, tag, f"at most {MAX_UPDATES} searches are kept up to date")
+    others = [u for u in sel.updates if u.tag != tag]
+    if len(others) >= MAX_UPDATES:
+        return _refuse(s, tag, f"at most {MAX_UPDATES} results are kept up to date")
+    if sort and len([u for u in others if u.keys is not None]) >= MAX_SORTED:
+        return _refuse(s, tag, f"at most {MAX_SORTED} SORT results are kept up to date")
     return True
+
+
+def add_sorted(s: Session, sel: Selected, tag: str, uid: bool, tokens: list[Token],
+               keys: list[SortKey], order: list[int]) -> None:
+    """A SORT context: its result is kept in sort order, so changes carry positions."""
+    sel.updates[:] = [u for u in sel.updates if u.tag != tag]
+    sel.updates.append(Update(tag, uid, tokens, False, set(order), _mark(sel),
+                              sel.highestmodseq, sel.uids[-1] if sel.uids else 0,
+                              keys, list(order)))
+
+
+def _pairs(sel: Selected, upd: Update, pairs: list[tuple[int, int]]) -> bytes:
+    """``position number`` pairs (§4.3 ``context-position SP sequence-set``)."""
+    return b" ".join(b"%d %d" % (pos, u if upd.uid else sel.seq_of(u)) for pos, u in pairs)
+
+
+def _removals(order: list[int], leaving: set[int]) -> list[tuple[int, int]]:
+    """Each leaving uid with its position in the list as the removals before it left it."""
+    out, kept = [], 0
+    for u in order:
+        if u in leaving:
+            out.append((kept + 1, u))
+        else:
+            kept += 1
+    return out
 
 
 def add(s: Session, sel: Selected, tag: str, uid: bool, tokens: list[Token],
@@ -96,11 +135,24 @@ def before_expunge(sel: Selected, changes: list[Change]) -> list[bytes]:
     out = []
     for upd in sel.updates:
         leaving = sorted(u for u in upd.result & gone if sel.pos(u) >= 0)
-        if leaving:
-            upd.result.difference_update(leaving)
+        if not leaving:
+            continue
+        upd.result.difference_update(leaving)
+        if upd.order is not None:
+            pairs = _removals(upd.order, set(leaving))
+            upd.order = [u for u in upd.order if u in upd.result]
+            out.append(b"* " + _head(upd.tag, upd.uid) + b" REMOVEFROM ("
+                       + _pairs(sel, upd, pairs) + b")")
+        else:
             out.append(b"* " + _head(upd.tag, upd.uid) + b" REMOVEFROM (0 "
                        + _nums(sel, upd, leaving) + b")")
     return out
+
+
+async def _sorted(s: Session, sel: Selected, upd: Update) -> list[int]:
+    assert upd.keys is not None
+    msgs = await matches(s, sel, upd.tokens)
+    return [m.uid for m in await asyncio.to_thread(sort_messages, msgs, upd.keys)]
 
 
 async def _evaluate(s: Session, sel: Selected, upd: Update) -> set[int]:
@@ -124,6 +176,9 @@ async def refresh(s: Session) -> None:
         if upd.mark == mark:
             continue
         try:
+            if upd.order is not None:
+                await _refresh_sorted(s, sel, upd, mark)
+                continue
             now = await _evaluate(s, sel, upd)
         except ImapError as exc:  # too costly now (NO [LIMIT]): stop keeping it
             sel.updates.remove(upd)
@@ -140,6 +195,31 @@ async def refresh(s: Session) -> None:
         if added:
             line += b" ADDTO (0 " + _nums(sel, upd, added) + b")"
         s.line(line)
+
+
+async def _refresh_sorted(s: Session, sel: Selected, upd: Update,
+                          mark: tuple[int, int, int]) -> None:
+    """§4.3 for SORT: removals with their positions, then additions with theirs.
+
+    Sort keys (dates, addresses, subject, size) never change for a message, so
+    the messages that stay keep their order: removing, then inserting at the
+    new positions in ascending order, turns the client's list into the new one.
+    """
+    assert upd.order is not None
+    new = await _sorted(s, sel, upd)
+    now = set(new)
+    removed = _removals(upd.order, upd.result - now)
+    added = [(i + 1, u) for i, u in enumerate(new) if u not in upd.result]
+    upd.order, upd.result, upd.mark = new, now, mark
+    upd.seen_modseq, upd.last_uid = sel.highestmodseq, mark[2]
+    if not removed and not added:
+        return
+    line = b"* " + _head(upd.tag, upd.uid)
+    if removed:
+        line += b" REMOVEFROM (" + _pairs(sel, upd, removed) + b")"
+    if added:
+        line += b" ADDTO (" + _pairs(sel, upd, added) + b")"
+    s.line(line)
 
 
 # RFC 5267 §4.3 CANCELUPDATE

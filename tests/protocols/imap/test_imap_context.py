@@ -138,3 +138,25 @@ def test_updates_are_bounded_and_refused_where_not_offered(account: Account) -> 
     assert cmd(r, "x", b"UNSELECT")[-1].startswith(b"x OK")
     assert cmd(r, "y", b"SELECT INBOX")[-1].startswith(b"y OK")
     assert cmd(r, "z", b'CANCELUPDATE "t1"')[-1].startswith(b"z BAD")
+
+
+def test_sort_updates_carry_positions(account: Account) -> None:
+    r = selected(account)  # dated 1..5 Jan: REVERSE DATE is 5 4 3 2 1
+    o = other_session(account)
+    assert esearch(cmd(r, "u", b"SORT RETURN (UPDATE ALL) (REVERSE DATE) UTF-8 UNSEEN")) == [
+        b'* ESEARCH (TAG "u") ALL 5,4,3,2,1']
+    assert cmd(o, "a", b"STORE 4 +FLAGS (\\Seen)")[-1].startswith(b"a OK")
+    assert esearch(cmd(r, "n1", b"NOOP")) == [b'* ESEARCH (TAG "u") REMOVEFROM (2 4)']
+    account.deliver(msg(9))  # the newest: first in REVERSE DATE
+    lines = cmd(r, "n2", b"NOOP")
+    assert esearch(lines) == [b'* ESEARCH (TAG "u") ADDTO (1 6)'], lines
+    assert cmd(o, "b0", b"NOOP")[-1].startswith(b"b0 OK")
+    assert cmd(o, "b", b"STORE 3 +FLAGS (\\Deleted)")[-1].startswith(b"b OK")
+    assert cmd(o, "c", b"EXPUNGE")[-1].startswith(b"c OK")
+    lines = cmd(r, "n3", b"NOOP")  # list 6 5 3 2 1: message 3 was third
+    assert lines.index(b'* ESEARCH (TAG "u") REMOVEFROM (3 3)') < lines.index(b"* 3 EXPUNGE")
+    for n in range(3):  # four SORT contexts at most
+        assert not any(b"NOUPDATE" in x for x in cmd(r, f"v{n}", b"SORT RETURN (UPDATE) "
+                                                        b"(SIZE) UTF-8 ALL"))
+    assert any(b'NO [NOUPDATE "w"]' in x for x in cmd(r, "w", b"SORT RETURN (UPDATE) (SIZE) "
+                                                               b"UTF-8 ALL"))
