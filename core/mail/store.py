@@ -363,6 +363,8 @@ class MailStore:
         self._recent_saving: dict[int, int] = {}  # mailbox id -> recent_uid being saved
         self.bodies = BodyCache(max_item=PACK_BYTES)
         self.metas = MetaCache()
+        # called with every committed change of any mailbox (IMAP NOTIFY, RFC 5465)
+        self.observers: set[Callable[[int, Change], None]] = set()
         # (login, name) -> row, for SELECT of a mailbox some session has open;
         # cleared by every create/delete/rename/subscribe (``_names_changed``)
         self._rows: dict[tuple[str, str], Mailbox] = {}
@@ -681,6 +683,8 @@ class MailStore:
 
     def _publish(self, mailbox_id: int, change: Change) -> None:
         """Fold a committed change into the shared index and queue it for every watch."""
+        for observe in list(self.observers):  # IMAP NOTIFY: news of any mailbox
+            observe(mailbox_id, change)
         idx = self._indexes.get(mailbox_id)
         if idx is None:
             return  # nobody has the mailbox open
@@ -1046,8 +1050,12 @@ class MailStore:
                   rows: Sequence[Row]) -> None:
         """Tell live sessions of rows ``_insert_rows`` added (uids and modseqs from
         ``uid`` and ``modseq`` on), and cache their metadata if one has the mailbox open."""
-        if target not in self._indexes:
-            return  # nobody has it open: nothing to tell, nobody to FETCH soon
+        if target not in self._indexes:  # nobody has it open: nobody to FETCH soon
+            if rows:  # but IMAP NOTIFY may watch it (RFC 5465 MessageNew)
+                news = Change("exists", tuple(range(uid, uid + len(rows))), modseq=modseq)
+                for observe in list(self.observers):
+                    observe(target, news)
+            return
         for k, (ref, header, structure, size, date, flags) in enumerate(rows):
             self.metas.put((target, uidvalidity, uid + k),
                            Fixed(ref, size, date, header, json.loads(structure)))

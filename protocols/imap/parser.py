@@ -268,6 +268,9 @@ class CommandReader:
             size, sync, utf8 = int(m.group(2)), not m.group(3), bool(m.group(1))
             pieces.append(line[:m.start()])
             if name == "APPEND" and self.stream_append and _mailbox_given(pieces):
+                if catenating(pieces):  # RFC 4469: the parts are read whole, not streamed
+                    pieces = await self.buffered(pieces[:-1], line, total - len(line))
+                    break
                 return await self._append(tag, pieces, size, sync, utf8)
             total += size  # counted before it is read: refused literals are never buffered
             if size > self.max_line or total > self.max_command:
@@ -294,6 +297,43 @@ class CommandReader:
                 raise ParseError("UID needs a command")
             name, args, uid = args[0].upper(), args[1:], True
         return Command(tag, name, args, uid)
+
+    async def buffered(self, pieces: list[bytes | Literal], line: bytes, total: int
+                       ) -> list[bytes | Literal]:
+        """The rest of an APPEND with CATENATE (RFC 4469 §5), from ``line`` on.
+
+        Its TEXT parts (and any plain message after them) are literals read
+        whole, bounded *together* by the APPEND limit (the lines between them
+        by the command limit): the catenated messages may not be larger than
+        one streamed message, and nothing is kept beyond that. Only after login
+        (``stream_append``): before it, the 64 KiB command bound holds.
+        """
+        literals = 0
+        for _ in range(MAX_TOKENS):
+            total += len(line)
+            if len(line) > self.max_line or total > self.max_command:
+                await self._finish_literals(line)
+                raise ParseError("APPEND with CATENATE over the limit")
+            m = _LITERAL_AT_END.search(line)
+            if m is None:
+                pieces.append(line.rstrip(b"\r\n"))
+                return pieces
+            size, sync = int(m.group(2)), not m.group(3)
+            pieces.append(line[:m.start()])
+            literals += size
+            if literals > self.max_literal:
+                if not sync:
+                    raise FatalParseError("literal too large")
+                raise ParseError("APPEND with CATENATE over the APPEND limit")
+            if sync:
+                await self.send(b"+ Ready for literal data\r\n")
+            try:
+                data = await self.reader.readexactly(size)
+            except asyncio.IncompleteReadError as exc:
+                raise EOFError from exc
+            pieces.append(Literal(data))
+            line = await self.line()
+        raise FatalParseError("too many literals in one command")
 
     async def _append(self, tag: str, pieces: list[bytes | Literal], size: int, sync: bool,
                       utf8: bool) -> Command:
@@ -328,6 +368,13 @@ class CommandReader:
             rest = rest.removeprefix(b")")
         if not rest.strip():
             return None
+        if catenating([rest]):  # RFC 4469 after a streamed message: the rest is read whole
+            command.message = None
+            try:
+                return tokenize(await self.buffered([], line, 0))
+            except ParseError as exc:
+                exc.tag = command.tag
+                raise
         m = _LITERAL_AT_END.search(line)
         if m is None:
             raise ParseError("unexpected data after the APPEND message", command.tag)
@@ -373,6 +420,14 @@ class CommandReader:
                 raise FatalParseError("literal too large")
             await self.reader.readexactly(size)
             await self.line()
+
+
+_CATENATE = re.compile(rb"(?:^|[\s)])CATENATE\s*\(", re.I)
+
+
+def catenating(pieces: list[bytes | Literal]) -> bool:
+    """Does this APPEND (so far) open a ``CATENATE (`` part list (RFC 4469 §5)?"""
+    return any(isinstance(p, bytes) and _CATENATE.search(p) for p in pieces)
 
 
 def _mailbox_given(pieces: list[bytes | Literal]) -> bool:

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from core.mail import Change, Mailbox, Snapshot, Watch
 from protocols.imap import render
 from protocols.imap.errors import Bad
+
+if TYPE_CHECKING:
+    from protocols.imap.commands.updates import Update
 
 MAX_SET_PARTS = 10_000
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -80,6 +83,8 @@ class Selected:
         self.told_recent = len(self.recent)
         self.keywords: set[str] = set(snap.keywords)
         self.saved: list[int] = []  # RFC 5182 SEARCHRES: the uids ``$`` names
+        self.updates: list[Update] = []  # RFC 5267 §4.2: searches kept up to date
+        self.no_recent = False  # IMAP4rev2 (RFC 9051 Appendix E): no \Recent at all
 
     # -- numbers
 
@@ -159,7 +164,7 @@ class Selected:
                         self.uids.append(uid)
                         self.flag_list.append(change.flags)
                         self.modseq_list.append(change.modseq)
-                        if uid in self.watch.recent:
+                        if uid in self.watch.recent and not self.no_recent:
                             self.recent.add(uid)
                 yield from self.announce(change.flags)
                 self.highestmodseq = max(self.highestmodseq, change.modseq)

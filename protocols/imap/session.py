@@ -22,7 +22,7 @@ from core.errors import TwinError
 from core.limits import Slot
 from core.net import is_loopback
 from protocols.imap import commands
-from protocols.imap.commands import AUTH, NOT_AUTH, SELECTED
+from protocols.imap.commands import AUTH, NOT_AUTH, SELECTED, notify, updates
 from protocols.imap.errors import Bad, ImapError, No, from_core
 from protocols.imap.parser import Command, CommandReader, FatalParseError, ParseError
 from protocols.imap.selected import Selected
@@ -62,6 +62,7 @@ class Session:
         self.login: str | None = None
         self.selected: Selected | None = None
         self.enabled: set[str] = set()
+        self.notify: notify.Notifier | None = None  # RFC 5465 NOTIFY SET
         self.out = bytearray()
         self.flushes = 0  # writes so far: a handler can tell whether its output left yet
         self.closing = False
@@ -86,7 +87,8 @@ class Session:
                                       configured=self.service.config.bool("listen.plaintext_auth"))
 
     def capabilities(self) -> list[str]:
-        caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE"]
+        caps = ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE",
+                "NAMESPACE"]
         if self.state == NOT_AUTH:
             if not self.tls and self.server.tls_context is not None:
                 caps.append("STARTTLS")
@@ -97,7 +99,8 @@ class Session:
                  f"APPENDLIMIT={self.max_literal}", "STATUS=SIZE", "ESEARCH", "SEARCHRES",
                  "MULTIAPPEND", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
                  "THREAD=REFERENCES", "ESORT", "WITHIN",
-                 "BINARY"]
+                 "BINARY", "CATENATE", "CONTEXT=SEARCH", "CONTEXT=SORT",
+                 "PREVIEW", "NOTIFY"]
         if self.mail.quota_bytes:  # RFC 9208 §3.1: a QUOTA answer names a resource
             caps += ["QUOTA", "QUOTA=RES-STORAGE"]
         return caps
@@ -121,7 +124,8 @@ class Session:
 
     @property
     def utf8(self) -> bool:
-        return "UTF8=ACCEPT" in self.enabled
+        """UTF-8 mailbox names and strings: UTF8=ACCEPT, or IMAP4rev2 (RFC 9051 §5.1)."""
+        return "UTF8=ACCEPT" in self.enabled or "IMAP4rev2" in self.enabled
 
     # -- output
 
@@ -178,7 +182,7 @@ class Session:
                     # RFC 3501 §5.4 asks 30 minutes of a logged-in session only; before
                     # login a silent connection holds a slot for imap.login_timeout
                     wait = self.autologout if self.login else self.login_timeout
-                    cmd = await asyncio.wait_for(self.cmd_reader.read(), wait)
+                    cmd = await notify.read_command(self, wait)
                 except TimeoutError:
                     self.untagged("BYE autologout: idle for too long")
                     break
@@ -198,6 +202,7 @@ class Session:
         except ssl.SSLError as exc:
             log.info("TLS error from %s: %s", self.peer, exc)
         finally:
+            notify.stop(self)
             self.close_selected()
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.flush()
@@ -213,6 +218,8 @@ class Session:
             if text == commands.ANSWERED:
                 return
             self.sync(expunge_ok=cmd.uid or cmd.name not in NO_EXPUNGE_AFTER)
+            await updates.refresh(self)
+            await notify.push(self)
             if self.closing and cmd.name == "LOGOUT":
                 self.line(f"{cmd.tag} OK LOGOUT completed".encode())
                 return
@@ -254,6 +261,9 @@ class Session:
         else:
             changes = sel.watch.take()
         if changes or (expunge_ok and sel.held):
+            if sel.updates and expunge_ok:  # RFC 5267 §4.3: REMOVEFROM before EXPUNGE
+                for data in updates.before_expunge(sel, changes):
+                    self.line(data)
             for data in sel.apply(changes, expunge_ok=expunge_ok, condstore=self.condstore,
                                   qresync=self.qresync):
                 self.line(data)

@@ -49,7 +49,9 @@ def load() -> dict[str, Spec]:
         idle,
         mailbox,
         message,
+        notify,
         search,
         sort,
+        updates,
     )
     return COMMANDS

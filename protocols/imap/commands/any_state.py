@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from protocols.imap.parser import Command
     from protocols.imap.session import Session
 
-ENABLEABLE = {"CONDSTORE", "QRESYNC", "UTF8=ACCEPT"}
+ENABLEABLE = {"CONDSTORE", "QRESYNC", "UTF8=ACCEPT", "IMAP4REV2"}
+CANONICAL = {"IMAP4REV2": "IMAP4rev2"}
 
 
 # RFC 3501 §6.1.1 CAPABILITY
@@ -53,7 +54,8 @@ async def enable(s: Session, cmd: Command) -> str | None:
     done = []
     for tok in cmd.args:
         name = args.atom(tok).upper()
-        if name in ENABLEABLE and name not in s.enabled:
+        name = CANONICAL.get(name, name)
+        if name.upper() in ENABLEABLE and name not in s.enabled:
             s.enabled.add(name)
             done.append(name)
             if name == "QRESYNC" and "CONDSTORE" not in s.enabled:

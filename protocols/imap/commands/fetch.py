@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.mail import Meta
 from core.mail.mime import Part
-from protocols.imap import addresses, binary, render
+from protocols.imap import addresses, binary, preview, render
 from protocols.imap.commands import SELECTED, args, command
 from protocols.imap.errors import Bad, No
 from protocols.imap.parser import Atom, Token
@@ -35,9 +35,9 @@ MACROS = {
     "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"],
 }
 SIMPLE = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE",
-          "MODSEQ"}
+          "MODSEQ", "PREVIEW"}
 INDEX_ONLY = {"UID", "FLAGS", "MODSEQ"}
-NEEDS_STRUCTURE = {"ENVELOPE", "BODY", "BODYSTRUCTURE"}
+NEEDS_STRUCTURE = {"ENVELOPE", "BODY", "BODYSTRUCTURE", "PREVIEW"}
 _SECTION = re.compile(r"^(BODY|BODY\.PEEK)\[([^\]]*)\](?:<(\d{1,10})(?:\.(\d{1,10}))?>)?$",
                       re.I)
 _FIELD_OK = re.compile(r"^[!-9;-~]+$")
@@ -162,7 +162,7 @@ def find_part(root: Part, path: Sequence[int]) -> Part | None:
 
 def parse_items(tokens: list[Token]) -> list[str | Section]:
     if len(tokens) == 1 and isinstance(tokens[0], list):
-        raw: list[Token] = tokens[0]
+        raw: list[Token] = preview.modifiers(tokens[0])  # RFC 8970 PREVIEW (LAZY)
     elif len(tokens) == 1:
         raw = [tokens[0]]
     else:
@@ -373,6 +373,8 @@ async def _fetch_parts(s: Session, meta: Meta, items: list[str | Section]) -> No
         elif isinstance(item, Section):
             s.out += item.label.encode() + b" "
             await _section(s, meta, item)
+        elif item == "PREVIEW":
+            s.out += await preview.fetch_item(s, meta)
         else:
             s.out += _simple(s, meta, item)
     s.out += b")\r\n"

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
-from protocols.imap.commands import AUTH, SELECTED, args, command
+from protocols.imap.commands import AUTH, SELECTED, args, command, notify, updates
 from protocols.imap.errors import Bad
 
 if TYPE_CHECKING:
@@ -32,17 +32,24 @@ async def idle(s: Session, cmd: Command) -> str | None:
                 return "IDLE terminated"
             sel = s.selected
             waiters: set[asyncio.Future[object]] = {done}  # type: ignore[arg-type]
+            news = None
+            if s.notify is not None:
+                news = asyncio.ensure_future(s.notify.wake.wait())
+                waiters.add(news)  # type: ignore[arg-type]
             wake = None
             if sel is not None:
                 wake = asyncio.ensure_future(sel.watch.wake.wait())
                 waiters.add(wake)  # type: ignore[arg-type]
             finished, _ = await asyncio.wait(waiters, timeout=remaining,
                                              return_when=asyncio.FIRST_COMPLETED)
-            if wake is not None and not wake.done():
-                wake.cancel()
+            for waker in (wake, news):
+                if waker is not None and not waker.done():
+                    waker.cancel()
             if sel is not None:
                 s.sync(expunge_ok=True)
-                await s.flush()
+                await updates.refresh(s)  # RFC 5267 §4.2: updates while idling too
+            await notify.push(s)  # RFC 5465: and news of other mailboxes
+            await s.flush()
             if done in finished:
                 line = done.result()
                 if line.rstrip(b"\r\n").upper() != b"DONE":

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from core.errors import NotFound
 from core.mail import DELIM, Mailbox
 from core.mail.store import check_name, parse_flags
-from protocols.imap import binary, render
-from protocols.imap.commands import AUTH, SELECTED, args, command
+from protocols.imap import binary, catenate, render, rev2
+from protocols.imap.commands import AUTH, SELECTED, args, command, notify
 from protocols.imap.errors import Bad, ImapError, No
 from protocols.imap.parser import Atom, Token
 from protocols.imap.selected import SYSTEM_FLAGS, Selected, compress
@@ -64,9 +64,10 @@ async def _open(s: Session, cmd: Command, *, read_only: bool) -> str | None:
     finally:
         if s.selected is not None:
             s.close_selected()
-            if s.condstore:
+            if s.condstore or rev2.enabled(s):
                 s.untagged("OK [CLOSED] previous mailbox closed")
     sel = Selected(snap, watch, read_only)
+    rev2.on_select(s, sel, name)
     flags = render.flags([*SYSTEM_FLAGS, *sorted(snap.keywords)])
     s.untagged(b"FLAGS " + flags)
     if read_only:
@@ -74,7 +75,8 @@ async def _open(s: Session, cmd: Command, *, read_only: bool) -> str | None:
     else:
         s.untagged(b"OK [PERMANENTFLAGS " + flags[:-1] + b" \\*)] flags permitted")
     s.untagged(b"%d EXISTS" % len(sel.uids))
-    s.untagged(b"%d RECENT" % len(sel.recent))
+    if not rev2.enabled(s):
+        s.untagged(b"%d RECENT" % len(sel.recent))
     first_unseen = snap.first_unseen()
     if first_unseen:
         s.untagged(b"OK [UNSEEN %d] first unseen" % first_unseen)
@@ -144,6 +146,7 @@ async def create(s: Session, cmd: Command) -> str | None:
     if name == "INBOX":
         raise No("INBOX exists", "ALREADYEXISTS")
     await s.mail.create_mailbox(s.user, name, special)
+    await notify.mailbox_event(s, "MailboxName", name)  # RFC 5465 §5.4
     return None
 
 
@@ -151,7 +154,9 @@ async def create(s: Session, cmd: Command) -> str | None:
 @command("DELETE", AUTH, SELECTED)
 async def delete(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 1, 1)
-    await s.mail.delete_mailbox(s.user, args.mailbox(s, cmd.args[0]))
+    name = args.mailbox(s, cmd.args[0])
+    await s.mail.delete_mailbox(s.user, name)
+    await notify.mailbox_event(s, "MailboxName", name, gone=True)  # RFC 5465 §5.4
     return None
 
 
@@ -159,8 +164,9 @@ async def delete(s: Session, cmd: Command) -> str | None:
 @command("RENAME", AUTH, SELECTED)
 async def rename(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 2, 2)
-    await s.mail.rename_mailbox(s.user, args.mailbox(s, cmd.args[0]),
-                                args.mailbox(s, cmd.args[1]))
+    old, new = args.mailbox(s, cmd.args[0]), args.mailbox(s, cmd.args[1])
+    await s.mail.rename_mailbox(s.user, old, new)
+    await notify.mailbox_event(s, "MailboxName", new, old=old)  # RFC 5465 §5.4
     return None
 
 
@@ -170,6 +176,7 @@ async def subscribe(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 1, 1)
     name = check_name(args.mailbox(s, cmd.args[0]))
     await s.mail.subscriptions.change(s.user, name, True)
+    await notify.mailbox_event(s, "SubscriptionChange", name, subscribed=True)  # §5.5
     return None
 
 
@@ -178,6 +185,7 @@ async def unsubscribe(s: Session, cmd: Command) -> str | None:
     args.count(cmd.args, 1, 1)
     name = check_name(args.mailbox(s, cmd.args[0]))
     await s.mail.subscriptions.change(s.user, name, False)
+    await notify.mailbox_event(s, "SubscriptionChange", name, subscribed=False)  # §5.5
     return None
 
 
@@ -419,26 +427,35 @@ def _append_options(a: list[Token], utf8: bool) -> tuple[list[str], float | None
 
 
 # RFC 3501 §6.3.11 APPEND; RFC 3502 MULTIAPPEND; RFC 4315 APPENDUID; RFC 7889 APPENDLIMIT;
-# RFC 6855 §4 UTF8
+# RFC 6855 §4 UTF8; RFC 4469 §5 CATENATE
 @command("APPEND", AUTH, SELECTED)
 async def append(s: Session, cmd: Command) -> str | None:
     """One message or several (MULTIAPPEND), all or none.
 
     Each message is streamed into the store as it arrives; if a later one
     fails, the ones already stored are expunged again before the NO, so the
-    command appends nothing (RFC 3502 §6.3.11).
+    command appends nothing (RFC 3502 §6.3.11). From the first CATENATE on,
+    the parser has read the rest of the command whole (``cmd.message`` is
+    None) and its messages are built from the tokens (``catenate``).
     """
-    if cmd.message is None:
-        raise Bad("APPEND needs a message literal")
     a: list[Token] | None = list(cmd.args)
     assert a is not None
     if not a or (len(a) == 1 and isinstance(a[0], Atom) and a[0].upper() == "UTF8"):
         raise Bad("APPEND needs a mailbox")
     name = args.mailbox(s, a.pop(0))
+    if cmd.message is None and not a:
+        raise Bad("APPEND needs a message literal")
     done: list[int] = []
     validity = 0
     try:
         while a is not None:
+            if cmd.message is None:  # RFC 4469: CATENATE (and what follows it), read whole
+                if not done:
+                    await _need_mailbox(s, name)  # TRYCREATE before any URL is looked at
+                while a:
+                    validity, uid = await _append_buffered(s, name, catenate.take(a))
+                    done.append(uid)
+                break
             literal8 = cmd.message.utf8 and not (
                 a and isinstance(a[-1], Atom) and a[-1].upper() == "UTF8")
             flags, date = _append_options(a, cmd.message.utf8)
@@ -449,12 +466,7 @@ async def append(s: Session, cmd: Command) -> str | None:
             if literal8:  # RFC 3516 §4.3: binary parts are stored base64-encoded
                 whole = b"".join([c async for c in chunks])
                 chunks = _one_chunk(await asyncio.to_thread(binary.to_7bit, whole))
-            try:  # append looks the mailbox up before it reads a byte of the message
-                validity, uid = await s.mail.append(s.user, name, chunks,
-                                                    flags=flags, internal_date=date,
-                                                    max_size=s.max_literal)
-            except NotFound as exc:
-                raise No(f"no mailbox {name}", "TRYCREATE") from exc
+            validity, uid = await _store(s, name, chunks, flags, date)
             done.append(uid)
             a = await s.cmd_reader.next_message(cmd)
     except BaseException:
@@ -462,6 +474,35 @@ async def append(s: Session, cmd: Command) -> str | None:
             await _unappend(s, name, done)
         raise
     return f"[APPENDUID {validity} {compress(done)}] APPEND completed"
+
+
+async def _store(s: Session, name: str, chunks: AsyncIterator[bytes], flags: list[str],
+                 date: float | None) -> tuple[int, int]:
+    try:  # append looks the mailbox up before it reads a byte of the message
+        return await s.mail.append(s.user, name, chunks, flags=flags, internal_date=date,
+                                   max_size=s.max_literal)
+    except NotFound as exc:
+        raise No(f"no mailbox {name}", "TRYCREATE") from exc
+
+
+async def _need_mailbox(s: Session, name: str) -> None:
+    try:
+        await s.mail.mailbox(s.user, name)
+    except NotFound as exc:
+        raise No(f"no mailbox {name}", "TRYCREATE") from exc
+
+
+async def _append_buffered(s: Session, name: str, msg: catenate.Buffered) -> tuple[int, int]:
+    """One message read whole: built from CATENATE parts, or a plain literal."""
+    flags, date = _append_options(list(msg.options), False)
+    if msg.parts is not None:
+        data = await catenate.build(s, msg.parts, s.max_literal)
+    else:
+        assert msg.literal is not None
+        data = msg.literal.raw()
+        if len(data) > s.max_literal:
+            raise No(f"message larger than the APPENDLIMIT of {s.max_literal} bytes", "TOOBIG")
+    return await _store(s, name, _one_chunk(data), flags, date)
 
 
 async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING
 
 from core.mail import Meta
 from core.mail.mime import parse_headers
-from protocols.imap import addresses, render
+from protocols.imap import addresses, render, returns, rev2
 from protocols.imap.commands import SELECTED, args, command
 from protocols.imap.errors import Bad, ImapError, No
 from protocols.imap.parser import Atom, Token
+from protocols.imap.returns import Partial
 from protocols.imap.selected import compress
 
 if TYPE_CHECKING:
@@ -134,6 +135,9 @@ class Compiler:
         self.keys = 0
         self.set_budget = MAX_SET_UIDS + 4 * len(sel.uids)
         self.modseq_used = False
+        # RFC 5267 §4.2 updates re-test only changed messages unless a key's meaning
+        # moves with the mailbox: sequence numbers, ``*``, ``$``, the clock (WITHIN)
+        self.stable = True
 
     def _uids(self, text: str, *, uid: bool, strict: bool = True) -> set[int]:
         """A sequence set's uids, counted against the program's budget."""
@@ -206,6 +210,7 @@ class Compiler:
             b, nxt = self.key(t, nxt)
             return Node(lambda m: a.pred(m) or b.pred(m), max(a.cost, b.cost)), nxt
         if k == "UID":
+            self.stable = self.stable and not any(c in self._arg(t, pos + 1) for c in "*$")
             uids = self._uids(self._arg(t, pos + 1), uid=True)
             return Node(lambda m: m.uid in uids, INDEX), pos + 2
         if k in ("LARGER", "SMALLER"):
@@ -215,6 +220,7 @@ class Compiler:
             return Node(lambda m: m.meta is not None and m.meta.size < n, META), pos + 2
         if k in ("OLDER", "YOUNGER"):  # RFC 5032 WITHIN: internal date, in seconds
             secs = args.number(t[pos + 1] if pos + 1 < len(t) else Atom(""))
+            self.stable = False
             edge = time.time() - secs
             if k == "OLDER":
                 return Node(lambda m: m.meta is not None and m.meta.internal_date <= edge,
@@ -247,6 +253,7 @@ class Compiler:
             n = args.number(t[nxt] if nxt < len(t) else Atom(""), bits=63)
             return Node(lambda m: m.modseq >= n, INDEX), nxt + 1
         if _SEQSET.match(k):
+            self.stable = False
             uids = self._uids(k, uid=False, strict=False)
             return Node(lambda m: m.uid in uids, INDEX), pos + 1
         raise Bad(f"unknown search key {k[:30]}")
@@ -313,8 +320,9 @@ INDEX_CHUNK = 10_000
 META_CHUNK = 500
 
 
-async def run_search(s: Session, sel: Selected, tokens: list[Token]) -> tuple[list[int], int]:
-    """Matching uids and the highest modseq among them.
+async def run_search(s: Session, sel: Selected, tokens: list[Token],
+                     only: set[int] | None = None) -> tuple[list[int], int]:
+    """Matching uids and the highest modseq among them (among ``only``, if given).
 
     Off the event loop and bounded: predicates that need metadata run in a
     worker thread a batch at a time, message text is read and decoded one
@@ -325,7 +333,8 @@ async def run_search(s: Session, sel: Selected, tokens: list[Token]) -> tuple[li
     node = compiler.program(tokens)
     recent = sel.recent
     msgs = [Msg(u, i, f, m, u in recent) for i, (u, f, m)
-            in enumerate(zip(sel.uids, sel.flag_list, sel.modseq_list, strict=True), 1)]
+            in enumerate(zip(sel.uids, sel.flag_list, sel.modseq_list, strict=True), 1)
+            if only is None or u in only]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SEARCH_SECONDS
 
@@ -369,25 +378,14 @@ async def run_search(s: Session, sel: Selected, tokens: list[Token]) -> tuple[li
     return [m.uid for m in hits], (top if compiler.modseq_used else 0)
 
 
-RETURN_OPTIONS = {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
-
-
-def _return_options(tokens: list[Token]) -> tuple[set[str] | None, list[Token]]:
-    """RFC 4731 §3.1: ``RETURN (options)`` before the criteria; () means ALL."""
-    if not (tokens and isinstance(tokens[0], Atom) and tokens[0].upper() == "RETURN"):
-        return None, tokens
-    if len(tokens) < 2:
-        raise Bad("RETURN needs a list of options")
-    opts = {args.atom(t).upper() for t in args.plist(tokens[1])}
-    if opts - RETURN_OPTIONS:
-        raise Bad(f"unknown SEARCH return option {sorted(opts - RETURN_OPTIONS)[0][:30]}")
-    return (opts or {"ALL"}), tokens[2:]
-
-
-def esearch_line(tag: str, uid: bool, opts: set[str], nums: list[int],
-                 modseqs: list[int] | None) -> bytes:
-    """RFC 4731 §3.1 ESEARCH response (RFC 7162 §3.1.5 MODSEQ when asked for)."""
+def esearch_line(tag: str, uid: bool, opts: frozenset[str], nums: list[int],
+                 modseqs: list[int] | None, partial: Partial | None = None) -> bytes:
+    """RFC 4731 §3.1 ESEARCH response (RFC 7162 §3.1.5 MODSEQ when asked for;
+    RFC 5267 §4.4 PARTIAL: the range and its part of the result, or NIL)."""
     line = b"ESEARCH (TAG " + render.string(tag) + b")" + (b" UID" if uid else b"")
+    if partial is not None:
+        part = compress(partial.pick(nums))
+        line += b" PARTIAL (" + partial.label.encode() + b" " + (part.encode() or b"NIL") + b")"
     if nums and "MIN" in opts:
         line += b" MIN %d" % nums[0]
     if nums and "MAX" in opts:
@@ -404,7 +402,7 @@ def esearch_line(tag: str, uid: bool, opts: set[str], nums: list[int],
     return line
 
 
-def _saved(opts: set[str], uids: list[int]) -> list[int]:
+def _saved(opts: frozenset[str], uids: list[int]) -> list[int]:
     """RFC 5182 §2.4: with MIN and/or MAX but not ALL or COUNT, only those are saved."""
     if opts & {"ALL", "COUNT"} or not opts & {"MIN", "MAX"} or not uids:
         return list(uids)
@@ -416,7 +414,12 @@ def _saved(opts: set[str], uids: list[int]) -> list[int]:
 @command("SEARCH", SELECTED, uid=True)
 async def search(s: Session, cmd: Command) -> str | None:
     sel = s.need_selected()
-    opts, tokens = _return_options(list(cmd.args))
+    ret, tokens = returns.parse(list(cmd.args))
+    ret = rev2.search_return(s, ret)  # RFC 9051 §6.4.4: ESEARCH, never SEARCH
+    opts = ret.opts if ret is not None else None
+    from protocols.imap.commands import updates  # it runs searches: imported late
+
+    update = ret is not None and "UPDATE" in ret.opts and updates.may_add(s, cmd.tag, ret)
     if len(tokens) >= 2 and isinstance(tokens[0], Atom) and tokens[0].upper() == "CHARSET":
         charset = args.astring(tokens[1]).upper()
         if charset not in ("UTF-8", "US-ASCII"):
@@ -435,9 +438,12 @@ async def search(s: Session, cmd: Command) -> str | None:
             line += b" (MODSEQ %d)" % top
         s.untagged(line)
         return None
+    assert ret is not None
     if "SAVE" in opts:
         sel.saved = _saved(opts, uids)
     if opts - {"SAVE"}:
         modseqs = [sel.modseqs.get(u, 0) for u in uids] if top else None
-        s.untagged(esearch_line(cmd.tag, cmd.uid, opts, nums, modseqs))
+        s.untagged(esearch_line(cmd.tag, cmd.uid, opts, nums, modseqs, ret.partial))
+    if update:  # RFC 5267 §4.2: changes to this result follow, unasked
+        updates.add(s, sel, cmd.tag, cmd.uid, tokens, uids)
     return None

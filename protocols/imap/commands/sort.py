@@ -15,12 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from protocols.imap import addresses, threads
+from protocols.imap import addresses, returns, threads
 from protocols.imap.commands import SELECTED, args, command
 from protocols.imap.commands.search import (
     Msg,
     _decode,
-    _return_options,
     esearch_line,
     run_search,
 )
@@ -175,7 +174,8 @@ def _charset(tok: Token) -> None:
 @command("SORT", SELECTED, uid=True)
 async def sort(s: Session, cmd: Command) -> str | None:
     sel = s.need_selected()
-    opts, a = _return_options(list(cmd.args))  # RFC 5267 §3 ESORT
+    ret, a = returns.parse(list(cmd.args))  # RFC 5267 §3 ESORT, §4.4 PARTIAL
+    opts = ret.opts if ret is not None else None
     if len(a) < 3:
         raise Bad("SORT needs criteria, a charset and a search program")
     keys = parse_criteria(args.plist(a[0]))
@@ -186,10 +186,16 @@ async def sort(s: Session, cmd: Command) -> str | None:
     if opts is None:
         s.untagged(b"SORT" + b"".join(b" %d" % n for n in nums))
         return None
+    assert ret is not None
     if "SAVE" in opts:
         sel.saved = sorted(m.uid for m in ordered)
     if opts - {"SAVE"}:  # MIN and MAX are the first and last in sort order
-        s.untagged(esearch_line(cmd.tag, cmd.uid, opts, nums, None))
+        s.untagged(esearch_line(cmd.tag, cmd.uid, opts, nums, None, ret.partial))
+    if "UPDATE" in opts:  # RFC 5267 §4.2: changes to this sorted result follow, unasked
+        from protocols.imap.commands import updates  # it imports this module
+
+        if updates.may_add(s, cmd.tag, ret, sort=True):
+            updates.add_sorted(s, sel, cmd.tag, cmd.uid, a[2:], keys, [m.uid for m in ordered])
     return None
 
 

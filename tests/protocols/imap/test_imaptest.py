@@ -26,9 +26,6 @@ from tests.twins import TwinProcess
 # Groups skipped for a capability not implemented yet. URLAUTH stays out for good.
 NOT_YET = frozenset({
     "urlauth", "urlauth-binary", "urlauth2",
-    "catenate", "catenate-multiappend",
-    "notify", "search-context-update", "search-context-update2", "search-context-update3",
-    "search-partial", "sort-partial",
 })
 SETS = ["imap.max_sessions_per_user=100"]
 
