@@ -890,7 +890,7 @@ class MailStore:
                 await asyncio.sleep(0)  # a 512-message batch would hold the loop ~15 ms
         refs, objects = await self._store_packed(store, [d for d, _, _ in described])
         try:
-            set_aside = [str(await store.put(data)) for _, data, _ in bad]  # alone, never packed
+            set_aside = [await _put(store, data) for _, data, _ in bad]  # alone, never packed
         except BaseException:
             self._delete_later(objects)
             raise
@@ -939,7 +939,7 @@ class MailStore:
         journal's "filed up to" mark, so it is never replayed."""
         store = self._need_store()
         data = _normalised(entry.message)
-        ref = str(await store.put(data))
+        ref = await _put(store, data)
 
         def insert(c: sqlite3.Connection) -> int:
             qid = quarantine.insert(c, entry.login, ref, len(data), entry.received, reason[:500])
@@ -1024,7 +1024,7 @@ class MailStore:
             fill += len(data)
         blobs = [b"".join(messages[i] for i in pack) for pack in packs]
         blobs += [messages[i] for i in alone]
-        outcomes = await asyncio.gather(*(store.put(blob) for blob in blobs),
+        outcomes = await asyncio.gather(*(_put(store, blob) for blob in blobs),
                                         return_exceptions=True)
         objects = [str(o) for o in outcomes if not isinstance(o, BaseException)]
         if len(objects) < len(outcomes):
@@ -1066,7 +1066,7 @@ class MailStore:
         """Write the bytes (CRLF-normalised) and parse them; (ref, header, structure)."""
         if isinstance(message, bytes | bytearray | memoryview):
             data, header, structure = await self._prepare(bytes(message), max_size)
-            ref = str(await store.put(data))
+            ref = await _put(store, data)
             self.bodies.put(ref, data)
             return ref, header, structure
         source: AsyncIterable[bytes] = (
@@ -1086,7 +1086,7 @@ class MailStore:
                     else:
                         spool.write(chunk)
                     yield chunk
-            ref = str(await store.put(tee()))
+            ref = await _put(store, tee())
             if not spool._rolled and total <= self.bodies.max_item:  # type: ignore[attr-defined]
                 self.bodies.put(ref, spool._file.getvalue())  # type: ignore[attr-defined]
             header, structure = await asyncio.to_thread(_describe_file, spool)
@@ -1412,6 +1412,19 @@ def _normalised(data: bytes) -> bytes:
     if data.count(b"\n") == data.count(b"\r\n"):  # C-speed counts: usually nothing to do
         return data
     return mime.LONE_LF.sub(b"\r\n", data)
+
+
+async def _put(store: Any, data: bytes | AsyncIterable[bytes]) -> str:
+    """``store.put`` with its failures in core's vocabulary: a backend that is
+    down or slow is ``Unavailable`` (IMAP ``NO [UNAVAILABLE]``, SMTP 451: try
+    again), never an internal error; what the source raises (``toobig``)
+    passes through as it is."""
+    from storage.errors import StorageError
+
+    try:
+        return str(await store.put(data))
+    except StorageError as exc:
+        raise Unavailable(f"the message store cannot write now: {exc}") from exc
 
 
 async def _file_chunks(f: BinaryIO, size: int = 256 * 1024) -> AsyncIterator[bytes]:

@@ -37,6 +37,9 @@ def test_fetch_answers_no_when_the_store_is_unreadable_and_the_session_goes_on(
         assert typ == "NO", (typ, data)
         assert took <= 10.0
         assert c.noop()[0] == "OK"  # the same connection answers on
+        # a write the store cannot take is "try again" (UNAVAILABLE), not a server bug
+        typ, data = c.append("INBOX", None, None, b"Subject: later\r\n\r\nhi\r\n")
+        assert typ == "NO" and b"[UNAVAILABLE]" in data[0], (typ, data)
         for i in (0, 2, 4):
             servers[i].resume()
         c.logout()
