@@ -161,7 +161,7 @@ async def test_refusals(make_store: StoreFactory, tmp_path: Path) -> None:
         await store.add_backend({"name": "r9", "kind": "resp",
                                  "location": "redis://127.0.0.1:9/0"})
     assert (await store.drain("b6")).done
-    with pytest.raises(BackendRefused, match="would leave 5 backends .* fewer than n=6"):
+    with pytest.raises(BackendRefused, match=r"would leave 5 backends .* fewer than n=6"):
         await store.drain("b5")
     await store.remove_backend("b6")
     with pytest.raises(BackendRefused, match="would leave 5 backends"):
