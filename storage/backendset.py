@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from storage import crypto
@@ -39,6 +40,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("twin.storage")
 META_DRAINING = "draining"
+INFLIGHT_WAIT = 600.0  # seconds to wait for puts begun before a backend was marked
+
+
+async def wait_for_puts(store: Store, earlier: set[str]) -> None:
+    """Puts begun before the mark may still place a share on the backend: let them end."""
+    deadline = time.monotonic() + INFLIGHT_WAIT
+    # polled: puts have no event to wait on, and this runs once per drain
+    while earlier & store.inflight and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
 
 
 def load_draining(store: Store) -> set[str]:
@@ -121,15 +131,27 @@ def mark_draining(store: Store, name: str) -> None:
     log.info("backend %s is draining: no new shares go to it", name)
 
 
+def unmark_draining(store: Store, name: str) -> None:
+    """Take new shares on ``name`` again (a removal that turned out refused)."""
+    if name in store.draining:
+        store.draining = store.draining - {name}
+        _save_draining(store)
+
+
 async def remove(store: Store, name: str) -> None:
     """Stop using ``name``: refused while the catalogue places any share on it."""
     backend = store.by_name.get(name)
     if backend is None:
         raise BackendRefused(f"no backend named {name!r}")
-    if name not in store.draining:
+    was_draining = name in store.draining
+    if not was_draining:  # no new share may land on it between the count and the removal
         _need_n(store, len(active(store)) - 1, f"removing {name}")
+        mark_draining(store, name)
+        await wait_for_puts(store, set(store.inflight))
     held = await store.catalogue.count_on(name)
     if held:
+        if not was_draining:
+            unmark_draining(store, name)
         raise BackendRefused(
             f"backend {name} still holds {held} shares: move them first "
             f"(twin storage backends drain {name})")

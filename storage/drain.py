@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from storage.backendset import mark_draining
+from storage.backendset import mark_draining, wait_for_puts
 from storage.errors import BackendRefused, ObjectNotFound, StorageError
 from storage.model import DrainProgress, RepairReport
 
@@ -39,7 +39,6 @@ log = logging.getLogger("twin.storage")
 PARALLEL = 4  # segments moved at once: enough to overlap reads, writes and fsyncs
 PAGE = 256  # segments asked of the catalogue at once
 MAX_PASSES = 20  # passes without getting to zero (each one must make progress)
-INFLIGHT_WAIT = 600.0  # seconds to wait for puts begun before the drain
 
 
 def _meta_key(name: str) -> str:
@@ -67,7 +66,7 @@ async def drain(store: Store, name: str, progress: Callable[[DrainProgress], Non
             progress(state)
 
     report()
-    await _wait_for_puts(store, set(store.inflight))
+    await wait_for_puts(store, set(store.inflight))
     leaving = frozenset({name})
     for _ in range(MAX_PASSES):
         before = state.left
@@ -91,14 +90,6 @@ async def drain(store: Store, name: str, progress: Callable[[DrainProgress], Non
     log.info("drain of %s: %d shares moved (%.1f MiB) in %.1f s, %d left", name, state.moved,
              state.bytes_written / 2**20, state.seconds, state.left)
     return state
-
-
-async def _wait_for_puts(store: Store, earlier: set[str]) -> None:
-    """Puts begun before the mark may still place a share on the backend: let them end."""
-    deadline = time.monotonic() + INFLIGHT_WAIT
-    # polled: puts have no event to wait on, and this runs once per drain
-    while earlier & store.inflight and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
 
 
 async def _pass(store: Store, name: str, leaving: frozenset[str], state: DrainProgress,
