@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from storage.store import Store
 
 log = logging.getLogger("twin.storage")
-PARALLEL = 4  # segments moved at once: enough to overlap reads, writes and fsyncs
+PARALLEL = 8  # segments moved at once: overlaps reads, writes and the fsyncs they share
 PAGE = 256  # segments asked of the catalogue at once
 MAX_PASSES = 20  # passes without getting to zero (each one must make progress)
 
