@@ -576,5 +576,8 @@ def render_show(config: Config) -> str:
     for key in SCHEMA:
         value = config.values[key.name]
         shown = "********" if key.name in SECRET_KEYS and value else _toml_value(value)
+        if key.name == "storage.backends" and isinstance(value, list):  # a resp password
+            shown = _toml_value([{k: "********" if k == "password" else v for k, v in b.items()}
+                                 if isinstance(b, dict) else b for b in value])
         out.append(f"{key.name} = {shown}    # {config.sources[key.name]}")
     return "\n".join(out) + "\n"

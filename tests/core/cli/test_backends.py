@@ -27,6 +27,7 @@ import redis
 from core import config as cfg
 from core import identity, tls
 from core.cli import main
+from core.errors import ConfigError
 from core.peer.api import TOKEN_FILE
 from core.peer.local_storage import LOCAL_STORAGE
 from storage import open_store
@@ -265,3 +266,23 @@ def test_interrupted_drain_resumes(twins: Callable[..., TwinProcess],
     assert (tmp_path / "back").read_bytes() == blob.read_bytes()
     code, _, err = cli(alice, "backends", "rm", victim)
     assert code == 0, err
+
+
+def test_twin_toml_edited_in_place_and_config_show_hides_backend_passwords(
+        tmp_path: Path) -> None:
+    default = cfg.BY_NAME["storage.backends"].default
+    path = cfg.write(tmp_path, {"storage.backends": default, "twin.name": "alice"})
+    before = path.read_text().replace("# twin configuration.", "# twin configuration (mine).")
+    path.write_text(before)  # an owner's own comment survives the edit
+    added = {"name": "r0", "kind": "resp", "location": "redis://10.0.0.5:6379/0",
+             "password": "s3cret-pass"}
+    cfg.set_file_value(tmp_path, "storage.backends", [*default, added])
+    after = path.read_text()
+    kept = [line for line in before.splitlines() if not line.startswith("backends")]
+    assert [line for line in after.splitlines() if line in kept] == kept
+    assert cfg.load(tmp_path).list("storage.backends")[-1] == added
+    shown = cfg.render_show(cfg.load(tmp_path))
+    assert "s3cret-pass" not in shown and 'password = "********"' in shown
+    with pytest.raises(ConfigError):
+        cfg.set_file_value(tmp_path, "storage.nosuchkey", 1)
+    assert path.read_text() == after
