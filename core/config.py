@@ -564,6 +564,66 @@ def write(data_dir: Path, values: Mapping[str, Any]) -> Path:
     return path
 
 
+def set_file_value(data_dir: Path, name: str, value: Any) -> Path:
+    """Set one key in ``twin.toml`` and keep the rest of the file as it was.
+
+    Why tomlkit: a command that changes the twin's config (``twin storage
+    backends add|rm``) must not turn the owner's file, comments and layout into
+    a freshly rendered one; the standard library's ``tomllib`` only reads. The
+    new file is checked as ``load`` would read it before it replaces the old one.
+    """
+    import tomlkit
+    from tomlkit.items import AoT, Table
+
+    key = BY_NAME.get(name)
+    if key is None:
+        raise ConfigError(f"unknown key {name!r}")
+    coerce(key, value, "the new value")
+    path = Path(data_dir) / CONFIG_FILE
+    try:
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        doc = tomlkit.parse(text)
+    except (OSError, ValueError) as exc:  # tomlkit's parse errors are ValueErrors
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    section, short = name.split(".", 1)
+    table = doc.get(section)
+    if table is None:
+        table = tomlkit.table()
+        doc[section] = table
+    if not isinstance(table, Table):
+        raise ConfigError(f"{path}: [{section}] is not a table; edit {name} by hand")
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value) \
+            and not isinstance(table.get(short), AoT):
+        items = tomlkit.array()
+        for v in value:
+            inline = tomlkit.inline_table()
+            inline.update(v)
+            items.append(inline)
+        table[short] = items.multiline(True)  # one backend a line: readable, diffable
+    else:
+        table[short] = value
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(tomlkit.dumps(doc))
+            f.flush()
+            os.fsync(f.fileno())
+        load_file_values(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return path
+
+
+def file_value(data_dir: Path, name: str) -> Any:
+    """What ``twin.toml`` itself sets for ``name`` (its default if the file does not)."""
+    path = Path(data_dir) / CONFIG_FILE
+    values = load_file_values(path) if path.exists() else {}
+    return values.get(name, BY_NAME[name].default)
+
+
 SECRET_KEYS = frozenset({"smtp.smarthost_password"})
 
 
@@ -585,5 +645,8 @@ def render_show(config: Config) -> str:
     for key in SCHEMA:
         value = config.values[key.name]
         shown = "********" if key.name in SECRET_KEYS and value else _toml_value(value)
+        if key.name == "storage.backends" and isinstance(value, list):  # a resp password
+            shown = _toml_value([{k: "********" if k == "password" else v for k, v in b.items()}
+                                 if isinstance(b, dict) else b for b in value])
         out.append(f"{key.name} = {shown}    # {config.sources[key.name]}")
     return "\n".join(out) + "\n"

@@ -70,3 +70,32 @@ def summarise(domains: list[str], k: int, n: int) -> Summary:
                       f"losing the one holding {largest} backends can lose data (k={k})")
                    + ": add backends on other disks or machines (README: Dispersed storage)")
     return Summary(len(counts), largest, survives, warning)
+
+
+def of_spec(spec: dict[str, str], data_dir: Path) -> str:
+    """The failure domain of a backend spec not opened yet (``twin storage backends add``):
+    a local location is relative to the data dir, as ``storage.backends.load`` reads it."""
+    if spec.get("kind") == "local":
+        path = Path(str(spec.get("location", ""))).expanduser()
+        return of_path(path if path.is_absolute() else data_dir / path)
+    return of_url(str(spec.get("location", "")))
+
+
+def check_change(before: list[str], after: list[str], k: int, n: int) -> str:
+    """Why going from the domains ``before`` to ``after`` (one per backend taking new
+    shares) weakens the store, or "" if it does not.
+
+    Refused: a change that makes one domain hold more than n - k backends when none
+    did (losing it could then lose data), and one that leaves the shares on fewer
+    domains than before when that is fewer than n. A store already below the rule
+    may still change in ways that do not make it worse (six directories on one disk
+    drained onto other disks and servers).
+    """
+    was, will = summarise(before, k, n), summarise(after, k, n)
+    if was.survives_one and not will.survives_one:
+        return (f"one failure domain would hold {will.largest} of the backends, more than "
+                f"n-k={n - k}: losing that disk or server could lose data")
+    if will.count < was.count and will.count < n:
+        return (f"the shares would span {will.count} failure domain(s) instead of "
+                f"{was.count}, fewer than n={n}")
+    return ""

@@ -80,6 +80,7 @@ from storage.backends import ShardBackend, claim_all, load
 from storage.backends.local import CompactPolicy
 from storage.catalogue import FILE_NAME, Catalogue
 from storage.errors import (
+    BackendRefused,
     BackendUnavailable,
     IntegrityError,
     InvalidReference,
@@ -90,6 +91,7 @@ from storage.errors import (
 )
 from storage.model import (
     BackendHealth,
+    DrainProgress,
     ObjectInfo,
     ObjectRef,
     RepairReport,
@@ -100,8 +102,10 @@ from storage.store import ObjectStream, Store, default_executors
 
 __all__ = [
     "BackendHealth",
+    "BackendRefused",
     "BackendUnavailable",
     "CompactPolicy",
+    "DrainProgress",
     "IntegrityError",
     "InvalidReference",
     "NotEnoughShares",
@@ -145,7 +149,7 @@ def open_store(data_dir: Path, *, k: int, n: int, segment_size: int,
         catalogue = Catalogue(data_dir / FILE_NAME, io)
         return Store(data_dir, loaded, catalogue, k=k, n=n, segment_size=segment_size,
                      master_key=master_key, metadata_key=metadata_key, cpu=cpu, io=io,
-                     write_quorum=write_quorum)
+                     write_quorum=write_quorum, policy=policy)
     except BaseException:
         for b in loaded:
             unclaim = getattr(b, "unclaim", None)

@@ -311,6 +311,34 @@ class Catalogue:
         result: set[str] = await self._io(self._known, ids)
         return result
 
+    def _segments_on(self, backend: str, after: tuple[str, int], limit: int
+                     ) -> list[tuple[str, int]]:
+        # instr, not LIKE: backend names may hold "_", a LIKE wildcard
+        return [(r[0], r[1]) for r in self._reader().execute(
+            "SELECT object_id, seg FROM segments WHERE (object_id, seg) > (?, ?) "
+            "AND instr(',' || placement || ',', ?) > 0 ORDER BY object_id, seg LIMIT ?",
+            (after[0], after[1], f",{backend},", limit))]
+
+    async def segments_on(self, backend: str, after: tuple[str, int] = ("", -1),
+                          limit: int = 500) -> list[tuple[str, int]]:
+        """(object id, segment) of the segments with a share placed on ``backend``,
+        in order, after ``after``: what a drain of that backend still has to move."""
+        result: list[tuple[str, int]] = await self._io(self._segments_on, backend, after,
+                                                       limit)
+        return result
+
+    def _count_on(self, backend: str) -> int:
+        # a segment never has two shares on one backend: segments are shares here
+        row = self._reader().execute(
+            "SELECT COUNT(*) FROM segments WHERE instr(',' || placement || ',', ?) > 0",
+            (f",{backend},",)).fetchone()
+        return int(row[0])
+
+    async def count_on(self, backend: str) -> int:
+        """How many shares the catalogue places on ``backend`` (one full scan)."""
+        result: int = await self._io(self._count_on, backend)
+        return result
+
     def _named(self, name: str) -> list[tuple[str, int, float]]:
         return [(r[0], r[1], r[2]) for r in self._reader().execute(
             "SELECT object_id, size, created FROM named WHERE name=? ORDER BY generation DESC",

@@ -67,3 +67,9 @@ class DeleteRefused(BackendUnavailable):
 
     Not a passing outage: ``Store.delete`` checks for it before an object leaves
     the catalogue, so ``rm`` fails loudly instead of hiding shares that stay."""
+
+
+class BackendRefused(StorageError, ValueError):
+    """A change of the store's backend set that it will not make (``add``, ``drain``,
+    ``remove_backend``): a name taken, a backend unreachable, fewer than n left, a
+    backend still holding shares. The message says which and what to do."""

@@ -117,3 +117,18 @@ class RepairReport:
     shares_rebuilt: int = 0
     unrecoverable: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DrainProgress:
+    """Where a drain of one backend stands (``Store.drain``): each step and the end."""
+
+    backend: str
+    total: int  # shares on it when its drain first began (kept across resumes)
+    left: int  # shares the catalogue still places on it
+    moved: int = 0  # shares this run placed elsewhere
+    bytes_written: int = 0  # share bytes this run wrote
+    seconds: float = 0.0
+    resumed: bool = False  # an earlier, interrupted drain had begun
+    done: bool = False
+    failures: list[str] = field(default_factory=list)

@@ -19,7 +19,7 @@ from storage.catalogue import Manifest, SegmentEntry
 from storage.codec import EncodedSegment, SegmentKey, cipher_len
 from storage.errors import ObjectNotFound
 from storage.model import RepairReport, ShareProblem, VerifyReport
-from storage.share import make_header
+from storage.share import HEADER_BYTES, header_matching
 from storage.store import NS_BACKUP, NS_OBJECT, Store, parse_share_key
 
 log = logging.getLogger("twin.storage")
@@ -210,37 +210,53 @@ def _log_report(report: RepairReport) -> None:
 
 
 async def _repair_segment(store: Store, m: Manifest, seg: int, healthy: set[str],
-                          report: RepairReport) -> None:
-    good, bad = await _probe_segment(store, m, seg)
-    if not bad:
-        return
-    if len(good) < m.k:
+                          report: RepairReport, leaving: frozenset[str] = frozenset()) -> int:
+    """Rebuild the segment's missing or bad shares; with ``leaving`` (a drain), also move
+    its good shares off those backends. Returns the share bytes written.
+
+    A move is a copy when the share reads back good (only the leaving shares are read
+    then), and the repair above when it does not: the share is rebuilt from k others.
+    Either way the new shares are durable and the catalogue points at them before the
+    old ones are deleted, so the segment never has fewer good shares than before."""
+    entry = m.entry(seg)
+    good: dict[int, memoryview] = {}
+    bad: dict[int, str] = {}
+    if leaving:
+        good, bad = await _probe_leaving(store, m, seg, leaving)
+    if not leaving or bad:
+        good, bad = await _probe_segment(store, m, seg)
+    moving = sorted(i for i in good if entry.placement[i] in leaving)
+    if not bad and not moving:
+        return 0
+    if bad and len(good) < m.k:
         if m.id not in report.unrecoverable:
             report.unrecoverable.append(m.id)
         log.error("object %s segment %d has %d good shares, %d needed: cannot repair", m.id,
                   seg, len(good), m.k)
-        return
-    entry = m.entry(seg)
+        return 0
     missing = sorted(bad)
     length = cipher_len(m.plain_len(seg))
     sk = _segment_key(m, seg)
-    rebuilt = await store.run_cpu(length, erasure.rebuild, dict(good), m.k, m.n, missing)
+    rebuilt = (await store.run_cpu(length, erasure.rebuild, dict(good), m.k, m.n, missing)
+               if missing else [])
     headers: list[bytes] = [b""] * m.n
     payloads: list[erasure.Buffer] = [b""] * m.n
-    for i, payload in zip(missing, rebuilt, strict=True):
-        headers[i] = make_header(sk.share_id(i, length), payload)
-        if headers[i][-32:] != entry.hashes[i]:
+    for i, payload in [*zip(missing, rebuilt, strict=True), *((i, good[i]) for i in moving)]:
+        header = header_matching(sk.share_id(i, length), payload, entry.hashes[i])
+        if header is None:
             raise ValueError(f"rebuilt share {i} does not match the catalogue hash")
-        payloads[i] = payload
-    used = {entry.placement[i] for i in good}
-    spare = [b for b in store.placement_order(m.id) if b.name in healthy and b.name not in used]
+        headers[i], payloads[i] = header, payload
+    used = {entry.placement[i] for i in range(m.n)
+            if entry.placement[i] and i not in bad and i not in moving}
+    spare = [b for b in store.placement_order(m.id) if b.name in healthy and b.name not in used
+             and b.name not in leaving and b.name not in store.draining]
     assigned: dict[int, ShardBackend] = {}
     for i in missing:  # a share goes back where it was when that backend is fine (or new)
         original = store.by_name.get(entry.placement[i])
         if original is not None and original in spare:
             assigned[i] = original
             spare.remove(original)
-    for i in missing:
+    for i in [*missing, *moving]:
         if i not in assigned and spare:
             assigned[i] = spare.pop(0)
     todo = sorted(assigned)
@@ -248,18 +264,38 @@ async def _repair_segment(store: Store, m: Manifest, seg: int, healthy: set[str]
     placed = await store.store_shares(NS_OBJECT, m.id, seg, EncodedSegment(headers, payloads),
                                       todo, targets, used, [])
     new = SegmentEntry(list(entry.placement), list(entry.hashes))
-    for i in missing:
+    for i in [*missing, *moving]:
         if i in placed:
             new.placement[i] = placed[i]
     if new.placement != entry.placement:
         await store.catalogue.set_placement(m.id, seg, new)
+        if leaving and await store.catalogue.info(m.id) is None:  # deleted meanwhile
+            await store.delete_keys([(placed[i], f"{NS_OBJECT}/{m.id}/{seg}/{i}")
+                                     for i in placed])
+            return 0
     moved = [(entry.placement[i], i) for i in placed if entry.placement[i] not in ("",
                                                                                    placed[i])]
     await store.delete_keys([(name, f"{NS_OBJECT}/{m.id}/{seg}/{i}") for name, i in moved])
     report.segments_repaired += 1 if placed else 0
     report.shares_rebuilt += len(placed)
-    unplaced = [i for i in missing if i not in placed]
+    unplaced = [i for i in [*missing, *moving] if i not in placed]
     if unplaced:
         report.failures.append(f"{m.id}/{seg}: shares {unplaced} not restored (no backend "
                                f"that is up accepted them)")
-    log.info("object %s segment %d: rebuilt shares %s", m.id, seg, sorted(placed))
+    (log.debug if leaving else log.info)("object %s segment %d: %s shares %s", m.id, seg,
+                                         "moved" if leaving else "rebuilt", sorted(placed))
+    return sum(HEADER_BYTES + len(payloads[i]) for i in placed)
+
+
+async def _probe_leaving(store: Store, m: Manifest, seg: int, leaving: frozenset[str]
+                         ) -> tuple[dict[int, memoryview], dict[int, str]]:
+    """Only the segment's shares on ``leaving`` backends, each checked in full."""
+    entry = m.entry(seg)
+    sk = _segment_key(m, seg)
+    plain = m.plain_len(seg)
+    mine = [i for i in range(m.n) if entry.placement[i] in leaving]
+    results = await asyncio.gather(*(store.probe_share(NS_OBJECT, m.id, sk, plain, i, entry)
+                                     for i in mine))
+    good = {i: p for i, (p, _) in zip(mine, results, strict=True) if p is not None}
+    bad = {i: why for i, (p, why) in zip(mine, results, strict=True) if p is None}
+    return good, bad

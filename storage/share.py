@@ -81,6 +81,18 @@ def make_header(sid: ShareId, payload: Buffer) -> bytes:
     return prefix + share_hash(prefix, payload)
 
 
+def header_matching(sid: ShareId, payload: Buffer, expected_hash: bytes) -> bytes | None:
+    """The header of a share rebuilt or moved, in the version whose hash is the
+    catalogue's: a share written as version 1 stays version 1 when it moves (a new
+    header would not match the catalogue). None if no version matches."""
+    for version in sorted(_HASHES, reverse=True):
+        prefix = _FIXED.pack(MAGIC, version, sid.k, sid.n, sid.index, sid.object_id,
+                             sid.segment, sid.cipher_len, len(payload))
+        if share_hash(prefix, payload, version) == expected_hash:
+            return prefix + expected_hash
+    return None
+
+
 def check(data: Buffer, expected: ShareId, expected_hash: bytes | None, *,
           full: bool = True) -> memoryview:
     """The payload of a stored share, or IntegrityError saying what is wrong with it.

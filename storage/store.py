@@ -46,7 +46,7 @@ from collections.abc import (
 )
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 from storage import crypto
 from storage.backends import ShardBackend, max_value
@@ -80,6 +80,10 @@ from storage.model import (
     ref_id,
 )
 from storage.share import HEADER_BYTES
+
+if TYPE_CHECKING:
+    from storage.backends.local import CompactPolicy
+    from storage.model import DrainProgress
 
 log = logging.getLogger("twin.storage")
 T = TypeVar("T")
@@ -198,6 +202,7 @@ class Store:
         io: ThreadPoolExecutor,
         write_quorum: int | None = None,
         depth: int | None = None,
+        policy: CompactPolicy | None = None,
     ) -> None:
         check_kn(k, n)
         if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
@@ -241,6 +246,10 @@ class Store:
         self.orphans_left: builtins.list[tuple[str, str]] = []  # (backend, key) to delete
         self._closed = False
         self._check_master_key()
+        self.policy = policy  # for local backends added later (``add_backend``)
+        from storage.backendset import load_draining
+
+        self.draining: set[str] = load_draining(self)  # take no new shares (``drain``)
         from storage.smallput import SmallPuts  # it builds on this module
 
         self.small = SmallPuts(self)  # small in-memory puts go through it, batched
@@ -305,9 +314,17 @@ class Store:
             raise
 
     def placement_order(self, object_id: str) -> builtins.list[ShardBackend]:
-        """Backends in the order shares 0..n-1 go to; rotated per object to spread load."""
-        start = int(object_id[:8], 16) % len(self.backends)
-        return self.backends[start:] + self.backends[:start]
+        """Backends in the order shares 0..n-1 go to; rotated per object to spread load.
+
+        Draining backends are left out (appended last only if, configured by hand,
+        fewer than n others are left: shares somewhere beat shares nowhere)."""
+        pool = self.backends
+        if self.draining:
+            pool = [b for b in self.backends if b.name not in self.draining]
+            if len(pool) < self.n:
+                pool += [b for b in self.backends if b.name in self.draining]
+        start = int(object_id[:8], 16) % len(pool)
+        return pool[start:] + pool[:start]
 
     def segment_key(self, m: Manifest, key: bytes, seg: int) -> SegmentKey:
         return SegmentKey(key, m.prefix, bytes.fromhex(m.id), seg, seg == m.segment_count - 1,
@@ -415,8 +432,10 @@ class Store:
             await self.budget.release(held)
 
     def spares(self, used: set[str]) -> builtins.list[ShardBackend]:
-        """Backends a segment does not use yet, those that are down last."""
-        return sorted((b for b in self.backends if b.name not in used),
+        """Backends a segment does not use yet, those that are down last (draining
+        ones never: a share put there would only have to move again)."""
+        return sorted((b for b in self.backends if b.name not in used
+                       and b.name not in self.draining),
                       key=lambda b: self.recently_failed(b.name))
 
     def check_placed(self, oid: str, segment: int, placed: int) -> None:
@@ -782,6 +801,44 @@ class Store:
             return await repair(self)
         finally:
             await asyncio.get_running_loop().run_in_executor(self.io, release_memory)
+
+    async def add_backend(self, spec: dict[str, str]) -> BackendHealth:
+        """Open a new backend (a ``storage.backends`` spec) and place new shares on it too.
+
+        Refused (``BackendRefused``) if the name is taken, or it cannot be reached,
+        written or hold this store's shares."""
+        from storage.backendset import add
+
+        self._check_open()
+        return await add(self, spec)
+
+    async def drain(self, name: str, progress: Callable[[DrainProgress], None] | None = None
+                    ) -> DrainProgress:
+        """Move every share on backend ``name`` to the others, while puts and gets go on.
+
+        ``name`` takes no new share from now on (kept across restarts); each share
+        is copied (or rebuilt from k others, if it cannot be read) to a backend its
+        segment does not use yet, the catalogue updated, then the old one deleted, so
+        a segment never has fewer good shares than before. Interrupted, it resumes on
+        the next call. ``progress`` hears of each step. Refused (``BackendRefused``)
+        if fewer than n backends would take new shares."""
+        from storage.drain import drain
+
+        self._check_open()
+        return await drain(self, name, progress)
+
+    async def remove_backend(self, name: str) -> None:
+        """Stop using backend ``name``; refused (``BackendRefused``, with the count)
+        while any share is placed on it, and if fewer than n would be left."""
+        from storage.backendset import remove
+
+        self._check_open()
+        await remove(self, name)
+
+    async def shares_on(self, name: str) -> int:
+        """How many shares the catalogue places on backend ``name``."""
+        self._check_open()
+        return await self.catalogue.count_on(name)
 
     async def set_named(self, name: str, ref: ObjectRef | str) -> None:
         """Make ``name`` point at ``ref`` (a new generation); what ``get_named`` returns.

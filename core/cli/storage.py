@@ -36,6 +36,8 @@ from urllib.parse import quote
 
 import httpx
 
+from core import backends
+from core.backends import BackendRow
 from core.cli import binary_stdout
 from core.errors import TwinError
 from core.peer.local_storage import (
@@ -48,6 +50,7 @@ from core.peer.local_storage import (
 from core.progress import Progress as Steps
 from core.progress import heartbeat
 from storage import (
+    DrainProgress,
     ObjectInfo,
     ObjectRef,
     RepairReport,
@@ -81,12 +84,38 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--clean", action="store_true", help="delete orphan shares")
     cmds.add_parser("repair", help="rebuild missing or corrupt shares")
     cmds.add_parser("backup", help="back twin.db and the catalogue up into the store now")
+    _register_backends(cmds)
     p.set_defaults(func=run)
     for name in ("verify", "repair", "backup"):  # the long ones: progress and a summary
         c = cmds.choices[name]
         c.add_argument("--json", action="store_true", help="the summary as JSON")
         c.add_argument("--progress", action="store_true",
                        help="progress on stderr even when it is not a terminal")
+
+
+def _register_backends(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = cmds.add_parser("backends", help="list, add, drain and remove the store's backends")
+    sub = p.add_subparsers(dest="backends_command", metavar="ACTION", required=True)
+    sub.add_parser("list", help="each backend: kind, location, shares held, failure domain")
+    c = sub.add_parser("add", help="add a backend (to the running store and twin.toml)")
+    c.add_argument("name", help="its name (letters, digits, - and _)")
+    c.add_argument("kind", choices=("local", "resp"))
+    c.add_argument("location", help="local: a directory (relative to the data dir); resp: "
+                                    "redis://host:port/db or zdb://host:port/namespace")
+    c.add_argument("--password", action="store_true",
+                   help="ask for the server's password (read from stdin when not a terminal)")
+    c.add_argument("--password-file", metavar="PATH",
+                   help="a file holding the password (relative to the data dir)")
+    c.add_argument("--force", action="store_true", help="add it even if it weakens the "
+                   "store's spread over failure domains")
+    c = sub.add_parser("drain", help="move every share off a backend, online and resumable")
+    c.add_argument("name")
+    c.add_argument("--force", action="store_true", help="drain it even if the shares then "
+                   "span fewer failure domains")
+    c = sub.add_parser("rm", help="remove a drained backend (from the store and twin.toml)")
+    c.add_argument("name")
+    c.add_argument("--force", action="store_true", help="remove it even if the shares then "
+                   "span fewer failure domains")
 
 
 def open_from_config(data: Path, overrides: dict[str, Any] | None = None) -> Store:
@@ -193,6 +222,11 @@ class Target(Protocol):
     async def verify(self, sample: float | None, clean: bool) -> VerifyReport: ...
     async def repair(self) -> RepairReport: ...
     async def backup(self) -> str: ...
+    async def backends(self) -> list[BackendRow]: ...
+    async def add_backend(self, spec: dict[str, str], force: bool) -> BackendRow: ...
+    async def drain(self, name: str, force: bool,
+                    progress: Callable[[DrainProgress], None]) -> DrainProgress: ...
+    async def remove_backend(self, name: str, force: bool) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -237,6 +271,19 @@ class Offline:
             return await backup.backup_all(db, self.store)
         finally:
             db.close()
+
+    async def backends(self) -> list[BackendRow]:
+        return await backends.rows(self.store)
+
+    async def add_backend(self, spec: dict[str, str], force: bool) -> BackendRow:
+        return await backends.add(self.store, self.store.data_dir, spec, force)
+
+    async def drain(self, name: str, force: bool,
+                    progress: Callable[[DrainProgress], None]) -> DrainProgress:
+        return await backends.drain(self.store, name, progress, force)
+
+    async def remove_backend(self, name: str, force: bool) -> None:
+        await backends.remove(self.store, self.store.data_dir, name, force)
 
     async def close(self) -> None:
         await self.store.close()
@@ -300,6 +347,42 @@ class Online:
 
     async def backup(self) -> str:
         return str((await self._call("POST", "/backup", timeout=SLOW))["name"])
+
+    async def backends(self) -> list[BackendRow]:
+        return [BackendRow.from_json(r) for r in await self._call("GET", "/backends")]
+
+    async def add_backend(self, spec: dict[str, str], force: bool) -> BackendRow:
+        return BackendRow.from_json(await self._call(
+            "POST", "/backends", json=spec, params={"force": "1" if force else "0"},
+            timeout=SLOW))
+
+    async def drain(self, name: str, force: bool,
+                    progress: Callable[[DrainProgress], None]) -> DrainProgress:
+        path = f"/backends/{quote(name, safe='')}/drain"
+        final: DrainProgress | None = None
+        async with self.http.stream("POST", path, params={"force": "1" if force else "0"},
+                                    timeout=SLOW) as resp:
+            if resp.status_code != 200:
+                await resp.aread()
+                _check(resp)
+            async for line in resp.aiter_lines():
+                if not line:
+                    continue
+                body = json.loads(line)
+                if "error" in body:
+                    raise TwinError(str(body["error"]))
+                last = body.pop("final", False)
+                step = backends.progress_from_json(body)
+                progress(step)
+                final = step if last else None
+        if final is None:
+            raise TwinError(f"the running twin ended the drain of {name} without a result "
+                            "(run it again: it resumes)")
+        return final
+
+    async def remove_backend(self, name: str, force: bool) -> None:
+        await self._call("DELETE", f"/backends/{quote(name, safe='')}",
+                         params={"force": "1" if force else "0"})
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -472,6 +555,76 @@ async def _backup(target: Target, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _backends(target: Target, args: argparse.Namespace) -> int:
+    action = args.backends_command
+    if action == "list":
+        print(f"{'NAME':<12} {'KIND':<6} {'LOCATION':<40} {'SHARES':>8}  {'STATE':<10} "
+              "FAILURE DOMAIN")
+        for r in await target.backends():
+            state = "draining" if r.draining else "ok" if r.reachable else "UNREACHABLE"
+            print(f"{r.name:<12} {r.kind:<6} {r.location:<40} {r.shares:>8}  {state:<10} "
+                  f"{r.domain}" + (f"  ({r.detail})" if r.detail and not r.reachable else ""))
+        return 0
+    if action == "add":
+        spec = {"name": args.name, "kind": args.kind, "location": args.location}
+        if args.password:
+            spec["password"] = _read_password()
+        if args.password_file:
+            spec["password_file"] = args.password_file
+        row = await target.add_backend(spec, args.force)
+        print(f"added {row.name} ({row.kind} {row.location}, {row.domain}): new shares go "
+              f"to it; shares already stored stay where they are (a drain moves them)")
+        return 0
+    if action == "drain":
+        return await _drain(target, args)
+    await target.remove_backend(args.name, args.force)
+    print(f"removed {args.name} from the store and from twin.toml")
+    return 0
+
+
+def _read_password() -> str:
+    """The password from the terminal (not echoed) or the first line of stdin."""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("password: ")
+    return sys.stdin.readline(4097).rstrip("\r\n")
+
+
+async def _drain(target: Target, args: argparse.Namespace) -> int:
+    last = 0.0
+    told_resumed = False
+
+    def heard(p: DrainProgress) -> None:
+        nonlocal last, told_resumed
+        if p.resumed and not told_resumed:
+            told_resumed = True
+            print(f"drain {p.backend}: resuming an interrupted drain, {p.total - p.left} of "
+                  f"{p.total} shares moved before", file=sys.stderr, flush=True)
+        now = time.monotonic()
+        if now - last < 0.5 and not p.done:
+            return
+        last = now
+        rate = p.bytes_written / MiB / max(p.seconds, 1e-6)
+        print(f"drain {p.backend}: {p.total - p.left} of {p.total} shares moved, {p.left} "
+              f"left ({p.bytes_written / MiB:.1f} MiB this run, {rate:.1f} MiB/s)",
+              file=sys.stderr, flush=True)
+
+    result = await target.drain(args.name, args.force, heard)
+    rate = result.bytes_written / MiB / max(result.seconds, 1e-6)
+    summary = (f"{result.moved} shares moved this run ({result.bytes_written / MiB:.1f} MiB "
+               f"in {result.seconds:.1f} s, {rate:.1f} MiB/s)")
+    if result.done:
+        print(f"{result.backend} drained: {summary}; it holds no share now, "
+              f"`twin storage backends rm {result.backend}` removes it")
+        return 0
+    print(f"{result.backend} not drained: {summary}, {result.left} shares left; run it "
+          f"again to resume")
+    for failure in result.failures:
+        print(f"  {failure}")
+    return 1
+
+
 _COMMANDS: dict[str, Command] = {
     "put": _put, "get": _get, "ls": _ls, "rm": _rm, "status": _status,
-    "verify": _verify, "repair": _repair, "backup": _backup}
+    "verify": _verify, "repair": _repair, "backup": _backup, "backends": _backends}

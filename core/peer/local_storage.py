@@ -15,6 +15,10 @@ GET      ``status``                 -> ``StoreStatus.to_json()``
 POST     ``verify?sample=F&clean=1`` -> ``VerifyReport`` as JSON
 POST     ``repair``                 -> ``RepairReport`` as JSON
 POST     ``backup``                 -> ``{"name"}`` (twin.db, then the catalogue)
+GET      ``backends``               -> ``[BackendRow]`` (``core.backends``)
+POST     ``backends?force=1``       JSON backend spec -> ``BackendRow``; in twin.toml too
+POST     ``backends/{name}/drain``  NDJSON ``DrainProgress`` lines, the last one final
+DELETE   ``backends/{name}``        -> ``{"removed": name}``; out of twin.toml too
 =======  =========================  ==============================================
 
 Owner only, like ``PUT /twin/v1/local/objects`` (``core.peer.api``): every
@@ -232,6 +236,10 @@ def routes(service: Service) -> list[BaseRoute]:
         Route("/verify", handle(verify), methods=["POST"]),
         Route("/repair", handle(repair), methods=["POST"]),
         Route("/backup", handle(backup), methods=["POST"]),
+        Route("/backends", handle(list_backends), methods=["GET"]),
+        Route("/backends", handle(add_backend), methods=["POST"]),
+        Route("/backends/{name}/drain", handle(drain_backend), methods=["POST"]),
+        Route("/backends/{name}", handle(remove_backend), methods=["DELETE"]),
     ], default=not_found)
     return [Mount(LOCAL_STORAGE, app=_OwnerOnly(inner, service))]
 
@@ -301,3 +309,96 @@ async def verify(request: Request, store: Store) -> Response:
 
 async def repair(request: Request, store: Store) -> Response:
     return _json(asdict(await store.repair()))
+
+
+# -- backends (core.backends does the work, the same as for a stopped twin)
+
+MAX_SPEC_BODY = 16 * 1024  # a backend spec is a few short strings
+DRAIN_REPORT_EVERY = 0.5  # seconds between progress lines of a drain
+
+
+def _force(request: Request) -> bool:
+    return request.query_params.get("force", "") in ("1", "true", "yes")
+
+
+async def list_backends(request: Request, store: Store) -> Response:
+    from core import backends
+
+    return _json([r.to_json() for r in await backends.rows(store)])
+
+
+async def add_backend(request: Request, store: Store) -> Response:
+    from core import backends
+
+    body = bytearray()
+    async for chunk in request.stream():  # bounded before parsing: owner only, but still
+        body += chunk
+        if len(body) > MAX_SPEC_BODY:
+            return _json({"code": "invalid", "message": "backend spec too large"}, 413)
+    try:
+        spec = json.loads(body)
+    except ValueError as exc:
+        raise ValueError(f"backend spec is not JSON: {exc}") from None
+    row = await backends.add(store, store.data_dir, spec, _force(request))
+    log.info("owner added storage backend %s (%s)", row.name, row.kind)
+    return _json(row.to_json())
+
+
+async def drain_backend(request: Request, store: Store) -> Response:
+    """Refusals before the first byte (a 400 like any other); then one NDJSON line per
+    ``DRAIN_REPORT_EVERY`` and a last one with the result (or ``{"error"}``). The
+    client going away cancels the drain, which the next request resumes."""
+    from core import backends
+
+    name = request.path_params["name"]
+    force = _force(request)
+    await backends.check_drain(store, name, force)
+    return StreamingResponse(_drain_lines(store, name, force), media_type=NDJSON)
+
+
+async def _drain_lines(store: Store, name: str, force: bool) -> AsyncIterator[bytes]:
+    from core import backends
+    from storage import DrainProgress
+
+    loop = asyncio.get_running_loop()
+    latest: asyncio.Queue[DrainProgress] = asyncio.Queue(maxsize=1)
+    last = 0.0
+
+    def heard(p: DrainProgress) -> None:
+        nonlocal last
+        if loop.time() - last >= DRAIN_REPORT_EVERY and latest.empty():
+            last = loop.time()
+            latest.put_nowait(DrainProgress(**{**asdict(p), "failures": list(p.failures)}))
+
+    log.info("owner started a drain of storage backend %s", name)
+    task = asyncio.create_task(backends.drain(store, name, heard, force))
+    try:
+        while not task.done():
+            waiter = asyncio.create_task(latest.get())
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter.done():
+                yield json.dumps(backends.progress_json(waiter.result())).encode() + b"\n"
+            else:
+                waiter.cancel()
+        try:
+            final = task.result()
+        except Exception as exc:
+            log.warning("drain of %s failed: %s", name, exc)
+            yield json.dumps({"error": str(exc)}).encode() + b"\n"
+            return
+        yield json.dumps({**backends.progress_json(final), "final": True}).encode() + b"\n"
+    finally:
+        if not task.done():
+            log.info("drain of storage backend %s interrupted (resumed by the next drain)",
+                     name)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def remove_backend(request: Request, store: Store) -> Response:
+    from core import backends
+
+    name = request.path_params["name"]
+    await backends.remove(store, store.data_dir, name, _force(request))
+    log.info("owner removed storage backend %s", name)
+    return _json({"removed": name})
