@@ -99,6 +99,14 @@ class FileEntry(ContentEntry):
 Entries = list[FileEntry]
 
 
+@dataclass(frozen=True)
+class Written:
+    """What ``FileTree.put_file`` stored: the new entry, and whether it made the file."""
+
+    entry: FileEntry
+    created: bool
+
+
 def _entry(row: tuple[Any, ...], path: str) -> FileEntry:
     nid, _parent, name, is_dir, size, etag, created, modified, ctype, ref = row
     return FileEntry(path=path, name=name, size=int(size), is_dir=bool(is_dir),
@@ -329,27 +337,44 @@ class FileTree:
 
     async def create_empty(self, path: str, content_type: str | None = None) -> FileEntry:
         """An empty file (PUT of nothing, or a LOCK on an unmapped URL); keeps existing files."""
+        return (await self.make_empty(path, content_type)).entry
+
+    async def make_empty(self, path: str, content_type: str | None = None) -> Written:
+        """``create_empty``, also saying whether this call made the file (or found it)."""
         parts = split(path)
 
-        def make(c: sqlite3.Connection) -> tuple[Any, ...]:
+        def make(c: sqlite3.Connection) -> tuple[tuple[Any, ...], bool]:
             existing = _lookup(c, parts)
             if existing is not None:
                 if existing[3]:
                     raise Conflict(f"{join(parts)} is a directory")
-                return existing
+                return existing, False
             parent = _parent_dir(c, parts)
             now = time.time()
             c.execute("INSERT INTO file_nodes (parent, name, is_dir, size, etag, created, "
                       "modified, content_type) VALUES (?, ?, 0, 0, ?, ?, ?, ?)",
                       (parent[0], parts[-1], _new_etag(), now, now,
                        _guess_type(parts[-1], content_type)))
-            return _need(c, parts)
+            return _need(c, parts), True
 
-        return _entry(await self.db.run(_tx, make), join(parts))
+        row, created = await self.db.run(_tx, make)
+        return Written(_entry(row, join(parts)), created)
 
     async def write(self, path: str, data: AsyncIterable[bytes], *,
                     content_type: str | None = None, size_hint: int | None = None) -> FileEntry:
         """Store ``data`` fully, then switch the file to it in one transaction."""
+        written = await self.put_file(path, data, content_type=content_type,
+                                      size_hint=size_hint)
+        return written.entry
+
+    async def put_file(self, path: str, data: AsyncIterable[bytes], *,
+                       content_type: str | None = None,
+                       size_hint: int | None = None) -> Written:
+        """``write``, also saying whether this write created the file.
+
+        Decided inside the switch transaction, so of concurrent writes of a new
+        file exactly one is told it created it (WebDAV: one 201, the others 204,
+        RFC 9110 section 9.3.4)."""
         parts = split(path)
         if self.quota and size_hint is not None:
             def used_by_others(c: sqlite3.Connection) -> int:
@@ -368,7 +393,7 @@ class FileTree:
             await self._delete_objects([ref])
             ref = None
 
-        def switch(c: sqlite3.Connection) -> tuple[tuple[Any, ...], Refs]:
+        def switch(c: sqlite3.Connection) -> tuple[tuple[Any, ...], Refs, bool]:
             freed: Refs = []
             parent = _parent_dir(c, parts)
             old = _lookup(c, parts)
@@ -391,17 +416,17 @@ class FileTree:
                           "content_type = ?, ref = ? WHERE id = ?",
                           (size, _new_etag(), now, ctype, ref, old[0]))
                 _release(c, old[9], freed)
-            return _need(c, parts), freed
+            return _need(c, parts), freed, old is None
 
         try:
-            row, freed = await self.db.run(_tx, switch)
+            row, freed, created = await self.db.run(_tx, switch)
         except BaseException:
             if ref is not None:
                 await self._delete_objects([ref])
             raise
         await self._collect(freed)
         log.debug("wrote %s (%d bytes)", join(parts), size)
-        return _entry(row, join(parts))
+        return Written(_entry(row, join(parts)), created)
 
     async def delete(self, path: str) -> None:
         """Remove a file or a whole directory tree."""

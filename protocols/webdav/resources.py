@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from protocols.webdav.provider import TwinProvider
 
 SHARED_WITH = "{urn:twin}shared-with"
+# environ key: the file a PUT of a new name was to create existed by then (see app.PutStatus)
+FOUND_EXISTING = "twin.put_found_existing"
 GRANTEE = "{urn:twin}grantee"
 
 
@@ -257,10 +259,16 @@ class TreeFolder(_TreeMixin, DAVCollection):  # type: ignore[misc]
 
     # RFC 4918 section 9.7.1 (PUT creates a new resource)
     def create_empty_resource(self, name: str) -> TreeFile:
+        """The empty file a PUT (or LOCK) of a new name writes into.
+
+        A concurrent PUT may have made it since wsgidav looked: then this one
+        did not create it, and ``app.PutStatus`` answers 204 instead of
+        wsgidav's 201 (RFC 9110 section 9.3.4: 201 only for the creator)."""
         path = join((*split(self.path), name))
-        entry = self.call(self.tree.create_empty(
-            path, self.environ.get("CONTENT_TYPE")))
-        return TreeFile(path, self.environ, entry, fresh=entry.size == 0)
+        made = self.call(self.tree.make_empty(path, self.environ.get("CONTENT_TYPE")))
+        if not made.created:
+            self.environ[FOUND_EXISTING] = True
+        return TreeFile(path, self.environ, made.entry, fresh=made.created)
 
     # RFC 4918 section 9.3 (MKCOL)
     def create_collection(self, name: str) -> TreeFolder:
