@@ -17,6 +17,8 @@ Parts, one job each:
 - ``fastget``: plain whole-file GETs of the tree served on the loop, past wsgidav.
 - ``fastput``: plain PUTs of the tree stored from the loop, past wsgidav (same
   lock checks, through wsgidav's lock manager).
+- ``fastmkcol``: MKCOL of a folder that exists answered 405 on the loop (rclone
+  sends one before every upload).
 
 Server: uvicorn + a2wsgi (the twin's one HTTPS listener), not cheroot. Decided
 by ``bench/webdav.py``, which runs one twin process serving the same wsgidav

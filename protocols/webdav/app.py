@@ -25,10 +25,11 @@ so entity bombs raise instead of expanding):
 - request bodies of every method but PUT are XML and limited to
   ``webdav.max_xml_body`` bytes, chunked or not (413 otherwise).
 
-Behind the guard, ``fastget.FastGet`` serves plain whole-file GETs and
-``fastput.FastPut`` plain PUTs of the owner's tree on the loop (the owner's
-login only); every other request reaches wsgidav, where ``roles.RoleGate``
-limits a login other than the owner's to what it was granted.
+Behind the guard, ``fastget.FastGet`` serves plain whole-file GETs,
+``fastput.FastPut`` plain PUTs and ``fastmkcol.FastMkcol`` MKCOLs of existing
+folders of the owner's tree on the loop (the owner's login only); every
+other request reaches wsgidav, where ``roles.RoleGate`` limits a login other
+than the owner's to what it was granted.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from core.files import PathLocks
 from protocols.webdav.auth import TwinDomainController
 from protocols.webdav.bridge import Bridge
 from protocols.webdav.fastget import FastGet
+from protocols.webdav.fastmkcol import FastMkcol
 from protocols.webdav.fastput import FastPut
 from protocols.webdav.provider import SHARED, TwinProvider
 from protocols.webdav.resources import FOUND_EXISTING
@@ -263,9 +265,9 @@ def routes(service: Service) -> list[BaseRoute]:
         # RFC 6764 section 5 style discovery; clients follow it to the DAV root
         return RedirectResponse(MOUNT + "/", status_code=301)
 
-    app = OneDate(PathGuard(FastGet(FastPut(
-        wsgi, service, SHARED, dav.lock_manager),  # type: ignore[arg-type]
-        service, SHARED)))
+    app = OneDate(PathGuard(FastGet(FastPut(FastMkcol(
+        wsgi, service, SHARED),  # type: ignore[arg-type]
+        service, SHARED, dav.lock_manager), service, SHARED)))
     return [
         Route("/.well-known/webdav", well_known,
               methods=["GET", "HEAD", "PROPFIND", "OPTIONS"]),

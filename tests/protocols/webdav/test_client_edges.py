@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 
@@ -117,3 +118,28 @@ def test_concurrent_puts_of_a_new_file_one_201(dav_twin: TwinProcess, dav: httpx
         assert body.startswith(b"version ")
         # the last switch won: its ETag is the file's
         assert dav.head(path).headers["etag"] in {r.headers["etag"] for r in answers}
+
+
+def test_mkcol_of_an_existing_folder_as_wsgidav_answers(dav_twin: TwinProcess,
+                                                         dav: httpx.Client) -> None:
+    """rclone's MKCOL before each upload: 405 from the fast path, as wsgidav answers it."""
+    assert dav.request("MKCOL", "/dav/made").status_code == 201
+    fast = dav.request("MKCOL", "/dav/made")
+    slow = dav.request("MKCOL", "/dav/made", headers={"If": "(<urn:uuid:no-such-lock>)"})
+    assert fast.status_code == slow.status_code == 405
+
+    def page(r: httpx.Response) -> str:  # wsgidav's status page, less its time stamp
+        return re.sub(r"\d\d\d\d-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?", "T", r.text)
+    assert page(fast) == page(slow)
+
+    def same(r: httpx.Response) -> dict[str, str]:
+        return {k: v for k, v in r.headers.items() if k not in ("date", "connection")}
+    assert same(fast) == same(slow)
+    dav.put("/dav/made/file.txt", content=b"f")
+    assert dav.request("MKCOL", "/dav/made/file.txt").status_code == 405  # a file is mapped too
+    assert dav.request("MKCOL", "/dav/made", content=b"<x/>").status_code == 415
+    assert dav.request("MKCOL", "/dav/made", headers={"Depth": "1"}).status_code == 400
+    with httpx.Client(base_url=dav_twin.url, verify=False) as anon:
+        assert anon.request("MKCOL", "/dav/made").status_code == 401
+        assert anon.request("MKCOL", "/dav/made",
+                            auth=(dav_twin.login, "wrong")).status_code == 401
