@@ -143,3 +143,41 @@ def test_mkcol_of_an_existing_folder_as_wsgidav_answers(dav_twin: TwinProcess,
         assert anon.request("MKCOL", "/dav/made").status_code == 401
         assert anon.request("MKCOL", "/dav/made",
                             auth=(dav_twin.login, "wrong")).status_code == 401
+
+
+def _responses(xml: str) -> dict[str, str]:
+    """href -> that member's part of a multistatus."""
+    parts = xml.split("<ns0:response>")[1:]
+    return {p.split("<ns0:href>")[1].split("</ns0:href>")[0]: p for p in parts}
+
+
+def test_listing_shows_each_members_own_properties_and_locks(dav: httpx.Client) -> None:
+    """PROPFIND Depth: 1 reads dead properties for all members at once and locks from
+    memory (issue 20): each member still shows its own, and changes show at once."""
+    from tests.protocols.webdav.test_fastput import LOCK_BODY
+    assert dav.request("MKCOL", "/dav/listed").status_code == 201
+    for i in range(30):
+        dav.put(f"/dav/listed/f{i:02d}.txt", content=b"x" * i)
+    for i in (3, 17):
+        body = (f'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:z">'
+                f"<D:set><D:prop><Z:colour>c{i}</Z:colour></D:prop></D:set>"
+                f"</D:propertyupdate>").encode()
+        assert dav.request("PROPPATCH", f"/dav/listed/f{i:02d}.txt",
+                           content=body).status_code == 207
+    r = dav.request("LOCK", "/dav/listed/f05.txt", content=LOCK_BODY,
+                    headers={"Depth": "0", "Timeout": "Second-600"})
+    assert r.status_code == 200, r.text
+    token = r.headers["lock-token"].strip("<>")
+    listing = _responses(dav.request("PROPFIND", "/dav/listed/", headers={"Depth": "1"}).text)
+    assert len(listing) == 31
+    for i in range(30):
+        part = listing[f"/dav/listed/f{i:02d}.txt"]
+        assert (f">c{i}<" in part) == (i in (3, 17)), (i, part)
+        assert ("colour" in part) == (i in (3, 17))
+        assert (token in part) == (i == 5), (i, part)
+        assert f"<ns0:getcontentlength>{i}</ns0:getcontentlength>" in part
+    assert dav.request("UNLOCK", "/dav/listed/f05.txt",
+                       headers={"Lock-Token": f"<{token}>"}).status_code == 204
+    listing = _responses(dav.request("PROPFIND", "/dav/listed/", headers={"Depth": "1"}).text)
+    assert token not in listing["/dav/listed/f05.txt"]
+    assert dav.put("/dav/listed/f05.txt", content=b"unlocked").status_code == 204
