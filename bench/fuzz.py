@@ -324,7 +324,7 @@ def mime() -> Target:
 def webdav_path() -> Target:
     from urllib.parse import unquote
 
-    from protocols.webdav.app import _valid_utf8
+    from protocols.webdav.app import path_refusal
     from protocols.webdav.fastget import tree_parts
 
     seeds = [b"/dav/photos/holiday.jpg", b"/dav/shared/alice/x%20y/", b"/dav/a/../b",
@@ -332,8 +332,8 @@ def webdav_path() -> Target:
     tokens = [b"%2e", b"%2f", b"%00", b"..", b"/", b"//", b"%C0%AF", b"\\", b"%ff", b"shared"]
 
     def run(data: bytes) -> None:
-        if not _valid_utf8(data):
-            return  # refused with 400 before any mapping
+        if path_refusal(data) is not None:
+            return  # refused with 400 before any mapping (bad UTF-8, %2F, control chars)
         path = unquote(data.decode("latin-1"), errors="strict")
         parts = tree_parts({"path": path, "root_path": "/dav"}, "shared")
         for part in parts or ():

@@ -29,7 +29,7 @@ WebDAV adapter answers with 507.
 from core.files.locks import PathLocks
 from core.files.paths import join, normalize, split
 from core.files.sharing import covering
-from core.files.tree import FileEntry, FileTree, QuotaExceeded
+from core.files.tree import FileEntry, FileTree, QuotaExceeded, Written
 
-__all__ = ["FileEntry", "FileTree", "PathLocks", "QuotaExceeded", "covering", "join", "normalize",
-           "split"]
+__all__ = ["FileEntry", "FileTree", "PathLocks", "QuotaExceeded", "Written", "covering", "join",
+           "normalize", "split"]

@@ -17,11 +17,15 @@ Parts, one job each:
 - ``fastget``: plain whole-file GETs of the tree served on the loop, past wsgidav.
 - ``fastput``: plain PUTs of the tree stored from the loop, past wsgidav (same
   lock checks, through wsgidav's lock manager).
+- ``fastmkcol``: MKCOL of a folder that exists answered 405 on the loop (rclone
+  sends one before every upload).
 
 Server: uvicorn + a2wsgi (the twin's one HTTPS listener), not cheroot. Decided
-by ``bench/webdav.py``, which runs one twin process serving the same wsgidav
-app on both its a2wsgi mount and a cheroot TLS listener (256 MiB, best of 2,
-2-core machine shared with other work; load average in brackets):
+by ``bench/webdav.py`` as it was before issue 20, which ran one twin process
+serving the same wsgidav app on both its a2wsgi mount and a cheroot TLS
+listener (256 MiB, best of 2, 2-core machine shared with other work; load
+average in brackets). Today's ``bench/webdav.py`` compares the twin with
+wsgidav's filesystem provider behind cheroot + TLS instead (issue 20):
 
     before fastget: a2wsgi PUT 76.8  GET 151.1 | cheroot PUT 66.5  GET 202.3 MiB/s  [3.3-5.1]
     with fastget:   a2wsgi PUT 93.7  GET 283.0 | cheroot PUT 119.4 GET 292.8 MiB/s  [6.0-3.7]

@@ -109,7 +109,6 @@ class FastGet:
                 (b"last-modified", util.get_rfc1123_time(entry.mtime).encode()),
                 (b"content-type", (entry.content_type or "application/octet-stream")
                  .encode("latin-1", "replace")),
-                (b"date", util.get_rfc1123_time().encode()),
                 (b"etag", f'"{entry.etag}"'.encode()),
                 (b"accept-ranges", b"bytes"),
             ]})

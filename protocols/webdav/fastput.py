@@ -168,7 +168,7 @@ class FastPut:
 
     async def _put(self, plan: Plan, receive: Receive, send: Send) -> None:
         try:
-            entry = await self.service.files.write(
+            written = await self.service.files.put_file(
                 plan.path, _body(receive, plan.length), content_type=plan.content_type,
                 size_hint=plan.length or None)
         except BodyEnded as exc:
@@ -181,14 +181,15 @@ class FastPut:
             log.info("PUT of %s refused: %s", plan.path, exc)
             await _error(send, exc)
             return
-        etag = (b"etag", f'"{entry.etag}"'.encode())
-        date = (b"date", util.get_rfc1123_time().encode())
-        if plan.new:  # wsgidav's send_status_response, header for header
+        etag = (b"etag", f'"{written.entry.etag}"'.encode())
+        # 201 only for the PUT whose switch made the file: of concurrent PUTs of a
+        # new name exactly one (RFC 9110 section 9.3.4); the others replaced it: 204
+        if written.created:  # wsgidav's send_status_response, header for header
             ctype, page = DAVError(201).get_response_page()  # it carries the time
-            await _answer(send, 201, [(b"content-type", ctype.encode()), date,
+            await _answer(send, 201, [(b"content-type", ctype.encode()),
                                       (b"content-length", str(len(page)).encode()), etag], page)
         else:
-            await _answer(send, 204, [(b"content-length", b"0"), date, etag], b"")
+            await _answer(send, 204, [(b"content-length", b"0"), etag], b"")
 
 
 class _Ending:

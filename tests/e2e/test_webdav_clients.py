@@ -1,4 +1,4 @@
-"""Real WebDAV clients against a real twin: litmus, rclone, cadaver."""
+"""Real WebDAV clients against a real twin: litmus, rclone, cadaver, gio (gvfs)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import os
 import pty
 import re
 import select
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.tools import require_tool
+from tests.tools import require, require_tool
 from tests.twins import TwinProcess
 
 SUITES = ("basic", "copymove", "props", "locks", "http")
@@ -141,3 +143,47 @@ def test_cadaver_session(twin: TwinProcess, tmp_path: Path) -> None:
     assert got.read_text() == "cadaver was here\n"
     assert "blue" in outputs["propget up.txt colour"]
     assert "moved.txt" in outputs["ls"]
+
+
+GIO_SESSION = r"""
+set -u
+printf '1\n%s\n%s\n' "$TWIN_LOGIN" "$TWIN_PASSWORD" | timeout 60 gio mount "$TWIN_URL"
+echo "mount rc=$?"
+gio list "$TWIN_URL" && echo "listed rc=$?"
+gio copy "$TWIN_LOCAL" "$TWIN_URL" && echo "copied rc=$?"
+gio cat "${TWIN_URL}gio.txt"
+gio mount -u "$TWIN_URL"
+"""
+
+
+def test_gio_mounts_the_readme_url(twin: TwinProcess, tmp_path: Path) -> None:
+    """GNOME Files' way in: ``gio mount davs://…/dav/`` (gvfs asks ``OPTIONS /dav``, issue 20).
+
+    Needs a session bus for gvfsd (``dbus-run-session``); without one the test
+    checks what gvfs needs of the twin: OPTIONS and PROPFIND on ``/dav`` answered
+    without a redirect."""
+    require_tool("gio")
+    bus = shutil.which("dbus-run-session")
+    if bus is None or not Path("/usr/libexec/gvfsd-dav").exists():
+        with httpx.Client(base_url=twin.url, verify=False, timeout=30,
+                          auth=(twin.login, twin.password)) as dav:
+            assert dav.options("/dav").status_code == 200
+            assert dav.request("PROPFIND", "/dav", headers={"Depth": "0"}).status_code == 207
+        require(False, "no dbus-run-session or gvfs-backends: mounted nothing")
+    home = tmp_path / "home"
+    home.mkdir()
+    local = tmp_path / "gio.txt"
+    local.write_text("mounted by gio\n")
+    url = twin.url.replace("https://", "davs://") + "/dav/"   # the README's URL
+    env = {**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(tmp_path),
+           "GIO_USE_VFS": "gvfs", "TWIN_URL": url, "TWIN_LOGIN": twin.login,
+           "TWIN_PASSWORD": twin.password, "TWIN_LOCAL": str(local)}
+    out = subprocess.run([bus, "--", "bash", "-c", GIO_SESSION], env=env, capture_output=True,
+                         text=True, timeout=180, cwd=tmp_path)
+    text = out.stdout + out.stderr
+    assert "mount rc=0" in text, text
+    assert "listed rc=0" in text and "copied rc=0" in text, text
+    assert "mounted by gio" in out.stdout, text
+    with httpx.Client(base_url=twin.url, verify=False, timeout=30,
+                      auth=(twin.login, twin.password)) as dav:
+        assert dav.get("/dav/gio.txt").text == "mounted by gio\n"
