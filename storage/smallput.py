@@ -59,7 +59,7 @@ from storage.catalogue import Manifest, SegmentEntry
 from storage.codec import EncodedSegment, SegmentKey, encode_segment
 from storage.errors import BackendUnavailable, StorageError
 from storage.model import ObjectRef
-from storage.store import NS_OBJECT, Store, share_key
+from storage.store import GRACE, NS_OBJECT, Store, share_key
 
 log = logging.getLogger("twin.storage")
 
@@ -258,15 +258,44 @@ class SmallPuts:
 
     async def _write(self, plan: dict[ShardBackend, builtins.list[tuple[_Object, int]]]
                      ) -> None:
-        """One ``put_many`` per backend, in parallel; records where each share landed."""
+        """One ``put_many`` per backend, in parallel; records where each share landed.
+
+        As ``Store.store_shares`` does for one segment: once every object of the plan
+        has its write quorum durable, the slower backends get a grace (as long as the
+        quorum took, at least ``GRACE``) and are then cut off and marked down, their
+        shares left unplaced for the self-repair. Without it a backend that has just
+        hung held every small put for its whole deadline (2 s, a flapping test)."""
         backends = list(plan)
         keys = {b: [share_key(NS_OBJECT, o.oid, 0, i) for o, i in plan[b]] for b in backends}
         items = {b: self._items(plan[b], keys[b]) for b in backends}
         for b in backends:  # before: a batch cut off by its deadline may still land
             for (o, _), key in zip(plan[b], keys[b], strict=True):
                 o.written.append((b, key))
-        results = await asyncio.gather(*(self._put_many(b, items[b]) for b in backends))
-        for backend, oks in zip(backends, results, strict=True):
+        tasks = {asyncio.create_task(self._put_many(b, items[b])): b for b in backends}
+        results: dict[ShardBackend, builtins.list[bool]] = {}
+        loop = asyncio.get_running_loop()
+        started, cutoff = loop.time(), None
+        pending = set(tasks)
+        try:
+            while pending:
+                wait = None if cutoff is None else max(0.0, cutoff - loop.time())
+                done, pending = await asyncio.wait(pending, timeout=wait,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    break  # the grace is over
+                for t in done:
+                    results[tasks[t]] = t.result()
+                if cutoff is None and self._quorate(plan, results):
+                    cutoff = loop.time() + max(GRACE, loop.time() - started)
+        finally:
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+                for t in pending:
+                    self.store.mark_failed(tasks[t].name, "slower than the write quorum")
+        for backend in backends:
+            oks = results.get(backend) or [False] * len(plan[backend])
             if not all(oks):
                 self.store.mark_failed(backend.name, "a batch write failed")
             for (o, i), ok in zip(plan[backend], oks, strict=True):
@@ -274,6 +303,17 @@ class SmallPuts:
                     o.placed[i] = backend.name
                 else:
                     o.failed.append(i)
+
+    def _quorate(self, plan: dict[ShardBackend, builtins.list[tuple[_Object, int]]],
+                 results: dict[ShardBackend, builtins.list[bool]]) -> bool:
+        """Every object of ``plan`` has the write quorum placed, counting ``results``."""
+        placed: dict[int, int] = {}
+        for backend, oks in results.items():
+            for (o, _), ok in zip(plan[backend], oks, strict=True):
+                placed[id(o)] = placed.get(id(o), len(o.placed)) + ok
+        quorum = self.store.write_quorum
+        return all(placed.get(id(o), len(o.placed)) >= quorum
+                   for shares in plan.values() for o, _ in shares)
 
     async def _put_many(self, backend: ShardBackend,
                         items: builtins.list[tuple[str, Sequence[Buffer]]]) -> builtins.list[bool]:
