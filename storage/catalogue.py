@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS named(
     name TEXT NOT NULL, generation INTEGER NOT NULL, object_id TEXT NOT NULL,
     size INTEGER NOT NULL, created REAL NOT NULL, PRIMARY KEY(name, generation)
 ) WITHOUT ROWID;
+-- objects stored below n shares, written with their rows: a restart or a crash does not
+-- forget what the self-repair still owes (added without a schema bump: IF NOT EXISTS)
+CREATE TABLE IF NOT EXISTS degraded(object_id TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 
 
@@ -199,6 +202,11 @@ class Catalogue:
             ("name", (name, object_id, size, created, keep)))
         return dropped
 
+    async def mark_whole(self, object_ids: Sequence[str]) -> None:
+        """Take repaired objects off the degraded list (``degraded_page``)."""
+        if object_ids:
+            await self._commit.submit(("whole", list(object_ids)))
+
     def _run_batch(self, ops: list[tuple[str, Any]]) -> list[Any]:
         db = self._db
         out: list[Any] = []
@@ -222,11 +230,17 @@ class Catalogue:
                              m.prefix, m.segment_count) for m in ms])
             db.executemany("INSERT INTO segments VALUES (?,?,?,?)",
                            [(m.id, i, *s.encode()) for m in ms for i, s in enumerate(m.segments)])
+            db.executemany("INSERT OR IGNORE INTO degraded VALUES (?)",
+                           [(m.id,) for m in ms if any("" in s.placement for s in m.segments)])
             return None
         if kind == "remove":
             gone = db.execute("DELETE FROM objects WHERE id=?", (arg,)).rowcount
             db.execute("DELETE FROM segments WHERE object_id=?", (arg,))
+            db.execute("DELETE FROM degraded WHERE object_id=?", (arg,))
             return gone > 0
+        if kind == "whole":
+            db.executemany("DELETE FROM degraded WHERE object_id=?", [(i,) for i in arg])
+            return None
         if kind == "place":
             oid, seg, entry = arg
             db.execute("UPDATE segments SET placement=?, hashes=? WHERE object_id=? AND seg=?",
@@ -296,6 +310,20 @@ class Catalogue:
     async def page(self, after: str = "", limit: int = 1000) -> list[ObjectInfo]:
         result: list[ObjectInfo] = await self._io(self._page, after, limit)
         return result
+
+    def _degraded_page(self, after: str, limit: int) -> list[str]:
+        return [r[0] for r in self._reader().execute(
+            "SELECT object_id FROM degraded WHERE object_id>? ORDER BY object_id LIMIT ?",
+            (after, limit))]
+
+    async def degraded_page(self, after: str = "", limit: int = 500) -> list[str]:
+        """Ids of objects stored below n shares (a share slot left empty at put), in
+        order after ``after``: what the self-repair owes, kept across restarts."""
+        result: list[str] = await self._io(self._degraded_page, after, limit)
+        return result
+
+    def has_degraded(self) -> bool:
+        return self._db.execute("SELECT 1 FROM degraded LIMIT 1").fetchone() is not None
 
     def _known(self, ids: list[str]) -> set[str]:
         db = self._reader()

@@ -173,20 +173,26 @@ async def repair(store: Store) -> RepairReport:
     return report
 
 
-async def repair_objects(store: Store, ids: set[str]) -> RepairReport:
-    """``repair`` of the objects ``ids`` only: what the store queued as degraded."""
+async def repair_queued(store: Store, ids: list[str]) -> list[str]:
+    """``repair`` of the objects ``ids`` only (the store's degraded list); returns those
+    now whole: repaired without a failure, or deleted meanwhile."""
     report = RepairReport()
     healthy = {h.name for h in await store.health() if h.reachable and h.writable}
     fix = _fixer(store, healthy, report)
-    for oid in sorted(ids):
+    whole = []
+    for oid in ids:
         try:
             m = await store.manifest(oid)
         except ObjectNotFound:
-            continue  # deleted meanwhile
+            whole.append(oid)  # deleted meanwhile
+            continue
         report.objects_checked += 1
+        before = len(report.failures), len(report.unrecoverable)
         await fix(m)
+        if (len(report.failures), len(report.unrecoverable)) == before:
+            whole.append(oid)
     _log_report(report)
-    return report
+    return whole
 
 
 def _fixer(store: Store, healthy: set[str], report: RepairReport

@@ -18,8 +18,9 @@ Every backend call has a deadline that follows its size
 (``storage.health.deadline``); a backend that misses it or fails is skipped
 until a health probe passes (``BackendMonitor``). A put returns once the write
 quorum of each segment is durable and the slower shares had a short grace; the
-objects stored below n shares are queued, and ``maintain`` repairs them when
-their backends are back (and scrubs the whole store at its own pace).
+objects stored below n shares are listed in the catalogue with their rows (a
+crash forgets none), and ``maintain`` repairs them when their backends are back
+(and scrubs the whole store at its own pace).
 """
 
 from __future__ import annotations
@@ -240,8 +241,12 @@ class Store:
                     f"{(max_value(b) - HEADER_BYTES) * k - crypto.TAG_BYTES}")
         self.inflight: set[str] = set()  # ids being written or deleted: never orphans
         self.monitor = BackendMonitor(backends, k, self.write_quorum)
-        self.degraded: set[str] = set()  # objects stored below n shares: to repair
+        # objects stored below n shares wait in the catalogue's degraded list (written
+        # with their rows); this says the list may hold some, to wake ``maintain``
+        self.repair_owed = self.catalogue.has_degraded()
         self.repair_wanted = asyncio.Event()
+        if self.repair_owed:
+            self.repair_wanted.set()  # owed before the last stop or crash
         self.monitor.listeners.append(self._health_changed)
         self.orphans_left: builtins.list[tuple[str, str]] = []  # (backend, key) to delete
         self._closed = False
@@ -281,12 +286,13 @@ class Store:
         return self.monitor.is_down(name)
 
     def note_degraded(self, oid: str) -> None:
-        """An object stored below n shares: queued for ``maintain`` to repair."""
-        self.degraded.add(oid)
+        """An object stored below n shares: ``maintain`` repairs it (its catalogue row
+        puts it on the degraded list; this only wakes the repair)."""
+        self.repair_owed = True
         self.repair_wanted.set()
 
     def _health_changed(self) -> None:
-        if not self.monitor.down and (self.degraded or self.orphans_left):
+        if not self.monitor.down and (self.repair_owed or self.orphans_left):
             self.repair_wanted.set()
 
     async def call(self, backend: ShardBackend, op: Awaitable[T], size: int) -> T:
@@ -753,7 +759,7 @@ class Store:
         removes the shares failed puts left on backends that were down, and
         every ``scrub_interval`` seconds (0: never) checks and repairs the whole
         store (``repair``: a flushed or replaced backend is refilled)."""
-        from storage.repair import remove_orphans, repair, repair_objects
+        from storage.repair import remove_orphans, repair
 
         loop = asyncio.get_running_loop()
         next_scrub = loop.time() + scrub_interval if scrub_interval > 0 else None
@@ -775,14 +781,25 @@ class Store:
                 if self.orphans_left:
                     left, self.orphans_left = self.orphans_left, []
                     await self.delete_keys(left)
-                if self.degraded:
-                    todo, self.degraded = set(self.degraded), set()
-                    log.info("self-repair: %d objects below full redundancy", len(todo))
-                    report = await repair_objects(self, todo)
-                    if report.failures or report.unrecoverable:
-                        self.degraded |= todo  # try again after the next change
+                if self.repair_owed:
+                    await self._repair_owed()
             except StorageError as exc:
                 log.warning("self-repair: %s", exc)
+
+    async def _repair_owed(self) -> None:
+        """Repair the catalogue's degraded list, a page at a time; what could not be
+        made whole stays listed and is tried again after the next health change."""
+        from storage.repair import repair_queued
+
+        self.repair_owed = False  # a put degraded meanwhile sets it again
+        after, left = "", False
+        while ids := await self.catalogue.degraded_page(after):
+            after = ids[-1]
+            log.info("self-repair: %d objects below full redundancy", len(ids))
+            whole = await repair_queued(self, ids)
+            await self.catalogue.mark_whole(whole)
+            left = left or len(whole) < len(ids)
+        self.repair_owed = self.repair_owed or left
 
     async def verify(self, sample: float | None = None, clean: bool = False) -> VerifyReport:
         from storage.repair import verify

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -130,6 +132,34 @@ async def test_puts_with_a_dead_backend_succeed_degraded_then_repair_completes(
     assert (await store.verify()).healthy
     assert await store.read(ref) == data
     await store.close()
+
+
+async def test_what_a_stopped_twin_owed_the_self_repair_is_repaired_after_its_restart(
+        make_store: StoreFactory, tmp_path: Path) -> None:
+    # stored below n while a disk was dead, then a stop before any repair ran: the
+    # degraded list is in the catalogue, so the reopened store repairs without a scrub
+    store = make_store(segment_size=SEG, dead={4})
+    kept = {await store.put(b): b for b in (os.urandom(SEG + 1), os.urandom(700))}
+    gone = await store.put(os.urandom(SEG))
+    await store.delete(gone.id)  # deleted objects leave the list with their rows
+    assert sorted(await store.catalogue.degraded_page()) == sorted(r.id for r in kept)
+    await store.close()
+    (tmp_path / "shards" / "not-a-directory").unlink()  # the disk came back (empty)
+    store = make_store(segment_size=SEG)
+    assert store.repair_owed
+    maintain = asyncio.create_task(store.maintain())  # no scrub: only the owed list
+    try:
+        deadline = time.monotonic() + 10
+        while await store.catalogue.degraded_page():
+            assert time.monotonic() < deadline, "the owed repair did not run"
+            await asyncio.sleep(0.05)
+        assert (await store.verify()).healthy
+        for ref, data in kept.items():
+            assert await store.read(ref) == data
+    finally:
+        maintain.cancel()
+        await asyncio.gather(maintain, return_exceptions=True)
+        await store.close()
 
 
 async def test_put_fails_cleanly_when_too_few_backends_remain(make_store: StoreFactory) -> None:
