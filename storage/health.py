@@ -36,6 +36,7 @@ REFRESH_INTERVAL = 10.0  # seconds between health refreshes of every backend (se
 CALL_BASE = 2.0  # seconds any call may take, whatever its size
 CALL_RATE = 4 * 1024 * 1024  # bytes/s a backend is expected to manage at the least
 HEALTH_LIMIT = 5.0  # seconds any backend's health answer may take
+ASK_DOWN = 0.5  # seconds ``refresh`` waits for a backend that is already down
 SLOW_BY = 0.05  # seconds of extra latency over the typical backend that make one "slow"
 _EWMA = 0.2  # weight of the newest call in a backend's latency average
 
@@ -180,12 +181,34 @@ class BackendMonitor:
         return h
 
     async def refresh(self) -> list[BackendHealth]:
-        """Ask every backend now (each answer bounded by its own health timeout)."""
-        results = list(await asyncio.gather(*(self._timed_health(b) for b in self.backends)))
+        """Ask every backend now (each answer bounded by its own health timeout); one
+        that is down only for ``ASK_DOWN`` seconds, then what is known of it stands.
+
+        Asking a down backend at all brings it back at once when it is (a repair
+        right after a namespace was recreated); waiting out its whole timeout made
+        each caller (``twin storage status``, repair) pay for a hung backend (2.2 s
+        for the status, issue 25): the probe loop keeps asking it every second."""
+        async def ask(b: ShardBackend) -> BackendHealth:
+            if b.name not in self.down:
+                return await self._timed_health(b)
+            try:
+                return await asyncio.wait_for(self._timed_health(b), ASK_DOWN)
+            except TimeoutError:
+                return self._as_down(b)
+
+        results = list(await asyncio.gather(*(ask(b) for b in self.backends)))
         for h in results:
             self._record(h)
         self.checked_at = time.time()
         return results
+
+    def _as_down(self, b: ShardBackend) -> BackendHealth:
+        cached = self.cache.get(b.name)
+        if cached is not None and not cached.reachable:
+            return cached  # what its last probe said
+        return BackendHealth(b.name, b.kind, b.location, False, None,
+                             cached.errors if cached else 0,
+                             f"down: {self.down.get(b.name, 'no answer')}")
 
     async def refresh_loop(self, interval: float = REFRESH_INTERVAL) -> None:
         """Keep the cache fresh while serving; cancelled by the owner."""

@@ -27,6 +27,8 @@ def _backends_toml(specs: list[dict[str, str]]) -> str:
 def _timed_cli(data: Path, *args: str) -> tuple[float, str, int]:
     started = time.perf_counter()
     done = twin_cli(data, *args, check=False)
+    # a clean error, not asyncio's "Task exception was never retrieved" tracebacks
+    assert "Traceback" not in done.stderr and "never retrieved" not in done.stderr, done.stderr
     return time.perf_counter() - started, done.stdout, done.returncode
 
 
@@ -58,11 +60,15 @@ def test_status_put_get_and_stop_with_backends_hung(
         print(f"CLI 4 MiB: put {base_put:.2f} s, get {base_get:.2f} s; with r1 hung: put "
               f"{put_took:.2f} s, get {get_took:.2f} s")
         assert put_took <= base_put + 3.0 and get_took <= base_get + 1.5
+        took, out, rc = _timed_cli(twin.data, "storage", "status", "--json")
+        states = {b["name"]: b["health"] for b in json.loads(out)}
+        print(f"twin storage status with r1 hung: {took:.2f} s")
+        assert took <= 2.0 and not states["r1"]["reachable"] and states["r0"]["reachable"]
 
         for i in (2, 3):
             servers[i].hang()
         for _ in range(2):  # the first put finds r2 and r3 hung
-            twin_cli(twin.data, "storage", "put", str(source), check=False)
+            _timed_cli(twin.data, "storage", "put", str(source))
         took, out, rc = _timed_cli(twin.data, "status", "--json")
         report = json.loads(out)
         print(f"twin status: {base_status:.2f} s; with 3 of 6 hung: {took:.2f} s")
