@@ -90,7 +90,7 @@ class Users:
         db.migrate("users", MIGRATIONS)
         self._hasher = PasswordHasher()
         self._cache_key = secrets.token_bytes(32)
-        self._cache: dict[bytes, float] = {}
+        self._cache: dict[bytes, tuple[float, str]] = {}  # token -> (until, hash)
         self._dummy: str | None = None  # the hash an unknown login is checked against
         self._owners = self._load_owners()
 
@@ -192,20 +192,24 @@ class Users:
             return False
         token = hmac.new(self._cache_key, f"{login}\0{password}".encode(),
                          hashlib.sha256).digest()
-        expires = self._cache.get(token)
-        if expires and expires > time.monotonic():
-            return True
         hashes = await self.db.run(lambda c: [r[0] for r in c.execute(
             "SELECT hash FROM app_passwords WHERE login = ?", (login,))])
-        ok = await asyncio.to_thread(self._check, hashes, password)
-        if ok:
+        # a hit counts only while the hash it matched is still stored: a password
+        # revoked or replaced from the CLI (another process) stops working at once,
+        # not when the running twin's entry expires (it did, for 300 s)
+        hit = self._cache.get(token)
+        if hit and hit[0] > time.monotonic() and hit[1] in hashes:
+            return True
+        matched = await asyncio.to_thread(self._check, hashes, password)
+        if matched is not None:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[token] = time.monotonic() + CACHE_SECONDS
-        return ok
+            self._cache[token] = (time.monotonic() + CACHE_SECONDS, matched)
+        return matched is not None
 
-    def _check(self, hashes: list[str], password: str) -> bool:
-        """Argon2 verification; an unknown login costs one verify, as a known one does.
+    def _check(self, hashes: list[str], password: str) -> str | None:
+        """Argon2 verification: the hash ``password`` matches, if any; an unknown login
+        costs one verify, as a known one does.
 
         The dummy hash is made once (on the first check, known user or not):
         hashing it on every unknown login made those cost a hash *and* a verify,
@@ -213,14 +217,14 @@ class Users:
         """
         if self._dummy is None:
             self._dummy = self._hasher.hash(secrets.token_hex(16))
-        found = bool(hashes)
-        ok = False
+        matched = None
         for h in hashes or [self._dummy]:
             try:
-                ok = self._hasher.verify(h, password) or ok
+                if self._hasher.verify(h, password) and hashes:
+                    matched = h
             except (VerificationError, InvalidHashError):
                 continue
-        return ok and found
+        return matched
 
     async def login(self, throttle: Throttle, raw_login: str, password: str, peer: str
                     ) -> str | None:

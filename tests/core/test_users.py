@@ -42,6 +42,22 @@ async def test_a_new_password_replaces_the_old_and_revoke_removes_it(users: User
     assert not await users.authenticate("alice@alice.example", new)
 
 
+async def test_a_password_revoked_or_replaced_by_another_process_stops_at_once(
+        tmp_path: Path, users: Users) -> None:
+    # the running twin (users) has a good login cached; the CLI (another Users on the
+    # same twin.db, as another process has) revokes or replaces it: refused at once
+    users.add("alice@alice.example")
+    phone = users.set_password("alice@alice.example", "phone")
+    laptop = users.set_password("alice@alice.example", "laptop")
+    assert await users.authenticate("alice@alice.example", phone)
+    assert await users.authenticate("alice@alice.example", laptop)
+    cli = Users(Database(tmp_path / "twin.db"))
+    cli.revoke("alice@alice.example", "phone")
+    cli.set_password("alice@alice.example", "laptop")
+    assert not await users.authenticate("alice@alice.example", phone)
+    assert not await users.authenticate("alice@alice.example", laptop)
+
+
 def test_logins_are_addresses_and_unique(users: Users) -> None:
     users.add("alice@alice.example")
     with pytest.raises(Conflict):
