@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from core.db import Database
-from core.errors import Conflict, Invalid, NotFound, Unavailable
+from core.db import Database, transaction
+from core.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from core.net import is_loopback
 
 log = logging.getLogger("twin.auth")
@@ -82,6 +82,15 @@ class User:
     login: str
     addresses: tuple[str, ...]
     role: str = "user"
+
+
+@dataclass(frozen=True)
+class AppPassword:
+    """One app password as the owner may see it: whose, its label, when it was made."""
+
+    login: str
+    label: str
+    created: float
 
 
 class Users:
@@ -148,6 +157,44 @@ class Users:
         self._cache.clear()
         log.info("app password %r set for %s", label, login)
         return password
+
+    def passwords(self, login: str | None = None) -> list[AppPassword]:
+        """The app passwords (labels and when they were made, never the hash) of
+        ``login``, or of every login."""
+        rows = self.db.run_sync(lambda c: c.execute(
+            "SELECT login, label, created FROM app_passwords WHERE ? IS NULL OR login = ? "
+            "ORDER BY login, label", (login, login)).fetchall())
+        return [AppPassword(r[0], r[1], r[2]) for r in rows]
+
+    def remove(self, login: str) -> None:
+        """Remove a user, its aliases and app passwords (never the owner). Its mail the
+        caller checks first: the mailboxes are not this module's."""
+        login = normalize_login(login)
+        if self.is_owner(login):
+            raise Forbidden(f"{login} is the owner's login and cannot be removed")
+
+        def drop(c: sqlite3.Connection) -> int:
+            with transaction(c):
+                c.execute("DELETE FROM aliases WHERE login = ?", (login,))
+                c.execute("DELETE FROM app_passwords WHERE login = ?", (login,))
+                return int(c.execute("DELETE FROM users WHERE login = ?", (login,)).rowcount)
+        if not self.db.run_sync(drop):
+            raise NotFound(f"no user {login}")
+        self._cache.clear()
+        log.info("user %s removed", login)
+
+    def remove_alias(self, address: str) -> str:
+        """Remove an alias; returns the login it led to."""
+        address = address.strip().lower()
+
+        def drop(c: sqlite3.Connection) -> str | None:
+            rows = c.execute("DELETE FROM aliases WHERE address = ? RETURNING login",
+                             (address,)).fetchall()
+            return str(rows[0][0]) if rows else None
+        login = self.db.run_sync(drop)
+        if login is None:
+            raise NotFound(f"no alias {address}")
+        return str(login)
 
     def revoke(self, login: str, label: str) -> None:
         n = self.db.run_sync(lambda c: c.execute(

@@ -1,4 +1,4 @@
-"""``twin mail users|passwd|aliases|queue|quarantine|dkim|send|import|export``: mail administration.
+"""``twin mail users|passwd|passwords|aliases|queue|quarantine|dkim|send|...``: mail admin.
 
 ``import`` and ``export`` live in ``core.cli.mail_transfer``.
 
@@ -28,8 +28,9 @@ from typing import Any
 
 from core.cli import mail_transfer, open_service
 from core.cli.storage import running_twin
-from core.errors import Forbidden, Invalid, NotFound, TwinError
+from core.errors import Conflict, Forbidden, Invalid, NotFound, TwinError
 from core.mail.quarantine import printable
+from core.users import normalize_login
 
 MAX_BODY = 10 * 1024 * 1024
 
@@ -37,18 +38,27 @@ MAX_BODY = 10 * 1024 * 1024
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("mail", help="mail users, passwords, aliases, queue, DKIM, send")
     actions = p.add_subparsers(dest="action", required=True)
-    a = actions.add_parser("users", help="list users, or add one")
-    a.add_argument("add", nargs="?", choices=["add"], help="add a user")
-    a.add_argument("login", nargs="?", help="the new user's address")
-    a.add_argument("--json", action="store_true")
+    a = actions.add_parser("users", help="list, add or remove users")
+    a.add_argument("do", nargs="?", default="list", choices=["list", "add", "rm"],
+                   help="list (default), add a user, or remove one that holds no mail")
+    a.add_argument("login", nargs="?", help="the user's address (add, rm)")
+    a.add_argument("--new-domain", action="store_true",
+                   help="add: accept a domain no user has yet (the twin will serve it)")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
     a = actions.add_parser("passwd", help="make a new app password (shown once)")
     a.add_argument("login", nargs="?", help="default: the owner")
     a.add_argument("--label", default="default", help="one label per device")
     a.add_argument("--revoke", action="store_true", help="revoke the labelled password instead")
-    a = actions.add_parser("aliases", help="list aliases, or add one")
-    a.add_argument("add", nargs="?", choices=["add"])
-    a.add_argument("address", nargs="?")
-    a.add_argument("login", nargs="?")
+    a = actions.add_parser("passwords", help="list app passwords, or remove one")
+    a.add_argument("do", nargs="?", default="list", choices=["list", "rm"],
+                   help="list (default: every login's), or rm LABEL [LOGIN]")
+    a.add_argument("words", nargs="*", metavar="ARG", help="list: [LOGIN]; rm: LABEL [LOGIN]")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a = actions.add_parser("aliases", help="list, add or remove aliases")
+    a.add_argument("do", nargs="?", default="list", choices=["list", "add", "rm"],
+                   help="list (default), add ADDRESS LOGIN, or rm ADDRESS")
+    a.add_argument("address", nargs="?", help="the alias address (add, rm)")
+    a.add_argument("login", nargs="?", help="the login it delivers to (add)")
     a = actions.add_parser("queue", help="the legacy outbound queue")
     a.add_argument("queue_action", nargs="?", default="list", choices=["list", "flush", "drop"])
     a.add_argument("id", nargs="?", type=int, help="message id for drop")
@@ -77,30 +87,58 @@ def run(args: argparse.Namespace) -> int:
         return mail_transfer.run(args)
     service = open_service(args)
     try:
-        handler = {"users": users, "passwd": passwd, "aliases": aliases, "queue": queue,
+        handler = {"users": users, "passwd": passwd, "passwords": passwords,
+                   "aliases": aliases, "queue": queue,
                    "quarantine": quarantined, "dkim": dkim_record, "send": send}[args.action]
         return handler(service, args)
     finally:
         service.close()
 
 
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
+
+
 def users(service: Any, args: argparse.Namespace) -> int:
-    if args.add:
+    if args.do == "add":
         if not args.login:
-            raise Invalid("usage: twin mail users add LOGIN")
+            raise Invalid("usage: twin mail users add LOGIN [--new-domain]")
+        _check_domain(service, args.login, args.new_domain)
         user = service.users.add(args.login)
         asyncio.run(service.mail.ensure_user(user.login))
         password = service.users.set_password(user.login)
         print(json.dumps({"login": user.login, "password": password}) if args.json
               else f"user {user.login} created; app password: {password}   (shown once)")
         return 0
+    if args.do == "rm":
+        if not args.login:
+            raise Invalid("usage: twin mail users rm LOGIN")
+        login = normalize_login(args.login)
+        used, _ = asyncio.run(service.mail.quota(login))
+        if used:  # nothing lost: the owner moves or exports it first
+            raise Conflict(f"{login} still holds {used} bytes of mail: export it "
+                           f"(twin mail export) or delete it first")
+        service.users.remove(login)
+        print(f"user {login} removed, with its aliases and app passwords")
+        return 0
     listed = service.users.all()
     if args.json:
         print(json.dumps([{"login": u.login, "role": u.role, "addresses": list(u.addresses)}
                           for u in listed]))
-    for u in listed if not args.json else []:
+        return 0
+    for u in listed:
         print(f"{u.login:<40} {u.role:<6} {' '.join(u.addresses[1:])}")
     return 0
+
+
+def _check_domain(service: Any, address: str, new_domain: bool) -> None:
+    """A typo in a domain must not quietly make the twin serve (and accept mail for) it."""
+    domain = address.rpartition("@")[2].lower()
+    served = {service.config.domain.lower()} | {
+        a.rpartition("@")[2] for u in service.users.all() for a in u.addresses}
+    if domain and domain not in served and not new_domain:
+        raise Invalid(f"this twin serves {', '.join(sorted(served))}, not {domain}: add "
+                      f"--new-domain to serve it too (then publish its records: twin dns)")
 
 
 def passwd(service: Any, args: argparse.Namespace) -> int:
@@ -109,21 +147,55 @@ def passwd(service: Any, args: argparse.Namespace) -> int:
         service.users.revoke(login, args.label)
         print(f"app password {args.label!r} of {login} revoked")
         return 0
+    old = [p for p in service.users.passwords(login) if p.label == args.label]
     password = service.users.set_password(login, args.label)
-    print(f"new app password {args.label!r} for {login}: {password}   (shown once)")
+    replaced = f" (replaces the one made {_when(old[0].created)})" if old else ""
+    print(f"new app password {args.label!r} for {login}{replaced}: {password}   (shown once)")
+    return 0
+
+
+def passwords(service: Any, args: argparse.Namespace) -> int:
+    if args.do == "rm":
+        if not 1 <= len(args.words) <= 2:
+            raise Invalid("usage: twin mail passwords rm LABEL [LOGIN]")
+        label = args.words[0]
+        login = (args.words[1] if len(args.words) == 2 else owner(service)).lower()
+        service.users.revoke(login, label)
+        print(f"app password {label!r} of {login} revoked")
+        return 0
+    if len(args.words) > 1:
+        raise Invalid("usage: twin mail passwords [list] [LOGIN]")
+    listed = service.users.passwords(normalize_login(args.words[0]) if args.words else None)
+    if args.json:
+        print(json.dumps([{"login": p.login, "label": p.label, "created": _when(p.created)}
+                          for p in listed]))
+        return 0
+    if not listed:
+        print("no app passwords")
+    for p in listed:
+        print(f"{p.login:<40} {p.label:<16} made {_when(p.created)}")
     return 0
 
 
 def aliases(service: Any, args: argparse.Namespace) -> int:
-    if args.add:
+    if args.do == "add":
         if not args.address or not args.login:
             raise Invalid("usage: twin mail aliases add ADDRESS LOGIN")
         service.users.add_alias(args.address, args.login.lower())
         print(f"{args.address.lower()} -> {args.login.lower()}")
         return 0
-    for user in service.users.all():
-        for alias in user.addresses[1:]:
-            print(f"{alias:<40} -> {user.login}")
+    if args.do == "rm":
+        if not args.address:
+            raise Invalid("usage: twin mail aliases rm ADDRESS")
+        login = service.users.remove_alias(args.address)
+        print(f"alias {args.address.lower()} (-> {login}) removed")
+        return 0
+    found = [(alias, user.login) for user in service.users.all()
+             for alias in user.addresses[1:]]
+    if not found:
+        print("no aliases")
+    for alias, login in found:
+        print(f"{alias:<40} -> {login}")
     return 0
 
 
