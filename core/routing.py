@@ -144,6 +144,14 @@ class Routed:
     legacy: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # had it from an earlier attempt
 
+    def to_json(self) -> dict[str, Any]:
+        return {"local": self.local, "twins": self.twins, "queued": self.queued,
+                "legacy": self.legacy, "skipped": self.skipped}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Routed:
+        return cls(d["local"], d["twins"], d["queued"], d["legacy"], d["skipped"])
+
 
 class MailRouter:
     def __init__(self, service: Service) -> None:

@@ -30,6 +30,7 @@ from core.cli import mail_transfer, open_service
 from core.cli.storage import running_twin
 from core.errors import Conflict, Forbidden, Invalid, NotFound, TwinError
 from core.mail.quarantine import printable
+from core.routing import Routed
 from core.users import normalize_login
 
 MAX_BODY = 10 * 1024 * 1024
@@ -250,26 +251,47 @@ def quarantined(service: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _ask_running(data: Path, twin: tuple[str, str], action: str, qid: int | None
-                       ) -> Any:
+def _local_mail(data: Path, twin: tuple[str, str]) -> Any:
+    """An HTTP client of the running twin's owner-only mail API (``core.peer.local_mail``)."""
     import httpx
 
     from core import tls
     from core.peer.local_mail import LOCAL_MAIL
 
     origin, token = twin
-    async with httpx.AsyncClient(
-            base_url=f"{origin}{LOCAL_MAIL}", verify=tls.local_context(data),
-            headers={"authorization": f"Bearer {token}"}, timeout=60.0) as http:
+    return httpx.AsyncClient(base_url=f"{origin}{LOCAL_MAIL}", verify=tls.local_context(data),
+                             headers={"authorization": f"Bearer {token}"}, timeout=60.0)
+
+
+async def _ask_running(data: Path, twin: tuple[str, str], action: str, qid: int | None
+                       ) -> Any:
+    async with _local_mail(data, twin) as http:
         if action == "list":
             resp = await http.get("/quarantine")
         elif action == "retry":
             resp = await http.post(f"/quarantine/{qid}/retry")
         else:
             resp = await http.delete(f"/quarantine/{qid}")
-    body = resp.json()
+    return _answer(resp)
+
+
+async def _post_running(data: Path, twin: tuple[str, str], path: str, body: bytes,
+                        params: dict[str, Any]) -> Any:
+    async with _local_mail(data, twin) as http:
+        return _answer(await http.post(path, content=body, params=params))
+
+
+def _answer(resp: Any) -> Any:
+    """The running twin's JSON answer, or its error in core's vocabulary."""
+    try:
+        body = resp.json()
+    except ValueError:  # not its API's answer: an older twin still running, or a proxy
+        raise Invalid(f"the running twin answered {resp.status_code} without JSON: is it "
+                      f"older than this command? restart it") from None
     if resp.status_code == 404:
         raise NotFound(body.get("message", "not found"))
+    if resp.status_code == 409 and body.get("code") == "forbidden":
+        raise Forbidden(body.get("message", "forbidden"))
     if resp.status_code != 200:
         raise Invalid(f"the running twin says: {body.get('message', resp.status_code)}")
     return body
@@ -323,19 +345,27 @@ def build_message(sender: str, to: list[str], subject: str, body: str, domain: s
 
 
 def send(service: Any, args: argparse.Namespace) -> int:
+    """Through the running twin when there is one (its store is locked by it), else on
+    this process' own opening of the store."""
+    from core.peer.local_mail import send_as_owner
+
     sender = (args.sender or owner(service)).lower()
-    if service.users.owner_of(sender) != owner(service):
-        raise Forbidden(f"{sender} is not an address of {owner(service)}")
     body = sys.stdin.read(MAX_BODY + 1)
     if len(body) > MAX_BODY:
         raise Invalid(f"message body over {MAX_BODY} bytes")
     message = build_message(sender, args.to, args.subject, body, service.config.domain)
+    data = Path(args.data).expanduser().resolve()
+    twin = running_twin(data)
 
-    async def go() -> Any:
+    async def go() -> Routed:
+        if twin is not None:
+            answer = await _post_running(data, twin, "/send", message,
+                                         {"from": sender, "to": args.to})
+            return Routed.from_json(answer)
         service.store = await asyncio.to_thread(service.open_store)
         service.mail.attach(service.store)
         try:
-            return await service.router.route(sender, args.to, message)
+            return await send_as_owner(service, sender, args.to, message)
         finally:
             await service.store.close()
             service.store = None

@@ -10,6 +10,8 @@ anything else by the same guard as ``core.peer.local_storage``):
 GET      ``quarantine``              -> ``[Quarantined.to_json()]``
 POST     ``quarantine/{id}/retry``   -> ``{"id", "uid"}`` (filed into the Inbox)
 DELETE   ``quarantine/{id}``         -> ``{"deleted": id}``
+POST     ``send?from=A&to=B&to=C``   -> ``Routed.to_json()`` (``twin mail send``;
+                                        body: the message, at most ``MAX_SEND``)
 =======  ==========================  =====================================
 
 Errors are JSON ``{"code", "message"}``: 404 for an unknown id, 409 when the
@@ -18,6 +20,7 @@ message still cannot be filed (it stays in the quarantine).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -26,14 +29,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 
-from core.errors import NotFound, TwinError
+from core.errors import Forbidden, Invalid, NotFound, TwinError
 from core.peer.local_storage import _OwnerOnly
 
 if TYPE_CHECKING:
+    from core.routing import Routed
     from core.service import Service
 
 log = logging.getLogger("twin.mail")
 LOCAL_MAIL = "/twin/v1/local/mail"
+MAX_SEND = 11 * 1024 * 1024  # ``twin mail send`` reads at most 10 MiB of body
+MAX_SEND_RCPTS = 100
 
 
 def routes(service: Service) -> list[BaseRoute]:
@@ -65,9 +71,33 @@ def routes(service: Service) -> list[BaseRoute]:
         await service.mail.drop_quarantined(qid)
         return {"deleted": qid}
 
+    async def send(request: Request) -> Any:
+        rcpts = request.query_params.getlist("to")
+        if not rcpts or len(rcpts) > MAX_SEND_RCPTS:
+            raise Invalid(f"give 1 to {MAX_SEND_RCPTS} recipients")
+        message = bytearray()
+        async for chunk in request.stream():  # bounded before anything is parsed
+            message += chunk
+            if len(message) > MAX_SEND:
+                raise Invalid(f"message over {MAX_SEND} bytes")
+        routed = await send_as_owner(service, request.query_params.get("from", ""), rcpts,
+                                     bytes(message))
+        return routed.to_json()
+
     inner = Router([
         Route("/quarantine", handle(listed), methods=["GET"]),
         Route("/quarantine/{id:int}/retry", handle(retry), methods=["POST"]),
         Route("/quarantine/{id:int}", handle(drop), methods=["DELETE"]),
+        Route("/send", handle(send), methods=["POST"]),
     ])
     return [Mount(LOCAL_MAIL, app=_OwnerOnly(inner, service))]
+
+
+async def send_as_owner(service: Service, sender: str, rcpts: list[str], message: bytes
+                        ) -> Routed:
+    """Route ``message`` from one of the owner's addresses, as ``twin mail send`` asks
+    (through the running twin, or on the stopped twin's own store)."""
+    owner = f"{service.config.name}@{service.config.domain}"
+    if await asyncio.to_thread(service.users.owner_of, sender) != owner:
+        raise Forbidden(f"{sender} is not an address of {owner}")
+    return await service.router.route(sender, rcpts, message)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.twins import twin_cli
+from tests.e2e.test_mail_quarantine import imap_subjects
+from tests.twins import TwinProcess, twin_cli
 
 DATE = r"\d{4}-\d\d-\d\d \d\d:\d\d UTC"
 
@@ -57,3 +59,15 @@ def test_users_passwords_and_aliases_are_listed_added_and_removed(tmp_path: Path
     assert "carol@" not in users and "bob@alice.localhost" in users
     assert "sales@" not in twin_cli(data, "mail", "aliases").stdout
     assert "carol@" not in twin_cli(data, "mail", "passwords").stdout
+
+
+def test_mail_send_goes_through_the_running_twin(twins: Callable[..., TwinProcess]) -> None:
+    # the running twin holds the store's lock: the command hands it the message
+    alice = twins("alice")
+    sent = twin_cli(alice.data, "mail", "send", "--to", alice.login, "--subject", "from cron",
+                    input="nightly report\n")
+    assert "sent: 1 local" in sent.stdout, sent.stderr
+    assert imap_subjects(alice, 1) == [b"Subject: from cron"]
+    spoof = twin_cli(alice.data, "mail", "send", "--from", "mallory@example.org", "--to",
+                     alice.login, input="x", check=False)
+    assert spoof.returncode == 2 and "not an address of" in spoof.stderr
