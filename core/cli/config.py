@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("config", help="show the effective configuration or document every key",
                        description=cfg.render_doc(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=("show", "doc"), nargs="?", default="show")
+    p.add_argument("action", choices=("show", "doc"), nargs="?", default="show",
+                   help="show: the values in force and where each comes from; doc: every key")
     p.set_defaults(func=run)
 
 

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("doctor", help="check the domain's DNS and the twin's listeners")
     p.add_argument("--nameserver", metavar="HOST[:PORT]",
                    help="ask this DNS server (default: the system's resolver)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON list of checks")
     p.set_defaults(func=check)
 
 

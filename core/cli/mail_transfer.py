@@ -30,7 +30,7 @@ from core.progress import Progress
 
 def register(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a = actions.add_parser("import", help="import mail from a Maildir, an mbox or an IMAP server")
-    a.add_argument("kind", choices=["maildir", "mbox", "imap"])
+    a.add_argument("kind", choices=["maildir", "mbox", "imap"], help="where the mail comes from")
     a.add_argument("path", nargs="?", help="the Maildir directory, mbox file or directory")
     a.add_argument("--host", help="imap: the server")
     a.add_argument("--port", type=int, help="imap: its port (default 993 with --tls, else 143)")
@@ -50,7 +50,8 @@ def register(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    "imap: only this source folder (twin name) and those below it")
     _common(a)
     a = actions.add_parser("export", help="export mail to Maildir++ or mbox files")
-    a.add_argument("--format", required=True, choices=["maildir", "mbox"])
+    a.add_argument("--format", required=True, choices=["maildir", "mbox"],
+                   help="Maildir++ (a folder per folder) or one mbox file per folder")
     a.add_argument("--folder", help="only this folder and those below it")
     a.add_argument("dest", help="a new (or empty) directory")
     _common(a)

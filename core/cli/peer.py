@@ -36,23 +36,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("contacts", help="twins you know by name")
     a = p.add_subparsers(dest="action", required=True)
     x = a.add_parser("add", help="add twins (each must resolve in the phonebook)")
-    x.add_argument("names", nargs="+")
+    x.add_argument("names", nargs="+", help="twin names, as the phonebook knows them")
     x = a.add_parser("rm", help="remove a contact (and from every circle)")
-    x.add_argument("name")
+    x.add_argument("name", help="the contact's twin name")
     x = a.add_parser("list", help="every contact")
-    x.add_argument("--json", action="store_true")
+    x.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_run(contacts))
 
     p = sub.add_parser("circle", help="named groups of contacts")
     a = p.add_subparsers(dest="action", required=True)
     x = a.add_parser("add", help="create a circle and/or add members: circle add family bob")
-    x.add_argument("circle")
-    x.add_argument("members", nargs="*")
+    x.add_argument("circle", help="the circle's name")
+    x.add_argument("members", nargs="*", help="contacts to add to it")
     x = a.add_parser("rm", help="remove members, or the circle when none are named")
-    x.add_argument("circle")
-    x.add_argument("members", nargs="*")
+    x.add_argument("circle", help="the circle's name")
+    x.add_argument("members", nargs="*", help="members to remove (none: the circle)")
     x = a.add_parser("list", help="circles and their members")
-    x.add_argument("--json", action="store_true")
+    x.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_run(circles))
 
     p = sub.add_parser("share", help="grant a twin, a circle, the public or another local login "
@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--as", dest="as_path", metavar="/PATH",
                    help="store the local file PATH in the dispersed store at /PATH, then share")
     p.add_argument("--with", dest="grantee", required=True,
-                   metavar="NAME|circle:CIRCLE|user:LOGIN|public")
+                   metavar="NAME|circle:CIRCLE|user:LOGIN|public", help="who is granted")
     p.add_argument("--rights", default="r", help="r, rw, rws or read,write,share (default r)")
     p.add_argument("--write", action="store_true",
                    help="add the write right (as --rights rw): the grantee's twin may put, "
@@ -73,38 +73,38 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = sub.add_parser("unshare", help="revoke a grant, for a prefix (/photos/) also every "
                                         "grant below it (takes effect on the next request)")
-    p.add_argument("path")
+    p.add_argument("path", help="the shared path (a prefix ends in /)")
     p.add_argument("--with", dest="grantee", required=True,
-                   metavar="NAME|circle:CIRCLE|user:LOGIN|public")
+                   metavar="NAME|circle:CIRCLE|user:LOGIN|public", help="whose grant goes")
     p.set_defaults(func=_run(unshare))
 
     p = sub.add_parser("shares", help="every grant and every shared object")
     p.add_argument("prefix", nargs="?", help="only grants on this path and below it")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_run(shares))
 
     p = sub.add_parser("send", help="send a native message to a twin (queued, retried)")
-    p.add_argument("name")
-    p.add_argument("text")
+    p.add_argument("name", help="the twin to send to")
+    p.add_argument("text", help="the message")
     p.set_defaults(func=_run(send))
 
     p = sub.add_parser("inbox", help="native messages received (and bounce notes)")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--limit", type=int, default=100, help="newest N (default 100)")
     p.set_defaults(func=_run(inbox))
 
     p = sub.add_parser("outbox", help="envelopes waiting for an ack")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_run(outbox))
 
     p = sub.add_parser("fetch", help="read (or --list) what another twin shared with you")
-    p.add_argument("name")
-    p.add_argument("path")
+    p.add_argument("name", help="the twin that shared it")
+    p.add_argument("path", help="the shared path")
     p.add_argument("-o", "--output", help="write here instead of stdout")
     p.add_argument("--list", action="store_true", help="list a directory")
-    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--start", type=int, default=0, help="first byte offset")
     p.add_argument("--end", type=int, default=None, help="exclusive end offset")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="with --list: machine-readable")
     p.add_argument("--progress", action="store_true",
                    help="progress on stderr even when it is not a terminal")
     p.set_defaults(func=_run(fetch))

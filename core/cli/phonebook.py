@@ -17,13 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("phonebook", help="find twins and publish this one")
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("list", help="every twin in the phonebook")
-    a.add_argument("--json", action="store_true")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
     a = actions.add_parser("resolve", help="one twin by name, id, key or mail address")
-    a.add_argument("name")
-    a.add_argument("--json", action="store_true")
+    a.add_argument("name", help="name, twin id, public key or mail address")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
     actions.add_parser("publish", help="(re)publish this twin's signed record")
     a = actions.add_parser("repin", help="accept a twin's changed key on its next lookup")
-    a.add_argument("name")
+    a.add_argument("name", help="the twin's name")
     p.set_defaults(func=run)
 
 

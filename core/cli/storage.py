@@ -70,13 +70,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("storage", help="the dispersed object store: put, get, verify, repair")
     cmds = p.add_subparsers(dest="storage_command", metavar="SUBCOMMAND", required=True)
     c = cmds.add_parser("put", help="store a file; prints its reference")
-    c.add_argument("file", type=Path)
+    c.add_argument("file", type=Path, help="the file to store")
     c = cmds.add_parser("get", help="read an object to a file (or stdout)")
-    c.add_argument("ref")
+    c.add_argument("ref", help="the reference put printed")
     c.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     cmds.add_parser("ls", help="list objects")
     c = cmds.add_parser("rm", help="delete an object")
-    c.add_argument("ref")
+    c.add_argument("ref", help="the object's reference")
     c = cmds.add_parser("status", help="backends and their health")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c = cmds.add_parser("verify", help="check every share (or a sample) and find orphans")
@@ -99,7 +99,8 @@ def _register_backends(cmds: argparse._SubParsersAction) -> None:  # type: ignor
     sub.add_parser("list", help="each backend: kind, location, shares held, failure domain")
     c = sub.add_parser("add", help="add a backend (to the running store and twin.toml)")
     c.add_argument("name", help="its name (letters, digits, - and _)")
-    c.add_argument("kind", choices=("local", "resp"))
+    c.add_argument("kind", choices=("local", "resp"),
+                   help="a directory, or a Redis-protocol server")
     c.add_argument("location", help="local: a directory (relative to the data dir); resp: "
                                     "redis://host:port/db or zdb://host:port/namespace")
     c.add_argument("--password", action="store_true",
@@ -109,11 +110,11 @@ def _register_backends(cmds: argparse._SubParsersAction) -> None:  # type: ignor
     c.add_argument("--force", action="store_true", help="add it even if it weakens the "
                    "store's spread over failure domains")
     c = sub.add_parser("drain", help="move every share off a backend, online and resumable")
-    c.add_argument("name")
+    c.add_argument("name", help="the backend's name")
     c.add_argument("--force", action="store_true", help="drain it even if the shares then "
                    "span fewer failure domains")
     c = sub.add_parser("rm", help="remove a drained backend (from the store and twin.toml)")
-    c.add_argument("name")
+    c.add_argument("name", help="the backend's name")
     c.add_argument("--force", action="store_true", help="remove it even if the shares then "
                    "span fewer failure domains")
 

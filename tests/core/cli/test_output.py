@@ -55,3 +55,22 @@ def test_storage_get_refuses_to_write_bytes_to_a_terminal(tmp_path: Path) -> Non
         os.close(master)
     assert on_tty.returncode == 2
     assert b"refusing to write the file's bytes to a terminal" in on_tty.stderr
+
+
+def test_every_argument_of_every_command_has_a_help_line() -> None:
+    import argparse
+
+    from core.cli import parser
+
+    missing = []
+
+    def walk(p: argparse.ArgumentParser, path: str) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(parser(), "twin")
+    assert not missing, f"arguments without a help line: {missing}"
