@@ -65,6 +65,7 @@ DB_FILE = "twin.db"
 JOURNAL_DIR = "mail-journal"  # accepted mail not filed yet (core.mail.journal)
 SHUTDOWN_BACKUP = 6  # seconds the backup at stop may take: a stop must stay bounded
 COMPACT_INTERVAL = 10.0  # seconds between looks at the shard files' dead bytes
+TRIM_INTERVAL = 60.0  # seconds between giving freed heap pages back (Store.trim_loop)
 
 
 def phonebook_error(exc: pb.PhonebookError) -> TwinError:
@@ -298,6 +299,7 @@ class Service:
                 self.spawn(backup.backup_loop(self.db, self.store, interval), "backup")
             # dead shard bytes back, by ratio and age, also on a twin too small to rotate
             self.spawn(self.store.compact_loop(COMPACT_INTERVAL), "storage-compaction")
+            self.spawn(self.store.trim_loop(TRIM_INTERVAL), "memory-trim")
             self.spawn(self.files.sweep(), "files-sweep")  # objects a crash left unreferenced
             self.spawn(self.outbound.run(), "outbound-queue")
             # twin-to-twin mail: the receiving side and bounces

@@ -26,6 +26,7 @@ event loop (many puts and gets at once are the normal case)::
     await store.check_backends()             # ValueError: a backend that can never work
     await store.maintain(scrub_interval)     # self-repair and scrub, until cancelled
     await store.compact_loop(interval)       # dead shard bytes back (local backends)
+    await store.trim_loop(interval)          # freed heap pages back to the kernel
     store.monitor.summary()                  # readable / writable, from cached health
     await store.close()
 
