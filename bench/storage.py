@@ -548,10 +548,10 @@ async def vs_tahoe(root: Path, rounds: int) -> None:
                         summary[f"{who}_range_s"] = [round(min(secs), 3), round(max(secs), 3)]
                 print(json.dumps(vs_line(figure, ops[0], ops[1], **summary)), flush=True)
     finally:
-        grid.stop()
+        await tahoe_proxy.close()  # first: no new connection to a node being stopped
+        await asyncio.to_thread(grid.stop)
         await store.close()
         await twin_proxy.close()
-        await tahoe_proxy.close()
         servers.close()
 
 

@@ -169,8 +169,23 @@ class TahoeGrid:
         self._tahoe("create-client", f"--introducer={furl}", "--nickname=client",
                     f"--webport=tcp:{self.web_port}:interface=127.0.0.1", *shares,
                     str(self.client.basedir))
-        for node in [*self.storage, self.client]:
+        for node in self.storage:
             self._run(node)
+        for node in self.storage:  # listening before the client dials them (or a proxy)
+            self._wait_listening(node)
+        self._run(self.client)
+
+    def _wait_listening(self, node: TahoeNode, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", node.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or (node.proc and node.proc.poll() is not None):
+                    raise RuntimeError(f"Tahoe {node.name} is not listening "
+                                       f"(see {node.basedir})") from None
+                time.sleep(0.1)
 
     def nodes(self) -> list[TahoeNode]:
         return [self.introducer, *self.storage, self.client]
