@@ -17,7 +17,15 @@ Figures, all at 4-of-6 with 4 MiB segments on six local backends under
   six redis-servers with none hung, one hung (SIGSTOP: accepts connections,
   never answers; the first put after the fault, then the worst of the next
   ones) and one slow (+200 ms per request through a proxy); and 4 KiB puts per
-  second on six 0-db servers against the same on six redis-servers.
+  second on six 0-db servers against the same on six redis-servers;
+- side by side with Tahoe-LAFS (``--vs-tahoe [--rounds N]`` runs just these):
+  the same 4 MiB put/get with none hung, one hung and one slow, on the twin's
+  store (six redis-servers) and on a local Tahoe-LAFS grid (six storage nodes,
+  4 of 6, happy 5: bench/tahoe_grid.py, Tahoe installed into
+  ``bench/.venv-tahoe`` on first use), the same fault on both in turn, round
+  after round; one line per figure and round with both sides' seconds, the
+  ratio tahoe/twin and each side's CPU seconds, then the medians. An op that
+  takes over 120 s is reported as a timeout.
 """
 
 from __future__ import annotations
@@ -32,8 +40,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -284,6 +295,270 @@ async def degraded(root: Path) -> None:
          target_ratio=0.8)
 
 
+# --- side by side with Tahoe-LAFS (--vs-tahoe) -----------------------------
+
+OP_TIMEOUT = 120.0  # seconds: a put or get that takes longer is reported as a timeout
+VS_FIGURES = ("none_put_s", "none_get_s", "hung1_get_s", "hung1_first_put_s", "hung1_put_s",
+              "slow1_first_get_s", "slow1_get_s", "slow1_put_s")
+
+
+@dataclass
+class Op:
+    """One timed put or get: seconds (None when it timed out or failed) and CPU seconds."""
+
+    seconds: float | None
+    cpu: float
+    error: str | None = None
+    result: Any = None
+
+
+class Side:
+    """The twin's store or the Tahoe grid, behind the same few calls."""
+
+    name = ""
+    last: tuple[Any, bytes] | None = None  # an object stored before the fault, and its bytes
+
+    async def put(self, data: bytes) -> Any:
+        raise NotImplementedError
+
+    async def get(self, ref: Any) -> bytes:
+        raise NotImplementedError
+
+    def hang(self) -> None:
+        raise NotImplementedError
+
+    def resume(self) -> None:
+        raise NotImplementedError
+
+    def slow(self, delay: float) -> None:
+        raise NotImplementedError
+
+    async def healthy(self) -> None:
+        raise NotImplementedError
+
+    def cpu(self) -> float:
+        raise NotImplementedError
+
+    async def timed(self, op: Awaitable[Any], expect: bytes | None = None) -> Op:
+        c, t = self.cpu(), time.perf_counter()
+        try:
+            result = await asyncio.wait_for(op, OP_TIMEOUT)
+        except TimeoutError:
+            return Op(None, self.cpu() - c, f"timeout after {OP_TIMEOUT:.0f} s")
+        except Exception as exc:  # a failed op is a figure too
+            return Op(None, self.cpu() - c, f"{type(exc).__name__}: {exc}"[:300])
+        op_s, cpu = time.perf_counter() - t, self.cpu() - c
+        if expect is not None and result != expect:
+            return Op(None, cpu, "read back other bytes than were put")
+        return Op(op_s, cpu, None, result)
+
+
+class TwinSide(Side):
+    """The twin's store on six redis-servers, the first behind a DelayProxy; it hangs
+    the second. CPU: this process (the store, and the proxy) + the six redis-servers."""
+
+    name = "twin"
+
+    def __init__(self, store: Any, servers: Any, proxy: Any) -> None:
+        self.store, self.servers, self.proxy = store, servers, proxy
+
+    async def put(self, data: bytes) -> Any:
+        return await self.store.put(data)
+
+    async def get(self, ref: Any) -> bytes:
+        return bytes(await self.store.read(ref))
+
+    def hang(self) -> None:
+        self.servers[1].hang()
+
+    def resume(self) -> None:
+        self.servers[1].resume()
+
+    def slow(self, delay: float) -> None:
+        self.proxy.delay = delay
+
+    async def healthy(self) -> None:
+        while self.store.monitor.down:
+            await asyncio.sleep(0.1)
+
+    def cpu(self) -> float:
+        from bench.tahoe_grid import proc_cpu_seconds
+        return cpu_seconds() + sum(proc_cpu_seconds(s.proc.pid) for s in self.servers.servers)
+
+
+class TahoeSide(Side):
+    """A Tahoe-LAFS grid (bench/tahoe_grid.py), used through its client node's web API;
+    storage node 0 behind a DelayProxy, node 1 the one hung. CPU: the client node + the
+    six storage nodes (not this process, which only sends HTTP and runs the proxy)."""
+
+    name = "tahoe"
+
+    def __init__(self, grid: Any, http: Any, proxy: Any) -> None:
+        self.grid, self.http, self.proxy = grid, http, proxy
+
+    async def put(self, data: bytes) -> Any:
+        return await self.grid.put(self.http, data, OP_TIMEOUT)
+
+    async def get(self, ref: Any) -> bytes:
+        return bytes(await self.grid.get(self.http, ref, OP_TIMEOUT))
+
+    def hang(self) -> None:
+        self.grid.storage[1].hang()
+
+    def resume(self) -> None:
+        self.grid.storage[1].resume()
+
+    def slow(self, delay: float) -> None:
+        self.proxy.delay = delay
+
+    async def healthy(self) -> None:
+        await self.grid.wait_connected(self.http, timeout=OP_TIMEOUT)
+
+    def cpu(self) -> float:
+        return float(self.grid.cpu_seconds())
+
+
+def blob() -> bytes:
+    """4 MiB never put before (Tahoe's convergent encryption would find a repeat)."""
+    return os.urandom(4 * MiB)
+
+
+async def fault_case(side: Side, fault: str) -> dict[str, Op]:
+    """One fault on one side: the ops timed, by figure name."""
+    if fault == "none":
+        data = blob()
+        put = await side.timed(side.put(data))
+        get = await side.timed(side.get(put.result), data) if put.seconds is not None \
+            else Op(None, 0.0, "no put to read")
+        if get.seconds is not None:
+            side.last = (put.result, data)
+        return {"none_put_s": put, "none_get_s": get}
+    assert side.last is not None, "no object stored before the fault"
+    ref, data = side.last
+    if fault == "hung1":
+        side.hang()
+        try:
+            # the order of degraded(): a get of an object whose shares include the
+            # hung backend's, then the first put after the fault, then three more
+            get = await side.timed(side.get(ref), data)
+            first = await side.timed(side.put(blob()))
+            later = [await side.timed(side.put(blob())) for _ in range(3)]
+        finally:
+            side.resume()
+        t = time.perf_counter()
+        await asyncio.wait_for(side.healthy(), OP_TIMEOUT)
+        failed = [op for op in later if op.seconds is None]
+        worst = failed[0] if failed else max(later, key=lambda op: op.seconds or 0.0)
+        worst = Op(worst.seconds, sum(op.cpu for op in later) / len(later), worst.error,
+                   round(time.perf_counter() - t, 2))  # result: seconds to see it back
+        return {"hung1_get_s": get, "hung1_first_put_s": first, "hung1_put_s": worst}
+    side.slow(0.2)
+    try:
+        first_get = await side.timed(side.get(ref), data)
+        get = await side.timed(side.get(ref), data)
+        put = await side.timed(side.put(blob()))
+    finally:
+        side.slow(0.0)
+    return {"slow1_first_get_s": first_get, "slow1_get_s": get, "slow1_put_s": put}
+
+
+def vs_line(figure: str, twin: Op, tahoe: Op, **extra: object) -> dict[str, object]:
+    def r(x: float | None) -> float | None:
+        return None if x is None else round(x, 3)
+    line: dict[str, object] = {
+        "bench": "storage", "figure": f"vs_tahoe_{figure}", **extra,
+        "twin_s": r(twin.seconds), "tahoe_s": r(tahoe.seconds),
+        "ratio_tahoe_over_twin": round(tahoe.seconds / twin.seconds, 2)
+        if twin.seconds and tahoe.seconds is not None else None,
+        "twin_cpu_s": r(twin.cpu), "tahoe_cpu_s": r(tahoe.cpu),
+        "object_MiB": 4, "k": K, "n": N}
+    for side, op in (("twin", twin), ("tahoe", tahoe)):
+        if op.error:
+            line[f"{side}_error"] = op.error
+    return line
+
+
+def median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+async def vs_tahoe(root: Path, rounds: int) -> None:
+    """4 MiB put/get with none hung, one hung and one slow: the twin's store on six
+    redis-servers and a Tahoe-LAFS grid of six storage nodes, 4 of 6 (happy 5) both,
+    the same fault on both in turn, round after round (see bench/tahoe_grid.py)."""
+    import httpx
+
+    from bench.tahoe_grid import TAHOE_VERSION, TahoeGrid
+    from tests.servers import DelayProxy, redis_servers
+
+    grid = TahoeGrid(root / "tahoe")  # installs Tahoe into bench/.venv-tahoe if missing
+    servers, rspecs = redis_servers(root / "redis")
+    twin_proxy = await DelayProxy(servers[0].port, 0.0).start()
+    rspecs[0] = {**rspecs[0], "location": f"redis://127.0.0.1:{twin_proxy.port}/0"}
+    store = open_store(root / "data", k=K, n=N, segment_size=SEG, backends=rspecs,
+                       master_key=b"m" * 32, metadata_key=b"d" * 32)
+    tahoe_proxy = await DelayProxy(grid.storage[0].port, 0.0).start()
+    try:
+        async with httpx.AsyncClient() as http:
+            await asyncio.to_thread(grid.start, {0: tahoe_proxy.port})
+            await grid.wait_connected(http)
+            twin, tahoe = TwinSide(store, servers, twin_proxy), TahoeSide(grid, http, tahoe_proxy)
+            for side in (twin, tahoe):  # warm-up: connections, first-use costs
+                await side.get(await side.put(blob()))
+            print(json.dumps({"bench": "storage", "figure": "vs_tahoe_setup",
+                              "tahoe": TAHOE_VERSION, "rounds": rounds,
+                              "op_timeout_s": OP_TIMEOUT, "shares": "4 of 6, happy 5",
+                              "twin": "6 redis-servers, 4 MiB segments",
+                              "tahoe_grid": "6 storage nodes, introducer, client node; "
+                                            "default 128 KiB segments",
+                              "cpu": "twin: bench process + redis-servers; tahoe: client "
+                                     "+ storage nodes",
+                              "uptime": uptime()}), flush=True)
+            results: dict[str, list[tuple[Op, Op]]] = {f: [] for f in VS_FIGURES}
+            for rnd in range(1, rounds + 1):
+                load = os.getloadavg()[0]
+                for fault in ("none", "hung1", "slow1"):
+                    ours = await fault_case(twin, fault)
+                    theirs = await fault_case(tahoe, fault)
+                    for figure, op in ours.items():
+                        results[figure].append((op, theirs[figure]))
+                        extra: dict[str, object] = {"round": rnd, "load_1min": load}
+                        if figure == "hung1_put_s":
+                            extra.update(note="worst of the 3 puts after the first; cpu: "
+                                              "their mean",
+                                         twin_back_s=op.result,
+                                         tahoe_back_s=theirs[figure].result)
+                        if fault == "slow1":
+                            extra["delay_ms"] = 200
+                        print(json.dumps(vs_line(figure, op, theirs[figure], **extra)),
+                              flush=True)
+            for figure, pairs in results.items():
+                summary: dict[str, object] = {"round": "median", "uptime": uptime()}
+                ops: list[Op] = []
+                for i, who in enumerate(("twin", "tahoe")):
+                    secs = [x for x in (p[i].seconds for p in pairs) if x is not None]
+                    cpus = [p[i].cpu for p in pairs]
+                    errors = [p[i].error for p in pairs if p[i].error]
+                    ops.append(Op(median(secs) if secs else None, median(cpus),
+                                  f"{len(errors)} of {len(pairs)}: {errors[0]}"
+                                  if errors else None))
+                    if secs:
+                        summary[f"{who}_range_s"] = [round(min(secs), 3), round(max(secs), 3)]
+                print(json.dumps(vs_line(figure, ops[0], ops[1], **summary)), flush=True)
+    finally:
+        await tahoe_proxy.close()  # first: no new connection to a node being stopped
+        await asyncio.to_thread(grid.stop)
+        await store.close()
+        await twin_proxy.close()
+        servers.close()
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
@@ -291,10 +566,22 @@ def main() -> None:
                     help="only the 4 KiB object figures (small puts and gets)")
     ap.add_argument("--degraded-only", action="store_true",
                     help="only the degraded figures (redis-server and 0-db needed)")
+    ap.add_argument("--vs-tahoe", action="store_true",
+                    help="only the degraded figures side by side with Tahoe-LAFS "
+                         "(installed into bench/.venv-tahoe on first use)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of --vs-tahoe (each: every fault, twin then Tahoe)")
     args = ap.parse_args()
     big = 32 * MiB if args.quick else 256 * MiB
     huge = 64 * MiB if args.quick else 1024 * MiB
     small = 300 if args.quick else 3000
+    if args.vs_tahoe:  # both sides' data under /tmp/tahoe-bench-*, removed at the end
+        vs_root = Path(tempfile.mkdtemp(prefix="tahoe-bench-"))
+        try:
+            asyncio.run(vs_tahoe(vs_root, 1 if args.quick else args.rounds))
+        finally:
+            shutil.rmtree(vs_root, ignore_errors=True)
+        return
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="storage-", dir=out))
