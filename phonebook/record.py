@@ -52,8 +52,10 @@ class TwinRecord:
 
     # -- canonical bytes and signing
 
-    def signed_bytes(self) -> bytes:
-        body = {
+    def signed_fields(self) -> dict[str, Any]:
+        """Every field the signature covers: the one list, so that the stored and JSON
+        forms below are built from it and a field added here is signed everywhere."""
+        return {
             "name": self.name,
             "public_key": self.public_key,
             "key_type": self.key_type,
@@ -62,7 +64,9 @@ class TwinRecord:
             "valid_until": self.valid_until,
             "seq": self.seq,
         }
-        return SIGNATURE_CONTEXT + cbor2.dumps(body, canonical=True)
+
+    def signed_bytes(self) -> bytes:
+        return SIGNATURE_CONTEXT + cbor2.dumps(self.signed_fields(), canonical=True)
 
     def signed_by(self, key: SigningKey) -> TwinRecord:
         if bytes(key.verify_key) != self.public_key:
@@ -108,17 +112,8 @@ class TwinRecord:
     # -- storage form
 
     def to_bytes(self) -> bytes:
-        return cbor2.dumps({
-            "v": 1,
-            "name": self.name,
-            "public_key": self.public_key,
-            "key_type": self.key_type,
-            "endpoints": list(self.endpoints),
-            "mail_domains": list(self.mail_domains),
-            "valid_until": self.valid_until,
-            "seq": self.seq,
-            "signature": self.signature,
-        }, canonical=True)
+        return cbor2.dumps({"v": 1, **self.signed_fields(), "signature": self.signature},
+                           canonical=True)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, id: int = 0) -> TwinRecord:
@@ -161,17 +156,8 @@ class TwinRecord:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "public_key": self.public_key.hex(),
-            "key_type": self.key_type,
-            "endpoints": list(self.endpoints),
-            "mail_domains": list(self.mail_domains),
-            "valid_until": self.valid_until,
-            "seq": self.seq,
-            "source": self.source,
-        }
+        return {"id": self.id, **self.signed_fields(), "public_key": self.public_key.hex(),
+                "source": self.source}
 
 
 def _typed(raw: dict[Any, Any], key: str, kind: type) -> Any:
