@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.delivered import DeliveredLog, message_key
 from core.errors import Forbidden, Invalid, NotFound, TwinError, Unavailable
-from core.mail.mime import MAX_ADDRESS_FIELD, addresses
+from core.mail.mime import MAX_ADDRESS_FIELD, addresses, to_crlf
 from phonebook.record import TwinRecord
 
 if TYPE_CHECKING:
@@ -46,13 +45,6 @@ MAX_SENDERS = 100  # From and Sender addresses of one message (``from_addresses`
 
 
 # -- header helpers (bytes in, bytes out: the body is never re-encoded)
-
-def to_crlf(message: bytes) -> bytes:
-    """Normalise line ends to CRLF (scripts hand us LF text)."""
-    if message.count(b"\n") == message.count(b"\r\n"):
-        return message
-    return re.sub(rb"\r?\n", b"\r\n", message)
-
 
 def split_message(message: bytes) -> tuple[list[bytes], bytes]:
     """Header fields (each with its folded continuation lines) and the rest."""

@@ -66,6 +66,14 @@ class _Budget:
         self.parts = 0
 
 
+def to_crlf(data: bytes) -> bytes:
+    """``data`` with bare LFs turned into CRLF: scripts hand us LF text, and IMAP sizes,
+    offsets and line counts are those of the CRLF form (``crlf_normalise`` for streams)."""
+    if data.count(b"\n") == data.count(b"\r\n"):  # C-speed counts: usually nothing to do
+        return data
+    return LONE_LF.sub(b"\r\n", data)
+
+
 async def crlf_normalise(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
     """Yield the stream with bare LF turned into CRLF (IMAP sizes count CRLF)."""
     prev_cr = False

@@ -880,7 +880,7 @@ class MailStore:
         good: list[Entry] = []
         bad: list[tuple[Entry, bytes, str]] = []
         for i, e in enumerate(entries):
-            data = _normalised(e.message)
+            data = mime.to_crlf(e.message)
             try:
                 described.append(await self._describe(data))
                 good.append(e)
@@ -938,7 +938,7 @@ class MailStore:
         alone (``core.mail.intake``): stored whole, recorded together with the
         journal's "filed up to" mark, so it is never replayed."""
         store = self._need_store()
-        data = _normalised(entry.message)
+        data = mime.to_crlf(entry.message)
         ref = await _put(store, data)
 
         def insert(c: sqlite3.Connection) -> int:
@@ -999,7 +999,7 @@ class MailStore:
     async def _prepare(self, message: bytes, max_size: int | None = None
                        ) -> tuple[bytes, bytes, str]:
         """(CRLF-normalised bytes, header, structure) of one message."""
-        data = _normalised(message)
+        data = mime.to_crlf(message)
         if max_size is not None and len(data) > max_size:
             raise Invalid(f"message larger than {max_size} bytes", code="toobig")
         return await self._describe(data)
@@ -1407,11 +1407,6 @@ def _chunks(items: Sequence[int], n: int) -> Iterable[Sequence[int]]:
         yield items[i:i + n]
 
 
-def _normalised(data: bytes) -> bytes:
-    """``data`` with bare LFs turned into CRLF (IMAP sizes count CRLF)."""
-    if data.count(b"\n") == data.count(b"\r\n"):  # C-speed counts: usually nothing to do
-        return data
-    return mime.LONE_LF.sub(b"\r\n", data)
 
 
 async def _put(store: Any, data: bytes | AsyncIterable[bytes]) -> str:
@@ -1447,4 +1442,3 @@ def _describe_file(spool: Any) -> tuple[bytes, str]:
         return _describe(b"")
     with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
         return _describe(m)
-
