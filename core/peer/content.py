@@ -2,11 +2,12 @@
 
 The peer API never reads a table or the store itself; it asks
 ``service.content`` (a ContentSource) after ``core.acl.Access`` allowed the
-request. ``SharedObjects`` is the implementation used until the file tree
-(``core/files.py``) takes over as ``service.content``: a table in twin.db
-mapping a path to an object in the dispersed store, filled by
-``twin share FILE --as /path``. Directories are implicit: "/photos/a.jpg"
-makes "/photos" a directory.
+request. The service's ContentSource is the file tree (``core/files``).
+``SharedObjects`` is the first implementation, from before the file tree: a
+table in twin.db mapping a path to an object in the dispersed store, where
+``twin share FILE --as /path`` put files then (directories implicit:
+"/photos/a.jpg" makes "/photos" a directory). It is still read by ``twin
+shares``, for twins that shared files that way; new shares go to the tree.
 
 Contract:
 
