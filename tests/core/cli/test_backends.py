@@ -16,7 +16,9 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -222,7 +224,7 @@ async def _read_all(data: Path, conf: cfg.Config, ident: identity.Identity,
         await store.close()
 
 
-@pytest.mark.slow  # ~35 s: a twin started, 1,536 segments put, then drained twice
+@pytest.mark.slow  # ~25 s: a twin started, 4,096 segments put, then drained twice
 def test_interrupted_drain_resumes(twins: Callable[..., TwinProcess],
                                    cli: Callable[..., tuple[int, str, str]],
                                    tmp_path: Path) -> None:
@@ -231,7 +233,7 @@ def test_interrupted_drain_resumes(twins: Callable[..., TwinProcess],
     code, _, err = cli(alice, "backends", "add", "extra", "local", str(extra))
     assert code == 0, err
     blob = tmp_path / "blob"
-    blob.write_bytes(os.urandom(6 * 1024 * 1024))  # 1,536 segments: a drain of seconds
+    blob.write_bytes(os.urandom(16 * 1024 * 1024))  # 4,096 segments: a drain of seconds
     code, out, err = cli(alice, "put", str(blob))
     assert code == 0, err
     ref = out.strip()
@@ -250,9 +252,20 @@ def test_interrupted_drain_resumes(twins: Callable[..., TwinProcess],
             break
     proc.send_signal(signal.SIGINT)  # Ctrl-C: the twin stops the drain where it is
     proc.wait(30)
-    code, out, _ = cli(alice, "backends", "list")
-    row = next(line for line in out.splitlines() if line.startswith(victim))
-    left = int(row.split()[3])
+
+    def left_on_victim() -> tuple[int, str]:
+        _, out, _ = cli(alice, "backends", "list")
+        row = next(line for line in out.splitlines() if line.startswith(victim))
+        return int(row.split()[3]), row
+
+    left, row = left_on_victim()
+    for _ in range(20):  # the twin stops at its next step: wait until nothing moves
+        time.sleep(0.5)
+        again, row = left_on_victim()
+        if again == left:
+            break
+        left = again
+    print(f"drain interrupted with {left} of {total} shares left", file=sys.__stderr__)
     assert 0 < left < total and "draining" in row, (left, total)
 
     code, out, err = cli(alice, "backends", "drain", victim)
