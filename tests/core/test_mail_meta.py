@@ -105,6 +105,48 @@ def test_meta_cache_is_bounded() -> None:
     assert cache.get((1, 1, 1000)) is None
 
 
+@pytest.mark.parametrize("kind", ["plain", "multipart"])
+def test_meta_cache_holds_no_more_than_its_bound_as_python_holds_it(kind: str) -> None:
+    # what the bound means is the memory the process holds, parsed structures included:
+    # charged by their headers alone, a "16 MiB" cache held 103 MiB (issue 23's soak)
+    import json
+    import tracemalloc
+
+    from core.mail import mime
+
+    message = MULTIPART if kind == "multipart" else PLAIN
+    header = message[:mime.header_end(message, 0, len(message))]
+    structure = json.dumps(mime.parse(message))
+    bound = 4 * 1024 * 1024
+    cache = MetaCache(max_bytes=bound)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for uid in range(40_000):  # far more than fit
+            cache.put((1, 7, uid), Fixed(f"{uid:032x}@0:1000", len(message), 1.7e9,
+                                         bytes(header), json.loads(structure)))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    print(f"{kind}: {len(cache)} entries, {held / 2**20:.1f} MiB held for a "
+          f"{bound / 2**20:.0f} MiB bound")
+    assert held <= 1.15 * bound, held
+
+
+PLAIN = (b"From: x@example.org\r\nTo: alice@alice.localhost\r\nSubject: soak 12345\r\n"
+         b"Message-ID: <1234567890.abc@example.org>\r\nDate: Sun, 06 Dec 2026 19:00:00 +0000"
+         b"\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + b"hello world\r\n" * 60)
+MULTIPART = (b"From: \"Bob B\" <bob@example.org>\r\nTo: a@x.org, b@y.org, \"C\" <c@z.org>\r\n"
+             b"Cc: d@w.org\r\nSubject: =?utf-8?q?caf=C3=A9?= report\r\nMessage-ID: <x@y>\r\n"
+             b"Date: Sun, 06 Dec 2026 19:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+             b"Content-Type: multipart/mixed; boundary=BB\r\n\r\n--BB\r\n"
+             b"Content-Type: multipart/alternative; boundary=CC\r\n\r\n--CC\r\n"
+             b"Content-Type: text/plain\r\n\r\nhi\r\n--CC\r\nContent-Type: text/html\r\n\r\n"
+             b"<b>hi</b>\r\n--CC--\r\n--BB\r\nContent-Type: application/pdf; name=a.pdf\r\n"
+             b"Content-Disposition: attachment; filename=a.pdf\r\n"
+             b"Content-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--BB--\r\n")
+
+
 async def test_select_row_remembered_only_while_valid(service: tuple[Service, str]) -> None:
     """SELECT of an open mailbox skips the row lookup; renames and deletes are seen."""
     svc, login = service
