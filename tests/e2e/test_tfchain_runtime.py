@@ -114,8 +114,9 @@ def test_unfunded_twins_serve_then_publish_with_defaults(chain: Chain) -> None:
         assert chain.node.free(alice.account) == 0  # type: ignore[attr-defined]  # no fee
         for started in [pool.submit(twin.start, timeout=60) for twin in (alice, bob)]:
             started.result()
-    wait_for("status says why", lambda: "NOT published yet" in status(alice))
-    assert "holds 0.0000000 TFT" in status(alice) and "healthy" in status(alice)
+    # "NOT published yet ... not tried yet" comes first; the reason once it has tried
+    wait_for("status says why", lambda: "holds 0.0000000 TFT" in status(alice))
+    assert "NOT published yet" in status(alice) and "healthy" in status(alice)
     funding = 1  # TFT, enough for a few extrinsics
     for twin in (alice, bob):
         chain.node.fund(twin.account, funding)  # type: ignore[attr-defined]
