@@ -89,7 +89,7 @@ class MetaCache:
     structure at ``STRUCTURE_FACTOR`` times the structure's compact JSON: the
     dicts and lists of a parsed ``mime.Part`` take 6.8-7.0 times the bytes of its
     JSON (measured with tracemalloc). Charging the header alone let a "16 MiB"
-    cache hold 103 MiB (a 2-hour soak's RSS rose with it; issue 23).
+    cache hold 103 MiB of small messages' metadata (issue 23).
     """
 
     PER_ENTRY = 384  # the key, the tuple and its small fields, the ordered-dict node
