@@ -62,7 +62,10 @@ def test_status_put_get_and_stop_with_backends_hung(
             later, _ = put_get()  # the running twin has marked it down: no wait on it
             print(f"with r{i} hung: first put {first:.2f} s, get {get_took:.2f} s, "
                   f"next put {later:.2f} s")
-            assert first <= 3.0 and get_took <= 1.5 and later <= base_put + 0.5
+            # against the fault-free figures (the CLI's start is most of them and varies
+            # with the machine's load); waiting on the hung one would cost its 2 s deadline
+            assert first <= base_put + 3.0 and get_took <= base_get + 1.5
+            assert later <= base_put + 1.5, (later, base_put)
             if i != 1:
                 servers[i].resume()
                 deadline = time.monotonic() + 10
