@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -312,32 +313,39 @@ class Op:
     result: Any = None
 
 
-class Side:
+class Side(ABC):
     """The twin's store or the Tahoe grid, behind the same few calls."""
 
     name = ""
     last: tuple[Any, bytes] | None = None  # an object stored before the fault, and its bytes
 
+    @abstractmethod
     async def put(self, data: bytes) -> Any:
-        raise NotImplementedError
+        """Implemented by each side."""
 
+    @abstractmethod
     async def get(self, ref: Any) -> bytes:
-        raise NotImplementedError
+        """Implemented by each side."""
 
+    @abstractmethod
     def hang(self) -> None:
-        raise NotImplementedError
+        """Implemented by each side."""
 
+    @abstractmethod
     def resume(self) -> None:
-        raise NotImplementedError
+        """Implemented by each side."""
 
+    @abstractmethod
     def slow(self, delay: float) -> None:
-        raise NotImplementedError
+        """Implemented by each side."""
 
+    @abstractmethod
     async def healthy(self) -> None:
-        raise NotImplementedError
+        """Implemented by each side."""
 
+    @abstractmethod
     def cpu(self) -> float:
-        raise NotImplementedError
+        """Implemented by each side."""
 
     async def timed(self, op: Awaitable[Any], expect: bytes | None = None) -> Op:
         c, t = self.cpu(), time.perf_counter()
