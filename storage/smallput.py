@@ -59,7 +59,7 @@ from storage.catalogue import Manifest, SegmentEntry
 from storage.codec import EncodedSegment, SegmentKey, encode_segment
 from storage.errors import BackendUnavailable, StorageError
 from storage.model import ObjectRef
-from storage.store import GRACE, NS_OBJECT, Store, share_key
+from storage.store import NS_OBJECT, Store, settle_writes, share_key
 
 log = logging.getLogger("twin.storage")
 
@@ -260,11 +260,11 @@ class SmallPuts:
                      ) -> None:
         """One ``put_many`` per backend, in parallel; records where each share landed.
 
-        As ``Store.store_shares`` does for one segment: once every object of the plan
-        has its write quorum durable, the slower backends get a grace (as long as the
-        quorum took, at least ``GRACE``) and are then cut off and marked down, their
-        shares left unplaced for the self-repair. Without it a backend that has just
-        hung held every small put for its whole deadline (2 s, a flapping test)."""
+        As ``Store.store_shares`` does for one segment (``settle_writes``): once every
+        object of the plan has its write quorum durable, the slower backends get a
+        grace and are then cut off, their shares left unplaced for the self-repair.
+        Without it a backend that has just hung held every small put for its whole
+        deadline (2 s, a flapping test)."""
         backends = list(plan)
         keys = {b: [share_key(NS_OBJECT, o.oid, 0, i) for o, i in plan[b]] for b in backends}
         items = {b: self._items(plan[b], keys[b]) for b in backends}
@@ -273,27 +273,17 @@ class SmallPuts:
                 o.written.append((b, key))
         tasks = {asyncio.create_task(self._put_many(b, items[b])): b for b in backends}
         results: dict[ShardBackend, builtins.list[bool]] = {}
-        loop = asyncio.get_running_loop()
-        started, cutoff = loop.time(), None
-        pending = set(tasks)
-        try:
-            while pending:
-                wait = None if cutoff is None else max(0.0, cutoff - loop.time())
-                done, pending = await asyncio.wait(pending, timeout=wait,
-                                                   return_when=asyncio.FIRST_COMPLETED)
-                if not done:
-                    break  # the grace is over
-                for t in done:
-                    results[tasks[t]] = t.result()
-                if cutoff is None and self._quorate(plan, results):
-                    cutoff = loop.time() + max(GRACE, loop.time() - started)
-        finally:
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-                for t in pending:
-                    self.store.mark_failed(tasks[t].name, "slower than the write quorum")
+
+        def finished(t: asyncio.Task[builtins.list[bool]]) -> tuple[()]:
+            results[tasks[t]] = t.result()
+            return ()
+
+        def cut_off(t: asyncio.Task[builtins.list[bool]]) -> None:
+            for key in keys[tasks[t]]:
+                self.store.cut_off(tasks[t], key)
+
+        await settle_writes(list(tasks), finished, lambda: self._quorate(plan, results),
+                            cut_off)
         for backend in backends:
             oks = results.get(backend) or [False] * len(plan[backend])
             if not all(oks):

@@ -44,6 +44,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Generator,
+    Iterable,
 )
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
@@ -103,6 +104,42 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 NS_OBJECT = "s"
 NS_BACKUP = "b"
 Source = bytes | bytearray | memoryview | AsyncIterable[bytes] | BinaryIO
+
+
+async def settle_writes(tasks: Iterable[asyncio.Task[T]],
+                        finished: Callable[[asyncio.Task[T]], Iterable[asyncio.Task[T]]],
+                        quorate: Callable[[], bool] | None,
+                        cut_off: Callable[[asyncio.Task[T]], None]) -> None:
+    """Wait for share writes until all are done or, once ``quorate()`` holds, a grace.
+
+    The grace lasts as long as the quorum took, at least ``GRACE``; the writes still
+    running then are cancelled and handed to ``cut_off`` (mark the backend down and
+    queue what it may still land as an orphan). ``finished`` sees each write that
+    ends and returns the writes it starts in its place (a retry on a spare). One loop
+    for a segment's shares (``Store.store_shares``) and a batch of small objects
+    (``storage.smallput``): without the cut-off a backend that has just hung holds
+    every put for its whole deadline."""
+    loop = asyncio.get_running_loop()
+    started, cutoff = loop.time(), None
+    pending = set(tasks)
+    try:
+        while pending:
+            wait = None if cutoff is None else max(0.0, cutoff - loop.time())
+            done, pending = await asyncio.wait(pending, timeout=wait,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break  # the grace is over
+            for t in done:
+                pending.update(finished(t))
+            if quorate is not None and cutoff is None and quorate():
+                cutoff = loop.time() + max(GRACE, loop.time() - started)
+    finally:
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            for t in pending:
+                cut_off(t)
 
 
 def share_key(ns: str, object_id: str, segment: int, index: int) -> str:
@@ -280,6 +317,13 @@ class Store:
 
     def mark_failed(self, name: str, why: str = "a call failed") -> None:
         self.monitor.failed(name, why)
+
+    def cut_off(self, backend: ShardBackend, key: str) -> None:
+        """A share write cancelled after the write quorum: the backend is marked down
+        and the share, which may still land, is queued for removal once it is back
+        (``maintain`` keeps it if a repair has placed that share there since)."""
+        self.mark_failed(backend.name, "slower than the write quorum")
+        self.orphans_left.append((backend.name, key))
 
     def recently_failed(self, name: str) -> bool:
         """Down: failed a call and no health probe has passed since."""
@@ -468,7 +512,6 @@ class Store:
         object queued for repair, so a hung backend costs a put nothing after
         its first detection and at most the grace before it.
         """
-        loop = asyncio.get_running_loop()
         used = used | {b.name for b in targets}
         size = HEADER_BYTES + (len(enc.payloads[indices[0]]) if indices else 0)
 
@@ -500,35 +543,25 @@ class Store:
                     continue  # enough backends are up: do not wait on this one
             tasks[asyncio.create_task(one(i, b))] = (i, b)
         placed: dict[int, str] = {}
-        started = loop.time()
-        cutoff: float | None = None
-        pending = set(tasks)
-        try:
-            while pending:
-                wait = None if cutoff is None else max(0.0, cutoff - loop.time())
-                done, pending = await asyncio.wait(pending, timeout=wait,
-                                                   return_when=asyncio.FIRST_COMPLETED)
-                if not done:
-                    break  # the grace is over
-                for t in done:
-                    i, b = tasks[t]
-                    if t.result():
-                        placed[i] = b.name
-                        continue
-                    other = spare()
-                    if other is not None:
-                        nt = asyncio.create_task(one(i, other))
-                        tasks[nt] = (i, other)
-                        pending.add(nt)
-                if early is not None and cutoff is None and len(placed) >= early:
-                    cutoff = loop.time() + max(GRACE, loop.time() - started)
-        finally:
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-                for t in pending:
-                    self.mark_failed(tasks[t][1].name, "slower than the write quorum")
+
+        def finished(t: asyncio.Task[bool]) -> tuple[asyncio.Task[bool], ...]:
+            i, b = tasks[t]
+            if t.result():
+                placed[i] = b.name
+                return ()
+            other = spare()
+            if other is None:
+                return ()
+            retry = asyncio.create_task(one(i, other))
+            tasks[retry] = (i, other)
+            return (retry,)
+
+        def cut_off(t: asyncio.Task[bool]) -> None:
+            i, b = tasks[t]
+            self.cut_off(b, share_key(ns, oid, seg, i))
+
+        await settle_writes(list(tasks), finished,
+                            None if early is None else lambda: len(placed) >= early, cut_off)
         return placed
 
     # -- get
@@ -780,11 +813,31 @@ class Store:
                     continue  # _health_changed wakes us when they are back
                 if self.orphans_left:
                     left, self.orphans_left = self.orphans_left, []
-                    await self.delete_keys(left)
+                    await self.delete_keys(await self._not_placed(left))
                 if self.repair_owed:
                     await self._repair_owed()
             except StorageError as exc:
                 log.warning("self-repair: %s", exc)
+
+    async def _not_placed(self, keys: builtins.list[tuple[str, str]]
+                          ) -> builtins.list[tuple[str, str]]:
+        """``keys`` less the shares the catalogue places there: a share cut off after
+        the write quorum belongs to a stored object, and a repair may since have put
+        that very share back on the same backend under the same key."""
+        keep = []
+        for name, key in keys:
+            parsed = parse_share_key(key)
+            if parsed is not None and parsed[0] == NS_OBJECT:
+                _ns, oid, seg, i = parsed
+                if oid in self.inflight:
+                    self.orphans_left.append((name, key))  # being written or deleted now
+                    continue
+                m = await self.catalogue.load(oid)
+                if m is not None and seg < len(m.segments) \
+                        and name in m.segments[seg].placement[i:i + 1]:
+                    continue
+            keep.append((name, key))
+        return keep
 
     async def _repair_owed(self) -> None:
         """Repair the catalogue's degraded list, a page at a time; what could not be
