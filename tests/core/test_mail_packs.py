@@ -90,6 +90,21 @@ async def test_a_pack_is_deleted_only_when_its_last_member_is_expunged(
         await svc.mail.read_bytes(refs[2])
 
 
+async def test_an_expunged_member_leaves_the_body_cache_at_once(
+        service: tuple[Service, str]) -> None:
+    """Its pack lives on for the other members, but its own bytes must not stay in
+    memory (they did, until the cache evicted them: the soak's heap grew by them)."""
+    svc, login = service
+    refs = await file(svc, login, [message(i) for i in range(3)])
+    assert all(svc.mail.bodies.get(r) is not None for r in refs)  # filing cached them
+    await expunge(svc, login, [1, 2])
+    assert svc.mail.bodies.get(refs[0]) is None and svc.mail.bodies.get(refs[1]) is None
+    assert svc.mail.bodies.get(refs[2]) == message(2)
+    inbox = await svc.mail.mailbox(login, "INBOX")
+    await svc.mail.copy(inbox.id, [3], login, "Archive", move=True)  # a copy lives on
+    assert svc.mail.bodies.get(refs[2]) == message(2)
+
+
 async def test_a_copy_keeps_its_pack_alive_after_the_original_is_expunged(
         service: tuple[Service, str]) -> None:
     svc, login = service
