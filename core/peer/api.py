@@ -58,7 +58,7 @@ from core.peer.client import (
     REFUSED,
 )
 from core.peer.content import publish
-from core.peer.errors import Refusal
+from core.peer.errors import Refusal, http_status
 from core.peer.peer import refusal_body
 
 if TYPE_CHECKING:
@@ -138,6 +138,12 @@ async def _read_capped(request: Request, cap: int, what: str, budget: ByteBudget
     return held
 
 
+def _failure(exc: TwinError) -> JSONResponse:
+    """A local API's answer to a core error: the peer table's status (404 for a
+    missing path, 507 over quota, ...), so the CLI can tell them apart."""
+    return JSONResponse({"code": exc.code, "message": str(exc)}, http_status(exc))
+
+
 def _refuse(refusal: Refusal) -> JSONResponse:
     return JSONResponse(refusal_body(refusal), status_code=refusal.status)
 
@@ -201,7 +207,7 @@ def routes(service: Service) -> list[BaseRoute]:
         try:
             entry = await publish(service, path, request.stream())
         except TwinError as exc:
-            return JSONResponse({"code": exc.code, "message": str(exc)}, 400)
+            return _failure(exc)
         log.info("owner published %s (%d bytes)", entry.path, entry.size)
         return JSONResponse({"path": entry.path, "size": entry.size})
 
@@ -220,7 +226,7 @@ def routes(service: Service) -> list[BaseRoute]:
         except ValueError:
             return JSONResponse({"code": "invalid", "message": "body is not JSON"}, 400)
         except TwinError as exc:
-            return JSONResponse({"code": exc.code, "message": str(exc)}, 400)
+            return _failure(exc)
         finally:
             body.release()
         return JSONResponse({"uid": uid})
