@@ -1162,8 +1162,18 @@ class MailStore:
 
     async def copy(self, mailbox_id: int, uids: Sequence[int], login: str, dest: str, *,
                    move: bool = False) -> tuple[int, list[int], list[int]]:
-        """COPY/MOVE: (destination uidvalidity, source uids, new uids), all or nothing."""
+        """COPY/MOVE: (destination uidvalidity, source uids, new uids), all or nothing.
+
+        A copy shares the stored bytes but counts against ``mail.quota`` like
+        any message (``quota`` sums the rows, and that is what GETQUOTA shows),
+        so a COPY that would go over it raises ``QuotaExceeded`` (RFC 9208
+        section 4.3: NO [OVERQUOTA]); the check and the insert are one
+        transaction, so concurrent copies cannot overshoot. A MOVE changes
+        nothing of the user's usage and is not checked.
+        """
         dest = check_name(dest)
+        limit = 0 if move else self.quota_bytes
+        pending = self.intake.pending(login) if limit and self.intake is not None else 0
 
         def run(c: sqlite3.Connection) -> tuple[int, int, list[int], list[int], int, list[str],
                                                  int, list[str]]:
@@ -1175,6 +1185,13 @@ class MailStore:
                 rows += c.execute(q, (mailbox_id, *chunk)).fetchall()
             if not rows:
                 return dst.id, dst.uidvalidity, [], [], 0, [], 0, []
+            if limit:
+                used = pending + int(c.execute(
+                    "SELECT coalesce(sum(m.size), 0) FROM mail_messages m JOIN mail_mailboxes b "
+                    "ON m.mailbox = b.id WHERE b.login = ?", (login,)).fetchone()[0])
+                added = sum(int(r[2]) for r in rows)
+                if used + added > limit:
+                    raise QuotaExceeded(f"over quota ({used + added} > {limit} bytes)")
             first = dst.uidnext
             c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + ? WHERE id = ?",
                       (len(rows), dst.id))
