@@ -74,6 +74,18 @@ def test_one_over_quota_error_for_mail_and_files() -> None:
     assert refusal.code not in peer_errors.PERMANENT  # the outbox retries, like SMTP's 452
 
 
+def test_rows_that_say_more_than_the_class_did() -> None:
+    # a message over a size limit: SMTP's "too big" (aiosmtpd's own 552 5.3.4 too)
+    too_big = Invalid("big", code=ErrorCode.TOO_LARGE)
+    assert smtp_errors.to_smtp(too_big).reply.startswith("552 5.3.4 ")
+    assert imap_errors.from_core(too_big).code == "TOOBIG"
+    assert bridge.status_of(too_big) == 413
+    assert imap_errors.from_core(Forbidden("x", code=ErrorCode.LIMIT)).code == "LIMIT"
+    # another twin's refusal, by the code it carries
+    assert bridge.status_of(PeerRejected("x", code="not_found")) == 404
+    assert bridge.status_of(PeerRejected("x", code="malformed")) == 502
+
+
 def test_code_of_prefers_the_errors_own_code_then_its_class() -> None:
     assert code_of(Invalid("x", code=ErrorCode.TOO_LARGE)) is ErrorCode.TOO_LARGE
     assert code_of(Invalid("x", code="something else")) is ErrorCode.INVALID
