@@ -22,8 +22,10 @@ error. Batches exist because HTTP costs far more than an envelope's crypto
 host (``twin share FILE --as /x`` while the twin runs): it streams a file into
 the dispersed store and publishes it in the twin's content (the file tree). It is authorised by
 the random token the running twin writes to ``run/local.token`` (0600), which
-only the owner's account can read. The same token opens the owner's storage
-API under ``/twin/v1/local/storage/`` (``twin storage …`` while the twin
+only the owner's account can read; a core error is answered ``{"code",
+"message"}`` with the status of its code in ``core.peer.errors`` (404, 409,
+507 over ``webdav.quota``, ...), as on every local API. The same token opens
+the owner's storage API under ``/twin/v1/local/storage/`` (``twin storage …`` while the twin
 runs), mounted here from ``core.peer.local_storage``, and ``POST
 /twin/v1/local/send`` (``twin send`` while the twin runs: queued by the
 running twin, whose outbox worker then sends at once instead of finding the
