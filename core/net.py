@@ -12,7 +12,7 @@ import socket
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from core.errors import Unavailable
+from core.errors import ErrorCode, Unavailable
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def bind(host: str, port: int, what: str, config_key: str) -> socket.socket:
             raise Unavailable(
                 f"cannot start {what}: {host}:{port} is already in use by another program "
                 f"(another twin?). Stop it or choose another port with {config_key}.",
-                code="port_in_use") from None
+                code=ErrorCode.PORT_IN_USE) from None
         raise Unavailable(f"cannot start {what} on {host}:{port}: {exc.strerror}") from None
     sock.listen(512)
     sock.setblocking(False)

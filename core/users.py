@@ -34,7 +34,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from core.db import Database, transaction
-from core.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
+from core.errors import Conflict, ErrorCode, Forbidden, Invalid, NotFound, Unavailable
 from core.net import is_loopback
 
 log = logging.getLogger("twin.auth")
@@ -302,7 +302,7 @@ def normalize_login(raw: str) -> str:
 class Throttled(Unavailable):
     """Too many failed logins: try again in ``retry_after`` seconds (nothing was checked)."""
 
-    code = "throttled"
+    code = ErrorCode.THROTTLED
 
     def __init__(self, retry_after: float) -> None:
         self.retry_after = max(1, math.ceil(retry_after))

@@ -28,7 +28,7 @@ from typing import Any
 
 from core.cli import mail_transfer, open_service
 from core.cli.storage import running_twin
-from core.errors import Conflict, Forbidden, Invalid, NotFound, TwinError
+from core.errors import Conflict, Invalid, NotFound, TwinError, from_code
 from core.mail.quarantine import printable
 from core.routing import Routed
 from core.users import normalize_login
@@ -289,13 +289,16 @@ def _answer(resp: Any) -> Any:
     except ValueError:  # not its API's answer: an older twin still running, or a proxy
         raise Invalid(f"the running twin answered {resp.status_code} without JSON: is it "
                       f"older than this command? restart it") from None
+    if resp.status_code == 200:
+        return body
+    message = str(body.get("message", resp.status_code))
+    # by the code it sent, not the status: the same error as on a stopped twin
+    error = from_code(str(body.get("code", "")), message)
+    if error is not None:
+        raise error
     if resp.status_code == 404:
-        raise NotFound(body.get("message", "not found"))
-    if resp.status_code == 409 and body.get("code") == "forbidden":
-        raise Forbidden(body.get("message", "forbidden"))
-    if resp.status_code != 200:
-        raise Invalid(f"the running twin says: {body.get('message', resp.status_code)}")
-    return body
+        raise NotFound(message)
+    raise Invalid(f"the running twin says: {message}")
 
 
 async def _on_own_store(service: Any, action: str, qid: int | None) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 
 from core.cli import open_service
 from core.cli.storage import running_twin
-from core.errors import Forbidden, Invalid, NotFound, TwinError, Unavailable
+from core.errors import Forbidden, Invalid, NotFound, TwinError, Unavailable, from_code
 from core.mail import transfer
 from core.mail.imap_source import ImapOptions, ImapSource
 from core.mail.imported import Filed, Incoming, Skipped
@@ -169,9 +169,13 @@ class RemoteMail:
         if resp.status_code == 200:
             return resp
         try:
-            message = resp.json().get("message", resp.status_code)
+            body = resp.json()
+            message = body.get("message", resp.status_code)
         except ValueError:
-            message = resp.status_code
+            body, message = {}, resp.status_code
+        error = from_code(str(body.get("code", "")), str(message))  # the same error as offline
+        if error is not None:
+            raise error
         if resp.status_code == 404:
             raise NotFound(str(message))
         if resp.status_code == 403:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from core.cli import binary_stdout, open_service
-from core.errors import Invalid, NotFound, Unavailable
+from core.errors import ErrorCode, Invalid, NotFound, Unavailable, from_code
 from core.progress import Progress, human_bytes
 
 
@@ -319,7 +319,8 @@ def _upload(data: Path, origin: str, file: Path, path: str, progress: Progress
         raise Unavailable(f"the running twin did not take the file: {exc}") from exc
     body: dict[str, Any] = resp.json()
     if resp.status_code != 200:
-        raise Invalid(f"the running twin refused the file: {body.get('message')}")
+        message = f"the running twin refused the file: {body.get('message')}"
+        raise from_code(str(body.get("code", "")), message) or Invalid(message)
     return body
 
 
@@ -337,7 +338,7 @@ def _local_send(data: Path, origin: str, to: str, text: str) -> dict[str, Any]:
         body: dict[str, Any] = resp.json()
     except (httpx.HTTPError, ValueError) as exc:
         raise Unavailable(f"the running twin did not take the message: {exc}") from exc
-    if resp.status_code == 400 and body.get("code") == "not_found":
+    if resp.status_code != 200 and body.get("code") == ErrorCode.NOT_FOUND:
         raise NotFound(str(body.get("message")))
     if resp.status_code != 200:
         raise Invalid(f"the running twin refused the message: {body.get('message')}")

@@ -22,14 +22,18 @@ Contract of the parts:
 - ``paths``: the one place where a path is validated and normalised.
 - ``sharing``: which grants reach a path (shown to the owner, never to peers).
 
-Errors are core's neutral ones; ``QuotaExceeded`` is an ``Invalid`` that the
-WebDAV adapter answers with 507.
+Errors are core's neutral ones (``core.errors``); over ``webdav.quota`` a
+write raises ``core.errors.QuotaExceeded``, the same error mail raises over
+``mail.quota``, re-exported here for callers that think of it as the tree's.
+How a client is told (507 over WebDAV, ``overquota`` to another twin) is the
+``OVER_QUOTA`` row of each adapter's table, listed in ``core.errors``.
 """
 
+from core.errors import QuotaExceeded
 from core.files.locks import PathLocks
 from core.files.paths import join, normalize, split
 from core.files.sharing import covering
-from core.files.tree import FileEntry, FileTree, QuotaExceeded, Written
+from core.files.tree import FileEntry, FileTree, Written
 
 __all__ = ["FileEntry", "FileTree", "PathLocks", "QuotaExceeded", "Written", "covering", "join",
            "normalize", "split"]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from core.db import Database
-from core.errors import Conflict, Invalid, NotFound, Unavailable
+from core.errors import Conflict, Invalid, NotFound, QuotaExceeded, Unavailable
 from core.files.paths import join, split
 from core.peer.content import ContentEntry
 
@@ -75,12 +75,6 @@ MIGRATIONS = [
 
 # A constant column list: the f-strings below that use it carry no input (S608).
 _COLS = "id, parent, name, is_dir, size, etag, created, modified, content_type, ref"
-
-
-class QuotaExceeded(Invalid):
-    """The write would take the tree over ``webdav.quota``."""
-
-    code = "quota"
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,13 @@ The IMAP adapter additionally uses mailboxes, ``open`` (a copy of the
 mailbox's shared in-memory uid/flags/modseq index, ``core.mail.index``, plus a
 bounded ``Watch`` of later changes; ``current`` after the watch overflowed),
 ``close``, ``meta``, ``read``, ``set_flags``, ``expunge``, ``copy`` and
-``vanished``. Errors are core's neutral ones (``NotFound``, ``Conflict``,
-``Invalid``, ``Forbidden``, ``Unavailable``); their ``code`` (``exists``,
-``haschildren``, ``overquota``, ``toobig``, ``use``) lets an adapter pick a
-precise response code.
+``vanished``. Errors are core's neutral ones (``core.errors``: ``NotFound``,
+``Conflict``, ``Invalid``, ``Forbidden``, ``Unavailable``, and over
+``mail.quota`` ``QuotaExceeded``, the same one the file tree raises); their
+``code`` (an ``ErrorCode``: ``ALREADY_EXISTS``, ``HAS_CHILDREN``,
+``OVER_QUOTA``, ``TOO_LARGE``, ``SPECIAL_USE``, ``LIMIT``) is what each
+adapter's one table is keyed by, so SMTP, IMAP and the peer API each say
+"mailbox full" their own way from one row.
 
 Mail in and out (``twin mail import|export``): ``core.mail.transfer`` (the
 loops), ``core.mail.imported`` (a batch filed with the record of its source

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.errors import Conflict, Forbidden, Invalid, NotFound
+from core.errors import Conflict, Invalid, NotFound, QuotaExceeded
 from core.mail.store import MailStore, Row, _get_mailbox, _insert_rows, parse_flags
 
 MIGRATIONS = [
@@ -140,7 +140,7 @@ class Imported:
         if self.mail.quota_bytes:
             used, limit = await self.mail.quota(login)
             if used + size > limit:
-                raise Forbidden(f"over quota ({used + size} > {limit} bytes)", code="overquota")
+                raise QuotaExceeded(f"over quota ({used + size} > {limit} bytes)")
         store = self.mail._need_store()
         refs, objects = await self.mail._store_packed(store, [d for _, d, _, _ in good])
         rows: list[tuple[str, Row]] = [

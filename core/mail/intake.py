@@ -53,7 +53,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.errors import Forbidden, Unavailable
+from core.errors import QuotaExceeded, Unavailable
 from core.mail.journal import Entry, Journal
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ class Intake:
             # no await from here to the reservation: check and reserve are one step
             total = used + self._reserved.get(login, 0) - released + size
             if total > limit:
-                raise Forbidden(f"over quota ({total} > {limit} bytes)", code="overquota")
+                raise QuotaExceeded(f"over quota ({total} > {limit} bytes)")
         self._reserve(login, size)
         try:
             return await self._append(login, message)

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import Invalid, Unavailable
+from core.errors import ErrorCode, Invalid, Unavailable
 from storage import IntegrityError
 from storage.crypto import seal, unseal
 
@@ -207,7 +207,7 @@ class Journal:
         if self._next_seq == 0:
             raise Unavailable("the mail journal is not open")
         if len(message) > MAX_MESSAGE:
-            raise Invalid(f"message larger than {MAX_MESSAGE} bytes", code="toobig")
+            raise Invalid(f"message larger than {MAX_MESSAGE} bytes", code=ErrorCode.TOO_LARGE)
         entry = Entry(self._next_seq, login, message, time.time())
         self._next_seq += 1
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

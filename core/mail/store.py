@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 from core.db import Database
-from core.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
+from core.errors import (
+    Conflict,
+    ErrorCode,
+    Forbidden,
+    Invalid,
+    NotFound,
+    QuotaExceeded,
+    Unavailable,
+)
 from core.mail import mime, quarantine
 from core.mail.cache import BodyCache, Fixed, MetaCache
 from core.mail.commit import GroupCommit
@@ -429,13 +437,13 @@ class MailStore:
     async def create_mailbox(self, login: str, name: str, special: str | None = None) -> Mailbox:
         name = check_name(name)
         if special is not None and special not in SPECIAL_USES:
-            raise Invalid(f"unknown special use {special[:40]}", code="use")
+            raise Invalid(f"unknown special use {special[:40]}", code=ErrorCode.SPECIAL_USE)
         await self.ensure_user(login)
 
         def make(c: sqlite3.Connection) -> Mailbox:
             if c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name = ?",
                          (login, name)).fetchone():
-                raise Conflict(f"mailbox {name} exists", code="exists")
+                raise Conflict(f"mailbox {name} exists", code=ErrorCode.ALREADY_EXISTS)
             parts = name.split(DELIM)
             for i in range(1, len(parts)):  # RFC 3501 §6.3.3: create missing superiors
                 parent = DELIM.join(parts[:i])
@@ -461,7 +469,7 @@ class MailStore:
                          (login, _like_prefix(name + DELIM))).fetchone():
                 # RFC 3501 §6.3.4: with inferiors, a mailbox is emptied, not removed
                 raise Conflict(f"{name} has child mailboxes; delete them first",
-                               code="haschildren")
+                               code=ErrorCode.HAS_CHILDREN)
             refs = [r[0] for r in c.execute(
                 "SELECT DISTINCT ref FROM mail_messages WHERE mailbox = ?", (mb.id,))]
             c.execute("DELETE FROM mail_messages WHERE mailbox = ?", (mb.id,))
@@ -483,7 +491,7 @@ class MailStore:
             src = _get_mailbox(c, login, old)
             if c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name = ?",
                          (login, new)).fetchone():
-                raise Conflict(f"mailbox {new} exists", code="exists")
+                raise Conflict(f"mailbox {new} exists", code=ErrorCode.ALREADY_EXISTS)
             if new.startswith(old + DELIM):
                 raise Invalid("cannot rename a mailbox into itself")
             parts = new.split(DELIM)
@@ -851,7 +859,7 @@ class MailStore:
             used += self.intake.pending(login) if self.intake is not None else 0
             if used + size > limit:
                 await self._delete_objects([ref])
-                raise Forbidden(f"over quota ({used + size} > {limit} bytes)", code="overquota")
+                raise QuotaExceeded(f"over quota ({used + size} > {limit} bytes)")
         row: Row = (ref, header, structure, size,
                     time.time() if internal_date is None else internal_date, flagset)
 
@@ -1002,7 +1010,7 @@ class MailStore:
         """(CRLF-normalised bytes, header, structure) of one message."""
         data = mime.to_crlf(message)
         if max_size is not None and len(data) > max_size:
-            raise Invalid(f"message larger than {max_size} bytes", code="toobig")
+            raise Invalid(f"message larger than {max_size} bytes", code=ErrorCode.TOO_LARGE)
         return await self._describe(data)
 
     async def _store_packed(self, store: Any, messages: list[bytes]
@@ -1081,7 +1089,8 @@ class MailStore:
                 async for chunk in mime.crlf_normalise(source):
                     total += len(chunk)
                     if max_size is not None and total > max_size:
-                        raise Invalid(f"message larger than {max_size} bytes", code="toobig")
+                        raise Invalid(f"message larger than {max_size} bytes",
+                                      code=ErrorCode.TOO_LARGE)
                     if spool._rolled:  # type: ignore[attr-defined]
                         await asyncio.to_thread(spool.write, chunk)
                     else:
@@ -1155,8 +1164,18 @@ class MailStore:
 
     async def copy(self, mailbox_id: int, uids: Sequence[int], login: str, dest: str, *,
                    move: bool = False) -> tuple[int, list[int], list[int]]:
-        """COPY/MOVE: (destination uidvalidity, source uids, new uids), all or nothing."""
+        """COPY/MOVE: (destination uidvalidity, source uids, new uids), all or nothing.
+
+        A copy shares the stored bytes but counts against ``mail.quota`` like
+        any message (``quota`` sums the rows, and that is what GETQUOTA shows),
+        so a COPY that would go over it raises ``QuotaExceeded`` (RFC 9208
+        section 4.3: NO [OVERQUOTA]); the check and the insert are one
+        transaction, so concurrent copies cannot overshoot. A MOVE changes
+        nothing of the user's usage and is not checked.
+        """
         dest = check_name(dest)
+        limit = 0 if move else self.quota_bytes
+        pending = self.intake.pending(login) if limit and self.intake is not None else 0
 
         def run(c: sqlite3.Connection) -> tuple[int, int, list[int], list[int], int, Unused,
                                                  int, list[str]]:
@@ -1168,6 +1187,13 @@ class MailStore:
                 rows += c.execute(q, (mailbox_id, *chunk)).fetchall()
             if not rows:
                 return dst.id, dst.uidvalidity, [], [], 0, Unused([], []), 0, []
+            if limit:
+                used = pending + int(c.execute(
+                    "SELECT coalesce(sum(m.size), 0) FROM mail_messages m JOIN mail_mailboxes b "
+                    "ON m.mailbox = b.id WHERE b.login = ?", (login,)).fetchone()[0])
+                added = sum(int(r[2]) for r in rows)
+                if used + added > limit:
+                    raise QuotaExceeded(f"over quota ({used + added} > {limit} bytes)")
             first = dst.uidnext
             c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + ? WHERE id = ?",
                       (len(rows), dst.id))

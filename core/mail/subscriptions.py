@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 
 from core.db import Database, transaction
-from core.errors import Forbidden
+from core.errors import ErrorCode, Forbidden
 
 MAX_PER_USER = 10_000
 
@@ -64,7 +64,7 @@ class Subscriptions:
                 count = c.execute("SELECT COUNT(*) FROM mail_subscriptions WHERE login = ?",
                                   (login,)).fetchone()[0]
                 if count >= MAX_PER_USER:
-                    raise Forbidden(f"more than {MAX_PER_USER} subscriptions", code="limit")
+                    raise Forbidden(f"more than {MAX_PER_USER} subscriptions", code=ErrorCode.LIMIT)
                 c.execute("INSERT OR IGNORE INTO mail_subscriptions VALUES (?, ?)",
                           (login, name))
         await self.seed(login)

@@ -39,7 +39,9 @@ Modules: ``envelope`` (wire format, sign, verify), ``stream`` (secretstream
 frames), ``replay`` (replay guard, rate limit), ``kinds`` (registry),
 ``outbox``, ``inbox``, ``content`` (ContentSource, SharedObjects), ``client``
 (httpx), ``api`` (Starlette routes), ``peer`` (it all together), ``errors``
-(the refusal codes and their one mapping table).
+(the refusal codes and their one table, keyed by the envelope checks' codes and
+``core.errors.ErrorCode``: status and whether the sender retries; the local
+APIs answer core errors with the same statuses).
 """
 
 from __future__ import annotations

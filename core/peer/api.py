@@ -22,8 +22,10 @@ error. Batches exist because HTTP costs far more than an envelope's crypto
 host (``twin share FILE --as /x`` while the twin runs): it streams a file into
 the dispersed store and publishes it in the twin's content (the file tree). It is authorised by
 the random token the running twin writes to ``run/local.token`` (0600), which
-only the owner's account can read. The same token opens the owner's storage
-API under ``/twin/v1/local/storage/`` (``twin storage …`` while the twin
+only the owner's account can read; a core error is answered ``{"code",
+"message"}`` with the status of its code in ``core.peer.errors`` (404, 409,
+507 over ``webdav.quota``, ...), as on every local API. The same token opens
+the owner's storage API under ``/twin/v1/local/storage/`` (``twin storage …`` while the twin
 runs), mounted here from ``core.peer.local_storage``, and ``POST
 /twin/v1/local/send`` (``twin send`` while the twin runs: queued by the
 running twin, whose outbox worker then sends at once instead of finding the
@@ -58,7 +60,7 @@ from core.peer.client import (
     REFUSED,
 )
 from core.peer.content import publish
-from core.peer.errors import Refusal
+from core.peer.errors import Refusal, http_status
 from core.peer.peer import refusal_body
 
 if TYPE_CHECKING:
@@ -138,6 +140,12 @@ async def _read_capped(request: Request, cap: int, what: str, budget: ByteBudget
     return held
 
 
+def _failure(exc: TwinError) -> JSONResponse:
+    """A local API's answer to a core error: the peer table's status (404 for a
+    missing path, 507 over quota, ...), so the CLI can tell them apart."""
+    return JSONResponse({"code": exc.code, "message": str(exc)}, http_status(exc))
+
+
 def _refuse(refusal: Refusal) -> JSONResponse:
     return JSONResponse(refusal_body(refusal), status_code=refusal.status)
 
@@ -201,7 +209,7 @@ def routes(service: Service) -> list[BaseRoute]:
         try:
             entry = await publish(service, path, request.stream())
         except TwinError as exc:
-            return JSONResponse({"code": exc.code, "message": str(exc)}, 400)
+            return _failure(exc)
         log.info("owner published %s (%d bytes)", entry.path, entry.size)
         return JSONResponse({"path": entry.path, "size": entry.size})
 
@@ -220,7 +228,7 @@ def routes(service: Service) -> list[BaseRoute]:
         except ValueError:
             return JSONResponse({"code": "invalid", "message": "body is not JSON"}, 400)
         except TwinError as exc:
-            return JSONResponse({"code": exc.code, "message": str(exc)}, 400)
+            return _failure(exc)
         finally:
             body.release()
         return JSONResponse({"uid": uid})

@@ -1,69 +1,78 @@
 """The peer protocol's one error type and its one mapping table.
 
-Every refusal a twin sends another twin is a ``Refusal`` with a stable code.
-The receiver logs it and answers with the HTTP status from ``STATUS``; the
+Every refusal a twin sends another twin is a ``Refusal`` with a stable code:
+an envelope check's own, or the ``ErrorCode`` of the core error a handler
+raised (``core.errors``). The receiver logs it and answers with the HTTP
+status from ``REFUSALS``, the one table (keyed like every adapter's); the
 sender turns a refusal into ``core.errors.PeerRejected`` carrying the same
-code, and the outbox decides from ``PERMANENT`` whether retrying can help.
+code, and the outbox decides from the same row whether retrying can help.
+Over quota is the ``OVER_QUOTA`` row.
 """
 
 from __future__ import annotations
 
-from core.errors import (
-    Conflict,
-    Forbidden,
-    Invalid,
-    NotFound,
-    PeerRejected,
-    TwinError,
-    Unavailable,
-)
+from typing import NamedTuple
 
-# code -> HTTP status. Envelope checks first (in the order they are made),
-# then what a handler's neutral core error becomes.
-STATUS: dict[str, int] = {
-    "too_large": 413,
-    "unsupported_version": 400,
-    "malformed": 400,
-    "unknown_sender": 403,
-    "sender_key_changed": 403,
-    "bad_signature": 403,
-    "wrong_recipient": 421,
-    "clock_skew": 403,
-    "expired": 403,
-    "rate_limited": 429,
-    "replay": 409,
-    "bad_payload": 400,
-    "unknown_kind": 404,
-    # neutral errors raised by kind handlers (core.errors)
-    "forbidden": 403,
-    "not_found": 404,
-    "conflict": 409,
-    "precondition_failed": 412,  # an if_match ETag no longer holds (RFC 9110 section 13.1.1)
-    "invalid": 400,
-    "quota": 507,  # a write would take the owner over webdav.quota (RFC 4331 section 5)
-    "unavailable": 503,
-    "internal": 500,
+from core.errors import ErrorCode, PeerRejected, TwinError, code_of, known
+
+
+class Row(NamedTuple):
+    """What one refusal code means: the HTTP status it is answered with, and
+    whether the sender's outbox gives up at once (the same on every retry)."""
+
+    status: int
+    permanent: bool
+
+
+# refusal code -> Row: the one table. Envelope checks first (in the order they
+# are made), then every core error code (``core.errors.ErrorCode``; a handler's
+# error is refused with its own code, tests/core/test_errors.py checks that each
+# has a row). The local APIs (``twin share``, ``send``, ``mail ...`` while the
+# twin runs) answer core errors with the same statuses.
+REFUSALS: dict[str, Row] = {
+    "too_large": Row(413, True),
+    "unsupported_version": Row(400, True),
+    "malformed": Row(400, True),
+    "unknown_sender": Row(403, False),
+    "sender_key_changed": Row(403, False),
+    "bad_signature": Row(403, True),
+    "wrong_recipient": Row(421, True),
+    "clock_skew": Row(403, False),
+    "expired": Row(403, False),
+    "rate_limited": Row(429, False),
+    "replay": Row(409, False),
+    "bad_payload": Row(400, True),
+    "unknown_kind": Row(404, True),
+    "internal": Row(500, False),
+    # core errors raised by kind handlers ("too_large" above is one of them too)
+    ErrorCode.ERROR: Row(500, False),
+    ErrorCode.NOT_FOUND: Row(404, True),
+    ErrorCode.FORBIDDEN: Row(403, True),
+    ErrorCode.LIMIT: Row(403, True),
+    # mailbox or tree full: 507 (RFC 4331 section 5); not permanent, like SMTP's
+    # 452 4.2.2: the outbox retries a mail.deliver until the owner makes room
+    ErrorCode.OVER_QUOTA: Row(507, False),
+    ErrorCode.CONFLICT: Row(409, True),
+    ErrorCode.ALREADY_EXISTS: Row(409, True),
+    ErrorCode.HAS_CHILDREN: Row(409, True),
+    ErrorCode.PRECONDITION_FAILED: Row(412, True),  # an if_match ETag no longer holds
+    ErrorCode.INVALID: Row(400, True),
+    ErrorCode.SPECIAL_USE: Row(400, True),
+    ErrorCode.CONFIG: Row(500, False),
+    ErrorCode.UNAVAILABLE: Row(503, False),
+    ErrorCode.THROTTLED: Row(503, False),
+    ErrorCode.PORT_IN_USE: Row(503, False),
+    ErrorCode.PEER_REJECTED: Row(502, False),  # a twin we asked on the way refused
 }
 
-# Refusals that will be the same on every retry: the outbox bounces at once.
-PERMANENT = frozenset({
-    "too_large", "unsupported_version", "malformed", "bad_signature", "wrong_recipient",
-    "bad_payload", "unknown_kind", "forbidden", "not_found", "invalid", "conflict", "quota",
-    "precondition_failed",
-})
+# The two columns, for callers that want one of them.
+STATUS: dict[str, int] = {code: row.status for code, row in REFUSALS.items()}
+PERMANENT = frozenset(code for code, row in REFUSALS.items() if row.permanent)
 
-# Handler errors whose own code says more than their class (QuotaExceeded is an
-# Invalid, an oversized content.put too): the code travels as it is.
-KEPT = frozenset({"quota", "too_large", "precondition_failed"})
 
-# Core's neutral errors -> refusal codes (the one table).
-NEUTRAL: dict[type[TwinError], str] = {
-    Forbidden: "forbidden",
-    NotFound: "not_found",
-    Conflict: "conflict",
-    Invalid: "invalid",
-    Unavailable: "unavailable",
-}
+def http_status(exc: TwinError) -> int:
+    """The status a local API answers a core error with (the same as a refusal)."""
+    return STATUS[code_of(exc)]
 
 
 class Refusal(Exception):
@@ -82,15 +91,14 @@ class Refusal(Exception):
 
     @classmethod
     def from_error(cls, exc: TwinError) -> Refusal:
-        if exc.code in KEPT:
-            return cls(exc.code, str(exc))
-        for kind in type(exc).__mro__:
-            code = NEUTRAL.get(kind)
-            if code is not None:
-                return cls(code, str(exc))
-        return cls("internal", "the handler failed")
+        """A handler's core error, refused with its own code (``code_of``)."""
+        return cls(code_of(exc), str(exc))
 
 
 def rejected(code: str, message: str) -> PeerRejected:
-    """What the sending side raises when a peer refuses it."""
+    """What the sending side raises when a peer refuses it.
+
+    An older twin's spelling of a code (``quota``) is read as ours (``overquota``),
+    so the tables and the outbox see one vocabulary."""
+    code = known(code) or code
     return PeerRejected(f"peer refused ({code}): {message}", code=code)

@@ -14,8 +14,10 @@ POST     ``send?from=A&to=B&to=C``   -> ``Routed.to_json()`` (``twin mail send``
                                         body: the message, at most ``MAX_SEND``)
 =======  ==========================  =====================================
 
-Errors are JSON ``{"code", "message"}``: 404 for an unknown id, 409 when the
-message still cannot be filed (it stays in the quarantine).
+Errors are JSON ``{"code", "message"}``: a core error with the status of its
+code in the peer table (``core.peer.errors``: 404 for an unknown id), 409
+``failed`` when the message still cannot be filed for any other reason (it
+stays in the quarantine).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 
-from core.errors import Forbidden, Invalid, NotFound, TwinError
+from core.errors import Forbidden, Invalid, TwinError
+from core.peer.errors import http_status
 from core.peer.local_storage import _OwnerOnly
 
 if TYPE_CHECKING:
@@ -49,10 +52,8 @@ def routes(service: Service) -> list[BaseRoute]:
         async def endpoint(request: Request) -> Response:
             try:
                 return JSONResponse(await fn(request))
-            except NotFound as exc:
-                return JSONResponse({"code": "not_found", "message": str(exc)}, 404)
-            except TwinError as exc:
-                return JSONResponse({"code": exc.code, "message": str(exc)}, 409)
+            except TwinError as exc:  # the peer table's status, as every local API
+                return JSONResponse({"code": exc.code, "message": str(exc)}, http_status(exc))
             except Exception as exc:  # the message still cannot be filed: say why
                 log.warning("quarantine request failed: %s: %s", type(exc).__name__, exc)
                 return JSONResponse({"code": "failed",

@@ -54,6 +54,8 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
+from core.errors import TwinError
+from core.peer.errors import http_status
 from storage import (
     BackendHealth,
     InvalidReference,
@@ -191,7 +193,10 @@ def _json(body: Any, status: int = 200) -> JSONResponse:
 
 
 def _failure(exc: Exception) -> JSONResponse:
-    """The one table from an exception to what the CLI is told."""
+    """The one table from an exception to what the CLI is told: the store's own
+    errors here, core's through the peer table (``core.peer.errors``)."""
+    if isinstance(exc, TwinError):
+        return _json({"code": exc.code, "message": str(exc)}, http_status(exc))
     if isinstance(exc, ObjectNotFound):
         return _json({"code": "not_found", "message": str(exc)}, 404)
     if isinstance(exc, InvalidReference | ValueError):

@@ -30,9 +30,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 
-from core.errors import Forbidden, Invalid, NotFound, TwinError
+from core.errors import Invalid, NotFound, TwinError
 from core.mail.imported import Imported, Incoming, clean_flags
 from core.mail.transfer import BATCH_BYTES, LocalMail
+from core.peer.errors import http_status
 from core.peer.local_storage import _OwnerOnly
 
 if TYPE_CHECKING:
@@ -83,14 +84,8 @@ def routes(service: Service) -> list[BaseRoute]:
             try:
                 result = await fn(request)
                 return result if isinstance(result, Response) else JSONResponse(result)
-            except NotFound as exc:
-                return JSONResponse({"code": "not_found", "message": str(exc)}, 404)
-            except Forbidden as exc:
-                return JSONResponse({"code": exc.code, "message": str(exc)}, 403)
-            except Invalid as exc:
-                return JSONResponse({"code": exc.code, "message": str(exc)}, 400)
-            except TwinError as exc:
-                return JSONResponse({"code": exc.code, "message": str(exc)}, 409)
+            except TwinError as exc:  # the peer table's status, as every local API
+                return JSONResponse({"code": exc.code, "message": str(exc)}, http_status(exc))
         return endpoint
 
     async def folders(request: Request) -> Any:

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from core.contacts import check_name
-from core.errors import Conflict, Invalid
+from core.errors import Conflict, ErrorCode, Invalid, QuotaExceeded
 
 DIR = "uploads"
 MAX_PER_SENDER = 4
@@ -61,10 +61,9 @@ class Uploads:
         size = offset + len(data)
         if size > self.max_upload:
             raise Invalid(f"upload over this twin's peer.max_upload ({self.max_upload} bytes)",
-                          code="too_large")
+                          code=ErrorCode.TOO_LARGE)
         if size > room:
-            raise Invalid(f"upload of {size} bytes or more exceeds the quota",
-                          code="quota")
+            raise QuotaExceeded(f"upload of {size} bytes or more exceeds the quota")
         part = self._part(sender, upload)
         if len(self._locks) > 1024:  # only parts being appended to need theirs
             self._locks = {k: v for k, v in self._locks.items() if v.locked()}

@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from core.acl import Principal, normalize
-from core.errors import Conflict, Forbidden, Invalid, NotFound, TwinError
+from core.errors import Conflict, ErrorCode, Forbidden, Invalid, NotFound, TwinError
 from core.peer.content import ContentEntry
 from core.peer.uploads import Uploads
 from phonebook.record import TwinRecord
@@ -89,7 +89,7 @@ class SharedWrites:
         now = await self.service.files.exists(path)
         if now is None or now.etag != want:
             raise Conflict(f"{path} changed since it was read (ETag {want!r} no longer holds)",
-                           code="precondition_failed")
+                           code=ErrorCode.PRECONDITION_FAILED)
 
     # content.put {"path": str, "data": bytes, "if_match": str | None} and, for a file
     # in chunks, {"upload": 16 bytes, "offset": int, "last": bool} (core.peer.uploads)
@@ -100,7 +100,7 @@ class SharedWrites:
             raise Invalid("content.put needs 'data' (bytes)")
         if len(data) > self.max_put:
             raise Invalid(f"{len(data)} bytes over this twin's peer.max_put ({self.max_put})",
-                          code="too_large")
+                          code=ErrorCode.TOO_LARGE)
         await self._check_etag(path, value)
         upload = value.get("upload")
         if upload is None:
@@ -178,7 +178,7 @@ async def put(peer: Peer, twin: str, path: str, data: bytes,
     limit = peer.service.config.int("peer.max_put")
     if len(data) > limit:
         raise Invalid(f"{len(data)} bytes over peer.max_put ({limit}): send it in chunks",
-                      code="too_large")
+                      code=ErrorCode.TOO_LARGE)
     return _entry(await peer.request(twin, PUT, {"path": normalize(path), "data": data,
                                                  "if_match": if_match}))
 

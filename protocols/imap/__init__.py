@@ -5,7 +5,8 @@ Layout, after mox's imapserver: ``parser`` reads commands within limits,
 and dispatches through the command table (``commands``: one module per group,
 each handler under its RFC section), ``selected`` keeps a session's view of its
 selected mailbox and the untagged update rules, ``errors`` is the one error
-type and the one mapping from core errors. Mail lives in ``core.mail``; this
+type and the one mapping from core errors (keyed by ``core.errors.ErrorCode``:
+over quota is its ``OVER_QUOTA`` row). Mail lives in ``core.mail``; this
 package only translates.
 
 Entry point (``twin.listeners``): ``async def start(service) -> Listener`` with

@@ -2,13 +2,14 @@
 
 Handlers raise ``ImapError`` (or let a core error through); the session catches
 it at the command edge and answers ``tag NO [CODE] text`` or ``tag BAD text``.
-``TABLE`` is the only place that decides what a client is told for a core
-error, refined by the error's ``code`` (RFC 5530 response codes).
+``TABLE``, keyed by the core error's ``ErrorCode`` (``core.errors``), is the
+only place that decides what a client is told for a core error (mailbox
+full: the ``OVER_QUOTA`` row), as RFC 5530 response codes.
 """
 
 from __future__ import annotations
 
-from core.errors import Conflict, Forbidden, Invalid, NotFound, TwinError, Unavailable
+from core.errors import ErrorCode, TwinError, code_of
 
 
 class ImapError(Exception):
@@ -29,25 +30,30 @@ def Bad(text: str, code: str | None = None) -> ImapError:
     return ImapError("BAD", text, code)
 
 
-# (core error class, core error code or None for any) -> (status, response code)
-TABLE: dict[tuple[type[TwinError], str | None], tuple[str, str | None]] = {
-    (NotFound, None): ("NO", "NONEXISTENT"),
-    (Conflict, "exists"): ("NO", "ALREADYEXISTS"),
-    (Conflict, "haschildren"): ("NO", "INUSE"),
-    (Conflict, None): ("NO", "INUSE"),
-    (Forbidden, "overquota"): ("NO", "OVERQUOTA"),
-    (Forbidden, None): ("NO", "NOPERM"),
-    (Invalid, "toobig"): ("NO", "TOOBIG"),
-    (Invalid, "use"): ("NO", "USEATTR"),
-    (Invalid, None): ("NO", "CANNOT"),
-    (Unavailable, None): ("NO", "UNAVAILABLE"),
+# core error code -> (status, RFC 5530 response code). Every ``ErrorCode`` has a
+# row (tests/core/test_errors.py checks), so a code added to core cannot reach
+# a client as SERVERBUG unnoticed.
+TABLE: dict[ErrorCode, tuple[str, str | None]] = {
+    ErrorCode.ERROR: ("NO", "SERVERBUG"),
+    ErrorCode.NOT_FOUND: ("NO", "NONEXISTENT"),
+    ErrorCode.FORBIDDEN: ("NO", "NOPERM"),
+    ErrorCode.LIMIT: ("NO", "LIMIT"),               # a count limit (RFC 5530 §3)
+    ErrorCode.OVER_QUOTA: ("NO", "OVERQUOTA"),      # RFC 9208 §4.3 (APPEND, COPY)
+    ErrorCode.CONFLICT: ("NO", "INUSE"),
+    ErrorCode.ALREADY_EXISTS: ("NO", "ALREADYEXISTS"),
+    ErrorCode.HAS_CHILDREN: ("NO", "INUSE"),
+    ErrorCode.PRECONDITION_FAILED: ("NO", "INUSE"),
+    ErrorCode.INVALID: ("NO", "CANNOT"),
+    ErrorCode.TOO_LARGE: ("NO", "TOOBIG"),          # RFC 7889 APPENDLIMIT
+    ErrorCode.SPECIAL_USE: ("NO", "USEATTR"),       # RFC 6154 §5.3
+    ErrorCode.CONFIG: ("NO", "SERVERBUG"),          # ours to fix, not the client's
+    ErrorCode.UNAVAILABLE: ("NO", "UNAVAILABLE"),
+    ErrorCode.THROTTLED: ("NO", "UNAVAILABLE"),     # told at once, with the wait
+    ErrorCode.PORT_IN_USE: ("NO", "UNAVAILABLE"),
+    ErrorCode.PEER_REJECTED: ("NO", "UNAVAILABLE"),
 }
 
 
 def from_core(exc: TwinError) -> ImapError:
-    for cls in type(exc).__mro__:
-        for key in ((cls, exc.code), (cls, None)):
-            if key in TABLE:
-                status, code = TABLE[key]
-                return ImapError(status, str(exc), code)
-    return ImapError("NO", str(exc), "SERVERBUG")
+    status, code = TABLE[code_of(exc)]
+    return ImapError(status, str(exc), code)

@@ -12,7 +12,8 @@ Contract:
 Layout: ``session`` (aiosmtpd's protocol with async AUTH), ``handler`` (the
 inbound and submission hooks), ``verify`` + ``spf`` + ``dns`` (DKIM/SPF
 results for Authentication-Results, resolver injectable), ``errors`` (the one
-error table), ``server`` (sockets). Routing, the legacy queue and DKIM
+error table, keyed by ``core.errors.ErrorCode``: over quota is its
+``OVER_QUOTA`` row), ``server`` (sockets). Routing, the legacy queue and DKIM
 signing are core's (``core.routing``, ``core.outbound``): this package only
 speaks SMTP.
 

@@ -1,9 +1,11 @@
-"""SMTP replies: the one table from core's neutral errors to reply codes.
+"""SMTP replies: the one table from core's error codes to reply codes.
 
 Handlers raise ``SmtpError`` (or let a core ``TwinError`` escape); the
-``replies`` decorator on every handler hook turns either into the reply line,
-so what a client is told for each kind of failure is decided here and only
-here. Enhanced status codes follow RFC 3463. aiosmtpd's own replies lack
+``replies`` decorator on every handler hook turns either into the reply line
+through ``TABLE``, keyed by the error's ``ErrorCode`` (``core.errors``), so
+what a client is told for each kind of failure (mailbox full: the
+``OVER_QUOTA`` row) is decided here and only here. Enhanced status codes
+follow RFC 3463. aiosmtpd's own replies lack
 enhanced codes; ``enhance`` adds them to the ones clients act on.
 """
 
@@ -14,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from core.errors import Conflict, Forbidden, Invalid, NotFound, PeerRejected, TwinError, Unavailable
+from core.errors import ErrorCode, TwinError, code_of
 
 log = logging.getLogger("twin.smtp")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -33,32 +35,33 @@ class SmtpError(Exception):
         return f"{self.code} {self.status} {text}"
 
 
-# core error -> (code, enhanced status); the message of the error follows.
-TABLE: dict[type[TwinError], tuple[int, str]] = {
-    NotFound: (550, "5.1.1"),      # unknown mailbox (RFC 3463 §3.2 X.1.1)
-    Forbidden: (550, "5.7.1"),     # delivery not authorized, e.g. relaying (X.7.1)
-    Invalid: (554, "5.6.0"),       # bad content or over a limit (X.6.0)
-    Conflict: (451, "4.3.0"),
-    Unavailable: (451, "4.3.0"),   # storage or a peer down: try again later (X.3.0)
-    PeerRejected: (554, "5.4.0"),
-}
-
-
-# a core error's ``code`` that needs a more precise reply than its type's
-BY_CODE: dict[str, tuple[int, str]] = {
-    "overquota": (452, "4.2.2"),   # mailbox full: temporary, retry later (RFC 3463 X.2.2)
+# core error code -> (reply code, enhanced status); the message of the error
+# follows. Every ``ErrorCode`` has a row (tests/core/test_errors.py checks), so
+# adding a code to core means deciding here what an SMTP client is told.
+TABLE: dict[ErrorCode, tuple[int, str]] = {
+    ErrorCode.ERROR: (451, "4.3.0"),           # no more precise code: try again later
+    ErrorCode.NOT_FOUND: (550, "5.1.1"),       # unknown mailbox (RFC 3463 §3.2 X.1.1)
+    ErrorCode.FORBIDDEN: (550, "5.7.1"),       # delivery not authorized, e.g. relaying (X.7.1)
+    ErrorCode.LIMIT: (550, "5.7.1"),
+    ErrorCode.OVER_QUOTA: (452, "4.2.2"),      # mailbox full: temporary, retry later (X.2.2)
+    ErrorCode.CONFLICT: (451, "4.3.0"),
+    ErrorCode.ALREADY_EXISTS: (451, "4.3.0"),
+    ErrorCode.HAS_CHILDREN: (451, "4.3.0"),
+    ErrorCode.PRECONDITION_FAILED: (451, "4.3.0"),
+    ErrorCode.INVALID: (554, "5.6.0"),         # bad content (X.6.0)
+    ErrorCode.TOO_LARGE: (552, "5.3.4"),       # message too big for system (X.3.4)
+    ErrorCode.SPECIAL_USE: (554, "5.6.0"),
+    ErrorCode.CONFIG: (451, "4.3.0"),          # our configuration, not the client's fault
+    ErrorCode.UNAVAILABLE: (451, "4.3.0"),     # storage or a peer down: try again later (X.3.0)
+    ErrorCode.THROTTLED: (454, "4.7.0"),       # RFC 4954 §6: temporary authentication failure
+    ErrorCode.PORT_IN_USE: (451, "4.3.0"),
+    ErrorCode.PEER_REJECTED: (554, "5.4.0"),   # another twin refused it (X.4.0 routing)
 }
 
 
 def to_smtp(exc: TwinError) -> SmtpError:
-    if exc.code in BY_CODE:
-        code, status = BY_CODE[exc.code]
-        return SmtpError(code, status, str(exc))
-    for kind in type(exc).__mro__:
-        if kind in TABLE:
-            code, status = TABLE[kind]
-            return SmtpError(code, status, str(exc))
-    return SmtpError(451, "4.3.0", "temporary failure")
+    code, status = TABLE[code_of(exc)]
+    return SmtpError(code, status, str(exc))
 
 
 def replies(hook: F) -> F:

@@ -47,9 +47,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, syntax
 
+from core.errors import ErrorCode
 from core.limits import ConnectionLimits, Slot
 from core.users import Throttled, normalize_login
-from protocols.smtp.errors import enhance
+from protocols.smtp.errors import TABLE, enhance
 
 if TYPE_CHECKING:
     from core.service import Service
@@ -306,7 +307,8 @@ class TwinSMTP(SMTP):
         try:
             ok = await self.service.users.login(throttle, login, password, peer) is not None
         except Throttled as exc:  # RFC 4954 §6: 454 temporary failure, and why
-            await self.push(f"454 4.7.0 Too many failed logins; try again in "
+            code, status = TABLE[ErrorCode.THROTTLED]
+            await self.push(f"{code} {status} Too many failed logins; try again in "
                             f"{exc.retry_after} seconds")
             return AuthResult(success=False, handled=True)
         if not ok:

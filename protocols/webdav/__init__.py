@@ -8,7 +8,8 @@ which runs in a2wsgi's worker threads, can call core's coroutines.
 Parts, one job each:
 
 - ``app``: wsgidav configuration, request guards, the Starlette mount.
-- ``bridge``: thread -> loop calls and the one error table (core error -> status).
+- ``bridge``: thread -> loop calls and the one error table (``core.errors.ErrorCode``
+  -> HTTP status; over quota is its ``OVER_QUOTA`` row, 507).
 - ``auth``: the domain controller (the twin's logins, Basic over TLS, throttled).
 - ``provider``, ``resources``: the DAVProvider and the tree's folder/file resources.
 - ``shared``: read-only resources over the peer layer's content API.

@@ -3,7 +3,9 @@
 wsgidav is synchronous and runs in a2wsgi's thread pool; core is async on the
 service loop. ``Bridge.call`` submits a coroutine to that loop and waits for
 it, and turns core's neutral errors into ``DAVError`` through ``STATUS``, the
-one table that says what a WebDAV client is told.
+one table (keyed by ``core.errors.ErrorCode``, like every adapter's) that says
+what a WebDAV client is told: the fast paths (``fastget``, ``fastput``) answer
+through it too. Over quota is its ``OVER_QUOTA`` row.
 """
 
 from __future__ import annotations
@@ -15,50 +17,43 @@ from typing import Any, TypeVar
 
 from wsgidav.dav_error import DAVError
 
-from core.errors import Conflict, Forbidden, Invalid, NotFound, PeerRejected, TwinError, Unavailable
-from core.files import QuotaExceeded
+from core.errors import ErrorCode, TwinError, code_of
 
 log = logging.getLogger("twin.webdav")
 T = TypeVar("T")
 
-# Core's neutral errors -> HTTP status (RFC 4918 section 9, RFC 4331 section 5 for 507).
-STATUS: dict[type[TwinError], int] = {
-    QuotaExceeded: 507,
-    NotFound: 404,
-    Forbidden: 403,
-    Conflict: 409,
-    Invalid: 400,
-    Unavailable: 503,
-    PeerRejected: 502,
+# core error code -> HTTP status (RFC 4918 section 9; RFC 4331 section 5 for 507).
+# Every ``ErrorCode`` has a row (tests/core/test_errors.py checks). Another
+# twin's refusal (a ``PeerRejected``) is looked up by the code it carries, so
+# its over-quota is our client's 507 too; a code of its own (``malformed``)
+# falls to the PEER_REJECTED row.
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.ERROR: 500,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.LIMIT: 403,
+    ErrorCode.OVER_QUOTA: 507,            # Insufficient Storage
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.ALREADY_EXISTS: 409,
+    ErrorCode.HAS_CHILDREN: 409,
+    ErrorCode.PRECONDITION_FAILED: 412,
+    ErrorCode.INVALID: 400,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.SPECIAL_USE: 400,
+    ErrorCode.CONFIG: 500,                # ours to fix, not the client's
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.THROTTLED: 503,             # logins: auth.check_login answers 401 itself
+    ErrorCode.PORT_IN_USE: 503,
+    ErrorCode.PEER_REJECTED: 502,         # Bad Gateway: the twin behind us said no
 }
 
 
-# Codes that say more than their error's class: an oversized body is an Invalid, and
-# another twin's refusal (PeerRejected, 502 otherwise) names what it refused.
-CODE_STATUS: dict[str, int] = {
-    "too_large": 413,
-    "quota": 507,
-}
-PEER_STATUS: dict[str, int] = {
-    "forbidden": 403,
-    "not_found": 404,
-    "conflict": 409,
-    "precondition_failed": 412,
-    "invalid": 400,
-    "too_large": 413,
-    "quota": 507,
-}
+def status_of(exc: TwinError) -> int:
+    return STATUS[code_of(exc)]
 
 
 def dav_error(exc: TwinError) -> DAVError:
-    if exc.code in CODE_STATUS and not isinstance(exc, PeerRejected):
-        return DAVError(CODE_STATUS[exc.code], context_info=str(exc))
-    if isinstance(exc, PeerRejected) and exc.code in PEER_STATUS:
-        return DAVError(PEER_STATUS[exc.code], context_info=str(exc))
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return DAVError(STATUS[cls], context_info=str(exc))
-    return DAVError(500, context_info=str(exc))
+    return DAVError(status_of(exc), context_info=str(exc))
 
 
 class Bridge:

@@ -38,7 +38,7 @@ from core.errors import Invalid, TwinError
 from core.files import FileEntry, join, split
 from core.users import normalize_login
 from protocols.webdav.auth import REALM, check_login
-from protocols.webdav.bridge import STATUS
+from protocols.webdav.bridge import status_of
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -177,7 +177,7 @@ def tree_parts(scope: Scope, shared: str) -> tuple[str, ...] | None:
 
 
 async def _error(send: Send, exc: TwinError) -> bool:
-    status = next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 500)
+    status = status_of(exc)
     body = f"{exc}\n".encode()
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from core.users import Throttled
 from protocols.imap.commands import ANSWERED, NOT_AUTH, args, command
-from protocols.imap.errors import Bad, No
+from protocols.imap.errors import Bad, No, from_core
 
 if TYPE_CHECKING:
     from protocols.imap.parser import Command
@@ -45,8 +45,8 @@ async def _check(s: Session, login: str, password: str) -> None:
         raise No("use STARTTLS or port imaps before logging in", "PRIVACYREQUIRED")
     try:
         user = await s.service.users.login(s.service.throttle, login, password, s.peer)
-    except Throttled as exc:  # told at once, not left hanging (RFC 5530 UNAVAILABLE)
-        raise No(str(exc), "UNAVAILABLE") from None
+    except Throttled as exc:  # told at once, not left hanging: the THROTTLED row
+        raise from_core(exc) from None
     if user is None:
         log.info("IMAP login failed for %s from %s", login[:80], s.peer)
         raise No("invalid credentials", "AUTHENTICATIONFAILED")

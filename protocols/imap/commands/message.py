@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from core.errors import NotFound
 from protocols.imap.commands import SELECTED, args, command
 from protocols.imap.errors import Bad, No
 from protocols.imap.selected import compress
@@ -119,11 +120,13 @@ async def _copy(s: Session, cmd: Command, *, move: bool) -> str | None:
     args.count(cmd.args, 2, 2)
     uids = sel.parse_set(args.atom(cmd.args[0]), uid=cmd.uid)
     dest = args.mailbox(s, cmd.args[1])
+    # TRYCREATE (RFC 3501 §6.4.7) only says the destination does not exist;
+    # anything else (over quota, a store down) is answered by errors.TABLE
     try:
         await s.mail.mailbox(s.user, dest)
-    except Exception as exc:
+        validity, src, new = await s.mail.copy(sel.mailbox.id, uids, s.user, dest, move=move)
+    except NotFound as exc:  # the destination is missing (or was deleted meanwhile)
         raise No(f"no mailbox {dest}", "TRYCREATE") from exc
-    validity, src, new = await s.mail.copy(sel.mailbox.id, uids, s.user, dest, move=move)
     if not src:
         return None if cmd.uid else f"{cmd.name} completed (no messages)"
     code = f"COPYUID {validity} {compress(src)} {compress(new)}"

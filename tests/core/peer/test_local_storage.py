@@ -79,6 +79,21 @@ def test_the_publish_endpoint_refuses_a_wrong_or_non_ascii_token(twin: TwinProce
             assert resp.status_code == 403 and resp.json()["code"] == "forbidden"
 
 
+def test_local_publish_and_send_answer_core_errors_by_their_code(twin: TwinProcess) -> None:
+    """Issue #19.5: every core error was a 400 on these routes; now the peer table's
+    status for its code (core.peer.errors), so a client can tell them apart."""
+    token = (twin.data / TOKEN_FILE).read_text()
+    with httpx.Client(base_url=twin.url, timeout=30, verify=tls.client_context(twin.data),
+                      headers={"authorization": f"Bearer {token}"}) as api:
+        assert api.put("/twin/v1/local/objects?path=/pub/a.txt", content=b"a").status_code == 200
+        resp = api.put("/twin/v1/local/objects?path=/pub", content=b"onto a folder")
+        assert resp.status_code == 409 and resp.json()["code"] == "conflict", resp.text
+        resp = api.put("/twin/v1/local/objects?path=/pub/../x", content=b"x")
+        assert resp.status_code == 400 and resp.json()["code"] == "invalid", resp.text
+        resp = api.post("/twin/v1/local/send", json={"to": "nobody-known", "text": "hi"})
+        assert resp.status_code == 404 and resp.json()["code"] == "not_found", resp.text
+
+
 def test_a_streamed_put_reads_back_whole_and_in_exact_ranges(twin: TwinProcess) -> None:
     data = os.urandom(3 * SEGMENT + 1234)  # four segments, the last one short
 

@@ -213,3 +213,23 @@ async def test_if_match_that_no_longer_holds_changes_nothing(shares: Pair) -> No
     await result(alice, bob, from_bob(alice, bob, "content.delete",
                                       {"path": "/rw/e", "if_match": etag}, uid=uid), uid)
     assert await alice.files.exists("/rw/e") is None
+
+
+async def test_over_quota_is_refused_as_overquota_and_not_permanent(shares: Pair) -> None:
+    """Issue #19.5: the tree refused "quota" and mail "forbidden" (permanent: the sender
+    bounced a mail at once that SMTP would have retried); now both "overquota", one
+    row of the peer table (mail's refusal: tests/core/test_errors.py)."""
+    from core.peer.errors import PERMANENT
+
+    alice, bob = shares
+    old = alice.files.quota
+    used, _ = await alice.files.usage()
+    alice.files.quota = used + 10
+    try:
+        got = await refused(alice, from_bob(alice, bob, "content.put",
+                                            {"path": "/rw/full", "data": bytes(1000)}))
+    finally:
+        alice.files.quota = old
+    assert (got.code, got.status) == ("overquota", 507)
+    assert "overquota" not in PERMANENT
+    assert await alice.files.exists("/rw/full") is None

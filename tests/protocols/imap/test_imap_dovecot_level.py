@@ -92,6 +92,32 @@ def test_a_quota_limit_is_advertised_with_its_resource(quota_twin: ThreadTwin,
     r.close()
 
 
+def test_copy_and_append_over_quota_say_overquota_not_trycreate(quota_twin: ThreadTwin) -> None:
+    """Issue #19.5: COPY answered TRYCREATE for any failure, and did not check the
+    quota at all; RFC 9208 section 4.3 wants NO [OVERQUOTA], TRYCREATE only for
+    a destination that does not exist."""
+    login, password = quota_twin.new_user()
+    big = MSG + b"x" * (6 * 1024 * 1024)  # two of them exceed the quota of 10 MiB
+    quota_twin.deliver(login, big)
+    r = Raw(quota_twin.port)
+    r.login(Account(quota_twin, login, password))
+    assert r.cmd("SELECT INBOX")[-1].split()[1] == b"OK"
+    def told(text: str) -> bytes:  # the tagged answer without its tag
+        return r.cmd(text)[-1].split(b" ", 1)[1]
+
+    assert told("COPY 1 NoSuchBox").startswith(b"NO [TRYCREATE]")
+    assert told("COPY 1 Trash").startswith(b"NO [OVERQUOTA]")
+    assert told("UID COPY 1 Trash").startswith(b"NO [OVERQUOTA]")
+    assert r.cmd("STATUS Trash (MESSAGES)")[0] == b"* STATUS Trash (MESSAGES 0)"
+    assert told("MOVE 1 Trash").startswith(b"OK")  # a move takes no more room
+    r.n += 1
+    r.sock.sendall(b"t%d APPEND Trash {%d}\r\n" % (r.n, len(big)))
+    assert r.readline().startswith(b"+")
+    r.sock.sendall(big + b"\r\n")
+    assert r.readline().startswith(b"t%d NO [OVERQUOTA]" % r.n)
+    r.close()
+
+
 def test_imaplib_still_parses_quota(account: Account) -> None:
     c = imaplib.IMAP4("127.0.0.1", account.port)
     c.login(account.login, account.password)

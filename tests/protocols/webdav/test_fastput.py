@@ -21,6 +21,7 @@ import httpx
 import pytest
 from starlette.types import Message
 
+from core.peer.api import TOKEN_FILE
 from protocols.webdav.fastput import _Ending
 from tests.twins import TwinProcess
 
@@ -240,6 +241,24 @@ def test_quota_refuses_with_507_on_both_paths(small_twin: TwinProcess) -> None:
         # replacing within the quota is fine
         assert dav.put("/dav/keep.bin", content=b"k" * 900_000).status_code == 204
         assert len(dav.get("/dav/keep.bin").content) == 900_000
+
+
+def test_over_quota_is_507_for_copy_and_for_the_owners_local_publish(
+        small_twin: TwinProcess) -> None:
+    """Issue #19.5: one QuotaExceeded, one OVER_QUOTA row per table. The local
+    publish route (``twin share FILE --as``) answered every error 400."""
+    with httpx.Client(base_url=small_twin.url, verify=False, timeout=60,
+                      auth=(small_twin.login, small_twin.password)) as dav:
+        assert dav.put("/dav/keep.bin", content=b"k" * 900_000).status_code in (201, 204)
+        r = dav.request("COPY", "/dav/keep.bin",
+                        headers={"Destination": f"{small_twin.url}/dav/copy.bin"})
+        assert r.status_code == 507, (r.status_code, r.text)
+        assert dav.get("/dav/copy.bin").status_code == 404
+    token = (small_twin.data / TOKEN_FILE).read_text()
+    with httpx.Client(base_url=small_twin.url, verify=False, timeout=60,
+                      headers={"authorization": f"Bearer {token}"}) as api:
+        r = api.put("/twin/v1/local/objects?path=/pub/big.bin", content=b"b" * 1_100_000)
+        assert r.status_code == 507 and r.json()["code"] == "overquota", (r.status_code, r.text)
 
 
 async def test_the_write_lock_is_released_before_the_answer_goes_out() -> None:
