@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dkim
@@ -120,15 +121,24 @@ class Verifier:
         self.budget = dns_budget
         self.skip_loopback = skip_loopback
 
-    def _dnsfunc(self, name: bytes | str, timeout: float = 5) -> bytes | None:
-        """dkimpy's lookup: the first TXT record of a key's name, or None."""
-        assert self.resolver is not None
-        text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
-        try:
-            records = self.resolver(text, "TXT")
-        except DnsTempError as exc:
-            raise dkim.DnsTimeoutError(str(exc)) from exc
-        return records[0].encode() if records else None
+    def _dnsfunc(self, failed: list[str]) -> Callable[..., bytes | None]:
+        """dkimpy's lookup: the first TXT record of a key's name, or None.
+
+        dkimpy catches its own DnsTimeoutError and answers a plain False
+        (dkimpy 1.1.8 ``DKIM.verify``), so a temporary failure is also noted
+        in ``failed``: that is what makes the result temperror, not fail."""
+        resolver = self.resolver
+        assert resolver is not None
+
+        def lookup(name: bytes | str, timeout: float = 5) -> bytes | None:
+            text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+            try:
+                records = resolver(text, "TXT")
+            except DnsTempError as exc:
+                failed.append(text)
+                raise dkim.DnsTimeoutError(str(exc)) from exc
+            return records[0].encode() if records else None
+        return lookup
 
     def needs_work(self, message: bytes, client_ip: str) -> bool:
         """False when ``check`` would do no crypto and no DNS (then it can run inline)."""
@@ -169,9 +179,10 @@ class Verifier:
             return [DkimResult("permerror")]
         count = sum(1 for name, _ in checker.headers if name.lower() == b"dkim-signature")
         for idx in range(min(count, MAX_SIGNATURES)):
+            failed: list[str] = []
             try:
-                ok = checker.verify(idx=idx, dnsfunc=self._dnsfunc)
-                result = "pass" if ok else "fail"
+                ok = checker.verify(idx=idx, dnsfunc=self._dnsfunc(failed))
+                result = "pass" if ok else "temperror" if failed else "fail"
             except dkim.DnsTimeoutError:
                 result = "temperror"
             except Exception as exc:
@@ -191,14 +202,17 @@ class Verifier:
             return "none", ""
         if head.count(b"arc-seal:") > MAX_ARC_SETS:
             return "fail", f"more than {MAX_ARC_SETS} ARC sets"
+        failed: list[str] = []
         try:
             cv, _, comment = dkim.ARC(message, minkey=1024, timeout=int(self.timeout)).verify(
-                dnsfunc=self._dnsfunc)
+                dnsfunc=self._dnsfunc(failed))
         except dkim.DnsTimeoutError:
             return "fail", "DNS temperror"
         except Exception as exc:  # dkimpy on a hostile ARC set: the chain fails (§5.2)
             log.info("ARC chain unusable: %s: %s", type(exc).__name__, exc)
             return "fail", type(exc).__name__
+        if failed and _text(cv).lower() != "pass":
+            return "fail", "DNS temperror"
         verdict = _text(cv).lower()
         if verdict not in ("none", "pass", "fail"):
             return "fail", verdict[:40]
