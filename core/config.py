@@ -130,8 +130,17 @@ SCHEMA: tuple[Key, ...] = (
         "Seconds a submission session may stay idle before AUTH."),
     Key("smtp.timeout", float, 300.0, "Seconds an idle SMTP session is kept open."),
     Key("smtp.verify_dns", bool, True,
-        "Check DKIM signatures and SPF of inbound mail against DNS (off: results are 'none')."),
+        "Check SPF, DKIM, ARC and DMARC of inbound mail against DNS and apply DMARC policies "
+        "(off: results are 'none' and nothing is refused for them)."),
     Key("smtp.dns_timeout", float, 5.0, "Seconds to wait for one DNS answer."),
+    Key("smtp.dns_budget", float, 20.0, "Seconds all DNS lookups for one inbound message "
+        "may take together (SPF, DKIM, ARC, DMARC); checks left when it is spent are "
+        "'temperror'.", minimum=1),
+    Key("smtp.nameserver", str, "", "DNS server (HOST[:PORT]) for the inbound mail checks; "
+        "empty: the system's resolver."),
+    Key("smtp.check_loopback", bool, False, "Check SPF and apply DMARC to inbound mail from "
+        "loopback clients too (off: a local fetcher or MTA handing mail on is not judged by "
+        "its 127.0.0.1)."),
     Key("smtp.dkim_selector", str, "twin", "DKIM selector of the twin's signing key."),
     Key("smtp.smarthost_verify", bool, True,
         "Verify the smarthost's TLS certificate (off only for a relay you run yourself)."),

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.delivered import DeliveredLog, message_key
 from core.errors import Forbidden, Invalid, NotFound, TwinError, Unavailable
+from core.mail.junk import junk_mailbox
 from core.mail.mime import MAX_ADDRESS_FIELD, addresses, to_crlf
 from phonebook.record import TwinRecord
 
@@ -98,10 +99,13 @@ def from_addresses(message: bytes) -> list[str]:
     return found
 
 
-def strip_trust_headers(message: bytes, authserv_id: str) -> bytes:
-    """Remove headers that would claim *we* verified something (RFC 8601 §5)."""
+def strip_trust_headers(message: bytes, *authserv_ids: str) -> bytes:
+    """Remove headers that would claim *we* verified something (RFC 8601 §5).
+
+    ``authserv_ids``: every name this twin writes Authentication-Results under
+    (its domain for twin-to-twin mail, its SMTP hostname for inbound SMTP)."""
     fields, rest = split_message(message)
-    ours = authserv_id.lower().encode()
+    ours = {i.lower().encode() for i in authserv_ids}
     kept = []
     for f in fields:
         name = header_name(f)
@@ -109,7 +113,7 @@ def strip_trust_headers(message: bytes, authserv_id: str) -> bytes:
             continue
         if name == b"authentication-results":
             value = f.split(b":", 1)[1].strip().lower() if b":" in f else b""
-            if value.split(b";", 1)[0].strip() == ours:
+            if value.split(b";", 1)[0].strip() in ours:
                 continue
         kept.append(f)
     return b"\r\n".join(kept) + b"\r\n" + rest
@@ -205,8 +209,11 @@ class MailRouter:
     # -- routing
 
     async def route(self, mail_from: str, rcpts: Sequence[str], message: bytes, *,
-                    sent: bytes | None = None) -> Routed:
+                    sent: bytes | None = None, junk: bool = False) -> Routed:
         """Deliver or durably hand off ``message`` to every recipient.
+
+        ``junk``: local copies go to each owner's Junk mailbox, not the Inbox
+        (inbound mail a DMARC policy asks to quarantine, ``core.mail.junk``).
 
         ``sent``, the bytes as the client sent them, makes a client's retry
         after a partial failure skip the recipients that already have the
@@ -234,7 +241,7 @@ class MailRouter:
                 by_twin.setdefault(twin.name, (twin, []))[1].append(rcpt)
             else:
                 routed.legacy.append(rcpt)
-        jobs: list[Any] = [self._deliver_local(o, message) for o in owners]
+        jobs: list[Any] = [self._deliver_local(o, message, junk=junk) for o in owners]
         jobs += [self._send_to_twin(name, mail_from, group, message)
                  for name, (_, group) in by_twin.items()]
         if routed.legacy:
@@ -262,9 +269,13 @@ class MailRouter:
                  len(routed.skipped))
         return routed
 
-    async def _deliver_local(self, login: str, message: bytes) -> None:
+    async def _deliver_local(self, login: str, message: bytes, *, junk: bool = False) -> None:
         try:
-            await self.service.mail.accept(login, message)
+            if junk:  # rare: straight to the store, not through the Inbox journal
+                folder = await junk_mailbox(self.service.mail, login)
+                await self.service.mail.deliver(login, message, mailbox=folder)
+            else:
+                await self.service.mail.accept(login, message)
         except TwinError:
             raise
         except Exception as exc:

@@ -10,10 +10,11 @@ Contract:
   entry point serving Thunderbird's autoconfig XML.
 
 Layout: ``session`` (aiosmtpd's protocol with async AUTH), ``handler`` (the
-inbound and submission hooks), ``verify`` + ``spf`` + ``dns`` (DKIM/SPF
-results for Authentication-Results, resolver injectable), ``errors`` (the one
-error table, keyed by ``core.errors.ErrorCode``: over quota is its
-``OVER_QUOTA`` row), ``server`` (sockets). Routing, the legacy queue and DKIM
+inbound and submission hooks), ``verify`` (SPF via ``spfcheck``, DKIM, ARC,
+DMARC via ``dmarc``: Authentication-Results) on ``dns`` (resolver injectable,
+one time budget per message), ``policy`` (reject / Junk / deliver from those
+results), ``errors`` (the one error table, keyed by ``core.errors.ErrorCode``:
+over quota is its ``OVER_QUOTA`` row), ``server`` (sockets). Routing, the legacy queue and DKIM
 signing are core's (``core.routing``, ``core.outbound``): this package only
 speaks SMTP.
 

@@ -20,7 +20,7 @@ import os
 import time
 import weakref
 from email.utils import format_datetime, make_msgid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import Envelope, Session
 
@@ -32,8 +32,9 @@ from core.routing import (
     strip_trust_headers,
 )
 from protocols.smtp.errors import SmtpError, replies
+from protocols.smtp.policy import decide
 from protocols.smtp.session import Login, TwinSMTP
-from protocols.smtp.verify import Verifier
+from protocols.smtp.verify import AuthResults, Verifier, from_domains
 
 if TYPE_CHECKING:
     from core.service import Service
@@ -169,30 +170,40 @@ class InboundHandler(BaseHandler):
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
 
-    # RFC 5321 §4.1.1.4 (DATA)
+    # RFC 5321 §4.1.1.4 (DATA); RFC 8601 (Authentication-Results); protocols.smtp.policy
     @replies
     async def _data(self, server: TwinSMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
-        domain = self.service.config.domain
-        message = strip_trust_headers(raw, domain)
-        args = (message, server.peer_ip, session.host_name or "", envelope.mail_from or "")
+        # checked as it arrived: a signature covers what the sender sent
+        args = (raw, server.peer_ip, session.host_name or "", envelope.mail_from or "")
         results = (await asyncio.to_thread(self.verifier.check, *args)
-                   if self.verifier.needs_work(message, server.peer_ip)
+                   if self.verifier.needs_work(raw, server.peer_ip)
                    else self.verifier.check(*args))
+        decision = decide(results, from_domains(raw), await self.router.own_domains())
+        if decision.action in ("reject", "defer"):
+            log.info("smtp in: refused mail from <%s> (client %s): %s",
+                     (envelope.mail_from or "")[:200], server.peer_ip, decision.reason)
+            if decision.action == "reject":
+                raise SmtpError(550, "5.7.1", decision.reason)
+            raise SmtpError(451, "4.7.1", decision.reason)
+        # RFC 8601 §5: no Authentication-Results under our names but ours
+        message = strip_trust_headers(raw, self.hostname, self.service.config.domain)
         headers: list[tuple[str, str]] = []
         queue_id = self.queue_ids.next()
         headers.append(("Received", _received(server, session, envelope, self.hostname,
                                               queue_id)))
-        headers.append(("Authentication-Results", results.header(domain)))
+        headers.append(("Authentication-Results", results.header(self.hostname)))
         warning = await self._impersonation(message, results)
         if warning:
             headers.append(("X-Twin-Warning", warning))
         message = prepend_headers(message, headers)
         await self.router.route(envelope.mail_from or "", envelope.rcpt_tos, message,
-                                sent=raw)
+                                sent=raw, junk=decision.action == "junk")
+        if decision.action == "junk":
+            log.info("smtp in: id=%s filed into Junk: %s", queue_id, decision.reason)
         return f"250 2.0.0 OK id {queue_id}"
 
-    async def _impersonation(self, message: bytes, results: Any) -> str | None:
+    async def _impersonation(self, message: bytes, results: AuthResults) -> str | None:
         """Mail claiming a twin's address must come twin-to-twin or carry its DKIM.
 
         Every From and Sender address is checked (``from_addresses`` bounds

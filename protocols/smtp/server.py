@@ -30,14 +30,15 @@ LINE_LIMIT_AUTH = 5  # AUTH attempts per connection
 
 
 class SmtpListener:
-    def __init__(self, service: Service, *, resolver: Resolver | None = None,
-                 skip_loopback_spf: bool = True) -> None:
+    def __init__(self, service: Service, *, resolver: Resolver | None = None) -> None:
         self.service = service
         conf = service.config
         if resolver is None and conf.bool("smtp.verify_dns"):
-            resolver = system_resolver(conf.float("smtp.dns_timeout"))
+            resolver = system_resolver(conf.float("smtp.dns_timeout"),
+                                       conf.str("smtp.nameserver"))
         self.verifier = Verifier(resolver, dns_timeout=conf.float("smtp.dns_timeout"),
-                                 skip_loopback=skip_loopback_spf)
+                                 dns_budget=conf.float("smtp.dns_budget"),
+                                 skip_loopback=not conf.bool("smtp.check_loopback"))
         self.info: list[net.ListenerInfo] = []
         # Two budgets (#15.9): strangers on the inbound port cannot take the
         # owner's submission slots, and on submission a session that has logged
