@@ -6,6 +6,11 @@ aiosmtpd servers with STARTTLS on 127.0.0.x, certificates from a test CA the
 twin is told to trust (``smtp.outbound_ca_file``). Only the policy server's
 port is not 443 (``MtaSts.https_port``, a test hook): binding 443 would clash
 between test runs on one machine.
+
+DANE: plain dnsmasq serves TLSA records unsigned, so no AD bit (the "no DANE"
+case). For the DANE cases dnsmasq runs as a validating resolver (``--dnssec``)
+in front of a zone signed by tests/signed_dns.py: the AD bit is dnsmasq's
+verdict, and a wrong trust anchor makes the same answers bogus (SERVFAIL).
 """
 
 from __future__ import annotations
@@ -478,3 +483,102 @@ async def test_dane_ee_accepts_a_self_signed_certificate_with_any_name(tmp_path:
     [leaf] = chain
     assert dane.check([Tlsa(3, 1, 1, hashlib.sha256(spki(leaf)).digest())], chain, MX) is None
     assert dane.check([Tlsa(2, 0, 1, hashlib.sha256(leaf).digest())], chain, MX) is not None
+
+
+# -- DANE through the queue, with a real AD bit: dnsmasq validating a signed zone
+
+def tlsa_ee(cert: Path) -> str:
+    """A DANE-EE(3) SPKI(1) SHA-256(1) record for the leaf in ``cert``."""
+    from cryptography import x509
+
+    leaf = x509.load_pem_x509_certificate(cert.read_bytes())
+    digest = hashlib.sha256(leaf.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return f"3 1 1 {digest.hexdigest()}"
+
+
+def signed_records(tlsa: str, *, sts: bool = False) -> str:
+    lines = [f"{DOMAIN}. MX 10 {MX}.", f"{MX}. A 127.0.0.1", f"_25._tcp.{MX}. TLSA {tlsa}"]
+    if sts:
+        lines += [f'_mta-sts.{DOMAIN}. TXT "v=STSv1; id=1"', f"mta-sts.{DOMAIN}. A 127.0.0.1"]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.asynccontextmanager
+async def validating_dns(dns_server: DnsServer, records: str, *, bogus: bool = False
+                         ) -> AsyncIterator[str]:
+    """dnsmasq validating a signed root zone holding ``records``; with ``bogus`` it trusts
+    another key, so every answer fails validation (SERVFAIL)."""
+    from tests.signed_dns import SignedZone
+
+    zone = SignedZone(".", records)
+    zone.start()
+    options = zone.resolver_options()
+    if bogus:
+        options[1] = f"--trust-anchor={SignedZone('.', records).trust_anchor()}"
+    try:
+        yield dns_server.serve(options)
+    finally:
+        dns_server.stop()
+        zone.stop()
+
+
+async def test_the_ad_bit_comes_from_dnsmasq_validation(dns_server: DnsServer) -> None:
+    name = f"_25._tcp.{MX}"
+    async with validating_dns(dns_server, signed_records("3 1 1 " + "ab" * 32)) as ns:
+        answer = await OutboundDns(5.0, ns).tlsa(name)
+        assert answer.authenticated and answer.records == (Tlsa(3, 1, 1, b"\xab" * 32),)
+        assert not (await OutboundDns(5.0, ns).tlsa(f"_25._tcp.nothing.{DOMAIN}")).records
+    async with validating_dns(dns_server, signed_records("3 1 1 " + "ab" * 32),
+                              bogus=True) as ns:
+        from core.outbound.dnsq import DnsTemporary
+
+        with pytest.raises(DnsTemporary):  # bogus: SERVFAIL, not an unsigned answer
+            await OutboundDns(5.0, ns).tlsa(name)
+
+
+@pytest.mark.parametrize("case", ["ee-match", "ee-mismatch", "ta-match", "ta-wrong-name",
+                                  "no-starttls", "bogus", "dane-over-sts"])
+async def test_dane_decides_delivery(tmp_path: Path, dns_server: DnsServer, ca: TestCA,
+                                     policy_server: PolicyServer, case: str,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "twin.outbound")
+    if case.startswith("ta"):  # a CA-issued chain; the record names the CA
+        names = [MX] if case == "ta-match" else ["other.example.test"]
+        cert, key, _ = ca.issue(tmp_path / "mx", names)
+        ca_der = ca.cert.public_bytes(serialization.Encoding.DER)
+        tlsa = f"2 0 1 {hashlib.sha256(ca_der).hexdigest()}"
+    else:  # self-signed, for a name that is not the MX: DANE-EE does not look at names
+        cert, key = make_self_signed(tmp_path / "mx", ["whatever.test"])
+        tlsa = tlsa_ee(cert)
+        if case == "ee-mismatch":
+            tlsa = "3 1 1 " + "cd" * 32
+    port = free_port()
+    server, sink = await start_mx("127.0.0.1", port, *((None, None) if case == "no-starttls"
+                                                        else (cert, key)))
+    records = signed_records(tlsa, sts=case == "dane-over-sts")
+    try:
+        async with validating_dns(dns_server, records, bogus=case == "bogus") as ns, \
+                sender(tmp_path, ns, port, ca, policy_server) as alice:
+            await send_one(alice)
+            if case in ("ee-match", "ta-match", "dane-over-sts"):
+                await asyncio.wait_for(sink.arrived.wait(), 20)
+                [(tls, _)] = sink.received
+                assert tls
+                await logged(caplog, f"via {MX}: policy dane, delivered")
+                if case == "dane-over-sts":  # the STS policy (CA-valid cert) was not applied
+                    assert policy_server.requests == 1
+                return
+            if case == "bogus":  # a failed MX lookup: nothing to try, stays queued
+                entry = await deferred(alice)
+                assert "DNS lookup of example.test failed" in entry.last_error
+            else:
+                entry = await deferred(alice)
+                expected = {"ee-mismatch": "DANE: no certificate of the server matches",
+                            "ta-wrong-name": "DANE-TA: the certificate does not chain",
+                            "no-starttls": "does not offer STARTTLS"}[case]
+                assert expected in entry.last_error, entry.last_error
+            assert sink.received == []
+            assert alice.service.outbound.entries()
+    finally:
+        server.close()
