@@ -140,7 +140,12 @@ class OutboundDns:
             return [host]
         found: list[str] = []
         for rdtype in ("A", "AAAA"):
-            answer = await self._query(host, rdtype)
+            try:
+                answer = await self._query(host, rdtype)
+            except DnsTemporary:
+                if found:  # IPv4 is enough to try; a failing AAAA lookup must not block it
+                    continue
+                raise
             found += [r.to_text() for r in list(answer or [])[:MAX_RECORDS]]
         return found
 
