@@ -407,6 +407,25 @@ async def test_a_hostile_policy_is_refused_without_harm(
         server.stop()
 
 
+async def test_ambiguous_or_oversized_txt_records_mean_no_policy_and_mode_none_ends_one(
+        tmp_path: Path, dns_server: DnsServer, ca: TestCA, policy_server: PolicyServer
+        ) -> None:
+    two = f"--txt-record=_mta-sts.{DOMAIN},v=STSv1; id=2"  # §3.1: not exactly one record
+    huge = f"--txt-record=_mta-sts.{DOMAIN},v=STSv1; id=3;," + ",".join(["x" * 250] * 10)
+    async with policies(tmp_path, dns_server.serve(records("1", extra=(two,))), ca,
+                        policy_server) as sts:
+        assert await sts.policy(DOMAIN) is None
+        sts.dns = OutboundDns(5.0, dns_server.serve(records("", extra=(huge,))))
+        assert await sts.policy(DOMAIN) is None
+        assert policy_server.requests == 0
+        sts.dns = OutboundDns(5.0, dns_server.serve(records("4")))
+        assert (await sts.policy(DOMAIN)) is not None
+        policy_server.body = ENFORCE.replace("enforce", "none").encode()
+        sts.dns = OutboundDns(5.0, dns_server.serve(records("5")))
+        assert await sts.policy(DOMAIN) is None  # §3.2: none replaces the cached enforce
+        assert policy_server.requests == 2
+
+
 def test_policy_parsing_clamps_max_age_and_matches_mx_patterns() -> None:
     text = "version: STSv1\nmode: testing\nmx: *.Example.test\nmx: mx.other.test\n" \
            "max_age: 9999999999\nfuture: ignored\n"
