@@ -136,14 +136,22 @@ SCHEMA: tuple[Key, ...] = (
     Key("smtp.dns_budget", float, 20.0, "Seconds all DNS lookups for one inbound message "
         "may take together (SPF, DKIM, ARC, DMARC); checks left when it is spent are "
         "'temperror'.", minimum=1),
-    Key("smtp.nameserver", str, "", "DNS server (HOST[:PORT]) for the inbound mail checks; "
-        "empty: the system's resolver."),
+    Key("smtp.nameserver", str, "", "DNS server (HOST[:PORT]) for the inbound mail checks "
+        "and outbound delivery (MX, MTA-STS, TLSA); empty: the system's resolver. DANE "
+        "needs a DNSSEC-validating resolver on loopback."),
     Key("smtp.check_loopback", bool, False, "Check SPF and apply DMARC to inbound mail from "
         "loopback clients too (off: a local fetcher or MTA handing mail on is not judged by "
         "its 127.0.0.1)."),
     Key("smtp.dkim_selector", str, "twin", "DKIM selector of the twin's signing key."),
     Key("smtp.smarthost_verify", bool, True,
         "Verify the smarthost's TLS certificate (off only for a relay you run yourself)."),
+    Key("smtp.mta_sts", bool, True, "Apply recipient domains' MTA-STS policies (RFC 8461) "
+        "when delivering to MX hosts."),
+    Key("smtp.dane", bool, True, "Apply DANE TLSA records (RFC 7672) when delivering to MX "
+        "hosts; used only with DNSSEC-authenticated answers from a loopback resolver."),
+    Key("smtp.outbound_ca_file", str, "", "PEM file of the CAs MX certificates are checked "
+        "against under MTA-STS (and MTA-STS policy servers); empty: certifi's, else the "
+        "system's."),
     Key("smtp.mx_port", int, 25, "Port of MX hosts when sending directly (no smarthost).",
         minimum=1),
     Key("smtp.queue_concurrency", int, 8, "Deliveries the legacy queue runs at once.",

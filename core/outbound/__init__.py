@@ -11,7 +11,12 @@ Contract (what routing and the CLI use):
 - ``DkimKey`` holds the signing key; ``txt_record()`` is what to publish.
 
 Delivery goes through ``smtp.smarthost`` when set (STARTTLS or TLS, AUTH),
-otherwise straight to the recipient domain's MX hosts (dnspython).
+otherwise straight to the recipient domain's MX hosts (dnspython, ``dnsq``),
+each under the TLS policy that applies to it (``transport._plan``): DANE
+(``dane``, RFC 7672) when a trusted resolver authenticates its TLSA records,
+else the domain's MTA-STS policy (``mtasts``, RFC 8461; cached in twin.db),
+else opportunistic STARTTLS. A host the policy rules out is a temporary
+failure, so the message waits in the queue and bounces with the reason.
 """
 
 from core.outbound.dkim import DkimKey

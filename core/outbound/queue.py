@@ -26,6 +26,8 @@ from core.errors import Invalid, NotFound, Unavailable
 from core.outbound import transport
 from core.outbound.bounce import Failure, make_dsn
 from core.outbound.dkim import DkimKey
+from core.outbound.dnsq import OutboundDns
+from core.outbound.mtasts import MtaSts
 
 if TYPE_CHECKING:
     from core.service import Service
@@ -93,7 +95,12 @@ class OutboundQueue:
         self._wake = asyncio.Event()
         self._busy: set[int] = set()
         self._slots = asyncio.Semaphore(conf.int("smtp.queue_concurrency"))
-        self.resolve_mx: transport.MxResolver = transport.dns_mx  # tests inject their own
+        self.dns = OutboundDns(conf.float("smtp.dns_timeout"), conf.str("smtp.nameserver"))
+        self.resolve_mx: transport.MxResolver = self.dns.mx  # tests inject their own
+        verify = transport.verify_context(conf.str("smtp.outbound_ca_file"))
+        self.mtasts = MtaSts(self.db, self.dns, verify) if conf.bool("smtp.mta_sts") else None
+        self.policies = transport.TlsPolicies(self.dns, self.mtasts, verify,
+                                              dane=conf.bool("smtp.dane"))
 
     # -- the producer side
 
@@ -206,7 +213,7 @@ class OutboundQueue:
             async with self._slots:
                 message = await self._read(ref)
                 verdicts = await transport.send(self.relay, mail_from, rcpts, message,
-                                                self.resolve_mx)
+                                                self.resolve_mx, self.policies)
                 await self._settle(msg_id, mail_from, message, created, verdicts)
         except asyncio.CancelledError:
             raise
