@@ -272,25 +272,40 @@ async def _attempt(relay: Relay, host: str, port: int, mail_from: str, rcpts: Se
         if smarthost and relay.user:
             await client.login(relay.user, relay.password)
         refused, _ = await client.sendmail(mail_from, list(rcpts), message)
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        return {r.recipient: _from_reply(r.code, r.message) for r in exc.recipients}
     except aiosmtplib.SMTPAuthenticationError as exc:
         log.warning("smarthost %s:%d refused our login: %s", host, port, exc.code)
         return {r: _temporary(f"smarthost refused login ({exc.code})") for r in rcpts}
-    except aiosmtplib.SMTPResponseException as exc:
-        return {r: _from_reply(exc.code, exc.message) for r in rcpts}
     except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-        return {r: _temporary(f"{host}:{port}: {exc}") for r in rcpts}
+        return _failed(exc, host, port, rcpts)
     finally:
-        if client.is_connected:
-            try:
-                await client.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                client.close()
+        await _quit(client)
+    return _accepted(rcpts, refused)
+
+
+def _failed(exc: Exception, host: str, port: int, rcpts: Sequence[str]) -> dict[str, Verdict]:
+    """Each recipient's verdict after a transaction failed with ``exc``."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return {r.recipient: _from_reply(r.code, r.message) for r in exc.recipients}
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return {r: _from_reply(exc.code, exc.message) for r in rcpts}
+    return {r: _temporary(f"{host}:{port}: {exc}") for r in rcpts}
+
+
+def _accepted(rcpts: Sequence[str], refused: dict[str, aiosmtplib.SMTPResponse]
+              ) -> dict[str, Verdict]:
+    """Each recipient's verdict after DATA was accepted (some RCPTs may have been refused)."""
     out = {r: OK for r in rcpts}
     for rcpt, reply in refused.items():
         out[rcpt] = _from_reply(reply.code, reply.message)
     return out
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    if client.is_connected:
+        try:
+            await client.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            client.close()
 
 
 class _PolicyFailure(Exception):
@@ -326,24 +341,13 @@ async def _attempt_mx(relay: Relay, host: str, port: int, mail_from: str,
             return await _attempt_mx(relay, host, port, mail_from, rcpts, message,
                                      OPPORTUNISTIC, policies)
         return {r: Verdict(False, False, "4.7.5", f"{host}: {exc}") for r in rcpts}
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        return {r.recipient: _from_reply(r.code, r.message) for r in exc.recipients}
-    except aiosmtplib.SMTPResponseException as exc:
-        return {r: _from_reply(exc.code, exc.message) for r in rcpts}
     except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-        return {r: _temporary(f"{host}:{port}: {exc}") for r in rcpts}
+        return _failed(exc, host, port, rcpts)
     finally:
-        if client.is_connected:
-            try:
-                await client.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                client.close()
+        await _quit(client)
     if plan.note:
         log.warning("MTA-STS testing: enforce would refuse %s: %s", host, plan.note)
-    out = {r: OK for r in rcpts}
-    for rcpt, reply in refused.items():
-        out[rcpt] = _from_reply(reply.code, reply.message)
-    return out
+    return _accepted(rcpts, refused)
 
 
 async def _starttls(client: aiosmtplib.SMTP, host: str, plan: Plan,
