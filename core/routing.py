@@ -32,6 +32,7 @@ from core.delivered import DeliveredLog, message_key
 from core.errors import Forbidden, Invalid, NotFound, TwinError, Unavailable
 from core.mail.junk import junk_mailbox
 from core.mail.mime import MAX_ADDRESS_FIELD, addresses, to_crlf
+from core.peer.peer import current_envelope
 from phonebook.record import TwinRecord
 
 if TYPE_CHECKING:
@@ -128,6 +129,12 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2].strip().lower().rstrip(".")
 
 
+def envelope_uid() -> str:
+    """The uid of the envelope being handled (as its sender's outbox logs it), or "-"."""
+    e = current_envelope.get(None)
+    return e.uid.hex()[:16] if e is not None else "-"
+
+
 # -- the router
 
 @dataclass
@@ -139,14 +146,29 @@ class Routed:
     queued: int | None = None  # legacy queue id
     legacy: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # had it from an earlier attempt
+    journal: dict[str, int] = field(default_factory=dict)  # login -> mail journal seq
 
     def to_json(self) -> dict[str, Any]:
         return {"local": self.local, "twins": self.twins, "queued": self.queued,
-                "legacy": self.legacy, "skipped": self.skipped}
+                "legacy": self.legacy, "skipped": self.skipped, "journal": self.journal}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Routed:
-        return cls(d["local"], d["twins"], d["queued"], d["legacy"], d["skipped"])
+        return cls(d["local"], d["twins"], d["queued"], d["legacy"], d["skipped"],
+                   d.get("journal", {}))
+
+    def trace(self) -> str:
+        """Where the message went, by the ids the next hop logs it under: the mail
+        journal's seq (``filed journal #N``), the envelope uid (the receiving twin's
+        ``mail from twin``) and the legacy queue id. What lets one delivery be
+        followed from its SMTP line to the IDLE push."""
+        parts = [f"journal={','.join(f'{login}#{seq}' for login, seq in self.journal.items())}"
+                 ] if self.journal else []
+        if self.twins:
+            parts.append("envelope=" + ",".join(f"{n}:{u[:16]}" for n, u in self.twins.items()))
+        if self.queued is not None:
+            parts.append(f"queued=#{self.queued}")
+        return " ".join(parts)
 
 
 class MailRouter:
@@ -260,6 +282,8 @@ class MailRouter:
                 f"delivery failed: {errors[0]}")
         done: list[Any] = list(results)
         routed.local.extend(owners)
+        routed.journal = {o: seq for o, seq in zip(owners, done, strict=False)
+                          if isinstance(seq, int)}
         for name, envelope_uid in zip(by_twin, done[len(owners):], strict=False):
             routed.twins[name] = str(envelope_uid)
         if routed.legacy:
@@ -269,13 +293,15 @@ class MailRouter:
                  len(routed.skipped))
         return routed
 
-    async def _deliver_local(self, login: str, message: bytes, *, junk: bool = False) -> None:
+    async def _deliver_local(self, login: str, message: bytes, *,
+                             junk: bool = False) -> int | None:
+        """Into ``login``'s Inbox through the journal: the journal seq (None: Junk)."""
         try:
             if junk:  # rare: straight to the store, not through the Inbox journal
                 folder = await junk_mailbox(self.service.mail, login)
                 await self.service.mail.deliver(login, message, mailbox=folder)
-            else:
-                await self.service.mail.accept(login, message)
+                return None
+            return await self.service.mail.accept(login, message)
         except TwinError:
             raise
         except Exception as exc:
@@ -328,10 +354,12 @@ class MailRouter:
                 await self.delivered.remember(key, succeeded)
             raise errors[0]
         # per message: debug, unless a recipient was refused (worth a line at info)
+        journal = ",".join(f"{o}#{seq}" for o, seq in zip(owners, results, strict=True)
+                           if isinstance(seq, int))
         log.log(logging.INFO if unknown else logging.DEBUG,
-                "mail from twin %s (%s) delivered to %d user(s)%s", sender.name,
-                mail_from or "<>", len(owners),
-                f", {len(unknown)} unknown (refused in the ack)" if unknown else "")
+                "mail from twin %s (%s) envelope=%s delivered to %d user(s)%s journal=%s",
+                sender.name, mail_from or "<>", envelope_uid(), len(owners),
+                f", {len(unknown)} unknown (refused in the ack)" if unknown else "", journal)
         # Unknown recipients are refused in the ack, never bounced from here: the
         # sending twin tells its own user (``peer_acked``). A DSN from here would go
         # to whatever ``mail_from`` the peer chose, DKIM-signed by us, with its

@@ -816,16 +816,17 @@ class MailStore:
 
     # -- writes
 
-    async def accept(self, login: str, message: bytes) -> None:
+    async def accept(self, login: str, message: bytes) -> int | None:
         """Take a delivery for ``login``'s Inbox; durable when it returns.
 
         With the service running, durable means journaled (``core.mail.intake``)
-        and the message shows in the Inbox once filed, a moment later; without
-        it (the CLI on a stopped twin) this is ``deliver``."""
+        and the message shows in the Inbox once filed, a moment later: the
+        journal's seq is returned, which the filing's log line names. Without it
+        (the CLI on a stopped twin) this is ``deliver``, filed already (None)."""
         if self.intake is not None:
-            await self.intake.accept(login, message)
-        else:
-            await self.deliver(login, message)
+            return await self.intake.accept(login, message)
+        await self.deliver(login, message)
+        return None
 
     async def settled(self) -> None:
         """Wait until every delivery accepted so far is filed (a no-op without intake)."""
@@ -905,9 +906,11 @@ class MailStore:
             raise
         last = entries[-1].seq
         by_login: dict[str, list[Row]] = {}
+        seqs: dict[str, list[int]] = {}  # login -> journal seqs, in uid order (for the log)
         for e, ref, (data, header, structure) in zip(good, refs, described, strict=True):
             by_login.setdefault(e.login, []).append(
                 (ref, header, structure, len(data), e.received, frozenset()))
+            seqs.setdefault(e.login, []).append(e.seq)
 
         def insert_all(c: sqlite3.Connection) -> tuple[dict[str, tuple[int, int, int, int] | None],
                                                        list[int]]:
@@ -933,6 +936,9 @@ class MailStore:
             else:
                 target, uid, modseq, uidvalidity = where
                 self._announce(target, uidvalidity, uid, modseq, by_login[login])
+                if log.isEnabledFor(logging.DEBUG):  # journal seq -> uid, for tracing
+                    log.debug("filed journal %s for %s as uid %s", _seqs(seqs[login]),
+                              login, _span(uid, len(seqs[login])))
         for qid, (e, data, reason) in zip(ids, bad, strict=True):
             log.error("message %d for %s (%d bytes) could not be filed and is set aside as "
                       "quarantine #%d (%s); see `twin mail quarantine list`", e.seq,
@@ -1409,6 +1415,16 @@ def _exists(uids: Sequence[int], flags: Sequence[frozenset[str]], modseq: int) -
             out.append(Change("exists", tuple(uids[start:i]), flags[start], modseq))
             start = i
     return out
+
+
+def _seqs(seqs: Sequence[int]) -> str:
+    """Journal seqs as ``#5,#9`` (the first 20)."""
+    return ",".join(f"#{n}" for n in seqs[:20]) + (f",+{len(seqs) - 20}" if len(seqs) > 20
+                                                  else "")
+
+
+def _span(first: int, count: int) -> str:
+    return str(first) if count == 1 else f"{first}:{first + count - 1}"
 
 
 class Unused(NamedTuple):

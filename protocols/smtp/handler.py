@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from aiosmtpd.smtp import Envelope, Session
 
 from core.routing import (
+    Routed,
     domain_of,
     from_addresses,
     header_values,
@@ -98,6 +99,8 @@ class BaseHandler:
         # recipients refused during a transaction, for its log line
         self._refused: weakref.WeakKeyDictionary[Envelope, list[str]] = \
             weakref.WeakKeyDictionary()
+        # where an accepted message went, for the same line
+        self._routed: weakref.WeakKeyDictionary[Envelope, Routed] = weakref.WeakKeyDictionary()
 
     def _count_ok(self, envelope: Envelope) -> None:
         if len(envelope.rcpt_tos) >= self.max_recipients:
@@ -126,14 +129,17 @@ class BaseHandler:
         reply = await self._data(server, session, envelope)
         log.info("%s", transaction_line(self.role, server, session, envelope, reply,
                                          self._refused.pop(envelope, []),
-                                         time.monotonic() - started))
+                                         time.monotonic() - started,
+                                         self._routed.pop(envelope, None)))
         return reply
 
 
 def transaction_line(role: str, server: TwinSMTP, session: Session, envelope: Envelope,
-                     reply: str, refused: list[str], seconds: float) -> str:
+                     reply: str, refused: list[str], seconds: float,
+                     routed: Routed | None = None) -> str:
     """One log line per SMTP transaction, as Postfix and mox write them: the
-    queue id, who sent what to whom, who was refused, and the answer."""
+    queue id, who sent what to whom, who was refused, the answer, and where the
+    message went (``Routed.trace``: the ids the next hops log it under)."""
     queue_id = reply.rsplit(" id ", 1)[1] if " id " in reply else "-"
     login = session.auth_data.login if isinstance(session.auth_data, Login) else None
     tls = "yes" if server.tls_active else "no"
@@ -148,6 +154,8 @@ def transaction_line(role: str, server: TwinSMTP, session: Session, envelope: En
         parts.append("refused=" + ",".join(refused[:20]))
     parts += [f"size={len(envelope.original_content or b'')}", f'result="{reply[:120]}"',
               f"ms={seconds * 1000:.0f}"]
+    if routed is not None and (trace := routed.trace()):
+        parts.append(trace)
     return " ".join(parts)
 
 
@@ -197,8 +205,9 @@ class InboundHandler(BaseHandler):
         if warning:
             headers.append(("X-Twin-Warning", warning))
         message = prepend_headers(message, headers)
-        await self.router.route(envelope.mail_from or "", envelope.rcpt_tos, message,
-                                sent=raw, junk=decision.action == "junk")
+        self._routed[envelope] = await self.router.route(
+            envelope.mail_from or "", envelope.rcpt_tos, message, sent=raw,
+            junk=decision.action == "junk")
         if decision.action == "junk":
             log.info("smtp in: id=%s filed into Junk: %s", queue_id, decision.reason)
         return f"250 2.0.0 OK id {queue_id}"
@@ -280,6 +289,6 @@ class SubmissionHandler(BaseHandler):
         if not header_values(message, "message-id"):
             headers.append(("Message-ID", make_msgid(domain=self.service.config.domain)))
         message = prepend_headers(message, headers)
-        await self.router.route(envelope.mail_from or "", envelope.rcpt_tos, message,
-                                sent=raw)
+        self._routed[envelope] = await self.router.route(
+            envelope.mail_from or "", envelope.rcpt_tos, message, sent=raw)
         return f"250 2.0.0 OK id {queue_id}"

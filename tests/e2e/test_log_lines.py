@@ -6,7 +6,9 @@ of it became a line of its own, indistinguishable from the twin's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import socket
 from collections.abc import Callable
 
@@ -64,3 +66,70 @@ def test_one_line_per_smtp_transaction_with_id_parties_refusals_and_result(
                      r"from=<someone@example\.org> to=<alice@alice\.localhost> "
                      r"refused=nobody@alice\.localhost \(550\) size=\d+ "
                      r'result="250 2\.0\.0 OK id [0-9a-f]+" ms=\d+', line), line
+
+
+async def _send(port: int, mail_from: str, rcpt: str, login: tuple[str, str] | None) -> str:
+    """One message; the SMTP queue id from the 250 (``OK id QID``)."""
+    import aiosmtplib
+
+    from tests.protocols.smtp.helpers import client_tls
+
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=login is not None,
+                               tls_context=client_tls()) as smtp:
+        if login is not None:
+            await smtp.login(*login)
+        _, reply = await smtp.sendmail(mail_from, [rcpt],
+                                       f"From: <{mail_from}>\r\nSubject: trace\r\n\r\nhi\r\n")
+    return reply.rsplit(" id ", 1)[1].strip()
+
+
+def _one(pattern: str, text: str) -> re.Match[str]:
+    found = list(re.finditer(pattern, text, re.M))
+    assert len(found) == 1, (pattern, [m.group(0) for m in found], text[-3000:])
+    return found[0]
+
+
+def _filed_uid(log: str, seq: int) -> int:
+    """The uid the filing line gave journal seq ``seq`` (``filed journal #a,#b as uid u:v``)."""
+    for m in re.finditer(r"filed journal (\S+) for \S+ as uid (\d+)(?::\d+)?", log):
+        seqs = [int(s) for s in re.findall(r"#(\d+)", m.group(1))]
+        if seq in seqs:
+            return int(m.group(2)) + seqs.index(seq)
+    raise AssertionError(f"journal #{seq} was never filed: {log[-3000:]}")
+
+
+async def test_one_delivery_is_followed_by_its_ids_from_smtp_to_the_idle_push(
+        twins: Callable[..., TwinProcess]) -> None:
+    """Issue 21 item 4: the SMTP line names the journal seq (or the envelope to
+    another twin), the filing line maps that seq to a uid, the IDLE push names the
+    uid; on the receiving twin the envelope's uid leads to its journal seq."""
+    from tests.imapidle import IdleWatcher
+
+    debug = ["log.level=debug"]
+    alice, bob = twins("alice", sets=debug), twins("bob", sets=debug)
+    watcher = await IdleWatcher.open(bob.port("imaps"), bob.login, bob.password)
+    try:
+        # local: SMTP inbound on bob -> bob's journal -> filed -> pushed
+        qid = await _send(bob.port("smtp"), "someone@example.com", bob.login, None)
+        await watcher.until(1, timeout=20)
+        # twin to twin: alice's submission -> envelope -> bob's journal -> filed -> pushed
+        qid2 = await _send(alice.port("submission"), alice.login, bob.login,
+                           (alice.login, alice.password))
+        await watcher.until(2, timeout=20)
+        await asyncio.sleep(0.3)  # the push's log line follows the push
+    finally:
+        await watcher.close()
+    blog, alog = bob.log(), alice.log()
+
+    line = _one(rf"smtp in: id={qid} .*$", blog).group(0)
+    seq = int(_one(r"journal=\S+#(\d+)", line).group(1))
+    uid = _filed_uid(blog, seq)
+    assert re.search(rf"imap idle: pushed 1 EXISTS to \S+ in INBOX \(last uid {uid}\)", blog)
+
+    line = _one(rf"smtp submission: id={qid2} .*$", alog).group(0)
+    envelope = _one(r"envelope=bob:([0-9a-f]{16})", line).group(1)
+    line = _one(rf"mail from twin alice .* envelope={envelope} .*$", blog).group(0)
+    seq2 = int(_one(r"journal=\S+#(\d+)", line).group(1))
+    uid2 = _filed_uid(blog, seq2)
+    assert uid2 == uid + 1
+    assert re.search(rf"imap idle: pushed 2 EXISTS to \S+ in INBOX \(last uid {uid2}\)", blog)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import TYPE_CHECKING
 
 from protocols.imap.commands import AUTH, SELECTED, args, command, notify, updates
@@ -12,6 +13,8 @@ from protocols.imap.errors import Bad
 if TYPE_CHECKING:
     from protocols.imap.parser import Command
     from protocols.imap.session import Session
+
+log = logging.getLogger("twin.imap")
 
 
 # RFC 2177 §3 IDLE
@@ -46,7 +49,13 @@ async def idle(s: Session, cmd: Command) -> str | None:
                 if waker is not None and not waker.done():
                     waker.cancel()
             if sel is not None:
+                told = sel.told_exists
                 s.sync(expunge_ok=True)
+                if sel.told_exists != told and log.isEnabledFor(logging.DEBUG):
+                    # the last hop of a delivery's trace (SMTP id -> journal -> uid -> here)
+                    log.debug("imap idle: pushed %d EXISTS to %s in %s (last uid %d)",
+                              sel.told_exists, s.login, sel.mailbox.name,
+                              sel.uids[sel.told_exists - 1] if sel.told_exists else 0)
                 await updates.refresh(s)  # RFC 5267 §4.2: updates while idling too
             await notify.push(s)  # RFC 5465: and news of other mailboxes
             await s.flush()
