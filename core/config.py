@@ -147,6 +147,10 @@ SCHEMA: tuple[Key, ...] = (
         "Verify the smarthost's TLS certificate (off only for a relay you run yourself)."),
     Key("smtp.mta_sts", bool, True, "Apply recipient domains' MTA-STS policies (RFC 8461) "
         "when delivering to MX hosts."),
+    Key("smtp.mta_sts_mode", str, "testing", "Mode of the MTA-STS policy this twin publishes "
+        "for its own domain (RFC 8461 §3.2) at https://mta-sts.DOMAIN/.well-known/mta-sts.txt: "
+        "enforce once its certificate is a CA's (tls.acme), testing until then.",
+        choices=("enforce", "testing", "none")),
     Key("smtp.dane", bool, True, "Apply DANE TLSA records (RFC 7672) when delivering to MX "
         "hosts; used only with DNSSEC-authenticated answers from a loopback resolver."),
     Key("smtp.outbound_ca_file", str, "", "PEM file of the CAs MX certificates are checked "

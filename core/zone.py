@@ -15,6 +15,11 @@ What the records are (mox's quickstart publishes the same set):
 - DMARC (RFC 7489 §6.1): receivers reject mail in the domain's name that
   neither SPF nor DKIM vouches for, and send aggregate reports to postmaster.
 - TLSRPT (RFC 8460): where other servers report TLS failures delivering here.
+- MTA-STS (RFC 8461): ``_mta-sts.DOMAIN`` announces the policy the twin
+  serves at ``https://mta-sts.DOMAIN/.well-known/mta-sts.txt`` (``policy``):
+  senders that know it deliver only over verified TLS to the MX host. Its id
+  is a hash of the policy, so a changed mode or MX changes the id and senders
+  fetch it again (§3.1).
 - Autoconfig: ``autoconfig.DOMAIN`` (Thunderbird's lookup, served at
   ``/mail/config-v1.1.xml``) and the RFC 6186 SRV records that other clients
   use to find IMAP and submission, with the ports the twin listens on.
@@ -22,6 +27,7 @@ What the records are (mox's quickstart publishes the same set):
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -66,6 +72,24 @@ SRV_SERVICES = (("_imaps._tcp", "imap.tls_port"), ("_imap._tcp", "imap.port"),
                 ("_submission._tcp", "smtp.submission_port"))
 
 
+POLICY_PATH = "/.well-known/mta-sts.txt"
+POLICY_MAX_AGE = 604800  # a week (RFC 8461 §3.2 suggests weeks; at most a year)
+
+
+def policy(config: Config) -> str:
+    """The MTA-STS policy of the twin's domain (RFC 8461 §3.2): its MX host, the
+    mode ``smtp.mta_sts_mode``; CRLF lines, as the RFC's ABNF has them."""
+    domain = config.domain.rstrip(".").lower()
+    lines = ["version: STSv1", f"mode: {config.str('smtp.mta_sts_mode')}", f"mx: {domain}",
+             f"max_age: {POLICY_MAX_AGE}"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def policy_id(config: Config) -> str:
+    """The TXT record's id (§3.1: 1-32 alphanumerics): changes when the policy does."""
+    return hashlib.sha256(policy(config).encode()).hexdigest()[:20]
+
+
 def plan(config: Config, dkim: DkimKey) -> list[Record]:
     """Every record the twin's domain should publish, required ones first."""
     domain = config.domain.rstrip(".").lower()
@@ -84,6 +108,12 @@ def plan(config: Config, dkim: DkimKey) -> list[Record]:
                "receivers reject forgeries of the domain (DMARC)"),
         Record(f"_smtp._tls.{domain}.", "TXT", f"v=TLSRPTv1; rua=mailto:postmaster@{domain}",
                "servers report failed TLS towards the twin (TLSRPT)", required=False),
+        Record(f"_mta-sts.{domain}.", "TXT", f"v=STSv1; id={policy_id(config)}",
+               "senders deliver only over verified TLS (MTA-STS policy at "
+               f"https://mta-sts.{domain}{POLICY_PATH})", required=False),
+        Record(f"mta-sts.{domain}.", "CNAME", host,
+               "where senders fetch the MTA-STS policy (add the name to tls.acme_names)",
+               required=False),
         Record(f"autoconfig.{domain}.", "CNAME", host,
                "Thunderbird finds the account's settings", required=False),
     ]

@@ -10,6 +10,9 @@
   user opens to add the account.
 - Everything else: the RFC 6186 SRV records that ``twin dns`` lists.
 
+Also here, as it is served to other mail servers on the same listener: the
+domain's MTA-STS policy (RFC 8461, ``core.zone.policy``).
+
 The host name in each is the one the client used to reach us (the request's
 Host), so whatever name resolved to this twin also works for IMAP and SMTP;
 the ports are the listeners' real ones. The Autodiscover body is read within
@@ -28,6 +31,8 @@ from defusedxml import ElementTree as SafeXML
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+
+from core import zone
 
 if TYPE_CHECKING:
     from core.service import Service
@@ -189,7 +194,13 @@ def routes(service: Service) -> list[BaseRoute]:
                         media_type="application/x-apple-aspen-config",
                         headers={"Content-Disposition": 'attachment; filename="twin.mobileconfig"'})
 
+    async def mta_sts(request: Request) -> Response:
+        # RFC 8461 §3.3: text/plain, 200, no redirect; served on every name, the
+        # certificate decides whether senders believe it (it must name mta-sts.DOMAIN)
+        return Response(zone.policy(service.config), media_type="text/plain")
+
     routes: list[BaseRoute] = [Route(path, config_xml, methods=["GET"]) for path in PATHS]
+    routes.append(Route(zone.POLICY_PATH, mta_sts, methods=["GET"]))
     routes += [Route(path, autodiscover, methods=["POST"]) for path in AUTODISCOVER_PATHS]
     routes.append(Route(MOBILECONFIG_PATH, mobileconfig, methods=["GET"]))
     return routes

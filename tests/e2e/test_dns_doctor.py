@@ -80,3 +80,34 @@ def test_doctor_passes_the_zone_twin_dns_prints_and_names_what_is_wrong(
     assert code == 1
     [smtp] = [f for w, f in found.items() if w.startswith("SMTP at 127.0.0.1:")]
     assert smtp["status"] == "unreachable", smtp
+
+
+def test_the_mta_sts_record_announces_the_policy_the_twin_serves(
+        twins: Callable[..., TwinProcess]) -> None:
+    """RFC 8461 for mail coming in: ``twin dns`` prints ``_mta-sts`` with the id of
+    the policy the twin serves at /.well-known/mta-sts.txt, and that policy is one
+    the twin's own outbound side (``core.outbound.mtasts``) takes as valid."""
+    import time
+
+    import httpx
+
+    from core.outbound.mtasts import parse_policy, parse_txt
+
+    sets = [f"twin.domain={DOMAIN}", "smtp.mta_sts_mode=enforce"]
+    alice = twins("alice", sets=sets)
+
+    def announced(mode: str) -> str:
+        records = json.loads(twin_cli(alice.data, "--set", f"twin.domain={DOMAIN}", "--set",
+                                      f"smtp.mta_sts_mode={mode}", "dns", "--json").stdout)
+        [txt] = [r for r in records if r["name"] == f"_mta-sts.{DOMAIN}." and r["type"] == "TXT"]
+        assert any(r["name"] == f"mta-sts.{DOMAIN}." for r in records)
+        ident = parse_txt(txt["strings"])
+        assert ident is not None, txt
+        return ident
+
+    ident = announced("enforce")
+    got = httpx.get(f"{alice.url}/.well-known/mta-sts.txt", verify=False, timeout=30)
+    assert got.status_code == 200 and got.headers["content-type"].startswith("text/plain")
+    policy = parse_policy(DOMAIN, ident, got.text, time.time())
+    assert policy.mode == "enforce" and policy.allows(DOMAIN) and policy.max_age >= 86400
+    assert announced("testing") != ident  # another policy, another id: senders refetch
