@@ -31,9 +31,11 @@ from core.routing import (
     prepend_headers,
     strip_trust_headers,
 )
+from core.spam import Transaction
 from protocols.smtp.errors import SmtpError, replies
-from protocols.smtp.policy import decide
+from protocols.smtp.policy import Decision, decide
 from protocols.smtp.session import Login, TwinSMTP
+from protocols.smtp.spam import scan, strip_spam_headers, verdict_headers
 from protocols.smtp.verify import AuthResults, Verifier, from_domains
 
 if TYPE_CHECKING:
@@ -159,6 +161,7 @@ class InboundHandler(BaseHandler):
     def __init__(self, service: Service, verifier: Verifier) -> None:
         super().__init__(service)
         self.verifier = verifier
+        self.spam = service.spam.filter  # None: no scanning (core.spam)
 
     # RFC 5321 §4.1.1.3 (RCPT): only our domains, only existing mailboxes
     @replies
@@ -186,13 +189,24 @@ class InboundHandler(BaseHandler):
             if decision.action == "reject":
                 raise SmtpError(550, "5.7.1", decision.reason)
             raise SmtpError(451, "4.7.1", decision.reason)
+        queue_id = self.queue_ids.next()
+        verdict = None
+        if self.spam is not None:  # protocols.smtp.spam: reject/defer raise SmtpError
+            verdict = await scan(self.spam, raw, Transaction(
+                server.peer_ip, session.host_name or "", envelope.mail_from or "",
+                tuple(envelope.rcpt_tos), queue_id, self.hostname, results.spf.result,
+                results.dmarc.result))
+            if verdict.action == "junk" and decision.action == "deliver":
+                decision = Decision("junk", verdict.reason)
         # RFC 8601 §5: no Authentication-Results under our names but ours
         message = strip_trust_headers(raw, self.hostname, self.service.config.domain)
         headers: list[tuple[str, str]] = []
-        queue_id = self.queue_ids.next()
         headers.append(("Received", _received(server, session, envelope, self.hostname,
                                               queue_id)))
         headers.append(("Authentication-Results", results.header(self.hostname)))
+        if verdict is not None:
+            message = strip_spam_headers(message, verdict.remove_headers)
+            headers += verdict_headers(verdict)
         warning = await self._impersonation(message, results)
         if warning:
             headers.append(("X-Twin-Warning", warning))
