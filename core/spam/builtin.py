@@ -22,7 +22,7 @@ from core.spam.reputation import JUNK, TRUSTED, Reputation
 from core.spam.verdict import Transaction, Verdict
 
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
-JUNK_SCORE = 4.0
+JUNK_SCORE = 5.0
 MAX_SCAN = 1024 * 1024  # body bytes searched for GTUBE (it is a test string, near the top)
 
 
