@@ -118,11 +118,12 @@ def start_rspamd(workdir: Path, *, wait: float = 120.0) -> Rspamd:
     for sub in ("db", "run"):
         (workdir / sub).mkdir()
     root = ["-u", "root", "-g", "root"] if os.geteuid() == 0 else []
-    proc = subprocess.Popen(
-        [binary, "-f", "-i", *root, "-c", str(CONF), "--var", f"LOCAL_CONFDIR={workdir}/conf",
-         "--var", f"DBDIR={workdir}/db", "--var", f"RUNDIR={workdir}/run",
-         "--var", f"LOGDIR={workdir}"],
-        stdout=subprocess.DEVNULL, stderr=open(workdir / "stderr", "wb"), cwd=workdir)
+    with open(workdir / "stderr", "wb") as stderr:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [binary, "-f", "-i", *root, "-c", str(CONF), "--var",
+             f"LOCAL_CONFDIR={workdir}/conf", "--var", f"DBDIR={workdir}/db",
+             "--var", f"RUNDIR={workdir}/run", "--var", f"LOGDIR={workdir}"],
+            stdout=subprocess.DEVNULL, stderr=stderr, cwd=workdir)
     server = Rspamd(proc, redis, port, controller, workdir / "conf")
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
