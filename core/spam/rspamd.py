@@ -187,7 +187,7 @@ class Rspamd:
                 raise RspamdError(f"rspamd answered HTTP {status}")
             return parse(answer)
         except RspamdError as exc:
-            log.warning("spam: rspamd scan failed for id=%s, %s: %s", tx.queue_id or "-",
+            log.warning("spam: rspamd scan failed (queue id %s), %s: %s", tx.queue_id or "-",
                         "deferring" if self.on_failure == "defer" else "delivering unscanned",
                         exc)
             return self._unscanned(str(exc))

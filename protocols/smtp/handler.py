@@ -35,7 +35,7 @@ from core.spam import Transaction
 from protocols.smtp.errors import SmtpError, replies
 from protocols.smtp.policy import Decision, decide
 from protocols.smtp.session import Login, TwinSMTP
-from protocols.smtp.spam import scan, strip_spam_headers, verdict_headers
+from protocols.smtp.spam import refuse, scan, strip_spam_headers, summary, verdict_headers
 from protocols.smtp.verify import AuthResults, Verifier, from_domains
 
 if TYPE_CHECKING:
@@ -97,9 +97,10 @@ class BaseHandler:
         self.hostname = conf.str("smtp.hostname") or conf.domain
         self.max_recipients = conf.int("smtp.max_recipients")
         self.queue_ids = QueueIds()
-        # recipients refused during a transaction, for its log line
+        # recipients refused during a transaction, and its spam verdict, for its log line
         self._refused: weakref.WeakKeyDictionary[Envelope, list[str]] = \
             weakref.WeakKeyDictionary()
+        self._spam: weakref.WeakKeyDictionary[Envelope, str] = weakref.WeakKeyDictionary()
 
     def _count_ok(self, envelope: Envelope) -> None:
         if len(envelope.rcpt_tos) >= self.max_recipients:
@@ -128,12 +129,14 @@ class BaseHandler:
         reply = await self._data(server, session, envelope)
         log.info("%s", transaction_line(self.role, server, session, envelope, reply,
                                          self._refused.pop(envelope, []),
-                                         time.monotonic() - started))
+                                         time.monotonic() - started,
+                                         self._spam.pop(envelope, None)))
         return reply
 
 
 def transaction_line(role: str, server: TwinSMTP, session: Session, envelope: Envelope,
-                     reply: str, refused: list[str], seconds: float) -> str:
+                     reply: str, refused: list[str], seconds: float,
+                     spam: str | None = None) -> str:
     """One log line per SMTP transaction, as Postfix and mox write them: the
     queue id, who sent what to whom, who was refused, and the answer."""
     queue_id = reply.rsplit(" id ", 1)[1] if " id " in reply else "-"
@@ -150,6 +153,8 @@ def transaction_line(role: str, server: TwinSMTP, session: Session, envelope: En
         parts.append("refused=" + ",".join(refused[:20]))
     parts += [f"size={len(envelope.original_content or b'')}", f'result="{reply[:120]}"',
               f"ms={seconds * 1000:.0f}"]
+    if spam:  # action/score/filter/symbols (protocols.smtp.spam.summary)
+        parts.append(f'spam="{spam}"')
     return " ".join(parts)
 
 
@@ -196,6 +201,8 @@ class InboundHandler(BaseHandler):
                 server.peer_ip, session.host_name or "", envelope.mail_from or "",
                 tuple(envelope.rcpt_tos), queue_id, self.hostname, results.spf.result,
                 results.dmarc.result))
+            self._spam[envelope] = summary(verdict)
+            refuse(verdict)
             if verdict.action == "junk" and decision.action == "deliver":
                 decision = Decision("junk", verdict.reason)
         # RFC 8601 §5: no Authentication-Results under our names but ours

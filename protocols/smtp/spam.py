@@ -23,14 +23,11 @@ mail (the same rule as RFC 8601 §5 for Authentication-Results).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
 from core.routing import header_name, split_message
 from core.spam import SpamFilter, Transaction, Verdict
 from protocols.smtp.errors import SmtpError
-
-log = logging.getLogger("twin.smtp")
 
 SPAM_HEADERS = frozenset({b"x-spam-status", b"x-spam-score", b"x-spam", b"x-spam-flag",
                           b"x-spam-level", b"x-spamd-result", b"x-spamd-bar",
@@ -49,18 +46,25 @@ def strip_spam_headers(message: bytes, also: Iterable[str] = ()) -> bytes:
 
 
 async def scan(spam_filter: SpamFilter, message: bytes, tx: Transaction) -> Verdict:
-    """The filter's verdict; ``SmtpError`` for reject and defer (after one log line)."""
-    verdict = await spam_filter.check(message, tx)
+    """The filter's verdict (see ``refuse`` for what reject and defer become)."""
+    return await spam_filter.check(message, tx)
+
+
+def summary(verdict: Verdict) -> str:
+    """The verdict in the transaction's one log line (``handler.transaction_line``)."""
     symbols = ",".join(verdict.symbols[:8]) or "-"
-    log.info("smtp in: id=%s spam: %s score=%.2f filter=%s symbols=%s%s", tx.queue_id or "-",
-             verdict.action, verdict.score, verdict.filter, symbols,
-             "" if verdict.scanned else f" (not scanned: {verdict.reason})")
+    text = f"{verdict.action}/{verdict.score:.2f}/{verdict.filter}/{symbols}"
+    text = text if verdict.scanned else f"{text}/unscanned:{verdict.reason[:100]}"
+    return text.replace('"', "'")  # it is one quoted field of the line
+
+
+def refuse(verdict: Verdict) -> None:
+    """``SmtpError`` for reject (550 5.7.1) and defer (451 4.7.1); nothing otherwise."""
     if verdict.action == "reject":
         raise SmtpError(550, "5.7.1", f"Message refused as spam: {verdict.reason}")
     if verdict.action == "defer":
         reason = verdict.reason if verdict.scanned else "spam filter unavailable"
         raise SmtpError(451, "4.7.1", f"Try again later: {reason}")
-    return verdict
 
 
 def verdict_headers(verdict: Verdict) -> list[tuple[str, str]]:
