@@ -10,7 +10,16 @@ over IMAP STATUS), both from the first connection. Prints one JSON line per
 figure, the ratios to aiosmtpd and smtp-sink, and each server's CPU time per
 message (user + system, from /proc, steadier than msg/s on a shared machine;
 the twin's includes filing). Usage:
-.venv/bin/python bench/smtp.py [messages] [sessions] [rounds]
+.venv/bin/python bench/smtp.py [messages] [sessions] [rounds] [--rspamd]
+
+``--rspamd`` adds a second twin whose inbound port scans every message with a
+real rspamd (started as the tests start it, ``tests/rspamd.py``: the
+distribution's rules, network checks off, Bayes in Redis) before its 250, and
+prints its rates next to the first twin's (which runs the default built-in
+filter), plus rspamd's own CPU per message (all its processes). Both twins'
+"filed" count Inbox + Junk (rspamd may call smtp-source's text junk).
+A Postfix+rspamd (milter) pair is not set up here: see the README's Spam
+paragraph for why the comparison is twin with vs without rspamd.
 """
 
 from __future__ import annotations
@@ -91,7 +100,8 @@ def drive(port: int, messages: int, sessions: int, reuse: bool, rcpt: str) -> No
 class InboxWatch:
     """Counts the twin's Inbox over IMAP (STATUS), as a mail client would see it."""
 
-    def __init__(self, twin: TwinProcess) -> None:
+    def __init__(self, twin: TwinProcess, boxes: tuple[str, ...] = ("INBOX",)) -> None:
+        self.boxes = boxes
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # the twin's self-signed certificate
@@ -99,8 +109,11 @@ class InboxWatch:
         self.imap.login(twin.login, twin.password)
 
     def count(self) -> int:
-        _, data = self.imap.status("INBOX", "(MESSAGES)")
-        return int(data[0].split(b"MESSAGES ")[1].split(b")")[0])
+        total = 0
+        for box in self.boxes:
+            _, data = self.imap.status(box, "(MESSAGES)")
+            total += int(data[0].split(b"MESSAGES ")[1].split(b")")[0])
+        return total
 
     def wait_for(self, total: int, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
@@ -110,24 +123,38 @@ class InboxWatch:
             time.sleep(0.005)
 
 
-def count_stored(twin: TwinProcess) -> int:
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and all its descendants (rspamd's workers are children)."""
+    total = cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += tree_cpu_seconds(int(child))
+    return total
+
+
+def count_stored(twin: TwinProcess, boxes: tuple[str, ...] = ("INBOX",)) -> int:
     from core.service import Service
 
     async def count() -> int:
         service = Service.open(twin.data)
+        total = 0
         try:
-            snapshot, watch = await service.mail.open(twin.login, "INBOX", read_only=True)
-            service.mail.close(watch)
-            return len(snapshot.uids)
+            for box in boxes:
+                snapshot, watch = await service.mail.open(twin.login, box, read_only=True)
+                service.mail.close(watch)
+                total += len(snapshot.uids)
+            return total
         finally:
             service.close()
     return asyncio.run(count())
 
 
 def main() -> int:
-    messages = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-    sessions = int(sys.argv[2]) if len(sys.argv) > 2 else 20
-    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    with_rspamd = "--rspamd" in sys.argv
+    argv = [a for a in sys.argv if a != "--rspamd"]
+    messages = int(argv[1]) if len(argv) > 1 else 2000
+    sessions = int(argv[2]) if len(argv) > 2 else 20
+    rounds = int(argv[3]) if len(argv) > 3 else 3
     if not shutil.which("smtp-source") or not shutil.which("smtp-sink"):
         print("smtp-source/smtp-sink missing: apt-get install postfix", file=sys.stderr)
         return 1
@@ -136,6 +163,14 @@ def main() -> int:
                                                           "log.level=warning"])
         os.environ["TWIN_LOG_LEVEL"] = "warning"
         twin.start()
+        scanned = rspamd = None
+        if with_rspamd:
+            from tests.rspamd import start_rspamd
+
+            rspamd = start_rspamd(Path(tmp) / "rspamd")
+            scanned = TwinProcess.create(Path(tmp), "carol", sets=[
+                "smtp.verify_dns=false", "log.level=warning", f"spam.rspamd_url={rspamd.url}"])
+            scanned.start()
         sink_port, aio_port = free_port(), free_port()
         root = ["-u", "nobody"] if os.geteuid() == 0 else []  # smtp-sink refuses to run as root
         sink = subprocess.Popen(["smtp-sink", *root, f"127.0.0.1:{sink_port}", "256"],
@@ -149,29 +184,52 @@ def main() -> int:
             targets = {"twin": twin.port("smtp"), "smtp-sink": sink_port,
                        "aiosmtpd": aio_port}
             pids = {"twin": twin.proc.pid, "smtp-sink": sink.pid, "aiosmtpd": aio.pid}
-            inbox = InboxWatch(twin)
-            servers = Servers(targets, pids, inbox, twin.login)
+            inboxes = {"twin": InboxWatch(twin, BOXES)}
+            rcpts = {"twin": twin.login}
+            if scanned is not None and rspamd is not None:
+                assert scanned.proc is not None
+                targets["twin+rspamd"] = scanned.port("smtp")
+                pids["twin+rspamd"] = scanned.proc.pid
+                pids["rspamd"] = rspamd.proc.pid
+                inboxes["twin+rspamd"] = InboxWatch(scanned, BOXES)
+                rcpts["twin+rspamd"] = scanned.login
+            servers = Servers(targets, pids, inboxes, rcpts)
             for reuse in (False, True):
                 run_mode(servers, messages, sessions, reuse, rounds)
-            inbox.imap.logout()
+            for watch in inboxes.values():
+                watch.imap.logout()
         finally:
             for proc in (sink, aio):
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(10)
             twin.stop()
-        stored = count_stored(twin)
+            if scanned is not None:
+                scanned.stop()
+            if rspamd is not None:
+                actions = rspamd.stat().get("actions")
+                emit("smtp", f"rspamd actions {json.dumps(actions)}", 0, "-")
+                rspamd.close()
         expected = 2 * rounds * (messages + min(200, messages))
-        emit("smtp", "twin messages stored durably (of sent)", stored, f"of {expected}")
+        for name, who in (("twin", twin), ("twin+rspamd", scanned)):
+            if who is not None:
+                emit("smtp", f"{name} messages stored durably (of sent)",
+                     count_stored(who, BOXES), f"of {expected}")
     return 0
+
+
+BOXES = ("INBOX", "Junk")
 
 
 class Servers:
     """The three servers under test, and the twin's Inbox as a client sees it."""
 
-    def __init__(self, ports: dict[str, int], pids: dict[str, int], inbox: InboxWatch,
-                 rcpt: str) -> None:
-        self.ports, self.pids, self.inbox, self.rcpt = ports, pids, inbox, rcpt
-        self.in_inbox = 0  # messages the twin should have filed so far
+    def __init__(self, ports: dict[str, int], pids: dict[str, int],
+                 inboxes: dict[str, InboxWatch], rcpts: dict[str, str]) -> None:
+        self.ports, self.pids, self.inboxes, self.rcpts = ports, pids, inboxes, rcpts
+        self.in_inbox = dict.fromkeys(inboxes, 0)  # messages each twin should have filed
+
+    def rcpt(self, name: str) -> str:
+        return self.rcpts.get(name, self.rcpts["twin"])
 
 
 def run_mode(servers: Servers, messages: int, sessions: int, reuse: bool,
@@ -183,32 +241,44 @@ def run_mode(servers: Servers, messages: int, sessions: int, reuse: bool,
     Interleaving them and taking each one's median compares like with like;
     the per-round ratios' range is printed too, so nothing is hidden."""
     mode = "reused connections" if reuse else "connection per message"
-    rates: dict[str, list[float]] = {name: [] for name in [*servers.ports, "twin filed"]}
-    cpu_ms: dict[str, list[float]] = {name: [] for name in servers.ports}
+    twins = list(servers.inboxes)
+    rates: dict[str, list[float]] = {name: [] for name in
+                                     [*servers.ports, *(f"{t} filed" for t in twins)]}
+    cpu_ms: dict[str, list[float]] = {name: [] for name in [*servers.ports, "rspamd"]}
     for _ in range(rounds):
         for name, port in servers.ports.items():
             warm = min(200, messages)
-            drive(port, warm, sessions, reuse, servers.rcpt)
-            if name == "twin":  # start with the warm-up filed, not queued
-                servers.in_inbox += warm
-                servers.inbox.wait_for(servers.in_inbox)
+            drive(port, warm, sessions, reuse, servers.rcpt(name))
+            if name in servers.inboxes:  # start with the warm-up filed, not queued
+                servers.in_inbox[name] += warm
+                servers.inboxes[name].wait_for(servers.in_inbox[name])
             cpu = cpu_seconds(servers.pids[name])
+            scanner = tree_cpu_seconds(servers.pids["rspamd"]) if "rspamd" in servers.pids \
+                and name == "twin+rspamd" else 0.0
             start = time.perf_counter()
-            drive(port, messages, sessions, reuse, servers.rcpt)
+            drive(port, messages, sessions, reuse, servers.rcpt(name))
             rates[name].append(messages / (time.perf_counter() - start))
-            if name == "twin":
-                servers.in_inbox += messages
-                servers.inbox.wait_for(servers.in_inbox)
-                rates["twin filed"].append(messages / (time.perf_counter() - start))
+            if name in servers.inboxes:
+                servers.in_inbox[name] += messages
+                servers.inboxes[name].wait_for(servers.in_inbox[name])
+                rates[f"{name} filed"].append(messages / (time.perf_counter() - start))
             cpu_ms[name].append((cpu_seconds(servers.pids[name]) - cpu) / messages * 1e3)
+            if scanner:
+                cpu_ms["rspamd"].append(
+                    (tree_cpu_seconds(servers.pids["rspamd"]) - scanner) / messages * 1e3)
     for name in servers.ports:
         emit("smtp", f"{name}, {mode}, 4 KiB, {sessions} sessions, median of {rounds}",
              statistics.median(rates[name]), "msg/s")
-        if name == "twin":
-            emit("smtp", f"twin, filed into the Inbox, {mode}, median",
-                 statistics.median(rates["twin filed"]), "msg/s")
+        if name in servers.inboxes:
+            emit("smtp", f"{name}, filed into Inbox/Junk, {mode}, median",
+                 statistics.median(rates[f"{name} filed"]), "msg/s")
         emit("smtp", f"{name} CPU per message, {mode}, median", statistics.median(cpu_ms[name]),
              "ms")
+    if cpu_ms["rspamd"]:
+        emit("smtp", f"rspamd CPU per message (all its processes), {mode}, median",
+             statistics.median(cpu_ms["rspamd"]), "ms")
+        emit("smtp", f"ratio twin+rspamd/twin, {mode}",
+             statistics.median(rates["twin+rspamd"]) / statistics.median(rates["twin"]), "x")
     per_round = [t / a for t, a in zip(rates["twin"], rates["aiosmtpd"], strict=True)]
     aio = statistics.median(rates["aiosmtpd"])
     emit("smtp", f"ratio twin/aiosmtpd, {mode}", statistics.median(rates["twin"]) / aio, "x")

@@ -160,6 +160,25 @@ SCHEMA: tuple[Key, ...] = (
         minimum=1),
     Key("smtp.queue_concurrency", int, 8, "Deliveries the legacy queue runs at once.",
         minimum=1),
+    # -- spam filtering (core/spam, protocols/smtp/spam.py)
+    Key("spam.rspamd_url", str, "", "URL of rspamd's normal worker (e.g. http://127.0.0.1:11333)"
+        " that scans inbound mail before the 250; empty: rspamd is not used."),
+    Key("spam.rspamd_controller_url", str, "", "URL of rspamd's controller worker (e.g. "
+        "http://127.0.0.1:11334) taught spam/ham when the owner moves mail into or out of "
+        "Junk; empty: rspamd does not learn."),
+    Key("spam.rspamd_password", str, "", "Password of rspamd's controller (kept out of logs)."),
+    Key("spam.timeout", float, 5.0, "Seconds rspamd has to answer one scan or lesson."),
+    Key("spam.max_size", int, 10 * MiB, "Largest message sent to rspamd; larger mail is "
+        "delivered unscanned (with a note in X-Spam-Status).", minimum=1024),
+    Key("spam.on_failure", str, "deliver", "When rspamd cannot answer: deliver unscanned "
+        "(noted in X-Spam-Status and the log) or defer (451, the sender retries).",
+        choices=("deliver", "defer")),
+    Key("spam.builtin", bool, True, "Without rspamd, scan with the small built-in filter "
+        "(GTUBE, SPF/DMARC-based points, per-sender reputation from the owner's moves)."),
+    Key("spam.reputation_size", int, 10_000, "Senders the built-in reputation remembers "
+        "(the least recently judged are forgotten first).", minimum=1),
+    Key("spam.learn_concurrency", int, 2, "Lessons (moves into or out of Junk) sent to "
+        "rspamd at once.", minimum=1),
     Key("imap.port", int, 2143, "IMAP port (STARTTLS).", minimum=0),
     Key("imap.tls_port", int, 2993, "IMAP port with implicit TLS.", minimum=0),
     Key("imap.max_line", int, 64 * 1024, "Longest IMAP command line in bytes.", minimum=1024),
@@ -645,7 +664,7 @@ def file_value(data_dir: Path, name: str) -> Any:
     return values.get(name, BY_NAME[name].default)
 
 
-SECRET_KEYS = frozenset({"smtp.smarthost_password"})
+SECRET_KEYS = frozenset({"smtp.smarthost_password", "spam.rspamd_password"})
 
 
 def render_doc() -> str:

@@ -52,6 +52,7 @@ from core.peer.shares import SharedWithMe
 from core.peer.writes import SharedWrites
 from core.routing import KIND as MAIL_KIND
 from core.routing import MailRouter
+from core.spam import Spam
 from core.users import Throttle, Users
 from phonebook.pins import GuardedPhonebook, PinStore
 from phonebook.record import TwinRecord
@@ -123,6 +124,7 @@ class Service:
         self.shared_writes = SharedWrites(self)  # content.put|delete|mkdir|move received
         self.outbound = OutboundQueue(self)  # legacy SMTP queue; its worker runs in start()
         self.router = MailRouter(self)  # own domain / other twin / legacy world
+        self.spam = Spam(config, self.db, self.mail)  # inbound filter; learns from Junk moves
 
     @classmethod
     def open(cls, data_dir: Path, overrides: dict[str, Any] | None = None) -> Service:
@@ -454,6 +456,7 @@ class Service:
             except Exception:
                 log.exception("error while stopping a listener")
         self.listeners.clear()
+        await self.spam.close()
         await self.mail.stop_intake()  # files what the listeners accepted
         if self.store is not None:
             try:  # leave a fresh twin.db + catalogue backup behind on a clean stop

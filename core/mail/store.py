@@ -167,6 +167,21 @@ class Mailbox:
 
 
 @dataclass(frozen=True)
+class Copied:
+    """A committed COPY or MOVE, for ``MailStore.copy_hooks``.
+
+    The special uses (RFC 6154) of both mailboxes are read in the copy's own
+    transaction, so a hook sees what the user's client saw: a spam filter
+    learns from mail moved into or out of ``\\Junk`` (``core.spam.learn``)."""
+
+    login: str
+    source_special: str | None
+    dest_special: str | None
+    refs: tuple[str, ...]  # the stored bytes of each message copied (``read_bytes``)
+    move: bool
+
+
+@dataclass(frozen=True)
 class Status:
     messages: int
     recent: int
@@ -373,6 +388,9 @@ class MailStore:
         self.metas = MetaCache()
         # called with every committed change of any mailbox (IMAP NOTIFY, RFC 5465)
         self.observers: set[Callable[[int, Change], None]] = set()
+        # called with every committed COPY/MOVE, on the loop; must not block
+        # (the spam learner only queues work: ``core.spam.learn``)
+        self.copy_hooks: list[Callable[[Copied], None]] = []
         # (login, name) -> row, for SELECT of a mailbox some session has open;
         # cleared by every create/delete/rename/subscribe (``_names_changed``)
         self._rows: dict[tuple[str, str], Mailbox] = {}
@@ -1182,6 +1200,9 @@ class MailStore:
         dest = check_name(dest)
         limit = 0 if move else self.quota_bytes
         pending = self.intake.pending(login) if limit and self.intake is not None else 0
+        hooked = bool(self.copy_hooks)
+        source_special: list[str | None] = []  # [source's, destination's] special use
+        refs: list[str] = []
 
         def run(c: sqlite3.Connection) -> tuple[int, int, list[int], list[int], int, Unused,
                                                  int, list[str]]:
@@ -1193,6 +1214,11 @@ class MailStore:
                 rows += c.execute(q, (mailbox_id, *chunk)).fetchall()
             if not rows:
                 return dst.id, dst.uidvalidity, [], [], 0, Unused([], []), 0, []
+            if hooked:
+                found = c.execute("SELECT special FROM mail_mailboxes WHERE id = ?",
+                                  (mailbox_id,)).fetchone()
+                source_special[:] = [found[0] if found else None, dst.special]
+                refs[:] = [r[1] for r in rows]
             if limit:
                 used = pending + int(c.execute(
                     "SELECT coalesce(sum(m.size), 0) FROM mail_messages m JOIN mail_mailboxes b "
@@ -1223,6 +1249,13 @@ class MailStore:
             self._publish(mailbox_id, Change("expunge", tuple(src), modseq=src_modseq))
         self._forget(orphans.refs)
         self._delete_later(orphans.objects)
+        if hooked and refs:
+            copied = Copied(login, source_special[0], source_special[1], tuple(refs), move)
+            for hook in list(self.copy_hooks):
+                try:
+                    hook(copied)
+                except Exception:  # a hook's bug never fails the client's command
+                    log.exception("a copy hook failed")
         return validity, src, new
 
     async def vanished(self, mailbox_id: int, since_modseq: int) -> list[int]:

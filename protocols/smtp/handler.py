@@ -32,9 +32,11 @@ from core.routing import (
     prepend_headers,
     strip_trust_headers,
 )
+from core.spam import Transaction
 from protocols.smtp.errors import SmtpError, replies
-from protocols.smtp.policy import decide
+from protocols.smtp.policy import Decision, decide
 from protocols.smtp.session import Login, TwinSMTP
+from protocols.smtp.spam import refuse, scan, strip_spam_headers, summary, verdict_headers
 from protocols.smtp.verify import AuthResults, Verifier, from_domains
 
 if TYPE_CHECKING:
@@ -96,11 +98,12 @@ class BaseHandler:
         self.hostname = conf.str("smtp.hostname") or conf.domain
         self.max_recipients = conf.int("smtp.max_recipients")
         self.queue_ids = QueueIds()
-        # recipients refused during a transaction, for its log line
+        # recipients refused during a transaction, and its spam verdict, for its log line
         self._refused: weakref.WeakKeyDictionary[Envelope, list[str]] = \
             weakref.WeakKeyDictionary()
         # where an accepted message went, for the same line
         self._routed: weakref.WeakKeyDictionary[Envelope, Routed] = weakref.WeakKeyDictionary()
+        self._spam: weakref.WeakKeyDictionary[Envelope, str] = weakref.WeakKeyDictionary()
 
     def _count_ok(self, envelope: Envelope) -> None:
         if len(envelope.rcpt_tos) >= self.max_recipients:
@@ -130,13 +133,14 @@ class BaseHandler:
         log.info("%s", transaction_line(self.role, server, session, envelope, reply,
                                          self._refused.pop(envelope, []),
                                          time.monotonic() - started,
-                                         self._routed.pop(envelope, None)))
+                                         self._routed.pop(envelope, None),
+                                         self._spam.pop(envelope, None)))
         return reply
 
 
 def transaction_line(role: str, server: TwinSMTP, session: Session, envelope: Envelope,
                      reply: str, refused: list[str], seconds: float,
-                     routed: Routed | None = None) -> str:
+                     routed: Routed | None = None, spam: str | None = None) -> str:
     """One log line per SMTP transaction, as Postfix and mox write them: the
     queue id, who sent what to whom, who was refused, the answer, and where the
     message went (``Routed.trace``: the ids the next hops log it under)."""
@@ -156,6 +160,8 @@ def transaction_line(role: str, server: TwinSMTP, session: Session, envelope: En
               f"ms={seconds * 1000:.0f}"]
     if routed is not None and (trace := routed.trace()):
         parts.append(trace)
+    if spam:  # action/score/filter/symbols (protocols.smtp.spam.summary)
+        parts.append(f'spam="{spam}"')
     return " ".join(parts)
 
 
@@ -167,6 +173,7 @@ class InboundHandler(BaseHandler):
     def __init__(self, service: Service, verifier: Verifier) -> None:
         super().__init__(service)
         self.verifier = verifier
+        self.spam = service.spam.filter  # None: no scanning (core.spam)
 
     # RFC 5321 §4.1.1.3 (RCPT): only our domains, only existing mailboxes
     @replies
@@ -194,13 +201,26 @@ class InboundHandler(BaseHandler):
             if decision.action == "reject":
                 raise SmtpError(550, "5.7.1", decision.reason)
             raise SmtpError(451, "4.7.1", decision.reason)
+        queue_id = self.queue_ids.next()
+        verdict = None
+        if self.spam is not None:  # protocols.smtp.spam: reject/defer raise SmtpError
+            verdict = await scan(self.spam, raw, Transaction(
+                server.peer_ip, session.host_name or "", envelope.mail_from or "",
+                tuple(envelope.rcpt_tos), queue_id, self.hostname, results.spf.result,
+                results.dmarc.result))
+            self._spam[envelope] = summary(verdict)
+            refuse(verdict)
+            if verdict.action == "junk" and decision.action == "deliver":
+                decision = Decision("junk", verdict.reason)
         # RFC 8601 §5: no Authentication-Results under our names but ours
         message = strip_trust_headers(raw, self.hostname, self.service.config.domain)
         headers: list[tuple[str, str]] = []
-        queue_id = self.queue_ids.next()
         headers.append(("Received", _received(server, session, envelope, self.hostname,
                                               queue_id)))
         headers.append(("Authentication-Results", results.header(self.hostname)))
+        if verdict is not None:
+            message = strip_spam_headers(message, verdict.remove_headers)
+            headers += verdict_headers(verdict)
         warning = await self._impersonation(message, results)
         if warning:
             headers.append(("X-Twin-Warning", warning))
