@@ -69,6 +69,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("log.level", str, "info", "Log level.", choices=("debug", "info", "warning", "error")),
     Key("log.format", str, "text", "Log lines as text, or one JSON object each for machines.",
         choices=("text", "json")),
+    Key("log.http_requests", bool, True,
+        "One line per HTTPS request (method, path without its query, status, bytes, ms, "
+        "client); never bodies or queries."),
     Key("log.file", str, "",
         "File `twin serve` logs to (relative to the data dir) instead of stderr; "
         "rotated by log.max_bytes and log.backups."),

@@ -387,21 +387,27 @@ class Peer:
 
         ``stream_ok=False`` (a batch) refuses kinds answered with a stream."""
         sender = "?"
+        parsed: list[env.Envelope] = []  # the envelope, once it is verified and parsed
+        started = time.monotonic()
         try:
             if len(raw) > self.max_envelope:
                 raise Refusal("too_large", f"envelope over {self.max_envelope} bytes")
             sig, body = env.split(raw)
             sender = env.peek_sender(body)
-            return await self._receive(sender, sig, body, stream_ok)
+            answer = await self._receive(sender, sig, body, stream_ok, parsed)
         except Refusal as refusal:
-            log.warning("refused envelope from %s: %s (%s)", sender, refusal.code,
-                        refusal.message)
+            log.warning("%s outcome=%s (%s)", _envelope_line(sender, parsed, started),
+                        refusal.code, refusal.message)
             raise
+        log.info("%s outcome=ok", _envelope_line(sender, parsed, started))
+        return answer
 
-    async def _receive(self, sender: str, sig: bytes, body: bytes, stream_ok: bool) -> Answer:
+    async def _receive(self, sender: str, sig: bytes, body: bytes, stream_ok: bool,
+                       parsed: list[env.Envelope]) -> Answer:
         record = await self._sender_record(sender)
         env.verify(sig, body, record.public_key)
         e = env.parse(body)
+        parsed.append(e)
         if e.sender != record.name:
             raise Refusal("malformed", "envelope 'from' does not name the signer")
         if e.recipient != self.name:
@@ -593,6 +599,15 @@ def refusal_body(refusal: Refusal) -> dict[str, Any]:
     if refusal.ack:
         body["ack"] = base64.b64encode(refusal.ack).decode()
     return body
+
+
+def _envelope_line(sender: str, parsed: list[env.Envelope], started: float) -> str:
+    """The start of the one line each received envelope gets (issue 21 item 4): who
+    sent which kind under which uid (the sender's outbox logs the same uid), and
+    how long it took; the caller adds the outcome, ``ok`` or the refusal code."""
+    kind, uid = (parsed[0].kind[:40], parsed[0].uid.hex()[:16]) if parsed else ("?", "?")
+    ms = (time.monotonic() - started) * 1000
+    return f"peer in: kind={kind} from={sender[:64]} uid={uid} ms={ms:.0f}"
 
 
 __all__ = ["OWNER", "Answer", "Peer", "current_envelope", "refusal_body"]

@@ -133,3 +133,35 @@ async def test_one_delivery_is_followed_by_its_ids_from_smtp_to_the_idle_push(
     uid2 = _filed_uid(blog, seq2)
     assert uid2 == uid + 1
     assert re.search(rf"imap idle: pushed 2 EXISTS to \S+ in INBOX \(last uid {uid2}\)", blog)
+
+
+async def test_one_line_per_https_request_and_per_peer_envelope(
+        twins: Callable[..., TwinProcess]) -> None:
+    """Issue 21 item 4: an HTTPS request's line has method, path (never its query),
+    status, bytes, ms and client; a received envelope's line has kind, sender, uid
+    and the outcome, ``ok`` or the refusal code."""
+    import httpx
+
+    alice, bob = twins("alice"), twins("bob", sets=["log.http_requests=false"])
+    async with httpx.AsyncClient(verify=False, timeout=30) as http:
+        got = await http.get(f"{alice.url}/twin/v1/health?token=s3cret")
+        assert got.status_code == 200
+        await http.get(f"{bob.url}/twin/v1/health")
+        refused = await http.post(f"{alice.url}/twin/v1/envelope", content=b"\x00garbage")
+        assert refused.status_code >= 400
+    await _send(alice.port("submission"), alice.login, bob.login, (alice.login, alice.password))
+    for _ in range(100):  # the outbox delivers behind the 250
+        if "peer in: kind=mail.deliver" in bob.log():
+            break
+        await asyncio.sleep(0.1)
+    alog, blog = alice.log(), bob.log()
+
+    line = _one(r"http: GET /twin/v1/health .*$", alog).group(0)
+    assert re.search(rf"GET /twin/v1/health 200 {len(got.content)}B \d+ms client=127\.0\.0\.1",
+                     line), line
+    assert "s3cret" not in alog and "token=" not in alog
+    assert "http: " not in blog  # log.http_requests = false
+    assert re.search(r"http: POST /twin/v1/envelope 4\d\d ", alog)
+    assert re.search(r"peer in: kind=\? from=\S+ uid=\? ms=\d+ outcome=\w+ ", alog)
+    assert re.search(r"peer in: kind=mail\.deliver from=alice uid=[0-9a-f]{16} ms=\d+ outcome=ok",
+                     blog), blog[-2000:]
