@@ -132,7 +132,9 @@ async def _read_capped(request: Request, cap: int, what: str, budget: ByteBudget
     if too_large or busy:
         held.release()
         code = "too_large" if too_large else "unavailable"
-        log.warning("refused %s from %s: %s", what, request.client, code)
+        # the same line as every received envelope's (core.peer.peer: peer in: ...)
+        log.warning("peer in: kind=? from=%s uid=? outcome=%s (%s refused before it was "
+                    "read whole)", request.client.host if request.client else "?", code, what)
         if too_large:
             return _refuse(Refusal(code, f"{what} over {cap} bytes"))
         return _refuse(Refusal(code, "busy: too many request bodies in memory, retry later"))
