@@ -22,6 +22,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
+from core.dnsresolver import async_resolver
 from core.zone import Record
 
 TIMEOUT = 5.0
@@ -47,14 +48,7 @@ class Finding:
 
 def resolver(nameserver: str | None) -> dns.asyncresolver.Resolver:
     """The system's resolver, or one that asks only ``HOST[:PORT]``."""
-    if not nameserver:
-        r = dns.asyncresolver.Resolver()
-    else:
-        host, _, port = nameserver.rpartition(":") if nameserver.count(":") == 1 \
-            else (nameserver, "", "")
-        r = dns.asyncresolver.Resolver(configure=False)
-        r.nameservers = [host or nameserver]
-        r.port = int(port) if port else 53
+    r = async_resolver(nameserver or "")
     r.lifetime = TIMEOUT
     return r
 

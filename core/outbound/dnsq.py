@@ -31,6 +31,8 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from core.dnsresolver import async_resolver
+
 log = logging.getLogger("twin.outbound")
 MAX_RECORDS = 32
 MAX_TXT = 2048
@@ -73,18 +75,7 @@ class OutboundDns:
     def __init__(self, timeout: float, nameserver: str = "") -> None:
         self.timeout = timeout
         self.configured = bool(nameserver)
-        if nameserver:
-            host, _, port = (nameserver.rpartition(":") if nameserver.count(":") == 1
-                             else (nameserver, "", ""))
-            self.resolver = dns.asyncresolver.Resolver(configure=False)
-            self.resolver.nameservers = [host.strip("[]") or nameserver]
-            self.resolver.port = int(port) if port else 53
-        else:
-            try:
-                self.resolver = dns.asyncresolver.Resolver()
-            except dns.resolver.NoResolverConfiguration:
-                self.resolver = dns.asyncresolver.Resolver(configure=False)
-                self.resolver.nameservers = ["127.0.0.1"]
+        self.resolver = async_resolver(nameserver)
         # DO: ask for DNSSEC data, so a validating resolver sets AD; AD in the query
         # asks for the bit without the signatures (RFC 6840 §5.7).
         self.resolver.use_edns(0, dns.flags.DO, 1232)

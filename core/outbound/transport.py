@@ -14,9 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import aiosmtplib
-import dns.asyncresolver
 import dns.exception
-import dns.resolver
 
 from core.outbound import dane
 from core.outbound.dnsq import DnsTemporary, OutboundDns, Tlsa, is_ip
@@ -75,20 +73,7 @@ def _from_reply(code: int, message: str) -> Verdict:
 MxResolver = Callable[[str, float], Awaitable[list[tuple[int, str]]]]
 
 
-async def dns_mx(domain: str, lifetime: float) -> list[tuple[int, str]]:
-    """The domain's MX records from the system's DNS servers (dnspython)."""
-    resolver = dns.asyncresolver.Resolver()
-    resolver.lifetime = lifetime
-    try:
-        answer = await resolver.resolve(domain, "MX")
-    except dns.resolver.NXDOMAIN:
-        raise LookupError(f"domain {domain} does not exist") from None
-    except dns.resolver.NoAnswer:
-        return []
-    return [(int(r.preference), str(r.exchange).rstrip(".")) for r in answer]
-
-
-async def mx_hosts(domain: str, lifetime: float, resolve: MxResolver = dns_mx) -> list[str]:
+async def mx_hosts(domain: str, lifetime: float, resolve: MxResolver) -> list[str]:
     """MX hosts by preference; the domain itself when it has none (RFC 5321 §5.1)."""
     records = sorted(await resolve(domain, lifetime))
     if not records:
@@ -152,7 +137,7 @@ def _unverified_context() -> ssl.SSLContext:
 
 
 async def send(relay: Relay, mail_from: str, rcpts: Sequence[str],
-               message: bytes, resolve: MxResolver = dns_mx,
+               message: bytes, resolve: MxResolver,
                policies: TlsPolicies | None = None) -> dict[str, Verdict]:
     """Try once; every recipient gets a verdict. ``resolve`` finds MX records;
     ``policies`` (None: opportunistic STARTTLS only) adds MTA-STS and DANE."""

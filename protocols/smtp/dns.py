@@ -23,6 +23,8 @@ import dns.exception
 import dns.name
 import dns.resolver
 
+from core.dnsresolver import sync_resolver
+
 Resolver = Callable[[str, str], list[str]]
 _deadline: ContextVar[float | None] = ContextVar("twin_dns_deadline", default=None)
 
@@ -56,14 +58,7 @@ def remaining(cap: float) -> float:
 
 def system_resolver(timeout: float, nameserver: str = "") -> Resolver:
     """The system's resolver, or one that asks only ``HOST[:PORT]`` (``smtp.nameserver``)."""
-    if nameserver:
-        host, _, port = (nameserver.rpartition(":") if nameserver.count(":") == 1
-                         else (nameserver, "", ""))
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = [host or nameserver]
-        resolver.port = int(port) if port else 53
-    else:
-        resolver = dns.resolver.Resolver()
+    resolver = sync_resolver(nameserver)
 
     def lookup(name: str, rdtype: str) -> list[str]:
         try:  # a name no query can be asked for (empty or long labels) has no records
