@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
@@ -105,19 +105,24 @@ def strip_trust_headers(message: bytes, *authserv_ids: str) -> bytes:
 
     ``authserv_ids``: every name this twin writes Authentication-Results under
     (its domain for twin-to-twin mail, its SMTP hostname for inbound SMTP)."""
-    fields, rest = split_message(message)
     ours = {i.lower().encode() for i in authserv_ids}
-    kept = []
-    for f in fields:
+
+    def claims_us(f: bytes) -> bool:
         name = header_name(f)
         if name in TRUST_HEADERS:
-            continue
-        if name == b"authentication-results":
-            value = f.split(b":", 1)[1].strip().lower() if b":" in f else b""
-            if value.split(b";", 1)[0].strip() in ours:
-                continue
-        kept.append(f)
-    return b"\r\n".join(kept) + b"\r\n" + rest
+            return True
+        if name != b"authentication-results":
+            return False
+        value = f.split(b":", 1)[1].strip().lower() if b":" in f else b""
+        return value.split(b";", 1)[0].strip() in ours
+    return drop_fields(message, claims_us)
+
+
+def drop_fields(message: bytes, drop: Callable[[bytes], bool]) -> bytes:
+    """``message`` without the header fields ``drop`` says yes to; a message that is
+    all header gets the empty line that ends a header (RFC 5322 §2.1)."""
+    fields, rest = split_message(message)
+    return b"\r\n".join(f for f in fields if not drop(f)) + b"\r\n" + rest
 
 
 def prepend_headers(message: bytes, headers: Iterable[tuple[str, str]]) -> bytes:

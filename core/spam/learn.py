@@ -49,7 +49,6 @@ class Learner:
         self.store, self.reputation, self.rspamd = store, reputation, rspamd
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
-        self.learned = 0  # lessons given (tests, `twin status`)
 
     def copied(self, copied: Copied) -> None:
         spam = lesson(copied)
@@ -91,12 +90,11 @@ class Learner:
                     log.warning("spam: rspamd did not learn a message %s marked as %s: %s",
                                 login, what, exc)
                     return
-            self.learned += 1
             log.info("spam: %s marked a message from %s as %s (%s)", login,
                      ",".join(senders[:3]) or "-", what, result)
 
     async def drain(self) -> None:
-        """Wait for the lessons under way (tests; shutdown gives them a moment)."""
+        """Wait for the lessons under way (tests wait for them before asking rspamd)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 

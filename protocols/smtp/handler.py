@@ -36,7 +36,7 @@ from core.spam import Transaction
 from protocols.smtp.errors import SmtpError, replies
 from protocols.smtp.policy import Decision, decide
 from protocols.smtp.session import Login, TwinSMTP
-from protocols.smtp.spam import refuse, scan, strip_spam_headers, summary, verdict_headers
+from protocols.smtp.spam import refuse, strip_spam_headers, summary, verdict_headers
 from protocols.smtp.verify import AuthResults, Verifier, from_domains
 
 if TYPE_CHECKING:
@@ -204,7 +204,7 @@ class InboundHandler(BaseHandler):
         queue_id = self.queue_ids.next()
         verdict = None
         if self.spam is not None:  # protocols.smtp.spam: reject/defer raise SmtpError
-            verdict = await scan(self.spam, raw, Transaction(
+            verdict = await self.spam.check(raw, Transaction(
                 server.peer_ip, session.host_name or "", envelope.mail_from or "",
                 tuple(envelope.rcpt_tos), queue_id, self.hostname, results.spf.result,
                 results.dmarc.result))

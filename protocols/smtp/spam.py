@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from core.routing import header_name, split_message
-from core.spam import SpamFilter, Transaction, Verdict
+from core.routing import drop_fields, header_name
+from core.spam import Verdict
 from protocols.smtp.errors import SmtpError
 
 SPAM_HEADERS = frozenset({b"x-spam-status", b"x-spam-score", b"x-spam", b"x-spam-flag",
@@ -38,16 +38,7 @@ SPAM_HEADERS = frozenset({b"x-spam-status", b"x-spam-score", b"x-spam", b"x-spam
 def strip_spam_headers(message: bytes, also: Iterable[str] = ()) -> bytes:
     """``message`` without spam-verdict headers someone else wrote."""
     names = SPAM_HEADERS | {n.lower().encode() for n in also}
-    fields, rest = split_message(message)
-    kept = [f for f in fields if header_name(f) not in names]
-    if len(kept) == len(fields):
-        return message
-    return b"\r\n".join(kept) + b"\r\n" + rest
-
-
-async def scan(spam_filter: SpamFilter, message: bytes, tx: Transaction) -> Verdict:
-    """The filter's verdict (see ``refuse`` for what reject and defer become)."""
-    return await spam_filter.check(message, tx)
+    return drop_fields(message, lambda f: header_name(f) in names)
 
 
 def summary(verdict: Verdict) -> str:
