@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,7 +62,7 @@ from core.peer.client import (
 )
 from core.peer.content import publish
 from core.peer.errors import Refusal, http_status
-from core.peer.peer import refusal_body
+from core.peer.peer import log_envelope, refusal_body
 
 if TYPE_CHECKING:
     from core.service import Service
@@ -131,13 +132,13 @@ async def _read_capped(request: Request, cap: int, what: str, budget: ByteBudget
         return Response(status_code=400)
     if too_large or busy:
         held.release()
-        code = "too_large" if too_large else "unavailable"
-        # the same line as every received envelope's (core.peer.peer: peer in: ...)
-        log.warning("peer in: kind=? from=%s uid=? outcome=%s (%s refused before it was "
-                    "read whole)", request.client.host if request.client else "?", code, what)
-        if too_large:
-            return _refuse(Refusal(code, f"{what} over {cap} bytes"))
-        return _refuse(Refusal(code, "busy: too many request bodies in memory, retry later"))
+        refusal = Refusal("too_large", f"{what} over {cap} bytes") if too_large else \
+            Refusal("unavailable", "busy: too many request bodies in memory, retry later")
+        if what == "message":  # the owner's own `twin send`, not another twin's envelope
+            log.warning("local send refused: %s (%s)", refusal.code, refusal.message)
+        else:
+            log_envelope(ip, (), time.monotonic(), refusal)
+        return _refuse(refusal)
     held.data = b"".join(chunks)
     return held
 

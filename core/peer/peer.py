@@ -19,7 +19,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -396,10 +396,9 @@ class Peer:
             sender = env.peek_sender(body)
             answer = await self._receive(sender, sig, body, stream_ok, parsed)
         except Refusal as refusal:
-            log.warning("%s outcome=%s (%s)", _envelope_line(sender, parsed, started),
-                        refusal.code, refusal.message)
+            log_envelope(sender, parsed, started, refusal)
             raise
-        log.info("%s outcome=ok", _envelope_line(sender, parsed, started))
+        log_envelope(sender, parsed, started)
         return answer
 
     async def _receive(self, sender: str, sig: bytes, body: bytes, stream_ok: bool,
@@ -601,16 +600,23 @@ def refusal_body(refusal: Refusal) -> dict[str, Any]:
     return body
 
 
-def _envelope_line(sender: str, parsed: list[env.Envelope], started: float) -> str:
-    """The start of the one line each received envelope gets (issue 21 item 4): who
-    sent which kind under which uid (the sender's outbox logs the same uid), and
-    how long it took; the caller adds the outcome, ``ok`` or the refusal code."""
+def log_envelope(sender: str, parsed: Sequence[env.Envelope], started: float,
+                 refusal: Refusal | None = None) -> None:
+    """The one line each received envelope gets (issue 21 item 4): who sent which
+    kind under which uid (the sender's outbox logs the same uid), how long it took,
+    and the outcome, ``ok`` or the refusal code. ``parsed`` is empty when the
+    envelope was refused before it could be verified and parsed (by the API, for
+    its size, too)."""
     kind, uid = (parsed[0].kind[:40], parsed[0].uid.hex()[:16]) if parsed else ("?", "?")
     ms = (time.monotonic() - started) * 1000
-    return f"peer in: kind={kind} from={sender[:64]} uid={uid} ms={ms:.0f}"
+    line = f"peer in: kind={kind} from={sender[:64]} uid={uid} ms={ms:.0f}"
+    if refusal is None:
+        log.info("%s outcome=ok", line)
+    else:
+        log.warning("%s outcome=%s (%s)", line, refusal.code, refusal.message)
 
 
-__all__ = ["OWNER", "Answer", "Peer", "current_envelope", "refusal_body"]
+__all__ = ["OWNER", "Answer", "Peer", "current_envelope", "log_envelope", "refusal_body"]
 
 
 def _check_pk(record: TwinRecord) -> None:
