@@ -125,13 +125,16 @@ async def test_interrupted_drain_resumes_and_bad_share_is_rebuilt(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    partly = await store.shares_on("b0")
-    assert 0 < partly < total
     await store.close()
 
     # a share on the draining backend goes bad meanwhile: it is rebuilt, not copied
     store = make_store(segment_size=SEG, specs=local_specs(tmp_path / "shards") + specs[:1])
     assert store.draining == {"b0"}  # the mark survived the restart
+    # counted after the restart: a catalogue write already on the database thread when
+    # the drain was cancelled still commits (a thread cannot be interrupted), so a count
+    # taken right after the cancel could be one share too high under load
+    partly = await store.shares_on("b0")
+    assert 0 < partly < total
     oid, seg = (await store.catalogue.segments_on("b0"))[0]
     index = (await store.manifest(oid)).segments[seg].placement.index("b0")
     await store.close()
