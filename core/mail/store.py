@@ -241,6 +241,15 @@ class Watch:
     limit: int = 10_000
     overflowed: bool = False
 
+    def take_recent(self, uid: int) -> bool:
+        """Whether ``uid`` is \\Recent for this session, handing it over: the session
+        keeps its own set from here (kept here too, it grew by every message a long
+        IDLE saw)."""
+        if uid in self.recent:
+            self.recent.discard(uid)
+            return True
+        return False
+
     def push(self, change: Change) -> None:
         if not self.overflowed:
             if len(self.pending) >= self.limit:

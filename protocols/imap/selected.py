@@ -164,12 +164,8 @@ class Selected:
                         self.uids.append(uid)
                         self.flag_list.append(change.flags)
                         self.modseq_list.append(change.modseq)
-                        if uid in self.watch.recent:
-                            # claimed for this session: the watch's copy is not needed
-                            # again (kept, it grew by every message a long IDLE saw)
-                            self.watch.recent.discard(uid)
-                            if not self.no_recent:
-                                self.recent.add(uid)
+                        if self.watch.take_recent(uid) and not self.no_recent:
+                            self.recent.add(uid)
                 yield from self.announce(change.flags)
                 self.highestmodseq = max(self.highestmodseq, change.modseq)
             elif change.kind == "flags":
