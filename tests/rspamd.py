@@ -19,6 +19,7 @@ starts to a few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -132,13 +133,10 @@ def start_rspamd(workdir: Path, *, wait: float = 120.0) -> Rspamd:
             raise RuntimeError(f"rspamd exited with {proc.returncode}: "
                                f"{(workdir / 'stderr').read_text()[-2000:]}"
                                f"{server.log()[-2000:]}")
-        try:
-            ok = (httpx.get(f"{server.url}/ping", timeout=1).text.strip() == "pong"
-                  and httpx.get(f"{server.controller_url}/ping", timeout=1).status_code == 200)
-            if ok:
+        with contextlib.suppress(httpx.HTTPError):  # not listening yet
+            if (httpx.get(f"{server.url}/ping", timeout=1).text.strip() == "pong"
+                    and httpx.get(f"{server.controller_url}/ping", timeout=1).status_code == 200):
                 return server
-        except httpx.HTTPError:
-            pass
         time.sleep(0.25)
     server.close()
     raise RuntimeError(f"rspamd did not answer within {wait:.0f} s: {server.log()[-2000:]}")

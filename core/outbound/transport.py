@@ -232,11 +232,9 @@ async def _plan(policies: TlsPolicies | None, domain: str, host: str, sts: Polic
 
 
 def _tls_context(relay: Relay, smarthost: bool) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
     if not smarthost or not relay.verify:  # MX STARTTLS is opportunistic (RFC 3207 §4.1)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+        return _unverified_context()
+    return ssl.create_default_context()
 
 
 async def _attempt(relay: Relay, host: str, port: int, mail_from: str, rcpts: Sequence[str],

@@ -74,7 +74,7 @@ class PolicyServer:
                 self.wfile.write(outer.body)
 
             def log_message(self, format: str, *args: Any) -> None:
-                pass
+                """Quiet: the tests read ``requests``, not http.server's stderr."""
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
