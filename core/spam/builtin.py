@@ -17,7 +17,7 @@ per-sender reputation (``core.spam.reputation``):
 from __future__ import annotations
 
 from core.errors import Invalid
-from core.routing import domain_of, from_addresses, header_values
+from core.routing import domain_of, from_addresses, header_name, split_message
 from core.spam.reputation import JUNK, TRUSTED, Reputation
 from core.spam.verdict import Transaction, Verdict
 
@@ -57,12 +57,12 @@ class Builtin:
         if (tx.spf == "fail" or tx.dmarc == "fail") and envelope and any(
                 domain_of(s) != envelope for s in senders):
             points.append(("FROM_NEQ_ENVFROM", 2.0))
-        head = message[:MAX_SCAN]  # the header block is within it, or not worth reading
-        for name, symbol in (("message-id", "MISSING_MID"), ("date", "MISSING_DATE")):
-            try:
-                if not header_values(head, name):
-                    points.append((symbol, 1.0))
-            except Invalid:  # a header block over core.routing.MAX_HEADER_BLOCK
+        try:  # one pass over the header block (it is within MAX_SCAN or not worth reading)
+            present = {header_name(f) for f in split_message(message[:MAX_SCAN])[0]}
+        except Invalid:  # a header block over core.routing.MAX_HEADER_BLOCK
+            present = set()
+        for name, symbol in ((b"message-id", "MISSING_MID"), (b"date", "MISSING_DATE")):
+            if name not in present:
                 points.append((symbol, 1.0))
         score = sum(p for _, p in points)
         action = "junk" if score >= JUNK_SCORE else "deliver"
