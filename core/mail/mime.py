@@ -40,6 +40,8 @@ MAX_PARAMS = 100
 MAX_PARAM_HEADER = 8 * 1024  # longer Content-Type/-Disposition: _plain_params
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _HEADER_END = re.compile(rb"\r\n\r\n")
+_FIELD_START = re.compile(r"\r\n(?![ \t])")  # a line break that starts a new field
+_FOLD = re.compile(r"\r\n(?=[ \t])")
 LONE_LF = re.compile(rb"(?<!\r)\n")
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
@@ -102,11 +104,13 @@ def parse_headers(raw: bytes) -> list[tuple[str, str]]:
     """Unfolded (lower-case name, value) pairs; values decoded as UTF-8 with replacement."""
     out: list[tuple[str, str]] = []
     text = raw.decode("utf-8", "replace")
-    for line in re.split(r"\r\n(?![ \t])", text):
+    for line in _FIELD_START.split(text):
         if not line or ":" not in line:
             continue
         name, _, value = line.partition(":")
-        out.append((name.strip().lower(), re.sub(r"\r\n(?=[ \t])", "", value).strip()))
+        if "\r\n" in value:  # folded (rare): unfold
+            value = _FOLD.sub("", value)
+        out.append((name.strip().lower(), value.strip()))
     return out
 
 
