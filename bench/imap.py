@@ -2,19 +2,32 @@
 
 1. Mixed workload: 10 concurrent clients, each looping login, select, fetch
    headers, fetch a body, store flags, append, expunge, logout; commands/s.
-2. A 100,000-message mailbox: SELECT (first, cold; then again, median of 5)
+2. A 100,000-message mailbox of distinct messages in conversations of five
+   (``realistic``: replies with References, 50 senders, shuffled dates): SELECT (first, cold; then again, median of 5)
    and ``UID FETCH 1:* (FLAGS)`` (median of 3), in seconds.
+3. The same mailbox as a mail client meets it, every step from a **new
+   session** (``--sessions`` of them, twin and Dovecot alternating in rounds,
+   both servers up at once): connect + LOGIN + SELECT; ``FETCH 1:* (UID
+   RFC822.SIZE FLAGS INTERNALDATE)``; ``UID SEARCH UNSEEN``; ``FETCH 1:200``
+   of the header fields a client lists; ``SORT (REVERSE DATE)``; ``THREAD
+   REFERENCES``; LOGOUT. Each step's median, the server's CPU per session
+   (from /proc: the twin process; Dovecot's master, its children and the
+   children it reaped), and a *cold* session first: both servers restarted and
+   the page cache dropped (when this process may) before it. Then RSS: the
+   twin's over idle with the mailbox selected, against Dovecot's imap process.
 
 The twin runs as a real ``twin serve`` process; Dovecot from a temporary config
-(``dovecot -F -c``, passwd-file, maildir, 127.0.0.1, no TLS). Prints one JSON
-line per figure, with the Dovecot figure and the ratio (>1 means the twin is
-better). Run: ``.venv/bin/python bench/imap.py [--clients 10] [--seconds 10]``.
+(``dovecot -F -c``, passwd-file with an Argon2id hash and the auth cache on,
+maildir, 127.0.0.1, no TLS). Prints one JSON line per figure, with the Dovecot
+figure and the ratio (>1 means the twin is better). Run: ``.venv/bin/python bench/imap.py [--clients 10] [--seconds 10]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import email.utils
 import imaplib
 import json
 import os
@@ -27,6 +40,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -62,7 +76,11 @@ class Dovecot:
         self.maildir = self.home / "Maildir"
         for d in ("cur", "new", "tmp"):
             (self.maildir / d).mkdir(parents=True, exist_ok=True)
-        (root / "passwd").write_text(f"{user}:{{PLAIN}}{password}::::::\n")
+        # hashed as the twin hashes (Argon2id), with Dovecot's auth cache on as the
+        # twin's verified-login cache is: each side pays one hash per restart
+        hashed = subprocess.run(["doveadm", "pw", "-s", "ARGON2ID", "-p", password],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        (root / "passwd").write_text(f"{user}:{hashed}::::::\n")
         uid = gid = 65534
         conf = f"""
 base_dir = {root}/run
@@ -73,11 +91,12 @@ listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+auth_cache_size = 1M
 first_valid_uid = {uid}
 mail_location = maildir:~/Maildir
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {root}/passwd
+  args = username_format=%u {root}/passwd
 }}
 userdb {{
   driver = static
@@ -105,13 +124,18 @@ protocol imap {{
         self.proc: subprocess.Popen[bytes] | None = None
         self.uid = uid
 
-    def populate(self, count: int, *, seen_every: int = 3) -> None:
+    def populate(self, count: int, *, seen_every: int = 3, distinct: bool = False) -> None:
         """Write maildir files directly (what Dovecot would have delivered)."""
         cur = self.maildir / "cur"
         now = int(time.time())
         for i in range(count):
             flags = "S" if i % seen_every == 0 else ""
-            (cur / f"{now}.M{i}P1.bench:2,{flags}").write_bytes(MSG % (i, i))
+            path = cur / f"{now}.M{i}P1.bench:2,{flags}"
+            if distinct:
+                path.write_bytes(realistic(i))
+                os.utime(path, (BASE_DATE + i * 60, BASE_DATE + i * 60))  # internal date
+            else:
+                path.write_bytes(MSG % (i, i))
 
     def start(self) -> None:
         subprocess.run(["chown", "-R", f"{self.uid}:{self.uid}", str(self.root / "home")],
@@ -157,6 +181,51 @@ def populate_twin(twin: TwinProcess, count: int, distinct: int = 100) -> None:
                     await mail.bulk_insert(twin.login, "INBOX", batch)
                     batch = []
             if batch:
+                await mail.bulk_insert(twin.login, "INBOX", batch)
+        finally:
+            await close_service(service)
+    asyncio.run(run())
+
+
+BASE_DATE = 1_700_000_000
+
+
+def realistic(i: int) -> bytes:
+    """Message ``i`` of a mailbox of conversations: every fifth starts a thread, the
+    others reply to the one before (Re:, In-Reply-To, References); 50 senders;
+    sent dates a minute apart, shuffled within the hour; all distinct."""
+    root = i - i % 5
+    sender = i % 50
+    head = f"From: User {sender} <user{sender}@example.org>\r\nTo: bob@example.org\r\n"
+    if i % 5:
+        head += (f"Subject: Re: topic {i // 5}\r\nIn-Reply-To: <{i - 1}@bench>\r\n"
+                 f"References: <{root}@bench> <{i - 1}@bench>\r\n")
+    else:
+        head += f"Subject: topic {i // 5}\r\n"
+    sent = email.utils.formatdate(BASE_DATE + i * 60 + (i * 7919) % 3600)
+    head += f"Date: {sent}\r\nMessage-ID: <{i}@bench>\r\n\r\n"
+    return head.encode() + b"line of body text for the benchmark %d\r\n" % i * 40
+
+
+def populate_twin_realistic(twin: TwinProcess, count: int) -> None:
+    """``count`` distinct messages (``realistic``), stored packed as the twin's intake
+    stores mail, then inserted in bulk; before the twin process starts."""
+    async def run() -> None:
+        service = await open_service(twin.data)
+        try:
+            mail = service.mail
+            await mail.ensure_user(twin.login)
+            from core.mail.store import _describe
+
+            for start in range(0, count, 2000):
+                messages = [realistic(i) for i in range(start, min(count, start + 2000))]
+                refs, _ = await mail._store_packed(service.store, messages)
+                batch = []
+                for i, (ref, data) in enumerate(zip(refs, messages, strict=True), start):
+                    header, structure = _describe(data)
+                    flags = ["\\Seen"] if i % 3 == 0 else []
+                    batch.append((ref, header, structure, len(data), BASE_DATE + i * 60.0,
+                                  flags))
                 await mail.bulk_insert(twin.login, "INBOX", batch)
         finally:
             await close_service(service)
@@ -273,67 +342,239 @@ def big_mailbox(port: int, user: str, password: str, count: int) -> dict[str, fl
     return out
 
 
+HEADER_FIELDS = (b"(UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Cc Subject Date "
+                 b"Message-ID References In-Reply-To Content-Type)])")
+SESSION_STEPS = (
+    ("fetch_all", b"FETCH 1:* (UID RFC822.SIZE FLAGS INTERNALDATE)"),
+    ("search_unseen", b"UID SEARCH UNSEEN"),
+    ("fetch_headers", b"FETCH 1:200 " + HEADER_FIELDS),
+    ("sort", b"SORT (REVERSE DATE) UTF-8 ALL"),
+    ("thread", b"THREAD REFERENCES UTF-8 ALL"),
+)
+STEP_LABELS = {"login_select": "connect+LOGIN+SELECT", "fetch_all":
+               "FETCH 1:* (UID RFC822.SIZE FLAGS INTERNALDATE)", "search_unseen":
+               "UID SEARCH UNSEEN", "fetch_headers": "FETCH 1:200 header fields",
+               "sort": "SORT (REVERSE DATE)", "thread": "THREAD REFERENCES",
+               "session": "whole session"}
+
+
+def _stat(pid: int) -> list[str]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2:].split()  # fields from the 3rd (state) on
+
+
+def cpu_seconds(pid: int, *, tree: bool = False) -> float:
+    """CPU of ``pid`` (all threads); with ``tree`` also its live children and the
+    children it has reaped (Dovecot forks a process per login and per session)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    f = _stat(pid)
+    total = int(f[11]) + int(f[12])  # utime, stime
+    if tree:
+        total += int(f[13]) + int(f[14])  # cutime, cstime: reaped children
+        for child in Path("/proc").iterdir():
+            if child.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    c = _stat(int(child.name))
+                    if int(c[1]) == pid:
+                        total += int(c[11]) + int(c[12])
+    return total / ticks
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def drop_caches() -> bool:
+    """Drop the page cache, for a cold start; False where this process may not."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def new_session(port: int, user: str, password: str, count: int,
+                pid: int, tree: bool) -> dict[str, float]:
+    """One client session, step by step, timed from the client; the server's CPU."""
+    cpu0 = cpu_seconds(pid, tree=tree)
+    t0 = time.perf_counter()
+    c = RawClient(port, user, password)
+    c.command(b"SELECT INBOX")
+    out = {"login_select": time.perf_counter() - t0}
+    for key, cmd in SESSION_STEPS:
+        out[key], lines = c.command(cmd)
+        if key == "fetch_all" and lines < count:
+            raise RuntimeError(f"FETCH 1:* gave {lines} lines for {count} messages")
+    c.command(b"LOGOUT")
+    out["session"] = time.perf_counter() - t0
+    with contextlib.suppress(OSError):
+        while c.sock.recv(1 << 16):  # the server closes: its session process is ending
+            pass
+    c.sock.close()
+    time.sleep(0.1)  # Dovecot's master reaps the session's process (its CPU moves to it)
+    out["cpu"] = cpu_seconds(pid, tree=tree) - cpu0
+    return out
+
+
+def dovecot_imap_rss() -> float:
+    """RSS of Dovecot's largest ``imap`` process (the one serving the session)."""
+    best = 0.0
+    for child in Path("/proc").iterdir():
+        if child.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if Path(f"/proc/{child.name}/comm").read_text().strip() == "imap":
+                    best = max(best, rss_mib(int(child.name)))
+    return best
+
+
+def sessions(twin: TwinProcess, dove: Dovecot | None, count: int, rounds: int) -> None:
+    """The new-session sequence: a cold session each, then ``rounds`` interleaved."""
+    assert twin.proc is not None
+    sides: list[tuple[str, Any]] = [("twin", twin)] + ([("dovecot", dove)] if dove else [])
+
+    def run(name: str, side: Any) -> dict[str, float]:
+        if name == "twin":
+            return new_session(side.port("imap"), side.login, side.password, count,
+                               side.proc.pid, False)
+        return new_session(side.port, "bench", "secret", count, side.proc.pid, True)
+
+    cold: dict[str, dict[str, float]] = {}
+    for name, side in sides:  # cold: restarted, page cache dropped
+        side.stop()
+        dropped = drop_caches()
+        side.start()
+        cold[name] = run(name, side)
+    warm: dict[str, list[dict[str, float]]] = {name: [] for name, _ in sides}
+    for _ in range(rounds):
+        for name, side in sides:
+            warm[name].append(run(name, side))
+    for key, label in STEP_LABELS.items():
+        for phase, twin_v, dove_v in (
+                ("cold" + ("" if dropped else ", page cache kept"), cold["twin"][key],
+                 cold.get("dovecot", {}).get(key)),
+                (f"warm, median of {rounds}",
+                 statistics.median(r[key] for r in warm["twin"]),
+                 statistics.median(r[key] for r in warm["dovecot"]) if dove else None)):
+            extra: dict[str, object] = {}
+            if dove_v is not None:
+                extra = {"dovecot": round(dove_v, 4), "ratio": round(dove_v / twin_v, 3)}
+            if key == "session":
+                twin_cpu = (cold["twin"]["cpu"] if phase.startswith("cold") else
+                            statistics.median(r["cpu"] for r in warm["twin"]))
+                extra["cpu_s_twin"] = round(twin_cpu, 4)
+                if dove:
+                    extra["cpu_s_dovecot"] = round(
+                        cold["dovecot"]["cpu"] if phase.startswith("cold") else
+                        statistics.median(r["cpu"] for r in warm["dovecot"]), 4)
+            emit("imap", f"new session, {count} messages: {label} ({phase})",
+                 twin_v, "s", **extra)
+    # memory with the mailbox selected, against idle
+    twin.stop()
+    twin.start()
+    time.sleep(1)
+    assert twin.proc is not None
+    idle = rss_mib(twin.proc.pid)
+    held = RawClient(twin.port("imap"), twin.login, twin.password)
+    held.command(b"SELECT INBOX")
+    held.command(SESSION_STEPS[0][1])
+    selected = rss_mib(twin.proc.pid)
+    held.command(b"LOGOUT")
+    extra = {}
+    if dove:
+        held = RawClient(dove.port, "bench", "secret")
+        held.command(b"SELECT INBOX")
+        held.command(SESSION_STEPS[0][1])
+        extra = {"dovecot_imap_process_mib": round(dovecot_imap_rss(), 1)}
+        held.command(b"LOGOUT")
+    emit("imap", f"twin RSS over idle, {count}-message INBOX selected and fetched",
+         selected - idle, "MiB", twin_idle_mib=round(idle, 1),
+         twin_selected_mib=round(selected, 1), **extra)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--big", type=int, default=BIG)
+    ap.add_argument("--sessions", type=int, default=5,
+                    help="interleaved warm rounds of the new-session sequence (0: skip)")
+    ap.add_argument("--only-sessions", action="store_true",
+                    help="skip the mixed workload and the single-session figures")
     opts = ap.parse_args()
     have_dovecot = shutil.which("dovecot") is not None and os.geteuid() == 0
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         root.chmod(0o755)  # Dovecot's auth and mail processes run as other users
-        # the mixed workload on a 200-message inbox
-        twin = TwinProcess.create(root, "bench")
-        populate_twin(twin, 200)
-        twin.start()
-        try:
-            twin_rate = mixed(twin.port("imap"), twin.login, twin.password, opts.clients,
-                              opts.seconds)
-        finally:
-            twin.stop()
-        dove_rate = None
-        if have_dovecot:
-            dove = Dovecot(root / "dovecot-mixed", "bench", "secret")
-            dove.populate(200)
-            dove.start()
-            try:
-                dove_rate = mixed(dove.port, "bench", "secret", opts.clients, opts.seconds)
-            finally:
-                dove.stop()
-        ratio = {"dovecot": round(dove_rate, 1), "ratio": round(twin_rate / dove_rate, 3)} \
-            if dove_rate else {}
-        emit("imap", f"mixed workload, {opts.clients} clients", twin_rate, "commands/s",
-             **ratio)
+        if not opts.only_sessions:
+            mixed_figure(root, opts, have_dovecot)
 
-        # the big mailbox
+        # the big mailbox, both servers up at once
         big = TwinProcess.create(root, "big")
         t0 = time.perf_counter()
-        populate_twin(big, opts.big)
-        emit("imap", f"twin populate {opts.big} messages (bulk insert)",
+        populate_twin_realistic(big, opts.big)
+        emit("imap", f"twin populate {opts.big} distinct messages (packed, bulk insert)",
              time.perf_counter() - t0, "s")
-        big.start()
-        try:
-            twin_big = big_mailbox(big.port("imap"), big.login, big.password, opts.big)
-        finally:
-            big.stop()
-        dove_big: dict[str, float] = {}
+        dove = None
         if have_dovecot:
             dove = Dovecot(root / "dovecot-big", "bench", "secret")
-            dove.populate(opts.big)
-            dove.start()
-            try:
-                dove_big = big_mailbox(dove.port, "bench", "secret", opts.big)
-            finally:
+            dove.populate(opts.big, distinct=True)
+        big.start()
+        try:
+            if dove:
+                dove.start()
+            if opts.only_sessions:
+                if dove:  # Dovecot indexes a maildir at its first SELECT, once
+                    RawClient(dove.port, "bench", "secret").command(b"SELECT INBOX")
+            else:
+                single_session_figures(big, dove, opts.big)
+            if opts.sessions:
+                sessions(big, dove, opts.big, opts.sessions)
+        finally:
+            big.stop()
+            if dove:
                 dove.stop()
-        for key, label in (("select_cold", "SELECT (first, cold)"),
-                           ("select", "SELECT (again, median of 5)"),
-                           ("uid_fetch_flags", "UID FETCH 1:* (FLAGS) (median of 3)")):
-            extra = {}
-            if key in dove_big:
-                extra = {"dovecot": round(dove_big[key], 4),
-                         "ratio": round(dove_big[key] / twin_big[key], 3)}
-            emit("imap", f"{label}, {opts.big} messages", twin_big[key], "s", **extra)
+
+
+def mixed_figure(root: Path, opts: argparse.Namespace, have_dovecot: bool) -> None:
+    """The mixed workload on a 200-message inbox, the twin then Dovecot."""
+    twin = TwinProcess.create(root, "bench")
+    populate_twin(twin, 200)
+    twin.start()
+    try:
+        twin_rate = mixed(twin.port("imap"), twin.login, twin.password, opts.clients,
+                          opts.seconds)
+    finally:
+        twin.stop()
+    dove_rate = None
+    if have_dovecot:
+        dove = Dovecot(root / "dovecot-mixed", "bench", "secret")
+        dove.populate(200)
+        dove.start()
+        try:
+            dove_rate = mixed(dove.port, "bench", "secret", opts.clients, opts.seconds)
+        finally:
+            dove.stop()
+    ratio = {"dovecot": round(dove_rate, 1), "ratio": round(twin_rate / dove_rate, 3)} \
+        if dove_rate else {}
+    emit("imap", f"mixed workload, {opts.clients} clients", twin_rate, "commands/s", **ratio)
+
+
+def single_session_figures(big: TwinProcess, dove: Dovecot | None, count: int) -> None:
+    """SELECT cold and again, UID FETCH FLAGS: one session each (Dovecot indexes here)."""
+    twin_big = big_mailbox(big.port("imap"), big.login, big.password, count)
+    dove_big = big_mailbox(dove.port, "bench", "secret", count) if dove else {}
+    for key, label in (("select_cold", "SELECT (first, cold)"),
+                       ("select", "SELECT (again, median of 5)"),
+                       ("uid_fetch_flags", "UID FETCH 1:* (FLAGS) (median of 3)")):
+        extra = {}
+        if key in dove_big:
+            extra = {"dovecot": round(dove_big[key], 4),
+                     "ratio": round(dove_big[key] / twin_big[key], 3)}
+        emit("imap", f"{label}, {count} messages", twin_big[key], "s", **extra)
 
 
 if __name__ == "__main__":
