@@ -16,9 +16,12 @@ in the rows, a ``flags`` change applies only over an older modseq, an
 ``expunge`` of an absent uid does nothing), so no change is lost or applied
 twice whichever side of the load it landed on.
 
-Memory: an index lives only while at least one session has the mailbox open
-(``MailStore.close`` drops it with the last watch), so the number of indexes
-is bounded by the number of IMAP sessions. Per message it holds three list
+Memory: an index lives while at least one session has the mailbox open, and
+after the last one closes it is kept for the next session for a while, within
+a budget of messages over all such idle indexes (``MailStore.close``,
+``IDLE_INDEX_MESSAGES``, ``IDLE_KEEP``): a mail client checking mail opens a
+new session each time, and loading is what it would wait for. So the number of
+indexes is bounded by the number of IMAP sessions plus that budget. Per message it holds three list
 slots (24 bytes) plus the uid and modseq ints (about 28 bytes each, shared
 with the sessions' copies); flag sets are interned, so a mailbox with a
 handful of distinct flag combinations costs about 80 bytes per message:

@@ -23,7 +23,15 @@ import mmap
 import sqlite3
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, TypeVar
@@ -38,7 +46,7 @@ from core.errors import (
     QuotaExceeded,
     Unavailable,
 )
-from core.mail import mime, quarantine
+from core.mail import mime, quarantine, sortkeys
 from core.mail.cache import BodyCache, Fixed, MetaCache
 from core.mail.commit import GroupCommit
 from core.mail.index import Loaded, MailboxIndex, Snapshot
@@ -69,6 +77,10 @@ DESCRIBE_YIELD = 16  # filing lets the sessions run after parsing this many (~0.
 PACK_MEMBER_MAX = 32 * 1024
 PACK_BYTES = 128 * 1024
 MAX_ROWS = 10_000  # remembered mailbox rows (MailStore._open_row)
+# Indexes of mailboxes no session has open, kept for the next session (MailStore.close):
+# at most this many messages in all (about 80 bytes each: 16 MiB), each for IDLE_KEEP s.
+IDLE_INDEX_MESSAGES = 200_000
+IDLE_KEEP = 600.0
 # a message row to insert: (ref, header, structure, size, internal date, flags)
 Row = tuple[str, bytes, str, int, float, frozenset[str]]
 
@@ -135,6 +147,24 @@ MIGRATIONS = [
     """
     ALTER TABLE mail_mailboxes ADD COLUMN vanished_floor INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX mail_vanished_modseq ON mail_vanished(mailbox, modseq);
+    """,
+    # core.mail.sortkeys: SORT and THREAD keys, derived from a body's header once
+    # (``sort_keys``); a row goes with its body (``_unused_refs``)
+    """
+    CREATE TABLE mail_keys (
+        ref           TEXT PRIMARY KEY,
+        version       INTEGER NOT NULL,
+        sent          REAL,
+        subject       TEXT NOT NULL,
+        reply         INTEGER NOT NULL,
+        message_id    TEXT NOT NULL,
+        parents       TEXT NOT NULL,
+        from_key      TEXT NOT NULL,
+        to_key        TEXT NOT NULL,
+        cc_key        TEXT NOT NULL,
+        display_from  TEXT NOT NULL,
+        display_to    TEXT NOT NULL
+    ) WITHOUT ROWID;
     """,
 ]
 
@@ -203,6 +233,13 @@ class Meta:
     modseq: int
     header: bytes
     structure: mime.Part | None
+
+
+class Extent(NamedTuple):
+    """What ``FETCH RFC822.SIZE INTERNALDATE`` needs of a message (``MailStore.sizes``)."""
+
+    size: int
+    internal_date: float
 
 
 @dataclass(frozen=True)
@@ -391,6 +428,9 @@ class MailStore:
         self._commit: GroupCommit[Any] = GroupCommit(db)
         self._known_users: set[str] = set()
         self._indexes: dict[int, MailboxIndex] = {}
+        # indexes nobody has open, oldest first: mailbox id -> (messages, closed at)
+        self._idle: OrderedDict[int, tuple[int, float]] = OrderedDict()
+        self._idle_messages = 0
         self._background: set[asyncio.Task[None]] = set()
         self._recent_saving: dict[int, int] = {}  # mailbox id -> recent_uid being saved
         self.bodies = BodyCache(max_item=PACK_BYTES)
@@ -671,11 +711,13 @@ class MailStore:
 
     async def _index(self, mailbox_id: int) -> MailboxIndex:
         """The loaded shared index of a mailbox, loading it if nobody has it open."""
+        self._trim_idle()
         while True:
             idx = self._indexes.get(mailbox_id)
             if idx is not None:
                 assert idx.ready is not None
                 if idx.ready.done() and idx.ready.exception() is None:
+                    self._unidle(mailbox_id)
                     return idx
                 with contextlib.suppress(Exception):
                     await asyncio.shield(idx.ready)
@@ -695,13 +737,42 @@ class MailStore:
             return idx
 
     def close(self, watch: Watch) -> None:
-        """End a subscription; the mailbox's index goes with its last watch."""
+        """End a subscription. The mailbox's index outlives its last watch for a while.
+
+        Why: a mail client opens a new session for each check, and loading a
+        100,000-message index costs ~0.2 s where copying it costs milliseconds
+        (Dovecot keeps its index on disk for the same reason). A kept index
+        stays exact because every commit reaches it through ``_publish`` whether
+        anyone watches or not. Bounded: ``IDLE_INDEX_MESSAGES`` messages in all,
+        each dropped ``IDLE_KEEP`` s after its last session closed (counted
+        at that moment; looked at whenever a mailbox is opened or closed).
+        """
         idx = self._indexes.get(watch.mailbox_id)
         if idx is None:
             return
         idx.watches.discard(watch)
         if not idx.watches and not idx.loading:
-            del self._indexes[watch.mailbox_id]
+            self._unidle(watch.mailbox_id)
+            self._idle[watch.mailbox_id] = (len(idx.uids), time.monotonic())
+            self._idle_messages += len(idx.uids)
+            self._trim_idle()
+
+    def _unidle(self, mailbox_id: int) -> None:
+        kept = self._idle.pop(mailbox_id, None)
+        if kept is not None:
+            self._idle_messages -= kept[0]
+
+    def _trim_idle(self) -> None:
+        """Drop kept indexes past their time or beyond the budget, oldest first."""
+        now = time.monotonic()
+        while self._idle:
+            mailbox_id, (_, closed) = next(iter(self._idle.items()))
+            if self._idle_messages <= IDLE_INDEX_MESSAGES and now - closed < IDLE_KEEP:
+                return
+            self._unidle(mailbox_id)
+            idx = self._indexes.get(mailbox_id)
+            if idx is not None and not idx.watches:
+                del self._indexes[mailbox_id]
 
     def current(self, watch: Watch) -> Snapshot | None:
         """For a watch that overflowed: the mailbox as it is now (None once deleted).
@@ -729,6 +800,7 @@ class MailStore:
                 self.metas.drop((mailbox_id, idx.uidvalidity, uid))
         if change.kind == "deleted":
             del self._indexes[mailbox_id]
+            self._unidle(mailbox_id)
         else:
             idx.apply(change)
         claimed = change.kind != "exists"
@@ -776,6 +848,26 @@ class MailStore:
             for m in loaded:
                 found[m.uid] = m
         return [found[u] for u in sorted(found)]
+
+    async def sizes(self, mailbox_id: int, first: int, last: int) -> dict[int, Extent]:
+        """Size and internal date of the messages with uids ``first``..``last``.
+
+        Why apart from ``meta``: a client's first look at a mailbox is ``FETCH
+        1:* (UID RFC822.SIZE FLAGS INTERNALDATE)``, which needs no header. Two
+        columns of one range read cost ~0.3 µs a message; through ``meta`` it
+        was every message's header, and 100,000 of them overran its cache.
+        """
+        def run(c: sqlite3.Connection) -> dict[int, Extent]:
+            return {r[0]: Extent(r[1], r[2]) for r in c.execute(
+                "SELECT uid, size, internal_date FROM mail_messages "
+                "WHERE mailbox = ? AND uid BETWEEN ? AND ?", (mailbox_id, first, last))}
+        return await self.reads.run(run)
+
+    async def sort_keys(self, mailbox_id: int, uids: Sequence[int],
+                        fields: Collection[str]) -> sortkeys.KeyColumns:
+        """SORT and THREAD keys (``core.mail.sortkeys``) of the messages ``uids``
+        (ascending) that still exist; derived from the header once per body."""
+        return await sortkeys.load(self.reads, self._commit, mailbox_id, uids, fields)
 
     @staticmethod
     def _load_meta(c: sqlite3.Connection, mailbox_id: int, uids: Sequence[int],
@@ -1092,9 +1184,15 @@ class MailStore:
                   rows: Sequence[Row]) -> None:
         """Tell live sessions of rows ``_insert_rows`` added (uids and modseqs from
         ``uid`` and ``modseq`` on), and cache their metadata if one has the mailbox open."""
-        if target not in self._indexes:  # nobody has it open: nobody to FETCH soon
+        idx = self._indexes.get(target)
+        if idx is None or not idx.watches:  # nobody has it open: nobody to FETCH soon
             if rows:  # but IMAP NOTIFY may watch it (RFC 5465 MessageNew)
                 news = Change("exists", tuple(range(uid, uid + len(rows))), modseq=modseq)
+                if idx is not None:  # kept for the next session: kept exact
+                    for k, row in enumerate(rows):
+                        self._publish(target, Change("exists", (uid + k,), row[5],
+                                                     modseq + k))
+                    return
                 for observe in list(self.observers):
                     observe(target, news)
             return
@@ -1499,6 +1597,7 @@ def _unused_refs(c: sqlite3.Connection, refs: list[str]) -> list[str]:
            if not c.execute("SELECT 1 FROM mail_messages WHERE ref = ? LIMIT 1",
                             (ref,)).fetchone()]
     c.executemany("DELETE FROM mail_bodies WHERE ref = ?", [(r,) for r in out])
+    c.executemany("DELETE FROM mail_keys WHERE ref = ?", [(r,) for r in out])
     return out
 
 

@@ -1,20 +1,18 @@
 """THREAD=REFERENCES (RFC 5256 §2.2): messages linked by Message-ID, References and
 In-Reply-To into trees, then grouped by base subject.
 
-Pure computation over already-loaded headers, run in a worker thread by the
-THREAD command; linear in the messages and their references (bounded by
-``MAX_REFS`` per message).
+Pure computation over the messages' kept keys (``core.mail.sortkeys``: the
+references are already extracted there, at most ``MAX_REFS`` a message), run
+in a worker thread by the THREAD command; linear in the messages and their
+references.
 """
 
 from __future__ import annotations
 
 import itertools
-import re
 from dataclasses import dataclass, field
 
-MAX_REFS = 20  # the last ones: the nearest ancestors
 MAX_DEPTH = 200  # deeper chains are not extended: bounds each loop check (hostile mail)
-_MSGID = re.compile(r"<([^<>\s]+)>")
 
 
 @dataclass(eq=False)
@@ -48,14 +46,9 @@ class Message:
     seq: int
     date: float
     message_id: str
-    references: str
-    in_reply_to: str
+    parents: str  # References' ids (else In-Reply-To's first), space-separated
     subject: str  # base subject (RFC 5256 §2.1)
     reply: bool  # the subject had a reply/forward marker
-
-
-def msg_ids(value: str) -> list[str]:
-    return _MSGID.findall(value[-64 * 1024:])[-MAX_REFS:]
 
 
 def _unlink(node: Node) -> None:
@@ -91,8 +84,7 @@ def thread(messages: list[Message]) -> list[Node]:
         node = container(key)
         node.num, node.date, node.seq = m.num, m.date, m.seq
         node.subject, node.reply = m.subject, m.reply
-        refs = msg_ids(m.references) or msg_ids(m.in_reply_to)[:1]
-        refs = [r for r in refs if r != key]
+        refs = [r for r in m.parents.split() if r != key]
         for a, b in itertools.pairwise(refs):  # step 1.B
             _link(container(a), container(b))
         if refs:  # step 1.C: the last reference is the parent, replacing a guessed one

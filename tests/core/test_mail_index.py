@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
+import core.mail.store as store_module
+
 from core.mail import Snapshot, Watch
 from core.mail.store import _load_index
 from core.service import Service
@@ -23,7 +27,7 @@ def state(snap: Snapshot) -> tuple[list[int], list[frozenset[str]], list[int]]:
     return snap.uids, snap.flags, snap.modseqs
 
 
-async def test_one_index_shared_and_dropped_with_the_last_watch(
+async def test_one_index_shared_and_kept_a_while_after_the_last_watch(
         service: tuple[Service, str]) -> None:
     svc, login = service
     for _ in range(3):
@@ -42,7 +46,66 @@ async def test_one_index_shared_and_dropped_with_the_last_watch(
     mail.close(w2)
     assert snap1.mailbox.id in mail._indexes
     mail.close(w3)
-    assert mail._indexes == {}  # gone with the last session
+    assert mail._indexes == {snap1.mailbox.id: idx}  # kept for the next session
+    snap4, w4 = await mail.open(login, "INBOX", read_only=False)
+    assert mail._indexes[snap1.mailbox.id] is idx and state(snap4) == state(snap1)
+    mail.close(w4)
+
+
+async def test_a_kept_index_follows_changes_made_while_nobody_watches(
+        service: tuple[Service, str]) -> None:
+    """Every commit reaches a kept index, so the next session sees exactly what a
+    fresh load would: deliveries (one and many), flags, expunges, copies, moves."""
+    svc, login = service
+    mail = svc.mail
+    uids = [await mail.deliver(login, MSG) for _ in range(4)]
+    snap, watch = await mail.open(login, "INBOX", read_only=False)
+    mid = snap.mailbox.id
+    idx = mail._indexes[mid]
+    mail.close(watch)
+    uids.append(await mail.deliver(login, MSG, flags=["\\Flagged"]))
+    await mail.set_flags(mid, uids[:2], "+", ["\\Seen", "$Later"])
+    await mail.expunge(mid, [uids[0]])
+    await mail.copy(mid, uids[1:3], login, "INBOX")
+    await mail.copy(mid, [uids[3]], login, "Archive", move=True)
+    stored = await svc.store.put(MSG)
+    from core.mail.store import _describe
+    header, structure = _describe(MSG)
+    await mail.bulk_insert(login, "INBOX", [(str(stored), header, structure, len(MSG), 0.0,
+                                            ["\\Answered"])] * 2)
+    assert mail._indexes[mid] is idx and not idx.watches
+    assert (idx.uids, idx.flags, idx.modseqs) == await truth(svc, mid)
+    snap2, watch2 = await mail.open(login, "INBOX", read_only=False)
+    assert state(snap2) == await truth(svc, mid)
+    assert snap2.recent == set(snap2.uids) - set(snap.uids)  # arrived since the last open
+    mail.close(watch2)
+
+
+async def test_kept_indexes_are_bounded_in_messages_and_time(
+        service: tuple[Service, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    svc, login = service
+    mail = svc.mail
+    for _ in range(3):
+        await mail.deliver(login, MSG)
+    await mail.deliver(login, MSG, mailbox="Archive")
+    monkeypatch.setattr(store_module, "IDLE_INDEX_MESSAGES", 3)
+    inbox, w1 = await mail.open(login, "INBOX", read_only=True)
+    archive, w2 = await mail.open(login, "Archive", read_only=True)
+    mail.close(w1)
+    assert inbox.mailbox.id in mail._indexes  # 3 messages kept: within the budget
+    mail.close(w2)  # 4 > 3: the oldest kept goes
+    assert set(mail._indexes) == {archive.mailbox.id}
+    monkeypatch.setattr(store_module, "IDLE_KEEP", 0.0)
+    snap, w3 = await mail.open(login, "INBOX", read_only=True)  # past its time: dropped
+    assert set(mail._indexes) == {inbox.mailbox.id}
+    mail.close(w3)
+    assert mail._indexes == {}
+    monkeypatch.setattr(store_module, "IDLE_KEEP", 600.0)
+    _, w4 = await mail.open(login, "Archive", read_only=True)
+    mail.close(w4)
+    assert set(mail._indexes) == {archive.mailbox.id}
+    await mail.delete_mailbox(login, "Archive")  # a kept index goes with its mailbox
+    assert mail._indexes == {} and not mail._idle and mail._idle_messages == 0
 
 
 async def test_index_follows_every_kind_of_change(service: tuple[Service, str]) -> None:
@@ -65,10 +128,11 @@ async def test_index_follows_every_kind_of_change(service: tuple[Service, str]) 
 
 
 async def test_load_during_concurrent_commits_misses_nothing(
-        service: tuple[Service, str]) -> None:
+        service: tuple[Service, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Opens race deliveries, flag changes and expunges; every view ends up exact."""
     svc, login = service
     mail = svc.mail
+    monkeypatch.setattr(store_module, "IDLE_INDEX_MESSAGES", 0)  # closing drops: loads race
     mb = await mail.mailbox(login, "INBOX")
     for _ in range(20):
         await mail.deliver(login, MSG)

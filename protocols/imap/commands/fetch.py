@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.mail import Meta
+from core.mail import Meta, addresses
 from core.mail.mime import Part
-from protocols.imap import addresses, binary, preview, render
+from protocols.imap import binary, preview, render
 from protocols.imap.commands import SELECTED, args, command
 from protocols.imap.errors import Bad, No
 from protocols.imap.parser import Atom, Token
@@ -37,6 +37,7 @@ MACROS = {
 SIMPLE = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE",
           "MODSEQ", "PREVIEW"}
 INDEX_ONLY = {"UID", "FLAGS", "MODSEQ"}
+LISTING = INDEX_ONLY | {"RFC822.SIZE", "INTERNALDATE"}  # a client's first look: no header
 NEEDS_STRUCTURE = {"ENVELOPE", "BODY", "BODYSTRUCTURE", "PREVIEW"}
 _SECTION = re.compile(r"^(BODY|BODY\.PEEK)\[([^\]]*)\](?:<(\d{1,10})(?:\.(\d{1,10}))?>)?$",
                       re.I)
@@ -256,6 +257,9 @@ async def fetch(s: Session, cmd: Command) -> str | None:
     if names <= INDEX_ONLY and not sections:
         await _fetch_index(s, uids, items)
         return None
+    if names <= LISTING and not sections:
+        await _fetch_listing(s, uids, [i for i in dict.fromkeys(items) if isinstance(i, str)])
+        return None
     structure = bool(names & NEEDS_STRUCTURE) or any(x.needs_structure for x in sections)
     for start in range(0, len(uids), BATCH):
         chunk = uids[start:start + BATCH]
@@ -334,6 +338,64 @@ async def _fetch_index(s: Session, uids: list[int], items: list[str | Section]) 
         if with_modseq:
             values += (modseqs[pos],)
         append(template % values)
+        if len(lines) >= 4096:
+            s.out += b"".join(lines)
+            lines.clear()
+            await s.maybe_flush()
+    s.out += b"".join(lines)
+
+
+_LISTING_FIELDS = {"UID": b"UID %d", "FLAGS": b"FLAGS %s", "MODSEQ": b"MODSEQ (%d)",
+                   "RFC822.SIZE": b"RFC822.SIZE %d", "INTERNALDATE": b"INTERNALDATE %s"}
+
+
+async def _fetch_listing(s: Session, uids: list[int], items: list[str]) -> None:
+    """``FETCH 1:* (UID RFC822.SIZE FLAGS INTERNALDATE)``: what a mail client asks
+    of every message when it first opens a mailbox (Thunderbird, mbsync).
+
+    Sizes and dates come from one range read (``MailStore.sizes``), the rest
+    from the session's index; no header is loaded. A message expunged by
+    another session meanwhile is left out, as the general path leaves it out.
+    """
+    sel = s.need_selected()
+    if not uids:
+        return
+    extents = await s.mail.sizes(sel.mailbox.id, uids[0], uids[-1])
+    template = b"* %d FETCH (" + b" ".join(_LISTING_FIELDS[i] for i in items) + b")\r\n"
+    texts: dict[frozenset[str], bytes] = {}
+    recent_texts: dict[frozenset[str], bytes] = {}
+    last_date, date = -1.0, b""  # dates repeat in runs (a batch filed at once)
+    recent, index, flags_of, modseqs = sel.recent, sel.uids, sel.flag_list, sel.modseq_list
+    pos = bisect_left(index, uids[0])
+    lines: list[bytes] = []
+    for uid in uids:  # uids ascend and are in the index: walk it instead of searching
+        while index[pos] != uid:
+            pos += 1
+        extent = extents.get(uid)
+        if extent is None:
+            continue
+        values: list[Any] = [pos + 1]
+        for item in items:
+            if item == "UID":
+                values.append(uid)
+            elif item == "FLAGS":
+                flags = flags_of[pos]
+                cache = recent_texts if recent and uid in recent else texts
+                text = cache.get(flags)
+                if text is None:
+                    text = cache[flags] = render.flags(
+                        flags | {"\\Recent"} if cache is recent_texts else flags)
+                values.append(text)
+            elif item == "RFC822.SIZE":
+                values.append(extent.size)
+            elif item == "INTERNALDATE":
+                if extent.internal_date != last_date:
+                    last_date = extent.internal_date
+                    date = render.date_time(last_date)
+                values.append(date)
+            else:
+                values.append(modseqs[pos])
+        lines.append(template % tuple(values))
         if len(lines) >= 4096:
             s.out += b"".join(lines)
             lines.clear()

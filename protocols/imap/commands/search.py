@@ -21,9 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from core.mail import Meta
+from core.mail import Meta, addresses
 from core.mail.mime import parse_headers
-from protocols.imap import addresses, render, returns, rev2
+from core.mail.sortkeys import decode_words
+from protocols.imap import render, returns, rev2
 from protocols.imap.commands import SELECTED, args, command
 from protocols.imap.errors import Bad, ImapError, No
 from protocols.imap.parser import Atom, Token
@@ -87,7 +88,7 @@ class Msg:
             if self.headers is None:
                 assert self.meta is not None
                 self.headers = parse_headers(self.meta.header)
-            values = self.decoded[name] = [_decode(v) for k, v in self.headers if k == name]
+            values = self.decoded[name] = [decode_words(v) for k, v in self.headers if k == name]
         return values
 
 
@@ -98,16 +99,6 @@ Pred = Callable[[Msg], bool]
 class Node:
     pred: Pred
     cost: int
-
-
-def _decode(value: str) -> str:
-    """RFC 2047 encoded words decoded; a value without any (``=?``) is returned as is."""
-    if "=?" not in value:
-        return value
-    try:
-        return str(email.header.make_header(email.header.decode_header(value)))
-    except (ValueError, LookupError, email.errors.HeaderParseError):
-        return value
 
 
 def _day(text: str) -> dt.date:
@@ -300,7 +291,7 @@ def message_text(raw: bytes) -> str:
     """Headers and decoded text parts, lower-cased, for BODY/TEXT keys."""
     msg = email.message_from_bytes(raw, policy=email.policy.compat32)
     head, _, _ = raw.partition(b"\r\n\r\n")
-    out = [_decode(head.decode("utf-8", "replace"))]
+    out = [decode_words(head.decode("utf-8", "replace"))]
     for part in msg.walk():
         if part.is_multipart():
             continue
@@ -332,6 +323,8 @@ async def run_search(s: Session, sel: Selected, tokens: list[Token],
     compiler = Compiler(s, sel)
     node = compiler.program(tokens)
     recent = sel.recent
+    if node.cost < META:
+        return await _index_search(node, sel, only, compiler.modseq_used)
     msgs = [Msg(u, i, f, m, u in recent) for i, (u, f, m)
             in enumerate(zip(sel.uids, sel.flag_list, sel.modseq_list, strict=True), 1)
             if only is None or u in only]
@@ -376,6 +369,30 @@ async def run_search(s: Session, sel: Selected, tokens: list[Token],
             raise No("search took too long", "LIMIT")
     top = max((m.modseq for m in hits), default=0)
     return [m.uid for m in hits], (top if compiler.modseq_used else 0)
+
+
+async def _index_search(node: Node, sel: Selected, only: set[int] | None,
+                        modseq_used: bool) -> tuple[list[int], int]:
+    """``run_search`` for a program of flags, uids and sequence numbers only
+    (``UID SEARCH UNSEEN``, ``NOT DELETED``): one probe object refilled per
+    message instead of an object per message, about 0.5 µs a message."""
+    uids, flags, modseqs = list(sel.uids), list(sel.flag_list), list(sel.modseq_list)
+    recent, pred = sel.recent, node.pred
+    probe = Msg(0, 0, frozenset(), 0, False)
+    hits: list[int] = []
+    top = 0
+    for start in range(0, len(uids), INDEX_CHUNK):
+        for i in range(start, min(start + INDEX_CHUNK, len(uids))):
+            uid = uids[i]
+            if only is not None and uid not in only:
+                continue
+            probe.uid, probe.seq, probe.flags, probe.modseq = uid, i + 1, flags[i], modseqs[i]
+            probe.recent = uid in recent
+            if pred(probe):
+                hits.append(uid)
+                top = max(top, modseqs[i])
+        await asyncio.sleep(0)
+    return hits, (top if modseq_used else 0)
 
 
 def esearch_line(tag: str, uid: bool, opts: frozenset[str], nums: list[int],

@@ -24,7 +24,6 @@ untagged ``NO [NOUPDATE "tag"]`` says no updates will follow.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,7 +31,7 @@ from core.mail import Change
 from protocols.imap import render
 from protocols.imap.commands import SELECTED, args, command
 from protocols.imap.commands.search import Compiler, run_search
-from protocols.imap.commands.sort import SortKey, matches, sort_messages
+from protocols.imap.commands.sort import SortKey, sorted_matches
 from protocols.imap.errors import Bad, ImapError
 from protocols.imap.parser import Token
 from protocols.imap.returns import Return
@@ -151,8 +150,7 @@ def before_expunge(sel: Selected, changes: list[Change]) -> list[bytes]:
 
 async def _sorted(s: Session, sel: Selected, upd: Update) -> list[int]:
     assert upd.keys is not None
-    msgs = await matches(s, sel, upd.tokens)
-    return [m.uid for m in await asyncio.to_thread(sort_messages, msgs, upd.keys)]
+    return await sorted_matches(s, sel, upd.tokens, upd.keys)
 
 
 async def _evaluate(s: Session, sel: Selected, upd: Update) -> set[int]:

@@ -1,0 +1,238 @@
+"""What sorting and threading need of a message, derived once from its header.
+
+Why: IMAP SORT and THREAD (RFC 5256, RFC 5957) compare sent dates, base
+subjects, first addresses and Message-ID/References of every message they
+cover. Derived from the header on every command, that is ~50-140 µs a message:
+5-15 s for a 100,000-message mailbox. A message's header never changes, so the
+keys are derived the first time a SORT or THREAD needs them and kept in SQLite
+beside the header (``mail_keys``, one row per stored body, as ``mail_bodies``;
+``MailStore.sort_keys``), which is what Dovecot does with its cache file.
+JMAP's Email/query sorts and threads will read the same keys.
+
+``derive`` is pure and bounded by the header's own bound (``mime.MAX_HEADER``):
+at most ``MAX_REFS`` references are kept, each value's RFC 2047 decoding is
+the standard library's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.errors
+import email.header
+import email.utils
+import functools
+import re
+import sqlite3
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from core.mail import addresses
+from core.mail.mime import parse_headers
+
+if TYPE_CHECKING:
+    from core.db import Database
+    from core.mail.commit import GroupCommit
+
+MAX_REFS = 20  # the last ones: the nearest ancestors
+DERIVE_CHUNK = 1000  # headers read and derived per step (the loop runs in between)
+KEYS_VERSION = 1  # bump when ``derive`` changes meaning: kept rows are derived again
+_MSGID = re.compile(r"<([^<>\s]+)>")
+_WS = re.compile(r"\s+")
+_TRAILER = re.compile(r"(?:\(fwd\)|\s)+$", re.I)
+_LEADER = re.compile(r"^(?:\s+|(?:\[[^\[\]]*\]\s*)*(?:re|fwd?)\s*(?:\[[^\[\]]*\]\s*)?:)", re.I)
+_BLOB = re.compile(r"^\[[^\[\]]*\]\s*")
+_REPLY = re.compile(r"^\s*(?:\[[^\[\]]*\]\s*)*(?:re|fwd?)\s*(?:\[[^\[\]]*\]\s*)?:|\(fwd\)\s*$"
+                    r"|^\s*\[fwd:", re.I)
+
+
+class SortKeys(NamedTuple):
+    """One message's keys. Strings are upper-cased (i;ascii-casemap, RFC 5256 §3)."""
+
+    sent: float | None  # the Date header in UTC (§2.2); None: use the internal date
+    subject: str  # base subject (§2.1)
+    reply: bool  # the subject had a reply or forward marker (THREAD §2.2 step 6)
+    message_id: str  # without the angle brackets; "" if none
+    parents: str  # References' ids (else In-Reply-To's first), space-separated, parent last
+    from_key: str  # the first From address's mailbox (SORT FROM)
+    to_key: str
+    cc_key: str
+    display_from: str  # its display name, else the address (RFC 5957 DISPLAYFROM)
+    display_to: str
+
+
+NO_KEYS = SortKeys(None, "", False, "", "", "", "", "", "", "")
+COLUMNS = SortKeys._fields  # the mail_keys columns after ``ref``, in this order
+
+
+def decode_words(value: str) -> str:
+    """RFC 2047 encoded words decoded; a value without any (``=?``) is returned as is."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except (ValueError, LookupError, email.errors.HeaderParseError):
+        return value
+
+
+def base_subject(subject: str) -> str:
+    """RFC 5256 §2.1: the subject without Re:, Fwd:, [list] tags and (fwd) trailers."""
+    s = _WS.sub(" ", decode_words(subject))
+    while True:
+        s = _TRAILER.sub("", s)  # (2)
+        while True:  # (3) and (4) until nothing changes
+            before = s
+            s = _LEADER.sub("", s)
+            m = _BLOB.match(s)
+            if m and s[m.end():]:
+                s = s[m.end():]
+            if s == before:
+                break
+        if s[:5].upper() == "[FWD:" and s.endswith("]"):  # (6)
+            s = s[5:-1]
+            continue
+        return s.upper()
+
+
+def is_reply(subject: str) -> bool:
+    return bool(_REPLY.search(decode_words(subject)))
+
+
+def msg_ids(value: str) -> list[str]:
+    """The message ids in a References/In-Reply-To value, the last ``MAX_REFS``."""
+    return _MSGID.findall(value[-64 * 1024:])[-MAX_REFS:]
+
+
+def parse_date(value: str | None) -> float | None:
+    """A Date header as a UTC timestamp; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _first_address(value: str | None) -> addresses.Address | None:
+    """The first address of a field; a group's start marker counts (its name)."""
+    if value is None:
+        return None
+    for a in addresses.parse(value):
+        return a
+    return None
+
+
+def _mailbox_key(a: addresses.Address | None) -> str:
+    return (a.mailbox or "").upper() if a else ""
+
+
+def _display_key(a: addresses.Address | None) -> str:
+    """RFC 5957 §2: the display name, else the address itself."""
+    if a is None:
+        return ""
+    if a.name:
+        return decode_words(a.name).upper()
+    return ((a.mailbox or "") + (f"@{a.host}" if a.host else "")).upper()
+
+
+def derive(header: bytes) -> SortKeys:
+    """The keys of a message from its header block."""
+    first: dict[str, str] = {}
+    references: list[str] = []
+    for name, value in parse_headers(header):
+        if name == "references":
+            references.append(decode_words(value))
+        elif name not in first:
+            first[name] = value
+    subject = decode_words(first.get("subject", ""))
+    ids = msg_ids(decode_words(first.get("message-id", "")))
+    key = ids[0] if ids else ""
+    parents = msg_ids(" ".join(references)) or msg_ids(decode_words(
+        first.get("in-reply-to", "")))[:1]
+    from_, to = (_first_address(decode_words(first[f]) if f in first else None)
+                 for f in ("from", "to"))
+    cc = _first_address(decode_words(first["cc"]) if "cc" in first else None)
+    return SortKeys(
+        parse_date(decode_words(first.get("date", ""))), base_subject(subject),
+        is_reply(subject), key, " ".join(parents),
+        _mailbox_key(from_), _mailbox_key(to), _mailbox_key(cc),
+        _display_key(from_), _display_key(to))
+
+
+@dataclass
+class KeyColumns:
+    """The keys of a mailbox's messages, by column, in uid order (``load``)."""
+
+    uids: list[int]
+    size: list[int]
+    internal_date: list[float]
+    keys: dict[str, list[Any]]  # the asked-for ``SortKeys`` fields
+
+    def sent(self) -> list[float]:
+        """SORT DATE's key: the sent date, else the internal date (RFC 5256 §2.2)."""
+        return [d if s is None else s
+                for s, d in zip(self.keys["sent"], self.internal_date, strict=True)]
+
+
+def _read(c: sqlite3.Connection, mailbox_id: int, first: int, last: int,
+          fields: Sequence[str]) -> list[tuple[Any, ...]]:
+    cols = "".join(f", k.{f}" for f in fields)  # names from COLUMNS only (``load``)
+    return c.execute(
+        f"SELECT m.uid, m.size, m.internal_date, m.ref, k.version{cols} "  # noqa: S608
+        "FROM mail_messages m LEFT JOIN mail_keys k ON k.ref = m.ref "
+        "WHERE m.mailbox = ? AND m.uid BETWEEN ? AND ? ORDER BY m.uid",
+        (mailbox_id, first, last)).fetchall()
+
+
+def _headers(c: sqlite3.Connection, refs: Sequence[str]) -> dict[str, bytes]:
+    q = f"SELECT ref, header FROM mail_bodies WHERE ref IN ({','.join('?' * len(refs))})"  # noqa: S608
+    return {r[0]: r[1] for r in c.execute(q, list(refs))}
+
+
+def _derive_all(headers: dict[str, bytes]) -> dict[str, SortKeys]:
+    return {ref: derive(h) for ref, h in headers.items()}
+
+
+def _keep(derived: dict[str, SortKeys], c: sqlite3.Connection) -> None:
+    """Write derived keys, only for bodies that still exist (one may be gone since)."""
+    c.executemany(
+        f"INSERT OR REPLACE INTO mail_keys SELECT ?, ?{', ?' * len(COLUMNS)} "  # noqa: S608
+        "WHERE EXISTS (SELECT 1 FROM mail_bodies WHERE ref = ?)",
+        [(ref, KEYS_VERSION, *keys, ref) for ref, keys in derived.items()])
+
+
+async def load(reads: Database, commit: GroupCommit[Any], mailbox_id: int,
+               uids: Sequence[int], fields: Collection[str]) -> KeyColumns:
+    """The ``fields`` of the messages ``uids`` (ascending) that still exist.
+
+    One range read on the read thread; the keys of bodies not derived yet (or
+    by an older ``KEYS_VERSION``) are derived from their headers in a worker
+    thread ``DERIVE_CHUNK`` at a time and kept, so the next SORT or THREAD of
+    the mailbox reads them.
+    """
+    names = [f for f in COLUMNS if f in fields]
+    if not uids:
+        return KeyColumns([], [], [], {f: [] for f in names})
+    rows: list[tuple[Any, ...]] = await reads.run(_read, mailbox_id, uids[0], uids[-1], names)
+    if len(rows) != len(uids):  # a subset (a search's matches): keep those asked for
+        wanted = set(uids)
+        rows = [r for r in rows if r[0] in wanted]
+    at: dict[str, list[int]] = {}  # bodies to derive -> their rows
+    for i, r in enumerate(rows):
+        if r[4] != KEYS_VERSION:
+            at.setdefault(r[3], []).append(i)
+    refs = list(at)
+    for start in range(0, len(refs), DERIVE_CHUNK):
+        chunk = refs[start:start + DERIVE_CHUNK]
+        derived = await asyncio.to_thread(_derive_all, await reads.run(_headers, chunk))
+        await commit.submit(functools.partial(_keep, derived))
+        for ref in chunk:  # a body gone meanwhile sorts as one without headers
+            keys = derived.get(ref, NO_KEYS)
+            values = tuple(getattr(keys, f) for f in names)
+            for i in at[ref]:
+                rows[i] = (*rows[i][:5], *values)
+    if not rows:
+        return KeyColumns([], [], [], {f: [] for f in names})
+    columns = list(zip(*rows, strict=True))
+    return KeyColumns(list(columns[0]), list(columns[1]), list(columns[2]),
+                      {f: list(columns[5 + n]) for n, f in enumerate(names)})
