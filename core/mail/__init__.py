@@ -21,10 +21,12 @@ Contract (what SMTP, the peer API and IMAP rely on; ``service.mail``):
 The IMAP adapter additionally uses mailboxes, ``open`` (a copy of the
 mailbox's shared in-memory uid/flags/modseq index, ``core.mail.index``, plus a
 bounded ``Watch`` of later changes; ``current`` after the watch overflowed),
-``close``, ``meta``, ``read``, ``set_flags``, ``expunge``, ``copy`` and
-``vanished``. Errors are core's neutral ones (``core.errors``: ``NotFound``,
-``Conflict``, ``Invalid``, ``Forbidden``, ``Unavailable``, and over
-``mail.quota`` ``QuotaExceeded``, the same one the file tree raises); their
+``close``, ``meta``, ``sizes`` (``Extents``: sizes and dates by column),
+``sort_keys`` (``core.mail.sortkeys``: SORT and THREAD keys, derived once),
+``read``, ``set_flags``, ``expunge``, ``copy`` and ``vanished``. Errors
+are core's neutral ones (``core.errors``: ``NotFound``, ``Conflict``,
+``Invalid``, ``Forbidden``, ``Unavailable``, and over ``mail.quota``
+``QuotaExceeded``, the same one the file tree raises); their
 ``code`` (an ``ErrorCode``: ``ALREADY_EXISTS``, ``HAS_CHILDREN``,
 ``OVER_QUOTA``, ``TOO_LARGE``, ``SPECIAL_USE``, ``LIMIT``) is what each
 adapter's one table is keyed by, so SMTP, IMAP and the peer API each say
@@ -42,6 +44,7 @@ from core.mail.store import (
     DELIM,
     SPECIAL,
     Change,
+    Extents,
     Mailbox,
     MailStore,
     Meta,
@@ -49,5 +52,5 @@ from core.mail.store import (
     Watch,
 )
 
-__all__ = ["DELIM", "SPECIAL", "Change", "MailStore", "Mailbox", "Meta", "Snapshot", "Status",
-           "Watch"]
+__all__ = ["DELIM", "SPECIAL", "Change", "Extents", "MailStore", "Mailbox", "Meta", "Snapshot",
+           "Status", "Watch"]

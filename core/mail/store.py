@@ -148,11 +148,13 @@ MIGRATIONS = [
     ALTER TABLE mail_mailboxes ADD COLUMN vanished_floor INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX mail_vanished_modseq ON mail_vanished(mailbox, modseq);
     """,
-    # core.mail.sortkeys: SORT and THREAD keys, derived from a body's header once
-    # (``sort_keys``); a row goes with its body (``_unused_refs``)
+    # core.mail.sortkeys: SORT and THREAD keys, derived from a message's header once
+    # (``sort_keys``), keyed as mail_messages is so a mailbox's keys are read in
+    # order; a row goes with its message (``_remove``, ``delete_mailbox``, rename)
     """
-    CREATE TABLE mail_keys (
-        ref           TEXT PRIMARY KEY,
+    CREATE TABLE mail_sort (
+        mailbox       INTEGER NOT NULL,
+        uid           INTEGER NOT NULL,
         version       INTEGER NOT NULL,
         sent          REAL,
         subject       TEXT NOT NULL,
@@ -163,7 +165,8 @@ MIGRATIONS = [
         to_key        TEXT NOT NULL,
         cc_key        TEXT NOT NULL,
         display_from  TEXT NOT NULL,
-        display_to    TEXT NOT NULL
+        display_to    TEXT NOT NULL,
+        PRIMARY KEY (mailbox, uid)
     ) WITHOUT ROWID;
     """,
 ]
@@ -235,11 +238,14 @@ class Meta:
     structure: mime.Part | None
 
 
-class Extent(NamedTuple):
-    """What ``FETCH RFC822.SIZE INTERNALDATE`` needs of a message (``MailStore.sizes``)."""
+@dataclass
+class Extents:
+    """What ``FETCH RFC822.SIZE INTERNALDATE`` needs of messages, by column in uid
+    order (``MailStore.sizes``)."""
 
-    size: int
-    internal_date: float
+    uids: list[int]
+    sizes: list[int]
+    dates: list[float]
 
 
 @dataclass(frozen=True)
@@ -540,6 +546,7 @@ class MailStore:
             refs = [r[0] for r in c.execute(
                 "SELECT DISTINCT ref FROM mail_messages WHERE mailbox = ?", (mb.id,))]
             c.execute("DELETE FROM mail_messages WHERE mailbox = ?", (mb.id,))
+            c.execute("DELETE FROM mail_sort WHERE mailbox = ?", (mb.id,))
             c.execute("DELETE FROM mail_mailboxes WHERE id = ?", (mb.id,))
             return mb.id, _orphans(c, refs)
         try:
@@ -573,6 +580,8 @@ class MailStore:
                 uids = [r[0] for r in c.execute(
                     "SELECT uid FROM mail_messages WHERE mailbox = ? ORDER BY uid", (src.id,))]
                 c.execute("UPDATE mail_messages SET mailbox = ? WHERE mailbox = ?",
+                          (dst.id, src.id))
+                c.execute("UPDATE mail_sort SET mailbox = ? WHERE mailbox = ?",
                           (dst.id, src.id))
                 c.execute("UPDATE mail_mailboxes SET uidnext = ? WHERE id = ?",
                           (src.uidnext, dst.id))
@@ -849,7 +858,7 @@ class MailStore:
                 found[m.uid] = m
         return [found[u] for u in sorted(found)]
 
-    async def sizes(self, mailbox_id: int, first: int, last: int) -> dict[int, Extent]:
+    async def sizes(self, mailbox_id: int, first: int, last: int) -> Extents:
         """Size and internal date of the messages with uids ``first``..``last``.
 
         Why apart from ``meta``: a client's first look at a mailbox is ``FETCH
@@ -857,16 +866,20 @@ class MailStore:
         columns of one range read cost ~0.3 µs a message; through ``meta`` it
         was every message's header, and 100,000 of them overran its cache.
         """
-        def run(c: sqlite3.Connection) -> dict[int, Extent]:
-            return {r[0]: Extent(r[1], r[2]) for r in c.execute(
-                "SELECT uid, size, internal_date FROM mail_messages "
-                "WHERE mailbox = ? AND uid BETWEEN ? AND ?", (mailbox_id, first, last))}
+        def run(c: sqlite3.Connection) -> Extents:
+            rows = c.execute("SELECT uid, size, internal_date FROM mail_messages "
+                             "WHERE mailbox = ? AND uid BETWEEN ? AND ? ORDER BY uid",
+                             (mailbox_id, first, last)).fetchall()
+            if not rows:
+                return Extents([], [], [])
+            uids, sizes, dates = (list(col) for col in zip(*rows, strict=True))
+            return Extents(uids, sizes, dates)
         return await self.reads.run(run)
 
     async def sort_keys(self, mailbox_id: int, uids: Sequence[int],
                         fields: Collection[str]) -> sortkeys.KeyColumns:
         """SORT and THREAD keys (``core.mail.sortkeys``) of the messages ``uids``
-        (ascending) that still exist; derived from the header once per body."""
+        (ascending) that still exist; derived from the header once per message."""
         return await sortkeys.load(self.reads, self._commit, mailbox_id, uids, fields)
 
     @staticmethod
@@ -1522,6 +1535,8 @@ def _remove(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[tuple[int, st
     modseq = _bump(c, mailbox_id)
     c.executemany("DELETE FROM mail_messages WHERE mailbox = ? AND uid = ?",
                   [(mailbox_id, r[0]) for r in rows])
+    c.executemany("DELETE FROM mail_sort WHERE mailbox = ? AND uid = ?",
+                  [(mailbox_id, r[0]) for r in rows])
     c.executemany("INSERT OR REPLACE INTO mail_vanished VALUES (?, ?, ?)",
                   [(mailbox_id, r[0], modseq) for r in rows])
     _prune_vanished(c, mailbox_id, keep)
@@ -1597,7 +1612,6 @@ def _unused_refs(c: sqlite3.Connection, refs: list[str]) -> list[str]:
            if not c.execute("SELECT 1 FROM mail_messages WHERE ref = ? LIMIT 1",
                             (ref,)).fetchone()]
     c.executemany("DELETE FROM mail_bodies WHERE ref = ?", [(r,) for r in out])
-    c.executemany("DELETE FROM mail_keys WHERE ref = ?", [(r,) for r in out])
     return out
 
 

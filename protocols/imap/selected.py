@@ -96,6 +96,12 @@ class Selected:
     def seq_of(self, uid: int) -> int:
         return self.pos(uid) + 1
 
+    def seqs_of(self, uids: list[int]) -> list[int]:
+        """``seq_of`` of each (ascending) uid; positions alone when they are all of them."""
+        if uids == self.uids:
+            return list(range(1, len(uids) + 1))
+        return [self.pos(u) + 1 for u in uids]
+
     def parse_set(self, text: str, *, uid: bool, strict: bool = True) -> list[int]:
         """Uids named by a sequence set (RFC 3501 §9 sequence-set), ascending.
 

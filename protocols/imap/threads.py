@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 MAX_DEPTH = 200  # deeper chains are not extended: bounds each loop check (hostile mail)
 
@@ -40,8 +41,7 @@ class Node:
         return out
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):  # a tuple: 100,000 of them are made per THREAD
     num: int  # sequence number or uid, as the client asked
     seq: int
     date: float

@@ -29,12 +29,12 @@ def test_derive_falls_back_where_a_header_is_missing_or_unreadable() -> None:
     assert derive(b"") == sortkeys.NO_KEYS
 
 
-async def _keys_rows(svc: Service) -> list[tuple[str, int]]:
+async def _keys_rows(svc: Service) -> list[tuple[int, int]]:
     return await svc.db.run(lambda c: c.execute(
-        "SELECT ref, version FROM mail_keys ORDER BY ref").fetchall())
+        "SELECT uid, version FROM mail_sort ORDER BY mailbox, uid").fetchall())
 
 
-async def test_keys_are_derived_once_kept_and_go_with_their_body(
+async def test_keys_are_derived_once_kept_and_go_with_their_message(
         service: tuple[Service, str], monkeypatch: pytest.MonkeyPatch) -> None:
     svc, login = service
     mail = svc.mail
@@ -61,8 +61,20 @@ async def test_keys_are_derived_once_kept_and_go_with_their_body(
 
     await mail.set_flags(mb.id, uids[:1], "+", ["\\Deleted"])
     await mail.expunge(mb.id)
-    assert len(await _keys_rows(svc)) == 2  # the expunged body's keys went with it
+    assert len(await _keys_rows(svc)) == 2  # the expunged message's keys went with it
     assert (await mail.sort_keys(mb.id, uids, ["subject"])).uids == uids[1:]
+    await mail.copy(mb.id, uids[1:2], login, "Archive", move=True)
+    assert [u for u, _ in await _keys_rows(svc)] == uids[2:]
+    archive = await mail.mailbox(login, "Archive")
+    moved = await mail.sort_keys(archive.id, [1], ["subject"])  # derived for the copy
+    assert moved.keys["subject"] == ["1"] and len(await _keys_rows(svc)) == 2
+    await mail.rename_mailbox(login, "INBOX", "Old")  # INBOX's messages move, keys too
+    old = await mail.mailbox(login, "Old")
+    assert await svc.db.run(lambda c: c.execute(
+        "SELECT mailbox, uid FROM mail_sort WHERE uid = ?", (uids[2],)).fetchall()) == \
+        [(old.id, uids[2])]
+    await mail.delete_mailbox(login, "Archive")
+    assert [u for u, _ in await _keys_rows(svc)] == [uids[2]]
 
 
 async def test_a_message_without_a_date_sorts_by_its_internal_date(

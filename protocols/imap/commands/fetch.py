@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import re
-from bisect import bisect_left
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.mail import Meta, addresses
+from core.mail import Extents, Meta, addresses
 from core.mail.mime import Part
 from protocols.imap import binary, preview, render
 from protocols.imap.commands import SELECTED, args, command
@@ -25,6 +24,7 @@ from protocols.imap.selected import compress
 
 if TYPE_CHECKING:
     from protocols.imap.parser import Command
+    from protocols.imap.selected import Selected
     from protocols.imap.session import Session
 
 log = logging.getLogger("twin.imap")
@@ -36,8 +36,8 @@ MACROS = {
 }
 SIMPLE = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE",
           "MODSEQ", "PREVIEW"}
-INDEX_ONLY = {"UID", "FLAGS", "MODSEQ"}
-LISTING = INDEX_ONLY | {"RFC822.SIZE", "INTERNALDATE"}  # a client's first look: no header
+# a client's first look at a mailbox: from the index and one range read, no header
+LISTING = {"UID", "FLAGS", "MODSEQ", "RFC822.SIZE", "INTERNALDATE"}
 NEEDS_STRUCTURE = {"ENVELOPE", "BODY", "BODYSTRUCTURE", "PREVIEW"}
 _SECTION = re.compile(r"^(BODY|BODY\.PEEK)\[([^\]]*)\](?:<(\d{1,10})(?:\.(\d{1,10}))?>)?$",
                       re.I)
@@ -254,9 +254,6 @@ async def fetch(s: Session, cmd: Command) -> str | None:
             if "FLAGS" not in items:
                 items.append("FLAGS")
     names = {i for i in items if isinstance(i, str)}
-    if names <= INDEX_ONLY and not sections:
-        await _fetch_index(s, uids, items)
-        return None
     if names <= LISTING and not sections:
         await _fetch_listing(s, uids, [i for i in dict.fromkeys(items) if isinstance(i, str)])
         return None
@@ -282,69 +279,6 @@ def _in_uid_set(text: str, uids: list[int]) -> list[int]:
     return [u for u in uids if any(a <= u <= b for a, b in ranges)]
 
 
-async def _fetch_index(s: Session, uids: list[int], items: list[str | Section]) -> None:
-    """The fast path: only UID/FLAGS/MODSEQ, straight from the session's index.
-
-    One ``%`` format per message with the FLAGS text cached per distinct flag
-    set: a ``UID FETCH 1:* (FLAGS)`` of 100,000 messages is a tight loop.
-    """
-    sel = s.need_selected()
-    if not uids:
-        return
-    with_uid, with_flags, with_modseq = "UID" in items, "FLAGS" in items, "MODSEQ" in items
-    fields = [b"UID %d"] if with_uid else []
-    fields += [b"FLAGS %s"] if with_flags else []
-    fields += [b"MODSEQ (%d)"] if with_modseq else []
-    template = b"* %d FETCH (" + b" ".join(fields) + b")\r\n"
-    texts: dict[frozenset[str], bytes] = {}
-    recent_texts: dict[frozenset[str], bytes] = {}
-    recent, index, flags_of, modseqs = sel.recent, sel.uids, sel.flag_list, sel.modseq_list
-    pos = bisect_left(index, uids[0])
-    n = len(uids)
-    if index[pos:pos + n] == uids:  # a contiguous range (``1:*``, the usual case): by column
-        cols: list[Sequence[Any]] = [range(pos + 1, pos + 1 + n)]
-        if with_uid:
-            cols.append(uids)
-        if with_flags:
-            column = flags_of[pos:pos + n]
-            texts = {f: render.flags(f) for f in set(column)}
-            shown: list[bytes] = list(map(texts.__getitem__, column))
-            for uid in recent:
-                i = bisect_left(uids, uid)
-                if i < n and uids[i] == uid:
-                    shown[i] = render.flags(column[i] | {"\\Recent"})
-            cols.append(shown)
-        if with_modseq:
-            cols.append(modseqs[pos:pos + n])
-        for start in range(0, n, 4096):
-            rows = zip(*(c[start:start + 4096] for c in cols), strict=True)
-            s.out += b"".join([template % row for row in rows])
-            await s.maybe_flush()
-        return
-    lines: list[bytes] = []
-    append = lines.append
-    for uid in uids:  # uids ascend and are in the index: walk it instead of searching
-        while index[pos] != uid:
-            pos += 1
-        values: tuple[Any, ...] = (pos + 1, uid) if with_uid else (pos + 1,)
-        if with_flags:
-            flags = flags_of[pos]
-            cache = recent_texts if recent and uid in recent else texts
-            text = cache.get(flags)
-            if text is None:
-                text = cache[flags] = render.flags(
-                    flags | {"\\Recent"} if cache is recent_texts else flags)
-            values += (text,)
-        if with_modseq:
-            values += (modseqs[pos],)
-        append(template % values)
-        if len(lines) >= 4096:
-            s.out += b"".join(lines)
-            lines.clear()
-            await s.maybe_flush()
-    s.out += b"".join(lines)
-
-
 _LISTING_FIELDS = {"UID": b"UID %d", "FLAGS": b"FLAGS %s", "MODSEQ": b"MODSEQ (%d)",
                    "RFC822.SIZE": b"RFC822.SIZE %d", "INTERNALDATE": b"INTERNALDATE %s"}
 
@@ -353,54 +287,73 @@ async def _fetch_listing(s: Session, uids: list[int], items: list[str]) -> None:
     """``FETCH 1:* (UID RFC822.SIZE FLAGS INTERNALDATE)``: what a mail client asks
     of every message when it first opens a mailbox (Thunderbird, mbsync).
 
-    Sizes and dates come from one range read (``MailStore.sizes``), the rest
-    from the session's index; no header is loaded. A message expunged by
+    Sizes and dates come from one range read (``MailStore.sizes``, only when
+    asked for), the rest from the session's index; no header is loaded.
+    Rendered by column, one ``%`` format per message: a ``UID FETCH 1:*
+    (FLAGS)`` of 100,000 messages is a tight loop. A message expunged by
     another session meanwhile is left out, as the general path leaves it out.
     """
     sel = s.need_selected()
     if not uids:
         return
-    extents = await s.mail.sizes(sel.mailbox.id, uids[0], uids[-1])
+    extents = Extents(uids, [], [])
+    if {"RFC822.SIZE", "INTERNALDATE"} & set(items):
+        extents = await s.mail.sizes(sel.mailbox.id, uids[0], uids[-1])
+    if extents.uids != uids:  # a subset, or some expunged meanwhile: keep what both have
+        have = dict(zip(extents.uids, zip(extents.sizes, extents.dates, strict=True),
+                        strict=True))
+        uids = [u for u in uids if u in have]
+        if not uids:
+            return
+        extents.sizes = [have[u][0] for u in uids]
+        extents.dates = [have[u][1] for u in uids]
+    first, n = sel.pos(uids[0]), len(uids)
+    # None: the uids are a contiguous run of the index (``1:*``), columns are slices
+    positions = None if sel.uids[first:first + n] == uids else [sel.pos(u) for u in uids]
+    cols: list[Sequence[Any]] = [range(first + 1, first + 1 + n) if positions is None
+                                 else [p + 1 for p in positions]]
+    for item in items:
+        if item == "UID":
+            cols.append(uids)
+        elif item == "RFC822.SIZE":
+            cols.append(extents.sizes)
+        elif item == "INTERNALDATE":
+            cols.append(_dates(extents.dates))
+        elif item == "FLAGS":
+            cols.append(_flag_texts(sel, uids, positions, first))
+        else:
+            cols.append(sel.modseq_list[first:first + n] if positions is None
+                        else [sel.modseq_list[p] for p in positions])
     template = b"* %d FETCH (" + b" ".join(_LISTING_FIELDS[i] for i in items) + b")\r\n"
-    texts: dict[frozenset[str], bytes] = {}
-    recent_texts: dict[frozenset[str], bytes] = {}
-    last_date, date = -1.0, b""  # dates repeat in runs (a batch filed at once)
-    recent, index, flags_of, modseqs = sel.recent, sel.uids, sel.flag_list, sel.modseq_list
-    pos = bisect_left(index, uids[0])
-    lines: list[bytes] = []
-    for uid in uids:  # uids ascend and are in the index: walk it instead of searching
-        while index[pos] != uid:
-            pos += 1
-        extent = extents.get(uid)
-        if extent is None:
-            continue
-        values: list[Any] = [pos + 1]
-        for item in items:
-            if item == "UID":
-                values.append(uid)
-            elif item == "FLAGS":
-                flags = flags_of[pos]
-                cache = recent_texts if recent and uid in recent else texts
-                text = cache.get(flags)
-                if text is None:
-                    text = cache[flags] = render.flags(
-                        flags | {"\\Recent"} if cache is recent_texts else flags)
-                values.append(text)
-            elif item == "RFC822.SIZE":
-                values.append(extent.size)
-            elif item == "INTERNALDATE":
-                if extent.internal_date != last_date:
-                    last_date = extent.internal_date
-                    date = render.date_time(last_date)
-                values.append(date)
-            else:
-                values.append(modseqs[pos])
-        lines.append(template % tuple(values))
-        if len(lines) >= 4096:
-            s.out += b"".join(lines)
-            lines.clear()
-            await s.maybe_flush()
-    s.out += b"".join(lines)
+    for start in range(0, n, 4096):
+        rows = zip(*(c[start:start + 4096] for c in cols), strict=True)
+        s.out += b"".join([template % row for row in rows])
+        await s.maybe_flush()
+
+
+def _dates(dates: list[float]) -> list[bytes]:
+    """INTERNALDATE texts; runs of one date (a batch filed at once) rendered once."""
+    out: list[bytes] = []
+    last, text = -1.0, b""
+    for d in dates:
+        if d != last:
+            last, text = d, render.date_time(d)
+        out.append(text)
+    return out
+
+
+def _flag_texts(sel: Selected, uids: list[int], positions: list[int] | None,
+                first: int) -> list[bytes]:
+    """FLAGS texts, one render per distinct flag set, \\Recent added where it is."""
+    column = sel.flag_list[first:first + len(uids)] if positions is None \
+        else [sel.flag_list[p] for p in positions]
+    texts = {f: render.flags(f) for f in set(column)}
+    shown = list(map(texts.__getitem__, column))
+    if sel.recent:
+        for i, uid in enumerate(uids):
+            if uid in sel.recent:
+                shown[i] = render.flags(column[i] | {"\\Recent"})
+    return shown
 
 
 async def _fetch_one(s: Session, meta: Meta, items: list[str | Section]) -> None:

@@ -95,10 +95,20 @@ class Msg:
 Pred = Callable[[Msg], bool]
 
 
+FlagsPred = Callable[[frozenset[str]], bool]
+
+
 @dataclass
 class Node:
     pred: Pred
     cost: int
+    # the same test on a message's flags alone, when that is all it reads (``UNSEEN``,
+    # ``NOT DELETED``): decided once per distinct flag set (``_index_search``)
+    on_flags: FlagsPred | None = None
+
+
+def _flag_node(flag: str, want: bool) -> Node:
+    return Node(lambda m: (flag in m.flags) == want, INDEX, lambda f: (flag in f) == want)
 
 
 def _day(text: str) -> dt.date:
@@ -173,14 +183,13 @@ class Compiler:
             raise Bad("expected a search key")
         k = tok.upper()
         if k == "ALL":
-            return Node(lambda m: True, INDEX), pos + 1
+            return Node(lambda m: True, INDEX, lambda f: True), pos + 1
         if k in _FLAG_KEYS:
             flag, want = _FLAG_KEYS[k]
-            return Node(lambda m: (flag in m.flags) == want, INDEX), pos + 1
+            return _flag_node(flag, want), pos + 1
         if k in ("KEYWORD", "UNKEYWORD"):
             kw = self._arg(t, pos + 1)
-            want = k == "KEYWORD"
-            return Node(lambda m: (kw in m.flags) == want, INDEX), pos + 2
+            return _flag_node(kw, k == "KEYWORD"), pos + 2
         if k == "NEW":
             return Node(lambda m: m.recent and "\\Seen" not in m.flags, INDEX), pos + 1
         if k == "OLD":
@@ -191,7 +200,9 @@ class Compiler:
             if pos + 1 >= len(t):
                 raise Bad("NOT needs a key")
             inner, nxt = self.key(t, pos + 1)
-            return Node(lambda m: not inner.pred(m), inner.cost), nxt
+            on = inner.on_flags
+            return Node(lambda m: not inner.pred(m), inner.cost,
+                        None if on is None else lambda f: not on(f)), nxt
         if k == "OR":
             if pos + 1 >= len(t):
                 raise Bad("OR needs two keys")
@@ -199,7 +210,9 @@ class Compiler:
             if nxt >= len(t):
                 raise Bad("OR needs two keys")
             b, nxt = self.key(t, nxt)
-            return Node(lambda m: a.pred(m) or b.pred(m), max(a.cost, b.cost)), nxt
+            fa, fb = a.on_flags, b.on_flags
+            return Node(lambda m: a.pred(m) or b.pred(m), max(a.cost, b.cost),
+                        None if fa is None or fb is None else lambda f: fa(f) or fb(f)), nxt
         if k == "UID":
             self.stable = self.stable and not any(c in self._arg(t, pos + 1) for c in "*$")
             uids = self._uids(self._arg(t, pos + 1), uid=True)
@@ -284,7 +297,13 @@ def _and(nodes: list[Node]) -> Node:
     if len(nodes) == 1:
         return nodes[0]
     ordered = sorted(nodes, key=lambda n: n.cost)  # cheap keys first
-    return Node(lambda m: all(n.pred(m) for n in ordered), max(n.cost for n in nodes))
+    tests = [n.on_flags for n in nodes]
+    on_flags: FlagsPred | None = None
+    if all(tests):
+        flag_tests = [t for t in tests if t is not None]
+        on_flags = lambda f: all(t(f) for t in flag_tests)  # noqa: E731
+    return Node(lambda m: all(n.pred(m) for n in ordered), max(n.cost for n in nodes),
+                on_flags)
 
 
 def message_text(raw: bytes) -> str:
@@ -377,6 +396,10 @@ async def _index_search(node: Node, sel: Selected, only: set[int] | None,
     (``UID SEARCH UNSEEN``, ``NOT DELETED``): one probe object refilled per
     message instead of an object per message, about 0.5 µs a message."""
     uids, flags, modseqs = list(sel.uids), list(sel.flag_list), list(sel.modseq_list)
+    if node.on_flags is not None and only is None:  # a few distinct flag sets: decide each
+        verdict = {f: node.on_flags(f) for f in set(flags)}
+        matched = [u for u, f in zip(uids, flags, strict=True) if verdict[f]]
+        return matched, 0  # a MODSEQ key reads more than flags: not this path
     recent, pred = sel.recent, node.pred
     probe = Msg(0, 0, frozenset(), 0, False)
     hits: list[int] = []

@@ -110,7 +110,7 @@ async def sort(s: Session, cmd: Command) -> str | None:
     keys = parse_criteria(args.plist(a[0]))
     _charset(a[1])
     ordered = await sorted_matches(s, sel, a[2:], keys)
-    nums = ordered if cmd.uid else [sel.seq_of(u) for u in ordered]
+    nums = ordered if cmd.uid else [sel.seq_of(u) for u in ordered]  # in sort order
     if opts is None:
         s.untagged(b"SORT" + b"".join(b" %d" % n for n in nums))
         return None
@@ -186,7 +186,7 @@ async def thread(s: Session, cmd: Command) -> str | None:
         raise Bad(f"unknown threading algorithm {algorithm[:30]}")
     _charset(a[1])
     found = await keyed(s, sel, a[2:], THREAD_FIELDS)
-    nums = found.uids if cmd.uid else [sel.seq_of(u) for u in found.uids]
+    nums = found.uids if cmd.uid else sel.seqs_of(found.uids)
     text = await asyncio.to_thread(_thread_text, found, nums, algorithm)
     s.untagged(b"THREAD " + text if text else b"THREAD")
     return None
