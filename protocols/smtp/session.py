@@ -170,7 +170,10 @@ class TwinSMTP(SMTP):
             raise
         except Exception as error:
             raise TLSSetupException() from error
-        if tls is None:  # typeshed allows it; neither loop returns None
+        if tls is None or tls.is_closing():
+            # closed mid-handshake (the idle timer, an eviction): uvloop wakes
+            # start_tls without an error, and the session must end here, not
+            # live on with a dead transport
             raise TLSSetupException()
         self._tls_started(tls)
 

@@ -32,10 +32,10 @@ async def reply(reader: asyncio.StreamReader) -> list[bytes]:
             return lines
 
 
-async def plaintext_to_starttls(twin: Twin, after: bytes = b""
+async def plaintext_to_starttls(twin: Twin, after: bytes = b"", port: str = "smtp"
                                 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """EHLO on the inbound port, then STARTTLS with ``after`` in the same packet."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", twin.port("smtp"))
+    """EHLO (the inbound port by default), then STARTTLS with ``after`` in the same packet."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", twin.port(port))
     assert (await reply(reader))[0].startswith(b"220")
     writer.write(b"EHLO client.example\r\n")
     assert any(b"STARTTLS" in line for line in await reply(reader))
@@ -88,17 +88,34 @@ async def test_starttls_uses_the_loops_tls_not_asyncio_sslproto(
         await client.noop()
 
 
-async def test_a_failed_handshake_closes_and_frees_the_slot(alice: Twin) -> None:
+async def slot_is_free(twin: Twin, port: str, within: float = 5) -> None:
     """smtp.max_sessions is 1: the next connection is served, not given 421."""
-    reader, writer = await plaintext_to_starttls(alice)
-    writer.write(b"this is not a TLS ClientHello\r\n")
-    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing in the clear
-    writer.close()
-    for _ in range(50):
-        reader, writer = await asyncio.open_connection("127.0.0.1", alice.port("smtp"))
+    for _ in range(int(within * 10)):
+        reader, writer = await asyncio.open_connection("127.0.0.1", twin.port(port))
         greeting = await asyncio.wait_for(reader.readline(), 10)
         writer.close()
         if greeting.startswith(b"220"):
             return
         await asyncio.sleep(0.1)  # connection_lost may run just after the close
     pytest.fail(f"the slot was not freed: {greeting!r}")
+
+
+async def test_a_failed_handshake_closes_and_frees_the_slot(alice: Twin) -> None:
+    reader, writer = await plaintext_to_starttls(alice)
+    writer.write(b"this is not a TLS ClientHello\r\n")
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing in the clear
+    writer.close()
+    await slot_is_free(alice, "smtp")
+
+
+async def test_a_stalled_handshake_is_timed_out_and_frees_the_slot(tmp_path: Path) -> None:
+    """The idle time-out (here smtp.login_timeout) bounds the handshake too, and
+    the slot is freed then, not one more time-out later."""
+    sets = {"smtp.max_sessions": "1", "smtp.login_timeout": "2"}
+    async with running_twin(tmp_path, "alice", sets) as twin:
+        reader, writer = await plaintext_to_starttls(twin, port="submission")
+        start = asyncio.get_running_loop().time()
+        await asyncio.wait_for(reader.read(), 10)  # no ClientHello: closed by the server
+        assert asyncio.get_running_loop().time() - start < 5
+        writer.close()
+        await slot_is_free(twin, "submission", within=1)  # not another 2 s later
