@@ -8,7 +8,6 @@ import random
 import pytest
 
 import core.mail.store as store_module
-
 from core.mail import Snapshot, Watch
 from core.mail.store import _load_index
 from core.service import Service
@@ -96,7 +95,7 @@ async def test_kept_indexes_are_bounded_in_messages_and_time(
     mail.close(w2)  # 4 > 3: the oldest kept goes
     assert set(mail._indexes) == {archive.mailbox.id}
     monkeypatch.setattr(store_module, "IDLE_KEEP", 0.0)
-    snap, w3 = await mail.open(login, "INBOX", read_only=True)  # past its time: dropped
+    _, w3 = await mail.open(login, "INBOX", read_only=True)  # past its time: dropped
     assert set(mail._indexes) == {inbox.mailbox.id}
     mail.close(w3)
     assert mail._indexes == {}
