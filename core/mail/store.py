@@ -1198,16 +1198,15 @@ class MailStore:
         """Tell live sessions of rows ``_insert_rows`` added (uids and modseqs from
         ``uid`` and ``modseq`` on), and cache their metadata if one has the mailbox open."""
         idx = self._indexes.get(target)
-        if idx is None or not idx.watches:  # nobody has it open: nobody to FETCH soon
+        if idx is None:  # nobody has it open: nobody to FETCH soon
             if rows:  # but IMAP NOTIFY may watch it (RFC 5465 MessageNew)
                 news = Change("exists", tuple(range(uid, uid + len(rows))), modseq=modseq)
-                if idx is not None:  # kept for the next session: kept exact
-                    for k, row in enumerate(rows):
-                        self._publish(target, Change("exists", (uid + k,), row[5],
-                                                     modseq + k))
-                    return
                 for observe in list(self.observers):
                     observe(target, news)
+            return
+        if not idx.watches:  # kept for the next session: kept exact, nothing cached
+            for k, row in enumerate(rows):
+                self._publish(target, Change("exists", (uid + k,), row[5], modseq + k))
             return
         for k, (ref, header, structure, size, date, flags) in enumerate(rows):
             self.metas.put((target, uidvalidity, uid + k),
