@@ -90,6 +90,7 @@ from storage.errors import (
     StorageError,
     StoreInUse,
 )
+from storage.memory import default_executors
 from storage.model import (
     BackendHealth,
     DrainProgress,
@@ -99,7 +100,7 @@ from storage.model import (
     ShareProblem,
     VerifyReport,
 )
-from storage.store import ObjectStream, Store, default_executors
+from storage.store import ObjectStream, Store
 
 __all__ = [
     "BackendHealth",

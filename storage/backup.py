@@ -27,7 +27,8 @@ from storage import crypto
 from storage.backends import ShardBackend, claim_all, load
 from storage.catalogue import FILE_NAME, Catalogue, Manifest, SegmentEntry
 from storage.errors import BackendUnavailable, IntegrityError, StorageError
-from storage.store import NS_BACKUP, Store, default_executors, share_key
+from storage.memory import default_executors
+from storage.store import NS_BACKUP, Store, share_key
 
 log = logging.getLogger("twin.storage")
 PREFIX = "backup/"

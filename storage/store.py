@@ -28,27 +28,23 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import ctypes
 import hashlib
 import logging
-import os
 import re
 import secrets
-import threading
 import time
 from collections import deque
 from collections.abc import (
     AsyncGenerator,
-    AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
     Generator,
     Iterable,
 )
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from storage import crypto
 from storage.backends import ShardBackend, max_value
@@ -72,6 +68,7 @@ from storage.errors import (
     StorageError,
 )
 from storage.health import BackendMonitor, deadline
+from storage.memory import BufferPool, ByteBudget, release_memory
 from storage.model import (
     BackendHealth,
     ObjectInfo,
@@ -82,6 +79,7 @@ from storage.model import (
     ref_id,
 )
 from storage.share import HEADER_BYTES
+from storage.source import Source, chunks, with_last
 
 if TYPE_CHECKING:
     from storage.backends.local import CompactPolicy
@@ -103,7 +101,6 @@ NAMED_KEEP = 3  # generations of a named pointer kept: as many as catalogue back
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 NS_OBJECT = "s"
 NS_BACKUP = "b"
-Source = bytes | bytearray | memoryview | AsyncIterable[bytes] | BinaryIO
 
 
 async def settle_writes(tasks: Iterable[asyncio.Task[T]],
@@ -157,69 +154,12 @@ def parse_share_key(key: str) -> tuple[str, str, int, int] | None:
         return None
 
 
-class ByteBudget:
-    """A semaphore counted in bytes: bounds memory held by in-flight segments."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self._free = total
-        self._cond = asyncio.Condition()
-
-    async def acquire(self, amount: int) -> int:
-        amount = min(amount, self.total)
-        async with self._cond:
-            await self._cond.wait_for(lambda: self._free >= amount)
-            self._free -= amount
-        return amount
-
-    async def release(self, amount: int) -> None:
-        async with self._cond:
-            self._free += amount
-            self._cond.notify_all()
-
-
 def _encode_pooled(pool: BufferPool, sk: SegmentKey, chunk: Buffer
                    ) -> tuple[EncodedSegment, bytearray | None]:
     """Encode into a pooled buffer, taken here on the CPU thread: a fresh one is
     zero-filled (~5 ms for a 4 MiB segment) and must not stall the event loop."""
     buf = pool.take(segment_buffer_size(len(chunk), sk.k, sk.n)) if len(chunk) > INLINE else None
     return encode_segment(sk, chunk, buf), buf
-
-
-class BufferPool:
-    """Reusable encode buffers for full segments (ciphertext and parity: n blocks),
-    at most ``keep`` of them kept.
-
-    Why: a fresh segment buffer is zero-filled (and was, before ``tune_malloc``,
-    a fresh mmap that the kernel faulted in page by page and unmapped again); on
-    a 2-core VM that was ~0.7 ms of system CPU per MiB put, a tenth of the whole
-    put. A buffer goes back only after every share written from it
-    is durable (nothing else holds a view into it then); on any failure it is
-    simply dropped, since a cancelled write may still be reading it. ``keep``
-    is what the store's byte budget lets be in flight, so memory stays bounded.
-    """
-
-    def __init__(self, size: int, keep: int) -> None:
-        self.size = size
-        self.keep = keep
-        self._free: builtins.list[bytearray] = []
-        self._lock = threading.Lock()  # taken in encode threads, given back on the loop
-
-    def take(self, size: int) -> bytearray | None:
-        """A pooled buffer if ``size`` is the pooled size, else None (encode allocates)."""
-        if size != self.size:
-            return None
-        with self._lock:
-            if self._free:
-                return self._free.pop()
-        return bytearray(size)
-
-    def give(self, buf: bytearray | None) -> None:
-        if buf is None or len(buf) != self.size:
-            return
-        with self._lock:
-            if len(self._free) < self.keep:
-                self._free.append(buf)
 
 
 class Store:
@@ -439,7 +379,7 @@ class Store:
         tasks: set[asyncio.Task[None]] = set()
         size = index = 0
         try:
-            async for chunk, last in _with_last(_chunks(source, self.segment_size, self.io)):
+            async for chunk, last in with_last(chunks(source, self.segment_size, self.io)):
                 size += len(chunk)
                 if size > MAX_OBJECT:
                     raise StorageError(f"object larger than {MAX_OBJECT} bytes")
@@ -1091,135 +1031,3 @@ def _results(done: set[asyncio.Task[None]]) -> None:
         raise asyncio.CancelledError()
     if errors:
         raise cast(BaseException, errors[0])
-
-
-async def _chunks(source: Source, size: int, io: Executor) -> AsyncIterator[Buffer]:
-    """Non-empty pieces of exactly ``size`` bytes (the last may be shorter).
-
-    Pieces of ``bytes`` are views (immutable: no copy needed); pieces of a
-    bytearray or memoryview are copied, since the caller could change them
-    while the put runs."""
-    if isinstance(source, bytes | bytearray | memoryview):
-        view = memoryview(source)
-        immutable = isinstance(source, bytes)
-        for pos in range(0, len(view), size):
-            part = view[pos:pos + size]
-            yield part if immutable else bytes(part)
-        return
-    if hasattr(source, "read"):
-        loop = asyncio.get_running_loop()
-        while True:
-            data = await loop.run_in_executor(io, _read_exactly, cast(BinaryIO, source), size)
-            if data:
-                yield data
-            if len(data) < size:
-                return
-    if isinstance(source, AsyncIterable):
-        # Pieces are gathered and joined once per segment (one copy; the
-        # segments are then views of the joined bytes): this runs on the event
-        # loop, where three copies per segment showed as 40 % of a WebDAV PUT.
-        parts: list[bytes] = []
-        have = 0
-        async for piece in source:
-            if not isinstance(piece, bytes | bytearray | memoryview):
-                raise TypeError(f"stream yielded {type(piece).__name__}, expected bytes")
-            if not piece:
-                continue
-            parts.append(piece if isinstance(piece, bytes) else bytes(piece))
-            have += len(piece)
-            if have >= size:
-                joined = b"".join(parts)
-                view = memoryview(joined)
-                pos = 0
-                while have - pos >= size:
-                    yield view[pos:pos + size]
-                    pos += size
-                rest = joined[pos:]
-                parts, have = ([rest] if rest else []), len(rest)
-        if parts:
-            yield b"".join(parts)
-        return
-    raise TypeError(f"cannot store a {type(source).__name__}: give bytes, a binary file "
-                    f"or an async iterable of bytes")
-
-
-def _read_exactly(f: BinaryIO, size: int) -> bytes:
-    parts: list[bytes] = []
-    left = size
-    while left > 0:
-        data = f.read(left)
-        if not data:
-            break
-        parts.append(data)
-        left -= len(data)
-    return b"".join(parts)
-
-
-async def _with_last(chunks: AsyncIterator[Buffer]) -> AsyncIterator[tuple[Buffer, bool]]:
-    """Each chunk with a flag telling whether it is the last (bound into the segment AD)."""
-    prev: Buffer | None = None
-    async for chunk in chunks:
-        if prev is not None:
-            yield prev, False
-        prev = chunk
-    if prev is not None:
-        yield prev, True
-
-
-def tune_malloc() -> None:
-    """Keep segment-sized buffers in one reused heap instead of fresh mmaps.
-
-    Every segment read or written allocates and frees a few MiB (share reads,
-    the joined ciphertext, the plaintext). glibc's defaults serve buffers that
-    big with a fresh mmap each, which the kernel zero-fills page by page and
-    unmaps again: profiled, page faults and munmap were ~50 % of a 256 MiB
-    get's CPU, the cipher under 10 %. Its *dynamic* threshold moves them into
-    the heap after a while, but into one arena per thread, each keeping its
-    freed memory (a 1 GiB put+get peaked at ~165 MiB RSS).
-
-    So: buffers up to 16 MiB come from the heap, freed memory at its top is
-    kept up to 64 MiB (less made the next segment fault its pages in again),
-    and all threads share one arena, so what one thread frees the next reuses.
-    Measured on the 2-core VM, 256 MiB at 4-of-6, one process per run: get
-    495-941 MiB/s (1.3-2.8 ms CPU/MiB) against 313-356 (3.7-4.3) with a fixed
-    1 MiB mmap threshold; put unchanged; 1 GiB put+get peak RSS 95 MiB (two
-    arenas: 113-121); 4 KiB puts unchanged. Process-wide, harmless elsewhere,
-    no-op off glibc.
-    """
-    global _malloc_tuned
-    if _malloc_tuned:
-        return
-    _malloc_tuned = True
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_MMAP_THRESHOLD, 16 * MiB)
-        libc.mallopt(_M_TRIM_THRESHOLD, 64 * MiB)
-        libc.mallopt(_M_ARENA_MAX, 1)
-
-
-def release_memory() -> None:
-    """Give the heap's free pages back to the kernel after a sweep over the store.
-
-    Why: ``tune_malloc`` keeps up to 64 MiB of freed memory at the heap's top
-    for the next segment, and a verify or repair (every share of every object
-    read once) leaves freed memory scattered below the top too, which no
-    threshold returns. ``malloc_trim(0)`` releases every free whole page of the
-    heap (madvise), so RSS after a sweep goes back to what the twin holds.
-    Milliseconds; no-op off glibc.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
-
-
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_M_ARENA_MAX = -8
-_malloc_tuned = False
-
-
-def default_executors() -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
-    tune_malloc()
-    cpu = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
-                             thread_name_prefix="twin-storage-cpu")
-    io = ThreadPoolExecutor(max_workers=32, thread_name_prefix="twin-storage-io")
-    return cpu, io
