@@ -75,11 +75,9 @@ metadata DB snapshot there (``core/backup.py``).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from storage.backends import ShardBackend, claim_all, load
+from storage.backends import ShardBackend
 from storage.backends.local import CompactPolicy
-from storage.catalogue import FILE_NAME, Catalogue
+from storage.engine import ObjectStream
 from storage.errors import (
     BackendRefused,
     BackendUnavailable,
@@ -90,7 +88,6 @@ from storage.errors import (
     StorageError,
     StoreInUse,
 )
-from storage.memory import default_executors
 from storage.model import (
     BackendHealth,
     DrainProgress,
@@ -100,7 +97,7 @@ from storage.model import (
     ShareProblem,
     VerifyReport,
 )
-from storage.store import ObjectStream, Store
+from storage.store import Store, open_store
 
 __all__ = [
     "BackendHealth",
@@ -124,39 +121,3 @@ __all__ = [
     "VerifyReport",
     "open_store",
 ]
-
-MAX_BACKENDS = 64
-
-
-def open_store(data_dir: Path, *, k: int, n: int, segment_size: int,
-               backends: list[dict[str, str]], master_key: bytes, metadata_key: bytes,
-               write_quorum: int | None = None, policy: CompactPolicy | None = None) -> Store:
-    """Open (creating if needed) the store of a twin's data dir.
-
-    ``backends`` are ``{"name", "kind": "local"|"resp", "location"}``; local
-    locations are relative to ``data_dir``. Backends are reached lazily, so an
-    unreachable one does not stop the store from opening (reads use the others).
-    Local directories are locked for this process at once: if another process
-    (a running ``twin serve``) holds one, this raises ``StoreInUse`` with its pid.
-    """
-    data_dir = Path(data_dir)
-    if not isinstance(backends, list) or not 1 <= len(backends) <= MAX_BACKENDS:
-        raise ValueError(f"need 1..{MAX_BACKENDS} backends")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    cpu, io = default_executors()
-    loaded: list[ShardBackend] = []
-    try:
-        loaded = [load(spec, data_dir, io, policy) for spec in backends]
-        claim_all(loaded)  # StoreInUse now, if a running twin holds the directories
-        catalogue = Catalogue(data_dir / FILE_NAME, io)
-        return Store(data_dir, loaded, catalogue, k=k, n=n, segment_size=segment_size,
-                     master_key=master_key, metadata_key=metadata_key, cpu=cpu, io=io,
-                     write_quorum=write_quorum, policy=policy)
-    except BaseException:
-        for b in loaded:
-            unclaim = getattr(b, "unclaim", None)
-            if unclaim is not None:
-                unclaim()
-        cpu.shutdown(wait=False)
-        io.shutdown(wait=False)
-        raise
