@@ -71,6 +71,39 @@ under ``backup/`` on every backend; see ``storage.backup``. Named pointers
 (``set_named``; the newest ``NAMED_KEEP`` generations are kept) are catalogue
 rows, so a restored catalogue finds what they name: the twin keeps its
 metadata DB snapshot there (``core/backup.py``).
+
+Layout: which file for what
+===========================
+
+- ``store.py``: ``Store``, the façade (the calls above), and ``open_store``.
+  Each call checks its arguments and that the store is open, then does an
+  object-level step over the engine or hands the engine to the part below.
+- ``engine.py``: ``Engine``, the state every part shares (backends and which
+  are draining, catalogue, health monitor, ids in flight, shares and repairs
+  owed, keys, pools) and the share-level primitives: the write path
+  (``write_stream``, ``store_shares``, ``settle_writes``), the read path
+  (``read_segment``, ``probe_share``, ``ObjectStream``), placement
+  (``placement_order``, ``spares``), ``delete_keys``, and ``call`` (every
+  backend call, with its deadline).
+- The parts, each taking the ``Engine`` (none imports ``Store``):
+  ``smallput.py`` (small puts, batched), ``repair.py`` (verify and repair),
+  ``maintain.py`` (self-repair and scrub while serving), ``backup.py``
+  (catalogue backup and restore), ``backendset.py`` (add and remove a
+  backend) and ``drain.py`` (move every share off one).
+- Beneath them: ``codec.py`` (a segment to n shares and back, over
+  ``crypto.py``, ``erasure.py`` and the share format ``share.py``),
+  ``catalogue.py`` (the SQLite catalogue), ``health.py`` (deadlines,
+  ``BackendMonitor``), ``memory.py`` (byte budget, buffer pool, malloc tuning,
+  thread pools), ``source.py`` (a put's source cut into segments),
+  ``groupcommit.py`` and ``sqlpool.py`` (shared by the catalogue and the local
+  backend), ``model.py`` and ``errors.py`` (the public values and errors).
+- To add a storage backend, open ``backends/__init__.py``: the
+  ``ShardBackend`` contract, and ``load``, which picks the implementation by
+  ``kind``. A new kind is a module beside ``backends/local.py`` and
+  ``backends/resp.py`` (``backends/zdb.py`` is 0-db's part of resp) plus its
+  branch in ``load``; nothing else in ``storage`` names a kind. Outside it,
+  ``twin storage backends add`` offers the kinds (``core/cli/storage.py``) and
+  ``core/domains.py`` tells a local directory's failure domain.
 """
 
 from __future__ import annotations
