@@ -71,15 +71,46 @@ under ``backup/`` on every backend; see ``storage.backup``. Named pointers
 (``set_named``; the newest ``NAMED_KEEP`` generations are kept) are catalogue
 rows, so a restored catalogue finds what they name: the twin keeps its
 metadata DB snapshot there (``core/backup.py``).
+
+Layout: which file for what
+===========================
+
+- ``store.py``: ``Store``, the façade (the calls above), and ``open_store``.
+  Each call checks its arguments and that the store is open, then does an
+  object-level step over the engine or hands the engine to the part below.
+- ``engine.py``: ``Engine``, the state every part shares (backends and which
+  are draining, catalogue, health monitor, ids in flight, shares and repairs
+  owed, keys, pools) and the share-level primitives: the write path
+  (``write_stream``, ``store_shares``, ``settle_writes``), the read path
+  (``read_segment``, ``probe_share``, ``ObjectStream``), placement
+  (``placement_order``, ``spares``), ``delete_keys``, and ``call`` (every
+  backend call, with its deadline).
+- The parts, each taking the ``Engine`` (none imports ``Store``):
+  ``smallput.py`` (small puts, batched), ``repair.py`` (verify and repair),
+  ``maintain.py`` (self-repair and scrub while serving), ``backup.py``
+  (catalogue backup and restore), ``backendset.py`` (add and remove a
+  backend) and ``drain.py`` (move every share off one).
+- Beneath them: ``codec.py`` (a segment to n shares and back, over
+  ``crypto.py``, ``erasure.py`` and the share format ``share.py``),
+  ``catalogue.py`` (the SQLite catalogue), ``health.py`` (deadlines,
+  ``BackendMonitor``), ``memory.py`` (byte budget, buffer pool, malloc tuning,
+  thread pools), ``source.py`` (a put's source cut into segments),
+  ``groupcommit.py`` and ``sqlpool.py`` (shared by the catalogue and the local
+  backend), ``model.py`` and ``errors.py`` (the public values and errors).
+- To add a storage backend, open ``backends/__init__.py``: the
+  ``ShardBackend`` contract, and ``load``, which picks the implementation by
+  ``kind``. A new kind is a module beside ``backends/local.py`` and
+  ``backends/resp.py`` (``backends/zdb.py`` is 0-db's part of resp) plus its
+  branch in ``load``; nothing else in ``storage`` names a kind. Outside it,
+  ``twin storage backends add`` offers the kinds (``core/cli/storage.py``) and
+  ``core/domains.py`` tells a local directory's failure domain.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from storage.backends import ShardBackend, claim_all, load
+from storage.backends import ShardBackend
 from storage.backends.local import CompactPolicy
-from storage.catalogue import FILE_NAME, Catalogue
+from storage.engine import ObjectStream
 from storage.errors import (
     BackendRefused,
     BackendUnavailable,
@@ -99,7 +130,7 @@ from storage.model import (
     ShareProblem,
     VerifyReport,
 )
-from storage.store import ObjectStream, Store, default_executors
+from storage.store import Store, open_store
 
 __all__ = [
     "BackendHealth",
@@ -123,39 +154,3 @@ __all__ = [
     "VerifyReport",
     "open_store",
 ]
-
-MAX_BACKENDS = 64
-
-
-def open_store(data_dir: Path, *, k: int, n: int, segment_size: int,
-               backends: list[dict[str, str]], master_key: bytes, metadata_key: bytes,
-               write_quorum: int | None = None, policy: CompactPolicy | None = None) -> Store:
-    """Open (creating if needed) the store of a twin's data dir.
-
-    ``backends`` are ``{"name", "kind": "local"|"resp", "location"}``; local
-    locations are relative to ``data_dir``. Backends are reached lazily, so an
-    unreachable one does not stop the store from opening (reads use the others).
-    Local directories are locked for this process at once: if another process
-    (a running ``twin serve``) holds one, this raises ``StoreInUse`` with its pid.
-    """
-    data_dir = Path(data_dir)
-    if not isinstance(backends, list) or not 1 <= len(backends) <= MAX_BACKENDS:
-        raise ValueError(f"need 1..{MAX_BACKENDS} backends")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    cpu, io = default_executors()
-    loaded: list[ShardBackend] = []
-    try:
-        loaded = [load(spec, data_dir, io, policy) for spec in backends]
-        claim_all(loaded)  # StoreInUse now, if a running twin holds the directories
-        catalogue = Catalogue(data_dir / FILE_NAME, io)
-        return Store(data_dir, loaded, catalogue, k=k, n=n, segment_size=segment_size,
-                     master_key=master_key, metadata_key=metadata_key, cpu=cpu, io=io,
-                     write_quorum=write_quorum, policy=policy)
-    except BaseException:
-        for b in loaded:
-            unclaim = getattr(b, "unclaim", None)
-            if unclaim is not None:
-                unclaim()
-        cpu.shutdown(wait=False)
-        io.shutdown(wait=False)
-        raise

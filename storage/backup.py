@@ -26,8 +26,9 @@ import cbor2
 from storage import crypto
 from storage.backends import ShardBackend, claim_all, load
 from storage.catalogue import FILE_NAME, Catalogue, Manifest, SegmentEntry
+from storage.engine import NS_BACKUP, Engine, share_key
 from storage.errors import BackendUnavailable, IntegrityError, StorageError
-from storage.store import NS_BACKUP, Store, default_executors, share_key
+from storage.memory import default_executors
 
 log = logging.getLogger("twin.storage")
 PREFIX = "backup/"
@@ -64,10 +65,10 @@ async def _names(backends: list[ShardBackend], skip: frozenset[str] = frozenset(
     return names, complete
 
 
-async def live_backup_ids(store: Store) -> set[str] | None:
+async def live_backup_ids(engine: Engine) -> set[str] | None:
     """Ids of the backups on the backends, None if a backend could not be listed (then
     no backup share may be taken for an orphan)."""
-    names, complete = await _names(store.backends, frozenset(store.monitor.down))
+    names, complete = await _names(engine.backends, frozenset(engine.monitor.down))
     return {name.rsplit("-", 1)[-1] for name in names} if complete else None
 
 
@@ -106,53 +107,53 @@ async def _open_manifest(name: str, holders: list[ShardBackend], metadata_key: b
     return None
 
 
-async def backup(store: Store) -> str:
+async def backup(engine: Engine) -> str:
     """Snapshot the catalogue into the store; returns the backup's name."""
     loop = asyncio.get_running_loop()
-    tmp = store.data_dir / f".catalogue-backup-{secrets.token_hex(4)}.sqlite"
+    tmp = engine.data_dir / f".catalogue-backup-{secrets.token_hex(4)}.sqlite"
     oid = secrets.token_hex(16)
     key, prefix = crypto.new_key(), crypto.new_prefix()
     written: list[tuple[ShardBackend, str]] = []
-    store.inflight.add(oid)
+    engine.inflight.add(oid)
     try:
-        await loop.run_in_executor(store.io, store.catalogue.snapshot, tmp)
-        f = await loop.run_in_executor(store.io, open, tmp, "rb")
+        await loop.run_in_executor(engine.io, engine.catalogue.snapshot, tmp)
+        f = await loop.run_in_executor(engine.io, open, tmp, "rb")
         try:
-            size, entries = await store.write_stream(f, NS_BACKUP, oid, key, prefix, written)
+            size, entries = await engine.write_stream(f, NS_BACKUP, oid, key, prefix, written)
         finally:
             f.close()
-        m = Manifest(oid, size, time.time(), store.k, store.n, store.segment_size, b"", prefix,
+        m = Manifest(oid, size, time.time(), engine.k, engine.n, engine.segment_size, b"", prefix,
                      entries, len(entries))
-        sealed = crypto.seal(store.metadata_key, _encode(m, key))
+        sealed = crypto.seal(engine.metadata_key, _encode(m, key))
         name = f"{PREFIX}{time.time_ns():020d}-{oid}"
-        up = [b for b in store.backends if not store.monitor.is_down(b.name)]
-        results = await asyncio.gather(*(store.call(b, b.put(name, [sealed]), len(sealed))
+        up = [b for b in engine.backends if not engine.monitor.is_down(b.name)]
+        results = await asyncio.gather(*(engine.call(b, b.put(name, [sealed]), len(sealed))
                                          for b in up), return_exceptions=True)
         stored = sum(1 for r in results if not isinstance(r, BaseException))
         if stored == 0:
             raise BackendUnavailable("*", "no backend accepted the backup manifest")
     except BaseException:
-        await store.discard(written)
+        await engine.discard(written)
         raise
     finally:
-        store.inflight.discard(oid)
+        engine.inflight.discard(oid)
         tmp.unlink(missing_ok=True)
     log.info("catalogue backed up as %s (%d bytes, manifest on %d of %d backends)", name, size,
-             stored, len(store.backends))
-    await _prune(store)
+             stored, len(engine.backends))
+    await _prune(engine)
     return name
 
 
-async def _prune(store: Store) -> None:
-    names, _ = await _names(store.backends, frozenset(store.monitor.down))
+async def _prune(engine: Engine) -> None:
+    names, _ = await _names(engine.backends, frozenset(engine.monitor.down))
     for name in sorted(names, reverse=True)[KEEP:]:
-        opened = await _open_manifest(name, names[name], store.metadata_key)
+        opened = await _open_manifest(name, names[name], engine.metadata_key)
         if opened is not None:
             m, _ = opened
-            await store.delete_keys([(b, share_key(NS_BACKUP, m.id, seg, i))
+            await engine.delete_keys([(b, share_key(NS_BACKUP, m.id, seg, i))
                                      for seg, e in enumerate(m.segments)
                                      for i, b in enumerate(e.placement) if b])
-        await asyncio.gather(*(store.call(b, b.delete(name), 0) for b in names[name]),
+        await asyncio.gather(*(engine.call(b, b.delete(name), 0) for b in names[name]),
                              return_exceptions=True)
         log.info("removed old backup %s", name)
 
@@ -162,22 +163,24 @@ def _sync(f: BinaryIO) -> None:
     os.fsync(f.fileno())
 
 
-async def _read_into(store: Store, m: Manifest, key: bytes, path: Path) -> None:
+async def _read_into(engine: Engine, m: Manifest, key: bytes, path: Path) -> None:
     loop = asyncio.get_running_loop()
-    f = await loop.run_in_executor(store.io, open, path, "wb")
+    f = await loop.run_in_executor(engine.io, open, path, "wb")
     try:
         for seg in range(m.segment_count):
-            data = await store.read_segment(m, key, seg, NS_BACKUP)
-            await loop.run_in_executor(store.io, f.write, data)
-        await loop.run_in_executor(store.io, _sync, f)
+            data = await engine.read_segment(m, key, seg, NS_BACKUP)
+            await loop.run_in_executor(engine.io, f.write, data)
+        await loop.run_in_executor(engine.io, _sync, f)
     finally:
         f.close()
 
 
-async def restore(data_dir: Path, *, backends: list[dict[str, str]], metadata_key: bytes,
-                  master_key: bytes, k: int, n: int, segment_size: int) -> Store:
-    from storage import open_store
-
+async def restore_catalogue(data_dir: Path, *, backends: list[dict[str, str]],
+                            metadata_key: bytes, master_key: bytes, k: int, n: int,
+                            segment_size: int) -> None:
+    """Install the newest readable catalogue backup on ``backends`` as the catalogue of
+    the empty ``data_dir`` (read through an engine on a scratch catalogue, closed again
+    before this returns); ``Store.restore`` then opens the store."""
     crypto.check_key(metadata_key, "metadata key")
     loop = asyncio.get_running_loop()
     target = data_dir / FILE_NAME
@@ -194,9 +197,9 @@ async def restore(data_dir: Path, *, backends: list[dict[str, str]], metadata_ke
         cpu.shutdown(wait=False)
         io.shutdown(wait=False)
         raise
-    store = Store(data_dir, loaded, Catalogue(scratch, io), k=k, n=n,
-                  segment_size=segment_size, master_key=master_key, metadata_key=metadata_key,
-                  cpu=cpu, io=io)
+    engine = Engine(data_dir, loaded, Catalogue(scratch, io), k=k, n=n,
+                    segment_size=segment_size, master_key=master_key,
+                    metadata_key=metadata_key, cpu=cpu, io=io)
     try:
         names, _ = await _names(loaded)
         for name in sorted(names, reverse=True):
@@ -205,7 +208,7 @@ async def restore(data_dir: Path, *, backends: list[dict[str, str]], metadata_ke
                 continue
             m, key = opened
             try:
-                await _read_into(store, m, key, part)
+                await _read_into(engine, m, key, part)
             except StorageError as exc:
                 log.warning("backup %s cannot be read back (%s); trying an older one", name, exc)
                 continue
@@ -215,9 +218,7 @@ async def restore(data_dir: Path, *, backends: list[dict[str, str]], metadata_ke
             raise StorageError("no readable catalogue backup on the given backends "
                                "(wrong metadata key, or no backup was ever made)")
     finally:
-        await store.close()
+        await engine.close()
         for leftover in scratch.parent.glob(scratch.name + "*"):
             leftover.unlink(missing_ok=True)
     os.replace(part, target)
-    return open_store(data_dir, k=k, n=n, segment_size=segment_size, backends=backends,
-                      master_key=master_key, metadata_key=metadata_key)

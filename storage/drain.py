@@ -4,7 +4,7 @@ Why: a backend leaves the store (a disk retired, six directories on one disk
 traded for real failure domains) only once no segment needs it. The drain marks
 it draining (``storage.backendset``: no new share goes there, across restarts),
 then walks the segments the catalogue still places on it and hands each to the
-repair path (``repair._repair_segment`` with ``leaving``): a share that reads
+repair path (``repair.repair_segment`` with ``leaving``): a share that reads
 back good is copied, one that does not is rebuilt from k others, and the old one
 is deleted only after the new one is durable and in the catalogue.
 
@@ -25,15 +25,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from storage.backendset import mark_draining, wait_for_puts
+from storage.backup import backup
+from storage.catalogue import Manifest
+from storage.engine import Engine
 from storage.errors import BackendRefused, ObjectNotFound, StorageError
 from storage.model import DrainProgress, RepairReport
-
-if TYPE_CHECKING:
-    from storage.catalogue import Manifest
-    from storage.store import Store
+from storage.repair import repair_segment
 
 log = logging.getLogger("twin.storage")
 PARALLEL = 8  # segments moved at once: overlaps reads, writes and the fsyncs they share
@@ -45,19 +44,19 @@ def _meta_key(name: str) -> str:
     return f"drain:{name}"
 
 
-async def drain(store: Store, name: str, progress: Callable[[DrainProgress], None] | None
+async def drain(engine: Engine, name: str, progress: Callable[[DrainProgress], None] | None
                 ) -> DrainProgress:
-    if name not in store.by_name:
+    if name not in engine.by_name:
         raise BackendRefused(f"no backend named {name!r}")
-    mark_draining(store, name)
-    raw = store.catalogue.get_meta(_meta_key(name))
-    left = await store.catalogue.count_on(name)
+    mark_draining(engine, name)
+    raw = engine.catalogue.get_meta(_meta_key(name))
+    left = await engine.catalogue.count_on(name)
     state = DrainProgress(name, left, left)
     if raw:
         state.resumed = True
         state.total = max(int(json.loads(raw).get("total", left)), left)
     else:
-        store.catalogue.set_meta(_meta_key(name), json.dumps({"total": left}).encode())
+        engine.catalogue.set_meta(_meta_key(name), json.dumps({"total": left}).encode())
     started = time.monotonic()
 
     def report() -> None:  # each step: the listener decides how often to tell
@@ -66,12 +65,12 @@ async def drain(store: Store, name: str, progress: Callable[[DrainProgress], Non
             progress(state)
 
     report()
-    await wait_for_puts(store, set(store.inflight))
+    await wait_for_puts(engine, set(engine.inflight))
     leaving = frozenset({name})
     for _ in range(MAX_PASSES):
         before = state.left
-        failures = await _pass(store, name, leaving, state, report)
-        state.left = await store.catalogue.count_on(name)
+        failures = await _pass(engine, name, leaving, state, report)
+        state.left = await engine.catalogue.count_on(name)
         state.failures = failures[:20]
         if state.left == 0:
             break
@@ -81,9 +80,10 @@ async def drain(store: Store, name: str, progress: Callable[[DrainProgress], Non
             await asyncio.sleep(0.2)
     if state.left == 0:
         state.done = True
-        store.catalogue.set_meta(_meta_key(name), b"")
+        engine.catalogue.set_meta(_meta_key(name), b"")
         try:
-            await store.backup()  # the newest backup needs nothing from the drained backend
+            engine.check_open()  # as Store.backup does: closed meanwhile is a warning
+            await backup(engine)  # the newest backup needs nothing from the drained backend
         except StorageError as exc:
             log.warning("drain of %s: catalogue backup failed: %s", name, exc)
     report()
@@ -92,23 +92,21 @@ async def drain(store: Store, name: str, progress: Callable[[DrainProgress], Non
     return state
 
 
-async def _pass(store: Store, name: str, leaving: frozenset[str], state: DrainProgress,
+async def _pass(engine: Engine, name: str, leaving: frozenset[str], state: DrainProgress,
                 report: Callable[[], None]) -> list[str]:
     """One walk over what the catalogue places on ``name``; returns what failed."""
-    from storage.repair import _repair_segment
-
-    healthy = {h.name for h in await store.health() if h.reachable and h.writable}
+    healthy = {h.name for h in await engine.health() if h.reachable and h.writable}
     failures: list[str] = []
     sem = asyncio.Semaphore(PARALLEL)
     after = ("", -1)
 
     async def one(m: Manifest, seg: int) -> None:
         async with sem:
-            if m.id in store.inflight:
+            if m.id in engine.inflight:
                 return  # being deleted (or written): the next pass sees what is left
             fix = RepairReport()
             try:
-                written = await _repair_segment(store, m, seg, healthy, fix, leaving)
+                written = await repair_segment(engine, m, seg, healthy, fix, leaving)
             except Exception as exc:  # one bad segment must not stop the others
                 failures.append(f"{m.id}/{seg}: {exc}")
                 return
@@ -121,14 +119,14 @@ async def _pass(store: Store, name: str, leaving: frozenset[str], state: DrainPr
             report()
 
     while True:
-        page = await store.catalogue.segments_on(name, after, PAGE)
+        page = await engine.catalogue.segments_on(name, after, PAGE)
         if not page:
             break
         after = page[-1]
         tasks = []
         for oid in dict.fromkeys(oid for oid, _ in page):
             try:
-                m = await store.manifest(oid)
+                m = await engine.manifest(oid)
             except ObjectNotFound:
                 continue  # deleted meanwhile
             tasks += [one(m, seg) for o, seg in page if o == oid]

@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable
 
 from storage import erasure
 from storage.backends import ShardBackend
+from storage.backup import live_backup_ids
 from storage.catalogue import Manifest, SegmentEntry
 from storage.codec import EncodedSegment, SegmentKey, cipher_len
+from storage.engine import NS_BACKUP, NS_OBJECT, Engine, parse_share_key
 from storage.errors import ObjectNotFound
 from storage.model import RepairReport, ShareProblem, VerifyReport
 from storage.share import HEADER_BYTES, header_matching
-from storage.store import NS_BACKUP, NS_OBJECT, Store, parse_share_key
 
 log = logging.getLogger("twin.storage")
 PARALLEL_OBJECTS = 4
@@ -32,19 +33,19 @@ def _segment_key(m: Manifest, seg: int) -> SegmentKey:
                       m.k, m.n)
 
 
-async def _probe_segment(store: Store, m: Manifest, seg: int
+async def _probe_segment(engine: Engine, m: Manifest, seg: int
                          ) -> tuple[dict[int, memoryview], dict[int, str]]:
     entry = m.entry(seg)
     sk = _segment_key(m, seg)
     plain = m.plain_len(seg)
-    results = await asyncio.gather(*(store.probe_share(NS_OBJECT, m.id, sk, plain, i, entry)
+    results = await asyncio.gather(*(engine.probe_share(NS_OBJECT, m.id, sk, plain, i, entry)
                                      for i in range(m.n)))
     good = {i: p for i, (p, _) in enumerate(results) if p is not None}
     bad = {i: why for i, (p, why) in enumerate(results) if p is None}
     return good, bad
 
 
-async def _each_object(store: Store, sample: float | None,
+async def _each_object(engine: Engine, sample: float | None,
                        work: Callable[[Manifest], Awaitable[None]]) -> int:
     sem = asyncio.Semaphore(PARALLEL_OBJECTS)
     tasks: set[asyncio.Task[None]] = set()
@@ -53,12 +54,12 @@ async def _each_object(store: Store, sample: float | None,
     async def run(oid: str) -> None:
         async with sem:
             try:
-                m = await store.manifest(oid)
+                m = await engine.manifest(oid)
             except ObjectNotFound:
                 return  # deleted meanwhile
             await work(m)
 
-    async for info in store.iter_objects():
+    async for info in engine.iter_objects():
         if sample is not None and random.random() >= sample:  # noqa: S311 - sampling only
             continue
         count += 1
@@ -73,24 +74,24 @@ async def _each_object(store: Store, sample: float | None,
     return count
 
 
-async def verify(store: Store, sample: float | None, clean: bool) -> VerifyReport:
+async def verify(engine: Engine, sample: float | None, clean: bool) -> VerifyReport:
     if sample is not None and not 0.0 < sample <= 1.0:
         raise ValueError("sample must be a fraction in (0, 1]")
     report = VerifyReport()
-    health = await store.health()
+    health = await engine.health()
     report.unreachable_backends = [h.name for h in health if not h.reachable]
 
     async def check(m: Manifest) -> None:
         fewest = m.n
         found: list[ShareProblem] = []
         for seg in range(m.segment_count):
-            good, bad = await _probe_segment(store, m, seg)
+            good, bad = await _probe_segment(engine, m, seg)
             report.shares_checked += m.n
             entry = m.entry(seg)
             for i, why in bad.items():
                 found.append(ShareProblem(m.id, seg, i, entry.placement[i], why))
             fewest = min(fewest, len(good))
-        if found and (m.id in store.inflight or await store.catalogue.info(m.id) is None):
+        if found and (m.id in engine.inflight or await engine.catalogue.info(m.id) is None):
             return  # deleted while we read it: its shares were going, not broken
         report.problems.extend(found)
         if fewest < m.n:
@@ -98,11 +99,11 @@ async def verify(store: Store, sample: float | None, clean: bool) -> VerifyRepor
         if fewest < m.k:
             report.unreadable.append(m.id)
 
-    report.objects_checked = await _each_object(store, sample, check)
+    report.objects_checked = await _each_object(engine, sample, check)
     if sample is None or clean:
-        reachable = [b for b in store.backends if b.name not in report.unreachable_backends]
+        reachable = [b for b in engine.backends if b.name not in report.unreachable_backends]
         for backend in reachable:
-            found, removed = await _orphans(store, backend, clean)
+            found, removed = await _orphans(engine, backend, clean)
             report.orphans += found
             report.orphans_removed += removed
     log.info("verify: %d objects, %d shares checked, %d problems, %d degraded, %d unreadable, "
@@ -112,28 +113,26 @@ async def verify(store: Store, sample: float | None, clean: bool) -> VerifyRepor
     return report
 
 
-async def remove_orphans(store: Store) -> int:
+async def remove_orphans(engine: Engine) -> int:
     """The orphan pass of ``verify(clean=True)`` alone, on the backends that are up: what
     the scrub runs after its repair, so failed puts leave nothing behind for long."""
     removed = 0
-    for backend in store.backends:
-        if not store.monitor.is_down(backend.name):
-            removed += (await _orphans(store, backend, True))[1]
+    for backend in engine.backends:
+        if not engine.monitor.is_down(backend.name):
+            removed += (await _orphans(engine, backend, True))[1]
     return removed
 
 
-async def _orphans(store: Store, backend: ShardBackend, clean: bool) -> tuple[int, int]:
+async def _orphans(engine: Engine, backend: ShardBackend, clean: bool) -> tuple[int, int]:
     """Shares no catalogue row (or live backup) refers to: left by crashed puts."""
-    from storage.backup import live_backup_ids
-
     found = removed = 0
-    backups = await live_backup_ids(store)
+    backups = await live_backup_ids(engine)
     batch: list[tuple[str, str]] = []
 
     async def settle() -> None:
         nonlocal found, removed
-        busy = set(store.inflight)  # before asking the catalogue: see docs/verify race
-        known = await store.catalogue.known([oid for _, oid in batch])
+        busy = set(engine.inflight)  # before asking the catalogue: see docs/verify race
+        known = await engine.catalogue.known([oid for _, oid in batch])
         for key, oid in batch:
             ns = key[0]
             if oid in busy or (oid in known if ns == NS_OBJECT
@@ -165,24 +164,24 @@ async def _orphans(store: Store, backend: ShardBackend, clean: bool) -> tuple[in
     return found, removed
 
 
-async def repair(store: Store) -> RepairReport:
+async def repair(engine: Engine) -> RepairReport:
     report = RepairReport()
-    healthy = {h.name for h in await store.health() if h.reachable and h.writable}
-    report.objects_checked = await _each_object(store, None, _fixer(store, healthy, report))
+    healthy = {h.name for h in await engine.health() if h.reachable and h.writable}
+    report.objects_checked = await _each_object(engine, None, _fixer(engine, healthy, report))
     _log_report(report)
     return report
 
 
-async def repair_queued(store: Store, ids: list[str]) -> list[str]:
+async def repair_queued(engine: Engine, ids: list[str]) -> list[str]:
     """``repair`` of the objects ``ids`` only (the store's degraded list); returns those
     now whole: repaired without a failure, or deleted meanwhile."""
     report = RepairReport()
-    healthy = {h.name for h in await store.health() if h.reachable and h.writable}
-    fix = _fixer(store, healthy, report)
+    healthy = {h.name for h in await engine.health() if h.reachable and h.writable}
+    fix = _fixer(engine, healthy, report)
     whole = []
     for oid in ids:
         try:
-            m = await store.manifest(oid)
+            m = await engine.manifest(oid)
         except ObjectNotFound:
             whole.append(oid)  # deleted meanwhile
             continue
@@ -195,12 +194,12 @@ async def repair_queued(store: Store, ids: list[str]) -> list[str]:
     return whole
 
 
-def _fixer(store: Store, healthy: set[str], report: RepairReport
+def _fixer(engine: Engine, healthy: set[str], report: RepairReport
            ) -> Callable[[Manifest], Awaitable[None]]:
     async def fix(m: Manifest) -> None:
         for seg in range(m.segment_count):
             try:
-                await _repair_segment(store, m, seg, healthy, report)
+                await repair_segment(engine, m, seg, healthy, report)
             except Exception as exc:  # one bad segment must not stop the others
                 log.error("repair of segment %d of object %s failed: %s", seg, m.id, exc)
                 report.failures.append(f"{m.id}/{seg}: {exc}")
@@ -215,7 +214,7 @@ def _log_report(report: RepairReport) -> None:
              len(report.failures))
 
 
-async def _repair_segment(store: Store, m: Manifest, seg: int, healthy: set[str],
+async def repair_segment(engine: Engine, m: Manifest, seg: int, healthy: set[str],
                           report: RepairReport, leaving: frozenset[str] = frozenset()) -> int:
     """Rebuild the segment's missing or bad shares; with ``leaving`` (a drain), also move
     its good shares off those backends. Returns the share bytes written.
@@ -228,9 +227,9 @@ async def _repair_segment(store: Store, m: Manifest, seg: int, healthy: set[str]
     good: dict[int, memoryview] = {}
     bad: dict[int, str] = {}
     if leaving:
-        good, bad = await _probe_leaving(store, m, seg, leaving)
+        good, bad = await _probe_leaving(engine, m, seg, leaving)
     if not leaving or bad:
-        good, bad = await _probe_segment(store, m, seg)
+        good, bad = await _probe_segment(engine, m, seg)
     moving = sorted(i for i in good if entry.placement[i] in leaving)
     if not bad and not moving:
         return 0
@@ -243,7 +242,7 @@ async def _repair_segment(store: Store, m: Manifest, seg: int, healthy: set[str]
     missing = sorted(bad)
     length = cipher_len(m.plain_len(seg))
     sk = _segment_key(m, seg)
-    rebuilt = (await store.run_cpu(length, erasure.rebuild, dict(good), m.k, m.n, missing)
+    rebuilt = (await engine.run_cpu(length, erasure.rebuild, dict(good), m.k, m.n, missing)
                if missing else [])
     headers: list[bytes] = [b""] * m.n
     payloads: list[erasure.Buffer] = [b""] * m.n
@@ -254,11 +253,11 @@ async def _repair_segment(store: Store, m: Manifest, seg: int, healthy: set[str]
         headers[i], payloads[i] = header, payload
     used = {entry.placement[i] for i in range(m.n)
             if entry.placement[i] and i not in bad and i not in moving}
-    spare = [b for b in store.placement_order(m.id) if b.name in healthy and b.name not in used
-             and b.name not in leaving and b.name not in store.draining]
+    spare = [b for b in engine.placement_order(m.id) if b.name in healthy and b.name not in used
+             and b.name not in leaving and b.name not in engine.draining]
     assigned: dict[int, ShardBackend] = {}
     for i in missing:  # a share goes back where it was when that backend is fine (or new)
-        original = store.by_name.get(entry.placement[i])
+        original = engine.by_name.get(entry.placement[i])
         if original is not None and original in spare:
             assigned[i] = original
             spare.remove(original)
@@ -267,21 +266,21 @@ async def _repair_segment(store: Store, m: Manifest, seg: int, healthy: set[str]
             assigned[i] = spare.pop(0)
     todo = sorted(assigned)
     targets = [assigned[i] for i in todo]
-    placed = await store.store_shares(NS_OBJECT, m.id, seg, EncodedSegment(headers, payloads),
+    placed = await engine.store_shares(NS_OBJECT, m.id, seg, EncodedSegment(headers, payloads),
                                       todo, targets, used, [])
     new = SegmentEntry(list(entry.placement), list(entry.hashes))
     for i in [*missing, *moving]:
         if i in placed:
             new.placement[i] = placed[i]
     if new.placement != entry.placement:
-        await store.catalogue.set_placement(m.id, seg, new)
-        if leaving and await store.catalogue.info(m.id) is None:  # deleted meanwhile
-            await store.delete_keys([(placed[i], f"{NS_OBJECT}/{m.id}/{seg}/{i}")
+        await engine.catalogue.set_placement(m.id, seg, new)
+        if leaving and await engine.catalogue.info(m.id) is None:  # deleted meanwhile
+            await engine.delete_keys([(placed[i], f"{NS_OBJECT}/{m.id}/{seg}/{i}")
                                      for i in placed])
             return 0
     moved = [(entry.placement[i], i) for i in placed if entry.placement[i] not in ("",
                                                                                    placed[i])]
-    await store.delete_keys([(name, f"{NS_OBJECT}/{m.id}/{seg}/{i}") for name, i in moved])
+    await engine.delete_keys([(name, f"{NS_OBJECT}/{m.id}/{seg}/{i}") for name, i in moved])
     report.segments_repaired += 1 if placed else 0
     report.shares_rebuilt += len(placed)
     unplaced = [i for i in [*missing, *moving] if i not in placed]
@@ -293,14 +292,14 @@ async def _repair_segment(store: Store, m: Manifest, seg: int, healthy: set[str]
     return sum(HEADER_BYTES + len(payloads[i]) for i in placed)
 
 
-async def _probe_leaving(store: Store, m: Manifest, seg: int, leaving: frozenset[str]
+async def _probe_leaving(engine: Engine, m: Manifest, seg: int, leaving: frozenset[str]
                          ) -> tuple[dict[int, memoryview], dict[int, str]]:
     """Only the segment's shares on ``leaving`` backends, each checked in full."""
     entry = m.entry(seg)
     sk = _segment_key(m, seg)
     plain = m.plain_len(seg)
     mine = [i for i in range(m.n) if entry.placement[i] in leaving]
-    results = await asyncio.gather(*(store.probe_share(NS_OBJECT, m.id, sk, plain, i, entry)
+    results = await asyncio.gather(*(engine.probe_share(NS_OBJECT, m.id, sk, plain, i, entry)
                                      for i in mine))
     good = {i: p for i, (p, _) in zip(mine, results, strict=True) if p is not None}
     bad = {i: why for i, (p, why) in zip(mine, results, strict=True) if p is None}

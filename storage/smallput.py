@@ -30,7 +30,7 @@ Visibility and crash semantics are those of a single put: an object is visible
 only once all its shares are durable and its manifest committed (step 4 comes
 after step 2 returned), and a kill -9 before that leaves only orphan shares,
 which ``verify(clean=True)`` removes (ids being written are in
-``store.inflight``, so a concurrent verify does not take them for orphans).
+``Engine.inflight``, so a concurrent verify does not take them for orphans).
 A caller cancelled before its manifest is committed gets nothing stored; one
 cancelled while the manifest is being committed has its object deleted again.
 
@@ -57,9 +57,9 @@ from storage import crypto
 from storage.backends import Buffer, ShardBackend, put_many
 from storage.catalogue import Manifest, SegmentEntry
 from storage.codec import EncodedSegment, SegmentKey, encode_segment
+from storage.engine import NS_OBJECT, Engine, settle_writes, share_key
 from storage.errors import BackendUnavailable, StorageError
 from storage.model import ObjectRef
-from storage.store import NS_OBJECT, Store, settle_writes, share_key
 
 log = logging.getLogger("twin.storage")
 
@@ -102,9 +102,9 @@ def _encode_all(objs: Sequence[_Object], master: bytes) -> None:
 class SmallPuts:
     """The store-wide batcher of small puts (see the module docstring)."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.limit = min(SMALL_PUT_MAX, store.segment_size)
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.limit = min(SMALL_PUT_MAX, engine.segment_size)
         self._queue: deque[tuple[bytes, asyncio.Future[ObjectRef]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
 
@@ -154,7 +154,7 @@ class SmallPuts:
 
     async def _run(self, batch: builtins.list[_Object]) -> None:
         """Store one batch; every caller's future ends resolved, whatever happens."""
-        store = self.store
+        engine = self.engine
         try:
             await self._store(batch)
         except BaseException as exc:
@@ -168,11 +168,11 @@ class SmallPuts:
                 raise
             log.error("batch of %d small puts failed: %s", len(batch), exc)
         finally:
-            store.inflight.difference_update(o.oid for o in batch)
+            engine.inflight.difference_update(o.oid for o in batch)
 
     async def _store(self, batch: builtins.list[_Object]) -> None:
-        store = self.store
-        n = store.n
+        engine = self.engine
+        n = engine.n
         # every id, key and nonce prefix of the batch from one read of the OS's CSPRNG
         size = 16 + crypto.KEY_BYTES + crypto.PREFIX_BYTES
         randomness = os.urandom(size * len(batch))
@@ -180,18 +180,18 @@ class SmallPuts:
             r = randomness[pos * size:(pos + 1) * size]
             o.oid = r[:16].hex()
             o.sk = SegmentKey(r[16:16 + crypto.KEY_BYTES], r[16 + crypto.KEY_BYTES:],
-                              r[:16], 0, True, store.k, n)
-        store.inflight.update(o.oid for o in batch)
+                              r[:16], 0, True, engine.k, n)
+        engine.inflight.update(o.oid for o in batch)
         # in the CPU pool even when small: a small object costs a fixed ~40-80 us
         # to encode, so 256 of them held the loop 5-9 ms; measured throughput-neutral
-        await asyncio.get_running_loop().run_in_executor(store.cpu, _encode_all, batch,
-                                                         store.master_key)
+        await asyncio.get_running_loop().run_in_executor(engine.cpu, _encode_all, batch,
+                                                         engine.master_key)
 
         first: dict[ShardBackend, builtins.list[tuple[_Object, int]]] = {}
         for o in batch:
-            for i, backend in enumerate(store.placement_order(o.oid)[:n]):
+            for i, backend in enumerate(engine.placement_order(o.oid)[:n]):
                 o.used.add(backend.name)
-                if store.monitor.no_writes(backend.name):
+                if engine.monitor.no_writes(backend.name):
                     o.failed.append(i)  # down: straight to a spare below, no waiting on it
                 else:
                     first.setdefault(backend, []).append((o, i))
@@ -201,8 +201,8 @@ class SmallPuts:
             for o in batch:
                 still: builtins.list[int] = []
                 for i in o.failed:
-                    spares = [b for b in store.spares(o.used)
-                              if not store.monitor.no_writes(b.name)]
+                    spares = [b for b in engine.spares(o.used)
+                              if not engine.monitor.no_writes(b.name)]
                     if spares:
                         o.used.add(spares[0].name)
                         retry.setdefault(spares[0], []).append((o, i))
@@ -219,23 +219,23 @@ class SmallPuts:
         for o in batch:
             assert o.enc is not None
             try:
-                store.check_placed(o.oid, 0, len(o.placed))
+                engine.check_placed(o.oid, 0, len(o.placed))
             except BackendUnavailable as exc:
                 o.error = exc
                 continue
             if len(o.placed) < n:
-                store.note_degraded(o.oid)
+                engine.note_degraded(o.oid)
             if o.future.done():  # cancelled meanwhile: do not make it visible
                 o.error = asyncio.CancelledError()
             else:
                 assert o.sk is not None
                 manifests.append(Manifest(
-                    o.oid, len(o.data), created, store.k, n, store.segment_size, o.wrapped,
+                    o.oid, len(o.data), created, engine.k, n, engine.segment_size, o.wrapped,
                     o.sk.prefix,
                     [SegmentEntry([o.placed.get(i, "") for i in range(n)], o.enc.hashes)], 1))
                 keep.append(o)
         try:
-            await store.catalogue.insert_many(manifests)
+            await engine.catalogue.insert_many(manifests)
         except Exception as exc:
             for o in keep:
                 o.error = exc
@@ -251,16 +251,16 @@ class SmallPuts:
         failed = [w for o in batch if o.error is not None for w in o.written]
         lost = [o for o in keep if o.future.cancelled()]  # committed, but nobody has the ref
         for o in lost:
-            await store.catalogue.remove(o.oid)
+            await engine.catalogue.remove(o.oid)
             failed.extend(o.written)
         if failed:
-            await store.discard(failed)
+            await engine.discard(failed)
 
     async def _write(self, plan: dict[ShardBackend, builtins.list[tuple[_Object, int]]]
                      ) -> None:
         """One ``put_many`` per backend, in parallel; records where each share landed.
 
-        As ``Store.store_shares`` does for one segment (``settle_writes``): once every
+        As ``Engine.store_shares`` does for one segment (``settle_writes``): once every
         object of the plan has its write quorum durable, the slower backends get a
         grace and are then cut off, their shares left unplaced for the self-repair.
         Without it a backend that has just hung held every small put for its whole
@@ -280,14 +280,14 @@ class SmallPuts:
 
         def cut_off(t: asyncio.Task[builtins.list[bool]]) -> None:
             for key in keys[tasks[t]]:
-                self.store.cut_off(tasks[t], key)
+                self.engine.cut_off(tasks[t], key)
 
         await settle_writes(list(tasks), finished, lambda: self._quorate(plan, results),
                             cut_off)
         for backend in backends:
             oks = results.get(backend) or [False] * len(plan[backend])
             if not all(oks):
-                self.store.mark_failed(backend.name, "a batch write failed")
+                self.engine.mark_failed(backend.name, "a batch write failed")
             for (o, i), ok in zip(plan[backend], oks, strict=True):
                 if ok:
                     o.placed[i] = backend.name
@@ -301,7 +301,7 @@ class SmallPuts:
         for backend, oks in results.items():
             for (o, _), ok in zip(plan[backend], oks, strict=True):
                 placed[id(o)] = placed.get(id(o), len(o.placed)) + ok
-        quorum = self.store.write_quorum
+        quorum = self.engine.write_quorum
         return all(placed.get(id(o), len(o.placed)) >= quorum
                    for shares in plan.values() for o, _ in shares)
 
@@ -310,7 +310,7 @@ class SmallPuts:
         """``put_many`` within the deadline for the batch's bytes; all False past it."""
         size = sum(len(p) for _, parts in items for p in parts)
         try:
-            return await self.store.call(backend, put_many(backend, items), size)
+            return await self.engine.call(backend, put_many(backend, items), size)
         except BackendUnavailable:
             return [False] * len(items)
 

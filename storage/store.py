@@ -1,26 +1,17 @@
-"""The dispersed object store: streams in, shares out, and back.
+"""The façade: ``Store``, the contract of the package docstring, and ``open_store``.
 
-Write path, per segment: read (bounded) -> encrypt + erasure-code (CPU pool)
--> n shares written in parallel to n distinct backends (group-committed
-there) -> once every segment is stored, one catalogue row makes the object
-visible. Up to ``depth`` segments of one put are in flight, so segment i+1 is
-encoded while segment i is being written, and a store-wide byte budget keeps
-memory bounded however many puts run at once. Full segments are encoded into
-pooled buffers (``BufferPool``) so that a put does not map, fault in and unmap
-a fresh multi-MiB buffer per segment.
+``Store`` composes the parts and is what callers hold. The share-level work
+and the state the parts share are in ``storage.engine`` (``Engine``); each
+contract call here checks its arguments and that the store is open, then does
+an object-level step over the engine (``put``, ``get``, ``delete``, the named
+pointers) or hands the engine to the part that does the work:
 
-Read path, per segment: fetch k shares (primaries first: they need no
-decoding), check header and hash, fetch more when one is missing, bad or slow
-(``HEDGE``), decode from the first k good ones, then decrypt in the CPU pool;
-the next segment is prefetched while the current one is handed to the caller.
-
-Every backend call has a deadline that follows its size
-(``storage.health.deadline``); a backend that misses it or fails is skipped
-until a health probe passes (``BackendMonitor``). A put returns once the write
-quorum of each segment is durable and the slower shares had a short grace; the
-objects stored below n shares are listed in the catalogue with their rows (a
-crash forgets none), and ``maintain`` repairs them when their backends are back
-(and scrubs the whole store at its own pace).
+- small in-memory puts: ``storage.smallput`` (``SmallPuts``, batched);
+- ``verify`` and ``repair``: ``storage.repair``;
+- ``maintain`` (self-repair and scrub): ``storage.maintain``;
+- ``backup`` and ``restore``: ``storage.backup``;
+- ``add_backend`` and ``remove_backend``: ``storage.backendset``; ``drain``:
+  ``storage.drain``.
 """
 
 from __future__ import annotations
@@ -28,202 +19,87 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import ctypes
-import hashlib
 import logging
-import os
 import re
 import secrets
-import threading
 import time
-from collections import deque
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterable,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Generator,
-    Iterable,
-)
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
+from typing import cast
 
 from storage import crypto
-from storage.backends import ShardBackend, max_value
-from storage.catalogue import Catalogue, Manifest, SegmentEntry
-from storage.codec import (
-    EncodedSegment,
-    SegmentKey,
-    check_share,
-    decode_segment,
-    encode_segment,
-    segment_buffer_size,
-)
-from storage.erasure import Buffer, block_size, check_kn
-from storage.errors import (
-    BackendUnavailable,
-    DeleteRefused,
-    IntegrityError,
-    InvalidReference,
-    NotEnoughShares,
-    ObjectNotFound,
-    StorageError,
-)
+from storage.backends import ShardBackend, check_usable, claim_all, load
+from storage.backends.local import CompactPolicy
+from storage.backendset import add, remove
+from storage.backup import backup, restore_catalogue
+from storage.catalogue import FILE_NAME, Catalogue, Manifest
+from storage.drain import drain
+from storage.engine import DEFAULT_SEGMENT, NS_OBJECT, Engine, ObjectStream, share_key
+from storage.errors import DeleteRefused, InvalidReference, ObjectNotFound, StorageError
 from storage.health import BackendMonitor, deadline
+from storage.maintain import maintain
+from storage.memory import BufferPool, default_executors, release_memory
 from storage.model import (
     BackendHealth,
+    DrainProgress,
     ObjectInfo,
     ObjectRef,
     RepairReport,
     VerifyReport,
-    check_object_id,
     ref_id,
 )
-from storage.share import HEADER_BYTES
-
-if TYPE_CHECKING:
-    from storage.backends.local import CompactPolicy
-    from storage.model import DrainProgress
+from storage.repair import repair, verify
+from storage.smallput import SmallPuts
+from storage.source import Source
 
 log = logging.getLogger("twin.storage")
-T = TypeVar("T")
 
-MiB = 1024 * 1024
-DEFAULT_SEGMENT = 4 * MiB
-MIN_SEGMENT = 1024
-MAX_SEGMENT = 256 * MiB
-MAX_OBJECT = 1 << 40  # 1 TiB
-INLINE = 256 * 1024  # segments up to this size are coded on the loop: a thread hop costs more
-GRACE = 0.3  # seconds the shares beyond the write quorum may lag (at least)
-HEDGE = 0.15  # seconds before a read asks one more backend than it needs
-HEDGE_RATE = 64 * MiB  # ... plus the time a share of that size takes at this rate
+MAX_BACKENDS = 64
 NAMED_KEEP = 3  # generations of a named pointer kept: as many as catalogue backups
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-NS_OBJECT = "s"
-NS_BACKUP = "b"
-Source = bytes | bytearray | memoryview | AsyncIterable[bytes] | BinaryIO
 
 
-async def settle_writes(tasks: Iterable[asyncio.Task[T]],
-                        finished: Callable[[asyncio.Task[T]], Iterable[asyncio.Task[T]]],
-                        quorate: Callable[[], bool] | None,
-                        cut_off: Callable[[asyncio.Task[T]], None]) -> None:
-    """Wait for share writes until all are done or, once ``quorate()`` holds, a grace.
+def open_store(data_dir: Path, *, k: int, n: int, segment_size: int,
+               backends: builtins.list[dict[str, str]], master_key: bytes, metadata_key: bytes,
+               write_quorum: int | None = None, policy: CompactPolicy | None = None) -> Store:
+    """Open (creating if needed) the store of a twin's data dir.
 
-    The grace lasts as long as the quorum took, at least ``GRACE``; the writes still
-    running then are cancelled and handed to ``cut_off`` (mark the backend down and
-    queue what it may still land as an orphan). ``finished`` sees each write that
-    ends and returns the writes it starts in its place (a retry on a spare). One loop
-    for a segment's shares (``Store.store_shares``) and a batch of small objects
-    (``storage.smallput``): without the cut-off a backend that has just hung holds
-    every put for its whole deadline."""
-    loop = asyncio.get_running_loop()
-    started, cutoff = loop.time(), None
-    pending = set(tasks)
-    try:
-        while pending:
-            wait = None if cutoff is None else max(0.0, cutoff - loop.time())
-            done, pending = await asyncio.wait(pending, timeout=wait,
-                                               return_when=asyncio.FIRST_COMPLETED)
-            if not done:
-                break  # the grace is over
-            for t in done:
-                pending.update(finished(t))
-            if quorate is not None and cutoff is None and quorate():
-                cutoff = loop.time() + max(GRACE, loop.time() - started)
-    finally:
-        for t in pending:
-            t.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-            for t in pending:
-                cut_off(t)
-
-
-def share_key(ns: str, object_id: str, segment: int, index: int) -> str:
-    return f"{ns}/{object_id}/{segment}/{index}"
-
-
-def parse_share_key(key: str) -> tuple[str, str, int, int] | None:
-    parts = key.split("/")
-    if len(parts) != 4 or parts[0] not in (NS_OBJECT, NS_BACKUP):
-        return None
-    try:
-        check_object_id(parts[1])
-        return parts[0], parts[1], int(parts[2]), int(parts[3])
-    except (InvalidReference, ValueError):
-        return None
-
-
-class ByteBudget:
-    """A semaphore counted in bytes: bounds memory held by in-flight segments."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self._free = total
-        self._cond = asyncio.Condition()
-
-    async def acquire(self, amount: int) -> int:
-        amount = min(amount, self.total)
-        async with self._cond:
-            await self._cond.wait_for(lambda: self._free >= amount)
-            self._free -= amount
-        return amount
-
-    async def release(self, amount: int) -> None:
-        async with self._cond:
-            self._free += amount
-            self._cond.notify_all()
-
-
-def _encode_pooled(pool: BufferPool, sk: SegmentKey, chunk: Buffer
-                   ) -> tuple[EncodedSegment, bytearray | None]:
-    """Encode into a pooled buffer, taken here on the CPU thread: a fresh one is
-    zero-filled (~5 ms for a 4 MiB segment) and must not stall the event loop."""
-    buf = pool.take(segment_buffer_size(len(chunk), sk.k, sk.n)) if len(chunk) > INLINE else None
-    return encode_segment(sk, chunk, buf), buf
-
-
-class BufferPool:
-    """Reusable encode buffers for full segments (ciphertext and parity: n blocks),
-    at most ``keep`` of them kept.
-
-    Why: a fresh segment buffer is zero-filled (and was, before ``tune_malloc``,
-    a fresh mmap that the kernel faulted in page by page and unmapped again); on
-    a 2-core VM that was ~0.7 ms of system CPU per MiB put, a tenth of the whole
-    put. A buffer goes back only after every share written from it
-    is durable (nothing else holds a view into it then); on any failure it is
-    simply dropped, since a cancelled write may still be reading it. ``keep``
-    is what the store's byte budget lets be in flight, so memory stays bounded.
+    ``backends`` are ``{"name", "kind": "local"|"resp", "location"}``; local
+    locations are relative to ``data_dir``. Backends are reached lazily, so an
+    unreachable one does not stop the store from opening (reads use the others).
+    Local directories are locked for this process at once: if another process
+    (a running ``twin serve``) holds one, this raises ``StoreInUse`` with its pid.
     """
-
-    def __init__(self, size: int, keep: int) -> None:
-        self.size = size
-        self.keep = keep
-        self._free: builtins.list[bytearray] = []
-        self._lock = threading.Lock()  # taken in encode threads, given back on the loop
-
-    def take(self, size: int) -> bytearray | None:
-        """A pooled buffer if ``size`` is the pooled size, else None (encode allocates)."""
-        if size != self.size:
-            return None
-        with self._lock:
-            if self._free:
-                return self._free.pop()
-        return bytearray(size)
-
-    def give(self, buf: bytearray | None) -> None:
-        if buf is None or len(buf) != self.size:
-            return
-        with self._lock:
-            if len(self._free) < self.keep:
-                self._free.append(buf)
+    data_dir = Path(data_dir)
+    if not isinstance(backends, list) or not 1 <= len(backends) <= MAX_BACKENDS:
+        raise ValueError(f"need 1..{MAX_BACKENDS} backends")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cpu, io = default_executors()
+    loaded: builtins.list[ShardBackend] = []
+    try:
+        loaded = [load(spec, data_dir, io, policy) for spec in backends]
+        claim_all(loaded)  # StoreInUse now, if a running twin holds the directories
+        catalogue = Catalogue(data_dir / FILE_NAME, io)
+        return Store(data_dir, loaded, catalogue, k=k, n=n, segment_size=segment_size,
+                     master_key=master_key, metadata_key=metadata_key, cpu=cpu, io=io,
+                     write_quorum=write_quorum, policy=policy)
+    except BaseException:
+        for b in loaded:
+            unclaim = getattr(b, "unclaim", None)
+            if unclaim is not None:
+                unclaim()
+        cpu.shutdown(wait=False)
+        io.shutdown(wait=False)
+        raise
 
 
 class Store:
-    """See the package docstring for the contract."""
+    """See the package docstring for the contract.
+
+    ``engine`` is the ``Engine`` the parts share; the read-only properties below
+    the contract are views of its state for callers that show or check it (the
+    health summary, the backend list, tests)."""
 
     def __init__(
         self,
@@ -242,143 +118,18 @@ class Store:
         depth: int | None = None,
         policy: CompactPolicy | None = None,
     ) -> None:
-        check_kn(k, n)
-        if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
-            raise ValueError(f"segment size must be in {MIN_SEGMENT}..{MAX_SEGMENT}")
-        names = [b.name for b in backends]
-        if len(set(names)) != len(names):
-            raise ValueError(f"backend names must be unique: {names}")
-        if len(backends) < n:
-            raise ValueError(f"{n} shares per segment need at least {n} backends, "
-                             f"got {len(backends)}")
-        self.data_dir = data_dir
-        self.backends = backends
-        self.by_name = {b.name: b for b in backends}
-        self.catalogue = catalogue
-        self.k, self.n, self.segment_size = k, n, segment_size
-        self.master_key = crypto.check_key(master_key, "master key")
-        self.metadata_key = crypto.check_key(metadata_key, "metadata key")
-        self.write_quorum = min(n, k + 1) if write_quorum is None else write_quorum
-        if not k <= self.write_quorum <= n:
-            raise ValueError(f"write quorum must be in {k}..{n}")
-        # segments of one put in flight: enough to overlap coding with writing, fewer
-        # when segments are huge so that memory stays at a few tens of MiB per put
-        self.depth = max(1, depth) if depth else max(2, min(4, 32 * MiB // segment_size))
-        self.cpu, self.io = cpu, io
-        self.budget = ByteBudget(max(4 * segment_size, 16 * MiB))
-        self.buffers = BufferPool(segment_buffer_size(segment_size, k, n),
-                                  self.budget.total // segment_size + 1)
-        share_bytes = HEADER_BYTES + block_size(segment_size + crypto.TAG_BYTES, k)
-        for b in backends:
-            if share_bytes > max_value(b):
-                raise ValueError(
-                    f"segment size {segment_size} makes shares of {share_bytes} bytes, but "
-                    f"backend {b.name} ({b.kind}) stores values of at most {max_value(b)} "
-                    f"bytes: lower storage.segment_size to at most "
-                    f"{(max_value(b) - HEADER_BYTES) * k - crypto.TAG_BYTES}")
-        self.inflight: set[str] = set()  # ids being written or deleted: never orphans
-        self.monitor = BackendMonitor(backends, k, self.write_quorum)
-        # objects stored below n shares wait in the catalogue's degraded list (written
-        # with their rows); this says the list may hold some, to wake ``maintain``
-        self.repair_owed = self.catalogue.has_degraded()
-        self.repair_wanted = asyncio.Event()
-        if self.repair_owed:
-            self.repair_wanted.set()  # owed before the last stop or crash
-        self.monitor.listeners.append(self._health_changed)
-        self.orphans_left: builtins.list[tuple[str, str]] = []  # (backend, key) to delete
-        self._closed = False
-        self._check_master_key()
-        self.policy = policy  # for local backends added later (``add_backend``)
-        from storage.backendset import load_draining
-
-        self.draining: set[str] = load_draining(self)  # take no new shares (``drain``)
-        from storage.smallput import SmallPuts  # it builds on this module
-
-        self.small = SmallPuts(self)  # small in-memory puts go through it, batched
-
-    def _check_master_key(self) -> None:
-        check = hashlib.blake2b(self.master_key, digest_size=16, person=b"twin-keycheck").digest()
-        stored = self.catalogue.get_meta("key_check")
-        if stored is None:
-            self.catalogue.set_meta("key_check", check)
-        elif stored != check:
-            raise StorageError("the master key does not match this catalogue")
-
-    # -- helpers
-
-    async def run_cpu(self, size: int, fn: Callable[..., T], *args: Any) -> T:
-        if size <= INLINE:
-            return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self.cpu, fn, *args)
+        self.engine = Engine(data_dir, backends, catalogue, k=k, n=n,
+                             segment_size=segment_size, master_key=master_key,
+                             metadata_key=metadata_key, cpu=cpu, io=io,
+                             write_quorum=write_quorum, depth=depth, policy=policy)
+        self.small = SmallPuts(self.engine)  # small in-memory puts go through it, batched
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise StorageError("store is closed")
+        self.engine.check_open()
 
-    def mark_failed(self, name: str, why: str = "a call failed") -> None:
-        self.monitor.failed(name, why)
-
-    def cut_off(self, backend: ShardBackend, key: str) -> None:
-        """A share write cancelled after the write quorum: the backend is marked down
-        and the share, which may still land, is queued for removal once it is back
-        (``maintain`` keeps it if a repair has placed that share there since)."""
-        self.mark_failed(backend.name, "slower than the write quorum")
-        self.orphans_left.append((backend.name, key))
-
-    def recently_failed(self, name: str) -> bool:
-        """Down: failed a call and no health probe has passed since."""
-        return self.monitor.is_down(name)
-
-    def note_degraded(self, oid: str) -> None:
-        """An object stored below n shares: ``maintain`` repairs it (its catalogue row
-        puts it on the degraded list; this only wakes the repair)."""
-        self.repair_owed = True
-        self.repair_wanted.set()
-
-    def _health_changed(self) -> None:
-        if not self.monitor.down and (self.repair_owed or self.orphans_left):
-            self.repair_wanted.set()
-
-    async def call(self, backend: ShardBackend, op: Awaitable[T], size: int) -> T:
-        """``await op`` on ``backend`` within the deadline for ``size`` bytes.
-
-        A miss or a failure marks the backend down (BackendUnavailable); a
-        ``DeleteRefused`` does not (the backend is up, it only refuses)."""
-        limit = deadline(size)
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(limit):  # no task per call, unlike wait_for
-                result = await op
-            self.monitor.observed(backend.name, time.monotonic() - started, size)
-            return result
-        except asyncio.CancelledError:  # not needed any more (a hedged read): it took
-            self.monitor.observed_at_least(backend.name, time.monotonic() - started, size)
-            raise
-        except TimeoutError:
-            self.mark_failed(backend.name, f"no answer in {limit:.1f} s")
-            raise BackendUnavailable(backend.name, f"no answer in {limit:.1f} s") from None
-        except DeleteRefused:
-            raise
-        except BackendUnavailable as exc:
-            self.mark_failed(backend.name, exc.detail)
-            raise
-
-    def placement_order(self, object_id: str) -> builtins.list[ShardBackend]:
-        """Backends in the order shares 0..n-1 go to; rotated per object to spread load.
-
-        Draining backends are left out (appended last only if, configured by hand,
-        fewer than n others are left: shares somewhere beat shares nowhere)."""
-        pool = self.backends
-        if self.draining:
-            pool = [b for b in self.backends if b.name not in self.draining]
-            if len(pool) < self.n:
-                pool += [b for b in self.backends if b.name in self.draining]
-        start = int(object_id[:8], 16) % len(pool)
-        return pool[start:] + pool[:start]
-
-    def segment_key(self, m: Manifest, key: bytes, seg: int) -> SegmentKey:
-        return SegmentKey(key, m.prefix, bytes.fromhex(m.id), seg, seg == m.segment_count - 1,
-                          m.k, m.n)
+    @property
+    def _closed(self) -> bool:
+        return self.engine.closed
 
     # -- put
 
@@ -391,178 +142,25 @@ class Store:
         self._check_open()
         if self.small.accepts(source):
             return await self.small.put(source)
+        e = self.engine
         oid = secrets.token_hex(16)
         key = crypto.new_key()
         prefix = crypto.new_prefix()
         written: builtins.list[tuple[ShardBackend, str]] = []
-        self.inflight.add(oid)
+        e.inflight.add(oid)
         try:
-            size, entries = await self.write_stream(source, NS_OBJECT, oid, key, prefix, written)
-            manifest = Manifest(oid, size, time.time(), self.k, self.n, self.segment_size,
-                                crypto.wrap_key(self.master_key, key), prefix, entries,
+            size, entries = await e.write_stream(source, NS_OBJECT, oid, key, prefix, written)
+            manifest = Manifest(oid, size, time.time(), e.k, e.n, e.segment_size,
+                                crypto.wrap_key(e.master_key, key), prefix, entries,
                                 len(entries))
-            await self.catalogue.insert(manifest)
+            await e.catalogue.insert(manifest)
         except BaseException:
-            await self.discard(written)
+            await e.discard(written)
             raise
         finally:
-            self.inflight.discard(oid)
+            e.inflight.discard(oid)
         log.debug("stored object %s (%d bytes, %d segments)", oid, size, len(entries))
         return ObjectRef(oid, size)
-
-    async def discard(self, written: builtins.list[tuple[ShardBackend, str]]) -> int:
-        """Remove the shares of a put that failed; returns how many are left behind.
-
-        ``written`` holds every share a put *tried* (a write cut off by its deadline
-        may still land), so the count is true. Shares on a backend that is down are
-        queued in ``orphans_left`` and removed by ``maintain`` once it is back."""
-        if not written:
-            return 0
-        todo = [(b, k) for b, k in dict.fromkeys(written) if not self.monitor.is_down(b.name)]
-        later = [(b.name, k) for b, k in dict.fromkeys(written) if self.monitor.is_down(b.name)]
-        results = await asyncio.gather(*(self.call(b, b.delete(k), 0) for b, k in todo),
-                                       return_exceptions=True)
-        later += [(b.name, k) for (b, k), r in zip(todo, results, strict=True)
-                  if isinstance(r, BaseException)]
-        self.orphans_left.extend(later)
-        removed = sum(1 for r in results if r is True)
-        log.warning("put failed: removed %d shares, %d may be left on backends that did not "
-                    "answer (removed once they are back, or by verify --clean)",
-                    removed, len(later))
-        return len(later)
-
-    async def write_stream(self, source: Source, ns: str, oid: str, key: bytes, prefix: bytes,
-                           written: builtins.list[tuple[ShardBackend, str]]
-                           ) -> tuple[int, builtins.list[SegmentEntry]]:
-        oid_b = bytes.fromhex(oid)
-        entries: dict[int, SegmentEntry] = {}
-        tasks: set[asyncio.Task[None]] = set()
-        size = index = 0
-        try:
-            async for chunk, last in _with_last(_chunks(source, self.segment_size, self.io)):
-                size += len(chunk)
-                if size > MAX_OBJECT:
-                    raise StorageError(f"object larger than {MAX_OBJECT} bytes")
-                sk = SegmentKey(key, prefix, oid_b, index, last, self.k, self.n)
-                held = await self.budget.acquire(len(chunk))
-                tasks.add(asyncio.create_task(
-                    self._write_segment(ns, oid, sk, chunk, held, entries, written)))
-                del chunk
-                index += 1
-                while len(tasks) >= self.depth:
-                    done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                    _results(done)
-            while tasks:
-                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-                _results(done)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        return size, [entries[i] for i in range(index)]
-
-    async def _write_segment(self, ns: str, oid: str, sk: SegmentKey, chunk: Buffer, held: int,
-                             entries: dict[int, SegmentEntry],
-                             written: builtins.list[tuple[ShardBackend, str]]) -> None:
-        try:
-            enc, buf = await self.run_cpu(len(chunk), _encode_pooled, self.buffers, sk, chunk)
-            del chunk
-            order = self.placement_order(oid)[: self.n]
-            placed = await self.store_shares(ns, oid, sk.segment, enc, list(range(self.n)),
-                                             order, set(), written, early=self.write_quorum)
-            self.check_placed(oid, sk.segment, len(placed))
-            if len(placed) < self.n:
-                self.note_degraded(oid)
-            entries[sk.segment] = SegmentEntry([placed.get(i, "") for i in range(self.n)],
-                                               enc.hashes)
-            del enc
-            self.buffers.give(buf)  # every share from it is durable: no reader is left
-        finally:
-            await self.budget.release(held)
-
-    def spares(self, used: set[str]) -> builtins.list[ShardBackend]:
-        """Backends a segment does not use yet, those that are down last (draining
-        ones never: a share put there would only have to move again)."""
-        return sorted((b for b in self.backends if b.name not in used
-                       and b.name not in self.draining),
-                      key=lambda b: self.recently_failed(b.name))
-
-    def check_placed(self, oid: str, segment: int, placed: int) -> None:
-        """BackendUnavailable below the write quorum; a warning below n."""
-        if placed < self.write_quorum:
-            raise BackendUnavailable(
-                "*", f"only {placed} of {self.n} shares of segment {segment} of object {oid} "
-                     f"could be stored (need {self.write_quorum})")
-        if placed < self.n:
-            log.warning("object %s segment %d stored with %d of %d shares; repair will "
-                        "restore redundancy", oid, segment, placed, self.n)
-
-    async def store_shares(self, ns: str, oid: str, seg: int, enc: EncodedSegment,
-                           indices: builtins.list[int], targets: builtins.list[ShardBackend],
-                           used: set[str], written: builtins.list[tuple[ShardBackend, str]],
-                           early: int | None = None) -> dict[int, str]:
-        """Write shares ``indices`` to ``targets``; returns where each one landed.
-
-        A target that is down is replaced by an unused backend that is up (while
-        there is one); a write that fails moves its share to the next spare at
-        once. With ``early`` (a put: the write quorum), once that many shares are
-        durable the others get a grace (as long as the quorum took, at least
-        ``GRACE``) and are then cut off: their backend is marked down and the
-        object queued for repair, so a hung backend costs a put nothing after
-        its first detection and at most the grace before it.
-        """
-        used = used | {b.name for b in targets}
-        size = HEADER_BYTES + (len(enc.payloads[indices[0]]) if indices else 0)
-
-        async def one(i: int, backend: ShardBackend) -> bool:
-            key = share_key(ns, oid, seg, i)
-            written.append((backend, key))  # before: a write cut off may still land
-            try:
-                await self.call(backend, backend.put(key, [enc.headers[i], enc.payloads[i]]),
-                                size)
-            except BackendUnavailable:
-                return False
-            return True
-
-        def spare() -> ShardBackend | None:
-            for b in self.spares(used):
-                if not self.monitor.no_writes(b.name):
-                    used.add(b.name)
-                    return b
-            return None
-
-        up = sum(1 for b in targets if not self.monitor.no_writes(b.name))
-        tasks: dict[asyncio.Task[bool], tuple[int, ShardBackend]] = {}
-        for i, b in zip(indices, targets, strict=True):
-            if self.monitor.no_writes(b.name):
-                other = spare()
-                if other is not None:
-                    b = other
-                elif early is not None and up >= early:
-                    continue  # enough backends are up: do not wait on this one
-            tasks[asyncio.create_task(one(i, b))] = (i, b)
-        placed: dict[int, str] = {}
-
-        def finished(t: asyncio.Task[bool]) -> tuple[asyncio.Task[bool], ...]:
-            i, b = tasks[t]
-            if t.result():
-                placed[i] = b.name
-                return ()
-            other = spare()
-            if other is None:
-                return ()
-            retry = asyncio.create_task(one(i, other))
-            tasks[retry] = (i, other)
-            return (retry,)
-
-        def cut_off(t: asyncio.Task[bool]) -> None:
-            i, b = tasks[t]
-            self.cut_off(b, share_key(ns, oid, seg, i))
-
-        await settle_writes(list(tasks), finished,
-                            None if early is None else lambda: len(placed) >= early, cut_off)
-        return placed
 
     # -- get
 
@@ -579,128 +177,17 @@ class Store:
             raise ValueError(f"range start must be a non-negative integer, got {start!r}")
         if end is not None and (not isinstance(end, int) or end < start):
             raise ValueError(f"range end must be >= start, got {end!r}")
-        return ObjectStream(self, oid, start, end)
+        return ObjectStream(self.engine, oid, start, end)
 
     async def read(self, ref: ObjectRef | str, start: int = 0, end: int | None = None) -> bytes:
         return b"".join([chunk async for chunk in self.get(ref, start, end)])
-
-    async def manifest(self, oid: str, start: int = 0, end: int | None = None) -> Manifest:
-        m = await self.catalogue.load(oid, start, end)
-        if m is None:
-            raise ObjectNotFound(f"object {oid} not found")
-        return m
-
-    async def read_segment(self, m: Manifest, key: bytes, seg: int, ns: str = NS_OBJECT
-                           ) -> bytes:
-        """One plaintext segment. Share hashes are skipped at first, since the AEAD tag
-        authenticates the whole ciphertext; if it fails, every share is checked in full
-        and the bad ones replaced (so a corrupt share costs time, never correctness)."""
-        sk = self.segment_key(m, key, seg)
-        plain_len = m.plain_len(seg)
-        good = await self.gather_shares(m, sk, plain_len, m.k, ns, full=False)
-        try:
-            return await self.run_cpu(plain_len, decode_segment, sk, plain_len, good)
-        except IntegrityError:
-            log.warning("segment %d of object %s failed authentication: checking every share",
-                        seg, m.id)
-        good = await self.gather_shares(m, sk, plain_len, m.k, ns, full=True)
-        return await self.run_cpu(plain_len, decode_segment, sk, plain_len, good)
-
-    async def gather_shares(self, m: Manifest, sk: SegmentKey, plain_len: int, want: int,
-                            ns: str = NS_OBJECT, full: bool = True) -> dict[int, Buffer]:
-        """The first ``want`` (>= k) good share payloads to arrive.
-
-        Asks ``want`` backends (primaries first, down ones last); asks one more
-        each time one fails, and each time ``HEDGE`` (plus the share's transfer
-        time) passes without enough answers, so a hung or slow backend delays a
-        read by that much at most. The answers not needed are cancelled."""
-        entry = m.entry(sk.segment)
-        slow = self.monitor.slow
-        order = sorted((i for i in range(m.n) if entry.placement[i]),
-                       key=lambda i: (self.recently_failed(entry.placement[i]),
-                                      slow(entry.placement[i]), i >= m.k, i))
-        hedge = HEDGE + block_size(plain_len + crypto.TAG_BYTES, m.k) / HEDGE_RATE
-        loop = asyncio.get_running_loop()
-        good: dict[int, Buffer] = {}
-        pending: dict[asyncio.Task[memoryview | None], int] = {}
-        todo = iter(order)
-
-        def ask() -> bool:
-            i = next(todo, None)
-            if i is None:
-                return False
-            pending[asyncio.create_task(
-                self.fetch_share(ns, m.id, sk, plain_len, i, entry, full))] = i
-            return True
-
-        for _ in range(want):
-            ask()
-        next_hedge = loop.time() + hedge
-        try:
-            while len(good) < want and pending:
-                wait = max(0.0, next_hedge - loop.time())
-                done, _ = await asyncio.wait(pending, timeout=wait,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if not done:
-                    ask()
-                    next_hedge = loop.time() + hedge
-                    continue
-                for t in done:
-                    i = pending.pop(t)
-                    payload = t.result()
-                    if payload is not None:
-                        good[i] = payload
-                    elif len(good) + len(pending) < want:
-                        ask()
-        finally:
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-        if len(good) < m.k:
-            raise NotEnoughShares(m.id, sk.segment, len(good), m.k)
-        return good
-
-    async def fetch_share(self, ns: str, oid: str, sk: SegmentKey, plain_len: int, i: int,
-                          entry: SegmentEntry, full: bool = True) -> memoryview | None:
-        """One checked share payload, or None (missing, unreachable or corrupt)."""
-        payload, _ = await self.probe_share(ns, oid, sk, plain_len, i, entry, full)
-        return payload
-
-    async def probe_share(self, ns: str, oid: str, sk: SegmentKey, plain_len: int, i: int,
-                          entry: SegmentEntry, full: bool = True
-                          ) -> tuple[memoryview | None, str]:
-        """A checked share payload, or None and the reason it is not usable."""
-        name = entry.placement[i]
-        backend = self.by_name.get(name)
-        if not name:
-            return None, "not stored"
-        if backend is None:
-            return None, f"backend {name} is not configured"
-        size = HEADER_BYTES + block_size(plain_len + crypto.TAG_BYTES, sk.k)
-        try:
-            data = await self.call(backend, backend.get(share_key(ns, oid, sk.segment, i)),
-                                   size)
-        except BackendUnavailable as exc:
-            return None, str(exc)
-        if data is None:
-            log.info("share %d of segment %d of object %s missing on %s", i, sk.segment, oid,
-                     name)
-            return None, "missing"
-        try:
-            size = len(data) if full else 0  # a header check alone is quick: inline
-            return await self.run_cpu(size, check_share, sk, plain_len, i, data,
-                                      entry.hashes[i], full), ""
-        except IntegrityError as exc:
-            log.warning("%s on backend %s: treated as missing", exc, name)
-            return None, str(exc)
 
     # -- the rest of the contract
 
     async def stat(self, ref: ObjectRef | str) -> ObjectInfo:
         self._check_open()
         oid = ref_id(ref)
-        info = await self.catalogue.info(oid)
+        info = await self.engine.catalogue.info(oid)
         if info is None:
             raise ObjectNotFound(f"object {oid} not found")
         return info
@@ -708,179 +195,91 @@ class Store:
     async def delete(self, ref: ObjectRef | str) -> None:
         """Invisible at once (catalogue row gone); shares are removed after, best effort."""
         self._check_open()
+        e = self.engine
         oid = ref_id(ref)
-        m = await self.manifest(oid)
+        m = await e.manifest(oid)
         await self._check_deletable({name for entry in m.segments for name in entry.placement
                                      if name})
         # between the catalogue row and the last share, a concurrent verify must not
         # count the shares as orphans (it skips ids in flight, as for a put)
-        self.inflight.add(oid)
+        e.inflight.add(oid)
         try:
-            if not await self.catalogue.remove(oid):
+            if not await e.catalogue.remove(oid):
                 raise ObjectNotFound(f"object {oid} not found")
             keys = [(name, share_key(NS_OBJECT, oid, seg, i))
                     for seg, entry in enumerate(m.segments)
                     for i, name in enumerate(entry.placement) if name]
-            await self.delete_keys(keys)
+            await e.delete_keys(keys)
         finally:
-            self.inflight.discard(oid)
+            e.inflight.discard(oid)
         log.debug("deleted object %s", oid)
 
     async def _check_deletable(self, names: set[str]) -> None:
         """``DeleteRefused`` if a backend holding shares refuses deletes (0-db worm, lock),
         before the object leaves the catalogue: otherwise it would vanish from ``ls``
         while every share stays."""
+        e = self.engine
+
         async def refusal(b: ShardBackend) -> str | None:
             check = getattr(b, "delete_refusal", None)
-            if check is None or self.monitor.is_down(b.name):
+            if check is None or e.monitor.is_down(b.name):
                 return None
             try:
                 return cast(str | None, await asyncio.wait_for(check(), deadline(0)))
             except (TimeoutError, StorageError):
                 return None  # unreachable now: its shares are queued as orphans
 
-        backends = [self.by_name[n] for n in sorted(names) if n in self.by_name]
+        backends = [e.by_name[n] for n in sorted(names) if n in e.by_name]
         for b, why in zip(backends, await asyncio.gather(*(refusal(b) for b in backends)),
                           strict=True):
             if why:
                 raise DeleteRefused(b.name, f"it refuses deletes: {why}")
 
-    async def delete_keys(self, keys: builtins.list[tuple[str, str]]) -> int:
-        failed = 0
-        for pos in range(0, len(keys), 64):
-            batch = [(b, k) for b, k in ((self.by_name.get(n), k) for n, k in keys[pos:pos + 64])
-                     if b is not None]
-            results = await asyncio.gather(*(self.call(b, b.delete(k), 0) for b, k in batch),
-                                           return_exceptions=True)
-            for (b, k), r in zip(batch, results, strict=True):
-                if isinstance(r, BaseException):
-                    failed += 1
-                    self.orphans_left.append((b.name, k))
-        if failed:
-            log.warning("%d shares could not be deleted now; removed once their backends "
-                        "answer (or by verify --clean)", failed)
-        return failed
-
-    async def iter_objects(self) -> AsyncIterator[ObjectInfo]:
-        after = ""
-        while True:
-            page = await self.catalogue.page(after)
-            for info in page:
-                yield info
-            if len(page) < 1000:
-                return
-            after = page[-1].id
+    def iter_objects(self) -> AsyncIterator[ObjectInfo]:
+        return self.engine.iter_objects()
 
     async def list(self) -> builtins.list[ObjectInfo]:
         self._check_open()
-        return [info async for info in self.iter_objects()]
+        return [info async for info in self.engine.iter_objects()]
 
     async def health(self) -> builtins.list[BackendHealth]:
         """Ask every backend now (each answer bounded); refreshes the cached health."""
-        return await self.monitor.refresh()
+        return await self.engine.health()
 
     async def check_backends(self) -> None:
         """ValueError naming a backend that can never hold shares (0-db seq mode)."""
-        from storage.backends import check_usable
-
-        await asyncio.gather(*(check_usable(b) for b in self.backends))
+        await asyncio.gather(*(check_usable(b) for b in self.engine.backends))
 
     async def maintain(self, scrub_interval: float = 0.0) -> None:
-        """Keep redundancy up while serving, until cancelled.
+        """Keep redundancy up while serving, until cancelled (``storage.maintain``).
 
         Repairs the objects stored below n shares once no backend is down,
         removes the shares failed puts left on backends that were down, and
         every ``scrub_interval`` seconds (0: never) checks and repairs the whole
         store (``repair``: a flushed or replaced backend is refilled)."""
-        from storage.repair import remove_orphans, repair
-
-        loop = asyncio.get_running_loop()
-        next_scrub = loop.time() + scrub_interval if scrub_interval > 0 else None
-        while True:
-            wait = None if next_scrub is None else max(0.0, next_scrub - loop.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.repair_wanted.wait(), wait)
-            self.repair_wanted.clear()
-            try:
-                if next_scrub is not None and loop.time() >= next_scrub:
-                    log.info("scrub: checking every object")
-                    report = await repair(self)
-                    removed = await remove_orphans(self)
-                    log.info("scrub: %d shares rebuilt, %d not restored, %d orphan shares "
-                             "removed", report.shares_rebuilt, len(report.failures), removed)
-                    next_scrub = loop.time() + scrub_interval
-                if self.monitor.down:
-                    continue  # _health_changed wakes us when they are back
-                if self.orphans_left:
-                    left, self.orphans_left = self.orphans_left, []
-                    await self.delete_keys(await self._not_placed(left))
-                if self.repair_owed:
-                    await self._repair_owed()
-            except StorageError as exc:
-                log.warning("self-repair: %s", exc)
-
-    async def _not_placed(self, keys: builtins.list[tuple[str, str]]
-                          ) -> builtins.list[tuple[str, str]]:
-        """``keys`` less the shares the catalogue places there: a share cut off after
-        the write quorum belongs to a stored object, and a repair may since have put
-        that very share back on the same backend under the same key."""
-        keep = []
-        for name, key in keys:
-            parsed = parse_share_key(key)
-            if parsed is not None and parsed[0] == NS_OBJECT:
-                _ns, oid, seg, i = parsed
-                if oid in self.inflight:
-                    self.orphans_left.append((name, key))  # being written or deleted now
-                    continue
-                m = await self.catalogue.load(oid)
-                if m is not None and seg < len(m.segments) \
-                        and name in m.segments[seg].placement[i:i + 1]:
-                    continue
-            keep.append((name, key))
-        return keep
-
-    async def _repair_owed(self) -> None:
-        """Repair the catalogue's degraded list, a page at a time; what could not be
-        made whole stays listed and is tried again after the next health change."""
-        from storage.repair import repair_queued
-
-        self.repair_owed = False  # a put degraded meanwhile sets it again
-        after, left = "", False
-        while ids := await self.catalogue.degraded_page(after):
-            after = ids[-1]
-            log.info("self-repair: %d objects below full redundancy", len(ids))
-            whole = await repair_queued(self, ids)
-            await self.catalogue.mark_whole(whole)
-            left = left or len(whole) < len(ids)
-        self.repair_owed = self.repair_owed or left
+        await maintain(self.engine, scrub_interval)
 
     async def verify(self, sample: float | None = None, clean: bool = False) -> VerifyReport:
-        from storage.repair import verify
-
         self._check_open()
         try:
-            return await verify(self, sample, clean)
+            return await verify(self.engine, sample, clean)
         finally:
-            await asyncio.get_running_loop().run_in_executor(self.io, release_memory)
+            await asyncio.get_running_loop().run_in_executor(self.engine.io, release_memory)
 
     async def repair(self) -> RepairReport:
-        from storage.repair import repair
-
         self._check_open()
         try:
-            return await repair(self)
+            return await repair(self.engine)
         finally:
-            await asyncio.get_running_loop().run_in_executor(self.io, release_memory)
+            await asyncio.get_running_loop().run_in_executor(self.engine.io, release_memory)
 
     async def add_backend(self, spec: dict[str, str]) -> BackendHealth:
         """Open a new backend (a ``storage.backends`` spec) and place new shares on it too.
 
         Refused (``BackendRefused``) if the name is taken, or it cannot be reached,
         written or hold this store's shares."""
-        from storage.backendset import add
-
         self._check_open()
-        return await add(self, spec)
+        return await add(self.engine, spec)
 
     async def drain(self, name: str, progress: Callable[[DrainProgress], None] | None = None
                     ) -> DrainProgress:
@@ -892,23 +291,19 @@ class Store:
         a segment never has fewer good shares than before. Interrupted, it resumes on
         the next call. ``progress`` hears of each step. Refused (``BackendRefused``)
         if fewer than n backends would take new shares."""
-        from storage.drain import drain
-
         self._check_open()
-        return await drain(self, name, progress)
+        return await drain(self.engine, name, progress)
 
     async def remove_backend(self, name: str) -> None:
         """Stop using backend ``name``; refused (``BackendRefused``, with the count)
         while any share is placed on it, and if fewer than n would be left."""
-        from storage.backendset import remove
-
         self._check_open()
-        await remove(self, name)
+        await remove(self.engine, name)
 
     async def shares_on(self, name: str) -> int:
         """How many shares the catalogue places on backend ``name``."""
         self._check_open()
-        return await self.catalogue.count_on(name)
+        return await self.engine.catalogue.count_on(name)
 
     async def set_named(self, name: str, ref: ObjectRef | str) -> None:
         """Make ``name`` point at ``ref`` (a new generation); what ``get_named`` returns.
@@ -924,8 +319,8 @@ class Store:
             raise InvalidReference(f"invalid name {name!r:.80}")
         info = await self.stat(ref)
         try:
-            dropped = await self.catalogue.set_named(name, info.id, info.size, time.time(),
-                                                     NAMED_KEEP)
+            dropped = await self.engine.catalogue.set_named(name, info.id, info.size,
+                                                            time.time(), NAMED_KEEP)
         except KeyError:
             raise ObjectNotFound(f"object {info.id} not found") from None
         for oid in dropped:
@@ -935,13 +330,12 @@ class Store:
     async def get_named(self, name: str) -> builtins.list[ObjectRef]:
         """Every kept generation of ``name``, newest first (empty if never set)."""
         self._check_open()
-        return [ObjectRef(oid, size) for oid, size, _ in await self.catalogue.named(name)]
+        return [ObjectRef(oid, size)
+                for oid, size, _ in await self.engine.catalogue.named(name)]
 
     async def backup(self) -> str:
-        from storage.backup import backup
-
         self._check_open()
-        return await backup(self)
+        return await backup(self.engine)
 
     async def backup_loop(self, interval: float) -> None:
         """Back the catalogue up every ``interval`` seconds until cancelled."""
@@ -958,7 +352,7 @@ class Store:
         """Reclaim dead space where a backend can (local: compaction, see its
         ``CompactPolicy``); returns files compacted."""
         done = 0
-        for b in self.backends:
+        for b in self.engine.backends:
             fn = getattr(b, "maintain", None)
             if fn is None:
                 continue
@@ -985,30 +379,24 @@ class Store:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
-            await loop.run_in_executor(self.io, release_memory)
+            await loop.run_in_executor(self.engine.io, release_memory)
 
     @classmethod
     async def restore(cls, data_dir: Path, *, backends: builtins.list[dict[str, str]],
                       metadata_key: bytes, master_key: bytes, k: int = 4, n: int = 6,
                       segment_size: int = DEFAULT_SEGMENT) -> Store:
         """Rebuild the catalogue of an empty data dir from the newest backup on the backends."""
-        from storage.backup import restore
-
-        return await restore(data_dir, backends=backends, metadata_key=metadata_key,
-                             master_key=master_key, k=k, n=n, segment_size=segment_size)
+        await restore_catalogue(data_dir, backends=backends, metadata_key=metadata_key,
+                                master_key=master_key, k=k, n=n, segment_size=segment_size)
+        return open_store(data_dir, k=k, n=n, segment_size=segment_size, backends=backends,
+                          master_key=master_key, metadata_key=metadata_key)
 
     async def close(self) -> None:
-        if self._closed:
+        if self.engine.closed:
             return
-        self._closed = True
+        self.engine.closed = True
         await self.small.drain()
-        await self.monitor.close()
-        await self.catalogue.close()
-        for b in self.backends:
-            with contextlib.suppress(Exception):
-                await b.close()
-        self.cpu.shutdown(wait=False)
-        self.io.shutdown(wait=False)
+        await self.engine.close()
 
     async def __aenter__(self) -> Store:
         return self
@@ -1016,210 +404,73 @@ class Store:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-
-class ObjectStream:
-    """Awaitable (checks existence) and async-iterable (yields the bytes) view of a range."""
-
-    def __init__(self, store: Store, oid: str, start: int, end: int | None) -> None:
-        self._store = store
-        self._oid = oid
-        self._start = start
-        self._end = end
-        self._manifest: Manifest | None = None
-        self._iter: AsyncIterator[bytes] | None = None
-
-    async def _open(self) -> ObjectStream:
-        if self._manifest is None:
-            self._manifest = await self._store.manifest(self._oid, self._start, self._end)
-        return self
-
-    def __await__(self) -> Generator[Any, None, ObjectStream]:
-        return self._open().__await__()
+    # -- views of the engine's state (read-only; not part of the contract)
 
     @property
-    def size(self) -> int | None:
-        """Object size once opened (awaited or iterated)."""
-        return None if self._manifest is None else self._manifest.size
+    def monitor(self) -> BackendMonitor:
+        """Cached backend health (``monitor.summary()``) and its listeners."""
+        return self.engine.monitor
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        if self._iter is None:
-            self._iter = self._iterate()
-        return self._iter
+    @property
+    def data_dir(self) -> Path:
+        return self.engine.data_dir
 
-    async def aclose(self) -> None:
-        """Stop early (client went away): cancels the segments being prefetched."""
-        if self._iter is not None:
-            await cast(AsyncGenerator[bytes, None], self._iter).aclose()
+    @property
+    def backends(self) -> builtins.list[ShardBackend]:
+        return self.engine.backends
 
-    async def _iterate(self) -> AsyncIterator[bytes]:
-        await self._open()
-        m = self._manifest
-        assert m is not None
-        end = m.size if self._end is None else min(self._end, m.size)
-        start = min(self._start, end)
-        if start >= end:
-            return
-        key = crypto.unwrap_key(self._store.master_key, m.wrapped_key, m.id)
-        segs = list(range(start // m.segment_size, (end - 1) // m.segment_size + 1))
-        pending: deque[asyncio.Task[bytes]] = deque()
-        nxt = iter(segs)
-        try:
-            for seg in nxt:
-                pending.append(asyncio.create_task(self._store.read_segment(m, key, seg)))
-                if len(pending) >= 2:
-                    break
-            for seg in segs:
-                data = await pending.popleft()
-                following = next(nxt, None)
-                if following is not None:
-                    pending.append(asyncio.create_task(
-                        self._store.read_segment(m, key, following)))
-                base = seg * m.segment_size
-                lo, hi = max(start - base, 0), min(end - base, len(data))
-                yield data if (lo, hi) == (0, len(data)) else data[lo:hi]
-        finally:
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+    @property
+    def by_name(self) -> dict[str, ShardBackend]:
+        return self.engine.by_name
 
+    @property
+    def draining(self) -> set[str]:
+        return self.engine.draining
 
-def _results(done: set[asyncio.Task[None]]) -> None:
-    """Raise the first failure of ``done`` after retrieving every one (no task's
-    exception is left unretrieved, so asyncio logs no "never retrieved")."""
-    errors = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
-    if any(t.cancelled() for t in done):
-        raise asyncio.CancelledError()
-    if errors:
-        raise cast(BaseException, errors[0])
+    @property
+    def k(self) -> int:
+        return self.engine.k
 
+    @property
+    def n(self) -> int:
+        return self.engine.n
 
-async def _chunks(source: Source, size: int, io: Executor) -> AsyncIterator[Buffer]:
-    """Non-empty pieces of exactly ``size`` bytes (the last may be shorter).
+    @property
+    def segment_size(self) -> int:
+        return self.engine.segment_size
 
-    Pieces of ``bytes`` are views (immutable: no copy needed); pieces of a
-    bytearray or memoryview are copied, since the caller could change them
-    while the put runs."""
-    if isinstance(source, bytes | bytearray | memoryview):
-        view = memoryview(source)
-        immutable = isinstance(source, bytes)
-        for pos in range(0, len(view), size):
-            part = view[pos:pos + size]
-            yield part if immutable else bytes(part)
-        return
-    if hasattr(source, "read"):
-        loop = asyncio.get_running_loop()
-        while True:
-            data = await loop.run_in_executor(io, _read_exactly, cast(BinaryIO, source), size)
-            if data:
-                yield data
-            if len(data) < size:
-                return
-    if isinstance(source, AsyncIterable):
-        # Pieces are gathered and joined once per segment (one copy; the
-        # segments are then views of the joined bytes): this runs on the event
-        # loop, where three copies per segment showed as 40 % of a WebDAV PUT.
-        parts: list[bytes] = []
-        have = 0
-        async for piece in source:
-            if not isinstance(piece, bytes | bytearray | memoryview):
-                raise TypeError(f"stream yielded {type(piece).__name__}, expected bytes")
-            if not piece:
-                continue
-            parts.append(piece if isinstance(piece, bytes) else bytes(piece))
-            have += len(piece)
-            if have >= size:
-                joined = b"".join(parts)
-                view = memoryview(joined)
-                pos = 0
-                while have - pos >= size:
-                    yield view[pos:pos + size]
-                    pos += size
-                rest = joined[pos:]
-                parts, have = ([rest] if rest else []), len(rest)
-        if parts:
-            yield b"".join(parts)
-        return
-    raise TypeError(f"cannot store a {type(source).__name__}: give bytes, a binary file "
-                    f"or an async iterable of bytes")
+    @property
+    def catalogue(self) -> Catalogue:
+        return self.engine.catalogue
 
+    @property
+    def master_key(self) -> bytes:
+        return self.engine.master_key
 
-def _read_exactly(f: BinaryIO, size: int) -> bytes:
-    parts: list[bytes] = []
-    left = size
-    while left > 0:
-        data = f.read(left)
-        if not data:
-            break
-        parts.append(data)
-        left -= len(data)
-    return b"".join(parts)
+    @property
+    def cpu(self) -> ThreadPoolExecutor:
+        return self.engine.cpu
 
+    @property
+    def io(self) -> ThreadPoolExecutor:
+        return self.engine.io
 
-async def _with_last(chunks: AsyncIterator[Buffer]) -> AsyncIterator[tuple[Buffer, bool]]:
-    """Each chunk with a flag telling whether it is the last (bound into the segment AD)."""
-    prev: Buffer | None = None
-    async for chunk in chunks:
-        if prev is not None:
-            yield prev, False
-        prev = chunk
-    if prev is not None:
-        yield prev, True
+    @property
+    def buffers(self) -> BufferPool:
+        return self.engine.buffers
 
+    @property
+    def orphans_left(self) -> builtins.list[tuple[str, str]]:
+        return self.engine.orphans_left
 
-def tune_malloc() -> None:
-    """Keep segment-sized buffers in one reused heap instead of fresh mmaps.
+    @property
+    def repair_owed(self) -> bool:
+        return self.engine.repair_owed
 
-    Every segment read or written allocates and frees a few MiB (share reads,
-    the joined ciphertext, the plaintext). glibc's defaults serve buffers that
-    big with a fresh mmap each, which the kernel zero-fills page by page and
-    unmaps again: profiled, page faults and munmap were ~50 % of a 256 MiB
-    get's CPU, the cipher under 10 %. Its *dynamic* threshold moves them into
-    the heap after a while, but into one arena per thread, each keeping its
-    freed memory (a 1 GiB put+get peaked at ~165 MiB RSS).
+    async def manifest(self, oid: str, start: int = 0, end: int | None = None) -> Manifest:
+        """The catalogue's manifest of object ``oid`` (ObjectNotFound if none)."""
+        return await self.engine.manifest(oid, start, end)
 
-    So: buffers up to 16 MiB come from the heap, freed memory at its top is
-    kept up to 64 MiB (less made the next segment fault its pages in again),
-    and all threads share one arena, so what one thread frees the next reuses.
-    Measured on the 2-core VM, 256 MiB at 4-of-6, one process per run: get
-    495-941 MiB/s (1.3-2.8 ms CPU/MiB) against 313-356 (3.7-4.3) with a fixed
-    1 MiB mmap threshold; put unchanged; 1 GiB put+get peak RSS 95 MiB (two
-    arenas: 113-121); 4 KiB puts unchanged. Process-wide, harmless elsewhere,
-    no-op off glibc.
-    """
-    global _malloc_tuned
-    if _malloc_tuned:
-        return
-    _malloc_tuned = True
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_MMAP_THRESHOLD, 16 * MiB)
-        libc.mallopt(_M_TRIM_THRESHOLD, 64 * MiB)
-        libc.mallopt(_M_ARENA_MAX, 1)
-
-
-def release_memory() -> None:
-    """Give the heap's free pages back to the kernel after a sweep over the store.
-
-    Why: ``tune_malloc`` keeps up to 64 MiB of freed memory at the heap's top
-    for the next segment, and a verify or repair (every share of every object
-    read once) leaves freed memory scattered below the top too, which no
-    threshold returns. ``malloc_trim(0)`` releases every free whole page of the
-    heap (madvise), so RSS after a sweep goes back to what the twin holds.
-    Milliseconds; no-op off glibc.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
-
-
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_M_ARENA_MAX = -8
-_malloc_tuned = False
-
-
-def default_executors() -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
-    tune_malloc()
-    cpu = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
-                             thread_name_prefix="twin-storage-cpu")
-    io = ThreadPoolExecutor(max_workers=32, thread_name_prefix="twin-storage-io")
-    return cpu, io
+    def placement_order(self, object_id: str) -> builtins.list[ShardBackend]:
+        """Backends in the order shares 0..n-1 of ``object_id`` go to."""
+        return self.engine.placement_order(object_id)

@@ -30,6 +30,10 @@ location shown in status and logs carries no secret.
 
 Every backend has ``max_value``, the largest value it stores: the store refuses
 at start a segment size whose shares would not fit (0-db: 8 MiB, Redis: 512 MiB).
+
+A new kind is a module here implementing ``ShardBackend`` (taking keys and
+values as ``storage.backends.keys`` defines them, not from this module, which
+imports the kinds) and its branch in ``load``.
 """
 
 from __future__ import annotations
@@ -39,25 +43,28 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from storage.errors import BackendUnavailable, InvalidReference
+from storage.backends.keys import MAX_KEY, Buffer, check_key
+from storage.backends.local import CompactPolicy, LocalBackend
+from storage.errors import BackendUnavailable
 from storage.model import BackendHealth
 
-if TYPE_CHECKING:
-    from storage.backends.local import CompactPolicy
+__all__ = [
+    "MAX_KEY",
+    "Buffer",
+    "ShardBackend",
+    "SupportsPutMany",
+    "check_key",
+    "check_name",
+    "check_usable",
+    "claim_all",
+    "load",
+    "max_value",
+    "put_many",
+]
 
-Buffer = bytes | memoryview
-MAX_KEY = 200
-_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
-
-def check_key(key: str) -> str:
-    """Keys are interpolated into file indexes and SCAN patterns: keep them boring."""
-    if not isinstance(key, str) or not _KEY_RE.match(key) or ".." in key:
-        raise InvalidReference(f"invalid shard key {key!r:.80}")
-    return key
 
 
 def check_name(name: str) -> str:
@@ -186,13 +193,14 @@ def load(spec: dict[str, str], data_dir: Path, executor: Executor,
     if not location or len(location) > 1000:
         raise ValueError(f"backend {name}: location missing or too long")
     if kind == "local":
-        from storage.backends.local import LocalBackend
-
         path = Path(location).expanduser()
         if not path.is_absolute():
             path = data_dir / path
         return LocalBackend(name, path, executor, location=location, policy=policy)
     if kind == "resp":
+        # imported here, not above, for what it costs: redis.asyncio and this module
+        # take ~0.2 s to import, which a twin with local backends only never pays
+        # (no cycle: resp imports storage.backends.keys, not this module)
         from storage.backends.resp import RespBackend
 
         return RespBackend(name, location, password=_password(spec, name, data_dir))

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from storage.backends import Buffer, check_key
+from storage.backends.keys import Buffer, check_key
 from storage.errors import BackendUnavailable, StoreInUse
 from storage.groupcommit import GroupCommit
 from storage.model import BackendHealth

@@ -37,7 +37,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from storage.backends import Buffer, check_key
+from storage.backends.keys import Buffer, check_key
 from storage.backends.zdb import MAX_VALUE as ZDB_MAX_VALUE
 from storage.backends.zdb import NamespaceInfo, ZdbConnection, parse_nsinfo
 from storage.errors import BackendUnavailable, DeleteRefused

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from storage import BackendRefused, Store, open_store
+from storage.engine import share_key
 from storage.model import DrainProgress
-from storage.store import share_key
 from tests.servers import Servers
 from tests.storage.conftest import MASTER, METADATA, KiB, StoreFactory, flip_byte, local_specs
 

@@ -9,8 +9,8 @@ import pytest
 from storage import IntegrityError, InvalidReference, ObjectRef
 from storage.backends import check_key
 from storage.codec import SegmentKey, encode_segment
+from storage.engine import share_key
 from storage.share import _FIXED, HEADER_BYTES, MAGIC, VERSION, ShareId, check, share_hash
-from storage.store import share_key
 from tests.storage.conftest import StoreFactory
 
 SID = ShareId(b"\x11" * 16, 0, 2, 4, 6, 100)

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from storage.store import tune_malloc
+from storage.memory import tune_malloc
 from tests.storage.conftest import StoreFactory
 
 MiB = 1024 * 1024

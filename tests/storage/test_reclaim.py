@@ -148,13 +148,13 @@ async def test_verify_during_a_delete_finds_no_orphans(make_store: StoreFactory)
     store = make_store()
     ref = await store.put(os.urandom(300_000))
     gate = asyncio.Event()
-    real = store.delete_keys
+    real = store.engine.delete_keys
 
     async def slow(keys: list[tuple[str, str]]) -> int:
         await gate.wait()
         return await real(keys)
 
-    store.delete_keys = slow  # type: ignore[method-assign]
+    store.engine.delete_keys = slow  # type: ignore[method-assign]
     deleting = asyncio.create_task(store.delete(ref))
     await asyncio.sleep(0.05)  # the row is gone, the shares are not
     report = await store.verify()
@@ -171,7 +171,7 @@ async def test_verify_reading_an_object_being_deleted_reports_no_problem(
     out, zeros): that is a delete, not damage."""
     store = make_store()
     ref = await store.put(os.urandom(300_000))
-    real = store.manifest
+    real = store.engine.manifest
     deleted = False
 
     async def then_delete(oid: str, start: int = 0, end: int | None = None) -> Manifest:
@@ -182,7 +182,7 @@ async def test_verify_reading_an_object_being_deleted_reports_no_problem(
             await store.delete(ref)  # between verify's manifest and its reads
         return m
 
-    store.manifest = then_delete  # type: ignore[method-assign]
+    store.engine.manifest = then_delete  # type: ignore[method-assign]
     report = await store.verify()
     assert report.healthy, report
     await store.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from storage import NotEnoughShares
-from storage.store import share_key
+from storage.engine import share_key
 from tests.storage.conftest import KiB, StoreFactory, flip_byte, local_specs
 
 SEG = 64 * KiB

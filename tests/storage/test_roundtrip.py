@@ -69,13 +69,13 @@ async def test_ranged_get_decodes_only_covering_segments(make_store: StoreFactor
     store = make_store(segment_size=SEG)
     ref = await store.put(os.urandom(10 * SEG))
     seen: list[int] = []
-    original = store.read_segment
+    original = store.engine.read_segment
 
     async def spy(m, key, seg, ns="s"):  # type: ignore[no-untyped-def]
         seen.append(seg)
         return await original(m, key, seg, ns)
 
-    store.read_segment = spy  # type: ignore[method-assign]
+    store.engine.read_segment = spy  # type: ignore[method-assign]
     await store.read(ref, 3 * SEG + 5, 4 * SEG + 5)
     assert sorted(seen) == [3, 4]
     await store.close()
