@@ -187,7 +187,10 @@ async def test_a_slow_backend_adds_little_to_a_large_get(
         await store.read(ref)  # learns which backend is slow
         slow = await best_of(3)
         print(f"64 MiB GET: {fast:.3f} s; with +200 ms on one backend: {slow:.3f} s")
-        assert slow <= fast + 0.1
+        # Waiting on the slow backend adds 200 ms per wave of segment reads: seconds
+        # for 64 segments. The 20 % is a loaded machine's noise (a fixed 0.1 s failed
+        # 2 runs in 8 at load 6-8, old code and new alike).
+        assert slow <= fast * 1.2 + 0.1
         assert store.monitor.slow("r0")
     finally:
         await store.close()
