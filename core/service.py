@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import phonebook as pb
+import storage
 from core import acme, backup, net, tls
 from core import config as cfg
 from core import identity as ident
@@ -80,7 +81,7 @@ def phonebook_error(exc: pb.PhonebookError) -> TwinError:
     return table.get(type(exc), Invalid)(str(exc))
 
 
-def store_in_use_message(exc: Any) -> str:
+def store_in_use_message(exc: storage.StoreInUse) -> str:
     """What a CLI user reads when ``twin serve`` (or another command) holds the store."""
     who = f"pid {exc.pid}" if exc.pid is not None else "another process"
     return (f"the twin's storage is in use by {who} (is `twin serve` running?): stop it "
@@ -104,7 +105,7 @@ class Service:
                                               "error": "not tried yet", "attempts": 0}
         self._lock_fd: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self.store: Any = None  # storage.Store once started
+        self.store: storage.Store | None = None  # once started
         self.acme: acme.CertManager | None = None  # with tls.acme, once started
         self.overrides: dict[str, Any] = {}  # --set values, applied again on reload
         self.on_log_level: Callable[[str], None] | None = None  # set by `serve` (see reload)
@@ -242,9 +243,10 @@ class Service:
 
         return routes(self)
 
-    def open_store(self) -> Any:
-        import storage
+    def open_store(self) -> storage.Store:
+        """The dispersed store, opened as twin.toml says (blocking: call it in a thread).
 
+        ``start`` opens it for the service's parts."""
         conf = self.config
         try:
             return storage.open_store(
@@ -260,6 +262,12 @@ class Service:
             )
         except storage.StoreInUse as exc:
             raise Unavailable(store_in_use_message(exc)) from exc
+
+    def need_store(self) -> storage.Store:
+        """The open store, or ``Unavailable`` before ``start`` and after ``stop``."""
+        if self.store is None:
+            raise Unavailable("the dispersed store is not open")
+        return self.store
 
     # -- lifecycle
 

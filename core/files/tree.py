@@ -27,6 +27,7 @@ from core.db import Database
 from core.errors import Conflict, Invalid, NotFound, QuotaExceeded, Unavailable
 from core.files.paths import join, split
 from core.peer.content import ContentEntry
+from storage import Store
 
 log = logging.getLogger("twin.files")
 T = TypeVar("T")
@@ -257,7 +258,7 @@ def _storage_errors() -> Iterator[None]:
 class FileTree:
     """The owner's files. All methods are coroutines on the service's loop."""
 
-    def __init__(self, db: Database, store: Callable[[], Any], *, quota: int = 0,
+    def __init__(self, db: Database, store: Callable[[], Store | None], *, quota: int = 0,
                  data_dir: Path | None = None, redundancy: float = 1.0) -> None:
         self.db = db
         self._store = store
@@ -269,7 +270,7 @@ class FileTree:
         db.migrate("files", MIGRATIONS)
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         store = self._store()
         if store is None:
             raise Unavailable("the dispersed store is not open")

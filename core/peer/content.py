@@ -29,6 +29,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 from core.acl import as_dir, normalize
 from core.db import Database, transaction
 from core.errors import Conflict, Invalid, NotFound, Unavailable
+from storage import Store
 
 MAX_LIST = 10_000
 
@@ -88,7 +89,7 @@ def _name(path: str) -> str:
 class SharedObjects:
     """Paths mapped to dispersed-store objects (see the module docstring)."""
 
-    def __init__(self, db: Database, store: Callable[[], Any]) -> None:
+    def __init__(self, db: Database, store: Callable[[], Store | None]) -> None:
         self.db = db
         self._store = store  # service.store is opened only in start()
         db.migrate("peer.content", MIGRATIONS)

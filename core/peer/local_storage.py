@@ -216,7 +216,7 @@ def routes(service: Service) -> list[BaseRoute]:
     def handle(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
-                return await fn(request, service.store)
+                return await fn(request, service.need_store())
             except ClientDisconnect:
                 return Response(status_code=400)
             except Exception as exc:
