@@ -304,9 +304,7 @@ def _answer(resp: Any) -> Any:
 async def _on_own_store(service: Any, action: str, qid: int | None) -> Any:
     if action == "list":
         return [q.to_json() for q in await service.mail.quarantined()]
-    service.store = await asyncio.to_thread(service.open_store)
-    service.mail.attach(service.store)
-    try:
+    async with service.opened_store():
         if action == "retry":
             assert qid is not None
             try:
@@ -319,9 +317,6 @@ async def _on_own_store(service: Any, action: str, qid: int | None) -> Any:
         assert qid is not None
         await service.mail.drop_quarantined(qid)
         return {"deleted": qid}
-    finally:
-        await service.store.close()
-        service.store = None
 
 
 def dkim_record(service: Any, args: argparse.Namespace) -> int:
@@ -366,13 +361,8 @@ def send(service: Any, args: argparse.Namespace) -> int:
             answer = await _post_running(data, twin, "/send", message,
                                          {"from": sender, "to": args.to})
             return Routed.from_json(answer)
-        service.store = await asyncio.to_thread(service.open_store)
-        service.mail.attach(service.store)
-        try:
+        async with service.opened_store():
             return await send_as_owner(service, sender, args.to, message)
-        finally:
-            await service.store.close()
-            service.store = None
 
     routed = asyncio.run(go())
     print(f"sent: {len(routed.local)} local, {len(routed.twins)} twin(s), "

@@ -257,12 +257,8 @@ async def _publish_file(service: Any, file: Path, path: str, progress: Progress)
         return
     from core.peer.content import publish
 
-    service.store = await asyncio.to_thread(service.open_store)
-    try:
+    async with service.opened_store():
         stored = await publish(service, path, _file_chunks(file, progress, size))
-    finally:
-        await service.store.close()
-        service.store = None
     progress.summary({}, f"stored {file} as {stored.path} ({stored.size} bytes)")
 
 
