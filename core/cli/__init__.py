@@ -16,11 +16,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from core import config as cfg
 from core import logsafe
 from core.errors import Invalid, TwinError
+
+if TYPE_CHECKING:
+    from core.service import Service
 
 GROUPS = ("init", "serve", "config", "phonebook", "storage", "mail", "peer", "domain",
           "service")
@@ -44,7 +47,7 @@ def binary_stdout() -> BinaryIO:
     return sys.stdout.buffer
 
 
-def open_service(args: argparse.Namespace) -> Any:
+def open_service(args: argparse.Namespace) -> Service:
     from core.service import Service
 
     return Service.open(Path(args.data), overrides(args))

@@ -24,12 +24,15 @@ import sqlite3
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from core.acl import as_dir, normalize
 from core.db import Database, transaction
 from core.errors import Conflict, Invalid, NotFound, Unavailable
 from storage import Store
+
+if TYPE_CHECKING:
+    from core.service import Service
 
 MAX_LIST = 10_000
 
@@ -211,13 +214,13 @@ def _etag(ref: str) -> str:
     return ref.partition(":")[0]
 
 
-async def publish(service: Any, path: str, data: AsyncIterable[bytes]) -> ContentEntry:
+async def publish(service: Service, path: str, data: AsyncIterable[bytes]) -> ContentEntry:
     """Store ``data`` at ``path`` in the twin's content: the file tree when there is one
     (creating missing parent directories), else the shared objects table."""
     path = normalize(path)
     files = getattr(service, "files", None)
     if files is None:
-        ref = await service.store.put(data)
+        ref = await service.need_store().put(data)
         added: ContentEntry = await service.shared.add(path, ref, ref.size)
         return added
     parts = path.strip("/").split("/")
