@@ -41,16 +41,9 @@ from core import identity as ident
 from core.acl import OWNER, Access, Principal
 from core.contacts import Contacts
 from core.db import Database
-from core.errors import (
-    ConfigError,
-    Conflict,
-    Forbidden,
-    Invalid,
-    NotFound,
-    TwinError,
-    Unavailable,
-)
+from core.errors import ConfigError, Conflict, NotFound, TwinError, Unavailable
 from core.files import FileTree
+from core.foreign import phonebook_error
 from core.mail import MailStore
 from core.outbound import OutboundQueue
 from core.peer import Peer
@@ -74,17 +67,6 @@ JOURNAL_DIR = "mail-journal"  # accepted mail not filed yet (core.mail.journal)
 SHUTDOWN_BACKUP = 6  # seconds the backup at stop may take: a stop must stay bounded
 COMPACT_INTERVAL = 10.0  # seconds between looks at the shard files' dead bytes
 TRIM_INTERVAL = 60.0  # seconds between giving freed heap pages back (Store.trim_loop)
-
-
-def phonebook_error(exc: pb.PhonebookError) -> TwinError:
-    """Phonebook failures in core's neutral terms (the one mapping table)."""
-    table: dict[type[pb.PhonebookError], type[TwinError]] = {
-        pb.TwinNotFound: NotFound,
-        pb.RecordInvalid: Forbidden,
-        pb.KeyChanged: Conflict,
-        pb.PhonebookUnavailable: Unavailable,
-    }
-    return table.get(type(exc), Invalid)(str(exc))
 
 
 def store_in_use_message(exc: storage.StoreInUse) -> str:

@@ -28,6 +28,7 @@ from core.outbound.bounce import Failure, make_dsn
 from core.outbound.dkim import DkimKey
 from core.outbound.dnsq import OutboundDns
 from core.outbound.mtasts import MtaSts
+from storage import ObjectNotFound, ObjectRef
 
 if TYPE_CHECKING:
     from core.service import Service
@@ -232,8 +233,6 @@ class OutboundQueue:
             self._busy.discard(msg_id)
 
     async def _read(self, ref: str) -> bytes:
-        from storage.model import ObjectRef
-
         store = self.service.need_store()
         chunks = [chunk async for chunk in store.get(ObjectRef.parse(ref))]
         return b"".join(chunks)
@@ -285,13 +284,12 @@ class OutboundQueue:
             if msg_id in self._busy:
                 continue
             try:
-                from storage.model import ObjectRef
-
                 await self.service.need_store().delete(ObjectRef.parse(ref))
-            except Exception as exc:  # already gone is fine; anything else is retried later
-                if type(exc).__name__ != "ObjectNotFound":
-                    log.warning("queued message %d: cannot delete its copy: %s", msg_id, exc)
-                    continue
+            except ObjectNotFound:
+                pass  # already gone is fine
+            except Exception as exc:  # anything else is retried later
+                log.warning("queued message %d: cannot delete its copy: %s", msg_id, exc)
+                continue
             await self.db.run(lambda c, i=msg_id: c.execute(
                 "DELETE FROM outbound_messages WHERE id = ?", (i,)))
 

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 from core.acl import as_dir, normalize
 from core.db import Database, transaction
 from core.errors import Conflict, Invalid, NotFound, Unavailable
-from storage import Store
+from core.foreign import storage_error
+from storage import ObjectNotFound, ObjectRef, StorageError, Store
 
 if TYPE_CHECKING:
     from core.service import Service
@@ -138,10 +139,7 @@ class SharedObjects:
     async def _delete_object(self, ref: str) -> None:
         store = self._store()
         if store is not None:
-            import storage.errors
-            from storage.model import ObjectRef
-
-            with contextlib.suppress(storage.errors.ObjectNotFound):
+            with contextlib.suppress(ObjectNotFound):
                 await store.delete(ObjectRef.parse(ref))
 
     # -- ContentSource
@@ -190,9 +188,6 @@ class SharedObjects:
 
     async def read(self, path: str, start: int = 0,
                    end: int | None = None) -> AsyncIterator[bytes]:
-        import storage.errors
-        from storage.model import ObjectRef
-
         entry = await self.stat(path)
         if entry.is_dir:
             raise Invalid(f"{path} is a directory")
@@ -204,10 +199,8 @@ class SharedObjects:
         try:
             async for chunk in store.get(ObjectRef.parse(ref), start, end):
                 yield chunk
-        except storage.errors.ObjectNotFound as exc:
-            raise NotFound(f"{path}: its object is gone from the store") from exc
-        except storage.errors.StorageError as exc:
-            raise Unavailable(f"{path}: {exc}") from exc
+        except StorageError as exc:
+            raise storage_error(exc, path) from exc
 
 
 def _etag(ref: str) -> str:
