@@ -4,6 +4,10 @@ Each command group lives in its own module with ``register(subparsers)``; the
 handlers get the parsed arguments and return an exit code. Errors that core
 raises on purpose (``TwinError``) become one clear line on stderr and exit
 code 2; anything else is a bug and shows its traceback.
+
+A command that works on a stopped twin's dispersed store opens it with
+``async with service.opened_store():`` (``core.service``); with a running
+twin it asks that twin, which holds the store's lock.
 """
 
 from __future__ import annotations
