@@ -100,7 +100,7 @@ class SharedObjects:
 
     # -- owner side
 
-    async def add(self, path: str, ref: Any, size: int) -> ContentEntry:
+    async def add(self, path: str, ref: ObjectRef | str, size: int) -> ContentEntry:
         """Publish stored object ``ref`` at ``path`` (replacing what was there)."""
         path = normalize(path)
         if path.endswith("/"):
