@@ -27,9 +27,9 @@ import os
 import secrets
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 from core.db import Database
+from storage import ObjectRef, StorageError, Store
 
 log = logging.getLogger("twin.backup")
 NAME = "twin.db"
@@ -50,7 +50,7 @@ async def snapshot(db: Database, dest: Path) -> int:
     return size
 
 
-async def backup_db(db: Database, store: Any) -> Any:
+async def backup_db(db: Database, store: Store) -> ObjectRef:
     """Snapshot ``db`` into ``store`` and point ``twin.db`` at it; returns the ref."""
     tmp = db.path.parent / f".twin-db-backup-{secrets.token_hex(4)}.sqlite"
     try:
@@ -67,17 +67,15 @@ async def backup_db(db: Database, store: Any) -> Any:
     return ref
 
 
-async def backup_all(db: Database, store: Any) -> str:
+async def backup_all(db: Database, store: Store) -> str:
     """twin.db, then the catalogue (which then points at that twin.db)."""
     await backup_db(db, store)
     name: str = await store.backup()
     return name
 
 
-async def backup_loop(db: Database, store: Any, interval: float) -> None:
+async def backup_loop(db: Database, store: Store, interval: float) -> None:
     """``backup_all`` every ``interval`` seconds until cancelled; failures are logged."""
-    from storage import StorageError
-
     if interval <= 0:
         raise ValueError("backup interval must be positive")
     while True:
@@ -98,15 +96,13 @@ def _check_db(path: Path) -> None:
         raise sqlite3.DatabaseError(f"integrity check failed: {result}")
 
 
-async def restore_db(store: Any, target: Path) -> Any | None:
+async def restore_db(store: Store, target: Path) -> ObjectRef | None:
     """Write the newest readable twin.db snapshot over ``target`` (no twin may have it open).
 
     Returns the ref restored, or None when the store holds no snapshot (a twin
     backed up before twin.db was). Older generations are tried if the newest
     cannot be read or fails its integrity check.
     """
-    from storage import StorageError
-
     part = target.with_name(target.name + ".restore")
     for ref in await store.get_named(NAME):
         if ref.size > MAX_DB:

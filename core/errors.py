@@ -15,7 +15,9 @@ peer + local APIs  ``core/peer/errors.py`` REFUSALS       HTTP status, retry?
 So "change how over-quota is reported" is the ``OVER_QUOTA`` row of those
 four tables; "add an error" is a member of ``ErrorCode`` here, a row in
 ``FAMILY`` and a row in each table (``tests/core/test_errors.py`` fails
-until every table has one).
+until every table has one). The other way in, what the phonebook and the
+dispersed store raise becomes one of these in one table each,
+``core/foreign.py``.
 
 Why codes and not classes: the same kind of failure is raised from several
 places (mail and files both run out of quota), and a class says too little

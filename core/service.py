@@ -5,6 +5,12 @@ logins and the phonebook; ``start()`` opens the dispersed store, publishes the
 twin's own phonebook record and starts the listeners; ``stop()`` undoes that in
 reverse order. CLI commands use ``open`` alone; ``twin serve`` uses all three.
 
+The dispersed store is opened one way: ``attach_store()`` opens it and gives it
+to the parts (``service.store``, which the file tree and shared objects read,
+and ``service.mail``), ``release_store()`` closes it; ``start``/``stop`` call
+them, and a CLI command that works on a stopped twin's store uses
+``async with service.opened_store():``.
+
 Protocol listeners are found through the ``twin.listeners`` entry point group
 (each names ``async def start(service) -> Listener``), so dependencies still
 point one way: protocols import core, core imports no protocol.
@@ -21,29 +27,23 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
 import phonebook as pb
+import storage
 from core import acme, backup, net, tls
 from core import config as cfg
 from core import identity as ident
 from core.acl import OWNER, Access, Principal
 from core.contacts import Contacts
 from core.db import Database
-from core.errors import (
-    ConfigError,
-    Conflict,
-    Forbidden,
-    Invalid,
-    NotFound,
-    TwinError,
-    Unavailable,
-)
+from core.errors import ConfigError, Conflict, NotFound, TwinError, Unavailable
 from core.files import FileTree
+from core.foreign import phonebook_error
 from core.mail import MailStore
 from core.outbound import OutboundQueue
 from core.peer import Peer
@@ -69,18 +69,7 @@ COMPACT_INTERVAL = 10.0  # seconds between looks at the shard files' dead bytes
 TRIM_INTERVAL = 60.0  # seconds between giving freed heap pages back (Store.trim_loop)
 
 
-def phonebook_error(exc: pb.PhonebookError) -> TwinError:
-    """Phonebook failures in core's neutral terms (the one mapping table)."""
-    table: dict[type[pb.PhonebookError], type[TwinError]] = {
-        pb.TwinNotFound: NotFound,
-        pb.RecordInvalid: Forbidden,
-        pb.KeyChanged: Conflict,
-        pb.PhonebookUnavailable: Unavailable,
-    }
-    return table.get(type(exc), Invalid)(str(exc))
-
-
-def store_in_use_message(exc: Any) -> str:
+def store_in_use_message(exc: storage.StoreInUse) -> str:
     """What a CLI user reads when ``twin serve`` (or another command) holds the store."""
     who = f"pid {exc.pid}" if exc.pid is not None else "another process"
     return (f"the twin's storage is in use by {who} (is `twin serve` running?): stop it "
@@ -104,12 +93,13 @@ class Service:
                                               "error": "not tried yet", "attempts": 0}
         self._lock_fd: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self.store: Any = None  # storage.Store once started
+        self.store: storage.Store | None = None  # between attach_store and release_store
         self.acme: acme.CertManager | None = None  # with tls.acme, once started
         self.overrides: dict[str, Any] = {}  # --set values, applied again on reload
         self.on_log_level: Callable[[str], None] | None = None  # set by `serve` (see reload)
         # Parts, in dependency order. Each keeps its tables in twin.db and reaches
-        # the dispersed store through a callable, since the store opens in start().
+        # the dispersed store through a callable or, mail, is handed it by
+        # attach_store, since the store opens in start().
         self.mail = MailStore(self.db, quota_bytes=config.int("mail.quota"),
                               vanished_keep=config.int("mail.vanished_keep"))
         self.contacts = Contacts(self.db)
@@ -242,9 +232,10 @@ class Service:
 
         return routes(self)
 
-    def open_store(self) -> Any:
-        import storage
+    def open_store(self) -> storage.Store:
+        """The dispersed store, opened as twin.toml says (blocking: call it in a thread).
 
+        ``attach_store`` is what opens it for the service's parts."""
         conf = self.config
         try:
             return storage.open_store(
@@ -260,6 +251,38 @@ class Service:
             )
         except storage.StoreInUse as exc:
             raise Unavailable(store_in_use_message(exc)) from exc
+
+    async def attach_store(self) -> storage.Store:
+        """Open the dispersed store and hand it to the parts that use it.
+
+        ``service.store`` (read by the file tree and the shared objects) and
+        the mail store's; ``release_store`` closes it. ``start`` and ``stop``
+        call these two; ``opened_store`` pairs them for a CLI command."""
+        store = await asyncio.to_thread(self.open_store)
+        self.store = store
+        self.mail.attach(store)
+        return store
+
+    def need_store(self) -> storage.Store:
+        """The open store, or ``Unavailable`` outside ``attach_store``/``release_store``."""
+        if self.store is None:
+            raise Unavailable("the dispersed store is not open")
+        return self.store
+
+    async def release_store(self) -> None:
+        """Close the store ``attach_store`` opened (nothing when it is not open)."""
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+    @contextlib.asynccontextmanager
+    async def opened_store(self) -> AsyncIterator[storage.Store]:
+        """``attach_store`` for the length of an ``async with``, then ``release_store``."""
+        store = await self.attach_store()
+        try:
+            yield store
+        finally:
+            await self.release_store()
 
     # -- lifecycle
 
@@ -283,25 +306,24 @@ class Service:
         loop.set_default_executor(ThreadPoolExecutor(max_workers=8, thread_name_prefix="twin"))
         self._take_lock()
         try:
-            self.store = await asyncio.to_thread(self.open_store)
+            store = await self.attach_store()
             try:
-                await self.store.check_backends()  # what can never work is refused now
+                await store.check_backends()  # what can never work is refused now
             except ValueError as exc:
                 raise ConfigError(str(exc)) from exc
-            self.store.monitor.listeners.append(self._storage_health_changed)
-            self.spawn(self.store.monitor.refresh_loop(), "storage-health")
-            self.spawn(self.store.maintain(self.config.int("storage.scrub_interval")),
+            store.monitor.listeners.append(self._storage_health_changed)
+            self.spawn(store.monitor.refresh_loop(), "storage-health")
+            self.spawn(store.maintain(self.config.int("storage.scrub_interval")),
                        "storage-maintain")
-            self.mail.attach(self.store)
             await self.mail.start_intake(self.data_dir / JOURNAL_DIR,
                                          self.identity.derive_key("journal"),
                                          self.config.int("mail.journal_backlog"))
             interval = self.config.int("storage.backup_interval")
             if interval:  # twin.db and the catalogue, into the dispersed store
-                self.spawn(backup.backup_loop(self.db, self.store, interval), "backup")
+                self.spawn(backup.backup_loop(self.db, store, interval), "backup")
             # dead shard bytes back, by ratio and age, also on a twin too small to rotate
-            self.spawn(self.store.compact_loop(COMPACT_INTERVAL), "storage-compaction")
-            self.spawn(self.store.trim_loop(TRIM_INTERVAL), "memory-trim")
+            self.spawn(store.compact_loop(COMPACT_INTERVAL), "storage-compaction")
+            self.spawn(store.trim_loop(TRIM_INTERVAL), "memory-trim")
             self.spawn(self.files.sweep(), "files-sweep")  # objects a crash left unreferenced
             self.spawn(self.outbound.run(), "outbound-queue")
             # twin-to-twin mail: the receiving side and bounces
@@ -468,8 +490,7 @@ class Service:
                             SHUTDOWN_BACKUP)
             except Exception as exc:
                 log.warning("backup at shutdown failed: %s", exc)
-            await self.store.close()
-            self.store = None
+        await self.release_store()
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / STATUS_FILE).unlink()
         if self._lock_fd is not None:

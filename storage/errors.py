@@ -1,7 +1,8 @@
 """Errors raised by the dispersed store.
 
-Callers (mail store, file tree) map these to their own neutral errors; each one
-says which object, segment or backend is concerned so a log line is enough to act.
+Core maps these to its own neutral errors in one table (``core/foreign.py``,
+``storage_error``); each one says which object, segment or backend is
+concerned so a log line is enough to act.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ Each command group lives in its own module with ``register(subparsers)``; the
 handlers get the parsed arguments and return an exit code. Errors that core
 raises on purpose (``TwinError``) become one clear line on stderr and exit
 code 2; anything else is a bug and shows its traceback.
+
+A command that works on a stopped twin's dispersed store opens it with
+``async with service.opened_store():`` (``core.service``); with a running
+twin it asks that twin, which holds the store's lock.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from core import config as cfg
 from core import logsafe
 from core.errors import Invalid, TwinError
+
+if TYPE_CHECKING:
+    from core.service import Service
 
 GROUPS = ("init", "serve", "config", "phonebook", "storage", "mail", "peer", "domain",
           "service")
@@ -44,7 +51,7 @@ def binary_stdout() -> BinaryIO:
     return sys.stdout.buffer
 
 
-def open_service(args: argparse.Namespace) -> Any:
+def open_service(args: argparse.Namespace) -> Service:
     from core.service import Service
 
     return Service.open(Path(args.data), overrides(args))

@@ -24,7 +24,7 @@ from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.cli import mail_transfer, open_service
 from core.cli.storage import running_twin
@@ -32,6 +32,9 @@ from core.errors import Conflict, Invalid, NotFound, TwinError, from_code
 from core.mail.quarantine import printable
 from core.routing import Routed
 from core.users import normalize_login
+
+if TYPE_CHECKING:
+    from core.service import Service
 
 MAX_BODY = 10 * 1024 * 1024
 
@@ -80,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-def owner(service: Any) -> str:
+def owner(service: Service) -> str:
     return f"{service.config.name}@{service.config.domain}"
 
 
@@ -101,7 +104,7 @@ def _when(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
 
 
-def users(service: Any, args: argparse.Namespace) -> int:
+def users(service: Service, args: argparse.Namespace) -> int:
     if args.do == "add":
         if not args.login:
             raise Invalid("usage: twin mail users add LOGIN [--new-domain]")
@@ -133,7 +136,7 @@ def users(service: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_domain(service: Any, address: str, new_domain: bool) -> None:
+def _check_domain(service: Service, address: str, new_domain: bool) -> None:
     """A typo in a domain must not quietly make the twin serve (and accept mail for) it."""
     domain = address.rpartition("@")[2].lower()
     served = {service.config.domain.lower()} | {
@@ -143,7 +146,7 @@ def _check_domain(service: Any, address: str, new_domain: bool) -> None:
                       f"--new-domain to serve it too (then publish its records: twin dns)")
 
 
-def passwd(service: Any, args: argparse.Namespace) -> int:
+def passwd(service: Service, args: argparse.Namespace) -> int:
     login = (args.login or owner(service)).lower()
     if args.revoke:
         service.users.revoke(login, args.label)
@@ -156,7 +159,7 @@ def passwd(service: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def passwords(service: Any, args: argparse.Namespace) -> int:
+def passwords(service: Service, args: argparse.Namespace) -> int:
     if args.do == "rm":
         if not 1 <= len(args.words) <= 2:
             raise Invalid("usage: twin mail passwords rm LABEL [LOGIN]")
@@ -179,7 +182,7 @@ def passwords(service: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def aliases(service: Any, args: argparse.Namespace) -> int:
+def aliases(service: Service, args: argparse.Namespace) -> int:
     if args.do == "add":
         if not args.address or not args.login:
             raise Invalid("usage: twin mail aliases add ADDRESS LOGIN")
@@ -201,7 +204,7 @@ def aliases(service: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def queue(service: Any, args: argparse.Namespace) -> int:
+def queue(service: Service, args: argparse.Namespace) -> int:
     q = service.outbound
     if args.queue_action == "flush":
         print(f"{q.flush()} recipient(s) due now (the running twin retries within 10 s)")
@@ -226,7 +229,7 @@ def queue(service: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def quarantined(service: Any, args: argparse.Namespace) -> int:
+def quarantined(service: Service, args: argparse.Namespace) -> int:
     action = args.quarantine_action
     if action != "list" and args.id is None:
         raise Invalid(f"usage: twin mail quarantine {action} ID")
@@ -301,12 +304,10 @@ def _answer(resp: Any) -> Any:
     raise Invalid(f"the running twin says: {message}")
 
 
-async def _on_own_store(service: Any, action: str, qid: int | None) -> Any:
+async def _on_own_store(service: Service, action: str, qid: int | None) -> Any:
     if action == "list":
         return [q.to_json() for q in await service.mail.quarantined()]
-    service.store = await asyncio.to_thread(service.open_store)
-    service.mail.attach(service.store)
-    try:
+    async with service.opened_store():
         if action == "retry":
             assert qid is not None
             try:
@@ -319,12 +320,9 @@ async def _on_own_store(service: Any, action: str, qid: int | None) -> Any:
         assert qid is not None
         await service.mail.drop_quarantined(qid)
         return {"deleted": qid}
-    finally:
-        await service.store.close()
-        service.store = None
 
 
-def dkim_record(service: Any, args: argparse.Namespace) -> int:
+def dkim_record(service: Service, args: argparse.Namespace) -> int:
     key = service.outbound.dkim
     if args.json:
         print(json.dumps({"name": key.record_name, "type": "TXT", "value": key.txt_record(),
@@ -348,7 +346,7 @@ def build_message(sender: str, to: list[str], subject: str, body: str, domain: s
     return msg.as_bytes()
 
 
-def send(service: Any, args: argparse.Namespace) -> int:
+def send(service: Service, args: argparse.Namespace) -> int:
     """Through the running twin when there is one (its store is locked by it), else on
     this process' own opening of the store."""
     from core.peer.local_mail import send_as_owner
@@ -366,13 +364,8 @@ def send(service: Any, args: argparse.Namespace) -> int:
             answer = await _post_running(data, twin, "/send", message,
                                          {"from": sender, "to": args.to})
             return Routed.from_json(answer)
-        service.store = await asyncio.to_thread(service.open_store)
-        service.mail.attach(service.store)
-        try:
+        async with service.opened_store():
             return await send_as_owner(service, sender, args.to, message)
-        finally:
-            await service.store.close()
-            service.store = None
 
     routed = asyncio.run(go())
     print(f"sent: {len(routed.local)} local, {len(routed.twins)} twin(s), "

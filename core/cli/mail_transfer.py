@@ -82,13 +82,8 @@ def run(args: argparse.Namespace) -> int:
                     return await _work(args, remote, source)
                 finally:
                     await remote.close()
-            service.store = await asyncio.to_thread(service.open_store)
-            service.mail.attach(service.store)
-            try:
+            async with service.opened_store():
                 return await _work(args, LocalMail(service.mail, login, max_size), source)
-            finally:
-                await service.store.close()
-                service.store = None
         return asyncio.run(go())
     finally:
         service.close()

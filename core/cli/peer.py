@@ -25,11 +25,14 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from core.cli import binary_stdout, open_service
 from core.errors import ErrorCode, Invalid, NotFound, Unavailable, from_code
 from core.progress import Progress, human_bytes
+
+if TYPE_CHECKING:
+    from core.service import Service
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -110,7 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=_run(fetch))
 
 
-def _run(fn: Callable[[Any, argparse.Namespace], Awaitable[int]]) -> Callable[..., int]:
+def _run(fn: Callable[[Service, argparse.Namespace], Awaitable[int]]) -> Callable[..., int]:
     def run(args: argparse.Namespace) -> int:
         service = open_service(args)
 
@@ -126,7 +129,7 @@ def _run(fn: Callable[[Any, argparse.Namespace], Awaitable[int]]) -> Callable[..
     return run
 
 
-async def contacts(service: Any, args: argparse.Namespace) -> int:
+async def contacts(service: Service, args: argparse.Namespace) -> int:
     if args.action == "add":
         for name in args.names:
             record = await service.resolve(name)  # exists, verified, key pinned
@@ -141,7 +144,7 @@ async def contacts(service: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def circles(service: Any, args: argparse.Namespace) -> int:
+async def circles(service: Service, args: argparse.Namespace) -> int:
     if args.action == "add":
         for name in args.members:
             await service.resolve(name)
@@ -171,7 +174,7 @@ def _until(text: str | None) -> float | None:
     return when.timestamp()
 
 
-async def share(service: Any, args: argparse.Namespace) -> int:
+async def share(service: Service, args: argparse.Namespace) -> int:
     from core.acl import parse_rights
 
     path = args.path
@@ -191,7 +194,7 @@ async def share(service: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _check_grantee(service: Any, grantee: str) -> None:
+async def _check_grantee(service: Service, grantee: str) -> None:
     """A twin grantee must resolve in the phonebook, as for ``contacts add``: a typo
     must not become a standing grant for whoever registers that name later."""
     from core.contacts import check_name
@@ -218,7 +221,7 @@ async def _check_grantee(service: Any, grantee: str) -> None:
                        "nothing was shared") from None
 
 
-async def _check_path(service: Any, path: str) -> None:
+async def _check_path(service: Service, path: str) -> None:
     """Share only what exists: a prefix must be a folder, a file path a file."""
     from core.acl import normalize
 
@@ -232,7 +235,7 @@ async def _check_path(service: Any, path: str) -> None:
         raise Invalid(f"{path} is a file, not a folder: drop the trailing /")
 
 
-async def _tell(service: Any, path: str, grantee: str, rights: tuple[str, ...], *,
+async def _tell(service: Service, path: str, grantee: str, rights: tuple[str, ...], *,
                 revoked: bool) -> None:
     """share.notify to the grantees (core/peer/shares.py); a failure keeps the grant."""
     from core.peer.shares import notify
@@ -244,7 +247,7 @@ async def _tell(service: Any, path: str, grantee: str, rights: tuple[str, ...], 
         print(f"could not notify {', '.join(failed)} (the grant stands)", file=sys.stderr)
 
 
-async def _publish_file(service: Any, file: Path, path: str, progress: Progress) -> None:
+async def _publish_file(service: Service, file: Path, path: str, progress: Progress) -> None:
     if not await asyncio.to_thread(file.is_file):
         raise NotFound(f"{file}: no such file")
     size = (await asyncio.to_thread(file.stat)).st_size
@@ -257,12 +260,8 @@ async def _publish_file(service: Any, file: Path, path: str, progress: Progress)
         return
     from core.peer.content import publish
 
-    service.store = await asyncio.to_thread(service.open_store)
-    try:
+    async with service.opened_store():
         stored = await publish(service, path, _file_chunks(file, progress, size))
-    finally:
-        await service.store.close()
-        service.store = None
     progress.summary({}, f"stored {file} as {stored.path} ({stored.size} bytes)")
 
 
@@ -345,14 +344,14 @@ def _local_send(data: Path, origin: str, to: str, text: str) -> dict[str, Any]:
     return body
 
 
-async def unshare(service: Any, args: argparse.Namespace) -> int:
+async def unshare(service: Service, args: argparse.Namespace) -> int:
     for path in await service.access.revoke(args.path, args.grantee):
         print(f"revoked {path} for {args.grantee}")
         await _tell(service, path, args.grantee, (), revoked=True)
     return 0
 
 
-async def shares(service: Any, args: argparse.Namespace) -> int:
+async def shares(service: Service, args: argparse.Namespace) -> int:
     from core.acl import normalize
 
     grants = await service.access.grants(under=normalize(args.prefix) if args.prefix else None)
@@ -367,7 +366,7 @@ async def shares(service: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _any_objects(service: Any) -> bool:
+async def _any_objects(service: Service) -> bool:
     try:
         await service.shared.stat("/")
         return True
@@ -375,7 +374,7 @@ async def _any_objects(service: Any) -> bool:
         return False
 
 
-async def send(service: Any, args: argparse.Namespace) -> int:
+async def send(service: Service, args: argparse.Namespace) -> int:
     """Queue a message; through the running twin when there is one, so it leaves at
     once (a row queued here would wait for that twin's next outbox poll)."""
     running = _running_twin(service.data_dir)
@@ -388,7 +387,7 @@ async def send(service: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def inbox(service: Any, args: argparse.Namespace) -> int:
+async def inbox(service: Service, args: argparse.Namespace) -> int:
     messages = await service.peer.inbox.list(args.limit)
     if args.json:
         print(json.dumps([m.to_json() for m in messages]))
@@ -399,7 +398,7 @@ async def inbox(service: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def outbox(service: Any, args: argparse.Namespace) -> int:
+async def outbox(service: Service, args: argparse.Namespace) -> int:
     pending = await service.peer.outbox.list()
     if args.json:
         print(json.dumps([p.to_json() for p in pending]))
@@ -409,7 +408,7 @@ async def outbox(service: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def fetch(service: Any, args: argparse.Namespace) -> int:
+async def fetch(service: Service, args: argparse.Namespace) -> int:
     if args.list:
         entries = await service.peer.content_list(args.name, args.path)
         if args.json:

@@ -22,6 +22,11 @@ Contract of the parts:
 - ``paths``: the one place where a path is validated and normalised.
 - ``sharing``: which grants reach a path (shown to the owner, never to peers).
 
+The tree reaches the dispersed store through a callable (``Service.store``,
+None until ``Service.attach_store``), and what the store raises leaves it
+through ``core.foreign.storage_error``: content missing from the store is
+``NotFound``, a backend down ``Unavailable``.
+
 Errors are core's neutral ones (``core.errors``); over ``webdav.quota`` a
 write raises ``core.errors.QuotaExceeded``, the same error mail raises over
 ``mail.quota``, re-exported here for callers that think of it as the tree's.

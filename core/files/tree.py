@@ -26,7 +26,9 @@ from typing import Any, TypeVar
 from core.db import Database
 from core.errors import Conflict, Invalid, NotFound, QuotaExceeded, Unavailable
 from core.files.paths import join, split
+from core.foreign import storage_error
 from core.peer.content import ContentEntry
+from storage import ObjectNotFound, ObjectRef, StorageError, Store
 
 log = logging.getLogger("twin.files")
 T = TypeVar("T")
@@ -241,23 +243,17 @@ async def _chain(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterato
 
 @contextlib.contextmanager
 def _storage_errors() -> Iterator[None]:
-    """Dispersed-store failures in core's neutral terms."""
-    from storage import errors as se
-
+    """Dispersed-store failures in core's neutral terms (``core.foreign``)."""
     try:
         yield
-    except se.ObjectNotFound as exc:
-        raise NotFound(f"file content is missing from storage: {exc}") from exc
-    except se.InvalidReference as exc:
-        raise Invalid(str(exc)) from exc
-    except se.StorageError as exc:
-        raise Unavailable(f"storage: {exc}") from exc
+    except StorageError as exc:
+        raise storage_error(exc, "file content") from exc
 
 
 class FileTree:
     """The owner's files. All methods are coroutines on the service's loop."""
 
-    def __init__(self, db: Database, store: Callable[[], Any], *, quota: int = 0,
+    def __init__(self, db: Database, store: Callable[[], Store | None], *, quota: int = 0,
                  data_dir: Path | None = None, redundancy: float = 1.0) -> None:
         self.db = db
         self._store = store
@@ -269,7 +265,7 @@ class FileTree:
         db.migrate("files", MIGRATIONS)
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         store = self._store()
         if store is None:
             raise Unavailable("the dispersed store is not open")
@@ -315,8 +311,6 @@ class FileTree:
         end = entry.size if end is None else min(end, entry.size)
         if entry.ref is None or start >= end:
             return
-        from storage.model import ObjectRef
-
         ref = entry.ref
         self._pins[ref] = self._pins.get(ref, 0) + 1
         try:
@@ -597,15 +591,14 @@ class FileTree:
         await self._delete_objects(now)
 
     async def _delete_objects(self, refs: Refs) -> None:
-        from storage.model import ObjectRef
-
         for ref in refs:
             try:
                 await self.store.delete(ObjectRef.parse(ref))
-            except Exception as exc:
-                if type(exc).__name__ != "ObjectNotFound":
-                    log.warning("could not delete storage object %s: %s", ref, exc)
-                    continue
+            except ObjectNotFound:
+                pass  # already gone is fine
+            except Exception as exc:  # kept in file_garbage: the next sweep tries again
+                log.warning("could not delete storage object %s: %s", ref, exc)
+                continue
             await self.db.run(lambda c, r=ref: c.execute(
                 "DELETE FROM file_garbage WHERE ref = ?", (r,)))
 

@@ -34,7 +34,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, TypeVar
 
 from core.db import Database
 from core.errors import (
@@ -53,6 +53,9 @@ from core.mail.index import Loaded, MailboxIndex, Snapshot
 from core.mail.intake import Intake
 from core.mail.journal import Entry
 from core.mail.subscriptions import Subscriptions
+
+if TYPE_CHECKING:
+    from storage import Store
 
 log = logging.getLogger("twin.mail")
 T = TypeVar("T")
@@ -430,7 +433,7 @@ class MailStore:
         # thread: one consistent read against the modseqs it publishes).
         self.reads = Database(db.path)
         self.quota_bytes = quota_bytes
-        self.store: Any = None
+        self.store: Store | None = None
         self._commit: GroupCommit[Any] = GroupCommit(db)
         self._known_users: set[str] = set()
         self._indexes: dict[int, MailboxIndex] = {}
@@ -457,7 +460,7 @@ class MailStore:
         """Close the read connection (``Service.close``; the writer is the service's)."""
         self.reads.close()
 
-    def attach(self, store: Any) -> None:
+    def attach(self, store: Store) -> None:
         """Give the mail store its dispersed store (``Service.start``)."""
         self.store = store
 
@@ -472,7 +475,7 @@ class MailStore:
             await self.intake.stop()
             self.intake = None
 
-    def _need_store(self) -> Any:
+    def _need_store(self) -> Store:
         if self.store is None:
             raise Unavailable("the message store is not started")
         return self.store
@@ -1151,7 +1154,7 @@ class MailStore:
             raise Invalid(f"message larger than {max_size} bytes", code=ErrorCode.TOO_LARGE)
         return await self._describe(data)
 
-    async def _store_packed(self, store: Any, messages: list[bytes]
+    async def _store_packed(self, store: Store, messages: list[bytes]
                             ) -> tuple[list[str], list[str]]:
         """Store ``messages``, small ones packed; (ref of each message, objects written).
 
@@ -1213,7 +1216,7 @@ class MailStore:
                            Fixed(ref, size, date, header, json.loads(structure)))
             self._publish(target, Change("exists", (uid + k,), flags, modseq + k))
 
-    async def _store_message(self, store: Any, message: bytes | AsyncIterable[bytes] | BinaryIO,
+    async def _store_message(self, store: Store, message: bytes | AsyncIterable[bytes] | BinaryIO,
                              max_size: int | None) -> tuple[str, bytes, str]:
         """Write the bytes (CRLF-normalised) and parse them; (ref, header, structure)."""
         if isinstance(message, bytes | bytearray | memoryview):
@@ -1625,7 +1628,7 @@ def _chunks(items: Sequence[int], n: int) -> Iterable[Sequence[int]]:
 
 
 
-async def _put(store: Any, data: bytes | AsyncIterable[bytes]) -> str:
+async def _put(store: Store, data: bytes | AsyncIterable[bytes]) -> str:
     """``store.put`` with its failures in core's vocabulary: a backend that is
     down or slow is ``Unavailable`` (IMAP ``NO [UNAVAILABLE]``, SMTP 451: try
     again), never an internal error; what the source raises (``toobig``)

@@ -28,6 +28,7 @@ from core.outbound.bounce import Failure, make_dsn
 from core.outbound.dkim import DkimKey
 from core.outbound.dnsq import OutboundDns
 from core.outbound.mtasts import MtaSts
+from storage import ObjectNotFound, ObjectRef
 
 if TYPE_CHECKING:
     from core.service import Service
@@ -108,8 +109,7 @@ class OutboundQueue:
         """Sign and store durably; returns the queue id. Raises Unavailable if storage is down."""
         if not rcpts:
             raise Invalid("no recipients")
-        if self.service.store is None:
-            raise Unavailable("the dispersed store is not open")
+        store = self.service.need_store()
         try:
             signed = await asyncio.to_thread(self.dkim.sign, message)
         except Exception as exc:  # e.g. no From field: a retry cannot help (5xx)
@@ -117,7 +117,7 @@ class OutboundQueue:
             # header blocks, which became a 451 and a retry for ever
             raise Invalid(f"cannot sign the message: {type(exc).__name__}: {exc}") from exc
         try:
-            ref = await self.service.store.put(signed)
+            ref = await store.put(signed)
         except Exception as exc:
             raise Unavailable(f"cannot spool the message: {exc}") from exc
         now = time.time()
@@ -233,9 +233,8 @@ class OutboundQueue:
             self._busy.discard(msg_id)
 
     async def _read(self, ref: str) -> bytes:
-        from storage.model import ObjectRef
-
-        chunks = [chunk async for chunk in self.service.store.get(ObjectRef.parse(ref))]
+        store = self.service.need_store()
+        chunks = [chunk async for chunk in store.get(ObjectRef.parse(ref))]
         return b"".join(chunks)
 
     async def _settle(self, msg_id: int, mail_from: str, message: bytes, created: float,
@@ -285,13 +284,12 @@ class OutboundQueue:
             if msg_id in self._busy:
                 continue
             try:
-                from storage.model import ObjectRef
-
-                await self.service.store.delete(ObjectRef.parse(ref))
-            except Exception as exc:  # already gone is fine; anything else is retried later
-                if type(exc).__name__ != "ObjectNotFound":
-                    log.warning("queued message %d: cannot delete its copy: %s", msg_id, exc)
-                    continue
+                await self.service.need_store().delete(ObjectRef.parse(ref))
+            except ObjectNotFound:
+                pass  # already gone is fine
+            except Exception as exc:  # anything else is retried later
+                log.warning("queued message %d: cannot delete its copy: %s", msg_id, exc)
+                continue
             await self.db.run(lambda c, i=msg_id: c.execute(
                 "DELETE FROM outbound_messages WHERE id = ?", (i,)))
 

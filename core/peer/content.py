@@ -24,11 +24,16 @@ import sqlite3
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from core.acl import as_dir, normalize
 from core.db import Database, transaction
 from core.errors import Conflict, Invalid, NotFound, Unavailable
+from core.foreign import storage_error
+from storage import ObjectNotFound, ObjectRef, StorageError, Store
+
+if TYPE_CHECKING:
+    from core.service import Service
 
 MAX_LIST = 10_000
 
@@ -88,14 +93,14 @@ def _name(path: str) -> str:
 class SharedObjects:
     """Paths mapped to dispersed-store objects (see the module docstring)."""
 
-    def __init__(self, db: Database, store: Callable[[], Any]) -> None:
+    def __init__(self, db: Database, store: Callable[[], Store | None]) -> None:
         self.db = db
         self._store = store  # service.store is opened only in start()
         db.migrate("peer.content", MIGRATIONS)
 
     # -- owner side
 
-    async def add(self, path: str, ref: Any, size: int) -> ContentEntry:
+    async def add(self, path: str, ref: ObjectRef | str, size: int) -> ContentEntry:
         """Publish stored object ``ref`` at ``path`` (replacing what was there)."""
         path = normalize(path)
         if path.endswith("/"):
@@ -134,10 +139,7 @@ class SharedObjects:
     async def _delete_object(self, ref: str) -> None:
         store = self._store()
         if store is not None:
-            import storage.errors
-            from storage.model import ObjectRef
-
-            with contextlib.suppress(storage.errors.ObjectNotFound):
+            with contextlib.suppress(ObjectNotFound):
                 await store.delete(ObjectRef.parse(ref))
 
     # -- ContentSource
@@ -186,9 +188,6 @@ class SharedObjects:
 
     async def read(self, path: str, start: int = 0,
                    end: int | None = None) -> AsyncIterator[bytes]:
-        import storage.errors
-        from storage.model import ObjectRef
-
         entry = await self.stat(path)
         if entry.is_dir:
             raise Invalid(f"{path} is a directory")
@@ -200,23 +199,21 @@ class SharedObjects:
         try:
             async for chunk in store.get(ObjectRef.parse(ref), start, end):
                 yield chunk
-        except storage.errors.ObjectNotFound as exc:
-            raise NotFound(f"{path}: its object is gone from the store") from exc
-        except storage.errors.StorageError as exc:
-            raise Unavailable(f"{path}: {exc}") from exc
+        except StorageError as exc:
+            raise storage_error(exc, path) from exc
 
 
 def _etag(ref: str) -> str:
     return ref.partition(":")[0]
 
 
-async def publish(service: Any, path: str, data: AsyncIterable[bytes]) -> ContentEntry:
+async def publish(service: Service, path: str, data: AsyncIterable[bytes]) -> ContentEntry:
     """Store ``data`` at ``path`` in the twin's content: the file tree when there is one
     (creating missing parent directories), else the shared objects table."""
     path = normalize(path)
     files = getattr(service, "files", None)
     if files is None:
-        ref = await service.store.put(data)
+        ref = await service.need_store().put(data)
         added: ContentEntry = await service.shared.add(path, ref, ref.size)
         return added
     parts = path.strip("/").split("/")

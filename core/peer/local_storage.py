@@ -55,11 +55,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
 from core.errors import TwinError
+from core.foreign import storage_error
 from core.peer.errors import http_status
 from storage import (
     BackendHealth,
-    InvalidReference,
-    ObjectNotFound,
     RepairReport,
     ShareProblem,
     StorageError,
@@ -193,16 +192,14 @@ def _json(body: Any, status: int = 200) -> JSONResponse:
 
 
 def _failure(exc: Exception) -> JSONResponse:
-    """The one table from an exception to what the CLI is told: the store's own
-    errors here, core's through the peer table (``core.peer.errors``)."""
+    """What the CLI is told: the store's errors in core's terms (``core.foreign``),
+    then core's through the peer table (``core.peer.errors``)."""
+    if isinstance(exc, StorageError):
+        exc = storage_error(exc)  # the store's own message: the CLI prints it as it is
     if isinstance(exc, TwinError):
         return _json({"code": exc.code, "message": str(exc)}, http_status(exc))
-    if isinstance(exc, ObjectNotFound):
-        return _json({"code": "not_found", "message": str(exc)}, 404)
-    if isinstance(exc, InvalidReference | ValueError):
+    if isinstance(exc, ValueError):
         return _json({"code": "invalid", "message": str(exc)}, 400)
-    if isinstance(exc, StorageError):  # not enough shares, a backend down, ...
-        return _json({"code": "unavailable", "message": str(exc)}, 503)
     log.error("local storage request failed", exc_info=exc)
     return _json({"code": "internal", "message": f"internal error: {exc}"}, 500)
 
@@ -216,7 +213,7 @@ def routes(service: Service) -> list[BaseRoute]:
     def handle(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
-                return await fn(request, service.store)
+                return await fn(request, service.need_store())
             except ClientDisconnect:
                 return Response(status_code=400)
             except Exception as exc:

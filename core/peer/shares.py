@@ -35,6 +35,7 @@ from phonebook.record import TwinRecord
 if TYPE_CHECKING:
     from core.db import Database
     from core.peer.peer import Peer
+    from core.service import Service
 
 log = logging.getLogger("twin.peer.shares")
 KIND = "share.notify"
@@ -135,7 +136,7 @@ def _apply(c: sqlite3.Connection, twin: str, path: str, rights: tuple[str, ...],
     return True
 
 
-async def recipients(service: Any, grantee: str) -> list[str]:
+async def recipients(service: Service, grantee: str) -> list[str]:
     """The twins a grant to ``grantee`` reaches now (``public``: none we could name)."""
     grantee = grantee.strip().lower()
     if grantee == "public" or grantee.startswith("user:"):  # user: a local login, no twin
@@ -147,7 +148,7 @@ async def recipients(service: Any, grantee: str) -> list[str]:
     return [check_name(name)]
 
 
-async def notify(service: Any, path: str, grantee: str, rights: tuple[str, ...], *,
+async def notify(service: Service, path: str, grantee: str, rights: tuple[str, ...], *,
                  revoked: bool = False) -> tuple[list[str], list[str]]:
     """Queue ``share.notify`` for every twin ``grantee`` reaches.
 

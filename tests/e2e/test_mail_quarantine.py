@@ -67,13 +67,11 @@ async def _set_aside(twin: TwinProcess, subjects: list[str]) -> None:
     """Quarantine deliveries as the filer does when filing them keeps failing."""
     service = Service.open(twin.data)
     try:
-        service.store = await asyncio.to_thread(service.open_store)
-        service.mail.attach(service.store)
-        for subject in subjects:
-            message = f"Subject: {subject}\r\nFrom: x@example.org\r\n\r\nkept\r\n".encode()
-            await service.mail.set_aside(Entry(0, twin.login, message, time.time()),
-                                         "RuntimeError: simulated")
-        await service.store.close()
+        async with service.opened_store():
+            for subject in subjects:
+                message = f"Subject: {subject}\r\nFrom: x@example.org\r\n\r\nkept\r\n".encode()
+                await service.mail.set_aside(Entry(0, twin.login, message, time.time()),
+                                             "RuntimeError: simulated")
     finally:
         service.close()
 

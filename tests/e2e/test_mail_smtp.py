@@ -21,12 +21,8 @@ async def read_inbox(data: Path, login: str) -> list[bytes]:
     """Read a twin's Inbox from its data dir, as another process (the CLI) would."""
     service = Service.open(data)
     try:
-        service.store = await asyncio.to_thread(service.open_store)
-        service.mail.attach(service.store)
-        try:
+        async with service.opened_store():
             return await inbox(service, login)
-        finally:
-            await service.store.close()
     finally:
         service.close()
 

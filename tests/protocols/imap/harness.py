@@ -1,7 +1,7 @@
 """A real twin Service for mail and IMAP tests, in-process, on real sockets.
 
 ``make_service`` initialises a data dir exactly as ``twin init`` does and
-opens the Service with the dispersed store attached to the mail store.
+opens the Service with the dispersed store attached (``Service.attach_store``).
 ``ThreadTwin`` runs that Service and the IMAP listener in a thread with its own
 event loop, so synchronous clients (imaplib, imapclient, mbsync) and async ones
 (aioimaplib, in the test's loop) talk to it over 127.0.0.1 like any client;
@@ -41,15 +41,12 @@ async def open_service(data: Path, sets: dict[str, Any] | None = None) -> Servic
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(max_workers=8))
     service = Service(cfg.load(data, {**PORTS, **(sets or {})}), ident.load(data))
-    service.store = await asyncio.to_thread(service.open_store)
-    service.mail.attach(service.store)
+    await service.attach_store()
     return service
 
 
 async def close_service(service: Service) -> None:
-    if service.store is not None:
-        await service.store.close()
-        service.store = None
+    await service.release_store()
     service.close()
 
 
