@@ -53,6 +53,7 @@ from core.mail.index import Loaded, MailboxIndex, Snapshot
 from core.mail.intake import Intake
 from core.mail.journal import Entry
 from core.mail.subscriptions import Subscriptions
+from storage.errors import StorageError
 
 if TYPE_CHECKING:
     from storage import Store
@@ -1632,9 +1633,8 @@ async def _put(store: Store, data: bytes | AsyncIterable[bytes]) -> str:
     """``store.put`` with its failures in core's vocabulary: a backend that is
     down or slow is ``Unavailable`` (IMAP ``NO [UNAVAILABLE]``, SMTP 451: try
     again), never an internal error; what the source raises (``toobig``)
-    passes through as it is."""
-    from storage.errors import StorageError
-
+    passes through as it is. Not ``core.foreign.storage_error``: whatever stops
+    a write (a refusal too) is one the sender should try again later."""
     try:
         return str(await store.put(data))
     except StorageError as exc:
