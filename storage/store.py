@@ -81,9 +81,9 @@ def open_store(data_dir: Path, *, k: int, n: int, segment_size: int,
         loaded = [load(spec, data_dir, io, policy) for spec in backends]
         claim_all(loaded)  # StoreInUse now, if a running twin holds the directories
         catalogue = Catalogue(data_dir / FILE_NAME, io)
-        return Store(data_dir, loaded, catalogue, k=k, n=n, segment_size=segment_size,
-                     master_key=master_key, metadata_key=metadata_key, cpu=cpu, io=io,
-                     write_quorum=write_quorum, policy=policy)
+        return Store(Engine(data_dir, loaded, catalogue, k=k, n=n, segment_size=segment_size,
+                            master_key=master_key, metadata_key=metadata_key, cpu=cpu,
+                            io=io, write_quorum=write_quorum, policy=policy))
     except BaseException:
         for b in loaded:
             unclaim = getattr(b, "unclaim", None)
@@ -101,27 +101,8 @@ class Store:
     the contract are views of its state for callers that show or check it (the
     health summary, the backend list, tests)."""
 
-    def __init__(
-        self,
-        data_dir: Path,
-        backends: builtins.list[ShardBackend],
-        catalogue: Catalogue,
-        *,
-        k: int,
-        n: int,
-        segment_size: int,
-        master_key: bytes,
-        metadata_key: bytes,
-        cpu: ThreadPoolExecutor,
-        io: ThreadPoolExecutor,
-        write_quorum: int | None = None,
-        depth: int | None = None,
-        policy: CompactPolicy | None = None,
-    ) -> None:
-        self.engine = Engine(data_dir, backends, catalogue, k=k, n=n,
-                             segment_size=segment_size, master_key=master_key,
-                             metadata_key=metadata_key, cpu=cpu, io=io,
-                             write_quorum=write_quorum, depth=depth, policy=policy)
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
         self.small = SmallPuts(self.engine)  # small in-memory puts go through it, batched
 
     def _check_open(self) -> None:
