@@ -24,7 +24,6 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
 
@@ -39,7 +38,7 @@ from storage.engine import DEFAULT_SEGMENT, NS_OBJECT, Engine, ObjectStream, sha
 from storage.errors import DeleteRefused, InvalidReference, ObjectNotFound, StorageError
 from storage.health import BackendMonitor, deadline
 from storage.maintain import maintain
-from storage.memory import BufferPool, default_executors, release_memory
+from storage.memory import default_executors, release_memory
 from storage.model import (
     BackendHealth,
     DrainProgress,
@@ -99,7 +98,7 @@ class Store:
 
     ``engine`` is the ``Engine`` the parts share; the read-only properties below
     the contract are views of its state for callers that show or check it (the
-    health summary, the backend list, tests)."""
+    health summary, the backend list); tests reach into ``engine`` itself."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -419,39 +418,3 @@ class Store:
     @property
     def segment_size(self) -> int:
         return self.engine.segment_size
-
-    @property
-    def catalogue(self) -> Catalogue:
-        return self.engine.catalogue
-
-    @property
-    def master_key(self) -> bytes:
-        return self.engine.master_key
-
-    @property
-    def cpu(self) -> ThreadPoolExecutor:
-        return self.engine.cpu
-
-    @property
-    def io(self) -> ThreadPoolExecutor:
-        return self.engine.io
-
-    @property
-    def buffers(self) -> BufferPool:
-        return self.engine.buffers
-
-    @property
-    def orphans_left(self) -> builtins.list[tuple[str, str]]:
-        return self.engine.orphans_left
-
-    @property
-    def repair_owed(self) -> bool:
-        return self.engine.repair_owed
-
-    async def manifest(self, oid: str, start: int = 0, end: int | None = None) -> Manifest:
-        """The catalogue's manifest of object ``oid`` (ObjectNotFound if none)."""
-        return await self.engine.manifest(oid, start, end)
-
-    def placement_order(self, object_id: str) -> builtins.list[ShardBackend]:
-        """Backends in the order shares 0..n-1 of ``object_id`` go to."""
-        return self.engine.placement_order(object_id)

@@ -73,8 +73,8 @@ def make_store(tmp_path: Path) -> Iterator[StoreFactory]:
     yield make
     for store in opened:
         if not store._closed:
-            store.cpu.shutdown(wait=False)
-            store.io.shutdown(wait=False)
+            store.engine.cpu.shutdown(wait=False)
+            store.engine.io.shutdown(wait=False)
 
 
 def pseudo_random(seed: int, size: int, chunk: int = MiB) -> Iterator[bytes]:

@@ -41,7 +41,7 @@ async def test_concurrent_puts_through_the_pool_read_back_intact(
     refs += [await store.put(b) for b in blobs]  # sequential: every buffer is a reused one
     for ref, blob in zip(refs, blobs + blobs, strict=True):
         assert await store.read(ref) == blob
-    assert 0 < len(store.buffers._free) <= store.buffers.keep
+    assert 0 < len(store.engine.buffers._free) <= store.engine.buffers.keep
     await store.close()
 
 
@@ -49,7 +49,7 @@ async def test_a_failed_segment_does_not_give_its_buffer_back(
         make_store: StoreFactory) -> None:
     store = make_store(segment_size=SEG, write_quorum=6)
     await store.put(os.urandom(SEG))
-    free = len(store.buffers._free)
+    free = len(store.engine.buffers._free)
     victim = store.backends[0]
 
     async def broken(key: str, parts: object) -> None:
@@ -59,5 +59,5 @@ async def test_a_failed_segment_does_not_give_its_buffer_back(
     with pytest.raises(BackendUnavailable):  # a put below its write quorum fails
         await store.put(os.urandom(2 * SEG))
     # the failed segments' buffers were dropped, not pooled: a thread may still read them
-    assert len(store.buffers._free) <= free
+    assert len(store.engine.buffers._free) <= free
     await store.close()

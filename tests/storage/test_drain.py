@@ -33,7 +33,7 @@ async def _fill(store: Store, count: int) -> dict[str, bytes]:
 
 def _placements(store: Store) -> dict[str, int]:
     count: dict[str, int] = {}
-    for row in store.catalogue._db.execute("SELECT placement FROM segments"):
+    for row in store.engine.catalogue._db.execute("SELECT placement FROM segments"):
         for name in row[0].split(","):
             count[name] = count.get(name, 0) + 1
     return count
@@ -135,8 +135,8 @@ async def test_interrupted_drain_resumes_and_bad_share_is_rebuilt(
     # taken right after the cancel could be one share too high under load
     partly = await store.shares_on("b0")
     assert 0 < partly < total
-    oid, seg = (await store.catalogue.segments_on("b0"))[0]
-    index = (await store.manifest(oid)).segments[seg].placement.index("b0")
+    oid, seg = (await store.engine.catalogue.segments_on("b0"))[0]
+    index = (await store.engine.manifest(oid)).segments[seg].placement.index("b0")
     await store.close()
     flip_byte(tmp_path / "shards" / "b0", share_key("s", oid, seg, index))
 

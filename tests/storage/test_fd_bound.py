@@ -41,7 +41,7 @@ async def test_many_concurrent_reads_keep_a_few_connections_per_database(
         got = await asyncio.gather(*(store.read(r) for r in refs))
         assert all(len(g) == 2000 for g in got)
         await asyncio.gather(*(store.stat(r) for r in refs))
-    assert store.io._max_workers >= 32
+    assert store.engine.io._max_workers >= 32
     fds = sqlite_fds()
     databases = [p for p in fds if "shards" in p or "catalogue" in p]
     assert len(databases) >= 7  # six indexes and the catalogue

@@ -90,7 +90,7 @@ async def test_planted_bad_shares_are_skipped_and_reported(make_store: StoreFact
     store = make_store()
     data = os.urandom(10_000)
     ref = await store.put(data)
-    m = await store.manifest(ref.id)
+    m = await store.engine.manifest(ref.id)
     entry = m.segments[0]
     truncated = store.by_name[entry.placement[0]]
     await truncated.put(share_key("s", ref.id, 0, 0), [b"TWSH\x01"])

@@ -63,7 +63,7 @@ async def test_4_mib_put_and_get_stay_fast_with_each_backend_in_turn_hung(
     print(f"4 MiB with one backend hung, slowest: {worst}")
     for ref, data in stored:  # never wrong data
         assert await store.read(ref) == data
-    assert await store.catalogue.degraded_page(), \
+    assert await store.engine.catalogue.degraded_page(), \
         "objects stored while a backend was down are queued for repair"
     await store.close()
 
@@ -114,7 +114,7 @@ async def test_with_three_hung_status_says_no_reads_no_writes_and_refused_puts_l
         assert (await store.list()) == []
         for i in (0, 2, 4):
             servers[i].resume()
-        await _until(lambda: not store.monitor.down and not store.orphans_left, 10)
+        await _until(lambda: not store.monitor.down and not store.engine.orphans_left, 10)
         report = await store.verify()
         assert report.orphans == 0, report
     finally:
@@ -171,7 +171,7 @@ async def test_a_slow_backend_adds_little_to_a_large_get(
     try:
         data = os.urandom(64 * MiB)
         ref = await store.put(data)
-        while "r0" not in [b.name for b in store.placement_order(ref.id)[:store.k]]:
+        while "r0" not in [b.name for b in store.engine.placement_order(ref.id)[:store.k]]:
             ref = await store.put(data)  # r0 must hold a primary share, read by default
 
         async def best_of(runs: int) -> float:
@@ -214,10 +214,10 @@ async def test_shares_cut_off_after_the_quorum_leave_nothing_behind(
             proxy.delay = 0.0
             await _until(lambda: not store.monitor.is_down("r3"), 10)  # a probe passed
             proxy.delay = 1.0  # well past the grace
-            queued = set(store.orphans_left)  # maintain may drain earlier ones meanwhile
+            queued = set(store.engine.orphans_left)  # maintain may drain earlier ones meanwhile
             data = os.urandom(size)
             ref = await store.put(data)
-            assert store.monitor.is_down("r3") and set(store.orphans_left) - queued
+            assert store.monitor.is_down("r3") and set(store.engine.orphans_left) - queued
             if len(refs) < 2:
                 kept.append(data)
                 refs.append(ref)
@@ -225,8 +225,8 @@ async def test_shares_cut_off_after_the_quorum_leave_nothing_behind(
                 await store.delete(ref)
         await asyncio.sleep(1.5)  # the writes cut off have landed
         proxy.delay = 0.0
-        await _until(lambda: not store.monitor.down and not store.orphans_left
-                     and not store.repair_owed, 10)
+        await _until(lambda: not store.monitor.down and not store.engine.orphans_left
+                     and not store.engine.repair_owed, 10)
         deadline = time.monotonic() + 10
         while not (report := await store.verify()).healthy:
             assert time.monotonic() < deadline, f"not repaired: {report}"

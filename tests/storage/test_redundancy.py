@@ -51,7 +51,7 @@ async def test_flipped_byte_is_detected_read_succeeds_and_repair_fixes_it(
     store = make_store(segment_size=SEG)
     data = os.urandom(SEG + 10)
     ref = await store.put(data)
-    m = await store.manifest(ref.id)
+    m = await store.engine.manifest(ref.id)
     victim = m.segments[0].placement[0]  # a primary: the read path would use it
     await store.close()
     flip_byte(tmp_path / "shards" / victim, share_key("s", ref.id, 0, 0))
@@ -102,13 +102,13 @@ async def test_repair_moves_shares_off_a_dead_backend_to_spare_ones(
     on_b0 = 0
     while not on_b0:  # placement rotates per object: find one with a share on b0
         ref = await store.put(data)
-        on_b0 = sum(e.placement.count("b0") for e in (await store.manifest(ref.id)).segments)
+        on_b0 = sum(e.placement.count("b0") for e in (await store.engine.manifest(ref.id)).segments)
     await store.close()
     specs[0]["location"] = str(tmp_path / "gone")
     (tmp_path / "gone").write_bytes(b"")
     store = make_store(segment_size=SEG, specs=specs)
     report = await store.repair()
-    m = await store.manifest(ref.id)
+    m = await store.engine.manifest(ref.id)
     for entry in m.segments:
         assert "b0" not in entry.placement and "" not in entry.placement
         assert len(set(entry.placement)) == 6
@@ -142,15 +142,15 @@ async def test_what_a_stopped_twin_owed_the_self_repair_is_repaired_after_its_re
     kept = {await store.put(b): b for b in (os.urandom(SEG + 1), os.urandom(700))}
     gone = await store.put(os.urandom(SEG))
     await store.delete(gone.id)  # deleted objects leave the list with their rows
-    assert sorted(await store.catalogue.degraded_page()) == sorted(r.id for r in kept)
+    assert sorted(await store.engine.catalogue.degraded_page()) == sorted(r.id for r in kept)
     await store.close()
     (tmp_path / "shards" / "not-a-directory").unlink()  # the disk came back (empty)
     store = make_store(segment_size=SEG)
-    assert store.repair_owed
+    assert store.engine.repair_owed
     maintain = asyncio.create_task(store.maintain())  # no scrub: only the owed list
     try:
         deadline = time.monotonic() + 10
-        while await store.catalogue.degraded_page():
+        while await store.engine.catalogue.degraded_page():
             assert time.monotonic() < deadline, "the owed repair did not run"
             await asyncio.sleep(0.05)
         assert (await store.verify()).healthy

@@ -37,8 +37,8 @@ async def test_two_hundred_concurrent_puts_read_back_identical_from_a_few_batche
         make_store: StoreFactory) -> None:
     store = make_store(segment_size=SEG)
     blobs = [os.urandom(1 + i * 321 % SEG) for i in range(200)]
-    with mock.patch.object(store.catalogue, "insert_many",
-                           wraps=store.catalogue.insert_many) as commits:
+    with mock.patch.object(store.engine.catalogue, "insert_many",
+                           wraps=store.engine.catalogue.insert_many) as commits:
         refs = await asyncio.gather(*(store.put(b) for b in blobs))
     assert 1 <= commits.call_count <= 20, "puts waiting together share a batch"
     assert [r.size for r in refs] == [len(b) for b in blobs]
@@ -47,8 +47,8 @@ async def test_two_hundred_concurrent_puts_read_back_identical_from_a_few_batche
     for ref in refs[:5]:  # the same manifest a single put writes: one segment, k and n
         info = await store.stat(ref)
         assert (info.segments, info.k, info.n) == (1, 4, 6)
-        m = await store.manifest(ref.id)
-        assert m.segments[0].placement == [b.name for b in store.placement_order(ref.id)]
+        m = await store.engine.manifest(ref.id)
+        assert m.segments[0].placement == [b.name for b in store.engine.placement_order(ref.id)]
     report = await store.verify()
     assert report.healthy and report.orphans == 0 and report.objects_checked == 200
     await store.close()
@@ -107,7 +107,7 @@ async def test_a_share_whose_backend_is_down_goes_to_a_spare_backend(
     blobs = [os.urandom(2000) for _ in range(40)]
     refs = await asyncio.gather(*(store.put(b) for b in blobs))
     for ref in refs:
-        placement = (await store.manifest(ref.id)).segments[0].placement
+        placement = (await store.engine.manifest(ref.id)).segments[0].placement
         assert "b0" not in placement and "" not in placement and len(set(placement)) == 6
     assert await asyncio.gather(*(store.read(r) for r in refs)) == blobs
     await store.close()
@@ -138,7 +138,7 @@ async def test_a_cancelled_put_leaves_no_visible_object(make_store: StoreFactory
         for t in tasks[::2]:
             t.cancel()
 
-    real_insert = store.catalogue.insert_many
+    real_insert = store.engine.catalogue.insert_many
 
     async def put_many_then_cancel(*args: Any) -> list[bool]:
         cancel_half()
@@ -155,7 +155,7 @@ async def test_a_cancelled_put_leaves_no_visible_object(make_store: StoreFactory
         elif when == "writing shares":
             patches.enter_context(mock.patch.object(smallput, "put_many", put_many_then_cancel))
         else:
-            patches.enter_context(mock.patch.object(store.catalogue, "insert_many",
+            patches.enter_context(mock.patch.object(store.engine.catalogue, "insert_many",
                                                     insert_then_cancel))
         results = await asyncio.gather(*tasks, return_exceptions=True)
         await store.small.drain()

@@ -84,7 +84,7 @@ async def test_store_on_six_protected_namespaces_puts_lists_verifies_repairs_res
     await store.backup()
     await store.close()
     restored = await Store.restore(tmp_path / "restored", backends=specs,
-                                   metadata_key=METADATA, master_key=store.master_key,
+                                   metadata_key=METADATA, master_key=store.engine.master_key,
                                    segment_size=SEG)
     assert {o.id for o in await restored.list()} == {r.id for r in refs[1:]}
     for ref, data in zip(refs[1:], blobs[1:], strict=True):
