@@ -189,11 +189,14 @@ def parse_items(tokens: list[Token]) -> list[str | Section]:
     return items
 
 
+_FIELD_START = re.compile(rb"\r\n(?![ \t])")  # a line break that starts a new field
+
+
 def filter_header(header: bytes, fields: tuple[str, ...], keep: bool) -> bytes:
     """The header lines named (or not named) by HEADER.FIELDS[.NOT], plus the blank line."""
     wanted = {f.lower() for f in fields}
     out = bytearray()
-    for block in re.split(rb"\r\n(?![ \t])", header):
+    for block in _FIELD_START.split(header):
         if not block or b":" not in block:
             continue
         name = block.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
