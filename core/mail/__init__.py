@@ -40,17 +40,20 @@ keys, one transaction), ``core.mail.files`` (Maildir and mbox),
 """
 
 from core.mail.index import Snapshot
-from core.mail.store import (
+from core.mail.model import (
     DELIM,
     SPECIAL,
     Change,
+    Copied,
     Extents,
     Mailbox,
-    MailStore,
     Meta,
     Status,
     Watch,
+    check_name,
+    parse_flags,
 )
+from core.mail.store import MailStore
 
-__all__ = ["DELIM", "SPECIAL", "Change", "Extents", "MailStore", "Mailbox", "Meta", "Snapshot",
-           "Status", "Watch"]
+__all__ = ["DELIM", "SPECIAL", "Change", "Copied", "Extents", "MailStore", "Mailbox", "Meta",
+           "Snapshot", "Status", "Watch", "check_name", "parse_flags"]

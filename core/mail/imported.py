@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core.errors import Conflict, Invalid, NotFound, QuotaExceeded
-from core.mail.store import MailStore, Row, _get_mailbox, _insert_rows, parse_flags
+from core.mail.model import Row, parse_flags
+from core.mail.store import MailStore, _get_mailbox, _insert_rows
 
 MIGRATIONS = [
     """
@@ -144,8 +145,8 @@ class Imported:
         store = self.mail._need_store()
         refs, objects = await self.mail._store_packed(store, [d for _, d, _, _ in good])
         rows: list[tuple[str, Row]] = [
-            (item.key, (ref, header, structure, len(data), _date(item.date),
-                         clean_flags(sorted(item.flags))))
+            (item.key, Row(ref, header, structure, len(data), _date(item.date),
+                            clean_flags(sorted(item.flags))))
             for (item, data, header, structure), ref in zip(good, refs, strict=True)]
 
         def insert(c: sqlite3.Connection) -> tuple[int, int, int, int, list[Row]]:

@@ -35,10 +35,8 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from core.mail.store import Change, Mailbox, Watch
+from core.mail.model import Change, Mailbox, Watch
 
 SEEN = "\\Seen"
 SMALL_EXPUNGE = 64  # at most this many uids: delete in place instead of rebuilding

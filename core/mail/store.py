@@ -32,9 +32,8 @@ from collections.abc import (
     Iterable,
     Sequence,
 )
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from core.db import Database
 from core.errors import (
@@ -52,6 +51,24 @@ from core.mail.commit import GroupCommit
 from core.mail.index import Loaded, MailboxIndex, Snapshot
 from core.mail.intake import Intake
 from core.mail.journal import Entry
+from core.mail.model import (
+    DELIM,
+    SPECIAL,
+    SPECIAL_USES,
+    Change,
+    Copied,
+    Extents,
+    Mailbox,
+    Meta,
+    Row,
+    Status,
+    Unused,
+    Watch,
+    check_name,
+    flags_set,
+    flags_text,
+    parse_flags,
+)
 from core.mail.subscriptions import Subscriptions
 from storage.errors import StorageError
 
@@ -61,13 +78,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("twin.mail")
 T = TypeVar("T")
 
-SPECIAL = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
-           "Archive": "\\Archive"}
-SPECIAL_USES = frozenset(SPECIAL.values()) | {"\\All", "\\Flagged"}
-DELIM = "/"
-MAX_NAME = 1000
-MAX_FLAGS = 100
-MAX_FLAG_LEN = 100
 SPOOL_IN_MEMORY = 1024 * 1024
 DESCRIBE_INLINE = 64 * 1024  # parse on the loop below this size (< 1 ms)
 DESCRIBE_YIELD = 16  # filing lets the sessions run after parsing this many (~0.5 ms)
@@ -85,9 +95,6 @@ MAX_ROWS = 10_000  # remembered mailbox rows (MailStore._open_row)
 # at most this many messages in all (about 80 bytes each: 16 MiB), each for IDLE_KEEP s.
 IDLE_INDEX_MESSAGES = 200_000
 IDLE_KEEP = 600.0
-# a message row to insert: (ref, header, structure, size, internal date, flags)
-Row = tuple[str, bytes, str, int, float, frozenset[str]]
-
 MIGRATIONS = [
     """
     CREATE TABLE mail_mailboxes (
@@ -191,175 +198,6 @@ UIDVALIDITY_MIGRATIONS = [
 VANISHED_KEEP = 1000  # expunge records kept per mailbox (the mail.vanished_keep default)
 
 
-@dataclass(frozen=True)
-class Mailbox:
-    id: int
-    login: str
-    name: str
-    uidvalidity: int
-    uidnext: int
-    modseq: int
-    special: str | None
-    subscribed: bool
-
-
-@dataclass(frozen=True)
-class Copied:
-    """A committed COPY or MOVE, for ``MailStore.copy_hooks``.
-
-    The special uses (RFC 6154) of both mailboxes are read in the copy's own
-    transaction, so a hook sees what the user's client saw: a spam filter
-    learns from mail moved into or out of ``\\Junk`` (``core.spam.learn``)."""
-
-    login: str
-    source_special: str | None
-    dest_special: str | None
-    refs: tuple[str, ...]  # the stored bytes of each message copied (``read_bytes``)
-    move: bool
-
-
-@dataclass(frozen=True)
-class Status:
-    messages: int
-    recent: int
-    unseen: int
-    deleted: int
-    size: int
-    uidnext: int
-    uidvalidity: int
-    highestmodseq: int
-
-
-@dataclass(frozen=True)
-class Meta:
-    uid: int
-    ref: str
-    size: int
-    internal_date: float
-    flags: frozenset[str]
-    modseq: int
-    header: bytes
-    structure: mime.Part | None
-
-
-@dataclass
-class Extents:
-    """What ``FETCH RFC822.SIZE INTERNALDATE`` needs of messages, by column in uid
-    order (``MailStore.sizes``)."""
-
-    uids: list[int]
-    sizes: list[int]
-    dates: list[float]
-
-
-@dataclass(frozen=True)
-class Change:
-    """One committed change of a mailbox, as sessions on it learn of it.
-
-    kind: ``exists`` (uids new), ``flags`` (uids now have ``flags``; one uid
-    each), ``expunge`` (uids gone) or ``deleted`` (the mailbox itself).
-    ``modseq`` is the mailbox modseq the change's commit produced (0 for
-    ``deleted``): the shared index uses it to apply each change exactly once.
-    """
-
-    kind: str
-    uids: tuple[int, ...]
-    flags: frozenset[str] = frozenset()
-    modseq: int = 0
-
-
-@dataclass(eq=False)
-class Watch:
-    """A live session's subscription to one mailbox's changes.
-
-    The queue is bounded (``limit``): a session that does not read its
-    changes (no command, a stalled socket) must not make the server hold an
-    unbounded list. On overflow the queue is dropped and ``overflowed`` set;
-    the session then asks ``MailStore.current`` for the mailbox as it is now
-    and works out the differences itself (a full resync), and nothing queues
-    meanwhile.
-    """
-
-    mailbox_id: int
-    pending: list[Change] = field(default_factory=list)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    claims_recent: bool = False
-    recent: set[int] = field(default_factory=set)
-    limit: int = 10_000
-    overflowed: bool = False
-
-    def take_recent(self, uid: int) -> bool:
-        """Whether ``uid`` is \\Recent for this session, handing it over: the session
-        keeps its own set from here (kept here too, it grew by every message a long
-        IDLE saw)."""
-        if uid in self.recent:
-            self.recent.discard(uid)
-            return True
-        return False
-
-    def push(self, change: Change) -> None:
-        if not self.overflowed:
-            if len(self.pending) >= self.limit:
-                log.info("a session on mailbox %d is %d changes behind: it will resync",
-                         self.mailbox_id, len(self.pending))
-                self.pending = []
-                self.overflowed = True
-            else:
-                self.pending.append(change)
-        self.wake.set()
-
-    def take(self) -> list[Change]:
-        out, self.pending = self.pending, []
-        self.wake.clear()
-        return out
-
-
-def parse_flags(flags: Iterable[str]) -> frozenset[str]:
-    out = set()
-    for f in flags:
-        body = f[1:] if f.startswith("\\") else f
-        if not body or len(f) > MAX_FLAG_LEN or any(c in body for c in ' ()"{%*]\\\r\n'):
-            raise Invalid(f"invalid flag {f[:40]!r}")
-        if f.lower() == "\\recent":
-            continue
-        out.add(_canonical_flag(f))
-    if len(out) > MAX_FLAGS:
-        raise Invalid("too many flags")
-    return frozenset(out)
-
-
-_SYSTEM = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
-
-
-def _canonical_flag(flag: str) -> str:
-    if flag.startswith("\\"):
-        canon = _SYSTEM.get(flag.lower())
-        if canon is None:
-            raise Invalid(f"unknown system flag {flag[:40]}")
-        return canon
-    return flag
-
-
-def _flags_text(flags: Iterable[str]) -> str:
-    return " ".join(sorted(flags))
-
-
-def _flags_set(text: str) -> frozenset[str]:
-    return frozenset(text.split()) if text else frozenset()
-
-
-def check_name(name: str) -> str:
-    """A mailbox name as stored: INBOX upper-cased, no empty levels, bounded."""
-    if not name or len(name) > MAX_NAME or any(ord(c) < 32 or c == "\x7f" for c in name):
-        raise Invalid("invalid mailbox name")
-    name = name.rstrip(DELIM) if name != DELIM else name
-    if name.upper() == "INBOX" or name.upper().startswith("INBOX" + DELIM):
-        name = "INBOX" + name[5:]
-    if not name or any(not level for level in name.split(DELIM)) or "*" in name or "%" in name:
-        raise Invalid(f"invalid mailbox name {name[:60]!r}")
-    return name
-
-
 def _mailbox(row: Sequence[Any]) -> Mailbox:
     return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
 
@@ -388,7 +226,7 @@ def _load_index(c: sqlite3.Connection, mailbox_id: int) -> Loaded:
     modseqs: list[int] = []
     if rows:  # column lists at C speed; one frozenset per distinct flag text
         uids, texts, modseqs = (list(col) for col in zip(*rows, strict=True))
-    distinct = {t: _flags_set(t) for t in set(texts)}
+    distinct = {t: flags_set(t) for t in set(texts)}
     return Loaded(row[0], row[1], row[2], row[3], uids, list(map(distinct.__getitem__, texts)),
                   modseqs)
 
@@ -898,7 +736,7 @@ class MailStore:
                  f"WHERE m.mailbox = ? AND m.uid IN ({','.join('?' * len(chunk))}) "
                  "ORDER BY m.uid")
             for r in c.execute(q, (mailbox_id, *chunk)):
-                out.append(Meta(r[0], r[1], r[2], r[3], _flags_set(r[4]), r[5], r[6],
+                out.append(Meta(r[0], r[1], r[2], r[3], flags_set(r[4]), r[5], r[6],
                                 json.loads(r[7]) if structure else None))
         return out
 
@@ -997,8 +835,8 @@ class MailStore:
             if used + size > limit:
                 await self._delete_objects([ref])
                 raise QuotaExceeded(f"over quota ({used + size} > {limit} bytes)")
-        row: Row = (ref, header, structure, size,
-                    time.time() if internal_date is None else internal_date, flagset)
+        row = Row(ref, header, structure, size,
+                  time.time() if internal_date is None else internal_date, flagset)
 
         def insert(c: sqlite3.Connection) -> tuple[int, int, int, int]:
             target = mb_id if mb_id is not None else _get_mailbox(c, login, name).id
@@ -1045,7 +883,7 @@ class MailStore:
         seqs: dict[str, list[int]] = {}  # login -> journal seqs, in uid order (for the log)
         for e, ref, (data, header, structure) in zip(good, refs, described, strict=True):
             by_login.setdefault(e.login, []).append(
-                (ref, header, structure, len(data), e.received, frozenset()))
+                Row(ref, header, structure, len(data), e.received, frozenset()))
             seqs.setdefault(e.login, []).append(e.seq)
 
         def insert_all(c: sqlite3.Connection) -> tuple[dict[str, tuple[int, int, int, int] | None],
@@ -1115,7 +953,7 @@ class MailStore:
         item = await self.reads.run(quarantine.get, qid)
         data = await self.read_bytes(item.ref)
         header, structure = (await self._describe(data))[1:]
-        row: Row = (item.ref, header, structure, len(data), item.received, frozenset())
+        row = Row(item.ref, header, structure, len(data), item.received, frozenset())
         await self.ensure_user(item.login)
 
         def insert(c: sqlite3.Connection) -> tuple[int, int, int, int]:
@@ -1274,13 +1112,13 @@ class MailStore:
                     if unchanged_since is not None and mseq > unchanged_since:
                         failed.append(uid)
                         continue
-                    old = _flags_set(text)
+                    old = flags_set(text)
                     now = old | new if op == "+" else old - new if op == "-" else new
                     if now == old and unchanged_since is None:
                         continue
                     if not modseq:
                         modseq = _bump(c, mailbox_id)
-                    updates.append((_flags_text(now), modseq, mailbox_id, uid))
+                    updates.append((flags_text(now), modseq, mailbox_id, uid))
                     changed.append((uid, now, modseq))
             c.executemany("UPDATE mail_messages SET flags = ?, modseq = ? "
                           "WHERE mailbox = ? AND uid = ?", updates)
@@ -1366,7 +1204,7 @@ class MailStore:
                     src_modseq, [r[4] for r in rows])
         (dst_id, validity, src, new, modseq, orphans, src_modseq,
          texts) = await self._commit.submit(run)
-        for change in _exists(new, [_flags_set(t) for t in texts], modseq):
+        for change in _exists(new, [flags_set(t) for t in texts], modseq):
             self._publish(dst_id, change)
         if move and src:
             self._publish(mailbox_id, Change("expunge", tuple(src), modseq=src_modseq))
@@ -1421,7 +1259,7 @@ class MailStore:
         mb = await self.mailbox(login, name)
         if not items:
             return
-        rows: list[Row] = [(i[0], i[1], i[2], i[3], i[4], parse_flags(i[5])) for i in items]
+        rows = [Row(i[0], i[1], i[2], i[3], i[4], parse_flags(i[5])) for i in items]
         first, modseq, uidvalidity = await self._commit.submit(
             lambda c: _insert_rows(c, mb.id, rows))
         self._announce(mb.id, uidvalidity, first, modseq, rows)
@@ -1527,7 +1365,7 @@ def _insert_rows(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[Row]
     c.executemany("INSERT OR IGNORE INTO mail_bodies VALUES (?, ?, ?)",
                   [(ref, header, structure) for ref, header, structure, *_ in rows])
     c.executemany("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, ?, ?)",
-                  [(mailbox_id, uid + k, ref, size, date, _flags_text(flags), modseq + k)
+                  [(mailbox_id, uid + k, ref, size, date, flags_text(flags), modseq + k)
                    for k, (ref, _, _, size, date, flags) in enumerate(rows)])
     return uid, modseq, uidvalidity
 
@@ -1583,15 +1421,6 @@ def _seqs(seqs: Sequence[int]) -> str:
 
 def _span(first: int, count: int) -> str:
     return str(first) if count == 1 else f"{first}:{first + count - 1}"
-
-
-class Unused(NamedTuple):
-    """What removing messages left unused: message refs no message has any more
-    (``obj@off:len`` inside a pack, or a whole object's id) and the objects
-    themselves (a pack only once none of its members is left)."""
-
-    refs: list[str]
-    objects: list[str]
 
 
 def _orphans(c: sqlite3.Connection, refs: list[str]) -> Unused:
