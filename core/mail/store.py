@@ -45,7 +45,7 @@ from core.errors import (
     QuotaExceeded,
     Unavailable,
 )
-from core.mail import mime, quarantine, sortkeys
+from core.mail import mime, packs, quarantine, sortkeys
 from core.mail.cache import BodyCache, Fixed, MetaCache
 from core.mail.commit import GroupCommit
 from core.mail.index import Loaded, MailboxIndex, Snapshot
@@ -81,15 +81,6 @@ T = TypeVar("T")
 SPOOL_IN_MEMORY = 1024 * 1024
 DESCRIBE_INLINE = 64 * 1024  # parse on the loop below this size (< 1 ms)
 DESCRIBE_YIELD = 16  # filing lets the sessions run after parsing this many (~0.5 ms)
-# Filing packs messages up to PACK_MEMBER_MAX into objects up to PACK_BYTES. Why:
-# every object costs an encryption, an erasure coding into n shares, n share
-# records and a catalogue row, most of a 4 KiB message's filing cost alone.
-# The price: an expunged member's bytes stay until its whole pack is expunged
-# (at most PACK_BYTES kept per live message; no compaction), and reading a
-# member reads its pack (then cached: the members filed together are the new
-# mail a client fetches next).
-PACK_MEMBER_MAX = 32 * 1024
-PACK_BYTES = 128 * 1024
 MAX_ROWS = 10_000  # remembered mailbox rows (MailStore._open_row)
 # Indexes of mailboxes no session has open, kept for the next session (MailStore.close):
 # at most this many messages in all (about 80 bytes each: 16 MiB), each for IDLE_KEEP s.
@@ -281,7 +272,7 @@ class MailStore:
         self._idle_messages = 0
         self._background: set[asyncio.Task[None]] = set()
         self._recent_saving: dict[int, int] = {}  # mailbox id -> recent_uid being saved
-        self.bodies = BodyCache(max_item=PACK_BYTES)
+        self.bodies = BodyCache(max_item=packs.PACK_BYTES)
         self.metas = MetaCache()
         # called with every committed change of any mailbox (IMAP NOTIFY, RFC 5465)
         self.observers: set[Callable[[int, Change], None]] = set()
@@ -743,7 +734,7 @@ class MailStore:
     async def read(self, ref: str, start: int = 0, end: int | None = None
                    ) -> AsyncIterator[bytes]:
         """Stream bytes [start, end) of a stored message from the dispersed store."""
-        obj, offset, size = _locate(ref)
+        obj, offset, size = packs.locate(ref)
         if offset is not None:  # a pack member: small, and its neighbours come next
             yield await self.read_bytes(ref, start, end)
             return
@@ -759,11 +750,11 @@ class MailStore:
         client fetching new mail reads the members filed together one by one."""
         data = self.bodies.get(ref)
         if data is None:
-            obj, offset, size = _locate(ref)
+            obj, offset, size = packs.locate(ref)
             if offset is not None:
                 pack = self.bodies.get(obj)
                 if pack is None:
-                    pack = b"".join([c async for c in self._get(obj, 0, _ref_size(obj))])
+                    pack = b"".join([c async for c in self._get(obj, 0, packs.ref_size(obj))])
                     self.bodies.put(obj, pack)
                 data = pack[offset:offset + size]
                 if len(data) != size:
@@ -828,7 +819,7 @@ class MailStore:
         mb_id = None if name == "INBOX" else (await self.mailbox(login, name)).id
         store = self._need_store()
         ref, header, structure = await self._store_message(store, message, max_size)
-        size = _ref_size(ref)
+        size = packs.ref_size(ref)
         if self.quota_bytes:
             used, limit = await self.quota(login)
             used += self.intake.pending(login) if self.intake is not None else 0
@@ -852,7 +843,7 @@ class MailStore:
         All or nothing: the rows of every entry and the journal's "filed up to"
         mark commit in ONE transaction, so a crash before it replays the whole
         batch and a crash after it replays none of it: each message once.
-        Small messages are stored packed together (see ``PACK_BYTES``).
+        Small messages are stored packed together (see ``core.mail.packs``).
 
         A message that cannot be described is not allowed to hold the batch:
         it is stored alone and set aside in the quarantine (``core.mail.
@@ -997,21 +988,10 @@ class MailStore:
                             ) -> tuple[list[str], list[str]]:
         """Store ``messages``, small ones packed; (ref of each message, objects written).
 
-        A member's ref is ``<object ref>@<offset>:<length>``, so ``_ref_size``
-        still reads its size and nothing but ``_locate`` needs to know."""
-        packs: list[list[int]] = []
-        alone: list[int] = []
-        fill = PACK_BYTES
-        for i, data in enumerate(messages):
-            if len(data) > PACK_MEMBER_MAX:
-                alone.append(i)
-                continue
-            if fill + len(data) > PACK_BYTES:
-                packs.append([])
-                fill = 0
-            packs[-1].append(i)
-            fill += len(data)
-        blobs = [b"".join(messages[i] for i in pack) for pack in packs]
+        Which go together, and their refs: ``core.mail.packs``."""
+        sizes = [len(data) for data in messages]
+        groups, alone = packs.plan(sizes)
+        blobs = [b"".join(messages[i] for i in pack) for pack in groups]
         blobs += [messages[i] for i in alone]
         outcomes = await asyncio.gather(*(_put(store, blob) for blob in blobs),
                                         return_exceptions=True)
@@ -1019,15 +999,7 @@ class MailStore:
         if len(objects) < len(outcomes):
             self._delete_later(objects)
             raise next(o for o in outcomes if isinstance(o, BaseException))
-        refs = [""] * len(messages)
-        for pack, obj in zip(packs, objects, strict=False):
-            offset = 0
-            for i in pack:
-                refs[i] = f"{obj}@{offset}:{len(messages[i])}"
-                offset += len(messages[i])
-        for i, obj in zip(alone, objects[len(packs):], strict=True):
-            refs[i] = obj
-        return refs, objects
+        return packs.refs(sizes, groups, alone, objects), objects
 
     async def journal_filed(self) -> int:
         """The journal sequence number up to which every record is filed."""
@@ -1328,26 +1300,6 @@ class MailStore:
                 log.warning("could not delete message object %s: %s", ref, exc)
 
 
-def _locate(ref: str) -> tuple[str, int | None, int]:
-    """(object ref, offset in it or None if the message is the whole object, size)."""
-    obj, at, member = ref.partition("@")
-    if not at:
-        return ref, None, _ref_size(ref)
-    offset, _, size = member.partition(":")
-    try:
-        return obj, int(offset), int(size)
-    except ValueError:
-        raise NotFound(f"invalid message object reference {ref[:80]!r}") from None
-
-
-def _ref_size(ref: str) -> int:
-    """The size a ref carries (``id:size``), without a store round trip."""
-    try:
-        return int(ref.rsplit(":", 1)[1])
-    except (IndexError, ValueError):
-        raise NotFound(f"invalid message object reference {ref[:80]!r}") from None
-
-
 def _insert_rows(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[Row]
                  ) -> tuple[int, int, int]:
     """Add stored messages to a mailbox; (first uid, first modseq, uidvalidity).
@@ -1426,14 +1378,12 @@ def _span(first: int, count: int) -> str:
 def _orphans(c: sqlite3.Connection, refs: list[str]) -> Unused:
     """Forget the bodies of ``refs`` no message uses any more; what is now unused.
 
-    A pack (``_locate``) is unused once no message uses any of its members."""
+    A pack (``core.mail.packs``) is unused once no message uses any of its members."""
     unused = _unused_refs(c, refs)
     objects: dict[str, None] = {}
     for ref in unused:
-        obj, offset, _ = _locate(ref)
-        if offset is None or not c.execute(
-                "SELECT 1 FROM mail_messages WHERE ref >= ? AND ref < ? LIMIT 1",
-                (obj + "@", obj + "A")).fetchone():  # "A" sorts right after "@"
+        obj, offset, _ = packs.locate(ref)
+        if offset is None or not packs.in_use(c, obj):
             objects[obj] = None
     return Unused(unused, list(objects))
 
