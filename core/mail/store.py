@@ -45,12 +45,29 @@ from core.errors import (
     QuotaExceeded,
     Unavailable,
 )
-from core.mail import mime, packs, quarantine, sortkeys
+from core.mail import mime, packs, quarantine, schema, sortkeys
 from core.mail.cache import BodyCache, Fixed, MetaCache
 from core.mail.commit import GroupCommit
-from core.mail.index import Loaded, MailboxIndex, Snapshot
+from core.mail.index import MailboxIndex, Snapshot
 from core.mail.intake import Intake
 from core.mail.journal import Entry
+from core.mail.mailboxes import (
+    MB_COLS,
+    add_mailbox,
+    bump_modseq,
+    get_mailbox,
+    like_prefix,
+    to_mailbox,
+)
+from core.mail.messages import (
+    VANISHED_KEEP,
+    chunks,
+    collect_unused,
+    insert_rows,
+    load_index,
+    prune_vanished,
+    remove_messages,
+)
 from core.mail.model import (
     DELIM,
     SPECIAL,
@@ -86,166 +103,6 @@ MAX_ROWS = 10_000  # remembered mailbox rows (MailStore._open_row)
 # at most this many messages in all (about 80 bytes each: 16 MiB), each for IDLE_KEEP s.
 IDLE_INDEX_MESSAGES = 200_000
 IDLE_KEEP = 600.0
-MIGRATIONS = [
-    """
-    CREATE TABLE mail_mailboxes (
-        id          INTEGER PRIMARY KEY,
-        login       TEXT NOT NULL,
-        name        TEXT NOT NULL,
-        uidvalidity INTEGER NOT NULL,
-        uidnext     INTEGER NOT NULL DEFAULT 1,
-        modseq      INTEGER NOT NULL DEFAULT 1,
-        recent_uid  INTEGER NOT NULL DEFAULT 0,
-        special     TEXT,
-        subscribed  INTEGER NOT NULL DEFAULT 1,
-        UNIQUE (login, name)
-    );
-    CREATE TABLE mail_bodies (
-        ref        TEXT PRIMARY KEY,
-        header     BLOB NOT NULL,
-        structure  TEXT NOT NULL
-    );
-    CREATE TABLE mail_messages (
-        mailbox       INTEGER NOT NULL REFERENCES mail_mailboxes(id) ON DELETE CASCADE,
-        uid           INTEGER NOT NULL,
-        ref           TEXT NOT NULL,
-        size          INTEGER NOT NULL,
-        internal_date REAL NOT NULL,
-        flags         TEXT NOT NULL DEFAULT '',
-        modseq        INTEGER NOT NULL,
-        PRIMARY KEY (mailbox, uid)
-    ) WITHOUT ROWID;
-    CREATE INDEX mail_messages_ref ON mail_messages(ref);
-    CREATE TABLE mail_vanished (
-        mailbox  INTEGER NOT NULL REFERENCES mail_mailboxes(id) ON DELETE CASCADE,
-        uid      INTEGER NOT NULL,
-        modseq   INTEGER NOT NULL,
-        PRIMARY KEY (mailbox, uid)
-    ) WITHOUT ROWID;
-    CREATE TABLE mail_users (login TEXT PRIMARY KEY);
-    """,
-    # core.mail.journal: every record up to ``filed`` has its rows here
-    """
-    CREATE TABLE mail_journal (
-        id     INTEGER PRIMARY KEY CHECK (id = 0),
-        filed  INTEGER NOT NULL
-    );
-    INSERT INTO mail_journal VALUES (0, 0);
-    """,
-    # core.mail.quarantine: journaled deliveries that could not be filed, set aside
-    """
-    CREATE TABLE mail_quarantine (
-        id        INTEGER PRIMARY KEY,
-        login     TEXT NOT NULL,
-        ref       TEXT NOT NULL,
-        size      INTEGER NOT NULL,
-        received  REAL NOT NULL,
-        at        REAL NOT NULL,
-        reason    TEXT NOT NULL
-    );
-    """,
-    # QRESYNC's expunge records are kept within a bound (``_prune_vanished``): below
-    # ``vanished_floor`` they are gone and ``vanished`` answers from the uid set
-    """
-    ALTER TABLE mail_mailboxes ADD COLUMN vanished_floor INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX mail_vanished_modseq ON mail_vanished(mailbox, modseq);
-    """,
-    # core.mail.sortkeys: SORT and THREAD keys, derived from a message's header once
-    # (``sort_keys``), keyed as mail_messages is so a mailbox's keys are read in
-    # order; a row goes with its message (``_remove``, ``delete_mailbox``, rename)
-    """
-    CREATE TABLE mail_sort (
-        mailbox       INTEGER NOT NULL,
-        uid           INTEGER NOT NULL,
-        version       INTEGER NOT NULL,
-        sent          REAL,
-        subject       TEXT NOT NULL,
-        reply         INTEGER NOT NULL,
-        message_id    TEXT NOT NULL,
-        parents       TEXT NOT NULL,
-        from_key      TEXT NOT NULL,
-        to_key        TEXT NOT NULL,
-        cc_key        TEXT NOT NULL,
-        display_from  TEXT NOT NULL,
-        display_to    TEXT NOT NULL,
-        PRIMARY KEY (mailbox, uid)
-    ) WITHOUT ROWID;
-    """,
-]
-
-# RFC 3501 §2.3.1.1: a name's UIDVALIDITY never repeats, so every mailbox ever
-# created takes the next value of one ascending counter (at least the clock).
-# Row ids are reused by SQLite, so this is also what keeps the (mailbox id,
-# uidvalidity, uid) cache key of a deleted mailbox from ever matching again.
-UIDVALIDITY_MIGRATIONS = [
-    """
-    CREATE TABLE mail_uidvalidity (
-        id    INTEGER PRIMARY KEY CHECK (id = 0),
-        last  INTEGER NOT NULL
-    );
-    INSERT INTO mail_uidvalidity SELECT 0, COALESCE(MAX(uidvalidity), 0) FROM mail_mailboxes;
-    """,
-]
-VANISHED_KEEP = 1000  # expunge records kept per mailbox (the mail.vanished_keep default)
-
-
-def _mailbox(row: Sequence[Any]) -> Mailbox:
-    return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
-
-
-_MB_COLS = "id, login, name, uidvalidity, uidnext, modseq, special, subscribed"
-
-
-def _get_mailbox(c: sqlite3.Connection, login: str, name: str) -> Mailbox:
-    row = c.execute(f"SELECT {_MB_COLS} FROM mail_mailboxes WHERE login = ? AND name = ?",  # noqa: S608
-                    (login, name)).fetchone()
-    if row is None:
-        raise NotFound(f"no mailbox {name}")
-    return _mailbox(row)
-
-
-def _load_index(c: sqlite3.Connection, mailbox_id: int) -> Loaded:
-    """A mailbox's row and its uid/flags/modseq columns (one thread: one consistent read)."""
-    row = c.execute("SELECT uidvalidity, uidnext, modseq, recent_uid FROM mail_mailboxes "
-                    "WHERE id = ?", (mailbox_id,)).fetchone()
-    if row is None:
-        raise NotFound("mailbox was deleted")
-    rows = c.execute("SELECT uid, flags, modseq FROM mail_messages WHERE mailbox = ? "
-                     "ORDER BY uid", (mailbox_id,)).fetchall()
-    uids: list[int] = []
-    texts: list[str] = []
-    modseqs: list[int] = []
-    if rows:  # column lists at C speed; one frozenset per distinct flag text
-        uids, texts, modseqs = (list(col) for col in zip(*rows, strict=True))
-    distinct = {t: flags_set(t) for t in set(texts)}
-    return Loaded(row[0], row[1], row[2], row[3], uids, list(map(distinct.__getitem__, texts)),
-                  modseqs)
-
-
-def _new_uidvalidity(c: sqlite3.Connection) -> int:
-    """The next UIDVALIDITY: above every one issued before, on this twin, for any name."""
-    row = c.execute("UPDATE mail_uidvalidity SET last = MAX(last + 1, ?) WHERE id = 0 "
-                    "RETURNING last", (int(time.time()),)).fetchone()
-    value = int(row[0])
-    if value > 0xFFFFFFFF:
-        raise Unavailable("UIDVALIDITY space exhausted")
-    return value
-
-
-def _create(c: sqlite3.Connection, login: str, name: str, special: str | None) -> None:
-    c.execute("INSERT INTO mail_mailboxes (login, name, uidvalidity, special) VALUES (?, ?, ?, ?)",
-              (login, name, _new_uidvalidity(c), special))
-
-
-def _bump(c: sqlite3.Connection, mailbox_id: int) -> int:
-    """Next modseq of a mailbox (every change has its own)."""
-    row = c.execute("UPDATE mail_mailboxes SET modseq = modseq + 1 WHERE id = ? RETURNING modseq",
-                    (mailbox_id,)).fetchone()
-    if row is None:
-        raise NotFound("mailbox was deleted")
-    return int(row[0])
-
-
 class MailStore:
     """The mail of every user of this twin (see ``core.mail`` for the contract)."""
 
@@ -253,8 +110,7 @@ class MailStore:
                  vanished_keep: int = VANISHED_KEEP) -> None:
         self.db = db
         self.vanished_keep = max(1, vanished_keep)
-        db.migrate("mail", MIGRATIONS)
-        db.migrate("mail_uidvalidity", UIDVALIDITY_MIGRATIONS)
+        schema.migrate(db)
         self.subscriptions = Subscriptions(db)  # names, apart from the mailboxes
         # Reads (FETCH metadata, SEARCH, SELECT's lookup, STATUS) on a second
         # connection and thread: in WAL mode they do not wait behind the group
@@ -323,7 +179,7 @@ class MailStore:
             for name in ("INBOX", *SPECIAL):
                 if not c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name = ?",
                                  (login, name)).fetchone():
-                    _create(c, login, name, SPECIAL.get(name))
+                    add_mailbox(c, login, name, SPECIAL.get(name))
             log.info("created mailboxes of %s", login)
         await self._commit.submit(make)
         self._known_users.add(login)
@@ -331,14 +187,14 @@ class MailStore:
     async def mailboxes(self, login: str) -> list[Mailbox]:
         await self.ensure_user(login)
         rows = await self.reads.run(lambda c: c.execute(
-            f"SELECT {_MB_COLS} FROM mail_mailboxes WHERE login = ? ORDER BY name",  # noqa: S608
+            f"SELECT {MB_COLS} FROM mail_mailboxes WHERE login = ? ORDER BY name",  # noqa: S608
             (login,)).fetchall())
-        return [_mailbox(r) for r in rows]
+        return [to_mailbox(r) for r in rows]
 
     async def mailbox(self, login: str, name: str) -> Mailbox:
         name = check_name(name)
         await self.ensure_user(login)
-        return await self.reads.run(_get_mailbox, login, name)
+        return await self.reads.run(get_mailbox, login, name)
 
     async def create_mailbox(self, login: str, name: str, special: str | None = None) -> Mailbox:
         name = check_name(name)
@@ -355,9 +211,9 @@ class MailStore:
                 parent = DELIM.join(parts[:i])
                 if not c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name = ?",
                                  (login, parent)).fetchone():
-                    _create(c, login, parent, None)
-            _create(c, login, name, special)
-            return _get_mailbox(c, login, name)
+                    add_mailbox(c, login, parent, None)
+            add_mailbox(c, login, name, special)
+            return get_mailbox(c, login, name)
         mb: Mailbox = await self._commit.submit(make)
         self._names_changed()
         log.info("%s created mailbox %r", login, name)
@@ -369,10 +225,10 @@ class MailStore:
             raise Forbidden("INBOX cannot be deleted")
 
         def drop(c: sqlite3.Connection) -> tuple[int, Unused]:
-            mb = _get_mailbox(c, login, name)
+            mb = get_mailbox(c, login, name)
             if c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name LIKE ? "
                          "ESCAPE '!' LIMIT 1",
-                         (login, _like_prefix(name + DELIM))).fetchone():
+                         (login, like_prefix(name + DELIM))).fetchone():
                 # RFC 3501 §6.3.4: with inferiors, a mailbox is emptied, not removed
                 raise Conflict(f"{name} has child mailboxes; delete them first",
                                code=ErrorCode.HAS_CHILDREN)
@@ -381,7 +237,7 @@ class MailStore:
             c.execute("DELETE FROM mail_messages WHERE mailbox = ?", (mb.id,))
             c.execute("DELETE FROM mail_sort WHERE mailbox = ?", (mb.id,))
             c.execute("DELETE FROM mail_mailboxes WHERE id = ?", (mb.id,))
-            return mb.id, _orphans(c, refs)
+            return mb.id, collect_unused(c, refs)
         try:
             mailbox_id, orphans = await self._commit.submit(drop)
         finally:
@@ -395,7 +251,7 @@ class MailStore:
         old, new = check_name(old), check_name(new)
 
         def move(c: sqlite3.Connection) -> tuple[int, list[int], int]:
-            src = _get_mailbox(c, login, old)
+            src = get_mailbox(c, login, old)
             if c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name = ?",
                          (login, new)).fetchone():
                 raise Conflict(f"mailbox {new} exists", code=ErrorCode.ALREADY_EXISTS)
@@ -406,10 +262,10 @@ class MailStore:
                 parent = DELIM.join(parts[:i])
                 if not c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name = ?",
                                  (login, parent)).fetchone():
-                    _create(c, login, parent, None)
+                    add_mailbox(c, login, parent, None)
             if old == "INBOX":  # RFC 3501 §6.3.5: INBOX's messages move, INBOX stays
-                _create(c, login, new, None)
-                dst = _get_mailbox(c, login, new)
+                add_mailbox(c, login, new, None)
+                dst = get_mailbox(c, login, new)
                 uids = [r[0] for r in c.execute(
                     "SELECT uid FROM mail_messages WHERE mailbox = ? ORDER BY uid", (src.id,))]
                 c.execute("UPDATE mail_messages SET mailbox = ? WHERE mailbox = ?",
@@ -418,16 +274,16 @@ class MailStore:
                           (dst.id, src.id))
                 c.execute("UPDATE mail_mailboxes SET uidnext = ? WHERE id = ?",
                           (src.uidnext, dst.id))
-                modseq = _bump(c, src.id)
+                modseq = bump_modseq(c, src.id)
                 c.executemany("INSERT OR REPLACE INTO mail_vanished VALUES (?, ?, ?)",
                               [(src.id, u, modseq) for u in uids])
-                _prune_vanished(c, src.id, self.vanished_keep)
+                prune_vanished(c, src.id, self.vanished_keep)
                 return src.id, uids, modseq
             ids = [src.id]
             c.execute("UPDATE mail_mailboxes SET name = ? WHERE id = ?", (new, src.id))
             for mid, name in c.execute(
                     "SELECT id, name FROM mail_mailboxes WHERE login = ? AND name LIKE ? "
-                    "ESCAPE '!'", (login, _like_prefix(old + DELIM))).fetchall():
+                    "ESCAPE '!'", (login, like_prefix(old + DELIM))).fetchall():
                 c.execute("UPDATE mail_mailboxes SET name = ? WHERE id = ?",
                           (new + name[len(old):], mid))
                 ids.append(mid)
@@ -444,7 +300,7 @@ class MailStore:
         name = check_name(name)
 
         def sub(c: sqlite3.Connection) -> None:
-            _get_mailbox(c, login, name)
+            get_mailbox(c, login, name)
             c.execute("UPDATE mail_mailboxes SET subscribed = ? WHERE login = ? AND name = ?",
                       (int(on), login, name))
         try:
@@ -528,7 +384,7 @@ class MailStore:
             if idx is not None and not idx.loading:
                 return mb
         gen = self._rows_gen
-        mb = await self.reads.run(_get_mailbox, login, name)
+        mb = await self.reads.run(get_mailbox, login, name)
         if gen == self._rows_gen:
             if len(self._rows) >= MAX_ROWS:
                 self._rows.clear()
@@ -567,7 +423,7 @@ class MailStore:
             idx = self._indexes[mailbox_id] = MailboxIndex(mailbox_id)
             idx.ready = asyncio.get_running_loop().create_future()
             try:
-                idx.fill(await self.db.run(_load_index, mailbox_id))
+                idx.fill(await self.db.run(load_index, mailbox_id))
             except BaseException as exc:
                 if self._indexes.get(mailbox_id) is idx:
                     del self._indexes[mailbox_id]
@@ -722,7 +578,7 @@ class MailStore:
         out: list[Meta] = []
         cols = ("m.uid, m.ref, m.size, m.internal_date, m.flags, m.modseq, b.header"
                 + (", b.structure" if structure else ""))
-        for chunk in _chunks(sorted(uids), 500):
+        for chunk in chunks(sorted(uids), 500):
             q = (f"SELECT {cols} FROM mail_messages m JOIN mail_bodies b ON b.ref = m.ref "  # noqa: S608
                  f"WHERE m.mailbox = ? AND m.uid IN ({','.join('?' * len(chunk))}) "
                  "ORDER BY m.uid")
@@ -830,8 +686,8 @@ class MailStore:
                   time.time() if internal_date is None else internal_date, flagset)
 
         def insert(c: sqlite3.Connection) -> tuple[int, int, int, int]:
-            target = mb_id if mb_id is not None else _get_mailbox(c, login, name).id
-            return (target, *_insert_rows(c, target, [row]))
+            target = mb_id if mb_id is not None else get_mailbox(c, login, name).id
+            return (target, *insert_rows(c, target, [row]))
         target, uid, modseq, uidvalidity = await self._commit_or_delete(insert, [ref])
         self._announce(target, uidvalidity, uid, modseq, [row])
         log.debug("stored message %d (%d bytes) in %s/%s", uid, size, login, name)
@@ -882,11 +738,11 @@ class MailStore:
             placed: dict[str, tuple[int, int, int, int] | None] = {}
             for login, rows in by_login.items():
                 try:
-                    target = _get_mailbox(c, login, "INBOX").id
+                    target = get_mailbox(c, login, "INBOX").id
                 except NotFound:  # the user was removed since: nothing to file into
                     placed[login] = None
                     continue
-                placed[login] = (target, *_insert_rows(c, target, rows))
+                placed[login] = (target, *insert_rows(c, target, rows))
             ids = [quarantine.insert(c, e.login, ref, len(data), e.received, reason)
                    for (e, data, reason), ref in zip(bad, set_aside, strict=True)]
             c.execute("UPDATE mail_journal SET filed = ? WHERE filed < ?", (last, last))
@@ -949,8 +805,8 @@ class MailStore:
 
         def insert(c: sqlite3.Connection) -> tuple[int, int, int, int]:
             quarantine.get(c, qid)  # NotFound if another retry or rm took it meanwhile
-            target = _get_mailbox(c, item.login, "INBOX").id
-            placed = (target, *_insert_rows(c, target, [row]))
+            target = get_mailbox(c, item.login, "INBOX").id
+            placed = (target, *insert_rows(c, target, [row]))
             quarantine.delete(c, qid)
             return placed
         placed: tuple[int, int, int, int] = await self._commit.submit(insert)
@@ -1009,7 +865,7 @@ class MailStore:
 
     def _announce(self, target: int, uidvalidity: int, uid: int, modseq: int,
                   rows: Sequence[Row]) -> None:
-        """Tell live sessions of rows ``_insert_rows`` added (uids and modseqs from
+        """Tell live sessions of rows ``insert_rows`` added (uids and modseqs from
         ``uid`` and ``modseq`` on), and cache their metadata if one has the mailbox open."""
         idx = self._indexes.get(target)
         if idx is None:  # nobody has it open: nobody to FETCH soon
@@ -1077,7 +933,7 @@ class MailStore:
             failed: list[int] = []
             modseq = 0
             updates = []
-            for chunk in _chunks(sorted(uids), 500):
+            for chunk in chunks(sorted(uids), 500):
                 q = (f"SELECT uid, flags, modseq FROM mail_messages WHERE mailbox = ? "  # noqa: S608
                      f"AND uid IN ({','.join('?' * len(chunk))})")
                 for uid, text, mseq in c.execute(q, (mailbox_id, *chunk)).fetchall():
@@ -1089,7 +945,7 @@ class MailStore:
                     if now == old and unchanged_since is None:
                         continue
                     if not modseq:
-                        modseq = _bump(c, mailbox_id)
+                        modseq = bump_modseq(c, mailbox_id)
                     updates.append((flags_text(now), modseq, mailbox_id, uid))
                     changed.append((uid, now, modseq))
             c.executemany("UPDATE mail_messages SET flags = ?, modseq = ? "
@@ -1111,7 +967,7 @@ class MailStore:
                 rows = [r for r in rows if r[0] in wanted]
             if not rows:
                 return [], Unused([], []), 0
-            return _remove(c, mailbox_id, rows, self.vanished_keep)
+            return remove_messages(c, mailbox_id, rows, self.vanished_keep)
         gone, orphans, modseq = await self._commit.submit(drop)
         if gone:
             self._publish(mailbox_id, Change("expunge", tuple(gone), modseq=modseq))
@@ -1139,9 +995,9 @@ class MailStore:
 
         def run(c: sqlite3.Connection) -> tuple[int, int, list[int], list[int], int, Unused,
                                                  int, list[str]]:
-            dst = _get_mailbox(c, login, dest)
-            rows: list[tuple[Any, ...]] = []
-            for chunk in _chunks(sorted(uids), 500):
+            dst = get_mailbox(c, login, dest)
+            rows: list[tuple[int, str, int, float, str]] = []  # uid, ref, size, date, flags
+            for chunk in chunks(sorted(uids), 500):
                 q = (f"SELECT uid, ref, size, internal_date, flags FROM mail_messages "  # noqa: S608
                      f"WHERE mailbox = ? AND uid IN ({','.join('?' * len(chunk))}) ORDER BY uid")
                 rows += c.execute(q, (mailbox_id, *chunk)).fetchall()
@@ -1162,7 +1018,7 @@ class MailStore:
             first = dst.uidnext
             c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + ? WHERE id = ?",
                       (len(rows), dst.id))
-            modseq = _bump(c, dst.id)
+            modseq = bump_modseq(c, dst.id)
             new = list(range(first, first + len(rows)))
             c.executemany("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, ?, ?)",
                           [(dst.id, u, r[1], r[2], r[3], r[4], modseq)
@@ -1170,8 +1026,8 @@ class MailStore:
             orphans = Unused([], [])
             src_modseq = 0
             if move:
-                _, orphans, src_modseq = _remove(c, mailbox_id, [(r[0], r[1]) for r in rows],
-                                                self.vanished_keep)
+                _, orphans, src_modseq = remove_messages(
+                    c, mailbox_id, [(r[0], r[1]) for r in rows], self.vanished_keep)
             return (dst.id, dst.uidvalidity, [r[0] for r in rows], new, modseq, orphans,
                     src_modseq, [r[4] for r in rows])
         (dst_id, validity, src, new, modseq, orphans, src_modseq,
@@ -1195,7 +1051,7 @@ class MailStore:
         """Uids expunged after a modseq (QRESYNC, RFC 7162 §3.2.5.1).
 
         Exact while ``since_modseq`` is at or above the mailbox's ``vanished_floor``
-        (the expunge records kept, see ``_prune_vanished``). Below it the records
+        (the expunge records kept, see ``prune_vanished``). Below it the records
         that would answer are gone, so the answer is every uid under UIDNEXT that
         no longer exists: a superset (it also names uids the client saw vanish
         before ``since_modseq``), which RFC 7162 §3.2.5.2 permits and clients
@@ -1233,7 +1089,7 @@ class MailStore:
             return
         rows = [Row(i[0], i[1], i[2], i[3], i[4], parse_flags(i[5])) for i in items]
         first, modseq, uidvalidity = await self._commit.submit(
-            lambda c: _insert_rows(c, mb.id, rows))
+            lambda c: insert_rows(c, mb.id, rows))
         self._announce(mb.id, uidvalidity, first, modseq, rows)
 
     async def _commit_or_delete(self, op: Callable[[sqlite3.Connection], T],
@@ -1300,60 +1156,6 @@ class MailStore:
                 log.warning("could not delete message object %s: %s", ref, exc)
 
 
-def _insert_rows(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[Row]
-                 ) -> tuple[int, int, int]:
-    """Add stored messages to a mailbox; (first uid, first modseq, uidvalidity).
-
-    Row k gets uid and modseq first + k. One UPDATE reserves them all and two
-    executemany calls insert, whatever the count: a filing batch costs three
-    statements, not four per message. NotFound: the mailbox was deleted."""
-    n = len(rows)
-    row = c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + ?, modseq = modseq + ? "
-                    "WHERE id = ? RETURNING uidnext - ?, modseq - ? + 1, uidvalidity",
-                    (n, n, mailbox_id, n, n)).fetchone()
-    if row is None:
-        raise NotFound("mailbox was deleted")
-    uid, modseq, uidvalidity = (int(v) for v in row)
-    c.executemany("INSERT OR IGNORE INTO mail_bodies VALUES (?, ?, ?)",
-                  [(ref, header, structure) for ref, header, structure, *_ in rows])
-    c.executemany("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, ?, ?)",
-                  [(mailbox_id, uid + k, ref, size, date, flags_text(flags), modseq + k)
-                   for k, (ref, _, _, size, date, flags) in enumerate(rows)])
-    return uid, modseq, uidvalidity
-
-
-def _remove(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[tuple[int, str]],
-            keep: int = VANISHED_KEEP) -> tuple[list[int], Unused, int]:
-    """Delete messages; (uids, what is no longer used, the modseq of the change)."""
-    modseq = _bump(c, mailbox_id)
-    c.executemany("DELETE FROM mail_messages WHERE mailbox = ? AND uid = ?",
-                  [(mailbox_id, r[0]) for r in rows])
-    c.executemany("DELETE FROM mail_sort WHERE mailbox = ? AND uid = ?",
-                  [(mailbox_id, r[0]) for r in rows])
-    c.executemany("INSERT OR REPLACE INTO mail_vanished VALUES (?, ?, ?)",
-                  [(mailbox_id, r[0], modseq) for r in rows])
-    _prune_vanished(c, mailbox_id, keep)
-    return [r[0] for r in rows], _orphans(c, list({r[1] for r in rows})), modseq
-
-
-def _prune_vanished(c: sqlite3.Connection, mailbox_id: int, keep: int) -> None:
-    """Keep a mailbox's newest ``keep`` expunge records, dropping whole modseqs.
-
-    Why: one row per expunged message forever grew twin.db without bound (issue
-    23). As Dovecot does, the records go back only so far; ``vanished_floor``
-    says how far (every record at or below it is gone, every one above is kept),
-    and ``MailStore.vanished`` answers older questions from the uid set. The
-    look-up walks ``keep`` entries of an index: microseconds per expunge.
-    """
-    row = c.execute("SELECT modseq FROM mail_vanished WHERE mailbox = ? "
-                    "ORDER BY modseq DESC LIMIT 1 OFFSET ?", (mailbox_id, keep)).fetchone()
-    if row is None:
-        return
-    c.execute("DELETE FROM mail_vanished WHERE mailbox = ? AND modseq <= ?", (mailbox_id, row[0]))
-    c.execute("UPDATE mail_mailboxes SET vanished_floor = max(vanished_floor, ?) WHERE id = ?",
-              (row[0], mailbox_id))
-
-
 def _exists(uids: Sequence[int], flags: Sequence[frozenset[str]], modseq: int) -> list[Change]:
     """``exists`` changes for new uids (ascending), one per run of equal flags, in order."""
     out: list[Change] = []
@@ -1373,39 +1175,6 @@ def _seqs(seqs: Sequence[int]) -> str:
 
 def _span(first: int, count: int) -> str:
     return str(first) if count == 1 else f"{first}:{first + count - 1}"
-
-
-def _orphans(c: sqlite3.Connection, refs: list[str]) -> Unused:
-    """Forget the bodies of ``refs`` no message uses any more; what is now unused.
-
-    A pack (``core.mail.packs``) is unused once no message uses any of its members."""
-    unused = _unused_refs(c, refs)
-    objects: dict[str, None] = {}
-    for ref in unused:
-        obj, offset, _ = packs.locate(ref)
-        if offset is None or not packs.in_use(c, obj):
-            objects[obj] = None
-    return Unused(unused, list(objects))
-
-
-def _unused_refs(c: sqlite3.Connection, refs: list[str]) -> list[str]:
-    """Of these refs, those no message uses any more (their mail_bodies rows go too)."""
-    out = [ref for ref in refs
-           if not c.execute("SELECT 1 FROM mail_messages WHERE ref = ? LIMIT 1",
-                            (ref,)).fetchone()]
-    c.executemany("DELETE FROM mail_bodies WHERE ref = ?", [(r,) for r in out])
-    return out
-
-
-def _like_prefix(prefix: str) -> str:
-    return prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
-
-
-def _chunks(items: Sequence[int], n: int) -> Iterable[Sequence[int]]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
-
-
 
 
 async def _put(store: Store, data: bytes | AsyncIterable[bytes]) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 import core.mail.store as store_module
 from core.mail import Snapshot, Watch
-from core.mail.store import _load_index
+from core.mail.messages import load_index as _load_index
 from core.service import Service
 
 MSG = b"From: a@x\r\nSubject: s\r\n\r\nbody\r\n"
