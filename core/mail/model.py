@@ -211,6 +211,23 @@ def check_name(name: str) -> str:
     return name
 
 
+class Flagged(NamedTuple):
+    """A message whose flags a STORE changed (``MailStore.set_flags``)."""
+
+    uid: int
+    flags: frozenset[str]
+    modseq: int
+
+
+class Copies(NamedTuple):
+    """A committed COPY or MOVE as the client is told of it (RFC 4315 COPYUID):
+    the destination's UIDVALIDITY, the source uids and their new uids, in order."""
+
+    uidvalidity: int
+    source: list[int]
+    new: list[int]
+
+
 class Unused(NamedTuple):
     """What removing messages left unused: message refs no message has any more
     (``obj@off:len`` inside a pack, or a whole object's id) and the objects

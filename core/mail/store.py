@@ -74,7 +74,9 @@ from core.mail.model import (
     SPECIAL_USES,
     Change,
     Copied,
+    Copies,
     Extents,
+    Flagged,
     Mailbox,
     Meta,
     Row,
@@ -919,7 +921,7 @@ class MailStore:
 
     async def set_flags(self, mailbox_id: int, uids: Sequence[int], op: str,
                         flags: Iterable[str], unchanged_since: int | None = None
-                        ) -> tuple[list[tuple[int, frozenset[str], int]], list[int]]:
+                        ) -> tuple[list[Flagged], list[int]]:
         """STORE: op is ``+``, ``-`` or ``=``; (changed (uid, flags, modseq), failed uids).
 
         ``unchanged_since`` is CONDSTORE's UNCHANGEDSINCE (RFC 7162 §3.1.3):
@@ -927,9 +929,8 @@ class MailStore:
         """
         new = parse_flags(flags)
 
-        def apply(c: sqlite3.Connection) -> tuple[list[tuple[int, frozenset[str], int]],
-                                                  list[int]]:
-            changed: list[tuple[int, frozenset[str], int]] = []
+        def apply(c: sqlite3.Connection) -> tuple[list[Flagged], list[int]]:
+            changed: list[Flagged] = []
             failed: list[int] = []
             modseq = 0
             updates = []
@@ -947,7 +948,7 @@ class MailStore:
                     if not modseq:
                         modseq = bump_modseq(c, mailbox_id)
                     updates.append((flags_text(now), modseq, mailbox_id, uid))
-                    changed.append((uid, now, modseq))
+                    changed.append(Flagged(uid, now, modseq))
             c.executemany("UPDATE mail_messages SET flags = ?, modseq = ? "
                           "WHERE mailbox = ? AND uid = ?", updates)
             return changed, failed
@@ -976,7 +977,7 @@ class MailStore:
         return gone  # type: ignore[no-any-return]
 
     async def copy(self, mailbox_id: int, uids: Sequence[int], login: str, dest: str, *,
-                   move: bool = False) -> tuple[int, list[int], list[int]]:
+                   move: bool = False) -> Copies:
         """COPY/MOVE: (destination uidvalidity, source uids, new uids), all or nothing.
 
         A copy shares the stored bytes but counts against ``mail.quota`` like
@@ -1045,7 +1046,7 @@ class MailStore:
                     hook(copied)
                 except Exception:  # a hook's bug never fails the client's command
                     log.exception("a copy hook failed")
-        return validity, src, new
+        return Copies(validity, src, new)
 
     async def vanished(self, mailbox_id: int, since_modseq: int) -> list[int]:
         """Uids expunged after a modseq (QRESYNC, RFC 7162 §3.2.5.1).
