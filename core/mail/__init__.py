@@ -47,12 +47,14 @@ Where things are (one job a file):
   ``Watch``, ``Extents``, ``Row``, ...) and the name and flag rules.
 - ``store``: ``MailStore``, the one object behind ``MailAccess``: it runs each
   operation's transaction through one ``GroupCommit``, publishes what
-  committed to the live indexes and watches, and owns the caches and intake.
+  committed (``live``), and owns the caches and intake. A new front-end
+  operation (a JMAP method) is a method here, listed in ``MailAccess``.
 - ``schema``: the tables (migrations). ``mailboxes``: mailbox rows on a
   connection (get, add with a fresh UIDVALIDITY, modseq). ``messages``:
   message rows (load an index, insert, remove with expunge records, what is
   left unused). ``packs``: how message bytes sit in stored objects
-  (``obj@off:len``).
+  (``obj@off:len``). ``live``: what sessions see of commits (the shared
+  indexes of open mailboxes, their watches, observers: ``MailStore.live``).
 - ``index`` (a mailbox's shared in-memory index), ``cache`` (bodies and
   metadata), ``sortkeys``, ``addresses``, ``mime`` (structure), ``commit``
   (the group commit), ``journal``/``intake``/``quarantine`` (local delivery),

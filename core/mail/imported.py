@@ -167,7 +167,7 @@ class Imported:
         if not placed:
             await self.mail._delete_objects(objects)
             return Filed(0, 0, skipped)
-        self.mail._announce(target, uidvalidity, uid, modseq, placed)
+        self.mail.live.announce(target, uidvalidity, uid, modseq, placed)
         return Filed(len(placed), sum(r[3] for r in placed), skipped)
 
 

@@ -8,7 +8,7 @@ shares the stored object; it is deleted when the last message using it goes.
 
 Every write that changes a mailbox goes through one ``GroupCommit`` (one
 transaction and one fsync for everything queued) and, once committed, is
-published (``_publish``) to the mailbox's shared in-memory index
+published (``core.mail.live``) to the mailbox's shared in-memory index
 (``core.mail.index``, kept only while a session has the mailbox open) and to
 the bounded ``Watch`` of every live session on it.
 """
@@ -16,7 +16,6 @@ the bounded ``Watch`` of every live session on it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import mmap
@@ -51,6 +50,7 @@ from core.mail.commit import GroupCommit
 from core.mail.index import MailboxIndex, Snapshot
 from core.mail.intake import Intake
 from core.mail.journal import Entry
+from core.mail.live import Live, exists_changes
 from core.mail.mailboxes import (
     MB_COLS,
     add_mailbox,
@@ -64,7 +64,6 @@ from core.mail.messages import (
     chunks,
     collect_unused,
     insert_rows,
-    load_index,
     prune_vanished,
     remove_messages,
 )
@@ -101,10 +100,6 @@ SPOOL_IN_MEMORY = 1024 * 1024
 DESCRIBE_INLINE = 64 * 1024  # parse on the loop below this size (< 1 ms)
 DESCRIBE_YIELD = 16  # filing lets the sessions run after parsing this many (~0.5 ms)
 MAX_ROWS = 10_000  # remembered mailbox rows (MailStore._open_row)
-# Indexes of mailboxes no session has open, kept for the next session (MailStore.close):
-# at most this many messages in all (about 80 bytes each: 16 MiB), each for IDLE_KEEP s.
-IDLE_INDEX_MESSAGES = 200_000
-IDLE_KEEP = 600.0
 class MailStore:
     """The mail of every user of this twin (see ``core.mail`` for the contract)."""
 
@@ -124,16 +119,11 @@ class MailStore:
         self.store: Store | None = None
         self._commit: GroupCommit[Any] = GroupCommit(db)
         self._known_users: set[str] = set()
-        self._indexes: dict[int, MailboxIndex] = {}
-        # indexes nobody has open, oldest first: mailbox id -> (messages, closed at)
-        self._idle: OrderedDict[int, tuple[int, float]] = OrderedDict()
-        self._idle_messages = 0
         self._background: set[asyncio.Task[None]] = set()
         self._recent_saving: dict[int, int] = {}  # mailbox id -> recent_uid being saved
         self.bodies = BodyCache(max_item=packs.PACK_BYTES)
         self.metas = MetaCache()
-        # called with every committed change of any mailbox (IMAP NOTIFY, RFC 5465)
-        self.observers: set[Callable[[int, Change], None]] = set()
+        self.live = Live(db, self.metas)  # shared indexes, watches, observers: publishing
         # called with every committed COPY/MOVE, on the loop; must not block
         # (the spam learner only queues work: ``core.spam.learn``)
         self.copy_hooks: list[Callable[[Copied], None]] = []
@@ -143,6 +133,24 @@ class MailStore:
         self._rows_gen = 0
         self._deleting: set[str] = set()  # refs no message uses, being deleted
         self.intake: Intake | None = None  # journal + filer, while the service runs
+
+    @property
+    def observers(self) -> set[Callable[[int, Change], None]]:
+        """Called with every committed change of any mailbox (IMAP NOTIFY, RFC 5465)."""
+        return self.live.observers
+
+    # what the tests look at of the live side
+    @property
+    def _indexes(self) -> dict[int, MailboxIndex]:
+        return self.live.indexes
+
+    @property
+    def _idle(self) -> OrderedDict[int, tuple[int, float]]:
+        return self.live.idle
+
+    @property
+    def _idle_messages(self) -> int:
+        return self.live.idle_messages
 
     def shutdown(self) -> None:
         """Close the read connection (``Service.close``; the writer is the service's)."""
@@ -244,7 +252,7 @@ class MailStore:
             mailbox_id, orphans = await self._commit.submit(drop)
         finally:
             self._names_changed()
-        self._publish(mailbox_id, Change("deleted", ()))
+        self.live.publish(mailbox_id, Change("deleted", ()))
         self._forget(orphans.refs)
         await self._delete_objects(orphans.objects)
         log.info("%s deleted mailbox %r", login, name)
@@ -295,7 +303,7 @@ class MailStore:
         finally:
             self._names_changed()
         if moved:  # INBOX's messages left it: sessions on INBOX see them expunged
-            self._publish(src_id, Change("expunge", tuple(moved), modseq=modseq))
+            self.live.publish(src_id, Change("expunge", tuple(moved), modseq=modseq))
         log.info("%s renamed mailbox %r to %r", login, old, new)
 
     async def subscribe(self, login: str, name: str, on: bool) -> None:
@@ -313,7 +321,7 @@ class MailStore:
     async def status(self, mailbox_id: int) -> Status:
         # RFC 3501 §6.3.10 RECENT: what no session has claimed yet, counted against the
         # live index (a session claims arrivals in memory) or a save still under way
-        idx = self._indexes.get(mailbox_id)
+        idx = self.live.indexes.get(mailbox_id)
         floor = self._recent_saving.get(mailbox_id, 0)
         if idx is not None and not idx.loading:
             floor = max(floor, idx.recent_uid)
@@ -354,7 +362,7 @@ class MailStore:
         name = check_name(name)
         await self.ensure_user(login)
         mb = await self._open_row(login, name)
-        idx = await self._index(mb.id)
+        idx = await self.live.index(mb.id)
         watch = Watch(mb.id, claims_recent=not read_only, limit=max_pending)
         idx.watches.add(watch)
         snap = idx.view(mb, claim_recent=not read_only)
@@ -382,7 +390,7 @@ class MailStore:
         key = (login, name)
         mb = self._rows.get(key)
         if mb is not None:
-            idx = self._indexes.get(mb.id)
+            idx = self.live.indexes.get(mb.id)
             if idx is not None and not idx.loading:
                 return mb
         gen = self._rows_gen
@@ -409,107 +417,13 @@ class MailStore:
             if self._recent_saving.get(mailbox_id) == uid:
                 del self._recent_saving[mailbox_id]
 
-    async def _index(self, mailbox_id: int) -> MailboxIndex:
-        """The loaded shared index of a mailbox, loading it if nobody has it open."""
-        self._trim_idle()
-        while True:
-            idx = self._indexes.get(mailbox_id)
-            if idx is not None:
-                assert idx.ready is not None
-                if idx.ready.done() and idx.ready.exception() is None:
-                    self._unidle(mailbox_id)
-                    return idx
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(idx.ready)
-                continue  # loaded, or the load failed and was dropped: look again
-            idx = self._indexes[mailbox_id] = MailboxIndex(mailbox_id)
-            idx.ready = asyncio.get_running_loop().create_future()
-            try:
-                idx.fill(await self.db.run(load_index, mailbox_id))
-            except BaseException as exc:
-                if self._indexes.get(mailbox_id) is idx:
-                    del self._indexes[mailbox_id]
-                idx.ready.set_exception(exc if isinstance(exc, Exception)
-                                        else Unavailable("mailbox load cancelled"))
-                idx.ready.exception()  # retrieved: waiters look again
-                raise
-            idx.ready.set_result(None)
-            return idx
-
     def close(self, watch: Watch) -> None:
-        """End a subscription. The mailbox's index outlives its last watch for a while.
-
-        Why: a mail client opens a new session for each check, and loading a
-        100,000-message index costs ~0.2 s where copying it costs milliseconds
-        (Dovecot keeps its index on disk for the same reason). A kept index
-        stays exact because every commit reaches it through ``_publish`` whether
-        anyone watches or not. Bounded: ``IDLE_INDEX_MESSAGES`` messages in all,
-        each dropped ``IDLE_KEEP`` s after its last session closed (counted
-        at that moment; looked at whenever a mailbox is opened or closed).
-        """
-        idx = self._indexes.get(watch.mailbox_id)
-        if idx is None:
-            return
-        idx.watches.discard(watch)
-        if not idx.watches and not idx.loading:
-            self._unidle(watch.mailbox_id)
-            self._idle[watch.mailbox_id] = (len(idx.uids), time.monotonic())
-            self._idle_messages += len(idx.uids)
-            self._trim_idle()
-
-    def _unidle(self, mailbox_id: int) -> None:
-        kept = self._idle.pop(mailbox_id, None)
-        if kept is not None:
-            self._idle_messages -= kept[0]
-
-    def _trim_idle(self) -> None:
-        """Drop kept indexes past their time or beyond the budget, oldest first."""
-        now = time.monotonic()
-        while self._idle:
-            mailbox_id, (_, closed) = next(iter(self._idle.items()))
-            if self._idle_messages <= IDLE_INDEX_MESSAGES and now - closed < IDLE_KEEP:
-                return
-            self._unidle(mailbox_id)
-            idx = self._indexes.get(mailbox_id)
-            if idx is not None and not idx.watches:
-                del self._indexes[mailbox_id]
+        """End a subscription (``Live.close``: the index is kept a while)."""
+        self.live.close(watch)
 
     def current(self, watch: Watch) -> Snapshot | None:
-        """For a watch that overflowed: the mailbox as it is now (None once deleted).
-
-        Clears the overflow: changes published after this call queue again.
-        """
-        watch.pending = []
-        watch.overflowed = False
-        watch.wake.clear()
-        idx = self._indexes.get(watch.mailbox_id)
-        if idx is None or watch not in idx.watches:
-            return None
-        dummy = Mailbox(watch.mailbox_id, "", "", 0, 0, 0, None, False)
-        return idx.view(dummy, claim_recent=False)
-
-    def _publish(self, mailbox_id: int, change: Change) -> None:
-        """Fold a committed change into the shared index and queue it for every watch."""
-        for observe in list(self.observers):  # IMAP NOTIFY: news of any mailbox
-            observe(mailbox_id, change)
-        idx = self._indexes.get(mailbox_id)
-        if idx is None:
-            return  # nobody has the mailbox open
-        if change.kind == "expunge":  # free the entries (never served again anyway)
-            for uid in change.uids:
-                self.metas.drop((mailbox_id, idx.uidvalidity, uid))
-        if change.kind == "deleted":
-            del self._indexes[mailbox_id]
-            self._unidle(mailbox_id)
-        else:
-            idx.apply(change)
-        claimed = change.kind != "exists"
-        for watch in idx.watches:
-            if not claimed and watch.claims_recent:
-                watch.recent.update(change.uids)
-                idx.recent_uid = max(idx.recent_uid, *change.uids)
-                claimed = True
-            watch.push(change)
+        """For a watch that overflowed: the mailbox as it is now (``Live.current``)."""
+        return self.live.current(watch)
 
     async def meta(self, mailbox_id: int, uids: Sequence[int], *,
                    structure: bool) -> list[Meta]:
@@ -521,7 +435,7 @@ class MailStore:
         are read from SQLite; presence is the index's, which holds exactly the
         committed messages published so far.
         """
-        idx = self._indexes.get(mailbox_id)
+        idx = self.live.indexes.get(mailbox_id)
         if idx is None or idx.loading:
             return await self.reads.run(self._load_meta, mailbox_id, uids, structure)
         validity = idx.uidvalidity
@@ -539,7 +453,7 @@ class MailStore:
                               idx.modseqs[i], item.header, item.structure)
         if missing:
             loaded = await self.reads.run(self._load_meta, mailbox_id, missing, structure)
-            if self._indexes.get(mailbox_id) is idx and idx.uidvalidity == validity:
+            if self.live.indexes.get(mailbox_id) is idx and idx.uidvalidity == validity:
                 for m in loaded:
                     key = (mailbox_id, validity, m.uid)
                     if m.structure is not None or self.metas.get(key) is None:
@@ -691,7 +605,7 @@ class MailStore:
             target = mb_id if mb_id is not None else get_mailbox(c, login, name).id
             return (target, *insert_rows(c, target, [row]))
         target, uid, modseq, uidvalidity = await self._commit_or_delete(insert, [ref])
-        self._announce(target, uidvalidity, uid, modseq, [row])
+        self.live.announce(target, uidvalidity, uid, modseq, [row])
         log.debug("stored message %d (%d bytes) in %s/%s", uid, size, login, name)
         return uidvalidity, uid
 
@@ -758,7 +672,7 @@ class MailStore:
                           "exists", len(by_login[login]), login)
             else:
                 target, uid, modseq, uidvalidity = where
-                self._announce(target, uidvalidity, uid, modseq, by_login[login])
+                self.live.announce(target, uidvalidity, uid, modseq, by_login[login])
                 if log.isEnabledFor(logging.DEBUG):  # journal seq -> uid, for tracing
                     log.debug("filed journal %s for %s as uid %s", _seqs(seqs[login]),
                               login, _span(uid, len(seqs[login])))
@@ -813,7 +727,7 @@ class MailStore:
             return placed
         placed: tuple[int, int, int, int] = await self._commit.submit(insert)
         target, uid, modseq, uidvalidity = placed
-        self._announce(target, uidvalidity, uid, modseq, [row])
+        self.live.announce(target, uidvalidity, uid, modseq, [row])
         log.info("quarantine #%d filed into the Inbox of %s as uid %d", qid,
                  quarantine.printable(item.login), uid)
         return uid
@@ -864,26 +778,6 @@ class MailStore:
         row = await self.db.run(
             lambda c: c.execute("SELECT filed FROM mail_journal").fetchone())
         return int(row[0])
-
-    def _announce(self, target: int, uidvalidity: int, uid: int, modseq: int,
-                  rows: Sequence[Row]) -> None:
-        """Tell live sessions of rows ``insert_rows`` added (uids and modseqs from
-        ``uid`` and ``modseq`` on), and cache their metadata if one has the mailbox open."""
-        idx = self._indexes.get(target)
-        if idx is None:  # nobody has it open: nobody to FETCH soon
-            if rows:  # but IMAP NOTIFY may watch it (RFC 5465 MessageNew)
-                news = Change("exists", tuple(range(uid, uid + len(rows))), modseq=modseq)
-                for observe in list(self.observers):
-                    observe(target, news)
-            return
-        if not idx.watches:  # kept for the next session: kept exact, nothing cached
-            for k, row in enumerate(rows):
-                self._publish(target, Change("exists", (uid + k,), row[5], modseq + k))
-            return
-        for k, (ref, header, structure, size, date, flags) in enumerate(rows):
-            self.metas.put((target, uidvalidity, uid + k),
-                           Fixed(ref, size, date, header, json.loads(structure)))
-            self._publish(target, Change("exists", (uid + k,), flags, modseq + k))
 
     async def _store_message(self, store: Store, message: bytes | AsyncIterable[bytes] | BinaryIO,
                              max_size: int | None) -> tuple[str, bytes, str]:
@@ -954,7 +848,7 @@ class MailStore:
             return changed, failed
         changed, failed = await self._commit.submit(apply)
         for uid, now, modseq in changed:
-            self._publish(mailbox_id, Change("flags", (uid,), now, modseq))
+            self.live.publish(mailbox_id, Change("flags", (uid,), now, modseq))
         return changed, failed
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
@@ -971,7 +865,7 @@ class MailStore:
             return remove_messages(c, mailbox_id, rows, self.vanished_keep)
         gone, orphans, modseq = await self._commit.submit(drop)
         if gone:
-            self._publish(mailbox_id, Change("expunge", tuple(gone), modseq=modseq))
+            self.live.publish(mailbox_id, Change("expunge", tuple(gone), modseq=modseq))
         self._forget(orphans.refs)
         self._delete_later(orphans.objects)
         return gone  # type: ignore[no-any-return]
@@ -1033,10 +927,10 @@ class MailStore:
                     src_modseq, [r[4] for r in rows])
         (dst_id, validity, src, new, modseq, orphans, src_modseq,
          texts) = await self._commit.submit(run)
-        for change in _exists(new, [flags_set(t) for t in texts], modseq):
-            self._publish(dst_id, change)
+        for change in exists_changes(new, [flags_set(t) for t in texts], modseq):
+            self.live.publish(dst_id, change)
         if move and src:
-            self._publish(mailbox_id, Change("expunge", tuple(src), modseq=src_modseq))
+            self.live.publish(mailbox_id, Change("expunge", tuple(src), modseq=src_modseq))
         self._forget(orphans.refs)
         self._delete_later(orphans.objects)
         if hooked and refs:
@@ -1091,7 +985,7 @@ class MailStore:
         rows = [Row(i[0], i[1], i[2], i[3], i[4], parse_flags(i[5])) for i in items]
         first, modseq, uidvalidity = await self._commit.submit(
             lambda c: insert_rows(c, mb.id, rows))
-        self._announce(mb.id, uidvalidity, first, modseq, rows)
+        self.live.announce(mb.id, uidvalidity, first, modseq, rows)
 
     async def _commit_or_delete(self, op: Callable[[sqlite3.Connection], T],
                                 objects: Sequence[str]) -> T:
@@ -1155,17 +1049,6 @@ class MailStore:
                 await self.store.delete(ObjectRef.parse(ref))
             except Exception as exc:  # a leftover object wastes space but loses nothing
                 log.warning("could not delete message object %s: %s", ref, exc)
-
-
-def _exists(uids: Sequence[int], flags: Sequence[frozenset[str]], modseq: int) -> list[Change]:
-    """``exists`` changes for new uids (ascending), one per run of equal flags, in order."""
-    out: list[Change] = []
-    start = 0
-    for i in range(1, len(uids) + 1):
-        if i == len(uids) or flags[i] != flags[start]:
-            out.append(Change("exists", tuple(uids[start:i]), flags[start], modseq))
-            start = i
-    return out
 
 
 def _seqs(seqs: Sequence[int]) -> str:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-import core.mail.store as store_module
+import core.mail.live as store_module
 from core.mail import Snapshot, Watch
 from core.mail.messages import load_index as _load_index
 from core.service import Service
