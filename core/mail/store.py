@@ -89,6 +89,7 @@ from core.mail.model import (
 )
 from core.mail.subscriptions import Subscriptions
 from storage.errors import StorageError
+from storage.model import ObjectRef
 
 if TYPE_CHECKING:
     from storage import Store
@@ -539,8 +540,6 @@ class MailStore:
         return data[start:end]
 
     async def _get(self, obj: str, start: int, end: int) -> AsyncIterator[bytes]:
-        from storage.model import ObjectRef
-
         store = self._need_store()
         if obj in self._deleting:
             raise Unavailable("message body unavailable: the message was expunged")
@@ -1042,8 +1041,6 @@ class MailStore:
             self.bodies.drop(ref)
         if not refs or self.store is None:
             return
-        from storage.model import ObjectRef
-
         for ref in refs:
             try:
                 await self.store.delete(ObjectRef.parse(ref))
