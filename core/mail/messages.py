@@ -5,10 +5,12 @@ Loading a mailbox's uid/flags/modseq columns for its shared index
 with their QRESYNC expunge records (``remove_messages``, ``prune_vanished``)
 and finding what removal left unused (``collect_unused``: message refs and the
 objects, packs included, no message uses any more; ``core.mail.packs``).
+Reads for FETCH and QUOTA: ``load_meta``, ``load_extents``, ``used_bytes``.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 
@@ -16,7 +18,7 @@ from core.errors import NotFound
 from core.mail import packs
 from core.mail.index import Loaded
 from core.mail.mailboxes import bump_modseq
-from core.mail.model import Row, Unused, flags_set, flags_text
+from core.mail.model import Extents, Meta, Row, Unused, flags_set, flags_text
 
 VANISHED_KEEP = 1000  # expunge records kept per mailbox (the mail.vanished_keep default)
 
@@ -118,3 +120,37 @@ def unused_refs(c: sqlite3.Connection, refs: list[str]) -> list[str]:
 def chunks(items: Sequence[int], n: int) -> Iterable[Sequence[int]]:
     for i in range(0, len(items), n):
         yield items[i:i + n]
+
+
+def used_bytes(c: sqlite3.Connection, login: str) -> int:
+    """What a user's messages take, as ``mail.quota`` counts it (a copy counts again)."""
+    return int(c.execute("SELECT coalesce(sum(m.size), 0) FROM mail_messages m "
+                         "JOIN mail_mailboxes b ON m.mailbox = b.id WHERE b.login = ?",
+                         (login,)).fetchone()[0])
+
+
+def load_extents(c: sqlite3.Connection, mailbox_id: int, first: int, last: int) -> Extents:
+    """Size and internal date of the messages with uids ``first``..``last``, by column."""
+    rows = c.execute("SELECT uid, size, internal_date FROM mail_messages "
+                     "WHERE mailbox = ? AND uid BETWEEN ? AND ? ORDER BY uid",
+                     (mailbox_id, first, last)).fetchall()
+    if not rows:
+        return Extents([], [], [])
+    uids, sizes, dates = (list(col) for col in zip(*rows, strict=True))
+    return Extents(uids, sizes, dates)
+
+
+def load_meta(c: sqlite3.Connection, mailbox_id: int, uids: Sequence[int],
+              structure: bool) -> list[Meta]:
+    """The metadata rows of messages, in uid order (on the read thread)."""
+    out: list[Meta] = []
+    cols = ("m.uid, m.ref, m.size, m.internal_date, m.flags, m.modseq, b.header"
+            + (", b.structure" if structure else ""))
+    for chunk in chunks(sorted(uids), 500):
+        q = (f"SELECT {cols} FROM mail_messages m JOIN mail_bodies b ON b.ref = m.ref "  # noqa: S608
+             f"WHERE m.mailbox = ? AND m.uid IN ({','.join('?' * len(chunk))}) "
+             "ORDER BY m.uid")
+        for r in c.execute(q, (mailbox_id, *chunk)):
+            out.append(Meta(r[0], r[1], r[2], r[3], flags_set(r[4]), r[5], r[6],
+                            json.loads(r[7]) if structure else None))
+    return out

@@ -64,8 +64,11 @@ from core.mail.messages import (
     chunks,
     collect_unused,
     insert_rows,
+    load_extents,
+    load_meta,
     prune_vanished,
     remove_messages,
+    used_bytes,
 )
 from core.mail.model import (
     DELIM,
@@ -343,10 +346,7 @@ class MailStore:
         return await self.reads.run(count)
 
     async def quota(self, login: str) -> tuple[int, int]:
-        used = await self.reads.run(lambda c: c.execute(
-            "SELECT coalesce(sum(m.size), 0) FROM mail_messages m JOIN mail_mailboxes b "
-            "ON m.mailbox = b.id WHERE b.login = ?", (login,)).fetchone()[0])
-        return int(used), self.quota_bytes
+        return await self.reads.run(used_bytes, login), self.quota_bytes
 
     # -- a selected mailbox
 
@@ -438,7 +438,7 @@ class MailStore:
         """
         idx = self.live.indexes.get(mailbox_id)
         if idx is None or idx.loading:
-            return await self.reads.run(self._load_meta, mailbox_id, uids, structure)
+            return await self.reads.run(load_meta, mailbox_id, uids, structure)
         validity = idx.uidvalidity
         found: dict[int, Meta] = {}
         missing: list[int] = []
@@ -453,7 +453,7 @@ class MailStore:
             found[uid] = Meta(uid, item.ref, item.size, item.internal_date, idx.flags[i],
                               idx.modseqs[i], item.header, item.structure)
         if missing:
-            loaded = await self.reads.run(self._load_meta, mailbox_id, missing, structure)
+            loaded = await self.reads.run(load_meta, mailbox_id, missing, structure)
             if self.live.indexes.get(mailbox_id) is idx and idx.uidvalidity == validity:
                 for m in loaded:
                     key = (mailbox_id, validity, m.uid)
@@ -472,15 +472,7 @@ class MailStore:
         columns of one range read cost ~0.3 µs a message; through ``meta`` it
         was every message's header, and 100,000 of them overran its cache.
         """
-        def run(c: sqlite3.Connection) -> Extents:
-            rows = c.execute("SELECT uid, size, internal_date FROM mail_messages "
-                             "WHERE mailbox = ? AND uid BETWEEN ? AND ? ORDER BY uid",
-                             (mailbox_id, first, last)).fetchall()
-            if not rows:
-                return Extents([], [], [])
-            uids, sizes, dates = (list(col) for col in zip(*rows, strict=True))
-            return Extents(uids, sizes, dates)
-        return await self.reads.run(run)
+        return await self.reads.run(load_extents, mailbox_id, first, last)
 
     async def sort_keys(self, mailbox_id: int, uids: Sequence[int],
                         fields: Collection[str]) -> sortkeys.KeyColumns:
@@ -488,21 +480,7 @@ class MailStore:
         (ascending) that still exist; derived from the header once per message."""
         return await sortkeys.load(self.reads, self._commit, mailbox_id, uids, fields)
 
-    @staticmethod
-    def _load_meta(c: sqlite3.Connection, mailbox_id: int, uids: Sequence[int],
-                   structure: bool) -> list[Meta]:
-        """The metadata rows of messages, in uid order (on the read thread)."""
-        out: list[Meta] = []
-        cols = ("m.uid, m.ref, m.size, m.internal_date, m.flags, m.modseq, b.header"
-                + (", b.structure" if structure else ""))
-        for chunk in chunks(sorted(uids), 500):
-            q = (f"SELECT {cols} FROM mail_messages m JOIN mail_bodies b ON b.ref = m.ref "  # noqa: S608
-                 f"WHERE m.mailbox = ? AND m.uid IN ({','.join('?' * len(chunk))}) "
-                 "ORDER BY m.uid")
-            for r in c.execute(q, (mailbox_id, *chunk)):
-                out.append(Meta(r[0], r[1], r[2], r[3], flags_set(r[4]), r[5], r[6],
-                                json.loads(r[7]) if structure else None))
-        return out
+    _load_meta = staticmethod(load_meta)  # the tests compare with what SQLite says
 
     async def read(self, ref: str, start: int = 0, end: int | None = None
                    ) -> AsyncIterator[bytes]:
@@ -903,9 +881,7 @@ class MailStore:
                 source_special[:] = [found[0] if found else None, dst.special]
                 refs[:] = [r[1] for r in rows]
             if limit:
-                used = pending + int(c.execute(
-                    "SELECT coalesce(sum(m.size), 0) FROM mail_messages m JOIN mail_mailboxes b "
-                    "ON m.mailbox = b.id WHERE b.login = ?", (login,)).fetchone()[0])
+                used = pending + used_bytes(c, login)
                 added = sum(int(r[2]) for r in rows)
                 if used + added > limit:
                     raise QuotaExceeded(f"over quota ({used + added} > {limit} bytes)")
