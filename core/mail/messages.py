@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from core.errors import NotFound
 from core.mail import packs
@@ -42,7 +43,7 @@ def load_index(c: sqlite3.Connection, mailbox_id: int) -> Loaded:
 
 
 def insert_rows(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[Row]
-                 ) -> tuple[int, int, int]:
+                 ) -> Inserted:
     """Add stored messages to a mailbox; (first uid, first modseq, uidvalidity).
 
     Row k gets uid and modseq first + k. One UPDATE reserves them all and two
@@ -60,12 +61,30 @@ def insert_rows(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[Row]
     c.executemany("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, ?, ?)",
                   [(mailbox_id, uid + k, ref, size, date, flags_text(flags), modseq + k)
                    for k, (ref, _, _, size, date, flags) in enumerate(rows)])
-    return uid, modseq, uidvalidity
+    return Inserted(uid, modseq, uidvalidity)
+
+
+class Inserted(NamedTuple):
+    """Where ``insert_rows`` put its rows: row k has uid ``uid + k`` and modseq
+    ``modseq + k``, in the mailbox of this ``uidvalidity``."""
+
+    uid: int
+    modseq: int
+    uidvalidity: int
+
+
+class Removed(NamedTuple):
+    """What ``remove_messages`` did: the uids gone, what no message uses any more,
+    and the modseq of the change."""
+
+    uids: list[int]
+    unused: Unused
+    modseq: int
 
 
 def remove_messages(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[tuple[int, str]],
-            keep: int = VANISHED_KEEP) -> tuple[list[int], Unused, int]:
-    """Delete messages; (uids, what is no longer used, the modseq of the change)."""
+                    keep: int = VANISHED_KEEP) -> Removed:
+    """Delete messages (uid, ref); what that did."""
     modseq = bump_modseq(c, mailbox_id)
     c.executemany("DELETE FROM mail_messages WHERE mailbox = ? AND uid = ?",
                   [(mailbox_id, r[0]) for r in rows])
@@ -74,7 +93,7 @@ def remove_messages(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[tuple
     c.executemany("INSERT OR REPLACE INTO mail_vanished VALUES (?, ?, ?)",
                   [(mailbox_id, r[0], modseq) for r in rows])
     prune_vanished(c, mailbox_id, keep)
-    return [r[0] for r in rows], collect_unused(c, list({r[1] for r in rows})), modseq
+    return Removed([r[0] for r in rows], collect_unused(c, list({r[1] for r in rows})), modseq)
 
 
 def prune_vanished(c: sqlite3.Connection, mailbox_id: int, keep: int) -> None:

@@ -30,7 +30,7 @@ MAX_FLAG_LEN = 100
 
 
 class Row(NamedTuple):
-    """A message row to insert (``core.mail.schema.insert_rows``): its stored bytes'
+    """A message row to insert (``core.mail.messages.insert_rows``): its stored bytes'
     ref (``core.mail.packs``), cached header block and structure (JSON), size,
     internal date and flags."""
 

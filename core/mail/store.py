@@ -32,7 +32,7 @@ from collections.abc import (
     Sequence,
 )
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, TypeVar
 
 from core.db import Database
 from core.errors import (
@@ -61,6 +61,7 @@ from core.mail.mailboxes import (
 )
 from core.mail.messages import (
     VANISHED_KEEP,
+    Removed,
     chunks,
     collect_unused,
     insert_rows,
@@ -104,6 +105,19 @@ SPOOL_IN_MEMORY = 1024 * 1024
 DESCRIBE_INLINE = 64 * 1024  # parse on the loop below this size (< 1 ms)
 DESCRIBE_YIELD = 16  # filing lets the sessions run after parsing this many (~0.5 ms)
 MAX_ROWS = 10_000  # remembered mailbox rows (MailStore._open_row)
+class _CopyRun(NamedTuple):
+    """What a COPY/MOVE's transaction did (``MailStore.copy``)."""
+
+    dest_id: int
+    uidvalidity: int
+    source: list[int]  # the source uids copied, ascending
+    new: list[int]  # their uids in the destination
+    modseq: int  # the destination's change
+    unused: Unused  # a MOVE: what no message uses any more
+    source_modseq: int  # a MOVE: the source's change
+    flag_texts: list[str]  # each message's flags, as stored
+
+
 class MailStore:
     """The mail of every user of this twin (see ``core.mail`` for the contract)."""
 
@@ -830,7 +844,7 @@ class MailStore:
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
         """Remove messages flagged \\Deleted (only those in ``uids`` if given)."""
-        def drop(c: sqlite3.Connection) -> tuple[list[int], Unused, int]:
+        def drop(c: sqlite3.Connection) -> Removed:
             rows = c.execute("SELECT uid, ref FROM mail_messages WHERE mailbox = ? AND "
                              "instr(flags, '\\Deleted') > 0 ORDER BY uid",
                              (mailbox_id,)).fetchall()
@@ -838,7 +852,7 @@ class MailStore:
                 wanted = set(uids)
                 rows = [r for r in rows if r[0] in wanted]
             if not rows:
-                return [], Unused([], []), 0
+                return Removed([], Unused([], []), 0)
             return remove_messages(c, mailbox_id, rows, self.vanished_keep)
         gone, orphans, modseq = await self._commit.submit(drop)
         if gone:
@@ -865,8 +879,7 @@ class MailStore:
         source_special: list[str | None] = []  # [source's, destination's] special use
         refs: list[str] = []
 
-        def run(c: sqlite3.Connection) -> tuple[int, int, list[int], list[int], int, Unused,
-                                                 int, list[str]]:
+        def run(c: sqlite3.Connection) -> _CopyRun:
             dst = get_mailbox(c, login, dest)
             rows: list[tuple[int, str, int, float, str]] = []  # uid, ref, size, date, flags
             for chunk in chunks(sorted(uids), 500):
@@ -874,7 +887,7 @@ class MailStore:
                      f"WHERE mailbox = ? AND uid IN ({','.join('?' * len(chunk))}) ORDER BY uid")
                 rows += c.execute(q, (mailbox_id, *chunk)).fetchall()
             if not rows:
-                return dst.id, dst.uidvalidity, [], [], 0, Unused([], []), 0, []
+                return _CopyRun(dst.id, dst.uidvalidity, [], [], 0, Unused([], []), 0, [])
             if hooked:
                 found = c.execute("SELECT special FROM mail_mailboxes WHERE id = ?",
                                   (mailbox_id,)).fetchone()
@@ -898,8 +911,8 @@ class MailStore:
             if move:
                 _, orphans, src_modseq = remove_messages(
                     c, mailbox_id, [(r[0], r[1]) for r in rows], self.vanished_keep)
-            return (dst.id, dst.uidvalidity, [r[0] for r in rows], new, modseq, orphans,
-                    src_modseq, [r[4] for r in rows])
+            return _CopyRun(dst.id, dst.uidvalidity, [r[0] for r in rows], new, modseq, orphans,
+                            src_modseq, [r[4] for r in rows])
         (dst_id, validity, src, new, modseq, orphans, src_modseq,
          texts) = await self._commit.submit(run)
         for change in exists_changes(new, [flags_set(t) for t in texts], modseq):
