@@ -11,6 +11,12 @@ transaction and one fsync for everything queued) and, once committed, is
 published (``core.mail.live``) to the mailbox's shared in-memory index
 (``core.mail.index``, kept only while a session has the mailbox open) and to
 the bounded ``Watch`` of every live session on it.
+
+``MailStore`` is the operations (``core.mail.MailAccess`` lists those front
+ends call): each checks its arguments, runs one transaction made of the row
+helpers (``core.mail.mailboxes``, ``core.mail.messages``), then publishes
+and tidies caches and objects. The types are ``core.mail.model``'s, the
+tables ``core.mail.schema``'s, the bytes' layout ``core.mail.packs``'.
 """
 
 from __future__ import annotations
