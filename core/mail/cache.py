@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from typing import Any, NamedTuple
+from typing import NamedTuple
+
+from core.mail.mime import Part
 
 
 class BodyCache:
@@ -61,7 +63,7 @@ class Fixed(NamedTuple):
     size: int
     internal_date: float
     header: bytes
-    structure: Any  # the parsed ``mime.Part`` JSON, or None when not loaded yet
+    structure: Part | None  # the parsed structure (``mime.Part``), None when not loaded yet
 
 
 MetaKey = tuple[int, int, int]  # (mailbox id, uidvalidity, uid)

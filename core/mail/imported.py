@@ -21,7 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core.errors import Conflict, Invalid, NotFound, QuotaExceeded
-from core.mail.store import MailStore, Row, _get_mailbox, _insert_rows, parse_flags
+from core.mail.mailboxes import get_mailbox
+from core.mail.messages import insert_rows
+from core.mail.model import Row, parse_flags
+from core.mail.store import MailStore
 
 MIGRATIONS = [
     """
@@ -144,18 +147,18 @@ class Imported:
         store = self.mail._need_store()
         refs, objects = await self.mail._store_packed(store, [d for _, d, _, _ in good])
         rows: list[tuple[str, Row]] = [
-            (item.key, (ref, header, structure, len(data), _date(item.date),
-                         clean_flags(sorted(item.flags))))
+            (item.key, Row(ref, header, structure, len(data), _date(item.date),
+                            clean_flags(sorted(item.flags))))
             for (item, data, header, structure), ref in zip(good, refs, strict=True)]
 
         def insert(c: sqlite3.Connection) -> tuple[int, int, int, int, list[Row]]:
-            target = _get_mailbox(c, login, folder).id
+            target = get_mailbox(c, login, folder).id
             fresh = [(k, r) for k, r in rows if not c.execute(
                 "SELECT 1 FROM mail_imported WHERE login = ? AND source = ? AND key = ?",
                 (login, source, k)).fetchone()]
             if not fresh:
                 return target, 0, 0, 0, []
-            uid, modseq, uidvalidity = _insert_rows(c, target, [r for _, r in fresh])
+            uid, modseq, uidvalidity = insert_rows(c, target, [r for _, r in fresh])
             c.executemany("INSERT INTO mail_imported VALUES (?, ?, ?)",
                           [(login, source, k) for k, _ in fresh])
             return target, uid, modseq, uidvalidity, [r for _, r in fresh]
@@ -164,7 +167,7 @@ class Imported:
         if not placed:
             await self.mail._delete_objects(objects)
             return Filed(0, 0, skipped)
-        self.mail._announce(target, uidvalidity, uid, modseq, placed)
+        self.mail.live.announce(target, uidvalidity, uid, modseq, placed)
         return Filed(len(placed), sum(r[3] for r in placed), skipped)
 
 
@@ -176,7 +179,7 @@ def _date(value: float) -> float:
 def folder_refs(c: sqlite3.Connection, login: str, name: str, uids: Sequence[int]
                 ) -> dict[int, str]:
     """uid -> stored ref of these messages of a folder (those that exist)."""
-    mb = _get_mailbox(c, login, name)
+    mb = get_mailbox(c, login, name)
     out: dict[int, str] = {}
     for i in range(0, len(uids), 500):
         chunk = list(uids[i:i + 500])
@@ -189,7 +192,7 @@ def folder_refs(c: sqlite3.Connection, login: str, name: str, uids: Sequence[int
 def folder_messages(c: sqlite3.Connection, login: str, name: str
                     ) -> list[tuple[int, str, int, float, str]]:
     """(uid, ref, size, internal date, flags text) of every message of a folder, by uid."""
-    mb = _get_mailbox(c, login, name)
+    mb = get_mailbox(c, login, name)
     return [tuple(r) for r in c.execute(
         "SELECT uid, ref, size, internal_date, flags FROM mail_messages WHERE mailbox = ? "
         "ORDER BY uid", (mb.id,))]

@@ -4,7 +4,7 @@ Why: a SELECT of a 100,000-message mailbox used to spend most of its time in
 SQLite returning 100,000 rows. Now the first session to open a mailbox loads
 its index once; every later SELECT/EXAMINE of it (by any session) copies
 three Python lists, and every committed change reaches the index through the
-store's own change path (``MailStore._publish``) at the moment it reaches the
+store's own change path (``core.mail.live``: ``Live.publish``) at the moment it reaches the
 sessions' ``Watch`` queues, so the index is always the committed state as the
 sessions are told of it.
 
@@ -18,7 +18,7 @@ twice whichever side of the load it landed on.
 
 Memory: an index lives while at least one session has the mailbox open, and
 after the last one closes it is kept for the next session for a while, within
-a budget of messages over all such idle indexes (``MailStore.close``,
+a budget of messages over all such idle indexes (``Live.close``,
 ``IDLE_INDEX_MESSAGES``, ``IDLE_KEEP``): a mail client checking mail opens a
 new session each time, and loading is what it would wait for. So the number of
 indexes is bounded by the number of IMAP sessions plus that budget. Per message it holds three list
@@ -35,10 +35,8 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from core.mail.store import Change, Mailbox, Watch
+from core.mail.model import Change, Mailbox, Watch
 
 SEEN = "\\Seen"
 SMALL_EXPUNGE = 64  # at most this many uids: delete in place instead of rebuilding

@@ -8,15 +8,20 @@ shares the stored object; it is deleted when the last message using it goes.
 
 Every write that changes a mailbox goes through one ``GroupCommit`` (one
 transaction and one fsync for everything queued) and, once committed, is
-published (``_publish``) to the mailbox's shared in-memory index
+published (``core.mail.live``) to the mailbox's shared in-memory index
 (``core.mail.index``, kept only while a session has the mailbox open) and to
 the bounded ``Watch`` of every live session on it.
+
+``MailStore`` is the operations (``core.mail.MailAccess`` lists those front
+ends call): each checks its arguments, runs one transaction made of the row
+helpers (``core.mail.mailboxes``, ``core.mail.messages``), then publishes
+and tidies caches and objects. The types are ``core.mail.model``'s, the
+tables ``core.mail.schema``'s, the bytes' layout ``core.mail.packs``'.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import mmap
@@ -32,7 +37,6 @@ from collections.abc import (
     Iterable,
     Sequence,
 )
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, TypeVar
 
@@ -46,14 +50,56 @@ from core.errors import (
     QuotaExceeded,
     Unavailable,
 )
-from core.mail import mime, quarantine, sortkeys
+from core.mail import mime, packs, quarantine, schema, sortkeys
 from core.mail.cache import BodyCache, Fixed, MetaCache
 from core.mail.commit import GroupCommit
-from core.mail.index import Loaded, MailboxIndex, Snapshot
+from core.mail.index import MailboxIndex, Snapshot
 from core.mail.intake import Intake
 from core.mail.journal import Entry
+from core.mail.live import Live, exists_changes
+from core.mail.mailboxes import (
+    MB_COLS,
+    add_mailbox,
+    bump_modseq,
+    get_mailbox,
+    like_prefix,
+    to_mailbox,
+)
+from core.mail.messages import (
+    VANISHED_KEEP,
+    Removed,
+    chunks,
+    collect_unused,
+    insert_rows,
+    load_extents,
+    load_meta,
+    prune_vanished,
+    remove_messages,
+    used_bytes,
+)
+from core.mail.model import (
+    DELIM,
+    SPECIAL,
+    SPECIAL_USES,
+    Change,
+    Copied,
+    Copies,
+    Extents,
+    Flagged,
+    Mailbox,
+    Meta,
+    Row,
+    Status,
+    Unused,
+    Watch,
+    check_name,
+    flags_set,
+    flags_text,
+    parse_flags,
+)
 from core.mail.subscriptions import Subscriptions
 from storage.errors import StorageError
+from storage.model import ObjectRef
 
 if TYPE_CHECKING:
     from storage import Store
@@ -61,360 +107,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("twin.mail")
 T = TypeVar("T")
 
-SPECIAL = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
-           "Archive": "\\Archive"}
-SPECIAL_USES = frozenset(SPECIAL.values()) | {"\\All", "\\Flagged"}
-DELIM = "/"
-MAX_NAME = 1000
-MAX_FLAGS = 100
-MAX_FLAG_LEN = 100
 SPOOL_IN_MEMORY = 1024 * 1024
 DESCRIBE_INLINE = 64 * 1024  # parse on the loop below this size (< 1 ms)
 DESCRIBE_YIELD = 16  # filing lets the sessions run after parsing this many (~0.5 ms)
-# Filing packs messages up to PACK_MEMBER_MAX into objects up to PACK_BYTES. Why:
-# every object costs an encryption, an erasure coding into n shares, n share
-# records and a catalogue row, most of a 4 KiB message's filing cost alone.
-# The price: an expunged member's bytes stay until its whole pack is expunged
-# (at most PACK_BYTES kept per live message; no compaction), and reading a
-# member reads its pack (then cached: the members filed together are the new
-# mail a client fetches next).
-PACK_MEMBER_MAX = 32 * 1024
-PACK_BYTES = 128 * 1024
 MAX_ROWS = 10_000  # remembered mailbox rows (MailStore._open_row)
-# Indexes of mailboxes no session has open, kept for the next session (MailStore.close):
-# at most this many messages in all (about 80 bytes each: 16 MiB), each for IDLE_KEEP s.
-IDLE_INDEX_MESSAGES = 200_000
-IDLE_KEEP = 600.0
-# a message row to insert: (ref, header, structure, size, internal date, flags)
-Row = tuple[str, bytes, str, int, float, frozenset[str]]
+class _CopyRun(NamedTuple):
+    """What a COPY/MOVE's transaction did (``MailStore.copy``)."""
 
-MIGRATIONS = [
-    """
-    CREATE TABLE mail_mailboxes (
-        id          INTEGER PRIMARY KEY,
-        login       TEXT NOT NULL,
-        name        TEXT NOT NULL,
-        uidvalidity INTEGER NOT NULL,
-        uidnext     INTEGER NOT NULL DEFAULT 1,
-        modseq      INTEGER NOT NULL DEFAULT 1,
-        recent_uid  INTEGER NOT NULL DEFAULT 0,
-        special     TEXT,
-        subscribed  INTEGER NOT NULL DEFAULT 1,
-        UNIQUE (login, name)
-    );
-    CREATE TABLE mail_bodies (
-        ref        TEXT PRIMARY KEY,
-        header     BLOB NOT NULL,
-        structure  TEXT NOT NULL
-    );
-    CREATE TABLE mail_messages (
-        mailbox       INTEGER NOT NULL REFERENCES mail_mailboxes(id) ON DELETE CASCADE,
-        uid           INTEGER NOT NULL,
-        ref           TEXT NOT NULL,
-        size          INTEGER NOT NULL,
-        internal_date REAL NOT NULL,
-        flags         TEXT NOT NULL DEFAULT '',
-        modseq        INTEGER NOT NULL,
-        PRIMARY KEY (mailbox, uid)
-    ) WITHOUT ROWID;
-    CREATE INDEX mail_messages_ref ON mail_messages(ref);
-    CREATE TABLE mail_vanished (
-        mailbox  INTEGER NOT NULL REFERENCES mail_mailboxes(id) ON DELETE CASCADE,
-        uid      INTEGER NOT NULL,
-        modseq   INTEGER NOT NULL,
-        PRIMARY KEY (mailbox, uid)
-    ) WITHOUT ROWID;
-    CREATE TABLE mail_users (login TEXT PRIMARY KEY);
-    """,
-    # core.mail.journal: every record up to ``filed`` has its rows here
-    """
-    CREATE TABLE mail_journal (
-        id     INTEGER PRIMARY KEY CHECK (id = 0),
-        filed  INTEGER NOT NULL
-    );
-    INSERT INTO mail_journal VALUES (0, 0);
-    """,
-    # core.mail.quarantine: journaled deliveries that could not be filed, set aside
-    """
-    CREATE TABLE mail_quarantine (
-        id        INTEGER PRIMARY KEY,
-        login     TEXT NOT NULL,
-        ref       TEXT NOT NULL,
-        size      INTEGER NOT NULL,
-        received  REAL NOT NULL,
-        at        REAL NOT NULL,
-        reason    TEXT NOT NULL
-    );
-    """,
-    # QRESYNC's expunge records are kept within a bound (``_prune_vanished``): below
-    # ``vanished_floor`` they are gone and ``vanished`` answers from the uid set
-    """
-    ALTER TABLE mail_mailboxes ADD COLUMN vanished_floor INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX mail_vanished_modseq ON mail_vanished(mailbox, modseq);
-    """,
-    # core.mail.sortkeys: SORT and THREAD keys, derived from a message's header once
-    # (``sort_keys``), keyed as mail_messages is so a mailbox's keys are read in
-    # order; a row goes with its message (``_remove``, ``delete_mailbox``, rename)
-    """
-    CREATE TABLE mail_sort (
-        mailbox       INTEGER NOT NULL,
-        uid           INTEGER NOT NULL,
-        version       INTEGER NOT NULL,
-        sent          REAL,
-        subject       TEXT NOT NULL,
-        reply         INTEGER NOT NULL,
-        message_id    TEXT NOT NULL,
-        parents       TEXT NOT NULL,
-        from_key      TEXT NOT NULL,
-        to_key        TEXT NOT NULL,
-        cc_key        TEXT NOT NULL,
-        display_from  TEXT NOT NULL,
-        display_to    TEXT NOT NULL,
-        PRIMARY KEY (mailbox, uid)
-    ) WITHOUT ROWID;
-    """,
-]
-
-# RFC 3501 §2.3.1.1: a name's UIDVALIDITY never repeats, so every mailbox ever
-# created takes the next value of one ascending counter (at least the clock).
-# Row ids are reused by SQLite, so this is also what keeps the (mailbox id,
-# uidvalidity, uid) cache key of a deleted mailbox from ever matching again.
-UIDVALIDITY_MIGRATIONS = [
-    """
-    CREATE TABLE mail_uidvalidity (
-        id    INTEGER PRIMARY KEY CHECK (id = 0),
-        last  INTEGER NOT NULL
-    );
-    INSERT INTO mail_uidvalidity SELECT 0, COALESCE(MAX(uidvalidity), 0) FROM mail_mailboxes;
-    """,
-]
-VANISHED_KEEP = 1000  # expunge records kept per mailbox (the mail.vanished_keep default)
-
-
-@dataclass(frozen=True)
-class Mailbox:
-    id: int
-    login: str
-    name: str
+    dest_id: int
     uidvalidity: int
-    uidnext: int
-    modseq: int
-    special: str | None
-    subscribed: bool
-
-
-@dataclass(frozen=True)
-class Copied:
-    """A committed COPY or MOVE, for ``MailStore.copy_hooks``.
-
-    The special uses (RFC 6154) of both mailboxes are read in the copy's own
-    transaction, so a hook sees what the user's client saw: a spam filter
-    learns from mail moved into or out of ``\\Junk`` (``core.spam.learn``)."""
-
-    login: str
-    source_special: str | None
-    dest_special: str | None
-    refs: tuple[str, ...]  # the stored bytes of each message copied (``read_bytes``)
-    move: bool
-
-
-@dataclass(frozen=True)
-class Status:
-    messages: int
-    recent: int
-    unseen: int
-    deleted: int
-    size: int
-    uidnext: int
-    uidvalidity: int
-    highestmodseq: int
-
-
-@dataclass(frozen=True)
-class Meta:
-    uid: int
-    ref: str
-    size: int
-    internal_date: float
-    flags: frozenset[str]
-    modseq: int
-    header: bytes
-    structure: mime.Part | None
-
-
-@dataclass
-class Extents:
-    """What ``FETCH RFC822.SIZE INTERNALDATE`` needs of messages, by column in uid
-    order (``MailStore.sizes``)."""
-
-    uids: list[int]
-    sizes: list[int]
-    dates: list[float]
-
-
-@dataclass(frozen=True)
-class Change:
-    """One committed change of a mailbox, as sessions on it learn of it.
-
-    kind: ``exists`` (uids new), ``flags`` (uids now have ``flags``; one uid
-    each), ``expunge`` (uids gone) or ``deleted`` (the mailbox itself).
-    ``modseq`` is the mailbox modseq the change's commit produced (0 for
-    ``deleted``): the shared index uses it to apply each change exactly once.
-    """
-
-    kind: str
-    uids: tuple[int, ...]
-    flags: frozenset[str] = frozenset()
-    modseq: int = 0
-
-
-@dataclass(eq=False)
-class Watch:
-    """A live session's subscription to one mailbox's changes.
-
-    The queue is bounded (``limit``): a session that does not read its
-    changes (no command, a stalled socket) must not make the server hold an
-    unbounded list. On overflow the queue is dropped and ``overflowed`` set;
-    the session then asks ``MailStore.current`` for the mailbox as it is now
-    and works out the differences itself (a full resync), and nothing queues
-    meanwhile.
-    """
-
-    mailbox_id: int
-    pending: list[Change] = field(default_factory=list)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    claims_recent: bool = False
-    recent: set[int] = field(default_factory=set)
-    limit: int = 10_000
-    overflowed: bool = False
-
-    def take_recent(self, uid: int) -> bool:
-        """Whether ``uid`` is \\Recent for this session, handing it over: the session
-        keeps its own set from here (kept here too, it grew by every message a long
-        IDLE saw)."""
-        if uid in self.recent:
-            self.recent.discard(uid)
-            return True
-        return False
-
-    def push(self, change: Change) -> None:
-        if not self.overflowed:
-            if len(self.pending) >= self.limit:
-                log.info("a session on mailbox %d is %d changes behind: it will resync",
-                         self.mailbox_id, len(self.pending))
-                self.pending = []
-                self.overflowed = True
-            else:
-                self.pending.append(change)
-        self.wake.set()
-
-    def take(self) -> list[Change]:
-        out, self.pending = self.pending, []
-        self.wake.clear()
-        return out
-
-
-def parse_flags(flags: Iterable[str]) -> frozenset[str]:
-    out = set()
-    for f in flags:
-        body = f[1:] if f.startswith("\\") else f
-        if not body or len(f) > MAX_FLAG_LEN or any(c in body for c in ' ()"{%*]\\\r\n'):
-            raise Invalid(f"invalid flag {f[:40]!r}")
-        if f.lower() == "\\recent":
-            continue
-        out.add(_canonical_flag(f))
-    if len(out) > MAX_FLAGS:
-        raise Invalid("too many flags")
-    return frozenset(out)
-
-
-_SYSTEM = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
-
-
-def _canonical_flag(flag: str) -> str:
-    if flag.startswith("\\"):
-        canon = _SYSTEM.get(flag.lower())
-        if canon is None:
-            raise Invalid(f"unknown system flag {flag[:40]}")
-        return canon
-    return flag
-
-
-def _flags_text(flags: Iterable[str]) -> str:
-    return " ".join(sorted(flags))
-
-
-def _flags_set(text: str) -> frozenset[str]:
-    return frozenset(text.split()) if text else frozenset()
-
-
-def check_name(name: str) -> str:
-    """A mailbox name as stored: INBOX upper-cased, no empty levels, bounded."""
-    if not name or len(name) > MAX_NAME or any(ord(c) < 32 or c == "\x7f" for c in name):
-        raise Invalid("invalid mailbox name")
-    name = name.rstrip(DELIM) if name != DELIM else name
-    if name.upper() == "INBOX" or name.upper().startswith("INBOX" + DELIM):
-        name = "INBOX" + name[5:]
-    if not name or any(not level for level in name.split(DELIM)) or "*" in name or "%" in name:
-        raise Invalid(f"invalid mailbox name {name[:60]!r}")
-    return name
-
-
-def _mailbox(row: Sequence[Any]) -> Mailbox:
-    return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
-
-
-_MB_COLS = "id, login, name, uidvalidity, uidnext, modseq, special, subscribed"
-
-
-def _get_mailbox(c: sqlite3.Connection, login: str, name: str) -> Mailbox:
-    row = c.execute(f"SELECT {_MB_COLS} FROM mail_mailboxes WHERE login = ? AND name = ?",  # noqa: S608
-                    (login, name)).fetchone()
-    if row is None:
-        raise NotFound(f"no mailbox {name}")
-    return _mailbox(row)
-
-
-def _load_index(c: sqlite3.Connection, mailbox_id: int) -> Loaded:
-    """A mailbox's row and its uid/flags/modseq columns (one thread: one consistent read)."""
-    row = c.execute("SELECT uidvalidity, uidnext, modseq, recent_uid FROM mail_mailboxes "
-                    "WHERE id = ?", (mailbox_id,)).fetchone()
-    if row is None:
-        raise NotFound("mailbox was deleted")
-    rows = c.execute("SELECT uid, flags, modseq FROM mail_messages WHERE mailbox = ? "
-                     "ORDER BY uid", (mailbox_id,)).fetchall()
-    uids: list[int] = []
-    texts: list[str] = []
-    modseqs: list[int] = []
-    if rows:  # column lists at C speed; one frozenset per distinct flag text
-        uids, texts, modseqs = (list(col) for col in zip(*rows, strict=True))
-    distinct = {t: _flags_set(t) for t in set(texts)}
-    return Loaded(row[0], row[1], row[2], row[3], uids, list(map(distinct.__getitem__, texts)),
-                  modseqs)
-
-
-def _new_uidvalidity(c: sqlite3.Connection) -> int:
-    """The next UIDVALIDITY: above every one issued before, on this twin, for any name."""
-    row = c.execute("UPDATE mail_uidvalidity SET last = MAX(last + 1, ?) WHERE id = 0 "
-                    "RETURNING last", (int(time.time()),)).fetchone()
-    value = int(row[0])
-    if value > 0xFFFFFFFF:
-        raise Unavailable("UIDVALIDITY space exhausted")
-    return value
-
-
-def _create(c: sqlite3.Connection, login: str, name: str, special: str | None) -> None:
-    c.execute("INSERT INTO mail_mailboxes (login, name, uidvalidity, special) VALUES (?, ?, ?, ?)",
-              (login, name, _new_uidvalidity(c), special))
-
-
-def _bump(c: sqlite3.Connection, mailbox_id: int) -> int:
-    """Next modseq of a mailbox (every change has its own)."""
-    row = c.execute("UPDATE mail_mailboxes SET modseq = modseq + 1 WHERE id = ? RETURNING modseq",
-                    (mailbox_id,)).fetchone()
-    if row is None:
-        raise NotFound("mailbox was deleted")
-    return int(row[0])
+    source: list[int]  # the source uids copied, ascending
+    new: list[int]  # their uids in the destination
+    modseq: int  # the destination's change
+    unused: Unused  # a MOVE: what no message uses any more
+    source_modseq: int  # a MOVE: the source's change
+    flag_texts: list[str]  # each message's flags, as stored
 
 
 class MailStore:
@@ -424,8 +131,7 @@ class MailStore:
                  vanished_keep: int = VANISHED_KEEP) -> None:
         self.db = db
         self.vanished_keep = max(1, vanished_keep)
-        db.migrate("mail", MIGRATIONS)
-        db.migrate("mail_uidvalidity", UIDVALIDITY_MIGRATIONS)
+        schema.migrate(db)
         self.subscriptions = Subscriptions(db)  # names, apart from the mailboxes
         # Reads (FETCH metadata, SEARCH, SELECT's lookup, STATUS) on a second
         # connection and thread: in WAL mode they do not wait behind the group
@@ -437,16 +143,11 @@ class MailStore:
         self.store: Store | None = None
         self._commit: GroupCommit[Any] = GroupCommit(db)
         self._known_users: set[str] = set()
-        self._indexes: dict[int, MailboxIndex] = {}
-        # indexes nobody has open, oldest first: mailbox id -> (messages, closed at)
-        self._idle: OrderedDict[int, tuple[int, float]] = OrderedDict()
-        self._idle_messages = 0
         self._background: set[asyncio.Task[None]] = set()
         self._recent_saving: dict[int, int] = {}  # mailbox id -> recent_uid being saved
-        self.bodies = BodyCache(max_item=PACK_BYTES)
+        self.bodies = BodyCache(max_item=packs.PACK_BYTES)
         self.metas = MetaCache()
-        # called with every committed change of any mailbox (IMAP NOTIFY, RFC 5465)
-        self.observers: set[Callable[[int, Change], None]] = set()
+        self.live = Live(db, self.metas)  # shared indexes, watches, observers: publishing
         # called with every committed COPY/MOVE, on the loop; must not block
         # (the spam learner only queues work: ``core.spam.learn``)
         self.copy_hooks: list[Callable[[Copied], None]] = []
@@ -456,6 +157,24 @@ class MailStore:
         self._rows_gen = 0
         self._deleting: set[str] = set()  # refs no message uses, being deleted
         self.intake: Intake | None = None  # journal + filer, while the service runs
+
+    @property
+    def observers(self) -> set[Callable[[int, Change], None]]:
+        """Called with every committed change of any mailbox (IMAP NOTIFY, RFC 5465)."""
+        return self.live.observers
+
+    # what the tests look at of the live side
+    @property
+    def _indexes(self) -> dict[int, MailboxIndex]:
+        return self.live.indexes
+
+    @property
+    def _idle(self) -> OrderedDict[int, tuple[int, float]]:
+        return self.live.idle
+
+    @property
+    def _idle_messages(self) -> int:
+        return self.live.idle_messages
 
     def shutdown(self) -> None:
         """Close the read connection (``Service.close``; the writer is the service's)."""
@@ -494,7 +213,7 @@ class MailStore:
             for name in ("INBOX", *SPECIAL):
                 if not c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name = ?",
                                  (login, name)).fetchone():
-                    _create(c, login, name, SPECIAL.get(name))
+                    add_mailbox(c, login, name, SPECIAL.get(name))
             log.info("created mailboxes of %s", login)
         await self._commit.submit(make)
         self._known_users.add(login)
@@ -502,14 +221,14 @@ class MailStore:
     async def mailboxes(self, login: str) -> list[Mailbox]:
         await self.ensure_user(login)
         rows = await self.reads.run(lambda c: c.execute(
-            f"SELECT {_MB_COLS} FROM mail_mailboxes WHERE login = ? ORDER BY name",  # noqa: S608
+            f"SELECT {MB_COLS} FROM mail_mailboxes WHERE login = ? ORDER BY name",  # noqa: S608
             (login,)).fetchall())
-        return [_mailbox(r) for r in rows]
+        return [to_mailbox(r) for r in rows]
 
     async def mailbox(self, login: str, name: str) -> Mailbox:
         name = check_name(name)
         await self.ensure_user(login)
-        return await self.reads.run(_get_mailbox, login, name)
+        return await self.reads.run(get_mailbox, login, name)
 
     async def create_mailbox(self, login: str, name: str, special: str | None = None) -> Mailbox:
         name = check_name(name)
@@ -526,9 +245,9 @@ class MailStore:
                 parent = DELIM.join(parts[:i])
                 if not c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name = ?",
                                  (login, parent)).fetchone():
-                    _create(c, login, parent, None)
-            _create(c, login, name, special)
-            return _get_mailbox(c, login, name)
+                    add_mailbox(c, login, parent, None)
+            add_mailbox(c, login, name, special)
+            return get_mailbox(c, login, name)
         mb: Mailbox = await self._commit.submit(make)
         self._names_changed()
         log.info("%s created mailbox %r", login, name)
@@ -540,10 +259,10 @@ class MailStore:
             raise Forbidden("INBOX cannot be deleted")
 
         def drop(c: sqlite3.Connection) -> tuple[int, Unused]:
-            mb = _get_mailbox(c, login, name)
+            mb = get_mailbox(c, login, name)
             if c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name LIKE ? "
                          "ESCAPE '!' LIMIT 1",
-                         (login, _like_prefix(name + DELIM))).fetchone():
+                         (login, like_prefix(name + DELIM))).fetchone():
                 # RFC 3501 §6.3.4: with inferiors, a mailbox is emptied, not removed
                 raise Conflict(f"{name} has child mailboxes; delete them first",
                                code=ErrorCode.HAS_CHILDREN)
@@ -552,12 +271,12 @@ class MailStore:
             c.execute("DELETE FROM mail_messages WHERE mailbox = ?", (mb.id,))
             c.execute("DELETE FROM mail_sort WHERE mailbox = ?", (mb.id,))
             c.execute("DELETE FROM mail_mailboxes WHERE id = ?", (mb.id,))
-            return mb.id, _orphans(c, refs)
+            return mb.id, collect_unused(c, refs)
         try:
             mailbox_id, orphans = await self._commit.submit(drop)
         finally:
             self._names_changed()
-        self._publish(mailbox_id, Change("deleted", ()))
+        self.live.publish(mailbox_id, Change("deleted", ()))
         self._forget(orphans.refs)
         await self._delete_objects(orphans.objects)
         log.info("%s deleted mailbox %r", login, name)
@@ -566,7 +285,7 @@ class MailStore:
         old, new = check_name(old), check_name(new)
 
         def move(c: sqlite3.Connection) -> tuple[int, list[int], int]:
-            src = _get_mailbox(c, login, old)
+            src = get_mailbox(c, login, old)
             if c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name = ?",
                          (login, new)).fetchone():
                 raise Conflict(f"mailbox {new} exists", code=ErrorCode.ALREADY_EXISTS)
@@ -577,10 +296,10 @@ class MailStore:
                 parent = DELIM.join(parts[:i])
                 if not c.execute("SELECT 1 FROM mail_mailboxes WHERE login = ? AND name = ?",
                                  (login, parent)).fetchone():
-                    _create(c, login, parent, None)
+                    add_mailbox(c, login, parent, None)
             if old == "INBOX":  # RFC 3501 §6.3.5: INBOX's messages move, INBOX stays
-                _create(c, login, new, None)
-                dst = _get_mailbox(c, login, new)
+                add_mailbox(c, login, new, None)
+                dst = get_mailbox(c, login, new)
                 uids = [r[0] for r in c.execute(
                     "SELECT uid FROM mail_messages WHERE mailbox = ? ORDER BY uid", (src.id,))]
                 c.execute("UPDATE mail_messages SET mailbox = ? WHERE mailbox = ?",
@@ -589,16 +308,16 @@ class MailStore:
                           (dst.id, src.id))
                 c.execute("UPDATE mail_mailboxes SET uidnext = ? WHERE id = ?",
                           (src.uidnext, dst.id))
-                modseq = _bump(c, src.id)
+                modseq = bump_modseq(c, src.id)
                 c.executemany("INSERT OR REPLACE INTO mail_vanished VALUES (?, ?, ?)",
                               [(src.id, u, modseq) for u in uids])
-                _prune_vanished(c, src.id, self.vanished_keep)
+                prune_vanished(c, src.id, self.vanished_keep)
                 return src.id, uids, modseq
             ids = [src.id]
             c.execute("UPDATE mail_mailboxes SET name = ? WHERE id = ?", (new, src.id))
             for mid, name in c.execute(
                     "SELECT id, name FROM mail_mailboxes WHERE login = ? AND name LIKE ? "
-                    "ESCAPE '!'", (login, _like_prefix(old + DELIM))).fetchall():
+                    "ESCAPE '!'", (login, like_prefix(old + DELIM))).fetchall():
                 c.execute("UPDATE mail_mailboxes SET name = ? WHERE id = ?",
                           (new + name[len(old):], mid))
                 ids.append(mid)
@@ -608,14 +327,14 @@ class MailStore:
         finally:
             self._names_changed()
         if moved:  # INBOX's messages left it: sessions on INBOX see them expunged
-            self._publish(src_id, Change("expunge", tuple(moved), modseq=modseq))
+            self.live.publish(src_id, Change("expunge", tuple(moved), modseq=modseq))
         log.info("%s renamed mailbox %r to %r", login, old, new)
 
     async def subscribe(self, login: str, name: str, on: bool) -> None:
         name = check_name(name)
 
         def sub(c: sqlite3.Connection) -> None:
-            _get_mailbox(c, login, name)
+            get_mailbox(c, login, name)
             c.execute("UPDATE mail_mailboxes SET subscribed = ? WHERE login = ? AND name = ?",
                       (int(on), login, name))
         try:
@@ -626,7 +345,7 @@ class MailStore:
     async def status(self, mailbox_id: int) -> Status:
         # RFC 3501 §6.3.10 RECENT: what no session has claimed yet, counted against the
         # live index (a session claims arrivals in memory) or a save still under way
-        idx = self._indexes.get(mailbox_id)
+        idx = self.live.indexes.get(mailbox_id)
         floor = self._recent_saving.get(mailbox_id, 0)
         if idx is not None and not idx.loading:
             floor = max(floor, idx.recent_uid)
@@ -647,10 +366,7 @@ class MailStore:
         return await self.reads.run(count)
 
     async def quota(self, login: str) -> tuple[int, int]:
-        used = await self.reads.run(lambda c: c.execute(
-            "SELECT coalesce(sum(m.size), 0) FROM mail_messages m JOIN mail_mailboxes b "
-            "ON m.mailbox = b.id WHERE b.login = ?", (login,)).fetchone()[0])
-        return int(used), self.quota_bytes
+        return await self.reads.run(used_bytes, login), self.quota_bytes
 
     # -- a selected mailbox
 
@@ -667,7 +383,7 @@ class MailStore:
         name = check_name(name)
         await self.ensure_user(login)
         mb = await self._open_row(login, name)
-        idx = await self._index(mb.id)
+        idx = await self.live.index(mb.id)
         watch = Watch(mb.id, claims_recent=not read_only, limit=max_pending)
         idx.watches.add(watch)
         snap = idx.view(mb, claim_recent=not read_only)
@@ -695,11 +411,11 @@ class MailStore:
         key = (login, name)
         mb = self._rows.get(key)
         if mb is not None:
-            idx = self._indexes.get(mb.id)
+            idx = self.live.indexes.get(mb.id)
             if idx is not None and not idx.loading:
                 return mb
         gen = self._rows_gen
-        mb = await self.reads.run(_get_mailbox, login, name)
+        mb = await self.reads.run(get_mailbox, login, name)
         if gen == self._rows_gen:
             if len(self._rows) >= MAX_ROWS:
                 self._rows.clear()
@@ -722,107 +438,13 @@ class MailStore:
             if self._recent_saving.get(mailbox_id) == uid:
                 del self._recent_saving[mailbox_id]
 
-    async def _index(self, mailbox_id: int) -> MailboxIndex:
-        """The loaded shared index of a mailbox, loading it if nobody has it open."""
-        self._trim_idle()
-        while True:
-            idx = self._indexes.get(mailbox_id)
-            if idx is not None:
-                assert idx.ready is not None
-                if idx.ready.done() and idx.ready.exception() is None:
-                    self._unidle(mailbox_id)
-                    return idx
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(idx.ready)
-                continue  # loaded, or the load failed and was dropped: look again
-            idx = self._indexes[mailbox_id] = MailboxIndex(mailbox_id)
-            idx.ready = asyncio.get_running_loop().create_future()
-            try:
-                idx.fill(await self.db.run(_load_index, mailbox_id))
-            except BaseException as exc:
-                if self._indexes.get(mailbox_id) is idx:
-                    del self._indexes[mailbox_id]
-                idx.ready.set_exception(exc if isinstance(exc, Exception)
-                                        else Unavailable("mailbox load cancelled"))
-                idx.ready.exception()  # retrieved: waiters look again
-                raise
-            idx.ready.set_result(None)
-            return idx
-
     def close(self, watch: Watch) -> None:
-        """End a subscription. The mailbox's index outlives its last watch for a while.
-
-        Why: a mail client opens a new session for each check, and loading a
-        100,000-message index costs ~0.2 s where copying it costs milliseconds
-        (Dovecot keeps its index on disk for the same reason). A kept index
-        stays exact because every commit reaches it through ``_publish`` whether
-        anyone watches or not. Bounded: ``IDLE_INDEX_MESSAGES`` messages in all,
-        each dropped ``IDLE_KEEP`` s after its last session closed (counted
-        at that moment; looked at whenever a mailbox is opened or closed).
-        """
-        idx = self._indexes.get(watch.mailbox_id)
-        if idx is None:
-            return
-        idx.watches.discard(watch)
-        if not idx.watches and not idx.loading:
-            self._unidle(watch.mailbox_id)
-            self._idle[watch.mailbox_id] = (len(idx.uids), time.monotonic())
-            self._idle_messages += len(idx.uids)
-            self._trim_idle()
-
-    def _unidle(self, mailbox_id: int) -> None:
-        kept = self._idle.pop(mailbox_id, None)
-        if kept is not None:
-            self._idle_messages -= kept[0]
-
-    def _trim_idle(self) -> None:
-        """Drop kept indexes past their time or beyond the budget, oldest first."""
-        now = time.monotonic()
-        while self._idle:
-            mailbox_id, (_, closed) = next(iter(self._idle.items()))
-            if self._idle_messages <= IDLE_INDEX_MESSAGES and now - closed < IDLE_KEEP:
-                return
-            self._unidle(mailbox_id)
-            idx = self._indexes.get(mailbox_id)
-            if idx is not None and not idx.watches:
-                del self._indexes[mailbox_id]
+        """End a subscription (``Live.close``: the index is kept a while)."""
+        self.live.close(watch)
 
     def current(self, watch: Watch) -> Snapshot | None:
-        """For a watch that overflowed: the mailbox as it is now (None once deleted).
-
-        Clears the overflow: changes published after this call queue again.
-        """
-        watch.pending = []
-        watch.overflowed = False
-        watch.wake.clear()
-        idx = self._indexes.get(watch.mailbox_id)
-        if idx is None or watch not in idx.watches:
-            return None
-        dummy = Mailbox(watch.mailbox_id, "", "", 0, 0, 0, None, False)
-        return idx.view(dummy, claim_recent=False)
-
-    def _publish(self, mailbox_id: int, change: Change) -> None:
-        """Fold a committed change into the shared index and queue it for every watch."""
-        for observe in list(self.observers):  # IMAP NOTIFY: news of any mailbox
-            observe(mailbox_id, change)
-        idx = self._indexes.get(mailbox_id)
-        if idx is None:
-            return  # nobody has the mailbox open
-        if change.kind == "expunge":  # free the entries (never served again anyway)
-            for uid in change.uids:
-                self.metas.drop((mailbox_id, idx.uidvalidity, uid))
-        if change.kind == "deleted":
-            del self._indexes[mailbox_id]
-            self._unidle(mailbox_id)
-        else:
-            idx.apply(change)
-        claimed = change.kind != "exists"
-        for watch in idx.watches:
-            if not claimed and watch.claims_recent:
-                watch.recent.update(change.uids)
-                idx.recent_uid = max(idx.recent_uid, *change.uids)
-                claimed = True
-            watch.push(change)
+        """For a watch that overflowed: the mailbox as it is now (``Live.current``)."""
+        return self.live.current(watch)
 
     async def meta(self, mailbox_id: int, uids: Sequence[int], *,
                    structure: bool) -> list[Meta]:
@@ -834,9 +456,9 @@ class MailStore:
         are read from SQLite; presence is the index's, which holds exactly the
         committed messages published so far.
         """
-        idx = self._indexes.get(mailbox_id)
+        idx = self.live.indexes.get(mailbox_id)
         if idx is None or idx.loading:
-            return await self.reads.run(self._load_meta, mailbox_id, uids, structure)
+            return await self.reads.run(load_meta, mailbox_id, uids, structure)
         validity = idx.uidvalidity
         found: dict[int, Meta] = {}
         missing: list[int] = []
@@ -851,8 +473,8 @@ class MailStore:
             found[uid] = Meta(uid, item.ref, item.size, item.internal_date, idx.flags[i],
                               idx.modseqs[i], item.header, item.structure)
         if missing:
-            loaded = await self.reads.run(self._load_meta, mailbox_id, missing, structure)
-            if self._indexes.get(mailbox_id) is idx and idx.uidvalidity == validity:
+            loaded = await self.reads.run(load_meta, mailbox_id, missing, structure)
+            if self.live.indexes.get(mailbox_id) is idx and idx.uidvalidity == validity:
                 for m in loaded:
                     key = (mailbox_id, validity, m.uid)
                     if m.structure is not None or self.metas.get(key) is None:
@@ -870,15 +492,7 @@ class MailStore:
         columns of one range read cost ~0.3 µs a message; through ``meta`` it
         was every message's header, and 100,000 of them overran its cache.
         """
-        def run(c: sqlite3.Connection) -> Extents:
-            rows = c.execute("SELECT uid, size, internal_date FROM mail_messages "
-                             "WHERE mailbox = ? AND uid BETWEEN ? AND ? ORDER BY uid",
-                             (mailbox_id, first, last)).fetchall()
-            if not rows:
-                return Extents([], [], [])
-            uids, sizes, dates = (list(col) for col in zip(*rows, strict=True))
-            return Extents(uids, sizes, dates)
-        return await self.reads.run(run)
+        return await self.reads.run(load_extents, mailbox_id, first, last)
 
     async def sort_keys(self, mailbox_id: int, uids: Sequence[int],
                         fields: Collection[str]) -> sortkeys.KeyColumns:
@@ -886,26 +500,12 @@ class MailStore:
         (ascending) that still exist; derived from the header once per message."""
         return await sortkeys.load(self.reads, self._commit, mailbox_id, uids, fields)
 
-    @staticmethod
-    def _load_meta(c: sqlite3.Connection, mailbox_id: int, uids: Sequence[int],
-                   structure: bool) -> list[Meta]:
-        """The metadata rows of messages, in uid order (on the read thread)."""
-        out: list[Meta] = []
-        cols = ("m.uid, m.ref, m.size, m.internal_date, m.flags, m.modseq, b.header"
-                + (", b.structure" if structure else ""))
-        for chunk in _chunks(sorted(uids), 500):
-            q = (f"SELECT {cols} FROM mail_messages m JOIN mail_bodies b ON b.ref = m.ref "  # noqa: S608
-                 f"WHERE m.mailbox = ? AND m.uid IN ({','.join('?' * len(chunk))}) "
-                 "ORDER BY m.uid")
-            for r in c.execute(q, (mailbox_id, *chunk)):
-                out.append(Meta(r[0], r[1], r[2], r[3], _flags_set(r[4]), r[5], r[6],
-                                json.loads(r[7]) if structure else None))
-        return out
+    _load_meta = staticmethod(load_meta)  # the tests compare with what SQLite says
 
     async def read(self, ref: str, start: int = 0, end: int | None = None
                    ) -> AsyncIterator[bytes]:
         """Stream bytes [start, end) of a stored message from the dispersed store."""
-        obj, offset, size = _locate(ref)
+        obj, offset, size = packs.locate(ref)
         if offset is not None:  # a pack member: small, and its neighbours come next
             yield await self.read_bytes(ref, start, end)
             return
@@ -921,11 +521,11 @@ class MailStore:
         client fetching new mail reads the members filed together one by one."""
         data = self.bodies.get(ref)
         if data is None:
-            obj, offset, size = _locate(ref)
+            obj, offset, size = packs.locate(ref)
             if offset is not None:
                 pack = self.bodies.get(obj)
                 if pack is None:
-                    pack = b"".join([c async for c in self._get(obj, 0, _ref_size(obj))])
+                    pack = b"".join([c async for c in self._get(obj, 0, packs.ref_size(obj))])
                     self.bodies.put(obj, pack)
                 data = pack[offset:offset + size]
                 if len(data) != size:
@@ -938,8 +538,6 @@ class MailStore:
         return data[start:end]
 
     async def _get(self, obj: str, start: int, end: int) -> AsyncIterator[bytes]:
-        from storage.model import ObjectRef
-
         store = self._need_store()
         if obj in self._deleting:
             raise Unavailable("message body unavailable: the message was expunged")
@@ -990,21 +588,21 @@ class MailStore:
         mb_id = None if name == "INBOX" else (await self.mailbox(login, name)).id
         store = self._need_store()
         ref, header, structure = await self._store_message(store, message, max_size)
-        size = _ref_size(ref)
+        size = packs.ref_size(ref)
         if self.quota_bytes:
             used, limit = await self.quota(login)
             used += self.intake.pending(login) if self.intake is not None else 0
             if used + size > limit:
                 await self._delete_objects([ref])
                 raise QuotaExceeded(f"over quota ({used + size} > {limit} bytes)")
-        row: Row = (ref, header, structure, size,
-                    time.time() if internal_date is None else internal_date, flagset)
+        row = Row(ref, header, structure, size,
+                  time.time() if internal_date is None else internal_date, flagset)
 
         def insert(c: sqlite3.Connection) -> tuple[int, int, int, int]:
-            target = mb_id if mb_id is not None else _get_mailbox(c, login, name).id
-            return (target, *_insert_rows(c, target, [row]))
+            target = mb_id if mb_id is not None else get_mailbox(c, login, name).id
+            return (target, *insert_rows(c, target, [row]))
         target, uid, modseq, uidvalidity = await self._commit_or_delete(insert, [ref])
-        self._announce(target, uidvalidity, uid, modseq, [row])
+        self.live.announce(target, uidvalidity, uid, modseq, [row])
         log.debug("stored message %d (%d bytes) in %s/%s", uid, size, login, name)
         return uidvalidity, uid
 
@@ -1014,7 +612,7 @@ class MailStore:
         All or nothing: the rows of every entry and the journal's "filed up to"
         mark commit in ONE transaction, so a crash before it replays the whole
         batch and a crash after it replays none of it: each message once.
-        Small messages are stored packed together (see ``PACK_BYTES``).
+        Small messages are stored packed together (see ``core.mail.packs``).
 
         A message that cannot be described is not allowed to hold the batch:
         it is stored alone and set aside in the quarantine (``core.mail.
@@ -1045,7 +643,7 @@ class MailStore:
         seqs: dict[str, list[int]] = {}  # login -> journal seqs, in uid order (for the log)
         for e, ref, (data, header, structure) in zip(good, refs, described, strict=True):
             by_login.setdefault(e.login, []).append(
-                (ref, header, structure, len(data), e.received, frozenset()))
+                Row(ref, header, structure, len(data), e.received, frozenset()))
             seqs.setdefault(e.login, []).append(e.seq)
 
         def insert_all(c: sqlite3.Connection) -> tuple[dict[str, tuple[int, int, int, int] | None],
@@ -1053,11 +651,11 @@ class MailStore:
             placed: dict[str, tuple[int, int, int, int] | None] = {}
             for login, rows in by_login.items():
                 try:
-                    target = _get_mailbox(c, login, "INBOX").id
+                    target = get_mailbox(c, login, "INBOX").id
                 except NotFound:  # the user was removed since: nothing to file into
                     placed[login] = None
                     continue
-                placed[login] = (target, *_insert_rows(c, target, rows))
+                placed[login] = (target, *insert_rows(c, target, rows))
             ids = [quarantine.insert(c, e.login, ref, len(data), e.received, reason)
                    for (e, data, reason), ref in zip(bad, set_aside, strict=True)]
             c.execute("UPDATE mail_journal SET filed = ? WHERE filed < ?", (last, last))
@@ -1071,7 +669,7 @@ class MailStore:
                           "exists", len(by_login[login]), login)
             else:
                 target, uid, modseq, uidvalidity = where
-                self._announce(target, uidvalidity, uid, modseq, by_login[login])
+                self.live.announce(target, uidvalidity, uid, modseq, by_login[login])
                 if log.isEnabledFor(logging.DEBUG):  # journal seq -> uid, for tracing
                     log.debug("filed journal %s for %s as uid %s", _seqs(seqs[login]),
                               login, _span(uid, len(seqs[login])))
@@ -1115,18 +713,18 @@ class MailStore:
         item = await self.reads.run(quarantine.get, qid)
         data = await self.read_bytes(item.ref)
         header, structure = (await self._describe(data))[1:]
-        row: Row = (item.ref, header, structure, len(data), item.received, frozenset())
+        row = Row(item.ref, header, structure, len(data), item.received, frozenset())
         await self.ensure_user(item.login)
 
         def insert(c: sqlite3.Connection) -> tuple[int, int, int, int]:
             quarantine.get(c, qid)  # NotFound if another retry or rm took it meanwhile
-            target = _get_mailbox(c, item.login, "INBOX").id
-            placed = (target, *_insert_rows(c, target, [row]))
+            target = get_mailbox(c, item.login, "INBOX").id
+            placed = (target, *insert_rows(c, target, [row]))
             quarantine.delete(c, qid)
             return placed
         placed: tuple[int, int, int, int] = await self._commit.submit(insert)
         target, uid, modseq, uidvalidity = placed
-        self._announce(target, uidvalidity, uid, modseq, [row])
+        self.live.announce(target, uidvalidity, uid, modseq, [row])
         log.info("quarantine #%d filed into the Inbox of %s as uid %d", qid,
                  quarantine.printable(item.login), uid)
         return uid
@@ -1159,21 +757,10 @@ class MailStore:
                             ) -> tuple[list[str], list[str]]:
         """Store ``messages``, small ones packed; (ref of each message, objects written).
 
-        A member's ref is ``<object ref>@<offset>:<length>``, so ``_ref_size``
-        still reads its size and nothing but ``_locate`` needs to know."""
-        packs: list[list[int]] = []
-        alone: list[int] = []
-        fill = PACK_BYTES
-        for i, data in enumerate(messages):
-            if len(data) > PACK_MEMBER_MAX:
-                alone.append(i)
-                continue
-            if fill + len(data) > PACK_BYTES:
-                packs.append([])
-                fill = 0
-            packs[-1].append(i)
-            fill += len(data)
-        blobs = [b"".join(messages[i] for i in pack) for pack in packs]
+        Which go together, and their refs: ``core.mail.packs``."""
+        sizes = [len(data) for data in messages]
+        groups, alone = packs.plan(sizes)
+        blobs = [b"".join(messages[i] for i in pack) for pack in groups]
         blobs += [messages[i] for i in alone]
         outcomes = await asyncio.gather(*(_put(store, blob) for blob in blobs),
                                         return_exceptions=True)
@@ -1181,41 +768,13 @@ class MailStore:
         if len(objects) < len(outcomes):
             self._delete_later(objects)
             raise next(o for o in outcomes if isinstance(o, BaseException))
-        refs = [""] * len(messages)
-        for pack, obj in zip(packs, objects, strict=False):
-            offset = 0
-            for i in pack:
-                refs[i] = f"{obj}@{offset}:{len(messages[i])}"
-                offset += len(messages[i])
-        for i, obj in zip(alone, objects[len(packs):], strict=True):
-            refs[i] = obj
-        return refs, objects
+        return packs.refs(sizes, groups, alone, objects), objects
 
     async def journal_filed(self) -> int:
         """The journal sequence number up to which every record is filed."""
         row = await self.db.run(
             lambda c: c.execute("SELECT filed FROM mail_journal").fetchone())
         return int(row[0])
-
-    def _announce(self, target: int, uidvalidity: int, uid: int, modseq: int,
-                  rows: Sequence[Row]) -> None:
-        """Tell live sessions of rows ``_insert_rows`` added (uids and modseqs from
-        ``uid`` and ``modseq`` on), and cache their metadata if one has the mailbox open."""
-        idx = self._indexes.get(target)
-        if idx is None:  # nobody has it open: nobody to FETCH soon
-            if rows:  # but IMAP NOTIFY may watch it (RFC 5465 MessageNew)
-                news = Change("exists", tuple(range(uid, uid + len(rows))), modseq=modseq)
-                for observe in list(self.observers):
-                    observe(target, news)
-            return
-        if not idx.watches:  # kept for the next session: kept exact, nothing cached
-            for k, row in enumerate(rows):
-                self._publish(target, Change("exists", (uid + k,), row[5], modseq + k))
-            return
-        for k, (ref, header, structure, size, date, flags) in enumerate(rows):
-            self.metas.put((target, uidvalidity, uid + k),
-                           Fixed(ref, size, date, header, json.loads(structure)))
-            self._publish(target, Change("exists", (uid + k,), flags, modseq + k))
 
     async def _store_message(self, store: Store, message: bytes | AsyncIterable[bytes] | BinaryIO,
                              max_size: int | None) -> tuple[str, bytes, str]:
@@ -1253,7 +812,7 @@ class MailStore:
 
     async def set_flags(self, mailbox_id: int, uids: Sequence[int], op: str,
                         flags: Iterable[str], unchanged_since: int | None = None
-                        ) -> tuple[list[tuple[int, frozenset[str], int]], list[int]]:
+                        ) -> tuple[list[Flagged], list[int]]:
         """STORE: op is ``+``, ``-`` or ``=``; (changed (uid, flags, modseq), failed uids).
 
         ``unchanged_since`` is CONDSTORE's UNCHANGEDSINCE (RFC 7162 §3.1.3):
@@ -1261,38 +820,37 @@ class MailStore:
         """
         new = parse_flags(flags)
 
-        def apply(c: sqlite3.Connection) -> tuple[list[tuple[int, frozenset[str], int]],
-                                                  list[int]]:
-            changed: list[tuple[int, frozenset[str], int]] = []
+        def apply(c: sqlite3.Connection) -> tuple[list[Flagged], list[int]]:
+            changed: list[Flagged] = []
             failed: list[int] = []
             modseq = 0
             updates = []
-            for chunk in _chunks(sorted(uids), 500):
+            for chunk in chunks(sorted(uids), 500):
                 q = (f"SELECT uid, flags, modseq FROM mail_messages WHERE mailbox = ? "  # noqa: S608
                      f"AND uid IN ({','.join('?' * len(chunk))})")
                 for uid, text, mseq in c.execute(q, (mailbox_id, *chunk)).fetchall():
                     if unchanged_since is not None and mseq > unchanged_since:
                         failed.append(uid)
                         continue
-                    old = _flags_set(text)
+                    old = flags_set(text)
                     now = old | new if op == "+" else old - new if op == "-" else new
                     if now == old and unchanged_since is None:
                         continue
                     if not modseq:
-                        modseq = _bump(c, mailbox_id)
-                    updates.append((_flags_text(now), modseq, mailbox_id, uid))
-                    changed.append((uid, now, modseq))
+                        modseq = bump_modseq(c, mailbox_id)
+                    updates.append((flags_text(now), modseq, mailbox_id, uid))
+                    changed.append(Flagged(uid, now, modseq))
             c.executemany("UPDATE mail_messages SET flags = ?, modseq = ? "
                           "WHERE mailbox = ? AND uid = ?", updates)
             return changed, failed
         changed, failed = await self._commit.submit(apply)
         for uid, now, modseq in changed:
-            self._publish(mailbox_id, Change("flags", (uid,), now, modseq))
+            self.live.publish(mailbox_id, Change("flags", (uid,), now, modseq))
         return changed, failed
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
         """Remove messages flagged \\Deleted (only those in ``uids`` if given)."""
-        def drop(c: sqlite3.Connection) -> tuple[list[int], Unused, int]:
+        def drop(c: sqlite3.Connection) -> Removed:
             rows = c.execute("SELECT uid, ref FROM mail_messages WHERE mailbox = ? AND "
                              "instr(flags, '\\Deleted') > 0 ORDER BY uid",
                              (mailbox_id,)).fetchall()
@@ -1300,17 +858,17 @@ class MailStore:
                 wanted = set(uids)
                 rows = [r for r in rows if r[0] in wanted]
             if not rows:
-                return [], Unused([], []), 0
-            return _remove(c, mailbox_id, rows, self.vanished_keep)
+                return Removed([], Unused([], []), 0)
+            return remove_messages(c, mailbox_id, rows, self.vanished_keep)
         gone, orphans, modseq = await self._commit.submit(drop)
         if gone:
-            self._publish(mailbox_id, Change("expunge", tuple(gone), modseq=modseq))
+            self.live.publish(mailbox_id, Change("expunge", tuple(gone), modseq=modseq))
         self._forget(orphans.refs)
         self._delete_later(orphans.objects)
         return gone  # type: ignore[no-any-return]
 
     async def copy(self, mailbox_id: int, uids: Sequence[int], login: str, dest: str, *,
-                   move: bool = False) -> tuple[int, list[int], list[int]]:
+                   move: bool = False) -> Copies:
         """COPY/MOVE: (destination uidvalidity, source uids, new uids), all or nothing.
 
         A copy shares the stored bytes but counts against ``mail.quota`` like
@@ -1327,32 +885,29 @@ class MailStore:
         source_special: list[str | None] = []  # [source's, destination's] special use
         refs: list[str] = []
 
-        def run(c: sqlite3.Connection) -> tuple[int, int, list[int], list[int], int, Unused,
-                                                 int, list[str]]:
-            dst = _get_mailbox(c, login, dest)
-            rows: list[tuple[Any, ...]] = []
-            for chunk in _chunks(sorted(uids), 500):
+        def run(c: sqlite3.Connection) -> _CopyRun:
+            dst = get_mailbox(c, login, dest)
+            rows: list[tuple[int, str, int, float, str]] = []  # uid, ref, size, date, flags
+            for chunk in chunks(sorted(uids), 500):
                 q = (f"SELECT uid, ref, size, internal_date, flags FROM mail_messages "  # noqa: S608
                      f"WHERE mailbox = ? AND uid IN ({','.join('?' * len(chunk))}) ORDER BY uid")
                 rows += c.execute(q, (mailbox_id, *chunk)).fetchall()
             if not rows:
-                return dst.id, dst.uidvalidity, [], [], 0, Unused([], []), 0, []
+                return _CopyRun(dst.id, dst.uidvalidity, [], [], 0, Unused([], []), 0, [])
             if hooked:
                 found = c.execute("SELECT special FROM mail_mailboxes WHERE id = ?",
                                   (mailbox_id,)).fetchone()
                 source_special[:] = [found[0] if found else None, dst.special]
                 refs[:] = [r[1] for r in rows]
             if limit:
-                used = pending + int(c.execute(
-                    "SELECT coalesce(sum(m.size), 0) FROM mail_messages m JOIN mail_mailboxes b "
-                    "ON m.mailbox = b.id WHERE b.login = ?", (login,)).fetchone()[0])
+                used = pending + used_bytes(c, login)
                 added = sum(int(r[2]) for r in rows)
                 if used + added > limit:
                     raise QuotaExceeded(f"over quota ({used + added} > {limit} bytes)")
             first = dst.uidnext
             c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + ? WHERE id = ?",
                       (len(rows), dst.id))
-            modseq = _bump(c, dst.id)
+            modseq = bump_modseq(c, dst.id)
             new = list(range(first, first + len(rows)))
             c.executemany("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, ?, ?)",
                           [(dst.id, u, r[1], r[2], r[3], r[4], modseq)
@@ -1360,16 +915,16 @@ class MailStore:
             orphans = Unused([], [])
             src_modseq = 0
             if move:
-                _, orphans, src_modseq = _remove(c, mailbox_id, [(r[0], r[1]) for r in rows],
-                                                self.vanished_keep)
-            return (dst.id, dst.uidvalidity, [r[0] for r in rows], new, modseq, orphans,
-                    src_modseq, [r[4] for r in rows])
+                _, orphans, src_modseq = remove_messages(
+                    c, mailbox_id, [(r[0], r[1]) for r in rows], self.vanished_keep)
+            return _CopyRun(dst.id, dst.uidvalidity, [r[0] for r in rows], new, modseq, orphans,
+                            src_modseq, [r[4] for r in rows])
         (dst_id, validity, src, new, modseq, orphans, src_modseq,
          texts) = await self._commit.submit(run)
-        for change in _exists(new, [_flags_set(t) for t in texts], modseq):
-            self._publish(dst_id, change)
+        for change in exists_changes(new, [flags_set(t) for t in texts], modseq):
+            self.live.publish(dst_id, change)
         if move and src:
-            self._publish(mailbox_id, Change("expunge", tuple(src), modseq=src_modseq))
+            self.live.publish(mailbox_id, Change("expunge", tuple(src), modseq=src_modseq))
         self._forget(orphans.refs)
         self._delete_later(orphans.objects)
         if hooked and refs:
@@ -1379,13 +934,13 @@ class MailStore:
                     hook(copied)
                 except Exception:  # a hook's bug never fails the client's command
                     log.exception("a copy hook failed")
-        return validity, src, new
+        return Copies(validity, src, new)
 
     async def vanished(self, mailbox_id: int, since_modseq: int) -> list[int]:
         """Uids expunged after a modseq (QRESYNC, RFC 7162 §3.2.5.1).
 
         Exact while ``since_modseq`` is at or above the mailbox's ``vanished_floor``
-        (the expunge records kept, see ``_prune_vanished``). Below it the records
+        (the expunge records kept, see ``prune_vanished``). Below it the records
         that would answer are gone, so the answer is every uid under UIDNEXT that
         no longer exists: a superset (it also names uids the client saw vanish
         before ``since_modseq``), which RFC 7162 §3.2.5.2 permits and clients
@@ -1421,10 +976,10 @@ class MailStore:
         mb = await self.mailbox(login, name)
         if not items:
             return
-        rows: list[Row] = [(i[0], i[1], i[2], i[3], i[4], parse_flags(i[5])) for i in items]
+        rows = [Row(i[0], i[1], i[2], i[3], i[4], parse_flags(i[5])) for i in items]
         first, modseq, uidvalidity = await self._commit.submit(
-            lambda c: _insert_rows(c, mb.id, rows))
-        self._announce(mb.id, uidvalidity, first, modseq, rows)
+            lambda c: insert_rows(c, mb.id, rows))
+        self.live.announce(mb.id, uidvalidity, first, modseq, rows)
 
     async def _commit_or_delete(self, op: Callable[[sqlite3.Connection], T],
                                 objects: Sequence[str]) -> T:
@@ -1481,98 +1036,11 @@ class MailStore:
             self.bodies.drop(ref)
         if not refs or self.store is None:
             return
-        from storage.model import ObjectRef
-
         for ref in refs:
             try:
                 await self.store.delete(ObjectRef.parse(ref))
             except Exception as exc:  # a leftover object wastes space but loses nothing
                 log.warning("could not delete message object %s: %s", ref, exc)
-
-
-def _locate(ref: str) -> tuple[str, int | None, int]:
-    """(object ref, offset in it or None if the message is the whole object, size)."""
-    obj, at, member = ref.partition("@")
-    if not at:
-        return ref, None, _ref_size(ref)
-    offset, _, size = member.partition(":")
-    try:
-        return obj, int(offset), int(size)
-    except ValueError:
-        raise NotFound(f"invalid message object reference {ref[:80]!r}") from None
-
-
-def _ref_size(ref: str) -> int:
-    """The size a ref carries (``id:size``), without a store round trip."""
-    try:
-        return int(ref.rsplit(":", 1)[1])
-    except (IndexError, ValueError):
-        raise NotFound(f"invalid message object reference {ref[:80]!r}") from None
-
-
-def _insert_rows(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[Row]
-                 ) -> tuple[int, int, int]:
-    """Add stored messages to a mailbox; (first uid, first modseq, uidvalidity).
-
-    Row k gets uid and modseq first + k. One UPDATE reserves them all and two
-    executemany calls insert, whatever the count: a filing batch costs three
-    statements, not four per message. NotFound: the mailbox was deleted."""
-    n = len(rows)
-    row = c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + ?, modseq = modseq + ? "
-                    "WHERE id = ? RETURNING uidnext - ?, modseq - ? + 1, uidvalidity",
-                    (n, n, mailbox_id, n, n)).fetchone()
-    if row is None:
-        raise NotFound("mailbox was deleted")
-    uid, modseq, uidvalidity = (int(v) for v in row)
-    c.executemany("INSERT OR IGNORE INTO mail_bodies VALUES (?, ?, ?)",
-                  [(ref, header, structure) for ref, header, structure, *_ in rows])
-    c.executemany("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, ?, ?)",
-                  [(mailbox_id, uid + k, ref, size, date, _flags_text(flags), modseq + k)
-                   for k, (ref, _, _, size, date, flags) in enumerate(rows)])
-    return uid, modseq, uidvalidity
-
-
-def _remove(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[tuple[int, str]],
-            keep: int = VANISHED_KEEP) -> tuple[list[int], Unused, int]:
-    """Delete messages; (uids, what is no longer used, the modseq of the change)."""
-    modseq = _bump(c, mailbox_id)
-    c.executemany("DELETE FROM mail_messages WHERE mailbox = ? AND uid = ?",
-                  [(mailbox_id, r[0]) for r in rows])
-    c.executemany("DELETE FROM mail_sort WHERE mailbox = ? AND uid = ?",
-                  [(mailbox_id, r[0]) for r in rows])
-    c.executemany("INSERT OR REPLACE INTO mail_vanished VALUES (?, ?, ?)",
-                  [(mailbox_id, r[0], modseq) for r in rows])
-    _prune_vanished(c, mailbox_id, keep)
-    return [r[0] for r in rows], _orphans(c, list({r[1] for r in rows})), modseq
-
-
-def _prune_vanished(c: sqlite3.Connection, mailbox_id: int, keep: int) -> None:
-    """Keep a mailbox's newest ``keep`` expunge records, dropping whole modseqs.
-
-    Why: one row per expunged message forever grew twin.db without bound (issue
-    23). As Dovecot does, the records go back only so far; ``vanished_floor``
-    says how far (every record at or below it is gone, every one above is kept),
-    and ``MailStore.vanished`` answers older questions from the uid set. The
-    look-up walks ``keep`` entries of an index: microseconds per expunge.
-    """
-    row = c.execute("SELECT modseq FROM mail_vanished WHERE mailbox = ? "
-                    "ORDER BY modseq DESC LIMIT 1 OFFSET ?", (mailbox_id, keep)).fetchone()
-    if row is None:
-        return
-    c.execute("DELETE FROM mail_vanished WHERE mailbox = ? AND modseq <= ?", (mailbox_id, row[0]))
-    c.execute("UPDATE mail_mailboxes SET vanished_floor = max(vanished_floor, ?) WHERE id = ?",
-              (row[0], mailbox_id))
-
-
-def _exists(uids: Sequence[int], flags: Sequence[frozenset[str]], modseq: int) -> list[Change]:
-    """``exists`` changes for new uids (ascending), one per run of equal flags, in order."""
-    out: list[Change] = []
-    start = 0
-    for i in range(1, len(uids) + 1):
-        if i == len(uids) or flags[i] != flags[start]:
-            out.append(Change("exists", tuple(uids[start:i]), flags[start], modseq))
-            start = i
-    return out
 
 
 def _seqs(seqs: Sequence[int]) -> str:
@@ -1583,50 +1051,6 @@ def _seqs(seqs: Sequence[int]) -> str:
 
 def _span(first: int, count: int) -> str:
     return str(first) if count == 1 else f"{first}:{first + count - 1}"
-
-
-class Unused(NamedTuple):
-    """What removing messages left unused: message refs no message has any more
-    (``obj@off:len`` inside a pack, or a whole object's id) and the objects
-    themselves (a pack only once none of its members is left)."""
-
-    refs: list[str]
-    objects: list[str]
-
-
-def _orphans(c: sqlite3.Connection, refs: list[str]) -> Unused:
-    """Forget the bodies of ``refs`` no message uses any more; what is now unused.
-
-    A pack (``_locate``) is unused once no message uses any of its members."""
-    unused = _unused_refs(c, refs)
-    objects: dict[str, None] = {}
-    for ref in unused:
-        obj, offset, _ = _locate(ref)
-        if offset is None or not c.execute(
-                "SELECT 1 FROM mail_messages WHERE ref >= ? AND ref < ? LIMIT 1",
-                (obj + "@", obj + "A")).fetchone():  # "A" sorts right after "@"
-            objects[obj] = None
-    return Unused(unused, list(objects))
-
-
-def _unused_refs(c: sqlite3.Connection, refs: list[str]) -> list[str]:
-    """Of these refs, those no message uses any more (their mail_bodies rows go too)."""
-    out = [ref for ref in refs
-           if not c.execute("SELECT 1 FROM mail_messages WHERE ref = ? LIMIT 1",
-                            (ref,)).fetchone()]
-    c.executemany("DELETE FROM mail_bodies WHERE ref = ?", [(r,) for r in out])
-    return out
-
-
-def _like_prefix(prefix: str) -> str:
-    return prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
-
-
-def _chunks(items: Sequence[int], n: int) -> Iterable[Sequence[int]]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
-
-
 
 
 async def _put(store: Store, data: bytes | AsyncIterable[bytes]) -> str:

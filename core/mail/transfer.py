@@ -30,7 +30,8 @@ from core.mail.imported import (
     folder_messages,
     folder_refs,
 )
-from core.mail.store import DELIM, MailStore, _flags_set, check_name
+from core.mail.model import DELIM, check_name, flags_set
+from core.mail.store import MailStore
 from core.progress import Progress, human_bytes
 
 BATCH_BYTES = 8 * 1024 * 1024
@@ -98,7 +99,7 @@ class LocalMail:
 
     async def messages(self, folder: str) -> list[Listed]:
         rows = await self.mail.reads.run(folder_messages, self.login, check_name(folder))
-        return [Listed(r[0], r[2], r[3], _flags_set(r[4])) for r in rows]
+        return [Listed(r[0], r[2], r[3], flags_set(r[4])) for r in rows]
 
     async def bodies(self, folder: str, uids: Sequence[int]) -> list[bytes]:
         refs = await self.mail.reads.run(folder_refs, self.login, check_name(folder), list(uids))

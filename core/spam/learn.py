@@ -21,8 +21,8 @@ import asyncio
 import logging
 
 from core.errors import Invalid
+from core.mail import Copied, MailStore
 from core.mail.junk import USE as JUNK_USE
-from core.mail.store import Copied, MailStore
 from core.routing import from_addresses
 from core.spam.reputation import JUNK, TRUSTED, Reputation
 from core.spam.rspamd import Rspamd, RspamdError

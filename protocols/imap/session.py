@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from core.errors import TwinError
 from core.limits import Slot
+from core.mail import MailAccess
 from core.net import is_loopback
 from protocols.imap import commands
 from protocols.imap.commands import AUTH, NOT_AUTH, SELECTED, notify, updates
@@ -52,7 +53,7 @@ class Session:
         self.server = server
         self.slot = slot
         self.service = server.service
-        self.mail = server.service.mail
+        self.mail: MailAccess = server.service.mail  # the contract, nothing more
         self.reader = reader
         self.writer = writer
         self.tls = tls

@@ -13,8 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.errors import Conflict, Forbidden, Invalid, NotFound
-from core.mail import mime
-from core.mail.store import Mailbox, Meta
+from core.mail import Mailbox, Meta, mime
 from core.service import Service
 from tests.protocols.imap.harness import close_service, init_data, open_service
 

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-import core.mail.store as store_module
+import core.mail.live as store_module
 from core.mail import Snapshot, Watch
-from core.mail.store import _load_index
+from core.mail.messages import load_index as _load_index
 from core.service import Service
 
 MSG = b"From: a@x\r\nSubject: s\r\n\r\nbody\r\n"
@@ -209,8 +209,8 @@ async def test_change_queue_is_bounded_and_current_resyncs(
 
 def test_changes_published_during_a_load_are_replayed_once() -> None:
     """Whichever side of the load's read a commit landed on, it counts exactly once."""
+    from core.mail import Change
     from core.mail.index import Loaded, MailboxIndex
-    from core.mail.store import Change
 
     seen, flagged = frozenset({"\\Seen"}), frozenset({"\\Flagged"})
     idx = MailboxIndex(1)
@@ -235,9 +235,9 @@ def test_changes_published_during_a_load_are_replayed_once() -> None:
 
 
 def test_distinct_flag_sets_stay_bounded() -> None:
+    from core.mail import Change
     from core.mail import index as index_mod
     from core.mail.index import Loaded, MailboxIndex
-    from core.mail.store import Change
 
     idx = MailboxIndex(1)
     idx.fill(Loaded(1, 3, 1, 0, [1, 2], [frozenset(), frozenset({"$keep"})], [1, 1]))

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from core.errors import NotFound
+from core.mail import MailStore, Meta
 from core.mail.cache import Fixed, MetaCache
-from core.mail.store import MailStore, Meta
 from core.service import Service
 
 MSG = b"From: a@x\r\nSubject: s%d\r\n\r\nbody\r\n"

@@ -1,4 +1,4 @@
-"""Small messages filed together share one stored object (core.mail.store, PACK_BYTES)."""
+"""Small messages filed together share one stored object (core.mail.packs, PACK_BYTES)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from core.errors import Unavailable
-from core.mail import store as store_mod
+from core.mail import packs
 from core.mail.cache import BodyCache
 from core.mail.journal import Entry
 from core.service import Service
@@ -35,7 +35,7 @@ async def objects(svc: Service) -> set[str]:
 
 def forget_bodies(svc: Service) -> None:
     """Empty the body cache, so reads go to the dispersed store."""
-    svc.mail.bodies = BodyCache(max_item=store_mod.PACK_BYTES)
+    svc.mail.bodies = BodyCache(max_item=packs.PACK_BYTES)
 
 
 async def expunge(svc: Service, login: str, uids: list[int]) -> None:
@@ -48,7 +48,7 @@ async def test_small_messages_of_one_batch_share_an_object_and_read_back_exactly
         service: tuple[Service, str]) -> None:
     svc, login = service
     small = [message(i, 100 * i) for i in range(10)]
-    big = message(99, store_mod.PACK_MEMBER_MAX)  # too big to pack: stored alone
+    big = message(99, packs.PACK_MEMBER_MAX)  # too big to pack: stored alone
     before = await objects(svc)
     refs = await file(svc, login, [*small, big])
     assert len(await objects(svc) - before) == 2
@@ -63,10 +63,10 @@ async def test_small_messages_of_one_batch_share_an_object_and_read_back_exactly
 async def test_packs_stay_within_their_size_limit(service: tuple[Service, str]) -> None:
     svc, login = service
     before = await objects(svc)
-    size = store_mod.PACK_MEMBER_MAX - 100
+    size = packs.PACK_MEMBER_MAX - 100
     await file(svc, login, [message(i, size) for i in range(12)])
     made = await objects(svc) - before
-    assert all(int(ref.split(":")[1]) <= store_mod.PACK_BYTES for ref in made)
+    assert all(int(ref.split(":")[1]) <= packs.PACK_BYTES for ref in made)
     assert len(made) == 3  # four members of ~32 KiB in each 128 KiB pack
 
 
@@ -120,9 +120,9 @@ def test_a_malformed_member_ref_is_refused() -> None:
     from core.errors import NotFound
 
     with pytest.raises(NotFound):
-        store_mod._locate("abc:100@x:5")
-    assert store_mod._locate("abc:100@10:5") == ("abc:100", 10, 5)
-    assert store_mod._locate("abc:100") == ("abc:100", None, 100)
+        packs.locate("abc:100@x:5")
+    assert packs.locate("abc:100@10:5") == ("abc:100", 10, 5)
+    assert packs.locate("abc:100") == ("abc:100", None, 100)
 
 
 async def test_a_batch_gives_each_user_consecutive_uids_and_modseqs(

@@ -9,8 +9,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from core.errors import NotFound
-from core.mail import DELIM, Mailbox
-from core.mail.store import check_name, parse_flags
+from core.mail import DELIM, Mailbox, check_name, parse_flags
 from protocols.imap import binary, catenate, render, rev2
 from protocols.imap.commands import AUTH, SELECTED, args, command, notify
 from protocols.imap.errors import Bad, ImapError, No
