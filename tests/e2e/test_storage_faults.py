@@ -88,7 +88,10 @@ def test_status_put_get_and_stop_with_backends_hung(
         assert rc == 1 and not report["healthy"]
         assert not report["storage"]["readable"] and not report["storage"]["writable"]
         assert "storage" in report["problems"]
-        assert took <= base_status + 1.0  # cached health: no backend is asked
+        # cached health: no backend is asked. The bound is 2 s; +1 s over the
+        # healthy figure is this run's noise allowance (a CLI start at load 14 took 1.77 s
+        # against 0.71 s healthy)
+        assert took <= max(base_status + 1.0, 2.0)
         for i in (2, 3):
             servers[i].resume()
 
