@@ -48,6 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.mail.store import _describe  # noqa: E402  (what filing stores per message)
 from tests.protocols.imap.harness import close_service, open_service  # noqa: E402
 from tests.twins import TwinProcess  # noqa: E402
 
@@ -166,8 +167,6 @@ def populate_twin(twin: TwinProcess, count: int, distinct: int = 100) -> None:
         try:
             mail = service.mail
             await mail.ensure_user(twin.login)
-            from core.mail.store import _describe
-
             stored = []
             for i in range(distinct):
                 data = MSG % (i, i)
@@ -218,8 +217,6 @@ def populate_twin_realistic(twin: TwinProcess, count: int) -> None:
         try:
             mail = service.mail
             await mail.ensure_user(twin.login)
-            from core.mail.store import _describe
-
             for start in range(0, count, 2000):
                 messages = [realistic(i) for i in range(start, min(count, start + 2000))]
                 refs, _ = await mail._store_packed(service.store, messages)
