@@ -313,6 +313,14 @@ class RawClient:
                 raise ConnectionError("closed")
             self.buf += chunk
 
+    def wait_closed(self) -> None:
+        """Read to the end: the server has closed, so its session process is ending."""
+        chunk = b"."
+        with contextlib.suppress(OSError):
+            while chunk:
+                chunk = self.sock.recv(1 << 16)
+        self.sock.close()
+
     def command(self, cmd: bytes) -> tuple[float, int]:
         self.n += 1
         tag = b"b%d" % self.n
@@ -411,10 +419,7 @@ def new_session(port: int, user: str, password: str, count: int,
             raise RuntimeError(f"FETCH 1:* gave {lines} lines for {count} messages")
     c.command(b"LOGOUT")
     out["session"] = time.perf_counter() - t0
-    with contextlib.suppress(OSError):
-        while c.sock.recv(1 << 16):  # the server closes: its session process is ending
-            pass
-    c.sock.close()
+    c.wait_closed()
     time.sleep(0.1)  # Dovecot's master reaps the session's process (its CPU moves to it)
     out["cpu"] = cpu_seconds(pid, tree=tree) - cpu0
     return out
