@@ -1,7 +1,7 @@
 """``twin storage backends``: the store's backends and twin.toml changed together.
 
 Why here, once: the same change is made by the CLI on a stopped twin and by the
-running twin for the CLI (``core.peer.local_storage``), and either way the live
+running twin for the CLI (``core.owner.storage``), and either way the live
 store (``Store.add_backend``, ``drain``, ``remove_backend``) and the
 ``storage.backends`` of ``twin.toml`` must agree, or the next start would undo
 it. The store refuses what breaks it (a name taken, fewer than n backends, shares

@@ -152,7 +152,7 @@ def build_app(service: Service) -> Starlette:
                              "storage": storage})
 
     routes: list[BaseRoute] = [Route("/twin/v1/health", health)]
-    routes += service.peer_routes()
+    routes += service.routes()
     routes += plugin_routes(service)
     middleware = [Middleware(PerAddress, limit=service.config.int("http.max_per_ip"))]
     if service.config.bool("log.http_requests"):

@@ -2,7 +2,7 @@
 
 Per recipient, in this order:
 
-1. an address in one of our own domains -> the owner's Inbox (``service.mail``);
+1. an address in one of our own domains -> the owner's Inbox (``core.mail``);
 2. an address or domain the phonebook resolves to another twin -> one signed
    ``mail.deliver`` envelope per twin through the durable peer outbox (no SMTP
    hop; the receiving twin vouches for the sender in the headers it adds);
@@ -25,8 +25,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from email.utils import format_datetime
-from typing import TYPE_CHECKING, Any
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, formatdate
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.delivered import DeliveredLog, message_key
 from core.errors import Forbidden, Invalid, NotFound, TwinError, Unavailable
@@ -36,7 +38,12 @@ from core.peer.peer import current_envelope
 from phonebook.record import TwinRecord
 
 if TYPE_CHECKING:
-    from core.service import Service
+    from core.config import Config
+    from core.db import Database
+    from core.mail import MailStore
+    from core.outbound import OutboundQueue
+    from core.peer import Peer
+    from core.users import Users
 
 log = logging.getLogger("twin.routing")
 KIND = "mail.deliver"
@@ -176,14 +183,39 @@ class Routed:
         return " ".join(parts)
 
 
+class TwinFinder(Protocol):
+    """The phonebook's answer for an address: the twin serving it, or None.
+
+    ``wait`` bounds the time spent on the backend (``Service.twin_for_address``)."""
+
+    async def __call__(self, address: str, *, wait: float | None = None
+                       ) -> TwinRecord | None: ...
+
+
 class MailRouter:
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.domain = service.config.domain.lower()
+    """The routing decision and both sides of ``mail.deliver`` (its ``install``)."""
+
+    def __init__(self, *, config: Config, db: Database, users: Users, mail: MailStore,
+                 outbound: OutboundQueue, peer: Peer, find_twin: TwinFinder) -> None:
+        self.config = config
+        self.users = users
+        self.mail = mail
+        self.outbound = outbound
+        self.peer = peer
+        self.find_twin = find_twin
+        self.domain = config.domain.lower()
         self._owners: dict[str, tuple[str | None, float]] = {}
         self._twins: dict[str, tuple[TwinRecord | None, float]] = {}
         self._domains: tuple[frozenset[str], float] = (frozenset(), 0.0)
-        self.delivered = DeliveredLog(service.db)
+        self.delivered = DeliveredLog(db)
+
+    def install(self, peer: Peer) -> None:
+        """Mail between twins: receiving, bounces and acks of ``mail.deliver``, and a
+        copy of each native message in the owner's mail Inbox."""
+        peer.register(KIND, self.receive_from_twin)
+        peer.on_bounce(KIND, self.peer_bounced)
+        peer.on_ack(KIND, self.peer_acked)
+        peer.on_message(self.message_to_mail)
 
     # -- who we are
 
@@ -191,7 +223,7 @@ class MailRouter:
         domains, expires = self._domains
         if expires > time.monotonic():
             return domains
-        users = await asyncio.to_thread(self.service.users.all)
+        users = await asyncio.to_thread(self.users.all)
         found = {self.domain} | {domain_of(a) for u in users for a in u.addresses}
         self._domains = (frozenset(found), time.monotonic() + CACHE_SECONDS)
         return self._domains[0]
@@ -202,20 +234,19 @@ class MailRouter:
         hit = self._owners.get(address)
         if hit and hit[1] > time.monotonic():
             return hit[0]
-        owner = await asyncio.to_thread(self.service.users.owner_of, address)
+        owner = await asyncio.to_thread(self.users.owner_of, address)
         if len(self._owners) > 10_000:
             self._owners.clear()
         self._owners[address] = (owner, time.monotonic() + CACHE_SECONDS)
         return owner
 
     async def twin_for(self, address: str) -> TwinRecord | None:
-        """``service.twin_for_address`` cached briefly per domain (asked per message)."""
+        """``find_twin`` (the phonebook) cached briefly per domain (asked per message)."""
         domain = domain_of(address)
         hit = self._twins.get(domain)
         if hit and hit[1] > time.monotonic():
             return hit[0]
-        twin = await self.service.twin_for_address(
-            address, wait=self.service.config.float("phonebook.mail_wait"))
+        twin = await self.find_twin(address, wait=self.config.float("phonebook.mail_wait"))
         if len(self._twins) > 10_000:
             self._twins.clear()
         self._twins[domain] = (twin, time.monotonic() + CACHE_SECONDS)
@@ -264,7 +295,7 @@ class MailRouter:
                 owners.setdefault(owner, []).append(rcpt)
                 continue
             twin = await self.twin_for(rcpt)
-            if twin is not None and twin.name != self.service.config.name:
+            if twin is not None and twin.name != self.config.name:
                 by_twin.setdefault(twin.name, (twin, []))[1].append(rcpt)
             else:
                 routed.legacy.append(rcpt)
@@ -272,7 +303,7 @@ class MailRouter:
         jobs += [self._send_to_twin(name, mail_from, group, message)
                  for name, (_, group) in by_twin.items()]
         if routed.legacy:
-            jobs.append(self.service.outbound.enqueue(mail_from, routed.legacy, message))
+            jobs.append(self.outbound.enqueue(mail_from, routed.legacy, message))
         results = await _all(jobs)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -303,10 +334,10 @@ class MailRouter:
         """Into ``login``'s Inbox through the journal: the journal seq (None: Junk)."""
         try:
             if junk:  # rare: straight to the store, not through the Inbox journal
-                folder = await junk_mailbox(self.service.mail, login)
-                await self.service.mail.deliver(login, message, mailbox=folder)
+                folder = await junk_mailbox(self.mail, login)
+                await self.mail.deliver(login, message, mailbox=folder)
                 return None
-            return await self.service.mail.accept(login, message)
+            return await self.mail.accept(login, message)
         except TwinError:
             raise
         except Exception as exc:
@@ -315,17 +346,14 @@ class MailRouter:
 
     async def _send_to_twin(self, name: str, mail_from: str, rcpts: list[str],
                             message: bytes) -> str:
-        peer = getattr(self.service, "peer", None)
-        if peer is None:
-            raise Unavailable("twin-to-twin messaging is not available in this build")
         payload = {"rcpt": rcpts, "mail_from": mail_from, "message": message}
-        return str(await peer.send(name, KIND, payload))
+        return str(await self.peer.send(name, KIND, payload))
 
     # -- the receiving side of mail.deliver
 
     async def receive_from_twin(self, sender: TwinRecord, payload: Any) -> dict[str, Any]:
         """Deliver a verified twin's message to our users, marked as verified."""
-        conf = self.service.config
+        conf = self.config
         if not isinstance(payload, dict):
             raise Invalid("mail.deliver payload must be a map")
         rcpts, mail_from, message = (payload.get("rcpt"), payload.get("mail_from"),
@@ -371,6 +399,25 @@ class MailRouter:
         # headers: a reflector for anyone with a phonebook entry.
         return {"delivered": len(owners), "unknown": unknown}
 
+    async def message_to_mail(self, sender: TwinRecord, uid: bytes, text: str) -> None:
+        """A native message (``twin send``) as mail in the owner's Inbox, so mail
+        clients show it too. Only while the mail store is open (``twin serve``); a
+        crash between the two stores leaves it only in ``twin inbox``."""
+        if self.mail.store is None:
+            return
+        conf = self.config
+        owner = f"{conf.name}@{conf.domain}"
+        address = f"{sender.name}@{sender.mail_domains[0]}" if sender.mail_domains else ""
+        mail = EmailMessage()
+        mail["From"] = address or f"twin {sender.name}"
+        mail["To"] = owner
+        mail["Subject"] = f"Message from twin {sender.name}"
+        mail["Date"] = formatdate(localtime=True)
+        mail["Message-ID"] = f"<{uid.hex()}@{conf.domain}>"
+        mail.set_content(text)
+        await self.mail.accept(owner, self.mark_from_twin(sender, address,
+                                                          mail.as_bytes(policy=SMTP)))
+
     def mark_from_twin(self, sender: TwinRecord, mail_from: str, message: bytes) -> bytes:
         message = strip_trust_headers(message, self.domain)
         domains = {d.lower() for d in sender.mail_domains}
@@ -401,7 +448,7 @@ class MailRouter:
             return
         rcpts = payload.get("rcpt") or [recipient]
         message = payload.get("message") if isinstance(payload.get("message"), bytes) else b""
-        await self.service.outbound.bounce(
+        await self.outbound.bounce(
             str(payload.get("mail_from") or ""), message or b"\r\n",
             [Failure(str(r), "4.4.7" if "expired" in reason else "5.0.0", reason)
              for r in rcpts])
@@ -427,7 +474,7 @@ class MailRouter:
         if not refused:
             return
         message = payload.get("message") if isinstance(payload.get("message"), bytes) else b""
-        await self.service.outbound.bounce(
+        await self.outbound.bounce(
             str(payload.get("mail_from") or ""), message or b"\r\n",
             [Failure(r, "5.1.1", f"550 5.1.1 no such mailbox at twin {recipient}")
              for r in refused])

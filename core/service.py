@@ -6,8 +6,8 @@ twin's own phonebook record and starts the listeners; ``stop()`` undoes that in
 reverse order. CLI commands use ``open`` alone; ``twin serve`` uses all three.
 
 The dispersed store is opened one way: ``attach_store()`` opens it and gives it
-to the parts (``service.store``, which the file tree and shared objects read,
-and ``service.mail``), ``release_store()`` closes it; ``start``/``stop`` call
+to the parts (``service.store``, which the file tree and the outbound queue
+read, and ``service.mail``), ``release_store()`` closes it; ``start``/``stop`` call
 them, and a CLI command that works on a stopped twin's store uses
 ``async with service.opened_store():``.
 
@@ -33,12 +33,15 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
+from starlette.routing import BaseRoute
+
 import phonebook as pb
 import storage
-from core import acme, backup, net, tls
+from core import acme, backup, net, owner, tls
 from core import config as cfg
 from core import identity as ident
 from core.acl import OWNER, Access, Principal
+from core.budget import ByteBudget
 from core.contacts import Contacts
 from core.db import Database
 from core.errors import ConfigError, Conflict, NotFound, TwinError, Unavailable
@@ -46,14 +49,17 @@ from core.files import FileTree
 from core.foreign import phonebook_error
 from core.mail import MailStore
 from core.outbound import OutboundQueue
-from core.peer import Peer
-from core.peer.content import ContentSource, SharedObjects
+from core.owner import OwnerToken
+from core.peer import Peer, PeerSettings
+from core.peer import api as peer_api
+from core.peer.kinds import KindOwner
+from core.peer.serve import ContentServer
 from core.peer.shares import SharedWithMe
+from core.peer.uploads import Uploads
 from core.peer.writes import SharedWrites
-from core.routing import KIND as MAIL_KIND
 from core.routing import MailRouter
 from core.spam import Spam
-from core.users import Throttle, Users
+from core.users import Users
 from phonebook.pins import GuardedPhonebook, PinStore
 from phonebook.record import TwinRecord
 
@@ -83,8 +89,7 @@ class Service:
         self.data_dir = config.data_dir
         self.identity = identity
         self.db = Database(self.data_dir / DB_FILE)
-        self.users = Users(self.db)
-        self.throttle = Throttle()
+        self.users = Users(self.db)  # logins, throttled (``users.login``)
         self.phonebook = self._open_phonebook()
         self.listeners: list[net.Listener] = []
         self.started_at = 0.0
@@ -97,24 +102,37 @@ class Service:
         self.acme: acme.CertManager | None = None  # with tls.acme, once started
         self.overrides: dict[str, Any] = {}  # --set values, applied again on reload
         self.on_log_level: Callable[[str], None] | None = None  # set by `serve` (see reload)
-        # Parts, in dependency order. Each keeps its tables in twin.db and reaches
-        # the dispersed store through a callable or, mail, is handed it by
-        # attach_store, since the store opens in start().
+        self.owner_token = OwnerToken()  # the owner's CLI into the running twin (core.owner)
+        # Parts, in dependency order, each handed the collaborators it uses. Each
+        # keeps its tables in twin.db; the dispersed store opens only in start(),
+        # so parts reach it through ``need_store`` or, mail, are handed it by
+        # attach_store.
         self.mail = MailStore(self.db, quota_bytes=config.int("mail.quota"),
                               vanished_keep=config.int("mail.vanished_keep"))
         self.contacts = Contacts(self.db)
         self.access = Access(self.db, self.contacts)  # every access check goes through it
-        self.shared = SharedObjects(self.db, lambda: self.store)  # only without a file tree
         self.files = FileTree(self.db, lambda: self.store, quota=config.int("webdav.quota"),
                               data_dir=self.data_dir,
                               redundancy=config.int("storage.n") / config.int("storage.k"))
-        self.content: ContentSource = self.files  # what other twins may read: the file tree
-        self.peer = Peer(self)  # twin-to-twin envelopes; its outbox worker runs in start()
-        self.shared_with_me = SharedWithMe(self.db, self.peer)  # share.notify received
-        self.shared_writes = SharedWrites(self)  # content.put|delete|mkdir|move received
-        self.outbound = OutboundQueue(self)  # legacy SMTP queue; its worker runs in start()
-        self.router = MailRouter(self)  # own domain / other twin / legacy world
+        self.peer = Peer(name=self.phonebook_name, identity=identity, db=self.db,
+                         data_dir=self.data_dir, settings=PeerSettings.from_config(config),
+                         resolve=self.resolve, forget=self.phonebook.invalidate)
+        self.shared_with_me = SharedWithMe(self.db)  # share.notify received
+        self.shared_writes = SharedWrites(  # content.put|delete|mkdir|move received
+            self.files, self.access,
+            Uploads(self.data_dir, config.int("peer.max_upload")), config.int("peer.max_put"))
+        self.outbound = OutboundQueue(config=config, db=self.db, store=self.need_store,
+                                      users=self.users, mail=self.mail)  # legacy SMTP
+        self.router = MailRouter(config=config, db=self.db, users=self.users, mail=self.mail,
+                                 outbound=self.outbound, peer=self.peer,
+                                 find_twin=self.twin_for_address)
         self.spam = Spam(config, self.db, self.mail)  # inbound filter; learns from Junk moves
+        # Every envelope kind's owner installs its handlers here, in one place
+        # (core.peer.kinds lists each kind and its owner).
+        owners: list[KindOwner] = [ContentServer(self.access, self.files), self.shared_with_me,
+                                   self.shared_writes, self.router]
+        for part in owners:
+            part.install(self.peer)
 
     @classmethod
     def open(cls, data_dir: Path, overrides: dict[str, Any] | None = None) -> Service:
@@ -226,11 +244,11 @@ class Service:
 
     # -- parts
 
-    def peer_routes(self) -> list[Any]:
-        """Routes of the peer API under /twin/v1/."""
-        from core.peer.api import routes
-
-        return routes(self)
+    def routes(self) -> list[BaseRoute]:
+        """The HTTPS listener's /twin/v1/ routes: the peer API, then the owner's."""
+        budget = ByteBudget(self.config.int("peer.max_buffered"),
+                            self.config.int("peer.max_buffered_per_ip"))
+        return [*peer_api.routes(self.peer, budget), *owner.routes(self)]
 
     def open_store(self) -> storage.Store:
         """The dispersed store, opened as twin.toml says (blocking: call it in a thread).
@@ -255,7 +273,7 @@ class Service:
     async def attach_store(self) -> storage.Store:
         """Open the dispersed store and hand it to the parts that use it.
 
-        ``service.store`` (read by the file tree and the shared objects) and
+        ``service.store`` (read by the file tree and the outbound queue) and
         the mail store's; ``release_store`` closes it. ``start`` and ``stop``
         call these two; ``opened_store`` pairs them for a CLI command."""
         store = await asyncio.to_thread(self.open_store)
@@ -326,11 +344,8 @@ class Service:
             self.spawn(store.trim_loop(TRIM_INTERVAL), "memory-trim")
             self.spawn(self.files.sweep(), "files-sweep")  # objects a crash left unreferenced
             self.spawn(self.outbound.run(), "outbound-queue")
-            # twin-to-twin mail: the receiving side and bounces
-            self.peer.register(MAIL_KIND, self.router.receive_from_twin)
-            self.peer.on_bounce(MAIL_KIND, self.router.peer_bounced)
-            self.peer.on_ack(MAIL_KIND, self.router.peer_acked)
-            self.peer.start()
+            self.owner_token.issue(self.data_dir)  # before the listener takes requests
+            self.spawn(self.peer.run_outbox(), "peer-outbox")
             if self.config.bool("tls.acme"):
                 acme.finish_write(self.data_dir)  # before any listener loads the pair
             http = HttpListener(self)

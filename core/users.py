@@ -94,8 +94,9 @@ class AppPassword:
 
 
 class Users:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, throttle: Throttle | None = None) -> None:
         self.db = db
+        self.throttle = throttle or Throttle()  # failed logins, across every adapter
         db.migrate("users", MIGRATIONS)
         self._hasher = PasswordHasher()
         self._cache_key = secrets.token_bytes(32)
@@ -273,8 +274,7 @@ class Users:
                 continue
         return matched
 
-    async def login(self, throttle: Throttle, raw_login: str, password: str, peer: str
-                    ) -> str | None:
+    async def login(self, raw_login: str, password: str, peer: str) -> str | None:
         """The one login check of every adapter: normalised once, throttled, then Argon2.
 
         Returns the login, or None for wrong credentials; raises ``Throttled``
@@ -282,9 +282,9 @@ class Users:
         than ``Throttle.max_wait``, so the client is told why instead of hanging.
         """
         login = normalize_login(raw_login)
-        await throttle.admit(login, peer)
+        await self.throttle.admit(login, peer)
         ok = await self.authenticate(login, password)
-        throttle.record(login, peer, ok)
+        self.throttle.record(login, peer, ok)
         return login if ok else None
 
 

@@ -4,7 +4,7 @@
 
 ``quarantine`` lists, retries or deletes deliveries the filer set aside
 (``core.mail.quarantine``): through the running twin's owner-only local API
-(``core.peer.local_mail``) when it runs, else on the store opened here.
+(``core.owner.mail``) when it runs, else on the store opened here.
 
 ``send`` is for scripts: it builds a plain-text message from stdin and hands it
 to core routing as the owner (or ``--from``, which must be the owner's), the
@@ -256,11 +256,11 @@ def quarantined(service: Service, args: argparse.Namespace) -> int:
 
 
 def _local_mail(data: Path, twin: tuple[str, str]) -> Any:
-    """An HTTP client of the running twin's owner-only mail API (``core.peer.local_mail``)."""
+    """An HTTP client of the running twin's owner-only mail API (``core.owner.mail``)."""
     import httpx
 
     from core import tls
-    from core.peer.local_mail import LOCAL_MAIL
+    from core.owner.mail import LOCAL_MAIL
 
     origin, token = twin
     return httpx.AsyncClient(base_url=f"{origin}{LOCAL_MAIL}", verify=tls.local_context(data),
@@ -349,7 +349,7 @@ def build_message(sender: str, to: list[str], subject: str, body: str, domain: s
 def send(service: Service, args: argparse.Namespace) -> int:
     """Through the running twin when there is one (its store is locked by it), else on
     this process' own opening of the store."""
-    from core.peer.local_mail import send_as_owner
+    from core.owner.mail import send_as_owner
 
     sender = (args.sender or owner(service)).lower()
     body = sys.stdin.read(MAX_BODY + 1)

@@ -2,7 +2,7 @@
 
 While the twin runs, its store is its own: the CLI reads the source or
 writes the export and asks the running twin to file or read, through the
-owner's local API (``core.peer.local_transfer``); when it is stopped, the
+owner's local API (``core.owner.transfer``); when it is stopped, the
 CLI opens the store itself. Same loops (``core.mail.transfer``), same output.
 """
 
@@ -141,13 +141,13 @@ async def _work(args: argparse.Namespace, access: transfer.MailAccess,
 
 
 class RemoteMail:
-    """``MailAccess`` through the running twin's local API (``core.peer.local_transfer``)."""
+    """``MailAccess`` through the running twin's local API (``core.owner.transfer``)."""
 
     def __init__(self, data: Path, origin: str, token: str, login: str) -> None:
         import httpx
 
         from core import tls
-        from core.peer.local_transfer import LOCAL_TRANSFER
+        from core.owner.transfer import LOCAL_TRANSFER
 
         self.login = login
         self.http = httpx.AsyncClient(

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from core.cli import binary_stdout, open_service
 from core.errors import ErrorCode, Invalid, NotFound, Unavailable, from_code
+from core.peer.content import SharedObjects
 from core.progress import Progress, human_bytes
 
 if TYPE_CHECKING:
@@ -227,7 +228,7 @@ async def _check_path(service: Service, path: str) -> None:
 
     path = normalize(path)
     try:
-        entry = await service.content.stat(path)
+        entry = await service.files.stat(path)
     except NotFound:
         raise NotFound(f"{path}: no such file or folder in this twin's files; nothing was "
                        "shared (to share a local file use PATH --as /NAME)") from None
@@ -240,7 +241,8 @@ async def _tell(service: Service, path: str, grantee: str, rights: tuple[str, ..
     """share.notify to the grantees (core/peer/shares.py); a failure keeps the grant."""
     from core.peer.shares import notify
 
-    queued, failed = await notify(service, path, grantee, rights, revoked=revoked)
+    queued, failed = await notify(service.contacts, service.peer, path, grantee, rights,
+                                  revoked=revoked)
     if queued:
         print(f"notifying {', '.join(queued)}")
     if failed:
@@ -258,10 +260,10 @@ async def _publish_file(service: Service, file: Path, path: str, progress: Progr
         progress.summary({}, f"stored {file} as {entry['path']} ({entry['size']} bytes) "
                          "via the running twin")
         return
-    from core.peer.content import publish
+    from core.owner.api import publish
 
     async with service.opened_store():
-        stored = await publish(service, path, _file_chunks(file, progress, size))
+        stored = await publish(service.files, path, _file_chunks(file, progress, size))
     progress.summary({}, f"stored {file} as {stored.path} ({stored.size} bytes)")
 
 
@@ -298,7 +300,8 @@ def _upload(data: Path, origin: str, file: Path, path: str, progress: Progress
     import httpx
 
     from core import tls
-    from core.peer.api import LOCAL_OBJECTS, TOKEN_FILE
+    from core.owner import TOKEN_FILE
+    from core.owner.api import LOCAL_OBJECTS
 
     token = (data / TOKEN_FILE).read_text().strip()
 
@@ -327,7 +330,8 @@ def _local_send(data: Path, origin: str, to: str, text: str) -> dict[str, Any]:
     import httpx
 
     from core import tls
-    from core.peer.api import LOCAL_SEND, TOKEN_FILE
+    from core.owner import TOKEN_FILE
+    from core.owner.api import LOCAL_SEND
 
     token = (data / TOKEN_FILE).read_text().strip()
     try:
@@ -355,7 +359,8 @@ async def shares(service: Service, args: argparse.Namespace) -> int:
     from core.acl import normalize
 
     grants = await service.access.grants(under=normalize(args.prefix) if args.prefix else None)
-    objects = await service.shared.list("/") if await _any_objects(service) else []
+    legacy = SharedObjects(service.db, lambda: service.store)  # `twin share` before the tree
+    objects = await legacy.list("/") if await _any_objects(legacy) else []
     if args.json:
         print(json.dumps({"grants": [g.to_json() for g in grants],
                           "objects": [o.to_wire() for o in objects]}))
@@ -366,9 +371,9 @@ async def shares(service: Service, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _any_objects(service: Service) -> bool:
+async def _any_objects(legacy: SharedObjects) -> bool:
     try:
-        await service.shared.stat("/")
+        await legacy.stat("/")
         return True
     except NotFound:
         return False

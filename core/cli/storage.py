@@ -8,7 +8,7 @@ stderr), whether or not the twin runs:
 - twin running (``Online``): ``twin serve`` holds the store (its local backends
   are locked by one process at a time), so the command asks the running twin
   to do the work through its owner-only local storage API
-  (``core.peer.local_storage``): https to 127.0.0.1 on the port in
+  (``core.owner.storage``): https to 127.0.0.1 on the port in
   ``run/status.json``, the twin's own certificate as the only trusted CA (the
   connection is verified, never trusted blindly), the token from
   ``run/local.token``. Files are streamed both ways, never held in memory.
@@ -40,7 +40,7 @@ from core import backends
 from core.backends import BackendRow
 from core.cli import binary_stdout
 from core.errors import TwinError
-from core.peer.local_storage import (
+from core.owner.storage import (
     LOCAL_STORAGE,
     StoreStatus,
     health_json,
@@ -186,7 +186,7 @@ def _in_use(exc: StoreInUse, unanswered: Exception | None) -> str:
 def running_twin(data: Path) -> tuple[str, str] | None:
     """The running twin's HTTPS origin and local token, or None (then the store is ours)."""
     from core.cli.peer import _running_twin
-    from core.peer.api import TOKEN_FILE
+    from core.owner import TOKEN_FILE
 
     origin = _running_twin(data)
     if origin is None:

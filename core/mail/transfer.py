@@ -2,7 +2,7 @@
 
 The loops talk to a ``MailAccess``: ``LocalMail`` (the store opened by this
 process, or the running twin's own, behind its local API in
-``core.peer.local_mail``) or the CLI's client of that API
+``core.owner.transfer``) or the CLI's client of that API
 (``core.cli.mail_transfer.RemoteMail``). A source (``FileSource`` for Maildir
 and mbox, ``core.mail.imap_source.ImapSource``) yields batches of messages not
 imported before; each batch is filed with its keys in one transaction

@@ -2,8 +2,9 @@
 
 Contract (what routing and the CLI use):
 
-- ``OutboundQueue(service)``; ``await queue.enqueue(mail_from, rcpts, message) -> id``
-  returns only after the DKIM-signed message and its recipients are durable.
+- ``OutboundQueue(config=, db=, store=, users=, mail=)``;
+  ``await queue.enqueue(mail_from, rcpts, message) -> id`` returns only after
+  the DKIM-signed message and its recipients are durable.
 - ``await queue.run()`` is the delivery worker (``service.spawn``); it retries
   along ``smtp.retry_schedule`` and bounces into the sender's Inbox after
   ``smtp.give_up_after`` or on a permanent (5xx) refusal.

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +28,13 @@ from core.outbound.bounce import Failure, make_dsn
 from core.outbound.dkim import DkimKey
 from core.outbound.dnsq import OutboundDns
 from core.outbound.mtasts import MtaSts
-from storage import ObjectNotFound, ObjectRef
+from storage import ObjectNotFound, ObjectRef, Store
 
 if TYPE_CHECKING:
-    from core.service import Service
+    from core.config import Config
+    from core.db import Database
+    from core.mail import MailStore
+    from core.users import Users
 
 log = logging.getLogger("twin.outbound")
 MIGRATIONS = [
@@ -79,10 +82,16 @@ def delay_after(schedule: Sequence[float], attempts: int) -> float:
 
 
 class OutboundQueue:
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        conf = service.config
-        self.db = service.db
+    def __init__(self, *, config: Config, db: Database, store: Callable[[], Store],
+                 users: Users, mail: MailStore) -> None:
+        """``store`` gives the open dispersed store (it opens after the parts are
+        made) or raises ``Unavailable``; ``users`` and ``mail`` take the bounces."""
+        conf = config
+        self.domain = config.domain
+        self.db = db
+        self.store = store
+        self.users = users
+        self.mail = mail
         self.db.migrate("outbound", MIGRATIONS)
         self.dkim = DkimKey(conf.data_dir, conf.domain, conf.str("smtp.dkim_selector"))
         self.relay = transport.Relay.parse(
@@ -109,7 +118,7 @@ class OutboundQueue:
         """Sign and store durably; returns the queue id. Raises Unavailable if storage is down."""
         if not rcpts:
             raise Invalid("no recipients")
-        store = self.service.need_store()
+        store = self.store()
         try:
             signed = await asyncio.to_thread(self.dkim.sign, message)
         except Exception as exc:  # e.g. no From field: a retry cannot help (5xx)
@@ -233,7 +242,7 @@ class OutboundQueue:
             self._busy.discard(msg_id)
 
     async def _read(self, ref: str) -> bytes:
-        store = self.service.need_store()
+        store = self.store()
         chunks = [chunk async for chunk in store.get(ObjectRef.parse(ref))]
         return b"".join(chunks)
 
@@ -284,7 +293,7 @@ class OutboundQueue:
             if msg_id in self._busy:
                 continue
             try:
-                await self.service.need_store().delete(ObjectRef.parse(ref))
+                await self.store().delete(ObjectRef.parse(ref))
             except ObjectNotFound:
                 pass  # already gone is fine
             except Exception as exc:  # anything else is retried later
@@ -298,10 +307,10 @@ class OutboundQueue:
         if not mail_from:
             log.warning("not bouncing a bounce: %d recipient(s) lost", len(failures))
             return
-        owner = await asyncio.to_thread(self.service.users.owner_of, mail_from)
+        owner = await asyncio.to_thread(self.users.owner_of, mail_from)
         if owner is None:
             log.warning("cannot bounce to %s: not a local user", mail_from)
             return
-        dsn = make_dsn(self.service.config.domain, mail_from, message, failures)
-        await self.service.mail.deliver(owner, dsn)
+        dsn = make_dsn(self.domain, mail_from, message, failures)
+        await self.mail.deliver(owner, dsn)
         log.info("bounce for %d recipient(s) delivered to %s", len(failures), owner)

@@ -1,6 +1,10 @@
 """Twin-to-twin messaging: signed, encrypted envelopes over HTTPS.
 
-Public API (``service.peer``, a ``Peer``), kept stable for the other parts:
+Public API (``service.peer``, a ``Peer``), kept stable for the other parts.
+``Peer`` is made by the service with its collaborators (name, identity,
+database, data dir, ``PeerSettings.from_config``, the phonebook's resolve and
+forget); a part that owns envelope kinds registers their handlers in its
+``install(peer)`` (``core.peer.kinds.KindOwner``), which the service calls:
 
     service.peer.register(kind: str, handler: Callable[[TwinRecord, Any], Awaitable[Any]])
         # receive side; the handler gets the *verified* sender's phonebook record
@@ -9,6 +13,10 @@ Public API (``service.peer``, a ``Peer``), kept stable for the other parts:
         # ``kind`` must be listed in core.peer.kinds.KINDS (the one registry).
     service.peer.on_bounce(kind: str, handler: Callable[[str, Any, str], Awaitable[None]])
         # (recipient, payload, reason) when a queued envelope finally fails
+    service.peer.register_stream(kind: str, handler: StreamHandler)  # see core.peer.kinds
+        # a kind answered with an encrypted stream after the ack (content.get)
+    service.peer.on_message(listener: Callable[[TwinRecord, bytes, str], Awaitable[None]])
+        # after a new native message is in the peer inbox (routing copies it to mail)
     service.peer.on_ack(kind: str, handler: Callable[[str, Any, Any], Awaitable[None]])
         # (recipient, payload, the ack's result) once a queued envelope is acked:
         # e.g. mail.deliver's ack names recipients the peer refused as unknown
@@ -36,9 +44,12 @@ encryption to the recipient's X25519 key), not from TLS: peers' certificates
 are self-signed and TLS only hides traffic from onlookers (see ``client.py``).
 
 Modules: ``envelope`` (wire format, sign, verify), ``stream`` (secretstream
-frames), ``replay`` (replay guard, rate limit), ``kinds`` (registry),
-``outbox``, ``inbox``, ``content`` (ContentSource, SharedObjects), ``client``
-(httpx), ``api`` (Starlette routes), ``peer`` (it all together), ``errors``
+frames), ``replay`` (replay guard, rate limit), ``kinds`` (registry, and
+which part owns each kind), ``outbox``, ``inbox``, ``content``
+(ContentSource, the legacy SharedObjects), ``serve`` (content.list/get, ACL
+first), ``writes`` (content.put/delete/mkdir/move), ``shares``
+(share.notify), ``client`` (httpx), ``api`` (the two envelope routes),
+``peer`` (it all together), ``errors``
 (the refusal codes and their one table, keyed by the envelope checks' codes and
 ``core.errors.ErrorCode``: status and whether the sender retries; the local
 APIs answer core errors with the same statuses).
@@ -46,7 +57,7 @@ APIs answer core errors with the same statuses).
 
 from __future__ import annotations
 
-from core.peer.content import ContentEntry, ContentSource, SharedObjects
-from core.peer.peer import Peer, current_envelope
+from core.peer.content import ContentEntry, ContentSource
+from core.peer.peer import Peer, PeerSettings, current_envelope
 
-__all__ = ["ContentEntry", "ContentSource", "Peer", "SharedObjects", "current_envelope"]
+__all__ = ["ContentEntry", "ContentSource", "Peer", "PeerSettings", "current_envelope"]

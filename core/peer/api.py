@@ -18,18 +18,8 @@ the answer is one frame per envelope in the same order: ``0 | ack`` or
 error. Batches exist because HTTP costs far more than an envelope's crypto
 (see ``core.peer.client``).
 
-``PUT /twin/v1/local/objects?path=/x`` is for the owner's own CLI on this
-host (``twin share FILE --as /x`` while the twin runs): it streams a file into
-the dispersed store and publishes it in the twin's content (the file tree). It is authorised by
-the random token the running twin writes to ``run/local.token`` (0600), which
-only the owner's account can read; a core error is answered ``{"code",
-"message"}`` with the status of its code in ``core.peer.errors`` (404, 409,
-507 over ``webdav.quota``, ...), as on every local API. The same token opens
-the owner's storage API under ``/twin/v1/local/storage/`` (``twin storage …`` while the twin
-runs), mounted here from ``core.peer.local_storage``, and ``POST
-/twin/v1/local/send`` (``twin send`` while the twin runs: queued by the
-running twin, whose outbox worker then sends at once instead of finding the
-row at its next poll, ``peer.outbox_poll`` later).
+The owner's local API (``twin share``, ``twin send``, ``twin storage`` while
+the twin runs) is not twin-to-twin: it lives in ``core.owner``.
 """
 
 from __future__ import annotations
@@ -37,11 +27,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import secrets
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.requests import ClientDisconnect, Request
@@ -49,8 +36,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from core.budget import ByteBudget
-from core.errors import Invalid, TwinError
-from core.peer import local_mail, local_storage, local_transfer, stream
+from core.errors import Invalid
+from core.peer import stream
 from core.peer.client import (
     ACKED,
     BATCH_MEDIA_TYPE,
@@ -60,29 +47,13 @@ from core.peer.client import (
     MEDIA_TYPE,
     REFUSED,
 )
-from core.peer.content import publish
-from core.peer.errors import Refusal, http_status
+from core.peer.errors import Refusal
 from core.peer.peer import log_envelope, refusal_body
 
 if TYPE_CHECKING:
-    from core.service import Service
+    from core.peer.peer import Peer
 
 log = logging.getLogger("twin.peer")
-TOKEN_FILE = "run/local.token"  # noqa: S105 - a file name, not a secret
-LOCAL_OBJECTS = "/twin/v1/local/objects"
-LOCAL_SEND = "/twin/v1/local/send"
-MAX_LOCAL_SEND = 1024 * 1024  # a native message's JSON body
-
-
-def write_token(data_dir: Path) -> str:
-    token = secrets.token_urlsafe(32)
-    path = Path(data_dir) / TOKEN_FILE
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token)
-    os.replace(tmp, path)
-    return token
 
 
 class Body:
@@ -134,29 +105,18 @@ async def _read_capped(request: Request, cap: int, what: str, budget: ByteBudget
         held.release()
         refusal = Refusal("too_large", f"{what} over {cap} bytes") if too_large else \
             Refusal("unavailable", "busy: too many request bodies in memory, retry later")
-        if what == "message":  # the owner's own `twin send`, not another twin's envelope
-            log.warning("local send refused: %s (%s)", refusal.code, refusal.message)
-        else:
-            log_envelope(ip, (), time.monotonic(), refusal)
+        log_envelope(ip, (), time.monotonic(), refusal)
         return _refuse(refusal)
     held.data = b"".join(chunks)
     return held
-
-
-def _failure(exc: TwinError) -> JSONResponse:
-    """A local API's answer to a core error: the peer table's status (404 for a
-    missing path, 507 over quota, ...), so the CLI can tell them apart."""
-    return JSONResponse({"code": exc.code, "message": str(exc)}, http_status(exc))
 
 
 def _refuse(refusal: Refusal) -> JSONResponse:
     return JSONResponse(refusal_body(refusal), status_code=refusal.status)
 
 
-def routes(service: Service) -> list[BaseRoute]:
-    peer = service.peer
-    conf = service.config
-    budget = ByteBudget(conf.int("peer.max_buffered"), conf.int("peer.max_buffered_per_ip"))
+def routes(peer: Peer, budget: ByteBudget) -> list[BaseRoute]:
+    """The two envelope routes; every body held counts against ``budget``."""
 
     async def envelope(request: Request) -> Response:
         body = await _read_capped(request, peer.max_envelope, "envelope", budget)
@@ -205,46 +165,9 @@ def routes(service: Service) -> list[BaseRoute]:
             return _refusal_frame(Refusal("internal", "internal error"))
         return stream.frame(bytes([ACKED]) + answer.ack)
 
-    async def put_object(request: Request) -> Response:
-        if not local_storage.owner_token_ok(peer.local_token, request.headers):
-            return JSONResponse({"code": "forbidden", "message": "bad local token"}, 403)
-        path = request.query_params.get("path", "")
-        try:
-            entry = await publish(service, path, request.stream())
-        except TwinError as exc:
-            return _failure(exc)
-        log.info("owner published %s (%d bytes)", entry.path, entry.size)
-        return JSONResponse({"path": entry.path, "size": entry.size})
-
-    async def send(request: Request) -> Response:
-        if not local_storage.owner_token_ok(peer.local_token, request.headers):
-            return JSONResponse({"code": "forbidden", "message": "bad local token"}, 403)
-        body = await _read_capped(request, MAX_LOCAL_SEND, "message", budget)
-        if isinstance(body, Response):
-            return body
-        try:
-            value = json.loads(body.data)
-            if not isinstance(value, dict) or not isinstance(value.get("to"), str) \
-                    or not isinstance(value.get("text"), str):
-                raise Invalid("a message needs 'to' and 'text' (text)")
-            uid = await peer.send(value["to"], "message", {"text": value["text"]})
-        except ValueError:
-            return JSONResponse({"code": "invalid", "message": "body is not JSON"}, 400)
-        except TwinError as exc:
-            return _failure(exc)
-        finally:
-            body.release()
-        return JSONResponse({"uid": uid})
-
     return [
         Route(ENVELOPE_PATH, envelope, methods=["POST"]),
-        Route(LOCAL_SEND, send, methods=["POST"]),
         Route(BATCH_PATH, envelopes, methods=["POST"]),
-        Route(LOCAL_OBJECTS, put_object, methods=["PUT"]),
-        *local_storage.routes(service),  # the owner's `twin storage …` while the twin runs
-        # the owner's `twin mail import|export` likewise (before its parent mount)
-        *local_transfer.routes(service),
-        *local_mail.routes(service),  # the owner's `twin mail quarantine …` likewise
     ]
 
 

@@ -1,13 +1,13 @@
 """What a twin can show other twins: the ``ContentSource`` protocol.
 
-The peer API never reads a table or the store itself; it asks
-``service.content`` (a ContentSource) after ``core.acl.Access`` allowed the
-request. The service's ContentSource is the file tree (``core/files``).
-``SharedObjects`` is the first implementation, from before the file tree: a
-table in twin.db mapping a path to an object in the dispersed store, where
-``twin share FILE --as /path`` put files then (directories implicit:
-"/photos/a.jpg" makes "/photos" a directory). It is still read by ``twin
-shares``, for twins that shared files that way; new shares go to the tree.
+The peer API never reads a table or the store itself; ``core.peer.serve``
+asks a ContentSource after ``core.acl.Access`` allowed the request. The
+twin's ContentSource is the file tree (``core/files``). ``SharedObjects`` is
+the first implementation, from before the file tree: a table in twin.db
+mapping a path to an object in the dispersed store, where ``twin share FILE
+--as /path`` put files then (directories implicit: "/photos/a.jpg" makes
+"/photos" a directory). Only ``twin shares`` still lists it, for twins that
+shared files that way; new shares go to the tree.
 
 Contract:
 
@@ -22,18 +22,15 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from core.acl import as_dir, normalize
 from core.db import Database, transaction
-from core.errors import Conflict, Invalid, NotFound, Unavailable
+from core.errors import Invalid, NotFound, Unavailable
 from core.foreign import storage_error
 from storage import ObjectNotFound, ObjectRef, StorageError, Store
-
-if TYPE_CHECKING:
-    from core.service import Service
 
 MAX_LIST = 10_000
 
@@ -205,22 +202,3 @@ class SharedObjects:
 
 def _etag(ref: str) -> str:
     return ref.partition(":")[0]
-
-
-async def publish(service: Service, path: str, data: AsyncIterable[bytes]) -> ContentEntry:
-    """Store ``data`` at ``path`` in the twin's content: the file tree when there is one
-    (creating missing parent directories), else the shared objects table."""
-    path = normalize(path)
-    files = getattr(service, "files", None)
-    if files is None:
-        ref = await service.need_store().put(data)
-        added: ContentEntry = await service.shared.add(path, ref, ref.size)
-        return added
-    parts = path.strip("/").split("/")
-    for i in range(1, len(parts)):
-        directory = "/" + "/".join(parts[:i])
-        if await files.exists(directory) is None:
-            with contextlib.suppress(Conflict):
-                await files.mkdir(directory)
-    entry: ContentEntry = await files.write(path, data)
-    return entry

@@ -19,17 +19,16 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import formatdate
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cbor2
 
-from core.acl import OWNER, Access, Principal, as_dir, normalize
+from core.acl import normalize
+from core.config import Config
+from core.db import Database
 from core.errors import (
     Conflict,
     Forbidden,
@@ -39,29 +38,34 @@ from core.errors import (
     TwinError,
     Unavailable,
 )
+from core.identity import Identity
 from core.peer import envelope as env
 from core.peer import stream
 from core.peer.client import PeerClient, Refused
-from core.peer.content import ContentEntry, ContentSource
+from core.peer.content import ContentEntry
 from core.peer.errors import PERMANENT, Refusal
 from core.peer.inbox import Inbox
-from core.peer.kinds import KINDS, AckHandler, BounceHandler, Handler, Registry
+from core.peer.kinds import (
+    KINDS,
+    AckHandler,
+    BounceHandler,
+    Handler,
+    MessageListener,
+    Registry,
+    Streamed,
+    StreamHandler,
+)
 from core.peer.outbox import Outbox, Pending, backoff
 from core.peer.replay import PURGE_EVERY, RateLimit, ReplayGuard
 from core.peer.replay import Bounds as ReplayBounds
 from phonebook.pins import pk_matches
 from phonebook.record import TwinRecord
 
-if TYPE_CHECKING:
-    from core.service import Service
-
 log = logging.getLogger("twin.peer")
 REPLAY_FILE = "peer-replay.db"
 MAX_INFLIGHT = 256  # deliveries at once: the client batches them (LANES x MAX_BATCH)
 RECORD_MEMO = 5.0  # seconds a resolved peer record is reused without asking the phonebook
 MAX_MEMO = 4096
-# The one answer to a path the caller may not read, whether or not it exists.
-NOT_SHARED = "{path}: not found or not shared"
 
 # The envelope being handled, for handlers that make themselves idempotent by uid.
 current_envelope: contextvars.ContextVar[env.Envelope] = contextvars.ContextVar("envelope")
@@ -85,47 +89,82 @@ class _Opened:
     stream_header: bytes | None = None
 
 
+@dataclass(frozen=True)
+class PeerSettings:
+    """What ``[peer]`` in twin.toml says, read once (``from_config``)."""
+
+    max_envelope: int
+    max_skew: int
+    ttl: int
+    max_ttl: int
+    dedup_keep: int
+    retry_schedule: tuple[float, ...]
+    give_up_after: int
+    poll: float
+    timeout: float
+    hosts: tuple[str, ...]
+    rate_per_minute: int
+    max_put: int
+    replay: ReplayBounds
+    memo_ttl: float  # how long a resolved record is reused, at most the phonebook cache's
+
+    @classmethod
+    def from_config(cls, conf: Config) -> PeerSettings:
+        return cls(
+            max_envelope=conf.int("peer.max_envelope"), max_skew=conf.int("peer.max_skew"),
+            ttl=conf.int("peer.ttl"), max_ttl=conf.int("peer.max_ttl"),
+            dedup_keep=conf.int("peer.dedup_keep"),
+            retry_schedule=tuple(float(s) for s in conf.list("peer.retry_schedule")),
+            give_up_after=conf.int("peer.give_up_after"), poll=conf.float("peer.outbox_poll"),
+            timeout=conf.float("peer.timeout"),
+            hosts=tuple(str(h) for h in conf.list("peer.hosts")),
+            rate_per_minute=conf.int("peer.rate_per_minute"), max_put=conf.int("peer.max_put"),
+            replay=ReplayBounds(max_ack=conf.int("peer.max_stored_ack"),
+                                ack_budget=conf.int("peer.replay_ack_budget"),
+                                per_sender=conf.int("peer.replay_per_sender")),
+            memo_ttl=min(RECORD_MEMO, float(conf.int("phonebook.cache_ttl"))))
+
+
 class Peer:
-    def __init__(self, service: Service) -> None:
-        conf = service.config
-        self.service = service
-        self.name = service.phonebook_name
-        self.identity = service.identity
-        self.boxes = env.Boxes(service.identity)
+    """Sends and receives envelopes; the parts that own kinds install their handlers.
+
+    Collaborators are handed in, not looked up: the twin's ``name`` as other
+    twins find it, its ``identity``, the database holding the outbox and the
+    peer inbox, ``data_dir`` for the replay store, and ``resolve`` / ``forget``
+    for the phonebook (a record by name; drop cached records)."""
+
+    def __init__(self, *, name: str, identity: Identity, db: Database, data_dir: Path,
+                 settings: PeerSettings, resolve: Callable[[str], Awaitable[TwinRecord]],
+                 forget: Callable[[], None]) -> None:
+        self.name = name
+        self.identity = identity
+        self.boxes = env.Boxes(identity)
         self.kinds = Registry()
-        self.outbox = Outbox(service.db)
-        self.inbox = Inbox(service.db)
-        self.replay = ReplayGuard(Path(service.data_dir) / REPLAY_FILE, ReplayBounds(
-            max_ack=conf.int("peer.max_stored_ack"),
-            ack_budget=conf.int("peer.replay_ack_budget"),
-            per_sender=conf.int("peer.replay_per_sender")))
-        self.max_ttl = conf.int("peer.max_ttl")
-        self.rate = RateLimit(conf.int("peer.rate_per_minute"))
-        self.max_envelope = conf.int("peer.max_envelope")
-        self.max_skew = conf.int("peer.max_skew")
-        self.ttl = conf.int("peer.ttl")
-        self.dedup_keep = conf.int("peer.dedup_keep")
-        self.retry_schedule = [float(s) for s in conf.list("peer.retry_schedule")]
-        self.give_up_after = conf.int("peer.give_up_after")
-        self.poll = conf.float("peer.outbox_poll")
-        self.timeout = conf.float("peer.timeout")
+        self.outbox = Outbox(db)
+        self.inbox = Inbox(db)
+        self.replay = ReplayGuard(Path(data_dir) / REPLAY_FILE, settings.replay)
+        self.settings = settings
+        self.max_ttl = settings.max_ttl
+        self.rate = RateLimit(settings.rate_per_minute)
+        self.max_envelope = settings.max_envelope
+        self.max_skew = settings.max_skew
+        self.ttl = settings.ttl
+        self.dedup_keep = settings.dedup_keep
+        self.retry_schedule = list(settings.retry_schedule)
+        self.give_up_after = settings.give_up_after
+        self.poll = settings.poll
+        self.timeout = settings.timeout
+        self.max_put = settings.max_put
+        self._resolve_record = resolve
+        self._forget = forget
         self._client: PeerClient | None = None
-        self.local_token = ""
         self._wake = asyncio.Event()
         self._records: dict[str, tuple[float, TwinRecord]] = {}
-        self._memo_ttl = min(RECORD_MEMO, float(conf.int("phonebook.cache_ttl")))
+        self._memo_ttl = settings.memo_ttl
+        self._message_listeners: list[MessageListener] = []
         self.register("message", self._on_message)
         self.register("ping", self._on_ping)
         self.on_bounce("message", self._on_message_bounce)
-
-    @property
-    def access(self) -> Access:
-        return self.service.access
-
-    @property
-    def content(self) -> ContentSource:
-        """Looked up per request: the file tree may replace the shared objects."""
-        return self.service.content
 
     # -- public API (see core/peer/__init__.py)
 
@@ -135,9 +174,19 @@ class Peer:
     def on_bounce(self, kind: str, handler: BounceHandler) -> None:
         self.kinds.on_bounce(kind, handler)
 
+    def register_stream(self, kind: str, handler: StreamHandler) -> None:
+        """A kind answered with an encrypted stream after its ack (``content.get``)."""
+        self.kinds.register_stream(kind, handler)
+
     def on_ack(self, kind: str, handler: AckHandler) -> None:
         """``handler(recipient, payload, result)`` once an outbox envelope is acked."""
         self.kinds.on_ack(kind, handler)
+
+    def on_message(self, listener: MessageListener) -> None:
+        """``listener(sender, uid, text)`` after a new native message is in the peer
+        inbox (the mail router copies it into the mail Inbox); a failing listener
+        is logged, the message stays stored."""
+        self._message_listeners.append(listener)
 
     async def send(self, to: str, kind: str, payload: Any) -> str:
         """Durably queue ``payload`` for ``to``; returns the uid (hex)."""
@@ -210,7 +259,7 @@ class Peer:
         hit = self._records.get(name)
         if hit is not None and hit[0] > now:
             return hit[1]
-        record = await self.service.resolve(name)
+        record = await self._resolve_record(name)
         if len(self._records) >= MAX_MEMO:
             self._records.clear()
         self._records[name] = (now + self._memo_ttl, record)
@@ -218,7 +267,7 @@ class Peer:
 
     def _forget_records(self) -> None:
         self._records.clear()
-        self.service.phonebook.invalidate()
+        self._forget()
 
     # -- sending
 
@@ -226,7 +275,7 @@ class Peer:
     def client(self) -> PeerClient:
         if self._client is None:
             self._client = PeerClient(self.timeout, max_answer=self.max_envelope,
-                                      hosts=self.service.config.list("peer.hosts"))
+                                      hosts=list(self.settings.hosts))
         return self._client
 
     def _seal(self, record: TwinRecord, kind: str, value: Any, uid: bytes) -> bytes:
@@ -430,8 +479,7 @@ class Peer:
         await self.replay.claim(record.name, e.uid)
         try:
             value = self.boxes.decrypt(record.public_key, e.payload)
-            if kind is None or (kind.name not in ("content.list", "content.get")
-                                and self.kinds.handler(kind.name) is None):
+            if kind is None or not self.kinds.handles(kind.name):
                 raise Refusal("unknown_kind", f"this twin does not take {e.kind!r}")
             answer = await self._dispatch(record, e, value)
         except TwinError as exc:
@@ -457,20 +505,27 @@ class Peer:
             raise Refusal("unavailable", "phonebook unreachable") from None
 
     async def _dispatch(self, record: TwinRecord, e: env.Envelope, value: Any) -> Answer:
-        who = Principal.remote(record.name)
-        if e.kind == "content.get":
-            return await self._content_get(record, who, e, value)
-        if e.kind == "content.list":
-            result: Any = await self._content_list(who, value)
-        else:
+        token = current_envelope.set(e)
+        try:
+            streamer = self.kinds.stream_handler(e.kind)
+            if streamer is not None:
+                return self._streamed(record, e, await streamer(record, value))
             handler = self.kinds.handler(e.kind)
             assert handler is not None
-            token = current_envelope.set(e)
-            try:
-                result = await handler(record, value)
-            finally:
-                current_envelope.reset(token)
+            result = await handler(record, value)
+        finally:
+            current_envelope.reset(token)
         return Answer(self._ack(record, e.uid, {"uid": e.uid, "result": result}))
+
+    def _streamed(self, record: TwinRecord, e: env.Envelope, out: Streamed) -> Answer:
+        """The ack carries the header and a fresh stream key; the body follows it,
+        sealed frame by frame (``core.peer.stream``)."""
+        key = stream.new_key()
+        enc = stream.Encryptor(key)
+        ack = self._ack(record, e.uid, {"uid": e.uid, "result": out.result,
+                                        "stream": {"key": key, "header": enc.header}})
+        return Answer(ack, stream.seal_frames(out.body, enc, out.size),
+                      len(stream.frame(ack)) + stream.sealed_size(out.size))
 
     def _ack(self, record: TwinRecord, uid: bytes, value: dict[str, Any]) -> bytes:
         try:
@@ -488,29 +543,13 @@ class Peer:
         new = await self.inbox.store(record.name, uid, text)
         log.debug("message %s from %s %s", uid.hex(), record.name,
                  "stored" if new else "was already stored")
-        if new and self.service.store is not None:  # the mail store runs with `twin serve`
-            try:  # the peer inbox holds the message; the mail copy is for mail clients
-                await self._to_mail_inbox(record, uid, text)
+        for listener in self._message_listeners if new else ():
+            try:  # the peer inbox holds the message; listeners make copies (mail)
+                await listener(record, uid, text)
             except Exception:
-                log.exception("message %s from %s is in `twin inbox` but could not be put "
-                              "in the mail Inbox", uid.hex(), record.name)
+                log.exception("message %s from %s is in `twin inbox` but a copy failed",
+                              uid.hex(), record.name)
         return {"stored": True}
-
-    async def _to_mail_inbox(self, record: TwinRecord, uid: bytes, text: str) -> None:
-        """A native message as mail, so Thunderbird shows it too (a crash between
-        the two stores leaves it only in `twin inbox`)."""
-        conf = self.service.config
-        sender = f"{record.name}@{record.mail_domains[0]}" if record.mail_domains else ""
-        mail = EmailMessage()
-        mail["From"] = sender or f"twin {record.name}"
-        mail["To"] = f"{conf.name}@{conf.domain}"
-        mail["Subject"] = f"Message from twin {record.name}"
-        mail["Date"] = formatdate(localtime=True)
-        mail["Message-ID"] = f"<{uid.hex()}@{conf.domain}>"
-        mail.set_content(text)
-        raw = mail.as_bytes(policy=SMTP)
-        marked = self.service.router.mark_from_twin(record, sender, raw)
-        await self.service.mail.accept(f"{conf.name}@{conf.domain}", marked)
 
     async def _on_message_bounce(self, recipient: str, value: Any, reason: str) -> None:
         text = value.get("text", "") if isinstance(value, dict) else ""
@@ -521,62 +560,7 @@ class Peer:
     async def _on_ping(self, record: TwinRecord, value: Any) -> Any:
         return value
 
-    async def _content_list(self, who: Principal, value: Any) -> list[dict[str, Any]]:
-        """The ACL answers first, and a path the caller may not see gets the same
-        answer whether it exists or not: no probing what the owner keeps."""
-        path = normalize(_field(value, "path", str))
-        whole = await self.access.allowed(who, as_dir(path), "read")
-        if not whole and not await self.access.reaches_below(who, path):
-            raise NotFound(NOT_SHARED.format(path=path))
-        entry = await self._stat_shared(path)
-        if not entry.is_dir:
-            raise Invalid(f"{path} is not a directory")
-        out = []
-        for child in await self.content.list(entry.path):
-            target = as_dir(child.path) if child.is_dir else child.path
-            if whole or await self.access.allowed(who, target, "read") or (
-                    child.is_dir and await self.access.reaches_below(who, child.path)):
-                out.append(child.to_wire())
-        return out
-
-    async def _stat_shared(self, path: str) -> ContentEntry:
-        try:
-            return await self.content.stat(path)
-        except NotFound:
-            raise NotFound(NOT_SHARED.format(path=path)) from None
-
-    async def _content_get(self, record: TwinRecord, who: Principal, e: env.Envelope,
-                           value: Any) -> Answer:
-        path = normalize(_field(value, "path", str))
-        start = _field(value, "start", int)
-        end = value.get("end") if isinstance(value, dict) else None
-        if not await self.access.allowed(who, path, "read"):
-            raise NotFound(NOT_SHARED.format(path=path))
-        entry = await self._stat_shared(path)
-        if entry.is_dir:
-            raise Invalid(f"{path} is a directory")
-        end = entry.size if end is None else end
-        if type(end) is not int or not 0 <= start <= end or end > entry.size:
-            raise Invalid(f"range {start}-{end} outside 0-{entry.size}")
-        key = stream.new_key()
-        enc = stream.Encryptor(key)
-        ack = self._ack(record, e.uid, {
-            "uid": e.uid,
-            "result": {"entry": entry.to_wire(), "start": start, "end": end},
-            "stream": {"key": key, "header": enc.header},
-        })
-        log.debug("content.get %s [%d, %d) for %s", path, start, end, who)
-        return Answer(ack, stream.seal_frames(self.content.read(path, start, end), enc,
-                                              end - start),
-                      len(stream.frame(ack)) + stream.sealed_size(end - start))
-
     # -- lifecycle
-
-    def start(self) -> None:
-        from core.peer.api import write_token
-
-        self.local_token = write_token(self.service.data_dir)
-        self.service.spawn(self.run_outbox(), "peer-outbox")
 
     async def stop(self) -> None:
         if self._client is not None:
@@ -585,12 +569,6 @@ class Peer:
 
     def close(self) -> None:
         self.replay.close()
-
-
-def _field(value: Any, name: str, kind: type) -> Any:
-    if not isinstance(value, dict) or type(value.get(name)) is not kind:
-        raise Invalid(f"request needs {name!r} ({kind.__name__})")
-    return value[name]
 
 
 def refusal_body(refusal: Refusal) -> dict[str, Any]:
@@ -616,7 +594,7 @@ def log_envelope(sender: str, parsed: Sequence[env.Envelope], started: float,
         log.warning("%s outcome=%s (%s)", line, refusal.code, refusal.message)
 
 
-__all__ = ["OWNER", "Answer", "Peer", "current_envelope", "log_envelope", "refusal_body"]
+__all__ = ["Answer", "Peer", "PeerSettings", "current_envelope", "log_envelope", "refusal_body"]
 
 
 def _check_pk(record: TwinRecord) -> None:

@@ -33,9 +33,9 @@ from core.errors import Invalid, NotFound, TwinError
 from phonebook.record import TwinRecord
 
 if TYPE_CHECKING:
+    from core.contacts import Contacts
     from core.db import Database
     from core.peer.peer import Peer
-    from core.service import Service
 
 log = logging.getLogger("twin.peer.shares")
 KIND = "share.notify"
@@ -70,10 +70,12 @@ class Incoming:
 class SharedWithMe:
     """The receiving side: records kept in twin.db, and the ``share.notify`` handler."""
 
-    def __init__(self, db: Database, peer: Peer) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
         self.generation = 0  # bumped on every change: lets caches of listings drop at once
         db.migrate("peer.shares", MIGRATIONS)
+
+    def install(self, peer: Peer) -> None:
         peer.register(KIND, self.on_notify)
 
     async def twins(self) -> list[str]:
@@ -136,20 +138,21 @@ def _apply(c: sqlite3.Connection, twin: str, path: str, rights: tuple[str, ...],
     return True
 
 
-async def recipients(service: Service, grantee: str) -> list[str]:
+async def recipients(contacts: Contacts, grantee: str) -> list[str]:
     """The twins a grant to ``grantee`` reaches now (``public``: none we could name)."""
     grantee = grantee.strip().lower()
     if grantee == "public" or grantee.startswith("user:"):  # user: a local login, no twin
         return []
     name = grantee.removeprefix("circle:")
-    if grantee.startswith("circle:") or await service.contacts.is_circle(check_name(name)):
-        members: list[str] = (await service.contacts.circles()).get(name, [])
+    if grantee.startswith("circle:") or await contacts.is_circle(check_name(name)):
+        members: list[str] = (await contacts.circles()).get(name, [])
         return sorted(members)
     return [check_name(name)]
 
 
-async def notify(service: Service, path: str, grantee: str, rights: tuple[str, ...], *,
-                 revoked: bool = False) -> tuple[list[str], list[str]]:
+async def notify(contacts: Contacts, peer: Peer, path: str, grantee: str,
+                 rights: tuple[str, ...], *, revoked: bool = False
+                 ) -> tuple[list[str], list[str]]:
     """Queue ``share.notify`` for every twin ``grantee`` reaches.
 
     Returns (queued, failed) twin names. A grantee that cannot be queued (not
@@ -161,13 +164,13 @@ async def notify(service: Service, path: str, grantee: str, rights: tuple[str, .
     queued: list[str] = []
     failed: list[str] = []
     try:
-        names = await recipients(service, grantee)
+        names = await recipients(contacts, grantee)
     except (Invalid, NotFound) as exc:
         log.warning("cannot tell %s about %s: %s", grantee, path, exc)
         return [], [grantee]
     for name in names:
         try:
-            await service.peer.send(name, KIND, payload)
+            await peer.send(name, KIND, payload)
             queued.append(name)
         except TwinError as exc:
             log.warning("cannot tell %s about %s: %s", name, path, exc)

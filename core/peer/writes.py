@@ -37,30 +37,32 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from core.acl import Principal, normalize
+from core.acl import Access, Principal, normalize
 from core.errors import Conflict, ErrorCode, Forbidden, Invalid, NotFound, TwinError
 from core.peer.content import ContentEntry
+from core.peer.serve import NOT_SHARED
 from core.peer.uploads import Uploads
 from phonebook.record import TwinRecord
 
 if TYPE_CHECKING:
+    from core.files import FileTree
     from core.peer.peer import Peer
-    from core.service import Service
 
 log = logging.getLogger("twin.peer.writes")
 PUT, DELETE, MKDIR, MOVE = "content.put", "content.delete", "content.mkdir", "content.move"
-NOT_SHARED = "{path}: not found or not shared"  # the same words as core.peer.peer's
 MAX_ETAG = 128
 
 
 class SharedWrites:
     """The owner's handlers of the four write kinds (see the module docstring)."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.max_put = service.config.int("peer.max_put")
-        self.uploads = Uploads(service.data_dir, service.config.int("peer.max_upload"))
-        peer = service.peer
+    def __init__(self, files: FileTree, access: Access, uploads: Uploads, max_put: int) -> None:
+        self.files = files
+        self.access = access
+        self.uploads = uploads  # chunks of files bigger than max_put, staged on disk
+        self.max_put = max_put
+
+    def install(self, peer: Peer) -> None:
         peer.register(PUT, self.on_put)
         peer.register(DELETE, self.on_delete)
         peer.register(MKDIR, self.on_mkdir)
@@ -72,7 +74,7 @@ class SharedWrites:
         if type(raw) is not str:
             raise Invalid(f"request needs {field!r} (str)")
         path = normalize(raw).rstrip("/") or "/"
-        access = self.service.access
+        access = self.access
         if path != "/" and await access.allowed(who, path, "write"):
             return path
         if await access.allowed(who, path, "read") or \
@@ -86,7 +88,7 @@ class SharedWrites:
             return
         if type(want) is not str or len(want) > MAX_ETAG:
             raise Invalid("if_match must be an ETag (str)")
-        now = await self.service.files.exists(path)
+        now = await self.files.exists(path)
         if now is None or now.etag != want:
             raise Conflict(f"{path} changed since it was read (ETag {want!r} no longer holds)",
                            code=ErrorCode.PRECONDITION_FAILED)
@@ -104,14 +106,14 @@ class SharedWrites:
         await self._check_etag(path, value)
         upload = value.get("upload")
         if upload is None:
-            entry = await self.service.files.write(path, _once(data), size_hint=len(data))
+            entry = await self.files.write(path, _once(data), size_hint=len(data))
             log.info("%s wrote %s (%d bytes)", record.name, path, len(data))
             return entry.to_wire()
         return await self._chunk(record.name, path, upload, value, data)
 
     async def _chunk(self, sender: str, path: str, upload: Any, value: dict[str, Any],
                      data: bytes) -> dict[str, Any]:
-        files = self.service.files
+        files = self.files
         last = value.get("last", False)
         if type(last) is not bool:
             raise Invalid("last must be a bool")
@@ -136,14 +138,14 @@ class SharedWrites:
     async def on_delete(self, record: TwinRecord, value: Any) -> dict[str, Any]:
         path = await self._writable(Principal.remote(record.name), value, "path")
         await self._check_etag(path, value)
-        await self.service.files.delete(path)
+        await self.files.delete(path)
         log.info("%s deleted %s", record.name, path)
         return {"deleted": path}
 
     # content.mkdir {"path": str}
     async def on_mkdir(self, record: TwinRecord, value: Any) -> dict[str, Any]:
         path = await self._writable(Principal.remote(record.name), value, "path")
-        entry = await self.service.files.mkdir(path)
+        entry = await self.files.mkdir(path)
         log.info("%s created folder %s", record.name, path)
         return entry.to_wire()
 
@@ -157,7 +159,7 @@ class SharedWrites:
             raise Invalid("overwrite must be a bool")
         if dst == src or dst.startswith(src + "/"):
             raise Conflict(f"cannot move {src} into itself")
-        entry = await self.service.files.move(src, dst, overwrite=overwrite)
+        entry = await self.files.move(src, dst, overwrite=overwrite)
         log.info("%s moved %s to %s", record.name, src, dst)
         return entry.to_wire()
 
@@ -175,7 +177,7 @@ def _entry(result: Any) -> ContentEntry:
 async def put(peer: Peer, twin: str, path: str, data: bytes,
               if_match: str | None = None) -> ContentEntry:
     """Write ``data`` (at most ``peer.max_put`` bytes) at ``path`` in ``twin``'s content."""
-    limit = peer.service.config.int("peer.max_put")
+    limit = peer.max_put
     if len(data) > limit:
         raise Invalid(f"{len(data)} bytes over peer.max_put ({limit}): send it in chunks",
                       code=ErrorCode.TOO_LARGE)

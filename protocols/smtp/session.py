@@ -368,11 +368,11 @@ class TwinSMTP(SMTP):
     async def _check(self, raw_login: bytes, raw_password: bytes) -> AuthResult:
         login = normalize_login(raw_login.decode("utf-8", "replace"))
         password = raw_password.decode("utf-8", "replace")
-        throttle, peer = self.service.throttle, self.peer_ip
+        peer = self.peer_ip
         # busy, not idle: the check (Argon2, a throttle's delay) may outlast login_timeout
         self._deadline = self.loop.time() + self._timeout_duration
         try:
-            ok = await self.service.users.login(throttle, login, password, peer) is not None
+            ok = await self.service.users.login(login, password, peer) is not None
         except Throttled as exc:  # RFC 4954 §6: 454 temporary failure, and why
             code, status = TABLE[ErrorCode.THROTTLED]
             await self.push(f"{code} {status} Too many failed logins; try again in "

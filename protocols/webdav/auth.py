@@ -56,7 +56,7 @@ async def check_login(service: Service, login: str, password: str, peer: str) ->
     say "later": the client sees 401 and may ask again).
     """
     try:
-        ok = await service.users.login(service.throttle, login, password, peer) is not None
+        ok = await service.users.login(login, password, peer) is not None
     except Throttled:
         ok = False
     if not ok:

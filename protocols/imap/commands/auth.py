@@ -1,7 +1,7 @@
 """Not-authenticated state: STARTTLS, AUTHENTICATE, LOGIN (RFC 3501 §6.2).
 
 Passwords are checked by ``service.users.authenticate`` (Argon2 off the loop),
-failures are throttled per login and per address by ``service.throttle``, and neither
+failures are throttled per login and per address by ``Users.login``, and neither
 is allowed without TLS except on loopback or with ``listen.plaintext_auth``.
 """
 
@@ -44,7 +44,7 @@ async def _check(s: Session, login: str, password: str) -> None:
     if not s.plaintext_ok:
         raise No("use STARTTLS or port imaps before logging in", "PRIVACYREQUIRED")
     try:
-        user = await s.service.users.login(s.service.throttle, login, password, s.peer)
+        user = await s.service.users.login(login, password, s.peer)
     except Throttled as exc:  # told at once, not left hanging: the THROTTLED row
         raise from_core(exc) from None
     if user is None:

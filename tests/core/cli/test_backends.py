@@ -30,8 +30,8 @@ from core import config as cfg
 from core import identity, tls
 from core.cli import main
 from core.errors import ConfigError
-from core.peer.api import TOKEN_FILE
-from core.peer.local_storage import LOCAL_STORAGE
+from core.owner import TOKEN_FILE
+from core.owner.storage import LOCAL_STORAGE
 from storage import open_store
 from tests.servers import Server, Servers, _wait_ping, spawn_redis
 from tests.twins import TWIN, TwinProcess

@@ -18,7 +18,7 @@ import pytest
 
 from core.cli import main
 from core.cli.storage import open_from_config
-from core.peer.api import TOKEN_FILE
+from core.owner import TOKEN_FILE
 from tests.twins import TwinProcess
 
 MiB = 1024 * 1024

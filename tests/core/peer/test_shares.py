@@ -58,7 +58,7 @@ async def test_recipients_of_twins_circles_and_public(pair: Pair) -> None:
     alice, _ = pair
     await alice.contacts.add("bob")
     await alice.contacts.circle_add("friends", ["bob"])
-    assert await recipients(alice, "bob") == ["bob"]
-    assert await recipients(alice, "circle:friends") == ["bob"]
-    assert await recipients(alice, "friends") == ["bob"]
-    assert await recipients(alice, "public") == []
+    assert await recipients(alice.contacts, "bob") == ["bob"]
+    assert await recipients(alice.contacts, "circle:friends") == ["bob"]
+    assert await recipients(alice.contacts, "friends") == ["bob"]
+    assert await recipients(alice.contacts, "public") == []

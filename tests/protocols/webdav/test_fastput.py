@@ -21,7 +21,7 @@ import httpx
 import pytest
 from starlette.types import Message
 
-from core.peer.api import TOKEN_FILE
+from core.owner import TOKEN_FILE
 from protocols.webdav.fastput import _Ending
 from tests.twins import TwinProcess
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from core import tls
-from core.peer.api import TOKEN_FILE
-from core.peer.local_storage import LOCAL_STORAGE, RangeNotSatisfiable, byte_range
+from core.owner import TOKEN_FILE
+from core.owner.storage import LOCAL_STORAGE, RangeNotSatisfiable, byte_range
 from tests.twins import TwinProcess
 
 SEGMENT = 64 * 1024

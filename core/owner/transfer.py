@@ -3,7 +3,7 @@
 The CLI reads the source (files, another IMAP server) and writes the export;
 the running twin, which holds the store, files and reads. Routes under
 ``/twin/v1/local/mail/transfer/``, owner only (the local token, checked
-before anything else by the guard of ``core.peer.local_storage``); ``login``
+before anything else by ``core.owner.token.OwnerOnly``); ``login``
 (a query parameter) defaults to the owner:
 
 =======  ======================  ==================================================
@@ -33,8 +33,8 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 from core.errors import Invalid, NotFound, TwinError
 from core.mail.imported import Imported, Incoming, clean_flags
 from core.mail.transfer import BATCH_BYTES, LocalMail
+from core.owner.token import OwnerOnly
 from core.peer.errors import http_status
-from core.peer.local_storage import _OwnerOnly
 
 if TYPE_CHECKING:
     from core.service import Service
@@ -137,4 +137,4 @@ def routes(service: Service) -> list[BaseRoute]:
         Route("/known", handle(known), methods=["POST"]),
         Route("/import", handle(imported), methods=["POST"]),
     ])
-    return [Mount(LOCAL_TRANSFER, app=_OwnerOnly(inner, service))]
+    return [Mount(LOCAL_TRANSFER, app=OwnerOnly(inner, service.owner_token))]

@@ -21,13 +21,9 @@ POST     ``backends/{name}/drain``  NDJSON ``DrainProgress`` lines, the last one
 DELETE   ``backends/{name}``        -> ``{"removed": name}``; out of twin.toml too
 =======  =========================  ==============================================
 
-Owner only, like ``PUT /twin/v1/local/objects`` (``core.peer.api``): every
-request must carry ``Authorization: Bearer <token>``, the random token the
-running twin writes to ``run/local.token`` (0600, so only the owner's account
-can read it), compared in constant time. The check wraps the whole mount, so
-a route added later cannot forget it and an unknown path is refused like a
-known one: 403 ``{"code", "message"}`` before the body is read or the store
-is touched. Other errors are JSON ``{"code", "message"}`` too, mapped in one
+Owner only, like every route of ``core.owner``: the whole mount is behind
+``core.owner.token.OwnerOnly`` (403 ``{"code", "message"}`` before the body is
+read or the store is touched). Other errors are JSON ``{"code", "message"}`` too, mapped in one
 table (``_failure``).
 
 The JSON shapes are defined here once (``StoreStatus``, ``health_json``,
@@ -39,7 +35,6 @@ between "twin running" and "twin stopped".
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import re
@@ -47,15 +42,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route, Router
-from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.websockets import WebSocketClose
+from starlette.types import Receive, Scope, Send
 
 from core.errors import TwinError
 from core.foreign import storage_error
+from core.owner.token import OwnerOnly
 from core.peer.errors import http_status
 from storage import (
     BackendHealth,
@@ -69,7 +63,7 @@ from storage import (
 if TYPE_CHECKING:
     from core.service import Service
 
-log = logging.getLogger("twin.peer")
+log = logging.getLogger("twin.owner")
 LOCAL_STORAGE = "/twin/v1/local/storage"
 NDJSON = "application/x-ndjson"
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -158,35 +152,6 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 # -- the routes
 
-def owner_token_ok(expected: str, headers: Headers) -> bool:
-    """Whether the request carries the running twin's local token (constant time)."""
-    given = headers.get("authorization", "").removeprefix("Bearer ")
-    # bytes: compare_digest refuses non-ASCII str, and a header may be anything
-    return bool(expected) and hmac.compare_digest(given.encode("latin-1"), expected.encode())
-
-
-class _OwnerOnly:
-    """Refuse every request without the running twin's local token, before anything else."""
-
-    def __init__(self, app: ASGIApp, service: Service) -> None:
-        self.app = app
-        self.peer = service.peer
-
-    def allowed(self, headers: Headers) -> bool:
-        return owner_token_ok(self.peer.local_token, headers)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.allowed(Headers(scope=scope)):
-            await self.app(scope, receive, send)
-        elif scope["type"] == "http":
-            log.warning("refused a local storage request without the local token from %s",
-                        scope.get("client"))
-            await _json({"code": "forbidden", "message": "bad local token"}, 403)(
-                scope, receive, send)
-        else:
-            await WebSocketClose()(scope, receive, send)
-
-
 def _json(body: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
@@ -208,7 +173,7 @@ Handler = Callable[[Request, Store], Awaitable[Response]]
 
 
 def routes(service: Service) -> list[BaseRoute]:
-    """One mount under ``LOCAL_STORAGE``, every route behind ``_OwnerOnly``."""
+    """One mount under ``LOCAL_STORAGE``, every route behind ``OwnerOnly``."""
 
     def handle(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -243,7 +208,7 @@ def routes(service: Service) -> list[BaseRoute]:
         Route("/backends/{name}/drain", handle(drain_backend), methods=["POST"]),
         Route("/backends/{name}", handle(remove_backend), methods=["DELETE"]),
     ], default=not_found)
-    return [Mount(LOCAL_STORAGE, app=_OwnerOnly(inner, service))]
+    return [Mount(LOCAL_STORAGE, app=OwnerOnly(inner, service.owner_token))]
 
 
 async def put_object(request: Request, store: Store) -> Response:

@@ -1,4 +1,4 @@
-"""The owner's import/export API (core/peer/local_transfer.py): token first, bounded bodies."""
+"""The owner's import/export API (core/owner/transfer.py): token first, bounded bodies."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import json
 import httpx
 from starlette.applications import Starlette
 
-from core.peer import local_transfer
+from core.owner import transfer as local_transfer
 from core.service import Service
 
 TOKEN = "t" * 43
 
 
 def client(svc: Service, token: str | None = TOKEN) -> httpx.AsyncClient:
-    svc.peer.local_token = TOKEN
+    svc.owner_token.value = TOKEN
     app = Starlette(routes=local_transfer.routes(svc))
     headers = {"authorization": f"Bearer {token}"} if token else {}
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),

@@ -4,7 +4,7 @@ A quarantined message (``core.mail.quarantine``) is retried or deleted by the
 running twin itself: its store is locked by that process, and its live IMAP
 sessions must learn of a message filed into the Inbox. Routes under
 ``/twin/v1/local/mail/``, owner only (the local token, checked before
-anything else by the same guard as ``core.peer.local_storage``):
+anything else by ``core.owner.token.OwnerOnly``):
 
 =======  ==========================  =====================================
 GET      ``quarantine``              -> ``[Quarantined.to_json()]``
@@ -32,8 +32,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 
 from core.errors import Forbidden, Invalid, TwinError
+from core.owner.token import OwnerOnly
 from core.peer.errors import http_status
-from core.peer.local_storage import _OwnerOnly
 
 if TYPE_CHECKING:
     from core.routing import Routed
@@ -91,7 +91,7 @@ def routes(service: Service) -> list[BaseRoute]:
         Route("/quarantine/{id:int}", handle(drop), methods=["DELETE"]),
         Route("/send", handle(send), methods=["POST"]),
     ])
-    return [Mount(LOCAL_MAIL, app=_OwnerOnly(inner, service))]
+    return [Mount(LOCAL_MAIL, app=OwnerOnly(inner, service.owner_token))]
 
 
 async def send_as_owner(service: Service, sender: str, rcpts: list[str], message: bytes
