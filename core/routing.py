@@ -34,6 +34,7 @@ from core.delivered import DeliveredLog, message_key
 from core.errors import Forbidden, Invalid, NotFound, TwinError, Unavailable
 from core.mail.junk import junk_mailbox
 from core.mail.mime import MAX_ADDRESS_FIELD, addresses, to_crlf
+from core.outbound.bounce import Failure
 from core.peer.peer import current_envelope
 from phonebook.record import TwinRecord
 
@@ -442,8 +443,6 @@ class MailRouter:
 
     async def peer_bounced(self, recipient: str, payload: Any, reason: str) -> None:
         """The peer outbox gave up on a ``mail.deliver``: tell the local sender."""
-        from core.outbound.bounce import Failure
-
         if not isinstance(payload, dict):
             return
         rcpts = payload.get("rcpt") or [recipient]
@@ -460,8 +459,6 @@ class MailRouter:
         Only recipients we sent it are bounced (the ack cannot make us name
         others), and only to the local sender (``outbound.bounce`` delivers
         into a local Inbox or nowhere)."""
-        from core.outbound.bounce import Failure
-
         if not isinstance(payload, dict) or not isinstance(result, dict):
             return
         unknown = result.get("unknown")

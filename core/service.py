@@ -318,7 +318,7 @@ class Service:
         self._lock_fd = fd
 
     async def start(self) -> None:
-        from core.http import HttpListener
+        from core.http import HttpListener  # uvicorn: loaded by `serve`, not by every CLI command
 
         loop = asyncio.get_running_loop()
         loop.set_default_executor(ThreadPoolExecutor(max_workers=8, thread_name_prefix="twin"))

@@ -47,6 +47,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.types import Receive, Scope, Send
 
+from core import backends, domains
+from core.backup import backup_all
 from core.errors import TwinError
 from core.foreign import storage_error
 from core.owner.token import OwnerOnly
@@ -96,8 +98,6 @@ class StoreStatus:
 
     @classmethod
     async def of(cls, store: Store) -> StoreStatus:
-        from core import domains
-
         where = await asyncio.to_thread(
             lambda: {b.name: domains.of_backend(b) for b in store.backends})
         return cls(store.k, store.n, store.segment_size, await store.health(), where)
@@ -186,8 +186,6 @@ def routes(service: Service) -> list[BaseRoute]:
         return endpoint
 
     async def backup(request: Request, store: Store) -> Response:
-        from core.backup import backup_all
-
         return _json({"name": await backup_all(service.db, store)})
 
     async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
@@ -289,14 +287,10 @@ def _force(request: Request) -> bool:
 
 
 async def list_backends(request: Request, store: Store) -> Response:
-    from core import backends
-
     return _json([r.to_json() for r in await backends.rows(store)])
 
 
 async def add_backend(request: Request, store: Store) -> Response:
-    from core import backends
-
     body = bytearray()
     async for chunk in request.stream():  # bounded before parsing: owner only, but still
         body += chunk
@@ -315,8 +309,6 @@ async def drain_backend(request: Request, store: Store) -> Response:
     """Refusals before the first byte (a 400 like any other); then one NDJSON line per
     ``DRAIN_REPORT_EVERY`` and a last one with the result (or ``{"error"}``). The
     client going away cancels the drain, which the next request resumes."""
-    from core import backends
-
     name = request.path_params["name"]
     force = _force(request)
     await backends.check_drain(store, name, force)
@@ -363,8 +355,6 @@ async def _drain_lines(store: Store, name: str, force: bool) -> AsyncIterator[by
 
 
 async def remove_backend(request: Request, store: Store) -> Response:
-    from core import backends
-
     name = request.path_params["name"]
     await backends.remove(store, store.data_dir, name, _force(request))
     log.info("owner removed storage backend %s", name)
