@@ -342,7 +342,9 @@ class Service:
             # dead shard bytes back, by ratio and age, also on a twin too small to rotate
             self.spawn(store.compact_loop(COMPACT_INTERVAL), "storage-compaction")
             self.spawn(store.trim_loop(TRIM_INTERVAL), "memory-trim")
-            self.spawn(self.files.sweep(), "files-sweep")  # objects a crash left unreferenced
+            # objects a crash left listed as garbage (core.reclaim)
+            self.spawn(self.files.sweep(), "files-sweep")
+            self.spawn(self.mail.garbage.sweep(), "mail-sweep")
             self.spawn(self.outbound.run(), "outbound-queue")
             self.owner_token.issue(self.data_dir)  # before the listener takes requests
             self.spawn(self.peer.run_outbox(), "peer-outbox")

@@ -3,9 +3,10 @@
 Every database step is one function run on the database thread inside one
 ``BEGIN IMMEDIATE`` transaction, so a reader sees either the old or the new
 state of a file, never a mix. Storage objects that no file references any
-more are first recorded in ``file_garbage`` (inside the same transaction),
-then deleted from the store once no reader in this process is streaming them;
-the table makes that deletion survive a crash (``sweep`` at start-up).
+more are listed in ``file_garbage`` (inside the same transaction) and
+deleted from the store once no reader in this process is streaming them:
+``core.reclaim``, the one scheme files and mail share (``sweep`` at start-up
+deletes what a crash left listed).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from core import reclaim
 from core.db import Database
 from core.errors import Conflict, Invalid, NotFound, QuotaExceeded, Unavailable
 from core.files.paths import join, split
 from core.foreign import storage_error
 from core.peer.content import ContentEntry
-from storage import ObjectNotFound, ObjectRef, StorageError, Store
+from storage import ObjectRef, StorageError, Store
 
 log = logging.getLogger("twin.files")
 T = TypeVar("T")
@@ -75,6 +77,7 @@ MIGRATIONS = [
     """,
 ]
 
+GARBAGE = "file_garbage"  # core.reclaim's table of this part
 # A constant column list: the f-strings below that use it carry no input (S608).
 _COLS = "id, parent, name, is_dir, size, etag, created, modified, content_type, ref"
 
@@ -174,7 +177,7 @@ def _release(c: sqlite3.Connection, ref: str | None, freed: list[str]) -> None:
     row = c.execute("SELECT refs FROM file_blobs WHERE ref = ?", (ref,)).fetchone()
     if row is not None and row[0] <= 0:
         c.execute("DELETE FROM file_blobs WHERE ref = ?", (ref,))
-        c.execute("INSERT OR REPLACE INTO file_garbage VALUES (?, ?)", (ref, time.time()))
+        reclaim.record(c, GARBAGE, [ref])
         freed.append(ref)
 
 
@@ -260,8 +263,7 @@ class FileTree:
         self.quota = quota
         self.data_dir = data_dir
         self.redundancy = redundancy
-        self._pins: dict[str, int] = {}
-        self._deferred: set[str] = set()
+        self.garbage = reclaim.Reclaim(db, GARBAGE, store)
         db.migrate("files", MIGRATIONS)
 
     @property
@@ -312,7 +314,7 @@ class FileTree:
         if entry.ref is None or start >= end:
             return
         ref = entry.ref
-        self._pins[ref] = self._pins.get(ref, 0) + 1
+        self.garbage.hold(ref)
         try:
             with _storage_errors():
                 chunks = aiter(self.store.get(ObjectRef.parse(ref), start, end))
@@ -325,12 +327,7 @@ class FileTree:
                         with contextlib.suppress(Exception):
                             await closer()
         finally:
-            self._pins[ref] -= 1
-            if not self._pins[ref]:
-                del self._pins[ref]
-                if ref in self._deferred:
-                    self._deferred.discard(ref)
-                    await self._delete_objects([ref])
+            await self.garbage.release(ref)
 
     # -- changing the tree
 
@@ -407,7 +404,7 @@ class FileTree:
             obj = await self.store.put(await _small_or_stream(data))
             ref, size = str(obj), int(obj.size)
         if size == 0:  # empty files need no object
-            await self._delete_objects([ref])
+            await self.garbage.delete([ref])
             ref = None
 
         def switch(c: sqlite3.Connection) -> tuple[tuple[Any, ...], Refs, bool]:
@@ -439,9 +436,9 @@ class FileTree:
             row, freed, created = await self.db.run(_tx, switch)
         except BaseException:
             if ref is not None:
-                await self._delete_objects([ref])
+                await self.garbage.delete([ref])
             raise
-        await self._collect(freed)
+        await self.garbage.collect(freed)
         log.debug("wrote %s (%d bytes)", join(parts), size)
         return Written(_entry(row, join(parts)), created)
 
@@ -457,7 +454,7 @@ class FileTree:
             return freed
 
         freed = await self.db.run(_tx, remove)
-        await self._collect(freed)
+        await self.garbage.collect(freed)
         log.debug("deleted %s", join(parts))
 
     async def move(self, src: str, dst: str, *, overwrite: bool = False) -> FileEntry:
@@ -474,7 +471,7 @@ class FileTree:
             return _need(c, d), freed
 
         row, freed = await self.db.run(_tx, rename)
-        await self._collect(freed)
+        await self.garbage.collect(freed)
         log.debug("moved %s to %s", join(s), join(d))
         return _entry(row, join(d))
 
@@ -511,7 +508,7 @@ class FileTree:
             return _need(c, d), freed
 
         row, freed = await self.db.run(_tx, duplicate)
-        await self._collect(freed)
+        await self.garbage.collect(freed)
         log.debug("copied %s to %s", join(s), join(d))
         return _entry(row, join(d))
 
@@ -585,28 +582,6 @@ class FileTree:
 
     # -- garbage
 
-    async def _collect(self, freed: Refs) -> None:
-        now = [r for r in freed if r not in self._pins]
-        self._deferred.update(r for r in freed if r in self._pins)
-        await self._delete_objects(now)
-
-    async def _delete_objects(self, refs: Refs) -> None:
-        for ref in refs:
-            try:
-                await self.store.delete(ObjectRef.parse(ref))
-            except ObjectNotFound:
-                pass  # already gone is fine
-            except Exception as exc:  # kept in file_garbage: the next sweep tries again
-                log.warning("could not delete storage object %s: %s", ref, exc)
-                continue
-            await self.db.run(lambda c, r=ref: c.execute(
-                "DELETE FROM file_garbage WHERE ref = ?", (r,)))
-
     async def sweep(self) -> int:
         """Delete objects left in ``file_garbage`` by a crash; run once the store is open."""
-        refs = await self.db.run(lambda c: [r[0] for r in c.execute(
-            "SELECT ref FROM file_garbage")])
-        await self._delete_objects([r for r in refs if r not in self._pins])
-        if refs:
-            log.info("swept %d unreferenced storage objects", len(refs))
-        return len(refs)
+        return await self.garbage.sweep()

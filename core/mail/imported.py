@@ -165,7 +165,7 @@ class Imported:
         target, uid, modseq, uidvalidity, placed = await self.mail._commit_or_delete(
             insert, objects)
         if not placed:
-            await self.mail._delete_objects(objects)
+            await self.mail.garbage.delete(objects)
             return Filed(0, 0, skipped)
         self.mail.live.announce(target, uidvalidity, uid, modseq, placed)
         return Filed(len(placed), sum(r[3] for r in placed), skipped)

@@ -15,11 +15,13 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from core import reclaim
 from core.errors import NotFound
 from core.mail import packs
 from core.mail.index import Loaded
 from core.mail.mailboxes import bump_modseq
 from core.mail.model import Extents, Meta, Row, Unused, flags_set, flags_text
+from core.mail.schema import GARBAGE
 
 VANISHED_KEEP = 1000  # expunge records kept per mailbox (the mail.vanished_keep default)
 
@@ -117,13 +119,15 @@ def prune_vanished(c: sqlite3.Connection, mailbox_id: int, keep: int) -> None:
 def collect_unused(c: sqlite3.Connection, refs: list[str]) -> Unused:
     """Forget the bodies of ``refs`` no message uses any more; what is now unused.
 
-    A pack (``core.mail.packs``) is unused once no message uses any of its members."""
+    A pack (``core.mail.packs``) is unused once no message uses any of its members.
+    Unused objects are listed as garbage in this transaction (``core.reclaim``)."""
     unused = unused_refs(c, refs)
     objects: dict[str, None] = {}
     for ref in unused:
         obj, offset, _ = packs.locate(ref)
         if offset is None or not packs.in_use(c, obj):
             objects[obj] = None
+    reclaim.record(c, GARBAGE, objects)
     return Unused(unused, list(objects))
 
 

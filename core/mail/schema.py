@@ -96,7 +96,15 @@ MIGRATIONS = [
         PRIMARY KEY (mailbox, uid)
     ) WITHOUT ROWID;
     """,
+    # objects no message uses any more, until deleted from the store (core.reclaim)
+    """
+    CREATE TABLE mail_garbage (
+        ref    TEXT PRIMARY KEY,
+        since  REAL NOT NULL
+    );
+    """,
 ]
+GARBAGE = "mail_garbage"
 
 # RFC 3501 §2.3.1.1: a name's UIDVALIDITY never repeats, so every mailbox ever
 # created takes the next value of one ascending counter (at least the clock).

@@ -97,7 +97,9 @@ from core.mail.model import (
     flags_text,
     parse_flags,
 )
+from core.mail.schema import GARBAGE
 from core.mail.subscriptions import Subscriptions
+from core.reclaim import Reclaim
 from storage.errors import StorageError
 from storage.model import ObjectRef
 
@@ -155,7 +157,10 @@ class MailStore:
         # cleared by every create/delete/rename/subscribe (``_names_changed``)
         self._rows: dict[tuple[str, str], Mailbox] = {}
         self._rows_gen = 0
-        self._deleting: set[str] = set()  # refs no message uses, being deleted
+        # objects no message uses any more: listed in the removing transaction
+        # (collect_unused), deleted after it (core.reclaim, shared with files)
+        self.garbage = Reclaim(db, GARBAGE, lambda: self.store,
+                               forget=lambda ref: self.bodies.drop(ref))  # the cache of now
         self.intake: Intake | None = None  # journal + filer, while the service runs
 
     @property
@@ -278,7 +283,7 @@ class MailStore:
             self._names_changed()
         self.live.publish(mailbox_id, Change("deleted", ()))
         self._forget(orphans.refs)
-        await self._delete_objects(orphans.objects)
+        await self.garbage.collect(orphans.objects)
         log.info("%s deleted mailbox %r", login, name)
 
     async def rename_mailbox(self, login: str, old: str, new: str) -> None:
@@ -539,7 +544,7 @@ class MailStore:
 
     async def _get(self, obj: str, start: int, end: int) -> AsyncIterator[bytes]:
         store = self._need_store()
-        if obj in self._deleting:
+        if self.garbage.gone(obj):
             raise Unavailable("message body unavailable: the message was expunged")
         try:
             async for chunk in store.get(ObjectRef.parse(obj), start, end):
@@ -593,7 +598,7 @@ class MailStore:
             used, limit = await self.quota(login)
             used += self.intake.pending(login) if self.intake is not None else 0
             if used + size > limit:
-                await self._delete_objects([ref])
+                await self.garbage.delete([ref])
                 raise QuotaExceeded(f"over quota ({used + size} > {limit} bytes)")
         row = Row(ref, header, structure, size,
                   time.time() if internal_date is None else internal_date, flagset)
@@ -636,7 +641,7 @@ class MailStore:
         try:
             set_aside = [await _put(store, data) for _, data, _ in bad]  # alone, never packed
         except BaseException:
-            self._delete_later(objects)
+            self.garbage.collect_later(objects)
             raise
         last = entries[-1].seq
         by_login: dict[str, list[Row]] = {}
@@ -736,7 +741,7 @@ class MailStore:
             quarantine.delete(c, qid)
             return item
         item = await self._commit.submit(drop)
-        await self._delete_objects([item.ref])
+        await self.garbage.delete([item.ref])
         log.info("quarantine #%d (for %s) deleted", qid, quarantine.printable(item.login))
 
     async def _describe(self, data: bytes) -> tuple[bytes, bytes, str]:
@@ -766,7 +771,7 @@ class MailStore:
                                         return_exceptions=True)
         objects = [str(o) for o in outcomes if not isinstance(o, BaseException)]
         if len(objects) < len(outcomes):
-            self._delete_later(objects)
+            self.garbage.collect_later(objects)
             raise next(o for o in outcomes if isinstance(o, BaseException))
         return packs.refs(sizes, groups, alone, objects), objects
 
@@ -864,7 +869,7 @@ class MailStore:
         if gone:
             self.live.publish(mailbox_id, Change("expunge", tuple(gone), modseq=modseq))
         self._forget(orphans.refs)
-        self._delete_later(orphans.objects)
+        self.garbage.collect_later(orphans.objects)
         return gone  # type: ignore[no-any-return]
 
     async def copy(self, mailbox_id: int, uids: Sequence[int], login: str, dest: str, *,
@@ -926,7 +931,7 @@ class MailStore:
         if move and src:
             self.live.publish(mailbox_id, Change("expunge", tuple(src), modseq=src_modseq))
         self._forget(orphans.refs)
-        self._delete_later(orphans.objects)
+        self.garbage.collect_later(orphans.objects)
         if hooked and refs:
             copied = Copied(login, source_special[0], source_special[1], tuple(refs), move)
             for hook in list(self.copy_hooks):
@@ -995,7 +1000,7 @@ class MailStore:
         except asyncio.CancelledError:
             raise
         except BaseException:
-            await self._delete_objects(objects)
+            await self.garbage.delete(objects)
             raise
         return result
 
@@ -1006,41 +1011,6 @@ class MailStore:
         evicted them (in a soak's tracemalloc, most of what alice's heap gained)."""
         for ref in refs:
             self.bodies.drop(ref)
-
-    def _delete_later(self, refs: Sequence[str]) -> None:
-        """Delete objects no message uses any more, without making the caller wait.
-
-        EXPUNGE and MOVE answer once the metadata commit is durable; the
-        objects' shares are removed in the background (a failure, or a stop
-        meanwhile, leaves an orphan that storage ``verify`` reports, losing
-        nothing). Until then ``read`` refuses the refs, as it would after.
-        """
-        refs = [r for r in refs if r not in self._deleting]
-        if not refs:
-            return
-        for ref in refs:
-            self.bodies.drop(ref)
-        self._deleting.update(refs)
-
-        async def run() -> None:
-            try:
-                await self._delete_objects(refs)
-            finally:
-                self._deleting.difference_update(refs)
-        task = asyncio.get_running_loop().create_task(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _delete_objects(self, refs: Sequence[str]) -> None:
-        for ref in refs:
-            self.bodies.drop(ref)
-        if not refs or self.store is None:
-            return
-        for ref in refs:
-            try:
-                await self.store.delete(ObjectRef.parse(ref))
-            except Exception as exc:  # a leftover object wastes space but loses nothing
-                log.warning("could not delete message object %s: %s", ref, exc)
 
 
 def _seqs(seqs: Sequence[int]) -> str:

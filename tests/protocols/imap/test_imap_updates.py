@@ -122,7 +122,7 @@ def test_body_gone_mid_fetch_gets_a_clean_no(account: Account) -> None:
     async def lose_object() -> None:
         inbox = await mail.mailbox(account.login, "INBOX")
         [meta] = await mail.meta(inbox.id, [uid], structure=False)
-        await mail._delete_objects([meta.ref])  # as an expunge by another session does
+        await mail.garbage.delete([meta.ref])  # as an expunge by another session does
     c = connect(account)
     c.sock.settimeout(10)
     c.select("INBOX")
