@@ -48,6 +48,10 @@ class GroupCommit(Generic[R]):
             raise value
         return value
 
+    async def drain(self) -> None:
+        """Wait until every op submitted so far has been committed (or failed)."""
+        await self._batches.drain()
+
     async def _run(self, ops: list[Op]) -> list[Outcome]:
         return await self._db.run(_apply, ops)
 
