@@ -8,6 +8,11 @@ juggling. Connections are in autocommit mode (``isolation_level=None``), so
 statements atomically pass one function that does them inside
 ``with transaction(conn):``.
 
+Writes that arrive concurrently from many callers (the peer tables) go
+through ``Group``: one call on the database thread, one commit, for all of
+them. It is an adapter over ``storage.groupcommit``, the twin's one group
+commit (core may import storage; storage never imports core).
+
 Each part of core owns its tables and creates them with ``migrate``: a list of
 SQL scripts applied in order once, tracked in ``schema_versions`` per part.
 """
@@ -21,6 +26,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+
+from storage.groupcommit import GroupCommit
 
 T = TypeVar("T")
 In = TypeVar("In")
@@ -94,37 +101,21 @@ class Group(Generic[In, Out]):
     under load dozens share one thread hop and one commit (with ``synchronous
     = FULL``, one fsync), which is what lets the peer outbox take and retire
     a thousand messages a second. Every caller still returns only once its
-    own item is committed."""
+    own item is committed.
+
+    A thin adapter: the batching is ``storage.groupcommit.GroupCommit`` (the
+    twin's one group commit), here run through ``Database.run`` on the
+    database's thread, at most ``MAX_GROUP`` items a call, a cancelled caller's
+    wait not shielded."""
 
     def __init__(self, db: Database, fn: Callable[[sqlite3.Connection, list[In]], list[Out]],
                  name: str = "db-group") -> None:
         self.db, self.fn, self.name = db, fn, name
-        self._waiting: list[tuple[In, asyncio.Future[Out]]] = []
-        self._runner: asyncio.Task[None] | None = None
+        self._commit: GroupCommit[In, Out] = GroupCommit(
+            self._run, max_items=MAX_GROUP, shield=False, name=name)
 
     async def __call__(self, item: In) -> Out:
-        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._run(), name=self.name)
-        return await future
+        return await self._commit.submit(item)
 
-    async def _run(self) -> None:
-        try:
-            while self._waiting:
-                group = self._waiting[:MAX_GROUP]
-                del self._waiting[:MAX_GROUP]
-                try:
-                    results = await self.db.run(self.fn, [item for item, _ in group])
-                except BaseException as exc:
-                    for _, future in group:
-                        if not future.done():
-                            future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                else:
-                    for (_, future), result in zip(group, results, strict=True):
-                        if not future.done():
-                            future.set_result(result)
-        finally:
-            self._runner = None
+    async def _run(self, items: list[In]) -> list[Out]:
+        return await self.db.run(self.fn, items)

@@ -95,8 +95,10 @@ Layout: which file for what
   ``catalogue.py`` (the SQLite catalogue), ``health.py`` (deadlines,
   ``BackendMonitor``), ``memory.py`` (byte budget, buffer pool, malloc tuning,
   thread pools), ``source.py`` (a put's source cut into segments),
-  ``groupcommit.py`` and ``sqlpool.py`` (shared by the catalogue and the local
-  backend), ``model.py`` and ``errors.py`` (the public values and errors).
+  ``groupcommit.py`` (the twin's one group commit: the catalogue and the
+  local backend use it, and so do ``core.db.Group`` and ``core.mail.commit``)
+  and ``sqlpool.py`` (shared by the catalogue and the local backend),
+  ``model.py`` and ``errors.py`` (the public values and errors).
 - To add a storage backend, open ``backends/__init__.py``: the
   ``ShardBackend`` contract, and ``load``, which picks the implementation by
   ``kind``. A new kind is a module beside ``backends/local.py`` and

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from storage.errors import StorageError
-from storage.groupcommit import GroupCommit
+from storage.groupcommit import GroupCommit, in_thread
 from storage.model import ObjectInfo
 from storage.share import HASH_BYTES
 from storage.sqlpool import ReaderPool
@@ -130,7 +130,7 @@ class Catalogue:
         elif int(row[0]) != SCHEMA_VERSION:
             raise ValueError(f"catalogue {path} has schema {row[0]}, expected {SCHEMA_VERSION}")
         self._commit: GroupCommit[tuple[str, Any], Any] = GroupCommit(
-            self._run_batch, executor, max_items=1024)
+            in_thread(executor, self._run_batch), max_items=1024)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,

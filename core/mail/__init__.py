@@ -57,8 +57,9 @@ Where things are (one job a file):
   indexes of open mailboxes, their watches, observers: ``MailStore.live``).
 - ``index`` (a mailbox's shared in-memory index), ``cache`` (bodies and
   metadata), ``sortkeys``, ``addresses``, ``mime`` (structure), ``commit``
-  (the group commit), ``journal``/``intake``/``quarantine`` (local delivery),
-  ``subscriptions``, ``junk``.
+  (the group commit: per-op isolation over ``storage.groupcommit``),
+  ``journal``/``intake``/``quarantine`` (local delivery), ``subscriptions``,
+  ``junk``.
 
 Mail in and out (``twin mail import|export``): ``core.mail.transfer`` (the
 loops), ``core.mail.imported`` (a batch filed with the record of its source

@@ -5,54 +5,58 @@ and with ``synchronous=FULL`` each SQLite transaction costs one fsync. Queuing
 concurrent writes and applying everything queued so far in ONE transaction
 makes throughput grow with concurrency instead of being capped by the disk's
 fsync rate; each caller still waits for the commit that contains its write.
+
+The queueing is not here: it is ``storage.groupcommit.GroupCommit``, the
+twin's one group commit. This module adds what mail needs on top: ``_apply``
+runs a batch of ops so that a failing op is undone alone while the others
+commit, and ``GroupCommit.submit`` raises that op's error in its own caller.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from core.db import Database
+from storage import groupcommit
 
 R = TypeVar("R")
 Op = Callable[[sqlite3.Connection], Any]
+Outcome = tuple[bool, Any]  # (True, op's result) or (False, the exception it raised)
 
 
 class GroupCommit(Generic[R]):
+    """Per-op results over the one batching class (``storage.groupcommit``).
+
+    What is particular to mail is only how a batch runs: ``_apply`` on the
+    database's thread, where a failing op is undone alone. Each op's outcome
+    comes back as a value and ``submit`` raises a failure in its own caller."""
+
     def __init__(self, db: Database, max_items: int = 1000) -> None:
         self._db = db
-        self._max = max_items
-        self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._batches: groupcommit.GroupCommit[Op, Outcome] = groupcommit.GroupCommit(
+            self._run, max_items=max_items)
 
     async def submit(self, op: Op) -> Any:
         """Run ``op(conn)`` inside a shared transaction; its result once committed.
 
         ``op`` may run twice (replayed when another op of its batch fails, see
         ``_apply``): it must change nothing but the database."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((op, fut))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush())
-        return await asyncio.shield(fut)
+        ok, value = await self._batches.submit(op)
+        if not ok:
+            raise value
+        return value
 
-    async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:self._max], self._queue[self._max:]
-            outcomes = await self._db.run(_apply, [op for op, _ in batch])
-            for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
-                if fut.done():
-                    continue
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+    async def drain(self) -> None:
+        """Wait until every op submitted so far has been committed (or failed)."""
+        await self._batches.drain()
+
+    async def _run(self, ops: list[Op]) -> list[Outcome]:
+        return await self._db.run(_apply, ops)
 
 
-def _apply(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
+def _apply(conn: sqlite3.Connection, ops: list[Op]) -> list[Outcome]:
     """One transaction; a failing op is rolled back alone, the rest commit.
 
     Every op is first run plainly; only if one fails is the batch rolled back
@@ -62,7 +66,7 @@ def _apply(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         try:
-            out: list[tuple[bool, Any]] = [(True, op(conn)) for op in ops]
+            out: list[Outcome] = [(True, op(conn)) for op in ops]
         except Exception:
             conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
@@ -76,7 +80,7 @@ def _apply(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
     return out
 
 
-def _isolated(conn: sqlite3.Connection, op: Op) -> tuple[bool, Any]:
+def _isolated(conn: sqlite3.Connection, op: Op) -> Outcome:
     conn.execute("SAVEPOINT op")
     try:
         result = (True, op(conn))

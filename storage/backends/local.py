@@ -67,7 +67,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from storage.backends.keys import Buffer, check_key
 from storage.errors import BackendUnavailable, StoreInUse
-from storage.groupcommit import GroupCommit
+from storage.groupcommit import GroupCommit, in_thread
 from storage.model import BackendHealth
 from storage.sqlpool import ReaderPool
 
@@ -230,7 +230,7 @@ class LocalBackend:
         self._readers = ReaderPool(self._connect_reader)
         self._fds: dict[int, int] = {}
         self._fd_lock = threading.Lock()
-        self._commit: GroupCommit[Op, bool] = GroupCommit(self._run_batch, executor)
+        self._commit: GroupCommit[Op, bool] = GroupCommit(in_thread(executor, self._run_batch))
         self._closed = False
         self._lock_fd: int | None = None
         # durable records not yet in the index: key -> (file, offset, length), the same

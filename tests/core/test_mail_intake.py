@@ -292,6 +292,6 @@ async def test_a_filing_cancelled_during_its_commit_keeps_the_objects_its_rows_u
     filing.cancel()  # as Intake.stop does when its grace runs out
     with pytest.raises(asyncio.CancelledError):
         await filing
-    assert svc.mail._commit._flusher is not None
-    await svc.mail._commit._flusher  # the shielded commit runs on
+    assert svc.mail._commit._batches._flusher is not None  # the commit is in flight
+    await svc.mail._commit.drain()  # the shielded commit runs on
     assert subjects(await inbox(svc, login)) == ["m0"]
