@@ -59,6 +59,20 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
+def _on_thread(fn: Callable[..., T], conn: sqlite3.Connection, *args: Any) -> T:
+    """``fn(conn, *args)`` on the database's thread; a cursor it returns is closed here.
+
+    Why: ``lambda c: c.execute(...)`` returns its cursor, and a cursor dropped on
+    the event loop's thread is finalised there, resetting its statement while
+    this thread may be using the connection (SQLITE_MISUSE, "bad parameter or
+    other API misuse"). Nothing reads a cursor returned this way."""
+    result = fn(conn, *args)
+    if isinstance(result, sqlite3.Cursor):
+        result.close()
+        return None  # type: ignore[return-value]
+    return result
+
+
 class Database:
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
         self.path = Path(path)
@@ -69,11 +83,11 @@ class Database:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, fn, self.conn, *args)
+        return await loop.run_in_executor(self._pool, _on_thread, fn, self.conn, *args)
 
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """For CLI commands and start-up, outside any event loop."""
-        return self._pool.submit(fn, self.conn, *args).result()
+        return self._pool.submit(_on_thread, fn, self.conn, *args).result()
 
     def migrate(self, part: str, scripts: Sequence[str]) -> None:
         def apply(conn: sqlite3.Connection) -> None:
