@@ -70,8 +70,16 @@ keys, one transaction), ``core.mail.files`` (Maildir and mbox),
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Iterable, Sequence
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Hashable,
+    Iterable,
+    Sequence,
+)
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from core.mail.index import Snapshot
 from core.mail.model import (
@@ -127,6 +135,9 @@ class MailAccess(Protocol):
     async def sort_keys(self, mailbox_id: int, uids: Sequence[int],
                         fields: Collection[str]) -> KeyColumns: ...
     async def vanished(self, mailbox_id: int, since_modseq: int) -> list[int]: ...
+    # a result computed from a view of a mailbox, kept until the mailbox changes
+    def derived(self, mailbox_id: int, key: Hashable) -> Any: ...
+    def keep_derived(self, mailbox_id: int, key: Hashable, value: Any) -> None: ...
 
     # message bytes
     def read(self, ref: str, start: int = 0, end: int | None = None

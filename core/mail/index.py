@@ -34,13 +34,16 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left, insort
+from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from core.mail.model import Change, Mailbox, Watch
 
 SEEN = "\\Seen"
 SMALL_EXPUNGE = 64  # at most this many uids: delete in place instead of rebuilding
 MAX_INTERNED = 10_000  # distinct flag sets kept before the unused ones are dropped
+MAX_DERIVED = 8  # results kept per mailbox until its next change (``MailboxIndex.derived``)
 
 
 @dataclass
@@ -92,6 +95,10 @@ class MailboxIndex:
     modseqs: list[int] = field(default_factory=list)
     keywords: set[str] = field(default_factory=set)
     interned: dict[frozenset[str], frozenset[str]] = field(default_factory=dict)
+    # What a front end computed from a view of this mailbox (a THREAD or SORT of
+    # all of it), keyed by the front end including that view; dropped at every
+    # change, so it holds only results of views that may still be current.
+    derived: dict[Hashable, Any] = field(default_factory=dict)
 
     @property
     def loading(self) -> bool:
@@ -132,6 +139,7 @@ class MailboxIndex:
         if self.loading:
             self.buffered.append(change)
             return
+        self.derived.clear()
         if change.kind == "exists":
             if change.modseq <= self.loaded_modseq:
                 return  # committed before the load read the rows: already there
@@ -159,6 +167,11 @@ class MailboxIndex:
         elif change.kind == "expunge":
             self.remove(change.uids)
         self.modseq = max(self.modseq, change.modseq)
+
+    def keep_derived(self, key: Hashable, value: Any) -> None:
+        if len(self.derived) >= MAX_DERIVED:
+            self.derived.pop(next(iter(self.derived)))
+        self.derived[key] = value
 
     def remove(self, uids: tuple[int, ...] | list[int]) -> None:
         if len(uids) <= SMALL_EXPUNGE:

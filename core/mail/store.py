@@ -34,6 +34,7 @@ from collections.abc import (
     AsyncIterator,
     Callable,
     Collection,
+    Hashable,
     Iterable,
     Sequence,
 )
@@ -504,6 +505,21 @@ class MailStore:
         """SORT and THREAD keys (``core.mail.sortkeys``) of the messages ``uids``
         (ascending) that still exist; derived from the header once per message."""
         return await sortkeys.load(self.reads, self._commit, mailbox_id, uids, fields)
+
+    def derived(self, mailbox_id: int, key: Hashable) -> Any:
+        """A result a front end kept with the mailbox's shared index, or None."""
+        idx = self.live.indexes.get(mailbox_id)
+        return None if idx is None else idx.derived.get(key)
+
+    def keep_derived(self, mailbox_id: int, key: Hashable, value: Any) -> None:
+        """Keep ``value`` with the mailbox's shared index until its next change.
+
+        ``key`` must name the view of the mailbox the value was computed from
+        (a session may lag behind the index: it asks with its own view), so a
+        value is only ever found by a session that sees what it was made of."""
+        idx = self.live.indexes.get(mailbox_id)
+        if idx is not None and not idx.loading:
+            idx.keep_derived(key, value)
 
     _load_meta = staticmethod(load_meta)  # the tests compare with what SQLite says
 

@@ -11,6 +11,7 @@ upper-cased); ties are broken by sequence number, as §3 requires.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from protocols.imap import returns, threads
 from protocols.imap.commands import SELECTED, args, command
 from protocols.imap.commands.search import esearch_line, run_search
 from protocols.imap.errors import Bad, No
-from protocols.imap.parser import Token
+from protocols.imap.parser import Atom, Token
 
 if TYPE_CHECKING:
     from protocols.imap.parser import Command
@@ -86,12 +87,34 @@ def sort_uids(found: KeyColumns, keys: list[SortKey]) -> list[int]:
     return [found.uids[i] for i in order]
 
 
+def whole_view(sel: Selected, tokens: list[Token], *what: Hashable) -> Hashable | None:
+    """The key of a result over the whole mailbox (search program ``ALL``) as this
+    session sees it, or None for any other program (its result may depend on the
+    time, ``YOUNGER``, or on more than the view).
+
+    Why: a client that opens a mailbox sorts or threads all of it, and the next
+    session asks again; over 100,000 messages that is most of a new session's
+    time. The view: the session's modseq, its message count and last uid, and
+    the expunges it holds back (``Selected.held``)."""
+    if len(tokens) != 1 or not isinstance(tokens[0], Atom) or str(tokens[0]).upper() != "ALL":
+        return None
+    return (*what, sel.highestmodseq, len(sel.uids), sel.uids[-1] if sel.uids else 0,
+            len(sel.held))
+
+
 async def sorted_matches(s: Session, sel: Selected, tokens: list[Token],
                          keys: list[SortKey]) -> list[int]:
     """The uids the search program names, in the order of ``keys``."""
+    key = whole_view(sel, tokens, "SORT", *keys)
+    kept = s.mail.derived(sel.mailbox.id, key) if key is not None else None
+    if kept is not None:
+        return list(kept)
     fields = [FIELDS[k.name] for k in keys if k.name in FIELDS]
     found = await keyed(s, sel, tokens, fields)
-    return await asyncio.to_thread(sort_uids, found, keys)
+    ordered = await asyncio.to_thread(sort_uids, found, keys)
+    if key is not None:
+        s.mail.keep_derived(sel.mailbox.id, key, tuple(ordered))
+    return ordered
 
 
 def _charset(tok: Token) -> None:
@@ -185,8 +208,13 @@ async def thread(s: Session, cmd: Command) -> str | None:
     if algorithm not in ("ORDEREDSUBJECT", "REFERENCES"):
         raise Bad(f"unknown threading algorithm {algorithm[:30]}")
     _charset(a[1])
-    found = await keyed(s, sel, a[2:], THREAD_FIELDS)
-    nums = found.uids if cmd.uid else sel.seqs_of(found.uids)
-    text = await asyncio.to_thread(_thread_text, found, nums, algorithm)
+    key = whole_view(sel, a[2:], "THREAD", algorithm, cmd.uid)
+    text = s.mail.derived(sel.mailbox.id, key) if key is not None else None
+    if text is None:
+        found = await keyed(s, sel, a[2:], THREAD_FIELDS)
+        nums = found.uids if cmd.uid else sel.seqs_of(found.uids)
+        text = await asyncio.to_thread(_thread_text, found, nums, algorithm)
+        if key is not None:
+            s.mail.keep_derived(sel.mailbox.id, key, text)
     s.untagged(b"THREAD " + text if text else b"THREAD")
     return None

@@ -465,6 +465,34 @@ def test_thread_references(account: Account, raw: Raw) -> None:
     assert raw.cmd("UID THREAD REFERENCES UTF-8 NOT SUBJECT u")[0] == b"* THREAD (1 (2)(4))"
 
 
+def test_a_whole_mailbox_thread_and_sort_are_kept_until_it_changes(account: Account,
+                                                                     raw: Raw) -> None:
+    """The next session's THREAD/SORT of ALL comes from the mailbox's kept index
+    (``MailStore.derived``): the same answer, and a new one once the mailbox changes."""
+    account.deliver(b"Message-ID: <a@k>\r\nSubject: b\r\n\r\nx\r\n")
+    account.deliver(b"Message-ID: <b@k>\r\nIn-Reply-To: <a@k>\r\nSubject: Re: b\r\n\r\nx\r\n")
+    account.deliver(b"Message-ID: <c@k>\r\nSubject: a\r\n\r\nx\r\n")
+    raw.cmd("SELECT INBOX")
+    assert raw.cmd("THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (1 2)(3)"
+    assert raw.cmd("SORT (SUBJECT) UTF-8 ALL")[0] == b"* SORT 3 1 2"
+    mail = account.twin.service.mail
+    inbox = account.twin.call(mail.mailbox(account.login, "INBOX"))
+    assert len(mail.live.indexes[inbox.id].derived) == 2  # both kept
+    other = Raw(account.port)
+    other.login(account)
+    other.cmd("EXAMINE INBOX")
+    assert other.cmd("THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (1 2)(3)"
+    assert other.cmd("SORT (SUBJECT) UTF-8 ALL")[0] == b"* SORT 3 1 2"
+    account.deliver(b"Message-ID: <d@k>\r\nReferences: <c@k>\r\nSubject: Re: a\r\n\r\nx\r\n")
+    assert not mail.live.indexes[inbox.id].derived  # the change dropped them
+    other.cmd("NOOP")
+    assert other.cmd("THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (1 2)(3 4)"
+    assert other.cmd("SORT (SUBJECT) UTF-8 ALL")[0] == b"* SORT 3 4 1 2"
+    # a session that has not seen the new message yet keeps its own view's answer
+    assert raw.cmd("UID THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (1 2)(3)"
+    other.close()
+
+
 def test_within_older_younger(account: Account, raw: Raw) -> None:
     old = b"Subject: old\r\n\r\nx\r\n"
     raw.cmd(b'APPEND INBOX "01-Jan-2020 10:00:00 +0000" {%d+}\r\n%s' % (len(old), old))
