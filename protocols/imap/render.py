@@ -7,6 +7,7 @@ BODYSTRUCTURE are built from the structure cached by ``core.mail.mime``.
 
 from __future__ import annotations
 
+import functools
 import time
 import urllib.parse
 from collections.abc import Iterable
@@ -41,6 +42,13 @@ def astring(value: str, *, utf8: bool = False) -> bytes:
 
 def flags(values: Iterable[str]) -> bytes:
     return b"(" + " ".join(sorted(values)).encode("utf-8", "surrogateescape") + b")"
+
+
+@functools.lru_cache(maxsize=1024)
+def flag_set(values: frozenset[str]) -> bytes:
+    """``flags`` of a set as the index holds it (interned, hash kept): a mailbox
+    has a handful of distinct sets, and FETCH renders one per message."""
+    return flags(values)
 
 
 def date_time(ts: float) -> bytes:
