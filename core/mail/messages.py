@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from core import reclaim
 from core.errors import NotFound
-from core.mail import packs
+from core.mail import packs, sortkeys
 from core.mail.index import Loaded
 from core.mail.mailboxes import bump_modseq
 from core.mail.model import Extents, Meta, Row, Unused, flags_set, flags_text
@@ -48,9 +48,10 @@ def insert_rows(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[Row]
                  ) -> Inserted:
     """Add stored messages to a mailbox; (first uid, first modseq, uidvalidity).
 
-    Row k gets uid and modseq first + k. One UPDATE reserves them all and two
-    executemany calls insert, whatever the count: a filing batch costs three
-    statements, not four per message. NotFound: the mailbox was deleted."""
+    Row k gets uid and modseq first + k. One UPDATE reserves them all and
+    three executemany calls insert them, their bodies and their SORT/THREAD
+    keys (``sortkeys.keep_filed``), whatever the count: a filing batch costs
+    four statements, not four per message. NotFound: the mailbox was deleted."""
     n = len(rows)
     row = c.execute("UPDATE mail_mailboxes SET uidnext = uidnext + ?, modseq = modseq + ? "
                     "WHERE id = ? RETURNING uidnext - ?, modseq - ? + 1, uidvalidity",
@@ -63,6 +64,7 @@ def insert_rows(c: sqlite3.Connection, mailbox_id: int, rows: Sequence[Row]
     c.executemany("INSERT INTO mail_messages VALUES (?, ?, ?, ?, ?, ?, ?)",
                   [(mailbox_id, uid + k, ref, size, date, flags_text(flags), modseq + k)
                    for k, (ref, _, _, size, date, flags) in enumerate(rows)])
+    sortkeys.keep_filed(c, mailbox_id, uid, [r.header for r in rows])
     return Inserted(uid, modseq, uidvalidity)
 
 

@@ -41,19 +41,23 @@ async def test_keys_are_derived_once_kept_and_go_with_their_message(
     uids = [await mail.deliver(login, b"Subject: %d\r\nDate: Mon, 01 Jan 2024 1%d:00:00 +0000"
                                b"\r\n\r\nx\r\n" % (n, n)) for n in (3, 1, 2)]
     mb = await mail.mailbox(login, "INBOX")
-    assert await _keys_rows(svc) == []
-    first = await mail.sort_keys(mb.id, uids, ["sent", "subject"])
-    assert first.uids == uids and first.keys["subject"] == ["3", "1", "2"]
-    assert len(await _keys_rows(svc)) == 3
+    assert len(await _keys_rows(svc)) == 3  # kept when filed
 
     def refuse(header: bytes) -> SortKeys:
         raise AssertionError("derived again")
 
     monkeypatch.setattr(sortkeys, "derive", refuse)
-    again = await mail.sort_keys(mb.id, uids[1:], ["sent"])  # read back, not derived
+    first = await mail.sort_keys(mb.id, uids, ["sent", "subject"])  # read back, not derived
+    assert first.uids == uids and first.keys["subject"] == ["3", "1", "2"]
+    again = await mail.sort_keys(mb.id, uids[1:], ["sent"])
     assert again.uids == uids[1:] and again.sent() == first.sent()[1:]
     assert "subject" not in again.keys  # only the columns asked for
     monkeypatch.undo()
+
+    # messages filed before keys were kept at filing: derived at the first SORT, kept
+    await svc.db.run(lambda c: c.execute("DELETE FROM mail_sort").close())
+    derived = await mail.sort_keys(mb.id, uids, ["sent", "subject"])
+    assert derived.keys == first.keys and len(await _keys_rows(svc)) == 3
 
     monkeypatch.setattr(sortkeys, "KEYS_VERSION", sortkeys.KEYS_VERSION + 1)
     await mail.sort_keys(mb.id, uids, ["subject"])  # a new derivation replaces old rows
@@ -84,3 +88,23 @@ async def test_a_message_without_a_date_sorts_by_its_internal_date(
     mb = await svc.mail.mailbox(login, "INBOX")
     found = await svc.mail.sort_keys(mb.id, [uid], ["sent"])
     assert found.sent() == [1234.0] and found.keys["sent"] == [None]
+
+
+async def test_a_header_derive_cannot_read_does_not_stop_filing(
+        service: tuple[Service, str], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in ``derive`` on a hostile header must not cost the delivery (nor
+    the other messages of its filing batch): the keys wait for the first SORT."""
+    svc, login = service
+
+    def broken(header: bytes) -> SortKeys:
+        raise ValueError("unreadable")
+
+    monkeypatch.setattr(sortkeys, "derive", broken)
+    uid = await svc.mail.deliver(login, b"Subject: odd\r\n\r\nx\r\n")
+    assert await _keys_rows(svc) == []
+    assert "left for the first SORT: ValueError" in caplog.text
+    monkeypatch.undo()
+    mb = await svc.mail.mailbox(login, "INBOX")
+    found = await svc.mail.sort_keys(mb.id, [uid], ["subject"])
+    assert found.keys["subject"] == ["ODD"] and len(await _keys_rows(svc)) == 1
