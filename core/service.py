@@ -71,6 +71,7 @@ LOCK_FILE = "run/twin.lock"
 DB_FILE = "twin.db"
 JOURNAL_DIR = "mail-journal"  # accepted mail not filed yet (core.mail.journal)
 SHUTDOWN_BACKUP = 6  # seconds the backup at stop may take: a stop must stay bounded
+SHUTDOWN_KEEP_INDEXES = 5  # seconds keeping large mailboxes' indexes at stop may take
 COMPACT_INTERVAL = 10.0  # seconds between looks at the shard files' dead bytes
 TRIM_INTERVAL = 60.0  # seconds between giving freed heap pages back (Store.trim_loop)
 
@@ -497,6 +498,11 @@ class Service:
         self.listeners.clear()
         await self.spam.close()
         await self.mail.stop_intake()  # files what the listeners accepted
+        try:
+            await asyncio.wait_for(self.mail.keep_indexes(), SHUTDOWN_KEEP_INDEXES)
+        except TimeoutError:
+            log.warning("keeping mailbox indexes at shutdown took over %d s: skipped "
+                        "(the next start loads them from their rows)", SHUTDOWN_KEEP_INDEXES)
         if self.store is not None:
             try:  # leave a fresh twin.db + catalogue backup behind on a clean stop
                 await asyncio.wait_for(backup.backup_all(self.db, self.store),

@@ -55,7 +55,8 @@ Where things are (one job a file):
   left unused). ``packs``: how message bytes sit in stored objects
   (``obj@off:len``). ``live``: what sessions see of commits (the shared
   indexes of open mailboxes, their watches, observers: ``MailStore.live``).
-- ``index`` (a mailbox's shared in-memory index), ``cache`` (bodies and
+- ``index`` (a mailbox's shared in-memory index; ``indexfile``: a large one
+  kept packed on disk for the next start), ``cache`` (bodies and
   metadata), ``sortkeys``, ``addresses``, ``mime`` (structure), ``commit``
   (the group commit: per-op isolation over ``storage.groupcommit``),
   ``journal``/``intake``/``quarantine`` (local delivery), ``subscriptions``,

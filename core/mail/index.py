@@ -57,6 +57,7 @@ class Loaded:
     uids: list[int]
     flags: list[frozenset[str]]
     modseqs: list[int]
+    from_disk: bool = False  # read from ``core.mail.indexfile``, not from the rows
 
 
 @dataclass

@@ -19,16 +19,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from core.db import Database
 from core.errors import Unavailable
+from core.mail import indexfile
 from core.mail.cache import Fixed, MetaCache
 from core.mail.index import MailboxIndex, Snapshot
 from core.mail.messages import load_index
 from core.mail.model import Change, Mailbox, Row, Watch
+
+log = logging.getLogger("twin.mail")
 
 # Indexes of mailboxes no session has open, kept for the next session (Live.close):
 # at most this many messages in all (about 80 bytes each: 16 MiB), each for IDLE_KEEP s.
@@ -48,6 +52,7 @@ class Live:
         self.idle_messages = 0
         # called with every committed change of any mailbox (IMAP NOTIFY, RFC 5465)
         self.observers: set[Callable[[int, Change], None]] = set()
+        self._saving: set[asyncio.Task[bool]] = set()  # ``keep`` after a load
 
     async def index(self, mailbox_id: int) -> MailboxIndex:
         """The loaded shared index of a mailbox, loading it if nobody has it open."""
@@ -65,7 +70,8 @@ class Live:
             idx = self.indexes[mailbox_id] = MailboxIndex(mailbox_id)
             idx.ready = asyncio.get_running_loop().create_future()
             try:
-                idx.fill(await self.db.run(load_index, mailbox_id))
+                loaded = await self.db.run(load_index, mailbox_id)
+                idx.fill(loaded)
             except BaseException as exc:
                 if self.indexes.get(mailbox_id) is idx:
                     del self.indexes[mailbox_id]
@@ -74,7 +80,35 @@ class Live:
                 idx.ready.exception()  # retrieved: waiters look again
                 raise
             idx.ready.set_result(None)
+            if not loaded.from_disk and len(loaded.uids) >= indexfile.MIN_MESSAGES:
+                self._saving.add(asyncio.create_task(self.keep(idx)))  # for the next start
+                self._saving = {t for t in self._saving if not t.done()}
             return idx
+
+    async def keep(self, idx: MailboxIndex) -> bool:
+        """Keep a packed copy of a loaded index on disk (``core.mail.indexfile``).
+
+        Packed here, on the loop, so the copy is one state of the index; checked
+        against the rows and written on the writer. Whether it was kept (not when
+        the index is not the database's state at that moment, e.g. a commit not
+        yet published to it). A failure is logged: it costs the next start one
+        slow load, nothing else."""
+        packed = indexfile.pack(indexfile.Columns(idx.uidvalidity, idx.uidnext, idx.modseq,
+                                                  idx.uids, idx.flags, idx.modseqs))
+        if packed is None:
+            return False
+        try:
+            return await self.db.run(indexfile.save, idx.mailbox_id, packed)
+        except Exception as exc:
+            log.warning("could not keep the index of mailbox %d on disk: %s",
+                        idx.mailbox_id, exc)
+            return False
+
+    async def keep_all(self) -> None:
+        """At a clean stop: keep every loaded index of ``MIN_MESSAGES`` or more."""
+        for idx in list(self.indexes.values()):
+            if not idx.loading and len(idx.uids) >= indexfile.MIN_MESSAGES:
+                await self.keep(idx)
 
     def close(self, watch: Watch) -> None:
         """End a subscription. The mailbox's index outlives its last watch for a while.

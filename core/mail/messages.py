@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from core import reclaim
 from core.errors import NotFound
-from core.mail import packs, sortkeys
+from core.mail import indexfile, packs, sortkeys
 from core.mail.index import Loaded
 from core.mail.mailboxes import bump_modseq
 from core.mail.model import Extents, Meta, Row, Unused, flags_set, flags_text
@@ -27,11 +27,16 @@ VANISHED_KEEP = 1000  # expunge records kept per mailbox (the mail.vanished_keep
 
 
 def load_index(c: sqlite3.Connection, mailbox_id: int) -> Loaded:
-    """A mailbox's row and its uid/flags/modseq columns (one thread: one consistent read)."""
+    """A mailbox's row and its uid/flags/modseq columns (one thread: one consistent read):
+    from the packed copy kept on disk when it is exact for the row (``core.mail.indexfile``)."""
     row = c.execute("SELECT uidvalidity, uidnext, modseq, recent_uid FROM mail_mailboxes "
                     "WHERE id = ?", (mailbox_id,)).fetchone()
     if row is None:
         raise NotFound("mailbox was deleted")
+    kept = indexfile.load(c, mailbox_id, row[0], row[1], row[2])
+    if kept is not None:
+        return Loaded(row[0], row[1], row[2], row[3], kept.uids, kept.flags, kept.modseqs,
+                      from_disk=True)
     rows = c.execute("SELECT uid, flags, modseq FROM mail_messages WHERE mailbox = ? "
                      "ORDER BY uid", (mailbox_id,)).fetchall()
     uids: list[int] = []

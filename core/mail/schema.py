@@ -103,6 +103,20 @@ MIGRATIONS = [
         since  REAL NOT NULL
     );
     """,
+    # a large mailbox's index columns, packed, for the first load after a restart
+    # (core.mail.indexfile; valid only for the uidvalidity, uidnext and modseq named)
+    """
+    CREATE TABLE mail_index_kept (
+        mailbox      INTEGER PRIMARY KEY,
+        uidvalidity  INTEGER NOT NULL,
+        uidnext      INTEGER NOT NULL,
+        modseq       INTEGER NOT NULL,
+        uids         BLOB NOT NULL,
+        modseqs      BLOB NOT NULL,
+        flag_ids     BLOB NOT NULL,
+        flag_texts   TEXT NOT NULL
+    );
+    """,
 ]
 GARBAGE = "mail_garbage"
 

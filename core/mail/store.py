@@ -51,7 +51,7 @@ from core.errors import (
     QuotaExceeded,
     Unavailable,
 )
-from core.mail import mime, packs, quarantine, schema, sortkeys
+from core.mail import indexfile, mime, packs, quarantine, schema, sortkeys
 from core.mail.cache import BodyCache, Fixed, MetaCache
 from core.mail.commit import GroupCommit
 from core.mail.index import MailboxIndex, Snapshot
@@ -201,6 +201,11 @@ class MailStore:
             await self.intake.stop()
             self.intake = None
 
+    async def keep_indexes(self) -> None:
+        """At a clean stop: keep large mailboxes' loaded indexes on disk, so the
+        first SELECT after the restart reads them packed (``core.mail.indexfile``)."""
+        await self.live.keep_all()
+
     def _need_store(self) -> Store:
         if self.store is None:
             raise Unavailable("the message store is not started")
@@ -276,6 +281,7 @@ class MailStore:
                 "SELECT DISTINCT ref FROM mail_messages WHERE mailbox = ?", (mb.id,))]
             c.execute("DELETE FROM mail_messages WHERE mailbox = ?", (mb.id,))
             c.execute("DELETE FROM mail_sort WHERE mailbox = ?", (mb.id,))
+            indexfile.drop(c, mb.id)
             c.execute("DELETE FROM mail_mailboxes WHERE id = ?", (mb.id,))
             return mb.id, collect_unused(c, refs)
         try:

@@ -1,0 +1,116 @@
+"""A large mailbox's index kept on disk (core.mail.indexfile): used only when exact.
+
+The first session after a restart reads the packed copy instead of every row;
+these tests pin when that copy may be used (the mailbox unchanged since), when
+not (any change, a re-created mailbox), and that an index which does not match
+its rows is never kept.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from core.mail import indexfile
+from core.mail.messages import load_index
+from core.service import Service
+
+
+@pytest.fixture(autouse=True)
+def small_min(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(indexfile, "MIN_MESSAGES", 3)
+
+
+async def _fill(svc: Service, login: str, n: int) -> list[int]:
+    return [await svc.mail.deliver(login, b"Subject: %d\r\n\r\nbody %d\r\n" % (k, k))
+            for k in range(n)]
+
+
+async def _load(svc: Service, mailbox_id: int) -> tuple[bool, list[int], list[frozenset[str]],
+                                                         list[int]]:
+    got = await svc.db.run(load_index, mailbox_id)
+    return got.from_disk, got.uids, got.flags, got.modseqs
+
+
+async def _restart_view(svc: Service) -> None:
+    """What a restart does to the live side: every kept index forgotten."""
+    svc.mail.live.indexes.clear()
+    svc.mail.live.idle.clear()
+    svc.mail.live.idle_messages = 0
+
+
+async def test_kept_at_stop_and_read_back_exactly(service: tuple[Service, str]) -> None:
+    svc, login = service
+    uids = await _fill(svc, login, 5)
+    mb = await svc.mail.mailbox(login, "INBOX")
+    await svc.mail.set_flags(mb.id, uids[1:3], "+", ["\\Seen", "$Work"])
+    from_rows = await _load(svc, mb.id)
+    assert from_rows[0] is False
+    idx = await svc.mail.live.index(mb.id)
+    await svc.mail.keep_indexes()
+    assert await svc.mail.live.keep(idx) is True
+    again = await _load(svc, mb.id)
+    assert again == (True, *from_rows[1:])
+    assert again[2][1] == frozenset({"\\Seen", "$Work"}) and again[1] == uids
+
+    await _restart_view(svc)
+    snap, watch = await svc.mail.open(login, "INBOX", read_only=True)
+    assert snap.uids == uids and snap.flags == from_rows[2]
+    svc.mail.close(watch)
+
+
+@pytest.mark.parametrize("change", ["flags", "expunge", "deliver"])
+async def test_any_change_makes_the_copy_unused(service: tuple[Service, str],
+                                                change: str) -> None:
+    svc, login = service
+    uids = await _fill(svc, login, 4)
+    mb = await svc.mail.mailbox(login, "INBOX")
+    assert await svc.mail.live.keep(await svc.mail.live.index(mb.id)) is True
+    if change == "flags":
+        await svc.mail.set_flags(mb.id, uids[:1], "+", ["\\Flagged"])
+    elif change == "expunge":
+        await svc.mail.set_flags(mb.id, uids[:1], "+", ["\\Deleted"])
+        await svc.mail.expunge(mb.id)
+    else:
+        await _fill(svc, login, 1)
+    loaded = await _load(svc, mb.id)
+    assert loaded[0] is False  # read from the rows: the copy is not this state
+    index = await svc.mail.live.index(mb.id)
+    assert (index.uids, index.flags, index.modseqs) == loaded[1:]
+
+
+async def test_an_index_that_differs_from_its_rows_is_not_kept(
+        service: tuple[Service, str]) -> None:
+    svc, login = service
+    await _fill(svc, login, 4)
+    mb = await svc.mail.mailbox(login, "INBOX")
+    idx = await svc.mail.live.index(mb.id)
+    assert await svc.mail.live.keep(idx) is True
+    idx.modseqs[0] += 1  # drifted: same mailbox counters, different rows
+    assert await svc.mail.live.keep(idx) is False
+    assert (await _load(svc, mb.id))[0] is False  # and the older copy went with it
+
+
+async def test_a_deleted_mailbox_takes_its_copy_along(service: tuple[Service, str]) -> None:
+    svc, login = service
+    await svc.mail.create_mailbox(login, "Big")
+    for k in range(4):
+        await svc.mail.append(login, "Big", b"Subject: %d\r\n\r\nx\r\n" % k)
+    mb = await svc.mail.mailbox(login, "Big")
+    assert await svc.mail.live.keep(await svc.mail.live.index(mb.id)) is True
+    await svc.mail.delete_mailbox(login, "Big")
+    assert await svc.db.run(lambda c: c.execute(
+        "SELECT count(*) FROM mail_index_kept").fetchone()[0]) == 0
+
+
+async def test_a_load_from_rows_keeps_a_copy_for_the_next_start(
+        service: tuple[Service, str]) -> None:
+    svc, login = service
+    uids = await _fill(svc, login, 3)
+    mb = await svc.mail.mailbox(login, "INBOX")
+    await _restart_view(svc)
+    await svc.mail.live.index(mb.id)  # loaded from the rows: a copy is kept behind
+    for _ in range(100):
+        if (await _load(svc, mb.id))[0]:
+            break
+        await svc.mail.live.index(mb.id)
+    assert (await _load(svc, mb.id))[:2] == (True, uids)
