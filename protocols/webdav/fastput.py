@@ -127,15 +127,15 @@ class FastPut:
         if login is None or not self.service.users.is_owner(login):
             return None  # another login: wsgidav, behind roles.RoleGate (#15.8)
         try:
-            entry = await self.service.files.exists(path)
-            parent = await self.service.files.exists(join(parts[:-1]))
+            target = await self.service.files.put_target(path)
         except TwinError:
             return None
-        if (entry is not None and entry.is_dir) or parent is None or not parent.is_dir:
+        if (target.entry is not None and target.entry.is_dir) or not target.parent_is_dir:
             return None
         ctype = headers.get(b"content-type")
         return Plan(path, login, int(raw_length) if raw_length is not None else None,
-                    ctype.decode("latin-1") if ctype is not None else None, entry is None)
+                    ctype.decode("latin-1") if ctype is not None else None,
+                    target.entry is None)
 
     async def _begin(self, plan: Plan) -> AbstractContextManager[Any] | None:
         """wsgidav's lock checks for this PUT; None (fall through) if a lock forbids it."""
