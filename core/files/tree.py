@@ -450,11 +450,13 @@ class FileTree:
         file exactly one is told it created it (WebDAV: one 201, the others 204,
         RFC 9110 section 9.3.4)."""
         parts = split(path)
-        # A body known to be small is read (at most SMALL_BODY bytes) before the early
-        # check, and then needs none: the switch checks the parent and the quota
+        # Without a quota, a body known to be small is read (at most SMALL_BODY bytes)
+        # before the early check, and then needs none: the switch checks the parent
         # atomically anyway, and the early check was one more database round trip per
-        # small file (issue 20). Larger or unknown bodies are checked before reading.
-        checked = size_hint is None or size_hint > SMALL_BODY
+        # small file (issue 20). With a quota, an announced size over it is refused
+        # before anything is stored, as before; larger or unknown bodies are checked
+        # before reading.
+        checked = bool(self.quota) or size_hint is None or size_hint > SMALL_BODY
         if checked:
             await self.db.run(_room, parts, size_hint, self.quota)
         body = await _small_or_stream(data)
