@@ -500,8 +500,14 @@ class FileTree:
         return result
 
     def _drop_unswitched(self, task: asyncio.Future[_Switched | TwinError], ref: str) -> None:
-        if task.cancelled() or task.exception() is not None or \
-                isinstance(task.result(), TwinError):
+        """Delete ``ref`` if its switch is known not to have committed.
+
+        A switch cancelled itself (the loop shutting down) may still have committed
+        on the database thread: its object is kept, a leak at worst, never a file
+        whose object is gone."""
+        if task.cancelled():
+            return
+        if task.exception() is not None or isinstance(task.result(), TwinError):
             cleanup = asyncio.ensure_future(self.garbage.delete([ref]))
             self._cleanups.add(cleanup)
             cleanup.add_done_callback(self._cleanups.discard)
