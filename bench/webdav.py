@@ -25,11 +25,16 @@ Workloads, per round and server:
 - ``rclone copy`` of a tree of ``BENCH_TREE`` (2,000) small files into a new
   folder, then ``rclone sync`` of the same tree again (nothing to do).
 
+Options (the defaults run everything): ``--only small`` runs only the two
+small-file figures (``--only`` takes a comma list of: big, rss, small, list,
+rclone); ``--rounds N`` overrides ``BENCH_ROUNDS``.
+
 Needs curl and rclone (Debian packages); cheroot comes with ``.[test]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -214,8 +219,24 @@ def fill(server: Server, folder: str, count: int, source: Path, tmp: Path) -> No
          config=small_config(server, folder, count, source, tmp))
 
 
+GROUPS = ("big", "rss", "small", "list", "rclone")
+
+
 def run_round(rnd: int, server: Server, figs: dict[str, Figure], tmp: Path, big: Path,
-              small: Path, tree: Path) -> None:
+              small: Path, tree: Path, only: frozenset[str] = frozenset(GROUPS)) -> None:
+    if "big" in only:
+        run_big(server, figs, big)
+    if "rss" in only:
+        run_rss(server, figs)
+    if "small" in only:
+        run_small(rnd, server, figs, tmp, small)
+    if "list" in only:
+        run_list(server, figs)
+    if "rclone" in only:
+        run_rclone(rnd, server, figs, tree)
+
+
+def run_big(server: Server, figs: dict[str, Figure], big: Path) -> None:
     size = big.stat().st_size
     mib = size / MiB
     wall, cpu = timed(server, lambda: curl(server, "-T", str(big), server.url + "big.bin"))
@@ -223,6 +244,8 @@ def run_round(rnd: int, server: Server, figs: dict[str, Figure], tmp: Path, big:
     wall, cpu = timed(server, lambda: curl(server, server.url + "big.bin"))
     figs["get"].add(server.name, mib / wall, cpu * 1000 / mib)
 
+
+def run_rss(server: Server, figs: dict[str, Figure]) -> None:
     rss_size = int(os.environ.get("BENCH_RSS_MIB", "1024")) * MiB
     Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
     idle = server.status("VmRSS")
@@ -238,6 +261,9 @@ def run_round(rnd: int, server: Server, figs: dict[str, Figure], tmp: Path, big:
         figs["rss"].add(server.name, server.status("VmHWM") - idle, idle)
         c.delete(server.url + "huge.bin")
 
+
+def run_small(rnd: int, server: Server, figs: dict[str, Figure], tmp: Path, small: Path
+              ) -> None:
     count = int(os.environ.get("BENCH_SMALL", "500"))
     for key, parallel in (("small1", []), ("small8", ["--parallel", "--parallel-max", "8"])):
         folder = f"{key}-r{rnd}"
@@ -247,6 +273,8 @@ def run_round(rnd: int, server: Server, figs: dict[str, Figure], tmp: Path, big:
             server, *parallel, config=cfg))
         figs[key].add(server.name, count / wall, cpu * 1000 / count)
 
+
+def run_list(server: Server, figs: dict[str, Figure]) -> None:
     for key in ("list1k", "list10k"):
         folder = key
         entries = int(figs[key].name.split()[3].replace(",", ""))
@@ -254,6 +282,8 @@ def run_round(rnd: int, server: Server, figs: dict[str, Figure], tmp: Path, big:
             server, "-X", "PROPFIND", "-H", "Depth: 1", server.url + folder + "/"))
         figs[key].add(server.name, wall * 1000, cpu * 1e6 / entries)
 
+
+def run_rclone(rnd: int, server: Server, figs: dict[str, Figure], tree: Path) -> None:
     files = sum(1 for p in tree.rglob("*") if p.is_file())
     wall, cpu = timed(server, lambda: rclone(server, "copy", str(tree), f"b:tree-r{rnd}"))
     figs["rcopy"].add(server.name, files / wall, cpu * 1000 / files)
@@ -262,10 +292,18 @@ def run_round(rnd: int, server: Server, figs: dict[str, Figure], tmp: Path, big:
 
 
 def main() -> None:
-    for tool in ("curl", "rclone"):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--only", default=",".join(GROUPS),
+                        help=f"comma list of workloads to run, of: {', '.join(GROUPS)}")
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "3")))
+    args = parser.parse_args()
+    only = frozenset(args.only.split(","))
+    if not only <= set(GROUPS):
+        parser.error(f"--only takes {', '.join(GROUPS)}")
+    for tool in ("curl", *(("rclone",) if "rclone" in only else ())):
         if shutil.which(tool) is None:
             sys.exit(f"bench/webdav.py needs {tool}")
-    rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
+    rounds = args.rounds
     mib = int(os.environ.get("BENCH_MIB", "256"))
     listed = int(os.environ.get("BENCH_LIST", "10000"))
     tree_files = int(os.environ.get("BENCH_TREE", "2000"))
@@ -291,12 +329,12 @@ def main() -> None:
         tmp = Path(name)
         big = tmp / "big.bin"
         with big.open("wb") as f:
-            for chunk in generated(mib * MiB):
+            for chunk in generated(mib * MiB if "big" in only else 0):
                 f.write(chunk)
         small = tmp / "small.bin"
         small.write_bytes(os.urandom(4096))
         tree = tmp / "tree"
-        for i in range(tree_files):
+        for i in range(tree_files if "rclone" in only else 0):
             d = tree / f"d{i % 20:02d}"
             d.mkdir(parents=True, exist_ok=True)
             (d / f"file{i:05d}.txt").write_bytes(os.urandom(512 + (i * 37) % 7680))
@@ -304,20 +342,21 @@ def main() -> None:
         peer = start_peer(tmp, twin_cert_dir(tmp / "twin"))
         servers = [twin, peer]
         try:
-            for s in servers:
+            for s in servers if "list" in only else []:
                 fill(s, "list1k", 1000, small, tmp)
                 fill(s, "list10k", listed, small, tmp)
             for rnd in range(rounds):
                 order = servers if rnd % 2 == 0 else servers[::-1]
                 for s in order:
-                    run_round(rnd, s, figs, tmp, big, small, tree)
+                    run_round(rnd, s, figs, tmp, big, small, tree, only)
                 print(json.dumps({"bench": "webdav", "round": rnd + 1, "of": rounds,
                                   "load": os.getloadavg()[0]}), file=sys.stderr, flush=True)
         finally:
             for s in servers:
                 s.stop()
     for fig in figs.values():
-        print(json.dumps(fig.report()), flush=True)
+        if fig.values:
+            print(json.dumps(fig.report()), flush=True)
 
 
 def twin_cert_dir(twin_root: Path) -> Path:

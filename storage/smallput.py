@@ -14,8 +14,8 @@ future. A single flusher task takes everything queued (up to ``MAX_ITEMS``
 objects and ``MAX_BYTES`` bytes) as a batch, and for the whole batch:
 
 1. encodes every object exactly as a one-segment put does (its own id, key
-   and nonce prefix; same crypto, same share format), in one call in the
-   CPU pool;
+   and nonce prefix; same crypto, same share format), in one call: on the
+   loop for a batch of a few objects (``INLINE_ITEMS``), else in the CPU pool;
 2. writes to each backend *one* ``put_many`` (one group-commit entry, one
    fdatasync; a pipelined batch of SETs for resp), all backends in parallel;
 3. places shares as a single put does: share i of an object goes to
@@ -72,6 +72,13 @@ KiB = 1024
 SMALL_PUT_MAX = 256 * KiB
 MAX_ITEMS = 256  # objects per batch: 1536 shares, a few ms of work
 MAX_BYTES = 4 * 1024 * KiB  # plaintext bytes per batch: bounds memory and latency
+# A batch up to this is encoded on the loop, larger ones in the CPU pool. A small
+# object costs a fixed ~40-80 us to encode, so 256 of them held the loop 5-9 ms;
+# but the hop to the pool and back costs ~0.5 ms of waiting, which was most of a
+# lone 4 KiB WebDAV PUT's encode step (issue 20). Eight objects hold the loop
+# well under a millisecond.
+INLINE_ITEMS = 8
+INLINE_BYTES = 64 * KiB
 
 
 @dataclass(slots=True)
@@ -92,7 +99,7 @@ class _Object:
 
 
 def _encode_all(objs: Sequence[_Object], master: bytes) -> None:
-    """Encode every object and wrap its key: pure CPU work, for the CPU pool."""
+    """Encode every object and wrap its key: pure CPU work (the CPU pool's, but for a few)."""
     for o in objs:
         assert o.sk is not None
         o.enc = encode_segment(o.sk, o.data)
@@ -182,10 +189,11 @@ class SmallPuts:
             o.sk = SegmentKey(r[16:16 + crypto.KEY_BYTES], r[16 + crypto.KEY_BYTES:],
                               r[:16], 0, True, engine.k, n)
         engine.inflight.update(o.oid for o in batch)
-        # in the CPU pool even when small: a small object costs a fixed ~40-80 us
-        # to encode, so 256 of them held the loop 5-9 ms; measured throughput-neutral
-        await asyncio.get_running_loop().run_in_executor(engine.cpu, _encode_all, batch,
-                                                         engine.master_key)
+        if len(batch) <= INLINE_ITEMS and sum(len(o.data) for o in batch) <= INLINE_BYTES:
+            _encode_all(batch, engine.master_key)
+        else:
+            await asyncio.get_running_loop().run_in_executor(engine.cpu, _encode_all, batch,
+                                                             engine.master_key)
 
         first: dict[ShardBackend, builtins.list[tuple[_Object, int]]] = {}
         for o in batch:

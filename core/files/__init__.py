@@ -38,7 +38,7 @@ from core.errors import QuotaExceeded
 from core.files.locks import PathLocks
 from core.files.paths import join, normalize, split
 from core.files.sharing import covering
-from core.files.tree import FileEntry, FileTree, Written
+from core.files.tree import FileEntry, FileTree, PutTarget, Written
 
-__all__ = ["FileEntry", "FileTree", "PathLocks", "QuotaExceeded", "Written", "covering", "join",
-           "normalize", "split"]
+__all__ = ["FileEntry", "FileTree", "PathLocks", "PutTarget", "QuotaExceeded", "Written",
+           "covering", "join", "normalize", "split"]

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from core import reclaim
-from core.db import Database
-from core.errors import Conflict, Invalid, NotFound, QuotaExceeded, Unavailable
+from core.db import Database, Group
+from core.errors import Conflict, Invalid, NotFound, QuotaExceeded, TwinError, Unavailable
 from core.files.paths import join, split
 from core.foreign import storage_error
 from core.peer.content import ContentEntry
@@ -106,6 +106,37 @@ class Written:
 
     entry: FileEntry
     created: bool
+
+
+@dataclass(frozen=True)
+class PutTarget:
+    """What a PUT of ``path`` would meet: the node there now, and its parent's state."""
+
+    entry: FileEntry | None
+    parent_is_dir: bool
+
+
+@dataclass(frozen=True)
+class _Switch:
+    """One ``put_file``'s switch of its file to a stored object, for the switch group."""
+
+    parts: tuple[str, ...]
+    ref: str | None
+    size: int
+    content_type: str | None
+
+
+@dataclass(frozen=True)
+class _Switched:
+    """A committed switch: the file's new row, the refs it freed, whether it made the file."""
+
+    row: tuple[Any, ...]
+    freed: Refs
+    created: bool
+
+
+Switches = list[_Switch]
+Outcomes = list[_Switched | TwinError]  # one per switch of a group, in order
 
 
 def _entry(row: tuple[Any, ...], path: str) -> FileEntry:
@@ -212,6 +243,22 @@ def _remove_subtree(c: sqlite3.Connection, node: int, freed: list[str]) -> None:
     c.execute("DELETE FROM file_nodes WHERE id = ?", (node,))
 
 
+def _room(c: sqlite3.Connection, parts: tuple[str, ...], size: int | None, quota: int) -> None:
+    """``put_file``'s early check, before any byte is stored: the parent is a folder
+    and ``size`` more bytes fit the quota. The switch checks both again, atomically."""
+    _parent_dir(c, parts)
+    if quota and size is not None:
+        old = _lookup(c, parts)  # a replaced file's bytes are freed by the switch
+        used = _used(c) - (old[4] if old is not None and not old[3] else 0)
+        if used + size > quota:
+            raise QuotaExceeded(f"{size} more bytes exceed the quota of {quota}")
+
+
+def _target(c: sqlite3.Connection, parts: tuple[str, ...]) -> tuple[tuple[Any, ...] | None, bool]:
+    parent = _lookup(c, parts[:-1]) if parts else None
+    return _lookup(c, parts), parent is not None and bool(parent[3])
+
+
 def _used(c: sqlite3.Connection) -> int:
     return int(c.execute("SELECT COALESCE(SUM(size), 0) FROM file_nodes WHERE is_dir = 0")
                .fetchone()[0])
@@ -264,6 +311,10 @@ class FileTree:
         self.data_dir = data_dir
         self.redundancy = redundancy
         self.garbage = reclaim.Reclaim(db, GARBAGE, store)
+        # concurrent writes switch in one transaction, one commit (one fsync)
+        self._switches: Group[_Switch, _Switched | TwinError] = Group(
+            db, self._switch_all, name="files-switch")
+        self._cleanups: set[asyncio.Future[None]] = set()  # deletes of unswitched objects
         db.migrate("files", MIGRATIONS)
 
     @property
@@ -284,6 +335,15 @@ class FileTree:
         parts = split(path)
         row = await self.db.run(_lookup, parts)
         return _entry(row, join(parts)) if row else None
+
+    async def put_target(self, path: str) -> PutTarget:
+        """The node at ``path`` and whether its parent is a folder, in one database call.
+
+        For the WebDAV PUT fast path, which must know both before it takes a
+        request (a thread hop each cost ~0.1-0.3 ms of a 4 KiB PUT, issue 20)."""
+        parts = split(path)
+        row, parent_is_dir = await self.db.run(_target, parts)
+        return PutTarget(_entry(row, join(parts)) if row else None, parent_is_dir)
 
     async def list(self, path: str) -> list[ContentEntry]:
         """A directory's children (ContentSource); ``entries`` gives the full FileEntry."""
@@ -390,57 +450,113 @@ class FileTree:
         file exactly one is told it created it (WebDAV: one 201, the others 204,
         RFC 9110 section 9.3.4)."""
         parts = split(path)
-        if self.quota and size_hint is not None:
-            def used_by_others(c: sqlite3.Connection) -> int:
-                old = _lookup(c, parts)  # a replaced file's bytes are freed by the switch
-                return _used(c) - (old[4] if old is not None and not old[3] else 0)
-            used = await self.db.run(used_by_others)
-            if used + size_hint > self.quota:
-                raise QuotaExceeded(f"{size_hint} more bytes exceed the quota of {self.quota}")
-        await self.db.run(_parent_dir, parts)
-        ref: str | None = None
-        size = 0
+        # Without a quota, a body known to be small is read (at most SMALL_BODY bytes)
+        # before the early check, and then needs none: the switch checks the parent
+        # atomically anyway, and the early check was one more database round trip per
+        # small file (issue 20). With a quota, an announced size over it is refused
+        # before anything is stored, as before; larger or unknown bodies are checked
+        # before reading.
+        checked = bool(self.quota) or size_hint is None or size_hint > SMALL_BODY
+        if checked:
+            await self.db.run(_room, parts, size_hint, self.quota)
+        body = await _small_or_stream(data)
+        if not checked and not isinstance(body, bytes):  # longer than it said
+            await self.db.run(_room, parts, size_hint, self.quota)
         with _storage_errors():
-            obj = await self.store.put(await _small_or_stream(data))
-            ref, size = str(obj), int(obj.size)
+            obj = await self.store.put(body)
+        ref: str | None = str(obj)
+        size = int(obj.size)
         if size == 0:  # empty files need no object
-            await self.garbage.delete([ref])
+            await self.garbage.delete([str(obj)])
             ref = None
+        switched = await self._switch(_Switch(parts, ref, size, content_type))
+        await self.garbage.collect(switched.freed)
+        log.debug("wrote %s (%d bytes)", join(parts), size)
+        return Written(_entry(switched.row, join(parts)), switched.created)
 
-        def switch(c: sqlite3.Connection) -> tuple[tuple[Any, ...], Refs, bool]:
-            freed: Refs = []
-            parent = _parent_dir(c, parts)
-            old = _lookup(c, parts)
-            if old is not None and old[3]:
-                raise Conflict(f"{join(parts)} is a directory")
-            if self.quota:
-                new_used = _used(c) - (old[4] if old else 0) + size
-                if new_used > self.quota:
-                    raise QuotaExceeded(f"writing {size} bytes exceeds the quota of "
-                                        f"{self.quota}")
-            now = time.time()
-            ctype = _guess_type(parts[-1], content_type)
-            _retain(c, ref)
-            if old is None:
-                c.execute("INSERT INTO file_nodes (parent, name, is_dir, size, etag, created, "
-                          "modified, content_type, ref) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?)",
-                          (parent[0], parts[-1], size, _new_etag(), now, now, ctype, ref))
-            else:
-                c.execute("UPDATE file_nodes SET size = ?, etag = ?, modified = ?, "
-                          "content_type = ?, ref = ? WHERE id = ?",
-                          (size, _new_etag(), now, ctype, ref, old[0]))
-                _release(c, old[9], freed)
-            return _need(c, parts), freed, old is None
+    async def _switch(self, item: _Switch) -> _Switched:
+        """Switch the file to ``item.ref`` with the concurrent writes' switches.
 
+        Whatever happens to the caller, the object is deleted exactly when its
+        switch did not commit: a caller cancelled while its switch is in the group's
+        transaction leaves it to commit (the object is then the file's) or fail
+        (then the object is deleted once that is known)."""
+        ref = item.ref
+        task = asyncio.ensure_future(self._switches(item))
         try:
-            row, freed, created = await self.db.run(_tx, switch)
-        except BaseException:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if ref is not None:
+                task.add_done_callback(lambda t: self._drop_unswitched(t, ref))
+            raise
+        except Exception:
             if ref is not None:
                 await self.garbage.delete([ref])
             raise
-        await self.garbage.collect(freed)
-        log.debug("wrote %s (%d bytes)", join(parts), size)
-        return Written(_entry(row, join(parts)), created)
+        if isinstance(result, TwinError):
+            if ref is not None:
+                await self.garbage.delete([ref])
+            raise result
+        return result
+
+    def _drop_unswitched(self, task: asyncio.Future[_Switched | TwinError], ref: str) -> None:
+        """Delete ``ref`` if its switch is known not to have committed.
+
+        A switch cancelled itself (the loop shutting down) may still have committed
+        on the database thread: its object is kept, a leak at worst, never a file
+        whose object is gone."""
+        if task.cancelled():
+            return
+        if task.exception() is not None or isinstance(task.result(), TwinError):
+            cleanup = asyncio.ensure_future(self.garbage.delete([ref]))
+            self._cleanups.add(cleanup)
+            cleanup.add_done_callback(self._cleanups.discard)
+
+    def _switch_all(self, c: sqlite3.Connection, items: Switches) -> Outcomes:
+        """Every switch of a group in one transaction, in arrival order, each in its own
+        savepoint: one refused (a folder there, over quota) changes nothing of the others.
+
+        In order matters: of concurrent writes creating one file, the first switched
+        creates it (201) and the others replace it (204)."""
+        results: Outcomes = []
+
+        def run(c: sqlite3.Connection) -> None:
+            for item in items:
+                c.execute("SAVEPOINT switch")
+                try:
+                    results.append(self._switch_one(c, item))
+                except TwinError as exc:
+                    c.execute("ROLLBACK TO switch")
+                    results.append(exc)
+                c.execute("RELEASE switch")
+
+        _tx(c, run)
+        return results
+
+    def _switch_one(self, c: sqlite3.Connection, item: _Switch) -> _Switched:
+        parts, ref, size = item.parts, item.ref, item.size
+        freed: Refs = []
+        parent = _parent_dir(c, parts)
+        old = _lookup(c, parts)
+        if old is not None and old[3]:
+            raise Conflict(f"{join(parts)} is a directory")
+        if self.quota:
+            new_used = _used(c) - (old[4] if old else 0) + size
+            if new_used > self.quota:
+                raise QuotaExceeded(f"writing {size} bytes exceeds the quota of {self.quota}")
+        now = time.time()
+        ctype = _guess_type(parts[-1], item.content_type)
+        _retain(c, ref)
+        if old is None:
+            c.execute("INSERT INTO file_nodes (parent, name, is_dir, size, etag, created, "
+                      "modified, content_type, ref) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?)",
+                      (parent[0], parts[-1], size, _new_etag(), now, now, ctype, ref))
+        else:
+            c.execute("UPDATE file_nodes SET size = ?, etag = ?, modified = ?, "
+                      "content_type = ?, ref = ? WHERE id = ?",
+                      (size, _new_etag(), now, ctype, ref, old[0]))
+            _release(c, old[9], freed)
+        return _Switched(_need(c, parts), freed, old is None)
 
     async def delete(self, path: str) -> None:
         """Remove a file or a whole directory tree."""

@@ -59,6 +59,19 @@ class SqliteLockStorage:
                 self._by_root.setdefault(lock["root"], {})[lock["token"]] = lock
         return self._by_root
 
+    def none_held(self) -> bool:
+        """True if the copy is loaded and holds no lock, expired or not; never waits.
+
+        For ``writemark``: a fast PUT may skip the lock manager's checks (and its
+        worker thread) only when they could find nothing. False when unsure: not
+        loaded yet, or another thread is changing the copy right now."""
+        if not self._mutex.acquire(blocking=False):
+            return False
+        try:
+            return self._by_root is not None and not any(self._by_root.values())
+        finally:
+            self._mutex.release()
+
     def _forget(self, token: str) -> None:
         for root, held in list(self._index().items()):
             if held.pop(token, None) is not None and not held:

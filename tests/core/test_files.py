@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ import pytest
 import storage
 from core.db import Database
 from core.errors import Conflict, Invalid, NotFound
-from core.files import FileTree, PathLocks, QuotaExceeded, normalize
+from core.files import FileTree, PathLocks, QuotaExceeded, Written, normalize
 
 MiB = 1024 * 1024
 
@@ -135,6 +136,74 @@ async def test_quota(tree: FileTree) -> None:
     await tree.write("/small", chunks(b"z" * 900))
     assert await tree.usage() == (900, 100)
     assert await object_count(tree) == 1
+
+
+async def test_concurrent_writes_switch_together_each_on_its_own(tree: FileTree) -> None:
+    """Switches of concurrent writes share one transaction (core.db.Group), yet each
+    is judged alone: of racing creates of one name exactly one made the file, a write
+    refused (a folder there, over quota, no parent) stores nothing and changes
+    nothing of the others, and every refused write's object is deleted."""
+    tree.quota = 10_000
+    await tree.mkdir("/dir")
+    await tree.write("/old", chunks(b"o" * 100))
+    writes = [tree.put_file("/same", chunks(b"%d" % i * 10)) for i in range(6)]
+    writes += [tree.put_file("/dir", chunks(b"folder")),  # a folder: Conflict
+               tree.put_file("/huge", chunks(b"h" * 20_000)),  # over quota
+               tree.put_file("/none/f", chunks(b"no parent")),  # no parent: Conflict
+               tree.put_file("/old", chunks(b"n" * 200)),  # replaces: the old object freed
+               tree.put_file("/new", chunks(b"n" * 300))]
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    same = results[:6]
+    assert sum(1 for r in same if isinstance(r, Written) and r.created) == 1
+    assert all(isinstance(r, Written) for r in same)
+    assert isinstance(results[6], Conflict) and isinstance(results[7], QuotaExceeded)
+    assert isinstance(results[8], Conflict)
+    assert isinstance(results[9], Written) and not results[9].created
+    assert isinstance(results[10], Written) and results[10].created
+    assert await read_all(tree, "/old") == b"n" * 200
+    assert await read_all(tree, "/new") == b"n" * 300
+    assert (await tree.stat("/dir")).is_dir
+    assert await tree.exists("/huge") is None
+    # /same, /old and /new, nothing else: refused writes' objects and /old's first are gone
+    assert await object_count(tree) == 3
+
+
+async def test_put_target_and_small_bodies_checked_at_the_switch(tree: FileTree) -> None:
+    await tree.mkdir("/d")
+    await tree.write("/d/f", chunks(b"x"))
+    target = await tree.put_target("/d/f")
+    assert target.parent_is_dir and target.entry is not None and target.entry.size == 1
+    target = await tree.put_target("/d/new")
+    assert target.parent_is_dir and target.entry is None
+    assert not (await tree.put_target("/d/f/under")).parent_is_dir
+    assert not (await tree.put_target("/missing/f")).parent_is_dir
+    # a small body announced as small skips the early check; the switch still refuses
+    with pytest.raises(Conflict):
+        await tree.write("/missing/f", chunks(b"abc"), size_hint=3)
+    tree.quota = 10
+    with pytest.raises(QuotaExceeded):
+        await tree.write("/d/g", chunks(b"y" * 20), size_hint=20)
+    with pytest.raises(QuotaExceeded):  # a body longer than announced is checked too
+        await tree.write("/d/g", chunks(b"y" * 300_000, 100_000), size_hint=5)
+    assert await object_count(tree) == 1
+
+
+async def test_a_write_cancelled_during_its_switch_leaves_no_broken_file(
+        tree: FileTree) -> None:
+    """Cancelled while its switch is in flight, a write either made the file (and
+    the object is kept) or did not (and the object is deleted): never a file whose
+    object was deleted under it."""
+    await tree.write("/f", chunks(b"first"))
+    for delay in (0.0, 0.001, 0.003, 0.01, 0.03):
+        task = asyncio.ensure_future(tree.write("/f", chunks(b"second")))
+        await asyncio.sleep(delay)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.2)  # let a cancelled switch end and its cleanup run
+        assert await read_all(tree, "/f") in (b"first", b"second")
+        await tree.sweep()  # a version replaced by a cancelled write waits in file_garbage
+        assert await object_count(tree) == 1
 
 
 async def test_locks_persist(tmp_path: Path) -> None:
