@@ -16,7 +16,7 @@ from typing import NamedTuple
 MAX_DEPTH = 200  # deeper chains are not extended: bounds each loop check (hostile mail)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     """A container: a message (``num`` set) or a dummy standing for a missing one."""
 
@@ -29,16 +29,19 @@ class Node:
     parent: Node | None = None
     children: list[Node] = field(default_factory=list)
 
-    def ancestors(self) -> set[int] | None:
-        """The ids of the containers above this one; None past ``MAX_DEPTH``."""
-        out: set[int] = set()
-        node = self.parent
-        while node is not None and id(node) not in out:
-            if len(out) >= MAX_DEPTH:
-                return None
-            out.add(id(node))
+    def has_above(self, other: Node) -> bool:
+        """Whether ``other`` is this container's ancestor, or it has ``MAX_DEPTH``
+        ancestors already (a link under it is refused either way).
+
+        A walk up, without a set: the links never form a loop (``_link`` refuses
+        them), and the depth bound ends the walk on any chain."""
+        node, depth = self.parent, 0
+        while node is not None:
+            if depth >= MAX_DEPTH or node is other:
+                return True
+            depth += 1
             node = node.parent
-        return out
+        return False
 
 
 class Message(NamedTuple):  # a tuple: 100,000 of them are made per THREAD
@@ -61,8 +64,7 @@ def _link(parent: Node, child: Node) -> None:
     """Make ``child`` a child of ``parent`` unless that would create a loop."""
     if child is parent or child.parent is not None:
         return  # already linked: the existing link stays (step 1.B)
-    above = parent.ancestors()
-    if above is None or id(child) in above:
+    if parent.has_above(child):
         return
     child.parent = parent
     parent.children.append(child)
