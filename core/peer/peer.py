@@ -404,8 +404,9 @@ class Peer:
                 self._retry_at = math.inf
                 try:
                     free = MAX_INFLIGHT - len(running)
+                    self._backlog = False  # unless this scan, or a send meanwhile, leaves rows
                     due = await self.outbox.due(now, free, frozenset(running))
-                    self._backlog = len(due) >= free
+                    self._backlog = self._backlog or len(due) >= free
                     fresh = {item.uid for item in self._fresh}  # queued during the scan
                     for item in due:
                         if item.uid not in running and item.uid not in fresh:
