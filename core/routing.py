@@ -21,6 +21,8 @@ twin: ``strip_trust_headers`` removes look-alikes that came from outside
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -477,10 +479,16 @@ class MailRouter:
              for r in refused])
 
 
-def format_datetime_now() -> str:
-    import datetime as dt
+@functools.lru_cache(maxsize=2)
+def _date(second: int) -> str:
+    return format_datetime(dt.datetime.fromtimestamp(second, dt.UTC))
 
-    return format_datetime(dt.datetime.now(dt.UTC))
+
+def format_datetime_now() -> str:
+    """Now as an RFC 5322 date (UTC, whole seconds, as Received and Date fields have
+    it). Formatted once per second, not per message: ``format_datetime`` was a
+    few per cent of a message's CPU on each twin."""
+    return _date(int(time.time()))
 
 
 async def _all(jobs: list[Any]) -> list[Any]:

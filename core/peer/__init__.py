@@ -48,7 +48,8 @@ frames), ``replay`` (replay guard, rate limit), ``kinds`` (registry, and
 which part owns each kind), ``outbox``, ``inbox``, ``content``
 (ContentSource, the legacy SharedObjects), ``serve`` (content.list/get, ACL
 first), ``writes`` (content.put/delete/mkdir/move), ``shares``
-(share.notify), ``client`` (httpx), ``api`` (the two envelope routes),
+(share.notify), ``client`` (httpx; batches over ``http1``, a minimal
+keep-alive HTTP/1.1 client), ``api`` (the two envelope routes),
 ``peer`` (it all together), ``errors``
 (the refusal codes and their one table, keyed by the envelope checks' codes and
 ``core.errors.ErrorCode``: status and whether the sender retries; the local

@@ -18,7 +18,9 @@ import base64
 import contextlib
 import contextvars
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +161,9 @@ class Peer:
         self._forget = forget
         self._client: PeerClient | None = None
         self._wake = asyncio.Event()
+        self._fresh: deque[Pending] = deque()  # sent, not yet seen by the outbox worker
+        self._backlog = False  # due rows were left in the table: every slot was taken
+        self._retry_at = math.inf  # a failed delivery is retried from the table then
         self._records: dict[str, tuple[float, TwinRecord]] = {}
         self._memo_ttl = settings.memo_ttl
         self._message_listeners: list[MessageListener] = []
@@ -192,10 +197,14 @@ class Peer:
         """Durably queue ``payload`` for ``to``; returns the uid (hex)."""
         self.kinds.kind(kind)
         _check_pk(await self._resolve(to))  # an unknown recipient fails now, not in days
-        uid = await self.outbox.enqueue(to, kind, payload)
-        log.debug("queued %s envelope %s for %s", kind, uid.hex(), to)
+        item = await self.outbox.add(to, kind, payload)
+        log.debug("queued %s envelope %s for %s", kind, item.uid.hex(), to)
+        if len(self._fresh) < MAX_INFLIGHT:
+            self._fresh.append(item)
+        else:  # no worker, or one far behind: the table has it
+            self._backlog = True
         self._wake.set()
-        return uid.hex()
+        return item.uid.hex()
 
     async def request(self, to: str, kind: str, payload: Any) -> Any:
         """One signed request, its verified answer; raises PeerRejected or Unavailable."""
@@ -349,43 +358,68 @@ class Peer:
     # -- the outbox worker
 
     async def run_outbox(self) -> None:
-        """Deliver due envelopes until cancelled; woken by ``send`` or every poll."""
-        sem = asyncio.Semaphore(MAX_INFLIGHT)
+        """Deliver queued envelopes until cancelled.
+
+        What ``send`` queues is handed over in memory (``_fresh``) and leaves at
+        once; the table is scanned only for what memory does not know: rows an
+        earlier run left, retries coming due, and messages that found every
+        delivery slot taken (``_backlog``). Scanning on every send and every
+        ack, as this once did, cost two database round trips per wake-up and
+        spun every 10 ms while anything was in flight (the rows in flight were
+        "due"), on the thread the 250's commit needs."""
         running: set[bytes] = set()
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(item: Pending) -> None:
-            async with sem:
-                try:
-                    await self._deliver(item)
-                except Exception:
-                    log.exception("outbox: delivering %s failed unexpectedly", item.uid.hex())
-                finally:
-                    running.discard(item.uid)
+            try:
+                await self._deliver(item)
+            except Exception:
+                log.exception("outbox: delivering %s failed unexpectedly", item.uid.hex())
+            finally:
+                running.discard(item.uid)
+                if self._backlog and len(running) <= MAX_INFLIGHT // 2:
                     self._wake.set()
 
+        def start(item: Pending) -> None:
+            running.add(item.uid)
+            task = asyncio.create_task(one(item), name=f"outbox-{item.uid.hex()[:8]}")
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        next_scan = 0.0  # at once: rows queued before this run
         last_purge = 0.0
         while True:
             self._wake.clear()
+            while self._fresh:
+                item = self._fresh.popleft()
+                if len(running) >= MAX_INFLIGHT:  # it is in the table: a later scan takes it
+                    self._fresh.clear()
+                    self._backlog = True
+                elif item.uid not in running:
+                    start(item)
             now = time.time()
-            wait = self.poll
-            try:
-                free = MAX_INFLIGHT - len(running)
-                for item in await self.outbox.due(now, free, frozenset(running)) if free else []:
-                    if item.uid not in running:
-                        running.add(item.uid)
-                        task = asyncio.create_task(one(item),
-                                                   name=f"outbox-{item.uid.hex()[:8]}")
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
-                if now - last_purge > PURGE_EVERY:
-                    last_purge = now
-                    await self.replay.purge()
-                nxt = await self.outbox.next_due()
-                if nxt is not None:
-                    wait = min(self.poll, max(0.0, nxt - time.time()))
-            except Exception:  # a locked or failing db must not end the worker
-                log.exception("outbox: scan failed; trying again")
+            if now >= min(next_scan, self._retry_at) or (
+                    self._backlog and len(running) <= MAX_INFLIGHT // 2):
+                next_scan = now + self.poll
+                self._retry_at = math.inf
+                try:
+                    free = MAX_INFLIGHT - len(running)
+                    self._backlog = False  # unless this scan, or a send meanwhile, leaves rows
+                    due = await self.outbox.due(now, free, frozenset(running))
+                    self._backlog = self._backlog or len(due) >= free
+                    fresh = {item.uid for item in self._fresh}  # queued during the scan
+                    for item in due:
+                        if item.uid not in running and item.uid not in fresh:
+                            start(item)
+                    if now - last_purge > PURGE_EVERY:
+                        last_purge = now
+                        await self.replay.purge()
+                    nxt = await self.outbox.next_due(after=now)
+                    if nxt is not None:
+                        next_scan = min(next_scan, nxt)
+                except Exception:  # a locked or failing db must not end the worker
+                    log.exception("outbox: scan failed; trying again")
+            wait = min(next_scan, self._retry_at) - time.time()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.01))
 
@@ -407,6 +441,8 @@ class Peer:
                 return
             delay = backoff(self.retry_schedule, item.attempts + 1)
             await self.outbox.retry_later(item.uid, time.time() + delay, str(exc))
+            self._retry_at = min(self._retry_at, time.time() + delay)
+            self._wake.set()  # the worker may be asleep until later than that
             log.info("outbox: %s to %s failed (%s); retry in %.1fs", item.uid.hex(),
                      item.recipient, code, delay)
             return

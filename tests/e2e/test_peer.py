@@ -189,11 +189,12 @@ def test_batch_answers_each_envelope_in_order(twins: Callable[..., TwinProcess])
 
 
 async def test_concurrent_requests_are_batched_and_each_answered(
-        twins: Callable[..., TwinProcess]) -> None:
+        twins: Callable[..., TwinProcess], monkeypatch: pytest.MonkeyPatch) -> None:
     """Many requests in flight share POSTs; every caller gets its own answer or refusal."""
     import asyncio
 
     from core.errors import PeerRejected
+    from core.peer.http1 import Origin
 
     alice, _ = twins("alice"), twins("bob")
     service = Service.open(alice.data)
@@ -205,18 +206,17 @@ async def test_concurrent_requests_are_batched_and_each_answered(
                 return "refused"
             return await service.peer.request("bob", "ping", {"n": n})
 
-        http = service.peer.client.http
         posts = []
-        real_stream = http.stream
+        real_post = Origin.post
 
-        def counting(method: str, url: str, **kw: Any) -> Any:
-            posts.append(url)
-            return real_stream(method, url, **kw)
+        async def counting(origin: Origin, path: str, *args: Any) -> Any:
+            posts.append(path)
+            return await real_post(origin, path, *args)
 
-        http.stream = counting  # type: ignore[method-assign,assignment]
+        monkeypatch.setattr(Origin, "post", counting)
         got = await asyncio.gather(*(one(n) for n in range(300)))
         assert got == ["refused" if n % 10 == 3 else {"n": n} for n in range(300)]
-        assert all(url.endswith("/twin/v1/envelopes") for url in posts)
+        assert posts and all(path == "/twin/v1/envelopes" for path in posts)
         assert len(posts) < 100, len(posts)  # shared, not one POST per envelope
     finally:
         await service.peer.stop()

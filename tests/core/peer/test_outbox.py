@@ -37,6 +37,14 @@ async def test_concurrent_enqueues_and_removals_share_commits(
         assert removed == [True] * 50 and calls < 10
         assert await outbox.remove(uids[0]) is False
         assert await outbox.list() == []
+        # queued and acked at the same time: one group, one commit, for both
+        kept = [await outbox.enqueue("bob", "message", {"text": str(i)}) for i in range(20)]
+        calls = 0
+        mixed = await asyncio.gather(*(outbox.remove(uid) for uid in kept),
+                                     *(outbox.enqueue("bob", "message", {"text": "new"})
+                                       for _ in range(20)))
+        assert mixed[:20] == [True] * 20 and calls < 6
+        assert {p.uid for p in await outbox.list()} == set(mixed[20:])
     finally:
         db.close()
 
