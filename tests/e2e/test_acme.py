@@ -162,7 +162,9 @@ def test_certificate_from_pebble_served_renewed_and_kept_when_the_ca_is_gone(
 
     first = _wait_for(alice, lambda c: not c["self_signed"], 60)
     assert first["names"] == [DOMAIN] and "Pebble" in first["issuer"], first
-    assert first["acme"]["status"] == "valid", first
+    # "renewing" too: a 30-second certificate may be in its last third by the first look
+    # (a status CLI under CI load took that long), and renewal is what the test waits for
+    assert first["acme"]["status"] in ("valid", "renewing"), first
     for port, starttls in ((alice.port("https"), None), (alice.port("imaps"), None),
                            (alice.port("submissions"), None), (alice.port("imap"), "imap"),
                            (alice.port("submission"), "smtp")):
