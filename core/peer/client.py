@@ -174,13 +174,7 @@ class _Batcher:
         self.lanes = 0
         self.batches = True  # False once the peer showed it has no batch endpoint
         self._tasks: set[asyncio.Task[None]] = set()
-        self.origin: Origin | None = None  # None: not an http(s) URL, httpx says why
-        try:
-            host = httpx.URL(endpoint).host
-            self.origin = Origin(endpoint, timeout=client.timeout,
-                                 address=client.hosts.get(host))
-        except (Invalid, httpx.InvalidURL):
-            pass
+        self.origin = _origin(endpoint, client)
 
     @property
     def idle(self) -> bool:
@@ -343,3 +337,13 @@ def _refused(status: int, body: bytes) -> Refused:
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return Refused("unavailable", f"peer answered HTTP {status} without a refusal", None)
     return Refused(code, message, ack)
+
+
+def _origin(endpoint: str, client: PeerClient) -> Origin | None:
+    """The keep-alive batch connection to ``endpoint``; None when it is not an
+    http(s) URL (the httpx path is then taken, and says why it cannot send)."""
+    try:
+        return Origin(endpoint, timeout=client.timeout,
+                      address=client.hosts.get(httpx.URL(endpoint).host))
+    except (Invalid, httpx.InvalidURL):
+        return None

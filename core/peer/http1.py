@@ -194,8 +194,9 @@ async def _read_chunked(reader: asyncio.StreamReader, cap: int) -> bytes:
         size_line = await reader.readuntil(b"\r\n")
         size = int(size_line.split(b";", 1)[0].strip(), 16)
         if size == 0:
-            while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
-                pass
+            line = await reader.readuntil(b"\r\n")
+            while line != b"\r\n":  # trailer fields, skipped (each bounded by the reader)
+                line = await reader.readuntil(b"\r\n")
             return bytes(out)
         if len(out) + size > cap:
             raise Malformed(f"answer over {cap} bytes")

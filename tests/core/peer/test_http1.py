@@ -26,24 +26,26 @@ class Server:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self.writers.append(writer)
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:"))
-                body = await reader.readexactly(length)
-                self.requests.append(head + body)
-                answer = await self.reply(body)
-                if answer is None:
-                    break
-                writer.write(answer)
-                await writer.drain()
-                if b"content-length" not in answer.lower() and b"chunked" not in answer.lower():
-                    break  # an answer delimited by the end of the connection
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+        try:  # a client that goes away mid-request just ends this connection
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                await self._serve(reader, writer)
         finally:
             writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            body = await reader.readexactly(length)
+            self.requests.append(head + body)
+            answer = await self.reply(body)
+            if answer is None:
+                break
+            writer.write(answer)
+            await writer.drain()
+            if b"content-length" not in answer.lower() and b"chunked" not in answer.lower():
+                break  # an answer delimited by the end of the connection
 
 
 @contextlib.asynccontextmanager
