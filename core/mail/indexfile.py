@@ -53,7 +53,7 @@ class Columns:
 
 @dataclass
 class Packed:
-    """``Columns`` as stored: packed on the event loop, written on the writer."""
+    """``Columns`` as stored (packed and written on the writer)."""
 
     uidvalidity: int
     uidnext: int
@@ -92,6 +92,12 @@ def pack(columns: Columns) -> Packed | None:
                   columns.uids[-1] if columns.uids else 0, sum(columns.modseqs),
                   _pack(_INT, columns.uids), _pack(_INT, columns.modseqs),
                   _pack(_FLAG_ID, ids), json.dumps([flags_text(f) for f in numbers]))
+
+
+def keep(c: sqlite3.Connection, mailbox_id: int, columns: Columns) -> bool:
+    """``pack`` and ``save``, on the writer's connection; False if not kept."""
+    packed = pack(columns)
+    return packed is not None and save(c, mailbox_id, packed)
 
 
 def save(c: sqlite3.Connection, mailbox_id: int, packed: Packed) -> bool:

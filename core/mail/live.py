@@ -88,17 +88,16 @@ class Live:
     async def keep(self, idx: MailboxIndex) -> bool:
         """Keep a packed copy of a loaded index on disk (``core.mail.indexfile``).
 
-        Packed here, on the loop, so the copy is one state of the index; checked
-        against the rows and written on the writer. Whether it was kept (not when
-        the index is not the database's state at that moment, e.g. a commit not
-        yet published to it). A failure is logged: it costs the next start one
-        slow load, nothing else."""
-        packed = indexfile.pack(indexfile.Columns(idx.uidvalidity, idx.uidnext, idx.modseq,
-                                                  idx.uids, idx.flags, idx.modseqs))
-        if packed is None:
-            return False
+        The columns are copied here, on the loop, so the copy is one state of the
+        index (a few list copies); packed, checked against the rows and written
+        on the writer (packing 100,000 messages is ~10 ms the loop need not
+        wait). Whether it was kept (not when the index is not the database's
+        state at that moment, e.g. a commit not yet published to it). A failure
+        is logged: it costs the next start one slow load, nothing else."""
+        columns = indexfile.Columns(idx.uidvalidity, idx.uidnext, idx.modseq,
+                                    list(idx.uids), list(idx.flags), list(idx.modseqs))
         try:
-            return await self.db.run(indexfile.save, idx.mailbox_id, packed)
+            return await self.db.run(indexfile.keep, idx.mailbox_id, columns)
         except Exception as exc:
             log.warning("could not keep the index of mailbox %d on disk: %s",
                         idx.mailbox_id, exc)

@@ -305,10 +305,16 @@ def _inline_response(s: Session, pos: int, meta: Meta, items: list[str | Section
     return b"* %d FETCH (%s)\r\n" % (pos + 1, b" ".join(parts))
 
 
-def _header_section(meta: Meta, sec: Section) -> bytes:
+def _header_of(meta: Meta, sec: Section) -> bytes:
     """``BODY[HEADER]`` or ``BODY[HEADER.FIELDS[.NOT] (...)]`` of the whole message."""
-    data = meta.header if sec.text == "HEADER" else \
-        filter_header(meta.header, sec.fields, sec.text == "HEADER.FIELDS")
+    if sec.text == "HEADER":
+        return meta.header
+    return filter_header(meta.header, sec.fields, sec.text == "HEADER.FIELDS")
+
+
+def _header_section(meta: Meta, sec: Section) -> bytes:
+    """``_header_of`` as a response item: its label, the partial, the literal."""
+    data = _header_of(meta, sec)
     if sec.origin is not None:
         assert sec.length is not None
         data = data[sec.origin:sec.origin + sec.length]
@@ -474,10 +480,8 @@ async def _range(s: Session, meta: Meta, sec: Section) -> tuple[bytes | None, in
     if not sec.path:
         if sec.text == "":
             return None, 0, meta.size
-        if sec.text == "HEADER":
-            return meta.header, 0, 0
-        if sec.text.startswith("HEADER.FIELDS"):
-            return filter_header(meta.header, sec.fields, sec.text == "HEADER.FIELDS"), 0, 0
+        if sec.text.startswith("HEADER"):
+            return _header_of(meta, sec), 0, 0
         return None, len(meta.header), meta.size  # TEXT
     assert meta.structure is not None
     part: Any = find_part(meta.structure, sec.path)
