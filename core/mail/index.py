@@ -2,11 +2,12 @@
 
 Why: a SELECT of a 100,000-message mailbox used to spend most of its time in
 SQLite returning 100,000 rows. Now the first session to open a mailbox loads
-its index once; every later SELECT/EXAMINE of it (by any session) copies
-three Python lists, and every committed change reaches the index through the
-store's own change path (``core.mail.live``: ``Live.publish``) at the moment it reaches the
-sessions' ``Watch`` queues, so the index is always the committed state as the
-sessions are told of it.
+its index once; every later SELECT/EXAMINE of it (by any session) shares
+its three Python lists (copied on write by whichever side changes them
+first: ``MailboxIndex.own``, ``Selected.own``), and every committed change
+reaches the index through the store's own change path (``core.mail.live``:
+``Live.publish``) at the moment it reaches the sessions' ``Watch`` queues,
+so the index is always the committed state as the sessions are told of it.
 
 Consistency: a load runs on the database thread while commits may land
 around it. Every ``Change`` carries the mailbox modseq its commit produced,
@@ -26,8 +27,8 @@ slots (24 bytes) plus the uid and modseq ints (about 28 bytes each, shared
 with the sessions' copies); flag sets are interned, so a mailbox with a
 handful of distinct flag combinations costs about 80 bytes per message:
 about 8 MB for 100,000 messages, plus 24 bytes per message for each session
-that has it selected (its own lists, because its message sequence numbers
-move only when it is told of an expunge).
+that has it selected once either has changed (its own lists, because its
+message sequence numbers move only when it is told of an expunge).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class Loaded:
 
 @dataclass
 class Snapshot:
-    """What a session needs at SELECT: its own copy of the index (flag sets shared)."""
+    """What a session needs at SELECT: the index's lists, shared until either side
+    writes them (each copies first), and flag sets shared for good."""
 
     mailbox: Mailbox  # uidnext and modseq as of this index, not a later row
     uids: list[int]
@@ -94,6 +96,9 @@ class MailboxIndex:
     uids: list[int] = field(default_factory=list)
     flags: list[frozenset[str]] = field(default_factory=list)
     modseqs: list[int] = field(default_factory=list)
+    # the three lists are also held by a session's view since ``view``: copied
+    # before this index next changes them (``own``), never written in place
+    shared: bool = False
     keywords: set[str] = field(default_factory=set)
     interned: dict[frozenset[str], frozenset[str]] = field(default_factory=dict)
     # What a front end computed from a view of this mailbox (a THREAD or SORT of
@@ -147,6 +152,7 @@ class MailboxIndex:
             self.buffered.append(change)
             return
         self.derived.clear()
+        self.own()
         if change.kind == "exists":
             if change.modseq <= self.loaded_modseq:
                 return  # committed before the load read the rows: already there
@@ -180,7 +186,21 @@ class MailboxIndex:
             self.derived.pop(next(iter(self.derived)))
         self.derived[key] = value
 
+    def share(self) -> tuple[list[int], list[frozenset[str]], list[int]]:
+        """The three lists, for a reader that may hold them past the next change
+        (a session's view, a copy being kept on disk): never written in place again."""
+        self.shared = True
+        return self.uids, self.flags, self.modseqs
+
+    def own(self) -> None:
+        """Copy the lists a view still shares, before changing them in place."""
+        if self.shared:
+            self.uids, self.flags, self.modseqs = (
+                list(self.uids), list(self.flags), list(self.modseqs))
+            self.shared = False
+
     def remove(self, uids: tuple[int, ...] | list[int]) -> None:
+        self.own()
         if len(uids) <= SMALL_EXPUNGE:
             for uid in uids:
                 i = self.pos(uid)
@@ -194,7 +214,7 @@ class MailboxIndex:
         self.modseqs = [self.modseqs[i] for i in keep]
 
     def view(self, mailbox: Mailbox, *, claim_recent: bool) -> Snapshot:
-        """A session's copy; a read-write open claims the messages new since the last one."""
+        """A session's view; a read-write open claims the messages new since the last one."""
         recent: set[int] = set()
         if self.uids and self.uids[-1] > self.recent_uid:
             # RFC 3501 §6.3.2: EXAMINE reports them too, without claiming them
@@ -203,6 +223,5 @@ class MailboxIndex:
             self.recent_uid = max(self.recent_uid, self.uidnext - 1)
         mb = replace(mailbox, uidvalidity=self.uidvalidity, uidnext=self.uidnext,
                      modseq=self.modseq)
-        return Snapshot(mb, list(self.uids), list(self.flags), list(self.modseqs), recent,
-                        frozenset(self.keywords))
+        return Snapshot(mb, *self.share(), recent, frozenset(self.keywords))
 

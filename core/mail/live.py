@@ -88,14 +88,14 @@ class Live:
     async def keep(self, idx: MailboxIndex) -> bool:
         """Keep a packed copy of a loaded index on disk (``core.mail.indexfile``).
 
-        The columns are copied here, on the loop, so the copy is one state of the
-        index (a few list copies); packed, checked against the rows and written
-        on the writer (packing 100,000 messages is ~10 ms the loop need not
-        wait). Whether it was kept (not when the index is not the database's
-        state at that moment, e.g. a commit not yet published to it). A failure
-        is logged: it costs the next start one slow load, nothing else."""
-        columns = indexfile.Columns(idx.uidvalidity, idx.uidnext, idx.modseq,
-                                    list(idx.uids), list(idx.flags), list(idx.modseqs))
+        The columns are taken here, on the loop, so they are one state of the
+        index (shared: its next change copies them first); packed, checked
+        against the rows and written on the writer (packing 100,000 messages
+        is ~10 ms the loop need not wait). Whether it was kept (not when the
+        index is not the database's state at that moment, e.g. a commit not
+        yet published to it). A failure is logged: it costs the next start
+        one slow load, nothing else."""
+        columns = indexfile.Columns(idx.uidvalidity, idx.uidnext, idx.modseq, *idx.share())
         try:
             return await self.db.run(indexfile.keep, idx.mailbox_id, columns)
         except Exception as exc:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from protocols.imap.commands.updates import Update
 
 MAX_SET_PARTS = 10_000
+SMALL_LOOKUP = 256  # fewer uids than this: a binary search each (``seqs_of``)
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 V = TypeVar("V")
 
@@ -58,6 +59,7 @@ class ByUid(Generic[V]):
         i = self._sel.pos(uid)
         if i < 0:
             raise KeyError(uid)
+        self._sel.own()
         self._values()[i] = value
 
     def get(self, uid: int, default: V) -> V:
@@ -73,8 +75,7 @@ class Selected:
         self.uids = snap.uids
         self.flag_list = snap.flags
         self.modseq_list = snap.modseqs
-        self.flags: ByUid[frozenset[str]] = ByUid(self, "flag_list")
-        self.modseqs: ByUid[int] = ByUid(self, "modseq_list")
+        self.shared = True  # the three lists are the shared index's until ``own``
         self.recent = snap.recent
         self.highestmodseq = snap.mailbox.modseq
         self.held: list[int] = []
@@ -85,6 +86,29 @@ class Selected:
         self.saved: list[int] = []  # RFC 5182 SEARCHRES: the uids ``$`` names
         self.updates: list[Update] = []  # RFC 5267 §4.2: searches kept up to date
         self.no_recent = False  # IMAP4rev2 (RFC 9051 Appendix E): no \Recent at all
+
+    # Views made on each use, not kept: a kept view would point back here, and
+    # that cycle left every closed selection (three lists of a mailbox's size)
+    # to the cyclic collector, whose young-generation passes then walked them all.
+    @property
+    def flags(self) -> ByUid[frozenset[str]]:
+        return ByUid(self, "flag_list")
+
+    @property
+    def modseqs(self) -> ByUid[int]:
+        return ByUid(self, "modseq_list")
+
+    def own(self) -> None:
+        """Copy the position lists before the first change to them.
+
+        Why not at SELECT: a copy of three lists of 100,000 was most of a
+        warm SELECT, and a client that opens a mailbox, lists it and leaves
+        never changes them. The shared index copies its side the same way
+        (``core.mail.index``), so neither ever writes a list the other holds."""
+        if self.shared:
+            self.uids, self.flag_list = list(self.uids), list(self.flag_list)
+            self.modseq_list = list(self.modseq_list)
+            self.shared = False
 
     # -- numbers
 
@@ -97,10 +121,17 @@ class Selected:
         return self.pos(uid) + 1
 
     def seqs_of(self, uids: list[int]) -> list[int]:
-        """``seq_of`` of each (ascending) uid; positions alone when they are all of them."""
+        """``seq_of`` of each uid, in the order given (0 for one not here).
+
+        A SORT of a whole large mailbox maps every uid: a table built once is
+        ~10 times cheaper than a binary search per message."""
         if uids == self.uids:
             return list(range(1, len(uids) + 1))
-        return [self.pos(u) + 1 for u in uids]
+        if len(uids) < SMALL_LOOKUP:
+            return [self.pos(u) + 1 for u in uids]
+        seq = dict(zip(self.uids, range(1, len(self.uids) + 1), strict=True))
+        get = seq.get
+        return [get(u, 0) for u in uids]
 
     def parse_set(self, text: str, *, uid: bool, strict: bool = True) -> list[int]:
         """Uids named by a sequence set (RFC 3501 §9 sequence-set), ascending.
@@ -167,6 +198,7 @@ class Selected:
             if change.kind == "exists":
                 for uid in change.uids:
                     if not self.uids or uid > self.uids[-1]:
+                        self.own()
                         self.uids.append(uid)
                         self.flag_list.append(change.flags)
                         self.modseq_list.append(change.modseq)
@@ -178,6 +210,7 @@ class Selected:
                 uid = change.uids[0]
                 i = self.pos(uid)
                 if i >= 0 and change.modseq > self.modseq_list[i]:
+                    self.own()
                     self.flag_list[i] = change.flags
                     self.modseq_list[i] = change.modseq
                     self.highestmodseq = max(self.highestmodseq, change.modseq)
@@ -236,6 +269,7 @@ class Selected:
                 yield b"* %d EXPUNGE" % self.seq_of(uid)
         self.told_exists -= len(told)
         if len(present) <= 64:
+            self.own()
             for uid in reversed(present):
                 i = self.pos(uid)
                 del self.uids[i], self.flag_list[i], self.modseq_list[i]
@@ -245,6 +279,7 @@ class Selected:
             self.uids = [self.uids[i] for i in keep]
             self.flag_list = [self.flag_list[i] for i in keep]
             self.modseq_list = [self.modseq_list[i] for i in keep]
+            self.shared = False
         self.recent.difference_update(present)
 
     def resync(self, now: Snapshot | None) -> list[Change]:

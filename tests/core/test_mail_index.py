@@ -38,7 +38,7 @@ async def test_one_index_shared_and_kept_a_while_after_the_last_watch(
     snap2, w2 = await mail.open(login, "INBOX", read_only=True)
     assert mail._indexes[snap1.mailbox.id] is idx  # shared, not loaded again
     assert state(snap2) == state(snap1) and snap2.recent == set()
-    assert snap2.uids is not idx.uids  # each session has its own copy
+    assert snap2.uids is idx.uids  # shared until either side writes (copied then)
     snap3, w3 = await mail.open(login, "INBOX", read_only=False)
     assert snap3.recent == set()  # \Recent was claimed by the first read-write open
     mail.close(w1)
@@ -246,3 +246,29 @@ def test_distinct_flag_sets_stay_bounded() -> None:
     assert len(idx.interned) <= index_mod.MAX_INTERNED
     assert len(idx.keywords) <= index_mod.MAX_INTERNED + 1
     assert "$keep" in idx.keywords and idx.flags == [frozenset({f"$k{n}"}), {"$keep"}]
+
+
+def test_a_view_shares_the_lists_and_no_change_reaches_it() -> None:
+    """SELECT takes the index's lists without copying; every kind of change to the
+    index afterwards (a delivery, flags, a small and a large expunge) leaves the
+    view as it was, and a later view sees the change."""
+    from core.mail import Change, Mailbox
+    from core.mail.index import SMALL_EXPUNGE, Loaded, MailboxIndex
+
+    n = 3 * SMALL_EXPUNGE
+    seen = frozenset({"\\Seen"})
+    idx = MailboxIndex(1)
+    idx.fill(Loaded(7, n + 1, 1, n, list(range(1, n + 1)), [frozenset()] * n, [1] * n))
+    box = Mailbox(1, "alice", "INBOX", 7, n + 1, 1, None, True)
+    changes = [Change("exists", (n + 1,), seen, 2), Change("flags", (1,), seen, 3),
+               Change("expunge", (2,), modseq=4),
+               Change("expunge", tuple(range(3, 3 + 2 * SMALL_EXPUNGE)), modseq=5)]
+    for change in changes:
+        view = idx.view(box, claim_recent=False)
+        assert view.uids is idx.uids  # shared, not copied
+        before = (list(view.uids), list(view.flags), list(view.modseqs))
+        idx.apply(change)
+        assert (view.uids, view.flags, view.modseqs) == before
+        assert idx.view(box, claim_recent=False).modseqs[-1] >= 1
+    assert idx.uids == [1, *range(3 + 2 * SMALL_EXPUNGE, n + 2)]
+    assert idx.flags[0] == seen and idx.flags[-1] == seen
