@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,15 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def columns(rows: Sequence[Sequence[Any]], count: int) -> list[list[Any]]:
+    """The first ``count`` columns of fetched rows, each as a list.
+
+    Why not ``zip(*rows)``: that makes an iterator object per row, and for the
+    100,000 rows of a large mailbox those were enough new objects to run the
+    cyclic collector ~140 times per read."""
+    return [list(map(operator.itemgetter(i), rows)) for i in range(count)]
 
 
 def _on_thread(fn: Callable[..., T], conn: sqlite3.Connection, *args: Any) -> T:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from core import reclaim
+from core.db import columns
 from core.errors import NotFound
 from core.mail import indexfile, packs, sortkeys
 from core.mail.index import Loaded
@@ -43,7 +44,7 @@ def load_index(c: sqlite3.Connection, mailbox_id: int) -> Loaded:
     texts: list[str] = []
     modseqs: list[int] = []
     if rows:  # column lists at C speed; one frozenset per distinct flag text
-        uids, texts, modseqs = (list(col) for col in zip(*rows, strict=True))
+        uids, texts, modseqs = columns(rows, 3)
     distinct = {t: flags_set(t) for t in set(texts)}
     return Loaded(row[0], row[1], row[2], row[3], uids, list(map(distinct.__getitem__, texts)),
                   modseqs)
@@ -166,7 +167,7 @@ def load_extents(c: sqlite3.Connection, mailbox_id: int, first: int, last: int) 
                      (mailbox_id, first, last)).fetchall()
     if not rows:
         return Extents([], [], [])
-    uids, sizes, dates = (list(col) for col in zip(*rows, strict=True))
+    uids, sizes, dates = columns(rows, 3)
     return Extents(uids, sizes, dates)
 
 

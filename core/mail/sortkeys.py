@@ -31,6 +31,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from core import gcpause
+from core.db import columns
 from core.mail import addresses
 from core.mail.mime import parse_headers, plain_address
 
@@ -197,6 +199,12 @@ def _read(c: sqlite3.Connection, mailbox_id: int, first: int, last: int,
     half of SQLite's join, which seeks ``mail_sort`` once per message. A
     message without kept keys has version None."""
     span = (mailbox_id, first, last)
+    with gcpause.paused():  # two rows per message: see ``core.gcpause``
+        return _merged(c, span, fields)
+
+
+def _merged(c: sqlite3.Connection, span: tuple[int, int, int], fields: Sequence[str]
+            ) -> list[tuple[Any, ...]]:
     c.execute("BEGIN")
     try:
         msgs = c.execute("SELECT uid, size, internal_date FROM mail_messages "
@@ -297,6 +305,5 @@ async def load(reads: Database, commit: GroupCommit[Any], mailbox_id: int,
         await commit.submit(functools.partial(_keep, mailbox_id, kept))
     if not rows:
         return KeyColumns([], [], [], {f: [] for f in names})
-    columns = list(zip(*rows, strict=True))
-    return KeyColumns(list(columns[0]), list(columns[1]), list(columns[2]),
-                      {f: list(columns[4 + n]) for n, f in enumerate(names)})
+    cols = columns(rows, 4 + len(names))
+    return KeyColumns(cols[0], cols[1], cols[2], {f: cols[4 + n] for n, f in enumerate(names)})

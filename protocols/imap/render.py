@@ -8,6 +8,7 @@ BODYSTRUCTURE are built from the structure cached by ``core.mail.mime``.
 from __future__ import annotations
 
 import functools
+import math
 import time
 import urllib.parse
 from collections.abc import Iterable
@@ -51,20 +52,86 @@ def flag_set(values: frozenset[str]) -> bytes:
     return flags(values)
 
 
-def date_time(ts: float) -> bytes:
-    """RFC 3501 date-time: ``"17-Jul-1996 02:44:25 -0700"`` (local offset).
+def numbers(values: Iterable[int]) -> bytes:
+    """``" 1 2 3"``: the list of a SEARCH or SORT response (``str`` of an int is
+    C; a bytes ``%`` per number was a third slower over 100,000 of them)."""
+    text = " ".join(map(str, values))
+    return b" " + text.encode() if text else b""
 
-    ``strftime`` does the formatting in C (a third of the f-string's 3 µs: a
-    ``FETCH 1:* INTERNALDATE`` renders one per message); the month comes from
-    our own names so no locale can change it."""
+
+def date_time(ts: float) -> bytes:
+    """RFC 3501 date-time: ``"17-Jul-1996 02:44:25 -0700"`` (local offset)."""
+    return date_times([ts])[0]
+
+
+def date_times(stamps: Iterable[float]) -> list[bytes]:
+    """``date_time`` of each stamp, for a column of them.
+
+    ``FETCH 1:* INTERNALDATE`` renders one per message, and ``localtime`` plus
+    ``strftime`` (~3 µs) were two thirds of that FETCH's CPU. Here the local
+    offset is looked up once per UTC hour and the day's text once per day; the
+    time of day is arithmetic, and a run of one stamp (a batch filed at once)
+    is rendered once. Where the offset changes inside an hour or is not whole
+    minutes (old local mean times), or the year has fewer than four digits, a
+    stamp is rendered field by field from ``localtime``."""
+    out: list[bytes] = []
+    zone_names = time.tzname
+    last, text = math.nan, b""
+    hour, off, zone = None, None, b""
+    day, head = None, None
+    for ts in stamps:
+        if ts != last:
+            last, sec = ts, math.floor(ts)  # as ``localtime`` reads a float
+            if sec // 3600 != hour:
+                hour = sec // 3600
+                off = _hour_offset(hour, zone_names)
+                zone = _zone_text(off) if off is not None else b""
+            if off is None:
+                text = _from_localtime(ts)
+            else:
+                today, rem = divmod(sec + off, 86400)
+                if today != day:
+                    day, head = today, _day_text(today)
+                text = _from_localtime(ts) if head is None else \
+                    b"%s%02d:%02d:%02d %s" % (head, rem // 3600, rem // 60 % 60, rem % 60, zone)
+        out.append(text)
+    return out
+
+
+def _from_localtime(ts: float) -> bytes:
     t = time.localtime(ts)
-    if t.tm_year >= 1000:
-        return time.strftime(f'"%e-{_MONTHS[t.tm_mon - 1]}-%Y %H:%M:%S %z"', t).encode()
-    off = abs(t.tm_gmtoff) // 60  # %Y would not pad an APPENDed year 0999 to four digits
+    off = abs(t.tm_gmtoff) // 60
     sign = "+" if t.tm_gmtoff >= 0 else "-"
     return (f'"{t.tm_mday:2d}-{_MONTHS[t.tm_mon - 1]}-{t.tm_year:04d} '
             f'{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {sign}{off // 60:02d}{off % 60:02d}"'
             ).encode()
+
+
+@functools.lru_cache(maxsize=4096)
+def _hour_offset(hour: int, zone: tuple[str, str]) -> int | None:
+    """The local offset in force for all of UTC hour ``hour``, or None.
+
+    ``zone`` (``time.tzname``) is part of the key so a ``tzset`` to another zone
+    is never answered from the old one."""
+    start = hour * 3600
+    first, last = time.localtime(start).tm_gmtoff, time.localtime(start + 3599).tm_gmtoff
+    return first if first == last and first % 60 == 0 else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_text(day: int) -> bytes | None:
+    """``"dd-Mon-yyyy `` of local day ``day`` (days since the epoch), or None
+    before year 1000 (``%Y`` would not pad it to four digits)."""
+    t = time.gmtime(day * 86400)
+    if t.tm_year < 1000:
+        return None
+    return f'"{t.tm_mday:2d}-{_MONTHS[t.tm_mon - 1]}-{t.tm_year:04d} '.encode()
+
+
+@functools.lru_cache(maxsize=64)
+def _zone_text(offset: int) -> bytes:
+    minutes = abs(offset) // 60
+    return b'%s%02d%02d"' % (b"+" if offset >= 0 else b"-", minutes // 60, minutes % 60)
 
 
 def _addresses(value: list[list[str | None]] | None) -> bytes:

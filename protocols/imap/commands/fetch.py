@@ -201,8 +201,11 @@ def filter_header(header: bytes, fields: tuple[str, ...], keep: bool) -> bytes:
     decoding per line, and the asked-for set is built once per field list.
     """
     wanted = _wanted(fields)
-    kept = [block for block in _FIELD_START.split(header)
-            if b":" in block and (block.partition(b":")[0].strip().lower() in wanted) == keep]
+    kept = []
+    for block in _FIELD_START.split(header):
+        colon = block.find(b":")
+        if colon >= 0 and (block[:colon].strip().lower() in wanted) == keep:
+            kept.append(block)
     kept += (b"", b"")
     return b"\r\n".join(kept)
 
@@ -251,11 +254,13 @@ async def fetch(s: Session, cmd: Command) -> str | None:
             in_set = _in_uid_set(text, gone)
             if in_set:
                 s.untagged(b"VANISHED (EARLIER) " + compress(in_set).encode())
-        uids = [u for u in uids if sel.modseqs.get(u, 0) > changed_since]
+        by_uid = sel.modseqs
+        uids = [u for u in uids if by_uid.get(u, 0) > changed_since]
     sections = [i for i in items if isinstance(i, Section)]
     sets_seen = not sel.read_only and any(not x.peek for x in sections)
     if sets_seen:
-        need = [u for u in uids if u in sel.flags and "\\Seen" not in sel.flags[u]]
+        flags = sel.flags
+        need = [u for u in uids if u in flags and "\\Seen" not in flags[u]]
         if need:
             changed, _ = await s.mail.set_flags(sel.mailbox.id, need, "+", ["\\Seen"])
             for uid, now, modseq in changed:
@@ -370,7 +375,7 @@ async def _fetch_listing(s: Session, uids: list[int], items: list[str]) -> None:
         elif item == "RFC822.SIZE":
             cols.append(extents.sizes)
         elif item == "INTERNALDATE":
-            cols.append(_dates(extents.dates))
+            cols.append(render.date_times(extents.dates))
         elif item == "FLAGS":
             cols.append(_flag_texts(sel, uids, positions, first))
         else:
@@ -381,17 +386,6 @@ async def _fetch_listing(s: Session, uids: list[int], items: list[str]) -> None:
         rows = zip(*(c[start:start + 4096] for c in cols), strict=True)
         s.out += b"".join([template % row for row in rows])
         await s.maybe_flush()
-
-
-def _dates(dates: list[float]) -> list[bytes]:
-    """INTERNALDATE texts; runs of one date (a batch filed at once) rendered once."""
-    out: list[bytes] = []
-    last, text = -1.0, b""
-    for d in dates:
-        if d != last:
-            last, text = d, render.date_time(d)
-        out.append(text)
-    return out
 
 
 def _flag_texts(sel: Selected, uids: list[int], positions: list[int] | None,

@@ -15,6 +15,7 @@ import email
 import email.header
 import email.policy
 import email.utils
+import itertools
 import re
 import time
 from collections.abc import Callable
@@ -395,11 +396,12 @@ async def _index_search(node: Node, sel: Selected, only: set[int] | None,
     """``run_search`` for a program of flags, uids and sequence numbers only
     (``UID SEARCH UNSEEN``, ``NOT DELETED``): one probe object refilled per
     message instead of an object per message, about 0.5 µs a message."""
-    uids, flags, modseqs = list(sel.uids), list(sel.flag_list), list(sel.modseq_list)
     if node.on_flags is not None and only is None:  # a few distinct flag sets: decide each
-        verdict = {f: node.on_flags(f) for f in set(flags)}
-        matched = [u for u, f in zip(uids, flags, strict=True) if verdict[f]]
+        verdict = {f: node.on_flags(f) for f in set(sel.flag_list)}
+        matched = list(itertools.compress(sel.uids, map(verdict.__getitem__, sel.flag_list)))
         return matched, 0  # a MODSEQ key reads more than flags: not this path
+    # copies: the loop below gives the event loop a turn between chunks
+    uids, flags, modseqs = list(sel.uids), list(sel.flag_list), list(sel.modseq_list)
     recent, pred = sel.recent, node.pred
     probe = Msg(0, 0, frozenset(), 0, False)
     hits: list[int] = []
@@ -471,9 +473,9 @@ async def search(s: Session, cmd: Command) -> str | None:
         if opts is not None and "SAVE" in opts:
             sel.saved = []  # RFC 5182 §2.1: a failed SAVE leaves $ empty
         raise
-    nums = uids if cmd.uid else [sel.seq_of(u) for u in uids]
+    nums = uids if cmd.uid else sel.seqs_of(uids)
     if opts is None:
-        line = b"SEARCH" + b"".join(b" %d" % n for n in nums)
+        line = b"SEARCH" + render.numbers(nums)
         if top:
             line += b" (MODSEQ %d)" % top
         s.untagged(line)
@@ -482,7 +484,8 @@ async def search(s: Session, cmd: Command) -> str | None:
     if "SAVE" in opts:
         sel.saved = _saved(opts, uids)
     if opts - {"SAVE"}:
-        modseqs = [sel.modseqs.get(u, 0) for u in uids] if top else None
+        by_uid = sel.modseqs
+        modseqs = [by_uid.get(u, 0) for u in uids] if top else None
         s.untagged(esearch_line(cmd.tag, cmd.uid, opts, nums, modseqs, ret.partial))
     if update:  # RFC 5267 §4.2: changes to this result follow, unasked
         updates.add(s, sel, cmd.tag, cmd.uid, tokens, uids)

@@ -15,8 +15,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from core import gcpause
 from core.mail.sortkeys import KeyColumns
-from protocols.imap import returns, threads
+from protocols.imap import render, returns, threads
 from protocols.imap.commands import SELECTED, args, command
 from protocols.imap.commands.search import esearch_line, run_search
 from protocols.imap.errors import Bad, No
@@ -65,7 +66,8 @@ async def keyed(s: Session, sel: Selected, tokens: list[Token],
                 fields: tuple[str, ...] | list[str]) -> KeyColumns:
     """The messages the search program names, with the key columns ``fields``."""
     uids, _ = await run_search(s, sel, tokens)
-    return await s.mail.sort_keys(sel.mailbox.id, [u for u in uids if u in sel.flags], fields)
+    held = sel.flags
+    return await s.mail.sort_keys(sel.mailbox.id, [u for u in uids if u in held], fields)
 
 
 def _column(found: KeyColumns, name: str) -> list[Any]:
@@ -133,9 +135,9 @@ async def sort(s: Session, cmd: Command) -> str | None:
     keys = parse_criteria(args.plist(a[0]))
     _charset(a[1])
     ordered = await sorted_matches(s, sel, a[2:], keys)
-    nums = ordered if cmd.uid else [sel.seq_of(u) for u in ordered]  # in sort order
+    nums = ordered if cmd.uid else sel.seqs_of(ordered)  # in sort order
     if opts is None:
-        s.untagged(b"SORT" + b"".join(b" %d" % n for n in nums))
+        s.untagged(b"SORT" + render.numbers(nums))
         return None
     assert ret is not None
     if "SAVE" in opts:
@@ -192,9 +194,10 @@ def references(found: KeyColumns, nums: list[int]) -> bytes:
 
 
 def _thread_text(found: KeyColumns, nums: list[int], algorithm: str) -> bytes:
-    if algorithm == "REFERENCES":
-        return references(found, nums)
-    return render_flat(ordered_subject(found, nums))
+    with gcpause.paused():  # a container per message: see ``core.gcpause``
+        if algorithm == "REFERENCES":
+            return references(found, nums)
+        return render_flat(ordered_subject(found, nums))
 
 
 # RFC 5256 §4 THREAD, UID THREAD

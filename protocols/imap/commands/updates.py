@@ -122,7 +122,7 @@ def add(s: Session, sel: Selected, tag: str, uid: bool, tokens: list[Token],
 
 
 def _nums(sel: Selected, upd: Update, uids: list[int]) -> bytes:
-    return compress(uids if upd.uid else [sel.seq_of(u) for u in uids]).encode()
+    return compress(uids if upd.uid else sel.seqs_of(uids)).encode()
 
 
 def before_expunge(sel: Selected, changes: list[Change]) -> list[bytes]:

@@ -24,7 +24,8 @@ def reference(ts: float) -> bytes:
             f'{t.tm_min:02d}:{t.tm_sec:02d} {sign}{off // 60:02d}{off % 60:02d}"').encode()
 
 
-@pytest.fixture(params=["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Chatham"])
+@pytest.fixture(params=["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Chatham",
+                        "Asia/Kathmandu", "Australia/Lord_Howe", "Europe/Amsterdam"])
 def zone(request: pytest.FixtureRequest) -> Iterator[str]:
     old = os.environ.get("TZ")
     os.environ["TZ"] = request.param
@@ -41,5 +42,16 @@ def test_date_time_matches_the_grammar_in_every_zone(zone: str) -> None:
     rng = random.Random(7)
     stamps = [0.0, 1.5, 1_700_000_000.7, calendar.timegm((999, 5, 4, 3, 2, 1, 0, 0, 0)),
               *(rng.uniform(-2e9, 4e9) for _ in range(2000))]
+    for ts in stamps:
+        assert render.date_time(ts) == reference(ts), (zone, ts)
+
+
+def test_date_time_across_offset_changes(zone: str) -> None:
+    """Every 7 minutes 13 seconds over two years, through each DST change (hours
+    where the offset changes are rendered from ``localtime``), and the 1930s,
+    when Amsterdam's offset was +00:19:32 (not whole minutes)."""
+    start = calendar.timegm((2023, 1, 1, 0, 0, 0, 0, 0, 0))
+    stamps = [start + i * 433.25 for i in range(2 * 365 * 24 * 60 * 60 // 433)]
+    stamps += [-1_200_000_000 + i * 3607.5 for i in range(3000)]
     for ts in stamps:
         assert render.date_time(ts) == reference(ts), (zone, ts)
