@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Literal
 
+import argon2
 import pytest
 from argon2 import PasswordHasher
 
@@ -143,26 +143,50 @@ async def test_a_long_wait_is_refused_at_once_with_the_delay() -> None:
 class CountingHasher(PasswordHasher):
     def __init__(self) -> None:
         super().__init__()
-        self.hashes = self.verifies = 0
+        self.hashes = 0
 
     def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
         self.hashes += 1
         return super().hash(password, salt=salt)
 
-    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
-        self.verifies += 1
-        return super().verify(hash, password)
-
 
 async def test_an_unknown_login_costs_what_a_known_one_costs(users: Users) -> None:
-    """#15.10: an unknown login hashed a fresh dummy *and* verified it: twice the time."""
+    """#15.10: an unknown login hashed a fresh dummy *and* verified it: twice the time.
+    Each login, known or not, is one Argon2id verify and no hash."""
     users.add("alice@alice.example")
     users.set_password("alice@alice.example")
     hasher = users._hasher = CountingHasher()
+    verified: list[str] = []
+    real = users._verify
+
+    def counting(stored: str, password: str) -> bool:
+        verified.append(stored)
+        return real(stored, password)
+
+    users._verify = counting  # type: ignore[method-assign]
     for login in ("alice@alice.example", "nobody@alice.example", "other@alice.example"):
-        hasher.hashes = hasher.verifies = 0
+        hasher.hashes, verified[:] = 0, []
         assert not await users.authenticate(login, "wrong guess")
-        assert (hasher.hashes, hasher.verifies) == (0, 1), login
+        assert hasher.hashes == 0 and len(verified) == 1, login
+        assert verified[0].startswith("$argon2id$v=19$m=65536,t=3,p=4$"), login
+
+
+def test_libsodium_and_argon2_cffi_agree_on_every_hash() -> None:
+    """Verification goes through libsodium; hashes made by argon2-cffi (every stored
+    one, and the dummy) verify there exactly as in argon2-cffi, and what argon2-cffi
+    refuses (another password, a damaged or foreign hash) is refused."""
+    from core.users import DUMMY_HASH
+
+    users = Users.__new__(Users)
+    users._hasher = PasswordHasher()
+    stored = users._hasher.hash("pässwörd 1")
+    damaged = stored[:-4] + ("AAAA" if not stored.endswith("AAAA") else "BBBB")
+    argon2i = PasswordHasher(type=argon2.Type.I).hash("pässwörd 1")
+    for h, password, expected in ((stored, "pässwörd 1", True), (stored, "pässwörd 2", False),
+                                  (stored, "", False), (damaged, "pässwörd 1", False),
+                                  (DUMMY_HASH, "anything", False), ("garbage", "x", False),
+                                  (argon2i, "pässwörd 1", True), (argon2i, "x", False)):
+        assert users._verify(h, password) is expected, (h[:20], password)
 
 
 def test_the_dummy_hash_is_one_of_the_hashers_own() -> None:
