@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 from core import net, tls
 from core.limits import Budget, ConnectionLimits
+from protocols.imap.session import Session
 
 if TYPE_CHECKING:
     from core.service import Service
-    from protocols.imap.session import Session
 
 log = logging.getLogger("twin.imap")
 
@@ -66,8 +66,6 @@ class ImapServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                       tls: bool) -> None:
-        from protocols.imap.session import Session
-
         task = asyncio.current_task()
         assert task is not None
         peer = writer.get_extra_info("peername")
