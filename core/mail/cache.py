@@ -1,5 +1,6 @@
-"""Bounded in-memory caches: small message bodies by object ref (``BodyCache``),
-and messages' immutable metadata (``MetaCache``, described on the class).
+"""Bounded in-memory caches: bytes by key (``BytesCache``: small message bodies by
+object ref, and IMAP's header fields of a message), and messages' immutable
+metadata (``MetaCache``, described on the class).
 
 Why: a FETCH of a small body used to cost a full dispersed-store read (the
 catalogue row on the database thread, k share reads on the I/O threads, a
@@ -20,25 +21,31 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from typing import NamedTuple
+from collections.abc import Hashable
+from typing import Generic, NamedTuple, TypeVar
 
 from core.mail.mime import Part
 
+K = TypeVar("K", bound=Hashable)
 
-class BodyCache:
+
+class BytesCache(Generic[K]):
+    """Values of at most ``max_item`` bytes, ``max_bytes`` in all, least recently
+    used first out."""
+
     def __init__(self, max_bytes: int = 16 * 1024 * 1024, max_item: int = 64 * 1024) -> None:
         self.max_bytes = max_bytes
         self.max_item = max_item
         self.size = 0
-        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._items: OrderedDict[K, bytes] = OrderedDict()
 
-    def get(self, ref: str) -> bytes | None:
+    def get(self, ref: K) -> bytes | None:
         data = self._items.get(ref)
         if data is not None:
             self._items.move_to_end(ref)
         return data
 
-    def put(self, ref: str, data: bytes) -> None:
+    def put(self, ref: K, data: bytes) -> None:
         if len(data) > self.max_item or self.max_bytes <= 0 or ref in self._items:
             return
         self._items[ref] = data
@@ -47,7 +54,7 @@ class BodyCache:
             _, old = self._items.popitem(last=False)
             self.size -= len(old)
 
-    def drop(self, ref: str) -> None:
+    def drop(self, ref: K) -> None:
         data = self._items.pop(ref, None)
         if data is not None:
             self.size -= len(data)

@@ -52,7 +52,7 @@ from core.errors import (
     Unavailable,
 )
 from core.mail import indexfile, mime, packs, quarantine, schema, sortkeys
-from core.mail.cache import BodyCache, Fixed, MetaCache
+from core.mail.cache import BytesCache, Fixed, MetaCache
 from core.mail.commit import GroupCommit
 from core.mail.index import MailboxIndex, Snapshot
 from core.mail.intake import Intake
@@ -148,7 +148,7 @@ class MailStore:
         self._known_users: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._recent_saving: dict[int, int] = {}  # mailbox id -> recent_uid being saved
-        self.bodies = BodyCache(max_item=packs.PACK_BYTES)
+        self.bodies: BytesCache[str] = BytesCache(max_item=packs.PACK_BYTES)
         self.metas = MetaCache()
         self.live = Live(db, self.metas)  # shared indexes, watches, observers: publishing
         # called with every committed COPY/MOVE, on the loop; must not block

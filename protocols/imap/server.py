@@ -18,12 +18,15 @@ from typing import TYPE_CHECKING
 
 from core import net, tls
 from core.limits import Budget, ConnectionLimits
+from core.mail.cache import BytesCache
 from protocols.imap.session import Session
 
 if TYPE_CHECKING:
     from core.service import Service
 
 log = logging.getLogger("twin.imap")
+HEADER_FIELDS_BYTES = 4 * 1024 * 1024  # about 10,000 messages' listing fields
+FieldsKey = tuple[int, int, int, str, tuple[str, ...]]
 
 
 class ImapServer:
@@ -47,6 +50,10 @@ class ImapServer:
         self.writers: set[asyncio.StreamWriter] = set()
         self.servers: list[asyncio.Server] = []
         self.info: list[net.ListenerInfo] = []
+        # FETCH's HEADER.FIELDS[.NOT] results by (mailbox id, uidvalidity, uid, text,
+        # fields): never stale, for the reason ``core.mail.cache.MetaCache`` gives
+        self.header_fields: BytesCache[FieldsKey] = BytesCache(
+            max_bytes=HEADER_FIELDS_BYTES, max_item=4096)
 
     async def start(self) -> None:
         conf = self.service.config

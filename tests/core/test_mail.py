@@ -224,9 +224,9 @@ async def test_group_commit_throughput(service: tuple[Service, str]) -> None:
 
 
 def test_body_cache_is_bounded_and_least_recently_used_goes_first() -> None:
-    from core.mail.cache import BodyCache
+    from core.mail.cache import BytesCache
 
-    cache = BodyCache(max_bytes=30, max_item=10)
+    cache = BytesCache(max_bytes=30, max_item=10)
     cache.put("big", b"x" * 11)  # over max_item: never kept
     assert cache.get("big") is None
     for name in "abc":

@@ -9,7 +9,7 @@ import pytest
 
 from core.errors import Unavailable
 from core.mail import packs
-from core.mail.cache import BodyCache
+from core.mail.cache import BytesCache
 from core.mail.journal import Entry
 from core.service import Service
 
@@ -35,7 +35,7 @@ async def objects(svc: Service) -> set[str]:
 
 def forget_bodies(svc: Service) -> None:
     """Empty the body cache, so reads go to the dispersed store."""
-    svc.mail.bodies = BodyCache(max_item=packs.PACK_BYTES)
+    svc.mail.bodies = BytesCache(max_item=packs.PACK_BYTES)
 
 
 async def expunge(svc: Service, login: str, uids: list[int]) -> None:

@@ -305,7 +305,7 @@ def _inline_response(s: Session, pos: int, meta: Meta, items: list[str | Section
     without a suspension point per item, that costs a third of the chain of
     coroutines the general path needs for items that may stream.
     """
-    parts = [_header_section(meta, item) if isinstance(item, Section)
+    parts = [_header_section(s, meta, item) if isinstance(item, Section)
              else _simple(s, pos, meta, item) for item in items]
     return b"* %d FETCH (%s)\r\n" % (pos + 1, b" ".join(parts))
 
@@ -317,9 +317,21 @@ def _header_of(meta: Meta, sec: Section) -> bytes:
     return filter_header(meta.header, sec.fields, sec.text == "HEADER.FIELDS")
 
 
-def _header_section(meta: Meta, sec: Section) -> bytes:
-    """``_header_of`` as a response item: its label, the partial, the literal."""
-    data = _header_of(meta, sec)
+def _header_section(s: Session, meta: Meta, sec: Section) -> bytes:
+    """``_header_of`` as a response item: its label, the partial, the literal.
+
+    Header fields are kept per message once cut out (``ImapServer.header_fields``,
+    as Dovecot's cache file keeps them): every new session of a client
+    listing a folder asks for the same fields of the same messages."""
+    if sec.text == "HEADER":
+        data = meta.header
+    else:
+        box = s.need_selected().mailbox
+        key = (box.id, box.uidvalidity, meta.uid, sec.text, sec.fields)
+        kept = s.server.header_fields.get(key)
+        data = kept if kept is not None else _header_of(meta, sec)
+        if kept is None:
+            s.server.header_fields.put(key, data)
     if sec.origin is not None:
         assert sec.length is not None
         data = data[sec.origin:sec.origin + sec.length]
