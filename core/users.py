@@ -292,13 +292,16 @@ class Users:
         takes 180-200 ms (RFC 9106 defaults, this machine). A login's CPU is
         mostly this, and a client opening several connections at once pays it
         for each. Any other variant goes to argon2-cffi."""
+        # a password a client sent as bytes that are not UTF-8 reaches here with
+        # surrogate escapes: those bytes are what is compared, never an error
+        secret = password.encode("utf-8", "surrogateescape")
         if stored.startswith("$argon2id$"):
             try:
-                return bool(nacl.pwhash.argon2id.verify(stored.encode(), password.encode()))
+                return bool(nacl.pwhash.argon2id.verify(stored.encode(), secret))
             except nacl.exceptions.InvalidkeyError:
                 return False
         try:
-            return self._hasher.verify(stored, password)
+            return self._hasher.verify(stored, secret)
         except (VerificationError, InvalidHashError):
             return False
 

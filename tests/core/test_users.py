@@ -185,7 +185,9 @@ def test_libsodium_and_argon2_cffi_agree_on_every_hash() -> None:
     for h, password, expected in ((stored, "pässwörd 1", True), (stored, "pässwörd 2", False),
                                   (stored, "", False), (damaged, "pässwörd 1", False),
                                   (DUMMY_HASH, "anything", False), ("garbage", "x", False),
-                                  (argon2i, "pässwörd 1", True), (argon2i, "x", False)):
+                                  (argon2i, "pässwörd 1", True), (argon2i, "x", False),
+                                  (stored, "p\udcc3\udca4ss", False),
+                                  (argon2i, "p\udcc3\udca4ss", False)):
         assert users._verify(h, password) is expected, (h[:20], password)
 
 
