@@ -2,9 +2,10 @@
 
 Why: under load a twin sends hundreds of small envelopes a second to the
 same peer, and each cost both twins an Ed25519 signature and a verification
-(the envelope, then its ack), a canonical CBOR parse and a sealed ack:
-about a quarter of each twin's CPU per message (issue 22). A bundle pays
-that once for up to ``MAX_ITEMS`` messages.
+(the envelope, then its ack: ~100 us a side), a canonical CBOR parse, a sealed
+ack and a task or two. A bundle pays that once for up to ``MAX_ITEMS``
+messages: at the messaging bench's maximum, 0.13-0.22 ms less CPU per message
+on each twin (of 0.75-1.0 ms; issue 22).
 
 Wire (a kind of envelope v1, so the envelope's own checks are unchanged and
 come first): an envelope of kind ``bundle`` whose value is a list of maps
