@@ -201,7 +201,7 @@ class Live:
             return
         for k, (ref, header, structure, size, date, flags) in enumerate(rows):
             self.metas.put((target, uidvalidity, uid + k),
-                           Fixed(ref, size, date, header, json.loads(structure)))
+                           Fixed(ref, size, date, header, json.loads(structure)), len(structure))
             self.publish(target, Change("exists", (uid + k,), flags, modseq + k))
 
 

@@ -45,7 +45,9 @@ are self-signed and TLS only hides traffic from onlookers (see ``client.py``).
 
 Modules: ``envelope`` (wire format, sign, verify), ``stream`` (secretstream
 frames), ``replay`` (replay guard, rate limit), ``kinds`` (registry, and
-which part owns each kind), ``outbox``, ``inbox``, ``content``
+which part owns each kind), ``outbox``, ``bundle`` (many queued values in
+one envelope: the wire format) and ``bundler`` (the outbox's deliveries to
+one peer leave together), ``inbox``, ``content``
 (ContentSource, the legacy SharedObjects), ``serve`` (content.list/get, ACL
 first), ``writes`` (content.put/delete/mkdir/move), ``shares``
 (share.notify), ``client`` (httpx; batches over ``http1``, a minimal

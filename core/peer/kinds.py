@@ -78,6 +78,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("share.notify", "tell a twin that something was shared with it",
          "core.peer.shares.SharedWithMe"),
     Kind("ping", "a no-op round trip (health checks and benchmarks)", "core.peer.peer"),
+    Kind("bundle", "the values of many queued envelopes in one (core.peer.bundle)",
+         "core.peer.peer"),
 )}
 
 

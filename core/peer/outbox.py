@@ -47,6 +47,7 @@ class Pending:
     attempts: int
     next_try: float
     last_error: str
+    size: int = 0  # bytes of the encoded value: what a bundle may hold is bounded by it
 
     def to_json(self) -> dict[str, Any]:
         return {"uid": self.uid.hex(), "to": self.recipient, "kind": self.kind,
@@ -55,7 +56,7 @@ class Pending:
 
 
 def _row(r: tuple[Any, ...]) -> Pending:
-    return Pending(bytes(r[0]), r[1], r[2], cbor2.loads(r[3]), *r[4:])
+    return Pending(bytes(r[0]), r[1], r[2], cbor2.loads(r[3]), r[4], r[5], r[6], r[7], len(r[3]))
 
 
 class _Insert(NamedTuple):
@@ -92,7 +93,7 @@ class Outbox:
         blob = cbor2.dumps(value, canonical=True)
         now = time.time()
         await self._write(_Insert(uid, recipient, kind, blob, now))
-        return Pending(uid, recipient, kind, value, now, 0, now, "")
+        return Pending(uid, recipient, kind, value, now, 0, now, "", len(blob))
 
     async def due(self, now: float, limit: int = 64,
                   skip: frozenset[bytes] = frozenset()) -> list[Pending]:

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import math
 import time
@@ -41,8 +42,9 @@ from core.errors import (
     Unavailable,
 )
 from core.identity import Identity
+from core.peer import bundle, stream
 from core.peer import envelope as env
-from core.peer import stream
+from core.peer.bundler import Bundler, NoBundles
 from core.peer.client import PeerClient, Refused
 from core.peer.content import ContentEntry
 from core.peer.errors import PERMANENT, Refusal
@@ -80,6 +82,14 @@ class Answer:
     ack: bytes
     stream: AsyncIterator[bytes | memoryview] | None = None
     length: int | None = None  # of the whole answer (ack frame + stream), when known
+
+
+@dataclass(frozen=True)
+class _Keep:
+    """How long a replay mark is kept, and until when it must not be evicted."""
+
+    until: float
+    replay_until: float
 
 
 @dataclass
@@ -167,8 +177,10 @@ class Peer:
         self._records: dict[str, tuple[float, TwinRecord]] = {}
         self._memo_ttl = settings.memo_ttl
         self._message_listeners: list[MessageListener] = []
+        self._bundler: Bundler[_Opened] = Bundler(self._deliver_one, self._deliver_bundle)
         self.register("message", self._on_message)
         self.register("ping", self._on_ping)
+        self.register(bundle.KIND, self._on_bundle)
         self.on_bounce("message", self._on_message_bounce)
 
     # -- public API (see core/peer/__init__.py)
@@ -426,7 +438,7 @@ class Peer:
     async def _deliver(self, item: Pending) -> None:
         try:
             record = await self._resolve(item.recipient)
-            opened = await self._exchange(record, item.kind, item.value, item.uid)
+            opened = await self._bundler.deliver(record, item)
         except (PeerRejected, Invalid, NotFound, Forbidden, Conflict, Unavailable) as exc:
             code = getattr(exc, "code", "error")
             if isinstance(exc, Unavailable):
@@ -454,6 +466,36 @@ class Peer:
                     await handler(item.recipient, item.value, opened.result)
                 except Exception:
                     log.exception("outbox: ack handler for %s failed", item.kind)
+
+    async def _deliver_one(self, record: TwinRecord, item: Pending) -> _Opened:
+        return await self._exchange(record, item.kind, item.value, item.uid)
+
+    async def _deliver_bundle(self, record: TwinRecord, items: list[Pending]
+                              ) -> list[_Opened | Exception]:
+        """``items`` in one bundle envelope (``core.peer.bundle``): one outcome each."""
+        packed = bundle.pack([bundle.Item(i.uid, i.kind, i.value) for i in items])
+        try:
+            opened = await self._exchange(record, bundle.KIND, packed, env.new_uid())
+        except PeerRejected as exc:
+            if exc.code in ("unknown_kind", "too_large"):
+                raise NoBundles(str(exc)) from exc
+            raise
+        try:
+            answers = bundle.parse_answers(opened.result, len(items))
+        except ValueError as exc:
+            raise Invalid(f"bad bundle ack from {record.name}: {exc}") from None
+        out: list[_Opened | Exception] = []
+        for item, answer in zip(items, answers, strict=True):
+            if answer.error is not None:
+                out.append(answer.error)
+            elif answer.replay_ack is not None:
+                try:  # handled before in an envelope of its own: that envelope's ack
+                    out.append(self._open_ack(record, answer.replay_ack, item.uid, fresh=False))
+                except Invalid as exc:
+                    out.append(exc)
+            else:
+                out.append(_Opened(answer.result))
+        return out
 
     async def _bounce(self, item: Pending, reason: str) -> None:
         handler = self.kinds.bounce_handler(item.kind)
@@ -512,7 +554,10 @@ class Peer:
         kind = KINDS.get(e.kind)
         if kind is not None and kind.stream and not stream_ok:
             raise Refusal("invalid", f"{e.kind} is answered with a stream: send it alone")
-        await self.replay.claim(record.name, e.uid)
+        try:
+            await self.replay.claim(record.name, e.uid)
+        except Refusal as refusal:
+            raise self._replay_from_bundle(record, e.uid, refusal) from None
         try:
             value = self.boxes.decrypt(record.public_key, e.payload)
             if kind is None or not self.kinds.handles(kind.name):
@@ -524,10 +569,23 @@ class Peer:
         except BaseException:
             self.replay.release(record.name, e.uid)
             raise
-        keep = max(e.expires + self.max_skew, now + self.dedup_keep)
-        await self.replay.done(record.name, e.uid, keep, answer.ack,
-                               replay_until=min(e.timestamp, e.expires) + self.max_skew + 1)
+        keep = self._keep(e, now)
+        await self.replay.done(record.name, e.uid, keep.until, answer.ack,
+                               replay_until=keep.replay_until)
         return answer
+
+    def _keep(self, e: env.Envelope, now: float) -> _Keep:
+        return _Keep(max(e.expires + self.max_skew, now + self.dedup_keep),
+                     min(e.timestamp, e.expires) + self.max_skew + 1)
+
+    def _replay_from_bundle(self, record: TwinRecord, uid: bytes, refusal: Refusal) -> Refusal:
+        """A replay of a uid first handled in a bundle carries that item's result, kept
+        unsigned: it goes back in an ack signed now (any other refusal as it is)."""
+        if refusal.ack is None or not bundle.is_stored_result(refusal.ack):
+            return refusal
+        result = bundle.stored_result(refusal.ack)
+        return Refusal("replay", refusal.message,
+                       ack=self._ack(record, uid, {"uid": uid, "result": result}))
 
     async def _sender_record(self, sender: str) -> TwinRecord:
         try:
@@ -541,17 +599,25 @@ class Peer:
             raise Refusal("unavailable", "phonebook unreachable") from None
 
     async def _dispatch(self, record: TwinRecord, e: env.Envelope, value: Any) -> Answer:
+        streamer = self.kinds.stream_handler(e.kind)
+        if streamer is not None:
+            token = current_envelope.set(e)
+            try:
+                return self._streamed(record, e, await streamer(record, value))
+            finally:
+                current_envelope.reset(token)
+        result = await self._handle(record, e, value)
+        return Answer(self._ack(record, e.uid, {"uid": e.uid, "result": result}))
+
+    async def _handle(self, record: TwinRecord, e: env.Envelope, value: Any) -> Any:
+        """The kind's handler, with ``current_envelope`` set to ``e``."""
         token = current_envelope.set(e)
         try:
-            streamer = self.kinds.stream_handler(e.kind)
-            if streamer is not None:
-                return self._streamed(record, e, await streamer(record, value))
             handler = self.kinds.handler(e.kind)
             assert handler is not None
-            result = await handler(record, value)
+            return await handler(record, value)
         finally:
             current_envelope.reset(token)
-        return Answer(self._ack(record, e.uid, {"uid": e.uid, "result": result}))
 
     def _streamed(self, record: TwinRecord, e: env.Envelope, out: Streamed) -> Answer:
         """The ack carries the header and a fresh stream key; the body follows it,
@@ -596,9 +662,51 @@ class Peer:
     async def _on_ping(self, record: TwinRecord, value: Any) -> Any:
         return value
 
+    async def _on_bundle(self, record: TwinRecord, value: Any) -> list[dict[str, Any]]:
+        """Each item as if it had come alone (``core.peer.bundle``); one answer each."""
+        outer = current_envelope.get()
+        items = bundle.parse_items(value)
+        return list(await asyncio.gather(*(self._bundled(record, outer, item)
+                                           for item in items)))
+
+    async def _bundled(self, record: TwinRecord, outer: env.Envelope,
+                       item: bundle.Item) -> dict[str, Any]:
+        try:
+            self.rate.take(record.name)
+            kind = KINDS.get(item.kind)
+            if kind is None or kind.stream or kind.name == bundle.KIND \
+                    or not self.kinds.handles(kind.name):
+                raise Refusal("unknown_kind", f"this twin does not take {item.kind!r} "
+                                              "in a bundle")
+            await self.replay.claim(record.name, item.uid)
+        except Refusal as refusal:
+            if refusal.code != "replay" or not refusal.ack:
+                return bundle.refused(refusal)
+            if bundle.is_stored_result(refusal.ack):
+                return bundle.ok(bundle.stored_result(refusal.ack))
+            return bundle.replayed(refusal.ack)
+        inner = dataclasses.replace(outer, uid=item.uid, kind=item.kind)
+        try:
+            result = await self._handle(record, inner, item.value)
+            mark = bundle.stored(result)
+        except TwinError as exc:
+            self.replay.release(record.name, item.uid)
+            return bundle.refused(Refusal.from_error(exc))
+        except (cbor2.CBOREncodeError, TypeError, ValueError):
+            self.replay.release(record.name, item.uid)
+            return bundle.refused(Refusal("invalid", "the handler's result cannot be encoded"))
+        except BaseException:
+            self.replay.release(record.name, item.uid)
+            raise
+        keep = self._keep(outer, time.time())
+        await self.replay.done(record.name, item.uid, keep.until, mark,
+                               replay_until=keep.replay_until)
+        return bundle.ok(result)
+
     # -- lifecycle
 
     async def stop(self) -> None:
+        self._bundler.close()
         if self._client is not None:
             await self._client.close()
             self._client = None

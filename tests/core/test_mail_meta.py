@@ -133,6 +133,21 @@ def test_meta_cache_holds_no_more_than_its_bound_as_python_holds_it(kind: str) -
     assert held <= 1.15 * bound, held
 
 
+def test_a_known_structure_length_is_charged_as_measured() -> None:
+    """Filing hands over its structure's JSON length: the charge must be the one a
+    measurement would give, or the bound above would no longer hold."""
+    import json
+
+    from core.mail import mime
+
+    text = json.dumps(mime.parse(MULTIPART), separators=(",", ":"))
+    item = Fixed("r", 1, 0.0, b"h" * 50, json.loads(text))
+    assert MetaCache.cost(item, len(text)) == MetaCache.cost(item)
+    cache = MetaCache()
+    cache.put((1, 1, 1), item, len(text))
+    assert cache.size == MetaCache.cost(item)
+
+
 PLAIN = (b"From: x@example.org\r\nTo: alice@alice.localhost\r\nSubject: soak 12345\r\n"
          b"Message-ID: <1234567890.abc@example.org>\r\nDate: Sun, 06 Dec 2026 19:00:00 +0000"
          b"\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + b"hello world\r\n" * 60)
