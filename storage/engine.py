@@ -301,9 +301,18 @@ class Engine:
 
     def cut_off(self, backend: ShardBackend, key: str) -> None:
         """A share write cancelled after the write quorum: the backend is marked down
-        and the share, which may still land, is queued for removal once it is back
-        (``maintain`` keeps it if a repair has placed that share there since)."""
+        and the share, which may still land, is queued (``may_land``)."""
         self.mark_failed(backend.name, "slower than the write quorum")
+        self.may_land(backend, key)
+
+    def may_land(self, backend: ShardBackend, key: str) -> None:
+        """A share write that did not succeed may land all the same: one cut off or past
+        its deadline still waits in a local backend's group commit, or is on the wire
+        to a resp one, and is written once the backend answers, after the put (or
+        repair) went on without it. Its object's catalogue row does not place it, so
+        deleting the object would leave it behind: it is queued for removal once the
+        backend is back (``maintain`` keeps it if the catalogue places that share
+        there by then: a repair put it back)."""
         self.orphans_left.append((backend.name, key))
 
     def recently_failed(self, name: str) -> bool:
@@ -457,7 +466,8 @@ class Engine:
 
         A target that is down is replaced by an unused backend that is up (while
         there is one); a write that fails moves its share to the next spare at
-        once. With ``early`` (a put: the write quorum), once that many shares are
+        once (and is queued with ``may_land``: past its deadline it may still be
+        written). With ``early`` (a put: the write quorum), once that many shares are
         durable the others get a grace (as long as the quorum took, at least
         ``GRACE``) and are then cut off: their backend is marked down and the
         object queued for repair, so a hung backend costs a put nothing after
@@ -473,6 +483,7 @@ class Engine:
                 await self.call(backend, backend.put(key, [enc.headers[i], enc.payloads[i]]),
                                 size)
             except BackendUnavailable:
+                self.may_land(backend, key)
                 return False
             return True
 

@@ -6,9 +6,10 @@ when the health monitor sees every backend up again) and on the scrub timer:
 
 - the objects on the catalogue's degraded list are repaired (``repair_queued``),
   a page at a time, once no backend is down;
-- shares failed puts left behind (``Engine.orphans_left``) are deleted, except
-  those the catalogue places there since (a repair may have put that very share
-  back);
+- shares that writes which failed, were cut off or missed their deadline may
+  have left behind (``Engine.orphans_left``: such a write can still land after
+  the put or repair went on without it) are deleted, except those the catalogue
+  places there since (a repair may have put that very share back);
 - every ``scrub_interval`` seconds the whole store is checked and repaired
   (``repair.repair``) and orphan shares removed (``repair.remove_orphans``).
 """
@@ -52,7 +53,8 @@ async def maintain(engine: Engine, scrub_interval: float = 0.0) -> None:
                 continue  # Engine._health_changed wakes us when they are back
             if engine.orphans_left:
                 left, engine.orphans_left = engine.orphans_left, []
-                await engine.delete_keys(await _not_placed(engine, left))
+                # a failed put's share is queued twice (by its write, by ``discard``)
+                await engine.delete_keys(await _not_placed(engine, list(dict.fromkeys(left))))
             if engine.repair_owed:
                 await _repair_owed(engine)
         except StorageError as exc:

@@ -315,11 +315,14 @@ class SmallPuts:
 
     async def _put_many(self, backend: ShardBackend,
                         items: builtins.list[tuple[str, Sequence[Buffer]]]) -> builtins.list[bool]:
-        """``put_many`` within the deadline for the batch's bytes; all False past it."""
+        """``put_many`` within the deadline for the batch's bytes; all False past it (or on
+        a failure), each key queued with ``Engine.may_land``: the batch may still land."""
         size = sum(len(p) for _, parts in items for p in parts)
         try:
             return await self.engine.call(backend, put_many(backend, items), size)
         except BackendUnavailable:
+            for key, _ in items:
+                self.engine.may_land(backend, key)
             return [False] * len(items)
 
     @staticmethod

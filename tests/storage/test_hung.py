@@ -12,9 +12,11 @@ import time
 
 import pytest
 
+import storage.engine
 from storage import BackendUnavailable, Store
+from storage.engine import NS_OBJECT, share_key
 from tests.servers import DelayProxy, Servers
-from tests.storage.conftest import MiB, StoreFactory
+from tests.storage.conftest import KiB, MiB, StoreFactory
 
 
 async def _timed(what: object) -> tuple[object, float]:
@@ -242,3 +244,45 @@ async def test_shares_cut_off_after_the_quorum_leave_nothing_behind(
         await asyncio.gather(maintain, return_exceptions=True)
         await store.close()
         await proxy.close()
+
+
+async def test_shares_past_their_deadline_that_land_later_leave_nothing_behind(
+        make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A share write that misses its deadline is not dead either: a local backend keeps
+    it in its group commit and writes it once its disk answers. On a loaded machine the
+    quorum itself took over a second, so the grace (as long as the quorum took) outlasted
+    the 2 s deadline and the slow write failed by its deadline instead of being cut off:
+    its share was not queued, landed after the put returned, and outlived its object
+    when that was deleted before the self-repair came to it (the soak's alice, local4)."""
+    monkeypatch.setattr(storage.engine, "GRACE", 30.0)  # the deadline ends the write
+    store = make_store(segment_size=64 * KiB)
+    slow = store.engine.by_name["b3"]
+    late: list[str] = []
+    slow._wlock.acquire()  # type: ignore[attr-defined]  # its writer waits on the disk
+    try:
+        # a batched small put and a streamed one, both writing to b3 before it is down
+        refs = await asyncio.gather(store.put(os.urandom(3000)),
+                                    store.put(os.urandom(300 * KiB)))
+        assert store.monitor.is_down("b3")
+        for ref in refs:
+            m = await store.engine.manifest(ref.id)
+            i = [b.name for b in store.engine.placement_order(ref.id)].index("b3")
+            assert m.segments[0].placement[i] == ""  # past its deadline: not placed
+            late.append(share_key(NS_OBJECT, ref.id, 0, i))
+            await store.delete(ref)  # before any repair: the catalogue places none on b3
+    finally:
+        slow._wlock.release()  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 5
+    while not all([await slow.stat(key) for key in late]):
+        assert time.monotonic() < deadline, "the writes past their deadline never landed"
+        await asyncio.sleep(0.05)
+    maintain = asyncio.create_task(store.maintain())
+    try:
+        await _until(lambda: not store.monitor.down and not store.engine.orphans_left, 10)
+        report = await store.verify()
+        assert report.orphans == 0, report
+        assert [await slow.stat(key) for key in late] == [None, None]
+    finally:
+        maintain.cancel()
+        await asyncio.gather(maintain, return_exceptions=True)
+        await store.close()
