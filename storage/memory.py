@@ -95,6 +95,10 @@ def tune_malloc() -> None:
     1 MiB mmap threshold; put unchanged; 1 GiB put+get peak RSS 95 MiB (two
     arenas: 113-121); 4 KiB puts unchanged. Process-wide, harmless elsewhere,
     no-op off glibc.
+
+    The arena limit binds only threads that allocate after it is set: a process
+    calls this before it starts any thread (``twin serve`` does, first thing);
+    ``default_executors`` calls it too, for stores opened by other programs.
     """
     global _malloc_tuned
     if _malloc_tuned:
