@@ -13,6 +13,7 @@ def test_a_segment_goes_out_in_pieces_of_at_most_send_piece() -> None:
     assert b"".join(out) == segment
     assert max(len(p) for p in out) == SEND_PIECE
     assert len(out) == -(-len(segment) // SEND_PIECE)
+    assert all(isinstance(p, memoryview) and p.obj is segment for p in out)  # no copy
 
 
 def test_a_small_chunk_goes_out_as_it_is_and_nothing_for_none() -> None:
