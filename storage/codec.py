@@ -51,17 +51,42 @@ def encode_segment(sk: SegmentKey, plain: Buffer, buf: bytearray | None = None
     and the hashes together, so a reused one only has its padding zeroed (the
     parity blocks are overwritten whole)."""
     clen = cipher_len(len(plain))
-    size = erasure.block_size(clen, sk.k)
-    total = size * sk.n
+    total = segment_buffer_size(len(plain), sk.k, sk.n)
     if buf is None:
         buf = bytearray(total)
     elif len(buf) != total:
         raise ValueError(f"segment buffer of {len(buf)} bytes, need {total}")
-    else:
-        memoryview(buf)[clen:size * sk.k] = bytes(size * sk.k - clen)
+    view = memoryview(buf)
     crypto.encrypt_segment_into(sk.key, sk.prefix, sk.object_id, sk.segment, sk.last, plain,
-                                memoryview(buf)[:clen])
-    payloads: list[Buffer] = list(erasure.encode(buf, sk.k, sk.n))
+                                view[:clen])
+    return _coded(sk, view, clen)
+
+
+def encode_filled(sk: SegmentKey, buf: bytearray, plain_len: int) -> EncodedSegment:
+    """``encode_segment`` of a plaintext already in ``buf[:plain_len]`` (a stream
+    read into a pooled buffer: ``storage.source.Filled``), encrypted in place.
+
+    ``buf`` is at least ``segment_buffer_size(plain_len, k, n)`` bytes (a pooled
+    buffer of a full segment holds the shorter last one too); the shares are
+    views of its first that many bytes."""
+    clen = cipher_len(plain_len)
+    total = segment_buffer_size(plain_len, sk.k, sk.n)
+    if len(buf) < total:
+        raise ValueError(f"segment buffer of {len(buf)} bytes, need {total}")
+    view = memoryview(buf)[:total]
+    # OpenSSL encrypts in place when input and output are the same bytes
+    crypto.encrypt_segment_into(sk.key, sk.prefix, sk.object_id, sk.segment, sk.last,
+                                view[:plain_len], view[:clen])
+    return _coded(sk, view, clen)
+
+
+def _coded(sk: SegmentKey, view: memoryview, clen: int) -> EncodedSegment:
+    """Parity and headers for ``view``: n blocks, the ciphertext in its first ``clen``
+    bytes. The padding up to k whole blocks (under k bytes) is zeroed here, since a
+    reused buffer holds stale bytes there."""
+    size = len(view) // sk.n
+    view[clen:size * sk.k] = bytes(size * sk.k - clen)
+    payloads: list[Buffer] = list(erasure.encode(view, sk.k, sk.n))
     headers = [make_header(sk.share_id(i, clen), p) for i, p in enumerate(payloads)]
     return EncodedSegment(headers, payloads)
 

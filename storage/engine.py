@@ -65,6 +65,7 @@ from storage.codec import (
     SegmentKey,
     check_share,
     decode_segment,
+    encode_filled,
     encode_segment,
     segment_buffer_size,
 )
@@ -82,7 +83,7 @@ from storage.health import BackendMonitor, deadline
 from storage.memory import BufferPool, ByteBudget
 from storage.model import BackendHealth, ObjectInfo, check_object_id
 from storage.share import HEADER_BYTES
-from storage.source import Source, chunks, with_last
+from storage.source import Filled, Segment, Source, chunks, with_last
 
 log = logging.getLogger("twin.storage")
 T = TypeVar("T")
@@ -152,10 +153,13 @@ def parse_share_key(key: str) -> tuple[str, str, int, int] | None:
         return None
 
 
-def _encode_pooled(pool: BufferPool, sk: SegmentKey, chunk: Buffer
+def _encode_pooled(pool: BufferPool, sk: SegmentKey, chunk: Segment
                    ) -> tuple[EncodedSegment, bytearray | None]:
     """Encode into a pooled buffer, taken here on the CPU thread: a fresh one is
-    zero-filled (~5 ms for a 4 MiB segment) and must not stall the event loop."""
+    zero-filled (~5 ms for a 4 MiB segment) and must not stall the event loop.
+    A stream's segment is already in one (``Filled``): encoded where it lies."""
+    if isinstance(chunk, Filled):
+        return encode_filled(sk, chunk.buf, chunk.length), chunk.buf
     buf = pool.take(segment_buffer_size(len(chunk), sk.k, sk.n)) if len(chunk) > INLINE else None
     return encode_segment(sk, chunk, buf), buf
 
@@ -398,31 +402,42 @@ class Engine:
         entries: dict[int, SegmentEntry] = {}
         tasks: set[asyncio.Task[None]] = set()
         size = index = 0
-        try:
-            async for chunk, last in with_last(chunks(source, self.segment_size, self.io)):
-                size += len(chunk)
-                if size > MAX_OBJECT:
-                    raise StorageError(f"object larger than {MAX_OBJECT} bytes")
-                sk = SegmentKey(key, prefix, oid_b, index, last, self.k, self.n)
-                held = await self.budget.acquire(len(chunk))
-                tasks.add(asyncio.create_task(
-                    self._write_segment(ns, oid, sk, chunk, held, entries, written)))
-                del chunk
-                index += 1
-                while len(tasks) >= self.depth:
-                    done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        with self.buffers.streaming():  # its buffers are dropped when the last put ends
+            try:
+                segments = chunks(source, self.segment_size, self.io, self._stream_buffer)
+                async for chunk, last in with_last(segments):
+                    size += len(chunk)
+                    if size > MAX_OBJECT:
+                        raise StorageError(f"object larger than {MAX_OBJECT} bytes")
+                    sk = SegmentKey(key, prefix, oid_b, index, last, self.k, self.n)
+                    held = await self.budget.acquire(len(chunk))
+                    tasks.add(asyncio.create_task(
+                        self._write_segment(ns, oid, sk, chunk, held, entries, written)))
+                    del chunk
+                    index += 1
+                    while len(tasks) >= self.depth:
+                        done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                        _results(done)
+                while tasks:
+                    done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                     _results(done)
-            while tasks:
-                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-                _results(done)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+            except BaseException:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
         return size, [entries[i] for i in range(index)]
 
-    async def _write_segment(self, ns: str, oid: str, sk: SegmentKey, chunk: Buffer, held: int,
+    async def _stream_buffer(self) -> bytearray:
+        """An encode buffer to read a stream's next segment into (``source.Filled``):
+        a pooled one, or a fresh one made on an I/O thread (zero-filled: off the loop)."""
+        buf = self.buffers.pop()
+        if buf is None:
+            size = self.buffers.size
+            buf = await asyncio.get_running_loop().run_in_executor(self.io, bytearray, size)
+        return buf
+
+    async def _write_segment(self, ns: str, oid: str, sk: SegmentKey, chunk: Segment, held: int,
                              entries: dict[int, SegmentEntry],
                              written: list[tuple[ShardBackend, str]]) -> None:
         try:

@@ -40,7 +40,7 @@ def _coder(kind: str, k: int, n: int) -> object:
     return coder
 
 
-def encode(buf: bytearray, k: int, n: int) -> list[memoryview]:
+def encode(buf: bytearray | memoryview, k: int, n: int) -> list[memoryview]:
     """The n share payloads of one ciphertext, as views of ``buf``: nothing is
     allocated per segment.
 

@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 MiB = 1024 * 1024
@@ -42,7 +43,7 @@ class ByteBudget:
 
 class BufferPool:
     """Reusable encode buffers for full segments (ciphertext and parity: n blocks),
-    at most ``keep`` of them kept.
+    at most ``keep`` of them kept, and only while a put streams.
 
     Why: a fresh segment buffer is zero-filled (and was, before ``tune_malloc``,
     a fresh mmap that the kernel faulted in page by page and unmapped again); on
@@ -51,25 +52,47 @@ class BufferPool:
     is durable (nothing else holds a view into it then); on any failure it is
     simply dropped, since a cancelled write may still be reading it. ``keep``
     is what the store's byte budget lets be in flight, so memory stays bounded.
+
+    When the last put using the pool ends (``streaming``), its buffers are
+    dropped: kept, they were ``keep`` x 6 MiB (30 MiB at 4 MiB segments) that no
+    GET could use, on top of everything a GET right after a big PUT holds. Freed,
+    that memory goes back to malloc's heap, where the next reader's segments
+    reuse it.
     """
 
     def __init__(self, size: int, keep: int) -> None:
         self.size = size
         self.keep = keep
         self._free: list[bytearray] = []
+        self._users = 0  # puts streaming now (on the loop)
         self._lock = threading.Lock()  # taken in encode threads, given back on the loop
+
+    @contextlib.contextmanager
+    def streaming(self) -> Iterator[None]:
+        """One put uses the pool for as long as this lasts (on the event loop)."""
+        self._users += 1
+        try:
+            yield
+        finally:
+            self._users -= 1
+            if not self._users:
+                with self._lock:
+                    self._free.clear()
 
     def take(self, size: int) -> bytearray | None:
         """A pooled buffer if ``size`` is the pooled size, else None (encode allocates)."""
         if size != self.size:
             return None
+        return self.pop() or bytearray(size)
+
+    def pop(self) -> bytearray | None:
+        """A kept buffer, or None if none is free."""
         with self._lock:
-            if self._free:
-                return self._free.pop()
-        return bytearray(size)
+            return self._free.pop() if self._free else None
 
     def give(self, buf: bytearray | None) -> None:
-        if buf is None or len(buf) != self.size:
+        """Keep ``buf`` for the next segment, if a put still streams and room is left."""
+        if buf is None or len(buf) != self.size or not self._users:
             return
         with self._lock:
             if len(self._free) < self.keep:
@@ -95,6 +118,10 @@ def tune_malloc() -> None:
     1 MiB mmap threshold; put unchanged; 1 GiB put+get peak RSS 95 MiB (two
     arenas: 113-121); 4 KiB puts unchanged. Process-wide, harmless elsewhere,
     no-op off glibc.
+
+    The arena limit binds only threads that allocate after it is set: a process
+    calls this before it starts any thread (``twin serve`` does, first thing);
+    ``default_executors`` calls it too, for stores opened by other programs.
     """
     global _malloc_tuned
     if _malloc_tuned:

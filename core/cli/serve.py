@@ -21,6 +21,7 @@ from core.cli import open_service, set_log_level
 from core.errors import ConfigError
 from core.logfile import log_to_file, use_format
 from core.service import STATUS_FILE
+from storage.memory import tune_malloc
 
 log = logging.getLogger("twin.serve")
 
@@ -53,6 +54,9 @@ def raise_open_files_limit() -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    # before any thread starts: a thread that allocates before M_ARENA_MAX is set
+    # gets an arena of its own, which the store's threads then share round-robin
+    tune_malloc()
     raise_open_files_limit()
     service = open_service(args)
     conf = service.config

@@ -29,7 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING, cast
 
 from wsgidav import util
@@ -50,6 +50,7 @@ log = logging.getLogger("twin.webdav")
 DEFER = frozenset({b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since",
                    b"if-unmodified-since", b"if", b"transfer-encoding"})
 MAX_AUTH_HEADER = 2048
+SEND_PIECE = 256 * 1024  # bytes per body message of a GET (``pieces``)
 
 
 class FastGet:
@@ -112,14 +113,40 @@ class FastGet:
                 (b"etag", f'"{entry.etag}"'.encode()),
                 (b"accept-ranges", b"bytes"),
             ]})
-            if first:
-                await send({"type": "http.response.body", "body": first, "more_body": True})
+            for piece in pieces(first):
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
             async for chunk in chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                for piece in pieces(chunk):
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await chunks.aclose()
         return True
+
+
+def pieces(chunk: bytes) -> Iterator[bytes | memoryview]:
+    """``chunk`` in pieces of at most ``SEND_PIECE`` bytes, for ``send`` one at a time.
+
+    Why: uvicorn writes each body message to the TLS transport whole, and
+    uvloop's TLS layer encrypts all of it into its outgoing buffer before the
+    socket takes any, so a 4 MiB segment sent at once held its plaintext, its
+    ciphertext in OpenSSL's buffer (which keeps that capacity) and a copy of it
+    queued on the socket. In pieces, ``send`` waits for the transport to drain
+    between them, so TLS holds about one piece at a time: 1 GiB PUT+GET peaked
+    at +37.6 MiB over idle against +45-46 whole.
+
+    The pieces are memoryviews of the segment, not bytes: uvicorn's httptools
+    protocol (the twin's, ``core.http``) writes any bytes-like body as it is,
+    and the segment under them is immutable. Copied to bytes, they cost the GET
+    ~6 % more CPU (twins side by side, 8 alternating rounds).
+    """
+    if len(chunk) <= SEND_PIECE:
+        if chunk:
+            yield chunk
+        return
+    view = memoryview(chunk)
+    for pos in range(0, len(chunk), SEND_PIECE):
+        yield view[pos:pos + SEND_PIECE]
 
 
 class LoginRefused(Exception):
