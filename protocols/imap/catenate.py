@@ -151,7 +151,7 @@ async def resolve(s: Session, url: str, budget: int) -> bytes:
     if not metas:
         raise _bad(url, "no such message")
     meta = metas[0]
-    data, start, end = await _range(s, meta, sec)
+    data, start, end = await _range(s, mb, meta, sec)
     if data is None:
         if u.origin is not None:
             start = min(end, start + u.origin)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.mail import Extents, Meta, addresses
+from core.mail import Extents, Mailbox, Meta, addresses
 from core.mail.mime import Part
 from protocols.imap import binary, preview, render
 from protocols.imap.commands import SELECTED, args, command
@@ -263,9 +263,10 @@ async def fetch(s: Session, cmd: Command) -> str | None:
         need = [u for u in uids if u in flags and "\\Seen" not in flags[u]]
         if need:
             changed, _ = await s.mail.set_flags(sel.mailbox.id, need, "+", ["\\Seen"])
+            modseqs = sel.modseqs
             for uid, now, modseq in changed:
-                if uid in sel.flags:
-                    sel.flags[uid], sel.modseqs[uid] = now, modseq
+                if uid in flags:
+                    flags[uid], modseqs[uid] = now, modseq
             if "FLAGS" not in items:
                 items.append("FLAGS")
     names = {i for i in items if isinstance(i, str)}
@@ -310,28 +311,26 @@ def _inline_response(s: Session, pos: int, meta: Meta, items: list[str | Section
     return b"* %d FETCH (%s)\r\n" % (pos + 1, b" ".join(parts))
 
 
-def _header_of(meta: Meta, sec: Section) -> bytes:
-    """``BODY[HEADER]`` or ``BODY[HEADER.FIELDS[.NOT] (...)]`` of the whole message."""
-    if sec.text == "HEADER":
-        return meta.header
-    return filter_header(meta.header, sec.fields, sec.text == "HEADER.FIELDS")
-
-
-def _header_section(s: Session, meta: Meta, sec: Section) -> bytes:
-    """``_header_of`` as a response item: its label, the partial, the literal.
+def _header_of(s: Session, box: Mailbox, meta: Meta, sec: Section) -> bytes:
+    """``BODY[HEADER]`` or ``BODY[HEADER.FIELDS[.NOT] (...)]`` of the whole message
+    ``meta`` of mailbox ``box`` (the selected one, or a CATENATE URL's).
 
     Header fields are kept per message once cut out (``ImapServer.header_fields``,
     as Dovecot's cache file keeps them): every new session of a client
     listing a folder asks for the same fields of the same messages."""
     if sec.text == "HEADER":
-        data = meta.header
-    else:
-        box = s.need_selected().mailbox
-        key = (box.id, box.uidvalidity, meta.uid, sec.text, sec.fields)
-        kept = s.server.header_fields.get(key)
-        data = kept if kept is not None else _header_of(meta, sec)
-        if kept is None:
-            s.server.header_fields.put(key, data)
+        return meta.header
+    key = (box.id, box.uidvalidity, meta.uid, sec.text, sec.fields)
+    data = s.server.header_fields.get(key)
+    if data is None:
+        data = filter_header(meta.header, sec.fields, sec.text == "HEADER.FIELDS")
+        s.server.header_fields.put(key, data)
+    return data
+
+
+def _header_section(s: Session, meta: Meta, sec: Section) -> bytes:
+    """``_header_of`` as a response item: its label, the partial, the literal."""
+    data = _header_of(s, s.need_selected().mailbox, meta, sec)
     if sec.origin is not None:
         assert sec.length is not None
         data = data[sec.origin:sec.origin + sec.length]
@@ -481,13 +480,15 @@ def _simple(s: Session, pos: int, meta: Meta, item: str) -> bytes:
     raise Bad(f"unsupported item {item}")
 
 
-async def _range(s: Session, meta: Meta, sec: Section) -> tuple[bytes | None, int, int]:
-    """What a section names: (bytes, 0, 0) when computed here, else (None, start, end)."""
+async def _range(s: Session, box: Mailbox, meta: Meta, sec: Section
+                 ) -> tuple[bytes | None, int, int]:
+    """What a section of message ``meta`` of ``box`` names: (bytes, 0, 0) when
+    computed here, else (None, start, end)."""
     if not sec.path:
         if sec.text == "":
             return None, 0, meta.size
         if sec.text.startswith("HEADER"):
-            return _header_of(meta, sec), 0, 0
+            return _header_of(s, box, meta, sec), 0, 0
         return None, len(meta.header), meta.size  # TEXT
     assert meta.structure is not None
     part: Any = find_part(meta.structure, sec.path)
@@ -510,7 +511,7 @@ async def _range(s: Session, meta: Meta, sec: Section) -> tuple[bytes | None, in
 
 async def _section(s: Session, meta: Meta, sec: Section) -> None:
     """Append a section's literal; large ranges stream from the store."""
-    data, start, end = await _range(s, meta, sec)
+    data, start, end = await _range(s, s.need_selected().mailbox, meta, sec)
     if data is not None:
         if sec.origin is not None:
             assert sec.length is not None

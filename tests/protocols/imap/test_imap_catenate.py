@@ -199,3 +199,20 @@ def test_parse_url_reads_rfc5092_urls() -> None:
     assert (u.mailbox, u.uidvalidity, u.uid, u.section, u.origin, u.length) == (
         "Für", 7, 3, "1.MIME", 10, 20)
 
+
+
+def test_a_url_to_another_mailbox_gets_its_own_header_fields(account: Account) -> None:
+    """Kept header fields are keyed by the message's own mailbox: with ``Other`` uid 1
+    selected and its Subject kept, a URL to INBOX uid 1 gets INBOX's Subject."""
+    account.deliver(MSG)
+    r = login(account)
+    assert cmd(r, "a", b"CREATE Other")[-1].startswith(b"a OK")
+    other = MSG.replace(b"Subject: one", b"Subject: other")
+    assert cmd(r, "b", b"APPEND Other " + lit(other))[-1].startswith(b"b OK")
+    assert cmd(r, "c", b"SELECT Other")[-1].startswith(b"c OK")
+    fetched = b"".join(cmd(r, "d", b"FETCH 1 BODY.PEEK[HEADER.FIELDS (Subject)]"))
+    assert b"Subject: other" in fetched
+    out = cmd(r, "e", b'APPEND Other CATENATE (URL "/INBOX/;UID=1/;SECTION=HEADER.FIELDS%20'
+                      b'(Subject)")')
+    assert out[-1].startswith(b"e OK [APPENDUID"), out
+    assert body(r, "Other", 2) == b"Subject: one\r\n\r\n"
