@@ -24,6 +24,7 @@ import email.errors
 import email.header
 import email.utils
 import functools
+import itertools
 import logging
 import re
 import sqlite3
@@ -191,20 +192,23 @@ class KeyColumns:
 
 
 def _read(c: sqlite3.Connection, mailbox_id: int, first: int, last: int,
-          fields: Sequence[str]) -> list[tuple[Any, ...]]:
-    """(uid, size, internal date, keys version, *fields) of the range, in uid order.
+          fields: Sequence[str]) -> list[list[Any]]:
+    """Columns uid, size, internal date, keys version, *fields of the range, in uid
+    order (a message without kept keys has version None).
 
     Two ordered range scans in one read transaction (one snapshot), merged
     here: both tables are keyed (mailbox, uid), and scanning each costs about
-    half of SQLite's join, which seeks ``mail_sort`` once per message. A
-    message without kept keys has version None."""
+    half of SQLite's join, which seeks ``mail_sort`` once per message. The rows
+    are turned into columns and dropped inside the pause: rows returned alive
+    from it (a tuple per message) were all walked by the collector's first
+    pass after it."""
     span = (mailbox_id, first, last)
     with gcpause.paused():  # two rows per message: see ``core.gcpause``
         return _merged(c, span, fields)
 
 
 def _merged(c: sqlite3.Connection, span: tuple[int, int, int], fields: Sequence[str]
-            ) -> list[tuple[Any, ...]]:
+            ) -> list[list[Any]]:
     c.execute("BEGIN")
     try:
         msgs = c.execute("SELECT uid, size, internal_date FROM mail_messages "
@@ -216,11 +220,12 @@ def _merged(c: sqlite3.Connection, span: tuple[int, int, int], fields: Sequence[
                          span).fetchall()
     finally:
         c.execute("COMMIT")
-    if len(keys) == len(msgs) and all(m[0] == k[0] for m, k in zip(msgs, keys, strict=True)):
-        return [m + k[1:] for m, k in zip(msgs, keys, strict=True)]
-    by_uid = {k[0]: k[1:] for k in keys}
-    none = (None,) * (1 + len(fields))
-    return [m + by_uid.get(m[0], none) for m in msgs]
+    out = columns(msgs, 3)
+    if len(keys) != len(msgs) or columns(keys, 1)[0] != out[0]:  # some not kept yet
+        by_uid = {k[0]: k for k in keys}
+        none = (None,) * (2 + len(fields))
+        keys = [by_uid.get(uid, none) for uid in out[0]]
+    return out + columns(keys, 2 + len(fields))[1:]
 
 
 def _refs(c: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]) -> dict[int, str]:
@@ -283,27 +288,27 @@ async def load(reads: Database, commit: GroupCommit[Any], mailbox_id: int,
     names = [f for f in COLUMNS if f in fields]
     if not uids:
         return KeyColumns([], [], [], {f: [] for f in names})
-    rows: list[tuple[Any, ...]] = await reads.run(_read, mailbox_id, uids[0], uids[-1], names)
-    if len(rows) != len(uids):  # a subset (a search's matches): keep those asked for
+    cols: list[list[Any]] = await reads.run(_read, mailbox_id, uids[0], uids[-1], names)
+    if len(cols[0]) != len(uids):  # a subset (a search's matches): keep those asked for
         wanted = set(uids)
-        rows = [r for r in rows if r[0] in wanted]
-    stale = [i for i, r in enumerate(rows) if r[3] != KEYS_VERSION]
+        keep = [u in wanted for u in cols[0]]
+        cols = [list(itertools.compress(col, keep)) for col in cols]
+    found, versions = cols[0], cols[3]
+    stale = ([] if versions.count(KEYS_VERSION) == len(versions) else
+             [i for i, v in enumerate(versions) if v != KEYS_VERSION])
     for start in range(0, len(stale), DERIVE_CHUNK):
         chunk = stale[start:start + DERIVE_CHUNK]
-        refs = await reads.run(_refs, mailbox_id, [rows[i][0] for i in chunk])
+        refs = await reads.run(_refs, mailbox_id, [found[i] for i in chunk])
         at: dict[str, list[int]] = {}  # bodies to derive -> their rows (copies share one)
         for i in chunk:
-            at.setdefault(refs.get(rows[i][0], ""), []).append(i)
+            at.setdefault(refs.get(found[i], ""), []).append(i)
         derived = await asyncio.to_thread(_derive_all, await reads.run(_headers, list(at)))
         kept: list[tuple[int, SortKeys]] = []
         for ref, positions in at.items():  # a message gone meanwhile: one without headers
             keys = derived.get(ref, NO_KEYS)
-            values = tuple(getattr(keys, f) for f in names)
             for i in positions:
-                rows[i] = (*rows[i][:4], *values)
-                kept.append((rows[i][0], keys))
+                for n, f in enumerate(names):
+                    cols[4 + n][i] = getattr(keys, f)
+                kept.append((found[i], keys))
         await commit.submit(functools.partial(_keep, mailbox_id, kept))
-    if not rows:
-        return KeyColumns([], [], [], {f: [] for f in names})
-    cols = columns(rows, 4 + len(names))
     return KeyColumns(cols[0], cols[1], cols[2], {f: cols[4 + n] for n, f in enumerate(names)})

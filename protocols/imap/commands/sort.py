@@ -22,6 +22,7 @@ from protocols.imap.commands import SELECTED, args, command
 from protocols.imap.commands.search import esearch_line, run_search
 from protocols.imap.errors import Bad, No
 from protocols.imap.parser import Atom, Token
+from protocols.imap.selected import SMALL_LOOKUP
 
 if TYPE_CHECKING:
     from protocols.imap.parser import Command
@@ -66,8 +67,10 @@ async def keyed(s: Session, sel: Selected, tokens: list[Token],
                 fields: tuple[str, ...] | list[str]) -> KeyColumns:
     """The messages the search program names, with the key columns ``fields``."""
     uids, _ = await run_search(s, sel, tokens)
-    held = sel.flags
-    return await s.mail.sort_keys(sel.mailbox.id, [u for u in uids if u in held], fields)
+    if uids != sel.uids:  # keep only what the session still holds (``ALL``: all of it)
+        held = set(sel.uids) if len(uids) >= SMALL_LOOKUP else sel.flags
+        uids = [u for u in uids if u in held]
+    return await s.mail.sort_keys(sel.mailbox.id, uids, fields)
 
 
 def _column(found: KeyColumns, name: str) -> list[Any]:
@@ -186,11 +189,9 @@ def references(found: KeyColumns, nums: list[int]) -> bytes:
     """RFC 5256 §2.2 REFERENCES over the matched messages (in sequence order: a
     message's position there breaks ties between equal dates, as its number would)."""
     sent, k = found.sent(), found.keys
-    items = [threads.Message(num, i + 1, date, msgid, parents, subject, bool(reply))
-             for i, (num, date, msgid, parents, subject, reply) in enumerate(zip(
-                 nums, sent, k["message_id"], k["parents"], k["subject"], k["reply"],
-                 strict=True))]
-    return threads.render(threads.thread(items))
+    return threads.render(threads.thread(zip(
+        nums, range(1, len(nums) + 1), sent, k["message_id"], k["parents"], k["subject"],
+        k["reply"], strict=True)))
 
 
 def _thread_text(found: KeyColumns, nums: list[int], algorithm: str) -> bytes:
