@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("twin.imap")
 HEADER_FIELDS_BYTES = 4 * 1024 * 1024  # about 10,000 messages' listing fields
-FieldsKey = tuple[int, int, int, str, tuple[str, ...]]
+FieldsKey = tuple[str, int]  # (fetch.fields_view, uid)
 
 
 class ImapServer:
@@ -50,8 +50,8 @@ class ImapServer:
         self.writers: set[asyncio.StreamWriter] = set()
         self.servers: list[asyncio.Server] = []
         self.info: list[net.ListenerInfo] = []
-        # FETCH's HEADER.FIELDS[.NOT] results by (mailbox id, uidvalidity, uid, text,
-        # fields): never stale, for the reason ``core.mail.cache.MetaCache`` gives
+        # FETCH's HEADER.FIELDS[.NOT] results by mailbox id, uidvalidity, text, fields
+        # and uid: never stale, for the reason ``core.mail.cache.MetaCache`` gives
         self.header_fields: BytesCache[FieldsKey] = BytesCache(
             max_bytes=HEADER_FIELDS_BYTES, max_item=4096)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -274,16 +274,20 @@ async def fetch(s: Session, cmd: Command) -> str | None:
         await _fetch_listing(s, uids, [i for i in dict.fromkeys(items) if isinstance(i, str)])
         return None
     structure = bool(names & NEEDS_STRUCTURE) or any(x.needs_structure for x in sections)
-    inline = all(_is_inline(item) for item in items)
+    inline = _inline_renderers(s, items) if all(_is_inline(i) for i in items) else None
+    pos = -1
     for start in range(0, len(uids), BATCH):
         chunk = uids[start:start + BATCH]
         metas = await s.mail.meta(sel.mailbox.id, chunk, structure=structure)
         for meta in metas:
-            pos = sel.pos(meta.uid)
+            held = sel.uids  # the next position first: the messages come in uid order
+            pos = pos + 1 if pos + 1 < len(held) and held[pos + 1] == meta.uid \
+                else sel.pos(meta.uid)
             if pos < 0:
                 continue
-            if inline:
-                s.out += _inline_response(s, pos, meta, items)
+            if inline is not None:
+                s.out += b"* %d FETCH (%s)\r\n" % (
+                    pos + 1, b" ".join([part(pos, meta) for part in inline]))
             else:
                 await _fetch_one(s, meta, items)
             await s.maybe_flush()
@@ -297,30 +301,56 @@ def _is_inline(item: str | Section) -> bool:
     return item != "PREVIEW"
 
 
-def _inline_response(s: Session, pos: int, meta: Meta, items: list[str | Section]) -> bytes:
-    """One message's FETCH response when no item reads the store.
+Item = Callable[[int, Meta], bytes]  # one item of one message: (position, metadata)
+
+
+def _inline_renderers(s: Session, items: list[str | Section]) -> list[Item]:
+    """Each item's renderer, when no item reads the store: chosen once per command.
 
     Why apart from ``_fetch_parts``: a client listing a mailbox asks for
     header fields of a few hundred messages at a time (``FETCH 1:200
     (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To ...)])``); built
     without a suspension point per item, that costs a third of the chain of
-    coroutines the general path needs for items that may stream.
+    coroutines the general path needs for items that may stream, and with
+    each item's branch taken once, not per message, a fifth less again.
     """
-    parts = [_header_section(s, meta, item) if isinstance(item, Section)
-             else _simple(s, pos, meta, item) for item in items]
-    return b"* %d FETCH (%s)\r\n" % (pos + 1, b" ".join(parts))
+    box = s.need_selected().mailbox
+    return [functools.partial(_header_section, s, item, fields_view(box, item))
+            if isinstance(item, Section)
+            else _SIMPLE.get(item) or functools.partial(_simple_at, s, item)
+            for item in items]
 
 
-def _header_of(s: Session, box: Mailbox, meta: Meta, sec: Section) -> bytes:
+def _simple_at(s: Session, item: str, pos: int, meta: Meta) -> bytes:
+    return _simple(s, pos, meta, item)
+
+
+_SIMPLE: dict[str, Item] = {  # items of the message alone, not of the session's view
+    "UID": lambda pos, meta: b"UID %d" % meta.uid,
+    "RFC822.SIZE": lambda pos, meta: b"RFC822.SIZE %d" % meta.size,
+}
+
+
+def fields_view(box: Mailbox, sec: Section) -> str:
+    """What a header-fields cache key shares across a mailbox's messages: one
+    string, whose hash Python keeps, so a lookup per message hashes it and the
+    uid (a tuple of five values, the field list among them, was a tenth of a
+    ``FETCH 1:200`` of header fields)."""
+    return f"{box.id}:{box.uidvalidity}:{sec.text}:{' '.join(sec.fields)}"
+
+
+def _header_of(s: Session, box: Mailbox, meta: Meta, sec: Section,
+               view: str | None = None) -> bytes:
     """``BODY[HEADER]`` or ``BODY[HEADER.FIELDS[.NOT] (...)]`` of the whole message
-    ``meta`` of mailbox ``box`` (the selected one, or a CATENATE URL's).
+    ``meta`` of mailbox ``box`` (the selected one, or a CATENATE URL's);
+    ``view``: ``fields_view(box, sec)``, if the caller made it once for many.
 
     Header fields are kept per message once cut out (``ImapServer.header_fields``,
     as Dovecot's cache file keeps them): every new session of a client
     listing a folder asks for the same fields of the same messages."""
     if sec.text == "HEADER":
         return meta.header
-    key = (box.id, box.uidvalidity, meta.uid, sec.text, sec.fields)
+    key = (view or fields_view(box, sec), meta.uid)
     data = s.server.header_fields.get(key)
     if data is None:
         data = filter_header(meta.header, sec.fields, sec.text == "HEADER.FIELDS")
@@ -328,9 +358,9 @@ def _header_of(s: Session, box: Mailbox, meta: Meta, sec: Section) -> bytes:
     return data
 
 
-def _header_section(s: Session, meta: Meta, sec: Section) -> bytes:
+def _header_section(s: Session, sec: Section, view: str, pos: int, meta: Meta) -> bytes:
     """``_header_of`` as a response item: its label, the partial, the literal."""
-    data = _header_of(s, s.need_selected().mailbox, meta, sec)
+    data = _header_of(s, s.need_selected().mailbox, meta, sec, view)
     if sec.origin is not None:
         assert sec.length is not None
         data = data[sec.origin:sec.origin + sec.length]
