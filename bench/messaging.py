@@ -22,8 +22,13 @@ each message is matched to its push exactly: after the run every message's
 text is fetched with its position in the mailbox, and position p arrived with
 the first ``EXISTS`` >= p. Bob's ``peer.rate_per_minute`` is raised for the
 run (the default, 6,000 a minute per sender, would refuse a 1,000 msg/s burst).
+The maximum run also gives each twin's CPU per message (user + system time
+of its process over the run, from ``/proc``): on this shared machine the
+rates swing with other work, the CPU per message much less.
 One JSON line per figure. Usage:
-.venv/bin/python bench/messaging.py [messages] [sessions] [idle-samples]
+.venv/bin/python bench/messaging.py [messages] [sessions] [idle-samples] [paths]
+where ``paths`` is a comma-separated subset of ``local,twin,native`` (all by
+default), and ``idle-samples`` 0 skips the idle figures.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import asyncio
 import contextlib
 import imaplib
 import json
+import os
 import re
 import sys
 import tempfile
@@ -65,6 +71,14 @@ def pct(values: list[float], p: float) -> float:
 
 
 Send = Callable[[str], Awaitable[None]]
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(twin: TwinProcess) -> float:
+    """User + system CPU the twin's process has used so far (all its threads)."""
+    assert twin.proc is not None
+    fields = Path(f"/proc/{twin.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
 class Sender:
@@ -130,11 +144,14 @@ def fetch_tokens(twin: TwinProcess, first: int, last: int) -> dict[int, tuple[in
 
 
 class Bench:
-    def __init__(self, bob: TwinProcess, watcher: IdleWatcher) -> None:
-        self.bob, self.watcher = bob, watcher
+    def __init__(self, bob: TwinProcess, watcher: IdleWatcher,
+                 twins: list[TwinProcess]) -> None:
+        self.bob, self.watcher, self.twins = bob, watcher, twins
         self.run = 0
 
     async def idle(self, path: str, sender: Sender, samples: int) -> None:
+        if samples <= 0:
+            return
         got = []
         for i in range(samples + 3):  # the first three warm the path up
             self.run += 1
@@ -188,7 +205,11 @@ class Bench:
 
     async def measure(self, path: str, sender: Sender, messages: int, samples: int) -> float:
         await self.idle(path, sender, samples)
+        before = [cpu_seconds(t) for t in self.twins]
         sub, rate, lat = await self.load(sender, messages, None)
+        for twin, was in zip(self.twins, before, strict=True):
+            emit(path, f"CPU per message during the maximum run, {twin.name}",
+                 (cpu_seconds(twin) - was) / messages * 1000, "ms")
         emit(path, f"maximum: {messages} messages, {len(sender.sends)} sessions, submitted",
              sub, "msg/s")
         emit(path, f"maximum: {messages} messages, {len(sender.sends)} sessions, "
@@ -205,7 +226,7 @@ class Bench:
         return rate
 
 
-async def main(messages: int, sessions: int, samples: int) -> None:
+async def main(messages: int, sessions: int, samples: int, paths: set[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="twin-bench-messaging-") as tmp:
         sets = ["smtp.verify_dns=false", "log.level=warning", "peer.rate_per_minute=10000000"]
         alice = TwinProcess.create(Path(tmp), "alice", sets=sets)
@@ -213,21 +234,24 @@ async def main(messages: int, sessions: int, samples: int) -> None:
         alice.start()
         bob.start()
         watcher = await IdleWatcher.open(bob.port("imaps"), bob.login, bob.password)
-        bench = Bench(bob, watcher)
+        bench = Bench(bob, watcher, [alice, bob])
         try:
-            local = await smtp_sender(bob.port("smtp"), None, None, "someone@example.com",
-                                      bob.login, sessions)
-            await bench.measure("local (SMTP inbound -> IDLE, one twin)", local, messages,
-                                samples)
-            await local.close()
-            twin = await smtp_sender(alice.port("submission"), alice.login, alice.password,
-                                     alice.login, bob.login, sessions)
-            await bench.measure("twin (alice SMTP submission -> bob IDLE)", twin, messages,
-                                samples)
-            await twin.close()
-            native = await native_sender(alice, "bob", sessions)
-            await bench.measure("native (twin send -> bob IDLE)", native, messages, samples)
-            await native.close()
+            if "local" in paths:
+                local = await smtp_sender(bob.port("smtp"), None, None, "someone@example.com",
+                                          bob.login, sessions)
+                await bench.measure("local (SMTP inbound -> IDLE, one twin)", local, messages,
+                                    samples)
+                await local.close()
+            if "twin" in paths:
+                twin = await smtp_sender(alice.port("submission"), alice.login, alice.password,
+                                         alice.login, bob.login, sessions)
+                await bench.measure("twin (alice SMTP submission -> bob IDLE)", twin, messages,
+                                    samples)
+                await twin.close()
+            if "native" in paths:
+                native = await native_sender(alice, "bob", sessions)
+                await bench.measure("native (twin send -> bob IDLE)", native, messages, samples)
+                await native.close()
         finally:
             await watcher.close()
             alice.stop()
@@ -237,4 +261,5 @@ async def main(messages: int, sessions: int, samples: int) -> None:
 if __name__ == "__main__":
     argv = sys.argv[1:]
     asyncio.run(main(int(argv[0]) if argv else 2000, int(argv[1]) if len(argv) > 1 else 10,
-                     int(argv[2]) if len(argv) > 2 else 100))
+                     int(argv[2]) if len(argv) > 2 else 100,
+                     set(argv[3].split(",")) if len(argv) > 3 else {"local", "twin", "native"}))

@@ -27,15 +27,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import format_datetime, formatdate
+from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.delivered import DeliveredLog, message_key
 from core.errors import Forbidden, Invalid, NotFound, TwinError, Unavailable
 from core.mail.junk import junk_mailbox
 from core.mail.mime import MAX_ADDRESS_FIELD, addresses, to_crlf
+from core.nativemail import compose
 from core.outbound.bounce import Failure
 from core.peer.peer import current_envelope
 from phonebook.record import TwinRecord
@@ -411,15 +410,10 @@ class MailRouter:
         conf = self.config
         owner = f"{conf.name}@{conf.domain}"
         address = f"{sender.name}@{sender.mail_domains[0]}" if sender.mail_domains else ""
-        mail = EmailMessage()
-        mail["From"] = address or f"twin {sender.name}"
-        mail["To"] = owner
-        mail["Subject"] = f"Message from twin {sender.name}"
-        mail["Date"] = formatdate(localtime=True)
-        mail["Message-ID"] = f"<{uid.hex()}@{conf.domain}>"
-        mail.set_content(text)
-        await self.mail.accept(owner, self.mark_from_twin(sender, address,
-                                                          mail.as_bytes(policy=SMTP)))
+        mail = compose(from_=address or f"twin {sender.name}", to=owner,
+                       subject=f"Message from twin {sender.name}", date=format_datetime_now(),
+                       message_id=f"<{uid.hex()}@{conf.domain}>", text=text)
+        await self.mail.accept(owner, self.mark_from_twin(sender, address, mail))
 
     def mark_from_twin(self, sender: TwinRecord, mail_from: str, message: bytes) -> bytes:
         message = strip_trust_headers(message, self.domain)

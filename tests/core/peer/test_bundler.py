@@ -63,6 +63,55 @@ async def test_a_lone_delivery_leaves_alone_and_a_queue_leaves_together() -> Non
     assert got[:3] + got[4:] == [f"bundled {n}" for n in range(10, 30) if n != 13]
 
 
+async def test_while_a_send_is_in_flight_deliveries_gather_into_one_bundle() -> None:
+    fake = Fake()
+    b: Bundler[str] = Bundler(fake.one, fake.many)
+    first = asyncio.create_task(b.deliver(RECORD, pending(1)))
+    await asyncio.sleep(0)
+    few = [asyncio.create_task(b.deliver(RECORD, pending(n))) for n in range(10, 20)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert fake.asked == 0  # fewer than GATHER wait: no second lane, they wait for the first
+    more = [asyncio.create_task(b.deliver(RECORD, pending(n)))
+            for n in range(20, 10 + bundler_module.GATHER + 5)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert fake.asked == 1  # GATHER wait: another lane takes them all, in one bundle
+    fake.gate.set()
+    assert await first == "single 1"
+    await asyncio.gather(*few, *more, return_exceptions=True)
+    assert fake.sent == [list(range(10, 10 + bundler_module.GATHER + 5))]
+
+
+async def test_a_lane_back_to_few_waiting_leaves_them_to_the_lane_in_flight() -> None:
+    fake = Fake()
+    single_back = asyncio.Event()
+
+    async def one(record: TwinRecord, item: Pending) -> str:
+        await single_back.wait()
+        return f"single {item.uid[0]}"
+    b: Bundler[str] = Bundler(one, fake.many)
+    first = asyncio.create_task(b.deliver(RECORD, pending(1)))
+    await asyncio.sleep(0)
+    burst = [asyncio.create_task(b.deliver(RECORD, pending(n)))
+             for n in range(20, 20 + bundler_module.GATHER)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert fake.asked == 1  # the burst's own lane
+    late = [asyncio.create_task(b.deliver(RECORD, pending(n))) for n in range(100, 103)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert fake.asked == 1  # the late three wait
+    single_back.set()  # the first lane comes back to three waiting, the burst's in flight
+    assert await first == "single 1"
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert fake.asked == 1  # it left them to the burst's lane
+    fake.gate.set()
+    await asyncio.gather(*burst, *late)
+    assert fake.sent == [list(range(20, 20 + bundler_module.GATHER)), [100, 101, 102]]
+
+
 async def test_a_bundle_holds_at_most_max_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bundler_module, "MAX_BYTES", 25)
     fake = Fake()

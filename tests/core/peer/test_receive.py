@@ -153,6 +153,34 @@ async def test_replay_guard_groups_lookups_and_marks(tmp_path: Any) -> None:
     guard.close()
 
 
+async def test_replay_lookups_and_marks_waiting_together_take_one_trip(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bundle's lookups and the marks of the one before go to the database thread
+    in one call, not one call each."""
+    import asyncio
+
+    guard = ReplayGuard(tmp_path / "g.db")
+    handled = [env.new_uid() for _ in range(5)]
+    for u in handled:
+        await guard.claim("alice", u)
+    calls: list[int] = []
+    run = guard.db.run
+
+    async def counted(fn: Any, *args: Any) -> Any:
+        calls.append(len(args[0]) if args else 0)
+        return await run(fn, *args)
+    monkeypatch.setattr(guard.db, "run", counted)
+    fresh = [env.new_uid() for _ in range(5)]
+    await asyncio.gather(*(guard.done("alice", u, time.time() + 60, b"ack") for u in handled),
+                         *(guard.claim("alice", u) for u in fresh))
+    assert calls == [10]
+    for u in handled:  # marked: refused with their acks
+        with pytest.raises(Refusal) as info:
+            await guard.claim("alice", u)
+        assert info.value.code == "replay" and info.value.ack == b"ack"
+    guard.close()
+
+
 async def test_replay_guard_survives_restart(tmp_path: Any) -> None:
     guard = ReplayGuard(tmp_path / "r.db")
     uid = env.new_uid()
