@@ -36,3 +36,40 @@ async def test_a_returned_cursor_is_closed_on_the_database_thread(tmp_path: Path
             seen[0].fetchall()
     finally:
         db.close()
+
+
+async def test_reads_do_not_wait_behind_a_commit_and_go_together(tmp_path: Path) -> None:
+    """``Database.read``: the WebDAV PUT fast path's login and target lookups ran on the
+    database's one thread behind other PUTs' commits (and their syncs); they run on a
+    read-only connection of their own, several in one call (issue 20)."""
+    db = Database(tmp_path / "t.db")
+    try:
+        await db.run(lambda c: c.execute("CREATE TABLE t (x)"))
+        await db.run(lambda c: c.execute("INSERT INTO t VALUES (1)"))
+        busy, release = threading.Event(), threading.Event()
+
+        def long_commit(c: sqlite3.Connection) -> None:
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("INSERT INTO t VALUES (2)")
+            busy.set()
+            release.wait(10)
+            c.execute("COMMIT")
+        writing = asyncio.ensure_future(db.run(long_commit))
+        await asyncio.to_thread(busy.wait, 10)
+        threads: set[int] = set()
+
+        def count(c: sqlite3.Connection) -> int:
+            threads.add(threading.get_ident())
+            return int(c.execute("SELECT count(*) FROM t").fetchone()[0])
+        # the writer's thread is held inside its transaction: reads go on meanwhile
+        # and see the last commit
+        assert await asyncio.wait_for(asyncio.gather(*(db.read(count) for _ in range(20))),
+                                      5) == [1] * 20
+        assert len(threads) == 1
+        with pytest.raises(sqlite3.OperationalError):  # read-only, and errors stay its own
+            await db.read(lambda c: c.execute("INSERT INTO t VALUES (3)"))
+        release.set()
+        await writing
+        assert await db.read(count) == 2
+    finally:
+        db.close()
