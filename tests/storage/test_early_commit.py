@@ -50,7 +50,11 @@ async def test_the_row_is_committed_while_the_shares_are_written(
     assert await store.engine.catalogue.unsettled() == [ref.id]
     other = await store.put(b"another")
     assert await store.engine.catalogue.unsettled() == [other.id]
-    await store.close()
+    await store.close()  # the settles no later transaction took: committed on close
+    again = make_store()
+    assert not again.engine.unsettled_owed
+    assert await again.engine.catalogue.unsettled() == []
+    await again.close()
 
 
 CHILD = textwrap.dedent("""
