@@ -90,19 +90,10 @@ class Database:
         self.conn = self._pool.submit(connect, self.path, synchronous=synchronous).result()
         self.run_sync(lambda c: c.execute(
             "CREATE TABLE IF NOT EXISTS schema_versions (part TEXT PRIMARY KEY, version INTEGER)"))
-        self._reader: Reader | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, _on_thread, fn, self.conn, *args)
-
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """``fn(conn)`` on a read-only connection of its own thread (``Reader``): it does
-        not wait behind a commit on the database's thread, and reads that arrive
-        together go in one call. ``fn`` must only read; it sees what was committed."""
-        if self._reader is None:
-            self._reader = Reader(self.path)
-        return await self._reader.read(fn)
 
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """For CLI commands and start-up, outside any event loop."""
@@ -121,67 +112,9 @@ class Database:
 
     def close(self) -> None:
         try:
-            if self._reader is not None:
-                self._reader.close()
             self._pool.submit(self.conn.close).result()
         finally:
             self._pool.shutdown(wait=True)
-
-
-class Reader:
-    """A database's read-only connection on a thread of its own, reads grouped per call.
-
-    Why: every request of the WebDAV PUT fast path reads its login's password
-    hashes and its target (``Users.login_with``); on the database's one thread
-    those reads queued behind the commits of other PUTs, each waiting for a
-    ``synchronous = FULL`` sync it does not need (WAL lets a reader see the last
-    commit while a writer syncs), and eight PUTs at once made eight thread hops
-    (issue 20). Here they run beside the commits, and reads that arrive while
-    one call runs share the next (``storage.groupcommit``, unshielded)."""
-
-    def __init__(self, path: Path) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"dbr-{path.stem}")
-        self.conn = self._pool.submit(_read_only, path).result()
-        self._group: GroupCommit[Callable[[sqlite3.Connection], Any], _Outcome] = GroupCommit(
-            self._run, max_items=MAX_GROUP, shield=False, name="db-read")
-
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        ok, value = await self._group.submit(fn)
-        if not ok:
-            raise value
-        result: T = value
-        return result
-
-    async def _run(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[_Outcome]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, _each, self.conn, fns)
-
-    def close(self) -> None:
-        try:
-            self._pool.submit(self.conn.close).result()
-        finally:
-            self._pool.shutdown(wait=True)
-
-
-_Outcome = tuple[bool, Any]  # (True, result) or (False, the exception it raised)
-
-
-def _read_only(path: Path) -> sqlite3.Connection:
-    conn = connect(path, synchronous="NORMAL")  # it never writes: no sync to choose
-    conn.execute("PRAGMA query_only = ON")
-    return conn
-
-
-def _each(conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
-          ) -> list[_Outcome]:
-    """Every read of a group, each with its own outcome: one failing fails only itself."""
-    out: list[_Outcome] = []
-    for fn in fns:
-        try:
-            out.append((True, _on_thread(fn, conn)))
-        except Exception as exc:
-            out.append((False, exc))
-    return out
 
 
 class Group(Generic[In, Out]):

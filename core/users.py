@@ -263,7 +263,7 @@ class Users:
 
         token = hmac.new(self._cache_key, f"{login}\0{password}".encode(),
                          hashlib.sha256).digest()
-        hashes, extra = await self.db.read(read)
+        hashes, extra = await self.db.run(read)
         # a hit counts only while the hash it matched is still stored: a password
         # revoked or replaced from the CLI (another process) stops working at once,
         # not when the running twin's entry expires (it did, for 300 s)
