@@ -28,7 +28,9 @@ import secrets
 import sqlite3
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import nacl.exceptions
 import nacl.pwhash
@@ -75,6 +77,7 @@ MIGRATIONS = [
 ROLES = ("owner", "user")
 MAX_PASSWORD = 1024
 CACHE_SECONDS = 300.0
+T = TypeVar("T")
 
 
 def generate_password() -> str:
@@ -241,25 +244,38 @@ class Users:
     # -- authentication (adapters); async
 
     async def authenticate(self, login: str, password: str) -> bool:
+        ok, _ = await self._authenticate(login, password, None)
+        return ok
+
+    async def _authenticate(self, login: str, password: str,
+                            also: Callable[[sqlite3.Connection], T] | None
+                            ) -> tuple[bool, T | None]:
+        """``authenticate``, and ``also(conn)`` run in the same database call (see
+        ``login_with``); its result is None when the credentials are refused unread."""
         login = normalize_login(login)
         if not login or not password or len(password) > MAX_PASSWORD or len(login) > 254:
-            return False
+            return False, None
+
+        def read(c: sqlite3.Connection) -> tuple[list[str], T | None]:
+            hashes = [r[0] for r in c.execute(
+                "SELECT hash FROM app_passwords WHERE login = ?", (login,))]
+            return hashes, also(c) if also is not None else None
+
         token = hmac.new(self._cache_key, f"{login}\0{password}".encode(),
                          hashlib.sha256).digest()
-        hashes = await self.db.run(lambda c: [r[0] for r in c.execute(
-            "SELECT hash FROM app_passwords WHERE login = ?", (login,))])
+        hashes, extra = await self.db.run(read)
         # a hit counts only while the hash it matched is still stored: a password
         # revoked or replaced from the CLI (another process) stops working at once,
         # not when the running twin's entry expires (it did, for 300 s)
         hit = self._cache.get(token)
         if hit and hit[0] > time.monotonic() and hit[1] in hashes:
-            return True
+            return True, extra
         matched = await asyncio.to_thread(self._check, hashes, password)
         if matched is not None:
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[token] = (time.monotonic() + CACHE_SECONDS, matched)
-        return matched is not None
+        return matched is not None, extra
 
     def _check(self, hashes: list[str], password: str) -> str | None:
         """Argon2 verification: the hash ``password`` matches, if any; an unknown login
@@ -312,11 +328,25 @@ class Users:
         (without checking anything) when this login or address must wait longer
         than ``Throttle.max_wait``, so the client is told why instead of hanging.
         """
+        login, _ = await self.login_with(raw_login, password, peer, None)
+        return login
+
+    async def login_with(self, raw_login: str, password: str, peer: str,
+                         also: Callable[[sqlite3.Connection], T] | None
+                         ) -> tuple[str | None, T | None]:
+        """``login``, with ``also(conn)`` run on the database thread in the same call
+        that reads the login's password hashes; returns (login or None, its result).
+
+        Why: a request that needs both the login and a read of its own (the WebDAV
+        PUT fast path looks its target up) paid a thread hop to the database for
+        each, ~0.1-0.3 ms of a 4 KiB PUT (issue 20). ``also`` runs whatever the
+        credentials turn out to be: only a read belongs there, and the caller
+        must not use its result unless the login is returned."""
         login = normalize_login(raw_login)
         await self.throttle.admit(login, peer)
-        ok = await self.authenticate(login, password)
+        ok, extra = await self._authenticate(login, password, also)
         self.throttle.record(login, peer, ok)
-        return login if ok else None
+        return (login if ok else None), extra
 
 
 def normalize_login(raw: str) -> str:

@@ -1,10 +1,14 @@
 """The catalogue: one SQLite file (WAL) with every object's manifest.
 
-A manifest row is the *only* thing that makes an object visible, and it is
-committed (``synchronous=FULL``) after every share of the object is durable,
-so a crash at any point before leaves at most unreferenced shares (orphans,
-which ``verify`` finds). Commits are grouped: concurrent puts share one
-transaction and one fsync.
+A manifest row is the *only* thing that makes an object readable, and a put
+returns (hands out the object's ref) only once the row is committed
+(``synchronous=FULL``) and every share of the object is durable. A stream
+put commits the row after its shares, so a crash before leaves at most
+unreferenced shares (orphans, which ``verify`` finds); a batch of small puts
+commits its rows while the shares are written (``insert_early``), listed in
+``unsettled`` in the same transaction, so a crash may leave a row whose shares
+never landed, which ``storage.settle`` removes. Commits are grouped: concurrent
+puts share one transaction and one fsync.
 
 The per-object key is stored wrapped (secretbox) by the store's master key;
 placement says, per segment, which backend holds share i ('' = none).
@@ -20,6 +24,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -55,6 +60,10 @@ CREATE TABLE IF NOT EXISTS named(
 -- objects stored below n shares, written with their rows: a restart or a crash does not
 -- forget what the self-repair still owes (added without a schema bump: IF NOT EXISTS)
 CREATE TABLE IF NOT EXISTS degraded(object_id TEXT PRIMARY KEY) WITHOUT ROWID;
+-- objects whose row was committed while their shares were still being written (a
+-- batch of small puts commits both at once, ``insert_early``): until the put settles
+-- them, a crash may have left such a row with too few shares (``storage.settle``)
+CREATE TABLE IF NOT EXISTS unsettled(object_id TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 
 
@@ -131,6 +140,9 @@ class Catalogue:
             raise ValueError(f"catalogue {path} has schema {row[0]}, expected {SCHEMA_VERSION}")
         self._commit: GroupCommit[tuple[str, Any], Any] = GroupCommit(
             in_thread(executor, self._run_batch), max_items=1024)
+        # ids ``settle`` was told of, taken off ``unsettled`` by the next transaction
+        # (a deque: appended on the loop, taken on the executor thread, no lock held)
+        self._settled: deque[str] = deque()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
@@ -188,6 +200,35 @@ class Catalogue:
         if manifests:
             await self._commit.submit(("insert", list(manifests)))
 
+    async def insert_early(self, manifests: Sequence[Manifest]) -> None:
+        """``insert_many`` for objects whose shares are still being written, and listed
+        as unsettled in the same transaction (see ``storage.settle``).
+
+        Why: a batch of small puts committed its rows only once every share was
+        durable, one sync after the other; a lone 4 KiB WebDAV PUT waited for the
+        backends' syncs, then the catalogue's, then ``twin.db``'s (issue 20). Rows
+        committed meanwhile are visible to nobody who could read them (the refs are
+        not handed out before the shares are durable) except a store-wide listing;
+        the unsettled list makes a crash before the shares landed recoverable."""
+        if manifests:
+            await self._commit.submit(("early", list(manifests)))
+
+    def settle(self, object_ids: Sequence[str]) -> None:
+        """These early rows' shares are durable: they leave the unsettled list with the
+        next transaction (no commit of their own; forgotten in a crash, they are
+        probed and kept, ``storage.settle``)."""
+        self._settled.extend(object_ids)
+
+    def settling(self) -> set[str]:
+        """Ids ``settle`` was told of whose rows are still on the unsettled list."""
+        return set(self._settled)
+
+    async def fix_placement(self, entries: Sequence[tuple[str, SegmentEntry]]) -> None:
+        """Segment 0 of each early row placed where its shares did land (a backend failed
+        and a spare took the share, or none did: then also on the degraded list)."""
+        if entries:
+            await self._commit.submit(("fix", list(entries)))
+
     async def remove(self, object_id: str) -> bool:
         return bool(await self._commit.submit(("remove", object_id)))
 
@@ -210,19 +251,35 @@ class Catalogue:
     def _run_batch(self, ops: list[tuple[str, Any]]) -> list[Any]:
         db = self._db
         out: list[Any] = []
+        settled: list[str] = []
+        while self._settled:
+            settled.append(self._settled.popleft())
         with self._lock:
             db.execute("BEGIN IMMEDIATE")
             try:
+                db.executemany("DELETE FROM unsettled WHERE object_id=?",
+                               [(i,) for i in settled])
                 for kind, arg in ops:
                     out.append(self._apply(db, kind, arg))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
+                self._settled.extend(settled)
                 raise
         return out
 
     @staticmethod
     def _apply(db: sqlite3.Connection, kind: str, arg: Any) -> Any:
+        if kind == "early":
+            db.executemany("INSERT INTO unsettled VALUES (?)", [(m.id,) for m in arg])
+            kind = "insert"
+        if kind == "fix":
+            for oid, entry in arg:
+                db.execute("UPDATE segments SET placement=?, hashes=? WHERE object_id=? "
+                           "AND seg=0", (*entry.encode(), oid))
+                if "" in entry.placement:
+                    db.execute("INSERT OR IGNORE INTO degraded VALUES (?)", (oid,))
+            return None
         if kind == "insert":
             ms: list[Manifest] = arg
             db.executemany(f"INSERT INTO objects({_OBJ_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",  # noqa: S608
@@ -237,6 +294,7 @@ class Catalogue:
             gone = db.execute("DELETE FROM objects WHERE id=?", (arg,)).rowcount
             db.execute("DELETE FROM segments WHERE object_id=?", (arg,))
             db.execute("DELETE FROM degraded WHERE object_id=?", (arg,))
+            db.execute("DELETE FROM unsettled WHERE object_id=?", (arg,))
             return gone > 0
         if kind == "whole":
             db.executemany("DELETE FROM degraded WHERE object_id=?", [(i,) for i in arg])
@@ -322,6 +380,17 @@ class Catalogue:
         result: list[str] = await self._io(self._degraded_page, after, limit)
         return result
 
+    def _unsettled(self) -> list[str]:
+        return [r[0] for r in self._reader().execute("SELECT object_id FROM unsettled")]
+
+    async def unsettled(self) -> list[str]:
+        """Ids of early rows not yet settled (``insert_early``, ``storage.settle``)."""
+        result: list[str] = await self._io(self._unsettled)
+        return result
+
+    def has_unsettled(self) -> bool:
+        return self._db.execute("SELECT 1 FROM unsettled LIMIT 1").fetchone() is not None
+
     def has_degraded(self) -> bool:
         return self._db.execute("SELECT 1 FROM degraded LIMIT 1").fetchone() is not None
 
@@ -388,6 +457,8 @@ class Catalogue:
 
     async def close(self) -> None:
         await self._commit.drain()
+        if self._settled:  # the settles no later transaction took: one of their own
+            await self._commit.submit(("whole", []))
         await asyncio.get_running_loop().run_in_executor(self._executor, self._close_when_idle)
 
     def _close_when_idle(self) -> None:

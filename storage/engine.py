@@ -238,6 +238,10 @@ class Engine:
         self.repair_wanted = asyncio.Event()
         if self.repair_owed:
             self.repair_wanted.set()  # owed before the last stop or crash
+        # early rows a crash may have left without their shares (``storage.settle``)
+        self.unsettled_owed = self.catalogue.has_unsettled()
+        if self.unsettled_owed:
+            self.repair_wanted.set()
         self.monitor.listeners.append(self._health_changed)
         self.orphans_left: list[tuple[str, str]] = []  # (backend, key) to delete
         self.closed = False  # set by ``Store.close`` as it begins
@@ -330,7 +334,8 @@ class Engine:
         self.repair_wanted.set()
 
     def _health_changed(self) -> None:
-        if not self.monitor.down and (self.repair_owed or self.orphans_left):
+        if not self.monitor.down and (self.repair_owed or self.orphans_left
+                                      or self.unsettled_owed):
             self.repair_wanted.set()
 
     async def call(self, backend: ShardBackend, op: Awaitable[T], size: int) -> T:

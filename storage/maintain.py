@@ -4,6 +4,8 @@
 object below n shares, when a put leaves shares on a backend that was down, and
 when the health monitor sees every backend up again) and on the scrub timer:
 
+- catalogue rows a crash left unsettled are decided by their shares
+  (``storage.settle``);
 - the objects on the catalogue's degraded list are repaired (``repair_queued``),
   a page at a time, once no backend is down;
 - shares that writes which failed, were cut off or missed their deadline may
@@ -23,6 +25,7 @@ import logging
 from storage.engine import NS_OBJECT, Engine, parse_share_key
 from storage.errors import StorageError
 from storage.repair import remove_orphans, repair, repair_queued
+from storage.settle import settle_unsettled
 
 log = logging.getLogger("twin.storage")
 
@@ -49,6 +52,8 @@ async def maintain(engine: Engine, scrub_interval: float = 0.0) -> None:
                 log.info("scrub: %d shares rebuilt, %d not restored, %d orphan shares "
                          "removed", report.shares_rebuilt, len(report.failures), removed)
                 next_scrub = loop.time() + scrub_interval
+            if engine.unsettled_owed:  # decides what it can with backends down
+                await settle_unsettled(engine)
             if engine.monitor.down:
                 continue  # Engine._health_changed wakes us when they are back
             if engine.orphans_left:

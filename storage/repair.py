@@ -197,6 +197,10 @@ async def repair_queued(engine: Engine, ids: list[str]) -> list[str]:
 def _fixer(engine: Engine, healthy: set[str], report: RepairReport
            ) -> Callable[[Manifest], Awaitable[None]]:
     async def fix(m: Manifest) -> None:
+        if m.id in engine.inflight:
+            # a batch of small puts commits its rows while the shares are being written
+            # (``Catalogue.insert_early``): its put places them, or lists it degraded
+            return
         for seg in range(m.segment_count):
             try:
                 await repair_segment(engine, m, seg, healthy, report)

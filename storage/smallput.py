@@ -23,14 +23,25 @@ objects and ``MAX_BYTES`` bytes) as a batch, and for the whole batch:
    backend the object does not use yet; an object with fewer than
    ``write_quorum`` shares stored fails alone with ``BackendUnavailable`` (its
    shares are discarded) while the rest of the batch goes on;
-4. inserts every manifest with one ``Catalogue.insert_many`` (one transaction);
+4. inserts every manifest with one catalogue transaction: when every share has
+   a backend that is up (the common case), *while* step 2 runs
+   (``Catalogue.insert_early``, the rows listed as unsettled), placed as
+   planned; a share that then moved to a spare (or found none) has its row
+   corrected (``fix_placement``) and an object below the write quorum its row
+   removed, before anyone is answered. With a backend known down, after step 2
+   (``insert_many``), as before;
 5. resolves each caller's future with its ``ObjectRef`` or its own exception.
 
-Visibility and crash semantics are those of a single put: an object is visible
-only once all its shares are durable and its manifest committed (step 4 comes
-after step 2 returned), and a kill -9 before that leaves only orphan shares,
-which ``verify(clean=True)`` removes (ids being written are in
-``Engine.inflight``, so a concurrent verify does not take them for orphans).
+Why step 4 runs beside step 2: one after the other, a lone small put (a 4 KiB
+WebDAV PUT, issue 20) waited for the backends' syncs and then the catalogue's;
+side by side it waits for the slower of them.
+
+A caller gets its ref only once its shares are durable and its manifest
+committed, as with a single put, so nothing can reference an object before
+then. What a kill -9 leaves: orphan shares, which ``verify(clean=True)``
+removes (ids being written are in ``Engine.inflight``, so a concurrent verify
+does not take them for orphans), and early rows whose shares may not all have
+landed, which ``storage.settle`` decides by their shares (removed below k).
 A caller cancelled before its manifest is committed gets nothing stored; one
 cancelled while the manifest is being committed has its object deleted again.
 
@@ -203,8 +214,99 @@ class SmallPuts:
                     o.failed.append(i)  # down: straight to a spare below, no waiting on it
                 else:
                     first.setdefault(backend, []).append((o, i))
+        # every share has an up backend: the rows are committed while the shares are
+        # written (``Catalogue.insert_early``), the catalogue's sync beside the backends'
+        created = time.time()
+        planned: dict[str, builtins.list[str]] = {}
+        early: asyncio.Future[None] | None = None
+        if not any(o.failed for o in batch):
+            for o in batch:
+                planned[o.oid] = [b.name for b in engine.placement_order(o.oid)[:n]]
+            early = asyncio.ensure_future(engine.catalogue.insert_early(
+                [self._manifest(o, planned[o.oid], created) for o in batch]))
+        try:
+            await self._place(batch, first)
+        except BaseException:
+            if early is not None:  # its rows may be committed: decided by their shares
+                early.add_done_callback(_retrieved)
+                engine.unsettled_owed = True
+                engine.repair_wanted.set()
+            raise
+        early_error: Exception | None = None
+        if early is not None:
+            try:
+                await early
+            except Exception as exc:  # rolled back: no row of the batch is there
+                early_error = exc
+
+        manifests: builtins.list[Manifest] = []
+        fixes: builtins.list[tuple[str, SegmentEntry]] = []
+        keep: builtins.list[_Object] = []
+        drop: builtins.list[_Object] = []  # early rows to remove again
+        for o in batch:
+            assert o.enc is not None
+            placement = [o.placed.get(i, "") for i in range(n)]
+            try:
+                engine.check_placed(o.oid, 0, len(o.placed))
+            except BackendUnavailable as exc:
+                o.error = exc
+            else:
+                if len(o.placed) < n:
+                    engine.note_degraded(o.oid)
+                if o.future.done():  # cancelled meanwhile: do not make it visible
+                    o.error = asyncio.CancelledError()
+                elif early is None:
+                    manifests.append(self._manifest(o, placement, created))
+                elif early_error is not None:
+                    o.error = early_error
+                elif placement != planned[o.oid]:  # a spare took a share, or none did
+                    fixes.append((o.oid, SegmentEntry(placement, o.enc.hashes)))
+            if o.error is None:
+                keep.append(o)
+            elif early is not None and early_error is None:
+                drop.append(o)
+        try:
+            if early is None:
+                await engine.catalogue.insert_many(manifests)
+            else:
+                await engine.catalogue.fix_placement(fixes)
+        except Exception as exc:
+            for o in keep:
+                o.error = exc
+            if early is not None:
+                drop.extend(keep)
+            keep = []
+        for o in drop:  # before their callers hear of it: a failed put leaves no row
+            try:
+                await engine.catalogue.remove(o.oid)
+            except Exception as exc:  # left unsettled: decided by its shares later
+                log.warning("early row of failed put %s not removed: %s", o.oid, exc)
+                engine.unsettled_owed = True
+        for o in batch:
+            if o.error is None and not o.future.done():
+                o.future.set_result(ObjectRef(o.oid, len(o.data)))
+            elif o.error is not None and not o.future.done():
+                o.future.set_exception(o.error)
+        log.debug("stored a batch of %d small objects (%d failed)", len(keep),
+                  len(batch) - len(keep))
+
+        failed = [w for o in batch if o.error is not None for w in o.written]
+        lost = [o for o in keep if o.future.cancelled()]  # committed, but nobody has the ref
+        for o in lost:
+            await engine.catalogue.remove(o.oid)  # the row before its shares
+            failed.extend(o.written)
+        if early is not None and early_error is None:
+            engine.catalogue.settle([o.oid for o in keep if not o.future.cancelled()])
+        if failed:
+            await engine.discard(failed)
+
+    async def _place(self, batch: builtins.list[_Object],
+                     first: dict[ShardBackend, builtins.list[tuple[_Object, int]]]) -> None:
+        """Write every share of ``first``, then each share whose backend failed (or was
+        down) to a spare the object does not use yet, until none is left to try."""
+        engine = self.engine
         await self._write(first)
-        while True:  # shares whose backend failed: each to a spare the object has not used
+        while True:
             retry: dict[ShardBackend, builtins.list[tuple[_Object, int]]] = {}
             for o in batch:
                 still: builtins.list[int] = []
@@ -221,48 +323,11 @@ class SmallPuts:
                 break
             await self._write(retry)
 
-        manifests: builtins.list[Manifest] = []
-        keep: builtins.list[_Object] = []
-        created = time.time()
-        for o in batch:
-            assert o.enc is not None
-            try:
-                engine.check_placed(o.oid, 0, len(o.placed))
-            except BackendUnavailable as exc:
-                o.error = exc
-                continue
-            if len(o.placed) < n:
-                engine.note_degraded(o.oid)
-            if o.future.done():  # cancelled meanwhile: do not make it visible
-                o.error = asyncio.CancelledError()
-            else:
-                assert o.sk is not None
-                manifests.append(Manifest(
-                    o.oid, len(o.data), created, engine.k, n, engine.segment_size, o.wrapped,
-                    o.sk.prefix,
-                    [SegmentEntry([o.placed.get(i, "") for i in range(n)], o.enc.hashes)], 1))
-                keep.append(o)
-        try:
-            await engine.catalogue.insert_many(manifests)
-        except Exception as exc:
-            for o in keep:
-                o.error = exc
-            keep = []
-        for o in batch:
-            if o.error is None and not o.future.done():
-                o.future.set_result(ObjectRef(o.oid, len(o.data)))
-            elif o.error is not None and not o.future.done():
-                o.future.set_exception(o.error)
-        log.debug("stored a batch of %d small objects (%d failed)", len(keep),
-                  len(batch) - len(keep))
-
-        failed = [w for o in batch if o.error is not None for w in o.written]
-        lost = [o for o in keep if o.future.cancelled()]  # committed, but nobody has the ref
-        for o in lost:
-            await engine.catalogue.remove(o.oid)
-            failed.extend(o.written)
-        if failed:
-            await engine.discard(failed)
+    def _manifest(self, o: _Object, placement: builtins.list[str], created: float) -> Manifest:
+        engine = self.engine
+        assert o.sk is not None and o.enc is not None
+        return Manifest(o.oid, len(o.data), created, engine.k, engine.n, engine.segment_size,
+                        o.wrapped, o.sk.prefix, [SegmentEntry(placement, o.enc.hashes)], 1)
 
     async def _write(self, plan: dict[ShardBackend, builtins.list[tuple[_Object, int]]]
                      ) -> None:
@@ -333,3 +398,10 @@ class SmallPuts:
             assert o.enc is not None
             items.append((key, [o.enc.headers[i], o.enc.payloads[i]]))
         return items
+
+
+def _retrieved(done: asyncio.Future[None]) -> None:
+    """Take a finished early commit's outcome nobody awaits (no "never retrieved")."""
+    if not done.cancelled():
+        done.exception()
+

@@ -49,6 +49,7 @@ from storage.model import (
     ref_id,
 )
 from storage.repair import repair, verify
+from storage.settle import settle_unsettled
 from storage.smallput import SmallPuts
 from storage.source import Source
 
@@ -241,6 +242,8 @@ class Store:
 
     async def verify(self, sample: float | None = None, clean: bool = False) -> VerifyReport:
         self._check_open()
+        if self.engine.unsettled_owed:  # rows a crash left: decided before they count
+            await settle_unsettled(self.engine)
         try:
             return await verify(self.engine, sample, clean)
         finally:
@@ -248,6 +251,8 @@ class Store:
 
     async def repair(self) -> RepairReport:
         self._check_open()
+        if self.engine.unsettled_owed:
+            await settle_unsettled(self.engine)
         try:
             return await repair(self.engine)
         finally:

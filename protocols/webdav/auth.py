@@ -9,7 +9,9 @@ it) on the server, and the twin stores only Argon2id hashes.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+import sqlite3
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from wsgidav.dc.base_dc import BaseDomainController
 
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("twin.webdav.auth")
 REALM = "twin"
+T = TypeVar("T")
 
 
 class TwinDomainController(BaseDomainController):  # type: ignore[misc]
@@ -55,10 +58,20 @@ async def check_login(service: Service, login: str, password: str, peer: str) ->
     A throttled attempt is refused without a check (Basic auth has no way to
     say "later": the client sees 401 and may ask again).
     """
+    ok, _ = await check_login_with(service, login, password, peer, None)
+    return ok
+
+
+async def check_login_with(service: Service, login: str, password: str, peer: str,
+                           also: Callable[[sqlite3.Connection], T] | None
+                           ) -> tuple[bool, T | None]:
+    """``check_login``, with ``also(conn)`` read in the same database call as the
+    login's hashes (``Users.login_with``); its result is None when throttled."""
     try:
-        ok = await service.users.login(login, password, peer) is not None
+        user, extra = await service.users.login_with(login, password, peer, also)
+        ok = user is not None
     except Throttled:
-        ok = False
+        ok, extra = False, None
     if not ok:
         log.info("WebDAV login refused for %s from %s", login[:254], peer)
-    return ok
+    return ok, extra

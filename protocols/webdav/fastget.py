@@ -29,15 +29,16 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import AsyncGenerator, Iterator
-from typing import TYPE_CHECKING, cast
+import sqlite3
+from collections.abc import AsyncGenerator, Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from wsgidav import util
 
 from core.errors import Invalid, TwinError
 from core.files import FileEntry, join, split
 from core.users import normalize_login
-from protocols.webdav.auth import REALM, check_login
+from protocols.webdav.auth import REALM, check_login_with
 from protocols.webdav.bridge import status_of
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from core.service import Service
 
 log = logging.getLogger("twin.webdav")
+T = TypeVar("T")
 # Any of these asks for semantics wsgidav implements: leave the request to it.
 DEFER = frozenset({b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since",
                    b"if-unmodified-since", b"if", b"transfer-encoding"})
@@ -173,18 +175,28 @@ async def basic_login(service: Service, header: bytes, scope: Scope) -> str | No
     None (no or unreadable credentials) means "let wsgidav answer": it sends
     the 401 and its challenge. Wrong credentials raise ``LoginRefused``.
     """
+    login, _ = await basic_login_with(service, header, scope, None)
+    return login
+
+
+async def basic_login_with(service: Service, header: bytes, scope: Scope,
+                           also: Callable[[sqlite3.Connection], T] | None
+                           ) -> tuple[str | None, T | None]:
+    """``basic_login``, with ``also(conn)`` read in the same database call as the
+    login's password hashes (``Users.login_with``: one thread hop, not two)."""
     if header[:6].lower() != b"basic " or len(header) > MAX_AUTH_HEADER:
-        return None
+        return None, None
     try:
         login, sep, password = base64.b64decode(header[6:].strip(), validate=True) \
             .decode("utf-8").partition(":")
     except (binascii.Error, UnicodeDecodeError):
-        return None
+        return None, None
     client = scope.get("client") or ("?", 0)
     if not sep:
-        return None
-    if await check_login(service, login, password, str(client[0])):
-        return normalize_login(login)
+        return None, None
+    ok, extra = await check_login_with(service, login, password, str(client[0]), also)
+    if ok:
+        return normalize_login(login), extra
     raise LoginRefused
 
 

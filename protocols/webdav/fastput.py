@@ -54,7 +54,13 @@ from wsgidav.dav_error import DAVError
 
 from core.errors import TwinError
 from core.files import join
-from protocols.webdav.fastget import LoginRefused, _error, basic_login, tree_parts, unauthorized
+from protocols.webdav.fastget import (
+    LoginRefused,
+    _error,
+    basic_login_with,
+    tree_parts,
+    unauthorized,
+)
 from protocols.webdav.writemark import WriteMark, try_mark
 
 if TYPE_CHECKING:
@@ -126,13 +132,16 @@ class FastPut:
         root: str = scope.get("root_path", "")
         if scope["path"] != root + path:  # "/a//b", "/a/b/": wsgidav's own path handling
             return None
-        login = await basic_login(self.service, headers.get(b"authorization", b""), scope)
-        if login is None or not self.service.users.is_owner(login):
-            return None  # another login: wsgidav, behind roles.RoleGate (#15.8)
         try:
-            target = await self.service.files.put_target(path)
+            read_target = self.service.files.put_target_read(path)
         except TwinError:
             return None
+        # the target is read with the login's hashes, in one database call; it is
+        # used only once the credentials are good and the owner's
+        login, target = await basic_login_with(
+            self.service, headers.get(b"authorization", b""), scope, read_target)
+        if login is None or not self.service.users.is_owner(login) or target is None:
+            return None  # another login: wsgidav, behind roles.RoleGate (#15.8)
         if (target.entry is not None and target.entry.is_dir) or not target.parent_is_dir:
             return None
         ctype = headers.get(b"content-type")

@@ -217,3 +217,31 @@ def test_roles_the_first_login_of_an_old_database_becomes_the_owner(tmp_path: Pa
     assert users.is_owner("carol@a.test")
     with pytest.raises(Invalid):
         users.add("dave@a.test", role="admin")
+
+
+async def test_login_with_reads_its_extra_in_the_same_database_call(users: Users) -> None:
+    # the WebDAV PUT fast path reads its target with the login's hashes: one thread
+    # hop to the database per PUT, not two (issue 20); a revocation still counts at once
+    users.add("alice@alice.example")
+    password = users.set_password("alice@alice.example")
+    await users.login("alice@alice.example", password, "192.0.2.1")  # cached from now on
+    calls = 0
+    run = users.db.run
+
+    async def counted(fn, *args):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return await run(fn, *args)
+
+    users.db.run = counted  # type: ignore[method-assign]
+
+    def extra(c: object) -> str:
+        return "read on the database thread"
+
+    login, got = await users.login_with("Alice@alice.example", password, "192.0.2.1", extra)
+    assert (login, got, calls) == ("alice@alice.example", "read on the database thread", 1)
+    login, got = await users.login_with("alice@alice.example", "wrong", "192.0.2.1", extra)
+    assert login is None
+    users.revoke("alice@alice.example", "default")
+    login, _ = await users.login_with("alice@alice.example", password, "192.0.2.1", extra)
+    assert login is None

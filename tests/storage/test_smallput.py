@@ -37,8 +37,9 @@ async def test_two_hundred_concurrent_puts_read_back_identical_from_a_few_batche
         make_store: StoreFactory) -> None:
     store = make_store(segment_size=SEG)
     blobs = [os.urandom(1 + i * 321 % SEG) for i in range(200)]
-    with mock.patch.object(store.engine.catalogue, "insert_many",
-                           wraps=store.engine.catalogue.insert_many) as commits:
+    # every backend up: each batch's rows are committed while its shares are written
+    with mock.patch.object(store.engine.catalogue, "insert_early",
+                           wraps=store.engine.catalogue.insert_early) as commits:
         refs = await asyncio.gather(*(store.put(b) for b in blobs))
     assert 1 <= commits.call_count <= 20, "puts waiting together share a batch"
     assert [r.size for r in refs] == [len(b) for b in blobs]
@@ -138,14 +139,14 @@ async def test_a_cancelled_put_leaves_no_visible_object(make_store: StoreFactory
         for t in tasks[::2]:
             t.cancel()
 
-    real_insert = store.engine.catalogue.insert_many
+    real_insert = store.engine.catalogue.insert_early  # every backend up: rows go early
 
     async def put_many_then_cancel(*args: Any) -> list[bool]:
         cancel_half()
         return await put_many(*args)
 
     async def insert_then_cancel(*args: Any) -> None:
-        await real_insert(*args)  # the manifests are committed: the objects were visible
+        await real_insert(*args)  # the manifests are committed: the objects are listed
         cancel_half()
 
     with contextlib.ExitStack() as patches:
@@ -155,7 +156,7 @@ async def test_a_cancelled_put_leaves_no_visible_object(make_store: StoreFactory
         elif when == "writing shares":
             patches.enter_context(mock.patch.object(smallput, "put_many", put_many_then_cancel))
         else:
-            patches.enter_context(mock.patch.object(store.engine.catalogue, "insert_many",
+            patches.enter_context(mock.patch.object(store.engine.catalogue, "insert_early",
                                                     insert_then_cancel))
         results = await asyncio.gather(*tasks, return_exceptions=True)
         await store.small.drain()
