@@ -14,6 +14,7 @@ from unittest import mock
 
 import pytest
 
+import storage.health
 from storage import BackendUnavailable, ObjectRef, Store, smallput
 from storage.backends import put_many
 from storage.smallput import SMALL_PUT_MAX
@@ -126,6 +127,29 @@ async def test_with_too_few_backends_every_object_fails_and_nothing_is_left(
     assert (await store.verify()).orphans == 0
     with pytest.raises(BackendUnavailable, match="could be stored"):
         await store.put(os.urandom(SEG + 1))  # the stream path agrees
+    await store.close()
+
+
+@pytest.mark.parametrize("marked", [2, 6])
+async def test_backends_marked_down_that_still_answer_take_shares_when_too_few_are_up(
+        make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch, marked: int) -> None:
+    """A backend is marked down when it misses a deadline or is cut off after the
+    quorum: on a loaded machine often only slow. With two so marked (the quorum is
+    5 of 6), small puts skipped them and every one failed, "only 4 of 6 shares",
+    until a health probe passed (the soak and imaptest's 50 clients met it); they
+    are tried now, as a single put tries them."""
+    monkeypatch.setattr(storage.health, "PROBE_INTERVAL", 600.0)  # no probe in between
+    store = make_store(segment_size=SEG)
+    names = [b.name for b in store.backends][:marked]
+    for name in names:
+        store.engine.mark_failed(name, "slower than the write quorum")
+    blobs = [os.urandom(300 + i) for i in range(20)]
+    refs = await asyncio.gather(*(store.put(b) for b in blobs))
+    assert all(store.monitor.is_down(name) for name in names)  # still marked all along
+    for ref in refs:
+        placement = (await store.engine.manifest(ref.id)).segments[0].placement
+        assert "" not in placement, placement
+    assert await asyncio.gather(*(store.read(r) for r in refs)) == blobs
     await store.close()
 
 
