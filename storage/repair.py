@@ -278,10 +278,13 @@ async def repair_segment(engine: Engine, m: Manifest, seg: int, healthy: set[str
             new.placement[i] = placed[i]
     if new.placement != entry.placement:
         await engine.catalogue.set_placement(m.id, seg, new)
-        if leaving and await engine.catalogue.info(m.id) is None:  # deleted meanwhile
-            await engine.delete_keys([(placed[i], f"{NS_OBJECT}/{m.id}/{seg}/{i}")
-                                     for i in placed])
-            return 0
+    # deleted while its shares were rebuilt: the delete went by the placement it read,
+    # which had no share where one was written here (or the same backend, before it
+    # was there): left alone, each stays an orphan (the soak found one)
+    if placed and await engine.catalogue.info(m.id) is None:
+        await engine.delete_keys([(placed[i], f"{NS_OBJECT}/{m.id}/{seg}/{i}")
+                                 for i in placed])
+        return 0
     moved = [(entry.placement[i], i) for i in placed if entry.placement[i] not in ("",
                                                                                    placed[i])]
     await engine.delete_keys([(name, f"{NS_OBJECT}/{m.id}/{seg}/{i}") for name, i in moved])

@@ -94,6 +94,31 @@ async def test_repair_refills_a_replaced_empty_backend(make_store: StoreFactory,
     await store.close()
 
 
+async def test_an_object_deleted_while_repair_rebuilds_it_leaves_no_share(
+        make_store: StoreFactory, tmp_path: Path) -> None:
+    """A repair rebuilt a share of an object that was deleted meanwhile: the delete
+    went by the placement before the repair, so the rebuilt share stayed, an
+    orphan every later verify reported (the soak's, session 14). Only a drain
+    checked for that; every repair does now."""
+    store = make_store(segment_size=SEG)
+    ref = await store.put(os.urandom(5000))
+    await store.close()
+    shutil.rmtree(tmp_path / "shards" / "b3")  # a share to rebuild
+    store = make_store(segment_size=SEG)
+    real = store.engine.store_shares
+
+    async def deleted_first(*args: object, **kwargs: object) -> dict[int, str]:
+        await store.delete(ref)  # while the rebuilt share is on its way
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    store.engine.store_shares = deleted_first  # type: ignore[method-assign]
+    await store.repair()
+    store.engine.store_shares = real  # type: ignore[method-assign]
+    report = await store.verify()
+    assert report.orphans == 0 and report.objects_checked == 0, report
+    await store.close()
+
+
 async def test_repair_moves_shares_off_a_dead_backend_to_spare_ones(
         make_store: StoreFactory, tmp_path: Path) -> None:
     specs = local_specs(tmp_path / "shards", count=7)
