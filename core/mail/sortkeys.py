@@ -220,12 +220,12 @@ def _merged(c: sqlite3.Connection, span: tuple[int, int, int], fields: Sequence[
                          span).fetchall()
     finally:
         c.execute("COMMIT")
-    out = columns(msgs, 3)
-    if len(keys) != len(msgs) or columns(keys, 1)[0] != out[0]:  # some not kept yet
+    out, kept = columns(msgs, 3), columns(keys, 2 + len(fields))
+    if kept[0] != out[0]:  # some messages have no kept keys yet: align by uid
         by_uid = {k[0]: k for k in keys}
         none = (None,) * (2 + len(fields))
-        keys = [by_uid.get(uid, none) for uid in out[0]]
-    return out + columns(keys, 2 + len(fields))[1:]
+        kept = columns([by_uid.get(uid, none) for uid in out[0]], 2 + len(fields))
+    return out + kept[1:]
 
 
 def _refs(c: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]) -> dict[int, str]:
