@@ -105,9 +105,14 @@ class Live:
 
     async def keep_all(self) -> None:
         """At a clean stop: keep every loaded index of ``MIN_MESSAGES`` or more."""
-        for idx in list(self.indexes.values()):
-            if not idx.loading and len(idx.uids) >= indexfile.MIN_MESSAGES:
+        for mailbox_id in self.large():
+            if (idx := self.indexes.get(mailbox_id)) is not None:
                 await self.keep(idx)
+
+    def large(self) -> list[int]:
+        """The loaded mailboxes of ``indexfile.MIN_MESSAGES`` or more (kept at a stop)."""
+        return [i.mailbox_id for i in self.indexes.values()
+                if not i.loading and len(i.uids) >= indexfile.MIN_MESSAGES]
 
     def close(self, watch: Watch) -> None:
         """End a subscription. The mailbox's index outlives its last watch for a while.

@@ -2,9 +2,11 @@
 
 Who writes what: ``core.mail.mailboxes`` (mail_mailboxes, mail_users,
 mail_uidvalidity), ``core.mail.messages`` (mail_messages, mail_bodies,
-mail_vanished), ``core.mail.sortkeys`` (mail_sort), ``core.mail.journal`` and
-``core.mail.intake`` (mail_journal), ``core.mail.quarantine``
-(mail_quarantine), ``core.mail.imported`` (mail_imported, its own migration).
+mail_vanished), ``core.mail.sortkeys`` (mail_sort), ``core.mail.keptkeys``
+(mail_sort_kept), ``core.mail.indexfile`` (mail_index_kept),
+``core.mail.journal`` and ``core.mail.intake`` (mail_journal),
+``core.mail.quarantine`` (mail_quarantine), ``core.mail.imported``
+(mail_imported, its own migration).
 """
 
 from __future__ import annotations
@@ -115,6 +117,29 @@ MIGRATIONS = [
         modseqs      BLOB NOT NULL,
         flag_ids     BLOB NOT NULL,
         flag_texts   TEXT NOT NULL
+    );
+    """,
+    # a large mailbox's SORT and THREAD keys, packed by column (core.mail.keptkeys;
+    # valid for the uidvalidity and keys version named, up to last_uid)
+    """
+    CREATE TABLE mail_sort_kept (
+        mailbox        INTEGER PRIMARY KEY,
+        uidvalidity    INTEGER NOT NULL,
+        version        INTEGER NOT NULL,
+        last_uid       INTEGER NOT NULL,
+        uids           BLOB NOT NULL,
+        size           BLOB NOT NULL,
+        internal_date  BLOB NOT NULL,
+        sent           BLOB NOT NULL,
+        reply          BLOB NOT NULL,
+        subject        BLOB NOT NULL,
+        message_id     BLOB NOT NULL,
+        parents        BLOB NOT NULL,
+        from_key       BLOB NOT NULL,
+        to_key         BLOB NOT NULL,
+        cc_key         BLOB NOT NULL,
+        display_from   BLOB NOT NULL,
+        display_to     BLOB NOT NULL
     );
     """,
 ]

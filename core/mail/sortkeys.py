@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from core import gcpause
 from core.db import columns
-from core.mail import addresses
+from core.mail import addresses, keptkeys
 from core.mail.mime import parse_headers, plain_address
 
 if TYPE_CHECKING:
@@ -184,6 +184,7 @@ class KeyColumns:
     size: list[int]
     internal_date: list[float]
     keys: dict[str, list[Any]]  # the asked-for ``SortKeys`` fields
+    unkept: int = 0  # how many were read from rows, not the packed copy (``keptkeys``)
 
     def sent(self) -> list[float]:
         """SORT DATE's key: the sent date, else the internal date (RFC 5256 §2.2)."""
@@ -192,34 +193,43 @@ class KeyColumns:
 
 
 def _read(c: sqlite3.Connection, mailbox_id: int, first: int, last: int,
-          fields: Sequence[str]) -> list[list[Any]]:
+          fields: Sequence[str]) -> tuple[list[list[Any]], int]:
     """Columns uid, size, internal date, keys version, *fields of the range, in uid
-    order (a message without kept keys has version None).
+    order (a message without kept keys has version None), and how many of them
+    came from rows rather than the mailbox's packed copy (``core.mail.keptkeys``).
 
-    Two ordered range scans in one read transaction (one snapshot), merged
-    here: both tables are keyed (mailbox, uid), and scanning each costs about
-    half of SQLite's join, which seeks ``mail_sort`` once per message. The rows
-    are turned into columns and dropped inside the pause: rows returned alive
-    from it (a tuple per message) were all walked by the collector's first
-    pass after it."""
-    span = (mailbox_id, first, last)
+    One read transaction (one snapshot): the packed copy, then the messages
+    after it as two ordered range scans merged here: both tables are keyed
+    (mailbox, uid), and scanning each costs about half of SQLite's join, which
+    seeks ``mail_sort`` once per message. The rows are turned into columns and
+    dropped inside the pause: rows returned alive from it (a tuple per message)
+    were all walked by the collector's first pass after it."""
     with gcpause.paused():  # two rows per message: see ``core.gcpause``
-        return _merged(c, span, fields)
+        c.execute("BEGIN")
+        try:
+            kept = keptkeys.read(c, mailbox_id, first, last, list(fields), KEYS_VERSION)
+            start = first if kept is None else max(first, kept.last_uid + 1)
+            tail = (_merged(c, (mailbox_id, start, last), fields) if start <= last
+                    else [[] for _ in range(4 + len(fields))])
+        finally:
+            c.execute("COMMIT")
+    if kept is None:
+        return tail, len(tail[0])
+    k = kept.columns
+    return [k[0] + tail[0], k[1] + tail[1], k[2] + tail[2],
+            [KEYS_VERSION] * len(k[0]) + tail[3],
+            *(a + b for a, b in zip(k[3:], tail[4:], strict=True))], len(tail[0])
 
 
 def _merged(c: sqlite3.Connection, span: tuple[int, int, int], fields: Sequence[str]
             ) -> list[list[Any]]:
-    c.execute("BEGIN")
-    try:
-        msgs = c.execute("SELECT uid, size, internal_date FROM mail_messages "
-                         "WHERE mailbox = ? AND uid BETWEEN ? AND ? ORDER BY uid",
-                         span).fetchall()
-        cols = "".join(f", {f}" for f in fields)  # names from COLUMNS only (``load``)
-        keys = c.execute(f"SELECT uid, version{cols} FROM mail_sort "  # noqa: S608
-                         "WHERE mailbox = ? AND uid BETWEEN ? AND ? ORDER BY uid",
-                         span).fetchall()
-    finally:
-        c.execute("COMMIT")
+    msgs = c.execute("SELECT uid, size, internal_date FROM mail_messages "
+                     "WHERE mailbox = ? AND uid BETWEEN ? AND ? ORDER BY uid",
+                     span).fetchall()
+    cols = "".join(f", {f}" for f in fields)  # names from COLUMNS only (``load``)
+    keys = c.execute(f"SELECT uid, version{cols} FROM mail_sort "  # noqa: S608
+                     "WHERE mailbox = ? AND uid BETWEEN ? AND ? ORDER BY uid",
+                     span).fetchall()
     out, kept = columns(msgs, 3), columns(keys, 2 + len(fields))
     if kept[0] != out[0]:  # some messages have no kept keys yet: align by uid
         by_uid = {k[0]: k for k in keys}
@@ -278,7 +288,8 @@ def keep_filed(c: sqlite3.Connection, mailbox_id: int, first_uid: int,
 
 async def load(reads: Database, commit: GroupCommit[Any], mailbox_id: int,
                uids: Sequence[int], fields: Collection[str]) -> KeyColumns:
-    """The ``fields`` of the messages ``uids`` (ascending) that still exist.
+    """The ``fields`` of the messages ``uids`` (ascending) that still exist (or
+    that the packed copy holds: a session may still show one expunged since).
 
     One range read on the read thread (``_read``); the keys of messages not
     derived yet (or by an older ``KEYS_VERSION``) are derived from their
@@ -288,8 +299,9 @@ async def load(reads: Database, commit: GroupCommit[Any], mailbox_id: int,
     names = [f for f in COLUMNS if f in fields]
     if not uids:
         return KeyColumns([], [], [], {f: [] for f in names})
-    cols: list[list[Any]] = await reads.run(_read, mailbox_id, uids[0], uids[-1], names)
-    if len(cols[0]) != len(uids):  # a subset (a search's matches): keep those asked for
+    cols, unkept = await reads.run(_read, mailbox_id, uids[0], uids[-1], names)
+    if len(cols[0]) != len(uids) or cols[0] != list(uids):
+        # a subset (a search's matches, or the packed copy's expunged): those asked for
         wanted = set(uids)
         keep = [u in wanted for u in cols[0]]
         cols = [list(itertools.compress(col, keep)) for col in cols]
@@ -311,4 +323,5 @@ async def load(reads: Database, commit: GroupCommit[Any], mailbox_id: int,
                     cols[4 + n][i] = getattr(keys, f)
                 kept.append((found[i], keys))
         await commit.submit(functools.partial(_keep, mailbox_id, kept))
-    return KeyColumns(cols[0], cols[1], cols[2], {f: cols[4 + n] for n, f in enumerate(names)})
+    return KeyColumns(cols[0], cols[1], cols[2], {f: cols[4 + n] for n, f in enumerate(names)},
+                      unkept)

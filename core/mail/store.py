@@ -51,7 +51,7 @@ from core.errors import (
     QuotaExceeded,
     Unavailable,
 )
-from core.mail import indexfile, mime, packs, quarantine, schema, sortkeys
+from core.mail import indexfile, keptkeys, mime, packs, quarantine, schema, sortkeys
 from core.mail.cache import BytesCache, Fixed, MetaCache
 from core.mail.commit import GroupCommit
 from core.mail.index import MailboxIndex, Snapshot
@@ -114,6 +114,7 @@ SPOOL_IN_MEMORY = 1024 * 1024
 DESCRIBE_INLINE = 64 * 1024  # parse on the loop below this size (< 1 ms)
 DESCRIBE_YIELD = 16  # filing lets the sessions run after parsing this many (~0.5 ms)
 MAX_ROWS = 10_000  # remembered mailbox rows (MailStore._open_row)
+KEEP_KEYS_DELAY = 30.0  # s after a SORT that read many rows before packing its keys
 class _CopyRun(NamedTuple):
     """What a COPY/MOVE's transaction did (``MailStore.copy``)."""
 
@@ -148,6 +149,7 @@ class MailStore:
         self._known_users: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._recent_saving: dict[int, int] = {}  # mailbox id -> recent_uid being saved
+        self._keeping_keys: dict[int, asyncio.Task[bool]] = {}  # ``keep_keys`` under way
         self.bodies: BytesCache[str] = BytesCache(max_item=packs.PACK_BYTES)
         self.metas = MetaCache()
         self.live = Live(db, self.metas)  # shared indexes, watches, observers: publishing
@@ -184,6 +186,8 @@ class MailStore:
 
     def shutdown(self) -> None:
         """Close the read connection (``Service.close``; the writer is the service's)."""
+        for task in list(self._keeping_keys.values()):
+            task.cancel()
         self.reads.close()
 
     def attach(self, store: Store) -> None:
@@ -203,8 +207,14 @@ class MailStore:
 
     async def keep_indexes(self) -> None:
         """At a clean stop: keep large mailboxes' loaded indexes on disk, so the
-        first SELECT after the restart reads them packed (``core.mail.indexfile``)."""
+        first SELECT after the restart reads them packed (``core.mail.indexfile``),
+        and their sort keys where many are not packed yet (``keep_keys``)."""
         await self.live.keep_all()
+        for task in list(self._keeping_keys.values()):
+            task.cancel()
+        for mailbox_id in self.live.large():
+            if await self.reads.run(keptkeys.stale, mailbox_id, sortkeys.KEYS_VERSION):
+                await self.keep_keys(mailbox_id)
 
     def _need_store(self) -> Store:
         if self.store is None:
@@ -282,6 +292,7 @@ class MailStore:
             c.execute("DELETE FROM mail_messages WHERE mailbox = ?", (mb.id,))
             c.execute("DELETE FROM mail_sort WHERE mailbox = ?", (mb.id,))
             indexfile.drop(c, mb.id)
+            keptkeys.drop(c, mb.id)
             c.execute("DELETE FROM mail_mailboxes WHERE id = ?", (mb.id,))
             return mb.id, collect_unused(c, refs)
         try:
@@ -318,6 +329,7 @@ class MailStore:
                           (dst.id, src.id))
                 c.execute("UPDATE mail_sort SET mailbox = ? WHERE mailbox = ?",
                           (dst.id, src.id))
+                keptkeys.drop(c, src.id)
                 c.execute("UPDATE mail_mailboxes SET uidnext = ? WHERE id = ?",
                           (src.uidnext, dst.id))
                 modseq = bump_modseq(c, src.id)
@@ -518,7 +530,27 @@ class MailStore:
                         fields: Collection[str]) -> sortkeys.KeyColumns:
         """SORT and THREAD keys (``core.mail.sortkeys``) of the messages ``uids``
         (ascending) that still exist; derived from the header once per message."""
-        return await sortkeys.load(self.reads, self._commit, mailbox_id, uids, fields)
+        found = await sortkeys.load(self.reads, self._commit, mailbox_id, uids, fields)
+        if found.unkept >= keptkeys.REKEEP and mailbox_id not in self._keeping_keys:
+            task = asyncio.create_task(self.keep_keys(mailbox_id, delay=KEEP_KEYS_DELAY))
+            self._keeping_keys[mailbox_id] = task
+            task.add_done_callback(lambda _: self._keeping_keys.pop(mailbox_id, None))
+        return found
+
+    async def keep_keys(self, mailbox_id: int, delay: float = 0.0) -> bool:
+        """Take a packed copy of a mailbox's sort keys (``core.mail.keptkeys``) and
+        store it; whether one was stored. Taken on the read connection after
+        ``delay`` s (not during the session whose SORT asked: taking it reads
+        every row again), written on the writer. A failure is logged: it costs
+        the next SORT a read from rows, nothing else."""
+        try:
+            await asyncio.sleep(delay)
+            packed = await self.reads.run(keptkeys.take, mailbox_id, sortkeys.KEYS_VERSION)
+            return packed is not None and await self.db.run(keptkeys.write, mailbox_id, packed)
+        except Exception as exc:
+            log.warning("could not keep the sort keys of mailbox %d packed: %s",
+                        mailbox_id, exc)
+            return False
 
     def derived(self, mailbox_id: int, key: Hashable) -> Any:
         """A result a front end kept with the mailbox's shared index, or None."""
