@@ -79,7 +79,7 @@ from storage.errors import (
     ObjectNotFound,
     StorageError,
 )
-from storage.health import BackendMonitor, deadline
+from storage.health import STALL_CAP, BackendMonitor, deadline
 from storage.memory import BufferPool, ByteBudget
 from storage.model import BackendHealth, ObjectInfo, check_object_id
 from storage.share import HEADER_BYTES
@@ -97,9 +97,52 @@ INLINE = 256 * 1024  # segments up to this size are coded on the loop: a thread 
 GRACE = 0.3  # seconds the shares beyond the write quorum may lag (at least)
 HEDGE = 0.15  # seconds before a read asks one more backend than it needs
 HEDGE_RATE = 64 * MiB  # ... plus the time a share of that size takes at this rate
+STALL_CHECK = 0.05  # seconds before a call's deadline it looks for a shared stall
 NS_OBJECT = "s"
 NS_BACKUP = "b"
 META_DRAINING = "draining"  # catalogue meta row: the draining backends, as JSON
+
+
+class _Stall:
+    """A call's deadline, stretched while the stall is every backend's (``Engine.call``).
+
+    Checked ``STALL_CHECK`` s before the deadline: when no other backend has
+    answered since the call began while others have calls waiting
+    (``BackendMonitor.stalled_together``), the deadline moves on by its own
+    length, up to ``STALL_CAP`` times itself in all.
+
+    It holds the call's ``asyncio.Timeout`` (which holds the task) and lets go
+    of it when the call ends (``end``), so the call's frame never refers to
+    it. Held by the frame (a closure's cell), it closed a reference cycle
+    through a cancelled write (frame -> timeout -> task -> its exception's
+    traceback -> frame) that kept the write's buffers until the cyclic
+    collector ran: a 2 GiB put's peak memory went from under 640 MiB to
+    650-1,130 MiB (three runs)."""
+
+    __slots__ = ("base", "end_by", "handle", "monitor", "name", "started", "timeout")
+
+    def __init__(self, monitor: BackendMonitor, name: str, started: float,
+                 base: float) -> None:
+        self.monitor, self.name, self.started, self.base = monitor, name, started, base
+        self.timeout: asyncio.Timeout | None = asyncio.timeout(base)
+        when = self.timeout.when()
+        assert when is not None
+        self.end_by = when + (STALL_CAP - 1) * base
+        self.handle = asyncio.get_running_loop().call_at(when - STALL_CHECK, self.check)
+
+    def check(self) -> None:
+        timeout = self.timeout
+        when = None if timeout is None else timeout.when()
+        if timeout is None or when is None or when >= self.end_by:
+            return
+        if self.monitor.stalled_together(self.name, self.started):
+            when = min(when + self.base, self.end_by)
+            timeout.reschedule(when)
+            self.handle = asyncio.get_running_loop().call_at(when - STALL_CHECK, self.check)
+
+    def end(self) -> None:
+        self.handle.cancel()
+        self.timeout = None
 
 
 async def settle_writes(tasks: Iterable[asyncio.Task[T]],
@@ -342,25 +385,36 @@ class Engine:
         """``await op`` on ``backend`` within the deadline for ``size`` bytes.
 
         A miss or a failure marks the backend down (BackendUnavailable); a
-        ``DeleteRefused`` does not (the backend is up, it only refuses)."""
+        ``DeleteRefused`` does not (the backend is up, it only refuses). The
+        deadline stretches, up to ``STALL_CAP`` times, while the stall is every
+        backend's (``BackendMonitor.stalled_together``)."""
         limit = deadline(size)
         started = time.monotonic()
+        monitor = self.monitor
+        monitor.busy[backend.name] = monitor.busy.get(backend.name, 0) + 1
+        stall = _Stall(monitor, backend.name, started, limit)
         try:
-            async with asyncio.timeout(limit):  # no task per call, unlike wait_for
+            assert stall.timeout is not None
+            async with stall.timeout:  # no task per call, unlike wait_for
                 result = await op
-            self.monitor.observed(backend.name, time.monotonic() - started, size)
+            now = monitor.answered[backend.name] = time.monotonic()
+            monitor.observed(backend.name, now - started, size)
             return result
         except asyncio.CancelledError:  # not needed any more (a hedged read): it took
-            self.monitor.observed_at_least(backend.name, time.monotonic() - started, size)
+            monitor.observed_at_least(backend.name, time.monotonic() - started, size)
             raise
         except TimeoutError:
-            self.mark_failed(backend.name, f"no answer in {limit:.1f} s")
-            raise BackendUnavailable(backend.name, f"no answer in {limit:.1f} s") from None
+            waited = time.monotonic() - started
+            self.mark_failed(backend.name, f"no answer in {waited:.1f} s")
+            raise BackendUnavailable(backend.name, f"no answer in {waited:.1f} s") from None
         except DeleteRefused:
             raise
         except BackendUnavailable as exc:
             self.mark_failed(backend.name, exc.detail)
             raise
+        finally:
+            monitor.busy[backend.name] -= 1
+            stall.end()
 
     def placement_order(self, object_id: str) -> list[ShardBackend]:
         """Backends in the order shares 0..n-1 go to; rotated per object to spread load.

@@ -38,6 +38,7 @@ CALL_RATE = 4 * 1024 * 1024  # bytes/s a backend is expected to manage at the le
 HEALTH_LIMIT = 5.0  # seconds any backend's health answer may take
 ASK_DOWN = 0.5  # seconds ``refresh`` waits for a backend that is already down
 SLOW_BY = 0.05  # seconds of extra latency over the typical backend that make one "slow"
+STALL_CAP = 4.0  # a call's deadline stretches to this many times itself in a shared stall
 _EWMA = 0.2  # weight of the newest call in a backend's latency average
 
 
@@ -79,6 +80,8 @@ class BackendMonitor:
         self._probe: asyncio.Task[None] | None = None
         self._closed = False
         self.latency: dict[str, float] = {}  # name -> average seconds per small call
+        self.answered: dict[str, float] = {}  # name -> when a call last answered (``call``)
+        self.busy: dict[str, int] = {}  # name -> its calls under way (``Engine.call``)
 
     # -- latency: a backend that answers, slowly, is asked after the others
 
@@ -95,6 +98,20 @@ class BackendMonitor:
         overhead = max(0.0, seconds - size / (256 * 1024 * 1024))
         if overhead > self.latency.get(name, 0.0):
             self.observed(name, seconds, size)
+
+    def stalled_together(self, name: str, since: float) -> bool:
+        """Whether a call to ``name`` started at ``since`` waits in a stall every
+        backend shares: other backends have calls under way, and none of them has
+        answered any call since then.
+
+        Why: the backends of one machine share its disk and CPU. When an fsync
+        stalls or the machine is overloaded, every backend misses its deadline
+        at once, and marking each down made every put fail ("0 of 6 shares")
+        until a probe passed, for a stall that was no backend's fault. A
+        backend that is slow while the others answer is down as before."""
+        others = [n for n, count in self.busy.items() if count and n != name]
+        return bool(others) and all(self.answered.get(n, 0.0) < since
+                                    for n in self.answered if n != name)
 
     def slow(self, name: str) -> bool:
         """Answers SLOW_BY later than the typical (median) backend does."""

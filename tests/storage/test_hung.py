@@ -286,3 +286,43 @@ async def test_shares_past_their_deadline_that_land_later_leave_nothing_behind(
         maintain.cancel()
         await asyncio.gather(maintain, return_exceptions=True)
         await store.close()
+
+
+async def test_a_stall_every_backend_shares_is_waited_out_within_a_bound(
+        make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stall of the machine (every local backend's disk at once) is no backend's
+    fault: marking all six down made every put fail ("0 of 6 shares") until a probe
+    passed. The deadline stretches while no backend answers, up to ``STALL_CAP``
+    times itself; past that the backends are down, as on a hung machine."""
+    monkeypatch.setattr(storage.engine, "deadline", lambda size: 0.4)
+    store = make_store(segment_size=64 * KiB)
+    await store.put(os.urandom(3000))
+    backends = list(store.engine.by_name.values())
+    locks = [b._wlock for b in backends]  # type: ignore[attr-defined]
+    for lock in locks:  # every writer waits on the disk
+        lock.acquire()
+    try:
+        data = os.urandom(300 * KiB)
+        put = asyncio.create_task(store.put(data))
+        small = asyncio.create_task(store.put(b"small" * 100))
+        await asyncio.sleep(1.0)  # two and a half deadlines
+        assert not put.done() and not small.done() and not store.monitor.down
+    finally:
+        for lock in locks:
+            lock.release()
+    ref, small_ref = await put, await small
+    assert not store.monitor.down
+    assert await store.read(ref) == data and await store.read(small_ref) == b"small" * 100
+
+    for lock in locks:
+        lock.acquire()
+    try:
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable):
+            await store.put(os.urandom(300 * KiB))
+        assert time.monotonic() - started < 0.4 * storage.engine.STALL_CAP + 1.0
+        assert len(store.monitor.down) == len(backends)
+    finally:
+        for lock in locks:
+            lock.release()
+    await store.close()
