@@ -8,8 +8,11 @@ import json
 import logging
 import os
 import resource
+import signal
 import socket
 import ssl
+import time
+import tracemalloc
 import urllib.request
 from collections.abc import Coroutine
 from pathlib import Path
@@ -58,6 +61,8 @@ def run_serve(args: argparse.Namespace) -> int:
     # gets an arena of its own, which the store's threads then share round-robin
     tune_malloc()
     raise_open_files_limit()
+    if os.environ.get("TWIN_TRACEMALLOC"):
+        trace_memory(Path(os.environ["TWIN_TRACEMALLOC"]))
     service = open_service(args)
     conf = service.config
     if args.log_level is None:  # twin.toml, TWIN_LOG_LEVEL or --set log.level=...
@@ -74,6 +79,27 @@ def run_serve(args: argparse.Namespace) -> int:
     finally:
         service.close()
     return 0
+
+
+def trace_memory(directory: Path) -> None:
+    """``TWIN_TRACEMALLOC=DIR``: trace every allocation (where it was made, one
+    frame) and write a snapshot to DIR on each SIGUSR2.
+
+    Why: a soak (``bench/soak.py``) tells that a twin's memory grows, not
+    what holds it; two snapshots an hour apart, compared with
+    ``Snapshot.compare_to``, do. Tracing slows the twin by half or more: for
+    diagnosis, never on by default."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tracemalloc.start(1)
+
+    def dump(signum: int, frame: object) -> None:
+        path = directory / f"snapshot-{os.getpid()}-{int(time.time())}.tracemalloc"
+        tracemalloc.take_snapshot().dump(f"{path}.part")
+        os.replace(f"{path}.part", path)  # whole or absent for whoever reads it
+        log.info("memory snapshot written to %s", path)
+
+    signal.signal(signal.SIGUSR2, dump)
+    log.info("tracing memory allocations (TWIN_TRACEMALLOC): SIGUSR2 writes a snapshot")
 
 
 def run_loop(kind: str, main: Coroutine[Any, Any, None]) -> None:
