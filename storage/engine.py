@@ -416,6 +416,15 @@ class Engine:
             monitor.busy[backend.name] -= 1
             stall.end()
 
+    def enough_up(self, backends: Iterable[ShardBackend], need: int) -> bool:
+        """Whether ``need`` of ``backends`` take writes: only then is a backend marked
+        down passed over by a write (``store_shares``, ``storage.smallput``).
+
+        With fewer it is tried all the same: on a loaded machine "down" is often
+        only "was slower than the quorum", and skipped, two such made every
+        small put fail (5 of 6 needed) until a health probe passed."""
+        return sum(1 for b in backends if not self.monitor.no_writes(b.name)) >= need
+
     def placement_order(self, object_id: str) -> list[ShardBackend]:
         """Backends in the order shares 0..n-1 go to; rotated per object to spread load.
 
@@ -568,14 +577,14 @@ class Engine:
                     return b
             return None
 
-        up = sum(1 for b in targets if not self.monitor.no_writes(b.name))
+        skip_down = early is not None and self.enough_up(targets, early)
         tasks: dict[asyncio.Task[bool], tuple[int, ShardBackend]] = {}
         for i, b in zip(indices, targets, strict=True):
             if self.monitor.no_writes(b.name):
                 other = spare()
                 if other is not None:
                     b = other
-                elif early is not None and up >= early:
+                elif skip_down:
                     continue  # enough backends are up: do not wait on this one
             tasks[asyncio.create_task(one(i, b))] = (i, b)
         placed: dict[int, str] = {}

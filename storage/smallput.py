@@ -206,14 +206,9 @@ class SmallPuts:
             await asyncio.get_running_loop().run_in_executor(engine.cpu, _encode_all, batch,
                                                              engine.master_key)
 
-        # A backend marked down gets no share while enough others are up for the write
-        # quorum. With fewer, it is tried all the same, as a single put does
-        # (``Engine.store_shares``): "down" is often only "was slower than the
-        # quorum" on a loaded machine, and skipped, two such made every small put
-        # fail (5 of 6 needed) until a health probe passed.
-        up = sum(1 for b in engine.backends
-                 if b.name not in engine.draining and not engine.monitor.no_writes(b.name))
-        skip_down = up >= engine.write_quorum
+        # a backend marked down gets no share while enough others are up (``enough_up``)
+        skip_down = engine.enough_up((b for b in engine.backends if b.name not in engine.draining),
+                                     engine.write_quorum)
         first: dict[ShardBackend, builtins.list[tuple[_Object, int]]] = {}
         for o in batch:
             for i, backend in enumerate(engine.placement_order(o.oid)[:n]):
