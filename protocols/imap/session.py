@@ -67,7 +67,7 @@ class Session:
         self.out = bytearray()
         self.flushes = 0  # writes so far: a handler can tell whether its output left yet
         self.closing = False
-        self.commands = commands.load()
+        self.commands = server.commands
         conf = self.service.config
         self.max_literal = conf.int("imap.max_literal")
         self.autologout = conf.int("imap.autologout")
