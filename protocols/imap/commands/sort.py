@@ -95,16 +95,19 @@ def sort_uids(found: KeyColumns, keys: list[SortKey]) -> list[int]:
 def whole_view(sel: Selected, tokens: list[Token], *what: Hashable) -> Hashable | None:
     """The key of a result over the whole mailbox (search program ``ALL``) as this
     session sees it, or None for any other program (its result may depend on the
-    time, ``YOUNGER``, or on more than the view).
+    time, ``YOUNGER``, or on flags).
 
     Why: a client that opens a mailbox sorts or threads all of it, and the next
     session asks again; over 100,000 messages that is most of a new session's
-    time. The view: the session's modseq, its message count and last uid, and
-    the expunges it holds back (``Selected.held``)."""
+    time. The key names the session's message set: its count and last uid,
+    and the expunges it holds back (``Selected.held``). Neither SORT's keys
+    nor THREAD's depend on flags, and the index drops these results whenever
+    messages come or go (``MailboxIndex.apply``), so among the results it
+    holds, sets reached from one another by new messages (a higher last uid)
+    or expunges (a lower count, or more held) never share a key."""
     if len(tokens) != 1 or not isinstance(tokens[0], Atom) or str(tokens[0]).upper() != "ALL":
         return None
-    return (*what, sel.highestmodseq, len(sel.uids), sel.uids[-1] if sel.uids else 0,
-            len(sel.held))
+    return (*what, len(sel.uids), sel.uids[-1] if sel.uids else 0, len(sel.held))
 
 
 async def sorted_matches(s: Session, sel: Selected, tokens: list[Token],

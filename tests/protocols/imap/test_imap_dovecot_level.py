@@ -478,11 +478,15 @@ def test_a_whole_mailbox_thread_and_sort_are_kept_until_it_changes(account: Acco
     mail = account.twin.service.mail
     inbox = account.twin.call(mail.mailbox(account.login, "INBOX"))
     assert len(mail.live.indexes[inbox.id].derived) == 2  # both kept
+    kept = dict(mail.live.indexes[inbox.id].derived)
+    raw.cmd("STORE 1:2 +FLAGS (\\Seen $Read)")  # flags: neither answer depends on them
+    assert mail.live.indexes[inbox.id].derived == kept
     other = Raw(account.port)
     other.login(account)
     other.cmd("EXAMINE INBOX")
     assert other.cmd("THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (1 2)(3)"
     assert other.cmd("SORT (SUBJECT) UTF-8 ALL")[0] == b"* SORT 3 1 2"
+    assert mail.live.indexes[inbox.id].derived == kept  # the same answers, not new ones
     account.deliver(b"Message-ID: <d@k>\r\nReferences: <c@k>\r\nSubject: Re: a\r\n\r\nx\r\n")
     assert not mail.live.indexes[inbox.id].derived  # the change dropped them
     other.cmd("NOOP")
@@ -490,6 +494,12 @@ def test_a_whole_mailbox_thread_and_sort_are_kept_until_it_changes(account: Acco
     assert other.cmd("SORT (SUBJECT) UTF-8 ALL")[0] == b"* SORT 3 4 1 2"
     # a session that has not seen the new message yet keeps its own view's answer
     assert raw.cmd("UID THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (1 2)(3)"
+    raw.cmd("NOOP")
+    assert raw.cmd("THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (1 2)(3 4)"
+    raw.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    raw.cmd("EXPUNGE")  # the set changed: the answers go
+    assert not mail.live.indexes[inbox.id].derived
+    assert raw.cmd("THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (1)(2 3)"
     other.close()
 
 
