@@ -81,23 +81,30 @@ def read(c: sqlite3.Connection, mailbox_id: int, first: int, last: int,
         (mailbox_id, version)).fetchone()
     if row is None:
         return None
-    uids = _unpack(_INT, row[1])
+    try:
+        columns = [_unpack(_INT, row[1]), *(_decode(name, data) for name, data in zip(
+            ("size", "internal_date", *fields), row[2:], strict=True))]
+    except ValueError:  # not what ``take`` wrote (a damaged file): read the rows
+        return None
+    uids = columns[0]
+    if any(len(values) != len(uids) for values in columns):
+        return None
     lo, hi = bisect_left(uids, first), bisect_right(uids, last)
-    whole = lo == 0 and hi == len(uids)
-    out: list[list[Any]] = [uids if whole else uids[lo:hi]]
-    for name, data in zip(("size", "internal_date", *fields), row[2:], strict=True):
-        if name in NUMBERS:
-            values = _unpack(NUMBERS[name], data)
-            if name == "sent":
-                values = [None if math.isnan(v) else v for v in values]
-        elif name in FLAGS:
-            values = list(map(bool, data))
-        else:
-            values = json.loads(data)
-        if len(values) != len(uids):
-            return None  # not what was written: read the rows
-        out.append(values if whole else values[lo:hi])
-    return Kept(out, int(row[0]))
+    if lo > 0 or hi < len(uids):
+        columns = [values[lo:hi] for values in columns]
+    return Kept(columns, int(row[0]))
+
+
+def _decode(name: str, data: bytes) -> list[Any]:
+    if name in NUMBERS:
+        values = _unpack(NUMBERS[name], data)
+        return [None if math.isnan(v) else v for v in values] if name == "sent" else values
+    if name in FLAGS:
+        return list(map(bool, data))
+    values = json.loads(data)
+    if not isinstance(values, list):
+        raise ValueError(f"{name} is not a list")
+    return values
 
 
 @dataclass
@@ -107,7 +114,6 @@ class Packed:
     uidvalidity: int
     version: int
     last_uid: int
-    count: int
     columns: dict[str, bytes]  # "uids" and every name in _STORED
 
 
@@ -159,7 +165,7 @@ def take(c: sqlite3.Connection, mailbox_id: int, version: int) -> Packed | None:
         packed[name] = values.tobytes()
     for name, parts in texts.items():
         packed[name] = ("[" + ",".join(p for p in parts if p) + "]").encode()
-    return Packed(mb[0], version, after, count, packed)
+    return Packed(mb[0], version, after, packed)
 
 
 def write(c: sqlite3.Connection, mailbox_id: int, packed: Packed) -> bool:

@@ -115,6 +115,8 @@ DESCRIBE_INLINE = 64 * 1024  # parse on the loop below this size (< 1 ms)
 DESCRIBE_YIELD = 16  # filing lets the sessions run after parsing this many (~0.5 ms)
 MAX_ROWS = 10_000  # remembered mailbox rows (MailStore._open_row)
 KEEP_KEYS_DELAY = 30.0  # s after a SORT that read many rows before packing its keys
+
+
 class _CopyRun(NamedTuple):
     """What a COPY/MOVE's transaction did (``MailStore.copy``)."""
 

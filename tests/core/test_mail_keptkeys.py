@@ -103,6 +103,13 @@ async def test_a_copy_of_another_uidvalidity_or_version_is_not_used(
     monkeypatch.setattr(sortkeys, "KEYS_VERSION", version)
 
     assert await svc.mail.keep_keys(mb.id) is False  # rows of another version: no copy
+    await svc.db.run(lambda c: c.execute("UPDATE mail_sort_kept SET version = ?",
+                                         (version,)).close())
+    for damage in ("uids = substr(uids, 1, 7)", "subject = X'7b'", "reply = X'01'"):
+        await svc.db.run(lambda c, d=damage: c.execute(
+            f"UPDATE mail_sort_kept SET {d}").close())  # a damaged copy: the rows
+        got = await svc.mail.sort_keys(mb.id, uids, ["subject", "reply"])
+        assert got.unkept == len(uids) and got.keys["subject"][0] == "PLAIN", damage
     await svc.db.run(lambda c: c.execute(
         "UPDATE mail_sort_kept SET uidvalidity = uidvalidity + 1").close())
     assert (await svc.mail.sort_keys(mb.id, uids, ["subject"])).unkept == len(uids)
