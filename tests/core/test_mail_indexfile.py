@@ -114,3 +114,15 @@ async def test_a_load_from_rows_keeps_a_copy_for_the_next_start(
             break
         await svc.mail.live.index(mb.id)
     assert (await _load(svc, mb.id))[:2] == (True, uids)
+
+
+async def test_a_damaged_copy_is_read_from_the_rows(service: tuple[Service, str]) -> None:
+    svc, login = service
+    uids = await _fill(svc, login, 4)
+    mb = await svc.mail.mailbox(login, "INBOX")
+    assert await svc.mail.live.keep(await svc.mail.live.index(mb.id)) is True
+    assert (await _load(svc, mb.id))[:2] == (True, uids)
+    for damage in ("uids = X'00'", "modseqs = substr(modseqs, 1, 5)", "flag_texts = '{'"):
+        await svc.db.run(lambda c, d=damage: c.execute(
+            f"UPDATE mail_index_kept SET {d}").close())
+        assert (await _load(svc, mb.id))[:2] == (False, uids), damage
