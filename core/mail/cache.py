@@ -29,13 +29,23 @@ from core.mail.mime import Part
 K = TypeVar("K", bound=Hashable)
 
 
+ENTRY_BYTES = 200  # what an entry holds besides its value: key, bytes header, dict node
+
+
 class BytesCache(Generic[K]):
     """Values of at most ``max_item`` bytes, ``max_bytes`` in all, least recently
-    used first out."""
+    used first out.
 
-    def __init__(self, max_bytes: int = 16 * 1024 * 1024, max_item: int = 64 * 1024) -> None:
+    Each entry is charged ``entry_bytes`` on top of its value: IMAP's header
+    fields are ~80-byte values under ~120 bytes of key and node, and charged
+    by their values alone they held about twice their bound (a soak's
+    tracemalloc: 3.8 MiB held for 1.2 MiB charged, still growing)."""
+
+    def __init__(self, max_bytes: int = 16 * 1024 * 1024, max_item: int = 64 * 1024,
+                 entry_bytes: int = ENTRY_BYTES) -> None:
         self.max_bytes = max_bytes
         self.max_item = max_item
+        self.entry_bytes = entry_bytes
         self.size = 0
         self._items: OrderedDict[K, bytes] = OrderedDict()
 
@@ -49,15 +59,15 @@ class BytesCache(Generic[K]):
         if len(data) > self.max_item or self.max_bytes <= 0 or ref in self._items:
             return
         self._items[ref] = data
-        self.size += len(data)
+        self.size += len(data) + self.entry_bytes
         while self.size > self.max_bytes:
             _, old = self._items.popitem(last=False)
-            self.size -= len(old)
+            self.size -= len(old) + self.entry_bytes
 
     def drop(self, ref: K) -> None:
         data = self._items.pop(ref, None)
         if data is not None:
-            self.size -= len(data)
+            self.size -= len(data) + self.entry_bytes
 
     def __len__(self) -> int:
         return len(self._items)

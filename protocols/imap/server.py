@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from core.service import Service
 
 log = logging.getLogger("twin.imap")
-HEADER_FIELDS_BYTES = 4 * 1024 * 1024  # about 10,000 messages' listing fields
+HEADER_FIELDS_BYTES = 4 * 1024 * 1024  # about 7,000 messages' listing fields, all told
 FieldsKey = tuple[str, int]  # (fetch.fields_view, uid)
 
 
