@@ -119,10 +119,6 @@ MIGRATIONS = [
         flag_texts   TEXT NOT NULL
     );
     """,
-    # core.mail.indexfile's columns are compressed now: copies in the old form go
-    """
-    DELETE FROM mail_index_kept;
-    """,
     # a large mailbox's SORT and THREAD keys, packed by column (core.mail.keptkeys;
     # valid for the uidvalidity and keys version named, up to last_uid)
     """
@@ -145,6 +141,10 @@ MIGRATIONS = [
         display_from   BLOB NOT NULL,
         display_to     BLOB NOT NULL
     );
+    """,
+    # core.mail.indexfile's columns are compressed now: copies in the old form go
+    """
+    DELETE FROM mail_index_kept;
     """,
 ]
 GARBAGE = "mail_garbage"
