@@ -4,9 +4,8 @@ Why: the first session after a restart loads a mailbox's uid/flags/modseq
 columns (``messages.load_index``). For 100,000 messages that is ~0.15-0.3 s,
 almost all of it SQLite stepping rows and Python building a tuple per row;
 Dovecot answers the same SELECT from its index file in milliseconds. Packed
-columns (``array`` bytes: uids and modseqs as differences, and per message
-the number of its distinct flag set; each compressed, ``_pack``) are read
-back as three values and unpacked at C speed.
+columns (``array`` bytes: uids and modseqs, and per message the number of its
+distinct flag set) are read back as three values and unpacked at C speed.
 
 When it may be used: a kept copy names the mailbox's uidvalidity, uidnext and
 highest modseq it was taken at. Every change to a mailbox's messages moves at
@@ -25,11 +24,9 @@ read the rows, so a crash later costs only one slow load.
 
 from __future__ import annotations
 
-import itertools
 import json
 import sqlite3
 import sys
-import zlib
 from array import array
 from dataclasses import dataclass
 
@@ -70,28 +67,19 @@ class Packed:
     flag_texts: str
 
 
-def _pack(kind: str, values: list[int], deltas: bool = False) -> bytes:
-    """``values`` as array bytes (``deltas``: each one's difference from the one
-    before), compressed.
-
-    Why compressed: 100,000 uids and modseqs raw are 1.6 MB, which SQLite
-    reads as ~400 overflow pages, one read each: 12-26 ms of a cold SELECT
-    waited on the disk for them. Their differences are mostly 1 and a flag
-    set's number mostly repeats, so compressed they are a few KB (0.4 ms)."""
-    if deltas:
-        values = values[:1] + [b - a for a, b in itertools.pairwise(values)]
+def _pack(kind: str, values: list[int]) -> bytes:
     packed = array(kind, values)
     if sys.byteorder == "big":
         packed.byteswap()
-    return zlib.compress(packed.tobytes(), 1)
+    return packed.tobytes()
 
 
-def _unpack(kind: str, data: bytes, deltas: bool = False) -> list[int]:
+def _unpack(kind: str, data: bytes) -> array[int]:
     values = array(kind)
-    values.frombytes(zlib.decompress(data))
+    values.frombytes(data)
     if sys.byteorder == "big":
         values.byteswap()
-    return list(itertools.accumulate(values)) if deltas else values.tolist()
+    return values
 
 
 def pack(columns: Columns) -> Packed | None:
@@ -102,8 +90,7 @@ def pack(columns: Columns) -> Packed | None:
         return None
     return Packed(columns.uidvalidity, columns.uidnext, columns.modseq, len(columns.uids),
                   columns.uids[-1] if columns.uids else 0, sum(columns.modseqs),
-                  _pack(_INT, columns.uids, deltas=True),
-                  _pack(_INT, columns.modseqs, deltas=True),
+                  _pack(_INT, columns.uids), _pack(_INT, columns.modseqs),
                   _pack(_FLAG_ID, ids), json.dumps([flags_text(f) for f in numbers]))
 
 
@@ -145,10 +132,10 @@ def load(c: sqlite3.Connection, mailbox_id: int, uidvalidity: int, uidnext: int,
         return None
     try:
         sets = [flags_set(t) for t in json.loads(row[3])]
-        uids = _unpack(_INT, row[0], deltas=True)
-        modseqs = _unpack(_INT, row[1], deltas=True)
+        uids = _unpack(_INT, row[0]).tolist()
+        modseqs = _unpack(_INT, row[1]).tolist()
         ids = _unpack(_FLAG_ID, row[2])
-    except (ValueError, zlib.error):  # not what ``pack`` wrote: load the rows
+    except ValueError:  # not what ``pack`` wrote: load the rows
         return None
     if not len(uids) == len(modseqs) == len(ids):
         return None

@@ -142,10 +142,6 @@ MIGRATIONS = [
         display_to     BLOB NOT NULL
     );
     """,
-    # core.mail.indexfile's columns are compressed now: copies in the old form go
-    """
-    DELETE FROM mail_index_kept;
-    """,
 ]
 GARBAGE = "mail_garbage"
 

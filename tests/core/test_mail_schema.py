@@ -2,9 +2,9 @@
 
 A database records only how many migrations it ran (``Database.migrate``), so
 editing, removing or reordering one that has run anywhere breaks that
-database at its next start: inserting the index-compression step before the
-packed-keys table made every twin that had the table fail to open its
-database ("table mail_sort_kept already exists"; a soak's `twin send` runs).
+database at its next start: a migration inserted before the packed-keys
+table made every twin that had the table fail to open its database ("table
+mail_sort_kept already exists"; a soak's `twin send` runs, during development).
 A new migration goes at the end, and its fingerprint is added here.
 """
 
@@ -18,7 +18,6 @@ RELEASED = [
     "d3a12e743d3f30cd", "d05ad93183500fa9", "89be09d26bf101ae", "8ed8e6dc41848302",
     "0d3142c2013075fb", "2c09991fe945452b", "2358586c208f2557",
     "7d5991dcd808e8e5",  # mail_sort_kept (core.mail.keptkeys)
-    "17cd8edacaec7266",  # indexfile's columns compressed: old copies dropped
 ]
 
 
