@@ -134,13 +134,12 @@ def load(c: sqlite3.Connection, mailbox_id: int, uidvalidity: int, uidnext: int,
         sets = [flags_set(t) for t in json.loads(row[3])]
         uids = _unpack(_INT, row[0]).tolist()
         modseqs = _unpack(_INT, row[1]).tolist()
-        ids = _unpack(_FLAG_ID, row[2])
-    except ValueError:  # not what ``pack`` wrote: load the rows
+        flags = list(map(sets.__getitem__, _unpack(_FLAG_ID, row[2])))
+    except (ValueError, IndexError, TypeError, AttributeError):  # not what ``pack`` wrote
         return None
-    if not len(uids) == len(modseqs) == len(ids):
+    if not len(uids) == len(modseqs) == len(flags):
         return None
-    return Columns(uidvalidity, uidnext, modseq, uids, list(map(sets.__getitem__, ids)),
-                   modseqs)
+    return Columns(uidvalidity, uidnext, modseq, uids, flags, modseqs)
 
 
 def drop(c: sqlite3.Connection, mailbox_id: int) -> None:

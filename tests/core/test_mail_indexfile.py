@@ -122,7 +122,8 @@ async def test_a_damaged_copy_is_read_from_the_rows(service: tuple[Service, str]
     mb = await svc.mail.mailbox(login, "INBOX")
     assert await svc.mail.live.keep(await svc.mail.live.index(mb.id)) is True
     assert (await _load(svc, mb.id))[:2] == (True, uids)
-    for damage in ("uids = X'00'", "modseqs = substr(modseqs, 1, 5)", "flag_texts = '{'"):
+    for damage in ("uids = X'00'", "modseqs = substr(modseqs, 1, 5)", "flag_texts = '{'",
+                   "flag_texts = '[]'", "flag_texts = '[1]'"):
         await svc.db.run(lambda c, d=damage: c.execute(
             f"UPDATE mail_index_kept SET {d}").close())
         assert (await _load(svc, mb.id))[:2] == (False, uids), damage
