@@ -104,12 +104,13 @@ META_DRAINING = "draining"  # catalogue meta row: the draining backends, as JSON
 
 
 class _Stall:
-    """A call's deadline, stretched while the stall is every backend's (``Engine.call``).
+    """A call's deadline, stretched while the wait is not its backend's fault (``Engine.call``).
 
-    Checked ``STALL_CHECK`` s before the deadline: when no other backend has
-    answered since the call began while others have calls waiting
-    (``BackendMonitor.stalled_together``), the deadline moves on by its own
-    length, up to ``STALL_CAP`` times itself in all.
+    Checked ``STALL_CHECK`` s before the deadline: when its backend has answered
+    other calls since this one began (``BackendMonitor.answering``: the call waits
+    its turn in a queue), or no other backend has answered since then while others
+    have calls waiting (``BackendMonitor.stalled_together``: the machine stalls),
+    the deadline moves on by its own length, up to ``STALL_CAP`` times itself in all.
 
     It holds the call's ``asyncio.Timeout`` (which holds the task) and lets go
     of it when the call ends (``end``), so the call's frame never refers to
@@ -135,7 +136,9 @@ class _Stall:
         when = None if timeout is None else timeout.when()
         if timeout is None or when is None or when >= self.end_by:
             return
-        if self.monitor.stalled_together(self.name, self.started):
+        monitor = self.monitor
+        if (monitor.answering(self.name, self.started)
+                or monitor.stalled_together(self.name, self.started)):
             when = min(when + self.base, self.end_by)
             timeout.reschedule(when)
             self.handle = asyncio.get_running_loop().call_at(when - STALL_CHECK, self.check)
@@ -386,8 +389,9 @@ class Engine:
 
         A miss or a failure marks the backend down (BackendUnavailable); a
         ``DeleteRefused`` does not (the backend is up, it only refuses). The
-        deadline stretches, up to ``STALL_CAP`` times, while the stall is every
-        backend's (``BackendMonitor.stalled_together``)."""
+        deadline stretches, up to ``STALL_CAP`` times, while the call waits its
+        turn behind others the backend answers, or the stall is every backend's
+        (``_Stall``)."""
         limit = deadline(size)
         started = time.monotonic()
         monitor = self.monitor
