@@ -59,6 +59,7 @@ class Loaded:
     flags: list[frozenset[str]]
     modseqs: list[int]
     from_disk: bool = False  # read from ``core.mail.indexfile``, not from the rows
+    flag_sets: list[frozenset[str]] | None = None  # the distinct sets in ``flags``, if known
 
 
 @dataclass
@@ -122,7 +123,7 @@ class MailboxIndex:
         # a load holds one object per distinct set already: intern those, and copy
         # the column only if one of them was interned as another (100,000 calls
         # to ``intern`` were a third of a cold SELECT's fill)
-        distinct = set(data.flags)
+        distinct = set(data.flags if data.flag_sets is None else data.flag_sets)
         canonical = {f: self.intern(f) for f in distinct}
         self.flags = data.flags if all(canonical[f] is f for f in distinct) \
             else [canonical[f] for f in data.flags]

@@ -37,7 +37,7 @@ def load_index(c: sqlite3.Connection, mailbox_id: int) -> Loaded:
     kept = indexfile.load(c, mailbox_id, row[0], row[1], row[2])
     if kept is not None:
         return Loaded(row[0], row[1], row[2], row[3], kept.uids, kept.flags, kept.modseqs,
-                      from_disk=True)
+                      from_disk=True, flag_sets=kept.flag_sets)
     rows = c.execute("SELECT uid, flags, modseq FROM mail_messages WHERE mailbox = ? "
                      "ORDER BY uid", (mailbox_id,)).fetchall()
     uids: list[int] = []
