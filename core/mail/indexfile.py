@@ -38,7 +38,6 @@ import json
 import operator
 import sqlite3
 import struct
-import sys
 import zlib
 from array import array
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from itertools import compress, count
 from typing import TypeAlias
 
 from core.db import transaction
+from core.mail import packing
 from core.mail.model import flags_set, flags_text
 
 MIN_MESSAGES = 5000  # smaller mailboxes load from their rows in a few milliseconds
@@ -87,18 +87,11 @@ class Packed:
 
 
 def _pack(kind: str, values: list[int]) -> bytes:
-    packed = array(kind, values)
-    if sys.byteorder == "big":
-        packed.byteswap()
-    return packed.tobytes()
+    return packing.to_bytes(array(kind, values))
 
 
 def _unpack(kind: str, data: bytes) -> array[int]:
-    values = array(kind)
-    values.frombytes(data)
-    if sys.byteorder == "big":
-        values.byteswap()
-    return values
+    return packing.from_bytes(kind, data)
 
 
 def _runs(values: list[int], step: int, most: int) -> tuple[list[int], list[int]] | None:

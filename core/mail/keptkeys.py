@@ -31,13 +31,13 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-import sys
 from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Any
 
 from core.db import transaction
+from core.mail import packing
 
 MIN_MESSAGES = 5000  # smaller mailboxes read their rows in a few milliseconds
 REKEEP = 2000  # messages read from rows (the tail) that make a new copy worth taking
@@ -61,11 +61,7 @@ class Kept:
 
 
 def _unpack(kind: str, data: bytes) -> list[Any]:
-    values = array(kind)
-    values.frombytes(data)
-    if sys.byteorder == "big":
-        values.byteswap()
-    return values.tolist()
+    return packing.from_bytes(kind, data).tolist()
 
 
 def read(c: sqlite3.Connection, mailbox_id: int, first: int, last: int,
@@ -160,9 +156,7 @@ def take(c: sqlite3.Connection, mailbox_id: int, version: int) -> Packed | None:
         return None
     packed: dict[str, bytes] = {"reply": bytes(flags)}
     for name, values in numbers.items():
-        if sys.byteorder == "big":
-            values.byteswap()
-        packed[name] = values.tobytes()
+        packed[name] = packing.to_bytes(values)
     for name, parts in texts.items():
         packed[name] = ("[" + ",".join(p for p in parts if p) + "]").encode()
     return Packed(mb[0], version, after, packed)
