@@ -51,6 +51,11 @@ KEY_FIELDS = ("sent", "reply", *TEXTS)  # = sortkeys.COLUMNS, as a set (checked 
 _STORED = ("size", "internal_date", *KEY_FIELDS)
 
 
+# a mailbox's copy, if one is usable: of its UIDVALIDITY now and the keys version asked
+_USABLE = ("FROM mail_sort_kept k JOIN mail_mailboxes m ON m.id = k.mailbox "
+           "WHERE k.mailbox = ? AND k.uidvalidity = m.uidvalidity AND k.version = ?")
+
+
 @dataclass
 class Kept:
     """What a read found: the columns uid, size, internal date, *fields for the uids
@@ -71,9 +76,7 @@ def read(c: sqlite3.Connection, mailbox_id: int, first: int, last: int,
     transaction, so the tail it reads after is of the same snapshot."""
     cols = "".join(f", k.{f}" for f in fields)
     row = c.execute(
-        f"SELECT k.last_uid, k.uids, k.size, k.internal_date{cols} "  # noqa: S608 - names from KEY_FIELDS
-        "FROM mail_sort_kept k JOIN mail_mailboxes m ON m.id = k.mailbox "
-        "WHERE k.mailbox = ? AND k.uidvalidity = m.uidvalidity AND k.version = ?",
+        f"SELECT k.last_uid, k.uids, k.size, k.internal_date{cols} {_USABLE}",
         (mailbox_id, version)).fetchone()
     if row is None:
         return None
@@ -181,10 +184,7 @@ def write(c: sqlite3.Connection, mailbox_id: int, packed: Packed) -> bool:
 def stale(c: sqlite3.Connection, mailbox_id: int, version: int) -> bool:
     """Whether a new copy is worth taking: none is usable, or ``REKEEP`` messages or
     more came after it."""
-    row = c.execute("SELECT k.last_uid FROM mail_sort_kept k JOIN mail_mailboxes m "
-                    "ON m.id = k.mailbox WHERE k.mailbox = ? AND "
-                    "k.uidvalidity = m.uidvalidity AND k.version = ?",
-                    (mailbox_id, version)).fetchone()
+    row = c.execute(f"SELECT k.last_uid {_USABLE}", (mailbox_id, version)).fetchone()
     return row is None or c.execute(
         "SELECT count(*) FROM mail_messages WHERE mailbox = ? AND uid > ?",
         (mailbox_id, row[0])).fetchone()[0] >= REKEEP
