@@ -337,6 +337,8 @@ class Service:
             await self.mail.start_intake(self.data_dir / JOURNAL_DIR,
                                          self.identity.derive_key("journal"),
                                          self.config.int("mail.journal_backlog"))
+            if self.config.bool("mail.warm_indexes"):  # those kept at the last stop
+                self.spawn(self.mail.warm_indexes(), "warm-indexes")
             interval = self.config.int("storage.backup_interval")
             if interval:  # twin.db and the catalogue, into the dispersed store
                 self.spawn(backup.backup_loop(self.db, store, interval), "backup")

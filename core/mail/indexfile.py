@@ -27,9 +27,11 @@ written only after the writer checked it against the rows themselves
 (count, last uid, sum of modseqs), so an index that had somehow drifted from
 the database is not made to outlive the process.
 
-When it is written (``MailStore.save_indexes``, ``Live.index``): for mailboxes
+When it is written (``MailStore.keep_indexes``, ``Live.index``): for mailboxes
 of at least ``MIN_MESSAGES``, at a clean stop, and after a load that had to
-read the rows, so a crash later costs only one slow load.
+read the rows, so a crash later costs only one slow load. When it is read:
+by the first ``open`` of its mailbox, or before that by ``Live.warm`` just
+after a start.
 """
 
 from __future__ import annotations
@@ -215,6 +217,16 @@ def load(c: sqlite3.Connection, mailbox_id: int, uidvalidity: int, uidnext: int,
     except (ValueError, IndexError, TypeError, AttributeError, zlib.error, struct.error):
         return None  # not what ``pack`` wrote (an older form included): the rows are read
     return Columns(uidvalidity, uidnext, modseq, uids, flags, modseqs, sets)
+
+
+def usable(c: sqlite3.Connection) -> list[int]:
+    """The mailboxes whose copy is exact for them now, INBOXes first (``Live.warm``).
+    Their sizes are not asked: counting a large mailbox's rows after a start reads
+    its index pages from the disk, longer than loading the copy."""
+    return [int(r[0]) for r in c.execute(
+        "SELECT k.mailbox FROM mail_index_kept k JOIN mail_mailboxes m ON m.id = k.mailbox "
+        "WHERE k.uidvalidity = m.uidvalidity AND k.uidnext = m.uidnext "
+        "AND k.modseq = m.modseq ORDER BY m.name = 'INBOX' DESC, k.mailbox")]
 
 
 def drop(c: sqlite3.Connection, mailbox_id: int) -> None:

@@ -207,6 +207,11 @@ class MailStore:
             await self.intake.stop()
             self.intake = None
 
+    async def warm_indexes(self) -> None:
+        """Just after a start: load the large mailboxes' indexes kept at the last
+        stop, before their first SELECT asks (``Live.warm``)."""
+        await self.live.warm()
+
     async def keep_indexes(self) -> None:
         """At a clean stop: keep large mailboxes' loaded indexes on disk, so the
         first SELECT after the restart reads them packed (``core.mail.indexfile``),

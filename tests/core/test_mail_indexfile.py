@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import pytest
 
-from core.mail import indexfile, schema
+from core.mail import indexfile, live, schema
 from core.mail.messages import load_index
 from core.service import Service
 
@@ -200,3 +200,38 @@ def test_runs_that_do_not_add_up_are_not_used() -> None:
         assert indexfile.load(c, 1, 1, 2, 3) is None
     _store(c, packed)
     assert indexfile.load(c, 1, 1, 2, 3) is not None
+
+
+async def test_a_start_warms_the_kept_indexes_within_the_idle_budget(
+        service: tuple[Service, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a restart the indexes kept at the stop are loaded before any SELECT
+    (INBOX first), as idle indexes within the budget; a copy that is no longer
+    exact is not loaded (that would read every row)."""
+    svc, login = service
+    await _fill(svc, login, 5)
+    await svc.mail.create_mailbox(login, "Big")
+    for k in range(4):
+        await svc.mail.append(login, "Big", b"Subject: %d\r\n\r\nx\r\n" % k)
+    await svc.mail.create_mailbox(login, "Changed")
+    for k in range(3):
+        await svc.mail.append(login, "Changed", b"Subject: %d\r\n\r\nx\r\n" % k)
+    ids = {name: (await svc.mail.mailbox(login, name)).id for name in ("INBOX", "Big", "Changed")}
+    for mailbox_id in ids.values():
+        await svc.mail.live.index(mailbox_id)
+    await svc.mail.keep_indexes()
+    await svc.mail.append(login, "Changed", b"Subject: late\r\n\r\nx\r\n")  # its copy is stale
+
+    await _restart_view(svc)
+    monkeypatch.setattr(live, "IDLE_INDEX_MESSAGES", 6)  # room for INBOX (5), not for Big too
+    assert await svc.mail.live.warm() == 1
+    assert set(svc.mail.live.indexes) == {ids["INBOX"]} == set(svc.mail.live.idle)
+    assert svc.mail.live.idle_messages == 5
+
+    await _restart_view(svc)
+    monkeypatch.setattr(live, "IDLE_INDEX_MESSAGES", 100)
+    assert await svc.mail.live.warm() == 2
+    assert set(svc.mail.live.indexes) == {ids["INBOX"], ids["Big"]}
+    snap, watch = await svc.mail.open(login, "Big", read_only=True)
+    assert len(snap.uids) == 4 and ids["Big"] not in svc.mail.live.idle
+    svc.mail.close(watch)
+    assert svc.mail.live.idle_messages == 9
