@@ -338,21 +338,21 @@ async def test_reads_waiting_their_turn_behind_others_do_not_mark_backends_down(
     failed with "2 of 4 needed" (stop 34's CI). A call whose backend answers others
     meanwhile is waiting its turn: its deadline stretches, up to ``STALL_CAP``."""
     store = make_store(segment_size=64 * KiB)
-    refs = [await store.put(os.urandom(3000 + i)) for i in range(40)]
-    monkeypatch.setattr(storage.engine, "deadline", lambda size: 0.5)
+    refs = [await store.put(os.urandom(3000 + i)) for i in range(60)]
+    monkeypatch.setattr(storage.engine, "deadline", lambda size: 0.6)
     one_at_a_time = threading.Lock()
     for backend in store.engine.by_name.values():
         read = backend._read  # type: ignore[attr-defined]
 
         def queued(key: str, read: Callable[[str], bytes | None] = read) -> bytes | None:
-            with one_at_a_time:  # every share read waits its turn: 160-240 of 3 ms each
+            with one_at_a_time:  # every share read waits its turn: 240-360 of 3 ms each
                 time.sleep(0.003)
                 return read(key)
         monkeypatch.setattr(backend, "_read", queued)
     started = time.monotonic()
     got = await asyncio.gather(*(store.read(ref) for ref in refs))
     took = time.monotonic() - started
-    assert [len(g) for g in got] == [3000 + i for i in range(40)]
-    assert took > 0.5, f"the reads never waited past a deadline ({took:.2f} s): no test"
+    assert [len(g) for g in got] == [3000 + i for i in range(60)]
+    assert took > 0.6, f"the reads never waited past a deadline ({took:.2f} s): no test"
     assert not store.monitor.down
     await store.close()
