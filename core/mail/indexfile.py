@@ -129,10 +129,10 @@ def _unpack_column(kind: str, data: bytes) -> Column:
     on anything else."""
     if data[:1] == _RUNS:
         body = zlib.decompress(data[1:])
-        (count,) = _RUN_COUNT.unpack_from(body)
-        split = _RUN_COUNT.size + count * array(kind).itemsize
+        (runs,) = _RUN_COUNT.unpack_from(body)
+        split = _RUN_COUNT.size + runs * array(kind).itemsize
         firsts, lengths = _unpack(kind, body[_RUN_COUNT.size:split]), _unpack(_INT, body[split:])
-        if not len(firsts) == len(lengths) == count or min(lengths, default=1) < 1:
+        if not len(firsts) == len(lengths) == runs or min(lengths, default=1) < 1:
             raise ValueError("runs do not match their count")
         return firsts.tolist(), lengths.tolist()
     if data[:1] == _ARRAY:
