@@ -300,7 +300,7 @@ async def load(reads: Database, commit: GroupCommit[Any], mailbox_id: int,
     if not uids:
         return KeyColumns([], [], [], {f: [] for f in names})
     cols, unkept = await reads.run(_read, mailbox_id, uids[0], uids[-1], names)
-    if len(cols[0]) != len(uids) or cols[0] != list(uids):
+    if len(cols[0]) != len(uids) or cols[0] != (uids if isinstance(uids, list) else list(uids)):
         # a subset (a search's matches, or the packed copy's expunged): those asked for
         wanted = set(uids)
         keep = [u in wanted for u in cols[0]]
