@@ -8,17 +8,23 @@ its rows is never kept.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import struct
+import time
 import zlib
 from array import array
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from core.mail import indexfile, live, schema
 from core.mail.messages import load_index
 from core.service import Service
+from tests.protocols.smtp.helpers import make_twin_dir
+from tests.twins import PORT_ZERO
 
 
 @pytest.fixture(autouse=True)
@@ -235,3 +241,34 @@ async def test_a_start_warms_the_kept_indexes_within_the_idle_budget(
     assert len(snap.uids) == 4 and ids["Big"] not in svc.mail.live.idle
     svc.mail.close(watch)
     assert svc.mail.live.idle_messages == 9
+
+
+@pytest.mark.parametrize("warm", [True, False])
+async def test_a_restarted_twin_has_its_inbox_index_before_any_session(
+        tmp_path: Path, warm: bool) -> None:
+    """The whole path: a clean stop keeps the index, the next ``Service.start``
+    loads it with no session asking, unless ``mail.warm_indexes`` is off."""
+    info = make_twin_dir(tmp_path, "alice")
+    sets: dict[str, Any] = {k: "0" for k in PORT_ZERO}
+    sets.update({"smtp.verify_dns": "false", "mail.warm_indexes": str(warm).lower()})
+    service = Service.open(tmp_path / "alice", sets)
+    await service.start()
+    try:
+        await _fill(service, info["login"], 4)
+        inbox = (await service.mail.mailbox(info["login"], "INBOX")).id
+        await service.mail.live.index(inbox)
+    finally:
+        await service.stop()  # keeps the index of INBOX (MIN_MESSAGES is 3 here)
+        service.close()
+    service = Service.open(tmp_path / "alice", sets)
+    await service.start()
+    try:
+        deadline = time.monotonic() + (10 if warm else 1)
+        while inbox not in service.mail.live.indexes and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert (inbox in service.mail.live.indexes) is warm
+        if warm:
+            assert len(service.mail.live.indexes[inbox].uids) == 4
+    finally:
+        await service.stop()
+        service.close()
