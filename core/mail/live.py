@@ -134,12 +134,11 @@ class Live:
             except Exception as exc:  # deleted meanwhile; the session that opens it will see
                 log.debug("warming the index of mailbox %d: %s", mailbox_id, exc)
                 continue
-            if idx.watches or mailbox_id in self.idle:
-                continue  # a session has it open already
             if self.idle_messages + len(idx.uids) > IDLE_INDEX_MESSAGES:
                 # over the budget: this one and the rest wait for their sessions. Safe
-                # to drop: this task loaded it and has not yielded since, and a
-                # session waiting on that load looks the mailbox up again (``index``)
+                # to drop: this task loaded it (it was not in ``indexes``) and has not
+                # yielded since, so no session holds it yet, and a session waiting on
+                # that load looks the mailbox up again when it wakes (``index``)
                 del self.indexes[mailbox_id]
                 break
             self.idle[mailbox_id] = (len(idx.uids), time.monotonic())
